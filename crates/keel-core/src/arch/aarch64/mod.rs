@@ -1,0 +1,1 @@
+//! aarch64: Linux `Image` boot, run-time device-tree generation, PSCI, software vGIC.

@@ -1,0 +1,33 @@
+//! Keel's hypervisor-agnostic core.
+//!
+//! Nothing in this crate knows whether it runs above Linux KVM or seL4: the hypervisor is
+//! reached only through the traits in [`hv`], guest memory through [`memory::GuestMemory`],
+//! and guests are interrupted through [`irq::IrqLine`]. The crate is `#![no_std]` + `alloc`
+//! so that the same code runs in a Linux process and in a seL4 protection domain.
+//!
+//! Layers, from the bottom:
+//! - [`hv`]: `Hypervisor` → `Vm` → `Vcpu`, whose `run()` returns a [`hv::VcpuExit`] as data and
+//!   takes the [`hv::ExitAnswer`] back on the next call. `docs/hypervisor-traits.md` maps every
+//!   method to KVM ioctls and to seL4 fault IPC.
+//! - [`memory`]: bounds-checked guest-physical memory access.
+//! - [`bus`]: MMIO and port-I/O dispatch to devices.
+//! - [`irq`]: interrupt lines from devices to the guest's interrupt controller.
+//! - [`arch`]: per-architecture boot code and platform models.
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(any(test, feature = "std"))]
+extern crate std;
+
+pub mod arch;
+pub mod bus;
+pub mod hv;
+pub mod irq;
+pub mod memory;
+
+pub use bus::{Bus, BusDevice, BusError};
+pub use hv::{BootEntry, ExitAnswer, HvError, Hypervisor, SystemEvent, Vcpu, VcpuExit, VcpuId, Vm};
+pub use irq::IrqLine;
+pub use memory::{GuestAddress, GuestMemory, GuestMemoryError, GuestRam};

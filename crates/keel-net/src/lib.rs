@@ -1,0 +1,2 @@
+//! Keel's virtual switch (to come).
+#![no_std]

@@ -1,0 +1,2 @@
+//! Keel on seL4 (to come).
+#![no_std]

@@ -1,0 +1,2 @@
+//! Keel system description.
+#![cfg_attr(not(feature = "std"), no_std)]

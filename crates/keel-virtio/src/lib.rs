@@ -1,0 +1,2 @@
+//! Keel portable virtio devices.
+#![no_std]

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what building and testing Keel needs on Debian 12, idempotently:
+# apt packages, the Rust components and targets. Run as root (or with sudo available).
+set -euo pipefail
+
+APT_PACKAGES=(
+  build-essential pkg-config   # cc for crates with C parts
+  cpio xz-utils zstd           # guest initramfs build (guest/linux)
+  qemu-system-x86              # reference VMM for benchmarks and test-guest checks
+  qemu-system-arm              # emulated arm64 host, seL4 under QEMU
+  shellcheck                   # lint of the project's shell scripts
+)
+
+have_all_packages() {
+  local p
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || return 1
+  done
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! have_all_packages; then
+  echo "setup: installing apt packages: ${APT_PACKAGES[*]}" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "setup: error: no Rust toolchain; install rustup (https://rustup.rs) first" >&2
+    exit 1
+  fi
+fi
+
+if command -v rustup >/dev/null 2>&1; then
+  installed_targets=$(rustup target list --installed)
+  for t in x86_64-unknown-none aarch64-unknown-none aarch64-unknown-linux-musl; do
+    grep -qx "$t" <<<"$installed_targets" || rustup target add "$t" >&2
+  done
+  installed_components=$(rustup component list --installed)
+  for c in rustfmt clippy; do
+    grep -q "^$c" <<<"$installed_components" || rustup component add "$c" >&2
+  done
+fi
+echo "setup: ok" >&2

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Runs every check of `make test` in order, keeps going after a failure so that one run
+# reports everything, and ends with the summary line `N passed, N failed, N skipped`.
+#
+# Counting: each `cargo test` binary adds its passed/failed counts; each other step
+# (fmt, clippy, cross-builds, shellcheck) counts as one check. A test that skips for a
+# missing host feature appends its reason to $KEEL_SKIP_LOG: it is counted as skipped,
+# not passed, and every reason is printed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+LOG_DIR=${KEEL_TEST_LOG_DIR:-target/test-logs}
+mkdir -p "$LOG_DIR"
+export KEEL_SKIP_LOG="$PWD/$LOG_DIR/skips.log"
+: >"$KEEL_SKIP_LOG"
+
+passed=0 failed=0
+failures=()
+
+step() { # step NAME CMD...: one check
+  local name=$1; shift
+  local log="$LOG_DIR/$name.log"
+  local t0=$SECONDS
+  if "$@" >"$log" 2>&1; then
+    passed=$((passed + 1)); echo "ok    $name ($((SECONDS - t0)) s)"
+  else
+    failed=$((failed + 1)); failures+=("$name"); echo "FAIL  $name ($((SECONDS - t0)) s): see $log"
+    tail -n 30 "$log" | sed 's/^/      /'
+  fi
+}
+
+cargo_tests() { # cargo_tests NAME ARGS...: count the tests of each test binary
+  local name=$1; shift
+  local log="$LOG_DIR/$name.log"
+  local t0=$SECONDS
+  cargo test "$@" >"$log" 2>&1
+  local rc=$?
+  local p f
+  p=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^passed/) s += $i } END { print s + 0 }' "$log")
+  f=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^failed/) s += $i } END { print s + 0 }' "$log")
+  if [ "$rc" != 0 ] && [ "$f" = 0 ]; then
+    # The build failed or a binary crashed: count it as one failure.
+    f=1
+  fi
+  passed=$((passed + p)); failed=$((failed + f))
+  if [ "$f" = 0 ]; then
+    echo "ok    $name: $p tests ($((SECONDS - t0)) s)"
+  else
+    failures+=("$name"); echo "FAIL  $name: $p passed, $f failed ($((SECONDS - t0)) s): see $log"
+    grep -E -A15 '^failures:$|^---- |panicked|^error' "$log" | head -n 60 | sed 's/^/      /'
+  fi
+}
+
+NOSTD_CRATES=(keel-core keel-virtio keel-net)
+
+step fmt cargo fmt --all -- --check
+step clippy cargo clippy --workspace --all-targets -- -D warnings
+for c in "${NOSTD_CRATES[@]}"; do
+  step "nostd-$c" cargo build -p "$c" --target aarch64-unknown-none
+done
+step nostd-keel-spec cargo build -p keel-spec --no-default-features --target aarch64-unknown-none
+step testguest-fmt bash -c 'cd guest/testguest && cargo fmt -- --check'
+step testguest-clippy bash -c 'cd guest/testguest && cargo clippy --release --target x86_64-unknown-none -- -D warnings'
+step testguest-build bash -c 'cd guest/testguest && cargo build --release --target x86_64-unknown-none'
+step shellcheck bash -c 'shellcheck scripts/*.sh guest/linux/*.sh .ci/run'
+cargo_tests tests --workspace
+
+skipped=$(grep -c . "$KEEL_SKIP_LOG" || true)
+if [ "$skipped" -gt 0 ]; then
+  echo
+  echo "SKIPPED ($skipped), each for a missing host feature:"
+  sort "$KEEL_SKIP_LOG" | uniq -c | sed 's/^/  /'
+  passed=$((passed - skipped))
+fi
+echo
+[ "${#failures[@]}" -gt 0 ] && echo "failed steps: ${failures[*]}"
+echo "keel-test: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ]

@@ -1,1 +1,13 @@
-//! aarch64: Linux `Image` boot, run-time device-tree generation, PSCI, software vGIC.
+//! aarch64: the guest platform Keel builds, the boot protocol it follows, and the pieces a
+//! VMM must provide itself when the hypervisor does not (seL4): syndrome decoding, PSCI and a
+//! software GIC distributor.
+//!
+//! Everything here is portable logic (no_std, no hypervisor calls, no arm64 instructions):
+//! it is compiled and tested on every host.
+//!
+//! - [`esr`]: `ESR_EL2` syndrome decoding (data aborts, `hvc`/`smc`, `MSR`/`MRS`, `WFI`).
+//! - [`fault`]: seL4 fault messages → [`VcpuExit`](crate::hv::VcpuExit), and answers back
+//!   into guest registers.
+
+pub mod esr;
+pub mod fault;

@@ -1,0 +1,301 @@
+#!/usr/bin/env bash
+# Build Keel's Linux guest images (kernel + busybox initramfs) from Debian packages only.
+#
+#   guest/linux/build.sh x86_64|arm64|all
+#
+# Output: ${KEEL_CACHE:-$HOME/.cache/keel}/guest/<arch>-<key>/{vmlinuz,initrd.cpio.gz,manifest.txt}
+# and the symlink ${KEEL_CACHE}/guest/<arch> -> <arch>-<key>. The last line printed is the
+# output directory (with `all`: one line per arch, the last arch last).
+# <key> hashes the exact package versions, this script, init.sh and mkcpio.py; an existing
+# output with the same key is reused. See README.md.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache=${KEEL_CACHE:-$HOME/.cache/keel}
+guest_dir=$cache/guest
+deb_dir=$guest_dir/debs
+
+# Modules the initramfs loads (their dependencies are added from `modinfo -F depends`).
+modules=(virtio_mmio virtio_pci virtio_blk virtio_console virtio_rng virtio_net
+    vmw_vsock_virtio_transport)
+
+log() { printf 'build.sh: %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+need() {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null 2>&1 || die "missing tool '$c'"
+    done
+}
+
+# apt-get download as root warns that _apt cannot write here; the files are ours anyway.
+apt_download() {
+    local opts=()
+    [[ $EUID -eq 0 ]] && opts=(-o APT::Sandbox::User=root)
+    (cd "$deb_dir" && apt-get "${opts[@]}" -q download "$@" >&2)
+}
+
+# Make apt know the packages of a foreign Debian architecture (idempotent).
+ensure_dpkg_arch() {
+    local debarch=$1
+    if [[ $debarch != "$(dpkg --print-architecture)" ]] &&
+        ! dpkg --print-foreign-architectures | grep -qx "$debarch"; then
+        [[ $EUID -eq 0 ]] || die "run as root once: dpkg --add-architecture $debarch && apt-get update"
+        log "adding dpkg architecture $debarch"
+        dpkg --add-architecture "$debarch"
+        apt-get -q update >&2
+    fi
+    if [[ -z $(candidate "busybox-static:$debarch") ]]; then
+        [[ $EUID -eq 0 ]] || die "apt has no $debarch package lists: run apt-get update as root"
+        log "apt has no $debarch package lists yet: apt-get update"
+        apt-get -q update >&2
+    fi
+}
+
+# Candidate version of pkg:arch, empty if none.
+candidate() {
+    apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { if ($2 != "(none)") print $2 }'
+}
+
+# The versioned linux-image-6.1.0-N-<flavour> that a metapackage version depends on.
+resolve_kernel() {
+    local meta=$1 ver=$2
+    apt-cache show "$meta=$ver" |
+        awk -F': ' '/^Depends:/ { print $2; exit }' |
+        tr ',' '\n' | sed -E 's/^ +//; s/ .*//' |
+        grep -E '^linux-image-[0-9]' | head -n1
+}
+
+# The .deb file for pkg (Package field) at version ver and Debian arch, downloading if needed.
+deb_file() {
+    local pkg=$1 ver=$2 debarch=$3 f
+    for f in "$deb_dir/${pkg}_"*"_$debarch.deb"; do
+        [[ -e $f ]] || continue
+        if [[ $(dpkg-deb -f "$f" Version) == "$ver" ]]; then
+            printf '%s\n' "$f"
+            return
+        fi
+    done
+    apt_download "$pkg:$debarch=$ver"
+    for f in "$deb_dir/${pkg}_"*"_$debarch.deb"; do
+        if [[ -e $f && $(dpkg-deb -f "$f" Version) == "$ver" ]]; then
+            printf '%s\n' "$f"
+            return
+        fi
+    done
+    die "apt-get download $pkg:$debarch=$ver produced no .deb in $deb_dir"
+}
+
+# Applet names of a busybox binary, one per line, read from its applet name table
+# (a sorted, NUL-separated string starting "[\0[[\0"), so that a foreign-arch busybox
+# needs no emulator. Checked against `busybox --list` when the binary can run here.
+busybox_applets() {
+    local bb=$1 list
+    list=$(python3 - "$bb" <<'EOF'
+import sys
+d = open(sys.argv[1], "rb").read()
+i = d.find(b"[\0[[\0")
+if i < 0 or d.find(b"[\0[[\0", i + 1) >= 0:
+    sys.exit("busybox applet table not found exactly once")
+names = d[i:d.index(b"\0\0", i)].split(b"\0")
+ok = all(n and all(0x21 <= c < 0x7f and c != 0x2f for c in n) for n in names)
+if not ok or names != sorted(names) or len(names) < 50:
+    sys.exit("busybox applet table looks wrong")
+print("\n".join(n.decode() for n in names))
+EOF
+    ) || die "cannot read the applet list of $bb"
+    if "$bb" true >/dev/null 2>&1; then
+        [[ $list == "$("$bb" --list)" ]] || die "applet table of $bb differs from its --list"
+    fi
+    printf '%s\n' "$list"
+}
+
+build_arch() {
+    local arch=$1 debarch meta kflavour
+    case "$arch" in
+        x86_64)
+            debarch=amd64
+            # The cloud flavour: built for VMs (virtio, 8250, ACPI, PVH; ext4 built in), a
+            # 27 MB package against ~70 MB for the generic kernel with its hardware drivers.
+            meta=linux-image-cloud-amd64
+            kflavour=cloud-amd64
+            ;;
+        arm64)
+            debarch=arm64
+            meta=linux-image-arm64
+            kflavour=arm64
+            ;;
+        *) die "unknown arch '$arch' (x86_64|arm64|all)" ;;
+    esac
+    ensure_dpkg_arch "$debarch"
+
+    local meta_ver kpkg kver bb_ver
+    meta_ver=$(candidate "$meta:$debarch")
+    [[ -n $meta_ver ]] || die "apt has no candidate for $meta:$debarch"
+    kpkg=$(resolve_kernel "$meta:$debarch" "$meta_ver")
+    [[ $kpkg == linux-image-*-"$kflavour" ]] || die "cannot resolve $meta=$meta_ver to a kernel package (got '$kpkg')"
+    kver=$(candidate "$kpkg:$debarch")
+    [[ -n $kver ]] || die "apt has no candidate for $kpkg:$debarch"
+    bb_ver=$(candidate "busybox-static:$debarch")
+    [[ -n $bb_ver ]] || die "apt has no candidate for busybox-static:$debarch"
+
+    local key out
+    key=$(
+        {
+            printf 'arch=%s\n%s=%s\n%s=%s\nbusybox-static=%s\nmodules=%s\n' \
+                "$arch" "$meta" "$meta_ver" "$kpkg" "$kver" "$bb_ver" "${modules[*]}"
+            sha256sum "$here/build.sh" "$here/init.sh" "$here/mkcpio.py" | cut -d' ' -f1
+        } | sha256sum | cut -c1-12
+    )
+    out=$guest_dir/$arch-$key
+    if [[ -s $out/vmlinuz && -s $out/initrd.cpio.gz && -s $out/manifest.txt ]]; then
+        log "$arch: cached ($kpkg $kver, busybox-static $bb_ver)"
+        ln -sfn "$arch-$key" "$guest_dir/$arch"
+        printf '%s\n' "$out"
+        return
+    fi
+
+    log "$arch: building $kpkg $kver + busybox-static $bb_ver"
+    mkdir -p "$deb_dir"
+    local kdeb bbdeb work
+    kdeb=$(deb_file "$kpkg" "$kver" "$debarch")
+    bbdeb=$(deb_file busybox-static "$bb_ver" "$debarch")
+    work=$(mktemp -d "$guest_dir/.work-$arch.XXXXXX")
+    # shellcheck disable=SC2064 # expand $work now: it is local
+    trap "rm -rf '$work'" EXIT
+
+    dpkg-deb -x "$kdeb" "$work/kernel"
+    dpkg-deb -x "$bbdeb" "$work/busybox"
+    local kbuild moddir
+    kbuild=$(find "$work/kernel/lib/modules" -mindepth 1 -maxdepth 1 -type d -printf '%f\n')
+    [[ $(wc -l <<<"$kbuild") -eq 1 && -n $kbuild ]] || die "expected one module tree in $kdeb, got: $kbuild"
+    moddir=$work/kernel/lib/modules/$kbuild
+    [[ -s $work/kernel/boot/vmlinuz-$kbuild ]] || die "$kdeb has no boot/vmlinuz-$kbuild"
+
+    # Index module files by module name ('-' and '_' are the same to the kernel).
+    declare -A modpath=()
+    local f name
+    while IFS= read -r f; do
+        name=${f##*/}
+        name=${name%%.ko*}
+        modpath[${name//-/_}]=$f
+    done < <(find "$moddir/kernel" -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz')
+
+    # Decompressed copy of a module (busybox insmod may not read compressed modules).
+    local staging=$work/root
+    mkdir -p "$staging/lib/modules/$kbuild"
+    plain_module() {
+        local src=$1 dst=$staging/lib/modules/$kbuild/$2.ko
+        case "$src" in
+            *.ko.xz) xz -dc "$src" >"$dst" ;;
+            *.ko.zst) zstd -qdc "$src" >"$dst" ;;
+            *.ko.gz) gzip -dc "$src" >"$dst" ;;
+            *) cp "$src" "$dst" ;;
+        esac
+    }
+
+    # Depth-first walk: dependencies before the module itself.
+    declare -A state=()
+    local order=()
+    visit() {
+        local m=${1//-/_} deps d
+        case "${state[$m]:-}" in
+            visited) return ;;
+            active) die "module dependency cycle at $m" ;;
+        esac
+        state[$m]=active
+        if [[ -z ${modpath[$m]:-} ]]; then
+            if grep -Eq "/${m//_/[-_]}\.ko$" "$moddir/modules.builtin"; then
+                log "$arch: $m is built into the kernel"
+                state[$m]=visited
+                return
+            fi
+            die "module $m is neither in $kpkg nor built in"
+        fi
+        plain_module "${modpath[$m]}" "$m"
+        deps=$(modinfo -F depends "$staging/lib/modules/$kbuild/$m.ko")
+        for d in ${deps//,/ }; do
+            visit "$d"
+        done
+        state[$m]=visited
+        order+=("$m")
+    }
+    local m
+    for m in "${modules[@]}"; do
+        visit "$m"
+    done
+    for m in "${order[@]}"; do
+        printf '%s/%s.ko\n' "$kbuild" "$m"
+    done >"$staging/lib/modules/keel-load-order"
+
+    # Busybox, its applet links, /init and the mount points.
+    mkdir -p "$staging"/{bin,dev,proc,sys,tmp,run,root,etc,usr}
+    install -m 0755 "$work/busybox/bin/busybox" "$staging/bin/busybox"
+    local applet applets napplets=0
+    applets=$(busybox_applets "$work/busybox/bin/busybox")
+    while IFS= read -r applet; do
+        [[ $applet == busybox ]] && continue
+        ln -s busybox "$staging/bin/$applet"
+        napplets=$((napplets + 1))
+    done <<<"$applets"
+    ln -s bin "$staging/sbin"
+    ln -s ../bin "$staging/usr/bin"
+    ln -s ../bin "$staging/usr/sbin"
+    install -m 0755 "$here/init.sh" "$staging/init"
+    printf 'root:x:0:0:root:/root:/bin/sh\n' >"$staging/etc/passwd"
+    printf 'root:x:0:\n' >"$staging/etc/group"
+
+    mkdir -p "$work/out"
+    python3 "$here/mkcpio.py" "$staging" c:dev/console:600:5:1 c:dev/null:666:1:3 |
+        gzip -9 -n >"$work/out/initrd.cpio.gz"
+    cp "$work/kernel/boot/vmlinuz-$kbuild" "$work/out/vmlinuz"
+
+    {
+        printf 'Keel %s guest, built %s by guest/linux/build.sh\n' "$arch" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        printf 'key %s\n\n' "$key"
+        printf 'packages (Debian %s):\n' "$debarch"
+        printf '  %s %s\n' "$meta" "$meta_ver" "$kpkg" "$kver" busybox-static "$bb_ver"
+        printf '  .deb: %s (%s bytes)\n' "${kdeb##*/}" "$(stat -c %s "$kdeb")" \
+            "${bbdeb##*/}" "$(stat -c %s "$bbdeb")"
+        printf '\nkernel release %s\n\nfiles:\n' "$kbuild"
+        printf '  %-16s %10s bytes  sha256 %s\n' \
+            vmlinuz "$(stat -c %s "$work/out/vmlinuz")" "$(sha256sum <"$work/out/vmlinuz" | cut -d' ' -f1)" \
+            initrd.cpio.gz "$(stat -c %s "$work/out/initrd.cpio.gz")" "$(sha256sum <"$work/out/initrd.cpio.gz" | cut -d' ' -f1)"
+        printf '\nbusybox applets linked: %d\n' "$napplets"
+        printf '\nmodules (load order, /lib/modules/keel-load-order):\n'
+        for m in "${order[@]}"; do
+            printf '  %-36s %8s bytes\n' "$m" "$(stat -c %s "$staging/lib/modules/$kbuild/$m.ko")"
+        done
+        printf '\nsource hashes (sha256):\n'
+        (cd "$here" && sha256sum build.sh init.sh mkcpio.py) | sed 's/^/  /'
+    } >"$work/out/manifest.txt"
+
+    rm -rf "$out"
+    mv "$work/out" "$out"
+    rm -rf "$work"
+    trap - EXIT
+    ln -sfn "$arch-$key" "$guest_dir/$arch"
+    log "$arch: done"
+    printf '%s\n' "$out"
+}
+
+main() {
+    [[ $# -eq 1 ]] || die "usage: build.sh x86_64|arm64|all"
+    need apt-get apt-cache dpkg dpkg-deb python3 gzip xz sha256sum find
+    command -v modinfo >/dev/null 2>&1 || die "missing tool 'modinfo' (apt-get install -y kmod)"
+    mkdir -p "$guest_dir"
+    case "$1" in
+        all)
+            build_arch x86_64
+            build_arch arm64
+            ;;
+        x86_64 | arm64) build_arch "$1" ;;
+        *) die "usage: build.sh x86_64|arm64|all" ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,110 @@
+#!/bin/busybox sh
+# Keel guest /init (busybox initramfs). Installed as /init by guest/linux/build.sh.
+# Protocol (see README.md): prints KEEL-* marker lines on the console, runs the
+# base64-encoded shell snippet given as keel.cmd=<base64> on the kernel command
+# line, prints KEEL-CMD-EXIT <status>, then KEEL-GUEST-POWEROFF and powers off.
+# shellcheck shell=sh
+
+PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export PATH
+# The image ships the applet symlinks; this only runs if they are missing.
+[ -x /bin/mount ] || /bin/busybox --install -s
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /tmp /run
+mount -t devpts devpts /dev/pts 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+
+cmdline=$(cat /proc/cmdline)
+
+# Modules, in dependency order, one path per line (written by build.sh).
+loaded=0
+failed=0
+while read -r mod; do
+    [ -n "$mod" ] || continue
+    if insmod "/lib/modules/$mod" 2>/dev/null; then
+        loaded=$((loaded + 1))
+    else
+        failed=$((failed + 1))
+        echo "KEEL-MODULE-FAILED $mod"
+    fi
+done </lib/modules/keel-load-order
+
+echo "KEEL-GUEST-READY"
+read -r up _ </proc/uptime
+echo "KEEL-UPTIME $up"
+echo "KEEL-MODULES loaded=$loaded failed=$failed"
+echo "KEEL-UNAME $(uname -r)"
+echo "KEEL-NPROC $(nproc)"
+# /proc/partitions: major minor #blocks(KiB) name
+while read -r major _ blocks name; do
+    case "$major" in
+        major | "") continue ;;
+    esac
+    echo "KEEL-BLOCK $name $blocks"
+done </proc/partitions
+for n in /sys/class/net/*; do
+    [ -e "$n" ] || continue
+    echo "KEEL-NET ${n##*/} $(cat "$n/address" 2>/dev/null)"
+done
+[ -c /dev/vsock ] && echo "KEEL-VSOCK /dev/vsock"
+for c in /dev/hvc[0-9]*; do
+    [ -c "$c" ] && echo "KEEL-HVC $c"
+done
+if [ -r /sys/class/misc/hw_random/rng_current ]; then
+    echo "KEEL-RNG $(cat /sys/class/misc/hw_random/rng_current)"
+fi
+
+# keel.cmd=<base64 of a shell snippet>; base64url (-_) is accepted too.
+status=
+for arg in $cmdline; do
+    case "$arg" in
+        keel.cmd=*)
+            enc=${arg#keel.cmd=}
+            if printf '%s' "$enc" | tr -- '-_' '+/' | base64 -d >/tmp/keel-cmd.sh 2>/dev/null; then
+                echo "KEEL-CMD-START"
+                sh /tmp/keel-cmd.sh </dev/null
+                status=$?
+            else
+                echo "KEEL-CMD-DECODE-ERROR"
+                status=255
+            fi
+            echo "KEEL-CMD-EXIT $status"
+            ;;
+    esac
+done
+
+for arg in $cmdline; do
+    case "$arg" in
+        keel.shell | keel.shell=1)
+            echo "KEEL-SHELL (exit the shell to power off)"
+            setsid cttyhack sh
+            ;;
+    esac
+done
+
+sync
+echo "KEEL-GUEST-POWEROFF"
+# keel.debugexit (x86 only): write the keel.cmd status (0 without keel.cmd) to
+# I/O port 0xf4 (isa-debug-exit); Keel exits with that status.
+for arg in $cmdline; do
+    case "$arg" in
+        keel.debugexit | keel.debugexit=1)
+            if [ -c /dev/port ]; then
+                code=${status:-0}
+                # shellcheck disable=SC2059 # the format is the octal escape built here
+                printf "\\$(printf '%03o' "$((code & 255))")" | dd of=/dev/port bs=1 seek=244 count=1 conv=notrunc 2>/dev/null
+            fi
+            ;;
+    esac
+done
+poweroff -f
+# Without a power-off method (x86 without ACPI) the call returns: reset instead.
+sleep 1
+reboot -f
+sleep 1
+echo "KEEL-GUEST-HALT-FAILED"
+exit 1

@@ -1,2 +1,47 @@
-//! Keel system description.
+//! Keel's system description: the whole system (its VMs, their memory, devices and placement)
+//! in one TOML file.
+//!
+//! The model ([`System`], [`VmSpec`], …) and its semantic validation ([`System::new`]) are
+//! `no_std` + `alloc`, so the seL4 side can use them. Reading TOML, expanding `${VAR}` in paths
+//! and checking host files (kernels, disks) need the `std` feature: [`load`], [`parse_str`] and
+//! [`Loader`].
+//!
+//! Every error is a [`SpecError`] whose `Display` is one line naming the place in the file,
+//! e.g. `vm "web": vcpus: 0 is out of range (1..=64)`.
+//!
+//! Planned, not here yet: Microkit system-file generation (`keel sel4 build`) belongs in a
+//! `microkit` module of this crate, built from [`System`] and [`ram_layout`] so that the KVM and
+//! seL4 backends share one memory plan.
 #![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+mod error;
+mod kernel;
+mod layout;
+mod model;
+mod size;
+mod validate;
+
+#[cfg(feature = "std")]
+mod env;
+#[cfg(feature = "std")]
+mod host;
+#[cfg(feature = "std")]
+mod parse;
+
+pub use error::{ErrorKind, SpecError};
+pub use kernel::{KernelFormat, elf_headers_end, probe_kernel};
+pub use layout::{DeviceWindow, device_window, ram_layout};
+pub use model::{
+    Arch, ConsoleSpec, DiskSpec, HostPath, Memory, Output, OutputKind, Placement, RamRegion,
+    System, VmSpec,
+};
+pub use size::{SizeDisplay, parse_size};
+pub use validate::limits;
+
+#[cfg(feature = "std")]
+pub use host::check_host;
+#[cfg(feature = "std")]
+pub use parse::{Loader, load, parse_str};

@@ -1,0 +1,327 @@
+//! One error type for the whole crate: where in the file, and what was wrong there.
+
+use alloc::string::String;
+use core::fmt;
+
+use crate::model::Arch;
+
+/// An error in a system description. `Display` is one line: `<where>: <what>`, e.g.
+/// `vm "web": disk 1: path /x does not exist` or
+/// `line 4, column 7: unknown field "vcpu", expected one of ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    /// Where: a TOML path such as `vm "web": disk 1`, or `line 4, column 7` for syntax errors;
+    /// empty when the error is about the file as a whole.
+    pub at: String,
+    /// What was wrong.
+    pub kind: ErrorKind,
+}
+
+impl SpecError {
+    /// An error at `at`.
+    pub fn new(at: impl Into<String>, kind: ErrorKind) -> SpecError {
+        SpecError {
+            at: at.into(),
+            kind,
+        }
+    }
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.at.is_empty() {
+            write!(f, "{}", self.kind)
+        } else {
+            write!(f, "{}: {}", self.at, self.kind)
+        }
+    }
+}
+
+// The kind is already part of the one-line message; exposing it as `source()` would make a
+// CLI that prints the chain say it twice.
+impl core::error::Error for SpecError {}
+
+/// What was wrong. Each message names the key and the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// TOML syntax or shape (unknown field, wrong type, missing field).
+    #[error("{0}")]
+    Toml(String),
+    /// The file defines no `[[vm]]`.
+    #[error("no [[vm]] is defined (a system needs at least one VM)")]
+    NoVms,
+    /// A number outside its allowed range.
+    #[error("{key}: {value} is out of range ({range})")]
+    OutOfRange {
+        /// The key.
+        key: &'static str,
+        /// The value given.
+        value: i128,
+        /// The allowed range, e.g. `1..=64`.
+        range: &'static str,
+    },
+    /// A size below the minimum.
+    #[error("{key}: {value} is too small (at least {min})")]
+    TooSmall {
+        /// The key.
+        key: &'static str,
+        /// The value given, as written or in human units.
+        value: String,
+        /// The minimum, in human units.
+        min: &'static str,
+    },
+    /// A size above the maximum.
+    #[error("{key}: {value} is too large (at most {max})")]
+    TooLarge {
+        /// The key.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// The maximum.
+        max: &'static str,
+    },
+    /// A size or address that is not page aligned.
+    #[error("{key}: {value:#x} is not a multiple of 4 KiB")]
+    Unaligned {
+        /// The key.
+        key: &'static str,
+        /// The value given.
+        value: u64,
+    },
+    /// Text that is not a size.
+    #[error("{key}: {value:?} is not a size ({reason})")]
+    BadSize {
+        /// The key.
+        key: &'static str,
+        /// The text given.
+        value: String,
+        /// Why not.
+        reason: &'static str,
+    },
+    /// A name that breaks the naming rule.
+    #[error("name {name:?} is invalid ({rule})")]
+    BadName {
+        /// The name given.
+        name: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// Two VMs with the same name.
+    #[error("name {0:?} is used twice")]
+    DuplicateName(String),
+    /// An arch name that is not supported.
+    #[error("arch: {0:?} is not supported (expected \"x86_64\" or \"aarch64\")")]
+    BadArch(String),
+    /// No arch given and the host is neither x86_64 nor aarch64.
+    #[error("arch: must be given on this host (expected \"x86_64\" or \"aarch64\")")]
+    NoHostArch,
+    /// Both `memory` and `[[vm.ram]]`, or neither.
+    #[error("{0}")]
+    MemoryForm(&'static str),
+    /// A RAM region whose end overflows.
+    #[error("ram {index} ({base:#x}+{size}) wraps around the address space")]
+    RamWraps {
+        /// Index of the region.
+        index: usize,
+        /// Its base.
+        base: u64,
+        /// Its size, human readable.
+        size: crate::size::SizeDisplay,
+    },
+    /// Two RAM regions overlap.
+    #[error("ram {index} ({base:#x}+{size}) overlaps ram {other}")]
+    RamOverlap {
+        /// Index of the later region.
+        index: usize,
+        /// Its base.
+        base: u64,
+        /// Its size, human readable.
+        size: crate::size::SizeDisplay,
+        /// Index of the earlier region it overlaps.
+        other: usize,
+    },
+    /// A RAM region inside the arch's device window.
+    #[error("ram {index} ({base:#x}+{size}) overlaps the {arch} device window {window}")]
+    RamInDeviceWindow {
+        /// Index of the region.
+        index: usize,
+        /// Its base.
+        base: u64,
+        /// Its size, human readable.
+        size: crate::size::SizeDisplay,
+        /// The arch.
+        arch: Arch,
+        /// The window.
+        window: crate::layout::DeviceWindow,
+    },
+    /// A RAM region beyond the guest-physical address limit.
+    #[error("ram {index} ({base:#x}+{size}) ends above the guest-physical limit {limit:#x}")]
+    RamAboveLimit {
+        /// Index of the region.
+        index: usize,
+        /// Its base.
+        base: u64,
+        /// Its size, human readable.
+        size: crate::size::SizeDisplay,
+        /// The limit.
+        limit: u64,
+    },
+    /// An x86_64 VM with explicit RAM but none at address 0.
+    #[error("ram: an x86_64 VM needs a region starting at 0x0 (boot structures live below 1 MiB)")]
+    X86NoLowRam,
+    /// Too many of something.
+    #[error("{key}: {count} given, at most {max} allowed")]
+    TooMany {
+        /// The key.
+        key: &'static str,
+        /// How many were given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Text that is not an output.
+    #[error("{key}: {value:?} is not an output (expected \"stdio\", \"null\" or \"file:<path>\")")]
+    BadOutput {
+        /// The key.
+        key: &'static str,
+        /// The text given.
+        value: String,
+    },
+    /// A `${VAR}` that is not defined.
+    #[error("{key}: ${{{var}}} is not defined (in {value:?})")]
+    UndefinedVar {
+        /// The key.
+        key: &'static str,
+        /// The variable.
+        var: String,
+        /// The text it appears in.
+        value: String,
+    },
+    /// A malformed `${...}`.
+    #[error("{key}: {value:?} has an unterminated or empty ${{...}}")]
+    BadVarSyntax {
+        /// The key.
+        key: &'static str,
+        /// The text given.
+        value: String,
+    },
+    /// A path that is not UTF-8 once resolved (the base directory's name, usually).
+    #[error("{key}: {path} is not valid UTF-8")]
+    NonUtf8Path {
+        /// The key.
+        key: &'static str,
+        /// The path, lossily converted.
+        path: String,
+    },
+    /// An empty path.
+    #[error("{0}: the path is empty")]
+    EmptyPath(&'static str),
+    /// A path that does not exist.
+    #[error("{key} {path} does not exist")]
+    NotFound {
+        /// The key.
+        key: &'static str,
+        /// The resolved path.
+        path: String,
+    },
+    /// A path that exists but is not a regular file.
+    #[error("{key} {path} is not a regular file")]
+    NotAFile {
+        /// The key.
+        key: &'static str,
+        /// The resolved path.
+        path: String,
+    },
+    /// A file that cannot be opened with the mode the VM needs.
+    #[error("{key} {path} cannot be opened {mode}: {reason}")]
+    CannotOpen {
+        /// The key.
+        key: &'static str,
+        /// The resolved path.
+        path: String,
+        /// `read-only` or `read-write`.
+        mode: &'static str,
+        /// The OS error.
+        reason: String,
+    },
+    /// An output file whose directory does not exist.
+    #[error("{key}: directory {dir} of {path} does not exist")]
+    NoOutputDir {
+        /// The key.
+        key: &'static str,
+        /// The resolved file path.
+        path: String,
+        /// Its directory.
+        dir: String,
+    },
+    /// A kernel file that is not a kernel for the VM's arch.
+    #[error("kernel {path}: not an {arch} kernel ({reason})")]
+    NotAKernel {
+        /// The resolved path.
+        path: String,
+        /// The VM's arch.
+        arch: Arch,
+        /// What the file looks like instead.
+        reason: String,
+    },
+    /// The same disk image used twice, at least once read-write.
+    #[error("path {path} is also used by {other} (an image written by one disk cannot be shared)")]
+    DiskShared {
+        /// The resolved path.
+        path: String,
+        /// The other user, e.g. `vm "db": disk 0`.
+        other: String,
+    },
+    /// A disk id longer than 20 bytes.
+    #[error("id: {id:?} is {len} bytes long (at most 20)")]
+    DiskIdTooLong {
+        /// The id given.
+        id: String,
+        /// Its length.
+        len: usize,
+    },
+    /// A placement whose CPU list does not match the vCPU count.
+    #[error("placement: pcpus lists {count} CPUs for {vcpus} vcpus")]
+    PlacementLength {
+        /// Entries in `pcpus`.
+        count: usize,
+        /// The VM's vcpus.
+        vcpus: u32,
+    },
+    /// A placement on a CPU the system may not use.
+    #[error("placement: pcpu {pcpu} is out of range (system.pcpus = {pcpus})")]
+    PcpuOutOfRange {
+        /// The CPU given.
+        pcpu: u32,
+        /// `system.pcpus`.
+        pcpus: u32,
+    },
+    /// A scheduling budget longer than its period.
+    #[error("placement: budget_us {budget} is longer than period_us {period}")]
+    BudgetOverPeriod {
+        /// The budget.
+        budget: u64,
+        /// The period.
+        period: u64,
+    },
+    /// A command line that is too long.
+    #[error("cmdline: {len} bytes is too long (at most {max})")]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A command line with a NUL or other control character.
+    #[error("cmdline: contains a control character at byte {0}")]
+    CmdlineControl(usize),
+}

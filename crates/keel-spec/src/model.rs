@@ -1,0 +1,319 @@
+//! The parsed system description: plain data, `no_std` + `alloc`.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::error::SpecError;
+
+/// A guest architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arch {
+    /// 64-bit x86 (PVH ELF or bzImage kernels).
+    X86_64,
+    /// 64-bit Arm (arm64 `Image` kernels).
+    Aarch64,
+}
+
+impl Arch {
+    /// The architecture this crate was compiled for, if Keel supports it as a guest architecture.
+    pub const fn host() -> Option<Arch> {
+        if cfg!(target_arch = "x86_64") {
+            Some(Arch::X86_64)
+        } else if cfg!(target_arch = "aarch64") {
+            Some(Arch::Aarch64)
+        } else {
+            None
+        }
+    }
+
+    /// The name used in the system description (`"x86_64"` or `"aarch64"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// Parses the name used in the system description.
+    pub fn from_name(name: &str) -> Option<Arch> {
+        match name {
+            "x86_64" => Some(Arch::X86_64),
+            "aarch64" => Some(Arch::Aarch64),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A path on the machine that runs (or builds) the system: already `${VAR}`-expanded and
+/// resolved against the directory of the TOML file.
+///
+/// Kept as UTF-8 text so the model stays `no_std`; with the `std` feature it derefs to a
+/// [`std::path::Path`] through [`HostPath::as_path`] and `AsRef<Path>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPath(String);
+
+impl HostPath {
+    /// Wraps an already resolved path.
+    pub fn new(path: impl Into<String>) -> HostPath {
+        HostPath(path.into())
+    }
+
+    /// The path as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path as a `std` path.
+    #[cfg(feature = "std")]
+    pub fn as_path(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
+#[cfg(feature = "std")]
+impl AsRef<std::path::Path> for HostPath {
+    fn as_ref(&self) -> &std::path::Path {
+        self.as_path()
+    }
+}
+
+impl fmt::Display for HostPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a character device (the platform UART or a virtio-console port) writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// The VMM's standard output (and input, for the UART).
+    Stdio,
+    /// Discarded.
+    Null,
+    /// Appended to this file (created if missing).
+    File(HostPath),
+}
+
+impl Output {
+    /// Parses `"stdio"`, `"null"` or `"file:<path>"`; the file path is returned unresolved for
+    /// the caller to expand. `None` if the text is none of these.
+    pub fn parse_kind(text: &str) -> Option<OutputKind<'_>> {
+        match text {
+            "stdio" => Some(OutputKind::Stdio),
+            "null" => Some(OutputKind::Null),
+            _ => match text.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Some(OutputKind::File(path)),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The syntactic form of an [`Output`] before its file path is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind<'a> {
+    /// `"stdio"`
+    Stdio,
+    /// `"null"`
+    Null,
+    /// `"file:<path>"`, the path as written.
+    File(&'a str),
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Output::Stdio => f.write_str("stdio"),
+            Output::Null => f.write_str("null"),
+            Output::File(path) => write!(f, "file:{path}"),
+        }
+    }
+}
+
+/// One explicit guest RAM region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamRegion {
+    /// Guest-physical base address.
+    pub base: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl RamRegion {
+    /// One past the last byte, or `None` if that overflows `u64`.
+    pub fn end(&self) -> Option<u64> {
+        self.base.checked_add(self.size)
+    }
+}
+
+/// How much guest RAM a VM has and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Memory {
+    /// `memory = "256M"`: this many bytes, laid out by [`crate::ram_layout`] for the arch.
+    Size(u64),
+    /// `[[vm.ram]]`: exactly these regions.
+    Regions(Vec<RamRegion>),
+}
+
+impl Memory {
+    /// Total guest RAM in bytes (saturating; validated systems never saturate).
+    pub fn total(&self) -> u64 {
+        match self {
+            Memory::Size(size) => *size,
+            Memory::Regions(regions) => regions
+                .iter()
+                .fold(0u64, |sum, r| sum.saturating_add(r.size)),
+        }
+    }
+}
+
+/// A virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// The image file.
+    pub path: HostPath,
+    /// Opened read-only and offered to the guest with `VIRTIO_BLK_F_RO`.
+    pub read_only: bool,
+    /// The serial returned for `VIRTIO_BLK_T_GET_ID` (at most 20 bytes).
+    pub id: Option<String>,
+}
+
+/// A virtio-console port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSpec {
+    /// Where the guest's output goes.
+    pub output: Output,
+}
+
+/// Where a VM's vCPUs run and how they are scheduled (seL4: MCS scheduling context; KVM:
+/// thread affinity, the rest is advisory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Physical CPU of each vCPU (`pcpus[i]` runs vCPU `i`); `None` leaves it to the host.
+    pub pcpus: Option<Vec<u32>>,
+    /// Scheduling priority, 0..=254 (255 is kept for the kernel-side monitor).
+    pub priority: u8,
+    /// CPU time per period, in microseconds.
+    pub budget_us: u64,
+    /// Period, in microseconds; `budget_us <= period_us`.
+    pub period_us: u64,
+}
+
+impl Placement {
+    /// Default priority when `placement.priority` is not given.
+    pub const DEFAULT_PRIORITY: u8 = 100;
+    /// Default budget and period when not given (1 ms, seL4 Microkit's default).
+    pub const DEFAULT_PERIOD_US: u64 = 1000;
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement {
+            pcpus: None,
+            priority: Placement::DEFAULT_PRIORITY,
+            budget_us: Placement::DEFAULT_PERIOD_US,
+            period_us: Placement::DEFAULT_PERIOD_US,
+        }
+    }
+}
+
+/// One virtual machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// Unique name, `[a-z0-9-]{1,32}`.
+    pub name: String,
+    /// Guest architecture.
+    pub arch: Arch,
+    /// Number of vCPUs, 1..=64.
+    pub vcpus: u32,
+    /// Guest RAM.
+    pub memory: Memory,
+    /// The kernel image.
+    pub kernel: HostPath,
+    /// The initial ramdisk, if any.
+    pub initrd: Option<HostPath>,
+    /// The kernel command line as given (the VMM appends device locations).
+    pub cmdline: String,
+    /// The platform UART (x86: 8250 at 0x3f8; arm64: PL011).
+    pub serial: Output,
+    /// Placement and scheduling, if given.
+    pub placement: Option<Placement>,
+    /// virtio-blk disks, in order.
+    pub disks: Vec<DiskSpec>,
+    /// virtio-console ports, in order.
+    pub consoles: Vec<ConsoleSpec>,
+    /// Whether the VM has a virtio-rng device.
+    pub rng: bool,
+}
+
+impl VmSpec {
+    /// A VM with the given name, arch, kernel and memory, and defaults for everything else
+    /// (1 vCPU, serial on stdio, no devices). Handy for building a model in code.
+    pub fn new(name: impl Into<String>, arch: Arch, kernel: HostPath, memory: Memory) -> VmSpec {
+        VmSpec {
+            name: name.into(),
+            arch,
+            vcpus: 1,
+            memory,
+            kernel,
+            initrd: None,
+            cmdline: String::new(),
+            serial: Output::Stdio,
+            placement: None,
+            disks: Vec::new(),
+            consoles: Vec::new(),
+            rng: false,
+        }
+    }
+}
+
+/// A validated system: its name, the physical CPUs it may use, and its VMs.
+///
+/// Only built through [`System::new`] (or the parsers, which call it), so a `System` in hand has
+/// passed every semantic check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct System {
+    pub(crate) name: String,
+    pub(crate) pcpus: Option<u32>,
+    pub(crate) vms: Vec<VmSpec>,
+}
+
+impl System {
+    /// Validates and builds a system (see [`crate::limits`] for the rules).
+    pub fn new(name: String, pcpus: Option<u32>, vms: Vec<VmSpec>) -> Result<System, SpecError> {
+        crate::validate::check_system_name(&name)?;
+        crate::validate::check_pcpus(pcpus)?;
+        for (index, vm) in vms.iter().enumerate() {
+            crate::validate::check_vm(index, vm, pcpus)?;
+        }
+        crate::validate::check_across_vms(&vms)?;
+        Ok(System { name, pcpus, vms })
+    }
+
+    /// The system's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The number of physical CPUs the system may use, if given.
+    pub fn pcpus(&self) -> Option<u32> {
+        self.pcpus
+    }
+
+    /// The VM with this name.
+    pub fn vm(&self, name: &str) -> Option<&VmSpec> {
+        self.vms.iter().find(|vm| vm.name == name)
+    }
+
+    /// All VMs, in file order.
+    pub fn vms(&self) -> &[VmSpec] {
+        &self.vms
+    }
+}

@@ -1,0 +1,516 @@
+//! Reading the TOML file into the model (`std`): shape via serde, then conversion with
+//! precise, path-named errors, then the shared semantic checks, then host checks.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::env::expand;
+use crate::error::{ErrorKind, SpecError};
+use crate::model::{
+    Arch, ConsoleSpec, DiskSpec, HostPath, Memory, Output, OutputKind, Placement, RamRegion,
+    System, VmSpec,
+};
+use crate::size::parse_size;
+use crate::validate::{check_vm, vm_label};
+
+/// Reads, parses and validates a system description, and checks its host files (kernels are
+/// kernels for the VM's arch, disks open with the mode they need, …). Relative paths are
+/// resolved against the file's directory; the system name defaults to the file stem.
+pub fn load(path: &Path) -> Result<System, SpecError> {
+    Loader::new().load(path)
+}
+
+/// Parses and validates a system description given as text, resolving relative paths against
+/// `base_dir`, and checks its host files. The system name defaults to `"keel"`.
+pub fn parse_str(text: &str, base_dir: &Path) -> Result<System, SpecError> {
+    Loader::new().parse_str(text, base_dir)
+}
+
+type EnvFn<'e> = &'e dyn Fn(&str) -> Option<String>;
+
+fn process_env(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
+/// Parsing with options: where `${VAR}` values come from, and whether host files are checked.
+///
+/// ```no_run
+/// let system = keel_spec::Loader::new()
+///     .host_checks(false) // e.g. building for another machine
+///     .load(std::path::Path::new("keel.toml"))?;
+/// # Ok::<(), keel_spec::SpecError>(())
+/// ```
+pub struct Loader<'e> {
+    env: EnvFn<'e>,
+    host_checks: bool,
+}
+
+impl fmt::Debug for Loader<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loader")
+            .field("host_checks", &self.host_checks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Loader<'static> {
+    fn default() -> Self {
+        Loader::new()
+    }
+}
+
+impl Loader<'static> {
+    /// The process environment, host checks on.
+    pub fn new() -> Self {
+        Loader {
+            env: &process_env,
+            host_checks: true,
+        }
+    }
+}
+
+impl<'e> Loader<'e> {
+    /// Takes `${VAR}` values from `env` instead of the process environment
+    /// (`KEEL_CACHE` still defaults to `${HOME}/.cache/keel` when `env` has no value for it).
+    pub fn env<'f>(self, env: &'f dyn Fn(&str) -> Option<String>) -> Loader<'f> {
+        Loader {
+            env,
+            host_checks: self.host_checks,
+        }
+    }
+
+    /// Whether to check host files (existence, kernel format, disk open modes). On by default.
+    pub fn host_checks(mut self, on: bool) -> Self {
+        self.host_checks = on;
+        self
+    }
+
+    /// Like [`load`].
+    pub fn load(&self, path: &Path) -> Result<System, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SpecError::new(
+                "",
+                ErrorKind::Read {
+                    path: path.display().to_string(),
+                    reason: crate::host::io_reason(&e),
+                },
+            )
+        })?;
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.parse_named(&text, &base_dir, &stem)
+    }
+
+    /// Like [`parse_str`].
+    pub fn parse_str(&self, text: &str, base_dir: &Path) -> Result<System, SpecError> {
+        self.parse_named(text, base_dir, "keel")
+    }
+
+    /// Parses `text` with `default_name` as the system name when `[system] name` is absent.
+    pub fn parse_named(
+        &self,
+        text: &str,
+        base_dir: &Path,
+        default_name: &str,
+    ) -> Result<System, SpecError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let system = self.convert(raw, base_dir, default_name)?;
+        if self.host_checks {
+            crate::host::check_host(&system)?;
+        }
+        Ok(system)
+    }
+
+    fn convert(
+        &self,
+        raw: RawFile,
+        base_dir: &Path,
+        default_name: &str,
+    ) -> Result<System, SpecError> {
+        let raw_system = raw.system.unwrap_or_default();
+        let name = raw_system.name.unwrap_or_else(|| default_name.to_string());
+        crate::validate::check_system_name(&name)?;
+        let pcpus = match raw_system.pcpus {
+            None => None,
+            Some(n) => Some(u32::try_from(n).map_err(|_| {
+                SpecError::new(
+                    "system",
+                    ErrorKind::OutOfRange {
+                        key: "pcpus",
+                        value: n.into(),
+                        range: "1..=1024",
+                    },
+                )
+            })?),
+        };
+        crate::validate::check_pcpus(pcpus)?;
+        let ctx = Ctx {
+            env: self.env,
+            base_dir,
+        };
+        let mut vms = Vec::with_capacity(raw.vm.len());
+        for (index, raw_vm) in raw.vm.into_iter().enumerate() {
+            let vm = ctx.vm(index, raw_vm)?;
+            // Check each VM as soon as it is built so errors come in file order.
+            check_vm(index, &vm, pcpus)?;
+            vms.push(vm);
+        }
+        System::new(name, pcpus, vms)
+    }
+}
+
+/// Maps toml's multi-line error to one line: `line L, column C: message`.
+fn toml_error(text: &str, error: &toml::de::Error) -> SpecError {
+    let message = error
+        .message()
+        .lines()
+        .next()
+        .unwrap_or("invalid TOML")
+        .replace('`', "\"");
+    let at = match error.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("line {line}, column {column}")
+        }
+        None => String::new(),
+    };
+    SpecError::new(at, ErrorKind::Toml(message))
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+// ---- the shape of the file -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    system: Option<RawSystem>,
+    #[serde(default)]
+    vm: Vec<RawVm>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSystem {
+    name: Option<String>,
+    pcpus: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    name: String,
+    arch: Option<String>,
+    vcpus: Option<i64>,
+    memory: Option<RawNumber>,
+    #[serde(default)]
+    ram: Vec<RawRam>,
+    kernel: String,
+    initrd: Option<String>,
+    cmdline: Option<String>,
+    serial: Option<String>,
+    placement: Option<RawPlacement>,
+    #[serde(default)]
+    disk: Vec<RawDisk>,
+    #[serde(default)]
+    console: Vec<RawConsole>,
+    rng: Option<RawRng>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRam {
+    base: RawNumber,
+    size: RawNumber,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    pcpus: Option<Vec<i64>>,
+    priority: Option<i64>,
+    budget_us: Option<i64>,
+    period_us: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    path: String,
+    #[serde(default)]
+    read_only: bool,
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    output: Option<String>,
+}
+
+/// `[vm.rng]` has no keys yet; the table's presence adds the device.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRng {}
+
+/// A size or address: a TOML integer, or a string such as `"256M"` or `"0x4000_0000"`.
+enum RawNumber {
+    Integer(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawNumber;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer or a size string such as \"256M\"")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawNumber, E> {
+                Ok(RawNumber::Integer(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawNumber, E> {
+                i64::try_from(v)
+                    .map(RawNumber::Integer)
+                    .map_err(|_| E::custom("integer too large"))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawNumber, E> {
+                Ok(RawNumber::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+// ---- conversion ------------------------------------------------------------------------
+
+struct Ctx<'a> {
+    env: EnvFn<'a>,
+    base_dir: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn vm(&self, index: usize, raw: RawVm) -> Result<VmSpec, SpecError> {
+        // Name first: every later message names the VM by it.
+        crate::validate::check_vm_name(index, &raw.name)?;
+        let at = vm_label(index, Some(&raw.name));
+        let fail = |kind| SpecError::new(at.clone(), kind);
+        let arch = match &raw.arch {
+            Some(name) => {
+                Arch::from_name(name).ok_or_else(|| fail(ErrorKind::BadArch(name.clone())))?
+            }
+            None => Arch::host().ok_or_else(|| fail(ErrorKind::NoHostArch))?,
+        };
+        let vcpus = match raw.vcpus {
+            None => 1,
+            Some(n) => u32::try_from(n).map_err(|_| {
+                fail(ErrorKind::OutOfRange {
+                    key: "vcpus",
+                    value: n.into(),
+                    range: "1..=64",
+                })
+            })?,
+        };
+        let memory = match (raw.memory, raw.ram.is_empty()) {
+            (Some(_), false) => {
+                return Err(fail(ErrorKind::MemoryForm(
+                    "memory and [[vm.ram]] are mutually exclusive; give one",
+                )));
+            }
+            (None, true) => {
+                return Err(fail(ErrorKind::MemoryForm(
+                    "neither memory nor [[vm.ram]] is given",
+                )));
+            }
+            (Some(size), true) => Memory::Size(number(&at, "memory", size)?),
+            (None, false) => {
+                let mut regions = Vec::with_capacity(raw.ram.len());
+                for (i, ram) in raw.ram.into_iter().enumerate() {
+                    let here = format!("{at}: ram {i}");
+                    regions.push(RamRegion {
+                        base: number(&here, "base", ram.base)?,
+                        size: number(&here, "size", ram.size)?,
+                    });
+                }
+                Memory::Regions(regions)
+            }
+        };
+        let kernel = self.path(&at, "kernel", &raw.kernel)?;
+        let initrd = match &raw.initrd {
+            Some(p) => Some(self.path(&at, "initrd", p)?),
+            None => None,
+        };
+        let serial = match &raw.serial {
+            Some(text) => self.output(&at, "serial", text)?,
+            None => Output::Stdio,
+        };
+        let placement = match raw.placement {
+            Some(p) => Some(placement(&at, p)?),
+            None => None,
+        };
+        let mut disks = Vec::with_capacity(raw.disk.len());
+        for (i, disk) in raw.disk.into_iter().enumerate() {
+            let here = format!("{at}: disk {i}");
+            disks.push(DiskSpec {
+                path: self.path(&here, "path", &disk.path)?,
+                read_only: disk.read_only,
+                id: disk.id,
+            });
+        }
+        let mut consoles = Vec::with_capacity(raw.console.len());
+        for (i, console) in raw.console.into_iter().enumerate() {
+            let here = format!("{at}: console {i}");
+            let output = match &console.output {
+                Some(text) => self.output(&here, "output", text)?,
+                None => Output::Stdio,
+            };
+            consoles.push(ConsoleSpec { output });
+        }
+        Ok(VmSpec {
+            name: raw.name,
+            arch,
+            vcpus,
+            memory,
+            kernel,
+            initrd,
+            cmdline: raw.cmdline.unwrap_or_default(),
+            serial,
+            placement,
+            disks,
+            consoles,
+            rng: raw.rng.is_some(),
+        })
+    }
+
+    /// Expands `${VAR}`s and resolves a relative path against the base directory.
+    fn path(&self, at: &str, key: &'static str, text: &str) -> Result<HostPath, SpecError> {
+        let expanded = expand(key, text, self.env).map_err(|k| SpecError::new(at, k))?;
+        if expanded.is_empty() {
+            return Err(SpecError::new(at, ErrorKind::EmptyPath(key)));
+        }
+        let path = Path::new(&expanded);
+        let resolved = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        };
+        match resolved.into_os_string().into_string() {
+            Ok(s) => Ok(HostPath::new(s)),
+            Err(os) => Err(SpecError::new(
+                at,
+                ErrorKind::NonUtf8Path {
+                    key,
+                    path: os.to_string_lossy().into_owned(),
+                },
+            )),
+        }
+    }
+
+    fn output(&self, at: &str, key: &'static str, text: &str) -> Result<Output, SpecError> {
+        match Output::parse_kind(text) {
+            Some(OutputKind::Stdio) => Ok(Output::Stdio),
+            Some(OutputKind::Null) => Ok(Output::Null),
+            Some(OutputKind::File(path)) => Ok(Output::File(self.path(at, key, path)?)),
+            None => Err(SpecError::new(
+                at,
+                ErrorKind::BadOutput {
+                    key,
+                    value: text.to_string(),
+                },
+            )),
+        }
+    }
+}
+
+fn number(at: &str, key: &'static str, raw: RawNumber) -> Result<u64, SpecError> {
+    match raw {
+        RawNumber::Integer(n) => u64::try_from(n).map_err(|_| {
+            SpecError::new(
+                at,
+                ErrorKind::BadSize {
+                    key,
+                    value: n.to_string(),
+                    reason: "negative",
+                },
+            )
+        }),
+        RawNumber::Text(text) => parse_size(&text).map_err(|reason| {
+            SpecError::new(
+                at,
+                ErrorKind::BadSize {
+                    key,
+                    value: text,
+                    reason,
+                },
+            )
+        }),
+    }
+}
+
+fn placement(at: &str, raw: RawPlacement) -> Result<Placement, SpecError> {
+    let range = |key: &'static str, value: i64, range: &'static str| {
+        SpecError::new(
+            at,
+            ErrorKind::OutOfRange {
+                key,
+                value: value.into(),
+                range,
+            },
+        )
+    };
+    let pcpus = match raw.pcpus {
+        None => None,
+        Some(list) => Some(
+            list.into_iter()
+                .map(|p| u32::try_from(p).map_err(|_| range("placement: pcpus", p, "0..=1023")))
+                .collect::<Result<Vec<u32>, _>>()?,
+        ),
+    };
+    let priority = match raw.priority {
+        None => Placement::DEFAULT_PRIORITY,
+        Some(p) => u8::try_from(p)
+            .ok()
+            .filter(|&p| p <= crate::limits::MAX_PRIORITY)
+            .ok_or_else(|| range("placement: priority", p, "0..=254"))?,
+    };
+    let micros = |key: &'static str, value: Option<i64>, default: u64| match value {
+        None => Ok(default),
+        Some(v) => u64::try_from(v)
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(|| range(key, v, "1..")),
+    };
+    let period_us = micros(
+        "placement: period_us",
+        raw.period_us,
+        Placement::DEFAULT_PERIOD_US,
+    )?;
+    // An unset budget means the whole period.
+    let budget_us = micros("placement: budget_us", raw.budget_us, period_us)?;
+    Ok(Placement {
+        pcpus,
+        priority,
+        budget_us,
+        period_us,
+    })
+}

@@ -1,0 +1,380 @@
+//! Semantic checks on the model, shared by every front end (`no_std`).
+
+use alloc::format;
+use alloc::string::{String, ToString};
+
+use crate::error::{ErrorKind, SpecError};
+use crate::layout::{GPA_LIMIT, device_window};
+use crate::model::{Arch, Memory, Output, VmSpec};
+use crate::size::SizeDisplay;
+
+/// The limits the validator enforces.
+pub mod limits {
+    /// vCPUs per VM: `1..=MAX_VCPUS`.
+    pub const MAX_VCPUS: u32 = 64;
+    /// Least guest RAM per VM.
+    pub const MIN_MEMORY: u64 = 16 << 20;
+    /// Most guest RAM per VM.
+    pub const MAX_MEMORY: u64 = 512 << 30;
+    /// Granularity of RAM sizes and region bases.
+    pub const PAGE_SIZE: u64 = 4096;
+    /// Explicit `[[vm.ram]]` regions per VM.
+    pub const MAX_RAM_REGIONS: usize = 16;
+    /// `system.pcpus`: `1..=MAX_PCPUS`.
+    pub const MAX_PCPUS: u32 = 1024;
+    /// Highest scheduling priority a VM may have.
+    pub const MAX_PRIORITY: u8 = 254;
+    /// Bytes of `cmdline` as written (the VMM appends device locations after it).
+    pub const MAX_CMDLINE: usize = 2048;
+    /// Bytes of a disk's `id` (virtio-blk `GET_ID` returns 20 bytes).
+    pub const MAX_DISK_ID: usize = 20;
+    /// virtio-mmio devices (disks + consoles + rng) per VM.
+    pub const MAX_DEVICES: usize = 32;
+    /// VM names: length.
+    pub const MAX_VM_NAME: usize = 32;
+    /// System names: length.
+    pub const MAX_SYSTEM_NAME: usize = 64;
+}
+
+use limits::*;
+
+/// How error messages refer to VM `index`: by name when it has a valid one, else by index.
+pub(crate) fn vm_label(index: usize, name: Option<&str>) -> String {
+    match name {
+        Some(name) if vm_name_ok(name) => format!("vm {name:?}"),
+        _ => format!("vm[{index}]"),
+    }
+}
+
+fn vm_name_ok(name: &str) -> bool {
+    (1..=MAX_VM_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+pub(crate) fn check_system_name(name: &str) -> Result<(), SpecError> {
+    let ok = (1..=MAX_SYSTEM_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            "system",
+            ErrorKind::BadName {
+                name: name.to_string(),
+                rule: "1 to 64 of A-Z a-z 0-9 - _ .",
+            },
+        ))
+    }
+}
+
+pub(crate) fn check_pcpus(pcpus: Option<u32>) -> Result<(), SpecError> {
+    match pcpus {
+        Some(n) if n == 0 || n > MAX_PCPUS => Err(SpecError::new(
+            "system",
+            ErrorKind::OutOfRange {
+                key: "pcpus",
+                value: n.into(),
+                range: "1..=1024",
+            },
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn check_vm_name(index: usize, name: &str) -> Result<(), SpecError> {
+    if vm_name_ok(name) {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            format!("vm[{index}]"),
+            ErrorKind::BadName {
+                name: name.to_string(),
+                rule: "1 to 32 of a-z 0-9 -",
+            },
+        ))
+    }
+}
+
+/// Checks one VM on its own (names are checked against each other by `check_across_vms`).
+pub(crate) fn check_vm(index: usize, vm: &VmSpec, pcpus: Option<u32>) -> Result<(), SpecError> {
+    check_vm_name(index, &vm.name)?;
+    let at = vm_label(index, Some(&vm.name));
+    let err = |kind| Err(SpecError::new(at.clone(), kind));
+    if vm.vcpus == 0 || vm.vcpus > MAX_VCPUS {
+        return err(ErrorKind::OutOfRange {
+            key: "vcpus",
+            value: vm.vcpus.into(),
+            range: "1..=64",
+        });
+    }
+    check_memory(&at, vm.arch, &vm.memory)?;
+    check_cmdline(&at, &vm.cmdline)?;
+    let devices = vm.disks.len() + vm.consoles.len() + usize::from(vm.rng);
+    if devices > MAX_DEVICES {
+        return err(ErrorKind::TooMany {
+            key: "devices (disks + consoles + rng)",
+            count: devices,
+            max: MAX_DEVICES,
+        });
+    }
+    for (i, disk) in vm.disks.iter().enumerate() {
+        if let Some(id) = &disk.id {
+            if id.len() > MAX_DISK_ID {
+                return Err(SpecError::new(
+                    format!("{at}: disk {i}"),
+                    ErrorKind::DiskIdTooLong {
+                        id: id.clone(),
+                        len: id.len(),
+                    },
+                ));
+            }
+        }
+        if disk.path.as_str().is_empty() {
+            return Err(SpecError::new(
+                format!("{at}: disk {i}"),
+                ErrorKind::EmptyPath("path"),
+            ));
+        }
+    }
+    if vm.kernel.as_str().is_empty() {
+        return err(ErrorKind::EmptyPath("kernel"));
+    }
+    if matches!(&vm.serial, Output::File(path) if path.as_str().is_empty()) {
+        return err(ErrorKind::EmptyPath("serial"));
+    }
+    if let Some(placement) = &vm.placement {
+        if let Some(list) = &placement.pcpus {
+            if list.len() != vm.vcpus as usize {
+                return err(ErrorKind::PlacementLength {
+                    count: list.len(),
+                    vcpus: vm.vcpus,
+                });
+            }
+            if let Some(limit) = pcpus {
+                if let Some(&pcpu) = list.iter().find(|&&p| p >= limit) {
+                    return err(ErrorKind::PcpuOutOfRange { pcpu, pcpus: limit });
+                }
+            }
+        }
+        if placement.priority > MAX_PRIORITY {
+            return err(ErrorKind::OutOfRange {
+                key: "placement: priority",
+                value: placement.priority.into(),
+                range: "0..=254",
+            });
+        }
+        if placement.period_us == 0 {
+            return err(ErrorKind::OutOfRange {
+                key: "placement: period_us",
+                value: 0,
+                range: "1..",
+            });
+        }
+        if placement.budget_us == 0 {
+            return err(ErrorKind::OutOfRange {
+                key: "placement: budget_us",
+                value: 0,
+                range: "1..",
+            });
+        }
+        if placement.budget_us > placement.period_us {
+            return err(ErrorKind::BudgetOverPeriod {
+                budget: placement.budget_us,
+                period: placement.period_us,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_cmdline(at: &str, cmdline: &str) -> Result<(), SpecError> {
+    if cmdline.len() > MAX_CMDLINE {
+        return Err(SpecError::new(
+            at,
+            ErrorKind::CmdlineTooLong {
+                len: cmdline.len(),
+                max: MAX_CMDLINE,
+            },
+        ));
+    }
+    if let Some(pos) = cmdline.bytes().position(|b| b.is_ascii_control()) {
+        return Err(SpecError::new(at, ErrorKind::CmdlineControl(pos)));
+    }
+    Ok(())
+}
+
+fn check_total(at: &str, key: &'static str, total: u64) -> Result<(), SpecError> {
+    if total < MIN_MEMORY {
+        return Err(SpecError::new(
+            at,
+            ErrorKind::TooSmall {
+                key,
+                value: SizeDisplay(total).to_string(),
+                min: "16 MiB",
+            },
+        ));
+    }
+    if total > MAX_MEMORY {
+        return Err(SpecError::new(
+            at,
+            ErrorKind::TooLarge {
+                key,
+                value: SizeDisplay(total).to_string(),
+                max: "512 GiB",
+            },
+        ));
+    }
+    Ok(())
+}
+
+fn check_memory(at: &str, arch: Arch, memory: &Memory) -> Result<(), SpecError> {
+    match memory {
+        Memory::Size(size) => {
+            check_total(at, "memory", *size)?;
+            if size % PAGE_SIZE != 0 {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::Unaligned {
+                        key: "memory",
+                        value: *size,
+                    },
+                ));
+            }
+            Ok(())
+        }
+        Memory::Regions(regions) => {
+            if regions.len() > MAX_RAM_REGIONS {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::TooMany {
+                        key: "ram",
+                        count: regions.len(),
+                        max: MAX_RAM_REGIONS,
+                    },
+                ));
+            }
+            let window = device_window(arch);
+            for (index, region) in regions.iter().enumerate() {
+                let here = format!("{at}: ram {index}");
+                let size = SizeDisplay(region.size);
+                if region.size == 0 {
+                    return Err(SpecError::new(
+                        here,
+                        ErrorKind::TooSmall {
+                            key: "size",
+                            value: "0".to_string(),
+                            min: "4 KiB",
+                        },
+                    ));
+                }
+                for (key, value) in [("base", region.base), ("size", region.size)] {
+                    if value % PAGE_SIZE != 0 {
+                        return Err(SpecError::new(here, ErrorKind::Unaligned { key, value }));
+                    }
+                }
+                let Some(end) = region.end() else {
+                    return Err(SpecError::new(
+                        at,
+                        ErrorKind::RamWraps {
+                            index,
+                            base: region.base,
+                            size,
+                        },
+                    ));
+                };
+                if end > GPA_LIMIT {
+                    return Err(SpecError::new(
+                        at,
+                        ErrorKind::RamAboveLimit {
+                            index,
+                            base: region.base,
+                            size,
+                            limit: GPA_LIMIT,
+                        },
+                    ));
+                }
+                if window.overlaps(region.base, region.size) {
+                    return Err(SpecError::new(
+                        at,
+                        ErrorKind::RamInDeviceWindow {
+                            index,
+                            base: region.base,
+                            size,
+                            arch,
+                            window,
+                        },
+                    ));
+                }
+                if let Some(other) = regions[..index]
+                    .iter()
+                    .position(|r| r.base < end && region.base < r.base.saturating_add(r.size))
+                {
+                    return Err(SpecError::new(
+                        at,
+                        ErrorKind::RamOverlap {
+                            index,
+                            base: region.base,
+                            size,
+                            other,
+                        },
+                    ));
+                }
+            }
+            if regions.is_empty() {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::MemoryForm("neither memory nor [[vm.ram]] is given"),
+                ));
+            }
+            // Regions are disjoint and each below GPA_LIMIT, so the sum cannot overflow.
+            check_total(at, "ram (total)", memory.total())?;
+            if arch == Arch::X86_64 && !regions.iter().any(|r| r.base == 0) {
+                return Err(SpecError::new(at, ErrorKind::X86NoLowRam));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Checks between VMs: unique names, no disk image shared read-write.
+pub(crate) fn check_across_vms(vms: &[VmSpec]) -> Result<(), SpecError> {
+    if vms.is_empty() {
+        return Err(SpecError::new("", ErrorKind::NoVms));
+    }
+    for (index, vm) in vms.iter().enumerate() {
+        if vms[..index].iter().any(|earlier| earlier.name == vm.name) {
+            return Err(SpecError::new(
+                format!("vm[{index}]"),
+                ErrorKind::DuplicateName(vm.name.clone()),
+            ));
+        }
+    }
+    // A disk image written by one user and used by another (two VMs, or one VM twice) would
+    // be corrupted or read torn; sharing is fine only when every user reads.
+    let mut seen: alloc::vec::Vec<(&str, bool, String)> = alloc::vec::Vec::new();
+    for (index, vm) in vms.iter().enumerate() {
+        let at = vm_label(index, Some(&vm.name));
+        for (i, disk) in vm.disks.iter().enumerate() {
+            let path = disk.path.as_str();
+            let here = format!("{at}: disk {i}");
+            if let Some((_, _, other)) = seen
+                .iter()
+                .find(|(p, read_only, _)| *p == path && !(*read_only && disk.read_only))
+            {
+                return Err(SpecError::new(
+                    here,
+                    ErrorKind::DiskShared {
+                        path: path.to_string(),
+                        other: other.clone(),
+                    },
+                ));
+            }
+            seen.push((path, disk.read_only, here));
+        }
+    }
+    Ok(())
+}

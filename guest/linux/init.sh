@@ -51,8 +51,12 @@ for n in /sys/class/net/*; do
     echo "KEEL-NET ${n##*/} $(cat "$n/address" 2>/dev/null)"
 done
 [ -c /dev/vsock ] && echo "KEEL-VSOCK /dev/vsock"
-for c in /dev/hvc[0-9]*; do
-    [ -c "$c" ] && echo "KEEL-HVC $c"
+# Every virtio device found on any transport, with its device id and bound driver.
+for v in /sys/bus/virtio/devices/virtio*; do
+    [ -e "$v" ] || continue
+    drv=none
+    [ -e "$v/driver" ] && drv=$(basename "$(readlink "$v/driver")")
+    echo "KEEL-VIRTIO ${v##*/} device=$(cat "$v/device") driver=$drv"
 done
 if [ -r /sys/class/misc/hw_random/rng_current ]; then
     echo "KEEL-RNG $(cat /sys/class/misc/hw_random/rng_current)"

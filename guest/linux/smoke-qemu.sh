@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Boot Keel's Linux guest image under QEMU (TCG) and check the /init protocol:
+#
+#   guest/linux/smoke-qemu.sh x86_64|arm64
+#
+# Builds (or reuses) the image with build.sh, boots it with a virtio disk, rng, net and
+# console, passes a keel.cmd that exercises them and exits 7, and checks the KEEL-* markers,
+# the command's output and status, and that the guest powers QEMU off. Prints the time from
+# QEMU start to KEEL-GUEST-READY. Exits 0 if every check passed, 1 otherwise.
+# Environment: QEMU_SYSTEM (the qemu-system-* binary), SMOKE_TIMEOUT (seconds, default
+# 600 for x86_64, 180 for arm64), KEEL_CACHE (see build.sh), SMOKE_LOG (keep the console log).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+die() {
+    printf 'smoke-qemu.sh: error: %s\n' "$*" >&2
+    exit 2
+}
+
+[[ $# -eq 1 ]] || die "usage: smoke-qemu.sh x86_64|arm64"
+arch=$1
+case "$arch" in
+    x86_64) qemu_name=qemu-system-x86_64 default_timeout=600 ;;
+    arm64) qemu_name=qemu-system-aarch64 default_timeout=180 ;;
+    *) die "unknown arch '$arch' (x86_64|arm64)" ;;
+esac
+
+qemu=${QEMU_SYSTEM:-}
+if [[ -z $qemu ]]; then
+    if command -v "$qemu_name" >/dev/null 2>&1; then
+        qemu=$(command -v "$qemu_name")
+    elif [[ -x /opt/keel-qemu/usr/bin/$qemu_name ]]; then
+        # Debian's QEMU unpacked with dpkg-deb -x (see README.md: installed qemu-utils from
+        # backports blocks installing qemu-system-* 7.2 here).
+        qemu=/opt/keel-qemu/usr/bin/$qemu_name
+    else
+        die "$qemu_name not found (apt-get install -y qemu-system-arm qemu-system-x86, or set QEMU_SYSTEM)"
+    fi
+fi
+
+img=$("$here/build.sh" "$arch" | tail -n1)
+[[ -s $img/vmlinuz && -s $img/initrd.cpio.gz ]] || die "build.sh gave no image in '$img'"
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$here/mkdisk.sh" "$tmp/disk.img" 64M >/dev/null
+printf 'KEEL-DISK-SIGNATURE\n' | dd of="$tmp/disk.img" conv=notrunc status=none
+
+# The command: read the disk's first sector, 16 bytes of the virtio rng, list the
+# interfaces, then exit 7 (the status must come back in KEEL-CMD-EXIT).
+# shellcheck disable=SC2016 # expanded by the guest's shell
+snippet='echo "smoke: disk says $(head -c 19 /dev/vda)"
+echo "smoke: rng bytes $(head -c 16 /dev/hwrng | wc -c)"
+ip link set eth0 up && echo "smoke: eth0 up"
+exit 7'
+cmd_b64=$(printf '%s' "$snippet" | base64 -w0)
+
+# shellcheck disable=SC2054 # the commas are QEMU's option syntax
+case "$arch" in
+    arm64)
+        args=(-M virt -cpu cortex-a57 -m 512M -smp 1
+            -append "console=ttyAMA0 quiet keel.cmd=$cmd_b64"
+            -drive "if=none,id=d0,file=$tmp/disk.img,format=raw"
+            -device virtio-blk-device,drive=d0
+            -device virtio-rng-device
+            -netdev user,id=n0 -device virtio-net-device,netdev=n0
+            -device virtio-serial-device -chardev null,id=c0 -device virtconsole,chardev=c0)
+        ;;
+    x86_64)
+        # Debian's x86 kernel finds virtio-mmio only through ACPI: use virtio-pci here.
+        args=(-M q35 -accel tcg -m 512M -smp 1
+            -append "console=ttyS0 quiet keel.cmd=$cmd_b64"
+            -drive "if=none,id=d0,file=$tmp/disk.img,format=raw"
+            -device virtio-blk-pci,drive=d0
+            -device virtio-rng-pci
+            -netdev user,id=n0 -device virtio-net-pci,netdev=n0
+            -device virtio-serial-pci -chardev null,id=c0 -device virtconsole,chardev=c0)
+        ;;
+esac
+
+log=${SMOKE_LOG:-$tmp/console.log}
+timeout_s=${SMOKE_TIMEOUT:-$default_timeout}
+: >"$log"
+start=$EPOCHREALTIME
+ready_at=
+set +e
+while IFS= read -r line; do
+    line=${line%$'\r'}
+    printf '%s\n' "$line" >>"$log"
+    printf '%s\n' "$line"
+    if [[ -z $ready_at && $line == KEEL-GUEST-READY* ]]; then
+        ready_at=$EPOCHREALTIME
+    fi
+done < <(timeout --kill-after=5 "$timeout_s" "$qemu" -nographic -no-reboot \
+    -kernel "$img/vmlinuz" -initrd "$img/initrd.cpio.gz" "${args[@]}" </dev/null 2>&1
+echo "KEEL-SMOKE-QEMU-STATUS $?")
+set -e
+end=$EPOCHREALTIME
+
+fails=0
+check() {
+    local what=$1 pattern=$2
+    if grep -Eq -- "$pattern" "$log"; then
+        printf 'smoke: ok   %s\n' "$what"
+    else
+        printf 'smoke: FAIL %s (no line matching /%s/)\n' "$what" "$pattern"
+        fails=$((fails + 1))
+    fi
+}
+check "ready marker" '^KEEL-GUEST-READY$'
+check "all modules loaded" '^KEEL-MODULES loaded=[1-9][0-9]* failed=0$'
+check "uname" '^KEEL-UNAME 6\.'
+check "nproc" '^KEEL-NPROC 1$'
+check "virtio-blk disk (64 MiB)" '^KEEL-BLOCK vda 65536$'
+check "virtio-net interface" '^KEEL-NET eth0 52:54:00:'
+check "virtio-blk bound" '^KEEL-VIRTIO virtio[0-9]+ device=0x0002 driver=virtio_blk$'
+check "virtio-net bound" '^KEEL-VIRTIO virtio[0-9]+ device=0x0001 driver=virtio_net$'
+check "virtio-console bound" '^KEEL-VIRTIO virtio[0-9]+ device=0x0003 driver=virtio_console$'
+check "virtio-rng bound" '^KEEL-VIRTIO virtio[0-9]+ device=0x0004 driver=virtio_rng$'
+check "virtio-rng selected" '^KEEL-RNG virtio_rng\.0$'
+check "vsock device" '^KEEL-VSOCK /dev/vsock$'
+check "cmd read the disk" '^smoke: disk says KEEL-DISK-SIGNATURE$'
+check "cmd read the rng" '^smoke: rng bytes 16$'
+check "cmd brought eth0 up" '^smoke: eth0 up$'
+check "cmd exit status" '^KEEL-CMD-EXIT 7$'
+check "poweroff marker" '^KEEL-GUEST-POWEROFF$'
+check "QEMU exited by itself" '^KEEL-SMOKE-QEMU-STATUS 0$'
+
+total=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }')
+if [[ -n $ready_at ]]; then
+    ready=$(awk -v a="$start" -v b="$ready_at" 'BEGIN { printf "%.2f", b - a }')
+    printf 'smoke: %s ready after %s s, QEMU exited after %s s (TCG, %s)\n' "$arch" "$ready" "$total" "${qemu##*/}"
+else
+    printf 'smoke: %s never became ready; QEMU ran %s s\n' "$arch" "$total"
+fi
+if ((fails > 0)); then
+    printf 'smoke: %s: %d check(s) failed\n' "$arch" "$fails"
+    exit 1
+fi
+printf 'smoke: %s: all checks passed\n' "$arch"

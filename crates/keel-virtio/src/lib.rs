@@ -1,2 +1,65 @@
-//! Keel portable virtio devices.
+//! Keel's portable virtio layer: the split virtqueue, the virtio-mmio transport and the
+//! console, block and rng device models. `#![no_std]` + `alloc`; the `std` feature adds
+//! host backends ([`FileBackend`], [`OsEntropy`]).
+//!
+//! # Public API
+//!
+//! ```text
+//! queue::Queue::new(max_size: u16) -> Queue
+//!   set_size / set_ready / set_desc_table / set_avail_ring / set_used_ring /
+//!   set_event_idx / set_indirect, validate(&M) -> Result<(), QueueError>,
+//!   pop(&mut self, &M) -> Result<Option<DescriptorChain>, QueueError>,
+//!   add_used(&mut self, &M, head: u16, len: u32) -> Result<(), QueueError>,
+//!   needs_notification(&mut self, &M) -> Result<bool, QueueError>      (M: GuestMemory + ?Sized)
+//! queue::DescriptorChain: head(), segments(), readable(), writable(), readable_len(),
+//!   writable_len(), require_readable_only(), require_writable_only(),
+//!   read_at(&M, offset, &mut [u8]), read_all(&M) -> Vec<u8>, write_at(&M, offset, &[u8])
+//!
+//! device::VirtioDevice (trait): device_type(), name(), queue_max_sizes(), device_features(),
+//!   read_config(offset, &mut [u8]), write_config(offset, &[u8]),
+//!   activate(GuestRam, Vec<Queue>, acked_features: u64) -> Result<(), DeviceError>,
+//!   reset(), process_queue(queue: u16) -> Result<bool, DeviceError>, poll() -> Result<bool, DeviceError>
+//!
+//! mmio::MmioTransport::new(device: D, memory: GuestRam, irq: Arc<dyn IrqLine>) -> MmioTransport<D>
+//!   impl keel_core::BusDevice; notify(queue: u16); poll(); take_error() -> Option<DeviceFailure>;
+//!   device() / device_mut() -> &D / &mut D; status(); interrupt_status(); is_active()
+//!
+//! console::Console::new(output: O: ConsoleOutput) [.with_size(cols, rows)];
+//!   push_input(&[u8]) -> usize (accepted); ConsoleOutput::write(&mut self, &[u8])
+//! block::Block::new(backend: B: BlockBackend, id: impl AsRef<[u8]>);
+//!   BlockBackend: size(), read_only(), read_at, write_at, flush, discard -> Result<(), BlockError>
+//!   block::MemoryBackend::new(T) / ::read_only(T)   (T: AsRef<[u8]> + AsMut<[u8]> + Send)
+//! rng::Rng::new(source: E: EntropySource); EntropySource::fill(&mut [u8]) -> Result<(), EntropyError>
+//! std only: FileBackend::open(path, read_only: bool) -> io::Result<FileBackend>,
+//!           OsEntropy::open() -> io::Result<OsEntropy>
+//! ```
+//!
+//! A VMM wires a device as
+//! `Arc::new(spin::Mutex::new(MmioTransport::new(Block::new(FileBackend::open(p, false)?, "disk0"), ram, irq)))`,
+//! inserts it on its MMIO bus, calls `notify(q)` from ioeventfd threads, and logs
+//! `take_error()` after each access (`virtio-blk: queue 0: …`). See `docs/virtio.md`.
 #![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(any(test, feature = "std"))]
+extern crate std;
+
+pub mod block;
+pub mod console;
+pub mod device;
+#[cfg(feature = "std")]
+pub mod host;
+pub mod mmio;
+pub mod queue;
+pub mod rng;
+
+pub use block::{Block, BlockBackend, BlockError, MemoryBackend};
+pub use console::{Console, ConsoleOutput};
+pub use device::{DeviceError, DeviceFailure, VirtioDevice};
+#[cfg(feature = "std")]
+pub use host::{FileBackend, OsEntropy};
+pub use mmio::MmioTransport;
+pub use queue::{ChainError, DescriptorChain, Queue, QueueError, Segment};
+pub use rng::{EntropyError, EntropySource, Rng};

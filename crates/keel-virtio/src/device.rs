@@ -1,0 +1,219 @@
+//! The contract between a transport (virtio-mmio) and a device model.
+//!
+//! A device model sees guest memory, its virtqueues and its backend; nothing else. It never
+//! calls the OS and never touches the interrupt line: it tells the transport whether the
+//! guest should be interrupted, and the transport drives the line.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use keel_core::GuestRam;
+
+use crate::queue::{ChainError, Queue, QueueError};
+
+/// virtio device IDs (virtio 1.2 §5).
+pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+    /// Console.
+    pub const CONSOLE: u32 = 3;
+    /// Entropy source.
+    pub const RNG: u32 = 4;
+    /// Socket device.
+    pub const VSOCK: u32 = 19;
+}
+
+/// Feature bits shared by all devices (virtio 1.2 §6).
+pub mod features {
+    /// The driver may use indirect descriptors.
+    pub const VIRTIO_F_INDIRECT_DESC: u64 = 1 << 28;
+    /// used_event / avail_event notification suppression.
+    pub const VIRTIO_F_EVENT_IDX: u64 = 1 << 29;
+    /// A modern (virtio 1.x) device.
+    pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+}
+
+/// The name of a device type, for messages.
+pub fn device_type_name(device_type: u32) -> &'static str {
+    match device_type {
+        device_type::NET => "virtio-net",
+        device_type::BLOCK => "virtio-blk",
+        device_type::CONSOLE => "virtio-console",
+        device_type::RNG => "virtio-rng",
+        device_type::VSOCK => "virtio-vsock",
+        _ => "virtio",
+    }
+}
+
+/// Why a device stopped: the guest's queue or request was malformed beyond what a status
+/// code can report, or the device's backend failed. The transport answers with
+/// DEVICE_NEEDS_RESET.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// A virtqueue or one of its descriptor chains is malformed.
+    #[error("queue {queue}: {source}")]
+    Queue {
+        /// The queue index.
+        queue: u16,
+        /// What was wrong.
+        source: QueueError,
+    },
+    /// A chain does not have the shape the device protocol requires.
+    #[error("queue {queue}: {source}")]
+    Chain {
+        /// The queue index.
+        queue: u16,
+        /// What was wrong.
+        source: ChainError,
+    },
+    /// A request is malformed in a way the device cannot answer with a status.
+    #[error("queue {queue}, descriptor chain at head {head}: {reason}")]
+    BadRequest {
+        /// The queue index.
+        queue: u16,
+        /// The chain's head.
+        head: u16,
+        /// What was wrong, with the offending value.
+        reason: String,
+    },
+    /// The driver notified a queue the device does not have.
+    #[error("queue {queue} does not exist (the device has {count})")]
+    NoSuchQueue {
+        /// The index notified.
+        queue: u16,
+        /// How many queues the device has.
+        count: usize,
+    },
+    /// The device's backend failed in a way the guest cannot be told about.
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+impl DeviceError {
+    /// Tag a [`QueueError`] with its queue.
+    pub fn queue(queue: u16) -> impl FnOnce(QueueError) -> DeviceError {
+        move |source| DeviceError::Queue { queue, source }
+    }
+
+    /// Tag a [`ChainError`] with its queue.
+    pub fn chain(queue: u16) -> impl FnOnce(ChainError) -> DeviceError {
+        move |source| DeviceError::Chain { queue, source }
+    }
+}
+
+/// A device error with the name of the device it happened in: the one line the VMM logs
+/// (`virtio-blk: queue 0: descriptor 3 buffer 0x1000+0x200 is not in guest RAM`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceFailure {
+    /// The device's name (`virtio-blk`, …).
+    pub device: &'static str,
+    /// What went wrong.
+    pub error: DeviceError,
+}
+
+impl fmt::Display for DeviceFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.device, self.error)
+    }
+}
+
+impl core::error::Error for DeviceFailure {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// A virtio device model, driven by a transport.
+///
+/// Life cycle: the transport negotiates features and queue configuration with the driver,
+/// then calls [`VirtioDevice::activate`] once with guest memory and the validated queues;
+/// [`VirtioDevice::process_queue`] on each notification; [`VirtioDevice::reset`] when the
+/// driver writes status 0 (after which `activate` may come again).
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (see [`device_type`]).
+    fn device_type(&self) -> u32;
+
+    /// The name used in messages; by default derived from the device type.
+    fn name(&self) -> &'static str {
+        device_type_name(self.device_type())
+    }
+
+    /// The maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// The device-specific feature bits offered (the transport adds VERSION_1 and the ring
+    /// features it implements).
+    fn device_features(&self) -> u64;
+
+    /// Read `data.len()` bytes of the device configuration space at `offset`. Bytes past the
+    /// end of the configuration read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Write the device configuration space. Ignored by default (read-only config).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
+
+    /// Start the device: the driver has set DRIVER_OK. `queues` has one entry per
+    /// [`VirtioDevice::queue_max_sizes`] entry, configured and with ring features applied;
+    /// queues the driver did not set ready are present with `ready() == false`.
+    fn activate(
+        &mut self,
+        memory: GuestRam,
+        queues: Vec<Queue>,
+        acked_features: u64,
+    ) -> Result<(), DeviceError>;
+
+    /// Return to the state before activation (drop queues and memory, keep the backend).
+    fn reset(&mut self);
+
+    /// The driver notified `queue`. Returns whether the guest should be interrupted (used
+    /// buffers were added and the driver did not suppress the notification).
+    fn process_queue(&mut self, queue: u16) -> Result<bool, DeviceError>;
+
+    /// Device-side work that does not come from a notification (console input arrived).
+    /// Returns whether the guest should be interrupted.
+    fn poll(&mut self) -> Result<bool, DeviceError> {
+        Ok(false)
+    }
+}
+
+/// What an activated device holds: guest memory and its queues. Shared by the device models
+/// so that each does not re-implement queue lookup and interrupt decisions.
+#[derive(Debug)]
+pub struct ActiveQueues {
+    /// Guest memory.
+    pub memory: GuestRam,
+    /// The queues, by index.
+    pub queues: Vec<Queue>,
+}
+
+impl ActiveQueues {
+    /// Wrap what [`VirtioDevice::activate`] received.
+    pub fn new(memory: GuestRam, queues: Vec<Queue>) -> ActiveQueues {
+        ActiveQueues { memory, queues }
+    }
+
+    /// Guest memory and queue `index`, or [`DeviceError::NoSuchQueue`].
+    pub fn get(&mut self, index: u16) -> Result<(&GuestRam, &mut Queue), DeviceError> {
+        let count = self.queues.len();
+        let q = self
+            .queues
+            .get_mut(usize::from(index))
+            .ok_or(DeviceError::NoSuchQueue {
+                queue: index,
+                count,
+            })?;
+        Ok((&self.memory, q))
+    }
+
+    /// Whether queue `index` should interrupt the guest for the used entries added since
+    /// the last decision.
+    pub fn needs_notification(&mut self, index: u16) -> Result<bool, DeviceError> {
+        let (mem, q) = self.get(index)?;
+        q.needs_notification(mem).map_err(DeviceError::queue(index))
+    }
+}

@@ -1,0 +1,796 @@
+//! The split virtqueue (virtio 1.2 §2.7), device side.
+//!
+//! The guest owns three rings in its memory: the descriptor table, the available ring
+//! (driver → device) and the used ring (device → driver). Everything in them is hostile
+//! input: [`Queue::pop`] copies a whole descriptor chain out of guest memory exactly once
+//! (so the guest cannot change it between validation and use) and checks every index,
+//! address, length, direction and flag before handing the device a [`DescriptorChain`].
+//!
+//! Modelled on Firecracker's `queue.rs` and rust-vmm's `virtio-queue`, over
+//! [`keel_core::GuestMemory`] so it runs without std.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{Ordering, fence};
+
+use keel_core::{GuestAddress, GuestMemory, GuestMemoryError};
+
+/// Descriptor flag: the chain continues with the descriptor in `next`.
+pub const VIRTQ_DESC_F_NEXT: u16 = 1;
+/// Descriptor flag: the buffer is device-writable (otherwise device-readable).
+pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+/// Descriptor flag: the buffer is a table of indirect descriptors.
+pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+/// Available-ring flag: the driver does not want interrupts (without EVENT_IDX).
+pub const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Largest queue size a split virtqueue may have.
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+/// Size of one descriptor in the table.
+const DESC_SIZE: u64 = 16;
+/// Most entries accepted in one indirect table (the split-ring maximum chain length).
+pub const MAX_INDIRECT_ENTRIES: u32 = MAX_QUEUE_SIZE as u32;
+
+/// What is wrong with a virtqueue or with a descriptor chain the driver made available.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The driver set a queue size that is zero, not a power of two, or above the maximum.
+    #[error("queue size {size} is not a power of two between 1 and {max}")]
+    InvalidSize {
+        /// Size the driver wrote.
+        size: u16,
+        /// The device's maximum.
+        max: u16,
+    },
+    /// The queue was used before the driver set it ready.
+    #[error("queue is not ready")]
+    NotReady,
+    /// A ring is not aligned as the spec requires (16 / 2 / 4 bytes).
+    #[error("{ring} at {gpa:#x} is not aligned to {align} bytes")]
+    MisalignedRing {
+        /// Which ring.
+        ring: &'static str,
+        /// Its guest-physical address.
+        gpa: u64,
+        /// The alignment required.
+        align: u64,
+    },
+    /// A ring does not lie wholly in guest RAM (or wraps around).
+    #[error("{ring} at {gpa:#x} (size {len:#x}) is not in guest RAM")]
+    RingOutOfRange {
+        /// Which ring.
+        ring: &'static str,
+        /// Its guest-physical address.
+        gpa: u64,
+        /// Its size in bytes for the current queue size.
+        len: u64,
+    },
+    /// The available index moved further ahead of the device than the queue has entries.
+    #[error(
+        "available index {avail_idx} is {pending} entries ahead of the device's {next_avail}, more than the queue size {size}"
+    )]
+    AvailIndexRunaway {
+        /// The index the driver published.
+        avail_idx: u16,
+        /// The next entry the device would take.
+        next_avail: u16,
+        /// `avail_idx - next_avail`, wrapping.
+        pending: u16,
+        /// The queue size.
+        size: u16,
+    },
+    /// A descriptor index (a head in the available ring or a `next` field) is outside the
+    /// descriptor table.
+    #[error("descriptor index {index} is outside a table of {table_len} descriptors")]
+    DescriptorIndexOutOfRange {
+        /// The index.
+        index: u16,
+        /// Entries in the table it indexes (queue size, or indirect table length).
+        table_len: u32,
+    },
+    /// The chain has more descriptors than its table: it loops.
+    #[error(
+        "descriptor chain at head {head} is longer than its table of {limit} descriptors (a loop)"
+    )]
+    ChainTooLong {
+        /// Head of the chain.
+        head: u16,
+        /// Entries in the table.
+        limit: u32,
+    },
+    /// A descriptor's buffer is not wholly in guest RAM (or wraps around).
+    #[error("descriptor {index} buffer {addr:#x}+{len:#x} is not in guest RAM")]
+    DescriptorOutOfRange {
+        /// Index of the descriptor in its table.
+        index: u16,
+        /// Buffer address.
+        addr: u64,
+        /// Buffer length.
+        len: u32,
+    },
+    /// A device-readable descriptor follows a device-writable one (§2.7.4.2).
+    #[error("descriptor {index} is device-readable but follows a device-writable descriptor")]
+    ReadableAfterWritable {
+        /// Index of the readable descriptor.
+        index: u16,
+    },
+    /// An indirect descriptor without VIRTIO_F_INDIRECT_DESC negotiated.
+    #[error("descriptor {index} is indirect but VIRTIO_F_INDIRECT_DESC was not negotiated")]
+    IndirectNotNegotiated {
+        /// Index of the descriptor.
+        index: u16,
+    },
+    /// An indirect descriptor that also has VIRTQ_DESC_F_NEXT.
+    #[error("indirect descriptor {index} also has VIRTQ_DESC_F_NEXT set")]
+    IndirectWithNext {
+        /// Index of the descriptor.
+        index: u16,
+    },
+    /// An indirect descriptor inside an indirect table.
+    #[error("entry {index} of an indirect table is itself indirect")]
+    NestedIndirect {
+        /// Index inside the indirect table.
+        index: u16,
+    },
+    /// An indirect table whose length is zero, not a multiple of 16, or too long.
+    #[error(
+        "indirect descriptor {index} has table length {len:#x}: not a non-zero multiple of 16 of at most {MAX_INDIRECT_ENTRIES} entries"
+    )]
+    InvalidIndirectLength {
+        /// Index of the indirect descriptor.
+        index: u16,
+        /// Its length field.
+        len: u32,
+    },
+    /// An indirect table that is not wholly in guest RAM.
+    #[error("indirect table of descriptor {index} at {addr:#x}+{len:#x} is not in guest RAM")]
+    IndirectTableOutOfRange {
+        /// Index of the indirect descriptor.
+        index: u16,
+        /// Table address.
+        addr: u64,
+        /// Table length.
+        len: u32,
+    },
+    /// The buffers of one chain add up to more than 4 GiB - 1 (a used length is 32 bits).
+    #[error("descriptor chain at head {head} has buffers totalling more than 4 GiB")]
+    ChainTooLarge {
+        /// Head of the chain.
+        head: u16,
+    },
+    /// The device tried to return a head that is not a descriptor index.
+    #[error("used head {head} is outside queue size {size}")]
+    InvalidUsedHead {
+        /// The head.
+        head: u16,
+        /// The queue size.
+        size: u16,
+    },
+    /// Guest memory could not be accessed.
+    #[error("guest memory: {0}")]
+    Memory(#[from] GuestMemoryError),
+}
+
+/// What is wrong with the way a device uses a [`DescriptorChain`]: the chain does not have
+/// the shape the device protocol requires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// The chain has a device-writable buffer where the device accepts only readable ones.
+    #[error(
+        "descriptor chain at head {head} has {len} device-writable bytes where none are allowed"
+    )]
+    UnexpectedWritable {
+        /// Head of the chain.
+        head: u16,
+        /// Writable bytes found.
+        len: u32,
+    },
+    /// The chain has a device-readable buffer where the device accepts only writable ones.
+    #[error(
+        "descriptor chain at head {head} has {len} device-readable bytes where none are allowed"
+    )]
+    UnexpectedReadable {
+        /// Head of the chain.
+        head: u16,
+        /// Readable bytes found.
+        len: u32,
+    },
+    /// An access past the end of the readable or writable part of the chain.
+    #[error(
+        "descriptor chain at head {head}: {len} bytes at offset {offset} exceed its {available} {part} bytes"
+    )]
+    OutOfBounds {
+        /// Head of the chain.
+        head: u16,
+        /// `"readable"` or `"writable"`.
+        part: &'static str,
+        /// Offset of the access inside that part.
+        offset: u64,
+        /// Length of the access.
+        len: u64,
+        /// Size of that part.
+        available: u32,
+    },
+    /// Guest memory could not be accessed.
+    #[error("guest memory: {0}")]
+    Memory(#[from] GuestMemoryError),
+}
+
+/// One buffer of a descriptor chain, as validated when the chain was popped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Guest-physical address of the buffer (the whole buffer is in guest RAM).
+    pub addr: GuestAddress,
+    /// Length in bytes (never zero: empty descriptors are dropped).
+    pub len: u32,
+    /// Whether the device may write the buffer (otherwise it may only read it).
+    pub writable: bool,
+}
+
+/// A descriptor chain copied out of guest memory and validated: device-readable segments
+/// first, then device-writable ones, every buffer inside guest RAM, total length below 4 GiB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescriptorChain {
+    head: u16,
+    segments: Vec<Segment>,
+    first_writable: usize,
+    readable_len: u32,
+    writable_len: u32,
+}
+
+impl DescriptorChain {
+    /// The head index, which [`Queue::add_used`] takes back.
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// All segments in chain order.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// The device-readable segments (they all come first).
+    pub fn readable(&self) -> &[Segment] {
+        self.segments.get(..self.first_writable).unwrap_or(&[])
+    }
+
+    /// The device-writable segments (they all come last).
+    pub fn writable(&self) -> &[Segment] {
+        self.segments.get(self.first_writable..).unwrap_or(&[])
+    }
+
+    /// Total device-readable bytes.
+    pub fn readable_len(&self) -> u32 {
+        self.readable_len
+    }
+
+    /// Total device-writable bytes.
+    pub fn writable_len(&self) -> u32 {
+        self.writable_len
+    }
+
+    /// Fail unless the chain has no device-writable bytes (e.g. a transmit buffer).
+    pub fn require_readable_only(&self) -> Result<(), ChainError> {
+        if self.writable_len != 0 {
+            return Err(ChainError::UnexpectedWritable {
+                head: self.head,
+                len: self.writable_len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Fail unless the chain has no device-readable bytes (e.g. a receive buffer).
+    pub fn require_writable_only(&self) -> Result<(), ChainError> {
+        if self.readable_len != 0 {
+            return Err(ChainError::UnexpectedReadable {
+                head: self.head,
+                len: self.readable_len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copy `buf.len()` bytes of the readable part, starting `offset` bytes into it.
+    pub fn read_at<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), ChainError> {
+        let avail = self.readable_len;
+        check_part(self.head, "readable", offset, buf.len(), avail)?;
+        let mut done = 0usize;
+        for_each_piece(self.readable(), offset, buf.len(), |gpa, len| {
+            let piece = buf
+                .get_mut(done..done + len)
+                .ok_or(ChainError::OutOfBounds {
+                    head: self.head,
+                    part: "readable",
+                    offset,
+                    len: len as u64,
+                    available: avail,
+                })?;
+            mem.read(gpa, piece)?;
+            done += len;
+            Ok(())
+        })
+    }
+
+    /// Copy the whole readable part into a new buffer.
+    pub fn read_all<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<Vec<u8>, ChainError> {
+        let mut v = alloc::vec![0u8; self.readable_len as usize];
+        self.read_at(mem, 0, &mut v)?;
+        Ok(v)
+    }
+
+    /// Copy `data` into the writable part, starting `offset` bytes into it.
+    pub fn write_at<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), ChainError> {
+        let avail = self.writable_len;
+        check_part(self.head, "writable", offset, data.len(), avail)?;
+        let mut done = 0usize;
+        for_each_piece(self.writable(), offset, data.len(), |gpa, len| {
+            let piece = data.get(done..done + len).ok_or(ChainError::OutOfBounds {
+                head: self.head,
+                part: "writable",
+                offset,
+                len: len as u64,
+                available: avail,
+            })?;
+            mem.write(gpa, piece)?;
+            done += len;
+            Ok(())
+        })
+    }
+}
+
+fn check_part(
+    head: u16,
+    part: &'static str,
+    offset: u64,
+    len: usize,
+    available: u32,
+) -> Result<(), ChainError> {
+    let len = len as u64;
+    match offset.checked_add(len) {
+        Some(end) if end <= u64::from(available) => Ok(()),
+        _ => Err(ChainError::OutOfBounds {
+            head,
+            part,
+            offset,
+            len,
+            available,
+        }),
+    }
+}
+
+/// Call `f(gpa, len)` for each piece of `[offset, offset + len)` of the concatenated
+/// `segments`. The caller has checked that the range lies inside them.
+fn for_each_piece(
+    segments: &[Segment],
+    mut offset: u64,
+    mut len: usize,
+    mut f: impl FnMut(GuestAddress, usize) -> Result<(), ChainError>,
+) -> Result<(), ChainError> {
+    for s in segments {
+        if len == 0 {
+            break;
+        }
+        let seg_len = u64::from(s.len);
+        if offset >= seg_len {
+            offset -= seg_len;
+            continue;
+        }
+        // `offset < seg_len <= u32::MAX`, so both fit in usize on every supported target.
+        let n = core::cmp::min(len as u64, seg_len - offset) as usize;
+        // Inside a segment that was checked to be in guest RAM: cannot overflow.
+        let gpa = GuestAddress(s.addr.0 + offset);
+        f(gpa, n)?;
+        len -= n;
+        offset = 0;
+    }
+    Ok(())
+}
+
+/// One descriptor as laid out in a table.
+#[derive(Clone, Copy, Debug)]
+struct RawDescriptor {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+impl RawDescriptor {
+    fn parse(b: &[u8; 16]) -> RawDescriptor {
+        let mut addr = [0u8; 8];
+        addr.copy_from_slice(&b[0..8]);
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&b[8..12]);
+        RawDescriptor {
+            addr: u64::from_le_bytes(addr),
+            len: u32::from_le_bytes(len),
+            flags: u16::from_le_bytes([b[12], b[13]]),
+            next: u16::from_le_bytes([b[14], b[15]]),
+        }
+    }
+}
+
+/// The device side of one split virtqueue: its configuration (written by the driver through
+/// the transport) and the device's positions in the rings.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    max_size: u16,
+    size: u16,
+    ready: bool,
+    desc_table: GuestAddress,
+    avail_ring: GuestAddress,
+    used_ring: GuestAddress,
+    next_avail: u16,
+    next_used: u16,
+    event_idx: bool,
+    indirect: bool,
+    /// The used index when the device last decided about an interrupt.
+    signalled_used: Option<u16>,
+}
+
+impl Queue {
+    /// A queue whose size may be at most `max_size` (a power of two ≤ 32768 chosen by the
+    /// device model). It starts with size `max_size`, not ready, rings at 0.
+    pub fn new(max_size: u16) -> Queue {
+        Queue {
+            max_size,
+            size: max_size,
+            ready: false,
+            desc_table: GuestAddress(0),
+            avail_ring: GuestAddress(0),
+            used_ring: GuestAddress(0),
+            next_avail: 0,
+            next_used: 0,
+            event_idx: false,
+            indirect: false,
+            signalled_used: None,
+        }
+    }
+
+    /// The largest size the device accepts.
+    pub fn max_size(&self) -> u16 {
+        self.max_size
+    }
+
+    /// The size the driver chose.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Set the size (checked by [`Queue::validate`], not here: the driver may write any value).
+    pub fn set_size(&mut self, size: u16) {
+        self.size = size;
+    }
+
+    /// Whether the driver has set the queue ready.
+    pub fn ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Set or clear the ready flag.
+    pub fn set_ready(&mut self, ready: bool) {
+        self.ready = ready;
+    }
+
+    /// Guest address of the descriptor table.
+    pub fn desc_table(&self) -> GuestAddress {
+        self.desc_table
+    }
+
+    /// Set the guest address of the descriptor table.
+    pub fn set_desc_table(&mut self, gpa: GuestAddress) {
+        self.desc_table = gpa;
+    }
+
+    /// Guest address of the available (driver) ring.
+    pub fn avail_ring(&self) -> GuestAddress {
+        self.avail_ring
+    }
+
+    /// Set the guest address of the available (driver) ring.
+    pub fn set_avail_ring(&mut self, gpa: GuestAddress) {
+        self.avail_ring = gpa;
+    }
+
+    /// Guest address of the used (device) ring.
+    pub fn used_ring(&self) -> GuestAddress {
+        self.used_ring
+    }
+
+    /// Set the guest address of the used (device) ring.
+    pub fn set_used_ring(&mut self, gpa: GuestAddress) {
+        self.used_ring = gpa;
+    }
+
+    /// Use VIRTIO_F_EVENT_IDX notification suppression.
+    pub fn set_event_idx(&mut self, on: bool) {
+        self.event_idx = on;
+    }
+
+    /// Accept indirect descriptors (VIRTIO_F_INDIRECT_DESC).
+    pub fn set_indirect(&mut self, on: bool) {
+        self.indirect = on;
+    }
+
+    /// The next available-ring entry the device will take.
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
+    }
+
+    /// The next used-ring entry the device will fill.
+    pub fn next_used(&self) -> u16 {
+        self.next_used
+    }
+
+    /// Back to the state after [`Queue::new`].
+    pub fn reset(&mut self) {
+        *self = Queue::new(self.max_size);
+    }
+
+    /// Check the configuration: ready, size a power of two ≤ max, each ring aligned and
+    /// wholly inside guest RAM.
+    pub fn validate<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<(), QueueError> {
+        if !self.ready {
+            return Err(QueueError::NotReady);
+        }
+        let size = self.size;
+        if size == 0 || !size.is_power_of_two() || size > self.max_size || size > MAX_QUEUE_SIZE {
+            return Err(QueueError::InvalidSize {
+                size,
+                max: self.max_size,
+            });
+        }
+        let n = u64::from(size);
+        let rings = [
+            ("descriptor table", self.desc_table, 16, DESC_SIZE * n),
+            ("available ring", self.avail_ring, 2, 6 + 2 * n),
+            ("used ring", self.used_ring, 4, 6 + 8 * n),
+        ];
+        for (ring, gpa, align, len) in rings {
+            if gpa.0 % align != 0 {
+                return Err(QueueError::MisalignedRing {
+                    ring,
+                    gpa: gpa.0,
+                    align,
+                });
+            }
+            if !mem.contains(gpa, len) {
+                return Err(QueueError::RingOutOfRange {
+                    ring,
+                    gpa: gpa.0,
+                    len,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Address `offset` bytes into a ring already checked by `validate`.
+    fn ring_addr(base: GuestAddress, offset: u64) -> Result<GuestAddress, QueueError> {
+        base.checked_add(offset)
+            .ok_or(QueueError::Memory(GuestMemoryError::OutOfRange {
+                gpa: base.0,
+                len: offset,
+            }))
+    }
+
+    /// Read the available index and check it against the device's position.
+    fn pending<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<u16, QueueError> {
+        let avail_idx = mem.load_u16_acquire(Self::ring_addr(self.avail_ring, 2)?)?;
+        let pending = avail_idx.wrapping_sub(self.next_avail);
+        if pending > self.size {
+            return Err(QueueError::AvailIndexRunaway {
+                avail_idx,
+                next_avail: self.next_avail,
+                pending,
+                size: self.size,
+            });
+        }
+        Ok(pending)
+    }
+
+    /// Take the next descriptor chain the driver made available, copied and validated, or
+    /// `None` when the ring is empty. With EVENT_IDX, an empty ring also publishes
+    /// `avail_event` so the driver notifies the device of the next buffer.
+    pub fn pop<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<Option<DescriptorChain>, QueueError> {
+        self.validate(mem)?;
+        let mut pending = self.pending(mem)?;
+        if pending == 0 && self.event_idx {
+            // Ask for a notification at the next entry, then look again: the driver may
+            // have published between our read and its check of avail_event.
+            let avail_event = Self::ring_addr(self.used_ring, 4 + 8 * u64::from(self.size))?;
+            mem.store_u16_release(avail_event, self.next_avail)?;
+            fence(Ordering::SeqCst);
+            pending = self.pending(mem)?;
+        }
+        if pending == 0 {
+            return Ok(None);
+        }
+        let slot = u64::from(self.next_avail & (self.size - 1));
+        let head = mem.read_u16(Self::ring_addr(self.avail_ring, 4 + 2 * slot)?)?;
+        let chain = self.read_chain(mem, head)?;
+        self.next_avail = self.next_avail.wrapping_add(1);
+        Ok(Some(chain))
+    }
+
+    /// Walk the chain at `head`, copying each descriptor once.
+    fn read_chain<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        head: u16,
+    ) -> Result<DescriptorChain, QueueError> {
+        let mut table = self.desc_table;
+        let mut table_len = u32::from(self.size);
+        let mut in_indirect = false;
+        let mut index = head;
+        let mut count = 0u32;
+        let mut segments = Vec::new();
+        let mut seen_writable = false;
+        let mut readable_len = 0u32;
+        let mut writable_len = 0u32;
+        loop {
+            count += 1;
+            if count > table_len {
+                return Err(QueueError::ChainTooLong {
+                    head,
+                    limit: table_len,
+                });
+            }
+            if u32::from(index) >= table_len {
+                return Err(QueueError::DescriptorIndexOutOfRange { index, table_len });
+            }
+            let mut raw = [0u8; 16];
+            mem.read(
+                Self::ring_addr(table, DESC_SIZE * u64::from(index))?,
+                &mut raw,
+            )?;
+            let d = RawDescriptor::parse(&raw);
+
+            if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
+                if in_indirect {
+                    return Err(QueueError::NestedIndirect { index });
+                }
+                if !self.indirect {
+                    return Err(QueueError::IndirectNotNegotiated { index });
+                }
+                if d.flags & VIRTQ_DESC_F_NEXT != 0 {
+                    return Err(QueueError::IndirectWithNext { index });
+                }
+                let entries = d.len / DESC_SIZE as u32;
+                if d.len == 0 || d.len % DESC_SIZE as u32 != 0 || entries > MAX_INDIRECT_ENTRIES {
+                    return Err(QueueError::InvalidIndirectLength { index, len: d.len });
+                }
+                if !mem.contains(GuestAddress(d.addr), u64::from(d.len)) {
+                    return Err(QueueError::IndirectTableOutOfRange {
+                        index,
+                        addr: d.addr,
+                        len: d.len,
+                    });
+                }
+                // The WRITE flag of the indirect descriptor itself is ignored (§2.7.5.3.2).
+                table = GuestAddress(d.addr);
+                table_len = entries;
+                in_indirect = true;
+                index = 0;
+                count = 0;
+                continue;
+            }
+
+            let writable = d.flags & VIRTQ_DESC_F_WRITE != 0;
+            if !writable && seen_writable {
+                return Err(QueueError::ReadableAfterWritable { index });
+            }
+            seen_writable |= writable;
+            if d.len != 0 {
+                if !mem.contains(GuestAddress(d.addr), u64::from(d.len)) {
+                    return Err(QueueError::DescriptorOutOfRange {
+                        index,
+                        addr: d.addr,
+                        len: d.len,
+                    });
+                }
+                let part = if writable {
+                    &mut writable_len
+                } else {
+                    &mut readable_len
+                };
+                *part = part
+                    .checked_add(d.len)
+                    .ok_or(QueueError::ChainTooLarge { head })?;
+                readable_len
+                    .checked_add(writable_len)
+                    .ok_or(QueueError::ChainTooLarge { head })?;
+                segments.push(Segment {
+                    addr: GuestAddress(d.addr),
+                    len: d.len,
+                    writable,
+                });
+            }
+            if d.flags & VIRTQ_DESC_F_NEXT == 0 {
+                break;
+            }
+            index = d.next;
+        }
+        let first_writable = segments
+            .iter()
+            .position(|s| s.writable)
+            .unwrap_or(segments.len());
+        Ok(DescriptorChain {
+            head,
+            segments,
+            first_writable,
+            readable_len,
+            writable_len,
+        })
+    }
+
+    /// Return the chain at `head` to the driver, saying the device wrote `len` bytes.
+    pub fn add_used<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        head: u16,
+        len: u32,
+    ) -> Result<(), QueueError> {
+        self.validate(mem)?;
+        if head >= self.size {
+            return Err(QueueError::InvalidUsedHead {
+                head,
+                size: self.size,
+            });
+        }
+        let slot = u64::from(self.next_used & (self.size - 1));
+        let elem = Self::ring_addr(self.used_ring, 4 + 8 * slot)?;
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        b[4..].copy_from_slice(&len.to_le_bytes());
+        mem.write(elem, &b)?;
+        self.next_used = self.next_used.wrapping_add(1);
+        // Release: the element (and the buffer contents) are visible before the index.
+        mem.store_u16_release(Self::ring_addr(self.used_ring, 2)?, self.next_used)?;
+        Ok(())
+    }
+
+    /// Whether the driver wants an interrupt for the used entries added since the last call.
+    /// With EVENT_IDX this is the spec's `vring_need_event(used_event, new, old)`; without,
+    /// it honours VIRTQ_AVAIL_F_NO_INTERRUPT. Returns false when nothing was added.
+    pub fn needs_notification<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<bool, QueueError> {
+        self.validate(mem)?;
+        let new = self.next_used;
+        let old = self.signalled_used.replace(new);
+        if old == Some(new) {
+            return Ok(false);
+        }
+        // Our used-index store must be visible before we read the driver's event field.
+        fence(Ordering::SeqCst);
+        if self.event_idx {
+            let used_event = mem.load_u16_acquire(Self::ring_addr(
+                self.avail_ring,
+                4 + 2 * u64::from(self.size),
+            )?)?;
+            Ok(match old {
+                // First decision on this queue: interrupt rather than risk a stall.
+                None => true,
+                Some(old) => new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old),
+            })
+        } else {
+            let flags = mem.load_u16_acquire(self.avail_ring)?;
+            Ok(flags & VIRTQ_AVAIL_F_NO_INTERRUPT == 0)
+        }
+    }
+}

@@ -8,6 +8,10 @@
 //! - [`esr`]: `ESR_EL2` syndrome decoding (data aborts, `hvc`/`smc`, `MSR`/`MRS`, `WFI`).
 //! - [`fault`]: seL4 fault messages → [`VcpuExit`](crate::hv::VcpuExit), and answers back
 //!   into guest registers.
+//! - [`layout`]: the guest-physical map (QEMU `virt`-like) and the platform description.
+//! - [`fdt`]: the device tree generated from that description.
 
 pub mod esr;
 pub mod fault;
+pub mod fdt;
+pub mod layout;

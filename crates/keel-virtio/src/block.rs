@@ -1,12 +1,57 @@
 //! virtio-blk (device type 2) over a [`BlockBackend`].
 
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use keel_core::GuestRam;
 
-use crate::device::{ActiveQueues, DeviceError, VirtioDevice, device_type};
-use crate::queue::Queue;
+use crate::device::{ActiveQueues, DeviceError, VirtioDevice, device_type, read_config_bytes};
+use crate::queue::{DescriptorChain, Queue};
+
+/// Feature: `seg_max` in the configuration is valid.
+pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+/// Feature: the disk is read-only.
+pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+/// Feature: `blk_size` in the configuration is valid.
+pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+/// Feature: the FLUSH request is supported.
+pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+/// Feature: the DISCARD request is supported.
+pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+
+/// Request type: read.
+pub const VIRTIO_BLK_T_IN: u32 = 0;
+/// Request type: write.
+pub const VIRTIO_BLK_T_OUT: u32 = 1;
+/// Request type: flush.
+pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+/// Request type: get the serial.
+pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+/// Request type: discard.
+pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
+
+/// Status: success.
+pub const VIRTIO_BLK_S_OK: u8 = 0;
+/// Status: the request failed.
+pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+/// Status: the request is not supported.
+pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+/// Maximum queue size.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most sectors one discard segment may cover (1 GiB).
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 21;
+/// Most segments in one discard request.
+pub const MAX_DISCARD_SEG: u32 = 32;
+/// Discard alignment, in sectors (4 KiB).
+pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
+/// Size of the request header (type, reserved, sector).
+const HEADER_LEN: u32 = 16;
+/// Size of one discard segment (sector, num_sectors, flags).
+const DISCARD_SEGMENT_LEN: u32 = 16;
+/// Bytes moved between backend and guest per step.
+const CHUNK: usize = 64 * 1024;
 
 /// Bytes per virtio-blk sector (fixed by the spec, whatever the backend's block size).
 pub const SECTOR_SIZE: u64 = 512;
@@ -163,6 +208,7 @@ pub struct Block<B: BlockBackend> {
     backend: B,
     serial: [u8; SERIAL_LEN],
     active: Option<ActiveQueues>,
+    bounce: Vec<u8>,
 }
 
 impl<B: BlockBackend> Block<B> {
@@ -177,6 +223,7 @@ impl<B: BlockBackend> Block<B> {
             backend,
             serial,
             active: None,
+            bounce: Vec::new(),
         }
     }
 
@@ -201,11 +248,26 @@ impl<B: BlockBackend> VirtioDevice for Block<B> {
     }
 
     fn device_features(&self) -> u64 {
-        todo!()
+        let common = VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
+        if self.backend.read_only() {
+            common | VIRTIO_BLK_F_RO
+        } else {
+            common | VIRTIO_BLK_F_DISCARD
+        }
     }
 
-    fn read_config(&self, _offset: u64, _data: &mut [u8]) {
-        todo!()
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_blk_config, up to discard_sector_alignment.
+        let mut c = [0u8; 48];
+        c[0..8].copy_from_slice(&self.capacity().to_le_bytes());
+        // seg_max: a chain also carries the header and the status descriptors.
+        c[12..16].copy_from_slice(&(u32::from(QUEUE_SIZE) - 2).to_le_bytes());
+        c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        c[34..36].copy_from_slice(&1u16.to_le_bytes());
+        c[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
+        c[40..44].copy_from_slice(&MAX_DISCARD_SEG.to_le_bytes());
+        c[44..48].copy_from_slice(&DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
+        read_config_bytes(&c, offset, data);
     }
 
     fn activate(
@@ -222,7 +284,223 @@ impl<B: BlockBackend> VirtioDevice for Block<B> {
         self.active = None;
     }
 
-    fn process_queue(&mut self, _queue: u16) -> Result<bool, DeviceError> {
-        todo!()
+    fn process_queue(&mut self, queue: u16) -> Result<bool, DeviceError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(false);
+        };
+        if self.bounce.len() != CHUNK {
+            self.bounce.resize(CHUNK, 0);
+        }
+        let (mem, q) = active.get(queue)?;
+        let mut used = false;
+        while let Some(chain) = q.pop(mem).map_err(DeviceError::queue(queue))? {
+            let mut request = Request {
+                backend: &mut self.backend,
+                serial: &self.serial,
+                bounce: &mut self.bounce,
+                mem,
+                chain: &chain,
+                queue,
+            };
+            let len = request.execute()?;
+            q.add_used(mem, chain.head(), len)
+                .map_err(DeviceError::queue(queue))?;
+            used = true;
+        }
+        if used {
+            active.needs_notification(queue)
+        } else {
+            Ok(false)
+        }
+    }
+}
+
+/// One request being executed: the chain, and what the device needs to answer it.
+struct Request<'a, B> {
+    backend: &'a mut B,
+    serial: &'a [u8; SERIAL_LEN],
+    bounce: &'a mut [u8],
+    mem: &'a GuestRam,
+    chain: &'a DescriptorChain,
+    queue: u16,
+}
+
+/// How a request ended: the status byte and the data bytes written to the guest.
+struct Outcome {
+    status: u8,
+    written: u32,
+}
+
+impl Outcome {
+    fn status(status: u8) -> Outcome {
+        Outcome { status, written: 0 }
+    }
+}
+
+impl<B: BlockBackend> Request<'_, B> {
+    fn malformed(&self, reason: String) -> DeviceError {
+        DeviceError::BadRequest {
+            queue: self.queue,
+            head: self.chain.head(),
+            reason,
+        }
+    }
+
+    /// Run the request and write its status; returns the used length.
+    fn execute(&mut self) -> Result<u32, DeviceError> {
+        let chain = self.chain;
+        // Structure the protocol needs before anything can be answered: a header the device
+        // can read and a status byte it can write.
+        if chain.writable_len() == 0 {
+            return Err(self.malformed(String::from(
+                "no device-writable status byte at the end of the request",
+            )));
+        }
+        if chain.readable_len() < HEADER_LEN {
+            return Err(self.malformed(format!(
+                "request header is {} device-readable bytes, needs {HEADER_LEN}",
+                chain.readable_len()
+            )));
+        }
+        let mut header = [0u8; HEADER_LEN as usize];
+        chain
+            .read_at(self.mem, 0, &mut header)
+            .map_err(DeviceError::chain(self.queue))?;
+        let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let mut sector = [0u8; 8];
+        sector.copy_from_slice(&header[8..16]);
+        let sector = u64::from_le_bytes(sector);
+        // The status byte is the last writable byte; data to the guest comes before it.
+        let data_in = chain.writable_len() - 1;
+        let data_out = chain.readable_len() - HEADER_LEN;
+
+        let outcome = match kind {
+            VIRTIO_BLK_T_IN => self.read(sector, data_in)?,
+            VIRTIO_BLK_T_OUT => self.write(sector, data_out)?,
+            VIRTIO_BLK_T_FLUSH => Outcome::status(match self.backend.flush() {
+                Ok(()) => VIRTIO_BLK_S_OK,
+                Err(_) => VIRTIO_BLK_S_IOERR,
+            }),
+            VIRTIO_BLK_T_GET_ID => {
+                let n = (data_in as usize).min(SERIAL_LEN);
+                chain
+                    .write_at(self.mem, 0, &self.serial[..n])
+                    .map_err(DeviceError::chain(self.queue))?;
+                Outcome {
+                    status: VIRTIO_BLK_S_OK,
+                    written: n as u32,
+                }
+            }
+            VIRTIO_BLK_T_DISCARD => self.discard(data_out)?,
+            _ => Outcome::status(VIRTIO_BLK_S_UNSUPP),
+        };
+        chain
+            .write_at(self.mem, u64::from(data_in), &[outcome.status])
+            .map_err(DeviceError::chain(self.queue))?;
+        Ok(outcome.written + 1)
+    }
+
+    /// The byte range of `len` bytes at `sector`, if it is whole sectors inside the disk.
+    fn disk_range(&self, sector: u64, len: u64) -> Option<u64> {
+        if len % SECTOR_SIZE != 0 {
+            return None;
+        }
+        let offset = sector.checked_mul(SECTOR_SIZE)?;
+        let end = offset.checked_add(len)?;
+        let capacity = (self.backend.size() / SECTOR_SIZE) * SECTOR_SIZE;
+        (end <= capacity).then_some(offset)
+    }
+
+    fn read(&mut self, sector: u64, len: u32) -> Result<Outcome, DeviceError> {
+        let Some(offset) = self.disk_range(sector, u64::from(len)) else {
+            return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
+        };
+        let mut done = 0u32;
+        while done < len {
+            let n = ((len - done) as usize).min(self.bounce.len());
+            let buf = &mut self.bounce[..n];
+            if self.backend.read_at(offset + u64::from(done), buf).is_err() {
+                return Ok(Outcome {
+                    status: VIRTIO_BLK_S_IOERR,
+                    written: done,
+                });
+            }
+            self.chain
+                .write_at(self.mem, u64::from(done), buf)
+                .map_err(DeviceError::chain(self.queue))?;
+            done += n as u32;
+        }
+        Ok(Outcome {
+            status: VIRTIO_BLK_S_OK,
+            written: len,
+        })
+    }
+
+    fn write(&mut self, sector: u64, len: u32) -> Result<Outcome, DeviceError> {
+        if self.backend.read_only() {
+            return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
+        }
+        let Some(offset) = self.disk_range(sector, u64::from(len)) else {
+            return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
+        };
+        let mut done = 0u32;
+        while done < len {
+            let n = ((len - done) as usize).min(self.bounce.len());
+            let buf = &mut self.bounce[..n];
+            self.chain
+                .read_at(self.mem, u64::from(HEADER_LEN + done), buf)
+                .map_err(DeviceError::chain(self.queue))?;
+            if self
+                .backend
+                .write_at(offset + u64::from(done), buf)
+                .is_err()
+            {
+                return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
+            }
+            done += n as u32;
+        }
+        Ok(Outcome::status(VIRTIO_BLK_S_OK))
+    }
+
+    fn discard(&mut self, len: u32) -> Result<Outcome, DeviceError> {
+        if self.backend.read_only() {
+            return Ok(Outcome::status(VIRTIO_BLK_S_UNSUPP));
+        }
+        if len == 0 || len % DISCARD_SEGMENT_LEN != 0 || len / DISCARD_SEGMENT_LEN > MAX_DISCARD_SEG
+        {
+            return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
+        }
+        // Check every segment before discarding any.
+        let mut ranges = Vec::with_capacity((len / DISCARD_SEGMENT_LEN) as usize);
+        for i in 0..len / DISCARD_SEGMENT_LEN {
+            let mut seg = [0u8; DISCARD_SEGMENT_LEN as usize];
+            self.chain
+                .read_at(
+                    self.mem,
+                    u64::from(HEADER_LEN + i * DISCARD_SEGMENT_LEN),
+                    &mut seg,
+                )
+                .map_err(DeviceError::chain(self.queue))?;
+            let mut sector = [0u8; 8];
+            sector.copy_from_slice(&seg[0..8]);
+            let sector = u64::from_le_bytes(sector);
+            let sectors = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+            let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+            // No flag is defined for discard except `unmap`, which must be 0 (§5.2.6.2).
+            if flags != 0 {
+                return Ok(Outcome::status(VIRTIO_BLK_S_UNSUPP));
+            }
+            let bytes = u64::from(sectors) * SECTOR_SIZE;
+            match self.disk_range(sector, bytes) {
+                Some(offset) if sectors <= MAX_DISCARD_SECTORS => ranges.push((offset, bytes)),
+                _ => return Ok(Outcome::status(VIRTIO_BLK_S_IOERR)),
+            }
+        }
+        for (offset, bytes) in ranges {
+            if self.backend.discard(offset, bytes).is_err() {
+                return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
+            }
+        }
+        Ok(Outcome::status(VIRTIO_BLK_S_OK))
     }
 }

@@ -5,13 +5,18 @@ use alloc::vec::Vec;
 
 use keel_core::GuestRam;
 
-use crate::device::{ActiveQueues, DeviceError, VirtioDevice, device_type};
+use crate::device::{ActiveQueues, DeviceError, VirtioDevice, device_type, read_config_bytes};
 use crate::queue::Queue;
 
 /// Feature bit: the configuration holds the console size.
 pub const VIRTIO_CONSOLE_F_SIZE: u64 = 1 << 0;
 /// Input bytes buffered while the guest has posted no receive buffers; more are dropped.
 pub const INPUT_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// The receive queue (device → guest).
+pub const RECEIVEQ: u16 = 0;
+/// The transmit queue (guest → device).
+pub const TRANSMITQ: u16 = 1;
 
 /// Where the guest's console output goes (a terminal, a log, a socket).
 pub trait ConsoleOutput: Send {
@@ -65,6 +70,76 @@ impl<O: ConsoleOutput> Console<O> {
     }
 }
 
+impl<O: ConsoleOutput> Console<O> {
+    /// Move buffered input into the receive buffers the guest has posted.
+    fn deliver_input(&mut self) -> Result<bool, DeviceError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(false);
+        };
+        let (mem, q) = active.get(RECEIVEQ)?;
+        if !q.ready() {
+            // The driver has not set up input (yet): keep the bytes.
+            return Ok(false);
+        }
+        let mut used = false;
+        while !self.input.is_empty() {
+            let Some(chain) = q.pop(mem).map_err(DeviceError::queue(RECEIVEQ))? else {
+                break;
+            };
+            chain
+                .require_writable_only()
+                .map_err(DeviceError::chain(RECEIVEQ))?;
+            let n = (chain.writable_len() as usize).min(self.input.len());
+            let bytes: Vec<u8> = self.input.drain(..n).collect();
+            chain
+                .write_at(mem, 0, &bytes)
+                .map_err(DeviceError::chain(RECEIVEQ))?;
+            // n <= writable_len, a u32.
+            q.add_used(mem, chain.head(), n as u32)
+                .map_err(DeviceError::queue(RECEIVEQ))?;
+            used = true;
+        }
+        if used {
+            active.needs_notification(RECEIVEQ)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Hand every transmit buffer to the output backend.
+    fn transmit(&mut self) -> Result<bool, DeviceError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(false);
+        };
+        let (mem, q) = active.get(TRANSMITQ)?;
+        let mut buf = [0u8; 1024];
+        let mut used = false;
+        while let Some(chain) = q.pop(mem).map_err(DeviceError::queue(TRANSMITQ))? {
+            chain
+                .require_readable_only()
+                .map_err(DeviceError::chain(TRANSMITQ))?;
+            let total = u64::from(chain.readable_len());
+            let mut done = 0u64;
+            while done < total {
+                let n = (total - done).min(buf.len() as u64) as usize;
+                chain
+                    .read_at(mem, done, &mut buf[..n])
+                    .map_err(DeviceError::chain(TRANSMITQ))?;
+                self.output.write(&buf[..n]);
+                done += n as u64;
+            }
+            q.add_used(mem, chain.head(), 0)
+                .map_err(DeviceError::queue(TRANSMITQ))?;
+            used = true;
+        }
+        if used {
+            active.needs_notification(TRANSMITQ)
+        } else {
+            Ok(false)
+        }
+    }
+}
+
 impl<O: ConsoleOutput> VirtioDevice for Console<O> {
     fn device_type(&self) -> u32 {
         device_type::CONSOLE
@@ -82,8 +157,14 @@ impl<O: ConsoleOutput> VirtioDevice for Console<O> {
         }
     }
 
-    fn read_config(&self, _offset: u64, _data: &mut [u8]) {
-        todo!()
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_console_config { cols: u16, rows: u16, max_nr_ports: u32, emerg_wr: u32 }
+        let mut config = [0u8; 12];
+        let (cols, rows) = self.size.unwrap_or((0, 0));
+        config[0..2].copy_from_slice(&cols.to_le_bytes());
+        config[2..4].copy_from_slice(&rows.to_le_bytes());
+        config[4..8].copy_from_slice(&1u32.to_le_bytes());
+        read_config_bytes(&config, offset, data);
     }
 
     fn activate(
@@ -100,11 +181,15 @@ impl<O: ConsoleOutput> VirtioDevice for Console<O> {
         self.active = None;
     }
 
-    fn process_queue(&mut self, _queue: u16) -> Result<bool, DeviceError> {
-        todo!()
+    fn process_queue(&mut self, queue: u16) -> Result<bool, DeviceError> {
+        match queue {
+            RECEIVEQ => self.deliver_input(),
+            TRANSMITQ => self.transmit(),
+            _ => Err(DeviceError::NoSuchQueue { queue, count: 2 }),
+        }
     }
 
     fn poll(&mut self) -> Result<bool, DeviceError> {
-        todo!()
+        self.deliver_input()
     }
 }

@@ -217,3 +217,14 @@ impl ActiveQueues {
         q.needs_notification(mem).map_err(DeviceError::queue(index))
     }
 }
+
+/// Copy the part of a device configuration image `config` at `offset` into `data`; bytes
+/// past its end read as zero. Every device's `read_config` goes through this.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Some(rest) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) else {
+        return;
+    };
+    let n = data.len().min(rest.len());
+    data[..n].copy_from_slice(&rest[..n]);
+}

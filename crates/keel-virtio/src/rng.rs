@@ -1,11 +1,15 @@
 //! virtio-rng (device type 4): fills the guest's receive buffers from an entropy source.
 
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use keel_core::GuestRam;
 
 use crate::device::{ActiveQueues, DeviceError, VirtioDevice, device_type};
+
+/// Most bytes given for one request: a guest asking for more gets this many (the used
+/// length tells it), so a huge buffer cannot keep the VMM busy.
+pub const MAX_BYTES_PER_REQUEST: u32 = 64 * 1024;
 use crate::queue::Queue;
 
 /// Why an entropy source could not deliver.
@@ -49,8 +53,9 @@ impl<E: EntropySource> VirtioDevice for Rng<E> {
         0
     }
 
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // virtio-rng has no configuration space.
+        crate::device::read_config_bytes(&[], offset, data);
     }
 
     fn activate(
@@ -67,7 +72,39 @@ impl<E: EntropySource> VirtioDevice for Rng<E> {
         self.active = None;
     }
 
-    fn process_queue(&mut self, _queue: u16) -> Result<bool, DeviceError> {
-        todo!()
+    fn process_queue(&mut self, queue: u16) -> Result<bool, DeviceError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(false);
+        };
+        let (mem, q) = active.get(queue)?;
+        let mut buf = [0u8; 256];
+        let mut used = false;
+        while let Some(chain) = q.pop(mem).map_err(DeviceError::queue(queue))? {
+            // Validate the whole chain before writing any of it.
+            chain
+                .require_writable_only()
+                .map_err(DeviceError::chain(queue))?;
+            let total = chain.writable_len().min(MAX_BYTES_PER_REQUEST);
+            let mut done = 0u32;
+            while done < total {
+                let n = (total - done).min(buf.len() as u32) as usize;
+                let piece = &mut buf[..n];
+                self.source
+                    .fill(piece)
+                    .map_err(|e| DeviceError::Backend(e.to_string()))?;
+                chain
+                    .write_at(mem, u64::from(done), piece)
+                    .map_err(DeviceError::chain(queue))?;
+                done += n as u32;
+            }
+            q.add_used(mem, chain.head(), total)
+                .map_err(DeviceError::queue(queue))?;
+            used = true;
+        }
+        if used {
+            active.needs_notification(queue)
+        } else {
+            Ok(false)
+        }
     }
 }

@@ -17,7 +17,8 @@ use crate::validate::{check_vm, vm_label};
 
 /// Reads, parses and validates a system description, and checks its host files (kernels are
 /// kernels for the VM's arch, disks open with the mode they need, …). Relative paths are
-/// resolved against the file's directory; the system name defaults to the file stem.
+/// resolved against the file's directory (made absolute); the system name defaults to the
+/// file stem.
 pub fn load(path: &Path) -> Result<System, SpecError> {
     Loader::new().load(path)
 }
@@ -102,6 +103,8 @@ impl<'e> Loader<'e> {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        // Absolute, so the paths stay valid if the VMM later changes directory.
+        let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())

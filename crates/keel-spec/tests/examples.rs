@@ -1,0 +1,69 @@
+//! The example files in `examples/` follow the schema (host files are not checked: the
+//! images they name are built by other tools).
+
+use std::path::{Path, PathBuf};
+
+use keel_spec::{Arch, Loader, Memory, System};
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn env(var: &str) -> Option<String> {
+    (var == "KEEL_CACHE").then(|| "/cache".to_string())
+}
+
+fn load(name: &str) -> System {
+    let loader = Loader::new().env(&env).host_checks(false);
+    match loader.load(&examples_dir().join(name)) {
+        Ok(system) => system,
+        Err(e) => panic!("examples/{name}: {e}"),
+    }
+}
+
+#[test]
+fn every_example_parses() {
+    let mut count = 0;
+    for entry in std::fs::read_dir(examples_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            load(path.file_name().unwrap().to_str().unwrap());
+            count += 1;
+        }
+    }
+    assert!(count >= 3, "only {count} examples found");
+}
+
+#[test]
+fn test_guest_example_points_at_the_built_test_guest() {
+    let system = load("test-guest.toml");
+    let vm = system.vm("testguest").unwrap();
+    assert!(vm.kernel.as_str().ends_with(
+        "examples/../guest/testguest/target/x86_64-unknown-none/release/keel-testguest"
+    ));
+    assert_eq!(vm.disks[0].path.as_str(), "/cache/disks/test-guest.img");
+}
+
+#[test]
+fn linux_example_uses_the_cached_guest_images() {
+    let system = load("linux.toml");
+    let vm = &system.vms()[0];
+    assert_eq!(vm.arch, Arch::X86_64);
+    assert_eq!(vm.kernel.as_str(), "/cache/guest/x86_64/vmlinuz");
+    assert_eq!(
+        vm.initrd.as_ref().unwrap().as_str(),
+        "/cache/guest/x86_64/initrd.cpio.gz"
+    );
+}
+
+#[test]
+fn demo_example_has_two_pinned_vms() {
+    let system = load("demo.toml");
+    assert_eq!(system.name(), "demo");
+    assert_eq!(system.vms().len(), 2);
+    assert_eq!(system.vm("db").unwrap().memory, Memory::Size(512 << 20));
+    assert_eq!(
+        system.vm("web").unwrap().placement.as_ref().unwrap().pcpus,
+        Some(vec![0, 1])
+    );
+}

@@ -10,8 +10,10 @@
 //!   into guest registers.
 //! - [`layout`]: the guest-physical map (QEMU `virt`-like) and the platform description.
 //! - [`fdt`]: the device tree generated from that description.
+//! - [`image`]: arm64 Linux `Image` loading (kernel, initrd and device-tree placement).
 
 pub mod esr;
 pub mod fault;
 pub mod fdt;
+pub mod image;
 pub mod layout;

@@ -54,6 +54,8 @@ pub mod host;
 pub mod mmio;
 pub mod queue;
 pub mod rng;
+#[cfg(test)]
+mod testing;
 
 pub use block::{Block, BlockBackend, BlockError, MemoryBackend};
 pub use console::{Console, ConsoleOutput};

@@ -495,3 +495,229 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
         self.write_register(offset, u32::from_le_bytes(bytes));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use crate::testing::{
+        GuestDriver, GuestQueue, PatternEntropy, RAM_SIZE, VERSION_1, rng_driver,
+    };
+    use alloc::format;
+
+    fn fresh() -> GuestDriver<Rng<PatternEntropy>> {
+        GuestDriver::new(Rng::new(PatternEntropy::default()))
+    }
+
+    #[test]
+    fn identification_registers_read_back() {
+        let mut d = fresh();
+        assert_eq!(d.read_reg(reg::MAGIC), 0x7472_6976);
+        assert_eq!(d.read_reg(reg::VERSION), 2);
+        assert_eq!(d.read_reg(reg::DEVICE_ID), 4);
+        assert_eq!(d.read_reg(reg::VENDOR_ID), 0x4c45_454b);
+    }
+
+    #[test]
+    fn device_features_offer_version_1() {
+        let mut d = fresh();
+        assert_ne!(d.device_features() & VERSION_1, 0);
+    }
+
+    #[test]
+    fn features_ok_refused_without_version_1() {
+        let mut d = fresh();
+        assert!(!d.negotiate(0));
+        assert_eq!(d.status(), status::ACKNOWLEDGE | status::DRIVER);
+    }
+
+    #[test]
+    fn features_ok_refused_for_features_not_offered() {
+        let mut d = fresh();
+        assert!(!d.negotiate(VERSION_1 | 1 << 40));
+    }
+
+    #[test]
+    fn features_ok_accepted_for_offered_features() {
+        let mut d = fresh();
+        assert!(d.negotiate(VERSION_1 | VIRTIO_F_EVENT_IDX));
+    }
+
+    #[test]
+    fn driver_ok_without_features_ok_is_ignored() {
+        let mut d = fresh();
+        d.write_reg(reg::STATUS, status::ACKNOWLEDGE);
+        d.write_reg(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        d.write_reg(
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+        );
+        assert_eq!(d.status(), status::ACKNOWLEDGE | status::DRIVER);
+        assert!(!d.transport.is_active());
+    }
+
+    #[test]
+    fn driver_cannot_clear_status_bits_without_reset() {
+        let mut d = rng_driver();
+        d.write_reg(reg::STATUS, status::ACKNOWLEDGE);
+        assert_ne!(d.status() & status::DRIVER_OK, 0);
+    }
+
+    #[test]
+    fn status_zero_resets_device() {
+        let mut d = rng_driver();
+        let a = d.alloc(8);
+        d.submit(0, &[(a, 8, true)]);
+        assert!(d.irq.is_high());
+
+        d.write_reg(reg::STATUS, 0);
+
+        assert_eq!(d.status(), 0);
+        assert_eq!(d.read_reg(reg::INTERRUPT_STATUS), 0);
+        assert!(!d.irq.is_high());
+        assert_eq!(d.read_reg(reg::QUEUE_READY), 0);
+        assert!(!d.transport.is_active());
+    }
+
+    #[test]
+    fn device_works_again_after_reset() {
+        let mut d = rng_driver();
+        d.write_reg(reg::STATUS, 0);
+        let offered = d.device_features();
+        assert!(d.negotiate(offered));
+        d.setup_queues();
+        d.driver_ok();
+        let a = d.alloc(8);
+
+        d.submit(0, &[(a, 8, true)]);
+
+        assert_eq!(d.last_used(0), Some((0, 8)));
+    }
+
+    #[test]
+    fn narrow_register_access_is_ignored() {
+        let mut d = fresh();
+        let mut two = [0xffu8; 2];
+        d.transport.read(reg::MAGIC, &mut two);
+        d.transport.write(reg::STATUS, &[status::ACKNOWLEDGE as u8]);
+
+        assert_eq!(two, [0, 0]);
+        assert_eq!(d.status(), 0);
+    }
+
+    #[test]
+    fn queue_num_max_is_zero_for_missing_queue() {
+        let mut d = fresh();
+        d.write_reg(reg::QUEUE_SEL, 0);
+        assert_eq!(d.read_reg(reg::QUEUE_NUM_MAX), 256);
+        d.write_reg(reg::QUEUE_SEL, 1);
+        assert_eq!(d.read_reg(reg::QUEUE_NUM_MAX), 0);
+    }
+
+    #[test]
+    fn queue_config_writes_after_driver_ok_are_ignored() {
+        let mut d = rng_driver();
+        d.write_reg(reg::QUEUE_SEL, 0);
+        d.write_reg(reg::QUEUE_DESC_LOW, 0x10);
+        d.write_reg(reg::QUEUE_READY, 0);
+        let a = d.alloc(8);
+
+        d.submit(0, &[(a, 8, true)]);
+
+        assert_eq!(d.read_reg(reg::QUEUE_READY), 1);
+        assert_eq!(d.last_used(0), Some((0, 8)));
+    }
+
+    #[test]
+    fn used_buffer_interrupt_stays_high_until_acknowledged() {
+        let mut d = rng_driver();
+        let a = d.alloc(8);
+        d.submit(0, &[(a, 8, true)]);
+        assert_eq!(d.read_reg(reg::INTERRUPT_STATUS), INT_USED_BUFFER);
+        assert!(d.irq.is_high());
+
+        d.write_reg(reg::INTERRUPT_ACK, INT_USED_BUFFER);
+
+        assert_eq!(d.read_reg(reg::INTERRUPT_STATUS), 0);
+        assert!(!d.irq.is_high());
+    }
+
+    #[test]
+    fn notify_method_processes_queue_without_mmio_write() {
+        let mut d = rng_driver();
+        let a = d.alloc(8);
+        d.post(0, &[(a, 8, true)]);
+
+        d.transport.notify(0);
+
+        assert_eq!(d.last_used(0), Some((0, 8)));
+    }
+
+    #[test]
+    fn notify_before_driver_ok_does_nothing() {
+        let mut d = fresh();
+        assert!(d.negotiate(VERSION_1));
+        d.setup_queues();
+        let a = d.alloc(8);
+
+        d.submit(0, &[(a, 8, true)]);
+
+        assert_eq!(d.last_used(0), None);
+    }
+
+    #[test]
+    fn bad_descriptor_sets_needs_reset_and_records_error() {
+        let mut d = rng_driver();
+
+        d.submit(0, &[(RAM_SIZE, 8, true)]);
+
+        assert!(d.needs_reset());
+        assert_eq!(d.read_reg(reg::INTERRUPT_STATUS), INT_CONFIG_CHANGE);
+        assert!(d.irq.is_high());
+        let failure = d.transport.take_error().unwrap();
+        assert_eq!(
+            format!("{failure}"),
+            "virtio-rng: queue 0: descriptor 0 buffer 0x100000+0x8 is not in guest RAM"
+        );
+        assert_eq!(d.transport.take_error(), None);
+    }
+
+    #[test]
+    fn failed_device_ignores_further_notifications() {
+        let mut d = rng_driver();
+        d.submit(0, &[(RAM_SIZE, 8, true)]);
+        let a = d.alloc(8);
+
+        d.submit(0, &[(a, 8, true)]);
+
+        assert_eq!(d.last_used(0), None);
+    }
+
+    #[test]
+    fn misaligned_queue_at_driver_ok_sets_needs_reset() {
+        let mut d = fresh();
+        assert!(d.negotiate(VERSION_1));
+        let mut q = GuestQueue::new(0x1000, 16);
+        q.desc = 0x1004;
+        d.configure_queue(0, &q);
+
+        d.driver_ok();
+
+        assert!(d.needs_reset());
+        assert!(!d.transport.is_active());
+        assert!(matches!(
+            d.transport.take_error().map(|f| f.error),
+            Some(DeviceError::Queue {
+                queue: 0,
+                source: crate::queue::QueueError::MisalignedRing { gpa: 0x1004, .. }
+            })
+        ));
+    }
+
+    #[test]
+    fn queue_notify_for_missing_queue_sets_needs_reset() {
+        let mut d = rng_driver();
+        d.write_reg(reg::QUEUE_NOTIFY, 7);
+        assert!(d.needs_reset());
+    }
+}

@@ -396,6 +396,12 @@ fn for_each_piece(
     Ok(())
 }
 
+/// The spec's `vring_need_event`: whether moving the used index from `old` to `new` passed
+/// the driver's `event` index, in wrapping 16-bit arithmetic (§2.7.10).
+fn vring_need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
 /// One descriptor as laid out in a table.
 #[derive(Clone, Copy, Debug)]
 struct RawDescriptor {
@@ -642,15 +648,15 @@ impl Queue {
         let mut readable_len = 0u32;
         let mut writable_len = 0u32;
         loop {
+            if u32::from(index) >= table_len {
+                return Err(QueueError::DescriptorIndexOutOfRange { index, table_len });
+            }
             count += 1;
             if count > table_len {
                 return Err(QueueError::ChainTooLong {
                     head,
                     limit: table_len,
                 });
-            }
-            if u32::from(index) >= table_len {
-                return Err(QueueError::DescriptorIndexOutOfRange { index, table_len });
             }
             let mut raw = [0u8; 16];
             mem.read(
@@ -786,11 +792,596 @@ impl Queue {
             Ok(match old {
                 // First decision on this queue: interrupt rather than risk a stall.
                 None => true,
-                Some(old) => new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old),
+                Some(old) => vring_need_event(used_event, new, old),
             })
         } else {
             let flags = mem.load_u16_acquire(self.avail_ring)?;
             Ok(flags & VIRTQ_AVAIL_F_NO_INTERRUPT == 0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Desc, GuestQueue, RAM_SIZE, ram, write_desc_at};
+    use keel_core::GuestRam;
+
+    const SIZE: u16 = 4;
+
+    fn setup() -> (GuestRam, GuestQueue, Queue) {
+        let mem = ram();
+        let gq = GuestQueue::new(0x1000, SIZE);
+        let q = gq.device_queue();
+        (mem, gq, q)
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> Desc {
+        Desc {
+            addr,
+            len,
+            flags,
+            next,
+        }
+    }
+
+    #[test]
+    fn pop_returns_readable_then_writable_segments() {
+        let (mem, mut gq, mut q) = setup();
+        gq.add_chain(&mem, &[(0x8000, 16, false), (0x9000, 32, true)]);
+
+        let chain = q.pop(&mem).unwrap().unwrap();
+
+        assert_eq!(chain.head(), 0);
+        assert_eq!(chain.readable().len(), 1);
+        assert_eq!(chain.readable()[0].addr, GuestAddress(0x8000));
+        assert_eq!(chain.writable()[0].len, 32);
+        assert_eq!((chain.readable_len(), chain.writable_len()), (16, 32));
+    }
+
+    #[test]
+    fn empty_ring_pops_nothing() {
+        let (mem, _gq, mut q) = setup();
+        assert_eq!(q.pop(&mem).unwrap(), None);
+    }
+
+    #[test]
+    fn descriptor_loop_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        gq.write_desc(&mem, 0, desc(0x8000, 8, VIRTQ_DESC_F_NEXT, 0));
+        gq.publish(&mem, 0);
+
+        assert_eq!(
+            q.pop(&mem),
+            Err(QueueError::ChainTooLong {
+                head: 0,
+                limit: SIZE.into()
+            })
+        );
+    }
+
+    #[test]
+    fn chain_of_queue_size_descriptors_is_accepted() {
+        let (mem, mut gq, mut q) = setup();
+        let bufs: Vec<_> = (0..SIZE)
+            .map(|i| (0x8000 + u64::from(i) * 8, 8, false))
+            .collect();
+        gq.add_chain(&mem, &bufs);
+
+        assert_eq!(q.pop(&mem).unwrap().unwrap().segments().len(), SIZE.into());
+    }
+
+    #[test]
+    fn chain_longer_than_queue_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        // 0 → 1 → 2 → 3 → 1: every descriptor once, then one more.
+        for i in 0..SIZE {
+            let next = if i == SIZE - 1 { 1 } else { i + 1 };
+            gq.write_desc(&mem, i, desc(0x8000, 8, VIRTQ_DESC_F_NEXT, next));
+        }
+        gq.publish(&mem, 0);
+
+        assert!(matches!(q.pop(&mem), Err(QueueError::ChainTooLong { .. })));
+    }
+
+    #[test]
+    fn head_index_out_of_range_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        gq.publish(&mem, SIZE);
+
+        assert_eq!(
+            q.pop(&mem),
+            Err(QueueError::DescriptorIndexOutOfRange {
+                index: SIZE,
+                table_len: SIZE.into()
+            })
+        );
+    }
+
+    #[test]
+    fn next_index_out_of_range_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        gq.write_desc(&mem, 0, desc(0x8000, 8, VIRTQ_DESC_F_NEXT, 9));
+        gq.publish(&mem, 0);
+
+        assert_eq!(
+            q.pop(&mem),
+            Err(QueueError::DescriptorIndexOutOfRange {
+                index: 9,
+                table_len: SIZE.into()
+            })
+        );
+    }
+
+    #[test]
+    fn out_of_range_descriptor_address_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        gq.add_chain(&mem, &[(RAM_SIZE - 8, 16, false)]);
+
+        assert_eq!(
+            q.pop(&mem),
+            Err(QueueError::DescriptorOutOfRange {
+                index: 0,
+                addr: RAM_SIZE - 8,
+                len: 16
+            })
+        );
+    }
+
+    #[test]
+    fn wrapping_descriptor_address_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        gq.add_chain(&mem, &[(u64::MAX - 3, 16, true)]);
+
+        assert!(matches!(
+            q.pop(&mem),
+            Err(QueueError::DescriptorOutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn readable_after_writable_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        gq.add_chain(&mem, &[(0x8000, 8, true), (0x9000, 8, false)]);
+
+        assert_eq!(
+            q.pop(&mem),
+            Err(QueueError::ReadableAfterWritable { index: 1 })
+        );
+    }
+
+    #[test]
+    fn misaligned_descriptor_table_is_rejected() {
+        let (mem, _gq, mut q) = setup();
+        q.set_desc_table(GuestAddress(0x1008));
+
+        assert_eq!(
+            q.pop(&mem),
+            Err(QueueError::MisalignedRing {
+                ring: "descriptor table",
+                gpa: 0x1008,
+                align: 16
+            })
+        );
+    }
+
+    #[test]
+    fn misaligned_used_ring_is_rejected() {
+        let (mem, gq, mut q) = setup();
+        q.set_used_ring(GuestAddress(gq.used + 2));
+
+        assert!(matches!(
+            q.validate(&mem),
+            Err(QueueError::MisalignedRing { align: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn ring_outside_ram_is_rejected() {
+        let (mem, _gq, mut q) = setup();
+        q.set_avail_ring(GuestAddress(RAM_SIZE - 4));
+
+        assert!(matches!(
+            q.validate(&mem),
+            Err(QueueError::RingOutOfRange {
+                ring: "available ring",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn queue_size_not_power_of_two_is_rejected() {
+        let (mem, _gq, mut q) = setup();
+        q.set_size(3);
+        assert_eq!(
+            q.validate(&mem),
+            Err(QueueError::InvalidSize { size: 3, max: SIZE })
+        );
+    }
+
+    #[test]
+    fn queue_size_above_max_is_rejected() {
+        let (mem, _gq, mut q) = setup();
+        q.set_size(SIZE * 2);
+        assert!(matches!(
+            q.validate(&mem),
+            Err(QueueError::InvalidSize { .. })
+        ));
+    }
+
+    #[test]
+    fn queue_not_ready_is_rejected() {
+        let (mem, _gq, mut q) = setup();
+        q.set_ready(false);
+        assert_eq!(q.pop(&mem), Err(QueueError::NotReady));
+    }
+
+    #[test]
+    fn avail_idx_runaway_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        gq.set_avail_idx(&mem, SIZE + 1);
+
+        assert_eq!(
+            q.pop(&mem),
+            Err(QueueError::AvailIndexRunaway {
+                avail_idx: SIZE + 1,
+                next_avail: 0,
+                pending: SIZE + 1,
+                size: SIZE
+            })
+        );
+    }
+
+    #[test]
+    fn avail_idx_full_ring_is_accepted() {
+        let (mem, mut gq, mut q) = setup();
+        for _ in 0..SIZE {
+            gq.add_chain(&mem, &[(0x8000, 8, false)]);
+        }
+        let mut n = 0;
+        while q.pop(&mem).unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, SIZE);
+    }
+
+    /// A direct descriptor 0 pointing at an indirect table at 0x6000 with `entries`.
+    fn with_indirect(mem: &GuestRam, gq: &mut GuestQueue, q: &mut Queue, entries: &[Desc]) {
+        q.set_indirect(true);
+        for (i, d) in entries.iter().enumerate() {
+            write_desc_at(mem, 0x6000 + 16 * i as u64, *d);
+        }
+        let len = 16 * entries.len() as u32;
+        gq.write_desc(mem, 0, desc(0x6000, len, VIRTQ_DESC_F_INDIRECT, 0));
+        gq.publish(mem, 0);
+    }
+
+    #[test]
+    fn indirect_table_is_followed() {
+        let (mem, mut gq, mut q) = setup();
+        let entries = [
+            desc(0x8000, 16, VIRTQ_DESC_F_NEXT, 1),
+            desc(0x9000, 512, VIRTQ_DESC_F_NEXT, 2),
+            desc(0xa000, 1, VIRTQ_DESC_F_WRITE, 0),
+        ];
+        with_indirect(&mem, &mut gq, &mut q, &entries);
+
+        let chain = q.pop(&mem).unwrap().unwrap();
+
+        assert_eq!(chain.head(), 0);
+        assert_eq!(chain.segments().len(), 3);
+        assert_eq!((chain.readable_len(), chain.writable_len()), (528, 1));
+    }
+
+    #[test]
+    fn indirect_table_may_exceed_queue_size() {
+        let (mem, mut gq, mut q) = setup();
+        let entries: Vec<Desc> = (0..8)
+            .map(|i| {
+                desc(
+                    0x8000 + 8 * i,
+                    8,
+                    if i < 7 { VIRTQ_DESC_F_NEXT } else { 0 },
+                    i as u16 + 1,
+                )
+            })
+            .collect();
+        with_indirect(&mem, &mut gq, &mut q, &entries);
+
+        assert_eq!(q.pop(&mem).unwrap().unwrap().segments().len(), 8);
+    }
+
+    #[test]
+    fn indirect_table_without_feature_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        with_indirect(&mem, &mut gq, &mut q, &[desc(0x8000, 8, 0, 0)]);
+        q.set_indirect(false);
+
+        assert_eq!(
+            q.pop(&mem),
+            Err(QueueError::IndirectNotNegotiated { index: 0 })
+        );
+    }
+
+    #[test]
+    fn indirect_table_length_not_multiple_of_16_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        q.set_indirect(true);
+        gq.write_desc(&mem, 0, desc(0x6000, 24, VIRTQ_DESC_F_INDIRECT, 0));
+        gq.publish(&mem, 0);
+
+        assert_eq!(
+            q.pop(&mem),
+            Err(QueueError::InvalidIndirectLength { index: 0, len: 24 })
+        );
+    }
+
+    #[test]
+    fn indirect_table_of_zero_length_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        q.set_indirect(true);
+        gq.write_desc(&mem, 0, desc(0x6000, 0, VIRTQ_DESC_F_INDIRECT, 0));
+        gq.publish(&mem, 0);
+
+        assert_eq!(
+            q.pop(&mem),
+            Err(QueueError::InvalidIndirectLength { index: 0, len: 0 })
+        );
+    }
+
+    #[test]
+    fn indirect_table_with_next_flag_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        q.set_indirect(true);
+        gq.write_desc(
+            &mem,
+            0,
+            desc(0x6000, 16, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT, 1),
+        );
+        gq.publish(&mem, 0);
+
+        assert_eq!(q.pop(&mem), Err(QueueError::IndirectWithNext { index: 0 }));
+    }
+
+    #[test]
+    fn indirect_table_nested_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        let entries = [
+            desc(0x8000, 8, VIRTQ_DESC_F_NEXT, 1),
+            desc(0x7000, 16, VIRTQ_DESC_F_INDIRECT, 0),
+        ];
+        with_indirect(&mem, &mut gq, &mut q, &entries);
+
+        assert_eq!(q.pop(&mem), Err(QueueError::NestedIndirect { index: 1 }));
+    }
+
+    #[test]
+    fn indirect_table_outside_ram_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        q.set_indirect(true);
+        gq.write_desc(&mem, 0, desc(RAM_SIZE - 16, 32, VIRTQ_DESC_F_INDIRECT, 0));
+        gq.publish(&mem, 0);
+
+        assert_eq!(
+            q.pop(&mem),
+            Err(QueueError::IndirectTableOutOfRange {
+                index: 0,
+                addr: RAM_SIZE - 16,
+                len: 32
+            })
+        );
+    }
+
+    #[test]
+    fn indirect_table_loop_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        let entries = [
+            desc(0x8000, 8, VIRTQ_DESC_F_NEXT, 1),
+            desc(0x8000, 8, VIRTQ_DESC_F_NEXT, 0),
+        ];
+        with_indirect(&mem, &mut gq, &mut q, &entries);
+
+        assert_eq!(
+            q.pop(&mem),
+            Err(QueueError::ChainTooLong { head: 0, limit: 2 })
+        );
+    }
+
+    #[test]
+    fn indirect_table_entry_next_out_of_table_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        with_indirect(
+            &mem,
+            &mut gq,
+            &mut q,
+            &[desc(0x8000, 8, VIRTQ_DESC_F_NEXT, 1)],
+        );
+
+        assert_eq!(
+            q.pop(&mem),
+            Err(QueueError::DescriptorIndexOutOfRange {
+                index: 1,
+                table_len: 1
+            })
+        );
+    }
+
+    #[test]
+    fn chain_is_copied_out_once() {
+        let (mem, mut gq, mut q) = setup();
+        gq.add_chain(&mem, &[(0x8000, 16, false)]);
+        let chain = q.pop(&mem).unwrap().unwrap();
+
+        // The guest rewrites the descriptor after the device took the chain.
+        gq.write_desc(&mem, 0, desc(RAM_SIZE * 4, 0x1000, VIRTQ_DESC_F_WRITE, 0));
+
+        assert_eq!(chain.segments()[0].addr, GuestAddress(0x8000));
+        assert_eq!(chain.segments()[0].len, 16);
+        assert!(!chain.segments()[0].writable);
+    }
+
+    #[test]
+    fn used_ring_wraps_at_queue_size() {
+        let (mem, mut gq, mut q) = setup();
+        for round in 0..u32::from(SIZE) + 2 {
+            gq.add_chain(&mem, &[(0x8000, 8, true)]);
+            let chain = q.pop(&mem).unwrap().unwrap();
+            q.add_used(&mem, chain.head(), round).unwrap();
+        }
+
+        let idx = gq.used_idx(&mem);
+        assert_eq!(idx, SIZE + 2);
+        // Entry SIZE+1 went to slot 1, overwriting round 1.
+        assert_eq!(gq.used_elem(&mem, 1), (1, u32::from(SIZE) + 1));
+    }
+
+    #[test]
+    fn add_used_rejects_head_outside_queue() {
+        let (mem, _gq, mut q) = setup();
+        assert_eq!(
+            q.add_used(&mem, SIZE, 0),
+            Err(QueueError::InvalidUsedHead {
+                head: SIZE,
+                size: SIZE
+            })
+        );
+    }
+
+    fn use_one(mem: &GuestRam, gq: &mut GuestQueue, q: &mut Queue) {
+        gq.add_chain(mem, &[(0x8000, 8, true)]);
+        let chain = q.pop(mem).unwrap().unwrap();
+        q.add_used(mem, chain.head(), 8).unwrap();
+    }
+
+    #[test]
+    fn event_idx_suppresses_notification_until_used_event_is_passed() {
+        let (mem, mut gq, mut q) = setup();
+        q.set_event_idx(true);
+        use_one(&mem, &mut gq, &mut q);
+        assert!(q.needs_notification(&mem).unwrap());
+        // The driver wants to hear once the used entry with index 3 is there.
+        gq.set_used_event(&mem, 3);
+
+        let mut decisions = Vec::new();
+        for _ in 0..3 {
+            use_one(&mem, &mut gq, &mut q);
+            decisions.push(q.needs_notification(&mem).unwrap());
+        }
+
+        assert_eq!(decisions, [false, false, true]);
+    }
+
+    #[test]
+    fn event_idx_needs_notification_when_several_entries_pass_used_event() {
+        let (mem, mut gq, mut q) = setup();
+        q.set_event_idx(true);
+        use_one(&mem, &mut gq, &mut q);
+        q.needs_notification(&mem).unwrap();
+        gq.set_used_event(&mem, 1);
+
+        use_one(&mem, &mut gq, &mut q);
+        use_one(&mem, &mut gq, &mut q);
+
+        assert!(q.needs_notification(&mem).unwrap());
+    }
+
+    #[test]
+    fn need_event_uses_wrapping_arithmetic() {
+        assert!(vring_need_event(0xffff, 0x0000, 0xfffe));
+        assert!(vring_need_event(0xfffe, 0x0001, 0xfffe));
+        assert!(!vring_need_event(0x0001, 0x0001, 0xffff));
+        assert!(vring_need_event(0x0000, 0x0001, 0xffff));
+        assert!(!vring_need_event(5, 5, 5));
+    }
+
+    #[test]
+    fn nothing_used_needs_no_notification() {
+        let (mem, mut gq, mut q) = setup();
+        use_one(&mem, &mut gq, &mut q);
+        assert!(q.needs_notification(&mem).unwrap());
+        assert!(!q.needs_notification(&mem).unwrap());
+    }
+
+    #[test]
+    fn no_interrupt_flag_suppresses_notification_without_event_idx() {
+        let (mem, mut gq, mut q) = setup();
+        gq.set_avail_flags(&mem, VIRTQ_AVAIL_F_NO_INTERRUPT);
+        use_one(&mem, &mut gq, &mut q);
+        assert!(!q.needs_notification(&mem).unwrap());
+    }
+
+    #[test]
+    fn empty_pop_publishes_avail_event_with_event_idx() {
+        let (mem, mut gq, mut q) = setup();
+        q.set_event_idx(true);
+        gq.add_chain(&mem, &[(0x8000, 8, false)]);
+        gq.add_chain(&mem, &[(0x8000, 8, false)]);
+        q.pop(&mem).unwrap();
+        q.pop(&mem).unwrap();
+
+        assert_eq!(q.pop(&mem).unwrap(), None);
+
+        assert_eq!(gq.avail_event(&mem), 2);
+    }
+
+    #[test]
+    fn read_and_write_cross_segment_boundaries() {
+        let (mem, mut gq, mut q) = setup();
+        mem.write(GuestAddress(0x8000), b"abc").unwrap();
+        mem.write(GuestAddress(0x9000), b"defg").unwrap();
+        gq.add_chain(
+            &mem,
+            &[
+                (0x8000, 3, false),
+                (0x9000, 4, false),
+                (0xa000, 2, true),
+                (0xb000, 4, true),
+            ],
+        );
+        let chain = q.pop(&mem).unwrap().unwrap();
+
+        assert_eq!(chain.read_all(&mem).unwrap(), b"abcdefg");
+        chain.write_at(&mem, 1, b"xyz").unwrap();
+
+        let mut a = [0u8; 2];
+        let mut b = [0u8; 2];
+        mem.read(GuestAddress(0xa000), &mut a).unwrap();
+        mem.read(GuestAddress(0xb000), &mut b).unwrap();
+        assert_eq!((&a, &b), (b"\0x", b"yz"));
+    }
+
+    #[test]
+    fn write_past_writable_part_is_rejected_without_writing() {
+        let (mem, mut gq, mut q) = setup();
+        gq.add_chain(&mem, &[(0x8000, 4, false), (0xa000, 4, true)]);
+        let chain = q.pop(&mem).unwrap().unwrap();
+
+        let err = chain.write_at(&mem, 2, b"xyz").unwrap_err();
+
+        assert_eq!(
+            err,
+            ChainError::OutOfBounds {
+                head: 0,
+                part: "writable",
+                offset: 2,
+                len: 3,
+                available: 4
+            }
+        );
+        assert_eq!(mem.read_u32(GuestAddress(0xa000)).unwrap(), 0);
+    }
+
+    #[test]
+    fn require_writable_only_rejects_readable_bytes() {
+        let (mem, mut gq, mut q) = setup();
+        gq.add_chain(&mem, &[(0x8000, 4, false), (0xa000, 4, true)]);
+        let chain = q.pop(&mem).unwrap().unwrap();
+
+        assert_eq!(
+            chain.require_writable_only(),
+            Err(ChainError::UnexpectedReadable { head: 0, len: 4 })
+        );
+        assert!(chain.require_readable_only().is_err());
     }
 }

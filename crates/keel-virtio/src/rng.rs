@@ -108,3 +108,65 @@ impl<E: EntropySource> VirtioDevice for Rng<E> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{GuestDriver, PatternEntropy, rng_driver};
+
+    #[test]
+    fn rng_fills_all_writable_descriptors() {
+        let mut d = rng_driver();
+        let a = d.alloc(16);
+        let b = d.alloc(48);
+
+        d.submit(0, &[(a, 16, true), (b, 48, true)]);
+
+        assert_eq!(d.read_mem(a, 16), [0xa5; 16]);
+        assert_eq!(d.read_mem(b, 48), [0xa5; 48]);
+        assert_eq!(d.last_used(0), Some((0, 64)));
+        assert!(d.irq.is_high());
+    }
+
+    #[test]
+    fn rng_chain_with_readable_descriptor_sets_needs_reset_without_writing() {
+        let mut d = rng_driver();
+        let a = d.alloc(16);
+        let b = d.alloc(16);
+
+        d.submit(0, &[(a, 16, false), (b, 16, true)]);
+
+        assert!(d.needs_reset());
+        assert_eq!(d.read_mem(b, 16), [0; 16]);
+        assert_eq!(d.last_used(0), None);
+    }
+
+    #[test]
+    fn rng_request_is_capped() {
+        let mut d = rng_driver();
+        let a = d.alloc(MAX_BYTES_PER_REQUEST + 16);
+
+        d.submit(0, &[(a, MAX_BYTES_PER_REQUEST + 16, true)]);
+
+        assert_eq!(d.last_used(0), Some((0, MAX_BYTES_PER_REQUEST)));
+        assert_eq!(
+            d.read_mem(a + u64::from(MAX_BYTES_PER_REQUEST), 16),
+            [0; 16]
+        );
+    }
+
+    #[test]
+    fn rng_entropy_failure_sets_needs_reset() {
+        let mut d = GuestDriver::start(Rng::new(PatternEntropy { fail: true }));
+        let a = d.alloc(16);
+
+        d.submit(0, &[(a, 16, true)]);
+
+        assert!(d.needs_reset());
+        let failure = d.transport.take_error().unwrap();
+        assert_eq!(
+            alloc::format!("{failure}"),
+            "virtio-rng: backend: entropy source failed: test source is broken"
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! Test-side guest: lays out split virtqueues in mock guest memory (like virtio-queue's
+//! `MockSplitQueue`) and drives devices through the virtio-mmio registers the way a guest
+//! driver does. Shared by the queue, transport and device tests.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use keel_core::irq::RecordingIrq;
+use keel_core::{BusDevice, GuestAddress, GuestMemory, GuestRam};
+
+use crate::device::VirtioDevice;
+use crate::device::features::VIRTIO_F_VERSION_1;
+use crate::mmio::{MmioTransport, reg, status};
+use crate::queue::{Queue, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+
+/// Mock guest RAM: 1 MiB at guest-physical 0.
+pub const RAM_SIZE: u64 = 0x10_0000;
+/// Where guest data buffers start.
+const BUFFERS: u64 = 0x8_0000;
+
+pub fn ram() -> GuestRam {
+    GuestRam::anonymous(&[(0, RAM_SIZE)]).unwrap()
+}
+
+/// A descriptor as the driver writes it.
+#[derive(Clone, Copy, Debug)]
+pub struct Desc {
+    pub addr: u64,
+    pub len: u32,
+    pub flags: u16,
+    pub next: u16,
+}
+
+/// A buffer of a chain: address, length, device-writable.
+pub type Buf = (u64, u32, bool);
+
+/// The guest side of one split virtqueue.
+#[derive(Debug)]
+pub struct GuestQueue {
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    avail_idx: u16,
+    next_desc: u16,
+}
+
+impl GuestQueue {
+    /// Rings laid out from `base` (16-aligned): table, available ring, used ring.
+    pub fn new(base: u64, size: u16) -> GuestQueue {
+        let desc = base;
+        let avail = desc + 16 * u64::from(size);
+        let used = (avail + 6 + 2 * u64::from(size) + 3) & !3;
+        GuestQueue {
+            size,
+            desc,
+            avail,
+            used,
+            avail_idx: 0,
+            next_desc: 0,
+        }
+    }
+
+    /// A device-side queue configured like this one and ready.
+    pub fn device_queue(&self) -> Queue {
+        let mut q = Queue::new(self.size);
+        q.set_desc_table(GuestAddress(self.desc));
+        q.set_avail_ring(GuestAddress(self.avail));
+        q.set_used_ring(GuestAddress(self.used));
+        q.set_ready(true);
+        q
+    }
+
+    pub fn write_desc(&self, mem: &GuestRam, index: u16, d: Desc) {
+        write_desc_at(mem, self.desc + 16 * u64::from(index), d);
+    }
+
+    /// Put `head` in the available ring and publish it.
+    pub fn publish(&mut self, mem: &GuestRam, head: u16) {
+        let slot = u64::from(self.avail_idx % self.size);
+        mem.write_u16(GuestAddress(self.avail + 4 + 2 * slot), head)
+            .unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        mem.store_u16_release(GuestAddress(self.avail + 2), self.avail_idx)
+            .unwrap();
+    }
+
+    /// Write a raw available index (for runaway tests).
+    pub fn set_avail_idx(&mut self, mem: &GuestRam, idx: u16) {
+        self.avail_idx = idx;
+        mem.write_u16(GuestAddress(self.avail + 2), idx).unwrap();
+    }
+
+    /// Link `bufs` into a chain of fresh descriptors and publish it; returns the head.
+    pub fn add_chain(&mut self, mem: &GuestRam, bufs: &[Buf]) -> u16 {
+        let head = self.next_desc;
+        for (i, &(addr, len, writable)) in bufs.iter().enumerate() {
+            let index = (head + i as u16) % self.size;
+            let last = i + 1 == bufs.len();
+            let mut flags = if writable { VIRTQ_DESC_F_WRITE } else { 0 };
+            if !last {
+                flags |= VIRTQ_DESC_F_NEXT;
+            }
+            let next = (index + 1) % self.size;
+            self.write_desc(
+                mem,
+                index,
+                Desc {
+                    addr,
+                    len,
+                    flags,
+                    next,
+                },
+            );
+        }
+        self.next_desc = (head + bufs.len() as u16) % self.size;
+        self.publish(mem, head);
+        head
+    }
+
+    pub fn used_idx(&self, mem: &GuestRam) -> u16 {
+        mem.read_u16(GuestAddress(self.used + 2)).unwrap()
+    }
+
+    /// Used element `i` (mod size): (id, len).
+    pub fn used_elem(&self, mem: &GuestRam, i: u16) -> (u32, u32) {
+        let at = self.used + 4 + 8 * u64::from(i % self.size);
+        (
+            mem.read_u32(GuestAddress(at)).unwrap(),
+            mem.read_u32(GuestAddress(at + 4)).unwrap(),
+        )
+    }
+
+    pub fn set_avail_flags(&self, mem: &GuestRam, flags: u16) {
+        mem.write_u16(GuestAddress(self.avail), flags).unwrap();
+    }
+
+    pub fn set_used_event(&self, mem: &GuestRam, v: u16) {
+        let at = self.avail + 4 + 2 * u64::from(self.size);
+        mem.write_u16(GuestAddress(at), v).unwrap();
+    }
+
+    pub fn avail_event(&self, mem: &GuestRam) -> u16 {
+        let at = self.used + 4 + 8 * u64::from(self.size);
+        mem.read_u16(GuestAddress(at)).unwrap()
+    }
+}
+
+pub fn write_desc_at(mem: &GuestRam, at: u64, d: Desc) {
+    mem.write_u64(GuestAddress(at), d.addr).unwrap();
+    mem.write_u32(GuestAddress(at + 8), d.len).unwrap();
+    mem.write_u16(GuestAddress(at + 12), d.flags).unwrap();
+    mem.write_u16(GuestAddress(at + 14), d.next).unwrap();
+}
+
+/// Queue size the test driver configures.
+pub const DRIVER_QUEUE_SIZE: u16 = 16;
+
+/// A guest driver for one device behind an MMIO transport.
+pub struct GuestDriver<D: VirtioDevice> {
+    pub transport: MmioTransport<D>,
+    pub mem: GuestRam,
+    pub irq: Arc<RecordingIrq>,
+    pub queues: Vec<GuestQueue>,
+    next_buf: u64,
+}
+
+impl<D: VirtioDevice> GuestDriver<D> {
+    /// The device on a fresh transport, not yet initialised.
+    pub fn new(device: D) -> GuestDriver<D> {
+        let mem = ram();
+        let irq = Arc::new(RecordingIrq::new());
+        let transport = MmioTransport::new(device, mem.clone(), irq.clone());
+        GuestDriver {
+            transport,
+            mem,
+            irq,
+            queues: Vec::new(),
+            next_buf: BUFFERS,
+        }
+    }
+
+    /// Bring the device up as Linux does, accepting every offered feature.
+    pub fn start(device: D) -> GuestDriver<D> {
+        let mut d = GuestDriver::new(device);
+        let offered = d.device_features();
+        assert!(d.negotiate(offered), "FEATURES_OK refused");
+        d.setup_queues();
+        d.driver_ok();
+        assert!(d.transport.is_active(), "device did not activate");
+        d
+    }
+
+    pub fn read_reg(&mut self, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.transport.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    pub fn write_reg(&mut self, offset: u64, value: u32) {
+        self.transport.write(offset, &value.to_le_bytes());
+    }
+
+    pub fn status(&mut self) -> u32 {
+        self.read_reg(reg::STATUS)
+    }
+
+    pub fn device_features(&mut self) -> u64 {
+        self.write_reg(reg::DEVICE_FEATURES_SEL, 0);
+        let low = self.read_reg(reg::DEVICE_FEATURES);
+        self.write_reg(reg::DEVICE_FEATURES_SEL, 1);
+        let high = self.read_reg(reg::DEVICE_FEATURES);
+        u64::from(low) | (u64::from(high) << 32)
+    }
+
+    /// Reset, ACKNOWLEDGE, DRIVER, write `features`, FEATURES_OK; whether it stuck.
+    pub fn negotiate(&mut self, features: u64) -> bool {
+        self.write_reg(reg::STATUS, 0);
+        self.write_reg(reg::STATUS, status::ACKNOWLEDGE);
+        self.write_reg(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        self.write_reg(reg::DRIVER_FEATURES_SEL, 0);
+        self.write_reg(reg::DRIVER_FEATURES, features as u32);
+        self.write_reg(reg::DRIVER_FEATURES_SEL, 1);
+        self.write_reg(reg::DRIVER_FEATURES, (features >> 32) as u32);
+        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+        self.write_reg(reg::STATUS, s);
+        self.status() & status::FEATURES_OK != 0
+    }
+
+    /// Lay out and configure every queue the device has, size [`DRIVER_QUEUE_SIZE`].
+    pub fn setup_queues(&mut self) {
+        self.queues.clear();
+        let count = self.transport.device().queue_max_sizes().len();
+        for i in 0..count {
+            let q = GuestQueue::new(0x1000 + 0x2000 * i as u64, DRIVER_QUEUE_SIZE);
+            self.configure_queue(i as u32, &q);
+            self.queues.push(q);
+        }
+    }
+
+    pub fn configure_queue(&mut self, index: u32, q: &GuestQueue) {
+        self.write_reg(reg::QUEUE_SEL, index);
+        self.write_reg(reg::QUEUE_NUM, u32::from(q.size));
+        self.write_reg(reg::QUEUE_DESC_LOW, q.desc as u32);
+        self.write_reg(reg::QUEUE_DESC_HIGH, (q.desc >> 32) as u32);
+        self.write_reg(reg::QUEUE_DRIVER_LOW, q.avail as u32);
+        self.write_reg(reg::QUEUE_DRIVER_HIGH, (q.avail >> 32) as u32);
+        self.write_reg(reg::QUEUE_DEVICE_LOW, q.used as u32);
+        self.write_reg(reg::QUEUE_DEVICE_HIGH, (q.used >> 32) as u32);
+        self.write_reg(reg::QUEUE_READY, 1);
+    }
+
+    pub fn driver_ok(&mut self) {
+        let s = self.status();
+        self.write_reg(reg::STATUS, s | status::DRIVER_OK);
+    }
+
+    /// Guest memory for a buffer of `len` bytes (zeroed).
+    pub fn alloc(&mut self, len: u32) -> u64 {
+        let at = self.next_buf;
+        self.next_buf = (at + u64::from(len) + 15) & !15;
+        assert!(self.next_buf <= RAM_SIZE, "test buffers exhausted");
+        at
+    }
+
+    /// A buffer holding `data`.
+    pub fn buffer(&mut self, data: &[u8]) -> u64 {
+        let at = self.alloc(data.len() as u32);
+        self.mem.write(GuestAddress(at), data).unwrap();
+        at
+    }
+
+    /// Publish a chain on `queue` and notify through the QueueNotify register.
+    pub fn submit(&mut self, queue: u16, bufs: &[Buf]) -> u16 {
+        let head = self.post(queue, bufs);
+        self.write_reg(reg::QUEUE_NOTIFY, u32::from(queue));
+        head
+    }
+
+    /// Publish a chain on `queue` without notifying.
+    pub fn post(&mut self, queue: u16, bufs: &[Buf]) -> u16 {
+        let q = &mut self.queues[usize::from(queue)];
+        q.add_chain(&self.mem, bufs)
+    }
+
+    /// The most recent used element of `queue`: (id, len), or None if nothing was used.
+    pub fn last_used(&self, queue: u16) -> Option<(u32, u32)> {
+        let q = &self.queues[usize::from(queue)];
+        let idx = q.used_idx(&self.mem);
+        (idx != 0).then(|| q.used_elem(&self.mem, idx.wrapping_sub(1)))
+    }
+
+    pub fn read_mem(&self, at: u64, len: usize) -> Vec<u8> {
+        let mut v = alloc::vec![0u8; len];
+        self.mem.read(GuestAddress(at), &mut v).unwrap();
+        v
+    }
+
+    /// Read `N` bytes of device configuration space.
+    pub fn config<const N: usize>(&mut self, offset: u64) -> [u8; N] {
+        let mut b = [0u8; N];
+        self.transport.read(reg::CONFIG + offset, &mut b);
+        b
+    }
+
+    /// Whether the device reported DEVICE_NEEDS_RESET.
+    pub fn needs_reset(&mut self) -> bool {
+        self.status() & status::DEVICE_NEEDS_RESET != 0
+    }
+}
+
+/// Features a modern driver always accepts.
+pub const VERSION_1: u64 = VIRTIO_F_VERSION_1;
+
+/// Entropy that is the byte 0xa5 repeated, or fails when told to.
+#[derive(Debug, Default)]
+pub struct PatternEntropy {
+    pub fail: bool,
+}
+
+impl crate::rng::EntropySource for PatternEntropy {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), crate::rng::EntropyError> {
+        if self.fail {
+            return Err(crate::rng::EntropyError(alloc::string::String::from(
+                "test source is broken",
+            )));
+        }
+        buf.fill(0xa5);
+        Ok(())
+    }
+}
+
+/// A started virtio-rng: the simplest device, for transport tests.
+pub fn rng_driver() -> GuestDriver<crate::rng::Rng<PatternEntropy>> {
+    GuestDriver::start(crate::rng::Rng::new(PatternEntropy::default()))
+}

@@ -504,3 +504,275 @@ impl<B: BlockBackend> Request<'_, B> {
         Ok(Outcome::status(VIRTIO_BLK_S_OK))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::GuestDriver;
+    use alloc::sync::Arc;
+    use core::sync::atomic::{AtomicU32, Ordering};
+
+    const DISK_SECTORS: u64 = 64;
+
+    /// A memory disk that counts flushes.
+    #[derive(Debug)]
+    struct CountingDisk {
+        inner: MemoryBackend<Vec<u8>>,
+        flushes: Arc<AtomicU32>,
+    }
+
+    impl BlockBackend for CountingDisk {
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn read_only(&self) -> bool {
+            self.inner.read_only()
+        }
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+            self.inner.read_at(offset, buf)
+        }
+        fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError> {
+            self.inner.write_at(offset, data)
+        }
+        fn flush(&mut self) -> Result<(), BlockError> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn discard(&mut self, offset: u64, len: u64) -> Result<(), BlockError> {
+            self.inner.discard(offset, len)
+        }
+    }
+
+    /// A disk whose sector `n` is filled with the byte `n`.
+    fn patterned() -> Vec<u8> {
+        (0..DISK_SECTORS * SECTOR_SIZE)
+            .map(|i| (i / SECTOR_SIZE) as u8)
+            .collect()
+    }
+
+    fn disk() -> GuestDriver<Block<MemoryBackend<Vec<u8>>>> {
+        GuestDriver::start(Block::new(MemoryBackend::new(patterned()), "keel-disk-0"))
+    }
+
+    fn read_only_disk() -> GuestDriver<Block<MemoryBackend<Vec<u8>>>> {
+        GuestDriver::start(Block::new(MemoryBackend::read_only(patterned()), "ro"))
+    }
+
+    fn header(kind: u32, sector: u64) -> [u8; 16] {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        h
+    }
+
+    /// Submit header + data (readable for OUT-like requests, writable for IN-like) +
+    /// status; returns (status, data address, used length).
+    fn request<B: BlockBackend>(
+        d: &mut GuestDriver<Block<B>>,
+        kind: u32,
+        sector: u64,
+        out: Option<&[u8]>,
+        in_len: u32,
+    ) -> (u8, u64, u32) {
+        let h = d.buffer(&header(kind, sector));
+        let status = d.buffer(&[0xff]);
+        let mut bufs = alloc::vec![(h, 16, false)];
+        let mut data = 0;
+        if let Some(out) = out {
+            data = d.buffer(out);
+            bufs.push((data, out.len() as u32, false));
+        }
+        if in_len > 0 {
+            data = d.alloc(in_len);
+            bufs.push((data, in_len, true));
+        }
+        bufs.push((status, 1, true));
+        d.submit(0, &bufs);
+        let (_, used) = d.last_used(0).expect("request was not completed");
+        (d.read_mem(status, 1)[0], data, used)
+    }
+
+    #[test]
+    fn capacity_in_config_is_in_sectors() {
+        let mut d = disk();
+        assert_eq!(u64::from_le_bytes(d.config::<8>(0)), DISK_SECTORS);
+    }
+
+    #[test]
+    fn read_request_returns_disk_contents() {
+        let mut d = disk();
+
+        let (status, data, used) = request(&mut d, VIRTIO_BLK_T_IN, 3, None, 1024);
+
+        assert_eq!(status, VIRTIO_BLK_S_OK);
+        assert_eq!(d.read_mem(data, 512), [3u8; 512]);
+        assert_eq!(d.read_mem(data + 512, 512), [4u8; 512]);
+        assert_eq!(used, 1025);
+        assert!(d.irq.is_high());
+    }
+
+    #[test]
+    fn write_request_reaches_disk() {
+        let mut d = disk();
+
+        let (status, _, used) = request(&mut d, VIRTIO_BLK_T_OUT, 5, Some(&[0xee; 512]), 0);
+
+        assert_eq!(status, VIRTIO_BLK_S_OK);
+        assert_eq!(used, 1);
+        let disk = d.transport.device().backend().bytes();
+        assert_eq!(&disk[5 * 512..6 * 512], &[0xee; 512]);
+        assert_eq!(disk[6 * 512], 6);
+    }
+
+    #[test]
+    fn read_only_disk_rejects_writes_with_ioerr() {
+        let mut d = read_only_disk();
+
+        let (status, _, _) = request(&mut d, VIRTIO_BLK_T_OUT, 0, Some(&[0xee; 512]), 0);
+
+        assert_eq!(status, VIRTIO_BLK_S_IOERR);
+        assert_eq!(d.transport.device().backend().bytes()[0], 0);
+    }
+
+    #[test]
+    fn read_only_disk_offers_f_ro_and_not_discard() {
+        let mut d = read_only_disk();
+        let f = d.device_features();
+        assert_ne!(f & VIRTIO_BLK_F_RO, 0);
+        assert_eq!(f & VIRTIO_BLK_F_DISCARD, 0);
+    }
+
+    #[test]
+    fn request_past_capacity_gets_ioerr() {
+        let mut d = disk();
+
+        let (status, _, _) = request(&mut d, VIRTIO_BLK_T_IN, DISK_SECTORS - 1, None, 1024);
+
+        assert_eq!(status, VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn sector_overflow_gets_ioerr() {
+        let mut d = disk();
+
+        let (status, _, _) = request(&mut d, VIRTIO_BLK_T_IN, u64::MAX / 256, None, 512);
+
+        assert_eq!(status, VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn data_length_not_multiple_of_sector_gets_ioerr() {
+        let mut d = disk();
+
+        let (status, _, _) = request(&mut d, VIRTIO_BLK_T_OUT, 0, Some(&[1; 100]), 0);
+
+        assert_eq!(status, VIRTIO_BLK_S_IOERR);
+        assert_eq!(d.transport.device().backend().bytes()[0], 0);
+    }
+
+    #[test]
+    fn missing_status_descriptor_sets_needs_reset() {
+        let mut d = disk();
+        let h = d.buffer(&header(VIRTIO_BLK_T_FLUSH, 0));
+
+        d.submit(0, &[(h, 16, false)]);
+
+        assert!(d.needs_reset());
+        let failure = d.transport.take_error().unwrap();
+        assert_eq!(
+            alloc::format!("{failure}"),
+            "virtio-blk: queue 0, descriptor chain at head 0: no device-writable status byte at the end of the request"
+        );
+    }
+
+    #[test]
+    fn short_header_sets_needs_reset() {
+        let mut d = disk();
+        let h = d.buffer(&[0; 8]);
+        let s = d.alloc(1);
+
+        d.submit(0, &[(h, 8, false), (s, 1, true)]);
+
+        assert!(d.needs_reset());
+    }
+
+    #[test]
+    fn flush_reaches_backend() {
+        let flushes = Arc::new(AtomicU32::new(0));
+        let backend = CountingDisk {
+            inner: MemoryBackend::new(patterned()),
+            flushes: flushes.clone(),
+        };
+        let mut d = GuestDriver::start(Block::new(backend, "f"));
+
+        let (status, _, _) = request(&mut d, VIRTIO_BLK_T_FLUSH, 0, None, 0);
+
+        assert_eq!(status, VIRTIO_BLK_S_OK);
+        assert_eq!(flushes.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn get_id_returns_serial() {
+        let mut d = disk();
+
+        let (status, data, used) = request(&mut d, VIRTIO_BLK_T_GET_ID, 0, None, 20);
+
+        assert_eq!(status, VIRTIO_BLK_S_OK);
+        assert_eq!(d.read_mem(data, 20), b"keel-disk-0\0\0\0\0\0\0\0\0\0");
+        assert_eq!(used, 21);
+    }
+
+    fn discard_segment(sector: u64, sectors: u32, flags: u32) -> [u8; 16] {
+        let mut s = [0u8; 16];
+        s[..8].copy_from_slice(&sector.to_le_bytes());
+        s[8..12].copy_from_slice(&sectors.to_le_bytes());
+        s[12..].copy_from_slice(&flags.to_le_bytes());
+        s
+    }
+
+    #[test]
+    fn discard_zeroes_range() {
+        let mut d = disk();
+
+        let seg = discard_segment(2, 3, 0);
+        let (status, _, _) = request(&mut d, VIRTIO_BLK_T_DISCARD, 0, Some(&seg), 0);
+
+        assert_eq!(status, VIRTIO_BLK_S_OK);
+        let disk = d.transport.device().backend().bytes();
+        assert!(disk[2 * 512..5 * 512].iter().all(|&b| b == 0));
+        assert_eq!((disk[2 * 512 - 1], disk[5 * 512]), (1, 5));
+    }
+
+    #[test]
+    fn discard_with_unmap_flag_is_unsupported() {
+        let mut d = disk();
+
+        let seg = discard_segment(2, 1, 1);
+        let (status, _, _) = request(&mut d, VIRTIO_BLK_T_DISCARD, 0, Some(&seg), 0);
+
+        assert_eq!(status, VIRTIO_BLK_S_UNSUPP);
+        assert_eq!(d.transport.device().backend().bytes()[2 * 512], 2);
+    }
+
+    #[test]
+    fn discard_past_capacity_gets_ioerr_and_discards_nothing() {
+        let mut d = disk();
+        let mut segs = Vec::new();
+        segs.extend_from_slice(&discard_segment(1, 1, 0));
+        segs.extend_from_slice(&discard_segment(DISK_SECTORS, 1, 0));
+
+        let (status, _, _) = request(&mut d, VIRTIO_BLK_T_DISCARD, 0, Some(&segs), 0);
+
+        assert_eq!(status, VIRTIO_BLK_S_IOERR);
+        assert_eq!(d.transport.device().backend().bytes()[512], 1);
+    }
+
+    #[test]
+    fn unknown_request_type_is_unsupported() {
+        let mut d = disk();
+
+        let (status, _, _) = request(&mut d, 99, 0, None, 0);
+
+        assert_eq!(status, VIRTIO_BLK_S_UNSUPP);
+    }
+}

@@ -193,3 +193,106 @@ impl<O: ConsoleOutput> VirtioDevice for Console<O> {
         self.deliver_input()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::GuestDriver;
+    use alloc::sync::Arc;
+    use spin::Mutex;
+
+    /// Output captured where the test can see it after the device took the backend.
+    #[derive(Clone, Debug, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl ConsoleOutput for Captured {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.lock().extend_from_slice(bytes);
+        }
+    }
+
+    fn console() -> (GuestDriver<Console<Captured>>, Captured) {
+        let out = Captured::default();
+        (GuestDriver::start(Console::new(out.clone())), out)
+    }
+
+    #[test]
+    fn console_output_reaches_backend() {
+        let (mut d, out) = console();
+        let a = d.buffer(b"hello, ");
+        let b = d.buffer(b"world\n");
+
+        d.submit(TRANSMITQ, &[(a, 7, false), (b, 6, false)]);
+
+        assert_eq!(out.0.lock().as_slice(), b"hello, world\n");
+        assert_eq!(d.last_used(TRANSMITQ), Some((0, 0)));
+    }
+
+    #[test]
+    fn console_transmit_with_writable_buffer_sets_needs_reset() {
+        let (mut d, out) = console();
+        let a = d.alloc(4);
+
+        d.submit(TRANSMITQ, &[(a, 4, true)]);
+
+        assert!(d.needs_reset());
+        assert!(out.0.lock().is_empty());
+    }
+
+    #[test]
+    fn console_input_waits_for_receive_buffers() {
+        let (mut d, _out) = console();
+        d.transport.device_mut().push_input(b"ls\n");
+        d.transport.poll();
+        assert_eq!(d.transport.device().pending_input(), 3);
+        let a = d.alloc(16);
+
+        d.submit(RECEIVEQ, &[(a, 16, true)]);
+
+        assert_eq!(d.read_mem(a, 3), b"ls\n");
+        assert_eq!(d.last_used(RECEIVEQ), Some((0, 3)));
+        assert_eq!(d.transport.device().pending_input(), 0);
+    }
+
+    #[test]
+    fn console_input_fills_posted_buffer_on_poll() {
+        let (mut d, _out) = console();
+        let a = d.alloc(2);
+        let b = d.alloc(2);
+        d.submit(RECEIVEQ, &[(a, 2, true)]);
+        d.submit(RECEIVEQ, &[(b, 2, true)]);
+        assert!(!d.irq.is_high());
+
+        d.transport.device_mut().push_input(b"abc");
+        d.transport.poll();
+
+        assert_eq!(d.read_mem(a, 2), b"ab");
+        assert_eq!(d.read_mem(b, 1), b"c");
+        assert_eq!(d.last_used(RECEIVEQ), Some((1, 1)));
+        assert!(d.irq.is_high());
+    }
+
+    #[test]
+    fn console_input_is_bounded() {
+        let mut c = Console::new(Captured::default());
+        let big = alloc::vec![b'x'; INPUT_BUFFER_LIMIT + 10];
+
+        let accepted = c.push_input(&big);
+
+        assert_eq!(accepted, INPUT_BUFFER_LIMIT);
+        assert_eq!(c.push_input(b"y"), 0);
+    }
+
+    #[test]
+    fn console_size_is_in_config_with_f_size() {
+        let mut d = GuestDriver::start(Console::new(Captured::default()).with_size(80, 25));
+        assert_ne!(d.device_features() & VIRTIO_CONSOLE_F_SIZE, 0);
+        assert_eq!(d.config::<4>(0), [80, 0, 25, 0]);
+    }
+
+    #[test]
+    fn console_without_size_does_not_offer_f_size() {
+        let (mut d, _out) = console();
+        assert_eq!(d.device_features() & VIRTIO_CONSOLE_F_SIZE, 0);
+    }
+}

@@ -11,9 +11,11 @@
 //! - [`layout`]: the guest-physical map (QEMU `virt`-like) and the platform description.
 //! - [`fdt`]: the device tree generated from that description.
 //! - [`image`]: arm64 Linux `Image` loading (kernel, initrd and device-tree placement).
+//! - [`psci`]: PSCI 1.1 / SMCCC 1.1 firmware calls and the per-VM vCPU power states.
 
 pub mod esr;
 pub mod fault;
 pub mod fdt;
 pub mod image;
 pub mod layout;
+pub mod psci;

@@ -228,3 +228,42 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     let n = data.len().min(rest.len());
     data[..n].copy_from_slice(&rest[..n]);
 }
+
+/// A boxed device is a device: lets a VMM keep `MmioTransport<Box<dyn VirtioDevice>>`.
+impl<T: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<T> {
+    fn device_type(&self) -> u32 {
+        (**self).device_type()
+    }
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        (**self).queue_max_sizes()
+    }
+    fn device_features(&self) -> u64 {
+        (**self).device_features()
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        (**self).read_config(offset, data)
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        (**self).write_config(offset, data)
+    }
+    fn activate(
+        &mut self,
+        memory: GuestRam,
+        queues: Vec<Queue>,
+        acked_features: u64,
+    ) -> Result<(), DeviceError> {
+        (**self).activate(memory, queues, acked_features)
+    }
+    fn reset(&mut self) {
+        (**self).reset()
+    }
+    fn process_queue(&mut self, queue: u16) -> Result<bool, DeviceError> {
+        (**self).process_queue(queue)
+    }
+    fn poll(&mut self) -> Result<bool, DeviceError> {
+        (**self).poll()
+    }
+}

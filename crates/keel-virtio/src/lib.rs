@@ -1,6 +1,6 @@
 //! Keel's portable virtio layer: the split virtqueue, the virtio-mmio transport and the
 //! console, block and rng device models. `#![no_std]` + `alloc`; the `std` feature adds
-//! host backends ([`FileBackend`], [`OsEntropy`]).
+//! host backends (`FileBackend`, `OsEntropy` in `host`).
 //!
 //! # Public API
 //!
@@ -19,10 +19,15 @@
 //!   read_config(offset, &mut [u8]), write_config(offset, &[u8]),
 //!   activate(GuestRam, Vec<Queue>, acked_features: u64) -> Result<(), DeviceError>,
 //!   reset(), process_queue(queue: u16) -> Result<bool, DeviceError>, poll() -> Result<bool, DeviceError>
+//!   (also implemented for Box<dyn VirtioDevice>)
+//! device::ActiveQueues { memory, queues }: get(i) -> (&GuestRam, &mut Queue), needs_notification(i)
+//! device::read_config_bytes(config: &[u8], offset, &mut [u8]); device::{device_type, features} consts
+//! device::DeviceFailure { device: &'static str, error: DeviceError }  (Display: "virtio-blk: queue 0: …")
 //!
 //! mmio::MmioTransport::new(device: D, memory: GuestRam, irq: Arc<dyn IrqLine>) -> MmioTransport<D>
 //!   impl keel_core::BusDevice; notify(queue: u16); poll(); take_error() -> Option<DeviceFailure>;
-//!   device() / device_mut() -> &D / &mut D; status(); interrupt_status(); is_active()
+//!   device() / device_mut() -> &D / &mut D; status(); interrupt_status(); is_active();
+//!   offered_features(); mmio::{MMIO_WINDOW_SIZE, VENDOR_ID, reg, status} consts
 //!
 //! console::Console::new(output: O: ConsoleOutput) [.with_size(cols, rows)];
 //!   push_input(&[u8]) -> usize (accepted); ConsoleOutput::write(&mut self, &[u8])

@@ -1,1 +1,30 @@
-//! keel-kvm
+//! Keel's Linux KVM backend (x86_64): the [`keel_core::Hypervisor`] traits over `/dev/kvm`,
+//! the host-side legacy devices (8250 serial, i8042, debug exit), and the [`Vmm`] that runs
+//! one VM from its [`keel_spec::VmSpec`].
+//!
+//! Layout:
+//! - [`hv`] and [`vcpu`]: the only files that talk to KVM.
+//! - [`dispatch`]: exit dispatch to the MMIO and port buses, in keel-core terms only (it
+//!   can move to a portable crate as is).
+//! - [`devices`]: legacy PC devices as [`keel_core::BusDevice`]s.
+//! - [`vmm`]: building and running a VM from its spec; [`io`]: the I/O thread.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+compile_error!("keel-kvm supports Linux on x86_64 only");
+
+pub mod cpuid;
+pub mod devices;
+pub mod dispatch;
+pub mod host;
+pub mod hv;
+pub mod io;
+pub mod log;
+pub mod stats;
+pub mod vcpu;
+pub mod vmm;
+
+pub use hv::{KvmHypervisor, KvmVm};
+pub use vcpu::KvmVcpu;
+pub use vmm::{RunOptions, VmExitStatus, Vmm, VmmError};

@@ -1,1 +1,385 @@
-fn main() {}
+//! `keel`: run and check Keel systems.
+//!
+//! Exit status: the guest's debug-exit code, 0 on power-off (and on reboot unless
+//! `--on-reboot=fail`), 1 on a guest crash or a VMM/hypervisor failure, 2 on bad input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use keel_kvm::log::{self, Level};
+use keel_kvm::{RunOptions, VmExitStatus, Vmm};
+use keel_spec::{Memory, System, VmSpec};
+
+const USAGE: &str = "\
+keel: a virtual machine monitor (Linux KVM backend, x86_64 guests)
+
+USAGE:
+    keel run <system.toml> [--vm NAME] [--log-level LEVEL] [--stats] [--on-reboot ACTION]
+    keel check <system.toml>
+    keel --version | --help
+
+COMMANDS:
+    run      boot one VM of the system and wait until the guest stops
+    check    validate the system (including its host files); one line per VM
+
+OPTIONS (run):
+    --vm NAME             the VM to run (required when the system has several)
+    --log-level LEVEL     error | warn | info | debug (default: info)
+    --stats               print peak RSS, guest memory touched, exits by kind and wall time
+    --on-reboot ACTION    exit0 (default): a guest reboot request ends the run with status 0
+                          fail: it ends the run with status 1
+
+EXIT STATUS:
+    0    the guest powered off (or asked for a reboot, see --on-reboot)
+    V    the guest wrote V to the debug-exit port 0xf4
+    1    the guest crashed (triple fault), or the VMM or KVM failed
+    2    bad input: arguments, system file, kernel, disks
+";
+
+/// Exit status for bad input.
+const EXIT_INPUT: u8 = 2;
+/// Exit status for VMM failures and guest crashes.
+const EXIT_FAILURE: u8 = 1;
+
+/// A failure with the exit status it maps to.
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl Failure {
+    fn input(message: impl Into<String>) -> Failure {
+        Failure {
+            status: EXIT_INPUT,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OnReboot {
+    Exit0,
+    Fail,
+}
+
+#[derive(Debug)]
+enum Command {
+    Help,
+    Version,
+    Check {
+        system: PathBuf,
+    },
+    Run {
+        system: PathBuf,
+        vm: Option<String>,
+        level: Level,
+        stats: bool,
+        on_reboot: OnReboot,
+    },
+}
+
+/// Split `--opt=value` or take the value from the next argument.
+fn option_value(
+    arg: &str,
+    name: &str,
+    rest: &mut impl Iterator<Item = String>,
+) -> Result<Option<String>, Failure> {
+    if let Some(v) = arg.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+        return Ok(Some(v.to_string()));
+    }
+    if arg == name {
+        return rest
+            .next()
+            .map(Some)
+            .ok_or_else(|| Failure::input(format!("{name} needs a value")));
+    }
+    Ok(None)
+}
+
+fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
+    let mut it = args.into_iter();
+    let Some(cmd) = it.next() else {
+        return Err(Failure::input(
+            "no command given (try `keel --help`)",
+        ));
+    };
+    match cmd.as_str() {
+        "-h" | "--help" | "help" => return Ok(Command::Help),
+        "-V" | "--version" => return Ok(Command::Version),
+        "run" | "check" => {}
+        other => {
+            return Err(Failure::input(format!(
+                "unknown command {other:?} (expected run or check; try `keel --help`)"
+            )));
+        }
+    }
+    let mut system: Option<PathBuf> = None;
+    let mut vm = None;
+    let mut level = Level::Info;
+    let mut stats = false;
+    let mut on_reboot = OnReboot::Exit0;
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(Command::Help);
+        }
+        if cmd == "run" {
+            if let Some(v) = option_value(&arg, "--vm", &mut it)? {
+                vm = Some(v);
+                continue;
+            }
+            if let Some(v) = option_value(&arg, "--log-level", &mut it)? {
+                level = Level::parse(&v).ok_or_else(|| {
+                    Failure::input(format!(
+                        "--log-level {v:?} is not one of error, warn, info, debug"
+                    ))
+                })?;
+                continue;
+            }
+            if let Some(v) = option_value(&arg, "--on-reboot", &mut it)? {
+                on_reboot = match v.as_str() {
+                    "exit0" => OnReboot::Exit0,
+                    "fail" => OnReboot::Fail,
+                    _ => {
+                        return Err(Failure::input(format!(
+                            "--on-reboot {v:?} is not one of exit0, fail"
+                        )));
+                    }
+                };
+                continue;
+            }
+            if arg == "--stats" {
+                stats = true;
+                continue;
+            }
+        }
+        if arg.starts_with('-') && arg != "-" {
+            return Err(Failure::input(format!(
+                "unknown option {arg:?} for `keel {cmd}` (try `keel --help`)"
+            )));
+        }
+        if system.is_some() {
+            return Err(Failure::input(format!(
+                "unexpected argument {arg:?}: `keel {cmd}` takes one system file"
+            )));
+        }
+        system = Some(PathBuf::from(arg));
+    }
+    let system = system.ok_or_else(|| {
+        Failure::input(format!("`keel {cmd}` needs a system file (keel {cmd} <system.toml>)"))
+    })?;
+    Ok(if cmd == "check" {
+        Command::Check { system }
+    } else {
+        Command::Run {
+            system,
+            vm,
+            level,
+            stats,
+            on_reboot,
+        }
+    })
+}
+
+fn load(path: &std::path::Path) -> Result<System, Failure> {
+    keel_spec::load(path).map_err(|e| Failure::input(format!("{}: {e}", path.display())))
+}
+
+fn size_text(bytes: u64) -> String {
+    if bytes % (1 << 30) == 0 {
+        format!("{} GiB", bytes >> 30)
+    } else if bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+fn summary(vm: &VmSpec) -> String {
+    let memory = match &vm.memory {
+        Memory::Size(s) => size_text(*s),
+        Memory::Regions(r) => format!("{} in {}", size_text(vm.memory.total()), plural(r.len(), "region")),
+    };
+    let mut s = format!(
+        "vm {:?}: {}, {}, {}, kernel {}",
+        vm.name,
+        vm.arch,
+        plural(vm.vcpus as usize, "vCPU"),
+        memory,
+        vm.kernel
+    );
+    if let Some(i) = &vm.initrd {
+        s.push_str(&format!(", initrd {i}"));
+    }
+    s.push_str(&format!(
+        ", {}, {}, serial {}",
+        plural(vm.disks.len(), "disk"),
+        plural(vm.consoles.len(), "console"),
+        vm.serial
+    ));
+    if vm.rng {
+        s.push_str(", rng");
+    }
+    s
+}
+
+fn check(system: &std::path::Path) -> Result<u8, Failure> {
+    let sys = load(system)?;
+    for vm in sys.vms() {
+        println!("{}", summary(vm));
+    }
+    Ok(0)
+}
+
+fn pick_vm<'a>(sys: &'a System, name: Option<&str>) -> Result<&'a VmSpec, Failure> {
+    let names = || {
+        sys.vms()
+            .iter()
+            .map(|v| format!("{:?}", v.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name {
+        Some(n) => sys
+            .vm(n)
+            .ok_or_else(|| Failure::input(format!("no vm {n:?} in the system (it has {})", names()))),
+        None => match sys.vms() {
+            [only] => Ok(only),
+            _ => Err(Failure::input(format!(
+                "the system has {} VMs; choose one with --vm ({})",
+                sys.vms().len(),
+                names()
+            ))),
+        },
+    }
+}
+
+fn run(
+    system: &std::path::Path,
+    vm: Option<&str>,
+    stats: bool,
+    on_reboot: OnReboot,
+) -> Result<u8, Failure> {
+    let sys = load(system)?;
+    let spec = pick_vm(&sys, vm)?;
+    let vmm_failure = |e: keel_kvm::VmmError| Failure {
+        status: if e.is_input_error() { EXIT_INPUT } else { EXIT_FAILURE },
+        message: e.to_string(),
+    };
+    let vmm = Vmm::from_spec(spec).map_err(vmm_failure)?;
+    let _ = RunOptions { stats };
+    let report = vmm.run().map_err(vmm_failure)?;
+    if stats {
+        eprintln!("{}", report.stats);
+    }
+    match report.status {
+        VmExitStatus::PowerOff => Ok(0),
+        VmExitStatus::ExitCode(v) => Ok(v),
+        VmExitStatus::Reboot => {
+            eprintln!("keel: guest requested reboot");
+            Ok(if on_reboot == OnReboot::Fail { EXIT_FAILURE } else { 0 })
+        }
+        VmExitStatus::Crash => Err(Failure {
+            status: EXIT_FAILURE,
+            message: format!("vm {:?}: the guest crashed (triple fault / shutdown)", spec.name),
+        }),
+    }
+}
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        eprintln!("keel: error: internal error (a bug in keel): {msg}{location}");
+        std::process::exit(i32::from(EXIT_FAILURE));
+    }));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = parse_args(args).and_then(|cmd| match cmd {
+        Command::Help => {
+            print!("{USAGE}");
+            Ok(0)
+        }
+        Command::Version => {
+            println!("keel {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        Command::Check { system } => check(&system),
+        Command::Run {
+            system,
+            vm,
+            level,
+            stats,
+            on_reboot,
+        } => {
+            log::set_level(level);
+            run(&system, vm.as_deref(), stats, on_reboot)
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("keel: error: {}", f.message);
+            ExitCode::from(f.status)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn run_options_are_parsed() {
+        let cmd = parse_args(args("run sys.toml --vm web --log-level=debug --stats")).ok().unwrap();
+        match cmd {
+            Command::Run { system, vm, level, stats, on_reboot } => {
+                assert_eq!(system, PathBuf::from("sys.toml"));
+                assert_eq!(vm.as_deref(), Some("web"));
+                assert_eq!(level, Level::Debug);
+                assert!(stats);
+                assert_eq!(on_reboot, OnReboot::Exit0);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_option_is_bad_input() {
+        let err = parse_args(args("run sys.toml --frobnicate")).err().unwrap();
+        assert_eq!(err.status, EXIT_INPUT);
+        assert!(err.message.contains("--frobnicate"));
+    }
+
+    #[test]
+    fn bad_log_level_is_rejected_naming_it() {
+        let err = parse_args(args("run sys.toml --log-level loud")).err().unwrap();
+        assert!(err.message.contains("\"loud\""));
+    }
+
+    #[test]
+    fn missing_system_file_is_bad_input() {
+        let err = parse_args(args("check")).err().unwrap();
+        assert_eq!(err.status, EXIT_INPUT);
+    }
+
+    #[test]
+    fn on_reboot_fail_is_accepted() {
+        let cmd = parse_args(args("run s.toml --on-reboot fail")).ok().unwrap();
+        assert!(matches!(cmd, Command::Run { on_reboot: OnReboot::Fail, .. }));
+    }
+}

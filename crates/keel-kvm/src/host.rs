@@ -1,0 +1,120 @@
+//! Facts about the host: software KVM, the terminal, memory use.
+
+use std::sync::Once;
+
+/// The note printed once when `/dev/kvm` is a software KVM.
+pub const SOFTWARE_KVM_NOTE: &str = "note: /dev/kvm is a software KVM (kvm_pvm): guest kernel code is emulated, Linux guests will not boot in useful time here";
+
+/// Whether `/proc/cpuinfo`'s flags lack `vmx`/`svm`, given its text.
+pub fn cpuinfo_lacks_virtualization(cpuinfo: &str) -> bool {
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or_default();
+    !flags
+        .split_whitespace()
+        .any(|f| f == "vmx" || f == "svm")
+}
+
+/// Whether `/proc/modules` lists `kvm_pvm`, given its text.
+pub fn modules_list_kvm_pvm(modules: &str) -> bool {
+    modules
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some("kvm_pvm"))
+}
+
+/// Whether this host's KVM is a software implementation (kvm_pvm, or no VT-x/AMD-V).
+pub fn is_software_kvm() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+        || modules_list_kvm_pvm(&modules)
+        || (!cpuinfo.is_empty() && cpuinfo_lacks_virtualization(&cpuinfo))
+}
+
+/// Print [`SOFTWARE_KVM_NOTE`] once per process (at log level info and above).
+pub fn note_software_kvm() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if crate::log::enabled(crate::log::Level::Info) && is_software_kvm() {
+            crate::log::info(format_args!("{SOFTWARE_KVM_NOTE}"));
+        }
+    });
+}
+
+/// Peak resident set size in bytes (`VmHWM` of /proc/self/status), given its text.
+pub fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// This process's peak RSS in bytes.
+pub fn peak_rss() -> Option<u64> {
+    parse_vm_hwm(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// Puts a terminal on stdin into raw mode and restores it on drop.
+#[derive(Debug)]
+pub struct RawTerminal {
+    saved: libc::termios,
+}
+
+impl RawTerminal {
+    /// Raw mode if stdin is a terminal; `None` otherwise (then nothing changes).
+    pub fn enable() -> Option<RawTerminal> {
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
+            return None;
+        }
+        // SAFETY: termios is plain old data; zero is a valid bit pattern to be overwritten.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `saved` is a valid termios to fill in.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
+            return None;
+        }
+        let mut raw = saved;
+        // SAFETY: cfmakeraw only edits the struct we pass.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // Keep output post-processing so the host's "\n" still returns the carriage.
+        raw.c_oflag = saved.c_oflag;
+        // SAFETY: a valid termios for our own stdin.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
+            return None;
+        }
+        Some(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restoring the attributes read in `enable`.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuinfo_with_vmx_is_hardware() {
+        assert!(!cpuinfo_lacks_virtualization("flags\t: fpu vme vmx sse\n"));
+        assert!(cpuinfo_lacks_virtualization("flags\t: fpu vme sse\n"));
+    }
+
+    #[test]
+    fn kvm_pvm_module_is_found_by_name() {
+        assert!(modules_list_kvm_pvm("kvm_pvm 123 0 - Live 0x0\nkvm 1 1 kvm_pvm\n"));
+        assert!(!modules_list_kvm_pvm("kvm_intel 1 0 - Live\n"));
+    }
+
+    #[test]
+    fn vm_hwm_is_read_in_bytes() {
+        assert_eq!(
+            parse_vm_hwm("VmPeak:\t 100 kB\nVmHWM:\t    2048 kB\n"),
+            Some(2048 * 1024)
+        );
+        assert_eq!(parse_vm_hwm("VmRSS: 1 kB\n"), None);
+    }
+}

@@ -1,0 +1,312 @@
+//! `KvmHypervisor` and `KvmVm`: `/dev/kvm`, guest RAM, the in-kernel interrupt controllers,
+//! interrupt lines and ioeventfds.
+
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+
+use keel_core::arch::x86_64::layout::{KVM_IDENTITY_MAP_GPA, KVM_TSS_GPA};
+use keel_core::hv::VmConfig;
+use keel_core::memory::{GuestRam, RawRegion};
+use keel_core::{HvError, Hypervisor, IrqLine, Vm, VcpuId};
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
+    kvm_userspace_memory_region,
+};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::cpuid;
+use crate::log;
+use crate::vcpu::KvmVcpu;
+
+/// Map a kvm-ioctls error to [`HvError::Call`] naming the ioctl.
+pub(crate) fn call(op: &'static str) -> impl Fn(kvm_ioctls::Error) -> HvError {
+    move |e| HvError::Call {
+        op,
+        errno: e.errno(),
+    }
+}
+
+/// The Linux KVM hypervisor (`/dev/kvm`).
+#[derive(Debug)]
+pub struct KvmHypervisor {
+    kvm: Kvm,
+}
+
+impl KvmHypervisor {
+    /// Open `/dev/kvm` and check its API version.
+    pub fn new() -> Result<KvmHypervisor, HvError> {
+        let kvm = Kvm::new().map_err(call("open /dev/kvm"))?;
+        let version = kvm.get_api_version();
+        if version != 12 {
+            return Err(HvError::Invalid {
+                what: "KVM API version (Keel needs 12)",
+                value: version as u64,
+            });
+        }
+        Ok(KvmHypervisor { kvm })
+    }
+}
+
+impl Hypervisor for KvmHypervisor {
+    type Vm = KvmVm;
+
+    fn name(&self) -> &'static str {
+        "kvm"
+    }
+
+    fn create_vm(&self, config: &VmConfig) -> Result<KvmVm, HvError> {
+        KvmVm::new(&self.kvm, config)
+    }
+}
+
+/// An anonymous host mapping backing one guest RAM region; unmapped on drop.
+#[derive(Debug)]
+struct Mapping {
+    addr: usize,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: u64) -> Result<Mapping, HvError> {
+        let size = usize::try_from(len).map_err(|_| HvError::Invalid {
+            what: "guest RAM region size",
+            value: len,
+        })?;
+        // SAFETY: an anonymous private mapping at a kernel-chosen address touches no existing
+        // memory; the result is checked for MAP_FAILED.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(HvError::Call {
+                op: "mmap of guest RAM",
+                errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            });
+        }
+        Ok(Mapping {
+            addr: addr as usize,
+            len: size,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `addr`/`len` are exactly what mmap returned, and the last user of the
+        // memory (every GuestRam clone, and the VM whose slots point here) is gone.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// A KVM virtual machine.
+#[derive(Debug)]
+pub struct KvmVm {
+    fd: Arc<VmFd>,
+    ram: GuestRam,
+    cpuid: CpuId,
+    vcpus: u32,
+    /// Keeps the RAM mapped for as long as the VM (whose memory slots point there) lives.
+    _mappings: Arc<Vec<Mapping>>,
+}
+
+impl KvmVm {
+    fn new(kvm: &Kvm, config: &VmConfig) -> Result<KvmVm, HvError> {
+        if config.vcpus == 0 {
+            return Err(HvError::Invalid {
+                what: "vCPU count",
+                value: 0,
+            });
+        }
+        let fd = kvm.create_vm().map_err(call("KVM_CREATE_VM"))?;
+        fd.set_tss_address(KVM_TSS_GPA as usize)
+            .map_err(call("KVM_SET_TSS_ADDR"))?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_GPA)
+            .map_err(call("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        fd.create_irq_chip().map_err(call("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(call("KVM_CREATE_PIT2"))?;
+
+        let mut mappings = Vec::with_capacity(config.ram.len());
+        let mut raw = Vec::with_capacity(config.ram.len());
+        for (slot, &(gpa, len)) in config.ram.iter().enumerate() {
+            let m = Mapping::new(len)?;
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: gpa,
+                memory_size: len,
+                userspace_addr: m.addr as u64,
+            };
+            // SAFETY: the region points at a mapping of exactly `len` bytes that `_mappings`
+            // keeps alive at least as long as the VM fd (dropped first: field order).
+            unsafe { fd.set_user_memory_region(region) }
+                .map_err(call("KVM_SET_USER_MEMORY_REGION"))?;
+            raw.push(RawRegion {
+                gpa,
+                len,
+                host: m.addr as *mut u8,
+            });
+            mappings.push(m);
+        }
+        let mappings = Arc::new(mappings);
+        let owner: Arc<dyn Any + Send + Sync> = mappings.clone();
+        // SAFETY: each host pointer is a fresh mmap of `len` bytes, kept alive by `owner`,
+        // and never accessed through Rust references (only the guest and GuestRam's copies).
+        let ram = unsafe { GuestRam::from_raw(&raw, owner) }.map_err(|e| HvError::Invalid {
+            what: match e {
+                keel_core::memory::LayoutError::Overlap { .. } => "overlapping guest RAM region",
+                keel_core::memory::LayoutError::BadRegion { .. } => "guest RAM region",
+            },
+            value: match e {
+                keel_core::memory::LayoutError::Overlap { b, .. } => b,
+                keel_core::memory::LayoutError::BadRegion { gpa, .. } => gpa,
+            },
+        })?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(call("KVM_GET_SUPPORTED_CPUID"))?;
+        Ok(KvmVm {
+            fd: Arc::new(fd),
+            ram,
+            cpuid,
+            vcpus: config.vcpus,
+            _mappings: mappings,
+        })
+    }
+
+    /// An eventfd KVM signals when the guest writes `value` (32 bits) to MMIO `gpa`:
+    /// virtio-mmio's QueueNotify without a vCPU exit to userspace.
+    pub fn ioeventfd(&self, gpa: u64, value: u32) -> Result<EventFd, HvError> {
+        let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| HvError::Call {
+            op: "eventfd",
+            errno: e.raw_os_error().unwrap_or(0),
+        })?;
+        self.fd
+            .register_ioevent(&fd, &IoEventAddress::Mmio(gpa), value)
+            .map_err(call("KVM_IOEVENTFD"))?;
+        Ok(fd)
+    }
+}
+
+impl Vm for KvmVm {
+    type Vcpu = KvmVcpu;
+
+    fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    fn create_vcpu(&self, id: VcpuId) -> Result<KvmVcpu, HvError> {
+        if id >= self.vcpus {
+            return Err(HvError::Invalid {
+                what: "vCPU id",
+                value: id.into(),
+            });
+        }
+        let fd = self
+            .fd
+            .create_vcpu(id.into())
+            .map_err(call("KVM_CREATE_VCPU"))?;
+        let mut cpuid = self.cpuid.clone();
+        cpuid::fix_entries(cpuid.as_mut_slice(), id, self.vcpus);
+        let vcpu = KvmVcpu::new(fd, id, self.ram.clone());
+        vcpu.setup(&cpuid)?;
+        Ok(vcpu)
+    }
+
+    fn irq_line(&self, irq: u32) -> Result<Arc<dyn IrqLine>, HvError> {
+        // The in-kernel IOAPIC has 24 pins.
+        if irq >= 24 {
+            return Err(HvError::Invalid {
+                what: "GSI (the IOAPIC has 24 pins)",
+                value: irq.into(),
+            });
+        }
+        Ok(Arc::new(KvmIrqLine {
+            vm: self.fd.clone(),
+            gsi: irq,
+            level: Mutex::new(false),
+        }))
+    }
+}
+
+/// A level-triggered interrupt line driven with `KVM_IRQ_LINE`.
+///
+/// Why `KVM_IRQ_LINE` and not an irqfd: virtio-mmio interrupts are level-style (the line
+/// stays up while `InterruptStatus` is non-zero, the guest lowers it with `InterruptACK`).
+/// `KVM_IRQ_LINE` sets the IOAPIC pin to exactly the device's level, so a level-triggered
+/// pin re-delivers after EOI while the device still has something to say, and the line
+/// drops the moment the guest acknowledges. A plain irqfd only gives edges (an interrupt
+/// raised while the pin is still asserted is lost), and a resampling irqfd needs a thread
+/// to re-check the device at each EOI. The cost is one ioctl per level *change*, about
+/// the cost of an eventfd write.
+#[derive(Debug)]
+struct KvmIrqLine {
+    vm: Arc<VmFd>,
+    gsi: u32,
+    /// The level KVM was last told; the lock orders concurrent changes so KVM ends up
+    /// with the level of the last caller.
+    level: Mutex<bool>,
+}
+
+impl IrqLine for KvmIrqLine {
+    fn set_level(&self, high: bool) {
+        let mut level = self.level.lock().unwrap_or_else(|p| p.into_inner());
+        if *level == high {
+            return;
+        }
+        match self.vm.set_irq_line(self.gsi, high) {
+            Ok(()) => *level = high,
+            Err(e) => log::warn(format_args!(
+                "KVM_IRQ_LINE gsi {} level {} failed: errno {}",
+                self.gsi,
+                u8::from(high),
+                e.errno()
+            )),
+        }
+    }
+
+    fn trigger(&self) {
+        // An edge: up and down under one lock, whatever the recorded level.
+        let mut level = self.level.lock().unwrap_or_else(|p| p.into_inner());
+        for high in [true, false] {
+            if let Err(e) = self.vm.set_irq_line(self.gsi, high) {
+                log::warn(format_args!(
+                    "KVM_IRQ_LINE gsi {} edge failed: errno {}",
+                    self.gsi,
+                    e.errno()
+                ));
+            }
+        }
+        *level = false;
+    }
+}
+
+impl KvmVm {
+    /// Bytes of guest RAM resident in host memory (pages the guest or the VMM touched).
+    pub fn resident_bytes(&self) -> u64 {
+        // SAFETY: sysconf has no memory effects.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let mut total = 0u64;
+        for m in self._mappings.iter() {
+            let pages = m.len.div_ceil(page);
+            let mut vec = vec![0u8; pages];
+            // SAFETY: `addr`/`len` describe a live mapping we own; `vec` has one byte per page.
+            let rc = unsafe { libc::mincore(m.addr as *mut libc::c_void, m.len, vec.as_mut_ptr()) };
+            if rc == 0 {
+                total += vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * page as u64;
+            }
+        }
+        total
+    }
+}

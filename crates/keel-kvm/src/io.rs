@@ -1,0 +1,125 @@
+//! The I/O thread: ioeventfd doorbells to virtio devices, host stdin to the serial port,
+//! and device errors to the log.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::SerialDevice;
+use crate::vmm::PlacedDevice;
+
+/// One doorbell: the eventfd KVM signals for a QueueNotify of `queue` on device `device`.
+#[derive(Debug)]
+pub struct Doorbell {
+    /// The eventfd.
+    pub fd: EventFd,
+    /// Index into the device list.
+    pub device: usize,
+    /// The queue index written to QueueNotify.
+    pub queue: u16,
+}
+
+/// What the I/O thread serves.
+pub struct IoContext {
+    /// Virtio devices (for notifications and their errors).
+    pub devices: Vec<PlacedDevice>,
+    /// The doorbells.
+    pub doorbells: Vec<Doorbell>,
+    /// Serial port receiving host stdin, if the serial is on stdio.
+    pub serial_input: Option<Arc<spin::Mutex<SerialDevice>>>,
+    /// Written to stop the thread.
+    pub stop: Arc<EventFd>,
+}
+
+impl std::fmt::Debug for IoContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoContext")
+            .field("doorbells", &self.doorbells.len())
+            .finish()
+    }
+}
+
+/// How often device errors are looked for when nothing else happens.
+const ERROR_POLL_MS: i32 = 100;
+
+/// Log the pending error of every device.
+pub fn report_device_errors(devices: &[PlacedDevice]) {
+    for d in devices {
+        d.report_error();
+    }
+}
+
+/// Run the I/O loop until `ctx.stop` is written.
+pub fn run(ctx: IoContext) {
+    let mut stdin_open = ctx.serial_input.is_some();
+    loop {
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(ctx.doorbells.len() + 2);
+        fds.push(libc::pollfd {
+            fd: ctx.stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        for d in &ctx.doorbells {
+            fds.push(libc::pollfd {
+                fd: d.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let stdin_index = fds.len();
+        if stdin_open {
+            fds.push(libc::pollfd {
+                fd: libc::STDIN_FILENO,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ERROR_POLL_MS) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            crate::log::error(format_args!("I/O thread: poll failed: {err}"));
+            return;
+        }
+        if fds[0].revents != 0 {
+            report_device_errors(&ctx.devices);
+            return;
+        }
+        for (i, d) in ctx.doorbells.iter().enumerate() {
+            if fds[i + 1].revents & libc::POLLIN != 0 {
+                // Reading clears the counter; several guest notifications coalesce.
+                let _ = d.fd.read();
+                if let Some(dev) = ctx.devices.get(d.device) {
+                    dev.transport.lock().notify(d.queue);
+                    dev.report_error();
+                }
+            }
+        }
+        if stdin_open && fds[stdin_index].revents != 0 {
+            stdin_open = forward_stdin(ctx.serial_input.as_ref());
+        }
+        if n == 0 {
+            report_device_errors(&ctx.devices);
+        }
+    }
+}
+
+/// Move what stdin has to the serial port. Returns whether stdin stays open.
+fn forward_stdin(serial: Option<&Arc<spin::Mutex<SerialDevice>>>) -> bool {
+    let Some(serial) = serial else {
+        return false;
+    };
+    let mut buf = [0u8; 64];
+    // SAFETY: reading into a valid buffer of `buf.len()` bytes.
+    let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 {
+        return false;
+    }
+    // The 16550 FIFO holds 64 bytes; what does not fit is dropped, as a real UART would.
+    let _ = serial.lock().input(&buf[..n as usize]);
+    true
+}

@@ -1,0 +1,567 @@
+//! One VM from its spec: create it, load the kernel, place devices, run the vCPUs and the
+//! I/O thread, and return how the guest stopped.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use keel_core::arch::x86_64::cmdline::Cmdline;
+use keel_core::arch::x86_64::layout::{
+    CMDLINE_MAX, COM1_GSI, COM1_PORT, DEBUG_EXIT_PORT, I8042_DATA_PORT, VIRTIO_MMIO_SIZE,
+    virtio_mmio_base, virtio_mmio_gsi,
+};
+use keel_core::arch::x86_64::{BootError, load_kernel, mptable};
+use keel_core::bus::SharedDevice;
+use keel_core::hv::VmConfig;
+use keel_core::{BootEntry, HvError, Hypervisor, SystemEvent, Vcpu, Vm};
+use keel_spec::{Arch, Output, VmSpec};
+use keel_virtio::{
+    Block, Console, ConsoleOutput, DeviceFailure, FileBackend, MmioTransport, OsEntropy, Rng,
+    VirtioDevice,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::{DebugExit, I8042, SerialDevice};
+use crate::dispatch::{ExitHandler, ExitStats, StopSink, run_vcpu};
+use crate::hv::{KvmHypervisor, KvmVm};
+use crate::io::{self, Doorbell, IoContext};
+use crate::stats::RunStats;
+use crate::vcpu::{KvmVcpu, kick_handler};
+use crate::{host, log};
+
+/// virtio-mmio's QueueNotify register.
+const QUEUE_NOTIFY: u64 = 0x50;
+
+/// Why a VM could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// A host file named by the spec could not be used.
+    #[error("{what} {path}: {reason}")]
+    HostFile {
+        /// Which file (`kernel`, `initrd`, `disk 0`, …).
+        what: String,
+        /// Its path.
+        path: String,
+        /// The OS's reason.
+        reason: String,
+    },
+    /// The kernel or initrd could not be loaded.
+    #[error("vm {vm:?}: kernel {path}: {source}")]
+    Boot {
+        /// The VM.
+        vm: String,
+        /// The kernel path.
+        path: String,
+        /// What the loader said.
+        source: BootError,
+    },
+    /// The spec asks for something this backend does not do.
+    #[error("vm {vm:?}: {what}")]
+    Unsupported {
+        /// The VM.
+        vm: String,
+        /// What.
+        what: String,
+    },
+    /// KVM refused or failed.
+    #[error("{0}")]
+    Hypervisor(#[from] HvError),
+    /// A host resource (thread, eventfd, signal) could not be set up.
+    #[error("{0}")]
+    Host(String),
+}
+
+impl VmmError {
+    /// Whether the user's input (spec, files) is at fault rather than the VMM or the host:
+    /// the CLI exits 2 for these, 1 for the rest.
+    pub fn is_input_error(&self) -> bool {
+        matches!(
+            self,
+            VmmError::HostFile { .. } | VmmError::Boot { .. } | VmmError::Unsupported { .. }
+        )
+    }
+}
+
+/// How the guest stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmExitStatus {
+    /// Clean power-off.
+    PowerOff,
+    /// The guest wrote this code to the debug-exit port.
+    ExitCode(u8),
+    /// The guest asked for a reboot (i8042 reset, triple-fault-free reset event).
+    Reboot,
+    /// The guest crashed (triple fault).
+    Crash,
+}
+
+impl From<SystemEvent> for VmExitStatus {
+    fn from(e: SystemEvent) -> VmExitStatus {
+        match e {
+            SystemEvent::Shutdown => VmExitStatus::PowerOff,
+            SystemEvent::Reset => VmExitStatus::Reboot,
+            SystemEvent::Crash => VmExitStatus::Crash,
+            SystemEvent::ExitCode(c) => VmExitStatus::ExitCode(c),
+        }
+    }
+}
+
+/// Options of one run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Measure (the report comes back in [`RunReport::stats`]).
+    pub stats: bool,
+}
+
+/// The result of [`Vmm::run`].
+#[derive(Debug)]
+pub struct RunReport {
+    /// How the guest stopped.
+    pub status: VmExitStatus,
+    /// Measurements (always collected; cheap).
+    pub stats: RunStats,
+}
+
+/// A virtio-mmio transport seen through what the VMM needs of it besides the bus.
+pub trait VirtioSlot: Send {
+    /// Deliver a queue notification.
+    fn notify(&mut self, queue: u16);
+    /// The error that put the device into NEEDS_RESET, once.
+    fn take_error(&mut self) -> Option<DeviceFailure>;
+    /// How many queues the device has.
+    fn num_queues(&self) -> usize;
+}
+
+impl<D: VirtioDevice> VirtioSlot for MmioTransport<D> {
+    fn notify(&mut self, queue: u16) {
+        MmioTransport::notify(self, queue);
+    }
+    fn take_error(&mut self) -> Option<DeviceFailure> {
+        MmioTransport::take_error(self)
+    }
+    fn num_queues(&self) -> usize {
+        self.device().queue_max_sizes().len()
+    }
+}
+
+/// A virtio device placed in the VM.
+#[derive(Clone)]
+pub struct PlacedDevice {
+    /// `virtio-blk 0 (disk "data")`-style name for logs, without the device-kind prefix.
+    pub label: String,
+    /// Its transport.
+    pub transport: Arc<spin::Mutex<dyn VirtioSlot>>,
+    /// Its MMIO base.
+    pub base: u64,
+    /// Its GSI.
+    pub gsi: u32,
+}
+
+impl std::fmt::Debug for PlacedDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {:#x} gsi {}", self.label, self.base, self.gsi)
+    }
+}
+
+impl PlacedDevice {
+    /// Log the device's pending error, if any, as one line.
+    pub fn report_error(&self) {
+        if let Some(failure) = self.transport.lock().take_error() {
+            log::error(format_args!(
+                "{} {}: {}; device needs reset",
+                failure.device, self.label, failure.error
+            ));
+        }
+    }
+}
+
+/// Where guest output goes, as a `Write`.
+fn open_output(output: &Output, what: &str) -> Result<Box<dyn Write + Send>, VmmError> {
+    Ok(match output {
+        Output::Stdio => Box::new(std::io::stdout()),
+        Output::Null => Box::new(std::io::sink()),
+        Output::File(path) => Box::new(File::create(path.as_path()).map_err(|e| {
+            VmmError::HostFile {
+                what: what.to_string(),
+                path: path.to_string(),
+                reason: e.to_string(),
+            }
+        })?),
+    })
+}
+
+/// virtio-console output to a host writer.
+struct HostConsoleOutput(Box<dyn Write + Send>);
+
+impl ConsoleOutput for HostConsoleOutput {
+    fn write(&mut self, bytes: &[u8]) {
+        let _ = self.0.write_all(bytes).and_then(|()| self.0.flush());
+    }
+}
+
+/// The stop state shared by devices, vCPU threads and the main thread.
+#[derive(Debug, Default)]
+struct Control {
+    outcome: Mutex<Option<Result<SystemEvent, HvError>>>,
+    cond: Condvar,
+    stopping: AtomicBool,
+}
+
+impl Control {
+    fn finish(&self, outcome: Result<SystemEvent, HvError>) {
+        let mut o = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        if o.is_none() {
+            *o = Some(outcome);
+        }
+        self.stopping.store(true, Ordering::Release);
+        self.cond.notify_all();
+    }
+
+    fn wait(&self) -> Result<SystemEvent, HvError> {
+        let mut o = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(outcome) = o.take() {
+                return outcome;
+            }
+            o = self.cond.wait(o).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl StopSink for Control {
+    fn guest_event(&self, event: SystemEvent) {
+        self.finish(Ok(event));
+    }
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// A built VM, ready to run.
+pub struct Vmm {
+    name: String,
+    vm: KvmVm,
+    vcpus: Vec<KvmVcpu>,
+    handler: Arc<ExitHandler>,
+    devices: Vec<PlacedDevice>,
+    doorbells: Vec<Doorbell>,
+    serial: Arc<spin::Mutex<SerialDevice>>,
+    serial_on_stdio: bool,
+    control: Arc<Control>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("name", &self.name)
+            .field("devices", &self.devices)
+            .finish()
+    }
+}
+
+fn read_file(what: &str, path: &keel_spec::HostPath) -> Result<Vec<u8>, VmmError> {
+    std::fs::read(path.as_path()).map_err(|e| VmmError::HostFile {
+        what: what.to_string(),
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+impl Vmm {
+    /// Build the VM `spec` describes: memory, kernel, devices, vCPUs.
+    pub fn from_spec(spec: &VmSpec) -> Result<Vmm, VmmError> {
+        let started = Instant::now();
+        if spec.arch != Arch::X86_64 {
+            return Err(VmmError::Unsupported {
+                vm: spec.name.clone(),
+                what: format!("arch {} (the KVM backend runs x86_64 guests)", spec.arch),
+            });
+        }
+        let kernel = read_file("kernel", &spec.kernel)?;
+        let initrd = match &spec.initrd {
+            Some(p) => Some(read_file("initrd", p)?),
+            None => None,
+        };
+
+        let hv = KvmHypervisor::new()?;
+        let vm = hv.create_vm(&VmConfig {
+            ram: keel_spec::ram_layout(spec),
+            vcpus: spec.vcpus,
+        })?;
+        let ram = vm.ram().clone();
+        let control = Arc::new(Control::default());
+        let stop: Arc<dyn StopSink> = control.clone();
+
+        // Legacy devices on the port bus.
+        let mut handler = ExitHandler {
+            stats: Arc::new(ExitStats::default()),
+            ..ExitHandler::default()
+        };
+        let serial = Arc::new(spin::Mutex::new(SerialDevice::new(
+            vm.irq_line(COM1_GSI)?,
+            open_output(&spec.serial, "serial output")?,
+        )));
+        let serial_dev: SharedDevice = serial.clone();
+        let i8042: SharedDevice = Arc::new(spin::Mutex::new(I8042::new(stop.clone())));
+        let debug_exit: SharedDevice = Arc::new(spin::Mutex::new(DebugExit::new(stop.clone())));
+        let bus_err = |e: keel_core::BusError| VmmError::Host(format!("port bus: {e}"));
+        handler
+            .pio
+            .insert(COM1_PORT.into(), 8, serial_dev)
+            .map_err(bus_err)?;
+        handler
+            .pio
+            .insert(I8042_DATA_PORT.into(), 5, i8042)
+            .map_err(bus_err)?;
+        handler
+            .pio
+            .insert(DEBUG_EXIT_PORT.into(), 1, debug_exit)
+            .map_err(bus_err)?;
+
+        // Virtio devices: disks, then consoles, then the rng, one 4 KiB window each.
+        let mut cmdline = Cmdline::new((CMDLINE_MAX - 1) as usize);
+        let boot_err = |source| VmmError::Boot {
+            vm: spec.name.clone(),
+            path: spec.kernel.to_string(),
+            source,
+        };
+        cmdline.push(&spec.cmdline).map_err(boot_err)?;
+        let mut devices: Vec<PlacedDevice> = Vec::new();
+        let mut place = |label: String,
+                         make: &dyn Fn(
+            Arc<dyn keel_core::IrqLine>,
+        )
+            -> (SharedDevice, Arc<spin::Mutex<dyn VirtioSlot>>)|
+         -> Result<(), VmmError> {
+            let index = devices.len() as u32;
+            let (Some(base), Some(gsi)) = (virtio_mmio_base(index), virtio_mmio_gsi(index)) else {
+                return Err(VmmError::Unsupported {
+                    vm: spec.name.clone(),
+                    what: format!("more than {index} virtio devices"),
+                });
+            };
+            let (bus_dev, slot) = make(vm.irq_line(gsi)?);
+            handler
+                .mmio
+                .insert(base, VIRTIO_MMIO_SIZE, bus_dev)
+                .map_err(|e| VmmError::Host(format!("MMIO bus: {e}")))?;
+            cmdline
+                .push_virtio_mmio(base, VIRTIO_MMIO_SIZE, gsi)
+                .map_err(|source| VmmError::Boot {
+                    vm: spec.name.clone(),
+                    path: spec.kernel.to_string(),
+                    source,
+                })?;
+            devices.push(PlacedDevice {
+                label,
+                transport: slot,
+                base,
+                gsi,
+            });
+            Ok(())
+        };
+        for (i, disk) in spec.disks.iter().enumerate() {
+            let backend = FileBackend::open(disk.path.as_path(), disk.read_only).map_err(|e| {
+                VmmError::HostFile {
+                    what: format!("disk {i}"),
+                    path: disk.path.to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
+            let id = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
+            let label = format!("{i} (disk {id:?})");
+            let backend = std::cell::RefCell::new(Some(backend));
+            place(label, &|irq| {
+                let dev = Block::new(backend.borrow_mut().take().expect("placed once"), &id);
+                let t = Arc::new(spin::Mutex::new(MmioTransport::new(dev, ram.clone(), irq)));
+                (t.clone(), t)
+            })?;
+        }
+        for (i, console) in spec.consoles.iter().enumerate() {
+            let out = open_output(&console.output, &format!("console {i} output"))?;
+            let out = std::cell::RefCell::new(Some(out));
+            place(format!("{i} (console {})", console.output), &|irq| {
+                let dev = Console::new(HostConsoleOutput(
+                    out.borrow_mut().take().expect("placed once"),
+                ));
+                let t = Arc::new(spin::Mutex::new(MmioTransport::new(dev, ram.clone(), irq)));
+                (t.clone(), t)
+            })?;
+        }
+        if spec.rng {
+            let source = OsEntropy::open().map_err(|e| VmmError::HostFile {
+                what: "entropy source".into(),
+                path: "/dev/urandom".into(),
+                reason: e.to_string(),
+            })?;
+            let source = std::cell::RefCell::new(Some(source));
+            place("0 (rng)".into(), &|irq| {
+                let dev = Rng::new(source.borrow_mut().take().expect("placed once"));
+                let t = Arc::new(spin::Mutex::new(MmioTransport::new(dev, ram.clone(), irq)));
+                (t.clone(), t)
+            })?;
+        }
+
+        // Doorbells: one ioeventfd per queue, matching the queue index.
+        let mut doorbells = Vec::new();
+        for (d, dev) in devices.iter().enumerate() {
+            let queues = dev.transport.lock().num_queues();
+            for q in 0..queues {
+                let fd = vm.ioeventfd(dev.base + QUEUE_NOTIFY, q as u32)?;
+                doorbells.push(Doorbell {
+                    fd,
+                    device: d,
+                    queue: q as u16,
+                });
+            }
+        }
+
+        let loaded = load_kernel(&ram, &kernel, initrd.as_deref(), &cmdline).map_err(boot_err)?;
+        mptable::write_mptable(&ram, spec.vcpus).map_err(boot_err)?;
+        log::debug(format_args!(
+            "vm {:?}: {:?} kernel, entry {:?}, cmdline {:?}",
+            spec.name,
+            loaded.format,
+            loaded.entry,
+            cmdline.as_str()
+        ));
+
+        let mut vcpus = Vec::with_capacity(spec.vcpus as usize);
+        for id in 0..spec.vcpus {
+            let mut vcpu = vm.create_vcpu(id)?;
+            let entry = if id == 0 {
+                loaded.entry
+            } else {
+                BootEntry::Parked
+            };
+            vcpu.set_boot_entry(&entry)?;
+            vcpus.push(vcpu);
+        }
+        Ok(Vmm {
+            name: spec.name.clone(),
+            vm,
+            vcpus,
+            handler: Arc::new(handler),
+            devices,
+            doorbells,
+            serial,
+            serial_on_stdio: spec.serial == Output::Stdio,
+            control,
+            started,
+        })
+    }
+
+    /// The virtio devices, in placement order.
+    pub fn devices(&self) -> &[PlacedDevice] {
+        &self.devices
+    }
+
+    /// Run the VM until the guest stops it or the hypervisor fails.
+    pub fn run(self) -> Result<RunReport, VmmError> {
+        let Vmm {
+            name,
+            vm,
+            vcpus,
+            handler,
+            devices,
+            doorbells,
+            serial,
+            serial_on_stdio,
+            control,
+            started,
+        } = self;
+        host::note_software_kvm();
+        vmm_sys_util::signal::register_signal_handler(
+            vmm_sys_util::signal::SIGRTMIN(),
+            kick_handler,
+        )
+        .map_err(|e| VmmError::Host(format!("cannot install the vCPU kick signal: {e}")))?;
+        let _raw = if serial_on_stdio {
+            host::RawTerminal::enable()
+        } else {
+            None
+        };
+
+        let io_stop = Arc::new(
+            EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(|e| VmmError::Host(format!("eventfd: {e}")))?,
+        );
+        let io_ctx = IoContext {
+            devices: devices.clone(),
+            doorbells,
+            serial_input: serial_on_stdio.then(|| serial.clone()),
+            stop: io_stop.clone(),
+        };
+        let io_thread = std::thread::Builder::new()
+            .name("keel-io".into())
+            .spawn(move || io::run(io_ctx))
+            .map_err(|e| VmmError::Host(format!("cannot start the I/O thread: {e}")))?;
+
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        for mut vcpu in vcpus {
+            let handler = handler.clone();
+            let control = control.clone();
+            let stopping = stopping.clone();
+            let id = vcpu.id();
+            let t = std::thread::Builder::new()
+                .name(format!("keel-vcpu{id}"))
+                .spawn(move || {
+                    let result = run_vcpu(&mut vcpu, &handler, control.as_ref(), &stopping);
+                    match result {
+                        Ok(Some(event)) => control.finish(Ok(event)),
+                        Ok(None) => {}
+                        Err(e) => control.finish(Err(e)),
+                    }
+                })
+                .map_err(|e| VmmError::Host(format!("cannot start vcpu {id}: {e}")))?;
+            threads.push(t);
+        }
+
+        let outcome = control.wait();
+        stopping.store(true, Ordering::Release);
+        kick_and_join(threads);
+        let _ = io_stop.write(1);
+        let _ = io_thread.join();
+        io::report_device_errors(&devices);
+
+        let stats = RunStats {
+            wall: started.elapsed(),
+            peak_rss: host::peak_rss(),
+            guest_touched: vm.resident_bytes(),
+            guest_ram: vm.ram().size(),
+            ..RunStats::default()
+        }
+        .with_exits(&handler.stats);
+        let event = outcome?;
+        log::debug(format_args!("vm {name:?} stopped: {event}"));
+        Ok(RunReport {
+            status: event.into(),
+            stats,
+        })
+    }
+}
+
+/// Kick every vCPU thread out of `KVM_RUN` until it has finished, then join it.
+fn kick_and_join(threads: Vec<JoinHandle<()>>) {
+    let sig = vmm_sys_util::signal::SIGRTMIN();
+    for t in threads {
+        let mut waited = Duration::ZERO;
+        while !t.is_finished() {
+            // SAFETY: the thread has not been joined, so its pthread_t is valid; the signal
+            // has a handler installed, so it cannot kill the process.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), sig) };
+            std::thread::sleep(Duration::from_millis(1));
+            waited += Duration::from_millis(1);
+            if waited == Duration::from_secs(5) {
+                log::warn(format_args!("a vCPU thread does not stop; still waiting"));
+            }
+        }
+        let _ = t.join();
+    }
+}

@@ -293,6 +293,19 @@ impl KvmVcpu {
     }
 }
 
+impl Drop for KvmVcpu {
+    fn drop(&mut self) {
+        // Forget this vCPU's `immediate_exit` byte before `kvm_run` is unmapped (the fields
+        // drop after this), so a late kick signal to this thread writes nowhere.
+        let ours = std::ptr::addr_of_mut!(self.fd.get_kvm_run().immediate_exit);
+        let _ = IMMEDIATE_EXIT.try_with(|p| {
+            if p.get() == ours {
+                p.set(std::ptr::null_mut());
+            }
+        });
+    }
+}
+
 /// The kernel's errno of a kvm-ioctls error.
 fn errno_of(e: &kvm_ioctls::Error) -> i32 {
     e.errno()

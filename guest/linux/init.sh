@@ -33,6 +33,8 @@ while read -r mod; do
     fi
 done </lib/modules/keel-load-order
 
+# The empty line ends whatever firmware or the kernel left on the current line.
+echo
 echo "KEEL-GUEST-READY"
 read -r up _ </proc/uptime
 echo "KEEL-UPTIME $up"
@@ -68,7 +70,12 @@ for arg in $cmdline; do
     case "$arg" in
         keel.cmd=*)
             enc=${arg#keel.cmd=}
-            if printf '%s' "$enc" | tr -- '-_' '+/' | base64 -d >/tmp/keel-cmd.sh 2>/dev/null; then
+            # busybox base64 -d skips characters outside the alphabet: refuse them here.
+            case "$enc" in
+                *[!A-Za-z0-9+/=_-]*) enc='!' ;;
+            esac
+            if [ "$enc" != '!' ] &&
+                printf '%s' "$enc" | tr -- '-_' '+/' | base64 -d >/tmp/keel-cmd.sh 2>/dev/null; then
                 echo "KEEL-CMD-START"
                 sh /tmp/keel-cmd.sh </dev/null
                 status=$?
@@ -92,21 +99,13 @@ done
 
 sync
 echo "KEEL-GUEST-POWEROFF"
-# keel.debugexit (x86 only): write the keel.cmd status (0 without keel.cmd) to
-# I/O port 0xf4 (isa-debug-exit); Keel exits with that status.
-for arg in $cmdline; do
-    case "$arg" in
-        keel.debugexit | keel.debugexit=1)
-            if [ -c /dev/port ]; then
-                code=${status:-0}
-                # shellcheck disable=SC2059 # the format is the octal escape built here
-                printf "\\$(printf '%03o' "$((code & 255))")" | dd of=/dev/port bs=1 seek=244 count=1 conv=notrunc 2>/dev/null
-            fi
-            ;;
-    esac
-done
+# Without a kernel power-off method `poweroff -f` halts for ever instead of failing.
+# On x86 that method is ACPI: without ACPI (/sys/firmware/acpi), reset instead (the
+# kernel's reboot falls back to the i8042 reset that Keel reports as a reboot request).
+case "$(uname -m)" in
+    x86_64 | i?86) [ -d /sys/firmware/acpi ] || reboot -f ;;
+esac
 poweroff -f
-# Without a power-off method (x86 without ACPI) the call returns: reset instead.
 sleep 1
 reboot -f
 sleep 1

@@ -26,18 +26,9 @@ case "$arch" in
     *) die "unknown arch '$arch' (x86_64|arm64)" ;;
 esac
 
-qemu=${QEMU_SYSTEM:-}
-if [[ -z $qemu ]]; then
-    if command -v "$qemu_name" >/dev/null 2>&1; then
-        qemu=$(command -v "$qemu_name")
-    elif [[ -x /opt/keel-qemu/usr/bin/$qemu_name ]]; then
-        # Debian's QEMU unpacked with dpkg-deb -x (see README.md: installed qemu-utils from
-        # backports blocks installing qemu-system-* 7.2 here).
-        qemu=/opt/keel-qemu/usr/bin/$qemu_name
-    else
-        die "$qemu_name not found (apt-get install -y qemu-system-arm qemu-system-x86, or set QEMU_SYSTEM)"
-    fi
-fi
+qemu=${QEMU_SYSTEM:-$qemu_name}
+command -v "$qemu" >/dev/null 2>&1 ||
+    die "$qemu not found (apt-get install -y qemu-system-arm qemu-system-x86, or set QEMU_SYSTEM)"
 
 img=$("$here/build.sh" "$arch" | tail -n1)
 [[ -s $img/vmlinuz && -s $img/initrd.cpio.gz ]] || die "build.sh gave no image in '$img'"
@@ -59,8 +50,8 @@ cmd_b64=$(printf '%s' "$snippet" | base64 -w0)
 # shellcheck disable=SC2054 # the commas are QEMU's option syntax
 case "$arch" in
     arm64)
+        console="console=ttyAMA0 quiet"
         args=(-M virt -cpu cortex-a57 -m 512M -smp 1
-            -append "console=ttyAMA0 quiet keel.cmd=$cmd_b64"
             -drive "if=none,id=d0,file=$tmp/disk.img,format=raw"
             -device virtio-blk-device,drive=d0
             -device virtio-rng-device
@@ -69,8 +60,8 @@ case "$arch" in
         ;;
     x86_64)
         # Debian's x86 kernel finds virtio-mmio only through ACPI: use virtio-pci here.
+        console="console=ttyS0 quiet"
         args=(-M q35 -accel tcg -m 512M -smp 1
-            -append "console=ttyS0 quiet keel.cmd=$cmd_b64"
             -drive "if=none,id=d0,file=$tmp/disk.img,format=raw"
             -device virtio-blk-pci,drive=d0
             -device virtio-rng-pci
@@ -79,25 +70,39 @@ case "$arch" in
         ;;
 esac
 
-log=${SMOKE_LOG:-$tmp/console.log}
 timeout_s=${SMOKE_TIMEOUT:-$default_timeout}
-: >"$log"
-start=$EPOCHREALTIME
-ready_at=
-set +e
-while IFS= read -r line; do
-    line=${line%$'\r'}
-    printf '%s\n' "$line" >>"$log"
-    printf '%s\n' "$line"
-    if [[ -z $ready_at && $line == KEEL-GUEST-READY* ]]; then
-        ready_at=$EPOCHREALTIME
-    fi
-done < <(timeout --kill-after=5 "$timeout_s" "$qemu" -nographic -no-reboot \
-    -kernel "$img/vmlinuz" -initrd "$img/initrd.cpio.gz" "${args[@]}" </dev/null 2>&1
-echo "KEEL-SMOKE-QEMU-STATUS $?")
-set -e
-end=$EPOCHREALTIME
 
+# boot <log> <extra kernel args> [extra QEMU args...]: boot once, console to stdout and <log>.
+# Sets ready_at (empty if the ready marker never came) and end; the log's last line is
+# KEEL-SMOKE-QEMU-STATUS <QEMU's exit status>.
+boot() {
+    local log=$1 append=$2 line
+    shift 2
+    : >"$log"
+    start=$EPOCHREALTIME
+    ready_at=
+    while IFS= read -r line; do
+        line=${line%$'\r'}
+        printf '%s\n' "$line" >>"$log"
+        printf '%s\n' "$line"
+        # Firmware may leave escape sequences on the line before the marker's own.
+        if [[ -z $ready_at && $line == *KEEL-GUEST-READY ]]; then
+            ready_at=$EPOCHREALTIME
+        fi
+    done < <(
+        set +e
+        timeout --kill-after=5 "$timeout_s" "$qemu" -nographic -no-reboot \
+            -kernel "$img/vmlinuz" -initrd "$img/initrd.cpio.gz" "${args[@]}" "$@" \
+            -append "$console $append" </dev/null 2>&1
+        echo "KEEL-SMOKE-QEMU-STATUS $?"
+    )
+    end=$EPOCHREALTIME
+}
+
+log=${SMOKE_LOG:-$tmp/console.log}
+boot "$log" "keel.cmd=$cmd_b64"
+
+first_start=$start first_end=$end first_ready_at=$ready_at
 fails=0
 check() {
     local what=$1 pattern=$2
@@ -126,6 +131,22 @@ check "cmd brought eth0 up" '^smoke: eth0 up$'
 check "cmd exit status" '^KEEL-CMD-EXIT 7$'
 check "poweroff marker" '^KEEL-GUEST-POWEROFF$'
 check "QEMU exited by itself" '^KEEL-SMOKE-QEMU-STATUS 0$'
+
+if [[ $arch == x86_64 ]]; then
+    # x86 without ACPI has no power-off method: /init must reset instead (QEMU -no-reboot
+    # then exits) rather than halt for ever.
+    timeout_s=120 boot "$tmp/noacpi.log" "acpi=off" >/dev/null
+    if grep -q '^KEEL-GUEST-POWEROFF$' "$tmp/noacpi.log" &&
+        grep -q '^KEEL-SMOKE-QEMU-STATUS 0$' "$tmp/noacpi.log"; then
+        printf 'smoke: ok   acpi=off: reset instead of power-off, QEMU exited\n'
+    else
+        printf 'smoke: FAIL acpi=off: no reset after KEEL-GUEST-POWEROFF:\n'
+        tail -n5 "$tmp/noacpi.log"
+        fails=$((fails + 1))
+    fi
+    # boot() moved start/end/ready_at: report the first boot's times.
+    start=$first_start end=$first_end ready_at=$first_ready_at
+fi
 
 total=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }')
 if [[ -n $ready_at ]]; then

@@ -259,7 +259,12 @@ pub fn run(transport: &Transport, mode: DiskPattern, seed: u32) -> TestResult {
                 1 + MULTI_COUNT
             );
         }
-        _ if blk.read_only() => {
+        DiskPattern::Write if blk.read_only() => {
+            return fail!(
+                "blk: disk is read-only, cannot write the pattern (keeltest.disk-pattern=write)"
+            );
+        }
+        DiskPattern::ReadWrite if blk.read_only() => {
             blk.expect_ok("read", T_IN, SINGLE_SECTOR, &[SECTOR])?;
             match blk.request(T_OUT, SINGLE_SECTOR, &[SECTOR])? {
                 S_OK => return fail!("blk: write to a read-only disk returned OK"),
@@ -365,7 +370,8 @@ pub fn run_corrupt(transport: &Transport, kind: Corruption) -> TestResult {
     let data = dma::paddr(&blk.buf[PAGE]);
     let status_addr = dma::paddr(&blk.buf[STATUS]);
     let (descs, name): ([Desc; 3], &str) = match kind {
-        // 0 -> 1 -> 2 -> 0 -> ...
+        // 0 -> 1 -> 2 -> 1 -> 2 -> ...: the cycle is among the writable
+        // descriptors, so only loop detection (not ordering) can stop it.
         Corruption::Loop => (
             [
                 Desc {
@@ -384,12 +390,14 @@ pub fn run_corrupt(transport: &Transport, kind: Corruption) -> TestResult {
                     addr: status_addr,
                     len: 1,
                     flags: DESC_F_NEXT | DESC_F_WRITE,
-                    next: 0,
+                    next: 1,
                 },
             ],
             "descriptor loop",
         ),
-        // Data buffer at 1 TiB: outside any RAM this guest has.
+        // 16 sectors of data buffer at 1 TiB: outside any RAM this guest
+        // has. (More than a page: QEMU bounce-buffers one page of unassigned
+        // memory instead of failing.)
         Corruption::OutOfRange => (
             [
                 Desc {
@@ -400,7 +408,7 @@ pub fn run_corrupt(transport: &Transport, kind: Corruption) -> TestResult {
                 },
                 Desc {
                     addr: 1 << 40,
-                    len: SECTOR as u32,
+                    len: 16 * SECTOR as u32,
                     flags: DESC_F_NEXT | DESC_F_WRITE,
                     next: 2,
                 },

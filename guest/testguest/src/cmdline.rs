@@ -2,7 +2,7 @@
 //!
 //! Syntax (space-separated words; unknown words are ignored):
 //! - `keeltest=<test>[,<test>...]`: tests to run, in order. Tests: `blk`, `rng`,
-//!   `console`, `smp`, `irq`, `mmio-bench:<N>`, `corrupt:<loop|oob|nostatus>`,
+//!   `console`, `smp`, `irq`, `mmio-bench:<N>`, `corrupt:<loop|oob|nostatus>`, `panic`,
 //!   and `all` (= every device test whose device is present, plus `smp`).
 //! - `keeltest.disk-pattern=<rw|write|check>`: what `blk` does with its pattern
 //!   (default `rw`: write, flush, read back; `write`: the same, for a later
@@ -56,6 +56,8 @@ pub enum Test {
     MmioBench(u32),
     /// Submit a corrupt blk request; expect DEVICE_NEEDS_RESET.
     Corrupt(Corruption),
+    /// Panic on purpose (checks the panic path: exit code 2).
+    Panic,
     /// `all`: every test whose device is present.
     All,
 }
@@ -175,6 +177,7 @@ fn parse_test(name: &str) -> Option<Test> {
         "console" => Test::Console,
         "smp" => Test::Smp,
         "irq" => Test::Irq,
+        "panic" => Test::Panic,
         "all" => Test::All,
         _ => {
             let (kind, arg) = name.split_once(':')?;

@@ -49,6 +49,7 @@ impl fmt::Display for Test {
             Test::Smp => f.write_str("smp"),
             Test::Irq => f.write_str("irq"),
             Test::All => f.write_str("all"),
+            Test::Panic => f.write_str("panic"),
             Test::MmioBench(n) => write!(f, "mmio-bench:{n}"),
             Test::Corrupt(cmdline::Corruption::Loop) => f.write_str("corrupt:loop"),
             Test::Corrupt(cmdline::Corruption::OutOfRange) => f.write_str("corrupt:oob"),
@@ -98,6 +99,7 @@ impl Machine<'_> {
             Test::Irq => blk::run_irq(self.require(virtio::id::BLK, test)?),
             Test::MmioBench(n) => self.mmio_bench(n),
             Test::Corrupt(kind) => blk::run_corrupt(self.require(virtio::id::BLK, test)?, kind),
+            Test::Panic => panic!("keeltest=panic asked for a panic"),
             Test::All => {
                 for (id, sub) in [
                     (virtio::id::BLK, Test::Blk),
@@ -120,7 +122,8 @@ impl Machine<'_> {
     fn run_timed(&self, test: Test) -> TestResult {
         let start = x86::rdtsc();
         self.run(test)?;
-        if test != Test::All {
+        // `all` reports its parts; a corrupt test's verdict line follows.
+        if !matches!(test, Test::All | Test::Corrupt(_)) {
             let cycles = x86::rdtsc().wrapping_sub(start);
             match self.tsc_hz {
                 0 => say!("{test} passed ({cycles} tsc cycles)"),
@@ -182,6 +185,16 @@ extern "C" fn kmain(start_info_paddr: u32) -> ! {
         say!("warning: {problem} (start info at {start_info_paddr:#x})");
     }
     say!("cmdline: {}", start_info.cmdline());
+    let ram_kib: u64 = start_info
+        .memmap()
+        .iter()
+        .filter(|r| r.kind == 1)
+        .map(|r| r.size >> 10)
+        .sum();
+    say!(
+        "memmap: {} entries, {ram_kib} KiB RAM",
+        start_info.memmap().len()
+    );
     let (tsc_hz, source) = x86::calibrate_tsc();
     match source {
         TscSource::Unknown => say!("tsc frequency unknown"),

@@ -2,7 +2,7 @@
 //!
 //! Syntax (space-separated words; unknown words are ignored):
 //! - `keeltest=<test>[,<test>...]`: tests to run, in order. Tests: `blk`, `rng`,
-//!   `console`, `smp`, `irq`, `mmio-bench:<N>`, `corrupt:<loop|oob|nostatus>`, `panic`,
+//!   `console`, `smp`, `irq`, `mmio-bench:<N>`, `corrupt:<loop|oob|nostatus>`, `panic`, `fault`,
 //!   and `all` (= every device test whose device is present, plus `smp`).
 //! - `keeltest.disk-pattern=<rw|write|check>`: what `blk` does with its pattern
 //!   (default `rw`: write, flush, read back; `write`: the same, for a later
@@ -58,6 +58,8 @@ pub enum Test {
     Corrupt(Corruption),
     /// Panic on purpose (checks the panic path: exit code 2).
     Panic,
+    /// Take a CPU exception on purpose (checks the IDT path: exit code 2).
+    Fault,
     /// `all`: every test whose device is present.
     All,
 }
@@ -178,6 +180,7 @@ fn parse_test(name: &str) -> Option<Test> {
         "smp" => Test::Smp,
         "irq" => Test::Irq,
         "panic" => Test::Panic,
+        "fault" => Test::Fault,
         "all" => Test::All,
         _ => {
             let (kind, arg) = name.split_once(':')?;

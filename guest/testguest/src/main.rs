@@ -50,6 +50,7 @@ impl fmt::Display for Test {
             Test::Irq => f.write_str("irq"),
             Test::All => f.write_str("all"),
             Test::Panic => f.write_str("panic"),
+            Test::Fault => f.write_str("fault"),
             Test::MmioBench(n) => write!(f, "mmio-bench:{n}"),
             Test::Corrupt(cmdline::Corruption::Loop) => f.write_str("corrupt:loop"),
             Test::Corrupt(cmdline::Corruption::OutOfRange) => f.write_str("corrupt:oob"),
@@ -100,6 +101,14 @@ impl Machine<'_> {
             Test::MmioBench(n) => self.mmio_bench(n),
             Test::Corrupt(kind) => blk::run_corrupt(self.require(virtio::id::BLK, test)?, kind),
             Test::Panic => panic!("keeltest=panic asked for a panic"),
+            Test::Fault => {
+                // SAFETY: deliberately reads a non-canonical address: the CPU
+                // raises #GP before any memory is touched and the exception
+                // handler ends the run.
+                let value =
+                    unsafe { core::ptr::read_volatile(0x8000_0000_0000_0000 as *const u64) };
+                fail!("fault: read of a non-canonical address returned {value:#x}")
+            }
             Test::All => {
                 for (id, sub) in [
                     (virtio::id::BLK, Test::Blk),

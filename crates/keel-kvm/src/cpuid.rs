@@ -113,7 +113,13 @@ mod tests {
     #[test]
     fn bits_for_rounds_up() {
         assert_eq!(
-            [bits_for(1), bits_for(2), bits_for(3), bits_for(4), bits_for(5)],
+            [
+                bits_for(1),
+                bits_for(2),
+                bits_for(3),
+                bits_for(4),
+                bits_for(5)
+            ],
             [0, 1, 2, 2, 3]
         );
     }

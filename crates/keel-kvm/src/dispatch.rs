@@ -101,7 +101,9 @@ fn read_bus(bus: &Bus, kind: &str, addr: u64, len: u8) -> u64 {
     match bus.read(addr, &mut data[..usize::from(len)]) {
         Ok(()) => u64::from_le_bytes(data),
         Err(_) => {
-            log::debug(format_args!("{kind} read of {len} bytes at {addr:#x}: no device"));
+            log::debug(format_args!(
+                "{kind} read of {len} bytes at {addr:#x}: no device"
+            ));
             all_ones(len)
         }
     }
@@ -122,9 +124,12 @@ impl ExitHandler {
     pub fn handle(&self, vcpu: VcpuId, exit: VcpuExit) -> Next {
         self.stats.count(&exit);
         match exit {
-            VcpuExit::PioRead { port, len } => {
-                Next::Resume(ExitAnswer::Read(read_bus(&self.pio, "port", port.into(), len)))
-            }
+            VcpuExit::PioRead { port, len } => Next::Resume(ExitAnswer::Read(read_bus(
+                &self.pio,
+                "port",
+                port.into(),
+                len,
+            ))),
             VcpuExit::PioWrite { port, len, data } => {
                 write_bus(&self.pio, "port", port.into(), len, data.into());
                 Next::Resume(ExitAnswer::None)

@@ -11,9 +11,7 @@ pub fn cpuinfo_lacks_virtualization(cpuinfo: &str) -> bool {
         .lines()
         .find(|l| l.starts_with("flags"))
         .unwrap_or_default();
-    !flags
-        .split_whitespace()
-        .any(|f| f == "vmx" || f == "svm")
+    !flags.split_whitespace().any(|f| f == "vmx" || f == "svm")
 }
 
 /// Whether `/proc/modules` lists `kvm_pvm`, given its text.
@@ -105,7 +103,9 @@ mod tests {
 
     #[test]
     fn kvm_pvm_module_is_found_by_name() {
-        assert!(modules_list_kvm_pvm("kvm_pvm 123 0 - Live 0x0\nkvm 1 1 kvm_pvm\n"));
+        assert!(modules_list_kvm_pvm(
+            "kvm_pvm 123 0 - Live 0x0\nkvm 1 1 kvm_pvm\n"
+        ));
         assert!(!modules_list_kvm_pvm("kvm_intel 1 0 - Live\n"));
     }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use keel_core::arch::x86_64::layout::{KVM_IDENTITY_MAP_GPA, KVM_TSS_GPA};
 use keel_core::hv::VmConfig;
 use keel_core::memory::{GuestRam, RawRegion};
-use keel_core::{HvError, Hypervisor, IrqLine, Vm, VcpuId};
+use keel_core::{HvError, Hypervisor, IrqLine, VcpuId, Vm};
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
     kvm_userspace_memory_region,

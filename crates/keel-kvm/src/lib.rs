@@ -27,4 +27,4 @@ pub mod vmm;
 
 pub use hv::{KvmHypervisor, KvmVm};
 pub use vcpu::KvmVcpu;
-pub use vmm::{RunOptions, VmExitStatus, Vmm, VmmError};
+pub use vmm::{RunReport, VmExitStatus, Vmm, VmmError};

@@ -121,9 +121,7 @@ impl KvmVcpu {
 
     /// CPUID, MSRs, FPU and LAPIC: the state every vCPU needs, boot or parked.
     pub(crate) fn setup(&self, cpuid: &kvm_bindings::CpuId) -> Result<(), HvError> {
-        self.fd
-            .set_cpuid2(cpuid)
-            .map_err(call("KVM_SET_CPUID2"))?;
+        self.fd.set_cpuid2(cpuid).map_err(call("KVM_SET_CPUID2"))?;
         let boot_msrs = [
             (MSR_IA32_SYSENTER_CS, 0),
             (MSR_IA32_SYSENTER_ESP, 0),
@@ -412,20 +410,16 @@ impl Vcpu for KvmVcpu {
                     data: le_value(data),
                 })
             }
-            Ok(KvmExit::MmioRead(gpa, data)) => Decoded::Fault(format!(
-                "MMIO read of {} bytes at {gpa:#x}",
-                data.len()
-            )),
-            Ok(KvmExit::MmioWrite(gpa, data)) => Decoded::Fault(format!(
-                "MMIO write of {} bytes at {gpa:#x}",
-                data.len()
-            )),
+            Ok(KvmExit::MmioRead(gpa, data)) => {
+                Decoded::Fault(format!("MMIO read of {} bytes at {gpa:#x}", data.len()))
+            }
+            Ok(KvmExit::MmioWrite(gpa, data)) => {
+                Decoded::Fault(format!("MMIO write of {} bytes at {gpa:#x}", data.len()))
+            }
             Ok(KvmExit::Hlt) => Decoded::Exit(VcpuExit::Halt),
             Ok(KvmExit::Shutdown) => Decoded::Exit(VcpuExit::System(SystemEvent::Crash)),
             Ok(KvmExit::SystemEvent(kind, _)) => match kind {
-                KVM_SYSTEM_EVENT_SHUTDOWN => {
-                    Decoded::Exit(VcpuExit::System(SystemEvent::Shutdown))
-                }
+                KVM_SYSTEM_EVENT_SHUTDOWN => Decoded::Exit(VcpuExit::System(SystemEvent::Shutdown)),
                 KVM_SYSTEM_EVENT_RESET => Decoded::Exit(VcpuExit::System(SystemEvent::Reset)),
                 KVM_SYSTEM_EVENT_CRASH => Decoded::Exit(VcpuExit::System(SystemEvent::Crash)),
                 other => Decoded::Fault(format!("unknown KVM system event {other}")),

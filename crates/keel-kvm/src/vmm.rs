@@ -110,19 +110,12 @@ impl From<SystemEvent> for VmExitStatus {
     }
 }
 
-/// Options of one run.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RunOptions {
-    /// Measure (the report comes back in [`RunReport::stats`]).
-    pub stats: bool,
-}
-
 /// The result of [`Vmm::run`].
 #[derive(Debug)]
 pub struct RunReport {
     /// How the guest stopped.
     pub status: VmExitStatus,
-    /// Measurements (always collected; cheap).
+    /// Measurements (always collected: they cost a few atomic adds per exit).
     pub stats: RunStats,
 }
 
@@ -184,13 +177,15 @@ fn open_output(output: &Output, what: &str) -> Result<Box<dyn Write + Send>, Vmm
     Ok(match output {
         Output::Stdio => Box::new(std::io::stdout()),
         Output::Null => Box::new(std::io::sink()),
-        Output::File(path) => Box::new(File::create(path.as_path()).map_err(|e| {
-            VmmError::HostFile {
-                what: what.to_string(),
-                path: path.to_string(),
-                reason: e.to_string(),
-            }
-        })?),
+        Output::File(path) => {
+            Box::new(
+                File::create(path.as_path()).map_err(|e| VmmError::HostFile {
+                    what: what.to_string(),
+                    path: path.to_string(),
+                    reason: e.to_string(),
+                })?,
+            )
+        }
     })
 }
 
@@ -238,6 +233,58 @@ impl StopSink for Control {
     }
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// Places virtio-mmio devices: window `i` at 0xd000_0000 + i * 0x1000, GSI 5 + i, and
+/// its `virtio_mmio.device=` entry on the command line.
+struct Placer<'a> {
+    vm: &'a KvmVm,
+    vm_name: &'a str,
+    kernel: String,
+    handler: &'a mut ExitHandler,
+    cmdline: &'a mut Cmdline,
+    devices: Vec<PlacedDevice>,
+}
+
+impl Placer<'_> {
+    fn place<D: VirtioDevice + 'static>(
+        &mut self,
+        label: String,
+        device: D,
+    ) -> Result<(), VmmError> {
+        let index = self.devices.len() as u32;
+        let (Some(base), Some(gsi)) = (virtio_mmio_base(index), virtio_mmio_gsi(index)) else {
+            return Err(VmmError::Unsupported {
+                vm: self.vm_name.to_string(),
+                what: format!("more than {index} virtio devices"),
+            });
+        };
+        let irq = self.vm.irq_line(gsi)?;
+        let transport = Arc::new(spin::Mutex::new(MmioTransport::new(
+            device,
+            self.vm.ram().clone(),
+            irq,
+        )));
+        let bus_device: SharedDevice = transport.clone();
+        self.handler
+            .mmio
+            .insert(base, VIRTIO_MMIO_SIZE, bus_device)
+            .map_err(|e| VmmError::Host(format!("MMIO bus: {e}")))?;
+        self.cmdline
+            .push_virtio_mmio(base, VIRTIO_MMIO_SIZE, gsi)
+            .map_err(|source| VmmError::Boot {
+                vm: self.vm_name.to_string(),
+                path: self.kernel.clone(),
+                source,
+            })?;
+        self.devices.push(PlacedDevice {
+            label,
+            transport,
+            base,
+            gsi,
+        });
+        Ok(())
     }
 }
 
@@ -331,39 +378,13 @@ impl Vmm {
             source,
         };
         cmdline.push(&spec.cmdline).map_err(boot_err)?;
-        let mut devices: Vec<PlacedDevice> = Vec::new();
-        let mut place = |label: String,
-                         make: &dyn Fn(
-            Arc<dyn keel_core::IrqLine>,
-        )
-            -> (SharedDevice, Arc<spin::Mutex<dyn VirtioSlot>>)|
-         -> Result<(), VmmError> {
-            let index = devices.len() as u32;
-            let (Some(base), Some(gsi)) = (virtio_mmio_base(index), virtio_mmio_gsi(index)) else {
-                return Err(VmmError::Unsupported {
-                    vm: spec.name.clone(),
-                    what: format!("more than {index} virtio devices"),
-                });
-            };
-            let (bus_dev, slot) = make(vm.irq_line(gsi)?);
-            handler
-                .mmio
-                .insert(base, VIRTIO_MMIO_SIZE, bus_dev)
-                .map_err(|e| VmmError::Host(format!("MMIO bus: {e}")))?;
-            cmdline
-                .push_virtio_mmio(base, VIRTIO_MMIO_SIZE, gsi)
-                .map_err(|source| VmmError::Boot {
-                    vm: spec.name.clone(),
-                    path: spec.kernel.to_string(),
-                    source,
-                })?;
-            devices.push(PlacedDevice {
-                label,
-                transport: slot,
-                base,
-                gsi,
-            });
-            Ok(())
+        let mut placer = Placer {
+            vm: &vm,
+            vm_name: &spec.name,
+            kernel: spec.kernel.to_string(),
+            handler: &mut handler,
+            cmdline: &mut cmdline,
+            devices: Vec::new(),
         };
         for (i, disk) in spec.disks.iter().enumerate() {
             let backend = FileBackend::open(disk.path.as_path(), disk.read_only).map_err(|e| {
@@ -374,24 +395,14 @@ impl Vmm {
                 }
             })?;
             let id = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
-            let label = format!("{i} (disk {id:?})");
-            let backend = std::cell::RefCell::new(Some(backend));
-            place(label, &|irq| {
-                let dev = Block::new(backend.borrow_mut().take().expect("placed once"), &id);
-                let t = Arc::new(spin::Mutex::new(MmioTransport::new(dev, ram.clone(), irq)));
-                (t.clone(), t)
-            })?;
+            placer.place(format!("{i} (disk {id:?})"), Block::new(backend, &id))?;
         }
         for (i, console) in spec.consoles.iter().enumerate() {
             let out = open_output(&console.output, &format!("console {i} output"))?;
-            let out = std::cell::RefCell::new(Some(out));
-            place(format!("{i} (console {})", console.output), &|irq| {
-                let dev = Console::new(HostConsoleOutput(
-                    out.borrow_mut().take().expect("placed once"),
-                ));
-                let t = Arc::new(spin::Mutex::new(MmioTransport::new(dev, ram.clone(), irq)));
-                (t.clone(), t)
-            })?;
+            placer.place(
+                format!("{i} (console {})", console.output),
+                Console::new(HostConsoleOutput(out)),
+            )?;
         }
         if spec.rng {
             let source = OsEntropy::open().map_err(|e| VmmError::HostFile {
@@ -399,13 +410,9 @@ impl Vmm {
                 path: "/dev/urandom".into(),
                 reason: e.to_string(),
             })?;
-            let source = std::cell::RefCell::new(Some(source));
-            place("0 (rng)".into(), &|irq| {
-                let dev = Rng::new(source.borrow_mut().take().expect("placed once"));
-                let t = Arc::new(spin::Mutex::new(MmioTransport::new(dev, ram.clone(), irq)));
-                (t.clone(), t)
-            })?;
+            placer.place("0 (rng)".into(), Rng::new(source))?;
         }
+        let devices = placer.devices;
 
         // Doorbells: one ioeventfd per queue, matching the queue index.
         let mut doorbells = Vec::new();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use keel_kvm::log::{self, Level};
-use keel_kvm::{RunOptions, VmExitStatus, Vmm};
+use keel_kvm::{VmExitStatus, Vmm};
 use keel_spec::{Memory, System, VmSpec};
 
 const USAGE: &str = "\
@@ -99,9 +99,7 @@ fn option_value(
 fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
     let mut it = args.into_iter();
     let Some(cmd) = it.next() else {
-        return Err(Failure::input(
-            "no command given (try `keel --help`)",
-        ));
+        return Err(Failure::input("no command given (try `keel --help`)"));
     };
     match cmd.as_str() {
         "-h" | "--help" | "help" => return Ok(Command::Help),
@@ -165,7 +163,9 @@ fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
         system = Some(PathBuf::from(arg));
     }
     let system = system.ok_or_else(|| {
-        Failure::input(format!("`keel {cmd}` needs a system file (keel {cmd} <system.toml>)"))
+        Failure::input(format!(
+            "`keel {cmd}` needs a system file (keel {cmd} <system.toml>)"
+        ))
     })?;
     Ok(if cmd == "check" {
         Command::Check { system }
@@ -201,7 +201,11 @@ fn plural(n: usize, word: &str) -> String {
 fn summary(vm: &VmSpec) -> String {
     let memory = match &vm.memory {
         Memory::Size(s) => size_text(*s),
-        Memory::Regions(r) => format!("{} in {}", size_text(vm.memory.total()), plural(r.len(), "region")),
+        Memory::Regions(r) => format!(
+            "{} in {}",
+            size_text(vm.memory.total()),
+            plural(r.len(), "region")
+        ),
     };
     let mut s = format!(
         "vm {:?}: {}, {}, {}, kernel {}",
@@ -243,9 +247,9 @@ fn pick_vm<'a>(sys: &'a System, name: Option<&str>) -> Result<&'a VmSpec, Failur
             .join(", ")
     };
     match name {
-        Some(n) => sys
-            .vm(n)
-            .ok_or_else(|| Failure::input(format!("no vm {n:?} in the system (it has {})", names()))),
+        Some(n) => sys.vm(n).ok_or_else(|| {
+            Failure::input(format!("no vm {n:?} in the system (it has {})", names()))
+        }),
         None => match sys.vms() {
             [only] => Ok(only),
             _ => Err(Failure::input(format!(
@@ -266,11 +270,14 @@ fn run(
     let sys = load(system)?;
     let spec = pick_vm(&sys, vm)?;
     let vmm_failure = |e: keel_kvm::VmmError| Failure {
-        status: if e.is_input_error() { EXIT_INPUT } else { EXIT_FAILURE },
+        status: if e.is_input_error() {
+            EXIT_INPUT
+        } else {
+            EXIT_FAILURE
+        },
         message: e.to_string(),
     };
     let vmm = Vmm::from_spec(spec).map_err(vmm_failure)?;
-    let _ = RunOptions { stats };
     let report = vmm.run().map_err(vmm_failure)?;
     if stats {
         eprintln!("{}", report.stats);
@@ -280,11 +287,18 @@ fn run(
         VmExitStatus::ExitCode(v) => Ok(v),
         VmExitStatus::Reboot => {
             eprintln!("keel: guest requested reboot");
-            Ok(if on_reboot == OnReboot::Fail { EXIT_FAILURE } else { 0 })
+            Ok(if on_reboot == OnReboot::Fail {
+                EXIT_FAILURE
+            } else {
+                0
+            })
         }
         VmExitStatus::Crash => Err(Failure {
             status: EXIT_FAILURE,
-            message: format!("vm {:?}: the guest crashed (triple fault / shutdown)", spec.name),
+            message: format!(
+                "vm {:?}: the guest crashed (triple fault / shutdown)",
+                spec.name
+            ),
         }),
     }
 }
@@ -345,9 +359,17 @@ mod tests {
 
     #[test]
     fn run_options_are_parsed() {
-        let cmd = parse_args(args("run sys.toml --vm web --log-level=debug --stats")).ok().unwrap();
+        let cmd = parse_args(args("run sys.toml --vm web --log-level=debug --stats"))
+            .ok()
+            .unwrap();
         match cmd {
-            Command::Run { system, vm, level, stats, on_reboot } => {
+            Command::Run {
+                system,
+                vm,
+                level,
+                stats,
+                on_reboot,
+            } => {
                 assert_eq!(system, PathBuf::from("sys.toml"));
                 assert_eq!(vm.as_deref(), Some("web"));
                 assert_eq!(level, Level::Debug);
@@ -367,7 +389,9 @@ mod tests {
 
     #[test]
     fn bad_log_level_is_rejected_naming_it() {
-        let err = parse_args(args("run sys.toml --log-level loud")).err().unwrap();
+        let err = parse_args(args("run sys.toml --log-level loud"))
+            .err()
+            .unwrap();
         assert!(err.message.contains("\"loud\""));
     }
 
@@ -379,7 +403,15 @@ mod tests {
 
     #[test]
     fn on_reboot_fail_is_accepted() {
-        let cmd = parse_args(args("run s.toml --on-reboot fail")).ok().unwrap();
-        assert!(matches!(cmd, Command::Run { on_reboot: OnReboot::Fail, .. }));
+        let cmd = parse_args(args("run s.toml --on-reboot fail"))
+            .ok()
+            .unwrap();
+        assert!(matches!(
+            cmd,
+            Command::Run {
+                on_reboot: OnReboot::Fail,
+                ..
+            }
+        ));
     }
 }

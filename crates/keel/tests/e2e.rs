@@ -1,0 +1,534 @@
+//! End-to-end tests: the built `keel` binary boots Keel's x86_64 test guest under /dev/kvm.
+//!
+//! Each test writes a system TOML into its own temporary directory, runs `keel run`, and
+//! checks the guest's `keeltest:` lines, keel's stderr and the exit status. Without
+//! /dev/kvm every KVM test prints `SKIPPED: /dev/kvm not available` and records the skip in
+//! `$KEEL_SKIP_LOG` (scripts/test.sh counts those). The test guest is built if missing.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+/// Longest a guest run may take before the test fails (the runs take about a second).
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn testguest_dir() -> PathBuf {
+    repo_root().join("guest/testguest")
+}
+
+/// The test guest ELF, built on first use if it is missing.
+fn testguest() -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = testguest_dir();
+    let elf = dir.join("target/x86_64-unknown-none/release/keel-testguest");
+    if !elf.exists() {
+        eprintln!("e2e: building the test guest in {}", dir.display());
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--target", "x86_64-unknown-none"])
+            .current_dir(&dir)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the test guest failed");
+    }
+    assert!(elf.exists(), "no test guest at {}", elf.display());
+    elf
+}
+
+/// Whether /dev/kvm can be used; if not, say so loudly and record the skip.
+fn kvm_or_skip(test: &str) -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("SKIPPED: /dev/kvm not available ({test})");
+        if let Ok(log) = std::env::var("KEEL_SKIP_LOG") {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(log)
+            {
+                let _ = writeln!(f, "e2e {test}: /dev/kvm not available");
+            }
+        }
+    }
+    ok
+}
+
+/// A temporary directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "keel-e2e-{}-{}-{test}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn disk(&self, name: &str, size: u64) -> PathBuf {
+        let p = self.path(name);
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(size).unwrap();
+        p
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A one-VM system running the test guest with `cmdline`, plus `extra` TOML.
+fn system(kernel: &Path, vcpus: u32, cmdline: &str, extra: &str) -> String {
+    format!(
+        "[[vm]]\nname = \"t\"\narch = \"x86_64\"\nkernel = \"{}\"\nmemory = \"64M\"\nvcpus = {vcpus}\ncmdline = \"{cmdline}\"\nserial = \"stdio\"\n{extra}",
+        kernel.display()
+    )
+}
+
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {} after {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.status, self.took, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Run `keel` with `args`, killing it after [`RUN_TIMEOUT`].
+fn keel(args: &[&str]) -> Run {
+    let start = Instant::now();
+    let mut child = Command::new(KEEL)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("keel starts");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keel {args:?} did not finish within {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let run = Run {
+        status: status.code().unwrap_or(-1),
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+        took: start.elapsed(),
+    };
+    eprintln!(
+        "e2e: keel {} -> exit {} in {:?}",
+        args.join(" "),
+        run.status,
+        run.took
+    );
+    run
+}
+
+fn run_system(scratch: &Scratch, toml: &str, extra_args: &[&str]) -> Run {
+    let sys = scratch.write("system.toml", toml);
+    let mut args = vec!["run", sys.to_str().unwrap()];
+    args.extend_from_slice(extra_args);
+    keel(&args)
+}
+
+/// The error lines keel printed (`keel: error: ...`).
+fn error_lines(run: &Run) -> Vec<&str> {
+    run.stderr
+        .lines()
+        .filter(|l| l.starts_with("keel: error:"))
+        .collect()
+}
+
+#[test]
+fn boot_prints_pass_and_exits_zero() {
+    if !kvm_or_skip("boot_prints_pass_and_exits_zero") {
+        return;
+    }
+    let s = Scratch::new("boot");
+    let run = run_system(&s, &system(&testguest(), 1, "keeltest=all", ""), &[]);
+    assert_eq!(run.status, 0, "{run:?}");
+    assert!(run.stdout.contains("keeltest: boot ok"), "{run:?}");
+    assert!(run.stdout.contains("keeltest: PASS"), "{run:?}");
+}
+
+#[test]
+fn blk_write_flush_and_read_back_is_verified() {
+    if !kvm_or_skip("blk_write_flush_and_read_back_is_verified") {
+        return;
+    }
+    let s = Scratch::new("blk");
+    let disk = s.disk("disk.img", 1 << 20);
+    let extra = format!(
+        "[[vm.disk]]\npath = \"{}\"\nid = \"data\"\n",
+        disk.display()
+    );
+    let run = run_system(&s, &system(&testguest(), 1, "keeltest=blk", &extra), &[]);
+    assert_eq!(run.status, 0, "{run:?}");
+    assert!(run.stdout.contains("keeltest: blk id \"data\""), "{run:?}");
+    assert!(
+        run.stdout.contains("pattern written and read back"),
+        "{run:?}"
+    );
+    // The pattern really reached the host file.
+    let bytes = std::fs::read(&disk).unwrap();
+    assert!(
+        bytes.iter().any(|&b| b != 0),
+        "the disk file is still all zeros"
+    );
+}
+
+#[test]
+fn read_only_disk_rejects_guest_writes() {
+    if !kvm_or_skip("read_only_disk_rejects_guest_writes") {
+        return;
+    }
+    let s = Scratch::new("ro");
+    let disk = s.disk("disk.img", 1 << 20);
+    let extra = format!(
+        "[[vm.disk]]\npath = \"{}\"\nread_only = true\n",
+        disk.display()
+    );
+    let run = run_system(&s, &system(&testguest(), 1, "keeltest=blk", &extra), &[]);
+    assert_eq!(run.status, 0, "{run:?}");
+    assert!(run.stdout.contains("(read-only)"), "{run:?}");
+    assert!(run.stdout.contains("write rejected"), "{run:?}");
+    let bytes = std::fs::read(&disk).unwrap();
+    assert!(
+        bytes.iter().all(|&b| b == 0),
+        "a read-only disk was written"
+    );
+}
+
+#[test]
+fn disk_contents_persist_across_two_boots() {
+    if !kvm_or_skip("disk_contents_persist_across_two_boots") {
+        return;
+    }
+    let s = Scratch::new("persist");
+    let disk = s.disk("disk.img", 1 << 20);
+    let extra = format!("[[vm.disk]]\npath = \"{}\"\n", disk.display());
+    let guest = testguest();
+    let first = run_system(
+        &s,
+        &system(
+            &guest,
+            1,
+            "keeltest=blk keeltest.disk-pattern=write keeltest.disk-seed=77",
+            &extra,
+        ),
+        &[],
+    );
+    assert_eq!(first.status, 0, "{first:?}");
+    let second = run_system(
+        &s,
+        &system(
+            &guest,
+            1,
+            "keeltest=blk keeltest.disk-pattern=check keeltest.disk-seed=77",
+            &extra,
+        ),
+        &[],
+    );
+    assert_eq!(second.status, 0, "{second:?}");
+    assert!(second.stdout.contains("keeltest: PASS"), "{second:?}");
+    // The check really checks: another seed on the same disk fails.
+    let other = run_system(
+        &s,
+        &system(
+            &guest,
+            1,
+            "keeltest=blk keeltest.disk-pattern=check keeltest.disk-seed=78",
+            &extra,
+        ),
+        &[],
+    );
+    assert_eq!(other.status, 1, "{other:?}");
+}
+
+#[test]
+fn console_output_arrives_in_its_file() {
+    if !kvm_or_skip("console_output_arrives_in_its_file") {
+        return;
+    }
+    let s = Scratch::new("console");
+    let out = s.path("console.out");
+    let extra = format!("[[vm.console]]\noutput = \"file:{}\"\n", out.display());
+    let run = run_system(
+        &s,
+        &system(&testguest(), 1, "keeltest=console", &extra),
+        &[],
+    );
+    assert_eq!(run.status, 0, "{run:?}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.contains("keeltest: hello from virtio-console"),
+        "console file: {text:?}"
+    );
+}
+
+#[test]
+fn rng_gives_the_guest_entropy() {
+    if !kvm_or_skip("rng_gives_the_guest_entropy") {
+        return;
+    }
+    let s = Scratch::new("rng");
+    let run = run_system(
+        &s,
+        &system(&testguest(), 1, "keeltest=rng", "[vm.rng]\n"),
+        &[],
+    );
+    assert_eq!(run.status, 0, "{run:?}");
+    assert!(run.stdout.contains("keeltest: rng ok"), "{run:?}");
+}
+
+#[test]
+fn two_vcpus_both_come_up() {
+    if !kvm_or_skip("two_vcpus_both_come_up") {
+        return;
+    }
+    let s = Scratch::new("smp");
+    let run = run_system(&s, &system(&testguest(), 2, "keeltest=smp", ""), &[]);
+    assert_eq!(run.status, 0, "{run:?}");
+    assert!(run.stdout.contains("smp 2/2 cpus up"), "{run:?}");
+}
+
+#[test]
+fn device_interrupt_reaches_the_guest_through_the_ioapic() {
+    if !kvm_or_skip("device_interrupt_reaches_the_guest_through_the_ioapic") {
+        return;
+    }
+    let s = Scratch::new("irq");
+    let disk = s.disk("disk.img", 1 << 20);
+    let extra = format!("[[vm.disk]]\npath = \"{}\"\n", disk.display());
+    let run = run_system(&s, &system(&testguest(), 1, "keeltest=irq", &extra), &[]);
+    assert_eq!(run.status, 0, "{run:?}");
+    assert!(run.stdout.contains("keeltest: irq ok"), "{run:?}");
+}
+
+#[test]
+fn corrupt_descriptor_chain_is_reported_and_the_run_fails() {
+    if !kvm_or_skip("corrupt_descriptor_chain_is_reported_and_the_run_fails") {
+        return;
+    }
+    let s = Scratch::new("corrupt");
+    let disk = s.disk("disk.img", 1 << 20);
+    let extra = format!(
+        "[[vm.disk]]\npath = \"{}\"\nid = \"data\"\n",
+        disk.display()
+    );
+    let guest = testguest();
+    for mode in ["oob", "loop", "nostatus"] {
+        let run = run_system(
+            &s,
+            &system(&guest, 1, &format!("keeltest=corrupt:{mode}"), &extra),
+            &["--log-level", "warn"],
+        );
+        // The guest's exit code 3: it saw DEVICE_NEEDS_RESET.
+        assert_eq!(run.status, 3, "{mode}: {run:?}");
+        let errors = error_lines(&run);
+        assert_eq!(errors.len(), 1, "{mode}: {run:?}");
+        assert!(
+            errors[0].starts_with("keel: error: virtio-blk 0 (disk \"data\"): queue 0")
+                && errors[0].ends_with("; device needs reset"),
+            "{mode}: {run:?}"
+        );
+    }
+}
+
+#[test]
+fn stats_report_exits_and_memory() {
+    if !kvm_or_skip("stats_report_exits_and_memory") {
+        return;
+    }
+    let s = Scratch::new("stats");
+    let run = run_system(
+        &s,
+        &system(&testguest(), 1, "keeltest=mmio-bench:2000", "[vm.rng]\n"),
+        &["--stats"],
+    );
+    assert_eq!(run.status, 0, "{run:?}");
+    let value = |key: &str| -> u64 {
+        let line = run
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("keel: stats: {key}: ")))
+            .unwrap_or_else(|| panic!("no {key} in {run:?}"));
+        line.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert!(value("mmio_reads") >= 2000, "{run:?}");
+    assert!(value("peak_rss_kib") > 0, "{run:?}");
+    assert!(value("guest_touched_kib") > 0, "{run:?}");
+}
+
+#[test]
+fn software_kvm_note_is_printed_once() {
+    if !kvm_or_skip("software_kvm_note_is_printed_once") {
+        return;
+    }
+    let s = Scratch::new("note");
+    let run = run_system(&s, &system(&testguest(), 1, "keeltest=smp", ""), &[]);
+    assert_eq!(run.status, 0, "{run:?}");
+    let notes = run.stderr.matches("is a software KVM").count();
+    let software = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| !c.contains(" vmx") && !c.contains(" svm"))
+        .unwrap_or(false)
+        || Path::new("/sys/module/kvm_pvm").exists();
+    assert_eq!(notes, usize::from(software), "{run:?}");
+    let quiet = run_system(
+        &s,
+        &system(&testguest(), 1, "keeltest=smp", ""),
+        &["--log-level", "warn"],
+    );
+    assert_eq!(
+        quiet.stderr.matches("is a software KVM").count(),
+        0,
+        "{quiet:?}"
+    );
+}
+
+// ---- bad input: exit 2 with one line, no KVM needed before the error ----
+
+fn assert_bad_input(run: &Run, needle: &str) {
+    assert_eq!(run.status, 2, "{run:?}");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{run:?}");
+    assert!(lines[0].starts_with("keel: error: "), "{run:?}");
+    assert!(lines[0].contains(needle), "expected {needle:?} in {run:?}");
+}
+
+#[test]
+fn zero_vcpus_is_bad_input() {
+    let s = Scratch::new("zero");
+    let kernel = s.write("kernel", "x");
+    let run = run_system(&s, &system(&kernel, 0, "", ""), &[]);
+    assert_bad_input(&run, "vcpus");
+}
+
+#[test]
+fn missing_kernel_is_bad_input() {
+    let s = Scratch::new("nokernel");
+    let run = run_system(&s, &system(&s.path("no-such-kernel"), 1, "", ""), &[]);
+    assert_bad_input(&run, "no-such-kernel");
+}
+
+#[test]
+fn file_that_is_not_a_kernel_is_bad_input() {
+    let s = Scratch::new("notkernel");
+    let kernel = s.write("notes.txt", "these are not the bytes of a kernel\n");
+    let run = run_system(&s, &system(&kernel, 1, "", ""), &[]);
+    assert_bad_input(&run, "notes.txt");
+}
+
+#[test]
+fn unopenable_disk_is_bad_input() {
+    let s = Scratch::new("nodisk");
+    let extra = format!(
+        "[[vm.disk]]\npath = \"{}\"\n",
+        s.path("missing.img").display()
+    );
+    let run = run_system(&s, &system(&testguest(), 1, "keeltest=blk", &extra), &[]);
+    assert_bad_input(&run, "missing.img");
+}
+
+#[test]
+fn several_vms_without_vm_option_lists_their_names() {
+    let s = Scratch::new("multi");
+    let guest = testguest();
+    let one = system(&guest, 1, "", "");
+    let two = one.replace("name = \"t\"", "name = \"u\"");
+    let run = run_system(&s, &format!("{one}\n{two}"), &[]);
+    assert_bad_input(&run, "\"t\", \"u\"");
+}
+
+#[test]
+fn unknown_option_is_bad_input() {
+    let run = keel(&["run", "x.toml", "--bogus"]);
+    assert_bad_input(&run, "--bogus");
+}
+
+#[test]
+fn check_prints_one_line_per_vm() {
+    let s = Scratch::new("check");
+    let sys = s.write(
+        "system.toml",
+        &system(&testguest(), 2, "keeltest=all", "[vm.rng]\n"),
+    );
+    let run = keel(&["check", sys.to_str().unwrap()]);
+    assert_eq!(run.status, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{run:?}");
+    assert!(
+        lines[0].starts_with("vm \"t\": x86_64, 2 vCPUs, 64 MiB"),
+        "{run:?}"
+    );
+    assert!(lines[0].ends_with(", rng"), "{run:?}");
+}
+
+#[test]
+fn version_names_the_package_version() {
+    let run = keel(&["--version"]);
+    assert_eq!(run.status, 0);
+    assert_eq!(
+        run.stdout.trim(),
+        format!("keel {}", env!("CARGO_PKG_VERSION"))
+    );
+}

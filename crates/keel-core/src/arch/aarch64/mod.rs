@@ -12,6 +12,8 @@
 //! - [`fdt`]: the device tree generated from that description.
 //! - [`image`]: arm64 Linux `Image` loading (kernel, initrd and device-tree placement).
 //! - [`psci`]: PSCI 1.1 / SMCCC 1.1 firmware calls and the per-VM vCPU power states.
+//! - [`vgic`]: a software GIC distributor (GICv2, GICv3) for seL4, which virtualizes only
+//!   the CPU interface.
 
 pub mod esr;
 pub mod fault;
@@ -19,3 +21,4 @@ pub mod fdt;
 pub mod image;
 pub mod layout;
 pub mod psci;
+pub mod vgic;

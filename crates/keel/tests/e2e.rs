@@ -532,3 +532,124 @@ fn version_names_the_package_version() {
         format!("keel {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+// ---- guest stops other than PASS: tiny hand-assembled PVH ELF guests ----
+
+/// A minimal x86_64 ELF whose one PT_LOAD puts `code` at 1 MiB, with a PVH note entering
+/// there in 32-bit protected mode.
+fn pvh_elf(code: &[u8]) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let entry: u32 = 0x10_0000;
+    let mut note = Vec::new();
+    note.extend_from_slice(&4u32.to_le_bytes()); // namesz
+    note.extend_from_slice(&4u32.to_le_bytes()); // descsz
+    note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&entry.to_le_bytes());
+    let code_off = (EHDR + 2 * PHDR) as u64;
+    let note_off = code_off + code.len() as u64;
+    let mut f = vec![0u8; EHDR];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2; // ELFCLASS64
+    f[5] = 1; // little endian
+    f[6] = 1;
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[24..32].copy_from_slice(&u64::from(entry).to_le_bytes());
+    f[32..40].copy_from_slice(&(EHDR as u64).to_le_bytes());
+    f[52..54].copy_from_slice(&(EHDR as u16).to_le_bytes());
+    f[54..56].copy_from_slice(&(PHDR as u16).to_le_bytes());
+    f[56..58].copy_from_slice(&2u16.to_le_bytes());
+    let mut phdr = |kind: u32, off: u64, addr: u64, size: u64| {
+        let mut p = [0u8; PHDR];
+        p[0..4].copy_from_slice(&kind.to_le_bytes());
+        p[4..8].copy_from_slice(&7u32.to_le_bytes());
+        p[8..16].copy_from_slice(&off.to_le_bytes());
+        p[16..24].copy_from_slice(&addr.to_le_bytes());
+        p[24..32].copy_from_slice(&addr.to_le_bytes());
+        p[32..40].copy_from_slice(&size.to_le_bytes());
+        p[40..48].copy_from_slice(&size.to_le_bytes());
+        f.extend_from_slice(&p);
+    };
+    phdr(1, code_off, entry.into(), code.len() as u64); // PT_LOAD
+    phdr(4, note_off, 0, note.len() as u64); // PT_NOTE
+    f.extend_from_slice(code);
+    f.extend_from_slice(&note);
+    f
+}
+
+/// Run a hand-assembled guest.
+fn run_code(test: &str, code: &[u8], args: &[&str]) -> Run {
+    let s = Scratch::new(test);
+    let kernel = s.path("guest.elf");
+    std::fs::write(&kernel, pvh_elf(code)).unwrap();
+    run_system(&s, &system(&kernel, 1, "", ""), args)
+}
+
+/// `mov al, 0xfe; out 0x64, al`, then spin.
+const REBOOT: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe];
+
+#[test]
+fn debug_exit_code_becomes_the_exit_status() {
+    if !kvm_or_skip("debug_exit_code_becomes_the_exit_status") {
+        return;
+    }
+    // mov al, 7; out 0xf4, al
+    let run = run_code("exit7", &[0xb0, 0x07, 0xe6, 0xf4, 0xeb, 0xfe], &[]);
+    assert_eq!(run.status, 7, "{run:?}");
+    assert!(error_lines(&run).is_empty(), "{run:?}");
+}
+
+#[test]
+fn guest_reboot_is_reported_and_exits_zero() {
+    if !kvm_or_skip("guest_reboot_is_reported_and_exits_zero") {
+        return;
+    }
+    let run = run_code("reboot", REBOOT, &[]);
+    assert_eq!(run.status, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l == "keel: guest requested reboot"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn guest_reboot_fails_the_run_with_on_reboot_fail() {
+    if !kvm_or_skip("guest_reboot_fails_the_run_with_on_reboot_fail") {
+        return;
+    }
+    let run = run_code("rebootfail", REBOOT, &["--on-reboot=fail"]);
+    assert_eq!(run.status, 1, "{run:?}");
+}
+
+#[test]
+fn guest_triple_fault_is_a_crash_with_one_error_line() {
+    if !kvm_or_skip("guest_triple_fault_is_a_crash_with_one_error_line") {
+        return;
+    }
+    let run = run_code("crash", &[0x0f, 0x0b], &["--log-level", "warn"]); // ud2, no IDT
+    assert_eq!(run.status, 1, "{run:?}");
+    let errors = error_lines(&run);
+    assert_eq!(errors.len(), 1, "{run:?}");
+    assert!(errors[0].contains("crashed"), "{run:?}");
+}
+
+#[test]
+fn emulation_failure_stops_the_vm_with_a_clear_message() {
+    if !kvm_or_skip("emulation_failure_stops_the_vm_with_a_clear_message") {
+        return;
+    }
+    // int3 with no IDT: the software KVM cannot emulate it (hardware KVM triple-faults).
+    let run = run_code("emul", &[0xcc], &["--log-level", "warn"]);
+    assert_eq!(run.status, 1, "{run:?}");
+    let errors = error_lines(&run);
+    assert_eq!(errors.len(), 1, "{run:?}");
+    assert!(
+        errors[0].contains("emulation failure") || errors[0].contains("crashed"),
+        "{run:?}"
+    );
+}

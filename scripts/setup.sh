@@ -5,7 +5,8 @@ set -euo pipefail
 
 APT_PACKAGES=(
   build-essential pkg-config   # cc for crates with C parts
-  cpio xz-utils zstd           # guest initramfs build (guest/linux)
+  cpio xz-utils zstd kmod      # guest initramfs build (guest/linux: modinfo, module decompression)
+  python3                      # guest/linux/mkcpio.py, bench/
   qemu-system-x86              # reference VMM for benchmarks and test-guest checks
   qemu-system-arm              # emulated arm64 host, seL4 under QEMU
   shellcheck                   # lint of the project's shell scripts

@@ -52,6 +52,19 @@ pub fn peak_rss() -> Option<u64> {
     parse_vm_hwm(&std::fs::read_to_string("/proc/self/status").ok()?)
 }
 
+/// The terminal attributes to restore if the process exits without unwinding (a panic hook
+/// calling `exit`).
+static SAVED_TERMIOS: std::sync::Mutex<Option<libc::termios>> = std::sync::Mutex::new(None);
+
+/// Restore stdin's terminal attributes if [`RawTerminal`] changed them. For panic hooks.
+pub fn restore_terminal() {
+    let saved = SAVED_TERMIOS.lock().map(|g| *g).unwrap_or(None);
+    if let Some(t) = saved {
+        // SAFETY: restoring attributes read from our own stdin earlier.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) };
+    }
+}
+
 /// Puts a terminal on stdin into raw mode and restores it on drop.
 #[derive(Debug)]
 pub struct RawTerminal {
@@ -80,6 +93,9 @@ impl RawTerminal {
         if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
             return None;
         }
+        if let Ok(mut g) = SAVED_TERMIOS.lock() {
+            *g = Some(saved);
+        }
         Some(RawTerminal { saved })
     }
 }
@@ -88,6 +104,9 @@ impl Drop for RawTerminal {
     fn drop(&mut self) {
         // SAFETY: restoring the attributes read in `enable`.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved) };
+        if let Ok(mut g) = SAVED_TERMIOS.lock() {
+            *g = None;
+        }
     }
 }
 

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use keel_core::SystemEvent;
+
 use crate::devices::SerialDevice;
+use crate::dispatch::StopSink;
 use crate::vmm::PlacedDevice;
 
 /// One doorbell: the eventfd KVM signals for a QueueNotify of `queue` on device `device`.
@@ -30,6 +33,8 @@ pub struct IoContext {
     pub serial_input: Option<Arc<spin::Mutex<SerialDevice>>>,
     /// Written to stop the thread.
     pub stop: Arc<EventFd>,
+    /// Where the user's Ctrl-A x (on the serial console) stops the VM.
+    pub user_stop: Arc<dyn StopSink>,
 }
 
 impl std::fmt::Debug for IoContext {
@@ -53,6 +58,7 @@ pub fn report_device_errors(devices: &[PlacedDevice]) {
 /// Run the I/O loop until `ctx.stop` is written.
 pub fn run(ctx: IoContext) {
     let mut stdin_open = ctx.serial_input.is_some();
+    let mut escape = Escape::default();
     loop {
         let mut fds: Vec<libc::pollfd> = Vec::with_capacity(ctx.doorbells.len() + 2);
         fds.push(libc::pollfd {
@@ -100,7 +106,11 @@ pub fn run(ctx: IoContext) {
             }
         }
         if stdin_open && fds[stdin_index].revents != 0 {
-            stdin_open = forward_stdin(ctx.serial_input.as_ref());
+            stdin_open = forward_stdin(ctx.serial_input.as_ref(), &mut escape);
+            if escape.quit {
+                crate::log::info(format_args!("Ctrl-A x: stopping the VM"));
+                ctx.user_stop.guest_event(SystemEvent::Shutdown);
+            }
         }
         if n == 0 {
             report_device_errors(&ctx.devices);
@@ -108,8 +118,41 @@ pub fn run(ctx: IoContext) {
     }
 }
 
+/// The console escape: Ctrl-A x stops the VM, Ctrl-A Ctrl-A sends one Ctrl-A.
+#[derive(Debug, Default)]
+pub struct Escape {
+    armed: bool,
+    /// The user asked to stop.
+    pub quit: bool,
+}
+
+/// Ctrl-A.
+const ESCAPE_BYTE: u8 = 0x01;
+
+impl Escape {
+    /// Filter `input`, returning the bytes for the guest.
+    pub fn filter(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(input.len());
+        for &b in input {
+            if self.armed {
+                self.armed = false;
+                match b {
+                    b'x' | b'X' => self.quit = true,
+                    ESCAPE_BYTE => out.push(ESCAPE_BYTE),
+                    other => out.extend_from_slice(&[ESCAPE_BYTE, other]),
+                }
+            } else if b == ESCAPE_BYTE {
+                self.armed = true;
+            } else {
+                out.push(b);
+            }
+        }
+        out
+    }
+}
+
 /// Move what stdin has to the serial port. Returns whether stdin stays open.
-fn forward_stdin(serial: Option<&Arc<spin::Mutex<SerialDevice>>>) -> bool {
+fn forward_stdin(serial: Option<&Arc<spin::Mutex<SerialDevice>>>, escape: &mut Escape) -> bool {
     let Some(serial) = serial else {
         return false;
     };
@@ -120,6 +163,27 @@ fn forward_stdin(serial: Option<&Arc<spin::Mutex<SerialDevice>>>) -> bool {
         return false;
     }
     // The 16550 FIFO holds 64 bytes; what does not fit is dropped, as a real UART would.
-    let _ = serial.lock().input(&buf[..n as usize]);
+    let bytes = escape.filter(&buf[..n as usize]);
+    let _ = serial.lock().input(&bytes);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctrl_a_x_quits_and_is_not_forwarded() {
+        let mut e = Escape::default();
+        assert_eq!(e.filter(b"ab\x01x"), b"ab");
+        assert!(e.quit);
+    }
+
+    #[test]
+    fn doubled_ctrl_a_sends_one_and_split_reads_are_handled() {
+        let mut e = Escape::default();
+        assert_eq!(e.filter(b"\x01"), b"");
+        assert_eq!(e.filter(b"\x01q\x01z"), b"\x01q\x01z");
+        assert!(!e.quit);
+    }
 }

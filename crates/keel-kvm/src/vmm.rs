@@ -503,6 +503,7 @@ impl Vmm {
             doorbells,
             serial_input: serial_on_stdio.then(|| serial.clone()),
             stop: io_stop.clone(),
+            user_stop: control.clone(),
         };
         let io_thread = std::thread::Builder::new()
             .name("keel-io".into())

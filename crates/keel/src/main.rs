@@ -29,6 +29,9 @@ OPTIONS (run):
     --on-reboot ACTION    exit0 (default): a guest reboot request ends the run with status 0
                           fail: it ends the run with status 1
 
+With serial = \"stdio\" on a terminal, stdin is raw and goes to the guest's COM1;
+type Ctrl-A x to stop the VM (Ctrl-A Ctrl-A sends a Ctrl-A).
+
 EXIT STATUS:
     0    the guest powered off (or asked for a reboot, see --on-reboot)
     V    the guest wrote V to the debug-exit port 0xf4
@@ -315,6 +318,7 @@ fn main() -> ExitCode {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
+        keel_kvm::host::restore_terminal();
         eprintln!("keel: error: internal error (a bug in keel): {msg}{location}");
         std::process::exit(i32::from(EXIT_FAILURE));
     }));

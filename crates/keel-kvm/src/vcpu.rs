@@ -208,29 +208,32 @@ impl KvmVcpu {
     /// Write the answer of the previous read exit into `kvm_run`.
     fn complete(&mut self, answer: ExitAnswer) -> Result<(), HvError> {
         let pending = std::mem::replace(&mut self.pending, Pending::None);
-        match (pending, answer) {
-            (Pending::None, ExitAnswer::None) => Ok(()),
-            (Pending::Read { offset, len }, ExitAnswer::Read(value)) => {
-                let run = self.fd.get_kvm_run() as *mut kvm_bindings::kvm_run as *mut u8;
-                let bytes = value.to_le_bytes();
-                // SAFETY: `offset..offset + len` is where KVM told us (on the read exit) the
-                // data lives inside the `kvm_run` mapping, which stays mapped while `fd`
-                // lives; `len <= 8` was checked when the exit was decoded.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), run.add(offset), len);
-                }
-                Ok(())
+        let value = match (pending, answer) {
+            (Pending::None, ExitAnswer::None) => return Ok(()),
+            (Pending::Read { .. }, ExitAnswer::Read(value)) => value,
+            // A read nobody answered (the VMM is stopping this vCPU): the guest reads zero.
+            (Pending::Read { .. }, ExitAnswer::None) => 0,
+            (_, other) => {
+                return Err(HvError::Invalid {
+                    what: "exit answer (it does not fit the previous exit)",
+                    value: match other {
+                        ExitAnswer::Read(v) => v,
+                        _ => 0,
+                    },
+                });
             }
-            // A read nobody answered (e.g. the VMM stops the vCPU): the guest sees zeros.
-            (Pending::Read { .. }, ExitAnswer::None) => Ok(()),
-            (_, other) => Err(HvError::Invalid {
-                what: "exit answer (it does not fit the previous exit)",
-                value: match other {
-                    ExitAnswer::Read(v) => v,
-                    _ => 0,
-                },
-            }),
+        };
+        if let Pending::Read { offset, len } = pending {
+            let run = self.fd.get_kvm_run() as *mut kvm_bindings::kvm_run as *mut u8;
+            let bytes = value.to_le_bytes();
+            // SAFETY: `offset..offset + len` is where KVM told us (on the read exit) the data
+            // lives inside the `kvm_run` mapping, which stays mapped while `fd` lives;
+            // `len <= 8` was checked when the exit was decoded.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), run.add(offset), len);
+            }
         }
+        Ok(())
     }
 
     /// What KVM says about an internal error, with the instruction at RIP where readable.

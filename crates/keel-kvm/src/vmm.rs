@@ -300,6 +300,8 @@ pub struct Vmm {
     serial_on_stdio: bool,
     control: Arc<Control>,
     started: Instant,
+    /// Host CPU of each vCPU thread (the spec's `placement.pcpus`).
+    pcpus: Option<Vec<u32>>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -460,6 +462,7 @@ impl Vmm {
             serial_on_stdio: spec.serial == Output::Stdio,
             control,
             started,
+            pcpus: spec.placement.as_ref().and_then(|p| p.pcpus.clone()),
         })
     }
 
@@ -481,6 +484,7 @@ impl Vmm {
             serial_on_stdio,
             control,
             started,
+            pcpus,
         } = self;
         host::note_software_kvm();
         vmm_sys_util::signal::register_signal_handler(
@@ -517,9 +521,17 @@ impl Vmm {
             let control = control.clone();
             let stopping = stopping.clone();
             let id = vcpu.id();
+            let pcpu = pcpus.as_ref().and_then(|p| p.get(id as usize).copied());
             let t = std::thread::Builder::new()
                 .name(format!("keel-vcpu{id}"))
                 .spawn(move || {
+                    if let Some(cpu) = pcpu {
+                        if let Err(e) = host::pin_current_thread(cpu) {
+                            log::warn(format_args!(
+                                "vcpu {id}: cannot pin to host CPU {cpu}: {e}; running unpinned"
+                            ));
+                        }
+                    }
                     let result = run_vcpu(&mut vcpu, &handler, control.as_ref(), &stopping);
                     match result {
                         Ok(Some(event)) => control.finish(Ok(event)),

@@ -20,7 +20,7 @@
 //!
 //! Register accesses come in with the accessing vCPU (banked registers) and are checked
 //! against the widths the GIC architecture allows; other accesses read as zero and writes
-//! are ignored. See [`v2`] for the register map.
+//! are ignored. See [`v2`] and [`v3`] for the register maps.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -29,6 +29,7 @@ use super::layout::GicVersion;
 use crate::hv::VcpuId;
 
 pub mod v2;
+pub mod v3;
 
 /// Number of SGIs (INTIDs 0..16).
 pub const NUM_SGIS: u32 = 16;
@@ -135,6 +136,8 @@ struct CpuState {
     queue: VecDeque<u32>,
     /// GICv2: for each SGI, the bitmap of vCPUs that sent it and are not yet delivered.
     sgi_sources: [u8; NUM_SGIS as usize],
+    /// GICv3 `GICR_WAKER.ProcessorSleep`.
+    asleep: bool,
 }
 
 /// The software distributor of one VM.
@@ -194,6 +197,7 @@ impl Vgic {
                 lrs: alloc::vec![None; usize::from(list_registers)],
                 queue: VecDeque::new(),
                 sgi_sources: [0; NUM_SGIS as usize],
+                asleep: true,
             })
             .collect();
         // Interrupt IDs 1020..1023 are special: never SPIs.

@@ -174,10 +174,10 @@ impl Vgic {
                 max,
             });
         }
-        let spis_rounded = spis.div_ceil(32) * 32;
-        if spis_rounded + NUM_PRIVATE > MAX_IRQS + 4 {
+        if spis > MAX_IRQS - NUM_PRIVATE {
             return Err(VgicError::Spis { spis });
         }
+        let spis_rounded = spis.div_ceil(32) * 32;
         if list_registers == 0 || list_registers > MAX_LIST_REGISTERS {
             return Err(VgicError::ListRegisters(list_registers));
         }

@@ -516,4 +516,15 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn too_many_spis_are_refused_and_988_fill_the_id_space() {
+        assert_eq!(
+            Vgic::new(GicVersion::V2, 1, u32::MAX, 4).unwrap_err(),
+            VgicError::Spis { spis: u32::MAX }
+        );
+        let g = Vgic::new(GicVersion::V2, 1, 988, 4).unwrap();
+        assert_eq!(g.num_irqs(), 1020);
+        assert_eq!(g.v2_dist_read(0, 0x004, 4) & 0x1f, 31);
+    }
 }

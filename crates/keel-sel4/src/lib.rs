@@ -1,2 +1,27 @@
-//! Keel on seL4 (to come).
-#![no_std]
+//! Keel on seL4: a thin, documented layer over the seL4 system calls and the Microkit
+//! protection-domain ABI, plus the pieces of the VMM protection domain that are plain logic.
+//!
+//! - [`abi`]: the numbers (system calls, invocation labels, fault types, capability slots),
+//!   checked against a Microkit SDK's headers by `tests/sdk_constants.rs`.
+//! - [`msginfo`], [`fault`], [`microkit`], [`regs`]: message tags, fault messages, badges
+//!   and register contexts as data (host-tested).
+//! - [`syscall`] (seL4 only): `svc #0` wrappers and the TCB, vCPU and IRQ invocations.
+//! - [`payload`], [`elf`]: how `keel sel4 build` hands one VM's configuration, kernel,
+//!   initrd and disks to the generic VMM ELF.
+//! - [`uart`], [`vgic`]: the 8250 UART and the GICv2 distributor the VMM emulates.
+//! - `host` (feature `host`): the build side (system file, image) used by `keel sel4`.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod abi;
+pub mod elf;
+pub mod fault;
+pub mod microkit;
+pub mod msginfo;
+pub mod payload;
+pub mod regs;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod syscall;

@@ -132,8 +132,9 @@ pub enum VcpuExit {
         args: [u64; 4],
     },
     /// An arm64 system-register access trapped to the VMM (seL4 vCPU fault, EC 0x18).
-    /// `encoding` is op0:op1:CRn:CRm:op2 packed as in the ISS. Writes carry `value`;
-    /// reads are answered with [`ExitAnswer::Read`].
+    /// `encoding` is `op0 << 14 | op1 << 11 | CRn << 7 | CRm << 3 | op2`, the system-register
+    /// index KVM uses (see `arch::aarch64::esr::SysReg`). Writes carry the value; reads are
+    /// answered with [`ExitAnswer::Read`].
     SysReg {
         /// Packed register encoding.
         encoding: u32,

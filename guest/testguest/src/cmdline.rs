@@ -3,6 +3,7 @@
 //! Syntax (space-separated words; unknown words are ignored):
 //! - `keeltest=<test>[,<test>...]`: tests to run, in order. Tests: `blk`, `rng`,
 //!   `console`, `smp`, `irq`, `mmio-bench:<N>`, `corrupt:<loop|oob|nostatus>`, `panic`, `fault`,
+//!   `blkbench:<read|write|randread>:<size>[:<total>]`, `pause:<ms>`,
 //!   and `all` (= every device test whose device is present, plus `smp`).
 //! - `keeltest.disk-pattern=<rw|write|check>`: what `blk` does with its pattern
 //!   (default `rw`: write, flush, read back; `write`: the same, for a later
@@ -62,6 +63,28 @@ pub enum Test {
     Fault,
     /// `all`: every test whose device is present.
     All,
+    /// `blkbench:<kind>:<size>[:<total>]`: virtio-blk throughput (bench/run.sh).
+    BlkBench {
+        /// Access pattern.
+        kind: BenchKind,
+        /// Bytes per request.
+        size: u32,
+        /// Bytes in all (default: the disk's capacity).
+        total: Option<u64>,
+    },
+    /// `pause:<ms>`: busy-wait so the host can sample the VMM (bench/run.sh).
+    Pause(u32),
+}
+
+/// Access pattern of `blkbench`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchKind {
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+    /// Reads at random request-aligned offsets.
+    RandRead,
 }
 
 /// What `blk` does with its disk pattern.
@@ -186,6 +209,25 @@ fn parse_test(name: &str) -> Option<Test> {
             let (kind, arg) = name.split_once(':')?;
             match kind {
                 "mmio-bench" => Test::MmioBench(u32::try_from(parse_number(arg)?).ok()?),
+                "pause" => Test::Pause(u32::try_from(parse_number(arg)?).ok()?),
+                "blkbench" => {
+                    let mut parts = arg.split(':');
+                    let kind = match parts.next()? {
+                        "read" => BenchKind::Read,
+                        "write" => BenchKind::Write,
+                        "randread" => BenchKind::RandRead,
+                        _ => return None,
+                    };
+                    let size = u32::try_from(parse_size(parts.next()?)?).ok()?;
+                    let total = match parts.next() {
+                        Some(t) => Some(parse_size(t)?),
+                        None => None,
+                    };
+                    if parts.next().is_some() {
+                        return None;
+                    }
+                    Test::BlkBench { kind, size, total }
+                }
                 "corrupt" => Test::Corrupt(match arg {
                     "loop" => Corruption::Loop,
                     "oob" => Corruption::OutOfRange,

@@ -10,6 +10,7 @@
 
 mod apic;
 mod blk;
+mod blkbench;
 mod boot;
 mod cmdline;
 mod console;
@@ -55,6 +56,8 @@ impl fmt::Display for Test {
             Test::Corrupt(cmdline::Corruption::Loop) => f.write_str("corrupt:loop"),
             Test::Corrupt(cmdline::Corruption::OutOfRange) => f.write_str("corrupt:oob"),
             Test::Corrupt(cmdline::Corruption::NoStatus) => f.write_str("corrupt:nostatus"),
+            Test::BlkBench { kind, size, .. } => write!(f, "blkbench:{kind:?}:{size}"),
+            Test::Pause(ms) => write!(f, "pause:{ms}"),
         }
     }
 }
@@ -100,6 +103,15 @@ impl Machine<'_> {
             Test::Irq => blk::run_irq(self.require(virtio::id::BLK, test)?),
             Test::MmioBench(n) => self.mmio_bench(n),
             Test::Corrupt(kind) => blk::run_corrupt(self.require(virtio::id::BLK, test)?, kind),
+            Test::BlkBench { kind, size, total } => blkbench::run(
+                self.require(virtio::id::BLK, test)?,
+                self.start_info,
+                self.tsc_hz,
+                kind,
+                size,
+                total,
+            ),
+            Test::Pause(ms) => blkbench::pause(ms),
             Test::Panic => panic!("keeltest=panic asked for a panic"),
             Test::Fault => {
                 // SAFETY: deliberately reads a non-canonical address: the CPU

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Keel vs QEMU benchmark: see bench/README.md.
+#   bash bench/run.sh                 full run (~10 min on 2 cores), writes bench/RESULTS.md and PNGs
+#   BENCH_QUICK=1 bash bench/run.sh   smoke check (< 2 min), writes bench/out-quick/
+# Builds keel and the test guest when they are missing; installs matplotlib when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+keel=${KEEL:-${CARGO_TARGET_DIR:-target}/release/keel}
+if [ ! -x "$keel" ]; then
+    echo "bench: building keel ($keel)" >&2
+    cargo build --release -p keel -q
+fi
+elf=${KEELTEST_ELF:-guest/testguest/target/x86_64-unknown-none/release/keel-testguest}
+if [ ! -f "$elf" ]; then
+    echo "bench: building the test guest" >&2
+    (cd guest/testguest && cargo build --release --target x86_64-unknown-none -q)
+fi
+if ! command -v qemu-system-x86_64 >/dev/null && [ -z "${QEMU:-}" ]; then
+    echo "bench: installing qemu-system-x86" >&2
+    apt-get install -y -q qemu-system-x86 >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import matplotlib' 2>/dev/null; then
+    echo "bench: installing matplotlib (for the plots)" >&2
+    "$python" -m pip install -q matplotlib 2>/dev/null \
+        || "$python" -m pip install -q --break-system-packages matplotlib 2>/dev/null \
+        || { apt-get install -y -q python3-matplotlib >/dev/null 2>&1 && python=/usr/bin/python3; } \
+        || echo "bench: matplotlib could not be installed: no plots" >&2
+fi
+exec "$python" bench/bench.py "$@"

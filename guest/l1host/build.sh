@@ -387,7 +387,8 @@ main() {
     printf 'root:x:0:\n' >"$staging/etc/group"
 
     mkdir -p "$work/out"
-    # zstd: the smallest archive that the L1 kernel (TCG-emulated) also unpacks fastest.
+    # zstd -19: the smallest archive (25 MB against ~91 MB); run.sh decompresses it before
+    # booting, because the TCG-emulated L1 kernel unpacks a plain cpio ~0.8 s faster.
     python3 "$linux_dir/mkcpio.py" "$staging" c:dev/console:600:5:1 c:dev/null:666:1:3 |
         zstd -q -19 -T0 >"$work/out/initrd.cpio.zst"
     cp "$l2/vmlinuz" "$work/out/vmlinuz"

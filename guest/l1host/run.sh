@@ -52,6 +52,7 @@ esac
 [[ -f $script ]] || die "script '$script' is not a file"
 qemu=${QEMU_SYSTEM:-qemu-system-aarch64}
 command -v "$qemu" >/dev/null 2>&1 || die "$qemu not found (apt-get install -y qemu-system-arm)"
+command -v zstd >/dev/null 2>&1 || die "zstd not found (apt-get install -y zstd)"
 
 cmd_b64=$(base64 -w0 <"$script")
 # quiet + loglevel=1: every console byte is an exit to the TCG-emulated UART.
@@ -59,6 +60,12 @@ cmdline="console=ttyAMA0 quiet loglevel=1 ${append:+$append }keel.cmd=$cmd_b64"
 # arm64 COMMAND_LINE_SIZE is 2048 bytes, QEMU's virt machine adds nothing to it.
 ((${#cmdline} < 2048)) ||
     die "script '$script' is too long for the kernel command line (${#cmdline} of 2047 bytes)"
+
+# The kernel unpacks an uncompressed initramfs ~0.8 s faster than the zstd one (it runs
+# TCG-emulated); zstd -d here takes ~0.15 s. The cache keeps only the small .zst.
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/l1host-run.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+zstd -q -d -c "$l1/initrd.cpio.zst" >"$tmp/initrd.cpio" || die "cannot decompress $l1/initrd.cpio.zst"
 
 if [[ -z $log ]]; then
     log=$(mktemp "${TMPDIR:-/tmp}/l1host-run.XXXXXX.log")
@@ -90,7 +97,7 @@ done < <(
     timeout --kill-after=5 "$timeout_s" "$qemu" \
         -M virt,virtualization=on,gic-version=3 -cpu "$cpu_arg" -m 2G -smp "$smp" \
         -nographic -nic none -no-reboot \
-        -kernel "$l1/vmlinuz" -initrd "$l1/initrd.cpio.zst" -append "$cmdline" </dev/null 2>&1
+        -kernel "$l1/vmlinuz" -initrd "$tmp/initrd.cpio" -append "$cmdline" </dev/null 2>&1
     echo "L1HOST-QEMU-STATUS $?"
 )
 end=$EPOCHREALTIME

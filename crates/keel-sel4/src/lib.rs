@@ -19,9 +19,38 @@ extern crate alloc;
 pub mod abi;
 pub mod elf;
 pub mod fault;
+#[cfg(feature = "host")]
+pub mod host;
 pub mod microkit;
 pub mod msginfo;
 pub mod payload;
 pub mod regs;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod syscall;
+pub mod uart;
+pub mod vgic;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod vmm;
+
+/// Define the VMM protection domain's entry point (`_start`) and panic handler in the
+/// binary crate: `keel_sel4::vmm_entry!();`.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[macro_export]
+macro_rules! vmm_entry {
+    () => {
+        // The Microkit tool starts the PD at `_start` with SP at the top of its stack.
+        core::arch::global_asm!(
+            ".section .text.start, \"ax\"",
+            ".global _start",
+            "_start:",
+            "    bl {main}",
+            "1:  b 1b",
+            main = sym $crate::vmm::main,
+        );
+
+        #[panic_handler]
+        fn panic(info: &core::panic::PanicInfo) -> ! {
+            $crate::vmm::panic(info)
+        }
+    };
+}

@@ -20,6 +20,7 @@ extern crate alloc;
 mod error;
 mod kernel;
 mod layout;
+pub mod microkit;
 mod model;
 mod size;
 mod validate;

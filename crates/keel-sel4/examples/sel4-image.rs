@@ -1,0 +1,32 @@
+//! Build a bootable seL4 image from a system description without the `keel` CLI:
+//! `cargo run -p keel-sel4 --features host --example sel4-image -- <system.toml> <out-dir> <vmm-elf>`
+//! (`MICROKIT_SDK` names the SDK). `keel sel4 build` does the same with more checks.
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, toml, out, elf] = &args[..] else {
+        eprintln!("usage: sel4-image <system.toml> <out-dir> <vmm-elf>");
+        std::process::exit(2);
+    };
+    let sdk = std::env::var_os("MICROKIT_SDK").expect("MICROKIT_SDK");
+    let system = match keel_spec::load(std::path::Path::new(toml)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sel4-image: error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let opts = keel_sel4::host::BuildOptions {
+        sdk: sdk.into(),
+        board: keel_sel4::abi::board::NAME.into(),
+        out: out.into(),
+        vmm_elf: elf.into(),
+    };
+    match keel_sel4::host::build(&system, &opts) {
+        Ok(o) => println!("{}", o.image.display()),
+        Err(e) => {
+            eprintln!("sel4-image: error: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The build side of the seL4 backend (feature `host`): from a system description to a
+//! bootable Microkit image.
+//!
+//! For each VM: read its kernel, initrd and disks, serialize its configuration, append the
+//! payload to the prebuilt VMM ELF ([`crate::elf`], [`crate::payload`]); write the Microkit
+//! system file (`keel_spec::microkit`); run the SDK's `microkit` tool.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use keel_spec::microkit::{MicrokitLayout, system_file, vmm_elf_name};
+use keel_spec::{System, VmSpec, ram_layout};
+
+use crate::abi::board;
+use crate::payload::{self, DiskConfig, GUEST_RAM_VADDR, PAYLOAD_VADDR, VmConfig};
+
+/// What went wrong while building the image.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// `MICROKIT_SDK` unset and no `--sdk`.
+    #[error("no Microkit SDK: set MICROKIT_SDK to the SDK directory (see docs/sel4.md)")]
+    NoSdk,
+    /// The SDK directory is not a Microkit SDK.
+    #[error("{path}: not a Microkit SDK ({what} is missing)")]
+    NotAnSdk {
+        /// SDK path.
+        path: PathBuf,
+        /// The missing piece.
+        what: String,
+    },
+    /// The SDK lacks the board or config.
+    #[error("the Microkit SDK at {path} has no {board} {config} build (it has: {have})")]
+    WrongBoard {
+        /// SDK path.
+        path: PathBuf,
+        /// Board wanted.
+        board: String,
+        /// Config wanted.
+        config: String,
+        /// What the SDK has.
+        have: String,
+    },
+    /// The kernel was configured differently from what Keel needs.
+    #[error("the Microkit SDK at {path}: kernel {what}")]
+    KernelConfig {
+        /// SDK path.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A board Keel does not support.
+    #[error("board {0:?} is not supported (supported: {sup})", sup = board::NAME)]
+    Board(String),
+    /// The system has no seL4 form.
+    #[error(transparent)]
+    Microkit(#[from] keel_spec::microkit::MicrokitError),
+    /// Too many vCPUs for the emulated GICv2.
+    #[error("VM {vm}: {vcpus} vCPUs; the seL4 backend's GICv2 serves at most 8")]
+    TooManyVcpus {
+        /// VM.
+        vm: String,
+        /// vCPUs asked for.
+        vcpus: u32,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The VMM ELF cannot take the payload.
+    #[error("{path}: {source}")]
+    Elf {
+        /// The ELF.
+        path: PathBuf,
+        /// The error.
+        source: crate::elf::ElfError,
+    },
+    /// A tool failed.
+    #[error("{tool} failed ({status}); see {log}")]
+    Tool {
+        /// The tool.
+        tool: String,
+        /// Its exit status.
+        status: String,
+        /// Where its output is.
+        log: PathBuf,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A checked Microkit SDK.
+#[derive(Debug, Clone)]
+pub struct Sdk {
+    /// The SDK root.
+    pub root: PathBuf,
+    /// Cores the board's kernel runs on (`CONFIG_MAX_NUM_NODES`).
+    pub cores: u32,
+}
+
+impl Sdk {
+    /// Check that `root` is a Microkit SDK with `board`'s debug config and a kernel Keel can
+    /// drive (MCS, hypervisor, printing).
+    pub fn open(root: &Path, board_name: &str) -> Result<Sdk, BuildError> {
+        if board_name != board::NAME {
+            return Err(BuildError::Board(board_name.into()));
+        }
+        let tool = root.join("bin/microkit");
+        if !tool.is_file() {
+            return Err(BuildError::NotAnSdk {
+                path: root.into(),
+                what: "bin/microkit".into(),
+            });
+        }
+        let cfg_dir = root.join("board").join(board_name).join(board::CONFIG);
+        if !cfg_dir.is_dir() {
+            let mut have: Vec<String> = Vec::new();
+            if let Ok(boards) = std::fs::read_dir(root.join("board")) {
+                for b in boards.flatten() {
+                    if let Ok(cfgs) = std::fs::read_dir(b.path()) {
+                        for c in cfgs.flatten() {
+                            have.push(format!(
+                                "{}/{}",
+                                b.file_name().to_string_lossy(),
+                                c.file_name().to_string_lossy()
+                            ));
+                        }
+                    }
+                }
+            }
+            have.sort();
+            return Err(BuildError::WrongBoard {
+                path: root.into(),
+                board: board_name.into(),
+                config: board::CONFIG.into(),
+                have: if have.is_empty() {
+                    "nothing".into()
+                } else {
+                    have.join(", ")
+                },
+            });
+        }
+        let gen_config = cfg_dir.join("include/kernel/gen_config.h");
+        let text = std::fs::read_to_string(&gen_config).map_err(io(&gen_config))?;
+        let defined = |name: &str| {
+            text.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(name) && l.starts_with("#define"))
+        };
+        for (opt, why) in [
+            ("CONFIG_KERNEL_MCS", "is not an MCS kernel"),
+            ("CONFIG_ARM_HYPERVISOR_SUPPORT", "has no hypervisor support"),
+            (
+                "CONFIG_PRINTING",
+                "has no debug printing (Keel needs the debug config)",
+            ),
+        ] {
+            if !defined(opt) {
+                return Err(BuildError::KernelConfig {
+                    path: root.into(),
+                    what: why.into(),
+                });
+            }
+        }
+        if defined("CONFIG_ARM_GIC_V3_SUPPORT") {
+            return Err(BuildError::KernelConfig {
+                path: root.into(),
+                what: "uses GICv3; Keel's seL4 backend emulates a GICv2 distributor".into(),
+            });
+        }
+        let cores = text
+            .lines()
+            .find_map(|l| l.strip_prefix("#define CONFIG_MAX_NUM_NODES"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1);
+        Ok(Sdk {
+            root: root.into(),
+            cores,
+        })
+    }
+
+    /// The board layout the system file uses.
+    pub fn layout(&self) -> MicrokitLayout {
+        MicrokitLayout {
+            vmm_ram_vaddr: GUEST_RAM_VADDR,
+            gic_vcpu_paddr: board::GICV_PADDR,
+            gic_vcpu_size: 0x2000,
+            gic_cpu_gpa: keel_core::arch::aarch64::layout::GICV2_CPU_BASE,
+            cores: self.cores,
+        }
+    }
+}
+
+/// What `keel sel4 build` does.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The SDK.
+    pub sdk: PathBuf,
+    /// Board name.
+    pub board: String,
+    /// Output directory.
+    pub out: PathBuf,
+    /// The prebuilt generic VMM ELF.
+    pub vmm_elf: PathBuf,
+}
+
+/// What `keel sel4 build` produced.
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    /// The bootable loader image.
+    pub image: PathBuf,
+    /// The generated system file.
+    pub system_file: PathBuf,
+    /// The Microkit tool's report.
+    pub report: PathBuf,
+    /// vCPUs of the largest VM (QEMU `-smp` needs at least the kernel's cores).
+    pub cores: u32,
+}
+
+/// The guest command line Keel gives an arm64 guest on seL4: the 8250 console first, then
+/// what the description says.
+pub fn guest_cmdline(vm: &VmSpec) -> String {
+    let base = "console=ttyS0 earlycon=uart8250,mmio,0x9000000";
+    let user: Vec<&str> = vm
+        .cmdline
+        .split_whitespace()
+        .filter(|a| !a.starts_with("console="))
+        .collect();
+    if user.is_empty() {
+        base.into()
+    } else {
+        format!("{base} {}", user.join(" "))
+    }
+}
+
+/// The payload of one VM.
+pub fn vm_payload(vm: &VmSpec) -> Result<Vec<u8>, BuildError> {
+    let (ram_gpa, ram_size) = ram_layout(vm)[0];
+    if vm.vcpus > 8 {
+        return Err(BuildError::TooManyVcpus {
+            vm: vm.name.clone(),
+            vcpus: vm.vcpus,
+        });
+    }
+    let read = |p: &Path| std::fs::read(p).map_err(io(p));
+    let kernel = read(vm.kernel.as_path())?;
+    let initrd = vm.initrd.as_ref().map(|p| read(p.as_path())).transpose()?;
+    let mut disks = Vec::new();
+    let mut disk_cfg = Vec::new();
+    for (i, d) in vm.disks.iter().enumerate() {
+        disks.push(read(d.path.as_path())?);
+        disk_cfg.push(DiskConfig {
+            id: d.id.clone().unwrap_or_else(|| format!("disk{i}")),
+            read_only: d.read_only,
+        });
+    }
+    let config = VmConfig {
+        name: vm.name.clone(),
+        vcpus: vm.vcpus,
+        ram_gpa,
+        ram_size,
+        ram_vaddr: GUEST_RAM_VADDR,
+        cmdline: guest_cmdline(vm),
+        disks: disk_cfg,
+        rng: vm.rng,
+        virtio_console: !vm.consoles.is_empty(),
+    };
+    let disk_refs: Vec<&[u8]> = disks.iter().map(Vec::as_slice).collect();
+    Ok(payload::build(
+        &config,
+        &kernel,
+        initrd.as_deref(),
+        &disk_refs,
+    ))
+}
+
+/// Build the image for `system`.
+pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
+    let sdk = Sdk::open(&opts.sdk, &opts.board)?;
+    let xml = system_file(system, &sdk.layout())?;
+    std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
+    let elf = std::fs::read(&opts.vmm_elf).map_err(io(&opts.vmm_elf))?;
+    for vm in system.vms() {
+        let p = vm_payload(vm)?;
+        let out = crate::elf::append_segment(
+            &elf,
+            PAYLOAD_VADDR,
+            &p,
+            crate::elf::flags::R | crate::elf::flags::W,
+        )
+        .map_err(|source| BuildError::Elf {
+            path: opts.vmm_elf.clone(),
+            source,
+        })?;
+        let path = opts.out.join(vmm_elf_name(vm));
+        std::fs::write(&path, out).map_err(io(&path))?;
+    }
+    let system_path = opts.out.join(format!("{}.system", system.name()));
+    std::fs::write(&system_path, xml).map_err(io(&system_path))?;
+    let image = opts.out.join("loader.img");
+    let report = opts.out.join("report.txt");
+    let log = opts.out.join("microkit.log");
+    let logf = std::fs::File::create(&log).map_err(io(&log))?;
+    let status = Command::new(sdk.root.join("bin/microkit"))
+        .arg(&system_path)
+        .arg("--search-path")
+        .arg(&opts.out)
+        .args(["--board", &opts.board, "--config", board::CONFIG, "-o"])
+        .arg(&image)
+        .arg("-r")
+        .arg(&report)
+        .stdout(logf.try_clone().map_err(io(&log))?)
+        .stderr(logf)
+        .status()
+        .map_err(io(&sdk.root.join("bin/microkit")))?;
+    if !status.success() {
+        return Err(BuildError::Tool {
+            tool: "microkit".into(),
+            status: status.to_string(),
+            log,
+        });
+    }
+    let cores = system
+        .vms()
+        .iter()
+        .map(|v| v.vcpus)
+        .max()
+        .unwrap_or(1)
+        .max(sdk.cores);
+    Ok(BuildOutput {
+        image,
+        system_file: system_path,
+        report,
+        cores,
+    })
+}
+
+/// The QEMU command that boots `image` (board `qemu_virt_aarch64`).
+pub fn qemu_command(image: &Path, smp: u32) -> Command {
+    let mut c = Command::new("qemu-system-aarch64");
+    c.args([
+        "-machine",
+        "virt,virtualization=on",
+        "-cpu",
+        "cortex-a53",
+        "-smp",
+    ])
+    .arg(smp.max(1).to_string())
+    .args(["-m", "2G", "-nographic", "-serial", "mon:stdio", "-device"])
+    .arg(format!(
+        "loader,file={},addr={:#x},cpu-num=0",
+        image.display(),
+        board::LOADER_LINK_ADDRESS
+    ));
+    c
+}

@@ -1,0 +1,626 @@
+//! The VMM protection domain (seL4 only): boots one VM from the payload and answers its
+//! vCPUs' faults.
+//!
+//! Start-up: find the payload ([`crate::payload`]), build the platform (RAM, GICv2, 8250,
+//! virtio-mmio devices), generate the device tree, copy kernel, initrd and tree into guest
+//! RAM (which the Microkit tool mapped into this PD at the payload's `ram_vaddr`), set vCPU
+//! 0's registers and start it. Then a Microkit-style event loop: every fault of a vCPU is
+//! decoded (keel-core's `fault` module for the syndrome), answered, and the vCPU resumed
+//! with its registers written back.
+
+mod heap;
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use keel_core::arch::aarch64::fault::{self as kfault, Arm64Exit, GuestRegs, VmFault};
+use keel_core::arch::aarch64::fdt::generate_fdt;
+use keel_core::arch::aarch64::image::{BootLayout, ImageHeader};
+use keel_core::arch::aarch64::layout::{
+    self, Arm64Platform, GIC_DIST_BASE, GIC_DIST_SIZE, GicVersion, UART_BASE, UART_SIZE, UART_SPI,
+};
+use keel_core::arch::aarch64::psci::{Psci, PsciHost, PsciOutcome, StartError, Started};
+use keel_core::bus::Bus;
+use keel_core::hv::{BootEntry, ExitAnswer, SystemEvent, VcpuExit};
+use keel_core::irq::IrqLine;
+use keel_core::memory::{GuestAddress, GuestMemory, GuestRam, RawRegion};
+use keel_virtio::{
+    Block, Console, ConsoleOutput, EntropyError, EntropySource, MemoryBackend, MmioTransport, Rng,
+};
+
+use crate::abi::{USER_CONTEXT_WORDS, microkit as mk, vcpu_reg};
+use crate::fault::Fault;
+use crate::microkit::{Event, vcpu_cap, vm_tcb_cap};
+use crate::msginfo::MessageInfo;
+use crate::payload::{self, PAYLOAD_VADDR};
+use crate::regs::{self, UserContext};
+use crate::syscall::{self as sys, debug_puts};
+use crate::uart::Uart8250;
+use crate::vgic::{Vgic, VgicHost};
+
+#[global_allocator]
+static HEAP: heap::Heap = heap::Heap::new();
+
+// Symbols the Microkit tool patches (libmicrokit's names and types).
+#[unsafe(no_mangle)]
+#[used]
+static mut microkit_name: [u8; mk::PD_NAME_LENGTH] = [0; mk::PD_NAME_LENGTH];
+#[unsafe(no_mangle)]
+#[used]
+static mut microkit_passive: u8 = 0;
+#[unsafe(no_mangle)]
+#[used]
+static mut microkit_irqs: u64 = 0;
+#[unsafe(no_mangle)]
+#[used]
+static mut microkit_notifications: u64 = 0;
+#[unsafe(no_mangle)]
+#[used]
+static mut microkit_pps: u64 = 0;
+#[unsafe(no_mangle)]
+#[used]
+static mut microkit_ioports: u64 = 0;
+
+/// The PD's name as the Microkit tool wrote it.
+fn pd_name() -> String {
+    // SAFETY: written once by the Microkit tool before the PD started; only read here.
+    let bytes = unsafe { (&raw const microkit_name).read_volatile() };
+    let n = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..n]).into()
+}
+
+/// Formatted output on the seL4 debug console.
+#[derive(Debug)]
+pub struct DebugOut;
+
+impl Write for DebugOut {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        debug_puts(s);
+        Ok(())
+    }
+}
+
+macro_rules! log {
+    ($($t:tt)*) => {{
+        let _ = writeln!(DebugOut, $($t)*);
+    }};
+}
+
+/// SPI levels driven by the virtio devices, read by the event loop after each exit.
+static SPI_LEVELS: AtomicU64 = AtomicU64::new(0);
+
+struct SpiLine(u32);
+
+impl IrqLine for SpiLine {
+    fn set_level(&self, high: bool) {
+        let bit = 1u64 << (self.0 & 63);
+        if high {
+            SPI_LEVELS.fetch_or(bit, Ordering::SeqCst);
+        } else {
+            SPI_LEVELS.fetch_and(!bit, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The guest's console output: the seL4 debug console (one kernel call per byte).
+struct DebugConsole;
+
+impl ConsoleOutput for DebugConsole {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            sys::debug_put_char(b);
+        }
+    }
+}
+
+/// Entropy for virtio-rng: a SplitMix64 stream seeded at build time and stirred with the
+/// virtual counter on every request. NOT cryptographically strong (see docs/sel4.md).
+struct CounterEntropy(u64);
+
+fn counter() -> u64 {
+    let v: u64;
+    // SAFETY: reading CNTVCT_EL0 has no side effects; EL0 access is enabled by seL4.
+    unsafe { core::arch::asm!("mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+impl EntropySource for CounterEntropy {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError> {
+        self.0 ^= counter().rotate_left(29);
+        for chunk in buf.chunks_mut(8) {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+struct Sel4Gic;
+
+impl VgicHost for Sel4Gic {
+    fn inject(&mut self, vcpu: u32, irq: u32, lr: usize) {
+        if let Err(e) = sys::vcpu_inject_irq(vcpu_cap(vcpu), irq as u16, 0, 0, lr as u8) {
+            log!("keel-sel4: vcpu {vcpu}: inject irq {irq} into LR {lr}: {e}");
+        }
+    }
+    fn ack_vppi(&mut self, vcpu: u32, irq: u32) {
+        if let Err(e) = sys::vcpu_ack_vppi(vcpu_cap(vcpu), u64::from(irq)) {
+            log!("keel-sel4: vcpu {vcpu}: ack vppi {irq}: {e}");
+        }
+    }
+}
+
+const SPSR_EL1H_MASKED: u64 = 0x3c5;
+
+/// Start vCPU `vcpu` at `pc` with `x0`, EL1h, interrupts masked, MMU off.
+fn start_vcpu(vcpu: u32, pc: u64, x0: u64) -> Result<(), sys::Sel4Error> {
+    let mut ctx = UserContext::default();
+    ctx.0[regs::PC] = pc;
+    ctx.0[regs::SPSR] = SPSR_EL1H_MASKED;
+    ctx.0[regs::X0] = x0;
+    sys::tcb_write_registers(vm_tcb_cap(vcpu), true, regs::X0 + 1, &ctx)
+}
+
+struct PsciSel4<'a> {
+    ram: &'a GuestRam,
+    vcpus: u32,
+    stopped: Option<SystemEvent>,
+}
+
+impl PsciHost for PsciSel4<'_> {
+    fn start_vcpu(
+        &mut self,
+        target: u32,
+        entry: u64,
+        context_id: u64,
+    ) -> Result<Started, StartError> {
+        if target >= self.vcpus {
+            return Err(StartError::Internal);
+        }
+        if !self.ram.contains(GuestAddress(entry), 4) {
+            return Err(StartError::InvalidAddress(entry));
+        }
+        start_vcpu(target, entry, context_id).map_err(|e| {
+            log!("keel-sel4: CPU_ON vcpu {target}: {e}");
+            StartError::Internal
+        })?;
+        Ok(Started::Now)
+    }
+    fn stop_vcpu(&mut self, vcpu: u32) {
+        let _ = sys::tcb_suspend(vm_tcb_cap(vcpu));
+    }
+    fn system_off(&mut self) {
+        self.stopped = Some(SystemEvent::Shutdown);
+    }
+    fn system_reset(&mut self) {
+        self.stopped = Some(SystemEvent::Reset);
+    }
+}
+
+struct Vmm {
+    name: String,
+    vcpus: u32,
+    ram: GuestRam,
+    bus: Bus,
+    vgic: Vgic,
+    uart: Uart8250,
+    psci: Psci,
+    spi_levels: u64,
+    stopped: bool,
+    exits: u64,
+}
+
+/// What to do with the faulting vCPU after handling.
+enum Resume {
+    /// Reply: the vCPU continues.
+    Yes,
+    /// Leave it blocked (off, or the VM stopped).
+    No,
+}
+
+impl Vmm {
+    fn mmio_read(&mut self, vcpu: u32, gpa: u64, len: u8) -> u64 {
+        if (GIC_DIST_BASE..GIC_DIST_BASE + GIC_DIST_SIZE).contains(&gpa) {
+            let off = gpa - GIC_DIST_BASE;
+            let word = self.vgic.read(vcpu, off & !3);
+            return u64::from(word >> (8 * (off & 3)));
+        }
+        if (UART_BASE..UART_BASE + UART_SIZE).contains(&gpa) {
+            return u64::from(self.uart.read(gpa - UART_BASE));
+        }
+        let mut buf = [0u8; 8];
+        let n = usize::from(len.min(8));
+        match self.bus.read(gpa, &mut buf[..n]) {
+            Ok(()) => u64::from_le_bytes(buf),
+            Err(e) => {
+                log!(
+                    "keel-sel4: vm {}: vcpu {vcpu}: read of {len} bytes at {gpa:#x}: {e} (reads as zero)",
+                    self.name
+                );
+                0
+            }
+        }
+    }
+
+    fn mmio_write(&mut self, vcpu: u32, gpa: u64, len: u8, data: u64) {
+        if (GIC_DIST_BASE..GIC_DIST_BASE + GIC_DIST_SIZE).contains(&gpa) {
+            self.vgic
+                .write(vcpu, gpa - GIC_DIST_BASE, len, data as u32, &mut Sel4Gic);
+            return;
+        }
+        if (UART_BASE..UART_BASE + UART_SIZE).contains(&gpa) {
+            self.uart
+                .write(gpa - UART_BASE, data as u8, &mut |b| sys::debug_put_char(b));
+            return;
+        }
+        let n = usize::from(len.min(8));
+        if let Err(e) = self.bus.write(gpa, &data.to_le_bytes()[..n]) {
+            log!(
+                "keel-sel4: vm {}: vcpu {vcpu}: write of {len} bytes at {gpa:#x}: {e} (ignored)",
+                self.name
+            );
+        }
+    }
+
+    /// Deliver interrupt-line changes made by devices during the last exit.
+    fn sync_lines(&mut self) {
+        let mut levels = SPI_LEVELS.load(Ordering::SeqCst);
+        if self.uart.irq_pending() {
+            levels |= 1 << UART_SPI;
+        } else {
+            levels &= !(1 << UART_SPI);
+        }
+        let changed = levels ^ self.spi_levels;
+        if changed == 0 {
+            return;
+        }
+        self.spi_levels = levels;
+        for spi in crate::microkit::channels(changed) {
+            self.vgic
+                .set_spi_level(spi, levels & (1 << spi) != 0, &mut Sel4Gic);
+        }
+    }
+
+    fn stop_vm(&mut self, why: &str) {
+        log!("keel-sel4: vm {}: stopped: {why}", self.name);
+        for v in 0..self.vcpus {
+            let _ = sys::tcb_suspend(vm_tcb_cap(v));
+        }
+        self.stopped = true;
+    }
+
+    fn handle(&mut self, vcpu: u32, fault: Fault) -> Resume {
+        self.exits += 1;
+        let tcb = vm_tcb_cap(vcpu);
+        match fault {
+            Fault::VgicMaintenance { idx } => {
+                self.vgic.maintenance(vcpu, idx, &mut Sel4Gic);
+                return Resume::Yes;
+            }
+            Fault::VppiEvent { irq } => {
+                self.vgic.inject(vcpu, irq as u32, &mut Sel4Gic);
+                return Resume::Yes;
+            }
+            Fault::Other { label } => {
+                self.stop_vm(&alloc::format!(
+                    "vcpu {vcpu}: unhandled seL4 fault type {label}"
+                ));
+                return Resume::No;
+            }
+            _ => {}
+        }
+        // Read the registers only now: TCB_ReadRegisters overwrites the fault message,
+        // which `fault` already holds.
+        let mut ctx = match sys::tcb_read_registers(tcb, USER_CONTEXT_WORDS) {
+            Ok(c) => c,
+            Err(e) => {
+                self.stop_vm(&alloc::format!("vcpu {vcpu}: {e}"));
+                return Resume::No;
+            }
+        };
+        let mut gregs: GuestRegs = ctx.guest_regs();
+        let decoded: Result<Arm64Exit, _> = match fault {
+            Fault::VmFault {
+                ip,
+                addr,
+                prefetch,
+                fsr,
+            } => kfault::vm_fault_exit(
+                &VmFault {
+                    ip,
+                    addr,
+                    prefetch,
+                    fsr,
+                },
+                &gregs,
+            ),
+            Fault::VcpuFault { hsr } => kfault::vcpu_fault_exit(hsr, &gregs),
+            Fault::UnknownSyscall { .. } => Ok(kfault::hvc_syscall_exit(&gregs)),
+            _ => unreachable_resume(),
+        };
+        let exit = match decoded {
+            Ok(e) => e,
+            Err(e) => {
+                self.stop_vm(&alloc::format!(
+                    "vcpu {vcpu} at pc {:#x}: cannot decode the fault: {e}",
+                    gregs.pc
+                ));
+                return Resume::No;
+            }
+        };
+        let answer = match exit.exit {
+            VcpuExit::MmioRead { gpa, len } => ExitAnswer::Read(self.mmio_read(vcpu, gpa, len)),
+            VcpuExit::MmioWrite { gpa, len, data } => {
+                self.mmio_write(vcpu, gpa, len, data);
+                ExitAnswer::None
+            }
+            VcpuExit::Halt => ExitAnswer::None,
+            VcpuExit::SysReg { write: Some(_), .. } => ExitAnswer::None,
+            VcpuExit::SysReg { write: None, .. } => ExitAnswer::Read(0),
+            VcpuExit::Hypercall { args, .. } => {
+                let mut host = PsciSel4 {
+                    ram: &self.ram,
+                    vcpus: self.vcpus,
+                    stopped: None,
+                };
+                match self.psci.handle(args, vcpu, &mut host) {
+                    PsciOutcome::Return(x) | PsciOutcome::Suspend(x) => ExitAnswer::Hypercall(x),
+                    PsciOutcome::Off => return Resume::No,
+                    PsciOutcome::System(ev) => {
+                        let what = match ev {
+                            SystemEvent::Shutdown => "guest powered off (PSCI SYSTEM_OFF)",
+                            SystemEvent::Reset => {
+                                "guest requested reboot (PSCI SYSTEM_RESET); reboot is not supported"
+                            }
+                            _ => "guest stopped",
+                        };
+                        log!("KEEL-SEL4-VM-STOPPED {} {}", self.name, self.exits);
+                        self.stop_vm(what);
+                        return Resume::No;
+                    }
+                }
+            }
+            other => {
+                self.stop_vm(&alloc::format!("vcpu {vcpu}: unexpected exit {other:?}"));
+                return Resume::No;
+            }
+        };
+        if let Err(e) = exit.completion.apply(answer, &mut gregs) {
+            self.stop_vm(&alloc::format!("vcpu {vcpu}: {e}"));
+            return Resume::No;
+        }
+        let words = match exit.completion {
+            kfault::Completion::MmioRead { access, .. } => UserContext::words_to_cover(access.reg),
+            kfault::Completion::SysRegRead { rt, .. } => UserContext::words_to_cover(rt),
+            kfault::Completion::Hypercall { .. } => UserContext::words_to_cover(3),
+            kfault::Completion::Skip { .. } => 1,
+        };
+        ctx.set_guest_regs(&gregs);
+        if let Err(e) = sys::tcb_write_registers(tcb, false, words, &ctx) {
+            self.stop_vm(&alloc::format!("vcpu {vcpu}: {e}"));
+            return Resume::No;
+        }
+        Resume::Yes
+    }
+}
+
+fn unreachable_resume() -> Result<Arm64Exit, keel_core::arch::aarch64::esr::EsrError> {
+    Err(keel_core::arch::aarch64::esr::EsrError::UnhandledClass { ec: 0xff, esr: 0 })
+}
+
+fn boot() -> Result<Vmm, String> {
+    // SAFETY: the payload segment is mapped (read-write) at PAYLOAD_VADDR by the Microkit
+    // tool from this ELF; its first 32 bytes are the header.
+    let header = unsafe { core::slice::from_raw_parts(PAYLOAD_VADDR as *const u8, 32) };
+    let total = payload::total_len(header)
+        .map_err(|e| alloc::format!("payload at {PAYLOAD_VADDR:#x}: {e}"))?;
+    // SAFETY: `total` bytes from PAYLOAD_VADDR are the payload segment (written by
+    // `keel sel4 build`, which sized the segment to exactly this length). Disk blobs are
+    // later borrowed mutably, disjointly from everything read through this slice.
+    let bytes = unsafe { core::slice::from_raw_parts(PAYLOAD_VADDR as *const u8, total) };
+    let lay = payload::parse(bytes).map_err(|e| alloc::format!("payload: {e}"))?;
+    let cfg = lay.config.clone();
+    let kernel = &bytes[lay.kernel.0..lay.kernel.0 + lay.kernel.1];
+    let initrd = lay.initrd.map(|(o, l)| &bytes[o..o + l]);
+
+    // SAFETY: the Microkit tool maps the VM's RAM region into this PD at `ram_vaddr`
+    // (the system file `keel sel4 build` wrote says so) for the PD's whole life.
+    let ram = unsafe {
+        GuestRam::from_raw(
+            &[RawRegion {
+                gpa: cfg.ram_gpa,
+                len: cfg.ram_size,
+                host: cfg.ram_vaddr as *mut u8,
+            }],
+            Arc::new(()),
+        )
+    }
+    .map_err(|e| alloc::format!("guest RAM: {e}"))?;
+
+    let mut platform = Arm64Platform::new(cfg.ram_size, cfg.vcpus, GicVersion::V2);
+    platform.memory = alloc::vec![(cfg.ram_gpa, cfg.ram_size)];
+    platform.cmdline = cfg.cmdline.clone();
+
+    let mut bus = Bus::new();
+    let mut add = |platform: &mut Arm64Platform,
+                   dev: Arc<spin::Mutex<dyn keel_core::BusDevice>>|
+     -> Result<(), String> {
+        let slot = platform.add_virtio().ok_or("too many virtio devices")?;
+        bus.insert(slot.base, slot.size, dev)
+            .map_err(|e| alloc::format!("{e}"))
+    };
+    let next_irq = |platform: &Arm64Platform| -> Arc<dyn IrqLine> {
+        Arc::new(SpiLine(
+            layout::MmioDevice::virtio_slot(platform.virtio.len() as u32).spi,
+        ))
+    };
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let (off, len) = lay.disks[i];
+        // SAFETY: the disk blob lies inside the payload segment, which is mapped writable;
+        // no other reference to these bytes exists after this point (the kernel and initrd
+        // slices cover other blobs).
+        let disk: &'static mut [u8] =
+            unsafe { core::slice::from_raw_parts_mut((PAYLOAD_VADDR as *mut u8).add(off), len) };
+        let backend = if d.read_only {
+            MemoryBackend::read_only(disk)
+        } else {
+            MemoryBackend::new(disk)
+        };
+        let irq = next_irq(&platform);
+        let t = MmioTransport::new(Block::new(backend, d.id.as_bytes()), ram.clone(), irq);
+        add(&mut platform, Arc::new(spin::Mutex::new(t)))?;
+    }
+    if cfg.virtio_console {
+        let irq = next_irq(&platform);
+        let t = MmioTransport::new(Console::new(DebugConsole), ram.clone(), irq);
+        add(&mut platform, Arc::new(spin::Mutex::new(t)))?;
+    }
+    if cfg.rng {
+        let irq = next_irq(&platform);
+        let t = MmioTransport::new(
+            Rng::new(CounterEntropy(counter() ^ 0x6b65_656c)),
+            ram.clone(),
+            irq,
+        );
+        add(&mut platform, Arc::new(spin::Mutex::new(t)))?;
+    }
+
+    let header = ImageHeader::parse(kernel).map_err(|e| alloc::format!("kernel: {e}"))?;
+    let boot = BootLayout::plan(
+        &header,
+        initrd.map(|i| i.len() as u64),
+        cfg.ram_gpa,
+        cfg.ram_size,
+    )
+    .map_err(|e| alloc::format!("boot layout: {e}"))?;
+    platform.initrd = boot.initrd;
+    let fdt = generate_fdt(&platform).map_err(|e| alloc::format!("device tree: {e}"))?;
+    let entry = boot
+        .load(&ram, kernel, initrd, &fdt)
+        .map_err(|e| alloc::format!("loading the kernel: {e}"))?;
+    let BootEntry::Arm64 { pc, x0 } = entry else {
+        return Err("the loader did not produce an arm64 entry".into());
+    };
+    log!(
+        "keel-sel4: vm {}: {} vCPUs, {} MiB RAM at {:#x}, kernel at {pc:#x}, dtb at {x0:#x} ({} bytes), {} virtio devices",
+        cfg.name,
+        cfg.vcpus,
+        cfg.ram_size >> 20,
+        cfg.ram_gpa,
+        fdt.len(),
+        platform.virtio.len()
+    );
+    for v in 0..cfg.vcpus {
+        sys::vcpu_write_reg(
+            vcpu_cap(v),
+            vcpu_reg::VMPIDR_EL2,
+            0x8000_0000 | layout::mpidr(v),
+        )
+        .map_err(|e| alloc::format!("vcpu {v}: {e}"))?;
+    }
+    // Make sure the guest sees the copied bytes before it runs with caches off.
+    clean_dcache(&ram, boot.kernel, kernel.len());
+    if let Some((s, e)) = boot.initrd {
+        clean_dcache(&ram, s, (e - s) as usize);
+    }
+    clean_dcache(&ram, x0, fdt.len());
+    start_vcpu(0, pc, x0).map_err(|e| alloc::format!("starting vcpu 0: {e}"))?;
+    let _ = ram.read_u32(GuestAddress(pc));
+    Ok(Vmm {
+        name: cfg.name,
+        vcpus: cfg.vcpus,
+        ram,
+        bus,
+        vgic: Vgic::new(cfg.vcpus),
+        uart: Uart8250::new(),
+        psci: Psci::new(cfg.vcpus),
+        spi_levels: 0,
+        stopped: false,
+        exits: 0,
+    })
+}
+
+/// Clean `[gpa, gpa+len)` to the point of coherency: the guest starts with its MMU and
+/// caches off and must see what the VMM wrote through its cached mapping.
+fn clean_dcache(ram: &GuestRam, gpa: u64, len: usize) {
+    let Some(p) = ram.host_address(GuestAddress(gpa), len as u64) else {
+        return;
+    };
+    let start = (p as usize) & !63;
+    let end = p as usize + len;
+    let mut a = start;
+    while a < end {
+        // SAFETY: `a` lies in guest RAM mapped into this PD; `dc cvac` only cleans the line.
+        unsafe { core::arch::asm!("dc cvac, {}", in(reg) a, options(nostack)) };
+        a += 64;
+    }
+    // SAFETY: a barrier.
+    unsafe { core::arch::asm!("dsb sy", options(nostack)) };
+}
+
+/// The protection domain's main function, called from `_start`.
+pub extern "C" fn main() -> ! {
+    let name = pd_name();
+    log!("keel-sel4: vmm up ({name})");
+    let mut vmm = match boot() {
+        Ok(v) => v,
+        Err(e) => {
+            log!("keel-sel4: {name}: cannot start the VM: {e}");
+            idle();
+        }
+    };
+    let mut reply = false;
+    loop {
+        let (badge, info) = if reply {
+            sys::reply_recv(mk::INPUT_CAP, MessageInfo::new(0, 0), mk::REPLY_CAP)
+        } else {
+            sys::recv(mk::INPUT_CAP, mk::REPLY_CAP)
+        };
+        reply = false;
+        match Event::from_badge(badge) {
+            Event::Fault { child } => {
+                let fault = Fault::decode(info, sys::mr);
+                let vcpu = u32::from(child);
+                let resume = match fault {
+                    Ok(f) if !vmm.stopped && vcpu < vmm.vcpus => vmm.handle(vcpu, f),
+                    Ok(_) => Resume::No,
+                    Err(e) => {
+                        vmm.stop_vm(&alloc::format!("vcpu {vcpu}: {e}"));
+                        Resume::No
+                    }
+                };
+                vmm.sync_lines();
+                reply = matches!(resume, Resume::Yes);
+            }
+            Event::ProtectedCall { .. } => reply = true,
+            Event::Notified { .. } => {}
+        }
+    }
+}
+
+/// Wait forever (after a fatal error): the PD stays, its VM does not run.
+fn idle() -> ! {
+    loop {
+        let _ = sys::wait(mk::INPUT_CAP);
+    }
+}
+
+/// The panic handler: report on the debug console, stop the VM's vCPUs, idle.
+pub fn panic(info: &core::panic::PanicInfo) -> ! {
+    log!("keel-sel4: VMM panic: {info}");
+    for v in 0..8 {
+        let _ = sys::tcb_suspend(vm_tcb_cap(v));
+    }
+    idle()
+}
+
+#[allow(dead_code)]
+fn _unused(_: Box<()>, _: Vec<()>) {}

@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ def env_int(name: str, default: int) -> int:
     return n
 
 
-RUNS = env_int("BENCH_RUNS", 3 if QUICK else 15)
+RUNS = env_int("BENCH_RUNS", 3 if QUICK else 30)
 OUT = Path(os.environ.get("BENCH_OUT") or (ROOT / "bench" / ("out-quick" if QUICK else "")))
 DROP_CACHES = os.environ.get("BENCH_DROP_CACHES", "") not in ("", "0")
 
@@ -442,6 +443,7 @@ class Figure:
 FIGURES = [
     Figure("first_line_ms", "process start → first serial line", "ms", "lower", "boot.png"),
     Figure("exit_ms", "process start → exit (guest `pause:0`)", "ms", "lower", "boot.png"),
+    Figure("teardown_ms", "teardown: guest's PASS line → process reaped", "ms", "lower", "boot.png"),
     Figure("peak_rss_mib", "peak RSS (ru_maxrss via GNU time)", "MiB", "lower", "memory.png"),
     Figure("guest_touched_mib", "guest RAM resident (smaps Rss of the RAM mapping)", "MiB", "lower", "memory.png"),
     Figure("overhead_mib", "VMM overhead = peak RSS − guest RAM resident", "MiB", "lower", "memory.png"),
@@ -461,6 +463,9 @@ def measure_boot(vmm: Vmm, work: Path, disk: Path) -> Run:
     ok = run.ok
     FIG["first_line_ms"].add(vmm.name, run.first_line_s * 1e3 if ok and run.first_line_s else None, run.error)
     FIG["exit_ms"].add(vmm.name, run.exit_s * 1e3 if ok and vmm.exits_itself else None, run.error or "stopped by the harness")
+    verdict = line_time(run, "keeltest: PASS")
+    teardown = (run.exit_s - verdict[1]) * 1e3 if ok and verdict and vmm.exits_itself else None
+    FIG["teardown_ms"].add(vmm.name, teardown, run.error or "stopped by the harness")
     return run
 
 
@@ -654,7 +659,7 @@ def plots(names: list[str]) -> list[str]:
         groups.setdefault(f.plot, []).append(f)
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
     for png, figs in groups.items():
-        fig, axes = plt.subplots(1, len(figs), figsize=(3.2 * len(figs), 3.0), squeeze=False)
+        fig, axes = plt.subplots(1, len(figs), figsize=(3.2 * len(figs), 3.2), squeeze=False)
         for ax, f in zip(axes[0], figs):
             data = [f.values.get(n, []) for n in names]
             for i, vals in enumerate(data):
@@ -664,7 +669,7 @@ def plots(names: list[str]) -> list[str]:
                     ax.scatter(xs, vals, s=9, color=colours[i % len(colours)], zorder=3)
             ax.set_xticks(range(len(names)), [n.replace("Cloud Hypervisor", "CH") for n in names])
             ax.set_xlim(-0.6, len(names) - 0.4)
-            ax.set_title(f.title if len(f.title) < 40 else f.title[:38] + "…", fontsize=7)
+            ax.set_title(textwrap.fill(f.title, 34), fontsize=7)
             ax.set_ylabel(f"{f.unit} ({f.better} is better)", fontsize=7)
             ax.tick_params(labelsize=7)
             ax.set_ylim(bottom=0)
@@ -870,7 +875,8 @@ def method_text(res: dict) -> list[str]:
         "- **Boot:** the guest `pause:0` (boots, calibrates its TSC against the PIT for ~10 ms, probes the "
         "disk, prints its PASS line, writes the debug-exit port). *First serial line* is the time from just "
         "before `fork`/`exec` of the VMM to the harness reading the first complete line on the VMM's stdout; "
-        "*exit* is the time until the harness has reaped the process (`waitpid`).",
+        "*exit* is the time until the harness has reaped the process (`waitpid`); *teardown* is the part "
+        "of it after the guest's last line (`keeltest: PASS`, printed just before the debug-exit write).",
         f"- **Memory:** the guest `pause:{MEM_PAUSE_MS}` prints `keeltest: pause` and busy-waits. On that line "
         "the harness reads `/proc/<pid>/smaps` and takes the Rss of the anonymous mapping exactly "
         f"{MEM_MIB} MiB long (the guest RAM; Keel's and QEMU's both have one). Peak RSS is the VMM's "

@@ -7,7 +7,7 @@
 # missing host feature appends its reason to $KEEL_SKIP_LOG: it is counted as skipped,
 # not passed, and every reason is printed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 LOG_DIR=${KEEL_TEST_LOG_DIR:-target/test-logs}
 mkdir -p "$LOG_DIR"

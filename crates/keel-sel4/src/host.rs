@@ -271,6 +271,7 @@ pub fn vm_payload(vm: &VmSpec) -> Result<Vec<u8>, BuildError> {
         disks: disk_cfg,
         rng: vm.rng,
         virtio_console: !vm.consoles.is_empty(),
+        rng_seed: host_seed()?,
     };
     let disk_refs: Vec<&[u8]> = disks.iter().map(Vec::as_slice).collect();
     Ok(payload::build(
@@ -279,6 +280,17 @@ pub fn vm_payload(vm: &VmSpec) -> Result<Vec<u8>, BuildError> {
         initrd.as_deref(),
         &disk_refs,
     ))
+}
+
+/// 32 bytes from the build host's entropy source, for the VMM's virtio-rng seed.
+fn host_seed() -> Result<[u8; 32], BuildError> {
+    use std::io::Read;
+    let path = Path::new("/dev/urandom");
+    let mut seed = [0u8; 32];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .map_err(io(path))?;
+    Ok(seed)
 }
 
 /// Build the image for `system`.

@@ -85,6 +85,9 @@ pub struct VmConfig {
     pub rng: bool,
     /// Offer a virtio-console device (output to the debug console).
     pub virtio_console: bool,
+    /// Seed for the VMM's virtio-rng generator, drawn from the build host's entropy
+    /// source when the image was built (the PD has no entropy source of its own).
+    pub rng_seed: [u8; 32],
 }
 
 /// What is wrong with a payload.
@@ -198,6 +201,7 @@ impl VmConfig {
         }
         w.u8(u8::from(self.rng));
         w.u8(u8::from(self.virtio_console));
+        w.0.extend_from_slice(&self.rng_seed);
         w.0
     }
 
@@ -223,6 +227,8 @@ impl VmConfig {
         }
         let rng = r.u8("rng flag")? != 0;
         let virtio_console = r.u8("console flag")? != 0;
+        let mut rng_seed = [0u8; 32];
+        rng_seed.copy_from_slice(r.take(32, "rng seed")?);
         Ok(VmConfig {
             name,
             vcpus,
@@ -233,6 +239,7 @@ impl VmConfig {
             disks,
             rng,
             virtio_console,
+            rng_seed,
         })
     }
 }
@@ -379,6 +386,7 @@ mod tests {
             }],
             rng: true,
             virtio_console: false,
+            rng_seed: [5; 32],
         }
     }
 

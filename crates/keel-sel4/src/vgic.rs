@@ -198,8 +198,9 @@ impl Vgic {
                 spis.get((n - 1) as usize).copied().unwrap_or(0)
             }
         };
-        let bytes = |f: &dyn Fn(u32) -> u8| -> u32 {
-            let first = (offset & !3) as u32;
+        // Byte-per-interrupt registers: the four interrupts of the word at `offset`.
+        let bytes = |base: u64, f: &dyn Fn(u32) -> u8| -> u32 {
+            let first = ((offset & !3) - base) as u32;
             (0..4).fold(0, |acc, i| acc | (u32::from(f(first + i)) << (8 * i)))
         };
         match offset {
@@ -215,7 +216,7 @@ impl Vgic {
                 let n = word(if offset >= 0x280 { 0x280 } else { 0x200 });
                 bank(&self.spi_pending, n, 0)
             }
-            0x400..=0x7f8 => bytes(&|irq| {
+            0x400..=0x7f8 => bytes(0x400, &|irq| {
                 if irq < 32 {
                     cpu.map_or(0, |c| c.priority[irq as usize])
                 } else {
@@ -225,7 +226,7 @@ impl Vgic {
                         .unwrap_or(0)
                 }
             }),
-            0x800..=0xbf8 => bytes(&|irq| {
+            0x800..=0xbf8 => bytes(0x800, &|irq| {
                 if irq < 32 {
                     1u8 << (vcpu & 7)
                 } else {
@@ -441,6 +442,23 @@ mod tests {
         g.write(0, 0xf00, 4, (1 << 24) | 3, &mut h);
 
         assert_eq!(h.injected, [(1, 3, 0)]);
+    }
+
+    #[test]
+    fn itargetsr0_reads_the_reading_vcpus_own_mask() {
+        let g = Vgic::new(2);
+
+        assert_eq!(g.read(1, 0x800), 0x0202_0202);
+    }
+
+    #[test]
+    fn spi_targets_read_back_per_byte() {
+        let mut h = Rec::default();
+        let mut g = Vgic::new(2);
+        g.write(0, 0x820, 1, 2, &mut h);
+
+        assert_eq!(g.read(0, 0x820) & 0xff, 2);
+        assert_eq!(g.read(0, 0x820) >> 8 & 0xff, 1);
     }
 
     #[test]

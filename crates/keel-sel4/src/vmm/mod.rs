@@ -117,20 +117,28 @@ impl ConsoleOutput for DebugConsole {
     }
 }
 
-/// Entropy for virtio-rng: a SplitMix64 stream seeded at build time and stirred with the
-/// virtual counter on every request. NOT cryptographically strong (see docs/sel4.md).
-struct CounterEntropy(u64);
+/// VM exits handled so far: stirred into the rng stream.
+static EXITS: AtomicU64 = AtomicU64::new(0);
 
-fn counter() -> u64 {
-    let v: u64;
-    // SAFETY: reading CNTVCT_EL0 has no side effects; EL0 access is enabled by seL4.
-    unsafe { core::arch::asm!("mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack)) };
-    v
+/// Entropy for virtio-rng: a SplitMix64 stream seeded at build time (from the build host's
+/// /dev/urandom, carried in the payload) and stirred with the VM-exit count on every
+/// request. The PD can read no timer or hardware RNG (the Cortex-A53 has no RNDR, and
+/// seL4 traps EL0 counter reads here). NOT cryptographically strong: whoever reads the
+/// image knows the seed (see docs/sel4.md).
+struct SeededEntropy(u64);
+
+impl SeededEntropy {
+    fn new(seed: &[u8; 32]) -> SeededEntropy {
+        let s = seed.chunks(8).fold(0u64, |acc, c| {
+            acc.rotate_left(17) ^ u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))
+        });
+        SeededEntropy(s)
+    }
 }
 
-impl EntropySource for CounterEntropy {
+impl EntropySource for SeededEntropy {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError> {
-        self.0 ^= counter().rotate_left(29);
+        self.0 ^= EXITS.load(Ordering::Relaxed).rotate_left(29);
         for chunk in buf.chunks_mut(8) {
             self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let mut z = self.0;
@@ -299,6 +307,7 @@ impl Vmm {
 
     fn handle(&mut self, vcpu: u32, fault: Fault) -> Resume {
         self.exits += 1;
+        EXITS.store(self.exits, Ordering::Relaxed);
         let tcb = vm_tcb_cap(vcpu);
         match fault {
             Fault::VgicMaintenance { idx } => {
@@ -486,7 +495,7 @@ fn boot() -> Result<Vmm, String> {
     if cfg.rng {
         let irq = next_irq(&platform);
         let t = MmioTransport::new(
-            Rng::new(CounterEntropy(counter() ^ 0x6b65_656c)),
+            Rng::new(SeededEntropy::new(&cfg.rng_seed)),
             ram.clone(),
             irq,
         );

@@ -11,9 +11,11 @@
 //! - [`pvh`]: `hvm_start_info` and its memory map.
 //! - [`gdt`]: the flat GDT and the identity-mapped long-mode page tables.
 //! - [`mptable`]: the Intel MP table listing vCPUs and the IOAPIC.
+//! - [`acpi`]: the ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for guests that need ACPI.
 //! - [`cmdline`]: the kernel command line, with one `virtio_mmio.device=` per device.
 //! - [`boot`]: the whole sequence, as the VMM calls it.
 
+pub mod acpi;
 pub mod boot;
 pub mod bzimage;
 pub mod cmdline;

@@ -241,7 +241,7 @@ pub fn guest_cmdline(vm: &VmSpec) -> String {
 }
 
 /// The payload of one VM.
-pub fn vm_payload(vm: &VmSpec) -> Result<Vec<u8>, BuildError> {
+pub fn vm_payload(vm: &VmSpec, console_prefix: bool) -> Result<Vec<u8>, BuildError> {
     let (ram_gpa, ram_size) = ram_layout(vm)[0];
     if vm.vcpus > 8 {
         return Err(BuildError::TooManyVcpus {
@@ -271,6 +271,7 @@ pub fn vm_payload(vm: &VmSpec) -> Result<Vec<u8>, BuildError> {
         disks: disk_cfg,
         rng: vm.rng,
         virtio_console: !vm.consoles.is_empty(),
+        console_prefix,
         rng_seed: host_seed()?,
     };
     let disk_refs: Vec<&[u8]> = disks.iter().map(Vec::as_slice).collect();
@@ -300,7 +301,7 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     let elf = std::fs::read(&opts.vmm_elf).map_err(io(&opts.vmm_elf))?;
     for vm in system.vms() {
-        let p = vm_payload(vm)?;
+        let p = vm_payload(vm, system.vms().len() > 1)?;
         let out = crate::elf::append_segment(
             &elf,
             PAYLOAD_VADDR,

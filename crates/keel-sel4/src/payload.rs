@@ -85,6 +85,9 @@ pub struct VmConfig {
     pub rng: bool,
     /// Offer a virtio-console device (output to the debug console).
     pub virtio_console: bool,
+    /// Prefix each line of guest console output with `<name>| ` (systems of several VMs
+    /// share the one debug console).
+    pub console_prefix: bool,
     /// Seed for the VMM's virtio-rng generator, drawn from the build host's entropy
     /// source when the image was built (the PD has no entropy source of its own).
     pub rng_seed: [u8; 32],
@@ -201,6 +204,7 @@ impl VmConfig {
         }
         w.u8(u8::from(self.rng));
         w.u8(u8::from(self.virtio_console));
+        w.u8(u8::from(self.console_prefix));
         w.0.extend_from_slice(&self.rng_seed);
         w.0
     }
@@ -227,6 +231,7 @@ impl VmConfig {
         }
         let rng = r.u8("rng flag")? != 0;
         let virtio_console = r.u8("console flag")? != 0;
+        let console_prefix = r.u8("console prefix flag")? != 0;
         let mut rng_seed = [0u8; 32];
         rng_seed.copy_from_slice(r.take(32, "rng seed")?);
         Ok(VmConfig {
@@ -239,6 +244,7 @@ impl VmConfig {
             disks,
             rng,
             virtio_console,
+            console_prefix,
             rng_seed,
         })
     }
@@ -386,6 +392,7 @@ mod tests {
             }],
             rng: true,
             virtio_console: false,
+            console_prefix: true,
             rng_seed: [5; 32],
         }
     }

@@ -86,7 +86,10 @@ impl Write for DebugOut {
 
 macro_rules! log {
     ($($t:tt)*) => {{
-        let _ = writeln!(DebugOut, $($t)*);
+        // Format first, print in one go: VMMs of other VMs share the debug console.
+        let mut line = String::new();
+        let _ = writeln!(line, $($t)*);
+        debug_puts(&line);
     }};
 }
 
@@ -106,14 +109,50 @@ impl IrqLine for SpiLine {
     }
 }
 
-/// The guest's console output: the seL4 debug console (one kernel call per byte).
+/// The guest's console output (8250 and virtio-console alike), line-buffered so that the
+/// lines of several VMs sharing the seL4 debug console rarely interleave, optionally
+/// prefixed with the VM's name.
+struct LineOut {
+    buf: Vec<u8>,
+    prefix: Option<String>,
+}
+
+static CONSOLE: spin::Mutex<LineOut> = spin::Mutex::new(LineOut {
+    buf: Vec::new(),
+    prefix: None,
+});
+
+const LINE_MAX: usize = 256;
+
+fn console_put(bytes: &[u8]) {
+    let mut c = CONSOLE.lock();
+    for &b in bytes {
+        c.buf.push(b);
+        if b == b'\n' || c.buf.len() >= LINE_MAX {
+            if let Some(p) = &c.prefix {
+                debug_puts(p);
+            }
+            for &x in &c.buf {
+                sys::debug_put_char(x);
+            }
+            c.buf.clear();
+        }
+    }
+}
+
+/// Print what is left of the current console line.
+fn console_flush() {
+    if !CONSOLE.lock().buf.is_empty() {
+        console_put(b"\n");
+    }
+}
+
+/// virtio-console output: the shared console.
 struct DebugConsole;
 
 impl ConsoleOutput for DebugConsole {
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            sys::debug_put_char(b);
-        }
+        console_put(bytes);
     }
 }
 
@@ -266,7 +305,7 @@ impl Vmm {
         }
         if (UART_BASE..UART_BASE + UART_SIZE).contains(&gpa) {
             self.uart
-                .write(gpa - UART_BASE, data as u8, &mut |b| sys::debug_put_char(b));
+                .write(gpa - UART_BASE, data as u8, &mut |b| console_put(&[b]));
             return;
         }
         let n = usize::from(len.min(8));
@@ -298,6 +337,7 @@ impl Vmm {
     }
 
     fn stop_vm(&mut self, why: &str) {
+        console_flush();
         log!("keel-sel4: vm {}: stopped: {why}", self.name);
         for v in 0..self.vcpus {
             let _ = sys::tcb_suspend(vm_tcb_cap(v));
@@ -437,6 +477,9 @@ fn boot() -> Result<Vmm, String> {
     let bytes = unsafe { core::slice::from_raw_parts(PAYLOAD_VADDR as *const u8, total) };
     let lay = payload::parse(bytes).map_err(|e| alloc::format!("payload: {e}"))?;
     let cfg = lay.config.clone();
+    if cfg.console_prefix {
+        CONSOLE.lock().prefix = Some(alloc::format!("{}| ", cfg.name));
+    }
     let kernel = &bytes[lay.kernel.0..lay.kernel.0 + lay.kernel.1];
     let initrd = lay.initrd.map(|(o, l)| &bytes[o..o + l]);
 

@@ -5,8 +5,10 @@
 //! payload to the prebuilt VMM ELF ([`crate::elf`], [`crate::payload`]); write the Microkit
 //! system file (`keel_spec::microkit`); run the SDK's `microkit` tool.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use keel_spec::microkit::{MicrokitLayout, system_file, vmm_elf_name};
 use keel_spec::{System, VmSpec, ram_layout};
@@ -373,4 +375,122 @@ pub fn qemu_command(image: &Path, smp: u32) -> Command {
         board::LOADER_LINK_ADDRESS
     ));
     c
+}
+
+/// What a run of an image under QEMU saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    /// VMMs that came up (`keel-sel4: vmm up`).
+    pub vms_up: usize,
+    /// VMs that stopped (power-off or error).
+    pub vms_stopped: usize,
+    /// Seconds from QEMU start to the first `KEEL-GUEST-READY` line, if one appeared.
+    pub first_ready: Option<f64>,
+    /// Seconds from QEMU start to the end.
+    pub elapsed: f64,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// QEMU could not be started.
+    #[error("cannot start qemu-system-aarch64: {0} (Debian: apt-get install qemu-system-arm)")]
+    Spawn(std::io::Error),
+    /// Time ran out.
+    #[error("timeout after {secs}s ({up} VMs up, {stopped} stopped)")]
+    Timeout {
+        /// The limit.
+        secs: u64,
+        /// VMs up.
+        up: usize,
+        /// VMs stopped.
+        stopped: usize,
+    },
+    /// QEMU ended first.
+    #[error("QEMU exited before every VM stopped")]
+    QemuExited,
+}
+
+/// Boot `image` under QEMU, copy the console to `out`, and return once every VM whose VMM
+/// came up has stopped (QEMU is then ended: the seL4 system itself never exits).
+pub fn run_qemu(
+    image: &Path,
+    smp: u32,
+    timeout: Option<Duration>,
+    out: &mut dyn Write,
+) -> Result<RunOutcome, RunError> {
+    let start = Instant::now();
+    let mut child = qemu_command(image, smp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(RunError::Spawn)?;
+    let Some(stdout) = child.stdout.take() else {
+        let _ = child.kill();
+        return Err(RunError::QemuExited);
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while r
+            .read_until(b'\n', &mut buf)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
+            if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                break;
+            }
+            buf.clear();
+        }
+    });
+    let mut o = RunOutcome {
+        vms_up: 0,
+        vms_stopped: 0,
+        first_ready: None,
+        elapsed: 0.0,
+    };
+    let result = loop {
+        let wait = match timeout {
+            Some(t) => match t.checked_sub(start.elapsed()) {
+                Some(left) => left.min(Duration::from_millis(500)),
+                None => {
+                    break Err(RunError::Timeout {
+                        secs: t.as_secs(),
+                        up: o.vms_up,
+                        stopped: o.vms_stopped,
+                    });
+                }
+            },
+            None => Duration::from_millis(500),
+        };
+        let line = match rx.recv_timeout(wait) {
+            Ok(l) => l,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                break Err(RunError::QemuExited);
+            }
+        };
+        let _ = out.write_all(line.as_bytes());
+        if line.contains("keel-sel4: vmm up") {
+            o.vms_up += 1;
+        }
+        if o.first_ready.is_none() && line.contains("KEEL-GUEST-READY") {
+            o.first_ready = Some(start.elapsed().as_secs_f64());
+        }
+        if (line.contains("keel-sel4: vm ") && line.contains(": stopped: "))
+            || line.contains("cannot start the VM")
+        {
+            o.vms_stopped += 1;
+            if o.vms_stopped >= o.vms_up {
+                break Ok(());
+            }
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = out.flush();
+    o.elapsed = start.elapsed().as_secs_f64();
+    result.map(|()| o)
 }

@@ -145,7 +145,11 @@ class Keel(Vmm):
         dirty = subprocess.run(
             ["git", "-C", str(ROOT), "status", "--porcelain", "--", "crates"], capture_output=True, text=True
         ).stdout.strip()
-        return f"{out}, commit {commit or '?'}{' (crates/ has uncommitted changes)' if dirty else ''}"
+        built = datetime.datetime.fromtimestamp(os.stat(self.path).st_mtime, datetime.timezone.utc)
+        return (
+            f"{out}, binary {self.path} built {built:%Y-%m-%d %H:%M UTC}; work tree at commit {commit or '?'}"
+            f"{' (crates/ has uncommitted changes)' if dirty else ''}"
+        )
 
 
 class Qemu(Vmm):

@@ -21,13 +21,18 @@ pub fn modules_list_kvm_pvm(modules: &str) -> bool {
         .any(|l| l.split_whitespace().next() == Some("kvm_pvm"))
 }
 
-/// Whether this host's KVM is a software implementation (kvm_pvm, or no VT-x/AMD-V).
+/// Whether this host's KVM is a software implementation (kvm_pvm, or on x86 no VT-x/AMD-V;
+/// arm64's `/proc/cpuinfo` does not list EL2, so there only kvm_pvm counts).
 pub fn is_software_kvm() -> bool {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
-    std::path::Path::new("/sys/module/kvm_pvm").exists()
-        || modules_list_kvm_pvm(&modules)
-        || (!cpuinfo.is_empty() && cpuinfo_lacks_virtualization(&cpuinfo))
+    let pvm =
+        std::path::Path::new("/sys/module/kvm_pvm").exists() || modules_list_kvm_pvm(&modules);
+    if cfg!(target_arch = "x86_64") {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        pvm || (!cpuinfo.is_empty() && cpuinfo_lacks_virtualization(&cpuinfo))
+    } else {
+        pvm
+    }
 }
 
 /// Print [`SOFTWARE_KVM_NOTE`] once per process (at log level info and above).

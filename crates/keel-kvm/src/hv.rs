@@ -4,18 +4,14 @@
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 
-use keel_core::arch::x86_64::layout::{KVM_IDENTITY_MAP_GPA, KVM_TSS_GPA};
 use keel_core::hv::VmConfig;
 use keel_core::memory::{GuestRam, RawRegion};
 use keel_core::{HvError, Hypervisor, IrqLine, VcpuId, Vm};
-use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
-    kvm_userspace_memory_region,
-};
+use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::cpuid;
+use crate::arch::host::{self, VmArch};
 use crate::log;
 use crate::vcpu::KvmVcpu;
 
@@ -111,7 +107,7 @@ impl Drop for Mapping {
 pub struct KvmVm {
     fd: Arc<VmFd>,
     ram: GuestRam,
-    cpuid: CpuId,
+    arch: VmArch,
     vcpus: u32,
     /// Keeps the RAM mapped for as long as the VM (whose memory slots point there) lives.
     _mappings: Arc<Vec<Mapping>>,
@@ -126,16 +122,7 @@ impl KvmVm {
             });
         }
         let fd = kvm.create_vm().map_err(call("KVM_CREATE_VM"))?;
-        fd.set_tss_address(KVM_TSS_GPA as usize)
-            .map_err(call("KVM_SET_TSS_ADDR"))?;
-        fd.set_identity_map_address(KVM_IDENTITY_MAP_GPA)
-            .map_err(call("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        fd.create_irq_chip().map_err(call("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit).map_err(call("KVM_CREATE_PIT2"))?;
+        let arch = host::create_vm_arch(kvm, &fd, config.vcpus)?;
 
         let mut mappings = Vec::with_capacity(config.ram.len());
         let mut raw = Vec::with_capacity(config.ram.len());
@@ -173,13 +160,10 @@ impl KvmVm {
                 keel_core::memory::LayoutError::BadRegion { gpa, .. } => gpa,
             },
         })?;
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(call("KVM_GET_SUPPORTED_CPUID"))?;
         Ok(KvmVm {
             fd: Arc::new(fd),
             ram,
-            cpuid,
+            arch,
             vcpus: config.vcpus,
             _mappings: mappings,
         })
@@ -196,6 +180,18 @@ impl KvmVm {
             .register_ioevent(&fd, &IoEventAddress::Mmio(gpa), value)
             .map_err(call("KVM_IOEVENTFD"))?;
         Ok(fd)
+    }
+
+    /// The architecture-specific state (the GIC on arm64).
+    #[cfg(target_arch = "aarch64")]
+    pub(crate) fn arch(&self) -> &VmArch {
+        &self.arch
+    }
+
+    /// Finish the interrupt controller once every vCPU exists (arm64: the vGIC's number of
+    /// interrupts and `CTRL_INIT`; nothing on x86). Call before the first vCPU runs.
+    pub fn complete_irqchip(&self) -> Result<(), HvError> {
+        self.arch.complete()
     }
 }
 
@@ -217,30 +213,21 @@ impl Vm for KvmVm {
             .fd
             .create_vcpu(id.into())
             .map_err(call("KVM_CREATE_VCPU"))?;
-        let mut cpuid = self.cpuid.clone();
-        cpuid::fix_entries(cpuid.as_mut_slice(), id, self.vcpus);
-        let vcpu = KvmVcpu::new(fd, id, self.ram.clone());
-        vcpu.setup(&cpuid)?;
-        Ok(vcpu)
+        let arch = host::setup_vcpu(&self.arch, &fd, id, self.vcpus)?;
+        Ok(KvmVcpu::new(fd, id, self.ram.clone(), arch))
     }
 
     fn irq_line(&self, irq: u32) -> Result<Arc<dyn IrqLine>, HvError> {
-        // The in-kernel IOAPIC has 24 pins.
-        if irq >= 24 {
-            return Err(HvError::Invalid {
-                what: "GSI (the IOAPIC has 24 pins)",
-                value: irq.into(),
-            });
-        }
         Ok(Arc::new(KvmIrqLine {
             vm: self.fd.clone(),
-            gsi: irq,
+            line: host::irq_line_number(irq)?,
             level: Mutex::new(false),
         }))
     }
 }
 
-/// A level-triggered interrupt line driven with `KVM_IRQ_LINE`.
+/// A level-triggered interrupt line driven with `KVM_IRQ_LINE` (an IOAPIC pin on x86, an
+/// SPI of the vGIC on arm64, where the same reasoning holds: see [`crate::arch::aarch64`]).
 ///
 /// Why `KVM_IRQ_LINE` and not an irqfd: virtio-mmio interrupts are level-style (the line
 /// stays up while `InterruptStatus` is non-zero, the guest lowers it with `InterruptACK`).
@@ -253,7 +240,8 @@ impl Vm for KvmVm {
 #[derive(Debug)]
 struct KvmIrqLine {
     vm: Arc<VmFd>,
-    gsi: u32,
+    /// The `KVM_IRQ_LINE` number: the GSI on x86, `SPI type << 24 | INTID` on arm64.
+    line: u32,
     /// The level KVM was last told; the lock orders concurrent changes so KVM ends up
     /// with the level of the last caller.
     level: Mutex<bool>,
@@ -265,11 +253,11 @@ impl IrqLine for KvmIrqLine {
         if *level == high {
             return;
         }
-        match self.vm.set_irq_line(self.gsi, high) {
+        match self.vm.set_irq_line(self.line, high) {
             Ok(()) => *level = high,
             Err(e) => log::warn(format_args!(
-                "KVM_IRQ_LINE gsi {} level {} failed: errno {}",
-                self.gsi,
+                "KVM_IRQ_LINE {:#x} level {} failed: errno {}",
+                self.line,
                 u8::from(high),
                 e.errno()
             )),
@@ -280,10 +268,10 @@ impl IrqLine for KvmIrqLine {
         // An edge: up and down under one lock, whatever the recorded level.
         let mut level = self.level.lock().unwrap_or_else(|p| p.into_inner());
         for high in [true, false] {
-            if let Err(e) = self.vm.set_irq_line(self.gsi, high) {
+            if let Err(e) = self.vm.set_irq_line(self.line, high) {
                 log::warn(format_args!(
-                    "KVM_IRQ_LINE gsi {} edge failed: errno {}",
-                    self.gsi,
+                    "KVM_IRQ_LINE {:#x} edge failed: errno {}",
+                    self.line,
                     e.errno()
                 ));
             }

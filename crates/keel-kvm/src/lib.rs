@@ -1,9 +1,10 @@
-//! Keel's Linux KVM backend (x86_64): the [`keel_core::Hypervisor`] traits over `/dev/kvm`,
-//! the host-side legacy devices (8250 serial, i8042, debug exit), and the [`Vmm`] that runs
-//! one VM from its [`keel_spec::VmSpec`].
+//! Keel's Linux KVM backend (x86_64 and aarch64 hosts): the [`keel_core::Hypervisor`] traits
+//! over `/dev/kvm`, the host-side legacy devices (8250 serial; on x86 also i8042 and debug
+//! exit), and the [`Vmm`] that runs one VM from its [`keel_spec::VmSpec`].
 //!
 //! Layout:
-//! - [`hv`] and [`vcpu`]: the only files that talk to KVM.
+//! - [`hv`] and [`vcpu`]: the only files that talk to KVM, with [`arch`] for what differs
+//!   between x86_64 and aarch64 (irqchip, vCPU setup, boot registers, guest platform).
 //! - [`dispatch`]: exit dispatch to the MMIO and port buses, in keel-core terms only (it
 //!   can move to a portable crate as is).
 //! - [`devices`]: legacy PC devices as [`keel_core::BusDevice`]s.
@@ -11,9 +12,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-compile_error!("keel-kvm supports Linux on x86_64 only");
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+compile_error!("keel-kvm supports Linux on x86_64 and aarch64 only");
 
+pub mod arch;
+#[cfg(target_arch = "x86_64")]
 pub mod cpuid;
 pub mod devices;
 pub mod dispatch;

@@ -1,48 +1,15 @@
-//! A KVM vCPU: architectural setup (CPUID, MSRs, FPU, LAPIC, boot registers) and the
-//! `KVM_RUN` loop step that turns KVM exits into [`keel_core::VcpuExit`] data.
+//! A KVM vCPU: the `KVM_RUN` loop step that turns KVM exits into [`keel_core::VcpuExit`]
+//! data. Architectural setup and boot registers are in [`crate::arch`].
 
 use std::cell::Cell;
 use std::fmt::Write as _;
 
-use keel_core::arch::x86_64::gdt::{
-    CODE32_SELECTOR, CODE64_SELECTOR, DATA_SELECTOR, GDT_SIZE, Segment, TSS_SELECTOR,
-};
-use keel_core::memory::{GuestAddress, GuestMemory, GuestRam};
+use keel_core::memory::GuestRam;
 use keel_core::{BootEntry, ExitAnswer, HvError, SystemEvent, Vcpu, VcpuExit, VcpuId};
-use kvm_bindings::{
-    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, Msrs, kvm_fpu,
-    kvm_msr_entry, kvm_regs, kvm_segment,
-};
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 
-use crate::hv::call;
-use crate::log;
-
-// MSR numbers set at boot (as Firecracker does).
-const MSR_IA32_SYSENTER_CS: u32 = 0x174;
-const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
-const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
-const MSR_STAR: u32 = 0xc000_0081;
-const MSR_LSTAR: u32 = 0xc000_0082;
-const MSR_CSTAR: u32 = 0xc000_0083;
-const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-const MSR_IA32_TSC: u32 = 0x10;
-const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
-const MISC_ENABLE_FAST_STRING: u64 = 1;
-
-const CR0_PE: u64 = 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-
-// Local APIC registers and delivery modes.
-const APIC_LVT0: usize = 0x350;
-const APIC_LVT1: usize = 0x360;
-const APIC_MODE_NMI: u32 = 0x4;
-const APIC_MODE_EXTINT: u32 = 0x7;
+use crate::arch::host::{self, VcpuArch};
 
 thread_local! {
     /// The `immediate_exit` byte of the vCPU this thread runs, for the kick signal handler.
@@ -82,24 +49,7 @@ pub struct KvmVcpu {
     id: VcpuId,
     pending: Pending,
     ram: GuestRam,
-}
-
-fn kvm_segment(s: Segment) -> kvm_segment {
-    kvm_segment {
-        base: s.base,
-        limit: s.limit,
-        selector: s.selector,
-        type_: s.type_,
-        present: s.present.into(),
-        dpl: s.dpl,
-        db: s.db.into(),
-        s: s.s.into(),
-        l: s.l.into(),
-        g: s.g.into(),
-        avl: s.avl.into(),
-        unusable: (!s.present).into(),
-        padding: 0,
-    }
+    arch: VcpuArch,
 }
 
 fn le_value(data: &[u8]) -> u64 {
@@ -110,99 +60,14 @@ fn le_value(data: &[u8]) -> u64 {
 }
 
 impl KvmVcpu {
-    pub(crate) fn new(fd: VcpuFd, id: VcpuId, ram: GuestRam) -> KvmVcpu {
+    pub(crate) fn new(fd: VcpuFd, id: VcpuId, ram: GuestRam, arch: VcpuArch) -> KvmVcpu {
         KvmVcpu {
             fd,
             id,
             pending: Pending::None,
             ram,
+            arch,
         }
-    }
-
-    /// CPUID, MSRs, FPU and LAPIC: the state every vCPU needs, boot or parked.
-    pub(crate) fn setup(&self, cpuid: &kvm_bindings::CpuId) -> Result<(), HvError> {
-        self.fd.set_cpuid2(cpuid).map_err(call("KVM_SET_CPUID2"))?;
-        let boot_msrs = [
-            (MSR_IA32_SYSENTER_CS, 0),
-            (MSR_IA32_SYSENTER_ESP, 0),
-            (MSR_IA32_SYSENTER_EIP, 0),
-            (MSR_STAR, 0),
-            (MSR_CSTAR, 0),
-            (MSR_KERNEL_GS_BASE, 0),
-            (MSR_SYSCALL_MASK, 0),
-            (MSR_LSTAR, 0),
-            (MSR_IA32_TSC, 0),
-            (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
-        ];
-        let entries: Vec<kvm_msr_entry> = boot_msrs
-            .iter()
-            .map(|&(index, data)| kvm_msr_entry {
-                index,
-                data,
-                ..Default::default()
-            })
-            .collect();
-        let msrs = Msrs::from_entries(&entries).map_err(|_| HvError::Invalid {
-            what: "MSR count",
-            value: entries.len() as u64,
-        })?;
-        let set = self.fd.set_msrs(&msrs).map_err(call("KVM_SET_MSRS"))?;
-        if set != entries.len() {
-            // KVM stops at the first MSR it refuses; the rest keep their reset values,
-            // which are the same zeros for all but MISC_ENABLE.
-            log::debug(format_args!(
-                "vcpu {}: KVM accepted {set} of {} boot MSRs",
-                self.id,
-                entries.len()
-            ));
-        }
-        let fpu = kvm_fpu {
-            fcw: 0x37f,
-            mxcsr: 0x1f80,
-            ..Default::default()
-        };
-        self.fd.set_fpu(&fpu).map_err(call("KVM_SET_FPU"))?;
-        // LINT0 delivers the 8259's ExtINT, LINT1 NMI (the MP table says the same).
-        let mut lapic = self.fd.get_lapic().map_err(call("KVM_GET_LAPIC"))?;
-        for (reg, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
-            let bytes: &mut [i8] = &mut lapic.regs[reg..reg + 4];
-            let mut v = [0u8; 4];
-            for (d, s) in v.iter_mut().zip(bytes.iter()) {
-                *d = *s as u8;
-            }
-            let value = (u32::from_le_bytes(v) & !0x700) | (mode << 8);
-            for (d, s) in bytes.iter_mut().zip(value.to_le_bytes()) {
-                *d = s as i8;
-            }
-        }
-        self.fd.set_lapic(&lapic).map_err(call("KVM_SET_LAPIC"))?;
-        Ok(())
-    }
-
-    fn set_segments(&self, code: u16, gdt_gpa: u64, long: Option<u64>) -> Result<(), HvError> {
-        let mut sregs = self.fd.get_sregs().map_err(call("KVM_GET_SREGS"))?;
-        sregs.gdt.base = gdt_gpa;
-        sregs.gdt.limit = GDT_SIZE - 1;
-        sregs.idt.base = 0;
-        sregs.idt.limit = 0;
-        sregs.cs = kvm_segment(Segment::from_gdt(code));
-        let data = kvm_segment(Segment::from_gdt(DATA_SELECTOR));
-        sregs.ds = data;
-        sregs.es = data;
-        sregs.fs = data;
-        sregs.gs = data;
-        sregs.ss = data;
-        sregs.tr = kvm_segment(Segment::from_gdt(TSS_SELECTOR));
-        sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !CR0_PG;
-        sregs.cr4 = 0;
-        sregs.efer = 0;
-        if let Some(cr3) = long {
-            sregs.cr3 = cr3;
-            sregs.cr4 |= CR4_PAE;
-            sregs.cr0 |= CR0_PG;
-            sregs.efer |= EFER_LME | EFER_LMA;
-        }
-        self.fd.set_sregs(&sregs).map_err(call("KVM_SET_SREGS"))
     }
 
     /// Write the answer of the previous read exit into `kvm_run`.
@@ -266,24 +131,7 @@ impl KvmVcpu {
     }
 
     fn rip_detail(&self) -> String {
-        let Ok(regs) = self.fd.get_regs() else {
-            return String::new();
-        };
-        let mut s = format!(" at rip {:#x}", regs.rip);
-        if let Ok(t) = self.fd.translate_gva(regs.rip) {
-            if t.valid != 0 {
-                let mut insn = [0u8; 8];
-                if self
-                    .ram
-                    .read(GuestAddress(t.physical_address), &mut insn)
-                    .is_ok()
-                {
-                    let bytes: Vec<String> = insn.iter().map(|b| format!("{b:02x}")).collect();
-                    let _ = write!(s, " (bytes {})", bytes.join(" "));
-                }
-            }
-        }
-        s
+        host::fault_detail(&self.fd, &self.ram)
     }
 
     fn fault(&self, detail: String) -> HvError {
@@ -318,42 +166,7 @@ impl Vcpu for KvmVcpu {
     }
 
     fn set_boot_entry(&mut self, entry: &BootEntry) -> Result<(), HvError> {
-        match *entry {
-            BootEntry::X86Pvh { eip, ebx, gdt_gpa } => {
-                self.set_segments(CODE32_SELECTOR, gdt_gpa, None)?;
-                let regs = kvm_regs {
-                    rip: eip.into(),
-                    rbx: ebx.into(),
-                    rflags: 0x2,
-                    ..Default::default()
-                };
-                self.fd.set_regs(&regs).map_err(call("KVM_SET_REGS"))
-            }
-            BootEntry::X86Long {
-                rip,
-                rsi,
-                cr3,
-                gdt_gpa,
-                rsp,
-            } => {
-                self.set_segments(CODE64_SELECTOR, gdt_gpa, Some(cr3))?;
-                let regs = kvm_regs {
-                    rip,
-                    rsi,
-                    rsp,
-                    rbp: rsp,
-                    rflags: 0x2,
-                    ..Default::default()
-                };
-                self.fd.set_regs(&regs).map_err(call("KVM_SET_REGS"))
-            }
-            // KVM's in-kernel LAPIC keeps an AP in wait-for-SIPI until the guest starts it.
-            BootEntry::Parked => Ok(()),
-            _ => Err(HvError::Unsupported {
-                backend: "kvm (x86_64)",
-                what: "this boot entry",
-            }),
-        }
+        host::set_boot_entry(&self.arch, &self.fd, entry)
     }
 
     fn run(&mut self, answer: ExitAnswer) -> Result<VcpuExit, HvError> {

@@ -9,12 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keel_core::arch::x86_64::cmdline::Cmdline;
-use keel_core::arch::x86_64::layout::{
-    CMDLINE_MAX, COM1_GSI, COM1_PORT, DEBUG_EXIT_PORT, I8042_DATA_PORT, VIRTIO_MMIO_SIZE,
-    virtio_mmio_base, virtio_mmio_gsi,
-};
-use keel_core::arch::x86_64::{BootError, load_kernel, mptable};
+use keel_core::arch::x86_64::BootError;
 use keel_core::bus::SharedDevice;
 use keel_core::hv::VmConfig;
 use keel_core::{BootEntry, HvError, Hypervisor, SystemEvent, Vcpu, Vm};
@@ -25,7 +20,9 @@ use keel_virtio::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::{DebugExit, I8042, SerialDevice};
+use crate::arch::aarch64::Arm64BootError;
+use crate::arch::platform;
+use crate::devices::SerialDevice;
 use crate::dispatch::{ExitHandler, ExitStats, StopSink, run_vcpu};
 use crate::hv::{KvmHypervisor, KvmVm};
 use crate::io::{self, Doorbell, IoContext};
@@ -49,7 +46,7 @@ pub enum VmmError {
         /// The OS's reason.
         reason: String,
     },
-    /// The kernel or initrd could not be loaded.
+    /// The kernel or initrd could not be loaded (x86).
     #[error("vm {vm:?}: kernel {path}: {source}")]
     Boot {
         /// The VM.
@@ -58,6 +55,16 @@ pub enum VmmError {
         path: String,
         /// What the loader said.
         source: BootError,
+    },
+    /// The kernel `Image`, initrd or device tree could not be loaded (arm64).
+    #[error("vm {vm:?}: kernel {path}: {source}")]
+    Arm64Boot {
+        /// The VM.
+        vm: String,
+        /// The kernel path.
+        path: String,
+        /// What the loader said.
+        source: Arm64BootError,
     },
     /// The spec asks for something this backend does not do.
     #[error("vm {vm:?}: {what}")]
@@ -81,7 +88,10 @@ impl VmmError {
     pub fn is_input_error(&self) -> bool {
         matches!(
             self,
-            VmmError::HostFile { .. } | VmmError::Boot { .. } | VmmError::Unsupported { .. }
+            VmmError::HostFile { .. }
+                | VmmError::Boot { .. }
+                | VmmError::Arm64Boot { .. }
+                | VmmError::Unsupported { .. }
         )
     }
 }
@@ -150,7 +160,9 @@ pub struct PlacedDevice {
     pub transport: Arc<spin::Mutex<dyn VirtioSlot>>,
     /// Its MMIO base.
     pub base: u64,
-    /// Its GSI.
+    /// Its MMIO window size.
+    pub size: u64,
+    /// Its interrupt: the GSI on x86, the SPI number on arm64.
     pub gsi: u32,
 }
 
@@ -236,14 +248,13 @@ impl StopSink for Control {
     }
 }
 
-/// Places virtio-mmio devices: window `i` at 0xd000_0000 + i * 0x1000, GSI 5 + i, and
-/// its `virtio_mmio.device=` entry on the command line.
+/// Places virtio-mmio devices in the platform's slots, in order (x86: window `i` at
+/// 0xd000_0000 + i * 0x1000, GSI 5 + i; arm64: 0x0a00_0000 + i * 0x200, SPI 16 + i). The
+/// platform then tells the guest where they are (command line, device tree).
 struct Placer<'a> {
     vm: &'a KvmVm,
     vm_name: &'a str,
-    kernel: String,
     handler: &'a mut ExitHandler,
-    cmdline: &'a mut Cmdline,
     devices: Vec<PlacedDevice>,
 }
 
@@ -254,7 +265,7 @@ impl Placer<'_> {
         device: D,
     ) -> Result<(), VmmError> {
         let index = self.devices.len() as u32;
-        let (Some(base), Some(gsi)) = (virtio_mmio_base(index), virtio_mmio_gsi(index)) else {
+        let Some((base, size, gsi)) = platform::virtio_slot(index) else {
             return Err(VmmError::Unsupported {
                 vm: self.vm_name.to_string(),
                 what: format!("more than {index} virtio devices"),
@@ -269,19 +280,13 @@ impl Placer<'_> {
         let bus_device: SharedDevice = transport.clone();
         self.handler
             .mmio
-            .insert(base, VIRTIO_MMIO_SIZE, bus_device)
+            .insert(base, size, bus_device)
             .map_err(|e| VmmError::Host(format!("MMIO bus: {e}")))?;
-        self.cmdline
-            .push_virtio_mmio(base, VIRTIO_MMIO_SIZE, gsi)
-            .map_err(|source| VmmError::Boot {
-                vm: self.vm_name.to_string(),
-                path: self.kernel.clone(),
-                source,
-            })?;
         self.devices.push(PlacedDevice {
             label,
             transport,
             base,
+            size,
             gsi,
         });
         Ok(())
@@ -325,12 +330,7 @@ impl Vmm {
     /// Build the VM `spec` describes: memory, kernel, devices, vCPUs.
     pub fn from_spec(spec: &VmSpec) -> Result<Vmm, VmmError> {
         let started = Instant::now();
-        if spec.arch != Arch::X86_64 {
-            return Err(VmmError::Unsupported {
-                vm: spec.name.clone(),
-                what: format!("arch {} (the KVM backend runs x86_64 guests)", spec.arch),
-            });
-        }
+        check_arch(spec)?;
         let kernel = read_file("kernel", &spec.kernel)?;
         let initrd = match &spec.initrd {
             Some(p) => Some(read_file("initrd", p)?),
@@ -342,50 +342,26 @@ impl Vmm {
             ram: keel_spec::ram_layout(spec),
             vcpus: spec.vcpus,
         })?;
-        let ram = vm.ram().clone();
         let control = Arc::new(Control::default());
         let stop: Arc<dyn StopSink> = control.clone();
 
-        // Legacy devices on the port bus.
+        // Legacy devices: COM1 (and the i8042, debug exit) on x86's port bus, the UART on
+        // arm64's MMIO bus.
         let mut handler = ExitHandler {
             stats: Arc::new(ExitStats::default()),
             ..ExitHandler::default()
         };
         let serial = Arc::new(spin::Mutex::new(SerialDevice::new(
-            vm.irq_line(COM1_GSI)?,
+            vm.irq_line(platform::SERIAL_IRQ)?,
             open_output(&spec.serial, "serial output")?,
         )));
-        let serial_dev: SharedDevice = serial.clone();
-        let i8042: SharedDevice = Arc::new(spin::Mutex::new(I8042::new(stop.clone())));
-        let debug_exit: SharedDevice = Arc::new(spin::Mutex::new(DebugExit::new(stop.clone())));
-        let bus_err = |e: keel_core::BusError| VmmError::Host(format!("port bus: {e}"));
-        handler
-            .pio
-            .insert(COM1_PORT.into(), 8, serial_dev)
-            .map_err(bus_err)?;
-        handler
-            .pio
-            .insert(I8042_DATA_PORT.into(), 5, i8042)
-            .map_err(bus_err)?;
-        handler
-            .pio
-            .insert(DEBUG_EXIT_PORT.into(), 1, debug_exit)
-            .map_err(bus_err)?;
+        platform::place_legacy(&mut handler, serial.clone(), &stop)?;
 
-        // Virtio devices: disks, then consoles, then the rng, one 4 KiB window each.
-        let mut cmdline = Cmdline::new((CMDLINE_MAX - 1) as usize);
-        let boot_err = |source| VmmError::Boot {
-            vm: spec.name.clone(),
-            path: spec.kernel.to_string(),
-            source,
-        };
-        cmdline.push(&spec.cmdline).map_err(boot_err)?;
+        // Virtio devices: disks, then consoles, then the rng, one window each.
         let mut placer = Placer {
             vm: &vm,
             vm_name: &spec.name,
-            kernel: spec.kernel.to_string(),
             handler: &mut handler,
-            cmdline: &mut cmdline,
             devices: Vec::new(),
         };
         for (i, disk) in spec.disks.iter().enumerate() {
@@ -430,27 +406,20 @@ impl Vmm {
             }
         }
 
-        let loaded = load_kernel(&ram, &kernel, initrd.as_deref(), &cmdline).map_err(boot_err)?;
-        mptable::write_mptable(&ram, spec.vcpus).map_err(boot_err)?;
-        log::debug(format_args!(
-            "vm {:?}: {:?} kernel, entry {:?}, cmdline {:?}",
-            spec.name,
-            loaded.format,
-            loaded.entry,
-            cmdline.as_str()
-        ));
+        let boot_entry = platform::load_guest(&vm, spec, &kernel, initrd.as_deref(), &devices)?;
 
         let mut vcpus = Vec::with_capacity(spec.vcpus as usize);
         for id in 0..spec.vcpus {
             let mut vcpu = vm.create_vcpu(id)?;
             let entry = if id == 0 {
-                loaded.entry
+                boot_entry
             } else {
                 BootEntry::Parked
             };
             vcpu.set_boot_entry(&entry)?;
             vcpus.push(vcpu);
         }
+        vm.complete_irqchip()?;
         Ok(Vmm {
             name: spec.name.clone(),
             vm,
@@ -567,6 +536,22 @@ impl Vmm {
     }
 }
 
+/// Refuse a guest architecture other than the host's: KVM runs guests of its own kind.
+fn check_arch(spec: &VmSpec) -> Result<(), VmmError> {
+    match Arch::host() {
+        Some(host) if host == spec.arch => Ok(()),
+        host => Err(VmmError::Unsupported {
+            vm: spec.name.clone(),
+            what: format!(
+                "arch {} guests cannot run on this {} host: the KVM backend runs guests of the host's architecture (arch = \"{}\")",
+                spec.arch,
+                std::env::consts::ARCH,
+                host.map_or_else(|| "none".to_string(), |a| a.to_string())
+            ),
+        }),
+    }
+}
+
 /// Kick every vCPU thread out of `KVM_RUN` until it has finished, then join it.
 fn kick_and_join(threads: Vec<JoinHandle<()>>) {
     let sig = vmm_sys_util::signal::SIGRTMIN();
@@ -575,7 +560,7 @@ fn kick_and_join(threads: Vec<JoinHandle<()>>) {
         while !t.is_finished() {
             // SAFETY: the thread has not been joined, so its pthread_t is valid; the signal
             // has a handler installed, so it cannot kill the process.
-            unsafe { libc::pthread_kill(t.as_pthread_t(), sig) };
+            unsafe { libc::pthread_kill(t.as_pthread_t() as libc::pthread_t, sig) };
             std::thread::sleep(Duration::from_millis(1));
             waited += Duration::from_millis(1);
             if waited == Duration::from_secs(5) {

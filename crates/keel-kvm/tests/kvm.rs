@@ -1,6 +1,8 @@
 //! The KVM backend against tiny hand-assembled guests (bytes written into guest RAM), as
 //! kvm-ioctls' own tests do. Without /dev/kvm each test prints `SKIPPED` and records it.
 
+#![cfg(target_arch = "x86_64")]
+
 use keel_core::arch::x86_64::cmdline::Cmdline;
 use keel_core::arch::x86_64::gdt::write_gdt;
 use keel_core::arch::x86_64::layout::{GDT_GPA, KERNEL_GPA};

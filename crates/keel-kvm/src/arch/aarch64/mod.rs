@@ -1,0 +1,375 @@
+//! arm64 on KVM: the values Keel hands to KVM (vCPU features, core-register ids and boot
+//! values, the vGIC's attributes, `KVM_IRQ_LINE` numbers) and the guest platform (device tree,
+//! `Image` placement) built from a [`VmSpec`].
+//!
+//! This module is portable logic compiled and unit-tested on every host; only [`kvm`] (built
+//! on aarch64) makes the ioctls. The kernel `Image` loader and the device tree are keel-core's
+//! ([`keel_core::arch::aarch64::image`], [`keel_core::arch::aarch64::fdt`]), the same code
+//! the seL4 backend uses.
+//!
+//! Interrupts: devices raise level-triggered SPIs with `KVM_IRQ_LINE`
+//! (`irq = KVM_ARM_IRQ_TYPE_SPI << 24 | INTID`), for the reason given on x86: virtio-mmio
+//! and the 8250 are level-style devices (the line stays up while `InterruptStatus`/`IIR` has
+//! something to say), and the vGIC models level SPIs exactly when told the level. An irqfd
+//! only injects an edge (up then down), which the vGIC drops for a level-sensitive SPI that
+//! is no longer held up before the guest acknowledges it, unless a resample fd and a thread
+//! re-check the device at every EOI.
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod kvm;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod platform;
+
+use keel_core::BootEntry;
+use keel_core::arch::aarch64::fdt::{FdtError, generate_fdt};
+use keel_core::arch::aarch64::image::{BootLayout, ImageError, ImageHeader};
+use keel_core::arch::aarch64::layout::{
+    Arm64Platform, GIC_DIST_BASE, GICV2_CPU_BASE, GICV3_REDIST_BASE, GicVersion, MmioDevice,
+    PsciConduit, Trigger, VIRTIO_MMIO_SLOTS, spi_intid,
+};
+use keel_core::memory::GuestRam;
+
+// --- vCPU features (KVM_ARM_VCPU_INIT) ---------------------------------------------------
+
+/// `KVM_ARM_VCPU_POWER_OFF`: the vCPU starts powered off, until a PSCI `CPU_ON`.
+pub const FEATURE_POWER_OFF: u32 = 0;
+/// `KVM_ARM_VCPU_PSCI_0_2`: KVM implements PSCI 0.2+ in the kernel (CPU_ON, SYSTEM_OFF, …).
+pub const FEATURE_PSCI_0_2: u32 = 2;
+
+/// The `features[0]` word of `KVM_ARM_VCPU_INIT`: in-kernel PSCI 0.2 for every vCPU, and
+/// powered off for a vCPU the guest starts itself (PSCI `CPU_ON`, handled by KVM).
+pub const fn vcpu_features(parked: bool) -> u32 {
+    let mut f = 1 << FEATURE_PSCI_0_2;
+    if parked {
+        f |= 1 << FEATURE_POWER_OFF;
+    }
+    f
+}
+
+// --- core registers (KVM_SET_ONE_REG) ----------------------------------------------------
+
+/// `KVM_REG_ARM64`.
+const KVM_REG_ARM64: u64 = 0x6000_0000_0000_0000;
+/// `KVM_REG_SIZE_U64`.
+const KVM_REG_SIZE_U64: u64 = 0x0030_0000_0000_0000;
+/// `KVM_REG_ARM_CORE` (coprocessor field 0x10).
+const KVM_REG_ARM_CORE: u64 = 0x0010 << 16;
+
+/// The `KVM_{GET,SET}_ONE_REG` id of the 64-bit core register at byte `offset` of
+/// `struct kvm_regs` (KVM counts core registers in 32-bit words).
+pub const fn core_reg_id(offset: u64) -> u64 {
+    KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | (offset / 4)
+}
+
+/// `kvm_regs.regs.regs[0]` (x0).
+pub const REG_X0: u64 = core_reg_id(0);
+/// `kvm_regs.regs.pc` (after 31 general registers and sp).
+pub const REG_PC: u64 = core_reg_id(32 * 8);
+/// `kvm_regs.regs.pstate`.
+pub const REG_PSTATE: u64 = core_reg_id(33 * 8);
+
+/// `PSTATE` at kernel entry: EL1 with SP_EL1 (`EL1h`, mode 0b0101) and D, A, I, F masked,
+/// as the arm64 Linux boot protocol requires.
+pub const PSTATE_EL1H_DAIF_MASKED: u64 = 0x5 | 0xf << 6;
+
+/// The core registers `(id, value)` that start a vCPU at `entry`: x0 = device tree,
+/// PC = kernel entry, PSTATE = EL1h with DAIF masked. `None` for a parked vCPU (KVM keeps
+/// it powered off until `CPU_ON` sets its PC and x0 itself) or a non-arm64 entry.
+pub fn boot_registers(entry: &BootEntry) -> Option<[(u64, u64); 3]> {
+    match *entry {
+        BootEntry::Arm64 { pc, x0 } => Some([
+            (REG_PSTATE, PSTATE_EL1H_DAIF_MASKED),
+            (REG_X0, x0),
+            (REG_PC, pc),
+        ]),
+        _ => None,
+    }
+}
+
+// --- the in-kernel vGIC (KVM_CREATE_DEVICE) ------------------------------------------------
+
+/// `KVM_DEV_TYPE_ARM_VGIC_V2`.
+pub const DEV_TYPE_VGIC_V2: u32 = 5;
+/// `KVM_DEV_TYPE_ARM_VGIC_V3`.
+pub const DEV_TYPE_VGIC_V3: u32 = 7;
+/// `KVM_DEV_ARM_VGIC_GRP_ADDR`.
+pub const VGIC_GRP_ADDR: u32 = 0;
+/// `KVM_DEV_ARM_VGIC_GRP_NR_IRQS`.
+pub const VGIC_GRP_NR_IRQS: u32 = 3;
+/// `KVM_DEV_ARM_VGIC_GRP_CTRL`.
+pub const VGIC_GRP_CTRL: u32 = 4;
+/// `KVM_DEV_ARM_VGIC_CTRL_INIT`.
+pub const VGIC_CTRL_INIT: u64 = 0;
+const VGIC_V2_ADDR_TYPE_DIST: u64 = 0;
+const VGIC_V2_ADDR_TYPE_CPU: u64 = 1;
+const VGIC_V3_ADDR_TYPE_DIST: u64 = 2;
+const VGIC_V3_ADDR_TYPE_REDIST: u64 = 3;
+
+/// Interrupts the vGIC implements: 32 private (SGIs, PPIs) and 96 SPIs, enough for the UART
+/// (SPI 1) and all [`VIRTIO_MMIO_SLOTS`] virtio-mmio devices (SPIs 16..48). A multiple of 32.
+pub const GIC_NR_IRQS: u32 = 128;
+
+/// The `KVM_DEV_TYPE_*` of a GIC version.
+pub const fn vgic_device_type(gic: GicVersion) -> u32 {
+    match gic {
+        GicVersion::V2 => DEV_TYPE_VGIC_V2,
+        GicVersion::V3 => DEV_TYPE_VGIC_V3,
+    }
+}
+
+/// The `KVM_DEV_ARM_VGIC_GRP_ADDR` attributes `(attr, guest-physical address)` that place
+/// the GIC where the device tree says: the distributor, then the CPU interface (v2) or the
+/// base of the redistributor region (v3, KVM lays out one 128 KiB frame pair per vCPU).
+pub const fn vgic_addresses(gic: GicVersion) -> [(u64, u64); 2] {
+    match gic {
+        GicVersion::V2 => [
+            (VGIC_V2_ADDR_TYPE_DIST, GIC_DIST_BASE),
+            (VGIC_V2_ADDR_TYPE_CPU, GICV2_CPU_BASE),
+        ],
+        GicVersion::V3 => [
+            (VGIC_V3_ADDR_TYPE_DIST, GIC_DIST_BASE),
+            (VGIC_V3_ADDR_TYPE_REDIST, GICV3_REDIST_BASE),
+        ],
+    }
+}
+
+// --- interrupt lines (KVM_IRQ_LINE) --------------------------------------------------------
+
+/// `KVM_ARM_IRQ_TYPE_SPI << KVM_ARM_IRQ_TYPE_SHIFT`.
+const IRQ_LINE_TYPE_SPI: u32 = 1 << 24;
+
+/// The `KVM_IRQ_LINE` number of SPI `spi` (`irq_type` SPI, INTID `32 + spi`), or `None`
+/// beyond the [`GIC_NR_IRQS`] the vGIC has.
+pub const fn spi_irq_line(spi: u32) -> Option<u32> {
+    if spi >= GIC_NR_IRQS - 32 {
+        return None;
+    }
+    Some(IRQ_LINE_TYPE_SPI | spi_intid(spi))
+}
+
+// --- the guest platform ----------------------------------------------------------------------
+
+/// virtio-mmio slot `index`: `(base, size, SPI)`, or `None` past the last slot.
+pub fn virtio_slot(index: u32) -> Option<(u64, u64, u32)> {
+    (index < VIRTIO_MMIO_SLOTS).then(|| {
+        let d = MmioDevice::virtio_slot(index);
+        (d.base, d.size, d.spi)
+    })
+}
+
+/// Why an arm64 guest could not be put into memory.
+#[derive(Debug, thiserror::Error)]
+pub enum Arm64BootError {
+    /// The kernel `Image` (header, placement, copy) was refused.
+    #[error("{0}")]
+    Image(#[from] ImageError),
+    /// The device tree could not be built from the platform.
+    #[error("device tree: {0}")]
+    DeviceTree(#[from] FdtError),
+    /// The VM has no RAM to boot from.
+    #[error("the VM has no RAM region to load the kernel into")]
+    NoRam,
+}
+
+/// The platform a VM's device tree describes: `ram` regions, `vcpus`, `gic`, the 8250 UART,
+/// `virtio` virtio-mmio devices in the standard slots (in placement order), the command
+/// line, PSCI over `hvc` (KVM's in-kernel PSCI).
+///
+/// The UART's SPI is declared edge-triggered: the vm-superio 8250 model signals each
+/// interrupt as an edge (as COM1's ISA IRQ on x86) and keeps no line level. Declared level,
+/// the vGIC would drop each pulse (raised and lowered before the guest acknowledges it) and
+/// the guest's interrupt-driven transmit would stall.
+pub fn platform(
+    ram: &[(u64, u64)],
+    vcpus: u32,
+    gic: GicVersion,
+    virtio: u32,
+    cmdline: &str,
+) -> Arm64Platform {
+    let mut p = Arm64Platform::new(0, vcpus, gic);
+    p.memory = ram.to_vec();
+    p.cmdline = cmdline.into();
+    p.psci = PsciConduit::Hvc;
+    if let Some(uart) = p.uart.as_mut() {
+        uart.trigger = Trigger::Edge;
+    }
+    for _ in 0..virtio {
+        // Callers place at most VIRTIO_MMIO_SLOTS devices (virtio_slot refuses more).
+        let _ = p.add_virtio();
+    }
+    p
+}
+
+/// Load `kernel` (an arm64 `Image`), `initrd` and the device tree of `platform` into the
+/// first RAM region, and return the boot vCPU's entry and the tree's size.
+///
+/// The layout is planned first because the tree names the initrd's place.
+pub fn load_linux(
+    ram: &GuestRam,
+    platform: &mut Arm64Platform,
+    kernel: &[u8],
+    initrd: Option<&[u8]>,
+) -> Result<(BootEntry, usize), Arm64BootError> {
+    let &(ram_base, ram_size) = platform.memory.first().ok_or(Arm64BootError::NoRam)?;
+    let header = ImageHeader::parse(kernel)?;
+    let layout = BootLayout::plan(&header, initrd.map(|i| i.len() as u64), ram_base, ram_size)?;
+    platform.initrd = layout.initrd;
+    let fdt = generate_fdt(platform)?;
+    let entry = layout.load(ram, kernel, initrd, &fdt)?;
+    Ok((entry, fdt.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_core::arch::aarch64::layout::RAM_BASE;
+    use keel_core::memory::{GuestAddress, GuestMemory};
+
+    /// A minimal arm64 `Image`: header with `image_size`, text_offset 0, LE, 4K, anywhere.
+    fn image(image_size: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        v[0..4].copy_from_slice(&0x1400_0010u32.to_le_bytes());
+        v[16..24].copy_from_slice(&image_size.to_le_bytes());
+        v[24..32].copy_from_slice(&0xau64.to_le_bytes());
+        v[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        v
+    }
+
+    #[test]
+    fn boot_vcpu_has_psci_and_secondaries_start_powered_off() {
+        assert_eq!(vcpu_features(false), 0b100);
+        assert_eq!(vcpu_features(true), 0b101);
+    }
+
+    #[test]
+    fn core_register_ids_match_the_kvm_abi() {
+        // Values of KVM_REG_ARM_CORE_REG(regs.regs[0]), (regs.pc), (regs.pstate) on arm64.
+        assert_eq!(REG_X0, 0x6030_0000_0010_0000);
+        assert_eq!(REG_PC, 0x6030_0000_0010_0040);
+        assert_eq!(REG_PSTATE, 0x6030_0000_0010_0042);
+    }
+
+    #[test]
+    fn entry_sets_x0_pc_and_el1h_with_daif_masked() {
+        let regs = boot_registers(&BootEntry::Arm64 {
+            pc: 0x4020_0000,
+            x0: 0x4800_0000,
+        })
+        .unwrap();
+
+        assert!(regs.contains(&(REG_PSTATE, 0x3c5)));
+        assert!(regs.contains(&(REG_X0, 0x4800_0000)));
+        assert!(regs.contains(&(REG_PC, 0x4020_0000)));
+    }
+
+    #[test]
+    fn parked_and_x86_entries_set_no_registers() {
+        assert_eq!(boot_registers(&BootEntry::Parked), None);
+        assert_eq!(
+            boot_registers(&BootEntry::X86Pvh {
+                eip: 1,
+                ebx: 2,
+                gdt_gpa: 3
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn spi_line_encodes_type_spi_and_the_intid() {
+        assert_eq!(spi_irq_line(1), Some(0x0100_0021));
+        assert_eq!(spi_irq_line(16), Some(0x0100_0030));
+        assert_eq!(spi_irq_line(95), Some(0x0100_007f));
+        assert_eq!(spi_irq_line(96), None);
+    }
+
+    #[test]
+    fn every_virtio_slot_spi_fits_the_vgic() {
+        for i in 0..VIRTIO_MMIO_SLOTS {
+            let (_, _, spi) = virtio_slot(i).unwrap();
+            assert!(spi_irq_line(spi).is_some(), "slot {i} SPI {spi}");
+        }
+        assert_eq!(virtio_slot(VIRTIO_MMIO_SLOTS), None);
+    }
+
+    #[test]
+    fn gic_addresses_match_the_device_tree_layout() {
+        let p = platform(&[(RAM_BASE, 256 << 20)], 2, GicVersion::V3, 0, "");
+        let [(_, dist), (_, redist)] = vgic_addresses(GicVersion::V3);
+        let [(dt_dist, _), (dt_redist, _)] = p.gic_regions();
+
+        assert_eq!((dist, redist), (dt_dist, dt_redist));
+        assert_eq!(vgic_addresses(GicVersion::V2)[1], (1, 0x0801_0000));
+    }
+
+    #[test]
+    fn platform_lists_the_uart_and_virtio_slots_in_order() {
+        let p = platform(
+            &[(RAM_BASE, 256 << 20)],
+            2,
+            GicVersion::V3,
+            3,
+            "console=ttyS0",
+        );
+
+        assert_eq!(p.virtio.len(), 3);
+        assert_eq!(p.virtio[2].base, 0x0a00_0400);
+        assert_eq!(p.virtio[2].spi, 18);
+        assert_eq!(
+            p.uart.map(|u| (u.base, u.spi, u.trigger)),
+            Some((0x0900_0000, 1, Trigger::Edge))
+        );
+        assert_eq!(p.memory, [(RAM_BASE, 256 << 20)]);
+        assert_eq!(p.psci, PsciConduit::Hvc);
+    }
+
+    #[test]
+    fn load_puts_kernel_initrd_and_tree_in_ram_and_x0_at_the_tree() {
+        let ram = GuestRam::anonymous(&[(RAM_BASE, 64 << 20)]).unwrap();
+        let mut p = platform(
+            &[(RAM_BASE, 64 << 20)],
+            1,
+            GicVersion::V3,
+            1,
+            "console=ttyS0",
+        );
+        let kernel = image(4 << 20, 8192);
+        let initrd = vec![0x5au8; 3000];
+
+        let (entry, fdt_len) = load_linux(&ram, &mut p, &kernel, Some(&initrd)).unwrap();
+
+        let BootEntry::Arm64 { pc, x0 } = entry else {
+            panic!("{entry:?}")
+        };
+        assert_eq!(pc, RAM_BASE);
+        let (start, end) = p.initrd.unwrap();
+        assert_eq!(end - start, 3000);
+        let mut magic = [0u8; 4];
+        ram.read(GuestAddress(x0), &mut magic).unwrap();
+        assert_eq!(magic, [0xd0, 0x0d, 0xfe, 0xed]);
+        assert!(fdt_len > 0);
+        let mut b = [0u8; 1];
+        ram.read(GuestAddress(start + 2999), &mut b).unwrap();
+        assert_eq!(b, [0x5a]);
+    }
+
+    #[test]
+    fn kernel_larger_than_ram_is_refused() {
+        let ram = GuestRam::anonymous(&[(RAM_BASE, 4 << 20)]).unwrap();
+        let mut p = platform(&[(RAM_BASE, 4 << 20)], 1, GicVersion::V3, 0, "");
+
+        let err = load_linux(&ram, &mut p, &image(64 << 20, 4096), None).unwrap_err();
+
+        assert!(matches!(err, Arm64BootError::Image(_)), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_the_image_magic_is_refused() {
+        let ram = GuestRam::anonymous(&[(RAM_BASE, 4 << 20)]).unwrap();
+        let mut p = platform(&[(RAM_BASE, 4 << 20)], 1, GicVersion::V3, 0, "");
+
+        let err = load_linux(&ram, &mut p, &[0x7f, b'E', b'L', b'F'], None).unwrap_err();
+
+        assert!(matches!(err, Arm64BootError::Image(_)), "{err}");
+    }
+}

@@ -1,0 +1,138 @@
+#!/bin/sh
+# Keel's Linux end-to-end tests, run INSIDE the emulated arm64 host (L1) by
+# scripts/l2-tests.sh: L1's /init sources this file (installed as /extra/l2-inside.sh by guest/l1host/build.sh --extra), with
+# the `step` function of guest/l1host/init.sh. Each test is one L1 step; a test prints
+# `L2-CHECK <test> ok|FAIL <what>` lines and exits non-zero if any check failed. The L2 guest
+# is guest/linux's Debian arm64 kernel + initramfs (/l2), run by /bin/keel.
+#
+# Tests (in order; the disk tests depend on each other):
+#   boot-smp-devices  2 vCPUs: KEEL-GUEST-READY, nproc 2, virtio blk/console/rng bound, the
+#                     rng selected; writes pattern A to the disk; clean power-off (exit 0)
+#   disk-after-poweroff  a new boot reads pattern A back; writes pattern B, `sync`, then
+#                     resets at once (sysrq b: no clean shutdown; keel exits 0 on reboot)
+#   disk-after-sync-reset  a new boot reads pattern B back
+#   bad-config        refused before boot with exit 2: x86_64 guest, a non-Image kernel,
+#                     a missing disk
+# Environment: L2_TIMEOUT (seconds per keel run, default 90), KEEL (default /bin/keel).
+# shellcheck shell=sh
+
+KEEL=${KEEL:-/bin/keel}
+L2_TIMEOUT=${L2_TIMEOUT:-90}
+W=/tmp/l2
+mkdir -p $W
+truncate -s 64M $W/disk.img
+
+# system <name> <vcpus> <guest-shell-snippet> [kernel] [arch] [disk]: write $W/<name>.toml.
+system() {
+    _cmd=$(printf '%s' "$3" | base64 | tr -d '\n')
+    cat >"$W/$1.toml" <<TOML
+[[vm]]
+name = "$1"
+arch = "${5:-aarch64}"
+vcpus = $2
+memory = "256M"
+kernel = "${4:-/l2/vmlinuz}"
+initrd = "/l2/initrd.cpio.gz"
+cmdline = "console=ttyS0 quiet loglevel=1 keel.cmd=$_cmd"
+serial = "stdio"
+
+[[vm.disk]]
+path = "${6:-$W/disk.img}"
+id = "data"
+
+[[vm.console]]
+output = "file:$W/$1-console.log"
+
+[vm.rng]
+TOML
+}
+
+# run <name>: run keel on $W/<name>.toml, output in $W/<name>.out, status in $rc.
+run() {
+    timeout "$L2_TIMEOUT" "$KEEL" run "$W/$1.toml" --stats >"$W/$1.out" 2>&1
+    rc=$?
+    # Show the guest's protocol lines and keel's own (the step prefixes them).
+    grep -E '^(KEEL-|keel)' "$W/$1.out" | tr -d '\r'
+    echo "keel exit status $rc"
+}
+
+failed=0
+# check <test> <what> <command...>
+check() {
+    _t=$1 _w=$2
+    shift 2
+    if "$@" >/dev/null 2>&1; then
+        echo "L2-CHECK $_t ok $_w"
+    else
+        echo "L2-CHECK $_t FAIL $_w"
+        failed=1
+    fi
+}
+has() { tr -d '\r' <"$W/$1.out" | grep -qx "$2"; }
+has_re() { tr -d '\r' <"$W/$1.out" | grep -qE "$2"; }
+
+t_boot() {
+    failed=0
+    system boot 2 "nproc; echo KEEL-PATTERN-A-\$(od -An -tx1 -N6 /dev/urandom | tr -d \" \\n\") >/tmp/p; dd if=/tmp/p of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null; cat /tmp/p"
+    run boot
+    check boot "keel exit 0 (power-off)" [ "$rc" = 0 ]
+    check boot "ready marker" has boot KEEL-GUEST-READY
+    check boot "KEEL-NPROC 2" has boot "KEEL-NPROC 2"
+    check boot "virtio-blk bound" has_re boot '^KEEL-VIRTIO virtio[0-9]+ device=0x0002 driver=virtio_blk$'
+    check boot "virtio-console bound" has_re boot '^KEEL-VIRTIO virtio[0-9]+ device=0x0003 driver=virtio_console$'
+    check boot "virtio-rng bound" has_re boot '^KEEL-VIRTIO virtio[0-9]+ device=0x0004 driver=virtio_rng$'
+    check boot "rng selected" has_re boot '^KEEL-RNG virtio_rng'
+    check boot "vda 65536 KiB" has boot "KEEL-BLOCK vda 65536"
+    check boot "pattern written" has_re boot '^KEEL-PATTERN-A-[0-9a-f]{12}$'
+    check boot "command exit 0" has boot "KEEL-CMD-EXIT 0"
+    tr -d '\r' <"$W/boot.out" | grep -E '^KEEL-PATTERN-A-' >$W/pattern-a
+    return $failed
+}
+
+t_poweroff() {
+    failed=0
+    system again 2 "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1; echo KEEL-PATTERN-B-\$(od -An -tx1 -N6 /dev/urandom | tr -d \" \\n\") >/tmp/p; dd if=/tmp/p of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null; cat /tmp/p; sync; echo KEEL-SYNCED; echo b >/proc/sysrq-trigger; sleep 30"
+    run again
+    check disk-after-poweroff "keel exit 0 (reset)" [ "$rc" = 0 ]
+    check disk-after-poweroff "reboot reported" has_re again 'guest requested reboot'
+    check disk-after-poweroff "pattern A read back" has again "$(cat $W/pattern-a)"
+    check disk-after-poweroff "synced" has again KEEL-SYNCED
+    check disk-after-poweroff "no clean power-off" sh -c "! grep -q KEEL-GUEST-POWEROFF $W/again.out"
+    tr -d '\r' <"$W/again.out" | grep -E '^KEEL-PATTERN-B-' >$W/pattern-b
+    return $failed
+}
+
+t_reset() {
+    failed=0
+    system third 1 "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1"
+    run third
+    check disk-after-sync-reset "keel exit 0" [ "$rc" = 0 ]
+    check disk-after-sync-reset "pattern B read back" has third "$(cat $W/pattern-b)"
+    return $failed
+}
+
+# refused <test> <what> <toml-name>: keel exits 2 at once with one error line.
+refused() {
+    timeout 30 "$KEEL" run "$W/$3.toml" >"$W/$3.out" 2>&1
+    _rc=$?
+    sed 's/^/  /' "$W/$3.out"
+    check "$1" "$2: exit 2" [ "$_rc" = 2 ]
+    check "$1" "$2: one error line" has_re "$3" '^keel: error: '
+    check "$1" "$2: no boot" sh -c "! grep -q KEEL-GUEST-READY $W/$3.out"
+}
+
+t_bad() {
+    failed=0
+    system bad-arch 1 true /l2/vmlinuz x86_64
+    refused bad-config "x86_64 guest on arm64" bad-arch
+    system bad-kernel 1 true /l2/initrd.cpio.gz
+    refused bad-config "kernel that is no Image" bad-kernel
+    system bad-disk 1 true /l2/vmlinuz aarch64 $W/missing.img
+    refused bad-config "missing disk" bad-disk
+    return $failed
+}
+
+step boot-smp-devices t_boot
+step disk-after-poweroff t_poweroff
+step disk-after-sync-reset t_reset
+step bad-config t_bad

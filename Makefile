@@ -26,6 +26,11 @@ run: build testguest
 test: setup
 	bash scripts/test.sh
 
+# Keel against QEMU (and Firecracker / Cloud Hypervisor when FIRECRACKER= / CLOUD_HYPERVISOR=
+# name their binaries) on the same guest; writes bench/RESULTS.md. BENCH_QUICK=1: smoke run.
+bench: build testguest
+	bash bench/run.sh
+
 clean:
 	$(CARGO) clean
 	cd guest/testguest && $(CARGO) clean

@@ -13,7 +13,12 @@ use keel_sel4::abi;
 fn sdk_include() -> Option<PathBuf> {
     let Some(sdk) = std::env::var_os("MICROKIT_SDK") else {
         let line = "SKIP keel-sel4 sdk_constants: MICROKIT_SDK is not set; seL4 ABI constants NOT checked against an SDK";
-        eprintln!("\n!!!!!!!! {line} !!!!!!!!\n");
+        // Straight to the process's stderr: the test harness captures eprintln!, and a
+        // skip must be seen.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("\n!!!!!!!! {line} !!!!!!!!\n\n").as_bytes(),
+        );
         if let Some(log) = std::env::var_os("KEEL_SKIP_LOG") {
             use std::io::Write;
             if let Ok(mut f) = std::fs::OpenOptions::new()

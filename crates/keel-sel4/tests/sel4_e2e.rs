@@ -1,0 +1,310 @@
+//! End-to-end: build Microkit images with Keel's seL4 backend and boot the Debian arm64
+//! guest (guest/linux/build.sh arm64) under QEMU.
+//!
+//! Needs `MICROKIT_SDK` (board qemu_virt_aarch64, config debug), the guest images in
+//! `$KEEL_CACHE/guest/arm64` and `qemu-system-aarch64`; without them every test prints a
+//! LOUD skip line (appended to `$KEEL_SKIP_LOG` when set) and passes vacuously.
+//! Run: `MICROKIT_SDK=/path/to/sdk cargo test -p keel-sel4 --features host --test sel4_e2e`.
+#![cfg(feature = "host")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use keel_sel4::host::{self, BuildOptions, RunOutcome};
+
+/// One QEMU at a time: the machine has two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn skip(test: &str, why: &str) {
+    let line = format!("SKIP keel-sel4 sel4_e2e::{test}: {why}");
+    // Straight to the process's stderr: the test harness captures eprintln!, and a
+    // skip must be seen.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("\n!!!!!!!! {line} !!!!!!!!\n\n").as_bytes(),
+    );
+    if let Some(log) = std::env::var_os("KEEL_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+fn cache() -> PathBuf {
+    std::env::var_os("KEEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/keel")
+        })
+}
+
+/// The SDK, or a skip.
+fn prerequisites(test: &str) -> Option<PathBuf> {
+    let Some(sdk) = std::env::var_os("MICROKIT_SDK") else {
+        skip(
+            test,
+            "MICROKIT_SDK is not set; the seL4 backend was NOT tested end to end",
+        );
+        return None;
+    };
+    let g = cache().join("guest/arm64");
+    if !g.join("vmlinuz").is_file() || !g.join("initrd.cpio.gz").is_file() {
+        skip(
+            test,
+            &format!(
+                "no guest in {} (run guest/linux/build.sh arm64)",
+                g.display()
+            ),
+        );
+        return None;
+    }
+    Some(sdk.into())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+/// Build the VMM ELF once for all tests.
+fn vmm_elf() -> PathBuf {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "keel-sel4",
+                "--bin",
+                "keel-sel4-vmm",
+                "--release",
+                "--target",
+                "aarch64-unknown-none",
+            ])
+            .env("CARGO_TARGET_DIR", target_dir())
+            .status()
+            .expect("cargo");
+        assert!(status.success(), "building keel-sel4-vmm failed");
+        target_dir().join("aarch64-unknown-none/release/keel-sel4-vmm")
+    })
+    .clone()
+}
+
+/// Build `toml` (paths may use ${KEEL_CACHE}) and boot it; returns the console output.
+fn build_and_run(sdk: &Path, name: &str, toml: &str) -> (String, RunOutcome) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sel4-e2e-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let system = keel_spec::parse_str(toml, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let opts = BuildOptions {
+        sdk: sdk.into(),
+        board: keel_sel4::abi::board::NAME.into(),
+        out: dir.join("out"),
+        vmm_elf: vmm_elf(),
+    };
+    let built = host::build(&system, &opts).unwrap_or_else(|e| panic!("{name}: build: {e}"));
+    let mut out = Vec::new();
+    let outcome = host::run_qemu(&built.image, 1, Some(Duration::from_secs(240)), &mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    std::fs::write(dir.join("console.log"), &text).unwrap();
+    match outcome {
+        Ok(o) => (text, o),
+        Err(e) => panic!("{name}: {e}\n--- console ---\n{text}"),
+    }
+}
+
+fn vm_toml(name: &str, vcpus: u32, memory: &str, cmdline: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[vm]]
+name = "{name}"
+arch = "aarch64"
+vcpus = {vcpus}
+memory = "{memory}"
+kernel = "${{KEEL_CACHE}}/guest/arm64/vmlinuz"
+initrd = "${{KEEL_CACHE}}/guest/arm64/initrd.cpio.gz"
+cmdline = "{cmdline}"
+{extra}
+"#
+    )
+}
+
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// Seconds until the same kernel and initrd print KEEL-GUEST-READY on QEMU directly.
+fn qemu_direct_ready_secs() -> Option<f64> {
+    let g = cache().join("guest/arm64");
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-aarch64")
+        .args([
+            "-M",
+            "virt",
+            "-cpu",
+            "cortex-a53",
+            "-m",
+            "2G",
+            "-nographic",
+            "-kernel",
+        ])
+        .arg(g.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(g.join("initrd.cpio.gz"))
+        .args(["-append", "console=ttyAMA0 quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut r = BufReader::new(child.stdout.take()?);
+    let mut line = String::new();
+    let mut found = None;
+    while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+        if line.contains("KEEL-GUEST-READY") {
+            found = Some(start.elapsed().as_secs_f64());
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    found
+}
+
+#[test]
+fn debian_guest_boots_to_ready_and_powers_off_cleanly() {
+    let Some(sdk) = prerequisites("debian_guest_boots_to_ready_and_powers_off_cleanly") else {
+        return;
+    };
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let toml = format!(
+        "[system]\nname = \"e2e-boot\"\n{}",
+        vm_toml("linux", 1, "256M", "quiet", "")
+    );
+
+    let (console, o) = build_and_run(&sdk, "boot", &toml);
+    let direct = qemu_direct_ready_secs();
+
+    assert!(
+        console.contains("keel-sel4: vmm up (linux_vmm)"),
+        "{console}"
+    );
+    assert!(console.contains("\nKEEL-GUEST-READY"), "{console}");
+    assert!(console.contains("KEEL-GUEST-POWEROFF"), "{console}");
+    assert!(
+        console.contains("keel-sel4: vm linux: stopped: guest powered off (PSCI SYSTEM_OFF)"),
+        "{console}"
+    );
+    assert_eq!((o.vms_up, o.vms_stopped), (1, 1));
+    eprintln!(
+        "BOOT-TIME to KEEL-GUEST-READY: seL4+Keel {:.2} s, QEMU direct (no seL4) {}",
+        o.first_ready.unwrap_or(f64::NAN),
+        direct.map_or("n/a".into(), |d| format!("{d:.2} s"))
+    );
+}
+
+#[test]
+fn two_vcpu_guest_reads_and_writes_its_virtio_disk() {
+    let Some(sdk) = prerequisites("two_vcpu_guest_reads_and_writes_its_virtio_disk") else {
+        return;
+    };
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sel4-e2e-disk");
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.img");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..21].copy_from_slice(b"KEEL-DISK-MARKER-4711");
+    std::fs::write(&disk, &bytes).unwrap();
+    let cmd = "dd if=/dev/vda bs=21 count=1 2>/dev/null; echo; \
+               echo keel-written-by-guest | dd of=/dev/vda bs=512 seek=8 conv=sync 2>/dev/null; sync; \
+               echo 3 > /proc/sys/vm/drop_caches; \
+               echo READBACK=$(dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c 21); \
+               echo NPROC=$(nproc); head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n'; echo";
+    let extra = format!(
+        "[[vm.disk]]\npath = \"{}\"\nid = \"e2e\"\n\n[vm.rng]\n",
+        disk.display()
+    );
+    let toml = format!(
+        "[system]\nname = \"e2e-disk\"\n{}",
+        vm_toml(
+            "linux",
+            2,
+            "256M",
+            &format!("quiet keel.cmd={}", base64(cmd.as_bytes())),
+            &extra
+        )
+    );
+
+    let (console, _) = build_and_run(&sdk, "disk", &toml);
+
+    assert!(console.contains("KEEL-NPROC 2"), "{console}");
+    assert!(console.contains("KEEL-BLOCK vda 1024"), "{console}");
+    assert!(console.contains("\nKEEL-DISK-MARKER-4711"), "{console}");
+    assert!(
+        console.contains("READBACK=keel-written-by-guest"),
+        "{console}"
+    );
+    assert!(console.contains("NPROC=2"), "{console}");
+    assert!(console.contains("KEEL-CMD-EXIT 0"), "{console}");
+    assert!(
+        console.contains("guest powered off (PSCI SYSTEM_OFF)"),
+        "{console}"
+    );
+}
+
+#[test]
+fn two_vms_boot_in_their_own_vmms_and_power_off() {
+    let Some(sdk) = prerequisites("two_vms_boot_in_their_own_vmms_and_power_off") else {
+        return;
+    };
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let place = "placement = { pcpus = [0] }";
+    let toml = format!(
+        "[system]\nname = \"e2e-two\"\n{}{}",
+        vm_toml("a", 1, "128M", "quiet", place),
+        vm_toml("b", 1, "128M", "quiet", place)
+    );
+
+    let (console, o) = build_and_run(&sdk, "two", &toml);
+
+    assert_eq!((o.vms_up, o.vms_stopped), (2, 2), "{console}");
+    assert!(console.contains("a| KEEL-GUEST-READY"), "{console}");
+    assert!(console.contains("b| KEEL-GUEST-READY"), "{console}");
+    assert!(
+        console.contains("keel-sel4: vm a: stopped: guest powered off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("keel-sel4: vm b: stopped: guest powered off"),
+        "{console}"
+    );
+}

@@ -1,10 +1,14 @@
 //! The x86 PC platform of a VM: COM1, the i8042 and the debug-exit port on the port bus,
 //! virtio-mmio windows at 0xd000_0000 + i * 0x1000 (GSI 5 + i) named on the command line,
-//! the kernel (PVH ELF or bzImage) and the MP table.
+//! the kernel (PVH ELF or bzImage), the MP table, and the ACPI tables with their
+//! power-management ports.
 
 use std::sync::Arc;
 
 use keel_core::BootEntry;
+use keel_core::arch::x86_64::acpi::{
+    self, AcpiError, AcpiInput, PM_PORT_BASE, PM_PORT_LEN, VirtioMmioDevice,
+};
 use keel_core::arch::x86_64::cmdline::Cmdline;
 use keel_core::arch::x86_64::layout::{
     CMDLINE_MAX, COM1_GSI, COM1_PORT, DEBUG_EXIT_PORT, I8042_DATA_PORT, VIRTIO_MMIO_SIZE,
@@ -15,7 +19,7 @@ use keel_core::bus::SharedDevice;
 use keel_core::hv::Vm;
 use keel_spec::VmSpec;
 
-use crate::devices::{DebugExit, I8042};
+use crate::devices::{AcpiPower, DebugExit, I8042};
 use crate::dispatch::{ExitHandler, StopSink};
 use crate::hv::KvmVm;
 use crate::log;
@@ -32,6 +36,7 @@ pub(crate) fn place_legacy(
 ) -> Result<(), VmmError> {
     let i8042: SharedDevice = Arc::new(spin::Mutex::new(I8042::new(stop.clone())));
     let debug_exit: SharedDevice = Arc::new(spin::Mutex::new(DebugExit::new(stop.clone())));
+    let acpi_power: SharedDevice = Arc::new(spin::Mutex::new(AcpiPower::new(stop.clone())));
     let bus_err = |e: keel_core::BusError| VmmError::Host(format!("port bus: {e}"));
     handler
         .pio
@@ -44,6 +49,11 @@ pub(crate) fn place_legacy(
     handler
         .pio
         .insert(DEBUG_EXIT_PORT.into(), 1, debug_exit)
+        .map_err(bus_err)?;
+    // The FADT's sleep control, sleep status and reset registers (ACPI power-off, reboot).
+    handler
+        .pio
+        .insert(PM_PORT_BASE.into(), PM_PORT_LEN, acpi_power)
         .map_err(bus_err)
 }
 
@@ -79,6 +89,26 @@ pub(crate) fn load_guest(
     }
     let loaded = load_kernel(vm.ram(), kernel, initrd, &cmdline).map_err(boot_err)?;
     mptable::write_mptable(vm.ram(), spec.vcpus).map_err(boot_err)?;
+    // ACPI for guests that find devices only there (Debian's kernel has no
+    // VIRTIO_MMIO_CMDLINE_DEVICES) and power off through the FADT.
+    let acpi_err = |e: AcpiError| VmmError::Host(format!("vm {:?}: ACPI tables: {e}", spec.name));
+    let acpi_devices: Vec<VirtioMmioDevice> = devices
+        .iter()
+        .map(|d| VirtioMmioDevice {
+            base: d.base,
+            size: d.size,
+            gsi: d.gsi,
+        })
+        .collect();
+    let rsdp = acpi::write_acpi_tables(
+        vm.ram(),
+        &AcpiInput {
+            vcpus: spec.vcpus,
+            virtio_mmio: &acpi_devices,
+        },
+    )
+    .map_err(acpi_err)?;
+    acpi::publish_rsdp(vm.ram(), &loaded.entry, rsdp).map_err(acpi_err)?;
     log::debug(format_args!(
         "vm {:?}: {:?} kernel, entry {:?}, cmdline {:?}",
         spec.name,

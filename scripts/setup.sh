@@ -10,6 +10,7 @@ APT_PACKAGES=(
   qemu-system-x86              # reference VMM for benchmarks and test-guest checks
   qemu-system-arm              # emulated arm64 host, seL4 under QEMU
   shellcheck                   # lint of the project's shell scripts
+  acpica-tools                 # iasl/acpiexec check Keel's ACPI tables in tests
 )
 
 have_all_packages() {

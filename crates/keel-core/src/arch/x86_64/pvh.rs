@@ -51,7 +51,7 @@ pub fn write_start_info<M: GuestMemory + ?Sized>(
             .map_err(BootError::mem("PVH module list"))?;
     }
     put(24, &input.cmdline_gpa.to_le_bytes());
-    // rsdp_paddr (32) stays 0: no ACPI.
+    // rsdp_paddr (32) is filled in by `acpi::publish_rsdp` once the tables are written.
     put(40, &PVH_MEMMAP_GPA.to_le_bytes());
     put(48, &(input.memmap.len() as u32).to_le_bytes());
     for (i, e) in input.memmap.iter().enumerate() {

@@ -11,7 +11,8 @@ use keel_kvm::{VmExitStatus, Vmm};
 use keel_spec::{Memory, System, VmSpec};
 
 const USAGE: &str = "\
-keel: a virtual machine monitor (Linux KVM backend, x86_64 guests)
+keel: a virtual machine monitor (Linux KVM backend: x86_64 guests on x86_64 hosts,
+aarch64 guests on aarch64 hosts)
 
 USAGE:
     keel run <system.toml> [--vm NAME] [--log-level LEVEL] [--stats] [--on-reboot ACTION]
@@ -29,12 +30,12 @@ OPTIONS (run):
     --on-reboot ACTION    exit0 (default): a guest reboot request ends the run with status 0
                           fail: it ends the run with status 1
 
-With serial = \"stdio\" on a terminal, stdin is raw and goes to the guest's COM1;
+With serial = \"stdio\" on a terminal, stdin is raw and goes to the guest's serial port;
 type Ctrl-A x to stop the VM (Ctrl-A Ctrl-A sends a Ctrl-A).
 
 EXIT STATUS:
     0    the guest powered off (or asked for a reboot, see --on-reboot)
-    V    the guest wrote V to the debug-exit port 0xf4
+    V    the guest wrote V to the debug-exit port 0xf4 (x86)
     1    the guest crashed (triple fault), or the VMM or KVM failed
     2    bad input: arguments, system file, kernel, disks
 ";

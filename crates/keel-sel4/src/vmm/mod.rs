@@ -10,7 +10,6 @@
 
 mod heap;
 
-use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -393,7 +392,10 @@ impl Vmm {
             ),
             Fault::VcpuFault { hsr } => kfault::vcpu_fault_exit(hsr, &gregs),
             Fault::UnknownSyscall { .. } => Ok(kfault::hvc_syscall_exit(&gregs)),
-            _ => unreachable_resume(),
+            // Handled above; kept total for the compiler.
+            Fault::VgicMaintenance { .. } | Fault::VppiEvent { .. } | Fault::Other { .. } => {
+                return Resume::Yes;
+            }
         };
         let exit = match decoded {
             Ok(e) => e,
@@ -459,10 +461,6 @@ impl Vmm {
         }
         Resume::Yes
     }
-}
-
-fn unreachable_resume() -> Result<Arm64Exit, keel_core::arch::aarch64::esr::EsrError> {
-    Err(keel_core::arch::aarch64::esr::EsrError::UnhandledClass { ec: 0xff, esr: 0 })
 }
 
 fn boot() -> Result<Vmm, String> {
@@ -673,6 +671,3 @@ pub fn panic(info: &core::panic::PanicInfo) -> ! {
     }
     idle()
 }
-
-#[allow(dead_code)]
-fn _unused(_: Box<()>, _: Vec<()>) {}

@@ -111,7 +111,8 @@ t_reset() {
     return $failed
 }
 
-# refused <test> <what> <toml-name>: keel exits 2 at once with one error line.
+# refused <test> <what> <toml-name> [<text the error must contain>]: keel exits 2 at once
+# with one error line.
 refused() {
     timeout 30 "$KEEL" run "$W/$3.toml" >"$W/$3.out" 2>&1
     _rc=$?
@@ -119,12 +120,27 @@ refused() {
     check "$1" "$2: exit 2" [ "$_rc" = 2 ]
     check "$1" "$2: one error line" has_re "$3" '^keel: error: '
     check "$1" "$2: no boot" sh -c "! grep -q KEEL-GUEST-READY $W/$3.out"
+    [ -z "$4" ] || check "$1" "$2: says '$4'" grep -qF "$4" "$W/$3.out"
 }
+
+# poke <file> <printf bytes> <offset>
+# shellcheck disable=SC2059 # the bytes are given as printf escapes
+poke() { printf "$2" | dd of="$1" bs=1 seek=$(($3)) conv=notrunc 2>/dev/null; }
 
 t_bad() {
     failed=0
-    system bad-arch 1 true /l2/vmlinuz x86_64
-    refused bad-config "x86_64 guest on arm64" bad-arch
+    # An x86 bzImage header (boot flag, HdrS, protocol 2.15, loaded high, relocatable) that
+    # the spec accepts as an x86_64 kernel: the refusal is the backend's.
+    truncate -s 8192 $W/bzimage
+    poke $W/bzimage '\004' 0x1f1
+    poke $W/bzimage '\125\252' 0x1fe
+    poke $W/bzimage 'HdrS\017\002' 0x202
+    poke $W/bzimage '\001' 0x211
+    poke $W/bzimage '\001' 0x236
+    system bad-arch 1 true $W/bzimage x86_64
+    refused bad-config "x86_64 guest on arm64" bad-arch 'arch "x86_64" cannot run on this aarch64 host'
+    system bad-arch-kernel 1 true /l2/vmlinuz x86_64
+    refused bad-config "x86_64 VM with an arm64 Image" bad-arch-kernel
     system bad-kernel 1 true /l2/initrd.cpio.gz
     refused bad-config "kernel that is no Image" bad-kernel
     system bad-disk 1 true /l2/vmlinuz aarch64 $W/missing.img

@@ -10,7 +10,9 @@
 #                     rng selected; writes pattern A to the disk; clean power-off (exit 0)
 #   disk-after-poweroff  a new boot reads pattern A back; writes pattern B, `sync`, then
 #                     resets at once (sysrq b: no clean shutdown; keel exits 0 on reboot)
-#   disk-after-sync-reset  a new boot reads pattern B back
+#   disk-after-sync-reset  a new boot reads pattern B back; writes pattern C, `sync`, and
+#                     waits: L1 kills keel with SIGKILL once the guest said it synced
+#   disk-after-sync-kill  a new boot reads pattern C back
 #   bad-config        refused before boot with exit 2: x86_64 guest, a non-Image kernel,
 #                     a missing disk
 # Environment: L2_TIMEOUT (seconds per keel run, default 90), KEEL (default /bin/keel).
@@ -104,10 +106,33 @@ t_poweroff() {
 
 t_reset() {
     failed=0
-    system third 1 "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1"
-    run third
-    check disk-after-sync-reset "keel exit 0" [ "$rc" = 0 ]
+    system third 1 "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1; echo KEEL-PATTERN-C-\$(od -An -tx1 -N6 /dev/urandom | tr -d \" \\n\") >/tmp/p; dd if=/tmp/p of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null; cat /tmp/p; sync; echo KEEL-SYNCED; sleep 60"
+    # keel in the background; SIGKILL once the guest has synced (at most L2_TIMEOUT s).
+    "$KEEL" run "$W/third.toml" >"$W/third.out" 2>&1 &
+    _pid=$!
+    _n=0
+    while [ $_n -lt $((L2_TIMEOUT * 10)) ] && ! grep -q KEEL-SYNCED "$W/third.out" && kill -0 $_pid 2>/dev/null; do
+        usleep 100000
+        _n=$((_n + 1))
+    done
+    kill -KILL $_pid 2>/dev/null
+    wait $_pid
+    rc=$?
+    grep -E '^(KEEL-|keel)' "$W/third.out" | tr -d '\r'
+    echo "keel exit status $rc"
     check disk-after-sync-reset "pattern B read back" has third "$(cat $W/pattern-b)"
+    check disk-after-sync-reset "synced" has third KEEL-SYNCED
+    check disk-after-sync-reset "keel killed (status 137)" [ "$rc" = 137 ]
+    tr -d '\r' <"$W/third.out" | grep -E '^KEEL-PATTERN-C-' >$W/pattern-c
+    return $failed
+}
+
+t_kill() {
+    failed=0
+    system fourth 1 "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1"
+    run fourth
+    check disk-after-sync-kill "keel exit 0" [ "$rc" = 0 ]
+    check disk-after-sync-kill "pattern C read back" has fourth "$(cat $W/pattern-c)"
     return $failed
 }
 
@@ -151,4 +176,5 @@ t_bad() {
 step boot-smp-devices t_boot
 step disk-after-poweroff t_poweroff
 step disk-after-sync-reset t_reset
+step disk-after-sync-kill t_kill
 step bad-config t_bad

@@ -1,8 +1,9 @@
 //! End-to-end: real Linux guests (Debian arm64) under Keel's KVM backend on aarch64, inside
 //! the emulated arm64 host (L1 under qemu-system-aarch64). Runs `scripts/l2-tests.sh`, which
 //! cross-builds the arm64 keel, builds (or reuses) the L1 image and runs the tests in L1:
-//! boot to the ready marker, 2 vCPUs, virtio blk/console/rng, the disk across a power-off and
-//! across `sync` + reset, bad configurations refused with exit 2.
+//! boot to the ready marker, 2 vCPUs, virtio blk/console/rng, the disk across a power-off,
+//! across `sync` + reset and across `sync` + SIGKILL of keel, bad configurations refused with
+//! exit 2.
 //!
 //! Without qemu-system-aarch64 the test prints `SKIPPED` and records the skip in
 //! `$KEEL_SKIP_LOG`. It takes about 1.5 minutes when the L1 image is cached (the first build
@@ -74,5 +75,5 @@ fn linux_guests_pass_their_tests_on_arm64_kvm_inside_the_emulated_host() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    assert!(summary.starts_with("l2: 4 passed"), "{summary}");
+    assert!(summary.starts_with("l2: 5 passed"), "{summary}");
 }

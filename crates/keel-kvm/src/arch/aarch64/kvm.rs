@@ -49,7 +49,7 @@ fn set_attr(
 /// Create the in-kernel GIC: a GICv3 if KVM has one, else a GICv2, placed where the device
 /// tree will say. The emulated arm64 host has only GICv3 (its KVM cannot emulate a GICv2).
 fn create_gic(vm: &VmFd) -> Result<(GicVersion, DeviceFd), HvError> {
-    let mut errors = Vec::new();
+    let mut v3_errno = 0;
     for gic in [GicVersion::V3, GicVersion::V2] {
         let mut dev = kvm_create_device {
             type_: vgic_device_type(gic),
@@ -70,17 +70,19 @@ fn create_gic(vm: &VmFd) -> Result<(GicVersion, DeviceFd), HvError> {
                 }
                 return Ok((gic, fd));
             }
-            Err(e) => errors.push(e.errno()),
+            Err(e) if gic == GicVersion::V3 => v3_errno = e.errno(),
+            Err(e) => {
+                crate::log::debug(format_args!(
+                    "vgic-v3: errno {v3_errno}, vgic-v2: errno {}",
+                    e.errno()
+                ));
+            }
         }
     }
-    crate::log::error(format_args!(
-        "KVM_CREATE_DEVICE refused an in-kernel GICv3 (errno {}) and GICv2 (errno {})",
-        errors.first().copied().unwrap_or(0),
-        errors.get(1).copied().unwrap_or(0)
-    ));
-    Err(HvError::Unsupported {
-        backend: BACKEND,
-        what: "a host KVM without an in-kernel GICv3 or GICv2 (vgic-v3 and vgic-v2 both refused)",
+    // One message naming what is missing; the errno is the GICv3 one (usually ENODEV).
+    Err(HvError::Call {
+        op: "KVM_CREATE_DEVICE: this host's KVM has neither an in-kernel GICv3 nor a GICv2; creating the vgic-v3",
+        errno: v3_errno,
     })
 }
 

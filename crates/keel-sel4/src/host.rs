@@ -14,7 +14,9 @@ use keel_spec::microkit::{MicrokitLayout, system_file, vmm_elf_name};
 use keel_spec::{System, VmSpec, ram_layout};
 
 use crate::abi::board;
-use crate::payload::{self, DiskConfig, GUEST_RAM_VADDR, PAYLOAD_VADDR, VmConfig};
+use crate::payload::{
+    self, CONSOLE_LOCK_VADDR, DiskConfig, GUEST_RAM_VADDR, PAYLOAD_VADDR, VmConfig,
+};
 
 /// What went wrong while building the image.
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +197,7 @@ impl Sdk {
             gic_vcpu_paddr: board::GICV_PADDR,
             gic_vcpu_size: 0x2000,
             gic_cpu_gpa: keel_core::arch::aarch64::layout::GICV2_CPU_BASE,
+            console_lock_vaddr: CONSOLE_LOCK_VADDR,
             cores: self.cores,
         }
     }
@@ -274,6 +277,11 @@ pub fn vm_payload(vm: &VmSpec, console_prefix: bool) -> Result<Vec<u8>, BuildErr
         rng: vm.rng,
         virtio_console: !vm.consoles.is_empty(),
         console_prefix,
+        console_lock: if console_prefix {
+            CONSOLE_LOCK_VADDR
+        } else {
+            0
+        },
         rng_seed: host_seed()?,
     };
     let disk_refs: Vec<&[u8]> = disks.iter().map(Vec::as_slice).collect();
@@ -411,12 +419,29 @@ pub enum RunError {
     QemuExited,
 }
 
-/// Boot `image` under QEMU, copy the console to `out`, and return once every VM whose VMM
-/// came up has stopped (QEMU is then ended: the seL4 system itself never exits).
+/// The number of VMs of the image `keel sel4 build` wrote into `dir` (one `*.system` file
+/// there), if it can tell.
+pub fn vms_in_build_dir(dir: &Path) -> Option<usize> {
+    let mut systems = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "system"));
+    let (Some(one), None) = (systems.next(), systems.next()) else {
+        return None;
+    };
+    let text = std::fs::read_to_string(one).ok()?;
+    Some(text.matches("<virtual_machine ").count())
+}
+
+/// Boot `image` under QEMU, copy the console to `out`, and return once every VM has
+/// stopped (QEMU is then ended: the seL4 system itself never exits). `expected_vms`: how
+/// many VMs to wait for; `None` waits for every VMM seen coming up.
 pub fn run_qemu(
     image: &Path,
     smp: u32,
     timeout: Option<Duration>,
+    expected_vms: Option<usize>,
     out: &mut dyn Write,
 ) -> Result<RunOutcome, RunError> {
     let start = Instant::now();
@@ -483,7 +508,7 @@ pub fn run_qemu(
             || line.contains("cannot start the VM")
         {
             o.vms_stopped += 1;
-            if o.vms_stopped >= o.vms_up {
+            if o.vms_stopped >= expected_vms.unwrap_or(o.vms_up).max(o.vms_up) {
                 break Ok(());
             }
         }

@@ -18,6 +18,8 @@ use alloc::vec::Vec;
 pub const PAYLOAD_VADDR: u64 = 0x1_0000_0000;
 /// Where the VMM maps its guest's RAM in its own address space (8 GiB).
 pub const GUEST_RAM_VADDR: u64 = 0x2_0000_0000;
+/// Where the console-lock page shared by the VMMs of a multi-VM system is mapped (12 GiB).
+pub const CONSOLE_LOCK_VADDR: u64 = 0x3_0000_0000;
 /// First bytes of the payload.
 pub const MAGIC: [u8; 8] = *b"KEELPAY\0";
 /// Payload format version.
@@ -88,6 +90,10 @@ pub struct VmConfig {
     /// Prefix each line of guest console output with `<name>| ` (systems of several VMs
     /// share the one debug console).
     pub console_prefix: bool,
+    /// Where the page shared by every VMM of the system for the console lock is mapped
+    /// (0: no other VMM, no lock). Lines are printed under the lock so that VMMs sharing
+    /// the debug console never interleave characters.
+    pub console_lock: u64,
     /// Seed for the VMM's virtio-rng generator, drawn from the build host's entropy
     /// source when the image was built (the PD has no entropy source of its own).
     pub rng_seed: [u8; 32],
@@ -205,6 +211,7 @@ impl VmConfig {
         w.u8(u8::from(self.rng));
         w.u8(u8::from(self.virtio_console));
         w.u8(u8::from(self.console_prefix));
+        w.u64(self.console_lock);
         w.0.extend_from_slice(&self.rng_seed);
         w.0
     }
@@ -232,6 +239,7 @@ impl VmConfig {
         let rng = r.u8("rng flag")? != 0;
         let virtio_console = r.u8("console flag")? != 0;
         let console_prefix = r.u8("console prefix flag")? != 0;
+        let console_lock = r.u64("console lock address")?;
         let mut rng_seed = [0u8; 32];
         rng_seed.copy_from_slice(r.take(32, "rng seed")?);
         Ok(VmConfig {
@@ -245,6 +253,7 @@ impl VmConfig {
             rng,
             virtio_console,
             console_prefix,
+            console_lock,
             rng_seed,
         })
     }
@@ -393,6 +402,7 @@ mod tests {
             rng: true,
             virtio_console: false,
             console_prefix: true,
+            console_lock: CONSOLE_LOCK_VADDR,
             rng_seed: [5; 32],
         }
     }

@@ -176,6 +176,18 @@ pub fn reply_recv(src: u64, info: MessageInfo, reply: u64) -> (u64, MessageInfo)
     (badge, MessageInfo(out))
 }
 
+/// `seL4_Yield`: give up the rest of the timeslice to threads of the same priority.
+pub fn yield_now() {
+    // SAFETY: a system call without arguments or results.
+    unsafe {
+        asm!("svc #0",
+            lateout("x0") _, lateout("x1") _, lateout("x2") _, lateout("x3") _, lateout("x4") _,
+            lateout("x5") _, lateout("x6") _,
+            in("x7") sys::YIELD,
+            options(nostack));
+    }
+}
+
 /// `seL4_DebugPutChar` (debug kernels only; a no-op fault elsewhere).
 pub fn debug_put_char(c: u8) {
     // SAFETY: a system call that only reads x0.

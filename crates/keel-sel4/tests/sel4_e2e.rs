@@ -104,6 +104,7 @@ fn vmm_elf() -> PathBuf {
 
 /// Build `toml` (paths may use ${KEEL_CACHE}) and boot it; returns the console output.
 fn build_and_run(sdk: &Path, name: &str, toml: &str) -> (String, RunOutcome) {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sel4-e2e-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     let system = keel_spec::parse_str(toml, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -115,7 +116,14 @@ fn build_and_run(sdk: &Path, name: &str, toml: &str) -> (String, RunOutcome) {
     };
     let built = host::build(&system, &opts).unwrap_or_else(|e| panic!("{name}: build: {e}"));
     let mut out = Vec::new();
-    let outcome = host::run_qemu(&built.image, 1, Some(Duration::from_secs(240)), &mut out);
+    let vms = system.vms().len();
+    let outcome = host::run_qemu(
+        &built.image,
+        1,
+        Some(Duration::from_secs(240)),
+        Some(vms),
+        &mut out,
+    );
     let text = String::from_utf8_lossy(&out).into_owned();
     std::fs::write(dir.join("console.log"), &text).unwrap();
     match outcome {
@@ -160,6 +168,7 @@ fn base64(data: &[u8]) -> String {
 
 /// Seconds until the same kernel and initrd print KEEL-GUEST-READY on QEMU directly.
 fn qemu_direct_ready_secs() -> Option<f64> {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let g = cache().join("guest/arm64");
     let start = Instant::now();
     let mut child = Command::new("qemu-system-aarch64")
@@ -205,7 +214,6 @@ fn debian_guest_boots_to_ready_and_powers_off_cleanly() {
     let Some(sdk) = prerequisites("debian_guest_boots_to_ready_and_powers_off_cleanly") else {
         return;
     };
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let toml = format!(
         "[system]\nname = \"e2e-boot\"\n{}",
         vm_toml("linux", 1, "256M", "quiet", "")
@@ -237,7 +245,6 @@ fn two_vcpu_guest_reads_and_writes_its_virtio_disk() {
     let Some(sdk) = prerequisites("two_vcpu_guest_reads_and_writes_its_virtio_disk") else {
         return;
     };
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sel4-e2e-disk");
     std::fs::create_dir_all(&dir).unwrap();
     let disk = dir.join("disk.img");
@@ -286,7 +293,6 @@ fn two_vms_boot_in_their_own_vmms_and_power_off() {
     let Some(sdk) = prerequisites("two_vms_boot_in_their_own_vmms_and_power_off") else {
         return;
     };
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let place = "placement = { pcpus = [0] }";
     let toml = format!(
         "[system]\nname = \"e2e-two\"\n{}{}",

@@ -26,6 +26,9 @@ pub struct MicrokitLayout {
     pub gic_vcpu_size: u64,
     /// Guest-physical address of the GIC CPU interface in the VM's device tree.
     pub gic_cpu_gpa: u64,
+    /// Where each VMM of a multi-VM system maps the page holding the lock of the shared
+    /// debug console.
+    pub console_lock_vaddr: u64,
     /// Physical CPUs the kernel runs on (`CONFIG_MAX_NUM_NODES`).
     pub cores: u32,
 }
@@ -142,6 +145,13 @@ pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, M
         "    <memory_region name=\"gic_vcpu\" size=\"{:#x}\" phys_addr=\"{:#x}\" />",
         layout.gic_vcpu_size, layout.gic_vcpu_paddr
     );
+    let shared_console = system.vms().len() > 1;
+    if shared_console {
+        let _ = writeln!(
+            x,
+            "    <memory_region name=\"keel_console_lock\" size=\"0x1000\" />"
+        );
+    }
     for vm in system.vms() {
         let (_, size) = ram_layout(vm)[0];
         let _ = writeln!(
@@ -172,6 +182,13 @@ pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, M
             "        <map mr=\"{}_ram\" vaddr=\"{:#x}\" perms=\"rw\" />",
             vm.name, layout.vmm_ram_vaddr
         );
+        if shared_console {
+            let _ = writeln!(
+                x,
+                "        <map mr=\"keel_console_lock\" vaddr=\"{:#x}\" perms=\"rw\" />",
+                layout.console_lock_vaddr
+            );
+        }
         let _ = writeln!(
             x,
             "        <virtual_machine name=\"{}\" priority=\"{}\" {}>",
@@ -221,6 +238,7 @@ mod tests {
             gic_vcpu_paddr: 0x0804_0000,
             gic_vcpu_size: 0x2000,
             gic_cpu_gpa: 0x0801_0000,
+            console_lock_vaddr: 0x3_0000_0000,
             cores: 1,
         }
     }
@@ -248,6 +266,19 @@ mod tests {
         assert!(x.contains("<program_image path=\"b-vmm.elf\" />"));
         assert_eq!(x.matches("<vcpu id=\"1\"").count(), 1);
         assert_eq!(x.matches("<virtual_machine ").count(), 2);
+    }
+
+    #[test]
+    fn only_multi_vm_systems_share_a_console_lock_page() {
+        let one = system_file(&system(vec![vm("a", 1)]), &layout()).unwrap();
+        let two = system_file(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
+
+        assert!(!one.contains("keel_console_lock"));
+        assert_eq!(
+            two.matches("<map mr=\"keel_console_lock\" vaddr=\"0x300000000\"")
+                .count(),
+            2
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use keel_core::arch::aarch64::fault::{self as kfault, Arm64Exit, GuestRegs, VmFault};
 use keel_core::arch::aarch64::fdt::generate_fdt;
@@ -88,7 +88,7 @@ macro_rules! log {
         // Format first, print in one go: VMMs of other VMs share the debug console.
         let mut line = String::new();
         let _ = writeln!(line, $($t)*);
-        debug_puts(&line);
+        atomically(|| debug_puts(&line));
     }};
 }
 
@@ -123,17 +123,44 @@ static CONSOLE: spin::Mutex<LineOut> = spin::Mutex::new(LineOut {
 
 const LINE_MAX: usize = 256;
 
+/// The console-lock word shared with the other VMMs of the system (0 = free), if any.
+static CONSOLE_LOCK: AtomicU64 = AtomicU64::new(0);
+
+/// Print `f`'s output as one piece: under the lock shared by every VMM of the system, so
+/// lines of different VMs never mix on the debug console.
+fn atomically(f: impl FnOnce()) {
+    let addr = CONSOLE_LOCK.load(Ordering::Relaxed);
+    if addr == 0 {
+        f();
+        return;
+    }
+    // SAFETY: `addr` is the page the Microkit tool maps read-write into every VMM of the
+    // system (payload `console_lock`); it holds only this lock word, used only atomically.
+    let lock = unsafe { &*(addr as *const AtomicU32) };
+    while lock
+        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        // The holder is another VMM: let it finish its line.
+        sys::yield_now();
+    }
+    f();
+    lock.store(0, Ordering::Release);
+}
+
 fn console_put(bytes: &[u8]) {
     let mut c = CONSOLE.lock();
     for &b in bytes {
         c.buf.push(b);
         if b == b'\n' || c.buf.len() >= LINE_MAX {
-            if let Some(p) = &c.prefix {
-                debug_puts(p);
-            }
-            for &x in &c.buf {
-                sys::debug_put_char(x);
-            }
+            atomically(|| {
+                if let Some(p) = &c.prefix {
+                    debug_puts(p);
+                }
+                for &x in &c.buf {
+                    sys::debug_put_char(x);
+                }
+            });
             c.buf.clear();
         }
     }
@@ -350,6 +377,12 @@ impl Vmm {
         let tcb = vm_tcb_cap(vcpu);
         match fault {
             Fault::VgicMaintenance { idx } => {
+                if idx.is_none() {
+                    log!(
+                        "keel-sel4: vm {}: vcpu {vcpu}: maintenance without list register",
+                        self.name
+                    );
+                }
                 self.vgic.maintenance(vcpu, idx, &mut Sel4Gic);
                 return Resume::Yes;
             }
@@ -463,7 +496,8 @@ impl Vmm {
     }
 }
 
-fn boot() -> Result<Vmm, String> {
+/// The payload segment as bytes.
+fn payload_bytes() -> Result<&'static [u8], String> {
     // SAFETY: the payload segment is mapped (read-write) at PAYLOAD_VADDR by the Microkit
     // tool from this ELF; its first 32 bytes are the header.
     let header = unsafe { core::slice::from_raw_parts(PAYLOAD_VADDR as *const u8, 32) };
@@ -471,10 +505,16 @@ fn boot() -> Result<Vmm, String> {
         .map_err(|e| alloc::format!("payload at {PAYLOAD_VADDR:#x}: {e}"))?;
     // SAFETY: `total` bytes from PAYLOAD_VADDR are the payload segment (written by
     // `keel sel4 build`, which sized the segment to exactly this length). Disk blobs are
-    // later borrowed mutably, disjointly from everything read through this slice.
-    let bytes = unsafe { core::slice::from_raw_parts(PAYLOAD_VADDR as *const u8, total) };
+    // later borrowed mutably, disjointly from the kernel, initrd and configuration read
+    // through this slice.
+    Ok(unsafe { core::slice::from_raw_parts(PAYLOAD_VADDR as *const u8, total) })
+}
+
+fn boot() -> Result<Vmm, String> {
+    let bytes = payload_bytes()?;
     let lay = payload::parse(bytes).map_err(|e| alloc::format!("payload: {e}"))?;
     let cfg = lay.config.clone();
+    CONSOLE_LOCK.store(cfg.console_lock, Ordering::Relaxed);
     if cfg.console_prefix {
         CONSOLE.lock().prefix = Some(alloc::format!("{}| ", cfg.name));
     }
@@ -619,6 +659,12 @@ fn clean_dcache(ram: &GuestRam, gpa: u64, len: usize) {
 /// The protection domain's main function, called from `_start`.
 pub extern "C" fn main() -> ! {
     let name = pd_name();
+    // The console lock first: the "vmm up" line is already shared with the other VMMs.
+    if let Ok(lay) =
+        payload_bytes().and_then(|b| payload::parse(b).map_err(|e| alloc::format!("{e}")))
+    {
+        CONSOLE_LOCK.store(lay.config.console_lock, Ordering::Relaxed);
+    }
     log!("keel-sel4: vmm up ({name})");
     let mut vmm = match boot() {
         Ok(v) => v,

@@ -234,7 +234,9 @@ pub fn run_with(args: &RunArgs, out: &mut dyn Write) -> Result<RunOutcome, Sel4F
     if !args.image.is_file() {
         return Err(input(format!("{}: no such image", args.image.display())));
     }
-    host::run_qemu(&args.image, args.smp, args.timeout, out).map_err(|e| failure(e.to_string()))
+    let expected = args.image.parent().and_then(host::vms_in_build_dir);
+    host::run_qemu(&args.image, args.smp, args.timeout, expected, out)
+        .map_err(|e| failure(e.to_string()))
 }
 
 /// `keel sel4 run`.

@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 TESTGUEST := guest/testguest/target/x86_64-unknown-none/release/keel-testguest
 
-.PHONY: run test setup build testguest linux-guests bench clean
+.PHONY: run test setup build testguest linux-guests bench l2-tests bench-l2 clean
 
 setup:
 	@bash scripts/setup.sh
@@ -20,8 +20,18 @@ testguest: setup
 linux-guests: setup
 	bash guest/linux/build.sh all
 
-run: build testguest
+# The demo takes the best route this machine has (hardware KVM, or Keel's arm64 KVM backend
+# inside an emulated arm64 host) and says which; run-demo.sh builds what that route needs.
+run: setup
 	bash scripts/run-demo.sh
+
+# The Linux end-to-end tests inside the emulated arm64 host (also part of `make test`).
+l2-tests: setup
+	bash scripts/l2-tests.sh
+
+# Keel against QEMU inside the emulated arm64 host (L2 boot time, peak RSS); LKVM=/path adds kvmtool.
+bench-l2: setup
+	bash scripts/l2-bench.sh
 
 test: setup
 	bash scripts/test.sh

@@ -8,7 +8,7 @@
 //! - [`syscall`] (seL4 only): `svc #0` wrappers and the TCB, vCPU and IRQ invocations.
 //! - [`payload`], [`elf`]: how `keel sel4 build` hands one VM's configuration, kernel,
 //!   initrd and disks to the generic VMM ELF.
-//! - [`uart`], [`vgic`]: the 8250 UART and the GICv2 distributor the VMM emulates.
+//! - [`uart`]: the 8250 UART the VMM emulates (the GIC distributor is keel-core's `vgic`).
 //! - `host` (feature `host`): the build side (system file, image) used by `keel sel4`.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -28,7 +28,6 @@ pub mod regs;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod syscall;
 pub mod uart;
-pub mod vgic;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod vmm;
 

@@ -23,6 +23,7 @@ use keel_core::arch::aarch64::layout::{
     self, Arm64Platform, GIC_DIST_BASE, GIC_DIST_SIZE, GicVersion, UART_BASE, UART_SIZE, UART_SPI,
 };
 use keel_core::arch::aarch64::psci::{Psci, PsciHost, PsciOutcome, StartError, Started};
+use keel_core::arch::aarch64::vgic::{Vgic, VgicHost};
 use keel_core::bus::Bus;
 use keel_core::hv::{BootEntry, ExitAnswer, SystemEvent, VcpuExit};
 use keel_core::irq::IrqLine;
@@ -39,7 +40,6 @@ use crate::payload::{self, PAYLOAD_VADDR};
 use crate::regs::{self, UserContext};
 use crate::syscall::{self as sys, debug_puts};
 use crate::uart::Uart8250;
-use crate::vgic::{Vgic, VgicHost};
 
 #[global_allocator]
 static HEAP: heap::Heap = heap::Heap::new();
@@ -216,17 +216,33 @@ impl EntropySource for SeededEntropy {
     }
 }
 
+/// The seL4 side of keel-core's software GIC distributor.
 struct Sel4Gic;
 
+/// List registers of the GICv2 virtual CPU interface of QEMU `virt` (`GICH_VTR.ListRegs + 1`).
+const LIST_REGISTERS: u8 = 4;
+/// SPIs of the emulated distributor (UART, virtio-mmio slots).
+const SPIS: u32 = 64;
+
 impl VgicHost for Sel4Gic {
-    fn inject(&mut self, vcpu: u32, irq: u32, lr: usize) {
-        if let Err(e) = sys::vcpu_inject_irq(vcpu_cap(vcpu), irq as u16, 0, 0, lr as u8) {
-            log!("keel-sel4: vcpu {vcpu}: inject irq {irq} into LR {lr}: {e}");
+    fn inject_list_register(&mut self, vcpu: u32, lr: u8, intid: u32, priority: u8, group: u8) {
+        // A GICv2 list register keeps the top 5 priority bits.
+        if let Err(e) = sys::vcpu_inject_irq(vcpu_cap(vcpu), intid as u16, priority >> 3, group, lr)
+        {
+            log!("keel-sel4: vcpu {vcpu}: inject irq {intid} into LR {lr}: {e}");
         }
     }
-    fn ack_vppi(&mut self, vcpu: u32, irq: u32) {
-        if let Err(e) = sys::vcpu_ack_vppi(vcpu_cap(vcpu), u64::from(irq)) {
-            log!("keel-sel4: vcpu {vcpu}: ack vppi {irq}: {e}");
+
+    fn kick(&mut self, _vcpu: u32) {
+        // Nothing to do: a vCPU never waits in the VMM (WFI returns at once, see `handle`).
+    }
+}
+
+/// The guest completed `intid`; a virtual PPI (the timer) is unmasked again.
+fn completed(vcpu: u32, intid: u32) {
+    if (16..32).contains(&intid) {
+        if let Err(e) = sys::vcpu_ack_vppi(vcpu_cap(vcpu), u64::from(intid)) {
+            log!("keel-sel4: vcpu {vcpu}: ack vppi {intid}: {e}");
         }
     }
 }
@@ -303,8 +319,7 @@ impl Vmm {
     fn mmio_read(&mut self, vcpu: u32, gpa: u64, len: u8) -> u64 {
         if (GIC_DIST_BASE..GIC_DIST_BASE + GIC_DIST_SIZE).contains(&gpa) {
             let off = gpa - GIC_DIST_BASE;
-            let word = self.vgic.read(vcpu, off & !3);
-            return u64::from(word >> (8 * (off & 3)));
+            return self.vgic.v2_dist_read(vcpu, off, len);
         }
         if (UART_BASE..UART_BASE + UART_SIZE).contains(&gpa) {
             return u64::from(self.uart.read(gpa - UART_BASE));
@@ -326,7 +341,7 @@ impl Vmm {
     fn mmio_write(&mut self, vcpu: u32, gpa: u64, len: u8, data: u64) {
         if (GIC_DIST_BASE..GIC_DIST_BASE + GIC_DIST_SIZE).contains(&gpa) {
             self.vgic
-                .write(vcpu, gpa - GIC_DIST_BASE, len, data as u32, &mut Sel4Gic);
+                .v2_dist_write(vcpu, gpa - GIC_DIST_BASE, len, data, &mut Sel4Gic);
             return;
         }
         if (UART_BASE..UART_BASE + UART_SIZE).contains(&gpa) {
@@ -383,7 +398,11 @@ impl Vmm {
                         self.name
                     );
                 }
-                self.vgic.maintenance(vcpu, idx, &mut Sel4Gic);
+                if let Some(intid) =
+                    idx.and_then(|lr| self.vgic.maintenance(vcpu, lr, &mut Sel4Gic))
+                {
+                    completed(vcpu, intid);
+                }
                 return Resume::Yes;
             }
             Fault::VppiEvent { irq } => {
@@ -622,6 +641,8 @@ fn boot() -> Result<Vmm, String> {
         clean_dcache(&ram, s, (e - s) as usize);
     }
     clean_dcache(&ram, x0, fdt.len());
+    let vgic = Vgic::new(GicVersion::V2, cfg.vcpus, SPIS, LIST_REGISTERS)
+        .map_err(|e| alloc::format!("interrupt controller: {e}"))?;
     start_vcpu(0, pc, x0).map_err(|e| alloc::format!("starting vcpu 0: {e}"))?;
     let _ = ram.read_u32(GuestAddress(pc));
     Ok(Vmm {
@@ -629,7 +650,7 @@ fn boot() -> Result<Vmm, String> {
         vcpus: cfg.vcpus,
         ram,
         bus,
-        vgic: Vgic::new(cfg.vcpus),
+        vgic,
         uart: Uart8250::new(),
         psci: Psci::new(cfg.vcpus),
         spi_levels: 0,

@@ -255,7 +255,9 @@ fn two_vcpu_guest_reads_and_writes_its_virtio_disk() {
                echo keel-written-by-guest | dd of=/dev/vda bs=512 seek=8 conv=sync 2>/dev/null; sync; \
                echo 3 > /proc/sys/vm/drop_caches; \
                echo READBACK=$(dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c 21); \
-               echo NPROC=$(nproc); head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n'; echo";
+               echo NPROC=$(nproc); head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n'; echo; \
+               for n in 1 2; do (i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo LOOP-DONE) & done; \
+               wait; echo PAR-OK";
     let extra = format!(
         "[[vm.disk]]\npath = \"{}\"\nid = \"e2e\"\n\n[vm.rng]\n",
         disk.display()
@@ -281,6 +283,8 @@ fn two_vcpu_guest_reads_and_writes_its_virtio_disk() {
         "{console}"
     );
     assert!(console.contains("NPROC=2"), "{console}");
+    assert_eq!(console.matches("\nLOOP-DONE").count(), 2, "{console}");
+    assert!(console.contains("\nPAR-OK"), "{console}");
     assert!(console.contains("KEEL-CMD-EXIT 0"), "{console}");
     assert!(
         console.contains("guest powered off (PSCI SYSTEM_OFF)"),

@@ -233,8 +233,35 @@ impl VgicHost for Sel4Gic {
         }
     }
 
-    fn kick(&mut self, _vcpu: u32) {
-        // Nothing to do: a vCPU never waits in the VMM (WFI returns at once, see `handle`).
+    fn kick(&mut self, vcpu: u32) {
+        unpark(vcpu);
+    }
+}
+
+/// vCPUs parked in `WFI` (bit n: vCPU n), suspended until an interrupt or a tick.
+///
+/// seL4 traps `WFI`; answering it at once makes an idle vCPU spin through traps and take
+/// half the core from a busy sibling. A VMM cannot keep the fault reply while it serves
+/// other vCPUs (a PD has one reply object), so an idle vCPU is *suspended* instead
+/// (`TCB_Suspend`, PC already past the `WFI`) and resumed (`TCB_Resume`) when an interrupt
+/// is put in its list registers or when any vCPU's timer ticks (its own timer cannot fire
+/// while it is suspended, so the sibling's tick stands in for it). The last running vCPU
+/// of a VM is never parked: its own timer keeps time for all.
+static PARKED: AtomicU64 = AtomicU64::new(0);
+
+fn unpark(vcpu: u32) {
+    let bit = 1u64 << (vcpu & 63);
+    if PARKED.fetch_and(!bit, Ordering::SeqCst) & bit != 0 {
+        if let Err(e) = sys::tcb_resume(vm_tcb_cap(vcpu)) {
+            log!("keel-sel4: vcpu {vcpu}: resume after WFI: {e}");
+        }
+    }
+}
+
+fn unpark_all() {
+    let parked = PARKED.load(Ordering::SeqCst);
+    for v in crate::microkit::channels(parked) {
+        unpark(v);
     }
 }
 
@@ -379,6 +406,7 @@ impl Vmm {
 
     fn stop_vm(&mut self, why: &str) {
         console_flush();
+        PARKED.store(0, Ordering::SeqCst);
         log!("keel-sel4: vm {}: stopped: {why}", self.name);
         for v in 0..self.vcpus {
             let _ = sys::tcb_suspend(vm_tcb_cap(v));
@@ -406,6 +434,8 @@ impl Vmm {
                 return Resume::Yes;
             }
             Fault::VppiEvent { irq } => {
+                // A tick: parked siblings get to look at their own timers.
+                unpark_all();
                 self.vgic.inject(vcpu, irq as u32, &mut Sel4Gic);
                 return Resume::Yes;
             }
@@ -511,7 +541,36 @@ impl Vmm {
             self.stop_vm(&alloc::format!("vcpu {vcpu}: {e}"));
             return Resume::No;
         }
+        if exit.exit == VcpuExit::Halt {
+            return self.idle(vcpu);
+        }
         Resume::Yes
+    }
+
+    /// `vcpu` executed `WFI` (its PC is already past it): park it if a sibling runs.
+    fn idle(&mut self, vcpu: u32) -> Resume {
+        let parked = PARKED.load(Ordering::SeqCst);
+        if parked != 0 {
+            // Siblings were waiting: let them run again, keep this one going.
+            unpark_all();
+            return Resume::Yes;
+        }
+        let sibling_runs = (0..self.vcpus).any(|o| {
+            o != vcpu && self.psci.state(o) == Some(keel_core::arch::aarch64::psci::PowerState::On)
+        });
+        if !sibling_runs {
+            return Resume::Yes;
+        }
+        match sys::tcb_suspend(vm_tcb_cap(vcpu)) {
+            Ok(()) => {
+                PARKED.fetch_or(1 << (vcpu & 63), Ordering::SeqCst);
+                Resume::No
+            }
+            Err(e) => {
+                log!("keel-sel4: vcpu {vcpu}: park on WFI: {e}");
+                Resume::Yes
+            }
+        }
     }
 }
 

@@ -59,12 +59,22 @@ pub enum BuildError {
     #[error(transparent)]
     Microkit(#[from] keel_spec::microkit::MicrokitError),
     /// Too many vCPUs for the emulated GICv2.
-    #[error("VM {vm}: {vcpus} vCPUs; the seL4 backend's GICv2 serves at most 8")]
+    #[error("VM {vm}: {vcpus} vCPUs; the seL4 backend's GICv2 serves at most {MAX_VCPUS}")]
     TooManyVcpus {
         /// VM.
         vm: String,
         /// vCPUs asked for.
         vcpus: u32,
+    },
+    /// The payload does not fit below the VMM's RAM window.
+    #[error("VM {vm}: kernel, initrd and disks take {size} bytes; at most {max} fit in the VMM")]
+    PayloadTooLarge {
+        /// VM.
+        vm: String,
+        /// Payload size.
+        size: u64,
+        /// The limit.
+        max: u64,
     },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
@@ -199,6 +209,7 @@ impl Sdk {
             gic_cpu_gpa: keel_core::arch::aarch64::layout::GICV2_CPU_BASE,
             console_lock_vaddr: CONSOLE_LOCK_VADDR,
             cores: self.cores,
+            max_ram: CONSOLE_LOCK_VADDR - GUEST_RAM_VADDR,
         }
     }
 }
@@ -248,7 +259,7 @@ pub fn guest_cmdline(vm: &VmSpec) -> String {
 /// The payload of one VM.
 pub fn vm_payload(vm: &VmSpec, console_prefix: bool) -> Result<Vec<u8>, BuildError> {
     let (ram_gpa, ram_size) = ram_layout(vm)[0];
-    if vm.vcpus > 8 {
+    if vm.vcpus > MAX_VCPUS {
         return Err(BuildError::TooManyVcpus {
             vm: vm.name.clone(),
             vcpus: vm.vcpus,
@@ -304,14 +315,40 @@ fn host_seed() -> Result<[u8; 32], BuildError> {
     Ok(seed)
 }
 
+/// Check that `system` can be built for `sdk` (before anything slow happens).
+pub fn check(system: &System, sdk: &Sdk) -> Result<(), BuildError> {
+    keel_spec::microkit::check(system, &sdk.layout())?;
+    for vm in system.vms() {
+        if vm.vcpus > MAX_VCPUS {
+            return Err(BuildError::TooManyVcpus {
+                vm: vm.name.clone(),
+                vcpus: vm.vcpus,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// vCPUs a GICv2 distributor addresses.
+const MAX_VCPUS: u32 = 8;
+
 /// Build the image for `system`.
 pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
     let sdk = Sdk::open(&opts.sdk, &opts.board)?;
+    check(system, &sdk)?;
     let xml = system_file(system, &sdk.layout())?;
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     let elf = std::fs::read(&opts.vmm_elf).map_err(io(&opts.vmm_elf))?;
     for vm in system.vms() {
         let p = vm_payload(vm, system.vms().len() > 1)?;
+        let max = GUEST_RAM_VADDR - PAYLOAD_VADDR;
+        if p.len() as u64 > max {
+            return Err(BuildError::PayloadTooLarge {
+                vm: vm.name.clone(),
+                size: p.len() as u64,
+                max,
+            });
+        }
         let out = crate::elf::append_segment(
             &elf,
             PAYLOAD_VADDR,

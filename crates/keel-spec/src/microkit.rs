@@ -31,6 +31,8 @@ pub struct MicrokitLayout {
     pub console_lock_vaddr: u64,
     /// Physical CPUs the kernel runs on (`CONFIG_MAX_NUM_NODES`).
     pub cores: u32,
+    /// Most RAM one VM may have (the size of the VMM's window onto it).
+    pub max_ram: u64,
 }
 
 /// Why a system has no Microkit form.
@@ -61,6 +63,16 @@ pub enum MicrokitError {
         base: u64,
         /// Size.
         size: u64,
+    },
+    /// More RAM than the VMM's window for it.
+    #[error("VM {vm}: {size:#x} bytes of RAM; the seL4 backend maps at most {max:#x} per VM")]
+    RamTooLarge {
+        /// VM name.
+        vm: String,
+        /// RAM size.
+        size: u64,
+        /// The limit.
+        max: u64,
     },
     /// A vCPU is placed on a CPU the kernel does not run on.
     #[error(
@@ -111,6 +123,13 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
                 vm: vm.name.clone(),
                 base,
                 size,
+            });
+        }
+        if size > layout.max_ram {
+            return Err(MicrokitError::RamTooLarge {
+                vm: vm.name.clone(),
+                size,
+                max: layout.max_ram,
             });
         }
         if let Some(pcpus) = vm.placement.as_ref().and_then(|p| p.pcpus.as_ref()) {
@@ -240,6 +259,7 @@ mod tests {
             gic_cpu_gpa: 0x0801_0000,
             console_lock_vaddr: 0x3_0000_0000,
             cores: 1,
+            max_ram: 4 << 30,
         }
     }
 
@@ -325,6 +345,21 @@ mod tests {
                 cores: 1,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn ram_beyond_the_vmm_window_is_refused() {
+        let v = VmSpec::new(
+            "a",
+            Arch::Aarch64,
+            HostPath::new("/k"),
+            Memory::Size(8 << 30),
+        );
+
+        assert!(matches!(
+            system_file(&system(vec![v]), &layout()),
+            Err(MicrokitError::RamTooLarge { .. })
         ));
     }
 

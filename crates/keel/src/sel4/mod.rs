@@ -204,7 +204,7 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf, Sel4Failure> {
     // Check the SDK and the system before the (slow) ELF build, so bad input fails at once.
     let checked = host::Sdk::open(&sdk, &args.board).map_err(|e| input(e.to_string()))?;
     let system = keel_spec::load(&args.system).map_err(|e| input(e.to_string()))?;
-    keel_spec::microkit::check(&system, &checked.layout()).map_err(|e| input(e.to_string()))?;
+    host::check(&system, &checked).map_err(|e| input(e.to_string()))?;
     let vmm_elf = match &args.vmm_elf {
         Some(p) => p.clone(),
         None => build_vmm_elf()?,
@@ -222,7 +222,10 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf, Sel4Failure> {
     match host::build(&system, &opts) {
         Ok(o) => Ok(o.image),
         Err(
-            e @ (BuildError::Io { .. } | BuildError::TooManyVcpus { .. } | BuildError::Microkit(_)),
+            e @ (BuildError::Io { .. }
+            | BuildError::TooManyVcpus { .. }
+            | BuildError::PayloadTooLarge { .. }
+            | BuildError::Microkit(_)),
         ) => Err(input(e.to_string())),
         Err(e) => Err(failure(e.to_string())),
     }

@@ -204,6 +204,10 @@ pub mod board {
     /// Physical address of the GIC virtual CPU interface (GICV) on QEMU `virt`, mapped into
     /// each VM at the guest's GICC address.
     pub const GICV_PADDR: u64 = 0x0804_0000;
+    /// Physical address of the board's PL011 UART (the seL4 debug console).
+    pub const PL011_PADDR: u64 = 0x0900_0000;
+    /// The PL011's interrupt (SPI 1).
+    pub const PL011_IRQ: u32 = 33;
     /// Highest user virtual address + 1 of a PD (`vspace_user_top` + 1, 40-bit IPA).
     pub const USER_TOP: u64 = 0x100_0000_0000;
     /// The IPC buffer of a Microkit PD: the top page of its address space.

@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_spec::microkit::{MicrokitLayout, system_file, vmm_elf_name};
+use keel_spec::microkit::{ConsoleInput, MicrokitLayout, system_file, vmm_elf_name};
 use keel_spec::{System, VmSpec, ram_layout};
 
 use crate::abi::board;
 use crate::payload::{
-    self, CONSOLE_LOCK_VADDR, DiskConfig, GUEST_RAM_VADDR, PAYLOAD_VADDR, VmConfig,
+    self, CONSOLE_LOCK_VADDR, DiskConfig, GUEST_RAM_VADDR, INPUT_UART_VADDR, PAYLOAD_VADDR,
+    VmConfig,
 };
 
 /// What went wrong while building the image.
@@ -210,6 +211,12 @@ impl Sdk {
             console_lock_vaddr: CONSOLE_LOCK_VADDR,
             cores: self.cores,
             max_ram: CONSOLE_LOCK_VADDR - GUEST_RAM_VADDR,
+            console_input: Some(ConsoleInput {
+                uart_paddr: board::PL011_PADDR,
+                uart_vaddr: INPUT_UART_VADDR,
+                irq: board::PL011_IRQ,
+                channel: INPUT_CHANNEL,
+            }),
         }
     }
 }
@@ -257,7 +264,11 @@ pub fn guest_cmdline(vm: &VmSpec) -> String {
 }
 
 /// The payload of one VM.
-pub fn vm_payload(vm: &VmSpec, console_prefix: bool) -> Result<Vec<u8>, BuildError> {
+pub fn vm_payload(
+    vm: &VmSpec,
+    console_prefix: bool,
+    console_input: bool,
+) -> Result<Vec<u8>, BuildError> {
     let (ram_gpa, ram_size) = ram_layout(vm)[0];
     if vm.vcpus > MAX_VCPUS {
         return Err(BuildError::TooManyVcpus {
@@ -293,6 +304,8 @@ pub fn vm_payload(vm: &VmSpec, console_prefix: bool) -> Result<Vec<u8>, BuildErr
         } else {
             0
         },
+        input_uart: if console_input { INPUT_UART_VADDR } else { 0 },
+        input_channel: INPUT_CHANNEL,
         rng_seed: host_seed()?,
     };
     let disk_refs: Vec<&[u8]> = disks.iter().map(Vec::as_slice).collect();
@@ -329,6 +342,9 @@ pub fn check(system: &System, sdk: &Sdk) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// The channel of the console-input UART's interrupt in the first VM's VMM.
+const INPUT_CHANNEL: u32 = 1;
+
 /// vCPUs a GICv2 distributor addresses.
 const MAX_VCPUS: u32 = 8;
 
@@ -339,8 +355,8 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
     let xml = system_file(system, &sdk.layout())?;
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     let elf = std::fs::read(&opts.vmm_elf).map_err(io(&opts.vmm_elf))?;
-    for vm in system.vms() {
-        let p = vm_payload(vm, system.vms().len() > 1)?;
+    for (index, vm) in system.vms().iter().enumerate() {
+        let p = vm_payload(vm, system.vms().len() > 1, index == 0)?;
         let max = GUEST_RAM_VADDR - PAYLOAD_VADDR;
         if p.len() as u64 > max {
             return Err(BuildError::PayloadTooLarge {
@@ -473,17 +489,23 @@ pub fn vms_in_build_dir(dir: &Path) -> Option<usize> {
 
 /// Boot `image` under QEMU, copy the console to `out`, and return once every VM has
 /// stopped (QEMU is then ended: the seL4 system itself never exits). `expected_vms`: how
-/// many VMs to wait for; `None` waits for every VMM seen coming up.
+/// many VMs to wait for; `None` waits for every VMM seen coming up. `interactive`: QEMU
+/// reads this process's stdin (typed input reaches the first VM's console).
 pub fn run_qemu(
     image: &Path,
     smp: u32,
     timeout: Option<Duration>,
     expected_vms: Option<usize>,
+    interactive: bool,
     out: &mut dyn Write,
 ) -> Result<RunOutcome, RunError> {
     let start = Instant::now();
     let mut child = qemu_command(image, smp)
-        .stdin(Stdio::null())
+        .stdin(if interactive {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

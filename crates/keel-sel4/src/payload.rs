@@ -20,6 +20,8 @@ pub const PAYLOAD_VADDR: u64 = 0x1_0000_0000;
 pub const GUEST_RAM_VADDR: u64 = 0x2_0000_0000;
 /// Where the console-lock page shared by the VMMs of a multi-VM system is mapped (12 GiB).
 pub const CONSOLE_LOCK_VADDR: u64 = 0x3_0000_0000;
+/// Where the first VM's VMM maps the board's PL011 for console input.
+pub const INPUT_UART_VADDR: u64 = 0x3_0001_0000;
 /// First bytes of the payload.
 pub const MAGIC: [u8; 8] = *b"KEELPAY\0";
 /// Payload format version.
@@ -94,6 +96,11 @@ pub struct VmConfig {
     /// (0: no other VMM, no lock). Lines are printed under the lock so that VMMs sharing
     /// the debug console never interleave characters.
     pub console_lock: u64,
+    /// Where the board's PL011 UART is mapped in this VMM for console input (0: this VM
+    /// gets no input).
+    pub input_uart: u64,
+    /// The Microkit channel of that UART's receive interrupt.
+    pub input_channel: u32,
     /// Seed for the VMM's virtio-rng generator, drawn from the build host's entropy
     /// source when the image was built (the PD has no entropy source of its own).
     pub rng_seed: [u8; 32],
@@ -212,6 +219,8 @@ impl VmConfig {
         w.u8(u8::from(self.virtio_console));
         w.u8(u8::from(self.console_prefix));
         w.u64(self.console_lock);
+        w.u64(self.input_uart);
+        w.u32(self.input_channel);
         w.0.extend_from_slice(&self.rng_seed);
         w.0
     }
@@ -240,6 +249,8 @@ impl VmConfig {
         let virtio_console = r.u8("console flag")? != 0;
         let console_prefix = r.u8("console prefix flag")? != 0;
         let console_lock = r.u64("console lock address")?;
+        let input_uart = r.u64("input UART address")?;
+        let input_channel = r.u32("input channel")?;
         let mut rng_seed = [0u8; 32];
         rng_seed.copy_from_slice(r.take(32, "rng seed")?);
         Ok(VmConfig {
@@ -254,6 +265,8 @@ impl VmConfig {
             virtio_console,
             console_prefix,
             console_lock,
+            input_uart,
+            input_channel,
             rng_seed,
         })
     }
@@ -403,6 +416,8 @@ mod tests {
             virtio_console: false,
             console_prefix: true,
             console_lock: CONSOLE_LOCK_VADDR,
+            input_uart: INPUT_UART_VADDR,
+            input_channel: 1,
             rng_seed: [5; 32],
         }
     }

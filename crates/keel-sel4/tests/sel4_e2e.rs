@@ -102,9 +102,8 @@ fn vmm_elf() -> PathBuf {
     .clone()
 }
 
-/// Build `toml` (paths may use ${KEEL_CACHE}) and boot it; returns the console output.
-fn build_and_run(sdk: &Path, name: &str, toml: &str) -> (String, RunOutcome) {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+/// Build `toml` (paths may use ${KEEL_CACHE}) into `CARGO_TARGET_TMPDIR/sel4-e2e-<name>`.
+fn build(sdk: &Path, name: &str, toml: &str) -> (keel_spec::System, PathBuf, PathBuf) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sel4-e2e-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     let system = keel_spec::parse_str(toml, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -115,13 +114,21 @@ fn build_and_run(sdk: &Path, name: &str, toml: &str) -> (String, RunOutcome) {
         vmm_elf: vmm_elf(),
     };
     let built = host::build(&system, &opts).unwrap_or_else(|e| panic!("{name}: build: {e}"));
+    (system, built.image, dir)
+}
+
+/// Build `toml` and boot it; returns the console output.
+fn build_and_run(sdk: &Path, name: &str, toml: &str) -> (String, RunOutcome) {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (system, image, dir) = build(sdk, name, toml);
     let mut out = Vec::new();
     let vms = system.vms().len();
     let outcome = host::run_qemu(
-        &built.image,
+        &image,
         1,
         Some(Duration::from_secs(240)),
         Some(vms),
+        false,
         &mut out,
     );
     let text = String::from_utf8_lossy(&out).into_owned();
@@ -286,6 +293,60 @@ fn two_vcpu_guest_reads_and_writes_its_virtio_disk() {
     assert_eq!(console.matches("\nLOOP-DONE").count(), 2, "{console}");
     assert!(console.contains("\nPAR-OK"), "{console}");
     assert!(console.contains("KEEL-CMD-EXIT 0"), "{console}");
+    assert!(
+        console.contains("guest powered off (PSCI SYSTEM_OFF)"),
+        "{console}"
+    );
+}
+
+#[test]
+fn typed_input_reaches_the_guest_console() {
+    let Some(sdk) = prerequisites("typed_input_reaches_the_guest_console") else {
+        return;
+    };
+    let cmd = "echo WAITING-INPUT; read -r l < /dev/ttyS0; echo GOT=$l";
+    let toml = format!(
+        "[system]\nname = \"e2e-input\"\n{}",
+        vm_toml(
+            "linux",
+            1,
+            "256M",
+            &format!("quiet keel.cmd={}", base64(cmd.as_bytes())),
+            ""
+        )
+    );
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_, image, dir) = build(&sdk, "input", &toml);
+    let mut child = host::qemu_command(&image, 1)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-aarch64");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut r = BufReader::new(child.stdout.take().unwrap());
+    let start = Instant::now();
+    let mut console = String::new();
+    let mut line = String::new();
+    while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false)
+        && start.elapsed() < Duration::from_secs(240)
+    {
+        console.push_str(&line);
+        if line.contains("WAITING-INPUT") {
+            use std::io::Write;
+            stdin.write_all(b"keel-typed\r").unwrap();
+            stdin.flush().unwrap();
+        }
+        if line.contains(": stopped: ") {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::write(dir.join("console.log"), &console).unwrap();
+
+    assert!(console.contains("GOT=keel-typed"), "{console}");
     assert!(
         console.contains("guest powered off (PSCI SYSTEM_OFF)"),
         "{console}"

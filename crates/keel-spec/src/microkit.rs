@@ -33,6 +33,22 @@ pub struct MicrokitLayout {
     pub cores: u32,
     /// Most RAM one VM may have (the size of the VMM's window onto it).
     pub max_ram: u64,
+    /// Console input for the first VM, if the board has a serial port to give.
+    pub console_input: Option<ConsoleInput>,
+}
+
+/// The board's serial port given to the first VM's VMM for console input: its registers
+/// are mapped into the VMM and its receive interrupt arrives on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleInput {
+    /// Physical address of the UART's registers (one 4 KiB page).
+    pub uart_paddr: u64,
+    /// Where the VMM maps them.
+    pub uart_vaddr: u64,
+    /// The UART's interrupt (GIC INTID).
+    pub irq: u32,
+    /// The Microkit channel the interrupt arrives on.
+    pub channel: u32,
 }
 
 /// Why a system has no Microkit form.
@@ -165,6 +181,13 @@ pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, M
         layout.gic_vcpu_size, layout.gic_vcpu_paddr
     );
     let shared_console = system.vms().len() > 1;
+    if let Some(ci) = &layout.console_input {
+        let _ = writeln!(
+            x,
+            "    <memory_region name=\"keel_console_uart\" size=\"0x1000\" phys_addr=\"{:#x}\" />",
+            ci.uart_paddr
+        );
+    }
     if shared_console {
         let _ = writeln!(
             x,
@@ -179,7 +202,7 @@ pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, M
             vm.name
         );
     }
-    for vm in system.vms() {
+    for (index, vm) in system.vms().iter().enumerate() {
         let (base, _) = ram_layout(vm)[0];
         let p = vm.placement.clone().unwrap_or_default();
         // The VMM runs above its VM so that it answers faults before the guest runs again.
@@ -206,6 +229,18 @@ pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, M
                 x,
                 "        <map mr=\"keel_console_lock\" vaddr=\"{:#x}\" perms=\"rw\" />",
                 layout.console_lock_vaddr
+            );
+        }
+        if let (0, Some(ci)) = (index, &layout.console_input) {
+            let _ = writeln!(
+                x,
+                "        <map mr=\"keel_console_uart\" vaddr=\"{:#x}\" perms=\"rw\" cached=\"false\" />",
+                ci.uart_vaddr
+            );
+            let _ = writeln!(
+                x,
+                "        <irq irq=\"{}\" id=\"{}\" />",
+                ci.irq, ci.channel
             );
         }
         let _ = writeln!(
@@ -260,6 +295,12 @@ mod tests {
             console_lock_vaddr: 0x3_0000_0000,
             cores: 1,
             max_ram: 4 << 30,
+            console_input: Some(ConsoleInput {
+                uart_paddr: 0x0900_0000,
+                uart_vaddr: 0x3_0001_0000,
+                irq: 33,
+                channel: 1,
+            }),
         }
     }
 
@@ -299,6 +340,20 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[test]
+    fn only_the_first_vmm_gets_the_console_input_uart() {
+        let x = system_file(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
+
+        assert!(x.contains(
+            "<memory_region name=\"keel_console_uart\" size=\"0x1000\" phys_addr=\"0x9000000\" />"
+        ));
+        assert_eq!(x.matches("<irq irq=\"33\" id=\"1\" />").count(), 1);
+        let a = x.find("name=\"a_vmm\"").unwrap();
+        let b = x.find("name=\"b_vmm\"").unwrap();
+        let irq = x.find("<irq irq=").unwrap();
+        assert!(a < irq && irq < b);
     }
 
     #[test]

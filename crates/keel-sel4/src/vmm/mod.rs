@@ -321,8 +321,49 @@ impl PsciHost for PsciSel4<'_> {
     }
 }
 
+/// The board's PL011, mapped into the first VM's VMM for console input.
+struct InputUart {
+    base: u64,
+    channel: u32,
+}
+
+const PL011_DR: u64 = 0x000;
+const PL011_FR: u64 = 0x018;
+const PL011_FR_RXFE: u32 = 1 << 4;
+const PL011_IMSC: u64 = 0x038;
+const PL011_ICR: u64 = 0x044;
+const PL011_RX_INTERRUPTS: u32 = (1 << 4) | (1 << 6); // RX, RX timeout
+
+impl InputUart {
+    fn reg(&self, offset: u64) -> *mut u32 {
+        (self.base + offset) as *mut u32
+    }
+
+    fn read(&self, offset: u64) -> u32 {
+        // SAFETY: `base` is the PL011 page the Microkit tool mapped (uncached) into this PD
+        // (payload `input_uart`); `offset` is one of the register offsets above.
+        unsafe { self.reg(offset).read_volatile() }
+    }
+
+    fn write(&self, offset: u64, value: u32) {
+        // SAFETY: as in `read`.
+        unsafe { self.reg(offset).write_volatile(value) }
+    }
+
+    /// Take what was typed (at most one FIFO's worth) and clear the receive interrupts.
+    fn drain(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        while v.len() < 64 && self.read(PL011_FR) & PL011_FR_RXFE == 0 {
+            v.push(self.read(PL011_DR) as u8);
+        }
+        self.write(PL011_ICR, PL011_RX_INTERRUPTS);
+        v
+    }
+}
+
 struct Vmm {
     name: String,
+    input: Option<InputUart>,
     vcpus: u32,
     ram: GuestRam,
     bus: Bus,
@@ -547,6 +588,19 @@ impl Vmm {
         Resume::Yes
     }
 
+    /// Notifications: the console-input UART's interrupt.
+    fn notified(&mut self, channels: u64) {
+        let Some(u) = &self.input else { return };
+        if channels & (1 << u.channel) == 0 {
+            return;
+        }
+        let typed = u.drain();
+        let _ = self.uart.push_input(&typed);
+        if let Err(e) = sys::irq_ack(crate::microkit::irq_cap(u.channel)) {
+            log!("keel-sel4: console input: {e}");
+        }
+    }
+
     /// `vcpu` executed `WFI` (its PC is already past it): park it if a sibling runs.
     fn idle(&mut self, vcpu: u32) -> Resume {
         let parked = PARKED.load(Ordering::SeqCst);
@@ -702,6 +756,19 @@ fn boot() -> Result<Vmm, String> {
     clean_dcache(&ram, x0, fdt.len());
     let vgic = Vgic::new(GicVersion::V2, cfg.vcpus, SPIS, LIST_REGISTERS)
         .map_err(|e| alloc::format!("interrupt controller: {e}"))?;
+    let input = (cfg.input_uart != 0).then_some(InputUart {
+        base: cfg.input_uart,
+        channel: cfg.input_channel,
+    });
+    if let Some(u) = &input {
+        // SAFETY: a word the Microkit tool patched before the PD started; only read.
+        let irqs = unsafe { (&raw const microkit_irqs).read_volatile() };
+        if crate::microkit::channel_allowed(irqs, u.channel) {
+            u.write(PL011_IMSC, u.read(PL011_IMSC) | PL011_RX_INTERRUPTS);
+            // libmicrokit acknowledges every IRQ once at start (seL4 issue #1536).
+            let _ = sys::irq_ack(crate::microkit::irq_cap(u.channel));
+        }
+    }
     start_vcpu(0, pc, x0).map_err(|e| alloc::format!("starting vcpu 0: {e}"))?;
     let _ = ram.read_u32(GuestAddress(pc));
     Ok(Vmm {
@@ -710,6 +777,7 @@ fn boot() -> Result<Vmm, String> {
         ram,
         bus,
         vgic,
+        input,
         uart: Uart8250::new(),
         psci: Psci::new(cfg.vcpus),
         spi_levels: 0,
@@ -777,7 +845,10 @@ pub extern "C" fn main() -> ! {
                 reply = matches!(resume, Resume::Yes);
             }
             Event::ProtectedCall { .. } => reply = true,
-            Event::Notified { .. } => {}
+            Event::Notified { channels } => {
+                vmm.notified(channels);
+                vmm.sync_lines();
+            }
         }
     }
 }

@@ -238,8 +238,16 @@ pub fn run_with(args: &RunArgs, out: &mut dyn Write) -> Result<RunOutcome, Sel4F
         return Err(input(format!("{}: no such image", args.image.display())));
     }
     let expected = args.image.parent().and_then(host::vms_in_build_dir);
-    host::run_qemu(&args.image, args.smp, args.timeout, expected, out)
-        .map_err(|e| failure(e.to_string()))
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    host::run_qemu(
+        &args.image,
+        args.smp,
+        args.timeout,
+        expected,
+        interactive,
+        out,
+    )
+    .map_err(|e| failure(e.to_string()))
 }
 
 /// `keel sel4 run`.

@@ -5,7 +5,9 @@
 //!   checked against a Microkit SDK's headers by `tests/sdk_constants.rs`.
 //! - [`msginfo`], [`fault`], [`microkit`], [`regs`]: message tags, fault messages, badges
 //!   and register contexts as data (host-tested).
-//! - [`syscall`] (seL4 only): `svc #0` wrappers and the TCB, vCPU and IRQ invocations.
+//! - `syscall` (seL4 only): `svc #0` wrappers and the TCB, vCPU and IRQ invocations.
+//! - `pd` (seL4 only): the symbols the Microkit tool patches, notify / irq_ack / ppcall.
+//! - `vmm` (seL4 only): the VMM protection domain.
 //! - [`payload`], [`elf`]: how `keel sel4 build` hands one VM's configuration, kernel,
 //!   initrd and disks to the generic VMM ELF.
 //! - [`uart`]: the 8250 UART the VMM emulates (the GIC distributor is keel-core's `vgic`).
@@ -24,6 +26,8 @@ pub mod host;
 pub mod microkit;
 pub mod msginfo;
 pub mod payload;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod pd;
 pub mod regs;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod syscall;

@@ -44,34 +44,6 @@ use crate::uart::Uart8250;
 #[global_allocator]
 static HEAP: heap::Heap = heap::Heap::new();
 
-// Symbols the Microkit tool patches (libmicrokit's names and types).
-#[unsafe(no_mangle)]
-#[used]
-static mut microkit_name: [u8; mk::PD_NAME_LENGTH] = [0; mk::PD_NAME_LENGTH];
-#[unsafe(no_mangle)]
-#[used]
-static mut microkit_passive: u8 = 0;
-#[unsafe(no_mangle)]
-#[used]
-static mut microkit_irqs: u64 = 0;
-#[unsafe(no_mangle)]
-#[used]
-static mut microkit_notifications: u64 = 0;
-#[unsafe(no_mangle)]
-#[used]
-static mut microkit_pps: u64 = 0;
-#[unsafe(no_mangle)]
-#[used]
-static mut microkit_ioports: u64 = 0;
-
-/// The PD's name as the Microkit tool wrote it.
-fn pd_name() -> String {
-    // SAFETY: written once by the Microkit tool before the PD started; only read here.
-    let bytes = unsafe { (&raw const microkit_name).read_volatile() };
-    let n = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..n]).into()
-}
-
 /// Formatted output on the seL4 debug console.
 #[derive(Debug)]
 pub struct DebugOut;
@@ -596,7 +568,7 @@ impl Vmm {
         }
         let typed = u.drain();
         let _ = self.uart.push_input(&typed);
-        if let Err(e) = sys::irq_ack(crate::microkit::irq_cap(u.channel)) {
+        if let Err(e) = crate::pd::irq_ack(u.channel) {
             log!("keel-sel4: console input: {e}");
         }
     }
@@ -761,12 +733,10 @@ fn boot() -> Result<Vmm, String> {
         channel: cfg.input_channel,
     });
     if let Some(u) = &input {
-        // SAFETY: a word the Microkit tool patched before the PD started; only read.
-        let irqs = unsafe { (&raw const microkit_irqs).read_volatile() };
-        if crate::microkit::channel_allowed(irqs, u.channel) {
-            u.write(PL011_IMSC, u.read(PL011_IMSC) | PL011_RX_INTERRUPTS);
-            // libmicrokit acknowledges every IRQ once at start (seL4 issue #1536).
-            let _ = sys::irq_ack(crate::microkit::irq_cap(u.channel));
+        // libmicrokit acknowledges every IRQ once at start (seL4 issue #1536).
+        match crate::pd::irq_ack(u.channel) {
+            Ok(()) => u.write(PL011_IMSC, u.read(PL011_IMSC) | PL011_RX_INTERRUPTS),
+            Err(e) => log!("keel-sel4: console input disabled: {e}"),
         }
     }
     start_vcpu(0, pc, x0).map_err(|e| alloc::format!("starting vcpu 0: {e}"))?;
@@ -806,7 +776,7 @@ fn clean_dcache(ram: &GuestRam, gpa: u64, len: usize) {
 
 /// The protection domain's main function, called from `_start`.
 pub extern "C" fn main() -> ! {
-    let name = pd_name();
+    let name = crate::pd::name();
     // The console lock first: the "vmm up" line is already shared with the other VMMs.
     if let Ok(lay) =
         payload_bytes().and_then(|b| payload::parse(b).map_err(|e| alloc::format!("{e}")))

@@ -345,6 +345,7 @@ struct Vmm {
     spi_levels: u64,
     stopped: bool,
     exits: u64,
+    sysreg_reports: u32,
 }
 
 /// What to do with the faulting vCPU after handling.
@@ -509,8 +510,22 @@ impl Vmm {
                 ExitAnswer::None
             }
             VcpuExit::Halt => ExitAnswer::None,
-            VcpuExit::SysReg { write: Some(_), .. } => ExitAnswer::None,
-            VcpuExit::SysReg { write: None, .. } => ExitAnswer::Read(0),
+            VcpuExit::SysReg { encoding, write } => {
+                // Nothing Keel's guests need traps here (GICv2, no debug registers): reads
+                // are zero, writes are ignored, and the first few are reported.
+                if self.sysreg_reports < 8 {
+                    self.sysreg_reports += 1;
+                    log!(
+                        "keel-sel4: vm {}: vcpu {vcpu}: trapped system register {encoding:#x} {} (RAZ/WI)",
+                        self.name,
+                        if write.is_some() { "write" } else { "read" }
+                    );
+                }
+                match write {
+                    Some(_) => ExitAnswer::None,
+                    None => ExitAnswer::Read(0),
+                }
+            }
             VcpuExit::Hypercall { args, .. } => {
                 let mut host = PsciSel4 {
                     ram: &self.ram,
@@ -753,6 +768,7 @@ fn boot() -> Result<Vmm, String> {
         spi_levels: 0,
         stopped: false,
         exits: 0,
+        sysreg_reports: 0,
     })
 }
 

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -120,13 +121,47 @@ impl From<SystemEvent> for VmExitStatus {
     }
 }
 
-/// The result of [`Vmm::run`].
+/// The result of [`Vmm::run`]. It owns the stopped VM, which is destroyed when the report
+/// is dropped (or, with [`RunReport::leave_vm_to_process_exit`], when the process exits).
 #[derive(Debug)]
 pub struct RunReport {
     /// How the guest stopped.
     pub status: VmExitStatus,
     /// Measurements (always collected: they cost a few atomic adds per exit).
     pub stats: RunStats,
+    /// What is left of the VM once its threads have stopped; `None` once handed to
+    /// process exit.
+    stopped: Option<StoppedVm>,
+}
+
+impl RunReport {
+    /// Do not destroy the stopped VM when this report drops: leave it to the kernel at
+    /// process exit. For a program that exits right after the run (the `keel run` CLI):
+    /// closing the KVM VM fd explicitly runs `kvm_destroy_vm` synchronously, 2–12 ms on the
+    /// benchmark machine, where the same destruction at process exit costs about 1 ms
+    /// (bench/ANALYSIS.md, teardown). The VM's guest RAM, file descriptors and device
+    /// state stay allocated until the process ends, so a program that goes on running VMs
+    /// must not call this.
+    pub fn leave_vm_to_process_exit(&mut self) {
+        if let Some(stopped) = self.stopped.take() {
+            std::mem::forget(stopped);
+        }
+    }
+}
+
+/// A VM whose vCPU and I/O threads have ended: the KVM VM (its fd, guest RAM) and
+/// everything that holds a reference to it (interrupt lines inside the devices).
+struct StoppedVm {
+    _vm: KvmVm,
+    _handler: Arc<ExitHandler>,
+    _devices: Vec<PlacedDevice>,
+    _serial: Arc<spin::Mutex<SerialDevice>>,
+}
+
+impl std::fmt::Debug for StoppedVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoppedVm")
+    }
 }
 
 /// A virtio-mmio transport seen through what the VMM needs of it besides the bus.
@@ -440,7 +475,9 @@ impl Vmm {
         &self.devices
     }
 
-    /// Run the VM until the guest stops it or the hypervisor fails.
+    /// Run the VM until the guest stops it or the hypervisor fails. Every thread of the VM
+    /// has ended when this returns; the VM itself is destroyed when the returned report
+    /// drops (see [`RunReport::leave_vm_to_process_exit`]), or here on an error.
     pub fn run(self) -> Result<RunReport, VmmError> {
         let Vmm {
             name,
@@ -485,15 +522,21 @@ impl Vmm {
 
         let stopping = Arc::new(AtomicBool::new(false));
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let (exited_tx, exited_rx) = mpsc::channel();
         for mut vcpu in vcpus {
             let handler = handler.clone();
             let control = control.clone();
             let stopping = stopping.clone();
             let id = vcpu.id();
             let pcpu = pcpus.as_ref().and_then(|p| p.get(id as usize).copied());
+            let exited = ExitNotice {
+                index: threads.len(),
+                tx: exited_tx.clone(),
+            };
             let t = std::thread::Builder::new()
                 .name(format!("keel-vcpu{id}"))
                 .spawn(move || {
+                    let _exited = exited;
                     if let Some(cpu) = pcpu {
                         if let Err(e) = host::pin_current_thread(cpu) {
                             log::warn(format_args!(
@@ -507,15 +550,24 @@ impl Vmm {
                         Ok(None) => {}
                         Err(e) => control.finish(Err(e)),
                     }
+                    // The vCPU fd is closed here, on its own thread, not kept for the stopped
+                    // VM: measured, a VM whose vCPU fds are still open at process exit takes
+                    // ~14 ms to be destroyed there instead of ~1 ms.
+                    drop(vcpu);
                 })
                 .map_err(|e| VmmError::Host(format!("cannot start vcpu {id}: {e}")))?;
             threads.push(t);
         }
 
+        // Only the vCPU threads' clones may keep the channel open: once all are gone,
+        // every vCPU thread has left its loop.
+        drop(exited_tx);
+
         let outcome = control.wait();
         stopping.store(true, Ordering::Release);
-        kick_and_join(threads);
+        // Stop the I/O thread first: it ends on its own while the vCPUs are kicked.
         let _ = io_stop.write(1);
+        kick_and_join(threads, &exited_rx);
         let _ = io_thread.join();
         io::report_device_errors(&devices);
 
@@ -532,6 +584,12 @@ impl Vmm {
         Ok(RunReport {
             status: event.into(),
             stats,
+            stopped: Some(StoppedVm {
+                _vm: vm,
+                _handler: handler,
+                _devices: devices,
+                _serial: serial,
+            }),
         })
     }
 }
@@ -551,21 +609,63 @@ fn check_arch(spec: &VmSpec) -> Result<(), VmmError> {
     })
 }
 
-/// Kick every vCPU thread out of `KVM_RUN` until it has finished, then join it.
-fn kick_and_join(threads: Vec<JoinHandle<()>>) {
+/// Sent by a vCPU thread (its index in the thread list) when it leaves its run loop,
+/// including by a panic: the value is dropped with the thread's closure.
+struct ExitNotice {
+    index: usize,
+    tx: Sender<usize>,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.tx.send(self.index);
+    }
+}
+
+/// How long a kicked vCPU thread gets to report before it is kicked again. A kick is lost
+/// only when it lands before the thread's first `KVM_RUN` has published its
+/// `immediate_exit` byte, so a re-kick is the rare case, not a polling loop.
+const REKICK_AFTER: Duration = Duration::from_millis(2);
+
+/// Kick every vCPU thread out of `KVM_RUN`, wait until each has reported leaving its loop
+/// (`exited`, one [`ExitNotice`] per thread) and join them. The stop flag must be set
+/// before the call so that a kicked thread does not enter `KVM_RUN` again.
+fn kick_and_join(threads: Vec<JoinHandle<()>>, exited: &Receiver<usize>) {
     let sig = vmm_sys_util::signal::SIGRTMIN();
-    for t in threads {
-        let mut waited = Duration::ZERO;
-        while !t.is_finished() {
-            // SAFETY: the thread has not been joined, so its pthread_t is valid; the signal
-            // has a handler installed, so it cannot kill the process.
-            unsafe { libc::pthread_kill(t.as_pthread_t() as libc::pthread_t, sig) };
-            std::thread::sleep(Duration::from_millis(1));
-            waited += Duration::from_millis(1);
-            if waited == Duration::from_secs(5) {
-                log::warn(format_args!("a vCPU thread does not stop; still waiting"));
+    let kick = |t: &JoinHandle<()>| {
+        // SAFETY: the thread has not been joined, so its pthread_t is valid; the signal
+        // has a handler installed, so it cannot kill the process.
+        unsafe { libc::pthread_kill(t.as_pthread_t() as libc::pthread_t, sig) };
+    };
+    let mut running = vec![true; threads.len()];
+    let mut left = threads.len();
+    threads.iter().for_each(kick);
+    let started = Instant::now();
+    let mut warned = false;
+    while left > 0 {
+        match exited.recv_timeout(REKICK_AFTER) {
+            Ok(index) => {
+                if let Some(r) = running.get_mut(index).filter(|r| **r) {
+                    *r = false;
+                    left -= 1;
+                }
             }
+            Err(RecvTimeoutError::Timeout) => {
+                threads
+                    .iter()
+                    .zip(&running)
+                    .filter(|(_, r)| **r)
+                    .for_each(|(t, _)| kick(t));
+                if !warned && started.elapsed() >= Duration::from_secs(5) {
+                    log::warn(format_args!("a vCPU thread does not stop; still waiting"));
+                    warned = true;
+                }
+            }
+            // Every sender is gone: every thread has left its loop.
+            Err(RecvTimeoutError::Disconnected) => break,
         }
+    }
+    for t in threads {
         let _ = t.join();
     }
 }

@@ -57,13 +57,23 @@ fn linux_example_uses_the_cached_guest_images() {
 }
 
 #[test]
-fn demo_example_has_two_pinned_vms() {
-    let system = load("demo.toml");
-    assert_eq!(system.name(), "demo");
+fn pinned_example_has_two_vms_on_their_own_pcpus() {
+    let system = load("pinned-vms.toml");
+    assert_eq!(system.name(), "pinned");
     assert_eq!(system.vms().len(), 2);
     assert_eq!(system.vm("db").unwrap().memory, Memory::Size(512 << 20));
     assert_eq!(
         system.vm("web").unwrap().placement.as_ref().unwrap().pcpus,
         Some(vec![0, 1])
     );
+}
+
+#[test]
+fn demo_example_is_the_arm64_linux_vm_of_make_run() {
+    let system = load("demo.toml");
+    let vm = system.vm("demo").unwrap();
+    assert_eq!(vm.arch, Arch::Aarch64);
+    assert_eq!(vm.vcpus, 2);
+    assert_eq!(vm.kernel.as_str(), "/cache/guest/arm64/vmlinuz");
+    assert!(vm.cmdline.contains("keel.cmd="));
 }

@@ -34,10 +34,11 @@ use x86::TscSource;
 
 /// Exit code when every test passed.
 const EXIT_PASS: u8 = 0;
-/// Exit code when a test failed.
-const EXIT_FAIL: u8 = 1;
+/// Exit code when a test failed. Codes 1 and 2 are left to the VMM (`keel` uses them for
+/// its own failures and for bad input), so a host test can tell the guest's verdict apart.
+const EXIT_FAIL: u8 = 10;
 /// Exit code for a panic or an unexpected CPU exception.
-const EXIT_PANIC: u8 = 2;
+const EXIT_PANIC: u8 = 11;
 /// Exit code when a negative test saw DEVICE_NEEDS_RESET.
 const EXIT_NEEDS_RESET: u8 = 3;
 

@@ -6,6 +6,10 @@
 //! the GIC virtual CPU interface is mapped into the VM where the guest expects the GIC CPU
 //! interface. Everything else the guest touches faults to its VMM. Placement becomes the
 //! scheduling parameters (priority, budget, period) and `<vcpu cpu="N">`.
+//!
+//! Cores ([`placement`]): a VM with `placement.pcpus` gets exactly those; without it, vCPU
+//! `i` goes on core `i mod n`, `n` being the system's `pcpus` if given, else the kernel's
+//! cores. A VMM protection domain runs on the core of its VM's vCPU 0.
 
 use alloc::format;
 use alloc::string::String;
@@ -104,6 +108,66 @@ pub enum MicrokitError {
         /// Cores available.
         cores: u32,
     },
+    /// The system declares more physical CPUs than the kernel runs on.
+    #[error(
+        "system: pcpus = {pcpus}, but the seL4 kernel runs on {cores} core(s) (pick an SDK config with more, e.g. smp-debug)"
+    )]
+    SystemPcpus {
+        /// `system.pcpus`.
+        pcpus: u32,
+        /// Cores available.
+        cores: u32,
+    },
+}
+
+/// Where one VM runs: its VMM protection domain's core and each vCPU's core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPlacement {
+    /// Core of the VMM protection domain (the core of vCPU 0).
+    pub vmm_cpu: u32,
+    /// Core of vCPU `i`.
+    pub vcpu_cpus: Vec<u32>,
+}
+
+/// The cores of every VM of `system` (in order) on a kernel with `layout.cores` cores:
+/// `placement.pcpus` where given, else vCPU `i` on core `i mod n` (`n`: the system's
+/// `pcpus`, else the kernel's cores); each VMM on the core of its vCPU 0.
+pub fn placement(
+    system: &System,
+    layout: &MicrokitLayout,
+) -> Result<Vec<VmPlacement>, MicrokitError> {
+    let cores = layout.cores.max(1);
+    let spread = match system.pcpus() {
+        Some(p) if p > cores => {
+            return Err(MicrokitError::SystemPcpus { pcpus: p, cores });
+        }
+        Some(p) => p.max(1),
+        None => cores,
+    };
+    let mut out = Vec::new();
+    for vm in system.vms() {
+        let vcpu_cpus: Vec<u32> = match vm.placement.as_ref().and_then(|p| p.pcpus.as_ref()) {
+            Some(list) => {
+                for (vcpu, &pcpu) in list.iter().enumerate() {
+                    if pcpu >= cores {
+                        return Err(MicrokitError::NoSuchCore {
+                            vm: vm.name.clone(),
+                            vcpu: vcpu as u32,
+                            pcpu,
+                            cores,
+                        });
+                    }
+                }
+                list.clone()
+            }
+            None => (0..vm.vcpus).map(|i| i % spread).collect(),
+        };
+        out.push(VmPlacement {
+            vmm_cpu: vcpu_cpus.first().copied().unwrap_or(0),
+            vcpu_cpus,
+        });
+    }
+    Ok(out)
 }
 
 const TWO_MIB: u64 = 2 << 20;
@@ -148,25 +212,14 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
                 max: layout.max_ram,
             });
         }
-        if let Some(pcpus) = vm.placement.as_ref().and_then(|p| p.pcpus.as_ref()) {
-            for (vcpu, &pcpu) in pcpus.iter().enumerate() {
-                if pcpu >= layout.cores {
-                    return Err(MicrokitError::NoSuchCore {
-                        vm: vm.name.clone(),
-                        vcpu: vcpu as u32,
-                        pcpu,
-                        cores: layout.cores,
-                    });
-                }
-            }
-        }
     }
-    Ok(())
+    placement(system, layout).map(|_| ())
 }
 
 /// The Microkit system file (XML) for `system`.
 pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, MicrokitError> {
     check(system, layout)?;
+    let places = placement(system, layout)?;
     let mut x = String::new();
     let _ = writeln!(x, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
     let _ = writeln!(
@@ -202,21 +255,18 @@ pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, M
             vm.name
         );
     }
-    for (index, vm) in system.vms().iter().enumerate() {
+    for (index, (vm, place)) in system.vms().iter().zip(&places).enumerate() {
         let (base, _) = ram_layout(vm)[0];
         let p = vm.placement.clone().unwrap_or_default();
         // The VMM runs above its VM so that it answers faults before the guest runs again.
         let vmm_prio = u32::from(p.priority).saturating_add(1).min(254);
         let sched =
             |p: &Placement| format!("budget=\"{}\" period=\"{}\"", p.budget_us, p.period_us);
-        let first_cpu = p.pcpus.as_ref().and_then(|c| c.first().copied());
-        let cpu_attr = first_cpu
-            .map(|c| format!(" cpu=\"{c}\""))
-            .unwrap_or_default();
         let _ = writeln!(
             x,
-            "    <protection_domain name=\"{}\" priority=\"{vmm_prio}\"{cpu_attr}>",
-            vmm_pd_name(vm)
+            "    <protection_domain name=\"{}\" priority=\"{vmm_prio}\" cpu=\"{}\">",
+            vmm_pd_name(vm),
+            place.vmm_cpu
         );
         let _ = writeln!(x, "        <program_image path=\"{}\" />", vmm_elf_name(vm));
         let _ = writeln!(
@@ -250,14 +300,8 @@ pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, M
             p.priority,
             sched(&p)
         );
-        for i in 0..vm.vcpus {
-            let cpu = p
-                .pcpus
-                .as_ref()
-                .and_then(|c| c.get(i as usize))
-                .map(|c| format!(" cpu=\"{c}\""))
-                .unwrap_or_default();
-            let _ = writeln!(x, "            <vcpu id=\"{i}\"{cpu} />");
+        for (i, cpu) in place.vcpu_cpus.iter().enumerate() {
+            let _ = writeln!(x, "            <vcpu id=\"{i}\" cpu=\"{cpu}\" />");
         }
         let _ = writeln!(
             x,
@@ -323,7 +367,7 @@ mod tests {
     fn each_vm_gets_a_vmm_pd_with_its_vcpus() {
         let x = system_file(&system(vec![vm("a", 2), vm("b", 1)]), &layout()).unwrap();
 
-        assert!(x.contains("<protection_domain name=\"a_vmm\" priority=\"101\">"));
+        assert!(x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\">"));
         assert!(x.contains("<program_image path=\"b-vmm.elf\" />"));
         assert_eq!(x.matches("<vcpu id=\"1\"").count(), 1);
         assert_eq!(x.matches("<virtual_machine ").count(), 2);
@@ -391,7 +435,7 @@ mod tests {
             pcpus: Some(vec![1]),
             ..Placement::default()
         });
-        let s = System::new("t".into(), Some(2), vec![v]).unwrap();
+        let s = system(vec![v]);
 
         assert!(matches!(
             system_file(&s, &layout()),
@@ -401,6 +445,54 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    fn layout_cores(cores: u32) -> MicrokitLayout {
+        MicrokitLayout { cores, ..layout() }
+    }
+
+    #[test]
+    fn unplaced_vcpus_spread_over_the_kernels_cores() {
+        let s = system(vec![vm("a", 6)]);
+
+        let p = placement(&s, &layout_cores(4)).unwrap();
+
+        assert_eq!(p[0].vcpu_cpus, vec![0, 1, 2, 3, 0, 1]);
+    }
+
+    #[test]
+    fn unplaced_vcpus_spread_over_the_systems_pcpus_only() {
+        let s = System::new("t".into(), Some(2), vec![vm("a", 3)]).unwrap();
+
+        let p = placement(&s, &layout_cores(4)).unwrap();
+
+        assert_eq!(p[0].vcpu_cpus, vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn vmm_runs_on_the_core_of_its_vcpu_0() {
+        let mut b = vm("b", 2);
+        b.placement = Some(Placement {
+            pcpus: Some(vec![3, 1]),
+            ..Placement::default()
+        });
+
+        let x = system_file(&system(vec![vm("a", 2), b]), &layout_cores(4)).unwrap();
+
+        assert!(x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\">"));
+        assert!(x.contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"3\">"));
+        assert_eq!(x.matches("<vcpu id=\"1\" cpu=\"1\" />").count(), 2);
+        assert!(x.contains("<vcpu id=\"0\" cpu=\"3\" />"));
+    }
+
+    #[test]
+    fn system_with_more_pcpus_than_the_kernel_is_refused() {
+        let s = System::new("t".into(), Some(8), vec![vm("a", 1)]).unwrap();
+
+        assert_eq!(
+            placement(&s, &layout_cores(4)),
+            Err(MicrokitError::SystemPcpus { pcpus: 8, cores: 4 })
+        );
     }
 
     #[test]

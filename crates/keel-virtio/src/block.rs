@@ -4,7 +4,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use keel_core::GuestRam;
+use keel_core::{GuestAddress, GuestRam};
 
 use crate::device::{ActiveQueues, DeviceError, VirtioDevice, device_type, read_config_bytes};
 use crate::queue::{DescriptorChain, Queue};
@@ -91,6 +91,58 @@ pub enum BlockError {
     },
 }
 
+/// One guest buffer of a request as the host sees it: `len()` bytes of guest RAM at host
+/// address `as_ptr()`, handed to a backend that moves data without a bounce buffer
+/// ([`BlockBackend::read_vectored_at`]).
+///
+/// The memory is shared with a running guest: a backend must never make a Rust reference
+/// (`&[u8]`, `&mut [u8]`) over it, only hand the address to the kernel (an `iovec` for
+/// `preadv`/`pwritev`) or copy with raw-pointer copies. The address is valid only for
+/// the duration of the backend call it is passed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestIoSlice {
+    host: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a `GuestIoSlice` is an address and a length; it grants no access by itself (its
+// fields are private, dereferencing needs `unsafe` code under the contract above), and
+// guest RAM may be accessed from any thread.
+unsafe impl Send for GuestIoSlice {}
+
+impl GuestIoSlice {
+    /// The slice for `[gpa, gpa + len)`, if it lies inside one region of `ram`.
+    pub fn of_ram(ram: &GuestRam, gpa: GuestAddress, len: usize) -> Option<GuestIoSlice> {
+        let host = ram.host_address(gpa, u64::try_from(len).ok()?)?;
+        Some(GuestIoSlice { host, len })
+    }
+
+    /// The host address of the first byte.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.host
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the slice has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Whether a backend moved a request's data itself ([`BlockBackend::read_vectored_at`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vectored {
+    /// The data was moved between the backend and guest memory.
+    Done,
+    /// The backend has no vectored I/O: the device copies through its bounce buffer
+    /// with [`BlockBackend::read_at`] / [`BlockBackend::write_at`].
+    Unsupported,
+}
+
 /// The storage behind a virtio-blk device: a file, a memory region, a block server.
 pub trait BlockBackend: Send {
     /// Size in bytes (the guest sees `size / 512` sectors).
@@ -105,6 +157,31 @@ pub trait BlockBackend: Send {
     fn flush(&mut self) -> Result<(), BlockError>;
     /// Discard `len` bytes at `offset`; they read back as zeros afterwards.
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), BlockError>;
+
+    /// Read the bytes at `offset` straight into the guest buffers `bufs`, filling them in
+    /// order (one `preadv` for a file): the whole request or an error. The default has no
+    /// vectored I/O and returns [`Vectored::Unsupported`]; the device then copies through
+    /// a bounce buffer with [`BlockBackend::read_at`] and stops asking.
+    fn read_vectored_at(
+        &mut self,
+        offset: u64,
+        bufs: &[GuestIoSlice],
+    ) -> Result<Vectored, BlockError> {
+        let _ = (offset, bufs);
+        Ok(Vectored::Unsupported)
+    }
+
+    /// Write the guest buffers `bufs`, in order, at `offset` (one `pwritev` for a file).
+    /// The default returns [`Vectored::Unsupported`], as for
+    /// [`BlockBackend::read_vectored_at`].
+    fn write_vectored_at(
+        &mut self,
+        offset: u64,
+        bufs: &[GuestIoSlice],
+    ) -> Result<Vectored, BlockError> {
+        let _ = (offset, bufs);
+        Ok(Vectored::Unsupported)
+    }
 }
 
 /// A disk held in memory: a byte region on seL4, a `Vec<u8>` in tests.
@@ -209,6 +286,10 @@ pub struct Block<B: BlockBackend> {
     serial: [u8; SERIAL_LEN],
     active: Option<ActiveQueues>,
     bounce: Vec<u8>,
+    /// Scratch for the guest buffers of one vectored request (empty between requests).
+    iov: Vec<GuestIoSlice>,
+    /// Whether to try the backend's vectored I/O (cleared on its first `Unsupported`).
+    vectored: bool,
 }
 
 impl<B: BlockBackend> Block<B> {
@@ -224,6 +305,8 @@ impl<B: BlockBackend> Block<B> {
             serial,
             active: None,
             bounce: Vec::new(),
+            iov: Vec::new(),
+            vectored: true,
         }
     }
 
@@ -298,6 +381,8 @@ impl<B: BlockBackend> VirtioDevice for Block<B> {
                 backend: &mut self.backend,
                 serial: &self.serial,
                 bounce: &mut self.bounce,
+                iov: &mut self.iov,
+                vectored: &mut self.vectored,
                 mem,
                 chain: &chain,
                 queue,
@@ -320,6 +405,8 @@ struct Request<'a, B> {
     backend: &'a mut B,
     serial: &'a [u8; SERIAL_LEN],
     bounce: &'a mut [u8],
+    iov: &'a mut Vec<GuestIoSlice>,
+    vectored: &'a mut bool,
     mem: &'a GuestRam,
     chain: &'a DescriptorChain,
     queue: u16,
@@ -411,10 +498,68 @@ impl<B: BlockBackend> Request<'_, B> {
         (end <= capacity).then_some(offset)
     }
 
+    /// Move the `len` bytes at `offset` of the disk to the first `len` bytes of the
+    /// writable part (`to_guest`) or from the `len` bytes after the header in the readable
+    /// part, with the backend's vectored I/O. `None` when the backend has none or a
+    /// buffer has no single host address (it spans two RAM regions): the caller then
+    /// takes the bounce path.
+    fn transfer_vectored(
+        &mut self,
+        to_guest: bool,
+        offset: u64,
+        len: u32,
+    ) -> Result<Option<Result<(), BlockError>>, DeviceError> {
+        if !*self.vectored || len == 0 {
+            return Ok(None);
+        }
+        let start = if to_guest { 0 } else { u64::from(HEADER_LEN) };
+        let (mem, iov) = (self.mem, &mut *self.iov);
+        iov.clear();
+        let mapped = self
+            .chain
+            .visit_pieces(to_guest, start, len as usize, |gpa, n| {
+                GuestIoSlice::of_ram(mem, gpa, n)
+                    .map(|s| iov.push(s))
+                    .is_some()
+            })
+            .map_err(DeviceError::chain(self.queue))?;
+        let result = if mapped {
+            let r = if to_guest {
+                self.backend.read_vectored_at(offset, iov)
+            } else {
+                self.backend.write_vectored_at(offset, iov)
+            };
+            match r {
+                Ok(Vectored::Done) => Some(Ok(())),
+                Ok(Vectored::Unsupported) => {
+                    *self.vectored = false;
+                    None
+                }
+                Err(e) => Some(Err(e)),
+            }
+        } else {
+            None
+        };
+        // No host address outlives the request.
+        iov.clear();
+        Ok(result)
+    }
+
     fn read(&mut self, sector: u64, len: u32) -> Result<Outcome, DeviceError> {
         let Some(offset) = self.disk_range(sector, u64::from(len)) else {
             return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
         };
+        match self.transfer_vectored(true, offset, len)? {
+            Some(Ok(())) => {
+                return Ok(Outcome {
+                    status: VIRTIO_BLK_S_OK,
+                    written: len,
+                });
+            }
+            // How much reached the guest is unknown: report none.
+            Some(Err(_)) => return Ok(Outcome::status(VIRTIO_BLK_S_IOERR)),
+            None => {}
+        }
         let mut done = 0u32;
         while done < len {
             let n = ((len - done) as usize).min(self.bounce.len());
@@ -443,6 +588,11 @@ impl<B: BlockBackend> Request<'_, B> {
         let Some(offset) = self.disk_range(sector, u64::from(len)) else {
             return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
         };
+        match self.transfer_vectored(false, offset, len)? {
+            Some(Ok(())) => return Ok(Outcome::status(VIRTIO_BLK_S_OK)),
+            Some(Err(_)) => return Ok(Outcome::status(VIRTIO_BLK_S_IOERR)),
+            None => {}
+        }
         let mut done = 0u32;
         while done < len {
             let n = ((len - done) as usize).min(self.bounce.len());
@@ -543,6 +693,115 @@ mod tests {
         }
     }
 
+    /// A memory disk with vectored I/O (`vectored`) or without, recording how it was used.
+    #[derive(Debug)]
+    struct RecordingDisk {
+        inner: MemoryBackend<Vec<u8>>,
+        vectored: bool,
+        fail: bool,
+        /// `read_at` + `write_at` calls.
+        copies: u32,
+        /// `*_vectored_at` calls, with the slice lengths of the last one.
+        vectored_calls: u32,
+        last_slices: Vec<usize>,
+    }
+
+    impl RecordingDisk {
+        fn new(vectored: bool) -> RecordingDisk {
+            RecordingDisk {
+                inner: MemoryBackend::new(patterned()),
+                vectored,
+                fail: false,
+                copies: 0,
+                vectored_calls: 0,
+                last_slices: Vec::new(),
+            }
+        }
+
+        fn record(&mut self, bufs: &[GuestIoSlice]) -> Result<Vectored, BlockError> {
+            self.vectored_calls += 1;
+            self.last_slices = bufs.iter().map(|b| b.len()).collect();
+            if !self.vectored {
+                return Ok(Vectored::Unsupported);
+            }
+            if self.fail {
+                return Err(BlockError::Io {
+                    op: "test",
+                    offset: 0,
+                    message: String::from("injected"),
+                });
+            }
+            Ok(Vectored::Done)
+        }
+    }
+
+    impl BlockBackend for RecordingDisk {
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+            self.copies += 1;
+            self.inner.read_at(offset, buf)
+        }
+        fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError> {
+            self.copies += 1;
+            self.inner.write_at(offset, data)
+        }
+        fn flush(&mut self) -> Result<(), BlockError> {
+            Ok(())
+        }
+        fn discard(&mut self, offset: u64, len: u64) -> Result<(), BlockError> {
+            self.inner.discard(offset, len)
+        }
+        fn read_vectored_at(
+            &mut self,
+            offset: u64,
+            bufs: &[GuestIoSlice],
+        ) -> Result<Vectored, BlockError> {
+            let answer = self.record(bufs)?;
+            if answer == Vectored::Done {
+                let mut at = offset as usize;
+                for b in bufs {
+                    let src = &self.inner.bytes()[at..at + b.len()];
+                    // SAFETY: `b` is guest RAM of the test's mock memory, valid for `b.len()`
+                    // bytes during this call; `src` is the disk vector, a different
+                    // allocation of at least `b.len()` bytes.
+                    unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), b.as_ptr(), b.len()) };
+                    at += b.len();
+                }
+            }
+            Ok(answer)
+        }
+        fn write_vectored_at(
+            &mut self,
+            offset: u64,
+            bufs: &[GuestIoSlice],
+        ) -> Result<Vectored, BlockError> {
+            let answer = self.record(bufs)?;
+            if answer == Vectored::Done {
+                let mut at = offset;
+                for b in bufs {
+                    let mut data = alloc::vec![0u8; b.len()];
+                    // SAFETY: as in `read_vectored_at`; `data` is a fresh vector of
+                    // `b.len()` bytes.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(b.as_ptr(), data.as_mut_ptr(), b.len())
+                    };
+                    self.inner.write_at(at, &data)?;
+                    at += b.len() as u64;
+                }
+            }
+            Ok(answer)
+        }
+    }
+
+    fn recording_disk(vectored: bool) -> GuestDriver<Block<RecordingDisk>> {
+        GuestDriver::start(Block::new(RecordingDisk::new(vectored), "rec"))
+    }
+
     /// A disk whose sector `n` is filled with the byte `n`.
     fn patterned() -> Vec<u8> {
         (0..DISK_SECTORS * SECTOR_SIZE)
@@ -622,6 +881,93 @@ mod tests {
         let disk = d.transport.device().backend().bytes();
         assert_eq!(&disk[5 * 512..6 * 512], &[0xee; 512]);
         assert_eq!(disk[6 * 512], 6);
+    }
+
+    #[test]
+    fn vectored_backend_reads_straight_into_every_data_buffer() {
+        let mut d = recording_disk(true);
+        let h = d.buffer(&header(VIRTIO_BLK_T_IN, 2));
+        let (a, b, status) = (d.alloc(512), d.alloc(1024), d.alloc(1));
+
+        d.submit(
+            0,
+            &[
+                (h, 16, false),
+                (a, 512, true),
+                (b, 1024, true),
+                (status, 1, true),
+            ],
+        );
+
+        assert_eq!(d.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+        assert_eq!(d.read_mem(a, 512), [2u8; 512]);
+        assert_eq!(d.read_mem(b, 1024)[..512], [3u8; 512]);
+        assert_eq!(d.read_mem(b + 512, 512), [4u8; 512]);
+        let disk = d.transport.device().backend();
+        assert_eq!((disk.vectored_calls, disk.copies), (1, 0));
+        assert_eq!(disk.last_slices, [512, 1024]);
+    }
+
+    #[test]
+    fn vectored_backend_writes_straight_from_every_data_buffer() {
+        let mut d = recording_disk(true);
+        let h = d.buffer(&header(VIRTIO_BLK_T_OUT, 1));
+        let (a, b) = (d.buffer(&[0xaa; 512]), d.buffer(&[0xbb; 512]));
+        let status = d.alloc(1);
+
+        d.submit(
+            0,
+            &[
+                (h, 16, false),
+                (a, 512, false),
+                (b, 512, false),
+                (status, 1, true),
+            ],
+        );
+
+        assert_eq!(d.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+        let disk = d.transport.device().backend();
+        assert_eq!(&disk.inner.bytes()[512..1024], &[0xaa; 512]);
+        assert_eq!(&disk.inner.bytes()[1024..1536], &[0xbb; 512]);
+        assert_eq!((disk.vectored_calls, disk.copies), (1, 0));
+    }
+
+    #[test]
+    fn status_byte_in_the_data_buffer_is_not_handed_to_the_backend() {
+        let mut d = recording_disk(true);
+        let h = d.buffer(&header(VIRTIO_BLK_T_IN, 5));
+        let data = d.alloc(513);
+
+        d.submit(0, &[(h, 16, false), (data, 513, true)]);
+
+        assert_eq!(d.read_mem(data + 512, 1)[0], VIRTIO_BLK_S_OK);
+        assert_eq!(d.read_mem(data, 512), [5u8; 512]);
+        assert_eq!(d.transport.device().backend().last_slices, [512]);
+    }
+
+    #[test]
+    fn vectored_read_failure_gets_ioerr() {
+        let mut backend = RecordingDisk::new(true);
+        backend.fail = true;
+        let mut d = GuestDriver::start(Block::new(backend, "fail"));
+
+        let (status, _, used) = request(&mut d, VIRTIO_BLK_T_IN, 0, None, 512);
+
+        assert_eq!((status, used), (VIRTIO_BLK_S_IOERR, 1));
+    }
+
+    #[test]
+    fn backend_without_vectored_io_is_served_through_the_bounce_buffer_and_not_asked_again() {
+        let mut d = recording_disk(false);
+
+        let (first, data, _) = request(&mut d, VIRTIO_BLK_T_IN, 7, None, 512);
+        let (second, _, _) = request(&mut d, VIRTIO_BLK_T_OUT, 7, Some(&[1; 512]), 0);
+
+        assert_eq!((first, second), (VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK));
+        assert_eq!(d.read_mem(data, 512), [7u8; 512]);
+        let disk = d.transport.device().backend();
+        assert_eq!((disk.vectored_calls, disk.copies), (1, 2));
+        assert_eq!(&disk.inner.bytes()[7 * 512..8 * 512], &[1; 512]);
     }
 
     #[test]

@@ -7,8 +7,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::string::ToString;
+use std::vec::Vec;
 
-use crate::block::{BlockBackend, BlockError};
+use crate::block::{BlockBackend, BlockError, GuestIoSlice, Vectored};
 use crate::rng::{EntropyError, EntropySource};
 
 /// A raw disk image in a host file.
@@ -31,6 +32,9 @@ impl FileBackend {
         })
     }
 }
+
+/// Most iovecs one `preadv`/`pwritev` takes (Linux's `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
 
 fn io_error(op: &'static str, offset: u64, e: &io::Error) -> BlockError {
     BlockError::Io {
@@ -75,6 +79,86 @@ impl FileBackend {
         }
     }
 
+    /// One `preadv` (`write` false) or `pwritev` of the whole of `bufs` at `offset`,
+    /// repeated only for what a short transfer left (and in batches of `IOV_MAX`).
+    fn transfer_vectored(
+        &self,
+        op: &'static str,
+        write: bool,
+        offset: u64,
+        bufs: &[GuestIoSlice],
+    ) -> Result<(), BlockError> {
+        let total = bufs
+            .iter()
+            .try_fold(0u64, |sum, b| sum.checked_add(b.len() as u64));
+        let out_of_range = || BlockError::OutOfRange {
+            op,
+            offset,
+            len: total.unwrap_or(u64::MAX),
+            size: self.size,
+        };
+        self.check_range(op, offset, total.ok_or_else(out_of_range)?)?;
+        let mut iov: Vec<libc::iovec> = bufs
+            .iter()
+            .filter(|b| !b.is_empty())
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let fd = self.file.as_raw_fd();
+        let mut first = 0usize;
+        let mut at = offset;
+        while first < iov.len() {
+            let batch = iov.get(first..).unwrap_or(&[]);
+            let count = batch.len().min(IOV_MAX);
+            let pos = libc::off_t::try_from(at).map_err(|_| out_of_range())?;
+            // SAFETY: every iovec describes guest RAM that `GuestRam::host_address` found
+            // inside one mapped region, and the caller's `&GuestRam` keeps it mapped for
+            // this call. The kernel copies to or from it; no Rust reference to that memory
+            // exists, so the guest writing it at the same time is no aliasing violation.
+            // `batch` holds at least `count` iovecs, `count <= IOV_MAX` fits a c_int.
+            let n = unsafe {
+                if write {
+                    libc::pwritev(fd, batch.as_ptr(), count as libc::c_int, pos)
+                } else {
+                    libc::preadv(fd, batch.as_ptr(), count as libc::c_int, pos)
+                }
+            };
+            let mut n = match usize::try_from(n) {
+                Ok(0) => {
+                    return Err(BlockError::Io {
+                        op,
+                        offset: at,
+                        message: "the file ended early (was it truncated?)".to_string(),
+                    });
+                }
+                Ok(n) => n,
+                Err(_) => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(io_error(op, at, &e));
+                }
+            };
+            at += n as u64;
+            // Skip what was transferred: whole iovecs, then part of the next one.
+            while n > 0 {
+                let Some(v) = iov.get_mut(first) else { break };
+                if n >= v.iov_len {
+                    n -= v.iov_len;
+                    first += 1;
+                } else {
+                    v.iov_base = v.iov_base.cast::<u8>().wrapping_add(n).cast();
+                    v.iov_len -= n;
+                    n = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn write_zeros(&self, offset: u64, len: u64) -> Result<(), BlockError> {
         let zeros = [0u8; 64 * 1024];
         let mut done = 0u64;
@@ -113,6 +197,27 @@ impl BlockBackend for FileBackend {
         self.file
             .write_all_at(data, offset)
             .map_err(|e| io_error("write", offset, &e))
+    }
+
+    fn read_vectored_at(
+        &mut self,
+        offset: u64,
+        bufs: &[GuestIoSlice],
+    ) -> Result<Vectored, BlockError> {
+        self.transfer_vectored("read", false, offset, bufs)
+            .map(|()| Vectored::Done)
+    }
+
+    fn write_vectored_at(
+        &mut self,
+        offset: u64,
+        bufs: &[GuestIoSlice],
+    ) -> Result<Vectored, BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly { op: "write" });
+        }
+        self.transfer_vectored("write", true, offset, bufs)
+            .map(|()| Vectored::Done)
     }
 
     fn flush(&mut self) -> Result<(), BlockError> {
@@ -159,6 +264,7 @@ impl EntropySource for OsEntropy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keel_core::{GuestAddress, GuestMemory, GuestRam};
     use std::path::PathBuf;
 
     /// A scratch image of `len` bytes, removed on drop.
@@ -229,6 +335,80 @@ mod tests {
         assert_eq!(data.len(), 16384);
         assert!(data[4096..8192].iter().all(|&b| b == 0));
         assert_eq!((data[4095], data[8192]), (9, 9));
+    }
+
+    /// Guest RAM of two pages at 0x1000 and the slices of `pieces` (gpa, len) in it.
+    fn guest_slices(ram: &GuestRam, pieces: &[(u64, usize)]) -> Vec<GuestIoSlice> {
+        pieces
+            .iter()
+            .map(|&(gpa, len)| GuestIoSlice::of_ram(ram, GuestAddress(gpa), len).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn file_backend_reads_vectored_into_guest_memory() {
+        let contents: Vec<u8> = (0..4096u32).map(|i| (i / 512) as u8).collect();
+        let img = Image::new("readv", &contents);
+        let mut f = FileBackend::open(&img.0, true).unwrap();
+        let ram = GuestRam::anonymous(&[(0x1000, 0x2000)]).unwrap();
+        let bufs = guest_slices(&ram, &[(0x2000, 512), (0x1000, 1024)]);
+
+        let r = f.read_vectored_at(1024, &bufs);
+
+        assert_eq!(r, Ok(Vectored::Done));
+        let mut got = [0u8; 1536];
+        ram.read(GuestAddress(0x2000), &mut got[..512]).unwrap();
+        ram.read(GuestAddress(0x1000), &mut got[512..]).unwrap();
+        assert_eq!(&got[..], &contents[1024..2560]);
+    }
+
+    #[test]
+    fn file_backend_writes_vectored_from_guest_memory() {
+        let img = Image::new("writev", &[0u8; 4096]);
+        let mut f = FileBackend::open(&img.0, false).unwrap();
+        let ram = GuestRam::anonymous(&[(0x1000, 0x2000)]).unwrap();
+        ram.write(GuestAddress(0x1800), &[0xaa; 512]).unwrap();
+        ram.write(GuestAddress(0x1000), &[0xbb; 512]).unwrap();
+        let bufs = guest_slices(&ram, &[(0x1800, 512), (0x1000, 512)]);
+
+        let r = f.write_vectored_at(512, &bufs);
+
+        assert_eq!(r, Ok(Vectored::Done));
+        let data = std::fs::read(&img.0).unwrap();
+        assert!(data[512..1024].iter().all(|&b| b == 0xaa));
+        assert!(data[1024..1536].iter().all(|&b| b == 0xbb));
+        assert_eq!((data[511], data[1536]), (0, 0));
+    }
+
+    #[test]
+    fn file_backend_vectored_read_past_end_is_refused() {
+        let img = Image::new("readv-end", &[0u8; 1024]);
+        let mut f = FileBackend::open(&img.0, true).unwrap();
+        let ram = GuestRam::anonymous(&[(0x1000, 0x1000)]).unwrap();
+        let bufs = guest_slices(&ram, &[(0x1000, 512), (0x1200, 512)]);
+
+        assert!(matches!(
+            f.read_vectored_at(512, &bufs),
+            Err(BlockError::OutOfRange {
+                offset: 512,
+                len: 1024,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn file_backend_read_only_refuses_vectored_writes() {
+        let img = Image::new("writev-ro", &[7u8; 1024]);
+        let mut f = FileBackend::open(&img.0, true).unwrap();
+        let ram = GuestRam::anonymous(&[(0x1000, 0x1000)]).unwrap();
+        let bufs = guest_slices(&ram, &[(0x1000, 512)]);
+
+        assert_eq!(
+            f.write_vectored_at(0, &bufs),
+            Err(BlockError::ReadOnly { op: "write" })
+        );
+        assert_eq!(std::fs::read(&img.0).unwrap()[0], 7);
     }
 
     #[test]

@@ -32,7 +32,9 @@
 //! console::Console::new(output: O: ConsoleOutput) [.with_size(cols, rows)];
 //!   push_input(&[u8]) -> usize (accepted); ConsoleOutput::write(&mut self, &[u8])
 //! block::Block::new(backend: B: BlockBackend, id: impl AsRef<[u8]>);
-//!   BlockBackend: size(), read_only(), read_at, write_at, flush, discard -> Result<(), BlockError>
+//!   BlockBackend: size(), read_only(), read_at, write_at, flush, discard -> Result<(), BlockError>,
+//!   optional read_vectored_at / write_vectored_at(offset, &[GuestIoSlice]) -> Result<Vectored, _>
+//!   (straight between backend and guest RAM; default Vectored::Unsupported: bounce buffer)
 //!   block::MemoryBackend::new(T) / ::read_only(T)   (T: AsRef<[u8]> + AsMut<[u8]> + Send)
 //! rng::Rng::new(source: E: EntropySource); EntropySource::fill(&mut [u8]) -> Result<(), EntropyError>
 //! std only: FileBackend::open(path, read_only: bool) -> io::Result<FileBackend>,
@@ -62,7 +64,7 @@ pub mod rng;
 #[cfg(test)]
 mod testing;
 
-pub use block::{Block, BlockBackend, BlockError, MemoryBackend};
+pub use block::{Block, BlockBackend, BlockError, GuestIoSlice, MemoryBackend, Vectored};
 pub use console::{Console, ConsoleOutput};
 pub use device::{DeviceError, DeviceFailure, VirtioDevice};
 #[cfg(feature = "std")]

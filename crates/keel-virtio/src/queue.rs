@@ -323,6 +323,31 @@ impl DescriptorChain {
         Ok(v)
     }
 
+    /// Call `f(gpa, len)` for each guest buffer piece of the `len` bytes at `offset` into
+    /// the writable part (`writable`) or the readable part, in order, while `f` returns
+    /// true. Fails if the range is not inside that part; returns whether every piece was
+    /// visited.
+    pub(crate) fn visit_pieces(
+        &self,
+        writable: bool,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(GuestAddress, usize) -> bool,
+    ) -> Result<bool, ChainError> {
+        let (part, segments, available) = if writable {
+            ("writable", self.writable(), self.writable_len)
+        } else {
+            ("readable", self.readable(), self.readable_len)
+        };
+        check_part(self.head, part, offset, len, available)?;
+        let mut all = true;
+        for_each_piece(segments, offset, len, |gpa, n| {
+            all = all && f(gpa, n);
+            Ok(())
+        })?;
+        Ok(all)
+    }
+
     /// Copy `data` into the writable part, starting `offset` bytes into it.
     pub fn write_at<M: GuestMemory + ?Sized>(
         &self,

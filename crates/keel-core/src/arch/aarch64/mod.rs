@@ -11,10 +11,12 @@
 //! - [`layout`]: the guest-physical map (QEMU `virt`-like) and the platform description.
 //! - [`fdt`]: the device tree generated from that description.
 //! - [`image`]: arm64 Linux `Image` loading (kernel, initrd and device-tree placement).
+//! - [`boot`]: the whole load step every backend shares: layout, device tree, copies.
 //! - [`psci`]: PSCI 1.1 / SMCCC 1.1 firmware calls and the per-VM vCPU power states.
 //! - [`vgic`]: a software GIC distributor (GICv2, GICv3) for seL4, which virtualizes only
 //!   the CPU interface.
 
+pub mod boot;
 pub mod esr;
 pub mod fault;
 pub mod fdt;

@@ -21,13 +21,10 @@ pub(crate) mod kvm;
 pub(crate) mod platform;
 
 use keel_core::BootEntry;
-use keel_core::arch::aarch64::fdt::{FdtError, generate_fdt};
-use keel_core::arch::aarch64::image::{BootLayout, ImageError, ImageHeader};
 use keel_core::arch::aarch64::layout::{
     Arm64Platform, GIC_DIST_BASE, GICV2_CPU_BASE, GICV3_REDIST_BASE, GicVersion, MmioDevice,
     PsciConduit, Trigger, VIRTIO_MMIO_SLOTS, spi_intid,
 };
-use keel_core::memory::GuestRam;
 
 // --- vCPU features (KVM_ARM_VCPU_INIT) ---------------------------------------------------
 
@@ -157,19 +154,8 @@ pub fn virtio_slot(index: u32) -> Option<(u64, u64, u32)> {
     })
 }
 
-/// Why an arm64 guest could not be put into memory.
-#[derive(Debug, thiserror::Error)]
-pub enum Arm64BootError {
-    /// The kernel `Image` (header, placement, copy) was refused.
-    #[error("{0}")]
-    Image(#[from] ImageError),
-    /// The device tree could not be built from the platform.
-    #[error("device tree: {0}")]
-    DeviceTree(#[from] FdtError),
-    /// The VM has no RAM to boot from.
-    #[error("the VM has no RAM region to load the kernel into")]
-    NoRam,
-}
+/// Why an arm64 guest could not be put into memory: keel-core's loader error.
+pub use keel_core::arch::aarch64::boot::LinuxLoadError as Arm64BootError;
 
 /// The platform a VM's device tree describes: `ram` regions, `vcpus`, `gic`, the 8250 UART,
 /// `virtio` virtio-mmio devices in the standard slots (in placement order), the command
@@ -200,40 +186,10 @@ pub fn platform(
     p
 }
 
-/// Load `kernel` (an arm64 `Image`), `initrd` and the device tree of `platform` into the
-/// first RAM region, and return the boot vCPU's entry and the tree's size.
-///
-/// The layout is planned first because the tree names the initrd's place.
-pub fn load_linux(
-    ram: &GuestRam,
-    platform: &mut Arm64Platform,
-    kernel: &[u8],
-    initrd: Option<&[u8]>,
-) -> Result<(BootEntry, usize), Arm64BootError> {
-    let &(ram_base, ram_size) = platform.memory.first().ok_or(Arm64BootError::NoRam)?;
-    let header = ImageHeader::parse(kernel)?;
-    let layout = BootLayout::plan(&header, initrd.map(|i| i.len() as u64), ram_base, ram_size)?;
-    platform.initrd = layout.initrd;
-    let fdt = generate_fdt(platform)?;
-    let entry = layout.load(ram, kernel, initrd, &fdt)?;
-    Ok((entry, fdt.len()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use keel_core::arch::aarch64::layout::RAM_BASE;
-    use keel_core::memory::{GuestAddress, GuestMemory};
-
-    /// A minimal arm64 `Image`: header with `image_size`, text_offset 0, LE, 4K, anywhere.
-    fn image(image_size: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        v[0..4].copy_from_slice(&0x1400_0010u32.to_le_bytes());
-        v[16..24].copy_from_slice(&image_size.to_le_bytes());
-        v[24..32].copy_from_slice(&0xau64.to_le_bytes());
-        v[0x38..0x3c].copy_from_slice(b"ARM\x64");
-        v
-    }
 
     #[test]
     fn boot_vcpu_has_psci_and_secondaries_start_powered_off() {
@@ -321,55 +277,5 @@ mod tests {
         );
         assert_eq!(p.memory, [(RAM_BASE, 256 << 20)]);
         assert_eq!(p.psci, PsciConduit::Hvc);
-    }
-
-    #[test]
-    fn load_puts_kernel_initrd_and_tree_in_ram_and_x0_at_the_tree() {
-        let ram = GuestRam::anonymous(&[(RAM_BASE, 64 << 20)]).unwrap();
-        let mut p = platform(
-            &[(RAM_BASE, 64 << 20)],
-            1,
-            GicVersion::V3,
-            1,
-            "console=ttyS0",
-        );
-        let kernel = image(4 << 20, 8192);
-        let initrd = vec![0x5au8; 3000];
-
-        let (entry, fdt_len) = load_linux(&ram, &mut p, &kernel, Some(&initrd)).unwrap();
-
-        let BootEntry::Arm64 { pc, x0 } = entry else {
-            panic!("{entry:?}")
-        };
-        assert_eq!(pc, RAM_BASE);
-        let (start, end) = p.initrd.unwrap();
-        assert_eq!(end - start, 3000);
-        let mut magic = [0u8; 4];
-        ram.read(GuestAddress(x0), &mut magic).unwrap();
-        assert_eq!(magic, [0xd0, 0x0d, 0xfe, 0xed]);
-        assert!(fdt_len > 0);
-        let mut b = [0u8; 1];
-        ram.read(GuestAddress(start + 2999), &mut b).unwrap();
-        assert_eq!(b, [0x5a]);
-    }
-
-    #[test]
-    fn kernel_larger_than_ram_is_refused() {
-        let ram = GuestRam::anonymous(&[(RAM_BASE, 4 << 20)]).unwrap();
-        let mut p = platform(&[(RAM_BASE, 4 << 20)], 1, GicVersion::V3, 0, "");
-
-        let err = load_linux(&ram, &mut p, &image(64 << 20, 4096), None).unwrap_err();
-
-        assert!(matches!(err, Arm64BootError::Image(_)), "{err}");
-    }
-
-    #[test]
-    fn a_file_without_the_image_magic_is_refused() {
-        let ram = GuestRam::anonymous(&[(RAM_BASE, 4 << 20)]).unwrap();
-        let mut p = platform(&[(RAM_BASE, 4 << 20)], 1, GicVersion::V3, 0, "");
-
-        let err = load_linux(&ram, &mut p, &[0x7f, b'E', b'L', b'F'], None).unwrap_err();
-
-        assert!(matches!(err, Arm64BootError::Image(_)), "{err}");
     }
 }

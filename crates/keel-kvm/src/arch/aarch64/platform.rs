@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use keel_core::BootEntry;
+use keel_core::arch::aarch64::boot::load_linux;
 use keel_core::arch::aarch64::layout::{UART_BASE, UART_SIZE, UART_SPI};
 use keel_core::bus::SharedDevice;
 use keel_core::hv::Vm;
@@ -57,17 +58,17 @@ pub(crate) fn load_guest(
         // Placement and the device tree take the slots in the same order.
         debug_assert_eq!((slot.base, slot.spi), (placed.base, placed.gsi));
     }
-    let (entry, fdt_len) =
-        super::load_linux(vm.ram(), &mut platform, kernel, initrd).map_err(|source| {
-            VmmError::Arm64Boot {
-                vm: spec.name.clone(),
-                path: spec.kernel.to_string(),
-                source,
-            }
-        })?;
+    let loaded = load_linux(vm.ram(), &mut platform, kernel, initrd).map_err(|source| {
+        VmmError::Arm64Boot {
+            vm: spec.name.clone(),
+            path: spec.kernel.to_string(),
+            source,
+        }
+    })?;
+    let entry = loaded.entry();
     log::debug(format_args!(
-        "vm {:?}: arm64 Image, {:?} GIC, entry {entry:?}, device tree {fdt_len} bytes, initrd {:x?}, cmdline {:?}",
-        spec.name, platform.gic, platform.initrd, platform.cmdline
+        "vm {:?}: arm64 Image, {:?} GIC, entry {entry:?}, device tree {} bytes, initrd {:x?}, cmdline {:?}",
+        spec.name, platform.gic, loaded.fdt_len, platform.initrd, platform.cmdline
     ));
     Ok(entry)
 }

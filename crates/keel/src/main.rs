@@ -3,6 +3,8 @@
 //! Exit status: the guest's debug-exit code, 0 on power-off (and on reboot unless
 //! `--on-reboot=fail`), 1 on a guest crash or a VMM/hypervisor failure, 2 on bad input.
 
+mod sel4;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,11 +19,14 @@ aarch64 guests on aarch64 hosts)
 USAGE:
     keel run <system.toml> [--vm NAME] [--log-level LEVEL] [--stats] [--on-reboot ACTION]
     keel check <system.toml>
+    keel sel4 build <system.toml> [--board B] [--out DIR] | keel sel4 run <loader.img>
     keel --version | --help
 
 COMMANDS:
     run      boot one VM of the system and wait until the guest stops
     check    validate the system (including its host files); one line per VM
+    sel4     build a seL4 Microkit image of the system (MICROKIT_SDK) and run it under
+             QEMU; see `keel sel4 --help`
 
 OPTIONS (run):
     --vm NAME             the VM to run (required when the system has several)
@@ -327,6 +332,15 @@ fn main() -> ExitCode {
         std::process::exit(i32::from(EXIT_FAILURE));
     }));
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("sel4") {
+        return match sel4::main(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keel: error: {}", e.message);
+                ExitCode::from(e.status)
+            }
+        };
+    }
     let result = parse_args(args).and_then(|cmd| match cmd {
         Command::Help => {
             print!("{USAGE}");

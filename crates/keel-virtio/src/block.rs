@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use keel_core::{GuestAddress, GuestRam};
 
 use crate::device::{ActiveQueues, DeviceError, VirtioDevice, device_type, read_config_bytes};
-use crate::queue::{DescriptorChain, Queue};
+use crate::queue::DescriptorChain;
 
 /// Feature: `seg_max` in the configuration is valid.
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -353,18 +353,8 @@ impl<B: BlockBackend> VirtioDevice for Block<B> {
         read_config_bytes(&c, offset, data);
     }
 
-    fn activate(
-        &mut self,
-        memory: GuestRam,
-        queues: Vec<Queue>,
-        _acked_features: u64,
-    ) -> Result<(), DeviceError> {
-        self.active = Some(ActiveQueues::new(memory, queues));
-        Ok(())
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
+    fn active_queues(&mut self) -> &mut Option<ActiveQueues> {
+        &mut self.active
     }
 
     fn process_queue(&mut self, queue: u16) -> Result<bool, DeviceError> {

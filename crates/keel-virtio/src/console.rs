@@ -3,10 +3,7 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use keel_core::GuestRam;
-
 use crate::device::{ActiveQueues, DeviceError, VirtioDevice, device_type, read_config_bytes};
-use crate::queue::Queue;
 
 /// Feature bit: the configuration holds the console size.
 pub const VIRTIO_CONSOLE_F_SIZE: u64 = 1 << 0;
@@ -167,18 +164,8 @@ impl<O: ConsoleOutput> VirtioDevice for Console<O> {
         read_config_bytes(&config, offset, data);
     }
 
-    fn activate(
-        &mut self,
-        memory: GuestRam,
-        queues: Vec<Queue>,
-        _acked_features: u64,
-    ) -> Result<(), DeviceError> {
-        self.active = Some(ActiveQueues::new(memory, queues));
-        Ok(())
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
+    fn active_queues(&mut self) -> &mut Option<ActiveQueues> {
+        &mut self.active
     }
 
     fn process_queue(&mut self, queue: u16) -> Result<bool, DeviceError> {

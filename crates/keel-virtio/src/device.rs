@@ -157,18 +157,31 @@ pub trait VirtioDevice: Send {
         let _ = (offset, data);
     }
 
+    /// Where the device keeps guest memory and its queues while active: `None` before
+    /// [`VirtioDevice::activate`] and after [`VirtioDevice::reset`].
+    fn active_queues(&mut self) -> &mut Option<ActiveQueues>;
+
     /// Start the device: the driver has set DRIVER_OK. `queues` has one entry per
     /// [`VirtioDevice::queue_max_sizes`] entry, configured and with ring features applied;
     /// queues the driver did not set ready are present with `ready() == false`.
+    ///
+    /// By default the device keeps `memory` and `queues` in [`VirtioDevice::active_queues`];
+    /// a device whose activation depends on the acked features overrides this.
     fn activate(
         &mut self,
         memory: GuestRam,
         queues: Vec<Queue>,
         acked_features: u64,
-    ) -> Result<(), DeviceError>;
+    ) -> Result<(), DeviceError> {
+        let _ = acked_features;
+        *self.active_queues() = Some(ActiveQueues::new(memory, queues));
+        Ok(())
+    }
 
     /// Return to the state before activation (drop queues and memory, keep the backend).
-    fn reset(&mut self);
+    fn reset(&mut self) {
+        *self.active_queues() = None;
+    }
 
     /// The driver notified `queue`. Returns whether the guest should be interrupted (used
     /// buffers were added and the driver did not suppress the notification).
@@ -248,6 +261,9 @@ impl<T: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<T> {
     }
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         (**self).write_config(offset, data)
+    }
+    fn active_queues(&mut self) -> &mut Option<ActiveQueues> {
+        (**self).active_queues()
     }
     fn activate(
         &mut self,

@@ -17,8 +17,9 @@
 //!
 //! device::VirtioDevice (trait): device_type(), name(), queue_max_sizes(), device_features(),
 //!   read_config(offset, &mut [u8]), write_config(offset, &[u8]),
-//!   activate(GuestRam, Vec<Queue>, acked_features: u64) -> Result<(), DeviceError>,
-//!   reset(), process_queue(queue: u16) -> Result<bool, DeviceError>, poll() -> Result<bool, DeviceError>
+//!   active_queues() -> &mut Option<ActiveQueues> (the one required hook the defaults use),
+//!   activate(GuestRam, Vec<Queue>, acked_features: u64) -> Result<(), DeviceError> (default:
+//!   store them in active_queues()), reset() (default: clear it), process_queue(queue: u16) -> Result<bool, DeviceError>, poll() -> Result<bool, DeviceError>
 //!   (also implemented for Box<dyn VirtioDevice>)
 //! device::ActiveQueues { memory, queues }: get(i) -> (&GuestRam, &mut Queue), needs_notification(i)
 //! device::read_config_bytes(config: &[u8], offset, &mut [u8]); device::{device_type, features} consts

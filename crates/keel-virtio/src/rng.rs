@@ -1,16 +1,12 @@
 //! virtio-rng (device type 4): fills the guest's receive buffers from an entropy source.
 
 use alloc::string::{String, ToString};
-use alloc::vec::Vec;
-
-use keel_core::GuestRam;
 
 use crate::device::{ActiveQueues, DeviceError, VirtioDevice, device_type};
 
 /// Most bytes given for one request: a guest asking for more gets this many (the used
 /// length tells it), so a huge buffer cannot keep the VMM busy.
 pub const MAX_BYTES_PER_REQUEST: u32 = 64 * 1024;
-use crate::queue::Queue;
 
 /// Why an entropy source could not deliver.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -58,18 +54,8 @@ impl<E: EntropySource> VirtioDevice for Rng<E> {
         crate::device::read_config_bytes(&[], offset, data);
     }
 
-    fn activate(
-        &mut self,
-        memory: GuestRam,
-        queues: Vec<Queue>,
-        _acked_features: u64,
-    ) -> Result<(), DeviceError> {
-        self.active = Some(ActiveQueues::new(memory, queues));
-        Ok(())
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
+    fn active_queues(&mut self) -> &mut Option<ActiveQueues> {
+        &mut self.active
     }
 
     fn process_queue(&mut self, queue: u16) -> Result<bool, DeviceError> {

@@ -12,26 +12,11 @@ use keel_core::memory::{GuestAddress, GuestMemory};
 use keel_core::{BootEntry, ExitAnswer, HvError, Hypervisor, SystemEvent, Vcpu, VcpuExit, Vm};
 use keel_kvm::{KvmHypervisor, KvmVcpu, KvmVm};
 
+#[path = "common/skip.rs"]
+mod skip;
+
 fn kvm_or_skip(test: &str) -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("SKIPPED: /dev/kvm not available ({test})");
-        if let Ok(log) = std::env::var("KEEL_SKIP_LOG") {
-            use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(log)
-            {
-                let _ = writeln!(f, "keel-kvm {test}: /dev/kvm not available");
-            }
-        }
-    }
-    ok
+    skip::kvm_or_skip("keel-kvm", test)
 }
 
 /// A 16 MiB one-vCPU VM whose vCPU 0 enters 32-bit protected mode at 1 MiB, running `code`.

@@ -47,27 +47,12 @@ fn testguest() -> PathBuf {
     elf
 }
 
+#[path = "../../keel-kvm/tests/common/skip.rs"]
+mod skip;
+
 /// Whether /dev/kvm can be used; if not, say so loudly and record the skip.
 fn kvm_or_skip(test: &str) -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("SKIPPED: /dev/kvm not available ({test})");
-        if let Ok(log) = std::env::var("KEEL_SKIP_LOG") {
-            use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(log)
-            {
-                let _ = writeln!(f, "e2e {test}: /dev/kvm not available");
-            }
-        }
-    }
-    ok
+    skip::kvm_or_skip("e2e", test)
 }
 
 /// A temporary directory, removed on drop.

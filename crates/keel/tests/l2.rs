@@ -18,18 +18,11 @@ fn on_path(prog: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(prog).is_file()))
 }
 
+#[path = "../../keel-kvm/tests/common/skip.rs"]
+mod common_skip;
+
 fn skip(test: &str, why: &str) {
-    eprintln!("SKIPPED: {why} ({test})");
-    if let Ok(log) = std::env::var("KEEL_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(log)
-        {
-            let _ = writeln!(f, "l2 {test}: {why}");
-        }
-    }
+    common_skip::skip("l2", test, why);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Build a bootable seL4 image from a system description without the `keel` CLI:
 //! `cargo run -p keel-sel4 --features host --example sel4-image -- <system.toml> <out-dir> <vmm-elf>`
-//! (`MICROKIT_SDK` names the SDK). `keel sel4 build` does the same with more checks.
+//! (`MICROKIT_SDK` names the SDK, `KEEL_SEL4_CONFIG` the kernel config). `keel sel4 build` does the same with more checks.
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -19,6 +19,7 @@ fn main() {
     let opts = keel_sel4::host::BuildOptions {
         sdk: sdk.into(),
         board: keel_sel4::abi::board::NAME.into(),
+        config: std::env::var("KEEL_SEL4_CONFIG").ok(),
         out: out.into(),
         vmm_elf: elf.into(),
     };

@@ -197,8 +197,12 @@ pub mod microkit {
 pub mod board {
     /// Microkit board name.
     pub const NAME: &str = "qemu_virt_aarch64";
-    /// Microkit config Keel needs (seL4_DebugPutChar, the invocation labels above).
+    /// The single-core Microkit config Keel drives (seL4_DebugPutChar, the invocation
+    /// labels above).
     pub const CONFIG: &str = "debug";
+    /// The multicore config (`KernelMaxNumNodes` 4 on this board), preferred when the SDK
+    /// has it; its invocation labels are those of `debug` (checked by `sdk_constants`).
+    pub const SMP_CONFIG: &str = "smp-debug";
     /// Physical address the loader image is linked to (QEMU `-device loader,addr=`).
     pub const LOADER_LINK_ADDRESS: u64 = 0x7000_0000;
     /// Physical address of the GIC virtual CPU interface (GICV) on QEMU `virt`, mapped into

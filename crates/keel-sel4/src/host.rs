@@ -53,6 +53,9 @@ pub enum BuildError {
         /// What is wrong.
         what: String,
     },
+    /// A config name that is no directory name.
+    #[error("config {0:?} is not a Microkit config name (e.g. debug, smp-debug)")]
+    BadConfig(String),
     /// A board Keel does not support.
     #[error("board {0:?} is not supported (supported: {sup})", sup = board::NAME)]
     Board(String),
@@ -112,19 +115,37 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
     }
 }
 
-/// A checked Microkit SDK.
+/// A checked Microkit SDK config.
 #[derive(Debug, Clone)]
 pub struct Sdk {
     /// The SDK root.
     pub root: PathBuf,
-    /// Cores the board's kernel runs on (`CONFIG_MAX_NUM_NODES`).
+    /// The kernel configuration (`debug`, `smp-debug`, ...).
+    pub config: String,
+    /// Cores the config's kernel runs on (`CONFIG_MAX_NUM_NODES` of its `gen_config.h`).
     pub cores: u32,
 }
 
 impl Sdk {
-    /// Check that `root` is a Microkit SDK with `board`'s debug config and a kernel Keel can
-    /// drive (MCS, hypervisor, printing).
-    pub fn open(root: &Path, board_name: &str) -> Result<Sdk, BuildError> {
+    /// The config Keel uses when none is asked for: [`board::SMP_CONFIG`] if the SDK has it
+    /// for `board_name`, else [`board::CONFIG`].
+    pub fn default_config(root: &Path, board_name: &str) -> &'static str {
+        if root
+            .join("board")
+            .join(board_name)
+            .join(board::SMP_CONFIG)
+            .join("include/kernel/gen_config.h")
+            .is_file()
+        {
+            board::SMP_CONFIG
+        } else {
+            board::CONFIG
+        }
+    }
+
+    /// Check that `root` is a Microkit SDK with `board`'s `config` and a kernel Keel can
+    /// drive (MCS, hypervisor, printing, GICv2), and read its core count.
+    pub fn open(root: &Path, board_name: &str, config: &str) -> Result<Sdk, BuildError> {
         if board_name != board::NAME {
             return Err(BuildError::Board(board_name.into()));
         }
@@ -135,7 +156,10 @@ impl Sdk {
                 what: "bin/microkit".into(),
             });
         }
-        let cfg_dir = root.join("board").join(board_name).join(board::CONFIG);
+        if config.is_empty() || config.contains(['/', '\\']) || config.starts_with('.') {
+            return Err(BuildError::BadConfig(config.into()));
+        }
+        let cfg_dir = root.join("board").join(board_name).join(config);
         if !cfg_dir.is_dir() {
             let mut have: Vec<String> = Vec::new();
             if let Ok(boards) = std::fs::read_dir(root.join("board")) {
@@ -155,7 +179,7 @@ impl Sdk {
             return Err(BuildError::WrongBoard {
                 path: root.into(),
                 board: board_name.into(),
-                config: board::CONFIG.into(),
+                config: config.into(),
                 have: if have.is_empty() {
                     "nothing".into()
                 } else {
@@ -190,13 +214,13 @@ impl Sdk {
                 what: "uses GICv3; Keel's seL4 backend emulates a GICv2 distributor".into(),
             });
         }
-        let cores = text
-            .lines()
-            .find_map(|l| l.strip_prefix("#define CONFIG_MAX_NUM_NODES"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(1);
+        let cores = kernel_cores(&text).ok_or_else(|| BuildError::KernelConfig {
+            path: root.into(),
+            what: format!("{}: no readable CONFIG_MAX_NUM_NODES", gen_config.display()),
+        })?;
         Ok(Sdk {
             root: root.into(),
+            config: config.into(),
             cores,
         })
     }
@@ -221,6 +245,20 @@ impl Sdk {
     }
 }
 
+/// The kernel's core count from its `gen_config.h` (`#define CONFIG_MAX_NUM_NODES n`).
+pub fn kernel_cores(gen_config: &str) -> Option<u32> {
+    gen_config
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("#define") && w.next() == Some("CONFIG_MAX_NUM_NODES"))
+                .then(|| w.next())
+                .flatten()
+        })
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| (1..=256).contains(&n))
+}
+
 /// What `keel sel4 build` does.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -228,6 +266,8 @@ pub struct BuildOptions {
     pub sdk: PathBuf,
     /// Board name.
     pub board: String,
+    /// The SDK's kernel configuration (`None`: [`Sdk::default_config`]).
+    pub config: Option<String>,
     /// Output directory.
     pub out: PathBuf,
     /// The prebuilt generic VMM ELF.
@@ -243,8 +283,64 @@ pub struct BuildOutput {
     pub system_file: PathBuf,
     /// The Microkit tool's report.
     pub report: PathBuf,
-    /// vCPUs of the largest VM (QEMU `-smp` needs at least the kernel's cores).
+    /// The kernel configuration the image was built for.
+    pub config: String,
+    /// Cores of that kernel (QEMU `-smp` must give it at least these).
     pub cores: u32,
+}
+
+/// What an image was built for, recorded next to it (`<image>.keel`) so that `keel sel4
+/// run` needs no flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Board.
+    pub board: String,
+    /// Kernel configuration.
+    pub config: String,
+    /// Kernel cores.
+    pub cores: u32,
+    /// VMs in the system.
+    pub vms: usize,
+}
+
+impl ImageInfo {
+    /// Where the record of `image` lives.
+    pub fn path(image: &Path) -> PathBuf {
+        let mut p = image.as_os_str().to_owned();
+        p.push(".keel");
+        PathBuf::from(p)
+    }
+
+    /// The record's text: `key=value` lines.
+    pub fn to_text(&self) -> String {
+        format!(
+            "board={}\nconfig={}\ncores={}\nvms={}\n",
+            self.board, self.config, self.cores, self.vms
+        )
+    }
+
+    /// Parse a record; `None` if a key is missing or malformed.
+    pub fn parse(text: &str) -> Option<ImageInfo> {
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+                .map(str::trim)
+        };
+        Some(ImageInfo {
+            board: get("board")?.into(),
+            config: get("config")?.into(),
+            cores: get("cores")?
+                .parse()
+                .ok()
+                .filter(|&n| (1..=256).contains(&n))?,
+            vms: get("vms")?.parse().ok()?,
+        })
+    }
+
+    /// The record of `image`, if `keel sel4 build` wrote one.
+    pub fn read(image: &Path) -> Option<ImageInfo> {
+        ImageInfo::parse(&std::fs::read_to_string(ImageInfo::path(image)).ok()?)
+    }
 }
 
 /// The guest command line Keel gives an arm64 guest on seL4: the 8250 console first, then
@@ -350,7 +446,11 @@ const MAX_VCPUS: u32 = 8;
 
 /// Build the image for `system`.
 pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
-    let sdk = Sdk::open(&opts.sdk, &opts.board)?;
+    let config = opts
+        .config
+        .clone()
+        .unwrap_or_else(|| Sdk::default_config(&opts.sdk, &opts.board).into());
+    let sdk = Sdk::open(&opts.sdk, &opts.board, &config)?;
     check(system, &sdk)?;
     let xml = system_file(system, &sdk.layout())?;
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
@@ -388,7 +488,7 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
         .arg(&system_path)
         .arg("--search-path")
         .arg(&opts.out)
-        .args(["--board", &opts.board, "--config", board::CONFIG, "-o"])
+        .args(["--board", &opts.board, "--config", &sdk.config, "-o"])
         .arg(&image)
         .arg("-r")
         .arg(&report)
@@ -403,18 +503,20 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
             log,
         });
     }
-    let cores = system
-        .vms()
-        .iter()
-        .map(|v| v.vcpus)
-        .max()
-        .unwrap_or(1)
-        .max(sdk.cores);
+    let info = ImageInfo {
+        board: opts.board.clone(),
+        config: sdk.config.clone(),
+        cores: sdk.cores,
+        vms: system.vms().len(),
+    };
+    let info_path = ImageInfo::path(&image);
+    std::fs::write(&info_path, info.to_text()).map_err(io(&info_path))?;
     Ok(BuildOutput {
         image,
         system_file: system_path,
         report,
-        cores,
+        config: sdk.config,
+        cores: sdk.cores,
     })
 }
 

@@ -1,5 +1,6 @@
 //! Compares Keel's seL4/Microkit ABI constants with the headers of the SDK in
-//! `MICROKIT_SDK` (board qemu_virt_aarch64, config debug). Invocation labels, fault types and
+//! `MICROKIT_SDK` (board qemu_virt_aarch64, configs debug and, when the SDK has it, smp-debug:
+//! one VMM ELF serves both, so their numbers must agree with Keel's). Invocation labels, fault types and
 //! vCPU register numbers are generated per kernel configuration, so a mismatch here means
 //! the VMM would invoke the wrong kernel method: fail loudly.
 //!
@@ -10,32 +11,44 @@ use std::path::{Path, PathBuf};
 
 use keel_sel4::abi;
 
-fn sdk_include() -> Option<PathBuf> {
-    let Some(sdk) = std::env::var_os("MICROKIT_SDK") else {
-        let line = "SKIP keel-sel4 sdk_constants: MICROKIT_SDK is not set; seL4 ABI constants NOT checked against an SDK";
-        // Straight to the process's stderr: the test harness captures eprintln!, and a
-        // skip must be seen.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("\n!!!!!!!! {line} !!!!!!!!\n\n").as_bytes(),
-        );
-        if let Some(log) = std::env::var_os("KEEL_SKIP_LOG") {
-            use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-            {
-                let _ = writeln!(f, "{line}");
-            }
+fn loud_skip(line: &str) {
+    // Straight to the process's stderr: the test harness captures eprintln!, and a
+    // skip must be seen.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("\n!!!!!!!! {line} !!!!!!!!\n\n").as_bytes(),
+    );
+    if let Some(log) = std::env::var_os("KEEL_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{line}");
         }
+    }
+}
+
+fn sdk_include(config: &str) -> Option<PathBuf> {
+    let Some(sdk) = std::env::var_os("MICROKIT_SDK") else {
+        loud_skip(&format!(
+            "SKIP keel-sel4 sdk_constants ({config}): MICROKIT_SDK is not set; seL4 ABI constants NOT checked against an SDK"
+        ));
         return None;
     };
     let inc = Path::new(&sdk)
         .join("board")
         .join(abi::board::NAME)
-        .join(abi::board::CONFIG)
+        .join(config)
         .join("include");
+    if config != abi::board::CONFIG && !inc.is_dir() {
+        loud_skip(&format!(
+            "SKIP keel-sel4 sdk_constants ({config}): MICROKIT_SDK={} has no {config} config",
+            Path::new(&sdk).display()
+        ));
+        return None;
+    }
     assert!(
         inc.is_dir(),
         "MICROKIT_SDK={} has no {}",
@@ -188,9 +201,21 @@ fn enums(files: &[PathBuf], defs: &HashSet<String>, known: &mut HashMap<String, 
 }
 
 #[test]
-fn constants_match_the_sdk_headers() {
-    let Some(inc) = sdk_include() else { return };
-    let defs = config(&inc);
+fn constants_match_the_debug_headers() {
+    if let Some(inc) = sdk_include(abi::board::CONFIG) {
+        check_headers(&inc);
+    }
+}
+
+#[test]
+fn constants_match_the_smp_debug_headers() {
+    if let Some(inc) = sdk_include(abi::board::SMP_CONFIG) {
+        check_headers(&inc);
+    }
+}
+
+fn check_headers(inc: &Path) {
+    let defs = config(inc);
     assert!(
         defs.contains("CONFIG_KERNEL_MCS"),
         "Keel needs an MCS kernel"

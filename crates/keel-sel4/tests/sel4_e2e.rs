@@ -1,7 +1,7 @@
 //! End-to-end: build Microkit images with Keel's seL4 backend and boot the Debian arm64
 //! guest (guest/linux/build.sh arm64) under QEMU.
 //!
-//! Needs `MICROKIT_SDK` (board qemu_virt_aarch64, config debug), the guest images in
+//! Needs `MICROKIT_SDK` (board qemu_virt_aarch64, configs debug and smp-debug), the guest images in
 //! `$KEEL_CACHE/guest/arm64` and `qemu-system-aarch64`; without them every test prints a
 //! LOUD skip line (appended to `$KEEL_SKIP_LOG` when set) and passes vacuously.
 //! Run: `MICROKIT_SDK=/path/to/sdk cargo test -p keel-sel4 --features host --test sel4_e2e`.
@@ -102,30 +102,73 @@ fn vmm_elf() -> PathBuf {
     .clone()
 }
 
-/// Build `toml` (paths may use ${KEEL_CACHE}) into `CARGO_TARGET_TMPDIR/sel4-e2e-<name>`.
-fn build(sdk: &Path, name: &str, toml: &str) -> (keel_spec::System, PathBuf, PathBuf) {
+/// The SDK's multicore config, or a skip.
+fn smp_config(sdk: &Path, test: &str) -> Option<&'static str> {
+    let c = keel_sel4::abi::board::SMP_CONFIG;
+    if host::Sdk::default_config(sdk, keel_sel4::abi::board::NAME) == c {
+        Some(c)
+    } else {
+        skip(
+            test,
+            &format!(
+                "the SDK at {} has no {c} config; multicore NOT tested",
+                sdk.display()
+            ),
+        );
+        None
+    }
+}
+
+/// An image built by a test.
+struct Built {
+    system: keel_spec::System,
+    image: PathBuf,
+    dir: PathBuf,
+    cores: u32,
+    system_file: String,
+}
+
+/// Build `toml` (paths may use ${KEEL_CACHE}) for kernel `config` into
+/// `CARGO_TARGET_TMPDIR/sel4-e2e-<name>`.
+fn build(sdk: &Path, name: &str, toml: &str, config: &str) -> Built {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sel4-e2e-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     let system = keel_spec::parse_str(toml, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
     let opts = BuildOptions {
         sdk: sdk.into(),
         board: keel_sel4::abi::board::NAME.into(),
+        config: Some(config.into()),
         out: dir.join("out"),
         vmm_elf: vmm_elf(),
     };
     let built = host::build(&system, &opts).unwrap_or_else(|e| panic!("{name}: build: {e}"));
-    (system, built.image, dir)
+    assert_eq!(built.config, config);
+    let system_file = std::fs::read_to_string(&built.system_file).unwrap();
+    Built {
+        system,
+        image: built.image,
+        dir,
+        cores: built.cores,
+        system_file,
+    }
 }
 
-/// Build `toml` and boot it; returns the console output.
-fn build_and_run(sdk: &Path, name: &str, toml: &str) -> (String, RunOutcome) {
+/// Build `toml` for `config` and boot it with QEMU `-smp` = the kernel's cores; returns the
+/// console output, the outcome and the generated system file.
+fn build_and_run(sdk: &Path, name: &str, toml: &str, config: &str) -> (String, RunOutcome, String) {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (system, image, dir) = build(sdk, name, toml);
+    let Built {
+        system,
+        image,
+        dir,
+        cores,
+        system_file,
+    } = build(sdk, name, toml, config);
     let mut out = Vec::new();
     let vms = system.vms().len();
     let outcome = host::run_qemu(
         &image,
-        1,
+        cores,
         Some(Duration::from_secs(240)),
         Some(vms),
         false,
@@ -134,7 +177,7 @@ fn build_and_run(sdk: &Path, name: &str, toml: &str) -> (String, RunOutcome) {
     let text = String::from_utf8_lossy(&out).into_owned();
     std::fs::write(dir.join("console.log"), &text).unwrap();
     match outcome {
-        Ok(o) => (text, o),
+        Ok(o) => (text, o, system_file),
         Err(e) => panic!("{name}: {e}\n--- console ---\n{text}"),
     }
 }
@@ -174,7 +217,7 @@ fn base64(data: &[u8]) -> String {
 }
 
 /// Seconds until the same kernel and initrd print KEEL-GUEST-READY on QEMU directly.
-fn qemu_direct_ready_secs() -> Option<f64> {
+fn qemu_direct_ready_secs(smp: u32) -> Option<f64> {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let g = cache().join("guest/arm64");
     let start = Instant::now();
@@ -184,6 +227,8 @@ fn qemu_direct_ready_secs() -> Option<f64> {
             "virt",
             "-cpu",
             "cortex-a53",
+            "-smp",
+            &smp.to_string(),
             "-m",
             "2G",
             "-nographic",
@@ -217,8 +262,9 @@ fn qemu_direct_ready_secs() -> Option<f64> {
 }
 
 #[test]
-fn debian_guest_boots_to_ready_and_powers_off_cleanly() {
-    let Some(sdk) = prerequisites("debian_guest_boots_to_ready_and_powers_off_cleanly") else {
+fn debian_guest_boots_to_ready_and_powers_off_cleanly_on_the_single_core_kernel() {
+    let test = "debian_guest_boots_to_ready_and_powers_off_cleanly_on_the_single_core_kernel";
+    let Some(sdk) = prerequisites(test) else {
         return;
     };
     let toml = format!(
@@ -226,8 +272,8 @@ fn debian_guest_boots_to_ready_and_powers_off_cleanly() {
         vm_toml("linux", 1, "256M", "quiet", "")
     );
 
-    let (console, o) = build_and_run(&sdk, "boot", &toml);
-    let direct = qemu_direct_ready_secs();
+    let (console, o, _) = build_and_run(&sdk, "boot", &toml, keel_sel4::abi::board::CONFIG);
+    let direct = qemu_direct_ready_secs(1);
 
     assert!(
         console.contains("keel-sel4: vmm up (linux_vmm)"),
@@ -241,15 +287,36 @@ fn debian_guest_boots_to_ready_and_powers_off_cleanly() {
     );
     assert_eq!((o.vms_up, o.vms_stopped), (1, 1));
     eprintln!(
-        "BOOT-TIME to KEEL-GUEST-READY: seL4+Keel {:.2} s, QEMU direct (no seL4) {}",
+        "BOOT-TIME to KEEL-GUEST-READY (debug, -smp 1): seL4+Keel {:.2} s, QEMU direct (no seL4) {}",
         o.first_ready.unwrap_or(f64::NAN),
         direct.map_or("n/a".into(), |d| format!("{d:.2} s"))
     );
 }
 
+/// Centiseconds of `/proc/uptime`, and a shell busy loop: `SPIN-ONE` is one loop alone,
+/// `SPIN-TWO` two loops at once (about equal when the vCPUs really run in parallel, about
+/// double when they share a core).
+const SPIN_CMD: &str = "cs() { sed 's/ .*//; s/[.]//' /proc/uptime; }; \
+    spin() { i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; }; \
+    t0=$(cs); spin; t1=$(cs); spin & spin & wait; t2=$(cs); \
+    echo SPIN-ONE=$((t1-t0)) SPIN-TWO=$((t2-t1)); \
+    grep -E 'CPU0|arch_timer|IPI0' /proc/interrupts";
+
+fn spin_times(console: &str) -> Option<(u64, u64)> {
+    let l = console.lines().find(|l| l.starts_with("SPIN-ONE="))?;
+    let mut it = l.split_whitespace();
+    let one = it.next()?.strip_prefix("SPIN-ONE=")?.parse().ok()?;
+    let two = it.next()?.strip_prefix("SPIN-TWO=")?.parse().ok()?;
+    Some((one, two))
+}
+
 #[test]
-fn two_vcpu_guest_reads_and_writes_its_virtio_disk() {
-    let Some(sdk) = prerequisites("two_vcpu_guest_reads_and_writes_its_virtio_disk") else {
+fn two_vcpu_guest_runs_its_vcpus_in_parallel_on_two_cores_and_uses_its_virtio_disk() {
+    let test = "two_vcpu_guest_runs_its_vcpus_in_parallel_on_two_cores_and_uses_its_virtio_disk";
+    let Some(sdk) = prerequisites(test) else {
+        return;
+    };
+    let Some(config) = smp_config(&sdk, test) else {
         return;
     };
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sel4-e2e-disk");
@@ -258,13 +325,14 @@ fn two_vcpu_guest_reads_and_writes_its_virtio_disk() {
     let mut bytes = vec![0u8; 1 << 20];
     bytes[..21].copy_from_slice(b"KEEL-DISK-MARKER-4711");
     std::fs::write(&disk, &bytes).unwrap();
-    let cmd = "dd if=/dev/vda bs=21 count=1 2>/dev/null; echo; \
-               echo keel-written-by-guest | dd of=/dev/vda bs=512 seek=8 conv=sync 2>/dev/null; sync; \
-               echo 3 > /proc/sys/vm/drop_caches; \
-               echo READBACK=$(dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c 21); \
-               echo NPROC=$(nproc); head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n'; echo; \
-               for n in 1 2; do (i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo LOOP-DONE) & done; \
-               wait; echo PAR-OK";
+    let cmd = format!(
+        "dd if=/dev/vda bs=21 count=1 2>/dev/null; echo; \
+         echo keel-written-by-guest | dd of=/dev/vda bs=512 seek=8 conv=sync 2>/dev/null; sync; \
+         echo 3 > /proc/sys/vm/drop_caches; \
+         echo READBACK=$(dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c 21); \
+         echo NPROC=$(nproc); head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n'; echo; \
+         {SPIN_CMD}"
+    );
     let extra = format!(
         "[[vm.disk]]\npath = \"{}\"\nid = \"e2e\"\n\n[vm.rng]\n",
         disk.display()
@@ -280,8 +348,21 @@ fn two_vcpu_guest_reads_and_writes_its_virtio_disk() {
         )
     );
 
-    let (console, _) = build_and_run(&sdk, "disk", &toml);
+    let (console, _, system_file) = build_and_run(&sdk, "disk", &toml, config);
 
+    // Default placement: vCPU i on core i, the VMM with vCPU 0.
+    assert!(
+        system_file.contains("<protection_domain name=\"linux_vmm\" priority=\"101\" cpu=\"0\">"),
+        "{system_file}"
+    );
+    assert!(
+        system_file.contains("<vcpu id=\"0\" cpu=\"0\" />"),
+        "{system_file}"
+    );
+    assert!(
+        system_file.contains("<vcpu id=\"1\" cpu=\"1\" />"),
+        "{system_file}"
+    );
     assert!(console.contains("KEEL-NPROC 2"), "{console}");
     assert!(console.contains("KEEL-BLOCK vda 1024"), "{console}");
     assert!(console.contains("\nKEEL-DISK-MARKER-4711"), "{console}");
@@ -290,8 +371,12 @@ fn two_vcpu_guest_reads_and_writes_its_virtio_disk() {
         "{console}"
     );
     assert!(console.contains("NPROC=2"), "{console}");
-    assert_eq!(console.matches("\nLOOP-DONE").count(), 2, "{console}");
-    assert!(console.contains("\nPAR-OK"), "{console}");
+    let (one, two) = spin_times(&console).unwrap_or_else(|| panic!("no SPIN line\n{console}"));
+    eprintln!("PARALLEL ({config}): one busy loop {one} cs, two at once {two} cs");
+    assert!(
+        two * 10 < one * 16,
+        "two busy loops took {two} cs, one alone {one} cs: the vCPUs did not run in parallel\n{console}"
+    );
     assert!(console.contains("KEEL-CMD-EXIT 0"), "{console}");
     assert!(
         console.contains("guest powered off (PSCI SYSTEM_OFF)"),
@@ -316,8 +401,11 @@ fn typed_input_reaches_the_guest_console() {
         )
     );
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_, image, dir) = build(&sdk, "input", &toml);
-    let mut child = host::qemu_command(&image, 1)
+    let config = host::Sdk::default_config(&sdk, keel_sel4::abi::board::NAME);
+    let Built {
+        image, dir, cores, ..
+    } = build(&sdk, "input", &toml, config);
+    let mut child = host::qemu_command(&image, cores)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -354,18 +442,30 @@ fn typed_input_reaches_the_guest_console() {
 }
 
 #[test]
-fn two_vms_boot_in_their_own_vmms_and_power_off() {
-    let Some(sdk) = prerequisites("two_vms_boot_in_their_own_vmms_and_power_off") else {
+fn two_vms_boot_on_their_own_cores_in_their_own_vmms_and_power_off() {
+    let test = "two_vms_boot_on_their_own_cores_in_their_own_vmms_and_power_off";
+    let Some(sdk) = prerequisites(test) else {
         return;
     };
-    let place = "placement = { pcpus = [0] }";
+    let Some(config) = smp_config(&sdk, test) else {
+        return;
+    };
     let toml = format!(
         "[system]\nname = \"e2e-two\"\n{}{}",
-        vm_toml("a", 1, "128M", "quiet", place),
-        vm_toml("b", 1, "128M", "quiet", place)
+        vm_toml("a", 1, "128M", "quiet", "placement = { pcpus = [0] }"),
+        vm_toml("b", 1, "128M", "quiet", "placement = { pcpus = [1] }")
     );
 
-    let (console, o) = build_and_run(&sdk, "two", &toml);
+    let (console, o, system_file) = build_and_run(&sdk, "two", &toml, config);
+
+    assert!(
+        system_file.contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"1\">"),
+        "{system_file}"
+    );
+    assert!(
+        system_file.contains("<vcpu id=\"0\" cpu=\"1\" />"),
+        "{system_file}"
+    );
 
     assert_eq!((o.vms_up, o.vms_stopped), (2, 2), "{console}");
     assert!(console.contains("a| KEEL-GUEST-READY"), "{console}");

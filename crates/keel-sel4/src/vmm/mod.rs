@@ -117,6 +117,14 @@ fn atomically(f: impl FnOnce()) {
         sys::yield_now();
     }
     f();
+    // The VMMs of a system may run on different cores (placement). The lock word lives in
+    // normal, cacheable, inner-shareable memory (the Microkit default for a memory region:
+    // the exclusives of `compare_exchange` need that), so Acquire/Release order the VMMs'
+    // critical sections across cores. The kernel wrote this line's characters to the UART
+    // (device memory) during our `DebugPutChar` calls: `dsb sy` makes those writes complete
+    // before another core can see the lock free and start printing its own line.
+    // SAFETY: a barrier; no memory is accessed.
+    unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
     lock.store(0, Ordering::Release);
 }
 

@@ -16,18 +16,21 @@ use keel_sel4::host::{self, BuildError, BuildOptions, RunOutcome};
 /// Usage of `keel sel4`.
 pub const USAGE: &str = "\
 USAGE:
-    keel sel4 build <system.toml> [--board BOARD] [--out DIR] [--sdk DIR] [--vmm-elf PATH]
+    keel sel4 build <system.toml> [--board BOARD] [--config CONFIG] [--out DIR] [--sdk DIR] [--vmm-elf PATH]
     keel sel4 run <loader.img> [--smp N] [--timeout SECS]
 
 build   validate the system for seL4, build the VMM protection domain, write the Microkit
         system file and run the SDK's microkit tool; prints the image path.
         --board     Microkit board (default and only: qemu_virt_aarch64)
+        --config    the SDK's kernel config: debug (1 core), smp-debug (4 cores), ...
+                    (default: smp-debug when the SDK has it, else debug)
         --out       output directory (default: ./keel-sel4-<system name>)
         --sdk       Microkit SDK (default: $MICROKIT_SDK)
         --vmm-elf   a prebuilt keel-sel4-vmm ELF instead of building it with cargo
 run     boot the image in qemu-system-aarch64 (-machine virt,virtualization=on -cpu cortex-a53);
         the console is the seL4 debug console; returns 0 when every VM powered off
-        --smp       CPUs of the emulated board (default 1: the SDK's kernel is single-core)
+        --smp       CPUs of the emulated board (default: the cores of the config the image
+                    was built for, recorded in <image>.keel)
         --timeout   give up after SECS seconds (exit 1)
 ";
 
@@ -61,6 +64,8 @@ pub struct BuildArgs {
     pub system: PathBuf,
     /// Board.
     pub board: String,
+    /// Kernel configuration (`None`: the SDK's default).
+    pub config: Option<String>,
     /// Output directory.
     pub out: Option<PathBuf>,
     /// SDK directory.
@@ -74,8 +79,8 @@ pub struct BuildArgs {
 pub struct RunArgs {
     /// The loader image.
     pub image: PathBuf,
-    /// Emulated CPUs.
-    pub smp: u32,
+    /// Emulated CPUs (`None`: the cores of the image's kernel).
+    pub smp: Option<u32>,
     /// Time limit.
     pub timeout: Option<Duration>,
 }
@@ -95,6 +100,7 @@ pub fn parse_build(args: &[String]) -> Result<BuildArgs, Sel4Failure> {
     let mut a = BuildArgs {
         system: PathBuf::new(),
         board: board::NAME.into(),
+        config: None,
         out: None,
         sdk: None,
         vmm_elf: None,
@@ -102,6 +108,7 @@ pub fn parse_build(args: &[String]) -> Result<BuildArgs, Sel4Failure> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--board" => a.board = value(&mut it, arg)?.clone(),
+            "--config" => a.config = Some(value(&mut it, arg)?.clone()),
             "--out" | "-o" => a.out = Some(value(&mut it, arg)?.into()),
             "--sdk" => a.sdk = Some(value(&mut it, arg)?.into()),
             "--vmm-elf" => a.vmm_elf = Some(value(&mut it, arg)?.into()),
@@ -122,18 +129,19 @@ pub fn parse_run(args: &[String]) -> Result<RunArgs, Sel4Failure> {
     let mut image = None;
     let mut a = RunArgs {
         image: PathBuf::new(),
-        smp: 1,
+        smp: None,
         timeout: None,
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--smp" => {
                 let v = value(&mut it, arg)?;
-                a.smp = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=8).contains(n))
-                    .ok_or_else(|| input(format!("--smp {v:?}: expected 1..8")))?;
+                a.smp = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| (1..=8).contains(n))
+                        .ok_or_else(|| input(format!("--smp {v:?}: expected 1..8")))?,
+                );
             }
             "--timeout" => {
                 let v = value(&mut it, arg)?;
@@ -202,7 +210,15 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf, Sel4Failure> {
         .or_else(|| std::env::var_os("MICROKIT_SDK").map(PathBuf::from))
         .ok_or_else(|| input(BuildError::NoSdk.to_string()))?;
     // Check the SDK and the system before the (slow) ELF build, so bad input fails at once.
-    let checked = host::Sdk::open(&sdk, &args.board).map_err(|e| input(e.to_string()))?;
+    let config = args
+        .config
+        .clone()
+        .unwrap_or_else(|| host::Sdk::default_config(&sdk, &args.board).into());
+    let checked = host::Sdk::open(&sdk, &args.board, &config).map_err(|e| input(e.to_string()))?;
+    eprintln!(
+        "keel: seL4 kernel config {} of {}: {} core(s) (CONFIG_MAX_NUM_NODES)",
+        checked.config, args.board, checked.cores
+    );
     let system = keel_spec::load(&args.system).map_err(|e| input(e.to_string()))?;
     host::check(&system, &checked).map_err(|e| input(e.to_string()))?;
     let vmm_elf = match &args.vmm_elf {
@@ -216,6 +232,7 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf, Sel4Failure> {
     let opts = BuildOptions {
         sdk,
         board: args.board.clone(),
+        config: Some(checked.config.clone()),
         out,
         vmm_elf,
     };
@@ -237,17 +254,29 @@ pub fn run_with(args: &RunArgs, out: &mut dyn Write) -> Result<RunOutcome, Sel4F
     if !args.image.is_file() {
         return Err(input(format!("{}: no such image", args.image.display())));
     }
-    let expected = args.image.parent().and_then(host::vms_in_build_dir);
+    let info = host::ImageInfo::read(&args.image);
+    let expected = info
+        .as_ref()
+        .map(|i| i.vms)
+        .or_else(|| args.image.parent().and_then(host::vms_in_build_dir));
+    let cores = info.as_ref().map_or(1, |i| i.cores);
+    let smp = args.smp.unwrap_or(cores);
+    if smp < cores {
+        return Err(input(format!(
+            "--smp {smp}: the image's seL4 kernel ({}) boots {cores} cores and waits for all of them",
+            info.as_ref().map_or("?", |i| i.config.as_str())
+        )));
+    }
+    if info.is_none() && args.smp.is_none() {
+        eprintln!(
+            "keel: {} has no build record ({}); assuming a single-core kernel (-smp 1)",
+            args.image.display(),
+            host::ImageInfo::path(&args.image).display()
+        );
+    }
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
-    host::run_qemu(
-        &args.image,
-        args.smp,
-        args.timeout,
-        expected,
-        interactive,
-        out,
-    )
-    .map_err(|e| failure(e.to_string()))
+    host::run_qemu(&args.image, smp, args.timeout, expected, interactive, out)
+        .map_err(|e| failure(e.to_string()))
 }
 
 /// `keel sel4 run`.
@@ -299,6 +328,46 @@ mod tests {
     }
 
     #[test]
+    fn build_takes_a_config() {
+        let a = parse_build(&strings(&["s.toml", "--config", "debug"])).unwrap();
+
+        assert_eq!(a.config.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn run_smp_defaults_to_the_image_record() {
+        let a = parse_run(&strings(&["i.img"])).unwrap();
+
+        assert_eq!(a.smp, None);
+    }
+
+    #[test]
+    fn run_with_fewer_cpus_than_the_kernel_is_bad_input() {
+        let dir = std::env::temp_dir().join(format!("keel-sel4-smp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("loader.img");
+        std::fs::write(&image, b"x").unwrap();
+        let info = host::ImageInfo {
+            board: board::NAME.into(),
+            config: "smp-debug".into(),
+            cores: 4,
+            vms: 1,
+        };
+        std::fs::write(host::ImageInfo::path(&image), info.to_text()).unwrap();
+        let args = RunArgs {
+            image,
+            smp: Some(2),
+            timeout: None,
+        };
+
+        let e = run_with(&args, &mut Vec::new()).unwrap_err();
+
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(e.status, 2);
+        assert!(e.message.contains("boots 4 cores"), "{}", e.message);
+    }
+
+    #[test]
     fn build_without_system_is_bad_input() {
         assert_eq!(parse_build(&[]).unwrap_err().status, 2);
     }
@@ -318,6 +387,7 @@ mod tests {
         let a = BuildArgs {
             system: "s.toml".into(),
             board: board::NAME.into(),
+            config: None,
             out: None,
             sdk: Some("/nonexistent-sdk".into()),
             vmm_elf: None,

@@ -14,8 +14,8 @@
 # The L1 kernel is the same Debian arm64 kernel as L2's (KVM is built in). See README.md.
 #
 # <key> hashes: the versions of busybox-static and of every package the QEMU closure uses,
-# build.sh, init.sh, l1-peak-rss, guest/linux/mkcpio.py, the L2 images, the keel binary and the
-# extra files (name + content). An existing output with the same key is reused.
+# build.sh, init.sh, l1-peak-rss, guest/linux/mkcpio.py, guest/build-lib.sh, the L2 images, the
+# keel binary and the extra files (name + content). An existing output with the same key is reused.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,37 +28,12 @@ debarch=arm64
 # data, firmware, QEMU's optional modules or maintainer-script tools, never a needed library.
 skip_deps='^(qemu-|debconf|cdebconf|adduser|dpkg|install-info|iso-codes|.*-data$|.*-common$)'
 
-log() { printf 'l1host/build.sh: %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-
-need() {
-    local c
-    for c in "$@"; do
-        command -v "$c" >/dev/null 2>&1 || die "missing tool '$c'"
-    done
-}
+log_name=l1host/build.sh
+# shellcheck source=SCRIPTDIR/../build-lib.sh
+. "$here/../build-lib.sh"
 
 usage() {
     die "usage: build.sh --keel <aarch64 keel binary>|none [--extra <file>]..."
-}
-
-apt_download() {
-    local opts=()
-    [[ $EUID -eq 0 ]] && opts=(-o APT::Sandbox::User=root)
-    (cd "$deb_dir" && apt-get "${opts[@]}" -q download "$@" >&2)
-}
-
-ensure_dpkg_arch() {
-    if [[ $debarch != "$(dpkg --print-architecture)" ]] &&
-        ! dpkg --print-foreign-architectures | grep -qx "$debarch"; then
-        [[ $EUID -eq 0 ]] || die "run as root once: dpkg --add-architecture $debarch && apt-get update"
-        log "adding dpkg architecture $debarch"
-        dpkg --add-architecture "$debarch"
-        apt-get -q update >&2
-    fi
 }
 
 # "<name> <candidate>" for each package name given (arm64), "(none)" when apt has none.
@@ -72,25 +47,6 @@ candidates() {
         /^  Candidate:/ { print name, $2 }'
 }
 
-# The .deb of pkg at version ver, downloading it if needed.
-deb_file() {
-    local pkg=$1 ver=$2 f
-    for f in "$deb_dir/${pkg}_"*"_$debarch.deb" "$deb_dir/${pkg}_"*"_all.deb"; do
-        [[ -e $f ]] || continue
-        if [[ $(dpkg-deb -f "$f" Version) == "$ver" ]]; then
-            printf '%s\n' "$f"
-            return
-        fi
-    done
-    apt_download "$pkg:$debarch=$ver"
-    for f in "$deb_dir/${pkg}_"*"_$debarch.deb" "$deb_dir/${pkg}_"*"_all.deb"; do
-        if [[ -e $f && $(dpkg-deb -f "$f" Version) == "$ver" ]]; then
-            printf '%s\n' "$f"
-            return
-        fi
-    done
-    die "apt-get download $pkg:$debarch=$ver produced no .deb in $deb_dir"
-}
 
 # NEEDED sonames of an ELF file, one per line.
 elf_needed() {
@@ -139,7 +95,7 @@ pool_real() {
 # (soname_index[name] is the real file, symlinks resolved).
 pool_add() {
     local pkg=$1 ver=$2 pool=$3 deb f
-    deb=$(deb_file "$pkg" "$ver")
+    deb=$(deb_file "$pkg" "$ver" "$debarch")
     mkdir -p "$pool/$pkg"
     dpkg-deb -x "$deb" "$pool/$pkg"
     pkg_ver[$pkg]=$ver
@@ -224,7 +180,7 @@ resolve_closure() {
                     want+=("$name")
                     break
                 done
-            done < <(deb_deps "$(deb_file "$p" "${pkg_ver[$p]}")")
+            done < <(deb_deps "$(deb_file "$p" "${pkg_ver[$p]}" "$debarch")")
         done
         if ((${#want[@]})); then
             local n v
@@ -293,7 +249,7 @@ main() {
         extra_names[$b]=1
     done
     mkdir -p "$l1_dir" "$deb_dir"
-    ensure_dpkg_arch
+    ensure_dpkg_arch "$debarch"
 
     # The L2 guest (and L1 kernel) from guest/linux.
     local l2
@@ -332,7 +288,7 @@ main() {
             else
                 echo "closure=unknown"
             fi
-            sha256sum "$here/build.sh" "$here/init.sh" "$here/l1-peak-rss" "$linux_dir/mkcpio.py" \
+            sha256sum "$here/build.sh" "$here/init.sh" "$here/l1-peak-rss" "$linux_dir/mkcpio.py" "$here/../build-lib.sh" \
                 "$l2/vmlinuz" "$l2/initrd.cpio.gz" | cut -d' ' -f1
             for e in "${extras[@]}"; do
                 printf 'extra %s %s\n' "${e##*/}" "$(sha256sum <"$e" | cut -d' ' -f1)"
@@ -363,7 +319,7 @@ main() {
     out=$l1_dir/$key
 
     mkdir -p "$staging"/{bin,dev,proc,sys,tmp,run,root,etc,l2,lib/aarch64-linux-gnu,usr/bin}
-    dpkg-deb -x "$(deb_file busybox-static "$bb_ver")" "$work/busybox"
+    dpkg-deb -x "$(deb_file busybox-static "$bb_ver" "$debarch")" "$work/busybox"
     install -m 0755 "$work/busybox/bin/busybox" "$staging/bin/busybox"
     # /init installs the other applet links at boot (busybox --install -s).
     ln -s busybox "$staging/bin/sh"

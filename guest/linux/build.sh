@@ -6,8 +6,8 @@
 # Output: ${KEEL_CACHE:-$HOME/.cache/keel}/guest/<arch>-<key>/{vmlinuz,initrd.cpio.gz,manifest.txt}
 # and the symlink ${KEEL_CACHE}/guest/<arch> -> <arch>-<key>. The last line printed is the
 # output directory (with `all`: one line per arch, the last arch last).
-# <key> hashes the exact package versions, this script, init.sh and mkcpio.py; an existing
-# output with the same key is reused. See README.md.
+# <key> hashes the exact package versions, this script, init.sh, mkcpio.py and
+# guest/build-lib.sh; an existing output with the same key is reused. See README.md.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,37 +19,9 @@ deb_dir=$guest_dir/debs
 modules=(virtio_mmio virtio_pci virtio_blk virtio_console virtio_rng virtio_net
     vmw_vsock_virtio_transport)
 
-log() { printf 'build.sh: %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-
-need() {
-    local c
-    for c in "$@"; do
-        command -v "$c" >/dev/null 2>&1 || die "missing tool '$c'"
-    done
-}
-
-# apt-get download as root warns that _apt cannot write here; the files are ours anyway.
-apt_download() {
-    local opts=()
-    [[ $EUID -eq 0 ]] && opts=(-o APT::Sandbox::User=root)
-    (cd "$deb_dir" && apt-get "${opts[@]}" -q download "$@" >&2)
-}
-
-# Make apt know the packages of a foreign Debian architecture (idempotent).
-ensure_dpkg_arch() {
-    local debarch=$1
-    if [[ $debarch != "$(dpkg --print-architecture)" ]] &&
-        ! dpkg --print-foreign-architectures | grep -qx "$debarch"; then
-        [[ $EUID -eq 0 ]] || die "run as root once: dpkg --add-architecture $debarch && apt-get update"
-        log "adding dpkg architecture $debarch"
-        dpkg --add-architecture "$debarch"
-        apt-get -q update >&2
-    fi
-}
+log_name=build.sh
+# shellcheck source=SCRIPTDIR/../build-lib.sh
+. "$here/../build-lib.sh"
 
 # Candidate versions of the given pkg:arch names, one line each in argument order
 # ("(none)" when apt has none). One apt-cache call: each costs ~0.7 s.
@@ -65,26 +37,6 @@ resolve_kernel() {
         awk -F': ' '/^Depends:/ { print $2; exit }' |
         tr ',' '\n' |
         sed -nE 's/^ *(linux-image-[0-9][^ ]*) \(= ([^)]+)\).*/\1 \2/p' | head -n1
-}
-
-# The .deb file for pkg (Package field) at version ver and Debian arch, downloading if needed.
-deb_file() {
-    local pkg=$1 ver=$2 debarch=$3 f
-    for f in "$deb_dir/${pkg}_"*"_$debarch.deb"; do
-        [[ -e $f ]] || continue
-        if [[ $(dpkg-deb -f "$f" Version) == "$ver" ]]; then
-            printf '%s\n' "$f"
-            return
-        fi
-    done
-    apt_download "$pkg:$debarch=$ver"
-    for f in "$deb_dir/${pkg}_"*"_$debarch.deb"; do
-        if [[ -e $f && $(dpkg-deb -f "$f" Version) == "$ver" ]]; then
-            printf '%s\n' "$f"
-            return
-        fi
-    done
-    die "apt-get download $pkg:$debarch=$ver produced no .deb in $deb_dir"
 }
 
 # Applet names of a busybox binary, one per line, read from its applet name table
@@ -150,7 +102,7 @@ build_arch() {
         {
             printf 'arch=%s\n%s=%s\n%s=%s\nbusybox-static=%s\nmodules=%s\n' \
                 "$arch" "$meta" "$meta_ver" "$kpkg" "$kver" "$bb_ver" "${modules[*]}"
-            sha256sum "$here/build.sh" "$here/init.sh" "$here/mkcpio.py" | cut -d' ' -f1
+            sha256sum "$here/build.sh" "$here/init.sh" "$here/mkcpio.py" "$here/../build-lib.sh" | cut -d' ' -f1
         } | sha256sum | cut -c1-12
     )
     out=$guest_dir/$arch-$key
@@ -273,7 +225,7 @@ build_arch() {
             printf '  %-36s %8s bytes\n' "$m" "$(stat -c %s "$staging/lib/modules/$kbuild/$m.ko")"
         done
         printf '\nsource hashes (sha256):\n'
-        (cd "$here" && sha256sum build.sh init.sh mkcpio.py) | sed 's/^/  /'
+        (cd "$here/.." && sha256sum linux/build.sh linux/init.sh linux/mkcpio.py build-lib.sh) | sed 's/^/  /'
     } >"$work/out/manifest.txt"
 
     rm -rf "$out"

@@ -14,7 +14,7 @@
 # The L1 kernel is the same Debian arm64 kernel as L2's (KVM is built in). See README.md.
 #
 # <key> hashes: the versions of busybox-static and of every package the QEMU closure uses,
-# build.sh, init.sh, l1-peak-rss, guest/linux/mkcpio.py, guest/build-lib.sh, the L2 images, the
+# build.sh, init.sh, l1-peak-rss, guest/linux/mkcpio.py, guest/{build,init}-lib.sh, the L2 images, the
 # keel binary and the extra files (name + content). An existing output with the same key is reused.
 set -euo pipefail
 
@@ -288,7 +288,7 @@ main() {
             else
                 echo "closure=unknown"
             fi
-            sha256sum "$here/build.sh" "$here/init.sh" "$here/l1-peak-rss" "$linux_dir/mkcpio.py" "$here/../build-lib.sh" \
+            sha256sum "$here/build.sh" "$here/init.sh" "$here/l1-peak-rss" "$linux_dir/mkcpio.py" "$here/../build-lib.sh" "$here/../init-lib.sh" \
                 "$l2/vmlinuz" "$l2/initrd.cpio.gz" | cut -d' ' -f1
             for e in "${extras[@]}"; do
                 printf 'extra %s %s\n' "${e##*/}" "$(sha256sum <"$e" | cut -d' ' -f1)"
@@ -326,6 +326,7 @@ main() {
     ln -s bin "$staging/sbin"
     ln -s ../bin "$staging/usr/sbin"
     install -m 0755 "$here/init.sh" "$staging/init"
+    install -D -m 0644 "$here/../init-lib.sh" "$staging/lib/keel/init-lib.sh"
     install -m 0755 "$here/l1-peak-rss" "$staging/bin/l1-peak-rss"
     install -m 0755 "$pool/qemu-system-arm/usr/bin/qemu-system-aarch64" "$staging/usr/bin/qemu-system-aarch64"
     local s

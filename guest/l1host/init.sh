@@ -22,14 +22,11 @@
 PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export PATH
 [ -x /bin/mount ] || /bin/busybox --install -s
+# shellcheck source=SCRIPTDIR/../init-lib.sh
+. /lib/keel/init-lib.sh
 
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mkdir -p /dev/pts /dev/shm /tmp /run
-mount -t devpts devpts /dev/pts 2>/dev/null
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+mount_basics
+mkdir -p /dev/shm
 mount -t tmpfs tmpfs /dev/shm
 
 # The empty line ends whatever the kernel left on the current line.
@@ -111,13 +108,7 @@ script_status=
 for arg in $cmdline; do
     case "$arg" in
         keel.cmd=*)
-            enc=${arg#keel.cmd=}
-            # busybox base64 -d skips characters outside the alphabet: refuse them here.
-            case "$enc" in
-                *[!A-Za-z0-9+/=_-]*) enc='!' ;;
-            esac
-            if [ "$enc" != '!' ] &&
-                printf '%s' "$enc" | tr -- '-_' '+/' | base64 -d >/run/l1-script.sh 2>/dev/null; then
+            if decode_keel_cmd "${arg#keel.cmd=}" /run/l1-script.sh; then
                 # shellcheck disable=SC1091 # decoded at run time
                 (. /run/l1-script.sh) </dev/null
                 script_status=$?
@@ -137,14 +128,7 @@ nfailed=0
 while read -r _; do nfailed=$((nfailed + 1)); done </run/l1-failed
 echo "L1-SUMMARY steps=$nsteps failed=$nfailed"
 
-for arg in $cmdline; do
-    case "$arg" in
-        keel.shell | keel.shell=1)
-            echo "L1-SHELL (exit the shell to power off)"
-            setsid cttyhack sh
-            ;;
-    esac
-done
+shell_if_asked "$cmdline" "L1-SHELL (exit the shell to power off)"
 
 sync
 echo "L1-DONE"

@@ -6,8 +6,8 @@
 # Output: ${KEEL_CACHE:-$HOME/.cache/keel}/guest/<arch>-<key>/{vmlinuz,initrd.cpio.gz,manifest.txt}
 # and the symlink ${KEEL_CACHE}/guest/<arch> -> <arch>-<key>. The last line printed is the
 # output directory (with `all`: one line per arch, the last arch last).
-# <key> hashes the exact package versions, this script, init.sh, mkcpio.py and
-# guest/build-lib.sh; an existing output with the same key is reused. See README.md.
+# <key> hashes the exact package versions, this script, init.sh, mkcpio.py,
+# guest/build-lib.sh and guest/init-lib.sh; an existing output with the same key is reused. See README.md.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -102,7 +102,7 @@ build_arch() {
         {
             printf 'arch=%s\n%s=%s\n%s=%s\nbusybox-static=%s\nmodules=%s\n' \
                 "$arch" "$meta" "$meta_ver" "$kpkg" "$kver" "$bb_ver" "${modules[*]}"
-            sha256sum "$here/build.sh" "$here/init.sh" "$here/mkcpio.py" "$here/../build-lib.sh" | cut -d' ' -f1
+            sha256sum "$here/build.sh" "$here/init.sh" "$here/mkcpio.py" "$here/../build-lib.sh" "$here/../init-lib.sh" | cut -d' ' -f1
         } | sha256sum | cut -c1-12
     )
     out=$guest_dir/$arch-$key
@@ -200,6 +200,7 @@ build_arch() {
     ln -s ../bin "$staging/usr/bin"
     ln -s ../bin "$staging/usr/sbin"
     install -m 0755 "$here/init.sh" "$staging/init"
+    install -D -m 0644 "$here/../init-lib.sh" "$staging/lib/keel/init-lib.sh"
     printf 'root:x:0:0:root:/root:/bin/sh\n' >"$staging/etc/passwd"
     printf 'root:x:0:\n' >"$staging/etc/group"
 
@@ -225,7 +226,7 @@ build_arch() {
             printf '  %-36s %8s bytes\n' "$m" "$(stat -c %s "$staging/lib/modules/$kbuild/$m.ko")"
         done
         printf '\nsource hashes (sha256):\n'
-        (cd "$here/.." && sha256sum linux/build.sh linux/init.sh linux/mkcpio.py build-lib.sh) | sed 's/^/  /'
+        (cd "$here/.." && sha256sum linux/build.sh linux/init.sh linux/mkcpio.py build-lib.sh init-lib.sh) | sed 's/^/  /'
     } >"$work/out/manifest.txt"
 
     rm -rf "$out"

@@ -9,14 +9,10 @@ PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export PATH
 # The image ships the applet symlinks; this only runs if they are missing.
 [ -x /bin/mount ] || /bin/busybox --install -s
+# shellcheck source=SCRIPTDIR/../init-lib.sh
+. /lib/keel/init-lib.sh
 
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mkdir -p /dev/pts /tmp /run
-mount -t devpts devpts /dev/pts 2>/dev/null
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+mount_basics
 
 cmdline=$(cat /proc/cmdline)
 
@@ -69,13 +65,7 @@ status=
 for arg in $cmdline; do
     case "$arg" in
         keel.cmd=*)
-            enc=${arg#keel.cmd=}
-            # busybox base64 -d skips characters outside the alphabet: refuse them here.
-            case "$enc" in
-                *[!A-Za-z0-9+/=_-]*) enc='!' ;;
-            esac
-            if [ "$enc" != '!' ] &&
-                printf '%s' "$enc" | tr -- '-_' '+/' | base64 -d >/tmp/keel-cmd.sh 2>/dev/null; then
+            if decode_keel_cmd "${arg#keel.cmd=}" /tmp/keel-cmd.sh; then
                 echo "KEEL-CMD-START"
                 sh /tmp/keel-cmd.sh </dev/null
                 status=$?
@@ -88,14 +78,7 @@ for arg in $cmdline; do
     esac
 done
 
-for arg in $cmdline; do
-    case "$arg" in
-        keel.shell | keel.shell=1)
-            echo "KEEL-SHELL (exit the shell to power off)"
-            setsid cttyhack sh
-            ;;
-    esac
-done
+shell_if_asked "$cmdline" "KEEL-SHELL (exit the shell to power off)"
 
 sync
 echo "KEEL-GUEST-POWEROFF"

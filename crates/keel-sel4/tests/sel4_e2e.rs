@@ -295,19 +295,24 @@ fn debian_guest_boots_to_ready_and_powers_off_cleanly_on_the_single_core_kernel(
 
 /// Centiseconds of `/proc/uptime`, and a shell busy loop: `SPIN-ONE` is one loop alone,
 /// `SPIN-TWO` two loops at once (about equal when the vCPUs really run in parallel, about
-/// double when they share a core).
+/// double when they share a core). Three rounds: the machine is shared, the best of each
+/// is the estimate.
 const SPIN_CMD: &str = "cs() { sed 's/ .*//; s/[.]//' /proc/uptime; }; \
-    spin() { i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; }; \
-    t0=$(cs); spin; t1=$(cs); spin & spin & wait; t2=$(cs); \
-    echo SPIN-ONE=$((t1-t0)) SPIN-TWO=$((t2-t1)); \
+    spin() { i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; }; \
+    for r in 1 2 3; do t0=$(cs); spin; t1=$(cs); spin & spin & wait; t2=$(cs); \
+    echo SPIN-ONE=$((t1-t0)) SPIN-TWO=$((t2-t1)); done; \
     grep -E 'CPU0|arch_timer|IPI0' /proc/interrupts";
 
+/// The best (smallest) `SPIN-ONE` and `SPIN-TWO` of the rounds.
 fn spin_times(console: &str) -> Option<(u64, u64)> {
-    let l = console.lines().find(|l| l.starts_with("SPIN-ONE="))?;
-    let mut it = l.split_whitespace();
-    let one = it.next()?.strip_prefix("SPIN-ONE=")?.parse().ok()?;
-    let two = it.next()?.strip_prefix("SPIN-TWO=")?.parse().ok()?;
-    Some((one, two))
+    let mut best: Option<(u64, u64)> = None;
+    for l in console.lines().filter(|l| l.starts_with("SPIN-ONE=")) {
+        let mut it = l.split_whitespace();
+        let one: u64 = it.next()?.strip_prefix("SPIN-ONE=")?.parse().ok()?;
+        let two: u64 = it.next()?.strip_prefix("SPIN-TWO=")?.parse().ok()?;
+        best = Some(best.map_or((one, two), |(o, t)| (o.min(one), t.min(two))));
+    }
+    best
 }
 
 #[test]
@@ -372,7 +377,7 @@ fn two_vcpu_guest_runs_its_vcpus_in_parallel_on_two_cores_and_uses_its_virtio_di
     );
     assert!(console.contains("NPROC=2"), "{console}");
     let (one, two) = spin_times(&console).unwrap_or_else(|| panic!("no SPIN line\n{console}"));
-    eprintln!("PARALLEL ({config}): one busy loop {one} cs, two at once {two} cs");
+    eprintln!("PARALLEL ({config}): one busy loop {one} cs, two at once {two} cs (best of 3)");
     assert!(
         two * 10 < one * 16,
         "two busy loops took {two} cs, one alone {one} cs: the vCPUs did not run in parallel\n{console}"

@@ -211,6 +211,7 @@ impl VgicHost for Sel4Gic {
         {
             log!("keel-sel4: vcpu {vcpu}: inject irq {intid} into LR {lr}: {e}");
         }
+        INJECTED.fetch_or(1 << (vcpu & 63), Ordering::SeqCst);
     }
 
     fn kick(&mut self, vcpu: u32) {
@@ -228,6 +229,13 @@ impl VgicHost for Sel4Gic {
 /// while it is suspended, so the sibling's tick stands in for it). The last running vCPU
 /// of a VM is never parked: its own timer keeps time for all.
 static PARKED: AtomicU64 = AtomicU64::new(0);
+
+/// vCPUs that got an interrupt since their last `WFI` was answered (bit n: vCPU n).
+///
+/// With vCPUs on other cores, a vCPU's `WFI` fault can wait at the VMM's endpoint while the
+/// VMM injects an interrupt into it (the kick finds it not parked yet); parking it then
+/// would leave that interrupt waiting for a sibling's tick. Such a vCPU is answered at once.
+static INJECTED: AtomicU64 = AtomicU64::new(0);
 
 fn unpark(vcpu: u32) {
     let bit = 1u64 << (vcpu & 63);
@@ -598,6 +606,11 @@ impl Vmm {
 
     /// `vcpu` executed `WFI` (its PC is already past it): park it if a sibling runs.
     fn idle(&mut self, vcpu: u32) -> Resume {
+        let bit = 1u64 << (vcpu & 63);
+        if INJECTED.fetch_and(!bit, Ordering::SeqCst) & bit != 0 {
+            // An interrupt went into its list registers while this WFI was on its way.
+            return Resume::Yes;
+        }
         let parked = PARKED.load(Ordering::SeqCst);
         if parked != 0 {
             // Siblings were waiting: let them run again, keep this one going.

@@ -17,8 +17,7 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use keel_core::arch::aarch64::fault::{self as kfault, Arm64Exit, GuestRegs, VmFault};
-use keel_core::arch::aarch64::fdt::generate_fdt;
-use keel_core::arch::aarch64::image::{BootLayout, ImageHeader};
+use keel_core::arch::aarch64::boot::load_linux;
 use keel_core::arch::aarch64::layout::{
     self, Arm64Platform, GIC_DIST_BASE, GIC_DIST_SIZE, GicVersion, UART_BASE, UART_SIZE, UART_SPI,
 };
@@ -723,20 +722,11 @@ fn boot() -> Result<Vmm, String> {
         add(&mut platform, Arc::new(spin::Mutex::new(t)))?;
     }
 
-    let header = ImageHeader::parse(kernel).map_err(|e| alloc::format!("kernel: {e}"))?;
-    let boot = BootLayout::plan(
-        &header,
-        initrd.map(|i| i.len() as u64),
-        cfg.ram_gpa,
-        cfg.ram_size,
-    )
-    .map_err(|e| alloc::format!("boot layout: {e}"))?;
-    platform.initrd = boot.initrd;
-    let fdt = generate_fdt(&platform).map_err(|e| alloc::format!("device tree: {e}"))?;
-    let entry = boot
-        .load(&ram, kernel, initrd, &fdt)
+    // `platform.memory` is `[(cfg.ram_gpa, cfg.ram_size)]`: the kernel goes there.
+    let loaded = load_linux(&ram, &mut platform, kernel, initrd)
         .map_err(|e| alloc::format!("loading the kernel: {e}"))?;
-    let BootEntry::Arm64 { pc, x0 } = entry else {
+    let (boot, fdt_len) = (loaded.layout, loaded.fdt_len);
+    let BootEntry::Arm64 { pc, x0 } = loaded.entry() else {
         return Err("the loader did not produce an arm64 entry".into());
     };
     log!(
@@ -745,7 +735,7 @@ fn boot() -> Result<Vmm, String> {
         cfg.vcpus,
         cfg.ram_size >> 20,
         cfg.ram_gpa,
-        fdt.len(),
+        fdt_len,
         platform.virtio.len()
     );
     for v in 0..cfg.vcpus {
@@ -761,7 +751,7 @@ fn boot() -> Result<Vmm, String> {
     if let Some((s, e)) = boot.initrd {
         clean_dcache(&ram, s, (e - s) as usize);
     }
-    clean_dcache(&ram, x0, fdt.len());
+    clean_dcache(&ram, x0, fdt_len);
     let vgic = Vgic::new(GicVersion::V2, cfg.vcpus, SPIS, LIST_REGISTERS)
         .map_err(|e| alloc::format!("interrupt controller: {e}"))?;
     let input = (cfg.input_uart != 0).then_some(InputUart {

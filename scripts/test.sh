@@ -62,7 +62,7 @@ step nostd-keel-spec cargo build -p keel-spec --no-default-features --target aar
 step testguest-fmt bash -c 'cd guest/testguest && cargo fmt -- --check'
 step testguest-clippy bash -c 'cd guest/testguest && cargo clippy --release --target x86_64-unknown-none -- -D warnings'
 step testguest-build bash -c 'cd guest/testguest && cargo build --release --target x86_64-unknown-none'
-step shellcheck bash -c 'shellcheck scripts/*.sh guest/linux/*.sh guest/l1host/*.sh bench/*.sh guest/testguest/*.sh scripts/l2/*.sh .ci/run'
+step shellcheck bash -c 'shellcheck -x scripts/*.sh guest/linux/*.sh guest/l1host/*.sh bench/*.sh guest/testguest/*.sh scripts/l2/*.sh guest/*.sh .ci/run'
 # The Debian-built Linux guest images (cached under ~/.cache/keel by their inputs), booted
 # under QEMU to check the /init protocol the end-to-end tests rely on.
 step linux-guest-arm64 bash guest/linux/smoke-qemu.sh arm64

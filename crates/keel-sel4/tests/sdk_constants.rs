@@ -11,25 +11,9 @@ use std::path::{Path, PathBuf};
 
 use keel_sel4::abi;
 
-fn loud_skip(line: &str) {
-    // Straight to the process's stderr: the test harness captures eprintln!, and a
-    // skip must be seen.
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!("\n!!!!!!!! {line} !!!!!!!!\n\n").as_bytes(),
-    );
-    if let Some(log) = std::env::var_os("KEEL_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            // One write(2) per line: parallel tests append to the same file.
-            let _ = f.write_all(format!("{line}\n").as_bytes());
-        }
-    }
-}
+#[path = "common/skip.rs"]
+mod skip_log;
+use skip_log::loud_skip;
 
 fn sdk_include(config: &str) -> Option<PathBuf> {
     let Some(sdk) = std::env::var_os("MICROKIT_SDK") else {

@@ -18,25 +18,11 @@ use keel_sel4::host::{self, BuildOptions, RunOutcome};
 /// One QEMU at a time: the machine has two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+#[path = "common/skip.rs"]
+mod skip_log;
+
 fn skip(test: &str, why: &str) {
-    let line = format!("SKIP keel-sel4 sel4_e2e::{test}: {why}");
-    // Straight to the process's stderr: the test harness captures eprintln!, and a
-    // skip must be seen.
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!("\n!!!!!!!! {line} !!!!!!!!\n\n").as_bytes(),
-    );
-    if let Some(log) = std::env::var_os("KEEL_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            // One write(2) per line: parallel tests append to the same file.
-            let _ = f.write_all(format!("{line}\n").as_bytes());
-        }
-    }
+    skip_log::loud_skip(&format!("SKIP keel-sel4 sel4_e2e::{test}: {why}"));
 }
 
 fn cache() -> PathBuf {

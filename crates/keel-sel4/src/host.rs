@@ -520,6 +520,40 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
     })
 }
 
+/// Build the generic VMM protection domain (`keel-sel4-vmm`) for seL4 with cargo, in the
+/// workspace at `repo` and the target directory `target_dir`, and return the ELF's path.
+/// `Err` carries a one-line reason (cargo missing, the build failing).
+pub fn build_vmm_elf(repo: &Path, target_dir: &Path) -> Result<PathBuf, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(repo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "keel-sel4",
+            "--bin",
+            "keel-sel4-vmm",
+            "--release",
+            "--target",
+            "aarch64-unknown-none",
+        ])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .status()
+        .map_err(|e| {
+            format!(
+                "cannot run cargo to build the VMM ELF in {}: {e}",
+                repo.display()
+            )
+        })?;
+    if !status.success() {
+        return Err(format!(
+            "building keel-sel4-vmm failed ({status}); is the aarch64-unknown-none target installed?"
+        ));
+    }
+    Ok(target_dir.join("aarch64-unknown-none/release/keel-sel4-vmm"))
+}
+
 /// The QEMU command that boots `image` (board `qemu_virt_aarch64`).
 pub fn qemu_command(image: &Path, smp: u32) -> Command {
     let mut c = Command::new("qemu-system-aarch64");

@@ -66,25 +66,8 @@ fn target_dir() -> PathBuf {
 fn vmm_elf() -> PathBuf {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
     ELF.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "keel-sel4",
-                "--bin",
-                "keel-sel4-vmm",
-                "--release",
-                "--target",
-                "aarch64-unknown-none",
-            ])
-            .env("CARGO_TARGET_DIR", target_dir())
-            .status()
-            .expect("cargo");
-        assert!(status.success(), "building keel-sel4-vmm failed");
-        target_dir().join("aarch64-unknown-none/release/keel-sel4-vmm")
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        host::build_vmm_elf(&repo, &target_dir()).unwrap_or_else(|e| panic!("{e}"))
     })
     .clone()
 }

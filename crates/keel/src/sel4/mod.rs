@@ -7,7 +7,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use keel_sel4::abi::board;
@@ -172,34 +171,7 @@ pub fn build_vmm_elf() -> Result<PathBuf, Sel4Failure> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "keel-sel4",
-            "--bin",
-            "keel-sel4-vmm",
-            "--release",
-            "--target",
-            "aarch64-unknown-none",
-        ])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .status()
-        .map_err(|e| {
-            failure(format!(
-                "cannot run cargo to build the VMM ELF in {}: {e}",
-                root.display()
-            ))
-        })?;
-    if !status.success() {
-        return Err(failure(format!(
-            "building keel-sel4-vmm failed ({status}); is the aarch64-unknown-none target installed?"
-        )));
-    }
-    Ok(target_dir.join("aarch64-unknown-none/release/keel-sel4-vmm"))
+    host::build_vmm_elf(&root, &target_dir).map_err(failure)
 }
 
 /// `keel sel4 build`: returns the image path.

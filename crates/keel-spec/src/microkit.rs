@@ -37,6 +37,8 @@ pub struct MicrokitLayout {
     pub cores: u32,
     /// Most RAM one VM may have (the size of the VMM's window onto it).
     pub max_ram: u64,
+    /// Most vCPUs one VM may have (what the emulated GIC addresses: 8 for GICv2).
+    pub max_vcpus: u32,
     /// Console input for the first VM, if the board has a serial port to give.
     pub console_input: Option<ConsoleInput>,
 }
@@ -93,6 +95,16 @@ pub enum MicrokitError {
         size: u64,
         /// The limit.
         max: u64,
+    },
+    /// More vCPUs than the emulated GIC addresses.
+    #[error("VM {vm}: {vcpus} vCPUs; the seL4 backend's GICv2 serves at most {max}")]
+    TooManyVcpus {
+        /// VM name.
+        vm: String,
+        /// vCPUs asked for.
+        vcpus: u32,
+        /// The limit.
+        max: u32,
     },
     /// A vCPU is placed on a CPU the kernel does not run on.
     #[error(
@@ -210,6 +222,13 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
                 vm: vm.name.clone(),
                 size,
                 max: layout.max_ram,
+            });
+        }
+        if vm.vcpus > layout.max_vcpus {
+            return Err(MicrokitError::TooManyVcpus {
+                vm: vm.name.clone(),
+                vcpus: vm.vcpus,
+                max: layout.max_vcpus,
             });
         }
     }
@@ -339,6 +358,7 @@ mod tests {
             console_lock_vaddr: 0x3_0000_0000,
             cores: 1,
             max_ram: 4 << 30,
+            max_vcpus: 8,
             console_input: Some(ConsoleInput {
                 uart_paddr: 0x0900_0000,
                 uart_vaddr: 0x3_0001_0000,
@@ -508,6 +528,17 @@ mod tests {
             system_file(&system(vec![v]), &layout()),
             Err(MicrokitError::RamTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn more_vcpus_than_the_gic_serves_are_refused() {
+        let e = check(&system(vec![vm("big", 9)]), &layout_cores(16)).unwrap_err();
+
+        assert_eq!(
+            e.to_string(),
+            "VM big: 9 vCPUs; the seL4 backend's GICv2 serves at most 8"
+        );
+        assert!(check(&system(vec![vm("ok", 8)]), &layout_cores(16)).is_ok());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! portable crate unchanged; the KVM specifics stay in `hv.rs` and `vcpu.rs`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use keel_core::{Bus, ExitAnswer, HvError, SystemEvent, Vcpu, VcpuExit, VcpuId};
 
@@ -157,11 +157,10 @@ pub fn run_vcpu<V: Vcpu>(
     vcpu: &mut V,
     handler: &ExitHandler,
     stop: &dyn StopSink,
-    stopping: &AtomicBool,
 ) -> Result<Option<SystemEvent>, HvError> {
     let mut answer = ExitAnswer::None;
     loop {
-        if stopping.load(Ordering::Acquire) || stop.stopping() {
+        if stop.stopping() {
             return Ok(None);
         }
         let exit = vcpu.run(answer)?;

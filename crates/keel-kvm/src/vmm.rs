@@ -520,13 +520,11 @@ impl Vmm {
             .spawn(move || io::run(io_ctx))
             .map_err(|e| VmmError::Host(format!("cannot start the I/O thread: {e}")))?;
 
-        let stopping = Arc::new(AtomicBool::new(false));
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let (exited_tx, exited_rx) = mpsc::channel();
         for mut vcpu in vcpus {
             let handler = handler.clone();
             let control = control.clone();
-            let stopping = stopping.clone();
             let id = vcpu.id();
             let pcpu = pcpus.as_ref().and_then(|p| p.get(id as usize).copied());
             let exited = ExitNotice {
@@ -544,7 +542,7 @@ impl Vmm {
                             ));
                         }
                     }
-                    let result = run_vcpu(&mut vcpu, &handler, control.as_ref(), &stopping);
+                    let result = run_vcpu(&mut vcpu, &handler, control.as_ref());
                     match result {
                         Ok(Some(event)) => control.finish(Ok(event)),
                         Ok(None) => {}
@@ -563,8 +561,8 @@ impl Vmm {
         // every vCPU thread has left its loop.
         drop(exited_tx);
 
+        // `Control::finish` set `control.stopping` before waking us: the vCPU loops see it.
         let outcome = control.wait();
-        stopping.store(true, Ordering::Release);
         // Stop the I/O thread first: it ends on its own while the vCPUs are kicked.
         let _ = io_stop.write(1);
         kick_and_join(threads, &exited_rx);

@@ -59,27 +59,32 @@ pub fn report_device_errors(devices: &[PlacedDevice]) {
 pub fn run(ctx: IoContext) {
     let mut stdin_open = ctx.serial_input.is_some();
     let mut escape = Escape::default();
-    loop {
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(ctx.doorbells.len() + 2);
+    // Built once: the stop eventfd, the doorbells, then stdin (its fd becomes -1, which
+    // poll ignores, once stdin closes).
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(ctx.doorbells.len() + 2);
+    fds.push(libc::pollfd {
+        fd: ctx.stop.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    for d in &ctx.doorbells {
         fds.push(libc::pollfd {
-            fd: ctx.stop.as_raw_fd(),
+            fd: d.fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         });
-        for d in &ctx.doorbells {
-            fds.push(libc::pollfd {
-                fd: d.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        let stdin_index = fds.len();
-        if stdin_open {
-            fds.push(libc::pollfd {
-                fd: libc::STDIN_FILENO,
-                events: libc::POLLIN,
-                revents: 0,
-            });
+    }
+    let stdin_index = fds.len();
+    if stdin_open {
+        fds.push(libc::pollfd {
+            fd: libc::STDIN_FILENO,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    loop {
+        for fd in &mut fds {
+            fd.revents = 0;
         }
         // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ERROR_POLL_MS) };
@@ -100,13 +105,15 @@ pub fn run(ctx: IoContext) {
                 // Reading clears the counter; several guest notifications coalesce.
                 let _ = d.fd.read();
                 if let Some(dev) = ctx.devices.get(d.device) {
-                    dev.transport.lock().notify(d.queue);
-                    dev.report_error();
+                    dev.notify(d.queue);
                 }
             }
         }
         if stdin_open && fds[stdin_index].revents != 0 {
             stdin_open = forward_stdin(ctx.serial_input.as_ref(), &mut escape);
+            if !stdin_open {
+                fds[stdin_index].fd = -1;
+            }
             if escape.quit {
                 crate::log::info(format_args!("Ctrl-A x: stopping the VM"));
                 ctx.user_stop.guest_event(SystemEvent::Shutdown);

@@ -210,7 +210,23 @@ impl std::fmt::Debug for PlacedDevice {
 impl PlacedDevice {
     /// Log the device's pending error, if any, as one line.
     pub fn report_error(&self) {
-        if let Some(failure) = self.transport.lock().take_error() {
+        let failure = self.transport.lock().take_error();
+        self.log_error(failure);
+    }
+
+    /// Deliver a QueueNotify of `queue`, then log the device's pending error: one lock
+    /// of the transport for both.
+    pub fn notify(&self, queue: u16) {
+        let failure = {
+            let mut transport = self.transport.lock();
+            transport.notify(queue);
+            transport.take_error()
+        };
+        self.log_error(failure);
+    }
+
+    fn log_error(&self, failure: Option<DeviceFailure>) {
+        if let Some(failure) = failure {
             log::error(format_args!(
                 "{} {}: {}; device needs reset",
                 failure.device, self.label, failure.error

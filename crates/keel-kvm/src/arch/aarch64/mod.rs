@@ -158,8 +158,8 @@ pub fn virtio_slot(index: u32) -> Option<(u64, u64, u32)> {
 pub use keel_core::arch::aarch64::boot::LinuxLoadError as Arm64BootError;
 
 /// The platform a VM's device tree describes: `ram` regions, `vcpus`, `gic`, the 8250 UART,
-/// `virtio` virtio-mmio devices in the standard slots (in placement order), the command
-/// line, PSCI over `hvc` (KVM's in-kernel PSCI).
+/// the `virtio` virtio-mmio devices as placed (`(base, size, spi)`, in placement order),
+/// the command line, PSCI over `hvc` (KVM's in-kernel PSCI).
 ///
 /// The UART's SPI is declared edge-triggered: the vm-superio 8250 model signals each
 /// interrupt as an edge (as COM1's ISA IRQ on x86) and keeps no line level. Declared level,
@@ -169,7 +169,7 @@ pub fn platform(
     ram: &[(u64, u64)],
     vcpus: u32,
     gic: GicVersion,
-    virtio: u32,
+    virtio: &[(u64, u64, u32)],
     cmdline: &str,
 ) -> Arm64Platform {
     let mut p = Arm64Platform::new(0, vcpus, gic);
@@ -179,10 +179,15 @@ pub fn platform(
     if let Some(uart) = p.uart.as_mut() {
         uart.trigger = Trigger::Edge;
     }
-    for _ in 0..virtio {
-        // Callers place at most VIRTIO_MMIO_SLOTS devices (virtio_slot refuses more).
-        let _ = p.add_virtio();
-    }
+    p.virtio = virtio
+        .iter()
+        .map(|&(base, size, spi)| MmioDevice {
+            base,
+            size,
+            spi,
+            trigger: Trigger::Level,
+        })
+        .collect();
     p
 }
 
@@ -250,7 +255,7 @@ mod tests {
 
     #[test]
     fn gic_addresses_match_the_device_tree_layout() {
-        let p = platform(&[(RAM_BASE, 256 << 20)], 2, GicVersion::V3, 0, "");
+        let p = platform(&[(RAM_BASE, 256 << 20)], 2, GicVersion::V3, &[], "");
         let [(_, dist), (_, redist)] = vgic_addresses(GicVersion::V3);
         let [(dt_dist, _), (dt_redist, _)] = p.gic_regions();
 
@@ -260,17 +265,19 @@ mod tests {
 
     #[test]
     fn platform_lists_the_uart_and_virtio_slots_in_order() {
+        let placed: Vec<_> = (0..3).map(|i| virtio_slot(i).unwrap()).collect();
         let p = platform(
             &[(RAM_BASE, 256 << 20)],
             2,
             GicVersion::V3,
-            3,
+            &placed,
             "console=ttyS0",
         );
 
         assert_eq!(p.virtio.len(), 3);
         assert_eq!(p.virtio[2].base, 0x0a00_0400);
         assert_eq!(p.virtio[2].spi, 18);
+        assert_eq!(p.virtio[2].trigger, Trigger::Level);
         assert_eq!(
             p.uart.map(|u| (u.base, u.spi, u.trigger)),
             Some((0x0900_0000, 1, Trigger::Edge))

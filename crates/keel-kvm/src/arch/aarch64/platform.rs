@@ -47,17 +47,15 @@ pub(crate) fn load_guest(
     initrd: Option<&[u8]>,
     devices: &[PlacedDevice],
 ) -> Result<BootEntry, VmmError> {
+    // The device tree lists the devices where placement put them: one source of truth.
+    let virtio: Vec<_> = devices.iter().map(|d| (d.base, d.size, d.gsi)).collect();
     let mut platform = super::platform(
         &keel_spec::ram_layout(spec),
         spec.vcpus,
         vm.arch().gic(),
-        devices.len() as u32,
+        &virtio,
         &spec.cmdline,
     );
-    for (slot, placed) in platform.virtio.iter().zip(devices) {
-        // Placement and the device tree take the slots in the same order.
-        debug_assert_eq!((slot.base, slot.spi), (placed.base, placed.gsi));
-    }
     let loaded = load_linux(vm.ram(), &mut platform, kernel, initrd).map_err(|source| {
         VmmError::Arm64Boot {
             vm: spec.name.clone(),

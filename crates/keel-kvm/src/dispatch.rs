@@ -236,6 +236,8 @@ mod tests {
     #[test]
     fn unmapped_write_is_ignored() {
         let h = handler();
+        let read = |port| h.handle(0, VcpuExit::PioRead { port, len: 1 });
+        let mapped_before = read(0x3f8);
         assert_eq!(
             h.handle(
                 0,
@@ -247,6 +249,10 @@ mod tests {
             ),
             Next::Resume(ExitAnswer::None)
         );
+        assert_eq!(h.stats.pio_writes.load(Ordering::Relaxed), 1);
+        // Nothing took the write: the mapped port is unchanged, 0x80 still reads all ones.
+        assert_eq!(read(0x3f8), mapped_before);
+        assert_eq!(read(0x80), Next::Resume(ExitAnswer::Read(0xff)));
     }
 
     #[test]

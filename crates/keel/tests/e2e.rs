@@ -414,10 +414,7 @@ fn software_kvm_note_is_printed_once() {
     let run = run_system(&s, &system(&testguest(), 1, "keeltest=smp", ""), &[]);
     assert_eq!(run.status, 0, "{run:?}");
     let notes = run.stderr.matches("is a software KVM").count();
-    let software = std::fs::read_to_string("/proc/cpuinfo")
-        .map(|c| !c.contains(" vmx") && !c.contains(" svm"))
-        .unwrap_or(false)
-        || Path::new("/sys/module/kvm_pvm").exists();
+    let software = keel_kvm::host::is_software_kvm();
     assert_eq!(notes, usize::from(software), "{run:?}");
     let quiet = run_system(
         &s,

@@ -273,6 +273,30 @@ const SPIN_CMD: &str = "cs() { sed 's/ .*//; s/[.]//' /proc/uptime; }; \
     echo SPIN-ONE=$((t1-t0)) SPIN-TWO=$((t2-t1)); done; \
     grep -E 'CPU0|arch_timer|IPI0' /proc/interrupts";
 
+/// The per-CPU counts of the `arch_timer` line of `/proc/interrupts`
+/// (`11:  1234  5678  GICv2  27 Level  arch_timer`).
+fn arch_timer_counts(console: &str) -> Option<Vec<u64>> {
+    let line = console.lines().find(|l| {
+        l.contains("arch_timer")
+            && l.split_whitespace()
+                .next()
+                .is_some_and(|w| w.ends_with(':'))
+    })?;
+    Some(
+        line.split_whitespace()
+            .skip(1)
+            .map_while(|w| w.parse().ok())
+            .collect(),
+    )
+}
+
+/// The 32 hex digits of the guest's `RNG=` line (16 bytes of `/dev/hwrng`).
+fn rng_hex(console: &str) -> Option<&str> {
+    console
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("RNG="))
+}
+
 /// The best (smallest) `SPIN-ONE` and `SPIN-TWO` of the rounds.
 fn spin_times(console: &str) -> Option<(u64, u64)> {
     let mut best: Option<(u64, u64)> = None;
@@ -305,7 +329,7 @@ fn two_vcpu_guest_runs_its_vcpus_in_parallel_on_two_cores_and_uses_its_virtio_di
          echo keel-written-by-guest | dd of=/dev/vda bs=512 seek=8 conv=sync 2>/dev/null; sync; \
          echo 3 > /proc/sys/vm/drop_caches; \
          echo READBACK=$(dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c 21); \
-         echo NPROC=$(nproc); head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n'; echo; \
+         echo NPROC=$(nproc); echo RNG=$(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n'); \
          {SPIN_CMD}"
     );
     let extra = format!(
@@ -346,6 +370,21 @@ fn two_vcpu_guest_runs_its_vcpus_in_parallel_on_two_cores_and_uses_its_virtio_di
         "{console}"
     );
     assert!(console.contains("NPROC=2"), "{console}");
+    let rng = rng_hex(&console).unwrap_or_else(|| panic!("no RNG= line\n{console}"));
+    assert!(
+        rng.len() == 32 && rng.chars().all(|c| c.is_ascii_hexdigit()),
+        "virtio-rng gave {rng:?}, not 16 bytes in hex\n{console}"
+    );
+    assert!(
+        rng.chars().any(|c| c != '0'),
+        "virtio-rng gave only zeros\n{console}"
+    );
+    let timer = arch_timer_counts(&console)
+        .unwrap_or_else(|| panic!("no arch_timer line in /proc/interrupts\n{console}"));
+    assert!(
+        timer.len() == 2 && timer.iter().all(|&n| n > 0),
+        "arch_timer interrupts per CPU {timer:?}: each of the 2 vCPUs should have taken some\n{console}"
+    );
     let (one, two) = spin_times(&console).unwrap_or_else(|| panic!("no SPIN line\n{console}"));
     eprintln!("PARALLEL ({config}): one busy loop {one} cs, two at once {two} cs (best of 3)");
     assert!(

@@ -62,19 +62,6 @@ pub enum BuildError {
     /// The system has no seL4 form.
     #[error(transparent)]
     Microkit(#[from] keel_spec::microkit::MicrokitError),
-    /// Too many vCPUs for the emulated GICv2. No longer produced: `keel_spec::microkit::check`
-    /// refuses such a VM (`MicrokitError::TooManyVcpus`, `MicrokitLayout::max_vcpus`); kept
-    /// only because the `keel` CLI still matches on it.
-    #[error(
-        "VM {vm}: {vcpus} vCPUs; the seL4 backend's GICv2 serves at most {max}",
-        max = keel_core::arch::aarch64::layout::GICV2_MAX_VCPUS
-    )]
-    TooManyVcpus {
-        /// VM.
-        vm: String,
-        /// vCPUs asked for.
-        vcpus: u32,
-    },
     /// The payload does not fit below the VMM's RAM window.
     #[error("VM {vm}: kernel, initrd and disks take {size} bytes; at most {max} fit in the VMM")]
     PayloadTooLarge {

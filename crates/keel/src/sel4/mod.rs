@@ -212,7 +212,6 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf, Sel4Failure> {
         Ok(o) => Ok(o.image),
         Err(
             e @ (BuildError::Io { .. }
-            | BuildError::TooManyVcpus { .. }
             | BuildError::PayloadTooLarge { .. }
             | BuildError::Microkit(_)),
         ) => Err(input(e.to_string())),

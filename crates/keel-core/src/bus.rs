@@ -9,6 +9,8 @@ use alloc::vec::Vec;
 
 use spin::Mutex;
 
+use crate::hv::VcpuId;
+
 /// A device on a bus. `offset` is relative to the base of the device's range; `data.len()`
 /// is the access width (1, 2, 4 or 8 for CPU accesses). Both come from the guest: a device
 /// answers accesses it does not understand with zeros (reads) or ignores them (writes), it
@@ -18,6 +20,19 @@ pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     /// The guest writes `data` at `offset`.
     fn write(&mut self, offset: u64, data: &[u8]);
+
+    /// vCPU `vcpu` reads: banked devices (a GIC distributor's per-CPU registers) override
+    /// this; every other device sees [`BusDevice::read`].
+    fn read_by(&mut self, vcpu: VcpuId, offset: u64, data: &mut [u8]) {
+        let _ = vcpu;
+        self.read(offset, data)
+    }
+
+    /// vCPU `vcpu` writes: see [`BusDevice::read_by`].
+    fn write_by(&mut self, vcpu: VcpuId, offset: u64, data: &[u8]) {
+        let _ = vcpu;
+        self.write(offset, data)
+    }
 }
 
 /// A device shared between the bus and whoever else drives it (an I/O thread, a backend).
@@ -128,6 +143,20 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), BusError> {
         let (dev, off) = self.resolve(addr, data.len())?;
         dev.lock().write(off, data);
+        Ok(())
+    }
+
+    /// Dispatch a read made by `vcpu` (banked devices see who reads).
+    pub fn read_by(&self, vcpu: VcpuId, addr: u64, data: &mut [u8]) -> Result<(), BusError> {
+        let (dev, off) = self.resolve(addr, data.len())?;
+        dev.lock().read_by(vcpu, off, data);
+        Ok(())
+    }
+
+    /// Dispatch a write made by `vcpu`.
+    pub fn write_by(&self, vcpu: VcpuId, addr: u64, data: &[u8]) -> Result<(), BusError> {
+        let (dev, off) = self.resolve(addr, data.len())?;
+        dev.lock().write_by(vcpu, off, data);
         Ok(())
     }
 }

@@ -229,6 +229,46 @@ pub trait Vcpu: Send {
     fn run(&mut self, answer: ExitAnswer) -> Result<VcpuExit, HvError>;
 }
 
+/// How the backend lets a vCPU go on after the VMM handled its exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Complete the exit with this answer and run the vCPU.
+    Run(ExitAnswer),
+    /// Complete the exit with this answer, then let the vCPU wait until an interrupt is
+    /// pending for it (`WFI`, PSCI `CPU_SUSPEND`). A backend whose hypervisor waits by
+    /// itself (KVM) just runs it.
+    WaitForInterrupt(ExitAnswer),
+    /// Do not run the vCPU again until it is started (PSCI `CPU_OFF`), or ever (the VM
+    /// stopped).
+    Park,
+}
+
+/// What a per-VM exit source delivers: a vCPU's exit, or host events for devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmEvent {
+    /// vCPU `vcpu` exited; answer it with [`VmExits::complete`].
+    Exit {
+        /// The vCPU.
+        vcpu: VcpuId,
+        /// What it did.
+        exit: VcpuExit,
+    },
+    /// Host events arrived (on seL4: the Microkit channels that were notified, one bit
+    /// each); the VMM hands them to the devices that wait on them.
+    Notified(u64),
+}
+
+/// The exits of all vCPUs of a VM from one place: the shape of a hypervisor whose VMM is
+/// one single-threaded event loop (seL4's fault endpoint). [`Vcpu::run`] is the shape of a
+/// hypervisor with a thread per vCPU (KVM). The VMM's handlers are the same for both:
+/// they take `(VcpuId, VcpuExit)`.
+pub trait VmExits {
+    /// Wait for the next event.
+    fn next(&mut self) -> Result<VmEvent, HvError>;
+    /// Let `vcpu` go on after its last [`VmEvent::Exit`].
+    fn complete(&mut self, vcpu: VcpuId, resume: Resume) -> Result<(), HvError>;
+}
+
 /// A description of the VM a backend creates: sizes only, never host paths.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
@@ -252,6 +292,25 @@ pub trait Vm: Send + Sync {
     /// An interrupt line into the guest's interrupt controller, for device interrupt `irq`
     /// (a GSI on x86, an SPI number on arm64). Devices keep the returned handle.
     fn irq_line(&self, irq: u32) -> Result<Arc<dyn IrqLine>, HvError>;
+
+    /// Start vCPU `id` at `entry` (PSCI `CPU_ON` handled by the VMM). Backends whose
+    /// hypervisor does this itself (KVM's in-kernel PSCI) leave the default.
+    fn start_vcpu(&self, id: VcpuId, entry: &BootEntry) -> Result<(), HvError> {
+        let _ = (id, entry);
+        Err(HvError::Unsupported {
+            backend: "this",
+            what: "starting a vCPU from the VMM",
+        })
+    }
+
+    /// Stop vCPU `id` until it is started again (PSCI `CPU_OFF`, a VM reset).
+    fn stop_vcpu(&self, id: VcpuId) -> Result<(), HvError> {
+        let _ = id;
+        Err(HvError::Unsupported {
+            backend: "this",
+            what: "stopping a vCPU from the VMM",
+        })
+    }
 }
 
 /// A hypervisor: something that can create VMs.

@@ -28,6 +28,9 @@ pub mod irq;
 pub mod memory;
 
 pub use bus::{Bus, BusDevice, BusError};
-pub use hv::{BootEntry, ExitAnswer, HvError, Hypervisor, SystemEvent, Vcpu, VcpuExit, VcpuId, Vm};
+pub use hv::{
+    BootEntry, ExitAnswer, HvError, Hypervisor, Resume, SystemEvent, Vcpu, VcpuExit, VcpuId, Vm,
+    VmEvent, VmExits,
+};
 pub use irq::IrqLine;
 pub use memory::{GuestAddress, GuestMemory, GuestMemoryError, GuestRam};

@@ -9,9 +9,8 @@
 //! Every error is a [`SpecError`] whose `Display` is one line naming the place in the file,
 //! e.g. `vm "web": vcpus: 0 is out of range (1..=64)`.
 //!
-//! Planned, not here yet: Microkit system-file generation (`keel sel4 build`) belongs in a
-//! `microkit` module of this crate, built from [`System`] and [`ram_layout`] so that the KVM and
-//! seL4 backends share one memory plan.
+//! [`plan`] turns a validated [`System`] into the plan both backends build from (device
+//! slots, interrupts, RAM, placement); [`microkit`] renders its seL4 form.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]
 
@@ -22,6 +21,7 @@ mod kernel;
 mod layout;
 pub mod microkit;
 mod model;
+pub mod plan;
 mod size;
 mod validate;
 
@@ -39,6 +39,7 @@ pub use model::{
     Arch, ConsoleSpec, DiskSpec, HostPath, Memory, Output, OutputKind, Placement, RamRegion,
     System, VmSpec,
 };
+pub use plan::{DeviceKind, DevicePlan, DiskPlan, SystemPlan, VmPlan};
 pub use size::{SizeDisplay, parse_size};
 pub use validate::limits;
 

@@ -55,6 +55,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod block;
+mod boxed;
 pub mod console;
 pub mod device;
 #[cfg(feature = "std")]

@@ -274,7 +274,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
-    fn reset(&mut self) {
+    /// Back to the power-on state, as when the driver writes status 0 (also a VM reset:
+    /// the device model keeps its backend).
+    pub fn reset(&mut self) {
         if self.active {
             self.device.reset();
         }

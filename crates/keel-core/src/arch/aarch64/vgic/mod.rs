@@ -52,6 +52,12 @@ pub trait VgicHost {
 
     /// `vcpu` has a new interrupt in a list register: resume it if it waits for one.
     fn kick(&mut self, vcpu: VcpuId);
+
+    /// The guest completed virtual PPI `intid` on `vcpu` (its timer): the hypervisor may
+    /// signal it again (seL4: `seL4_ARM_VCPU_AckVPPI`). Nothing by default.
+    fn ack_ppi(&mut self, vcpu: VcpuId, intid: u32) {
+        let _ = (vcpu, intid);
+    }
 }
 
 /// Why a distributor cannot be built as asked.

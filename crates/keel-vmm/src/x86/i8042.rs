@@ -4,11 +4,11 @@
 //! Placed on the bus at 0x60 (data, offset 0) and 0x64 (command/status, offset 4) as one
 //! 5-byte range.
 
-use std::sync::Arc;
+use alloc::sync::Arc;
 
 use keel_core::{BusDevice, SystemEvent};
 
-use crate::dispatch::StopSink;
+use crate::stop::StopSink;
 
 /// Offset of the data port (0x60) in the device's range.
 pub const DATA: u64 = 0;
@@ -24,8 +24,8 @@ pub struct I8042 {
     stop: Arc<dyn StopSink>,
 }
 
-impl std::fmt::Debug for I8042 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for I8042 {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("I8042")
     }
 }
@@ -58,7 +58,7 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::debug_exit::tests::Recorder;
+    use crate::x86::debug_exit::tests::Recorder;
 
     #[test]
     fn reset_command_requests_a_reboot() {

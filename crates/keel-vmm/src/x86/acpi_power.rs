@@ -6,35 +6,37 @@
 //! to the sleep control register, and resets by writing the FADT's reset value to the reset
 //! register. Both stop the VM through the same [`StopSink`] as the debug-exit port.
 
-use std::sync::Arc;
+use alloc::sync::Arc;
 
 use keel_core::arch::x86_64::acpi::{
     RESET_OFFSET, RESET_VALUE, S5_SLP_TYP, SLEEP_CONTROL_OFFSET, requested_sleep_type,
 };
 use keel_core::{BusDevice, SystemEvent};
 
-use crate::dispatch::StopSink;
-use crate::log;
+use crate::stop::StopSink;
+use crate::log::{Level, Log};
 
 /// The power-management device.
 pub struct AcpiPower {
     stop: Arc<dyn StopSink>,
+    log: Log,
     /// Whether an unsupported sleep request has been logged (once: the guest controls
     /// how often it writes).
     warned: bool,
 }
 
-impl std::fmt::Debug for AcpiPower {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for AcpiPower {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("AcpiPower")
     }
 }
 
 impl AcpiPower {
-    /// A device that reports power-off and reset to `stop`.
-    pub fn new(stop: Arc<dyn StopSink>) -> AcpiPower {
+    /// A device that reports power-off and reset to `stop` and what it ignores to `log`.
+    pub fn new(stop: Arc<dyn StopSink>, log: Log) -> AcpiPower {
         AcpiPower {
             stop,
+            log,
             warned: false,
         }
     }
@@ -56,7 +58,7 @@ impl BusDevice for AcpiPower {
                 Some(S5_SLP_TYP) => self.stop.guest_event(SystemEvent::Shutdown),
                 Some(other) if !self.warned => {
                     self.warned = true;
-                    log::warn(format_args!(
+                    self.log.log(Level::Warn, format_args!(
                         "guest asked for ACPI sleep type {other} (sleep control {value:#04x}); \
                          Keel offers only S5 (type {S5_SLP_TYP}); ignored (logged once)"
                     ));
@@ -66,7 +68,7 @@ impl BusDevice for AcpiPower {
                 Some(_) | None => {}
             },
             RESET_OFFSET if value == RESET_VALUE => self.stop.guest_event(SystemEvent::Reset),
-            RESET_OFFSET => log::debug(format_args!(
+            RESET_OFFSET => self.log.log(Level::Debug, format_args!(
                 "ACPI reset register written with {value:#04x}, not the reset value \
                  {RESET_VALUE:#04x}; ignored"
             )),
@@ -79,12 +81,12 @@ impl BusDevice for AcpiPower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::debug_exit::tests::Recorder;
+    use crate::x86::debug_exit::tests::Recorder;
     use keel_core::arch::x86_64::acpi::{SLEEP_STATUS_OFFSET, SLP_EN, SLP_TYP_SHIFT};
 
     fn device() -> (Arc<Recorder>, AcpiPower) {
         let rec = Arc::new(Recorder::default());
-        let dev = AcpiPower::new(rec.clone());
+        let dev = AcpiPower::new(rec.clone(), Arc::new(crate::log::NullLog));
         (rec, dev)
     }
 

@@ -1,19 +1,19 @@
 //! The debug-exit port (QEMU's `isa-debug-exit` at 0xf4): a byte V written here stops the
 //! VM, and `keel run` exits with status V.
 
-use std::sync::Arc;
+use alloc::sync::Arc;
 
 use keel_core::{BusDevice, SystemEvent};
 
-use crate::dispatch::StopSink;
+use crate::stop::StopSink;
 
 /// The debug-exit device.
 pub struct DebugExit {
     stop: Arc<dyn StopSink>,
 }
 
-impl std::fmt::Debug for DebugExit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for DebugExit {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("DebugExit")
     }
 }

@@ -1,0 +1,55 @@
+//! Boxed backends are backends: a VMM that picks backends at run time (a file on Linux, a
+//! memory region on seL4) keeps one device type, `Block<Box<dyn BlockBackend>>`.
+
+use alloc::boxed::Box;
+
+use crate::block::{BlockBackend, BlockError, GuestIoSlice, Vectored};
+use crate::console::ConsoleOutput;
+use crate::rng::{EntropyError, EntropySource};
+
+impl<T: BlockBackend + ?Sized> BlockBackend for Box<T> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_only(&self) -> bool {
+        (**self).read_only()
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        (**self).read_at(offset, buf)
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError> {
+        (**self).write_at(offset, data)
+    }
+    fn flush(&mut self) -> Result<(), BlockError> {
+        (**self).flush()
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), BlockError> {
+        (**self).discard(offset, len)
+    }
+    fn read_vectored_at(
+        &mut self,
+        offset: u64,
+        bufs: &[GuestIoSlice],
+    ) -> Result<Vectored, BlockError> {
+        (**self).read_vectored_at(offset, bufs)
+    }
+    fn write_vectored_at(
+        &mut self,
+        offset: u64,
+        bufs: &[GuestIoSlice],
+    ) -> Result<Vectored, BlockError> {
+        (**self).write_vectored_at(offset, bufs)
+    }
+}
+
+impl<T: ConsoleOutput + ?Sized> ConsoleOutput for Box<T> {
+    fn write(&mut self, bytes: &[u8]) {
+        (**self).write(bytes)
+    }
+}
+
+impl<T: EntropySource + ?Sized> EntropySource for Box<T> {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError> {
+        (**self).fill(buf)
+    }
+}

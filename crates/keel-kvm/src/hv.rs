@@ -188,6 +188,19 @@ impl KvmVm {
         &self.arch
     }
 
+    /// The GIC the guest's device tree must describe (arm64); x86 has none, and the value
+    /// is not used there.
+    pub fn gic_version(&self) -> keel_core::arch::aarch64::layout::GicVersion {
+        #[cfg(target_arch = "aarch64")]
+        {
+            self.arch.gic()
+        }
+        #[cfg(not(target_arch = "aarch64"))]
+        {
+            keel_core::arch::aarch64::layout::GicVersion::V2
+        }
+    }
+
     /// Finish the interrupt controller once every vCPU exists (arm64: the vGIC's number of
     /// interrupts and `CTRL_INIT`; nothing on x86). Call before the first vCPU runs.
     pub fn complete_irqchip(&self) -> Result<(), HvError> {

@@ -8,9 +8,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use keel_core::SystemEvent;
 
-use crate::devices::SerialDevice;
-use crate::dispatch::StopSink;
-use crate::vmm::PlacedDevice;
+use keel_vmm::{StopSink, VmmCore};
 
 /// One doorbell: the eventfd KVM signals for a QueueNotify of `queue` on device `device`.
 #[derive(Debug)]
@@ -25,12 +23,12 @@ pub struct Doorbell {
 
 /// What the I/O thread serves.
 pub struct IoContext {
-    /// Virtio devices (for notifications and their errors).
-    pub devices: Vec<PlacedDevice>,
+    /// The VM's devices (notifications, their errors, the UART).
+    pub core: Arc<VmmCore>,
     /// The doorbells.
     pub doorbells: Vec<Doorbell>,
-    /// Serial port receiving host stdin, if the serial is on stdio.
-    pub serial_input: Option<Arc<spin::Mutex<SerialDevice>>>,
+    /// Whether host stdin goes to the UART (the serial is on stdio).
+    pub serial_input: bool,
     /// Written to stop the thread.
     pub stop: Arc<EventFd>,
     /// Where the user's Ctrl-A x (on the serial console) stops the VM.
@@ -48,16 +46,9 @@ impl std::fmt::Debug for IoContext {
 /// How often device errors are looked for when nothing else happens.
 const ERROR_POLL_MS: i32 = 100;
 
-/// Log the pending error of every device.
-pub fn report_device_errors(devices: &[PlacedDevice]) {
-    for d in devices {
-        d.report_error();
-    }
-}
-
 /// Run the I/O loop until `ctx.stop` is written.
 pub fn run(ctx: IoContext) {
-    let mut stdin_open = ctx.serial_input.is_some();
+    let mut stdin_open = ctx.serial_input;
     let mut escape = Escape::default();
     // Built once: the stop eventfd, the doorbells, then stdin (its fd becomes -1, which
     // poll ignores, once stdin closes).
@@ -97,20 +88,18 @@ pub fn run(ctx: IoContext) {
             return;
         }
         if fds[0].revents != 0 {
-            report_device_errors(&ctx.devices);
+            ctx.core.report_device_errors();
             return;
         }
         for (i, d) in ctx.doorbells.iter().enumerate() {
             if fds[i + 1].revents & libc::POLLIN != 0 {
                 // Reading clears the counter; several guest notifications coalesce.
                 let _ = d.fd.read();
-                if let Some(dev) = ctx.devices.get(d.device) {
-                    dev.notify(d.queue);
-                }
+                ctx.core.notify(d.device, d.queue);
             }
         }
         if stdin_open && fds[stdin_index].revents != 0 {
-            stdin_open = forward_stdin(ctx.serial_input.as_ref(), &mut escape);
+            stdin_open = forward_stdin(&ctx.core, &mut escape);
             if !stdin_open {
                 fds[stdin_index].fd = -1;
             }
@@ -120,7 +109,7 @@ pub fn run(ctx: IoContext) {
             }
         }
         if n == 0 {
-            report_device_errors(&ctx.devices);
+            ctx.core.report_device_errors();
         }
     }
 }
@@ -159,10 +148,7 @@ impl Escape {
 }
 
 /// Move what stdin has to the serial port. Returns whether stdin stays open.
-fn forward_stdin(serial: Option<&Arc<spin::Mutex<SerialDevice>>>, escape: &mut Escape) -> bool {
-    let Some(serial) = serial else {
-        return false;
-    };
+fn forward_stdin(core: &VmmCore, escape: &mut Escape) -> bool {
     let mut buf = [0u8; 64];
     // SAFETY: reading into a valid buffer of `buf.len()` bytes.
     let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
@@ -171,7 +157,7 @@ fn forward_stdin(serial: Option<&Arc<spin::Mutex<SerialDevice>>>, escape: &mut E
     }
     // The 16550 FIFO holds 64 bytes; what does not fit is dropped, as a real UART would.
     let bytes = escape.filter(&buf[..n as usize]);
-    let _ = serial.lock().input(&bytes);
+    let _ = core.serial().lock().input(&bytes);
     true
 }
 

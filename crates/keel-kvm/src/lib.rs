@@ -21,8 +21,6 @@ compile_error!("keel-kvm supports Linux on x86_64 and aarch64 only");
 pub mod arch;
 #[cfg(target_arch = "x86_64")]
 pub mod cpuid;
-pub mod devices;
-pub mod dispatch;
 pub mod host;
 pub mod hv;
 pub mod io;

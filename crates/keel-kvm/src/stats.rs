@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::dispatch::ExitStats;
+use keel_vmm::ExitStats;
 
 /// What a run measured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

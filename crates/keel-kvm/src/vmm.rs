@@ -10,21 +10,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keel_core::arch::x86_64::BootError;
-use keel_core::bus::SharedDevice;
 use keel_core::hv::VmConfig;
 use keel_core::{BootEntry, HvError, Hypervisor, SystemEvent, Vcpu, Vm};
-use keel_spec::{Arch, Output, VmSpec};
-use keel_virtio::{
-    Block, Console, ConsoleOutput, DeviceFailure, FileBackend, MmioTransport, OsEntropy, Rng,
-    VirtioDevice,
+use keel_spec::{Arch, Output, VmPlan, VmSpec};
+use keel_virtio::{BlockBackend, ConsoleOutput, EntropySource, FileBackend, OsEntropy};
+use keel_vmm::{
+    BackendError, DeviceBackends, Interrupts, LogSink, PlacedDevice, SerialOutput, StopSink,
+    VmmCore, run_vcpu,
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::aarch64::Arm64BootError;
-use crate::arch::platform;
-use crate::devices::SerialDevice;
-use crate::dispatch::{ExitHandler, ExitStats, StopSink, run_vcpu};
 use crate::hv::{KvmHypervisor, KvmVm};
 use crate::io::{self, Doorbell, IoContext};
 use crate::stats::RunStats;
@@ -47,25 +42,15 @@ pub enum VmmError {
         /// The OS's reason.
         reason: String,
     },
-    /// The kernel or initrd could not be loaded (x86).
+    /// The kernel, initrd or firmware description could not be loaded.
     #[error("vm {vm:?}: kernel {path}: {source}")]
-    Boot {
+    Load {
         /// The VM.
         vm: String,
         /// The kernel path.
         path: String,
         /// What the loader said.
-        source: BootError,
-    },
-    /// The kernel `Image`, initrd or device tree could not be loaded (arm64).
-    #[error("vm {vm:?}: kernel {path}: {source}")]
-    Arm64Boot {
-        /// The VM.
-        vm: String,
-        /// The kernel path.
-        path: String,
-        /// What the loader said.
-        source: Arm64BootError,
+        source: keel_vmm::LoadError,
     },
     /// The spec asks for something this backend does not do.
     #[error("vm {vm:?}: {what}")]
@@ -89,10 +74,7 @@ impl VmmError {
     pub fn is_input_error(&self) -> bool {
         matches!(
             self,
-            VmmError::HostFile { .. }
-                | VmmError::Boot { .. }
-                | VmmError::Arm64Boot { .. }
-                | VmmError::Unsupported { .. }
+            VmmError::HostFile { .. } | VmmError::Load { .. } | VmmError::Unsupported { .. }
         )
     }
 }
@@ -152,86 +134,13 @@ impl RunReport {
 /// A VM whose vCPU and I/O threads have ended: the KVM VM (its fd, guest RAM) and
 /// everything that holds a reference to it (interrupt lines inside the devices).
 struct StoppedVm {
-    _vm: KvmVm,
-    _handler: Arc<ExitHandler>,
-    _devices: Vec<PlacedDevice>,
-    _serial: Arc<spin::Mutex<SerialDevice>>,
+    _vm: Arc<KvmVm>,
+    _core: Arc<VmmCore>,
 }
 
 impl std::fmt::Debug for StoppedVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("StoppedVm")
-    }
-}
-
-/// A virtio-mmio transport seen through what the VMM needs of it besides the bus.
-pub trait VirtioSlot: Send {
-    /// Deliver a queue notification.
-    fn notify(&mut self, queue: u16);
-    /// The error that put the device into NEEDS_RESET, once.
-    fn take_error(&mut self) -> Option<DeviceFailure>;
-    /// How many queues the device has.
-    fn num_queues(&self) -> usize;
-}
-
-impl<D: VirtioDevice> VirtioSlot for MmioTransport<D> {
-    fn notify(&mut self, queue: u16) {
-        MmioTransport::notify(self, queue);
-    }
-    fn take_error(&mut self) -> Option<DeviceFailure> {
-        MmioTransport::take_error(self)
-    }
-    fn num_queues(&self) -> usize {
-        self.device().queue_max_sizes().len()
-    }
-}
-
-/// A virtio device placed in the VM.
-#[derive(Clone)]
-pub struct PlacedDevice {
-    /// `virtio-blk 0 (disk "data")`-style name for logs, without the device-kind prefix.
-    pub label: String,
-    /// Its transport.
-    pub transport: Arc<spin::Mutex<dyn VirtioSlot>>,
-    /// Its MMIO base.
-    pub base: u64,
-    /// Its MMIO window size.
-    pub size: u64,
-    /// Its interrupt: the GSI on x86, the SPI number on arm64.
-    pub gsi: u32,
-}
-
-impl std::fmt::Debug for PlacedDevice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} at {:#x} gsi {}", self.label, self.base, self.gsi)
-    }
-}
-
-impl PlacedDevice {
-    /// Log the device's pending error, if any, as one line.
-    pub fn report_error(&self) {
-        let failure = self.transport.lock().take_error();
-        self.log_error(failure);
-    }
-
-    /// Deliver a QueueNotify of `queue`, then log the device's pending error: one lock
-    /// of the transport for both.
-    pub fn notify(&self, queue: u16) {
-        let failure = {
-            let mut transport = self.transport.lock();
-            transport.notify(queue);
-            transport.take_error()
-        };
-        self.log_error(failure);
-    }
-
-    fn log_error(&self, failure: Option<DeviceFailure>) {
-        if let Some(failure) = failure {
-            log::error(format_args!(
-                "{} {}: {}; device needs reset",
-                failure.device, self.label, failure.error
-            ));
-        }
     }
 }
 
@@ -250,15 +159,6 @@ fn open_output(output: &Output, what: &str) -> Result<Box<dyn Write + Send>, Vmm
             )
         }
     })
-}
-
-/// virtio-console output to a host writer.
-struct HostConsoleOutput(Box<dyn Write + Send>);
-
-impl ConsoleOutput for HostConsoleOutput {
-    fn write(&mut self, bytes: &[u8]) {
-        let _ = self.0.write_all(bytes).and_then(|()| self.0.flush());
-    }
 }
 
 /// The stop state shared by devices, vCPU threads and the main thread.
@@ -299,60 +199,98 @@ impl StopSink for Control {
     }
 }
 
-/// Places virtio-mmio devices in the platform's slots, in order (x86: window `i` at
-/// 0xd000_0000 + i * 0x1000, GSI 5 + i; arm64: 0x0a00_0000 + i * 0x200, SPI 16 + i). The
-/// platform then tells the guest where they are (command line, device tree).
-struct Placer<'a> {
-    vm: &'a KvmVm,
-    vm_name: &'a str,
-    handler: &'a mut ExitHandler,
-    devices: Vec<PlacedDevice>,
+/// virtio-console output to a host writer.
+struct HostConsoleOutput(Box<dyn Write + Send>);
+
+impl ConsoleOutput for HostConsoleOutput {
+    fn write(&mut self, bytes: &[u8]) {
+        let _ = self.0.write_all(bytes).and_then(|()| self.0.flush());
+    }
 }
 
-impl Placer<'_> {
-    fn place<D: VirtioDevice + 'static>(
+/// The UART's output to a host writer, byte by byte as the guest transmits.
+struct HostSerialOutput(Box<dyn Write + Send>);
+
+impl SerialOutput for HostSerialOutput {
+    fn write(&mut self, byte: u8) {
+        let _ = self.0.write_all(&[byte]).and_then(|()| self.0.flush());
+    }
+}
+
+/// The host resources of a VM's devices on Linux: disk files, console outputs, the OS's
+/// entropy.
+struct LinuxBackends<'a> {
+    spec: &'a VmSpec,
+}
+
+impl DeviceBackends for LinuxBackends<'_> {
+    fn block(&mut self, _plan: &VmPlan, disk: usize) -> Result<Box<dyn BlockBackend>, BackendError> {
+        let d = self
+            .spec
+            .disks
+            .get(disk)
+            .ok_or_else(|| BackendError::Unavailable(format!("no disk {disk}")))?;
+        let backend = FileBackend::open(d.path.as_path(), d.read_only).map_err(|e| {
+            BackendError::HostFile {
+                what: format!("disk {disk}"),
+                path: d.path.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Box::new(backend))
+    }
+
+    fn console(
         &mut self,
-        label: String,
-        device: D,
-    ) -> Result<(), VmmError> {
-        let index = self.devices.len() as u32;
-        let Some((base, size, gsi)) = platform::virtio_slot(index) else {
-            return Err(VmmError::Unsupported {
-                vm: self.vm_name.to_string(),
-                what: format!("more than {index} virtio devices"),
-            });
-        };
-        let irq = self.vm.irq_line(gsi)?;
-        let transport = Arc::new(spin::Mutex::new(MmioTransport::new(
-            device,
-            self.vm.ram().clone(),
-            irq,
-        )));
-        let bus_device: SharedDevice = transport.clone();
-        self.handler
-            .mmio
-            .insert(base, size, bus_device)
-            .map_err(|e| VmmError::Host(format!("MMIO bus: {e}")))?;
-        self.devices.push(PlacedDevice {
-            label,
-            transport,
-            base,
-            size,
-            gsi,
-        });
-        Ok(())
+        _plan: &VmPlan,
+        port: usize,
+    ) -> Result<Box<dyn ConsoleOutput>, BackendError> {
+        let c = self
+            .spec
+            .consoles
+            .get(port)
+            .ok_or_else(|| BackendError::Unavailable(format!("no console {port}")))?;
+        let out = open_output(&c.output, &format!("console {port} output")).map_err(|e| match e {
+            VmmError::HostFile { what, path, reason } => {
+                BackendError::HostFile { what, path, reason }
+            }
+            other => BackendError::Unavailable(other.to_string()),
+        })?;
+        Ok(Box::new(HostConsoleOutput(out)))
+    }
+
+    fn entropy(&mut self, _plan: &VmPlan) -> Result<Box<dyn EntropySource>, BackendError> {
+        let source = OsEntropy::open().map_err(|e| BackendError::HostFile {
+            what: "entropy source".into(),
+            path: "/dev/urandom".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Box::new(source))
+    }
+}
+
+/// keel-kvm's log as a VMM log sink: `keel: …` lines on stderr.
+#[derive(Debug)]
+struct StderrLog;
+
+impl LogSink for StderrLog {
+    fn log(&self, level: keel_vmm::Level, args: std::fmt::Arguments<'_>) {
+        match level {
+            keel_vmm::Level::Error => log::error(args),
+            keel_vmm::Level::Warn => log::warn(args),
+            keel_vmm::Level::Info => log::info(args),
+            keel_vmm::Level::Debug => log::debug(args),
+        }
     }
 }
 
 /// A built VM, ready to run.
 pub struct Vmm {
     name: String,
-    vm: KvmVm,
+    vm: Arc<KvmVm>,
     vcpus: Vec<KvmVcpu>,
-    handler: Arc<ExitHandler>,
-    devices: Vec<PlacedDevice>,
+    core: Arc<VmmCore>,
     doorbells: Vec<Doorbell>,
-    serial: Arc<spin::Mutex<SerialDevice>>,
     serial_on_stdio: bool,
     control: Arc<Control>,
     started: Instant,
@@ -364,7 +302,7 @@ impl std::fmt::Debug for Vmm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vmm")
             .field("name", &self.name)
-            .field("devices", &self.devices)
+            .field("devices", &self.core.devices())
             .finish()
     }
 }
@@ -378,10 +316,16 @@ fn read_file(what: &str, path: &keel_spec::HostPath) -> Result<Vec<u8>, VmmError
 }
 
 impl Vmm {
-    /// Build the VM `spec` describes: memory, kernel, devices, vCPUs.
+    /// Build the VM `spec` describes: memory, kernel, devices, vCPUs. The devices, their
+    /// slots and interrupts, the firmware description and exit handling are keel-vmm's,
+    /// from the spec's plan; this adds KVM and the Linux host resources.
     pub fn from_spec(spec: &VmSpec) -> Result<Vmm, VmmError> {
         let started = Instant::now();
         check_arch(spec)?;
+        let plan = keel_spec::plan::plan_vm(spec).map_err(|e| VmmError::Unsupported {
+            vm: spec.name.clone(),
+            what: e.to_string(),
+        })?;
         let kernel = read_file("kernel", &spec.kernel)?;
         let initrd = match &spec.initrd {
             Some(p) => Some(read_file("initrd", p)?),
@@ -389,66 +333,37 @@ impl Vmm {
         };
 
         let hv = KvmHypervisor::new()?;
-        let vm = hv.create_vm(&VmConfig {
-            ram: keel_spec::ram_layout(spec),
-            vcpus: spec.vcpus,
-        })?;
+        let vm = Arc::new(hv.create_vm(&VmConfig {
+            ram: plan.ram.clone(),
+            vcpus: plan.vcpus,
+        })?);
         let control = Arc::new(Control::default());
         let stop: Arc<dyn StopSink> = control.clone();
-
-        // Legacy devices: COM1 (and the i8042, debug exit) on x86's port bus, the UART on
-        // arm64's MMIO bus.
-        let mut handler = ExitHandler {
-            stats: Arc::new(ExitStats::default()),
-            ..ExitHandler::default()
-        };
-        let serial = Arc::new(spin::Mutex::new(SerialDevice::new(
-            vm.irq_line(platform::SERIAL_IRQ)?,
-            open_output(&spec.serial, "serial output")?,
-        )));
-        platform::place_legacy(&mut handler, serial.clone(), &stop)?;
-
-        // Virtio devices: disks, then consoles, then the rng, one window each.
-        let mut placer = Placer {
-            vm: &vm,
-            vm_name: &spec.name,
-            handler: &mut handler,
-            devices: Vec::new(),
-        };
-        for (i, disk) in spec.disks.iter().enumerate() {
-            let backend = FileBackend::open(disk.path.as_path(), disk.read_only).map_err(|e| {
-                VmmError::HostFile {
-                    what: format!("disk {i}"),
-                    path: disk.path.to_string(),
-                    reason: e.to_string(),
-                }
-            })?;
-            let id = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
-            placer.place(format!("{i} (disk {id:?})"), Block::new(backend, &id))?;
-        }
-        for (i, console) in spec.consoles.iter().enumerate() {
-            let out = open_output(&console.output, &format!("console {i} output"))?;
-            placer.place(
-                format!("{i} (console {})", console.output),
-                Console::new(HostConsoleOutput(out)),
-            )?;
-        }
-        if spec.rng {
-            let source = OsEntropy::open().map_err(|e| VmmError::HostFile {
-                what: "entropy source".into(),
-                path: "/dev/urandom".into(),
-                reason: e.to_string(),
-            })?;
-            placer.place("0 (rng)".into(), Rng::new(source))?;
-        }
-        let devices = placer.devices;
+        let serial_out = HostSerialOutput(open_output(&spec.serial, "serial output")?);
+        let core = VmmCore::build(
+            &plan,
+            vm.as_ref(),
+            Interrupts::InKernel,
+            &mut LinuxBackends { spec },
+            Box::new(serial_out),
+            stop,
+            Arc::new(StderrLog),
+        )
+        .map_err(|e| match e {
+            keel_vmm::BuildError::Backend {
+                source: BackendError::HostFile { what, path, reason },
+                ..
+            } => VmmError::HostFile { what, path, reason },
+            keel_vmm::BuildError::Hypervisor(e) => VmmError::Hypervisor(e),
+            other => VmmError::Host(other.to_string()),
+        })?;
 
         // Doorbells: one ioeventfd per queue, matching the queue index.
         let mut doorbells = Vec::new();
-        for (d, dev) in devices.iter().enumerate() {
+        for (d, dev) in core.devices().iter().enumerate() {
             let queues = dev.transport.lock().num_queues();
             for q in 0..queues {
-                let fd = vm.ioeventfd(dev.base + QUEUE_NOTIFY, q as u32)?;
+                let fd = vm.ioeventfd(dev.plan.base + QUEUE_NOTIFY, q as u32)?;
                 doorbells.push(Doorbell {
                     fd,
                     device: d,
@@ -457,7 +372,18 @@ impl Vmm {
             }
         }
 
-        let boot_entry = platform::load_guest(&vm, spec, &kernel, initrd.as_deref(), &devices)?;
+        let boot_entry = core
+            .load_guest(&kernel, initrd.as_deref(), vm.gic_version())
+            .map_err(|source| VmmError::Load {
+                vm: spec.name.clone(),
+                path: spec.kernel.to_string(),
+                source,
+            })?;
+        log::debug(format_args!(
+            "vm {:?}: entry {boot_entry:?}, devices {:?}",
+            spec.name,
+            core.devices()
+        ));
 
         let mut vcpus = Vec::with_capacity(spec.vcpus as usize);
         for id in 0..spec.vcpus {
@@ -475,10 +401,8 @@ impl Vmm {
             name: spec.name.clone(),
             vm,
             vcpus,
-            handler: Arc::new(handler),
-            devices,
+            core: Arc::new(core),
             doorbells,
-            serial,
             serial_on_stdio: spec.serial == Output::Stdio,
             control,
             started,
@@ -488,7 +412,7 @@ impl Vmm {
 
     /// The virtio devices, in placement order.
     pub fn devices(&self) -> &[PlacedDevice] {
-        &self.devices
+        self.core.devices()
     }
 
     /// Run the VM until the guest stops it or the hypervisor fails. Every thread of the VM
@@ -499,10 +423,8 @@ impl Vmm {
             name,
             vm,
             vcpus,
-            handler,
-            devices,
+            core,
             doorbells,
-            serial,
             serial_on_stdio,
             control,
             started,
@@ -525,9 +447,9 @@ impl Vmm {
                 .map_err(|e| VmmError::Host(format!("eventfd: {e}")))?,
         );
         let io_ctx = IoContext {
-            devices: devices.clone(),
+            core: core.clone(),
             doorbells,
-            serial_input: serial_on_stdio.then(|| serial.clone()),
+            serial_input: serial_on_stdio,
             stop: io_stop.clone(),
             user_stop: control.clone(),
         };
@@ -539,7 +461,8 @@ impl Vmm {
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let (exited_tx, exited_rx) = mpsc::channel();
         for mut vcpu in vcpus {
-            let handler = handler.clone();
+            let core = core.clone();
+            let vm = vm.clone();
             let control = control.clone();
             let id = vcpu.id();
             let pcpu = pcpus.as_ref().and_then(|p| p.get(id as usize).copied());
@@ -558,7 +481,7 @@ impl Vmm {
                             ));
                         }
                     }
-                    let result = run_vcpu(&mut vcpu, &handler, control.as_ref());
+                    let result = run_vcpu(&mut vcpu, &core, vm.as_ref(), control.as_ref());
                     match result {
                         Ok(Some(event)) => control.finish(Ok(event)),
                         Ok(None) => {}
@@ -583,7 +506,7 @@ impl Vmm {
         let _ = io_stop.write(1);
         kick_and_join(threads, &exited_rx);
         let _ = io_thread.join();
-        io::report_device_errors(&devices);
+        core.report_device_errors();
 
         let stats = RunStats {
             wall: started.elapsed(),
@@ -592,7 +515,7 @@ impl Vmm {
             guest_ram: vm.ram().size(),
             ..RunStats::default()
         }
-        .with_exits(&handler.stats);
+        .with_exits(core.stats());
         let event = outcome?;
         log::debug(format_args!("vm {name:?} stopped: {event}"));
         Ok(RunReport {
@@ -600,9 +523,7 @@ impl Vmm {
             stats,
             stopped: Some(StoppedVm {
                 _vm: vm,
-                _handler: handler,
-                _devices: devices,
-                _serial: serial,
+                _core: core,
             }),
         })
     }

@@ -31,7 +31,7 @@ pub mod pd;
 pub mod regs;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod syscall;
-pub mod uart;
+
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod vmm;
 

@@ -38,7 +38,7 @@ use crate::msginfo::MessageInfo;
 use crate::payload::{self, PAYLOAD_VADDR};
 use crate::regs::{self, UserContext};
 use crate::syscall::{self as sys, debug_puts};
-use crate::uart::Uart8250;
+use keel_vmm::uart::Uart8250;
 
 #[global_allocator]
 static HEAP: heap::Heap = heap::Heap::new();

@@ -17,13 +17,10 @@
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod kvm;
-#[cfg(target_arch = "aarch64")]
-pub(crate) mod platform;
 
 use keel_core::BootEntry;
 use keel_core::arch::aarch64::layout::{
-    Arm64Platform, GIC_DIST_BASE, GICV2_CPU_BASE, GICV3_REDIST_BASE, GicVersion, MmioDevice,
-    PsciConduit, Trigger, VIRTIO_MMIO_SLOTS, spi_intid,
+    GIC_DIST_BASE, GICV2_CPU_BASE, GICV3_REDIST_BASE, GicVersion, spi_intid,
 };
 
 // --- vCPU features (KVM_ARM_VCPU_INIT) ---------------------------------------------------
@@ -144,57 +141,10 @@ pub const fn spi_irq_line(spi: u32) -> Option<u32> {
     Some(IRQ_LINE_TYPE_SPI | spi_intid(spi))
 }
 
-// --- the guest platform ----------------------------------------------------------------------
-
-/// virtio-mmio slot `index`: `(base, size, SPI)`, or `None` past the last slot.
-pub fn virtio_slot(index: u32) -> Option<(u64, u64, u32)> {
-    (index < VIRTIO_MMIO_SLOTS).then(|| {
-        let d = MmioDevice::virtio_slot(index);
-        (d.base, d.size, d.spi)
-    })
-}
-
-/// Why an arm64 guest could not be put into memory: keel-core's loader error.
-pub use keel_core::arch::aarch64::boot::LinuxLoadError as Arm64BootError;
-
-/// The platform a VM's device tree describes: `ram` regions, `vcpus`, `gic`, the 8250 UART,
-/// the `virtio` virtio-mmio devices as placed (`(base, size, spi)`, in placement order),
-/// the command line, PSCI over `hvc` (KVM's in-kernel PSCI).
-///
-/// The UART's SPI is declared edge-triggered: the vm-superio 8250 model signals each
-/// interrupt as an edge (as COM1's ISA IRQ on x86) and keeps no line level. Declared level,
-/// the vGIC would drop each pulse (raised and lowered before the guest acknowledges it) and
-/// the guest's interrupt-driven transmit would stall.
-pub fn platform(
-    ram: &[(u64, u64)],
-    vcpus: u32,
-    gic: GicVersion,
-    virtio: &[(u64, u64, u32)],
-    cmdline: &str,
-) -> Arm64Platform {
-    let mut p = Arm64Platform::new(0, vcpus, gic);
-    p.memory = ram.to_vec();
-    p.cmdline = cmdline.into();
-    p.psci = PsciConduit::Hvc;
-    if let Some(uart) = p.uart.as_mut() {
-        uart.trigger = Trigger::Edge;
-    }
-    p.virtio = virtio
-        .iter()
-        .map(|&(base, size, spi)| MmioDevice {
-            base,
-            size,
-            spi,
-            trigger: Trigger::Level,
-        })
-        .collect();
-    p
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_core::arch::aarch64::layout::RAM_BASE;
+
 
     #[test]
     fn boot_vcpu_has_psci_and_secondaries_start_powered_off() {
@@ -244,45 +194,4 @@ mod tests {
         assert_eq!(spi_irq_line(96), None);
     }
 
-    #[test]
-    fn every_virtio_slot_spi_fits_the_vgic() {
-        for i in 0..VIRTIO_MMIO_SLOTS {
-            let (_, _, spi) = virtio_slot(i).unwrap();
-            assert!(spi_irq_line(spi).is_some(), "slot {i} SPI {spi}");
-        }
-        assert_eq!(virtio_slot(VIRTIO_MMIO_SLOTS), None);
-    }
-
-    #[test]
-    fn gic_addresses_match_the_device_tree_layout() {
-        let p = platform(&[(RAM_BASE, 256 << 20)], 2, GicVersion::V3, &[], "");
-        let [(_, dist), (_, redist)] = vgic_addresses(GicVersion::V3);
-        let [(dt_dist, _), (dt_redist, _)] = p.gic_regions();
-
-        assert_eq!((dist, redist), (dt_dist, dt_redist));
-        assert_eq!(vgic_addresses(GicVersion::V2)[1], (1, 0x0801_0000));
-    }
-
-    #[test]
-    fn platform_lists_the_uart_and_virtio_slots_in_order() {
-        let placed: Vec<_> = (0..3).map(|i| virtio_slot(i).unwrap()).collect();
-        let p = platform(
-            &[(RAM_BASE, 256 << 20)],
-            2,
-            GicVersion::V3,
-            &placed,
-            "console=ttyS0",
-        );
-
-        assert_eq!(p.virtio.len(), 3);
-        assert_eq!(p.virtio[2].base, 0x0a00_0400);
-        assert_eq!(p.virtio[2].spi, 18);
-        assert_eq!(p.virtio[2].trigger, Trigger::Level);
-        assert_eq!(
-            p.uart.map(|u| (u.base, u.spi, u.trigger)),
-            Some((0x0900_0000, 1, Trigger::Edge))
-        );
-        assert_eq!(p.memory, [(RAM_BASE, 256 << 20)]);
-        assert_eq!(p.psci, PsciConduit::Hvc);
-    }
 }

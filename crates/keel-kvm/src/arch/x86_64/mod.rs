@@ -1,8 +1,6 @@
 //! x86_64 on KVM: the in-kernel PIC/IOAPIC/PIT, CPUID, MSRs, FPU and LAPIC of each vCPU, the
-//! boot registers (PVH 32-bit entry, 64-bit Linux boot protocol), and the PC platform of
-//! [`platform`].
-
-pub(crate) mod platform;
+//! boot registers (PVH 32-bit entry, 64-bit Linux boot protocol). The PC platform itself
+//! (COM1, i8042, ACPI, the firmware description) is keel-vmm's.
 
 use keel_core::arch::x86_64::gdt::{
     CODE32_SELECTOR, CODE64_SELECTOR, DATA_SELECTOR, GDT_SIZE, Segment, TSS_SELECTOR,

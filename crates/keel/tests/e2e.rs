@@ -563,12 +563,12 @@ fn pvh_elf(code: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Run a hand-assembled guest.
-fn run_code(test: &str, code: &[u8], args: &[&str]) -> Run {
+/// Run a hand-assembled guest, with `extra` TOML.
+fn run_code(test: &str, code: &[u8], extra: &str, args: &[&str]) -> Run {
     let s = Scratch::new(test);
     let kernel = s.path("guest.elf");
     std::fs::write(&kernel, pvh_elf(code)).unwrap();
-    run_system(&s, &system(&kernel, 1, "", ""), args)
+    run_system(&s, &system(&kernel, 1, "", extra), args)
 }
 
 /// `mov al, 0xfe; out 0x64, al`, then spin.
@@ -580,17 +580,20 @@ fn debug_exit_code_becomes_the_exit_status() {
         return;
     }
     // mov al, 7; out 0xf4, al
-    let run = run_code("exit7", &[0xb0, 0x07, 0xe6, 0xf4, 0xeb, 0xfe], &[]);
+    let run = run_code("exit7", &[0xb0, 0x07, 0xe6, 0xf4, 0xeb, 0xfe], "", &[]);
     assert_eq!(run.status, 7, "{run:?}");
     assert!(error_lines(&run).is_empty(), "{run:?}");
 }
+
+/// The VM's reboot policy: stop at the first reset.
+const ON_REBOOT_STOP: &str = "on_reboot = \"stop\"\n";
 
 #[test]
 fn guest_reboot_is_reported_and_exits_zero() {
     if !kvm_or_skip("guest_reboot_is_reported_and_exits_zero") {
         return;
     }
-    let run = run_code("reboot", REBOOT, &[]);
+    let run = run_code("reboot", REBOOT, ON_REBOOT_STOP, &[]);
     assert_eq!(run.status, 0, "{run:?}");
     assert!(
         run.stderr
@@ -605,7 +608,7 @@ fn guest_reboot_fails_the_run_with_on_reboot_fail() {
     if !kvm_or_skip("guest_reboot_fails_the_run_with_on_reboot_fail") {
         return;
     }
-    let run = run_code("rebootfail", REBOOT, &["--on-reboot=fail"]);
+    let run = run_code("rebootfail", REBOOT, ON_REBOOT_STOP, &["--on-reboot=fail"]);
     assert_eq!(run.status, 1, "{run:?}");
 }
 
@@ -614,7 +617,7 @@ fn guest_triple_fault_is_a_crash_with_one_error_line() {
     if !kvm_or_skip("guest_triple_fault_is_a_crash_with_one_error_line") {
         return;
     }
-    let run = run_code("crash", &[0x0f, 0x0b], &["--log-level", "warn"]); // ud2, no IDT
+    let run = run_code("crash", &[0x0f, 0x0b], "", &["--log-level", "warn"]); // ud2, no IDT
     assert_eq!(run.status, 1, "{run:?}");
     let errors = error_lines(&run);
     assert_eq!(errors.len(), 1, "{run:?}");
@@ -627,7 +630,7 @@ fn emulation_failure_stops_the_vm_with_a_clear_message() {
         return;
     }
     // int3 with no IDT: the software KVM cannot emulate it (hardware KVM triple-faults).
-    let run = run_code("emul", &[0xcc], &["--log-level", "warn"]);
+    let run = run_code("emul", &[0xcc], "", &["--log-level", "warn"]);
     assert_eq!(run.status, 1, "{run:?}");
     let errors = error_lines(&run);
     assert_eq!(errors.len(), 1, "{run:?}");
@@ -636,3 +639,4 @@ fn emulation_failure_stops_the_vm_with_a_clear_message() {
         "{run:?}"
     );
 }
+

@@ -9,7 +9,8 @@
 #   boot-smp-devices  2 vCPUs: KEEL-GUEST-READY, nproc 2, virtio blk/console/rng bound, the
 #                     rng selected; writes pattern A to the disk; clean power-off (exit 0)
 #   disk-after-poweroff  a new boot reads pattern A back; writes pattern B, `sync`, then
-#                     resets at once (sysrq b: no clean shutdown; keel exits 0 on reboot)
+#                     resets at once (sysrq b: no clean shutdown; with on_reboot = "stop"
+#                     keel exits 0 on the reset)
 #   disk-after-sync-reset  a new boot reads pattern B back; writes pattern C, `sync`, and
 #                     waits: L1 kills keel with SIGKILL once the guest said it synced
 #   disk-after-sync-kill  a new boot reads pattern C back
@@ -24,7 +25,8 @@ W=/tmp/l2
 mkdir -p $W
 truncate -s 64M $W/disk.img
 
-# system <name> <vcpus> <guest-shell-snippet> [kernel] [arch] [disk]: write $W/<name>.toml.
+# system <name> <vcpus> <guest-shell-snippet> [kernel] [arch] [disk] [vm keys]: write
+# $W/<name>.toml (the optional vm keys, e.g. 'on_reboot = "stop"', go into its [[vm]]).
 system() {
     _cmd=$(printf '%s' "$3" | base64 | tr -d '\n')
     cat >"$W/$1.toml" <<TOML
@@ -37,6 +39,7 @@ kernel = "${4:-/l2/vmlinuz}"
 initrd = "/l2/initrd.cpio.gz"
 cmdline = "console=ttyS0 quiet loglevel=1 keel.cmd=$_cmd"
 serial = "stdio"
+${7:-}
 
 [[vm.disk]]
 path = "${6:-$W/disk.img}"
@@ -93,7 +96,7 @@ t_boot() {
 
 t_poweroff() {
     failed=0
-    system again 2 "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1; echo KEEL-PATTERN-B-\$(od -An -tx1 -N6 /dev/urandom | tr -d \" \\n\") >/tmp/p; dd if=/tmp/p of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null; cat /tmp/p; sync; echo KEEL-SYNCED; echo b >/proc/sysrq-trigger; sleep 30"
+    system again 2 "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1; echo KEEL-PATTERN-B-\$(od -An -tx1 -N6 /dev/urandom | tr -d \" \\n\") >/tmp/p; dd if=/tmp/p of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null; cat /tmp/p; sync; echo KEEL-SYNCED; echo b >/proc/sysrq-trigger; sleep 30" "" "" "" 'on_reboot = "stop"'
     run again
     check disk-after-poweroff "keel exit 0 (reset)" [ "$rc" = 0 ]
     check disk-after-poweroff "reboot reported" has_re again 'guest requested reboot'

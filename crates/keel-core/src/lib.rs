@@ -26,6 +26,7 @@ pub mod bus;
 pub mod hv;
 pub mod irq;
 pub mod memory;
+pub mod restart;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use hv::{

@@ -70,3 +70,9 @@ pub fn info(args: fmt::Arguments<'_>) {
 pub fn debug(args: fmt::Arguments<'_>) {
     emit(Level::Debug, "debug: ", args);
 }
+
+/// Log a line that is shown at every level, without a severity word (e.g. why a VM was
+/// stopped when that is not a VMM error).
+pub fn notice(args: fmt::Arguments<'_>) {
+    emit(Level::Error, "", args);
+}

@@ -11,8 +11,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use keel_core::hv::VmConfig;
+use keel_core::restart::{RestartLimiter, RestartVerdict};
 use keel_core::{BootEntry, HvError, Hypervisor, SystemEvent, Vcpu, Vm};
-use keel_spec::{Arch, Output, VmPlan, VmSpec};
+use keel_spec::{Arch, OnReboot, Output, VmPlan, VmSpec};
 use keel_virtio::{BlockBackend, ConsoleOutput, EntropySource, FileBackend, OsEntropy};
 use keel_vmm::{
     BackendError, DeviceBackends, Interrupts, LogSink, PlacedDevice, SerialOutput, StopSink,
@@ -90,6 +91,12 @@ pub enum VmExitStatus {
     Reboot,
     /// The guest crashed (triple fault).
     Crash,
+    /// The guest reset more than `max_restarts_per_minute` times within a minute and
+    /// [`run_vm`] stopped it instead of restarting it again.
+    RestartLimit {
+        /// Resets within the last minute, the one that stopped the VM included.
+        resets: u32,
+    },
 }
 
 impl From<SystemEvent> for VmExitStatus {
@@ -103,14 +110,17 @@ impl From<SystemEvent> for VmExitStatus {
     }
 }
 
-/// The result of [`Vmm::run`]. It owns the stopped VM, which is destroyed when the report
+/// The result of [`Vmm::run`] and [`run_vm`]. It owns the (last) stopped VM, which is destroyed when the report
 /// is dropped (or, with [`RunReport::leave_vm_to_process_exit`], when the process exits).
 #[derive(Debug)]
 pub struct RunReport {
     /// How the guest stopped.
     pub status: VmExitStatus,
-    /// Measurements (always collected: they cost a few atomic adds per exit).
+    /// Measurements of the last run (always collected: they cost a few atomic adds per
+    /// exit).
     pub stats: RunStats,
+    /// How often [`run_vm`] restarted the VM after a guest reset (0 from [`Vmm::run`]).
+    pub restarts: u32,
     /// What is left of the VM once its threads have stopped; `None` once handed to
     /// process exit.
     stopped: Option<StoppedVm>,
@@ -141,6 +151,54 @@ struct StoppedVm {
 impl std::fmt::Debug for StoppedVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("StoppedVm")
+    }
+}
+
+/// A guest output opened once and shared by every run of a VM: after a restart the new
+/// VM's devices write on where the old ones stopped (a `file:` output is not truncated
+/// again).
+#[derive(Clone)]
+struct SharedOutput(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl SharedOutput {
+    fn open(output: &Output, what: &str) -> Result<SharedOutput, VmmError> {
+        Ok(SharedOutput(Arc::new(Mutex::new(open_output(
+            output, what,
+        )?))))
+    }
+
+    fn boxed(&self) -> Box<dyn Write + Send> {
+        Box::new(self.clone())
+    }
+}
+
+impl Write for SharedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+}
+
+/// The outputs of one VM (serial, then each virtio-console), kept across restarts.
+struct VmOutputs {
+    serial: SharedOutput,
+    consoles: Vec<SharedOutput>,
+}
+
+impl VmOutputs {
+    fn open(spec: &VmSpec) -> Result<VmOutputs, VmmError> {
+        Ok(VmOutputs {
+            serial: SharedOutput::open(&spec.serial, "serial output")?,
+            consoles: spec
+                .consoles
+                .iter()
+                .enumerate()
+                .map(|(i, c)| SharedOutput::open(&c.output, &format!("console {i} output")))
+                .collect::<Result<_, _>>()?,
+        })
     }
 }
 
@@ -221,6 +279,7 @@ impl SerialOutput for HostSerialOutput {
 /// entropy.
 struct LinuxBackends<'a> {
     spec: &'a VmSpec,
+    outputs: &'a VmOutputs,
 }
 
 impl DeviceBackends for LinuxBackends<'_> {
@@ -245,17 +304,12 @@ impl DeviceBackends for LinuxBackends<'_> {
         _plan: &VmPlan,
         port: usize,
     ) -> Result<Box<dyn ConsoleOutput>, BackendError> {
-        let c = self
-            .spec
+        let out = self
+            .outputs
             .consoles
             .get(port)
-            .ok_or_else(|| BackendError::Unavailable(format!("no console {port}")))?;
-        let out = open_output(&c.output, &format!("console {port} output")).map_err(|e| match e {
-            VmmError::HostFile { what, path, reason } => {
-                BackendError::HostFile { what, path, reason }
-            }
-            other => BackendError::Unavailable(other.to_string()),
-        })?;
+            .ok_or_else(|| BackendError::Unavailable(format!("no console {port}")))?
+            .boxed();
         Ok(Box::new(HostConsoleOutput(out)))
     }
 
@@ -320,8 +374,13 @@ impl Vmm {
     /// slots and interrupts, the firmware description and exit handling are keel-vmm's,
     /// from the spec's plan; this adds KVM and the Linux host resources.
     pub fn from_spec(spec: &VmSpec) -> Result<Vmm, VmmError> {
-        let started = Instant::now();
         check_arch(spec)?;
+        Vmm::build(spec, &VmOutputs::open(spec)?)
+    }
+
+    /// Build the VM with outputs already opened (kept across restarts).
+    fn build(spec: &VmSpec, outputs: &VmOutputs) -> Result<Vmm, VmmError> {
+        let started = Instant::now();
         let plan = keel_spec::plan::plan_vm(spec).map_err(|e| VmmError::Unsupported {
             vm: spec.name.clone(),
             what: e.to_string(),
@@ -339,12 +398,12 @@ impl Vmm {
         })?);
         let control = Arc::new(Control::default());
         let stop: Arc<dyn StopSink> = control.clone();
-        let serial_out = HostSerialOutput(open_output(&spec.serial, "serial output")?);
+        let serial_out = HostSerialOutput(outputs.serial.boxed());
         let core = VmmCore::build(
             &plan,
             vm.as_ref(),
             Interrupts::InKernel,
-            &mut LinuxBackends { spec },
+            &mut LinuxBackends { spec, outputs },
             Box::new(serial_out),
             stop,
             Arc::new(StderrLog),
@@ -521,11 +580,58 @@ impl Vmm {
         Ok(RunReport {
             status: event.into(),
             stats,
+            restarts: 0,
             stopped: Some(StoppedVm {
                 _vm: vm,
                 _core: core,
             }),
         })
+    }
+}
+
+/// Run the VM `spec` describes until it stops, restarting it in place whenever the guest
+/// resets and `spec.on_reboot` is [`OnReboot::Restart`]: each restart builds a fresh KVM VM
+/// from the spec (kernel and initrd read again, new devices over the same disk files, the
+/// same serial and console outputs) after the previous VM has been destroyed. A guest that
+/// resets more than `spec.max_restarts_per_minute` times within a minute is stopped with
+/// [`VmExitStatus::RestartLimit`]. With [`OnReboot::Stop`] a reset ends the run with
+/// [`VmExitStatus::Reboot`], as [`Vmm::run`] does.
+///
+/// Logs one line per restart and one when the limit stops the VM. The returned report is
+/// the last run's (see [`RunReport::leave_vm_to_process_exit`]).
+pub fn run_vm(spec: &VmSpec) -> Result<RunReport, VmmError> {
+    check_arch(spec)?;
+    let outputs = VmOutputs::open(spec)?;
+    let max = spec.max_restarts_per_minute;
+    let mut limiter = RestartLimiter::new(max, RestartLimiter::MINUTE_MS);
+    let origin = Instant::now();
+    let mut restarts = 0u32;
+    loop {
+        let mut report = Vmm::build(spec, &outputs)?.run()?;
+        report.restarts = restarts;
+        if report.status != VmExitStatus::Reboot || spec.on_reboot == OnReboot::Stop {
+            return Ok(report);
+        }
+        let now_ms = u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match limiter.record(now_ms) {
+            RestartVerdict::Stop { count } => {
+                log::notice(format_args!(
+                    "vm {:?}: rebooted {count} times within a minute (max_restarts_per_minute = {max}); stopping",
+                    spec.name
+                ));
+                report.status = VmExitStatus::RestartLimit { resets: count };
+                return Ok(report);
+            }
+            RestartVerdict::Restart { count } => {
+                log::info(format_args!(
+                    "vm {:?}: guest rebooted; restarting ({count} of at most {max} per minute)",
+                    spec.name
+                ));
+                // Destroy this VM (guest RAM, fds, disk backends) before the next is built.
+                drop(report);
+                restarts = restarts.saturating_add(1);
+            }
+        }
     }
 }
 

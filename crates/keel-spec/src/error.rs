@@ -118,6 +118,16 @@ pub enum ErrorKind {
     /// Two VMs with the same name.
     #[error("name {0:?} is used twice")]
     DuplicateName(String),
+    /// Text that is not one of a key's fixed choices.
+    #[error("{key}: {value:?} is not one of {expected}")]
+    NotOneOf {
+        /// The key.
+        key: &'static str,
+        /// The text given.
+        value: String,
+        /// The choices, quoted and comma-separated, e.g. `"restart", "stop"`.
+        expected: &'static str,
+    },
     /// An arch name that is not supported.
     #[error("arch: {0:?} is not supported (expected \"x86_64\" or \"aarch64\")")]
     BadArch(String),

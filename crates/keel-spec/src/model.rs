@@ -224,6 +224,41 @@ impl Default for Placement {
     }
 }
 
+/// What a guest reset (PSCI `SYSTEM_RESET`, i8042 or ACPI reset) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnReboot {
+    /// Restart the VM in place: kernel and initrd reloaded, devices reset, disks kept.
+    #[default]
+    Restart,
+    /// Stop the VM (the run ends, as on power-off but reported as a reboot).
+    Stop,
+}
+
+impl OnReboot {
+    /// The name used in the system description (`"restart"` or `"stop"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OnReboot::Restart => "restart",
+            OnReboot::Stop => "stop",
+        }
+    }
+
+    /// Parses the name used in the system description.
+    pub fn from_name(name: &str) -> Option<OnReboot> {
+        match name {
+            "restart" => Some(OnReboot::Restart),
+            "stop" => Some(OnReboot::Stop),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for OnReboot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One virtual machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
@@ -251,11 +286,19 @@ pub struct VmSpec {
     pub consoles: Vec<ConsoleSpec>,
     /// Whether the VM has a virtio-rng device.
     pub rng: bool,
+    /// What a guest reset does.
+    pub on_reboot: OnReboot,
+    /// With [`OnReboot::Restart`]: the most restarts within any minute; one more stops
+    /// the VM. 1..=1000.
+    pub max_restarts_per_minute: u32,
 }
 
 impl VmSpec {
+    /// Default of `max_restarts_per_minute`.
+    pub const DEFAULT_MAX_RESTARTS_PER_MINUTE: u32 = 5;
+
     /// A VM with the given name, arch, kernel and memory, and defaults for everything else
-    /// (1 vCPU, serial on stdio, no devices). Handy for building a model in code.
+    /// (1 vCPU, serial on stdio, no devices, restart on reboot). Handy for building a model in code.
     pub fn new(name: impl Into<String>, arch: Arch, kernel: HostPath, memory: Memory) -> VmSpec {
         VmSpec {
             name: name.into(),
@@ -270,6 +313,8 @@ impl VmSpec {
             disks: Vec::new(),
             consoles: Vec::new(),
             rng: false,
+            on_reboot: OnReboot::Restart,
+            max_restarts_per_minute: VmSpec::DEFAULT_MAX_RESTARTS_PER_MINUTE,
         }
     }
 }

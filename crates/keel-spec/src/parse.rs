@@ -9,8 +9,8 @@ use serde::Deserialize;
 use crate::env::expand;
 use crate::error::{ErrorKind, SpecError};
 use crate::model::{
-    Arch, ConsoleSpec, DiskSpec, HostPath, Memory, Output, OutputKind, Placement, RamRegion,
-    System, VmSpec,
+    Arch, ConsoleSpec, DiskSpec, HostPath, Memory, OnReboot, Output, OutputKind, Placement,
+    RamRegion, System, VmSpec,
 };
 use crate::size::parse_size;
 use crate::validate::{check_vm, vm_label};
@@ -237,6 +237,8 @@ struct RawVm {
     #[serde(default)]
     console: Vec<RawConsole>,
     rng: Option<RawRng>,
+    on_reboot: Option<String>,
+    max_restarts_per_minute: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -358,6 +360,29 @@ impl Ctx<'_> {
                 Memory::Regions(regions)
             }
         };
+        let on_reboot = match &raw.on_reboot {
+            None => OnReboot::default(),
+            Some(text) => OnReboot::from_name(text).ok_or_else(|| {
+                fail(ErrorKind::NotOneOf {
+                    key: "on_reboot",
+                    value: text.clone(),
+                    expected: "\"restart\", \"stop\"",
+                })
+            })?,
+        };
+        let max_restarts_per_minute = match raw.max_restarts_per_minute {
+            None => VmSpec::DEFAULT_MAX_RESTARTS_PER_MINUTE,
+            Some(n) => u32::try_from(n)
+                .ok()
+                .filter(|n| (1..=crate::limits::MAX_RESTARTS_PER_MINUTE).contains(n))
+                .ok_or_else(|| {
+                    fail(ErrorKind::OutOfRange {
+                        key: "max_restarts_per_minute",
+                        value: n.into(),
+                        range: "1..=1000",
+                    })
+                })?,
+        };
         let kernel = self.path(&at, "kernel", &raw.kernel)?;
         let initrd = match &raw.initrd {
             Some(p) => Some(self.path(&at, "initrd", p)?),
@@ -402,6 +427,8 @@ impl Ctx<'_> {
             disks,
             consoles,
             rng: raw.rng.is_some(),
+            on_reboot,
+            max_restarts_per_minute,
         })
     }
 

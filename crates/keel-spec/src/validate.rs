@@ -34,6 +34,8 @@ pub mod limits {
     pub const MAX_VM_NAME: usize = 32;
     /// System names: length.
     pub const MAX_SYSTEM_NAME: usize = 64;
+    /// `max_restarts_per_minute`: `1..=MAX_RESTARTS_PER_MINUTE`.
+    pub const MAX_RESTARTS_PER_MINUTE: u32 = 1000;
 }
 
 use limits::*;
@@ -109,6 +111,13 @@ pub(crate) fn check_vm(index: usize, vm: &VmSpec, pcpus: Option<u32>) -> Result<
             key: "vcpus",
             value: vm.vcpus.into(),
             range: "1..=64",
+        });
+    }
+    if vm.max_restarts_per_minute == 0 || vm.max_restarts_per_minute > MAX_RESTARTS_PER_MINUTE {
+        return err(ErrorKind::OutOfRange {
+            key: "max_restarts_per_minute",
+            value: vm.max_restarts_per_minute.into(),
+            range: "1..=1000",
         });
     }
     check_memory(&at, vm.arch, &vm.memory)?;

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Scratch, x86_vm};
-use keel_spec::{Arch, Loader, Memory, Output, Placement, RamRegion, ram_layout};
+use keel_spec::{Arch, Loader, Memory, OnReboot, Output, Placement, RamRegion, ram_layout};
 
 #[test]
 fn minimal_vm_gets_documented_defaults() {
@@ -673,4 +673,69 @@ fn host_checks_can_be_turned_off() {
     let loader = Loader::new().env(&common::test_env).host_checks(false);
     assert!(loader.parse_str(&text, &s.dir).is_ok());
     assert!(s.parse(&text).is_err());
+}
+
+#[test]
+fn reboot_policy_defaults_to_restart_at_most_5_per_minute() {
+    let s = Scratch::new();
+    let system = s.parse(&x86_vm("")).unwrap();
+    let vm = &system.vms()[0];
+    assert_eq!(vm.on_reboot, OnReboot::Restart);
+    assert_eq!(vm.max_restarts_per_minute, 5);
+}
+
+#[test]
+fn reboot_policy_is_parsed_into_the_model() {
+    let s = Scratch::new();
+    let system = s
+        .parse(&x86_vm(
+            "on_reboot = \"stop\"\nmax_restarts_per_minute = 1000",
+        ))
+        .unwrap();
+    let vm = &system.vms()[0];
+    assert_eq!(vm.on_reboot, OnReboot::Stop);
+    assert_eq!(vm.max_restarts_per_minute, 1000);
+}
+
+#[test]
+fn unknown_on_reboot_is_rejected_naming_the_choices() {
+    let s = Scratch::new();
+    assert_eq!(
+        s.error(&x86_vm("on_reboot = \"again\"")),
+        r#"vm "web": on_reboot: "again" is not one of "restart", "stop""#
+    );
+}
+
+#[test]
+fn zero_max_restarts_per_minute_is_rejected() {
+    let s = Scratch::new();
+    assert_eq!(
+        s.error(&x86_vm("max_restarts_per_minute = 0")),
+        r#"vm "web": max_restarts_per_minute: 0 is out of range (1..=1000)"#
+    );
+}
+
+#[test]
+fn max_restarts_per_minute_above_1000_is_rejected() {
+    let s = Scratch::new();
+    assert_eq!(
+        s.error(&x86_vm("max_restarts_per_minute = 1001")),
+        r#"vm "web": max_restarts_per_minute: 1001 is out of range (1..=1000)"#
+    );
+}
+
+#[test]
+fn model_with_zero_max_restarts_is_refused_by_validation() {
+    let mut vm = keel_spec::VmSpec::new(
+        "web",
+        Arch::X86_64,
+        keel_spec::HostPath::new("/k"),
+        Memory::Size(64 << 20),
+    );
+    vm.max_restarts_per_minute = 0;
+    let err = keel_spec::System::new("s".into(), None, vec![vm]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"vm "web": max_restarts_per_minute: 0 is out of range (1..=1000)"#
+    );
 }

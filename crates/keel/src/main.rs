@@ -1,15 +1,17 @@
 //! `keel`: run and check Keel systems.
 //!
-//! Exit status: the guest's debug-exit code, 0 on power-off (and on reboot unless
-//! `--on-reboot=fail`), 1 on a guest crash or a VMM/hypervisor failure, 2 on bad input.
+//! Exit status: the guest's debug-exit code, 0 on power-off (and on a reboot the VM's
+//! `on_reboot = "stop"` ends the run with, unless `--on-reboot=fail`), 1 on a guest crash or
+//! a VMM/hypervisor failure, 2 on bad input, 4 when a VM that restarts on reboot reset more
+//! than `max_restarts_per_minute` times within a minute.
 
 mod sel4;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use keel_kvm::VmExitStatus;
 use keel_kvm::log::{self, Level};
-use keel_kvm::{VmExitStatus, Vmm};
 use keel_spec::{Memory, System, VmSpec};
 
 const USAGE: &str = "\
@@ -32,23 +34,28 @@ OPTIONS (run):
     --vm NAME             the VM to run (required when the system has several)
     --log-level LEVEL     error | warn | info | debug (default: info)
     --stats               print peak RSS, guest memory touched, exits by kind and wall time
-    --on-reboot ACTION    exit0 (default): a guest reboot request ends the run with status 0
-                          fail: it ends the run with status 1
+    --on-reboot ACTION    for a VM with on_reboot = \"stop\" (the default, \"restart\", restarts
+                          the VM in place): what the reboot that ends the run means
+                          exit0 (default): status 0; fail: status 1
 
 With serial = \"stdio\" on a terminal, stdin is raw and goes to the guest's serial port;
 type Ctrl-A x to stop the VM (Ctrl-A Ctrl-A sends a Ctrl-A).
 
 EXIT STATUS:
-    0    the guest powered off (or asked for a reboot, see --on-reboot)
+    0    the guest powered off (or rebooted with on_reboot = \"stop\", see --on-reboot)
     V    the guest wrote V to the debug-exit port 0xf4 (x86)
     1    the guest crashed (triple fault), or the VMM or KVM failed
     2    bad input: arguments, system file, kernel, disks
+    4    the guest rebooted more than max_restarts_per_minute times within a minute
+         (on_reboot = \"restart\"); keel stopped it
 ";
 
 /// Exit status for bad input.
 const EXIT_INPUT: u8 = 2;
 /// Exit status for VMM failures and guest crashes.
 const EXIT_FAILURE: u8 = 1;
+/// Exit status when the restart limit stopped a guest that kept rebooting.
+const EXIT_RESTART_LIMIT: u8 = 4;
 
 /// A failure with the exit status it maps to.
 struct Failure {
@@ -286,8 +293,8 @@ fn run(
         },
         message: e.to_string(),
     };
-    let vmm = Vmm::from_spec(spec).map_err(vmm_failure)?;
-    let mut report = vmm.run().map_err(vmm_failure)?;
+    // Restarts the VM in place on a guest reset, as its `on_reboot` says.
+    let mut report = keel_kvm::run_vm(spec).map_err(vmm_failure)?;
     // `keel run` exits right after: the kernel destroys the VM at exit faster than an
     // explicit close of its fd (bench/ANALYSIS.md, teardown).
     report.leave_vm_to_process_exit();
@@ -305,6 +312,8 @@ fn run(
                 0
             })
         }
+        // keel_kvm::run_vm has said why in one line.
+        VmExitStatus::RestartLimit { .. } => Ok(EXIT_RESTART_LIMIT),
         VmExitStatus::Crash => Err(Failure {
             status: EXIT_FAILURE,
             message: format!(

@@ -563,12 +563,12 @@ fn pvh_elf(code: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Run a hand-assembled guest.
-fn run_code(test: &str, code: &[u8], args: &[&str]) -> Run {
+/// Run a hand-assembled guest, with `extra` TOML.
+fn run_code(test: &str, code: &[u8], extra: &str, args: &[&str]) -> Run {
     let s = Scratch::new(test);
     let kernel = s.path("guest.elf");
     std::fs::write(&kernel, pvh_elf(code)).unwrap();
-    run_system(&s, &system(&kernel, 1, "", ""), args)
+    run_system(&s, &system(&kernel, 1, "", extra), args)
 }
 
 /// `mov al, 0xfe; out 0x64, al`, then spin.
@@ -580,17 +580,20 @@ fn debug_exit_code_becomes_the_exit_status() {
         return;
     }
     // mov al, 7; out 0xf4, al
-    let run = run_code("exit7", &[0xb0, 0x07, 0xe6, 0xf4, 0xeb, 0xfe], &[]);
+    let run = run_code("exit7", &[0xb0, 0x07, 0xe6, 0xf4, 0xeb, 0xfe], "", &[]);
     assert_eq!(run.status, 7, "{run:?}");
     assert!(error_lines(&run).is_empty(), "{run:?}");
 }
+
+/// The VM's reboot policy: stop at the first reset.
+const ON_REBOOT_STOP: &str = "on_reboot = \"stop\"\n";
 
 #[test]
 fn guest_reboot_is_reported_and_exits_zero() {
     if !kvm_or_skip("guest_reboot_is_reported_and_exits_zero") {
         return;
     }
-    let run = run_code("reboot", REBOOT, &[]);
+    let run = run_code("reboot", REBOOT, ON_REBOOT_STOP, &[]);
     assert_eq!(run.status, 0, "{run:?}");
     assert!(
         run.stderr
@@ -605,7 +608,7 @@ fn guest_reboot_fails_the_run_with_on_reboot_fail() {
     if !kvm_or_skip("guest_reboot_fails_the_run_with_on_reboot_fail") {
         return;
     }
-    let run = run_code("rebootfail", REBOOT, &["--on-reboot=fail"]);
+    let run = run_code("rebootfail", REBOOT, ON_REBOOT_STOP, &["--on-reboot=fail"]);
     assert_eq!(run.status, 1, "{run:?}");
 }
 
@@ -614,7 +617,7 @@ fn guest_triple_fault_is_a_crash_with_one_error_line() {
     if !kvm_or_skip("guest_triple_fault_is_a_crash_with_one_error_line") {
         return;
     }
-    let run = run_code("crash", &[0x0f, 0x0b], &["--log-level", "warn"]); // ud2, no IDT
+    let run = run_code("crash", &[0x0f, 0x0b], "", &["--log-level", "warn"]); // ud2, no IDT
     assert_eq!(run.status, 1, "{run:?}");
     let errors = error_lines(&run);
     assert_eq!(errors.len(), 1, "{run:?}");
@@ -627,12 +630,141 @@ fn emulation_failure_stops_the_vm_with_a_clear_message() {
         return;
     }
     // int3 with no IDT: the software KVM cannot emulate it (hardware KVM triple-faults).
-    let run = run_code("emul", &[0xcc], &["--log-level", "warn"]);
+    let run = run_code("emul", &[0xcc], "", &["--log-level", "warn"]);
     assert_eq!(run.status, 1, "{run:?}");
     let errors = error_lines(&run);
     assert_eq!(errors.len(), 1, "{run:?}");
     assert!(
         errors[0].contains("emulation failure") || errors[0].contains("crashed"),
         "{run:?}"
+    );
+}
+
+// ---- reboot: the VM restarts in place (on_reboot = "restart", the default) ----
+
+/// A one-VM system running the test guest with one 1 MiB disk, plus `extra` TOML.
+fn system_with_disk(s: &Scratch, cmdline: &str, extra: &str) -> (String, PathBuf) {
+    let disk = s.disk("disk.img", 1 << 20);
+    let toml = system(
+        &testguest(),
+        1,
+        cmdline,
+        &format!("{extra}[[vm.disk]]\npath = \"{}\"\n", disk.display()),
+    );
+    (toml, disk)
+}
+
+#[test]
+fn guest_reboot_restarts_the_vm_which_finds_its_disk_data() {
+    if !kvm_or_skip("guest_reboot_restarts_the_vm_which_finds_its_disk_data") {
+        return;
+    }
+    let s = Scratch::new("restart");
+    let (toml, _disk) = system_with_disk(&s, "keeltest=reboot", "");
+    let run = run_system(&s, &toml, &[]);
+    assert_eq!(run.status, 0, "{run:?}");
+    assert_eq!(
+        run.stdout.matches("keeltest: boot ok").count(),
+        2,
+        "{run:?}"
+    );
+    let written = run
+        .stdout
+        .find("reboot: marker written")
+        .expect("first boot");
+    let found = run
+        .stdout
+        .find("reboot: marker found after the reset")
+        .expect("second boot");
+    assert!(written < found, "{run:?}");
+    assert!(run.stdout.contains("keeltest: PASS"), "{run:?}");
+    let restarts: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("guest rebooted"))
+        .collect();
+    assert_eq!(
+        restarts,
+        ["keel: vm \"t\": guest rebooted; restarting (1 of at most 5 per minute)"],
+        "{run:?}"
+    );
+}
+
+#[test]
+fn serial_file_output_continues_across_a_restart() {
+    if !kvm_or_skip("serial_file_output_continues_across_a_restart") {
+        return;
+    }
+    let s = Scratch::new("restart-serial");
+    let out = s.path("serial.out");
+    let (toml, _disk) = system_with_disk(&s, "keeltest=reboot", "");
+    let toml = toml.replace(
+        "serial = \"stdio\"",
+        &format!("serial = \"file:{}\"", out.display()),
+    );
+    let run = run_system(&s, &toml, &[]);
+    assert_eq!(run.status, 0, "{run:?}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.matches("keeltest: boot ok").count(), 2, "{text}");
+    assert!(text.contains("reboot: marker written"), "{text}");
+    assert!(text.trim_end().ends_with("keeltest: PASS"), "{text}");
+}
+
+#[test]
+fn reset_loop_is_stopped_by_the_restart_limit_with_status_4() {
+    if !kvm_or_skip("reset_loop_is_stopped_by_the_restart_limit_with_status_4") {
+        return;
+    }
+    let s = Scratch::new("reset-loop");
+    let toml = system(
+        &testguest(),
+        1,
+        "keeltest=reset-loop",
+        "max_restarts_per_minute = 2\n",
+    );
+    let run = run_system(&s, &toml, &["--log-level", "warn"]);
+    assert_eq!(run.status, 4, "{run:?}");
+    // The first boot and two restarts; the third reset stops the VM.
+    assert_eq!(
+        run.stdout.matches("keeltest: boot ok").count(),
+        3,
+        "{run:?}"
+    );
+    assert_eq!(
+        run.stderr.lines().collect::<Vec<_>>(),
+        [
+            "keel: vm \"t\": rebooted 3 times within a minute (max_restarts_per_minute = 2); stopping"
+        ],
+        "{run:?}"
+    );
+}
+
+#[test]
+fn on_reboot_stop_ends_the_run_at_the_first_reset() {
+    if !kvm_or_skip("on_reboot_stop_ends_the_run_at_the_first_reset") {
+        return;
+    }
+    let s = Scratch::new("reboot-stop");
+    let (toml, disk) = system_with_disk(&s, "keeltest=reboot", ON_REBOOT_STOP);
+    let run = run_system(&s, &toml, &[]);
+    assert_eq!(run.status, 0, "{run:?}");
+    assert_eq!(
+        run.stdout.matches("keeltest: boot ok").count(),
+        1,
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l == "keel: guest requested reboot"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("restarting"), "{run:?}");
+    // The first boot's marker is still on the disk: no second boot cleared it.
+    let bytes = std::fs::read(&disk).unwrap();
+    assert!(
+        bytes.starts_with(b"keeltest reboot marker"),
+        "{:?}",
+        &bytes[..32]
     );
 }

@@ -294,6 +294,38 @@ pub fn run(transport: &Transport, mode: DiskPattern, seed: u32) -> TestResult {
     Ok(())
 }
 
+/// The reboot marker at the start of sector 0 (the rest of the sector is zero).
+const REBOOT_MARKER: &[u8] = b"keeltest reboot marker v1\n";
+
+/// What [`reboot_marker`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marker {
+    /// No marker: it is written now (and flushed): the caller resets the machine.
+    Written,
+    /// The marker, written before a reset: it is cleared now (and flushed).
+    Found,
+}
+
+/// The `reboot` test's disk step: sector 0 holds the marker after the first boot.
+pub fn reboot_marker(transport: &Transport) -> TestResult<Marker> {
+    let mut blk = Blk::init(transport)?;
+    if blk.read_only() {
+        return fail!("reboot: the disk is read-only, cannot write the marker");
+    }
+    blk.data()[..SECTOR].fill(0);
+    blk.expect_ok("read", T_IN, SINGLE_SECTOR, &[SECTOR])?;
+    let found = blk.data()[..SECTOR].starts_with(REBOOT_MARKER);
+    blk.data()[..SECTOR].fill(0);
+    if !found {
+        blk.data()[..REBOOT_MARKER.len()].copy_from_slice(REBOOT_MARKER);
+    }
+    blk.expect_ok("write", T_OUT, SINGLE_SECTOR, &[SECTOR])?;
+    if blk.features & F_FLUSH != 0 {
+        blk.expect_ok("flush", T_FLUSH, 0, &[])?;
+    }
+    Ok(if found { Marker::Found } else { Marker::Written })
+}
+
 /// The `irq` test: one blk read completed through a real device interrupt
 /// (IOAPIC level-triggered, active high, LAPIC EOI).
 pub fn run_irq(transport: &Transport) -> TestResult {

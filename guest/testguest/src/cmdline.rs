@@ -3,7 +3,7 @@
 //! Syntax (space-separated words; unknown words are ignored):
 //! - `keeltest=<test>[,<test>...]`: tests to run, in order. Tests: `blk`, `rng`,
 //!   `console`, `smp`, `irq`, `mmio-bench:<N>`, `corrupt:<loop|oob|nostatus>`, `panic`, `fault`,
-//!   `blkbench:<read|write|randread>:<size>[:<total>]`, `pause:<ms>`,
+//!   `blkbench:<read|write|randread>:<size>[:<total>]`, `pause:<ms>`, `reboot`, `reset-loop`
 //!   and `all` (= every device test whose device is present, plus `smp`).
 //! - `keeltest.disk-pattern=<rw|write|check>`: what `blk` does with its pattern
 //!   (default `rw`: write, flush, read back; `write`: the same, for a later
@@ -74,6 +74,11 @@ pub enum Test {
     },
     /// `pause:<ms>`: busy-wait so the host can sample the VMM (bench/run.sh).
     Pause(u32),
+    /// `reboot`: with no marker on the disk, write one and reset the machine; with the
+    /// marker (the boot after the reset), clear it and pass.
+    Reboot,
+    /// `reset-loop`: reset the machine at once, on every boot.
+    ResetLoop,
 }
 
 /// Access pattern of `blkbench`.
@@ -205,6 +210,8 @@ fn parse_test(name: &str) -> Option<Test> {
         "panic" => Test::Panic,
         "fault" => Test::Fault,
         "all" => Test::All,
+        "reboot" => Test::Reboot,
+        "reset-loop" => Test::ResetLoop,
         _ => {
             let (kind, arg) = name.split_once(':')?;
             match kind {

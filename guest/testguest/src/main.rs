@@ -59,6 +59,8 @@ impl fmt::Display for Test {
             Test::Corrupt(cmdline::Corruption::NoStatus) => f.write_str("corrupt:nostatus"),
             Test::BlkBench { kind, size, .. } => write!(f, "blkbench:{kind:?}:{size}"),
             Test::Pause(ms) => write!(f, "pause:{ms}"),
+            Test::Reboot => f.write_str("reboot"),
+            Test::ResetLoop => f.write_str("reset-loop"),
         }
     }
 }
@@ -113,6 +115,20 @@ impl Machine<'_> {
                 total,
             ),
             Test::Pause(ms) => blkbench::pause(ms),
+            Test::Reboot => match blk::reboot_marker(self.require(virtio::id::BLK, test)?)? {
+                blk::Marker::Found => {
+                    say!("reboot: marker found after the reset; cleared");
+                    Ok(())
+                }
+                blk::Marker::Written => {
+                    say!("reboot: marker written; resetting through the i8042");
+                    x86::reset()
+                }
+            },
+            Test::ResetLoop => {
+                say!("reset-loop: resetting through the i8042");
+                x86::reset()
+            }
             Test::Panic => panic!("keeltest=panic asked for a panic"),
             Test::Fault => {
                 // SAFETY: deliberately reads a non-canonical address: the CPU

@@ -187,6 +187,16 @@ pub fn delay_us(us: u64) {
     }
 }
 
+/// Resets the machine: the i8042 "pulse reset line" command (0xfe to port 0x64), which
+/// Keel (and QEMU) turn into a system reset; halts if nothing happens.
+pub fn reset() -> ! {
+    outb(0x64, 0xfe);
+    loop {
+        // SAFETY: halting with interrupts off parks the CPU; nothing follows.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
 /// Leaves the VM with `code`: debug-exit port 0xf4 (Keel and QEMU), then an
 /// i8042 reset, then halts forever.
 pub fn exit(code: u8) -> ! {

@@ -25,7 +25,10 @@ pub struct Doorbell {
 pub struct IoContext {
     /// The VM's devices (notifications, their errors, the UART).
     pub core: Arc<VmmCore>,
-    /// The doorbells.
+    /// The devices this thread serves (indices into the VM's devices): their doorbells
+    /// and errors.
+    pub devices: Vec<usize>,
+    /// The doorbells of those devices.
     pub doorbells: Vec<Doorbell>,
     /// Whether host stdin goes to the UART (the serial is on stdio).
     pub serial_input: bool,
@@ -46,7 +49,9 @@ impl std::fmt::Debug for IoContext {
 /// How often device errors are looked for when nothing else happens.
 const ERROR_POLL_MS: i32 = 100;
 
-/// Run the I/O loop until `ctx.stop` is written.
+/// Run an I/O loop until `ctx.stop` is written. A VM has one per virtio device (its
+/// doorbells: the queue work of a slow disk stalls no other device and no vCPU thread) and
+/// one for host stdin when the serial is on stdio.
 pub fn run(ctx: IoContext) {
     let mut stdin_open = ctx.serial_input;
     let mut escape = Escape::default();
@@ -88,7 +93,7 @@ pub fn run(ctx: IoContext) {
             return;
         }
         if fds[0].revents != 0 {
-            ctx.core.report_device_errors();
+            report_errors(&ctx);
             return;
         }
         for (i, d) in ctx.doorbells.iter().enumerate() {
@@ -109,7 +114,16 @@ pub fn run(ctx: IoContext) {
             }
         }
         if n == 0 {
-            ctx.core.report_device_errors();
+            report_errors(&ctx);
+        }
+    }
+}
+
+/// Log the pending errors of the devices `ctx` serves.
+fn report_errors(ctx: &IoContext) {
+    for &i in &ctx.devices {
+        if let Some(d) = ctx.core.devices().get(i) {
+            d.report_error(ctx.core.log());
         }
     }
 }

@@ -283,7 +283,11 @@ struct LinuxBackends<'a> {
 }
 
 impl DeviceBackends for LinuxBackends<'_> {
-    fn block(&mut self, _plan: &VmPlan, disk: usize) -> Result<Box<dyn BlockBackend>, BackendError> {
+    fn block(
+        &mut self,
+        _plan: &VmPlan,
+        disk: usize,
+    ) -> Result<Box<dyn BlockBackend>, BackendError> {
         let d = self
             .spec
             .disks
@@ -505,17 +509,53 @@ impl Vmm {
             EventFd::new(libc::EFD_NONBLOCK)
                 .map_err(|e| VmmError::Host(format!("eventfd: {e}")))?,
         );
-        let io_ctx = IoContext {
-            core: core.clone(),
-            doorbells,
-            serial_input: serial_on_stdio,
-            stop: io_stop.clone(),
-            user_stop: control.clone(),
-        };
-        let io_thread = std::thread::Builder::new()
-            .name("keel-io".into())
-            .spawn(move || io::run(io_ctx))
-            .map_err(|e| VmmError::Host(format!("cannot start the I/O thread: {e}")))?;
+        // One worker per device (its doorbells), and one for stdin.
+        let mut per_device: Vec<Vec<Doorbell>> =
+            (0..core.devices().len()).map(|_| Vec::new()).collect();
+        for d in doorbells {
+            if let Some(list) = per_device.get_mut(d.device) {
+                list.push(d);
+            }
+        }
+        let mut contexts: Vec<(String, IoContext)> = per_device
+            .into_iter()
+            .enumerate()
+            .map(|(i, doorbells)| {
+                (
+                    format!("keel-dev{i}"),
+                    IoContext {
+                        core: core.clone(),
+                        devices: vec![i],
+                        doorbells,
+                        serial_input: false,
+                        stop: io_stop.clone(),
+                        user_stop: control.clone(),
+                    },
+                )
+            })
+            .collect();
+        if serial_on_stdio {
+            contexts.push((
+                "keel-stdin".into(),
+                IoContext {
+                    core: core.clone(),
+                    devices: Vec::new(),
+                    doorbells: Vec::new(),
+                    serial_input: true,
+                    stop: io_stop.clone(),
+                    user_stop: control.clone(),
+                },
+            ));
+        }
+        let mut io_threads = Vec::with_capacity(contexts.len());
+        for (name, ctx) in contexts {
+            io_threads.push(
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || io::run(ctx))
+                    .map_err(|e| VmmError::Host(format!("cannot start an I/O thread: {e}")))?,
+            );
+        }
 
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let (exited_tx, exited_rx) = mpsc::channel();
@@ -561,10 +601,12 @@ impl Vmm {
 
         // `Control::finish` set `control.stopping` before waking us: the vCPU loops see it.
         let outcome = control.wait();
-        // Stop the I/O thread first: it ends on its own while the vCPUs are kicked.
+        // Stop the I/O threads first: they end on their own while the vCPUs are kicked.
         let _ = io_stop.write(1);
         kick_and_join(threads, &exited_rx);
-        let _ = io_thread.join();
+        for t in io_threads {
+            let _ = t.join();
+        }
         core.report_device_errors();
 
         let stats = RunStats {

@@ -51,7 +51,7 @@ cargo_tests() { # cargo_tests NAME ARGS...: count the tests of each test binary
   fi
 }
 
-NOSTD_CRATES=(keel-core keel-virtio keel-net)
+NOSTD_CRATES=(keel-core keel-virtio keel-net keel-vmm)
 
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings

@@ -31,4 +31,4 @@ pub mod vmm;
 
 pub use hv::{KvmHypervisor, KvmVm};
 pub use vcpu::KvmVcpu;
-pub use vmm::{RunReport, VmExitStatus, Vmm, VmmError, run_vm};
+pub use vmm::{LifecycleEvent, RunReport, VmExitStatus, VmHandle, Vmm, VmmError, run_vm, start_vm};

@@ -97,6 +97,8 @@ pub enum VmExitStatus {
         /// Resets within the last minute, the one that stopped the VM included.
         resets: u32,
     },
+    /// The VM was stopped from outside, by [`VmHandle::stop`].
+    HostStop,
 }
 
 impl From<SystemEvent> for VmExitStatus {
@@ -482,6 +484,15 @@ impl Vmm {
     /// has ended when this returns; the VM itself is destroyed when the returned report
     /// drops (see [`RunReport::leave_vm_to_process_exit`]), or here on an error.
     pub fn run(self) -> Result<RunReport, VmmError> {
+        self.run_with(|_, _| {})
+    }
+
+    /// [`Vmm::run`], calling `started` with the VM's stop control and exit counters once
+    /// its threads run (how a [`VmHandle`] reaches the current run).
+    fn run_with(
+        self,
+        started_hook: impl FnOnce(Arc<Control>, Arc<keel_vmm::ExitStats>),
+    ) -> Result<RunReport, VmmError> {
         let Vmm {
             name,
             vm,
@@ -493,17 +504,14 @@ impl Vmm {
             started,
             pcpus,
         } = self;
-        host::note_software_kvm();
+        // The one piece of process-wide state a KVM VMM needs: the (idempotent) handler of
+        // the signal that kicks vCPU threads out of KVM_RUN. The terminal mode and the
+        // software-KVM note are the program's business (the CLI does both).
         vmm_sys_util::signal::register_signal_handler(
             vmm_sys_util::signal::SIGRTMIN(),
             kick_handler,
         )
         .map_err(|e| VmmError::Host(format!("cannot install the vCPU kick signal: {e}")))?;
-        let _raw = if serial_on_stdio {
-            host::RawTerminal::enable()
-        } else {
-            None
-        };
 
         let io_stop = Arc::new(
             EventFd::new(libc::EFD_NONBLOCK)
@@ -598,6 +606,7 @@ impl Vmm {
         // Only the vCPU threads' clones may keep the channel open: once all are gone,
         // every vCPU thread has left its loop.
         drop(exited_tx);
+        started_hook(control.clone(), core.stats().clone());
 
         // `Control::finish` set `control.stopping` before waking us: the vCPU loops see it.
         let outcome = control.wait();
@@ -631,27 +640,165 @@ impl Vmm {
     }
 }
 
-/// Run the VM `spec` describes until it stops, restarting it in place whenever the guest
-/// resets and `spec.on_reboot` is [`OnReboot::Restart`]: each restart builds a fresh KVM VM
-/// from the spec (kernel and initrd read again, new devices over the same disk files, the
-/// same serial and console outputs) after the previous VM has been destroyed. A guest that
-/// resets more than `spec.max_restarts_per_minute` times within a minute is stopped with
-/// [`VmExitStatus::RestartLimit`]. With [`OnReboot::Stop`] a reset ends the run with
-/// [`VmExitStatus::Reboot`], as [`Vmm::run`] does.
+/// What happens to a VM over its life, as a [`VmHandle`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    /// Run `run` (0 first, then one more per restart) has started its vCPUs.
+    Started {
+        /// Which run.
+        run: u32,
+    },
+    /// The guest reset and the VM is being rebuilt (restart `restarts` of its life).
+    Restarting {
+        /// Restarts so far, this one included.
+        restarts: u32,
+    },
+    /// The VM has stopped for good.
+    Stopped(VmExitStatus),
+}
+
+/// What the handle shares with the thread that supervises the VM's runs.
+#[derive(Default)]
+struct HandleShared {
+    /// The current run's stop control and exit counters.
+    current: Mutex<Option<(Arc<Control>, Arc<keel_vmm::ExitStats>)>>,
+    stop_requested: AtomicBool,
+}
+
+/// A running VM, seen from the program that started it: stop it, wait for it, follow its
+/// life, read its counters. Started by [`start_vm`]. The library keeps no process-wide
+/// state for it (beyond the vCPU kick signal's handler): several handles can live in one
+/// process.
+pub struct VmHandle {
+    name: String,
+    shared: Arc<HandleShared>,
+    supervisor: Option<JoinHandle<Result<RunReport, VmmError>>>,
+    events: Option<Receiver<LifecycleEvent>>,
+}
+
+impl std::fmt::Debug for VmHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmHandle").field("vm", &self.name).finish()
+    }
+}
+
+impl VmHandle {
+    /// The VM's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stop the VM now (no restart follows); [`VmHandle::wait`] then reports
+    /// [`VmExitStatus::HostStop`].
+    pub fn stop(&self) {
+        self.shared.stop_requested.store(true, Ordering::SeqCst);
+        let current = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((control, _)) = current {
+            control.finish(Ok(SystemEvent::Shutdown));
+        }
+    }
+
+    /// The life-cycle events, once (the receiver moves to the caller).
+    pub fn take_events(&mut self) -> Option<Receiver<LifecycleEvent>> {
+        self.events.take()
+    }
+
+    /// Exits handled so far by the current run.
+    pub fn exits(&self) -> u64 {
+        self.shared
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, stats)| stats.total())
+            .unwrap_or(0)
+    }
+
+    /// Wait until the VM has stopped for good: every thread of it has ended.
+    pub fn wait(mut self) -> Result<RunReport, VmmError> {
+        let Some(t) = self.supervisor.take() else {
+            return Err(VmmError::Host("the VM was already waited for".into()));
+        };
+        t.join()
+            .unwrap_or_else(|_| Err(VmmError::Host("the VM's supervisor thread panicked".into())))
+    }
+}
+
+/// Start the VM `spec` describes and return its handle. The VM is built here (so bad input
+/// is reported before anything runs); a supervisor thread then runs it, restarting it in
+/// place whenever the guest resets and `spec.on_reboot` is [`OnReboot::Restart`]: each
+/// restart builds a fresh KVM VM from the spec (kernel and initrd read again, new devices
+/// over the same disk files, the same serial and console outputs) after the previous VM
+/// has been destroyed. A guest that resets more than `spec.max_restarts_per_minute` times
+/// within a minute is stopped with [`VmExitStatus::RestartLimit`]. With
+/// [`OnReboot::Stop`] a reset ends the run with [`VmExitStatus::Reboot`].
 ///
-/// Logs one line per restart and one when the limit stops the VM. The returned report is
-/// the last run's (see [`RunReport::leave_vm_to_process_exit`]).
-pub fn run_vm(spec: &VmSpec) -> Result<RunReport, VmmError> {
+/// Logs one line per restart and one when the limit stops the VM. The report
+/// [`VmHandle::wait`] returns is the last run's (see
+/// [`RunReport::leave_vm_to_process_exit`]).
+pub fn start_vm(spec: &VmSpec) -> Result<VmHandle, VmmError> {
     check_arch(spec)?;
     let outputs = VmOutputs::open(spec)?;
+    let first = Vmm::build(spec, &outputs)?;
+    let shared = Arc::new(HandleShared::default());
+    let (events_tx, events_rx) = mpsc::channel();
+    let name = spec.name.clone();
+    let spec = spec.clone();
+    let supervisor = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("keel-vm-{}", spec.name))
+            .spawn(move || supervise(&spec, &outputs, first, &shared, &events_tx))
+            .map_err(|e| VmmError::Host(format!("cannot start the VM's supervisor: {e}")))?
+    };
+    Ok(VmHandle {
+        name,
+        shared,
+        supervisor: Some(supervisor),
+        events: Some(events_rx),
+    })
+}
+
+/// The supervisor: run, restart by policy, report.
+fn supervise(
+    spec: &VmSpec,
+    outputs: &VmOutputs,
+    first: Vmm,
+    shared: &Arc<HandleShared>,
+    events: &Sender<LifecycleEvent>,
+) -> Result<RunReport, VmmError> {
     let max = spec.max_restarts_per_minute;
     let mut limiter = RestartLimiter::new(max, RestartLimiter::MINUTE_MS);
     let origin = Instant::now();
     let mut restarts = 0u32;
+    let mut next = Some(first);
     loop {
-        let mut report = Vmm::build(spec, &outputs)?.run()?;
+        let vmm = match next.take() {
+            Some(v) => v,
+            None => Vmm::build(spec, outputs)?,
+        };
+        let run = restarts;
+        let mut report = vmm.run_with(|control, stats| {
+            *shared.current.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((control.clone(), stats));
+            let _ = events.send(LifecycleEvent::Started { run });
+            // A stop asked for while this run was being built.
+            if shared.stop_requested.load(Ordering::SeqCst) {
+                control.finish(Ok(SystemEvent::Shutdown));
+            }
+        })?;
+        *shared.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
         report.restarts = restarts;
+        if shared.stop_requested.load(Ordering::SeqCst) {
+            report.status = VmExitStatus::HostStop;
+        }
         if report.status != VmExitStatus::Reboot || spec.on_reboot == OnReboot::Stop {
+            let _ = events.send(LifecycleEvent::Stopped(report.status));
             return Ok(report);
         }
         let now_ms = u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -662,6 +809,7 @@ pub fn run_vm(spec: &VmSpec) -> Result<RunReport, VmmError> {
                     spec.name
                 ));
                 report.status = VmExitStatus::RestartLimit { resets: count };
+                let _ = events.send(LifecycleEvent::Stopped(report.status));
                 return Ok(report);
             }
             RestartVerdict::Restart { count } => {
@@ -672,9 +820,16 @@ pub fn run_vm(spec: &VmSpec) -> Result<RunReport, VmmError> {
                 // Destroy this VM (guest RAM, fds, disk backends) before the next is built.
                 drop(report);
                 restarts = restarts.saturating_add(1);
+                let _ = events.send(LifecycleEvent::Restarting { restarts });
             }
         }
     }
+}
+
+/// Run the VM `spec` describes until it stops for good: [`start_vm`], then
+/// [`VmHandle::wait`].
+pub fn run_vm(spec: &VmSpec) -> Result<RunReport, VmmError> {
+    start_vm(spec)?.wait()
 }
 
 /// Refuse a guest architecture other than the host's: KVM runs guests of its own kind.

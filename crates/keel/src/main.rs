@@ -293,6 +293,13 @@ fn run(
         },
         message: e.to_string(),
     };
+    keel_kvm::host::note_software_kvm();
+    // The serial console is the terminal: raw mode while the VM runs (Ctrl-A x quits).
+    let _raw = if spec.serial == keel_spec::Output::Stdio {
+        keel_kvm::host::RawTerminal::enable()
+    } else {
+        None
+    };
     // Restarts the VM in place on a guest reset, as its `on_reboot` says.
     let mut report = keel_kvm::run_vm(spec).map_err(vmm_failure)?;
     // `keel run` exits right after: the kernel destroys the VM at exit faster than an
@@ -314,6 +321,8 @@ fn run(
         }
         // keel_kvm::run_vm has said why in one line.
         VmExitStatus::RestartLimit { .. } => Ok(EXIT_RESTART_LIMIT),
+        // Not produced by `keel run` (nothing here calls `VmHandle::stop`).
+        VmExitStatus::HostStop => Ok(0),
         VmExitStatus::Crash => Err(Failure {
             status: EXIT_FAILURE,
             message: format!(

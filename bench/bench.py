@@ -724,6 +724,15 @@ def main() -> int:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         problems.append("/dev/kvm is not usable")
     vmms: list[Vmm] = [Keel(keel, elf), Qemu(qemu, elf)]
+    baseline = os.environ.get("KEEL_BASELINE")
+    if baseline:
+        # Another keel binary (an older commit) interleaved in the same run: before/after.
+        if os.access(baseline, os.X_OK):
+            before = Keel(baseline, elf)
+            before.name = "Keel (baseline)"
+            vmms.insert(1, before)
+        else:
+            problems.append(f"KEEL_BASELINE={baseline} is not an executable")
     for var, cls in (("FIRECRACKER", Firecracker), ("CLOUD_HYPERVISOR", CloudHypervisor)):
         path = os.environ.get(var)
         if path:

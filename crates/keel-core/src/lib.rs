@@ -30,4 +30,4 @@ pub mod memory;
 pub use bus::{Bus, BusDevice, BusError};
 pub use hv::{BootEntry, ExitAnswer, HvError, Hypervisor, SystemEvent, Vcpu, VcpuExit, VcpuId, Vm};
 pub use irq::IrqLine;
-pub use memory::{GuestAddress, GuestMemory, GuestMemoryError, GuestRam};
+pub use memory::{GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryRef, GuestRam};

@@ -68,6 +68,19 @@ pub trait GuestMemory {
     /// Whether `[gpa, gpa + len)` lies wholly in guest RAM.
     fn contains(&self, gpa: GuestAddress, len: u64) -> bool;
 
+    /// The optional zero-copy fast path: guest RAM mapped into the VMM behind this memory,
+    /// if there is such a mapping, so that a backend can hand guest buffers to the host OS
+    /// directly (one `preadv` into guest RAM). `None` by default: a memory without a host
+    /// mapping (a shared window reached by copies, a bounce buffer, a test memory) is
+    /// accessed through [`GuestMemory::read`] / [`GuestMemory::write`] only, and devices
+    /// copy through bounded buffers of their own.
+    ///
+    /// A memory that returns `Some(ram)` promises that `ram` is the same guest memory as
+    /// `self` for every address `ram` contains.
+    fn mapped(&self) -> Option<&GuestRam> {
+        None
+    }
+
     /// Read a little-endian `u16`.
     fn read_u16(&self, gpa: GuestAddress) -> Result<u16, GuestMemoryError> {
         let mut b = [0u8; 2];
@@ -104,6 +117,10 @@ pub trait GuestMemory {
         self.write(gpa, &v.to_le_bytes())
     }
 }
+
+/// A shared handle to guest memory of any kind: what device models and virtqueues hold.
+/// `Arc::new(ram)` makes one from [`GuestRam`].
+pub type GuestMemoryRef = Arc<dyn GuestMemory + Send + Sync>;
 
 /// One contiguous block of guest RAM mapped into the VMM.
 #[derive(Clone, Copy)]
@@ -387,6 +404,10 @@ impl GuestMemory for GuestRam {
         }
         // A zero-length access is in range only at an address inside RAM.
         len != 0 || self.region_of(gpa.0).is_some()
+    }
+
+    fn mapped(&self) -> Option<&GuestRam> {
+        Some(self)
     }
 }
 

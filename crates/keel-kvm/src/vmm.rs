@@ -325,7 +325,7 @@ impl Placer<'_> {
         let irq = self.vm.irq_line(gsi)?;
         let transport = Arc::new(spin::Mutex::new(MmioTransport::new(
             device,
-            self.vm.ram().clone(),
+            Arc::new(self.vm.ram().clone()),
             irq,
         )));
         let bus_device: SharedDevice = transport.clone();

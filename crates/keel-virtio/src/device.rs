@@ -8,7 +8,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use keel_core::GuestRam;
+use keel_core::{GuestMemory, GuestMemoryRef};
 
 use crate::queue::{ChainError, Queue, QueueError};
 
@@ -169,7 +169,7 @@ pub trait VirtioDevice: Send {
     /// a device whose activation depends on the acked features overrides this.
     fn activate(
         &mut self,
-        memory: GuestRam,
+        memory: GuestMemoryRef,
         queues: Vec<Queue>,
         acked_features: u64,
     ) -> Result<(), DeviceError> {
@@ -196,22 +196,22 @@ pub trait VirtioDevice: Send {
 
 /// What an activated device holds: guest memory and its queues. Shared by the device models
 /// so that each does not re-implement queue lookup and interrupt decisions.
-#[derive(Debug)]
 pub struct ActiveQueues {
-    /// Guest memory.
-    pub memory: GuestRam,
+    /// Guest memory: mapped RAM, a shared window or a bounce buffer (see
+    /// [`GuestMemory::mapped`] for the zero-copy fast path).
+    pub memory: GuestMemoryRef,
     /// The queues, by index.
     pub queues: Vec<Queue>,
 }
 
 impl ActiveQueues {
     /// Wrap what [`VirtioDevice::activate`] received.
-    pub fn new(memory: GuestRam, queues: Vec<Queue>) -> ActiveQueues {
+    pub fn new(memory: GuestMemoryRef, queues: Vec<Queue>) -> ActiveQueues {
         ActiveQueues { memory, queues }
     }
 
     /// Guest memory and queue `index`, or [`DeviceError::NoSuchQueue`].
-    pub fn get(&mut self, index: u16) -> Result<(&GuestRam, &mut Queue), DeviceError> {
+    pub fn get(&mut self, index: u16) -> Result<(&dyn GuestMemory, &mut Queue), DeviceError> {
         let count = self.queues.len();
         let q = self
             .queues
@@ -220,7 +220,7 @@ impl ActiveQueues {
                 queue: index,
                 count,
             })?;
-        Ok((&self.memory, q))
+        Ok((&*self.memory, q))
     }
 
     /// Whether queue `index` should interrupt the guest for the used entries added since
@@ -228,6 +228,15 @@ impl ActiveQueues {
     pub fn needs_notification(&mut self, index: u16) -> Result<bool, DeviceError> {
         let (mem, q) = self.get(index)?;
         q.needs_notification(mem).map_err(DeviceError::queue(index))
+    }
+}
+
+impl fmt::Debug for ActiveQueues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActiveQueues")
+            .field("mapped", &self.memory.mapped().is_some())
+            .field("queues", &self.queues)
+            .finish()
     }
 }
 
@@ -267,7 +276,7 @@ impl<T: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<T> {
     }
     fn activate(
         &mut self,
-        memory: GuestRam,
+        memory: GuestMemoryRef,
         queues: Vec<Queue>,
         acked_features: u64,
     ) -> Result<(), DeviceError> {

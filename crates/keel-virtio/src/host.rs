@@ -113,9 +113,9 @@ impl FileBackend {
             let batch = iov.get(first..).unwrap_or(&[]);
             let count = batch.len().min(IOV_MAX);
             let pos = libc::off_t::try_from(at).map_err(|_| out_of_range())?;
-            // SAFETY: every iovec describes guest RAM that `GuestRam::host_address` found
-            // inside one mapped region, and the caller's `&GuestRam` keeps it mapped for
-            // this call. The kernel copies to or from it; no Rust reference to that memory
+            // SAFETY: every iovec describes guest RAM that `GuestIoSlice::of_ram` found
+            // inside one mapped region of the `GuestRam` behind the device's memory
+            // (`GuestMemory::mapped`), which the device keeps mapped for this call. The kernel copies to or from it; no Rust reference to that memory
             // exists, so the guest writing it at the same time is no aliasing violation.
             // `batch` holds at least `count` iovecs, `count <= IOV_MAX` fits a c_int.
             let n = unsafe {
@@ -409,6 +409,46 @@ mod tests {
             Err(BlockError::ReadOnly { op: "write" })
         );
         assert_eq!(std::fs::read(&img.0).unwrap()[0], 7);
+    }
+
+    #[test]
+    fn file_disk_over_unmapped_memory_serves_reads_and_writes_by_copying() {
+        use crate::block::{Block, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+        use crate::testing::{BounceMemory, GuestDriver, RAM_SIZE};
+        let contents: Vec<u8> = (0..8192u32).map(|i| (i / 512) as u8).collect();
+        let img = Image::new("bounce", &contents);
+        let disk = Block::new(FileBackend::open(&img.0, false).unwrap(), "file");
+        let mem = std::sync::Arc::new(BounceMemory::new(0, RAM_SIZE as usize));
+        let mut d = GuestDriver::start_with_memory(disk, mem);
+        let header = |kind: u32, sector: u64| {
+            let mut h = [0u8; 16];
+            h[..4].copy_from_slice(&kind.to_le_bytes());
+            h[8..].copy_from_slice(&sector.to_le_bytes());
+            h
+        };
+        let (h_in, data, s_in) = (
+            d.buffer(&header(VIRTIO_BLK_T_IN, 3)),
+            d.alloc(1024),
+            d.alloc(1),
+        );
+        let (h_out, out, s_out) = (
+            d.buffer(&header(VIRTIO_BLK_T_OUT, 10)),
+            d.buffer(&[0xcc; 512]),
+            d.alloc(1),
+        );
+
+        d.submit(0, &[(h_in, 16, false), (data, 1024, true), (s_in, 1, true)]);
+        d.submit(
+            0,
+            &[(h_out, 16, false), (out, 512, false), (s_out, 1, true)],
+        );
+
+        assert_eq!(d.read_mem(s_in, 1)[0], VIRTIO_BLK_S_OK);
+        assert_eq!(d.read_mem(data, 1024), &contents[3 * 512..5 * 512]);
+        assert_eq!(d.read_mem(s_out, 1)[0], VIRTIO_BLK_S_OK);
+        let file = std::fs::read(&img.0).unwrap();
+        assert_eq!(&file[10 * 512..11 * 512], &[0xcc; 512]);
+        assert_eq!((file[10 * 512 - 1], file[11 * 512]), (9, 11));
     }
 
     #[test]

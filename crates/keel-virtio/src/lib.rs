@@ -18,14 +18,15 @@
 //! device::VirtioDevice (trait): device_type(), name(), queue_max_sizes(), device_features(),
 //!   read_config(offset, &mut [u8]), write_config(offset, &[u8]),
 //!   active_queues() -> &mut Option<ActiveQueues> (the one required hook the defaults use),
-//!   activate(GuestRam, Vec<Queue>, acked_features: u64) -> Result<(), DeviceError> (default:
+//!   activate(GuestMemoryRef, Vec<Queue>, acked_features: u64) -> Result<(), DeviceError> (default:
 //!   store them in active_queues()), reset() (default: clear it), process_queue(queue: u16) -> Result<bool, DeviceError>, poll() -> Result<bool, DeviceError>
 //!   (also implemented for Box<dyn VirtioDevice>)
-//! device::ActiveQueues { memory, queues }: get(i) -> (&GuestRam, &mut Queue), needs_notification(i)
+//! device::ActiveQueues { memory, queues }: get(i) -> (&dyn GuestMemory, &mut Queue), needs_notification(i)
 //! device::read_config_bytes(config: &[u8], offset, &mut [u8]); device::{device_type, features} consts
 //! device::DeviceFailure { device: &'static str, error: DeviceError }  (Display: "virtio-blk: queue 0: …")
 //!
-//! mmio::MmioTransport::new(device: D, memory: GuestRam, irq: Arc<dyn IrqLine>) -> MmioTransport<D>
+//! mmio::MmioTransport::new(device: D, memory: GuestMemoryRef, irq: Arc<dyn IrqLine>) -> MmioTransport<D>
+//!   (GuestMemoryRef = Arc<dyn GuestMemory + Send + Sync>; mapped RAM: Arc::new(ram))
 //!   impl keel_core::BusDevice; notify(queue: u16); poll(); take_error() -> Option<DeviceFailure>;
 //!   device() / device_mut() -> &D / &mut D; status(); interrupt_status(); is_active();
 //!   offered_features(); mmio::{MMIO_WINDOW_SIZE, VENDOR_ID, reg, status} consts
@@ -35,7 +36,8 @@
 //! block::Block::new(backend: B: BlockBackend, id: impl AsRef<[u8]>);
 //!   BlockBackend: size(), read_only(), read_at, write_at, flush, discard -> Result<(), BlockError>,
 //!   optional read_vectored_at / write_vectored_at(offset, &[GuestIoSlice]) -> Result<Vectored, _>
-//!   (straight between backend and guest RAM; default Vectored::Unsupported: bounce buffer)
+//!   (straight between backend and guest RAM when GuestMemory::mapped() is Some; default
+//!   Vectored::Unsupported, or memory without a mapping: bounce buffer)
 //!   block::MemoryBackend::new(T) / ::read_only(T)   (T: AsRef<[u8]> + AsMut<[u8]> + Send)
 //! rng::Rng::new(source: E: EntropySource); EntropySource::fill(&mut [u8]) -> Result<(), EntropyError>
 //! std only: FileBackend::open(path, read_only: bool) -> io::Result<FileBackend>,
@@ -43,7 +45,7 @@
 //! ```
 //!
 //! A VMM wires a device as
-//! `Arc::new(spin::Mutex::new(MmioTransport::new(Block::new(FileBackend::open(p, false)?, "disk0"), ram, irq)))`,
+//! `Arc::new(spin::Mutex::new(MmioTransport::new(Block::new(FileBackend::open(p, false)?, "disk0"), Arc::new(ram), irq)))`,
 //! inserts it on its MMIO bus, calls `notify(q)` from ioeventfd threads, and logs
 //! `take_error()` after each access (`virtio-blk: queue 0: …`). See `docs/virtio.md`.
 #![no_std]

@@ -90,6 +90,13 @@ pub enum DeviceError {
     /// The device's backend failed in a way the guest cannot be told about.
     #[error("backend: {0}")]
     Backend(String),
+    /// The VMM delivered an event the device did not declare in
+    /// [`VirtioDevice::event_sources`] (a VMM bug, not the guest's).
+    #[error("event token {token} is not one of the device's event sources")]
+    NoSuchEvent {
+        /// The token delivered.
+        token: u32,
+    },
 }
 
 impl DeviceError {
@@ -125,6 +132,18 @@ impl core::error::Error for DeviceFailure {
         Some(&self.error)
     }
 }
+
+/// A host event a device waits on, as the host names it: an opaque handle the device's
+/// backend was given (a file descriptor number on Linux, a Microkit channel number on seL4).
+/// The device never interprets it; the VMM's I/O loop waits on it and calls
+/// [`VirtioDevice::handle_event`] with the matching [`EventToken`] when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EventSource(pub u64);
+
+/// Which of a device's event sources fired: chosen by the device in
+/// [`VirtioDevice::event_sources`], handed back to [`VirtioDevice::handle_event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EventToken(pub u32);
 
 /// A virtio device model, driven by a transport.
 ///
@@ -191,6 +210,21 @@ pub trait VirtioDevice: Send {
     /// Returns whether the guest should be interrupted.
     fn poll(&mut self) -> Result<bool, DeviceError> {
         Ok(false)
+    }
+
+    /// The host events the device waits on, each with the token [`VirtioDevice::handle_event`]
+    /// gets when it fires. Fixed for the device's life (the backends are given at
+    /// construction): a VMM asks once when it wires the device. None by default.
+    fn event_sources(&self) -> Vec<(EventToken, EventSource)> {
+        Vec::new()
+    }
+
+    /// The event source of `token` fired (see `docs/virtio.md` for the contract: sources
+    /// are edge-triggered, and the device takes only what the guest has room for). Returns
+    /// whether the guest should be interrupted. A token the device did not declare is
+    /// [`DeviceError::NoSuchEvent`]; by default the device declares none.
+    fn handle_event(&mut self, token: EventToken) -> Result<bool, DeviceError> {
+        Err(DeviceError::NoSuchEvent { token: token.0 })
     }
 }
 
@@ -290,5 +324,11 @@ impl<T: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<T> {
     }
     fn poll(&mut self) -> Result<bool, DeviceError> {
         (**self).poll()
+    }
+    fn event_sources(&self) -> Vec<(EventToken, EventSource)> {
+        (**self).event_sources()
+    }
+    fn handle_event(&mut self, token: EventToken) -> Result<bool, DeviceError> {
+        (**self).handle_event(token)
     }
 }

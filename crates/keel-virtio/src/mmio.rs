@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use keel_core::{BusDevice, GuestAddress, GuestMemoryRef, IrqLine};
 
 use crate::device::features::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
-use crate::device::{DeviceError, DeviceFailure, VirtioDevice};
+use crate::device::{DeviceError, DeviceFailure, EventSource, EventToken, VirtioDevice};
 use crate::queue::Queue;
 
 /// `"virt"` in little endian.
@@ -244,6 +244,24 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         }
         let result = self.device.poll();
+        self.complete(result);
+    }
+
+    /// The host events the device waits on (see [`VirtioDevice::event_sources`]).
+    pub fn event_sources(&self) -> Vec<(EventToken, EventSource)> {
+        self.device.event_sources()
+    }
+
+    /// Deliver a host event the device declared in [`MmioTransport::event_sources`]: the
+    /// device handles it and the transport raises the interrupt line if it asks, as for a
+    /// queue notification. Ignored before DRIVER_OK and after a device error: what the
+    /// event announced waits in the backend until the device next looks (a console, when
+    /// the guest posts receive buffers).
+    pub fn handle_event(&mut self, token: EventToken) {
+        if !self.is_active() {
+            return;
+        }
+        let result = self.device.handle_event(token);
         self.complete(result);
     }
 

@@ -46,5 +46,12 @@ if command -v rustup >/dev/null 2>&1; then
   for c in rustfmt clippy; do
     grep -q "^$c" <<<"$installed_components" || rustup component add "$c" >&2
   done
+  # Miri (scripts/miri.sh) needs nightly; Keel itself builds on stable. A failure here is
+  # not fatal: scripts/miri.sh then reports the Miri step as skipped.
+  if ! cargo +nightly miri --version >/dev/null 2>&1; then
+    echo "setup: installing the nightly toolchain with miri" >&2
+    rustup toolchain install nightly --profile minimal --component miri,rust-src >&2 ||
+      echo "setup: warning: could not install nightly with miri; the Miri tests will be skipped" >&2
+  fi
 fi
 echo "setup: ok" >&2

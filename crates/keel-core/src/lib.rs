@@ -34,4 +34,4 @@ pub use hv::{
     VmEvent, VmExits,
 };
 pub use irq::IrqLine;
-pub use memory::{GuestAddress, GuestMemory, GuestMemoryError, GuestRam};
+pub use memory::{GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryRef, GuestRam};

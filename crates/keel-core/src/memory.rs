@@ -5,7 +5,6 @@
 //! reads. Code that parses guest structures therefore copies them out once and validates the
 //! copy; it never keeps a Rust reference into guest memory.
 
-use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::any::Any;
@@ -69,6 +68,19 @@ pub trait GuestMemory {
     /// Whether `[gpa, gpa + len)` lies wholly in guest RAM.
     fn contains(&self, gpa: GuestAddress, len: u64) -> bool;
 
+    /// The optional zero-copy fast path: guest RAM mapped into the VMM behind this memory,
+    /// if there is such a mapping, so that a backend can hand guest buffers to the host OS
+    /// directly (one `preadv` into guest RAM). `None` by default: a memory without a host
+    /// mapping (a shared window reached by copies, a bounce buffer, a test memory) is
+    /// accessed through [`GuestMemory::read`] / [`GuestMemory::write`] only, and devices
+    /// copy through bounded buffers of their own.
+    ///
+    /// A memory that returns `Some(ram)` promises that `ram` is the same guest memory as
+    /// `self` for every address `ram` contains.
+    fn mapped(&self) -> Option<&GuestRam> {
+        None
+    }
+
     /// Read a little-endian `u16`.
     fn read_u16(&self, gpa: GuestAddress) -> Result<u16, GuestMemoryError> {
         let mut b = [0u8; 2];
@@ -105,6 +117,10 @@ pub trait GuestMemory {
         self.write(gpa, &v.to_le_bytes())
     }
 }
+
+/// A shared handle to guest memory of any kind: what device models and virtqueues hold.
+/// `Arc::new(ram)` makes one from [`GuestRam`].
+pub type GuestMemoryRef = Arc<dyn GuestMemory + Send + Sync>;
 
 /// One contiguous block of guest RAM mapped into the VMM.
 #[derive(Clone, Copy)]
@@ -214,24 +230,29 @@ impl GuestRam {
     /// Zeroed guest RAM allocated on the heap: for tests (the mock guest memory of device
     /// tests) and for backends without a special allocator.
     pub fn anonymous(layout: &[(u64, u64)]) -> Result<GuestRam, LayoutError> {
-        // u64 elements give every region 8-byte host alignment, as a page mapping would.
-        let mut buffers: Vec<Box<[u64]>> = Vec::with_capacity(layout.len());
+        let mut owner = HeapRegions(Vec::with_capacity(layout.len()));
         let mut raw = Vec::with_capacity(layout.len());
         for &(gpa, len) in layout {
-            let words = usize::try_from(len.div_ceil(8))
-                .map_err(|_| LayoutError::BadRegion { gpa, len })?;
-            let mut buf = alloc::vec![0u64; words].into_boxed_slice();
-            raw.push(RawRegion {
-                gpa,
-                len,
-                host: buf.as_mut_ptr().cast::<u8>(),
-            });
-            buffers.push(buf);
+            let bad = LayoutError::BadRegion { gpa, len };
+            // 8-byte host alignment, as a page mapping would give. An empty region gets no
+            // allocation (zero-size allocations are not allowed): `from_raw` refuses it.
+            let size = usize::try_from(len).map_err(|_| bad)?;
+            if size == 0 {
+                return Err(bad);
+            }
+            let layout = core::alloc::Layout::from_size_align(size, 8).map_err(|_| bad)?;
+            // SAFETY: `layout` has a non-zero size (checked above).
+            let host = unsafe { alloc::alloc::alloc_zeroed(layout) };
+            if host.is_null() {
+                alloc::alloc::handle_alloc_error(layout);
+            }
+            owner.0.push((host, layout));
+            raw.push(RawRegion { gpa, len, host });
         }
-        let owner: Arc<dyn Any + Send + Sync> = Arc::new(HeapRegions(buffers));
-        // SAFETY: each pointer comes from a boxed slice of at least `len` bytes that `owner`
-        // keeps alive and that nothing else references (the boxes are moved into `owner`
-        // and never touched again; moving a box does not move its heap allocation).
+        let owner: Arc<dyn Any + Send + Sync> = Arc::new(owner);
+        // SAFETY: each pointer comes from an allocation of exactly `len` bytes that `owner`
+        // frees only when dropped, i.e. after the last clone of the result; nothing else
+        // holds a pointer or reference to it.
         unsafe { GuestRam::from_raw(&raw, owner) }
     }
 
@@ -319,7 +340,27 @@ impl GuestRam {
     }
 }
 
-struct HeapRegions(#[allow(dead_code)] Vec<Box<[u64]>>);
+/// The heap allocations behind [`GuestRam::anonymous`]: raw allocations rather than boxes,
+/// so that no `Box` (which asserts unique access when moved) aliases the raw pointers the
+/// regions keep. Freed on drop.
+struct HeapRegions(Vec<(*mut u8, core::alloc::Layout)>);
+
+// SAFETY: the allocations are plain bytes owned by this value; `HeapRegions` itself never
+// accesses them except to free them in `drop`, which has `&mut self`.
+unsafe impl Send for HeapRegions {}
+// SAFETY: as above: no method reads or writes through the pointers.
+unsafe impl Sync for HeapRegions {}
+
+impl Drop for HeapRegions {
+    fn drop(&mut self) {
+        for &(p, layout) in &self.0 {
+            // SAFETY: `p` was returned by `alloc_zeroed(layout)` in `GuestRam::anonymous`
+            // and is freed once, here; the `GuestRam` clones that used it are gone, as they
+            // hold the `Arc` this value lives in.
+            unsafe { alloc::alloc::dealloc(p, layout) }
+        }
+    }
+}
 
 impl GuestMemory for GuestRam {
     fn read(&self, gpa: GuestAddress, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
@@ -363,6 +404,10 @@ impl GuestMemory for GuestRam {
         }
         // A zero-length access is in range only at an address inside RAM.
         len != 0 || self.region_of(gpa.0).is_some()
+    }
+
+    fn mapped(&self) -> Option<&GuestRam> {
+        Some(self)
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::error::{ErrorKind, SpecError};
-use crate::kernel::{elf_headers_end, probe_kernel};
+use crate::kernel::{check_kernel, elf_headers_end, probe_kernel};
 use crate::model::{Output, System, VmSpec};
 use crate::validate::vm_label;
 
@@ -44,7 +44,7 @@ fn check_vm_files(at: &str, vm: &VmSpec) -> Result<(), SpecError> {
             reason: io_reason(&e),
         })
     })?;
-    probe_kernel(&image).check(vm.arch).map_err(|reason| {
+    check_kernel(probe_kernel(&image), vm.arch).map_err(|reason| {
         fail(ErrorKind::NotAKernel {
             path: vm.kernel.to_string(),
             arch: vm.arch,

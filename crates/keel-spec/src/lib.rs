@@ -33,7 +33,7 @@ mod host;
 mod parse;
 
 pub use error::{ErrorKind, SpecError};
-pub use kernel::{KernelFormat, elf_headers_end, probe_kernel};
+pub use kernel::{KernelFormat, check_kernel, elf_headers_end, probe_kernel};
 pub use layout::{DeviceWindow, device_window, ram_layout};
 pub use model::{
     Arch, ConsoleSpec, DiskSpec, HostPath, Memory, OnReboot, Output, OutputKind, Placement,

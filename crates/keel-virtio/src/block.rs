@@ -4,7 +4,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use keel_core::{GuestAddress, GuestRam};
+use keel_core::{GuestAddress, GuestMemory, GuestRam};
 
 use crate::device::{ActiveQueues, DeviceError, VirtioDevice, device_type, read_config_bytes};
 use crate::queue::DescriptorChain;
@@ -362,7 +362,9 @@ impl<B: BlockBackend> VirtioDevice for Block<B> {
             return Ok(false);
         };
         if self.bounce.len() != CHUNK {
-            self.bounce.resize(CHUNK, 0);
+            // `vec!` of zeros allocates zeroed memory: no per-byte loop (which Miri, in
+            // particular, runs slowly).
+            self.bounce = alloc::vec![0; CHUNK];
         }
         let (mem, q) = active.get(queue)?;
         let mut used = false;
@@ -397,7 +399,7 @@ struct Request<'a, B> {
     bounce: &'a mut [u8],
     iov: &'a mut Vec<GuestIoSlice>,
     vectored: &'a mut bool,
-    mem: &'a GuestRam,
+    mem: &'a dyn GuestMemory,
     chain: &'a DescriptorChain,
     queue: u16,
 }
@@ -490,9 +492,9 @@ impl<B: BlockBackend> Request<'_, B> {
 
     /// Move the `len` bytes at `offset` of the disk to the first `len` bytes of the
     /// writable part (`to_guest`) or from the `len` bytes after the header in the readable
-    /// part, with the backend's vectored I/O. `None` when the backend has none or a
-    /// buffer has no single host address (it spans two RAM regions): the caller then
-    /// takes the bounce path.
+    /// part, with the backend's vectored I/O. `None` when the backend has none, guest
+    /// memory has no host mapping ([`GuestMemory::mapped`]) or a buffer has no single
+    /// host address (it spans two RAM regions): the caller then takes the bounce path.
     fn transfer_vectored(
         &mut self,
         to_guest: bool,
@@ -502,13 +504,16 @@ impl<B: BlockBackend> Request<'_, B> {
         if !*self.vectored || len == 0 {
             return Ok(None);
         }
+        let Some(ram) = self.mem.mapped() else {
+            return Ok(None);
+        };
         let start = if to_guest { 0 } else { u64::from(HEADER_LEN) };
-        let (mem, iov) = (self.mem, &mut *self.iov);
+        let iov = &mut *self.iov;
         iov.clear();
         let mapped = self
             .chain
             .visit_pieces(to_guest, start, len as usize, |gpa, n| {
-                GuestIoSlice::of_ram(mem, gpa, n)
+                GuestIoSlice::of_ram(ram, gpa, n)
                     .map(|s| iov.push(s))
                     .is_some()
             })
@@ -648,7 +653,7 @@ impl<B: BlockBackend> Request<'_, B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::GuestDriver;
+    use crate::testing::{BounceMemory, GuestDriver, RAM_SIZE};
     use alloc::sync::Arc;
     use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -794,9 +799,11 @@ mod tests {
 
     /// A disk whose sector `n` is filled with the byte `n`.
     fn patterned() -> Vec<u8> {
-        (0..DISK_SECTORS * SECTOR_SIZE)
-            .map(|i| (i / SECTOR_SIZE) as u8)
-            .collect()
+        let mut disk = alloc::vec![0u8; (DISK_SECTORS * SECTOR_SIZE) as usize];
+        for (n, sector) in disk.chunks_mut(SECTOR_SIZE as usize).enumerate() {
+            sector.fill(n as u8);
+        }
+        disk
     }
 
     fn disk() -> GuestDriver<Block<MemoryBackend<Vec<u8>>>> {
@@ -958,6 +965,85 @@ mod tests {
         let disk = d.transport.device().backend();
         assert_eq!((disk.vectored_calls, disk.copies), (1, 2));
         assert_eq!(&disk.inner.bytes()[7 * 512..8 * 512], &[1; 512]);
+    }
+
+    /// A started recording disk over guest memory without a host mapping.
+    fn recording_disk_over_bounce_memory(vectored: bool) -> GuestDriver<Block<RecordingDisk>> {
+        let mem = Arc::new(BounceMemory::new(0, RAM_SIZE as usize));
+        GuestDriver::start_with_memory(Block::new(RecordingDisk::new(vectored), "bounce"), mem)
+    }
+
+    #[test]
+    fn read_over_unmapped_memory_is_copied_into_the_guest_buffers() {
+        let mut d = recording_disk_over_bounce_memory(true);
+        let h = d.buffer(&header(VIRTIO_BLK_T_IN, 2));
+        let (a, b, status) = (d.alloc(512), d.alloc(1024), d.alloc(1));
+
+        d.submit(
+            0,
+            &[
+                (h, 16, false),
+                (a, 512, true),
+                (b, 1024, true),
+                (status, 1, true),
+            ],
+        );
+
+        assert_eq!(d.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+        assert_eq!(d.read_mem(a, 512), [2u8; 512]);
+        assert_eq!(d.read_mem(b, 512), [3u8; 512]);
+        assert_eq!(d.read_mem(b + 512, 512), [4u8; 512]);
+        assert_eq!(d.last_used(0), Some((0, 1537)));
+        let disk = d.transport.device().backend();
+        assert_eq!((disk.vectored_calls, disk.copies), (0, 1));
+    }
+
+    #[test]
+    fn write_over_unmapped_memory_is_copied_from_the_guest_buffers() {
+        let mut d = recording_disk_over_bounce_memory(true);
+        let h = d.buffer(&header(VIRTIO_BLK_T_OUT, 5));
+        let a = d.buffer(&[0xaa; 512]);
+        let b = d.buffer(&[0xbb; 512]);
+        let status = d.alloc(1);
+
+        d.submit(
+            0,
+            &[
+                (h, 16, false),
+                (a, 512, false),
+                (b, 512, false),
+                (status, 1, true),
+            ],
+        );
+
+        assert_eq!(d.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+        let disk = d.transport.device().backend();
+        assert_eq!(&disk.inner.bytes()[5 * 512..6 * 512], &[0xaa; 512]);
+        assert_eq!(&disk.inner.bytes()[6 * 512..7 * 512], &[0xbb; 512]);
+        assert_eq!(disk.inner.bytes()[7 * 512], 7);
+        assert_eq!((disk.vectored_calls, disk.copies), (0, 1));
+    }
+
+    #[test]
+    fn request_larger_than_the_bounce_buffer_over_unmapped_memory_moves_every_byte() {
+        // 96 KiB, more than one CHUNK, out of a 160 KiB disk holding i % 251 at byte i.
+        let len = CHUNK + CHUNK / 2;
+        let contents: Vec<u8> = (0..160 * 1024).map(|i| (i % 251) as u8).collect();
+        let mem = Arc::new(BounceMemory::new(0, RAM_SIZE as usize));
+        let disk = Block::new(MemoryBackend::new(contents.clone()), "big");
+        let mut d = GuestDriver::start_with_memory(disk, mem);
+
+        let (read, data, used) = request(&mut d, VIRTIO_BLK_T_IN, 8, None, len as u32);
+        let back: Vec<u8> = d.read_mem(data, len).iter().map(|b| !b).collect();
+        let (written, _, _) = request(&mut d, VIRTIO_BLK_T_OUT, 8, Some(&back), 0);
+
+        assert_eq!((read, written), (VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK));
+        assert_eq!(used, len as u32 + 1);
+        let disk = d.transport.device().backend().bytes();
+        let expected: Vec<u8> = contents[4096..4096 + len].iter().map(|b| !b).collect();
+        assert_eq!(&disk[4096..4096 + len], &expected[..]);
+        assert_eq!(&disk[..4096], &contents[..4096]);
+        assert_eq!(&disk[4096 + len..], &contents[4096 + len..]);
     }
 
     #[test]

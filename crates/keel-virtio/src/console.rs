@@ -1,9 +1,19 @@
 //! virtio-console (device type 3): one port, receiveq 0 and transmitq 1.
+//!
+//! Input reaches the guest two ways: bytes the VMM pushes ([`Console::push_input`], buffered
+//! here up to [`INPUT_BUFFER_LIMIT`]) and a [`ConsoleInput`] backend the device reads itself
+//! when its event source fires ([`VirtioDevice::handle_event`]) or the guest posts receive
+//! buffers. The backend is read only for as many bytes as the posted buffers hold; the rest
+//! stays in the backend.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use crate::device::{ActiveQueues, DeviceError, VirtioDevice, device_type, read_config_bytes};
+use crate::device::{
+    ActiveQueues, DeviceError, EventSource, EventToken, VirtioDevice, device_type,
+    read_config_bytes,
+};
+use crate::queue::DescriptorChain;
 
 /// Feature bit: the configuration holds the console size.
 pub const VIRTIO_CONSOLE_F_SIZE: u64 = 1 << 0;
@@ -15,34 +25,98 @@ pub const RECEIVEQ: u16 = 0;
 /// The transmit queue (guest → device).
 pub const TRANSMITQ: u16 = 1;
 
+/// The token of the input backend's event source in [`VirtioDevice::event_sources`].
+pub const INPUT_EVENT: EventToken = EventToken(0);
+
+/// Bytes copied between the input backend and guest memory per step.
+const INPUT_CHUNK: usize = 1024;
+
 /// Where the guest's console output goes (a terminal, a log, a socket).
 pub trait ConsoleOutput: Send {
     /// The guest wrote `bytes`.
     fn write(&mut self, bytes: &[u8]);
 }
 
+/// Where the guest's console input comes from (a terminal, a pipe, a socket), read by the
+/// device itself.
+pub trait ConsoleInput: Send {
+    /// The host event that fires when input arrives, if there is one (a file descriptor
+    /// number on Linux, a channel on seL4). Without one the device still reads the backend
+    /// when the guest posts receive buffers and on [`crate::MmioTransport::poll`].
+    fn event_source(&self) -> Option<EventSource>;
+
+    /// Copy up to `buf.len()` bytes of input that is available now into `buf`; never
+    /// blocks. Returns how many: 0 when nothing is waiting (or the input has ended).
+    fn read(&mut self, buf: &mut [u8]) -> usize;
+}
+
+/// No input backend: the console gets input only through [`Console::push_input`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoInput;
+
+impl ConsoleInput for NoInput {
+    fn event_source(&self) -> Option<EventSource> {
+        None
+    }
+
+    fn read(&mut self, _buf: &mut [u8]) -> usize {
+        0
+    }
+}
+
+impl<T: ConsoleInput + ?Sized> ConsoleInput for alloc::boxed::Box<T> {
+    fn event_source(&self) -> Option<EventSource> {
+        (**self).event_source()
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> usize {
+        (**self).read(buf)
+    }
+}
+
 /// The virtio-console device.
 #[derive(Debug)]
-pub struct Console<O: ConsoleOutput> {
+pub struct Console<O: ConsoleOutput, I: ConsoleInput = NoInput> {
     output: O,
+    input_backend: I,
     input: VecDeque<u8>,
+    /// A receive buffer popped when no input turned out to be waiting: filled first next
+    /// time (a popped chain cannot be given back to the queue).
+    held: Option<DescriptorChain>,
     size: Option<(u16, u16)>,
     active: Option<ActiveQueues>,
 }
 
 impl<O: ConsoleOutput> Console<O> {
-    /// A console writing the guest's output to `output`.
+    /// A console writing the guest's output to `output`, without an input backend.
     pub fn new(output: O) -> Console<O> {
         Console {
             output,
+            input_backend: NoInput,
             input: VecDeque::new(),
+            held: None,
             size: None,
             active: None,
         }
     }
+}
+
+impl<O: ConsoleOutput, I: ConsoleInput> Console<O, I> {
+    /// The same console reading the guest's input from `input` (its event source, if any,
+    /// is declared in [`VirtioDevice::event_sources`] under [`INPUT_EVENT`]).
+    pub fn with_input<J: ConsoleInput>(self, input: J) -> Console<O, J> {
+        Console {
+            output: self.output,
+            input_backend: input,
+            input: self.input,
+            held: self.held,
+            size: self.size,
+            active: self.active,
+        }
+    }
 
     /// Offer VIRTIO_CONSOLE_F_SIZE with this size in columns and rows.
-    pub fn with_size(mut self, cols: u16, rows: u16) -> Console<O> {
+    pub fn with_size(mut self, cols: u16, rows: u16) -> Console<O, I> {
         self.size = Some((cols, rows));
         self
     }
@@ -50,6 +124,11 @@ impl<O: ConsoleOutput> Console<O> {
     /// The output backend.
     pub fn output(&self) -> &O {
         &self.output
+    }
+
+    /// The input backend.
+    pub fn input(&self) -> &I {
+        &self.input_backend
     }
 
     /// Queue input for the guest; it is delivered when the guest has receive buffers (call
@@ -61,14 +140,14 @@ impl<O: ConsoleOutput> Console<O> {
         n
     }
 
-    /// Bytes waiting for receive buffers.
+    /// Bytes pushed with [`Console::push_input`] that wait for receive buffers (bytes
+    /// still in the input backend are not counted).
     pub fn pending_input(&self) -> usize {
         self.input.len()
     }
-}
 
-impl<O: ConsoleOutput> Console<O> {
-    /// Move buffered input into the receive buffers the guest has posted.
+    /// Move input into the receive buffers the guest has posted, never reading more from
+    /// the backend than they hold.
     fn deliver_input(&mut self) -> Result<bool, DeviceError> {
         let Some(active) = self.active.as_mut() else {
             return Ok(false);
@@ -79,22 +158,48 @@ impl<O: ConsoleOutput> Console<O> {
             return Ok(false);
         }
         let mut used = false;
-        while !self.input.is_empty() {
-            let Some(chain) = q.pop(mem).map_err(DeviceError::queue(RECEIVEQ))? else {
-                break;
+        let mut scratch = [0u8; INPUT_CHUNK];
+        loop {
+            let chain = match self.held.take() {
+                Some(chain) => chain,
+                None => match q.pop(mem).map_err(DeviceError::queue(RECEIVEQ))? {
+                    Some(chain) => chain,
+                    None => break,
+                },
             };
             chain
                 .require_writable_only()
                 .map_err(DeviceError::chain(RECEIVEQ))?;
-            let n = (chain.writable_len() as usize).min(self.input.len());
-            let bytes: Vec<u8> = self.input.drain(..n).collect();
-            chain
-                .write_at(mem, 0, &bytes)
-                .map_err(DeviceError::chain(RECEIVEQ))?;
-            // n <= writable_len, a u32.
-            q.add_used(mem, chain.head(), n as u32)
+            let room = chain.writable_len() as usize;
+            let mut filled = 0usize;
+            while filled < room {
+                let want = (room - filled).min(INPUT_CHUNK);
+                let n = next_input(
+                    &mut self.input,
+                    &mut self.input_backend,
+                    &mut scratch[..want],
+                );
+                if n == 0 {
+                    break;
+                }
+                chain
+                    .write_at(mem, filled as u64, &scratch[..n])
+                    .map_err(DeviceError::chain(RECEIVEQ))?;
+                filled += n;
+            }
+            if filled == 0 {
+                // Nothing is waiting: keep the buffer for the next input.
+                self.held = Some(chain);
+                break;
+            }
+            // filled <= writable_len, a u32.
+            q.add_used(mem, chain.head(), filled as u32)
                 .map_err(DeviceError::queue(RECEIVEQ))?;
             used = true;
+            if filled < room {
+                // The input ran dry before the buffer was full.
+                break;
+            }
         }
         if used {
             active.needs_notification(RECEIVEQ)
@@ -137,7 +242,21 @@ impl<O: ConsoleOutput> Console<O> {
     }
 }
 
-impl<O: ConsoleOutput> VirtioDevice for Console<O> {
+/// Up to `buf.len()` bytes of input: pushed bytes first, then the backend's. (A function,
+/// not a method: the caller holds `Console::active` borrowed.)
+fn next_input(pushed: &mut VecDeque<u8>, backend: &mut impl ConsoleInput, buf: &mut [u8]) -> usize {
+    if pushed.is_empty() {
+        // A backend claiming more than it was given is not believed.
+        return backend.read(buf).min(buf.len());
+    }
+    let n = buf.len().min(pushed.len());
+    for (dst, src) in buf.iter_mut().zip(pushed.drain(..n)) {
+        *dst = src;
+    }
+    n
+}
+
+impl<O: ConsoleOutput, I: ConsoleInput> VirtioDevice for Console<O, I> {
     fn device_type(&self) -> u32 {
         device_type::CONSOLE
     }
@@ -176,7 +295,27 @@ impl<O: ConsoleOutput> VirtioDevice for Console<O> {
         }
     }
 
+    fn reset(&mut self) {
+        self.active = None;
+        self.held = None;
+    }
+
     fn poll(&mut self) -> Result<bool, DeviceError> {
+        self.deliver_input()
+    }
+
+    fn event_sources(&self) -> Vec<(EventToken, EventSource)> {
+        self.input_backend
+            .event_source()
+            .map(|source| (INPUT_EVENT, source))
+            .into_iter()
+            .collect()
+    }
+
+    fn handle_event(&mut self, token: EventToken) -> Result<bool, DeviceError> {
+        if token != INPUT_EVENT || self.input_backend.event_source().is_none() {
+            return Err(DeviceError::NoSuchEvent { token: token.0 });
+        }
         self.deliver_input()
     }
 }
@@ -186,6 +325,7 @@ mod tests {
     use super::*;
     use crate::testing::GuestDriver;
     use alloc::sync::Arc;
+    use keel_core::GuestAddress;
     use spin::Mutex;
 
     /// Output captured where the test can see it after the device took the backend.
@@ -201,6 +341,186 @@ mod tests {
     fn console() -> (GuestDriver<Console<Captured>>, Captured) {
         let out = Captured::default();
         (GuestDriver::start(Console::new(out.clone())), out)
+    }
+
+    /// Input waiting in a host backend whose event source is 7; the test keeps a handle to
+    /// add bytes and see what the device has not taken.
+    #[derive(Clone, Debug, Default)]
+    struct MockInput(Arc<Mutex<VecDeque<u8>>>);
+
+    impl MockInput {
+        fn arrive(&self, bytes: &[u8]) {
+            self.0.lock().extend(bytes);
+        }
+
+        fn left(&self) -> Vec<u8> {
+            self.0.lock().iter().copied().collect()
+        }
+    }
+
+    impl ConsoleInput for MockInput {
+        fn event_source(&self) -> Option<EventSource> {
+            Some(EventSource(7))
+        }
+
+        fn read(&mut self, buf: &mut [u8]) -> usize {
+            let mut q = self.0.lock();
+            let n = buf.len().min(q.len());
+            for (dst, src) in buf.iter_mut().zip(q.drain(..n)) {
+                *dst = src;
+            }
+            n
+        }
+    }
+
+    fn console_with_input() -> (GuestDriver<Console<Captured, MockInput>>, MockInput) {
+        let input = MockInput::default();
+        let console = Console::new(Captured::default()).with_input(input.clone());
+        (GuestDriver::start(console), input)
+    }
+
+    #[test]
+    fn console_declares_its_input_backends_event_source() {
+        let (d, _input) = console_with_input();
+
+        assert_eq!(d.transport.event_sources(), [(INPUT_EVENT, EventSource(7))]);
+    }
+
+    #[test]
+    fn console_without_input_backend_declares_no_event_source() {
+        let (d, _out) = console();
+
+        assert!(d.transport.event_sources().is_empty());
+    }
+
+    #[test]
+    fn input_event_delivers_bytes_into_posted_buffers_only() {
+        let (mut d, input) = console_with_input();
+        let (a, b) = (d.alloc(4), d.alloc(4));
+        d.mem.write(GuestAddress(b + 2), &[0xee; 2]).unwrap();
+        d.post(RECEIVEQ, &[(a, 4, true)]);
+        d.post(RECEIVEQ, &[(b, 2, true)]);
+        input.arrive(b"abcdef");
+
+        d.transport.handle_event(INPUT_EVENT);
+
+        assert_eq!(d.read_mem(a, 4), b"abcd");
+        assert_eq!(d.read_mem(b, 4), b"ef\xee\xee");
+        let q = &d.queues[usize::from(RECEIVEQ)];
+        assert_eq!(q.used_elem(&*d.mem, 0), (0, 4));
+        assert_eq!(q.used_elem(&*d.mem, 1), (1, 2));
+        assert!(d.irq.is_high());
+    }
+
+    #[test]
+    fn input_event_with_nothing_to_read_uses_no_buffer_and_does_not_interrupt() {
+        let (mut d, _input) = console_with_input();
+        let a = d.alloc(4);
+        d.post(RECEIVEQ, &[(a, 4, true)]);
+
+        d.transport.handle_event(INPUT_EVENT);
+
+        assert_eq!(d.last_used(RECEIVEQ), None);
+        assert!(!d.irq.is_high());
+        assert!(!d.needs_reset());
+    }
+
+    #[test]
+    fn input_event_without_posted_buffers_leaves_the_input_in_the_backend() {
+        let (mut d, input) = console_with_input();
+        input.arrive(b"xyz");
+
+        d.transport.handle_event(INPUT_EVENT);
+
+        assert_eq!(input.left(), b"xyz");
+        assert!(!d.irq.is_high());
+    }
+
+    #[test]
+    fn input_beyond_the_posted_buffers_arrives_on_the_next_event() {
+        let (mut d, input) = console_with_input();
+        let (a, b) = (d.alloc(4), d.alloc(16));
+        d.post(RECEIVEQ, &[(a, 4, true)]);
+        input.arrive(b"0123456789");
+        d.transport.handle_event(INPUT_EVENT);
+        assert_eq!(input.left(), b"456789");
+        d.post(RECEIVEQ, &[(b, 16, true)]);
+
+        d.transport.handle_event(INPUT_EVENT);
+
+        assert_eq!(d.read_mem(a, 4), b"0123");
+        assert_eq!(d.read_mem(b, 6), b"456789");
+        assert_eq!(d.last_used(RECEIVEQ), Some((1, 6)));
+        assert!(input.left().is_empty());
+    }
+
+    #[test]
+    fn buffer_posted_before_input_arrived_is_filled_on_the_event() {
+        let (mut d, input) = console_with_input();
+        let a = d.alloc(8);
+        d.submit(RECEIVEQ, &[(a, 8, true)]);
+        assert_eq!(d.last_used(RECEIVEQ), None);
+        input.arrive(b"hi");
+
+        d.transport.handle_event(INPUT_EVENT);
+
+        assert_eq!(d.read_mem(a, 2), b"hi");
+        assert_eq!(d.last_used(RECEIVEQ), Some((0, 2)));
+    }
+
+    #[test]
+    fn posting_receive_buffers_drains_input_left_in_the_backend() {
+        let (mut d, input) = console_with_input();
+        input.arrive(b"late");
+        d.transport.handle_event(INPUT_EVENT);
+        let a = d.alloc(8);
+
+        d.submit(RECEIVEQ, &[(a, 8, true)]);
+
+        assert_eq!(d.read_mem(a, 4), b"late");
+        assert_eq!(d.last_used(RECEIVEQ), Some((0, 4)));
+    }
+
+    #[test]
+    fn pushed_input_goes_before_the_backends() {
+        let (mut d, input) = console_with_input();
+        let a = d.alloc(8);
+        d.post(RECEIVEQ, &[(a, 8, true)]);
+        input.arrive(b"cd");
+        d.transport.device_mut().push_input(b"ab");
+
+        d.transport.handle_event(INPUT_EVENT);
+
+        assert_eq!(d.read_mem(a, 4), b"abcd");
+        assert_eq!(d.last_used(RECEIVEQ), Some((0, 4)));
+    }
+
+    #[test]
+    fn undeclared_event_token_is_a_device_error() {
+        let (mut d, _out) = console();
+
+        d.transport.handle_event(INPUT_EVENT);
+
+        let failure = d.transport.take_error().expect("no error recorded");
+        assert_eq!(failure.error, DeviceError::NoSuchEvent { token: 0 });
+    }
+
+    #[test]
+    fn boxed_console_forwards_event_sources_and_events() {
+        let input = MockInput::default();
+        let console = Console::new(Captured::default()).with_input(input.clone());
+        let boxed: alloc::boxed::Box<dyn VirtioDevice> = alloc::boxed::Box::new(console);
+        let mut d = GuestDriver::start(boxed);
+        let a = d.alloc(4);
+        d.post(RECEIVEQ, &[(a, 4, true)]);
+        input.arrive(b"ok");
+
+        let sources = d.transport.event_sources();
+        d.transport.handle_event(INPUT_EVENT);
+
+        assert_eq!(sources, [(INPUT_EVENT, EventSource(7))]);
+        assert_eq!(d.read_mem(a, 2), b"ok");
+        assert!(d.irq.is_high());
     }
 
     #[test]

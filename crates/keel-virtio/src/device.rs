@@ -8,7 +8,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use keel_core::GuestRam;
+use keel_core::{GuestMemory, GuestMemoryRef};
 
 use crate::queue::{ChainError, Queue, QueueError};
 
@@ -90,6 +90,13 @@ pub enum DeviceError {
     /// The device's backend failed in a way the guest cannot be told about.
     #[error("backend: {0}")]
     Backend(String),
+    /// The VMM delivered an event the device did not declare in
+    /// [`VirtioDevice::event_sources`] (a VMM bug, not the guest's).
+    #[error("event token {token} is not one of the device's event sources")]
+    NoSuchEvent {
+        /// The token delivered.
+        token: u32,
+    },
 }
 
 impl DeviceError {
@@ -125,6 +132,18 @@ impl core::error::Error for DeviceFailure {
         Some(&self.error)
     }
 }
+
+/// A host event a device waits on, as the host names it: an opaque handle the device's
+/// backend was given (a file descriptor number on Linux, a Microkit channel number on seL4).
+/// The device never interprets it; the VMM's I/O loop waits on it and calls
+/// [`VirtioDevice::handle_event`] with the matching [`EventToken`] when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EventSource(pub u64);
+
+/// Which of a device's event sources fired: chosen by the device in
+/// [`VirtioDevice::event_sources`], handed back to [`VirtioDevice::handle_event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EventToken(pub u32);
 
 /// A virtio device model, driven by a transport.
 ///
@@ -169,7 +188,7 @@ pub trait VirtioDevice: Send {
     /// a device whose activation depends on the acked features overrides this.
     fn activate(
         &mut self,
-        memory: GuestRam,
+        memory: GuestMemoryRef,
         queues: Vec<Queue>,
         acked_features: u64,
     ) -> Result<(), DeviceError> {
@@ -192,26 +211,41 @@ pub trait VirtioDevice: Send {
     fn poll(&mut self) -> Result<bool, DeviceError> {
         Ok(false)
     }
+
+    /// The host events the device waits on, each with the token [`VirtioDevice::handle_event`]
+    /// gets when it fires. Fixed for the device's life (the backends are given at
+    /// construction): a VMM asks once when it wires the device. None by default.
+    fn event_sources(&self) -> Vec<(EventToken, EventSource)> {
+        Vec::new()
+    }
+
+    /// The event source of `token` fired (see `docs/virtio.md` for the contract: sources
+    /// are edge-triggered, and the device takes only what the guest has room for). Returns
+    /// whether the guest should be interrupted. A token the device did not declare is
+    /// [`DeviceError::NoSuchEvent`]; by default the device declares none.
+    fn handle_event(&mut self, token: EventToken) -> Result<bool, DeviceError> {
+        Err(DeviceError::NoSuchEvent { token: token.0 })
+    }
 }
 
 /// What an activated device holds: guest memory and its queues. Shared by the device models
 /// so that each does not re-implement queue lookup and interrupt decisions.
-#[derive(Debug)]
 pub struct ActiveQueues {
-    /// Guest memory.
-    pub memory: GuestRam,
+    /// Guest memory: mapped RAM, a shared window or a bounce buffer (see
+    /// [`GuestMemory::mapped`] for the zero-copy fast path).
+    pub memory: GuestMemoryRef,
     /// The queues, by index.
     pub queues: Vec<Queue>,
 }
 
 impl ActiveQueues {
     /// Wrap what [`VirtioDevice::activate`] received.
-    pub fn new(memory: GuestRam, queues: Vec<Queue>) -> ActiveQueues {
+    pub fn new(memory: GuestMemoryRef, queues: Vec<Queue>) -> ActiveQueues {
         ActiveQueues { memory, queues }
     }
 
     /// Guest memory and queue `index`, or [`DeviceError::NoSuchQueue`].
-    pub fn get(&mut self, index: u16) -> Result<(&GuestRam, &mut Queue), DeviceError> {
+    pub fn get(&mut self, index: u16) -> Result<(&dyn GuestMemory, &mut Queue), DeviceError> {
         let count = self.queues.len();
         let q = self
             .queues
@@ -220,7 +254,7 @@ impl ActiveQueues {
                 queue: index,
                 count,
             })?;
-        Ok((&self.memory, q))
+        Ok((&*self.memory, q))
     }
 
     /// Whether queue `index` should interrupt the guest for the used entries added since
@@ -228,6 +262,15 @@ impl ActiveQueues {
     pub fn needs_notification(&mut self, index: u16) -> Result<bool, DeviceError> {
         let (mem, q) = self.get(index)?;
         q.needs_notification(mem).map_err(DeviceError::queue(index))
+    }
+}
+
+impl fmt::Debug for ActiveQueues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActiveQueues")
+            .field("mapped", &self.memory.mapped().is_some())
+            .field("queues", &self.queues)
+            .finish()
     }
 }
 
@@ -267,7 +310,7 @@ impl<T: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<T> {
     }
     fn activate(
         &mut self,
-        memory: GuestRam,
+        memory: GuestMemoryRef,
         queues: Vec<Queue>,
         acked_features: u64,
     ) -> Result<(), DeviceError> {
@@ -281,5 +324,11 @@ impl<T: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<T> {
     }
     fn poll(&mut self) -> Result<bool, DeviceError> {
         (**self).poll()
+    }
+    fn event_sources(&self) -> Vec<(EventToken, EventSource)> {
+        (**self).event_sources()
+    }
+    fn handle_event(&mut self, token: EventToken) -> Result<bool, DeviceError> {
+        (**self).handle_event(token)
     }
 }

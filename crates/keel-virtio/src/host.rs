@@ -1,15 +1,17 @@
 //! Host backends for std targets: a raw image file behind virtio-blk, the OS's entropy
-//! behind virtio-rng.
+//! behind virtio-rng, a non-blocking file descriptor as virtio-console input.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::string::ToString;
 use std::vec::Vec;
 
 use crate::block::{BlockBackend, BlockError, GuestIoSlice, Vectored};
+use crate::console::ConsoleInput;
+use crate::device::EventSource;
 use crate::rng::{EntropyError, EntropySource};
 
 /// A raw disk image in a host file.
@@ -113,9 +115,9 @@ impl FileBackend {
             let batch = iov.get(first..).unwrap_or(&[]);
             let count = batch.len().min(IOV_MAX);
             let pos = libc::off_t::try_from(at).map_err(|_| out_of_range())?;
-            // SAFETY: every iovec describes guest RAM that `GuestRam::host_address` found
-            // inside one mapped region, and the caller's `&GuestRam` keeps it mapped for
-            // this call. The kernel copies to or from it; no Rust reference to that memory
+            // SAFETY: every iovec describes guest RAM that `GuestIoSlice::of_ram` found
+            // inside one mapped region of the `GuestRam` behind the device's memory
+            // (`GuestMemory::mapped`), which the device keeps mapped for this call. The kernel copies to or from it; no Rust reference to that memory
             // exists, so the guest writing it at the same time is no aliasing violation.
             // `batch` holds at least `count` iovecs, `count <= IOV_MAX` fits a c_int.
             let n = unsafe {
@@ -258,6 +260,88 @@ impl EntropySource for OsEntropy {
         self.file
             .read_exact(buf)
             .map_err(|e| EntropyError(std::format!("reading /dev/urandom: {e}")))
+    }
+}
+
+/// virtio-console input from a host file descriptor (stdin, a pipe, a socket), read without
+/// blocking. Its event source is the descriptor's number: a VMM waits for it to become
+/// readable (edge-triggered, see `docs/virtio.md`) and hands the event to the console.
+///
+/// The descriptor is put in `O_NONBLOCK` mode. That flag belongs to the open file
+/// description, which a duplicated stdin shares with the process's other users of the
+/// terminal: the flags it had are restored on drop.
+#[derive(Debug)]
+pub struct FdConsoleInput {
+    file: File,
+    saved_flags: libc::c_int,
+    ended: bool,
+}
+
+impl FdConsoleInput {
+    /// Input from `fd`, switched to non-blocking mode.
+    pub fn new(fd: OwnedFd) -> io::Result<FdConsoleInput> {
+        let raw = fd.as_raw_fd();
+        // SAFETY: F_GETFL only reads the flags of a descriptor `fd` owns.
+        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: F_SETFL with an integer argument on a descriptor `fd` owns.
+        if unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(FdConsoleInput {
+            file: File::from(fd),
+            saved_flags: flags,
+            ended: false,
+        })
+    }
+
+    /// Input from this process's stdin (a duplicate of descriptor 0).
+    pub fn stdin() -> io::Result<FdConsoleInput> {
+        FdConsoleInput::new(io::stdin().as_fd().try_clone_to_owned()?)
+    }
+
+    /// Whether the input has ended (end of file, or a read error other than "nothing
+    /// waiting"): the VMM should stop waiting on the event source, which stays readable.
+    pub fn has_ended(&self) -> bool {
+        self.ended
+    }
+}
+
+impl ConsoleInput for FdConsoleInput {
+    fn event_source(&self) -> Option<EventSource> {
+        // A valid descriptor is never negative.
+        u64::try_from(self.file.as_raw_fd()).ok().map(EventSource)
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> usize {
+        if self.ended || buf.is_empty() {
+            return 0;
+        }
+        loop {
+            match (&self.file).read(buf) {
+                Ok(0) => {
+                    self.ended = true;
+                    return 0;
+                }
+                Ok(n) => return n.min(buf.len()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return 0,
+                Err(_) => {
+                    self.ended = true;
+                    return 0;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FdConsoleInput {
+    fn drop(&mut self) {
+        // SAFETY: F_SETFL with an integer argument on the descriptor `self.file` owns.
+        // Failure leaves the flag set, which is all that can be done here.
+        let _ = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_SETFL, self.saved_flags) };
     }
 }
 
@@ -409,6 +493,133 @@ mod tests {
             Err(BlockError::ReadOnly { op: "write" })
         );
         assert_eq!(std::fs::read(&img.0).unwrap()[0], 7);
+    }
+
+    #[test]
+    fn file_disk_over_unmapped_memory_serves_reads_and_writes_by_copying() {
+        use crate::block::{Block, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+        use crate::testing::{BounceMemory, GuestDriver, RAM_SIZE};
+        let contents: Vec<u8> = (0..8192u32).map(|i| (i / 512) as u8).collect();
+        let img = Image::new("bounce", &contents);
+        let disk = Block::new(FileBackend::open(&img.0, false).unwrap(), "file");
+        let mem = std::sync::Arc::new(BounceMemory::new(0, RAM_SIZE as usize));
+        let mut d = GuestDriver::start_with_memory(disk, mem);
+        let header = |kind: u32, sector: u64| {
+            let mut h = [0u8; 16];
+            h[..4].copy_from_slice(&kind.to_le_bytes());
+            h[8..].copy_from_slice(&sector.to_le_bytes());
+            h
+        };
+        let (h_in, data, s_in) = (
+            d.buffer(&header(VIRTIO_BLK_T_IN, 3)),
+            d.alloc(1024),
+            d.alloc(1),
+        );
+        let (h_out, out, s_out) = (
+            d.buffer(&header(VIRTIO_BLK_T_OUT, 10)),
+            d.buffer(&[0xcc; 512]),
+            d.alloc(1),
+        );
+
+        d.submit(0, &[(h_in, 16, false), (data, 1024, true), (s_in, 1, true)]);
+        d.submit(
+            0,
+            &[(h_out, 16, false), (out, 512, false), (s_out, 1, true)],
+        );
+
+        assert_eq!(d.read_mem(s_in, 1)[0], VIRTIO_BLK_S_OK);
+        assert_eq!(d.read_mem(data, 1024), &contents[3 * 512..5 * 512]);
+        assert_eq!(d.read_mem(s_out, 1)[0], VIRTIO_BLK_S_OK);
+        let file = std::fs::read(&img.0).unwrap();
+        assert_eq!(&file[10 * 512..11 * 512], &[0xcc; 512]);
+        assert_eq!((file[10 * 512 - 1], file[11 * 512]), (9, 11));
+    }
+
+    /// A pipe: (read end, write end).
+    fn pipe() -> (OwnedFd, File) {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into the array it is given, of two c_ints.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(rc, 0, "pipe2: {}", io::Error::last_os_error());
+        use std::os::fd::FromRawFd;
+        // SAFETY: both descriptors were just created by pipe2 and are owned by nobody else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn fd_console_input_names_its_descriptor_as_event_source() {
+        let (r, _w) = pipe();
+        let raw = r.as_raw_fd();
+
+        let input = FdConsoleInput::new(r).unwrap();
+
+        assert_eq!(input.event_source(), Some(EventSource(raw as u64)));
+    }
+
+    #[test]
+    fn fd_console_input_reads_what_arrived_without_blocking_for_more() {
+        use std::io::Write as _;
+        let (r, mut w) = pipe();
+        let mut input = FdConsoleInput::new(r).unwrap();
+        w.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 3];
+
+        let first = input.read(&mut buf);
+        let first_bytes = buf;
+        let second = input.read(&mut buf);
+        let third = input.read(&mut buf);
+
+        assert_eq!((first, &first_bytes), (3, b"hel"));
+        assert_eq!((second, &buf[..2]), (2, &b"lo"[..]));
+        assert_eq!(third, 0);
+        assert!(!input.has_ended());
+    }
+
+    #[test]
+    fn fd_console_input_reports_the_end_of_input() {
+        let (r, w) = pipe();
+        let mut input = FdConsoleInput::new(r).unwrap();
+        drop(w);
+
+        let n = input.read(&mut [0u8; 8]);
+
+        assert_eq!(n, 0);
+        assert!(input.has_ended());
+    }
+
+    #[test]
+    fn fd_console_input_restores_the_descriptor_flags_on_drop() {
+        let (r, _w) = pipe();
+        let keep = r.try_clone().unwrap();
+
+        drop(FdConsoleInput::new(r).unwrap());
+
+        // SAFETY: F_GETFL only reads the flags of a descriptor `keep` owns.
+        let flags = unsafe { libc::fcntl(keep.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+    }
+
+    #[test]
+    fn console_over_a_pipe_delivers_input_on_its_event() {
+        use crate::console::{Console, ConsoleOutput, INPUT_EVENT, RECEIVEQ};
+        use crate::testing::GuestDriver;
+        use std::io::Write as _;
+        struct Discard;
+        impl ConsoleOutput for Discard {
+            fn write(&mut self, _bytes: &[u8]) {}
+        }
+        let (r, mut w) = pipe();
+        let console = Console::new(Discard).with_input(FdConsoleInput::new(r).unwrap());
+        let mut d = GuestDriver::start(console);
+        let a = d.alloc(16);
+        d.post(RECEIVEQ, &[(a, 16, true)]);
+        w.write_all(b"typed\n").unwrap();
+
+        d.transport.handle_event(INPUT_EVENT);
+
+        assert_eq!(d.read_mem(a, 6), b"typed\n");
+        assert_eq!(d.last_used(RECEIVEQ), Some((0, 6)));
+        assert!(d.irq.is_high());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Keel's portable virtio layer: the split virtqueue, the virtio-mmio transport and the
 //! console, block and rng device models. `#![no_std]` + `alloc`; the `std` feature adds
-//! host backends (`FileBackend`, `OsEntropy` in `host`).
+//! host backends (`FileBackend`, `OsEntropy`, `FdConsoleInput` in `host`).
 //!
 //! # Public API
 //!
@@ -18,32 +18,41 @@
 //! device::VirtioDevice (trait): device_type(), name(), queue_max_sizes(), device_features(),
 //!   read_config(offset, &mut [u8]), write_config(offset, &[u8]),
 //!   active_queues() -> &mut Option<ActiveQueues> (the one required hook the defaults use),
-//!   activate(GuestRam, Vec<Queue>, acked_features: u64) -> Result<(), DeviceError> (default:
-//!   store them in active_queues()), reset() (default: clear it), process_queue(queue: u16) -> Result<bool, DeviceError>, poll() -> Result<bool, DeviceError>
+//!   activate(GuestMemoryRef, Vec<Queue>, acked_features: u64) -> Result<(), DeviceError> (default:
+//!   store them in active_queues()), reset() (default: clear it), process_queue(queue: u16) -> Result<bool, DeviceError>, poll() -> Result<bool, DeviceError>,
+//!   event_sources() -> Vec<(EventToken, EventSource)> (default: none),
+//!   handle_event(EventToken) -> Result<bool, DeviceError> (default: Err(NoSuchEvent))
 //!   (also implemented for Box<dyn VirtioDevice>)
-//! device::ActiveQueues { memory, queues }: get(i) -> (&GuestRam, &mut Queue), needs_notification(i)
+//! device::EventSource(pub u64) (fd number on Linux, Microkit channel on seL4), device::EventToken(pub u32)
+//! device::ActiveQueues { memory, queues }: get(i) -> (&dyn GuestMemory, &mut Queue), needs_notification(i)
 //! device::read_config_bytes(config: &[u8], offset, &mut [u8]); device::{device_type, features} consts
 //! device::DeviceFailure { device: &'static str, error: DeviceError }  (Display: "virtio-blk: queue 0: …")
 //!
-//! mmio::MmioTransport::new(device: D, memory: GuestRam, irq: Arc<dyn IrqLine>) -> MmioTransport<D>
-//!   impl keel_core::BusDevice; notify(queue: u16); poll(); take_error() -> Option<DeviceFailure>;
+//! mmio::MmioTransport::new(device: D, memory: GuestMemoryRef, irq: Arc<dyn IrqLine>) -> MmioTransport<D>
+//!   (GuestMemoryRef = Arc<dyn GuestMemory + Send + Sync>; mapped RAM: Arc::new(ram))
+//!   impl keel_core::BusDevice; notify(queue: u16); poll(); event_sources(); handle_event(EventToken);
+//!   take_error() -> Option<DeviceFailure>;
 //!   device() / device_mut() -> &D / &mut D; status(); interrupt_status(); is_active();
 //!   offered_features(); mmio::{MMIO_WINDOW_SIZE, VENDOR_ID, reg, status} consts
 //!
-//! console::Console::new(output: O: ConsoleOutput) [.with_size(cols, rows)];
-//!   push_input(&[u8]) -> usize (accepted); ConsoleOutput::write(&mut self, &[u8])
+//! console::Console::new(output: O: ConsoleOutput) [.with_size(cols, rows)] [.with_input(I: ConsoleInput)]
+//!   -> Console<O, I = NoInput>; push_input(&[u8]) -> usize (accepted); ConsoleOutput::write(&mut self, &[u8]);
+//!   ConsoleInput: event_source() -> Option<EventSource>, read(&mut [u8]) -> usize (non-blocking);
+//!   its event is console::INPUT_EVENT
 //! block::Block::new(backend: B: BlockBackend, id: impl AsRef<[u8]>);
 //!   BlockBackend: size(), read_only(), read_at, write_at, flush, discard -> Result<(), BlockError>,
 //!   optional read_vectored_at / write_vectored_at(offset, &[GuestIoSlice]) -> Result<Vectored, _>
-//!   (straight between backend and guest RAM; default Vectored::Unsupported: bounce buffer)
+//!   (straight between backend and guest RAM when GuestMemory::mapped() is Some; default
+//!   Vectored::Unsupported, or memory without a mapping: bounce buffer)
 //!   block::MemoryBackend::new(T) / ::read_only(T)   (T: AsRef<[u8]> + AsMut<[u8]> + Send)
 //! rng::Rng::new(source: E: EntropySource); EntropySource::fill(&mut [u8]) -> Result<(), EntropyError>
 //! std only: FileBackend::open(path, read_only: bool) -> io::Result<FileBackend>,
-//!           OsEntropy::open() -> io::Result<OsEntropy>
+//!           OsEntropy::open() -> io::Result<OsEntropy>,
+//!           FdConsoleInput::new(OwnedFd) / ::stdin() -> io::Result<FdConsoleInput>, has_ended()
 //! ```
 //!
 //! A VMM wires a device as
-//! `Arc::new(spin::Mutex::new(MmioTransport::new(Block::new(FileBackend::open(p, false)?, "disk0"), ram, irq)))`,
+//! `Arc::new(spin::Mutex::new(MmioTransport::new(Block::new(FileBackend::open(p, false)?, "disk0"), Arc::new(ram), irq)))`,
 //! inserts it on its MMIO bus, calls `notify(q)` from ioeventfd threads, and logs
 //! `take_error()` after each access (`virtio-blk: queue 0: …`). See `docs/virtio.md`.
 #![no_std]
@@ -67,10 +76,10 @@ pub mod rng;
 mod testing;
 
 pub use block::{Block, BlockBackend, BlockError, GuestIoSlice, MemoryBackend, Vectored};
-pub use console::{Console, ConsoleOutput};
-pub use device::{DeviceError, DeviceFailure, VirtioDevice};
+pub use console::{Console, ConsoleInput, ConsoleOutput, NoInput};
+pub use device::{DeviceError, DeviceFailure, EventSource, EventToken, VirtioDevice};
 #[cfg(feature = "std")]
-pub use host::{FileBackend, OsEntropy};
+pub use host::{FdConsoleInput, FileBackend, OsEntropy};
 pub use mmio::MmioTransport;
 pub use queue::{ChainError, DescriptorChain, Queue, QueueError, Segment};
 pub use rng::{EntropyError, EntropySource, Rng};

@@ -10,10 +10,10 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use keel_core::{BusDevice, GuestAddress, GuestRam, IrqLine};
+use keel_core::{BusDevice, GuestAddress, GuestMemoryRef, IrqLine};
 
 use crate::device::features::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
-use crate::device::{DeviceError, DeviceFailure, VirtioDevice};
+use crate::device::{DeviceError, DeviceFailure, EventSource, EventToken, VirtioDevice};
 use crate::queue::Queue;
 
 /// `"virt"` in little endian.
@@ -133,7 +133,7 @@ fn set_high(v: &mut u64, high: u32) {
 /// A virtio device behind a virtio-mmio register window.
 pub struct MmioTransport<D: VirtioDevice> {
     device: D,
-    memory: GuestRam,
+    memory: GuestMemoryRef,
     irq: Arc<dyn IrqLine>,
     status: u32,
     device_features_sel: u32,
@@ -161,8 +161,10 @@ impl<D: VirtioDevice> core::fmt::Debug for MmioTransport<D> {
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
-    /// Put `device` behind a register window; it interrupts the guest through `irq`.
-    pub fn new(device: D, memory: GuestRam, irq: Arc<dyn IrqLine>) -> MmioTransport<D> {
+    /// Put `device` behind a register window; it reaches guest memory through `memory`
+    /// (`Arc::new(ram)` for mapped [`keel_core::GuestRam`]) and interrupts the guest
+    /// through `irq`.
+    pub fn new(device: D, memory: GuestMemoryRef, irq: Arc<dyn IrqLine>) -> MmioTransport<D> {
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -242,6 +244,24 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         }
         let result = self.device.poll();
+        self.complete(result);
+    }
+
+    /// The host events the device waits on (see [`VirtioDevice::event_sources`]).
+    pub fn event_sources(&self) -> Vec<(EventToken, EventSource)> {
+        self.device.event_sources()
+    }
+
+    /// Deliver a host event the device declared in [`MmioTransport::event_sources`]: the
+    /// device handles it and the transport raises the interrupt line if it asks, as for a
+    /// queue notification. Ignored before DRIVER_OK and after a device error: what the
+    /// event announced waits in the backend until the device next looks (a console, when
+    /// the guest posts receive buffers).
+    pub fn handle_event(&mut self, token: EventToken) {
+        if !self.is_active() {
+            return;
+        }
+        let result = self.device.handle_event(token);
         self.complete(result);
     }
 
@@ -368,7 +388,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             q.set_indirect(self.driver_features & VIRTIO_F_INDIRECT_DESC != 0);
             q.set_ready(c.ready);
             if c.ready {
-                if let Err(source) = q.validate(&self.memory) {
+                if let Err(source) = q.validate(&*self.memory) {
                     // Queue indices fit in u16: a device has at most a handful of queues.
                     self.fail(DeviceError::Queue {
                         queue: i as u16,

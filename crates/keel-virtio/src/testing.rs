@@ -6,7 +6,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use keel_core::irq::RecordingIrq;
-use keel_core::{BusDevice, GuestAddress, GuestMemory, GuestRam};
+use keel_core::{BusDevice, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryRef, GuestRam};
 
 use crate::device::VirtioDevice;
 use crate::device::features::VIRTIO_F_VERSION_1;
@@ -20,6 +20,88 @@ const BUFFERS: u64 = 0x8_0000;
 
 pub fn ram() -> GuestRam {
     GuestRam::anonymous(&[(0, RAM_SIZE)]).unwrap()
+}
+
+/// Guest memory without a host mapping ([`GuestMemory::mapped`] is `None`): bytes in a
+/// vector at guest-physical `base`, reached only by copies, as a shared window or a bounce
+/// buffer between VMM and guest would be. Devices over it must take their copying paths.
+#[derive(Debug)]
+pub struct BounceMemory {
+    base: u64,
+    bytes: spin::Mutex<Vec<u8>>,
+}
+
+impl BounceMemory {
+    /// `len` zeroed bytes at guest-physical `base`.
+    pub fn new(base: u64, len: usize) -> BounceMemory {
+        BounceMemory {
+            base,
+            bytes: spin::Mutex::new(alloc::vec![0; len]),
+        }
+    }
+
+    /// The index range of `[gpa, gpa + len)` in the vector, if it lies wholly inside.
+    fn range(
+        &self,
+        gpa: GuestAddress,
+        len: usize,
+    ) -> Result<core::ops::Range<usize>, GuestMemoryError> {
+        let err = GuestMemoryError::OutOfRange {
+            gpa: gpa.0,
+            len: len as u64,
+        };
+        let start = gpa
+            .0
+            .checked_sub(self.base)
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or(err)?;
+        let end = start.checked_add(len).ok_or(err)?;
+        if end > self.bytes.lock().len() {
+            return Err(err);
+        }
+        Ok(start..end)
+    }
+
+    fn aligned_u16(&self, gpa: GuestAddress) -> Result<core::ops::Range<usize>, GuestMemoryError> {
+        if gpa.0 % 2 != 0 {
+            return Err(GuestMemoryError::Misaligned {
+                gpa: gpa.0,
+                align: 2,
+            });
+        }
+        self.range(gpa, 2)
+    }
+}
+
+impl GuestMemory for BounceMemory {
+    fn read(&self, gpa: GuestAddress, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
+        let r = self.range(gpa, buf.len())?;
+        buf.copy_from_slice(&self.bytes.lock()[r]);
+        Ok(())
+    }
+
+    fn write(&self, gpa: GuestAddress, buf: &[u8]) -> Result<(), GuestMemoryError> {
+        let r = self.range(gpa, buf.len())?;
+        self.bytes.lock()[r].copy_from_slice(buf);
+        Ok(())
+    }
+
+    // The lock orders these accesses as acquire/release would.
+    fn load_u16_acquire(&self, gpa: GuestAddress) -> Result<u16, GuestMemoryError> {
+        let r = self.aligned_u16(gpa)?;
+        let b = &self.bytes.lock()[r];
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn store_u16_release(&self, gpa: GuestAddress, value: u16) -> Result<(), GuestMemoryError> {
+        let r = self.aligned_u16(gpa)?;
+        self.bytes.lock()[r].copy_from_slice(&value.to_le_bytes());
+        Ok(())
+    }
+
+    fn contains(&self, gpa: GuestAddress, len: u64) -> bool {
+        usize::try_from(len).is_ok_and(|len| self.range(gpa, len).is_ok())
+    }
 }
 
 /// A descriptor as the driver writes it.
@@ -71,12 +153,12 @@ impl GuestQueue {
         q
     }
 
-    pub fn write_desc(&self, mem: &GuestRam, index: u16, d: Desc) {
+    pub fn write_desc(&self, mem: &dyn GuestMemory, index: u16, d: Desc) {
         write_desc_at(mem, self.desc + 16 * u64::from(index), d);
     }
 
     /// Put `head` in the available ring and publish it.
-    pub fn publish(&mut self, mem: &GuestRam, head: u16) {
+    pub fn publish(&mut self, mem: &dyn GuestMemory, head: u16) {
         let slot = u64::from(self.avail_idx % self.size);
         mem.write_u16(GuestAddress(self.avail + 4 + 2 * slot), head)
             .unwrap();
@@ -86,13 +168,13 @@ impl GuestQueue {
     }
 
     /// Write a raw available index (for runaway tests).
-    pub fn set_avail_idx(&mut self, mem: &GuestRam, idx: u16) {
+    pub fn set_avail_idx(&mut self, mem: &dyn GuestMemory, idx: u16) {
         self.avail_idx = idx;
         mem.write_u16(GuestAddress(self.avail + 2), idx).unwrap();
     }
 
     /// Link `bufs` into a chain of fresh descriptors and publish it; returns the head.
-    pub fn add_chain(&mut self, mem: &GuestRam, bufs: &[Buf]) -> u16 {
+    pub fn add_chain(&mut self, mem: &dyn GuestMemory, bufs: &[Buf]) -> u16 {
         let head = self.next_desc;
         for (i, &(addr, len, writable)) in bufs.iter().enumerate() {
             let index = (head + i as u16) % self.size;
@@ -118,12 +200,12 @@ impl GuestQueue {
         head
     }
 
-    pub fn used_idx(&self, mem: &GuestRam) -> u16 {
+    pub fn used_idx(&self, mem: &dyn GuestMemory) -> u16 {
         mem.read_u16(GuestAddress(self.used + 2)).unwrap()
     }
 
     /// Used element `i` (mod size): (id, len).
-    pub fn used_elem(&self, mem: &GuestRam, i: u16) -> (u32, u32) {
+    pub fn used_elem(&self, mem: &dyn GuestMemory, i: u16) -> (u32, u32) {
         let at = self.used + 4 + 8 * u64::from(i % self.size);
         (
             mem.read_u32(GuestAddress(at)).unwrap(),
@@ -131,22 +213,22 @@ impl GuestQueue {
         )
     }
 
-    pub fn set_avail_flags(&self, mem: &GuestRam, flags: u16) {
+    pub fn set_avail_flags(&self, mem: &dyn GuestMemory, flags: u16) {
         mem.write_u16(GuestAddress(self.avail), flags).unwrap();
     }
 
-    pub fn set_used_event(&self, mem: &GuestRam, v: u16) {
+    pub fn set_used_event(&self, mem: &dyn GuestMemory, v: u16) {
         let at = self.avail + 4 + 2 * u64::from(self.size);
         mem.write_u16(GuestAddress(at), v).unwrap();
     }
 
-    pub fn avail_event(&self, mem: &GuestRam) -> u16 {
+    pub fn avail_event(&self, mem: &dyn GuestMemory) -> u16 {
         let at = self.used + 4 + 8 * u64::from(self.size);
         mem.read_u16(GuestAddress(at)).unwrap()
     }
 }
 
-pub fn write_desc_at(mem: &GuestRam, at: u64, d: Desc) {
+pub fn write_desc_at(mem: &dyn GuestMemory, at: u64, d: Desc) {
     mem.write_u64(GuestAddress(at), d.addr).unwrap();
     mem.write_u32(GuestAddress(at + 8), d.len).unwrap();
     mem.write_u16(GuestAddress(at + 12), d.flags).unwrap();
@@ -159,16 +241,21 @@ pub const DRIVER_QUEUE_SIZE: u16 = 16;
 /// A guest driver for one device behind an MMIO transport.
 pub struct GuestDriver<D: VirtioDevice> {
     pub transport: MmioTransport<D>,
-    pub mem: GuestRam,
+    pub mem: GuestMemoryRef,
     pub irq: Arc<RecordingIrq>,
     pub queues: Vec<GuestQueue>,
     next_buf: u64,
 }
 
 impl<D: VirtioDevice> GuestDriver<D> {
-    /// The device on a fresh transport, not yet initialised.
+    /// The device on a fresh transport over mapped RAM ([`ram`]), not yet initialised.
     pub fn new(device: D) -> GuestDriver<D> {
-        let mem = ram();
+        GuestDriver::with_memory(device, Arc::new(ram()))
+    }
+
+    /// The device on a fresh transport over `mem` (which must hold [`RAM_SIZE`] bytes at
+    /// guest-physical 0), not yet initialised.
+    pub fn with_memory(device: D, mem: GuestMemoryRef) -> GuestDriver<D> {
         let irq = Arc::new(RecordingIrq::new());
         let transport = MmioTransport::new(device, mem.clone(), irq.clone());
         GuestDriver {
@@ -182,7 +269,15 @@ impl<D: VirtioDevice> GuestDriver<D> {
 
     /// Bring the device up as Linux does, accepting every offered feature.
     pub fn start(device: D) -> GuestDriver<D> {
-        let mut d = GuestDriver::new(device);
+        GuestDriver::start_with(GuestDriver::new(device))
+    }
+
+    /// [`GuestDriver::start`] over `mem` (see [`GuestDriver::with_memory`]).
+    pub fn start_with_memory(device: D, mem: GuestMemoryRef) -> GuestDriver<D> {
+        GuestDriver::start_with(GuestDriver::with_memory(device, mem))
+    }
+
+    fn start_with(mut d: GuestDriver<D>) -> GuestDriver<D> {
         let offered = d.device_features();
         assert!(d.negotiate(offered), "FEATURES_OK refused");
         d.setup_queues();
@@ -280,14 +375,14 @@ impl<D: VirtioDevice> GuestDriver<D> {
     /// Publish a chain on `queue` without notifying.
     pub fn post(&mut self, queue: u16, bufs: &[Buf]) -> u16 {
         let q = &mut self.queues[usize::from(queue)];
-        q.add_chain(&self.mem, bufs)
+        q.add_chain(&*self.mem, bufs)
     }
 
     /// The most recent used element of `queue`: (id, len), or None if nothing was used.
     pub fn last_used(&self, queue: u16) -> Option<(u32, u32)> {
         let q = &self.queues[usize::from(queue)];
-        let idx = q.used_idx(&self.mem);
-        (idx != 0).then(|| q.used_elem(&self.mem, idx.wrapping_sub(1)))
+        let idx = q.used_idx(&*self.mem);
+        (idx != 0).then(|| q.used_elem(&*self.mem, idx.wrapping_sub(1)))
     }
 
     pub fn read_mem(&self, at: u64, len: usize) -> Vec<u8> {

@@ -7,8 +7,9 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 
+use keel_core::IrqLine;
 use keel_core::bus::SharedDevice;
-use keel_core::{GuestRam, IrqLine};
+use keel_core::memory::GuestMemoryRef;
 use keel_spec::{DeviceKind, DevicePlan, VmPlan};
 use keel_virtio::{
     Block, BlockBackend, Console, ConsoleOutput, DeviceFailure, EntropySource, MmioTransport, Rng,
@@ -149,14 +150,14 @@ pub fn build_device(
     plan: &VmPlan,
     device: &DevicePlan,
     backends: &mut dyn DeviceBackends,
-    memory: GuestRam,
+    memory: GuestMemoryRef,
     irq: Arc<dyn IrqLine>,
 ) -> Result<(PlacedDevice, SharedDevice), BackendError> {
     fn placed<D: VirtioDevice + 'static>(
         plan: &VmPlan,
         device: &DevicePlan,
         model: D,
-        memory: GuestRam,
+        memory: GuestMemoryRef,
         irq: Arc<dyn IrqLine>,
     ) -> (PlacedDevice, SharedDevice) {
         let transport = Arc::new(spin::Mutex::new(MmioTransport::new(model, memory, irq)));

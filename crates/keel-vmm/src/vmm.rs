@@ -98,9 +98,11 @@ impl VmmCore {
             exits.mmio.insert(base, size, dist)?;
         }
         let mut devices = Vec::with_capacity(plan.devices.len());
+        // The devices see guest RAM through the memory interface (mapped here: zero-copy).
+        let memory: keel_core::memory::GuestMemoryRef = Arc::new(vm.ram().clone());
         for d in &plan.devices {
             let (placed, bus_device) =
-                build_device(plan, d, backends, vm.ram().clone(), line(d.irq)?).map_err(
+                build_device(plan, d, backends, memory.clone(), line(d.irq)?).map_err(
                     |source| BuildError::Backend {
                         vm: plan.name.clone(),
                         source,

@@ -5,4 +5,5 @@
 //! everywhere; nothing here executes architecture-specific instructions.
 
 pub mod aarch64;
+pub mod kernel;
 pub mod x86_64;

@@ -26,7 +26,7 @@ use keel_core::arch::aarch64::vgic::{Vgic, VgicHost};
 use keel_core::bus::Bus;
 use keel_core::hv::{BootEntry, ExitAnswer, SystemEvent, VcpuExit};
 use keel_core::irq::IrqLine;
-use keel_core::memory::{GuestAddress, GuestMemory, GuestRam, RawRegion};
+use keel_core::memory::{GuestAddress, GuestMemory, GuestMemoryRef, GuestRam, RawRegion};
 use keel_virtio::{
     Block, Console, ConsoleOutput, EntropyError, EntropySource, MemoryBackend, MmioTransport, Rng,
 };
@@ -678,6 +678,8 @@ fn boot() -> Result<Vmm, String> {
     platform.memory = alloc::vec![(cfg.ram_gpa, cfg.ram_size)];
     platform.cmdline = cfg.cmdline.clone();
 
+    // What the virtio devices reach guest RAM through (mapped: block I/O stays zero-copy).
+    let memory: GuestMemoryRef = Arc::new(ram.clone());
     let mut bus = Bus::new();
     let mut add = |platform: &mut Arm64Platform,
                    dev: Arc<spin::Mutex<dyn keel_core::BusDevice>>|
@@ -704,19 +706,19 @@ fn boot() -> Result<Vmm, String> {
             MemoryBackend::new(disk)
         };
         let irq = next_irq(&platform);
-        let t = MmioTransport::new(Block::new(backend, d.id.as_bytes()), ram.clone(), irq);
+        let t = MmioTransport::new(Block::new(backend, d.id.as_bytes()), memory.clone(), irq);
         add(&mut platform, Arc::new(spin::Mutex::new(t)))?;
     }
     if cfg.virtio_console {
         let irq = next_irq(&platform);
-        let t = MmioTransport::new(Console::new(DebugConsole), ram.clone(), irq);
+        let t = MmioTransport::new(Console::new(DebugConsole), memory.clone(), irq);
         add(&mut platform, Arc::new(spin::Mutex::new(t)))?;
     }
     if cfg.rng {
         let irq = next_irq(&platform);
         let t = MmioTransport::new(
             Rng::new(SeededEntropy::new(&cfg.rng_seed)),
-            ram.clone(),
+            memory.clone(),
             irq,
         );
         add(&mut platform, Arc::new(spin::Mutex::new(t)))?;

@@ -28,13 +28,14 @@ use crate::memory::{GuestAddress, GuestMemory, GuestMemoryError};
 
 use super::fdt::FDT_MAX_SIZE;
 
-/// `"ARM\x64"`, little endian, at offset 0x38 of the header.
-pub const IMAGE_MAGIC: u32 = 0x644d_5241;
+/// `"ARM\x64"`, little endian, at offset 0x38 of the header (the shared sniffer's
+/// [`crate::arch::kernel::ARM64_IMAGE_MAGIC`]).
+pub const IMAGE_MAGIC: u32 = u32::from_le_bytes(*crate::arch::kernel::ARM64_IMAGE_MAGIC);
 /// Size of the `Image` header.
 pub const IMAGE_HEADER_SIZE: usize = 64;
 
 const SZ_2M: u64 = 2 << 20;
-const MAGIC_OFFSET: usize = 0x38;
+const MAGIC_OFFSET: usize = crate::arch::kernel::ARM64_IMAGE_MAGIC_OFFSET;
 const FLAG_BIG_ENDIAN: u64 = 1 << 0;
 const FLAG_PAGE_SIZE_SHIFT: u32 = 1;
 const FLAG_PHYS_ANYWHERE: u64 = 1 << 3;

@@ -1293,6 +1293,8 @@ mod tests {
     }
 
     #[test]
+    // Runs ACPICA's tools as child processes, which Miri cannot spawn.
+    #[cfg_attr(miri, ignore)]
     fn iasl_decodes_the_fixed_tables_as_keel_means_them() {
         if !acpica_tool_or_skip("iasl", "iasl_decodes_the_fixed_tables_as_keel_means_them") {
             return;
@@ -1322,6 +1324,8 @@ mod tests {
     }
 
     #[test]
+    // Runs ACPICA's tools as child processes, which Miri cannot spawn.
+    #[cfg_attr(miri, ignore)]
     fn iasl_decodes_the_dsdt_into_com1_and_each_virtio_device() {
         if !acpica_tool_or_skip(
             "iasl",
@@ -1357,6 +1361,8 @@ mod tests {
     /// iasl compiles its own listing of the DSDT back to exactly Keel's AML: the encoder
     /// writes what ACPICA's compiler writes.
     #[test]
+    // Runs ACPICA's tools as child processes, which Miri cannot spawn.
+    #[cfg_attr(miri, ignore)]
     fn iasl_recompiles_the_dsdt_listing_to_identical_aml() {
         if !acpica_tool_or_skip("iasl", "iasl_recompiles_the_dsdt_listing_to_identical_aml") {
             return;
@@ -1377,6 +1383,8 @@ mod tests {
     /// ACPICA's interpreter (the one Linux runs) loads the namespace, evaluates `\_S5_`
     /// and takes the hardware-reduced sleep path through the FADT's sleep registers.
     #[test]
+    // Runs ACPICA's tools as child processes, which Miri cannot spawn.
+    #[cfg_attr(miri, ignore)]
     fn acpiexec_loads_the_namespace_and_enters_s5_the_hardware_reduced_way() {
         if !acpica_tool_or_skip(
             "acpiexec",

@@ -2,6 +2,7 @@
 //! command line, the memory map and the structures of the boot protocol, and say where the
 //! boot vCPU starts.
 
+use crate::arch::kernel::{KernelFormat, probe_kernel};
 use crate::hv::BootEntry;
 use crate::memory::{GuestAddress, GuestMemory, GuestRam};
 
@@ -16,34 +17,36 @@ use super::layout::{
 };
 use super::pvh::{self, PvhInput};
 
-/// The kinds of kernel image Keel boots on x86_64.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KernelFormat {
-    /// An ELF file (PVH entry if it has the note, else the 64-bit entry at `e_entry`).
+/// The x86_64 loader an image goes to.
+#[derive(Clone, Copy)]
+enum Loader {
     Elf,
-    /// A Linux bzImage (64-bit boot protocol).
     BzImage,
 }
 
-/// Tell the format of `image` from its first bytes.
-pub fn sniff_kernel(image: &[u8]) -> Result<KernelFormat, BootError> {
-    if elf::is_elf(image) {
-        Ok(KernelFormat::Elf)
-    } else if bzimage::is_bzimage(image) {
-        Ok(KernelFormat::BzImage)
-    } else {
-        let mut head = [0u8; 4];
-        for (d, s) in head.iter_mut().zip(image) {
-            *d = *s;
+/// Which x86_64 loader takes `image`, from the shared sniffer's verdict
+/// ([`crate::arch::kernel::probe_kernel`]): any ELF goes to the ELF loader (which says what
+/// is wrong with a 32-bit or foreign one), a bzImage to the bzImage loader; anything else
+/// is [`BootError::NotAKernel`].
+fn sniff_kernel(image: &[u8]) -> Result<(KernelFormat, Loader), BootError> {
+    let format = probe_kernel(image);
+    match format {
+        KernelFormat::Elf64 { .. } | KernelFormat::OtherElf => Ok((format, Loader::Elf)),
+        KernelFormat::BzImage => Ok((format, Loader::BzImage)),
+        KernelFormat::Arm64Image | KernelFormat::Unknown => {
+            let mut head = [0u8; 4];
+            for (d, s) in head.iter_mut().zip(image) {
+                *d = *s;
+            }
+            Err(BootError::NotAKernel { head })
         }
-        Err(BootError::NotAKernel { head })
     }
 }
 
 /// What [`load_kernel`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadedKernel {
-    /// The image format.
+    /// The image format, as [`probe_kernel`] saw it (an ELF or a bzImage).
     pub format: KernelFormat,
     /// Where the boot vCPU starts.
     pub entry: BootEntry,
@@ -68,14 +71,14 @@ pub fn load_kernel(
             end: KERNEL_GPA,
         });
     }
-    let format = sniff_kernel(kernel)?;
+    let (format, loader) = sniff_kernel(kernel)?;
     write_gdt(ram)?;
-    let (kernel_end, cmdline_max, initrd_max, elf_info) = match format {
-        KernelFormat::Elf => {
+    let (kernel_end, cmdline_max, initrd_max, elf_info) = match loader {
+        Loader::Elf => {
             let loaded = elf::load_elf(ram, kernel)?;
             (loaded.high, CMDLINE_MAX - 1, u64::MAX, Some(loaded))
         }
-        KernelFormat::BzImage => {
+        Loader::BzImage => {
             let loaded = bzimage::load_bzimage(ram, kernel)?;
             let h = loaded.header;
             (
@@ -267,6 +270,28 @@ mod tests {
     fn file_that_is_not_a_kernel_is_rejected_with_its_first_bytes() {
         let err = load_kernel(&ram(), b"hello world", None, &cmdline("")).unwrap_err();
         assert_eq!(err, BootError::NotAKernel { head: *b"hell" });
+    }
+
+    #[test]
+    fn arm64_image_is_not_an_x86_kernel() {
+        let image = crate::arch::kernel::samples::arm64_image();
+
+        let err = load_kernel(&ram(), &image, None, &cmdline("")).unwrap_err();
+
+        assert_eq!(err, BootError::NotAKernel { head: [0; 4] });
+    }
+
+    #[test]
+    fn thirty_two_bit_elf_reaches_the_elf_loader_and_is_refused_there() {
+        let mut image = crate::arch::kernel::samples::elf64(3, crate::arch::kernel::PT_LOAD);
+        image[4] = 1;
+
+        let err = load_kernel(&ram(), &image, None, &cmdline("")).unwrap_err();
+
+        assert!(
+            matches!(err, BootError::BadElf { field: "class", .. }),
+            "{err:?}"
+        );
     }
 
     #[test]

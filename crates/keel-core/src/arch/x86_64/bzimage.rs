@@ -34,7 +34,7 @@ const E820_ENTRIES: usize = 0x1e8;
 const SETUP_SECTS: usize = 0x1f1;
 const BOOT_FLAG: usize = 0x1fe;
 const JUMP_END: usize = 0x201;
-const HEADER_MAGIC: usize = 0x202;
+const HEADER_MAGIC: usize = crate::arch::kernel::BZIMAGE_MAGIC_OFFSET;
 const VERSION: usize = 0x206;
 const TYPE_OF_LOADER: usize = 0x210;
 const LOADFLAGS: usize = 0x211;
@@ -47,10 +47,8 @@ const XLOADFLAGS: usize = 0x236;
 const CMDLINE_SIZE: usize = 0x238;
 const E820_TABLE: usize = 0x2d0;
 
-/// Whether `image` carries the bzImage "HdrS" signature.
-pub fn is_bzimage(image: &[u8]) -> bool {
-    image.get(HEADER_MAGIC..HEADER_MAGIC + 4) == Some(b"HdrS")
-}
+/// Whether `image` carries the bzImage "HdrS" signature (the shared sniffer's test).
+pub use crate::arch::kernel::is_bzimage;
 
 fn le16(b: &[u8], off: usize) -> u16 {
     b.get(off..off + 2)

@@ -4,6 +4,7 @@
 //! Only 64-bit little-endian x86_64 images are accepted. Every header field is checked
 //! before use: offsets and sizes come from a file the user named, which may be anything.
 
+use crate::arch::kernel::{EM_X86_64, PT_LOAD};
 use crate::memory::{GuestAddress, GuestMemory};
 
 use super::BootError;
@@ -12,8 +13,6 @@ const EI_CLASS: usize = 4;
 const EI_DATA: usize = 5;
 const ELFCLASS64: u8 = 2;
 const ELFDATA2LSB: u8 = 1;
-const EM_X86_64: u16 = 62;
-const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
 const EHDR_SIZE: usize = 64;
 const PHDR_SIZE: usize = 56;
@@ -31,11 +30,6 @@ pub struct LoadedElf {
     pub low: u64,
     /// One past the highest guest-physical address loaded (including .bss).
     pub high: u64,
-}
-
-/// Whether `image` starts with the ELF magic.
-pub fn is_elf(image: &[u8]) -> bool {
-    image.starts_with(b"\x7fELF")
 }
 
 fn u16_at(b: &[u8], off: usize) -> u16 {

@@ -28,5 +28,5 @@ pub mod pvh;
 
 mod error;
 
-pub use boot::{KernelFormat, LoadedKernel, load_kernel, sniff_kernel};
+pub use boot::{LoadedKernel, load_kernel};
 pub use error::BootError;

@@ -1,13 +1,14 @@
 //! The I/O thread: ioeventfd doorbells to virtio devices, host stdin to the serial port,
 //! and device errors to the log.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
 use keel_core::SystemEvent;
 
+use keel_virtio::device::EventToken;
 use keel_vmm::{StopSink, VmmCore};
 
 /// One doorbell: the eventfd KVM signals for a QueueNotify of `queue` on device `device`.
@@ -30,6 +31,8 @@ pub struct IoContext {
     pub devices: Vec<usize>,
     /// The doorbells of those devices.
     pub doorbells: Vec<Doorbell>,
+    /// Host events those devices wait on: `(device index, token, file descriptor)`.
+    pub events: Vec<(usize, EventToken, RawFd)>,
     /// Whether host stdin goes to the UART (the serial is on stdio).
     pub serial_input: bool,
     /// Written to stop the thread.
@@ -70,6 +73,17 @@ pub fn run(ctx: IoContext) {
             revents: 0,
         });
     }
+    // Device event sources. poll is level-triggered and a device takes host input only as
+    // far as the guest posted buffers: after an event its source is disarmed (fd -1) until
+    // that device's doorbell rings or the next error poll, so unread input cannot spin.
+    let events_index = fds.len();
+    for &(_, _, fd) in &ctx.events {
+        fds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
     let stdin_index = fds.len();
     if stdin_open {
         fds.push(libc::pollfd {
@@ -96,11 +110,35 @@ pub fn run(ctx: IoContext) {
             report_errors(&ctx);
             return;
         }
+        let mut rang = false;
         for (i, d) in ctx.doorbells.iter().enumerate() {
             if fds[i + 1].revents & libc::POLLIN != 0 {
                 // Reading clears the counter; several guest notifications coalesce.
                 let _ = d.fd.read();
                 ctx.core.notify(d.device, d.queue);
+                rang = true;
+            }
+        }
+        for (i, &(device, token, fd)) in ctx.events.iter().enumerate() {
+            let slot = &mut fds[events_index + i];
+            if slot.fd >= 0 && slot.revents != 0 {
+                if let Some(d) = ctx.core.devices().get(device) {
+                    d.handle_event(token, ctx.core.log());
+                    // Still a source (input not ended)? Wait for the guest to make room.
+                    let live = d
+                        .transport
+                        .lock()
+                        .event_sources()
+                        .iter()
+                        .any(|(t, _)| *t == token);
+                    slot.fd = -1;
+                    if !live {
+                        // Ended for good: never armed again.
+                        slot.events = 0;
+                    }
+                }
+            } else if slot.fd < 0 && slot.events != 0 && (rang || n == 0) {
+                slot.fd = fd;
             }
         }
         if stdin_open && fds[stdin_index].revents != 0 {

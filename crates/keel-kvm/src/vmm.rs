@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -14,6 +15,8 @@ use keel_core::hv::VmConfig;
 use keel_core::restart::{RestartLimiter, RestartVerdict};
 use keel_core::{BootEntry, HvError, Hypervisor, SystemEvent, Vcpu, Vm};
 use keel_spec::{Arch, OnReboot, Output, VmPlan, VmSpec};
+use keel_virtio::console::ConsoleInput;
+use keel_virtio::host::FdConsoleInput;
 use keel_virtio::{BlockBackend, ConsoleOutput, EntropySource, FileBackend, OsEntropy};
 use keel_vmm::{
     BackendError, DeviceBackends, Interrupts, LogSink, PlacedDevice, SerialOutput, StopSink,
@@ -319,6 +322,32 @@ impl DeviceBackends for LinuxBackends<'_> {
         Ok(Box::new(HostConsoleOutput(out)))
     }
 
+    fn console_input(
+        &mut self,
+        _plan: &VmPlan,
+        port: usize,
+    ) -> Result<Option<Box<dyn ConsoleInput>>, BackendError> {
+        // Host stdin goes to the serial port when that is on stdio; else to the first
+        // virtio-console port whose output is stdio.
+        if self.spec.serial == Output::Stdio {
+            return Ok(None);
+        }
+        let first_stdio = self
+            .spec
+            .consoles
+            .iter()
+            .position(|c| c.output == Output::Stdio);
+        if first_stdio != Some(port) {
+            return Ok(None);
+        }
+        let input = FdConsoleInput::stdin().map_err(|e| BackendError::HostFile {
+            what: format!("console {port} input"),
+            path: "stdin".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(Box::new(input)))
+    }
+
     fn entropy(&mut self, _plan: &VmPlan) -> Result<Box<dyn EntropySource>, BackendError> {
         let source = OsEntropy::open().map_err(|e| BackendError::HostFile {
             what: "entropy source".into(),
@@ -529,12 +558,23 @@ impl Vmm {
             .into_iter()
             .enumerate()
             .map(|(i, doorbells)| {
+                let events = core.devices()[i]
+                    .transport
+                    .lock()
+                    .event_sources()
+                    .into_iter()
+                    .filter_map(|(token, source)| {
+                        // On Linux an event source is a file descriptor.
+                        Some((i, token, RawFd::try_from(source.0).ok()?))
+                    })
+                    .collect();
                 (
                     format!("keel-dev{i}"),
                     IoContext {
                         core: core.clone(),
                         devices: vec![i],
                         doorbells,
+                        events,
                         serial_input: false,
                         stop: io_stop.clone(),
                         user_stop: control.clone(),
@@ -549,6 +589,7 @@ impl Vmm {
                     core: core.clone(),
                     devices: Vec::new(),
                     doorbells: Vec::new(),
+                    events: Vec::new(),
                     serial_input: true,
                     stop: io_stop.clone(),
                     user_stop: control.clone(),

@@ -311,6 +311,10 @@ impl FdConsoleInput {
 
 impl ConsoleInput for FdConsoleInput {
     fn event_source(&self) -> Option<EventSource> {
+        // An ended input stays readable (end of file): it is no event source any more.
+        if self.ended {
+            return None;
+        }
         // A valid descriptor is never negative.
         u64::try_from(self.file.as_raw_fd()).ok().map(EventSource)
     }

@@ -6,11 +6,14 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 
 use keel_core::IrqLine;
 use keel_core::bus::SharedDevice;
 use keel_core::memory::GuestMemoryRef;
 use keel_spec::{DeviceKind, DevicePlan, VmPlan};
+use keel_virtio::console::ConsoleInput;
+use keel_virtio::device::{EventSource, EventToken};
 use keel_virtio::{
     Block, BlockBackend, Console, ConsoleOutput, DeviceFailure, EntropySource, MmioTransport, Rng,
     VirtioDevice,
@@ -49,6 +52,16 @@ pub trait DeviceBackends {
     ) -> Result<Box<dyn ConsoleOutput>, BackendError>;
     /// The rng's entropy.
     fn entropy(&mut self, plan: &VmPlan) -> Result<Box<dyn EntropySource>, BackendError>;
+    /// What the host types into console port `port`, if anything (its event source tells
+    /// the backend when to deliver it). None by default.
+    fn console_input(
+        &mut self,
+        plan: &VmPlan,
+        port: usize,
+    ) -> Result<Option<Box<dyn ConsoleInput>>, BackendError> {
+        let _ = (plan, port);
+        Ok(None)
+    }
 }
 
 /// A virtio-mmio transport seen through what the VMM needs of it besides the bus.
@@ -61,6 +74,10 @@ pub trait VirtioSlot: Send {
     fn num_queues(&self) -> usize;
     /// Back to the power-on state (a VM reset): the backend keeps its data.
     fn reset(&mut self);
+    /// The host events the device waits on.
+    fn event_sources(&self) -> Vec<(EventToken, EventSource)>;
+    /// Deliver host event `token` (the transport raises the interrupt if the device asks).
+    fn handle_event(&mut self, token: EventToken);
 }
 
 impl<D: VirtioDevice> VirtioSlot for MmioTransport<D> {
@@ -75,6 +92,12 @@ impl<D: VirtioDevice> VirtioSlot for MmioTransport<D> {
     }
     fn reset(&mut self) {
         MmioTransport::reset(self);
+    }
+    fn event_sources(&self) -> Vec<(EventToken, EventSource)> {
+        MmioTransport::event_sources(self)
+    }
+    fn handle_event(&mut self, token: EventToken) {
+        MmioTransport::handle_event(self, token);
     }
 }
 
@@ -114,6 +137,16 @@ impl PlacedDevice {
         let failure = {
             let mut transport = self.transport.lock();
             transport.notify(queue);
+            transport.take_error()
+        };
+        self.log_error(failure, log);
+    }
+
+    /// Deliver host event `token`, then log the device's pending error.
+    pub fn handle_event(&self, token: EventToken, log: &Log) {
+        let failure = {
+            let mut transport = self.transport.lock();
+            transport.handle_event(token);
             transport.take_error()
         };
         self.log_error(failure, log);
@@ -177,7 +210,16 @@ pub fn build_device(
         }
         DeviceKind::Console { port } => {
             let out = backends.console(plan, port)?;
-            placed(plan, device, Console::new(out), memory, irq)
+            match backends.console_input(plan, port)? {
+                Some(input) => placed(
+                    plan,
+                    device,
+                    Console::new(out).with_input(input),
+                    memory,
+                    irq,
+                ),
+                None => placed(plan, device, Console::new(out), memory, irq),
+            }
         }
         DeviceKind::Rng => {
             let source = backends.entropy(plan)?;

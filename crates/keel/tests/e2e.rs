@@ -858,3 +858,39 @@ fn two_vm_handles_run_side_by_side_in_one_process() {
         assert!(text.contains("keeltest: PASS"), "{text}");
     }
 }
+
+#[test]
+fn host_stdin_reaches_a_virtio_console_on_stdio() {
+    if !kvm_or_skip("host_stdin_reaches_a_virtio_console_on_stdio") {
+        return;
+    }
+    let s = Scratch::new("console-input");
+    let serial = s.path("serial.txt");
+    let toml = system(&testguest(), 1, "keeltest=console-input", "").replace(
+        "serial = \"stdio\"",
+        &format!("serial = \"file:{}\"", serial.display()),
+    ) + "[[vm.console]]\noutput = \"stdio\"\n";
+    let path = s.write("system.toml", &toml);
+    let mut child = Command::new(KEEL)
+        .args(["run", path.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello keel\n").unwrap();
+        // Closing stdin ends the input: the device stops waiting on it.
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = std::fs::read_to_string(&serial).unwrap();
+
+    assert!(
+        text.contains("keeltest: console received \"hello keel\""),
+        "serial: {text}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "serial: {text}");
+}

@@ -323,7 +323,11 @@ pub fn reboot_marker(transport: &Transport) -> TestResult<Marker> {
     if blk.features & F_FLUSH != 0 {
         blk.expect_ok("flush", T_FLUSH, 0, &[])?;
     }
-    Ok(if found { Marker::Found } else { Marker::Written })
+    Ok(if found {
+        Marker::Found
+    } else {
+        Marker::Written
+    })
 }
 
 /// The `irq` test: one blk read completed through a real device interrupt

@@ -49,6 +49,8 @@ pub enum Test {
     Rng,
     /// virtio-console transmit.
     Console,
+    /// virtio-console receive: wait for host input on port 0 and print it.
+    ConsoleInput,
     /// Start every CPU.
     Smp,
     /// Take a virtio-blk used-buffer interrupt through the IOAPIC.
@@ -205,6 +207,7 @@ fn parse_test(name: &str) -> Option<Test> {
         "blk" => Test::Blk,
         "rng" => Test::Rng,
         "console" => Test::Console,
+        "console-input" => Test::ConsoleInput,
         "smp" => Test::Smp,
         "irq" => Test::Irq,
         "panic" => Test::Panic,

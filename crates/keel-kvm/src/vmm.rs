@@ -224,7 +224,11 @@ struct LinuxBackends<'a> {
 }
 
 impl DeviceBackends for LinuxBackends<'_> {
-    fn block(&mut self, _plan: &VmPlan, disk: usize) -> Result<Box<dyn BlockBackend>, BackendError> {
+    fn block(
+        &mut self,
+        _plan: &VmPlan,
+        disk: usize,
+    ) -> Result<Box<dyn BlockBackend>, BackendError> {
         let d = self
             .spec
             .disks
@@ -250,12 +254,13 @@ impl DeviceBackends for LinuxBackends<'_> {
             .consoles
             .get(port)
             .ok_or_else(|| BackendError::Unavailable(format!("no console {port}")))?;
-        let out = open_output(&c.output, &format!("console {port} output")).map_err(|e| match e {
-            VmmError::HostFile { what, path, reason } => {
-                BackendError::HostFile { what, path, reason }
-            }
-            other => BackendError::Unavailable(other.to_string()),
-        })?;
+        let out =
+            open_output(&c.output, &format!("console {port} output")).map_err(|e| match e {
+                VmmError::HostFile { what, path, reason } => {
+                    BackendError::HostFile { what, path, reason }
+                }
+                other => BackendError::Unavailable(other.to_string()),
+            })?;
         Ok(Box::new(HostConsoleOutput(out)))
     }
 

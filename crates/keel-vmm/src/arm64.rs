@@ -70,7 +70,8 @@ struct DynHost<'a>(&'a mut dyn VgicHost);
 
 impl VgicHost for DynHost<'_> {
     fn inject_list_register(&mut self, vcpu: VcpuId, lr: u8, intid: u32, priority: u8, group: u8) {
-        self.0.inject_list_register(vcpu, lr, intid, priority, group)
+        self.0
+            .inject_list_register(vcpu, lr, intid, priority, group)
     }
     fn kick(&mut self, vcpu: VcpuId) {
         self.0.kick(vcpu)
@@ -297,8 +298,10 @@ impl PsciHost for PsciBridge<'_> {
 
     fn stop_vcpu(&mut self, vcpu: VcpuId) {
         if let Err(e) = self.vcpus.stop_vcpu(vcpu) {
-            self.log
-                .log(Level::Error, format_args!("PSCI CPU_OFF of vcpu {vcpu}: {e}"));
+            self.log.log(
+                Level::Error,
+                format_args!("PSCI CPU_OFF of vcpu {vcpu}: {e}"),
+            );
         }
     }
 

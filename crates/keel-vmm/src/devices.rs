@@ -41,8 +41,11 @@ pub trait DeviceBackends {
     /// The storage of disk `disk` (`plan.disks[disk]`).
     fn block(&mut self, plan: &VmPlan, disk: usize) -> Result<Box<dyn BlockBackend>, BackendError>;
     /// Where console port `port` writes.
-    fn console(&mut self, plan: &VmPlan, port: usize)
-    -> Result<Box<dyn ConsoleOutput>, BackendError>;
+    fn console(
+        &mut self,
+        plan: &VmPlan,
+        port: usize,
+    ) -> Result<Box<dyn ConsoleOutput>, BackendError>;
     /// The rng's entropy.
     fn entropy(&mut self, plan: &VmPlan) -> Result<Box<dyn EntropySource>, BackendError>;
 }
@@ -87,7 +90,13 @@ pub struct PlacedDevice {
 
 impl core::fmt::Debug for PlacedDevice {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{} {} at {}", self.plan.kind.virtio_name(), self.label, self.plan)
+        write!(
+            f,
+            "{} {} at {}",
+            self.plan.kind.virtio_name(),
+            self.label,
+            self.plan
+        )
     }
 }
 

@@ -156,7 +156,10 @@ impl ExitDispatcher {
     fn write(&self, bus: &Bus, vcpu: VcpuId, kind: &str, addr: u64, len: u8, value: u64) {
         let len = len.min(8);
         let bytes = value.to_le_bytes();
-        if bus.write_by(vcpu, addr, &bytes[..usize::from(len)]).is_err() {
+        if bus
+            .write_by(vcpu, addr, &bytes[..usize::from(len)])
+            .is_err()
+        {
             self.unmapped(
                 vcpu,
                 format_args!("{kind} write of {len} bytes ({value:#x}) at {addr:#x} (ignored)"),
@@ -179,9 +182,9 @@ impl ExitDispatcher {
                 self.write(&self.pio, vcpu, "port", port.into(), len, data.into());
                 Next::run(ExitAnswer::None)
             }
-            VcpuExit::MmioRead { gpa, len } => {
-                Next::run(ExitAnswer::Read(self.read(&self.mmio, vcpu, "MMIO", gpa, len)))
-            }
+            VcpuExit::MmioRead { gpa, len } => Next::run(ExitAnswer::Read(
+                self.read(&self.mmio, vcpu, "MMIO", gpa, len),
+            )),
             VcpuExit::MmioWrite { gpa, len, data } => {
                 self.write(&self.mmio, vcpu, "MMIO", gpa, len, data);
                 Next::run(ExitAnswer::None)

@@ -35,7 +35,7 @@ pub use vmm::{Interrupts, VmmCore, run_exits, run_vcpu};
 
 use alloc::string::String;
 
-use keel_core::{BootEntry, HvError, Vm, VcpuId};
+use keel_core::{BootEntry, HvError, VcpuId, Vm};
 
 /// Starting and stopping vCPUs from the VMM (PSCI on hypervisors that leave it to the VMM).
 /// Every [`Vm`] is one.

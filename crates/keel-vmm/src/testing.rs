@@ -51,11 +51,14 @@ impl Hypervisor for FakeHypervisor {
     }
 }
 
+/// The interrupt lines devices asked for: `(irq, line)`.
+type Lines = Vec<(u32, Arc<RecordingIrq>)>;
+
 /// A VM of the fake hypervisor: anonymous RAM, recording interrupt lines.
 #[derive(Clone, Debug)]
 pub struct FakeVm {
     ram: GuestRam,
-    lines: Arc<spin::Mutex<Vec<(u32, Arc<RecordingIrq>)>>>,
+    lines: Arc<spin::Mutex<Lines>>,
     /// What the VMM did.
     pub record: Arc<spin::Mutex<Record>>,
 }

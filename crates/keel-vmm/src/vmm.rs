@@ -7,8 +7,8 @@ use alloc::vec::Vec;
 use keel_core::arch::aarch64::layout::GicVersion;
 use keel_core::bus::SharedDevice;
 use keel_core::{
-    BootEntry, ExitAnswer, GuestRam, HvError, IrqLine, Resume, SystemEvent, Vcpu, VcpuExit,
-    VcpuId, Vm, VmEvent, VmExits,
+    BootEntry, ExitAnswer, GuestRam, HvError, IrqLine, Resume, SystemEvent, Vcpu, VcpuExit, VcpuId,
+    Vm, VmEvent, VmExits,
 };
 use keel_spec::plan::SerialPlan;
 use keel_spec::{Arch, VmPlan};
@@ -131,9 +131,9 @@ impl VmmCore {
     ) -> Result<BootEntry, LoadError> {
         match self.plan.arch {
             Arch::X86_64 => crate::x86::load_guest(&self.ram, &self.plan, kernel, initrd),
-            Arch::Aarch64 => Ok(
-                crate::arm64::load_guest(&self.ram, &self.plan, gic, kernel, initrd)?.entry(),
-            ),
+            Arch::Aarch64 => {
+                Ok(crate::arm64::load_guest(&self.ram, &self.plan, gic, kernel, initrd)?.entry())
+            }
         }
     }
 

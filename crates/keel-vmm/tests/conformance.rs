@@ -100,7 +100,10 @@ fn both_shapes(arch: Arch, soft: bool, script: &[VcpuExit]) -> (Vec<ExitAnswer>,
             .collect(),
     );
     run_exits(&mut exits, &b2.core, &b2.vm, b2.stop.as_ref(), |_| {}).unwrap();
-    (vcpu.answers, exits.completed.into_iter().map(|(_, r)| r).collect())
+    (
+        vcpu.answers,
+        exits.completed.into_iter().map(|(_, r)| r).collect(),
+    )
 }
 
 fn run(a: ExitAnswer) -> Resume {
@@ -155,7 +158,10 @@ fn both_exit_shapes_give_the_same_answers_on_arm64_with_a_soft_gic() {
     assert_eq!(threaded[0], ExitAnswer::Read(VIRTIO_MAGIC));
     assert_eq!(threaded[1], ExitAnswer::Read(2 | (1 << 5)));
     assert_eq!(threaded[2], ExitAnswer::Read(u64::MAX));
-    assert_eq!(looped, threaded.iter().copied().map(run).collect::<Vec<_>>());
+    assert_eq!(
+        looped,
+        threaded.iter().copied().map(run).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -232,7 +238,13 @@ fn psci_cpu_on_starts_the_target_through_the_backend() {
 
     assert_eq!(
         b.vm.record.lock().started,
-        [(1, BootEntry::Arm64 { pc: entry, x0: 0x55 })]
+        [(
+            1,
+            BootEntry::Arm64 {
+                pc: entry,
+                x0: 0x55
+            }
+        )]
     );
     assert_eq!(
         exits.completed,
@@ -319,7 +331,10 @@ fn a_flood_of_unmapped_accesses_is_logged_a_bounded_number_of_times() {
 
     run_vcpu(&mut vcpu, &b.core, &b.vm, b.stop.as_ref()).unwrap();
 
-    assert_eq!(b.log.0.lock().len(), keel_vmm::dispatch::UNMAPPED_LOG_LIMIT as usize);
+    assert_eq!(
+        b.log.0.lock().len(),
+        keel_vmm::dispatch::UNMAPPED_LOG_LIMIT as usize
+    );
     assert!(b.log.0.lock().last().unwrap().1.contains("only counted"));
 }
 

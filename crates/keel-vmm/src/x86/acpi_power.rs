@@ -13,8 +13,8 @@ use keel_core::arch::x86_64::acpi::{
 };
 use keel_core::{BusDevice, SystemEvent};
 
-use crate::stop::StopSink;
 use crate::log::{Level, Log};
+use crate::stop::StopSink;
 
 /// The power-management device.
 pub struct AcpiPower {
@@ -54,24 +54,29 @@ impl BusDevice for AcpiPower {
             return;
         };
         match offset {
-            SLEEP_CONTROL_OFFSET => match requested_sleep_type(value) {
-                Some(S5_SLP_TYP) => self.stop.guest_event(SystemEvent::Shutdown),
-                Some(other) if !self.warned => {
-                    self.warned = true;
-                    self.log.log(Level::Warn, format_args!(
+            SLEEP_CONTROL_OFFSET => {
+                match requested_sleep_type(value) {
+                    Some(S5_SLP_TYP) => self.stop.guest_event(SystemEvent::Shutdown),
+                    Some(other) if !self.warned => {
+                        self.warned = true;
+                        self.log.log(Level::Warn, format_args!(
                         "guest asked for ACPI sleep type {other} (sleep control {value:#04x}); \
                          Keel offers only S5 (type {S5_SLP_TYP}); ignored (logged once)"
                     ));
+                    }
+                    // Other sleep types after the first warning, or SLP_EN clear (nothing
+                    // happens, as on hardware).
+                    Some(_) | None => {}
                 }
-                // Other sleep types after the first warning, or SLP_EN clear (nothing
-                // happens, as on hardware).
-                Some(_) | None => {}
-            },
+            }
             RESET_OFFSET if value == RESET_VALUE => self.stop.guest_event(SystemEvent::Reset),
-            RESET_OFFSET => self.log.log(Level::Debug, format_args!(
-                "ACPI reset register written with {value:#04x}, not the reset value \
+            RESET_OFFSET => self.log.log(
+                Level::Debug,
+                format_args!(
+                    "ACPI reset register written with {value:#04x}, not the reset value \
                  {RESET_VALUE:#04x}; ignored"
-            )),
+                ),
+            ),
             // The sleep status register: writes clear WAK_STS, which is never set.
             _ => {}
         }

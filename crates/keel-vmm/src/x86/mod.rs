@@ -39,7 +39,9 @@ pub fn place_platform(
     exits.pio.insert(I8042_DATA_PORT.into(), 5, i8042)?;
     exits.pio.insert(DEBUG_EXIT_PORT.into(), 1, debug_exit)?;
     // The FADT's sleep control, sleep status and reset registers (ACPI power-off, reboot).
-    exits.pio.insert(PM_PORT_BASE.into(), PM_PORT_LEN, acpi_power)?;
+    exits
+        .pio
+        .insert(PM_PORT_BASE.into(), PM_PORT_LEN, acpi_power)?;
     Ok(())
 }
 

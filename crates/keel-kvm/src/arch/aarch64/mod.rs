@@ -145,7 +145,6 @@ pub const fn spi_irq_line(spi: u32) -> Option<u32> {
 mod tests {
     use super::*;
 
-
     #[test]
     fn boot_vcpu_has_psci_and_secondaries_start_powered_off() {
         assert_eq!(vcpu_features(false), 0b100);
@@ -193,5 +192,4 @@ mod tests {
         assert_eq!(spi_irq_line(95), Some(0x0100_007f));
         assert_eq!(spi_irq_line(96), None);
     }
-
 }

@@ -1,8 +1,8 @@
 //! The build side of the seL4 backend (feature `host`): from a system description to a
 //! bootable Microkit image.
 //!
-//! For each VM: read its kernel, initrd and disks, serialize its configuration, append the
-//! payload to the prebuilt VMM ELF ([`crate::elf`], [`crate::payload`]); write the Microkit
+//! For each VM: plan it (`keel_spec::plan::plan_vm`, as on KVM), read its kernel, initrd
+//! and disks, serialize the plan and the seL4 parameters, append the payload to the prebuilt VMM ELF ([`crate::elf`], [`crate::payload`]); write the Microkit
 //! system file (`keel_spec::microkit`); run the SDK's `microkit` tool.
 
 use std::io::{BufRead, BufReader, Write};
@@ -11,12 +11,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel_spec::microkit::{ConsoleInput, MicrokitLayout, system_file, vmm_elf_name};
-use keel_spec::{System, VmSpec, ram_layout};
+use keel_spec::{System, VmSpec};
 
 use crate::abi::board;
 use crate::payload::{
-    self, CONSOLE_LOCK_VADDR, DiskConfig, GUEST_RAM_VADDR, INPUT_UART_VADDR, PAYLOAD_VADDR,
-    VmConfig,
+    self, CONSOLE_LOCK_VADDR, GUEST_RAM_VADDR, INPUT_UART_VADDR, PAYLOAD_VADDR, PayloadError,
+    Sel4Params,
 };
 
 /// What went wrong while building the image.
@@ -62,6 +62,17 @@ pub enum BuildError {
     /// The system has no seL4 form.
     #[error(transparent)]
     Microkit(#[from] keel_spec::microkit::MicrokitError),
+    /// A VM cannot be planned.
+    #[error(transparent)]
+    Plan(#[from] keel_spec::plan::PlanError),
+    /// The payload cannot be written.
+    #[error("VM {vm}: {source}")]
+    Payload {
+        /// VM.
+        vm: String,
+        /// What went wrong.
+        source: PayloadError,
+    },
     /// The payload does not fit below the VMM's RAM window.
     #[error("VM {vm}: kernel, initrd and disks take {size} bytes; at most {max} fit in the VMM")]
     PayloadTooLarge {
@@ -336,51 +347,31 @@ impl ImageInfo {
     }
 }
 
-/// The guest command line Keel gives an arm64 guest on seL4: the 8250 console first, then
-/// what the description says.
+/// The guest command line Keel gives an arm64 guest on seL4 ([`payload::guest_cmdline`]
+/// of the description's): the 8250 console first, then what the description says. The VMM
+/// protection domain derives it from the plan's command line at start.
 pub fn guest_cmdline(vm: &VmSpec) -> String {
-    let base = "console=ttyS0 earlycon=uart8250,mmio,0x9000000";
-    let user: Vec<&str> = vm
-        .cmdline
-        .split_whitespace()
-        .filter(|a| !a.starts_with("console="))
-        .collect();
-    if user.is_empty() {
-        base.into()
-    } else {
-        format!("{base} {}", user.join(" "))
-    }
+    payload::guest_cmdline(&vm.cmdline)
 }
 
-/// The payload of one VM.
+/// The payload of one VM: its plan (`keel_spec::plan::plan_vm`, the same as on KVM), its
+/// seL4 parameters, kernel, initrd and disks.
 pub fn vm_payload(
     vm: &VmSpec,
     console_prefix: bool,
     console_input: bool,
 ) -> Result<Vec<u8>, BuildError> {
-    let (ram_gpa, ram_size) = ram_layout(vm)[0];
+    let plan = keel_spec::plan::plan_vm(vm)?;
     let read = |p: &Path| std::fs::read(p).map_err(io(p));
     let kernel = read(vm.kernel.as_path())?;
     let initrd = vm.initrd.as_ref().map(|p| read(p.as_path())).transpose()?;
-    let mut disks = Vec::new();
-    let mut disk_cfg = Vec::new();
-    for (i, d) in vm.disks.iter().enumerate() {
-        disks.push(read(d.path.as_path())?);
-        disk_cfg.push(DiskConfig {
-            id: d.id.clone().unwrap_or_else(|| format!("disk{i}")),
-            read_only: d.read_only,
-        });
-    }
-    let config = VmConfig {
-        name: vm.name.clone(),
-        vcpus: vm.vcpus,
-        ram_gpa,
-        ram_size,
+    let disks = vm
+        .disks
+        .iter()
+        .map(|d| read(d.path.as_path()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let params = Sel4Params {
         ram_vaddr: GUEST_RAM_VADDR,
-        cmdline: guest_cmdline(vm),
-        disks: disk_cfg,
-        rng: vm.rng,
-        virtio_console: !vm.consoles.is_empty(),
         console_prefix,
         console_lock: if console_prefix {
             CONSOLE_LOCK_VADDR
@@ -392,12 +383,12 @@ pub fn vm_payload(
         rng_seed: host_seed()?,
     };
     let disk_refs: Vec<&[u8]> = disks.iter().map(Vec::as_slice).collect();
-    Ok(payload::build(
-        &config,
-        &kernel,
-        initrd.as_deref(),
-        &disk_refs,
-    ))
+    payload::build(&plan, &params, &kernel, initrd.as_deref(), &disk_refs).map_err(|source| {
+        BuildError::Payload {
+            vm: vm.name.clone(),
+            source,
+        }
+    })
 }
 
 /// 32 bytes from the build host's entropy source, for the VMM's virtio-rng seed.

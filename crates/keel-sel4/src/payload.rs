@@ -3,16 +3,21 @@
 //! `keel sel4 build` appends the payload to the prebuilt `keel-sel4-vmm` ELF as an extra
 //! `PT_LOAD` segment at [`PAYLOAD_VADDR`] (see [`crate::elf`]); the Microkit tool maps it
 //! into the VMM protection domain like any other segment, and the VMM finds it there at
-//! start. The payload is a header with a magic, a version and a table of blobs:
-//! the VM configuration ([`VmConfig`], serialized here), the kernel `Image`, the initrd
-//! and one blob per virtio-blk disk (the disk's bytes, writable: the block device works
-//! on them in place).
+//! start. The payload is a header with a magic, a version and a table of blobs: the VM's
+//! plan (`keel_spec::plan::VmPlan`, exactly what `plan_vm` decided: the same device slots,
+//! windows and interrupts as on KVM), the seL4 parameters next to it ([`Sel4Params`]), the
+//! kernel `Image`, the initrd and one blob per virtio-blk disk (the disk's bytes, writable:
+//! the block device works on them in place).
 //!
-//! All integers are little endian. The format is versioned: a VMM refuses a payload of
-//! another version instead of misreading it.
+//! The plan and the parameters are encoded with postcard (serde's data model, a standard
+//! no_std format); the header and the blob table are little-endian integers. The format is
+//! versioned: a VMM refuses a payload of another version instead of misreading it.
 
 use alloc::string::String;
 use alloc::vec::Vec;
+
+use keel_spec::VmPlan;
+use serde::{Deserialize, Serialize};
 
 /// Where the payload sits in the VMM protection domain's address space (4 GiB).
 pub const PAYLOAD_VADDR: u64 = 0x1_0000_0000;
@@ -24,8 +29,9 @@ pub const CONSOLE_LOCK_VADDR: u64 = 0x3_0000_0000;
 pub const INPUT_UART_VADDR: u64 = 0x3_0001_0000;
 /// First bytes of the payload.
 pub const MAGIC: [u8; 8] = *b"KEELPAY\0";
-/// Payload format version.
-pub const VERSION: u32 = 1;
+/// Payload format version (2: the plan and [`Sel4Params`] in postcard replace the
+/// hand-serialized configuration of version 1).
+pub const VERSION: u32 = 2;
 /// Bytes of the fixed header before the blob table.
 const HEADER_LEN: usize = 32;
 /// Bytes of one blob-table entry.
@@ -37,58 +43,37 @@ const BLOB_ALIGN: usize = 4096;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum BlobKind {
-    /// The serialized [`VmConfig`].
-    Config = 1,
+    /// The VM's plan (`keel_spec::VmPlan`, postcard).
+    Plan = 1,
     /// The kernel `Image`.
     Kernel = 2,
     /// The initrd.
     Initrd = 3,
-    /// A disk image (the n-th disk of the configuration, in order).
+    /// A disk image (the n-th disk of the plan, in order).
     Disk = 4,
+    /// The seL4 parameters ([`Sel4Params`], postcard).
+    Sel4 = 5,
 }
 
 impl BlobKind {
     fn from_u32(v: u32) -> Option<BlobKind> {
         Some(match v {
-            1 => BlobKind::Config,
+            1 => BlobKind::Plan,
             2 => BlobKind::Kernel,
             3 => BlobKind::Initrd,
             4 => BlobKind::Disk,
+            5 => BlobKind::Sel4,
             _ => return None,
         })
     }
 }
 
-/// One virtio-blk disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DiskConfig {
-    /// Serial (`VIRTIO_BLK_T_GET_ID`).
-    pub id: String,
-    /// The guest may not write.
-    pub read_only: bool,
-}
-
-/// What the VMM needs to know about its VM.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmConfig {
-    /// VM name (for messages).
-    pub name: String,
-    /// vCPUs (Microkit `<vcpu id="0..n">`).
-    pub vcpus: u32,
-    /// Guest-physical base of RAM.
-    pub ram_gpa: u64,
-    /// RAM size in bytes.
-    pub ram_size: u64,
-    /// Where guest RAM is mapped in the VMM.
+/// What the VMM protection domain needs besides the VM's plan: where things are in its own
+/// address space and how it shares the board with other VMMs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sel4Params {
+    /// Where guest RAM (the plan's one RAM region) is mapped in the VMM.
     pub ram_vaddr: u64,
-    /// Kernel command line.
-    pub cmdline: String,
-    /// virtio-blk disks, in the order of their blobs.
-    pub disks: Vec<DiskConfig>,
-    /// Offer a virtio-rng device.
-    pub rng: bool,
-    /// Offer a virtio-console device (output to the debug console).
-    pub virtio_console: bool,
     /// Prefix each line of guest console output with `<name>| ` (systems of several VMs
     /// share the one debug console).
     pub console_prefix: bool,
@@ -104,6 +89,21 @@ pub struct VmConfig {
     /// Seed for the VMM's virtio-rng generator, drawn from the build host's entropy
     /// source when the image was built (the PD has no entropy source of its own).
     pub rng_seed: [u8; 32],
+}
+
+/// The kernel command line Keel gives an arm64 guest on seL4: the 8250 console first
+/// (`ttyS0`, earlycon at the plan's UART), then the description's arguments without its
+/// own `console=`.
+pub fn guest_cmdline(plan_cmdline: &str) -> String {
+    let mut line = String::from("console=ttyS0 earlycon=uart8250,mmio,0x9000000");
+    for a in plan_cmdline
+        .split_whitespace()
+        .filter(|a| !a.starts_with("console="))
+    {
+        line.push(' ');
+        line.push_str(a);
+    }
+    line
 }
 
 /// What is wrong with a payload.
@@ -130,34 +130,40 @@ pub enum PayloadError {
     /// A required blob is missing.
     #[error("payload has no {0:?} blob")]
     Missing(BlobKind),
-    /// The configuration's disks do not match the disk blobs.
-    #[error("configuration names {config} disks but the payload carries {blobs}")]
+    /// The plan's disks do not match the disk blobs.
+    #[error("the plan names {plan} disks but the payload carries {blobs}")]
     DiskCount {
-        /// Disks in the configuration.
-        config: usize,
+        /// Disks in the plan.
+        plan: usize,
         /// Disk blobs.
         blobs: usize,
     },
-    /// A string is not UTF-8.
-    #[error("payload {0} is not UTF-8")]
-    Utf8(&'static str),
+    /// A postcard blob does not decode (or has bytes left over).
+    #[error("payload {blob:?} blob does not decode: {reason}")]
+    Decode {
+        /// Which blob.
+        blob: BlobKind,
+        /// What postcard said.
+        reason: postcard::Error,
+    },
+    /// The plan or the parameters cannot be encoded (postcard).
+    #[error("cannot encode the payload's {blob:?} blob: {reason}")]
+    Encode {
+        /// Which blob.
+        blob: BlobKind,
+        /// What postcard said.
+        reason: postcard::Error,
+    },
 }
 
 struct Writer(Vec<u8>);
 
 impl Writer {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
     fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
     fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn str(&mut self, s: &str) {
-        self.u32(s.len() as u32);
-        self.0.extend_from_slice(s.as_bytes());
     }
 }
 
@@ -177,9 +183,6 @@ impl<'a> Reader<'a> {
         self.pos = end;
         Ok(s)
     }
-    fn u8(&mut self, what: &'static str) -> Result<u8, PayloadError> {
-        Ok(self.take(1, what)?[0])
-    }
     fn u32(&mut self, what: &'static str) -> Result<u32, PayloadError> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -190,93 +193,40 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
-    fn str(&mut self, what: &'static str) -> Result<String, PayloadError> {
-        let n = self.u32(what)? as usize;
-        let b = self.take(n, what)?;
-        core::str::from_utf8(b)
-            .map(String::from)
-            .map_err(|_| PayloadError::Utf8(what))
+}
+
+/// Encode `value` as blob `blob`.
+fn encode<T: Serialize>(blob: BlobKind, value: &T) -> Result<Vec<u8>, PayloadError> {
+    postcard::to_allocvec(value).map_err(|reason| PayloadError::Encode { blob, reason })
+}
+
+/// Decode blob `blob`, all of it.
+fn decode<'a, T: Deserialize<'a>>(blob: BlobKind, bytes: &'a [u8]) -> Result<T, PayloadError> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok(_) => Err(PayloadError::Decode {
+            blob,
+            reason: postcard::Error::DeserializeBadEncoding,
+        }),
+        Err(reason) => Err(PayloadError::Decode { blob, reason }),
     }
 }
 
-impl VmConfig {
-    /// Serialize (format version [`VERSION`]).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::new());
-        w.u32(VERSION);
-        w.str(&self.name);
-        w.u32(self.vcpus);
-        w.u64(self.ram_gpa);
-        w.u64(self.ram_size);
-        w.u64(self.ram_vaddr);
-        w.str(&self.cmdline);
-        w.u32(self.disks.len() as u32);
-        for d in &self.disks {
-            w.str(&d.id);
-            w.u8(u8::from(d.read_only));
-        }
-        w.u8(u8::from(self.rng));
-        w.u8(u8::from(self.virtio_console));
-        w.u8(u8::from(self.console_prefix));
-        w.u64(self.console_lock);
-        w.u64(self.input_uart);
-        w.u32(self.input_channel);
-        w.0.extend_from_slice(&self.rng_seed);
-        w.0
-    }
-
-    /// Parse what [`VmConfig::encode`] wrote.
-    pub fn decode(bytes: &[u8]) -> Result<VmConfig, PayloadError> {
-        let mut r = Reader { bytes, pos: 0 };
-        let found = r.u32("config version")?;
-        if found != VERSION {
-            return Err(PayloadError::Version { found });
-        }
-        let name = r.str("VM name")?;
-        let vcpus = r.u32("vcpus")?;
-        let ram_gpa = r.u64("RAM base")?;
-        let ram_size = r.u64("RAM size")?;
-        let ram_vaddr = r.u64("RAM vaddr")?;
-        let cmdline = r.str("cmdline")?;
-        let n = r.u32("disk count")?;
-        let mut disks = Vec::new();
-        for _ in 0..n {
-            let id = r.str("disk id")?;
-            let read_only = r.u8("disk flags")? != 0;
-            disks.push(DiskConfig { id, read_only });
-        }
-        let rng = r.u8("rng flag")? != 0;
-        let virtio_console = r.u8("console flag")? != 0;
-        let console_prefix = r.u8("console prefix flag")? != 0;
-        let console_lock = r.u64("console lock address")?;
-        let input_uart = r.u64("input UART address")?;
-        let input_channel = r.u32("input channel")?;
-        let mut rng_seed = [0u8; 32];
-        rng_seed.copy_from_slice(r.take(32, "rng seed")?);
-        Ok(VmConfig {
-            name,
-            vcpus,
-            ram_gpa,
-            ram_size,
-            ram_vaddr,
-            cmdline,
-            disks,
-            rng,
-            virtio_console,
-            console_prefix,
-            console_lock,
-            input_uart,
-            input_channel,
-            rng_seed,
-        })
-    }
-}
-
-/// Build a payload from its configuration and blobs.
-pub fn build(config: &VmConfig, kernel: &[u8], initrd: Option<&[u8]>, disks: &[&[u8]]) -> Vec<u8> {
-    let cfg = config.encode();
-    let mut blobs: Vec<(BlobKind, &[u8])> =
-        alloc::vec![(BlobKind::Config, &cfg[..]), (BlobKind::Kernel, kernel)];
+/// Build a payload from the VM's plan, its seL4 parameters and its blobs.
+pub fn build(
+    plan: &VmPlan,
+    params: &Sel4Params,
+    kernel: &[u8],
+    initrd: Option<&[u8]>,
+    disks: &[&[u8]],
+) -> Result<Vec<u8>, PayloadError> {
+    let plan_blob = encode(BlobKind::Plan, plan)?;
+    let params_blob = encode(BlobKind::Sel4, params)?;
+    let mut blobs: Vec<(BlobKind, &[u8])> = alloc::vec![
+        (BlobKind::Plan, &plan_blob[..]),
+        (BlobKind::Sel4, &params_blob[..]),
+        (BlobKind::Kernel, kernel)
+    ];
     if let Some(i) = initrd {
         blobs.push((BlobKind::Initrd, i));
     }
@@ -309,20 +259,22 @@ pub fn build(config: &VmConfig, kernel: &[u8], initrd: Option<&[u8]>, disks: &[&
         w.0.extend_from_slice(b);
     }
     w.0.resize(total, 0);
-    w.0
+    Ok(w.0)
 }
 
-/// A parsed payload: the configuration and where each blob is (offset, length) inside the
-/// payload bytes.
+/// A parsed payload: the plan, the seL4 parameters and where each blob is (offset, length)
+/// inside the payload bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
-    /// The VM configuration.
-    pub config: VmConfig,
+    /// The VM's plan.
+    pub plan: VmPlan,
+    /// Its seL4 parameters.
+    pub params: Sel4Params,
     /// Kernel `(offset, len)`.
     pub kernel: (usize, usize),
     /// Initrd `(offset, len)`.
     pub initrd: Option<(usize, usize)>,
-    /// Disks `(offset, len)`, in configuration order.
+    /// Disks `(offset, len)`, in the plan's order.
     pub disks: Vec<(usize, usize)>,
     /// Total payload length.
     pub total: usize,
@@ -358,7 +310,8 @@ pub fn parse(bytes: &[u8]) -> Result<Layout, PayloadError> {
     let mut r = Reader { bytes, pos: 24 };
     let count = r.u32("blob count")?;
     let _ = r.u32("reserved")?;
-    let mut config = None;
+    let mut plan = None;
+    let mut params = None;
     let mut kernel = None;
     let mut initrd = None;
     let mut disks = Vec::new();
@@ -373,22 +326,25 @@ pub fn parse(bytes: &[u8]) -> Result<Layout, PayloadError> {
             return Err(PayloadError::Truncated { what: "blob" });
         }
         match BlobKind::from_u32(kind).ok_or(PayloadError::UnknownBlob(kind))? {
-            BlobKind::Config => config = Some(VmConfig::decode(&bytes[off..off + len])?),
+            BlobKind::Plan => plan = Some(decode(BlobKind::Plan, &bytes[off..off + len])?),
+            BlobKind::Sel4 => params = Some(decode(BlobKind::Sel4, &bytes[off..off + len])?),
             BlobKind::Kernel => kernel = Some((off, len)),
             BlobKind::Initrd => initrd = Some((off, len)),
             BlobKind::Disk => disks.push((off, len)),
         }
     }
-    let config = config.ok_or(PayloadError::Missing(BlobKind::Config))?;
+    let plan: VmPlan = plan.ok_or(PayloadError::Missing(BlobKind::Plan))?;
+    let params = params.ok_or(PayloadError::Missing(BlobKind::Sel4))?;
     let kernel = kernel.ok_or(PayloadError::Missing(BlobKind::Kernel))?;
-    if config.disks.len() != disks.len() {
+    if plan.disks.len() != disks.len() {
         return Err(PayloadError::DiskCount {
-            config: config.disks.len(),
+            plan: plan.disks.len(),
             blobs: disks.len(),
         });
     }
     Ok(Layout {
-        config,
+        plan,
+        params,
         kernel,
         initrd,
         disks,
@@ -399,21 +355,40 @@ pub fn parse(bytes: &[u8]) -> Result<Layout, PayloadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keel_spec::plan::{CpuPlan, serial};
+    use keel_spec::{Arch, DeviceKind, DevicePlan, DiskPlan};
 
-    fn config() -> VmConfig {
-        VmConfig {
+    fn plan() -> VmPlan {
+        VmPlan {
             name: "linux".into(),
+            arch: Arch::Aarch64,
             vcpus: 2,
-            ram_gpa: 0x4000_0000,
-            ram_size: 256 << 20,
-            ram_vaddr: GUEST_RAM_VADDR,
-            cmdline: "console=ttyS0".into(),
-            disks: alloc::vec![DiskConfig {
-                id: "data".into(),
-                read_only: false
+            ram: alloc::vec![(0x4000_0000, 256 << 20)],
+            cmdline: "quiet".into(),
+            serial: serial(Arch::Aarch64),
+            devices: alloc::vec![DevicePlan {
+                kind: DeviceKind::Block { disk: 0 },
+                slot: 0,
+                base: 0x0a00_0000,
+                size: 0x200,
+                irq: 16,
             }],
-            rng: true,
-            virtio_console: false,
+            disks: alloc::vec![DiskPlan {
+                read_only: false,
+                id: "data".into(),
+            }],
+            cpus: CpuPlan {
+                vcpu_pcpus: Some(alloc::vec![0, 1]),
+                priority: 100,
+                budget_us: 1000,
+                period_us: 1000,
+            },
+        }
+    }
+
+    fn params() -> Sel4Params {
+        Sel4Params {
+            ram_vaddr: GUEST_RAM_VADDR,
             console_prefix: true,
             console_lock: CONSOLE_LOCK_VADDR,
             input_uart: INPUT_UART_VADDR,
@@ -422,18 +397,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn config_round_trips() {
-        let c = config();
+    fn payload(disks: &[&[u8]]) -> Vec<u8> {
+        build(&plan(), &params(), b"K", None, disks).unwrap()
+    }
 
-        assert_eq!(VmConfig::decode(&c.encode()), Ok(c));
+    #[test]
+    fn plan_and_params_come_back_as_they_went_in() {
+        let p = payload(&[&[0u8; 1]]);
+
+        let l = parse(&p).unwrap();
+
+        assert_eq!((l.plan, l.params), (plan(), params()));
     }
 
     #[test]
     fn payload_blobs_are_found_where_build_put_them() {
         let disk = [7u8; 5000];
 
-        let p = build(&config(), b"KERNEL", Some(b"INITRD"), &[&disk]);
+        let p = build(&plan(), &params(), b"KERNEL", Some(b"INITRD"), &[&disk]).unwrap();
         let l = parse(&p).unwrap();
 
         assert_eq!(&p[l.kernel.0..l.kernel.0 + l.kernel.1], b"KERNEL");
@@ -441,13 +422,12 @@ mod tests {
         assert_eq!(&p[io..io + il], b"INITRD");
         assert_eq!(l.disks[0].0 % 4096, 0);
         assert_eq!(&p[l.disks[0].0..l.disks[0].0 + 5000], &disk[..]);
-        assert_eq!(l.config, config());
         assert_eq!(l.total, p.len());
     }
 
     #[test]
     fn other_version_is_refused() {
-        let mut p = build(&config(), b"K", None, &[&[0u8; 1]]);
+        let mut p = payload(&[&[0u8; 1]]);
         p[8] = 9;
 
         assert_eq!(parse(&p), Err(PayloadError::Version { found: 9 }));
@@ -460,33 +440,55 @@ mod tests {
 
     #[test]
     fn blob_past_the_end_is_refused() {
-        let mut p = build(&config(), b"K", None, &[&[0u8; 1]]);
-        // Kernel entry is the second one: its length field at 32 + 24 + 16.
-        p[72..80].copy_from_slice(&u64::MAX.to_le_bytes());
+        let mut p = payload(&[&[0u8; 1]]);
+        // The kernel entry is the third one: its length field at 32 + 2 * 24 + 16.
+        p[96..104].copy_from_slice(&u64::MAX.to_le_bytes());
 
         assert_eq!(parse(&p), Err(PayloadError::Truncated { what: "blob" }));
     }
 
     #[test]
     fn disk_count_mismatch_is_refused() {
-        let p = build(&config(), b"K", None, &[]);
+        let p = payload(&[]);
 
         assert_eq!(
             parse(&p),
-            Err(PayloadError::DiskCount {
-                config: 1,
-                blobs: 0
-            })
+            Err(PayloadError::DiskCount { plan: 1, blobs: 0 })
         );
     }
 
     #[test]
-    fn truncated_config_is_refused() {
-        let c = config().encode();
+    fn truncated_plan_is_refused() {
+        let blob = postcard::to_allocvec(&plan()).unwrap();
 
         assert!(matches!(
-            VmConfig::decode(&c[..c.len() - 1]),
-            Err(PayloadError::Truncated { .. })
+            decode::<VmPlan>(BlobKind::Plan, &blob[..blob.len() - 1]),
+            Err(PayloadError::Decode {
+                blob: BlobKind::Plan,
+                ..
+            })
         ));
+    }
+
+    #[test]
+    fn trailing_bytes_after_the_params_are_refused() {
+        let mut blob = postcard::to_allocvec(&params()).unwrap();
+        blob.push(0);
+
+        assert!(matches!(
+            decode::<Sel4Params>(BlobKind::Sel4, &blob),
+            Err(PayloadError::Decode {
+                blob: BlobKind::Sel4,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn guest_cmdline_puts_the_8250_console_first_and_drops_the_descriptions_console() {
+        assert_eq!(
+            guest_cmdline("console=hvc0 quiet  rdinit=/init"),
+            "console=ttyS0 earlycon=uart8250,mmio,0x9000000 quiet rdinit=/init"
+        );
     }
 }

@@ -7,7 +7,7 @@ use core::fmt;
 use crate::error::SpecError;
 
 /// A guest architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Arch {
     /// 64-bit x86 (PVH ELF or bzImage kernels).
     X86_64,

@@ -10,10 +10,15 @@
 //!
 //! Device order is fixed: disks in file order, then console ports in file order, then the
 //! rng. Slot `i` of an arch is always the same window and interrupt.
+//!
+//! The plan types are serde-serializable (no_std): the seL4 backend hands a VM's plan to its
+//! VMM protection domain as it is, so the PD builds exactly what `plan_vm` decided.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+
+use serde::{Deserialize, Serialize};
 
 use keel_core::arch::aarch64::layout as arm64;
 use keel_core::arch::x86_64::layout as x86;
@@ -22,7 +27,7 @@ use crate::layout::ram_layout;
 use crate::model::{Arch, System, VmSpec};
 
 /// What a planned virtio device is, and which entry of its VM's description it comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DeviceKind {
     /// virtio-blk for `disks[disk]`.
     Block {
@@ -50,7 +55,7 @@ impl DeviceKind {
 }
 
 /// One virtio-mmio device of a VM: where the guest finds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DevicePlan {
     /// What it is.
     pub kind: DeviceKind,
@@ -79,7 +84,7 @@ impl fmt::Display for DevicePlan {
 }
 
 /// The platform UART of a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SerialPlan {
     /// x86: a 16550 on the port bus.
     Port {
@@ -100,7 +105,7 @@ pub enum SerialPlan {
 }
 
 /// Where a VM's vCPUs run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuPlan {
     /// Physical CPU of vCPU `i`, if the description pins it.
     pub vcpu_pcpus: Option<Vec<u32>>,
@@ -113,7 +118,7 @@ pub struct CpuPlan {
 }
 
 /// A disk as the guest sees it (the backend holds where its bytes are).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DiskPlan {
     /// Offered read-only (`VIRTIO_BLK_F_RO`).
     pub read_only: bool,
@@ -122,7 +127,7 @@ pub struct DiskPlan {
 }
 
 /// Everything a backend needs to build one VM, decided from its description.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmPlan {
     /// The VM's name.
     pub name: String,
@@ -259,7 +264,7 @@ pub fn plan_vm(vm: &VmSpec) -> Result<VmPlan, PlanError> {
 }
 
 /// The plan of a whole system: one [`VmPlan`] per VM, in file order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemPlan {
     /// The system's name.
     pub name: String,

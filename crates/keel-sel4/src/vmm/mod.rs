@@ -1,44 +1,46 @@
-//! The VMM protection domain (seL4 only): boots one VM from the payload and answers its
-//! vCPUs' faults.
+//! The VMM protection domain (seL4 only): a thin adapter that runs one VM on keel-vmm.
 //!
-//! Start-up: find the payload ([`crate::payload`]), build the platform (RAM, GICv2, 8250,
-//! virtio-mmio devices), generate the device tree, copy kernel, initrd and tree into guest
-//! RAM (which the Microkit tool mapped into this PD at the payload's `ram_vaddr`), set vCPU
-//! 0's registers and start it. Then a Microkit-style event loop: every fault of a vCPU is
-//! decoded (keel-core's `fault` module for the syndrome), answered, and the vCPU resumed
-//! with its registers written back.
+//! Start-up ([`boot`]): find the payload ([`crate::payload`]), take the VM's plan out of
+//! it (the same `keel_spec::plan::VmPlan` KVM builds from), build keel-vmm's [`VmmCore`]
+//! from it with a software GICv2 and PSCI ([`SoftArm64`]) and this PD's host resources
+//! (disk blobs of the payload, the debug console, the seeded entropy), load kernel, initrd
+//! and device tree into guest RAM (which the Microkit tool mapped into this PD at the
+//! parameters' `ram_vaddr`) and start vCPU 0. Then [`keel_vmm::run_exits`] answers every
+//! exit; this PD's part is [`Sel4Exits`], the Microkit event loop that turns seL4 faults
+//! into portable exits (keel-core's arm64 fault decoder) and writes the answers back into
+//! the vCPUs' registers, and [`PdVm`], which starts and stops vCPU threads.
 
 mod heap;
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use keel_core::arch::aarch64::boot::load_linux;
-use keel_core::arch::aarch64::fault::{self as kfault, Arm64Exit, GuestRegs, VmFault};
-use keel_core::arch::aarch64::layout::{
-    self, Arm64Platform, GIC_DIST_BASE, GIC_DIST_SIZE, GicVersion, UART_BASE, UART_SIZE, UART_SPI,
-};
-use keel_core::arch::aarch64::psci::{Psci, PsciHost, PsciOutcome, StartError, Started};
-use keel_core::arch::aarch64::vgic::{Vgic, VgicHost};
-use keel_core::bus::Bus;
+use keel_core::arch::aarch64::fault::{self as kfault, Arm64Exit, Completion, GuestRegs, VmFault};
+use keel_core::arch::aarch64::layout::{self, GicVersion};
+use keel_core::arch::aarch64::vgic::VgicHost;
 use keel_core::hv::{BootEntry, ExitAnswer, SystemEvent, VcpuExit};
 use keel_core::irq::IrqLine;
-use keel_core::memory::{GuestAddress, GuestMemory, GuestMemoryRef, GuestRam, RawRegion};
-use keel_virtio::{
-    Block, Console, ConsoleOutput, EntropyError, EntropySource, MemoryBackend, MmioTransport, Rng,
+use keel_core::memory::{GuestAddress, GuestRam, RawRegion};
+use keel_core::{HvError, Resume, Vcpu, VcpuId, Vm, VmEvent, VmExits};
+use keel_spec::VmPlan;
+use keel_virtio::{BlockBackend, ConsoleOutput, EntropyError, EntropySource, MemoryBackend};
+use keel_vmm::arm64::SoftArm64;
+use keel_vmm::{
+    BackendError, DeviceBackends, Interrupts, Level, LogSink, SerialOutput, StopSink, VmmCore,
+    run_exits,
 };
 
 use crate::abi::{USER_CONTEXT_WORDS, microkit as mk, vcpu_reg};
 use crate::fault::Fault;
 use crate::microkit::{Event, vcpu_cap, vm_tcb_cap};
 use crate::msginfo::MessageInfo;
-use crate::payload::{self, PAYLOAD_VADDR};
+use crate::payload::{self, PAYLOAD_VADDR, Sel4Params};
 use crate::regs::{self, UserContext};
 use crate::syscall::{self as sys, debug_puts};
-use keel_vmm::uart::Uart8250;
 
 #[global_allocator]
 static HEAP: heap::Heap = heap::Heap::new();
@@ -61,22 +63,6 @@ macro_rules! log {
         let _ = writeln!(line, $($t)*);
         atomically(|| debug_puts(&line));
     }};
-}
-
-/// SPI levels driven by the virtio devices, read by the event loop after each exit.
-static SPI_LEVELS: AtomicU64 = AtomicU64::new(0);
-
-struct SpiLine(u32);
-
-impl IrqLine for SpiLine {
-    fn set_level(&self, high: bool) {
-        let bit = 1u64 << (self.0 & 63);
-        if high {
-            SPI_LEVELS.fetch_or(bit, Ordering::SeqCst);
-        } else {
-            SPI_LEVELS.fetch_and(!bit, Ordering::SeqCst);
-        }
-    }
 }
 
 /// The guest's console output (8250 and virtio-console alike), line-buffered so that the
@@ -195,7 +181,32 @@ impl EntropySource for SeededEntropy {
     }
 }
 
-/// The seL4 side of keel-core's software GIC distributor.
+/// The UART's output: the shared console.
+struct SerialConsole;
+
+impl SerialOutput for SerialConsole {
+    fn write(&mut self, byte: u8) {
+        console_put(&[byte]);
+    }
+}
+
+/// keel-vmm's messages for this VM: `keel-sel4: vm <name>: …` lines on the debug console.
+struct Sel4Log {
+    vm: String,
+}
+
+impl LogSink for Sel4Log {
+    fn log(&self, level: Level, args: core::fmt::Arguments<'_>) {
+        let level = match level {
+            Level::Error => "error: ",
+            Level::Warn => "warning: ",
+            Level::Info | Level::Debug => "",
+        };
+        log!("keel-sel4: vm {}: {level}{args}", self.vm);
+    }
+}
+
+/// The seL4 side of keel-vmm's software GIC: list registers, waking parked vCPUs, PPIs.
 struct Sel4Gic;
 
 /// List registers of the GICv2 virtual CPU interface of QEMU `virt` (`GICH_VTR.ListRegs + 1`).
@@ -215,6 +226,13 @@ impl VgicHost for Sel4Gic {
 
     fn kick(&mut self, vcpu: u32) {
         unpark(vcpu);
+    }
+
+    /// The guest completed `intid`; a virtual PPI (the timer) is unmasked again.
+    fn ack_ppi(&mut self, vcpu: u32, intid: u32) {
+        if let Err(e) = sys::vcpu_ack_vppi(vcpu_cap(vcpu), u64::from(intid)) {
+            log!("keel-sel4: vcpu {vcpu}: ack vppi {intid}: {e}");
+        }
     }
 }
 
@@ -252,59 +270,373 @@ fn unpark_all() {
     }
 }
 
-/// The guest completed `intid`; a virtual PPI (the timer) is unmasked again.
-fn completed(vcpu: u32, intid: u32) {
-    if (16..32).contains(&intid) {
-        if let Err(e) = sys::vcpu_ack_vppi(vcpu_cap(vcpu), u64::from(intid)) {
-            log!("keel-sel4: vcpu {vcpu}: ack vppi {intid}: {e}");
-        }
-    }
-}
-
 const SPSR_EL1H_MASKED: u64 = 0x3c5;
 
-/// Start vCPU `vcpu` at `pc` with `x0`, EL1h, interrupts masked, MMU off.
-fn start_vcpu(vcpu: u32, pc: u64, x0: u64) -> Result<(), sys::Sel4Error> {
-    let mut ctx = UserContext::default();
-    ctx.0[regs::PC] = pc;
-    ctx.0[regs::SPSR] = SPSR_EL1H_MASKED;
-    ctx.0[regs::X0] = x0;
-    sys::tcb_write_registers(vm_tcb_cap(vcpu), true, regs::X0 + 1, &ctx)
+fn call_error(e: sys::Sel4Error) -> HvError {
+    HvError::Call {
+        op: e.op,
+        errno: i32::try_from(e.code).unwrap_or(i32::MAX),
+    }
 }
 
-struct PsciSel4<'a> {
-    ram: &'a GuestRam,
+/// The VM as keel-vmm sees it from this PD: its RAM (mapped here) and its vCPU threads
+/// (the PD's Microkit children), started and stopped with TCB invocations.
+struct PdVm {
+    ram: GuestRam,
     vcpus: u32,
-    stopped: Option<SystemEvent>,
 }
 
-impl PsciHost for PsciSel4<'_> {
-    fn start_vcpu(
+/// The vCPUs of a [`PdVm`] are threads the Microkit tool created; they run through
+/// [`Sel4Exits`], not through [`Vcpu::run`]. This type only completes [`Vm`]'s signature.
+struct PdVcpu;
+
+impl Vcpu for PdVcpu {
+    fn id(&self) -> VcpuId {
+        0
+    }
+    fn set_boot_entry(&mut self, _entry: &BootEntry) -> Result<(), HvError> {
+        Err(unsupported("setting a vCPU's entry outside start_vcpu"))
+    }
+    fn run(&mut self, _answer: ExitAnswer) -> Result<VcpuExit, HvError> {
+        Err(unsupported(
+            "running a vCPU by itself (exits come from Sel4Exits)",
+        ))
+    }
+}
+
+fn unsupported(what: &'static str) -> HvError {
+    HvError::Unsupported {
+        backend: "sel4",
+        what,
+    }
+}
+
+impl Vm for PdVm {
+    type Vcpu = PdVcpu;
+
+    fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    fn create_vcpu(&self, _id: VcpuId) -> Result<PdVcpu, HvError> {
+        Err(unsupported(
+            "creating vCPUs (the system file declares them)",
+        ))
+    }
+
+    fn irq_line(&self, _irq: u32) -> Result<Arc<dyn IrqLine>, HvError> {
+        Err(unsupported(
+            "in-kernel interrupt lines (the VMM models the GIC)",
+        ))
+    }
+
+    /// Start vCPU `id` at `entry`, EL1h, interrupts masked, MMU off.
+    fn start_vcpu(&self, id: VcpuId, entry: &BootEntry) -> Result<(), HvError> {
+        if id >= self.vcpus {
+            return Err(HvError::Invalid {
+                what: "vcpu",
+                value: id.into(),
+            });
+        }
+        let &BootEntry::Arm64 { pc, x0 } = entry else {
+            return Err(unsupported("a non-arm64 boot entry"));
+        };
+        let mut ctx = UserContext::default();
+        ctx.0[regs::PC] = pc;
+        ctx.0[regs::SPSR] = SPSR_EL1H_MASKED;
+        ctx.0[regs::X0] = x0;
+        sys::tcb_write_registers(vm_tcb_cap(id), true, regs::X0 + 1, &ctx).map_err(call_error)
+    }
+
+    fn stop_vcpu(&self, id: VcpuId) -> Result<(), HvError> {
+        if id >= self.vcpus {
+            return Err(HvError::Invalid {
+                what: "vcpu",
+                value: id.into(),
+            });
+        }
+        sys::tcb_suspend(vm_tcb_cap(id)).map_err(call_error)
+    }
+}
+
+/// No platform device of an arm64 VM asks to stop through the sink (PSCI's stops come back
+/// from the exit handler): it only records a request, for completeness.
+#[derive(Default)]
+struct PdStop(AtomicBool);
+
+impl StopSink for PdStop {
+    fn guest_event(&self, _event: SystemEvent) {
+        self.0.store(true, Ordering::Release);
+    }
+    fn stopping(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The host resources of the VM's devices in this PD: the payload's disk blobs, the debug
+/// console, the seeded entropy.
+struct PdBackends {
+    /// `(offset, len)` of each disk blob in the payload, in the plan's order.
+    disks: Vec<Option<(usize, usize)>>,
+    seed: [u8; 32],
+}
+
+impl DeviceBackends for PdBackends {
+    fn block(&mut self, plan: &VmPlan, disk: usize) -> Result<Box<dyn BlockBackend>, BackendError> {
+        let missing =
+            || BackendError::Unavailable(alloc::format!("no payload blob for disk {disk}"));
+        let d = plan.disks.get(disk).ok_or_else(missing)?;
+        // Each blob is handed out once: the block device then owns its bytes.
+        let (off, len) = self
+            .disks
+            .get_mut(disk)
+            .and_then(Option::take)
+            .ok_or_else(missing)?;
+        // SAFETY: `payload::parse` checked that the blob lies inside the payload segment,
+        // which is mapped writable at PAYLOAD_VADDR for the PD's life; the blob was just
+        // taken out of `disks`, so no other reference to these bytes is ever made (the
+        // kernel, initrd and plan blobs are other, disjoint ranges).
+        let bytes: &'static mut [u8] =
+            unsafe { core::slice::from_raw_parts_mut((PAYLOAD_VADDR as *mut u8).add(off), len) };
+        Ok(if d.read_only {
+            Box::new(MemoryBackend::read_only(bytes))
+        } else {
+            Box::new(MemoryBackend::new(bytes))
+        })
+    }
+
+    fn console(
         &mut self,
-        target: u32,
-        entry: u64,
-        context_id: u64,
-    ) -> Result<Started, StartError> {
-        if target >= self.vcpus {
-            return Err(StartError::Internal);
+        _plan: &VmPlan,
+        _port: usize,
+    ) -> Result<Box<dyn ConsoleOutput>, BackendError> {
+        Ok(Box::new(DebugConsole))
+    }
+
+    fn entropy(&mut self, _plan: &VmPlan) -> Result<Box<dyn EntropySource>, BackendError> {
+        Ok(Box::new(SeededEntropy::new(&self.seed)))
+    }
+}
+
+/// How a vCPU's last exit is completed.
+// One slot per vCPU, allocated once: boxing the registers would allocate on every exit.
+#[allow(clippy::large_enum_variant)]
+enum Pending {
+    /// Write the answer into the registers read at the fault (the trapped instruction is
+    /// skipped), then reply.
+    Registers {
+        ctx: UserContext,
+        gregs: GuestRegs,
+        completion: Completion,
+    },
+    /// Only reply (vGIC maintenance, a virtual PPI: nothing of the guest's to update).
+    Reply,
+}
+
+/// The exits of this PD's VM: the Microkit event loop (fault endpoint and notifications)
+/// as a keel-core [`VmExits`]. One reply object serves every vCPU: a completed exit's
+/// reply goes out with the next receive (`seL4_ReplyRecv`).
+struct Sel4Exits {
+    vcpus: u32,
+    soft: Arc<SoftArm64>,
+    /// The decoded completion of each vCPU's exit in flight.
+    pending: Vec<Option<Pending>>,
+    /// Reply before the next receive.
+    reply: bool,
+    /// Exits received (stirred into the rng; reported when the VM stops).
+    exits: u64,
+}
+
+impl Sel4Exits {
+    fn new(vcpus: u32, soft: Arc<SoftArm64>) -> Sel4Exits {
+        Sel4Exits {
+            vcpus,
+            soft,
+            pending: (0..vcpus).map(|_| None).collect(),
+            reply: false,
+            exits: 0,
         }
-        if !self.ram.contains(GuestAddress(entry), 4) {
-            return Err(StartError::InvalidAddress(entry));
+    }
+
+    /// Turn seL4 fault `fault` of `vcpu` into a portable exit, keeping how to complete it.
+    fn exit(&mut self, vcpu: VcpuId, fault: Fault) -> Result<VcpuExit, HvError> {
+        let guest_fault = |detail: String| HvError::GuestFault { vcpu, detail };
+        let (exit, pending) = match fault {
+            Fault::VgicMaintenance { idx } => {
+                (VcpuExit::VgicMaintenance { lr: idx }, Pending::Reply)
+            }
+            Fault::VppiEvent { irq } => {
+                // A tick: parked siblings get to look at their own timers.
+                unpark_all();
+                let irq = u32::try_from(irq)
+                    .map_err(|_| guest_fault(alloc::format!("virtual PPI {irq:#x}")))?;
+                (VcpuExit::VirtualPpi { irq }, Pending::Reply)
+            }
+            Fault::Other { label } => {
+                return Err(guest_fault(alloc::format!(
+                    "unhandled seL4 fault type {label}"
+                )));
+            }
+            Fault::VmFault { .. } | Fault::VcpuFault { .. } | Fault::UnknownSyscall { .. } => {
+                // Read the registers only now: TCB_ReadRegisters overwrites the fault
+                // message, which `fault` already holds.
+                let ctx = sys::tcb_read_registers(vm_tcb_cap(vcpu), USER_CONTEXT_WORDS)
+                    .map_err(call_error)?;
+                let gregs = ctx.guest_regs();
+                let decoded: Result<Arm64Exit, _> = match fault {
+                    Fault::VmFault {
+                        ip,
+                        addr,
+                        prefetch,
+                        fsr,
+                    } => kfault::vm_fault_exit(
+                        &VmFault {
+                            ip,
+                            addr,
+                            prefetch,
+                            fsr,
+                        },
+                        &gregs,
+                    ),
+                    Fault::VcpuFault { hsr } => kfault::vcpu_fault_exit(hsr, &gregs),
+                    _ => Ok(kfault::hvc_syscall_exit(&gregs)),
+                };
+                let decoded = decoded.map_err(|e| {
+                    guest_fault(alloc::format!(
+                        "at pc {:#x}: cannot decode the fault: {e}",
+                        gregs.pc
+                    ))
+                })?;
+                (
+                    decoded.exit,
+                    Pending::Registers {
+                        ctx,
+                        gregs,
+                        completion: decoded.completion,
+                    },
+                )
+            }
+        };
+        if let Some(slot) = self.pending.get_mut(vcpu as usize) {
+            *slot = Some(pending);
         }
-        start_vcpu(target, entry, context_id).map_err(|e| {
-            log!("keel-sel4: CPU_ON vcpu {target}: {e}");
-            StartError::Internal
-        })?;
-        Ok(Started::Now)
+        Ok(exit)
     }
-    fn stop_vcpu(&mut self, vcpu: u32) {
-        let _ = sys::tcb_suspend(vm_tcb_cap(vcpu));
+
+    /// Apply `answer` to `vcpu`'s registers (its pending exit's completion).
+    fn apply(&mut self, vcpu: VcpuId, answer: ExitAnswer) -> Result<(), HvError> {
+        let pending = self
+            .pending
+            .get_mut(vcpu as usize)
+            .and_then(Option::take)
+            .ok_or(HvError::Invalid {
+                what: "vcpu without an exit to complete",
+                value: vcpu.into(),
+            })?;
+        let Pending::Registers {
+            mut ctx,
+            mut gregs,
+            completion,
+        } = pending
+        else {
+            return Ok(());
+        };
+        completion
+            .apply(answer, &mut gregs)
+            .map_err(|e| HvError::GuestFault {
+                vcpu,
+                detail: alloc::format!("{e}"),
+            })?;
+        let words = match completion {
+            Completion::MmioRead { access, .. } => UserContext::words_to_cover(access.reg),
+            Completion::SysRegRead { rt, .. } => UserContext::words_to_cover(rt),
+            Completion::Hypercall { .. } => UserContext::words_to_cover(3),
+            Completion::Skip { .. } => 1,
+        };
+        ctx.set_guest_regs(&gregs);
+        sys::tcb_write_registers(vm_tcb_cap(vcpu), false, words, &ctx).map_err(call_error)
     }
-    fn system_off(&mut self) {
-        self.stopped = Some(SystemEvent::Shutdown);
+
+    /// `vcpu` waits for an interrupt (its PC is already past the `WFI`): park it if a
+    /// sibling runs. Returns whether to reply (let it run).
+    fn idle(&self, vcpu: VcpuId) -> bool {
+        let bit = 1u64 << (vcpu & 63);
+        if INJECTED.fetch_and(!bit, Ordering::SeqCst) & bit != 0 {
+            // An interrupt went into its list registers while this WFI was on its way.
+            return true;
+        }
+        if PARKED.load(Ordering::SeqCst) != 0 {
+            // Siblings were waiting: let them run again, keep this one going.
+            unpark_all();
+            return true;
+        }
+        if !self.soft.sibling_runs(vcpu) {
+            return true;
+        }
+        match sys::tcb_suspend(vm_tcb_cap(vcpu)) {
+            Ok(()) => {
+                PARKED.fetch_or(bit, Ordering::SeqCst);
+                false
+            }
+            Err(e) => {
+                log!("keel-sel4: vcpu {vcpu}: park on WFI: {e}");
+                true
+            }
+        }
     }
-    fn system_reset(&mut self) {
-        self.stopped = Some(SystemEvent::Reset);
+}
+
+impl VmExits for Sel4Exits {
+    fn next(&mut self) -> Result<VmEvent, HvError> {
+        loop {
+            let (badge, info) = if self.reply {
+                sys::reply_recv(mk::INPUT_CAP, MessageInfo::new(0, 0), mk::REPLY_CAP)
+            } else {
+                sys::recv(mk::INPUT_CAP, mk::REPLY_CAP)
+            };
+            self.reply = false;
+            match Event::from_badge(badge) {
+                Event::Fault { child } => {
+                    let vcpu = u32::from(child);
+                    // Decode before any other kernel call overwrites the message.
+                    let fault = Fault::decode(info, sys::mr).map_err(|e| HvError::GuestFault {
+                        vcpu,
+                        detail: alloc::format!("{e}"),
+                    })?;
+                    if vcpu >= self.vcpus {
+                        // Not a vCPU of this VM: leave it blocked.
+                        log!("keel-sel4: fault of unknown child {vcpu} ignored");
+                        continue;
+                    }
+                    self.exits += 1;
+                    EXITS.store(self.exits, Ordering::Relaxed);
+                    let exit = self.exit(vcpu, fault)?;
+                    return Ok(VmEvent::Exit { vcpu, exit });
+                }
+                Event::ProtectedCall { .. } => self.reply = true,
+                Event::Notified { channels } => return Ok(VmEvent::Notified(channels)),
+            }
+        }
+    }
+
+    fn complete(&mut self, vcpu: VcpuId, resume: Resume) -> Result<(), HvError> {
+        match resume {
+            Resume::Run(answer) => {
+                self.apply(vcpu, answer)?;
+                self.reply = true;
+            }
+            Resume::WaitForInterrupt(answer) => {
+                self.apply(vcpu, answer)?;
+                self.reply = self.idle(vcpu);
+            }
+            Resume::Park => {
+                // Off (PSCI CPU_OFF suspended it) or the VM stopped: no reply.
+                if let Some(slot) = self.pending.get_mut(vcpu as usize) {
+                    *slot = None;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -348,293 +680,6 @@ impl InputUart {
     }
 }
 
-struct Vmm {
-    name: String,
-    input: Option<InputUart>,
-    vcpus: u32,
-    ram: GuestRam,
-    bus: Bus,
-    vgic: Vgic,
-    uart: Uart8250,
-    psci: Psci,
-    spi_levels: u64,
-    stopped: bool,
-    exits: u64,
-    sysreg_reports: u32,
-}
-
-/// What to do with the faulting vCPU after handling.
-enum Resume {
-    /// Reply: the vCPU continues.
-    Yes,
-    /// Leave it blocked (off, or the VM stopped).
-    No,
-}
-
-impl Vmm {
-    fn mmio_read(&mut self, vcpu: u32, gpa: u64, len: u8) -> u64 {
-        if (GIC_DIST_BASE..GIC_DIST_BASE + GIC_DIST_SIZE).contains(&gpa) {
-            let off = gpa - GIC_DIST_BASE;
-            return self.vgic.v2_dist_read(vcpu, off, len);
-        }
-        if (UART_BASE..UART_BASE + UART_SIZE).contains(&gpa) {
-            return u64::from(self.uart.read(gpa - UART_BASE));
-        }
-        let mut buf = [0u8; 8];
-        let n = usize::from(len.min(8));
-        match self.bus.read(gpa, &mut buf[..n]) {
-            Ok(()) => u64::from_le_bytes(buf),
-            Err(e) => {
-                log!(
-                    "keel-sel4: vm {}: vcpu {vcpu}: read of {len} bytes at {gpa:#x}: {e} (reads as zero)",
-                    self.name
-                );
-                0
-            }
-        }
-    }
-
-    fn mmio_write(&mut self, vcpu: u32, gpa: u64, len: u8, data: u64) {
-        if (GIC_DIST_BASE..GIC_DIST_BASE + GIC_DIST_SIZE).contains(&gpa) {
-            self.vgic
-                .v2_dist_write(vcpu, gpa - GIC_DIST_BASE, len, data, &mut Sel4Gic);
-            return;
-        }
-        if (UART_BASE..UART_BASE + UART_SIZE).contains(&gpa) {
-            self.uart
-                .write(gpa - UART_BASE, data as u8, &mut |b| console_put(&[b]));
-            return;
-        }
-        let n = usize::from(len.min(8));
-        if let Err(e) = self.bus.write(gpa, &data.to_le_bytes()[..n]) {
-            log!(
-                "keel-sel4: vm {}: vcpu {vcpu}: write of {len} bytes at {gpa:#x}: {e} (ignored)",
-                self.name
-            );
-        }
-    }
-
-    /// Deliver interrupt-line changes made by devices during the last exit.
-    fn sync_lines(&mut self) {
-        let mut levels = SPI_LEVELS.load(Ordering::SeqCst);
-        if self.uart.irq_pending() {
-            levels |= 1 << UART_SPI;
-        } else {
-            levels &= !(1 << UART_SPI);
-        }
-        let changed = levels ^ self.spi_levels;
-        if changed == 0 {
-            return;
-        }
-        self.spi_levels = levels;
-        for spi in crate::microkit::channels(changed) {
-            self.vgic
-                .set_spi_level(spi, levels & (1 << spi) != 0, &mut Sel4Gic);
-        }
-    }
-
-    fn stop_vm(&mut self, why: &str) {
-        console_flush();
-        PARKED.store(0, Ordering::SeqCst);
-        log!("keel-sel4: vm {}: stopped: {why}", self.name);
-        for v in 0..self.vcpus {
-            let _ = sys::tcb_suspend(vm_tcb_cap(v));
-        }
-        self.stopped = true;
-    }
-
-    fn handle(&mut self, vcpu: u32, fault: Fault) -> Resume {
-        self.exits += 1;
-        EXITS.store(self.exits, Ordering::Relaxed);
-        let tcb = vm_tcb_cap(vcpu);
-        match fault {
-            Fault::VgicMaintenance { idx } => {
-                if idx.is_none() {
-                    log!(
-                        "keel-sel4: vm {}: vcpu {vcpu}: maintenance without list register",
-                        self.name
-                    );
-                }
-                if let Some(intid) =
-                    idx.and_then(|lr| self.vgic.maintenance(vcpu, lr, &mut Sel4Gic))
-                {
-                    completed(vcpu, intid);
-                }
-                return Resume::Yes;
-            }
-            Fault::VppiEvent { irq } => {
-                // A tick: parked siblings get to look at their own timers.
-                unpark_all();
-                self.vgic.inject(vcpu, irq as u32, &mut Sel4Gic);
-                return Resume::Yes;
-            }
-            Fault::Other { label } => {
-                self.stop_vm(&alloc::format!(
-                    "vcpu {vcpu}: unhandled seL4 fault type {label}"
-                ));
-                return Resume::No;
-            }
-            _ => {}
-        }
-        // Read the registers only now: TCB_ReadRegisters overwrites the fault message,
-        // which `fault` already holds.
-        let mut ctx = match sys::tcb_read_registers(tcb, USER_CONTEXT_WORDS) {
-            Ok(c) => c,
-            Err(e) => {
-                self.stop_vm(&alloc::format!("vcpu {vcpu}: {e}"));
-                return Resume::No;
-            }
-        };
-        let mut gregs: GuestRegs = ctx.guest_regs();
-        let decoded: Result<Arm64Exit, _> = match fault {
-            Fault::VmFault {
-                ip,
-                addr,
-                prefetch,
-                fsr,
-            } => kfault::vm_fault_exit(
-                &VmFault {
-                    ip,
-                    addr,
-                    prefetch,
-                    fsr,
-                },
-                &gregs,
-            ),
-            Fault::VcpuFault { hsr } => kfault::vcpu_fault_exit(hsr, &gregs),
-            Fault::UnknownSyscall { .. } => Ok(kfault::hvc_syscall_exit(&gregs)),
-            // Handled above; kept total for the compiler.
-            Fault::VgicMaintenance { .. } | Fault::VppiEvent { .. } | Fault::Other { .. } => {
-                return Resume::Yes;
-            }
-        };
-        let exit = match decoded {
-            Ok(e) => e,
-            Err(e) => {
-                self.stop_vm(&alloc::format!(
-                    "vcpu {vcpu} at pc {:#x}: cannot decode the fault: {e}",
-                    gregs.pc
-                ));
-                return Resume::No;
-            }
-        };
-        let answer = match exit.exit {
-            VcpuExit::MmioRead { gpa, len } => ExitAnswer::Read(self.mmio_read(vcpu, gpa, len)),
-            VcpuExit::MmioWrite { gpa, len, data } => {
-                self.mmio_write(vcpu, gpa, len, data);
-                ExitAnswer::None
-            }
-            VcpuExit::Halt => ExitAnswer::None,
-            VcpuExit::SysReg { encoding, write } => {
-                // Nothing Keel's guests need traps here (GICv2, no debug registers): reads
-                // are zero, writes are ignored, and the first few are reported.
-                if self.sysreg_reports < 8 {
-                    self.sysreg_reports += 1;
-                    log!(
-                        "keel-sel4: vm {}: vcpu {vcpu}: trapped system register {encoding:#x} {} (RAZ/WI)",
-                        self.name,
-                        if write.is_some() { "write" } else { "read" }
-                    );
-                }
-                match write {
-                    Some(_) => ExitAnswer::None,
-                    None => ExitAnswer::Read(0),
-                }
-            }
-            VcpuExit::Hypercall { args, .. } => {
-                let mut host = PsciSel4 {
-                    ram: &self.ram,
-                    vcpus: self.vcpus,
-                    stopped: None,
-                };
-                match self.psci.handle(args, vcpu, &mut host) {
-                    PsciOutcome::Return(x) | PsciOutcome::Suspend(x) => ExitAnswer::Hypercall(x),
-                    PsciOutcome::Off => return Resume::No,
-                    PsciOutcome::System(ev) => {
-                        let what = match ev {
-                            SystemEvent::Shutdown => "guest powered off (PSCI SYSTEM_OFF)",
-                            SystemEvent::Reset => {
-                                "guest requested reboot (PSCI SYSTEM_RESET); reboot is not supported"
-                            }
-                            _ => "guest stopped",
-                        };
-                        log!("KEEL-SEL4-VM-STOPPED {} {}", self.name, self.exits);
-                        self.stop_vm(what);
-                        return Resume::No;
-                    }
-                }
-            }
-            other => {
-                self.stop_vm(&alloc::format!("vcpu {vcpu}: unexpected exit {other:?}"));
-                return Resume::No;
-            }
-        };
-        if let Err(e) = exit.completion.apply(answer, &mut gregs) {
-            self.stop_vm(&alloc::format!("vcpu {vcpu}: {e}"));
-            return Resume::No;
-        }
-        let words = match exit.completion {
-            kfault::Completion::MmioRead { access, .. } => UserContext::words_to_cover(access.reg),
-            kfault::Completion::SysRegRead { rt, .. } => UserContext::words_to_cover(rt),
-            kfault::Completion::Hypercall { .. } => UserContext::words_to_cover(3),
-            kfault::Completion::Skip { .. } => 1,
-        };
-        ctx.set_guest_regs(&gregs);
-        if let Err(e) = sys::tcb_write_registers(tcb, false, words, &ctx) {
-            self.stop_vm(&alloc::format!("vcpu {vcpu}: {e}"));
-            return Resume::No;
-        }
-        if exit.exit == VcpuExit::Halt {
-            return self.idle(vcpu);
-        }
-        Resume::Yes
-    }
-
-    /// Notifications: the console-input UART's interrupt.
-    fn notified(&mut self, channels: u64) {
-        let Some(u) = &self.input else { return };
-        if channels & (1 << u.channel) == 0 {
-            return;
-        }
-        let typed = u.drain();
-        let _ = self.uart.push_input(&typed);
-        if let Err(e) = crate::pd::irq_ack(u.channel) {
-            log!("keel-sel4: console input: {e}");
-        }
-    }
-
-    /// `vcpu` executed `WFI` (its PC is already past it): park it if a sibling runs.
-    fn idle(&mut self, vcpu: u32) -> Resume {
-        let bit = 1u64 << (vcpu & 63);
-        if INJECTED.fetch_and(!bit, Ordering::SeqCst) & bit != 0 {
-            // An interrupt went into its list registers while this WFI was on its way.
-            return Resume::Yes;
-        }
-        let parked = PARKED.load(Ordering::SeqCst);
-        if parked != 0 {
-            // Siblings were waiting: let them run again, keep this one going.
-            unpark_all();
-            return Resume::Yes;
-        }
-        let sibling_runs = (0..self.vcpus).any(|o| {
-            o != vcpu && self.psci.state(o) == Some(keel_core::arch::aarch64::psci::PowerState::On)
-        });
-        if !sibling_runs {
-            return Resume::Yes;
-        }
-        match sys::tcb_suspend(vm_tcb_cap(vcpu)) {
-            Ok(()) => {
-                PARKED.fetch_or(1 << (vcpu & 63), Ordering::SeqCst);
-                Resume::No
-            }
-            Err(e) => {
-                log!("keel-sel4: vcpu {vcpu}: park on WFI: {e}");
-                Resume::Yes
-            }
-        }
-    }
-}
-
 /// The payload segment as bytes.
 fn payload_bytes() -> Result<&'static [u8], String> {
     // SAFETY: the payload segment is mapped (read-write) at PAYLOAD_VADDR by the Microkit
@@ -649,98 +694,80 @@ fn payload_bytes() -> Result<&'static [u8], String> {
     Ok(unsafe { core::slice::from_raw_parts(PAYLOAD_VADDR as *const u8, total) })
 }
 
-fn boot() -> Result<Vmm, String> {
+/// A booted VM: what the exit loop needs.
+struct Booted {
+    name: String,
+    vm: PdVm,
+    core: VmmCore,
+    exits: Sel4Exits,
+    input: Option<InputUart>,
+}
+
+/// The payload's plan, parameters and blob table.
+fn read_payload() -> Result<(&'static [u8], payload::Layout), String> {
     let bytes = payload_bytes()?;
     let lay = payload::parse(bytes).map_err(|e| alloc::format!("payload: {e}"))?;
-    let cfg = lay.config.clone();
-    CONSOLE_LOCK.store(cfg.console_lock, Ordering::Relaxed);
-    if cfg.console_prefix {
-        CONSOLE.lock().prefix = Some(alloc::format!("{}| ", cfg.name));
-    }
-    let kernel = &bytes[lay.kernel.0..lay.kernel.0 + lay.kernel.1];
-    let initrd = lay.initrd.map(|(o, l)| &bytes[o..o + l]);
+    Ok((bytes, lay))
+}
 
-    // SAFETY: the Microkit tool maps the VM's RAM region into this PD at `ram_vaddr`
-    // (the system file `keel sel4 build` wrote says so) for the PD's whole life.
-    let ram = unsafe {
-        GuestRam::from_raw(
-            &[RawRegion {
-                gpa: cfg.ram_gpa,
-                len: cfg.ram_size,
-                host: cfg.ram_vaddr as *mut u8,
-            }],
-            Arc::new(()),
+/// Set up the console from the VM's parameters: the lock shared with the other VMMs of the
+/// system, the line prefix.
+fn configure_console(name: &str, params: &Sel4Params) {
+    CONSOLE_LOCK.store(params.console_lock, Ordering::Relaxed);
+    if params.console_prefix {
+        CONSOLE.lock().prefix = Some(alloc::format!("{name}| "));
+    }
+}
+
+/// Boot the VM of the payload: its plan, keel-vmm's core built from it, the guest loaded,
+/// vCPU 0 started.
+fn boot() -> Result<Booted, String> {
+    let (bytes, lay) = read_payload()?;
+    let params = &lay.params;
+    configure_console(&lay.plan.name, params);
+    if lay.plan.arch != keel_spec::Arch::Aarch64 {
+        return Err(alloc::format!(
+            "vm {}: the plan is for {}; the seL4 VMM runs aarch64 guests",
+            lay.plan.name,
+            lay.plan.arch
+        ));
+    }
+    // The plan is the one KVM builds from; only the command line is seL4's (its console
+    // is the 8250, named first).
+    let mut plan = lay.plan.clone();
+    plan.cmdline = payload::guest_cmdline(&plan.cmdline);
+    let name = plan.name.clone();
+    let vm = pd_vm(&plan, params)?;
+    let log: keel_vmm::Log = Arc::new(Sel4Log { vm: name.clone() });
+    let soft = Arc::new(
+        SoftArm64::new(
+            plan.vcpus,
+            GicVersion::V2,
+            SPIS,
+            LIST_REGISTERS,
+            Box::new(Sel4Gic),
+            log.clone(),
         )
-    }
-    .map_err(|e| alloc::format!("guest RAM: {e}"))?;
-
-    let mut platform = Arm64Platform::new(cfg.ram_size, cfg.vcpus, GicVersion::V2);
-    platform.memory = alloc::vec![(cfg.ram_gpa, cfg.ram_size)];
-    platform.cmdline = cfg.cmdline.clone();
-
-    // What the virtio devices reach guest RAM through (mapped: block I/O stays zero-copy).
-    let memory: GuestMemoryRef = Arc::new(ram.clone());
-    let mut bus = Bus::new();
-    let mut add = |platform: &mut Arm64Platform,
-                   dev: Arc<spin::Mutex<dyn keel_core::BusDevice>>|
-     -> Result<(), String> {
-        let slot = platform.add_virtio().ok_or("too many virtio devices")?;
-        bus.insert(slot.base, slot.size, dev)
-            .map_err(|e| alloc::format!("{e}"))
-    };
-    let next_irq = |platform: &Arm64Platform| -> Arc<dyn IrqLine> {
-        Arc::new(SpiLine(
-            layout::MmioDevice::virtio_slot(platform.virtio.len() as u32).spi,
-        ))
-    };
-    for (i, d) in cfg.disks.iter().enumerate() {
-        let (off, len) = lay.disks[i];
-        // SAFETY: the disk blob lies inside the payload segment, which is mapped writable;
-        // no other reference to these bytes exists after this point (the kernel and initrd
-        // slices cover other blobs).
-        let disk: &'static mut [u8] =
-            unsafe { core::slice::from_raw_parts_mut((PAYLOAD_VADDR as *mut u8).add(off), len) };
-        let backend = if d.read_only {
-            MemoryBackend::read_only(disk)
-        } else {
-            MemoryBackend::new(disk)
-        };
-        let irq = next_irq(&platform);
-        let t = MmioTransport::new(Block::new(backend, d.id.as_bytes()), memory.clone(), irq);
-        add(&mut platform, Arc::new(spin::Mutex::new(t)))?;
-    }
-    if cfg.virtio_console {
-        let irq = next_irq(&platform);
-        let t = MmioTransport::new(Console::new(DebugConsole), memory.clone(), irq);
-        add(&mut platform, Arc::new(spin::Mutex::new(t)))?;
-    }
-    if cfg.rng {
-        let irq = next_irq(&platform);
-        let t = MmioTransport::new(
-            Rng::new(SeededEntropy::new(&cfg.rng_seed)),
-            memory.clone(),
-            irq,
-        );
-        add(&mut platform, Arc::new(spin::Mutex::new(t)))?;
-    }
-
-    // `platform.memory` is `[(cfg.ram_gpa, cfg.ram_size)]`: the kernel goes there.
-    let loaded = load_linux(&ram, &mut platform, kernel, initrd)
-        .map_err(|e| alloc::format!("loading the kernel: {e}"))?;
-    let (boot, fdt_len) = (loaded.layout, loaded.fdt_len);
-    let BootEntry::Arm64 { pc, x0 } = loaded.entry() else {
-        return Err("the loader did not produce an arm64 entry".into());
-    };
-    log!(
-        "keel-sel4: vm {}: {} vCPUs, {} MiB RAM at {:#x}, kernel at {pc:#x}, dtb at {x0:#x} ({} bytes), {} virtio devices",
-        cfg.name,
-        cfg.vcpus,
-        cfg.ram_size >> 20,
-        cfg.ram_gpa,
-        fdt_len,
-        platform.virtio.len()
+        .map_err(|e| alloc::format!("interrupt controller: {e}"))?,
     );
-    for v in 0..cfg.vcpus {
+    let mut backends = PdBackends {
+        disks: lay.disks.iter().copied().map(Some).collect(),
+        seed: params.rng_seed,
+    };
+    let core = VmmCore::build(
+        &plan,
+        &vm,
+        Interrupts::Soft(soft.clone()),
+        &mut backends,
+        Box::new(SerialConsole),
+        Arc::new(PdStop::default()),
+        log,
+    )
+    .map_err(|e| alloc::format!("{e}"))?;
+    let kernel = blob(bytes, lay.kernel)?;
+    let initrd = lay.initrd.map(|b| blob(bytes, b)).transpose()?;
+    let entry = load_guest(&vm, &core, kernel, initrd)?;
+    for v in 0..plan.vcpus {
         sys::vcpu_write_reg(
             vcpu_cap(v),
             vcpu_reg::VMPIDR_EL2,
@@ -748,17 +775,93 @@ fn boot() -> Result<Vmm, String> {
         )
         .map_err(|e| alloc::format!("vcpu {v}: {e}"))?;
     }
-    // Make sure the guest sees the copied bytes before it runs with caches off.
-    clean_dcache(&ram, boot.kernel, kernel.len());
-    if let Some((s, e)) = boot.initrd {
-        clean_dcache(&ram, s, (e - s) as usize);
+    let input = start_console_input(params);
+    vm.start_vcpu(0, &entry)
+        .map_err(|e| alloc::format!("starting vcpu 0: {e}"))?;
+    Ok(Booted {
+        name,
+        exits: Sel4Exits::new(plan.vcpus, soft),
+        vm,
+        core,
+        input,
+    })
+}
+
+/// Blob `(offset, len)` of the payload.
+fn blob(bytes: &'static [u8], (off, len): (usize, usize)) -> Result<&'static [u8], String> {
+    off.checked_add(len)
+        .and_then(|end| bytes.get(off..end))
+        .ok_or_else(|| alloc::format!("payload blob at {off:#x}+{len:#x} is out of bounds"))
+}
+
+/// The VM's RAM, mapped into this PD at the parameters' `ram_vaddr`.
+fn pd_vm(plan: &VmPlan, params: &Sel4Params) -> Result<PdVm, String> {
+    let [(gpa, len)] = plan.ram[..] else {
+        return Err(alloc::format!(
+            "vm {}: {} RAM regions; the seL4 VMM maps exactly one",
+            plan.name,
+            plan.ram.len()
+        ));
+    };
+    // SAFETY: the Microkit tool maps the VM's RAM region into this PD at `ram_vaddr`
+    // (the system file `keel sel4 build` wrote says so) for the PD's whole life.
+    let ram = unsafe {
+        GuestRam::from_raw(
+            &[RawRegion {
+                gpa,
+                len,
+                host: params.ram_vaddr as *mut u8,
+            }],
+            Arc::new(()),
+        )
     }
-    clean_dcache(&ram, x0, fdt_len);
-    let vgic = Vgic::new(GicVersion::V2, cfg.vcpus, SPIS, LIST_REGISTERS)
-        .map_err(|e| alloc::format!("interrupt controller: {e}"))?;
-    let input = (cfg.input_uart != 0).then_some(InputUart {
-        base: cfg.input_uart,
-        channel: cfg.input_channel,
+    .map_err(|e| alloc::format!("guest RAM: {e}"))?;
+    Ok(PdVm {
+        ram,
+        vcpus: plan.vcpus,
+    })
+}
+
+/// Kernel, initrd and the device tree of the plan into guest RAM (keel-vmm's arm64 loader,
+/// as `VmmCore::load_guest`, which returns no layout), cleaned to the point of coherency;
+/// returns vCPU 0's entry.
+fn load_guest(
+    vm: &PdVm,
+    core: &VmmCore,
+    kernel: &[u8],
+    initrd: Option<&[u8]>,
+) -> Result<BootEntry, String> {
+    let loaded = keel_vmm::arm64::load_guest(&vm.ram, core.plan(), GicVersion::V2, kernel, initrd)
+        .map_err(|e| alloc::format!("loading the kernel: {e}"))?;
+    let entry = loaded.entry();
+    let BootEntry::Arm64 { pc, x0 } = entry else {
+        return Err("the loader did not produce an arm64 entry".into());
+    };
+    let plan = core.plan();
+    log!(
+        "keel-sel4: vm {}: {} vCPUs, {} MiB RAM at {:#x}, kernel at {pc:#x}, dtb at {x0:#x} ({} bytes), {} virtio devices",
+        plan.name,
+        plan.vcpus,
+        plan.ram_size() >> 20,
+        plan.ram.first().map_or(0, |r| r.0),
+        loaded.fdt_len,
+        core.devices().len()
+    );
+    // Make sure the guest sees the copied bytes before it runs with caches off.
+    let boot = loaded.layout;
+    clean_dcache(&vm.ram, boot.kernel, kernel.len());
+    if let Some((s, e)) = boot.initrd {
+        clean_dcache(&vm.ram, s, (e - s) as usize);
+    }
+    clean_dcache(&vm.ram, x0, loaded.fdt_len);
+    Ok(entry)
+}
+
+/// Console input, if this VM gets it: enable the UART's receive interrupts.
+fn start_console_input(params: &Sel4Params) -> Option<InputUart> {
+    let input = (params.input_uart != 0).then_some(InputUart {
+        base: params.input_uart,
+        channel: params.input_channel,
     });
     if let Some(u) = &input {
         // libmicrokit acknowledges every IRQ once at start (seL4 issue #1536).
@@ -767,22 +870,41 @@ fn boot() -> Result<Vmm, String> {
             Err(e) => log!("keel-sel4: console input disabled: {e}"),
         }
     }
-    start_vcpu(0, pc, x0).map_err(|e| alloc::format!("starting vcpu 0: {e}"))?;
-    let _ = ram.read_u32(GuestAddress(pc));
-    Ok(Vmm {
-        name: cfg.name,
-        vcpus: cfg.vcpus,
-        ram,
-        bus,
-        vgic,
-        input,
-        uart: Uart8250::new(),
-        psci: Psci::new(cfg.vcpus),
-        spi_levels: 0,
-        stopped: false,
-        exits: 0,
-        sysreg_reports: 0,
-    })
+    input
+}
+
+/// Notifications: the console-input UART's interrupt feeds the guest's UART.
+fn notified(core: &VmmCore, input: Option<&InputUart>, channels: u64) {
+    let Some(u) = input else { return };
+    if channels & 1u64.checked_shl(u.channel).unwrap_or(0) == 0 {
+        return;
+    }
+    let typed = u.drain();
+    let _ = core.serial().lock().input(&typed);
+    if let Err(e) = crate::pd::irq_ack(u.channel) {
+        log!("keel-sel4: console input: {e}");
+    }
+}
+
+/// What the stop message says about a guest's request.
+fn stop_reason(event: SystemEvent) -> String {
+    match event {
+        SystemEvent::Shutdown => "guest powered off (PSCI SYSTEM_OFF)".into(),
+        SystemEvent::Reset => {
+            "guest requested reboot (PSCI SYSTEM_RESET); reboot is not supported".into()
+        }
+        other => alloc::format!("guest stopped ({other})"),
+    }
+}
+
+/// Stop the VM: flush its console, report why, suspend every vCPU.
+fn stop_vm(name: &str, vcpus: u32, why: &str) {
+    console_flush();
+    PARKED.store(0, Ordering::SeqCst);
+    log!("keel-sel4: vm {name}: stopped: {why}");
+    for v in 0..vcpus {
+        let _ = sys::tcb_suspend(vm_tcb_cap(v));
+    }
 }
 
 /// Clean `[gpa, gpa+len)` to the point of coherency: the guest starts with its MMU and
@@ -807,49 +929,37 @@ fn clean_dcache(ram: &GuestRam, gpa: u64, len: usize) {
 pub extern "C" fn main() -> ! {
     let name = crate::pd::name();
     // The console lock first: the "vmm up" line is already shared with the other VMMs.
-    if let Ok(lay) =
-        payload_bytes().and_then(|b| payload::parse(b).map_err(|e| alloc::format!("{e}")))
-    {
-        CONSOLE_LOCK.store(lay.config.console_lock, Ordering::Relaxed);
+    if let Ok((_, lay)) = read_payload() {
+        CONSOLE_LOCK.store(lay.params.console_lock, Ordering::Relaxed);
     }
     log!("keel-sel4: vmm up ({name})");
-    let mut vmm = match boot() {
-        Ok(v) => v,
+    let Booted {
+        name,
+        vm,
+        core,
+        mut exits,
+        input,
+    } = match boot() {
+        Ok(b) => b,
         Err(e) => {
             log!("keel-sel4: {name}: cannot start the VM: {e}");
             idle();
         }
     };
-    let mut reply = false;
-    loop {
-        let (badge, info) = if reply {
-            sys::reply_recv(mk::INPUT_CAP, MessageInfo::new(0, 0), mk::REPLY_CAP)
-        } else {
-            sys::recv(mk::INPUT_CAP, mk::REPLY_CAP)
-        };
-        reply = false;
-        match Event::from_badge(badge) {
-            Event::Fault { child } => {
-                let fault = Fault::decode(info, sys::mr);
-                let vcpu = u32::from(child);
-                let resume = match fault {
-                    Ok(f) if !vmm.stopped && vcpu < vmm.vcpus => vmm.handle(vcpu, f),
-                    Ok(_) => Resume::No,
-                    Err(e) => {
-                        vmm.stop_vm(&alloc::format!("vcpu {vcpu}: {e}"));
-                        Resume::No
-                    }
-                };
-                vmm.sync_lines();
-                reply = matches!(resume, Resume::Yes);
-            }
-            Event::ProtectedCall { .. } => reply = true,
-            Event::Notified { channels } => {
-                vmm.notified(channels);
-                vmm.sync_lines();
-            }
+    let stop = PdStop::default();
+    let outcome = run_exits(&mut exits, &core, &vm, &stop, |channels| {
+        notified(&core, input.as_ref(), channels)
+    });
+    core.report_device_errors();
+    let why = match outcome {
+        Ok(event) => {
+            log!("KEEL-SEL4-VM-STOPPED {name} {}", exits.exits);
+            event.map_or_else(|| "the VMM stopped it".into(), stop_reason)
         }
-    }
+        Err(e) => alloc::format!("{e}"),
+    };
+    stop_vm(&name, vm.vcpus, &why);
+    idle()
 }
 
 /// Wait forever (after a fatal error): the PD stays, its VM does not run.

@@ -38,6 +38,52 @@ pub trait BusDevice: Send {
 /// A device shared between the bus and whoever else drives it (an I/O thread, a backend).
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
+/// A device that keeps its own locks: the bus calls it through a shared reference, holding
+/// no lock of its own, so two vCPUs accessing it never wait for each other at the bus (the
+/// virtio-mmio transport, whose register accesses take only short internal locks while its
+/// I/O thread processes queues under another). `offset` and `data` are as for [`BusDevice`]
+/// (guest-controlled: never panic on them); such a device is not banked per vCPU.
+pub trait SyncBusDevice: Send + Sync {
+    /// The guest reads `data.len()` bytes at `offset`.
+    fn read(&self, offset: u64, data: &mut [u8]);
+    /// The guest writes `data` at `offset`.
+    fn write(&self, offset: u64, data: &[u8]);
+}
+
+/// What a bus range dispatches to.
+#[derive(Clone)]
+pub enum BusTarget {
+    /// A device behind the bus's lock ([`SharedDevice`]).
+    Locked(SharedDevice),
+    /// A device that locks itself ([`SyncBusDevice`]).
+    Sync(Arc<dyn SyncBusDevice>),
+}
+
+impl core::fmt::Debug for BusTarget {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            BusTarget::Locked(_) => "BusTarget::Locked",
+            BusTarget::Sync(_) => "BusTarget::Sync",
+        })
+    }
+}
+
+impl BusTarget {
+    fn read(&self, vcpu: VcpuId, offset: u64, data: &mut [u8]) {
+        match self {
+            BusTarget::Locked(d) => d.lock().read_by(vcpu, offset, data),
+            BusTarget::Sync(d) => d.read(offset, data),
+        }
+    }
+
+    fn write(&self, vcpu: VcpuId, offset: u64, data: &[u8]) {
+        match self {
+            BusTarget::Locked(d) => d.lock().write_by(vcpu, offset, data),
+            BusTarget::Sync(d) => d.write(offset, data),
+        }
+    }
+}
+
 /// What can go wrong placing devices or dispatching accesses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
@@ -71,7 +117,7 @@ pub enum BusError {
 struct Entry {
     base: u64,
     len: u64,
-    device: SharedDevice,
+    device: BusTarget,
 }
 
 /// A set of devices, each owning a disjoint address range.
@@ -96,6 +142,27 @@ impl Bus {
 
     /// Place `device` at `[base, base + len)`.
     pub fn insert(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<(), BusError> {
+        self.insert_target(base, len, BusTarget::Locked(device))
+    }
+
+    /// Place a device that locks itself at `[base, base + len)`: accesses reach it without
+    /// a bus lock.
+    pub fn insert_sync(
+        &mut self,
+        base: u64,
+        len: u64,
+        device: Arc<dyn SyncBusDevice>,
+    ) -> Result<(), BusError> {
+        self.insert_target(base, len, BusTarget::Sync(device))
+    }
+
+    /// Place `device` at `[base, base + len)`.
+    pub fn insert_target(
+        &mut self,
+        base: u64,
+        len: u64,
+        device: BusTarget,
+    ) -> Result<(), BusError> {
         let end = base
             .checked_add(len)
             .filter(|_| len > 0)
@@ -118,7 +185,7 @@ impl Bus {
 
     /// The device covering `addr` and the offset of `addr` inside it. The whole access
     /// `[addr, addr + len)` must fall inside the device's range.
-    pub fn resolve(&self, addr: u64, len: usize) -> Result<(&SharedDevice, u64), BusError> {
+    pub fn resolve(&self, addr: u64, len: usize) -> Result<(&BusTarget, u64), BusError> {
         let i = self.entries.partition_point(|e| e.base <= addr);
         let e = i
             .checked_sub(1)
@@ -135,28 +202,34 @@ impl Bus {
     /// reads of unmapped ports conventionally return all ones).
     pub fn read(&self, addr: u64, data: &mut [u8]) -> Result<(), BusError> {
         let (dev, off) = self.resolve(addr, data.len())?;
-        dev.lock().read(off, data);
+        match dev {
+            BusTarget::Locked(d) => d.lock().read(off, data),
+            BusTarget::Sync(d) => d.read(off, data),
+        }
         Ok(())
     }
 
     /// Dispatch a write.
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), BusError> {
         let (dev, off) = self.resolve(addr, data.len())?;
-        dev.lock().write(off, data);
+        match dev {
+            BusTarget::Locked(d) => d.lock().write(off, data),
+            BusTarget::Sync(d) => d.write(off, data),
+        }
         Ok(())
     }
 
     /// Dispatch a read made by `vcpu` (banked devices see who reads).
     pub fn read_by(&self, vcpu: VcpuId, addr: u64, data: &mut [u8]) -> Result<(), BusError> {
         let (dev, off) = self.resolve(addr, data.len())?;
-        dev.lock().read_by(vcpu, off, data);
+        dev.read(vcpu, off, data);
         Ok(())
     }
 
     /// Dispatch a write made by `vcpu`.
     pub fn write_by(&self, vcpu: VcpuId, addr: u64, data: &[u8]) -> Result<(), BusError> {
         let (dev, off) = self.resolve(addr, data.len())?;
-        dev.lock().write_by(vcpu, off, data);
+        dev.write(vcpu, off, data);
         Ok(())
     }
 }
@@ -189,6 +262,31 @@ mod tests {
         let mut d = [0u8; 2];
         bus.read(0x1004, &mut d).unwrap();
         assert_eq!(d, [0xaa, 0xbb]);
+    }
+
+    /// A device that locks itself: records the last write's offset.
+    struct LastWrite(core::sync::atomic::AtomicU64);
+    impl SyncBusDevice for LastWrite {
+        fn read(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&self, offset: u64, _data: &[u8]) {
+            self.0.store(offset, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn access_reaches_sync_device_at_offset() {
+        let mut bus = Bus::new();
+        let dev = Arc::new(LastWrite(core::sync::atomic::AtomicU64::new(0)));
+        bus.insert_sync(0x2000, 0x100, dev.clone()).unwrap();
+
+        bus.write_by(1, 0x2010, &[0]).unwrap();
+        let mut d = [0u8; 1];
+        bus.read(0x2020, &mut d).unwrap();
+
+        assert_eq!(dev.0.load(core::sync::atomic::Ordering::Relaxed), 0x10);
+        assert_eq!(d, [0x20]);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub mod irq;
 pub mod memory;
 pub mod restart;
 
-pub use bus::{Bus, BusDevice, BusError};
+pub use bus::{Bus, BusDevice, BusError, BusTarget, SyncBusDevice};
 pub use hv::{
     BootEntry, ExitAnswer, HvError, Hypervisor, Resume, SystemEvent, Vcpu, VcpuExit, VcpuId, Vm,
     VmEvent, VmExits,

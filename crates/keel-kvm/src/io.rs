@@ -8,6 +8,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use keel_core::SystemEvent;
 
+use keel_virtio::QueueNotifier;
 use keel_virtio::device::EventToken;
 use keel_vmm::{StopSink, VmmCore};
 
@@ -20,6 +21,24 @@ pub struct Doorbell {
     pub device: usize,
     /// The queue index written to QueueNotify.
     pub queue: u16,
+}
+
+/// Where a QueueNotify write that trapped (KVM's ioeventfd did not catch it) goes: the
+/// same eventfd as the queue's doorbell, so the device's worker processes the queue and the
+/// vCPU thread returns at once.
+#[derive(Debug)]
+pub struct DoorbellNotifier {
+    /// The doorbells of one device, by queue index (duplicates of the workers' eventfds).
+    pub fds: Vec<EventFd>,
+}
+
+impl QueueNotifier for DoorbellNotifier {
+    fn notify(&self, queue: u16) {
+        if let Some(fd) = self.fds.get(usize::from(queue)) {
+            // Cannot fail short of the counter overflowing, which the worker empties.
+            let _ = fd.write(1);
+        }
+    }
 }
 
 /// What the I/O thread serves.
@@ -125,12 +144,7 @@ pub fn run(ctx: IoContext) {
                 if let Some(d) = ctx.core.devices().get(device) {
                     d.handle_event(token, ctx.core.log());
                     // Still a source (input not ended)? Wait for the guest to make room.
-                    let live = d
-                        .transport
-                        .lock()
-                        .event_sources()
-                        .iter()
-                        .any(|(t, _)| *t == token);
+                    let live = d.transport.event_sources().iter().any(|(t, _)| *t == token);
                     slot.fd = -1;
                     if !live {
                         // Ended for good: never armed again.

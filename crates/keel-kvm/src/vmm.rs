@@ -25,7 +25,7 @@ use keel_vmm::{
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::hv::{KvmHypervisor, KvmVm};
-use crate::io::{self, Doorbell, IoContext};
+use crate::io::{self, Doorbell, DoorbellNotifier, IoContext};
 use crate::stats::RunStats;
 use crate::vcpu::{KvmVcpu, kick_handler};
 use crate::{host, log};
@@ -454,16 +454,26 @@ impl Vmm {
 
         // Doorbells: one ioeventfd per queue, matching the queue index.
         let mut doorbells = Vec::new();
+        // A QueueNotify that traps anyway goes to the same eventfd (DoorbellNotifier): queue
+        // work never runs on a vCPU thread.
         for (d, dev) in core.devices().iter().enumerate() {
-            let queues = dev.transport.lock().num_queues();
+            let queues = dev.transport.num_queues();
+            let mut notifier = DoorbellNotifier {
+                fds: Vec::with_capacity(queues),
+            };
             for q in 0..queues {
                 let fd = vm.ioeventfd(dev.plan.base + QUEUE_NOTIFY, q as u32)?;
+                notifier.fds.push(
+                    fd.try_clone()
+                        .map_err(|e| VmmError::Host(format!("eventfd: {e}")))?,
+                );
                 doorbells.push(Doorbell {
                     fd,
                     device: d,
                     queue: q as u16,
                 });
             }
+            dev.transport.set_notifier(Arc::new(notifier));
         }
 
         let boot_entry = core
@@ -560,7 +570,6 @@ impl Vmm {
             .map(|(i, doorbells)| {
                 let events = core.devices()[i]
                     .transport
-                    .lock()
                     .event_sources()
                     .into_iter()
                     .filter_map(|(token, source)| {

@@ -427,7 +427,7 @@ mod tests {
 
     #[test]
     fn input_event_without_posted_buffers_leaves_the_input_in_the_backend() {
-        let (mut d, input) = console_with_input();
+        let (d, input) = console_with_input();
         input.arrive(b"xyz");
 
         d.transport.handle_event(INPUT_EVENT);
@@ -497,7 +497,7 @@ mod tests {
 
     #[test]
     fn undeclared_event_token_is_a_device_error() {
-        let (mut d, _out) = console();
+        let (d, _out) = console();
 
         d.transport.handle_event(INPUT_EVENT);
 

@@ -30,10 +30,14 @@
 //!
 //! mmio::MmioTransport::new(device: D, memory: GuestMemoryRef, irq: Arc<dyn IrqLine>) -> MmioTransport<D>
 //!   (GuestMemoryRef = Arc<dyn GuestMemory + Send + Sync>; mapped RAM: Arc::new(ram))
-//!   impl keel_core::BusDevice; notify(queue: u16); poll(); event_sources(); handle_event(EventToken);
-//!   take_error() -> Option<DeviceFailure>;
-//!   device() / device_mut() -> &D / &mut D; status(); interrupt_status(); is_active();
-//!   offered_features(); mmio::{MMIO_WINDOW_SIZE, VENDOR_ID, reg, status} consts
+//!   impl keel_core::SyncBusDevice (Bus::insert_sync) and keel_core::BusDevice; all &self:
+//!   notify(queue: u16); poll(); event_sources(); handle_event(EventToken);
+//!   take_error() -> Option<DeviceFailure>; reset(); set_notifier(Arc<dyn QueueNotifier>);
+//!   lock_device() -> MutexGuard<D>; name(); num_queues(); status(); interrupt_status();
+//!   is_active(); offered_features(); and device(&mut self) / device_mut(&mut self) -> &D / &mut D;
+//!   mmio::QueueNotifier (trait: notify(&self, queue: u16)) for trapped QueueNotify writes;
+//!   mmio::{MMIO_WINDOW_SIZE, VENDOR_ID, reg, status} consts. Locking: queue work holds the
+//!   device side only; register accesses never wait for it (docs/virtio.md "Locking")
 //!
 //! console::Console::new(output: O: ConsoleOutput) [.with_size(cols, rows)] [.with_input(I: ConsoleInput)]
 //!   -> Console<O, I = NoInput>; push_input(&[u8]) -> usize (accepted); ConsoleOutput::write(&mut self, &[u8]);
@@ -52,8 +56,8 @@
 //! ```
 //!
 //! A VMM wires a device as
-//! `Arc::new(spin::Mutex::new(MmioTransport::new(Block::new(FileBackend::open(p, false)?, "disk0"), Arc::new(ram), irq)))`,
-//! inserts it on its MMIO bus, calls `notify(q)` from ioeventfd threads, and logs
+//! `Arc::new(MmioTransport::new(Block::new(FileBackend::open(p, false)?, "disk0"), Arc::new(ram), irq))`,
+//! inserts it on its MMIO bus (`insert_sync`), calls `notify(q)` from ioeventfd threads, and logs
 //! `take_error()` after each access (`virtio-blk: queue 0: …`). See `docs/virtio.md`.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -80,6 +84,6 @@ pub use console::{Console, ConsoleInput, ConsoleOutput, NoInput};
 pub use device::{DeviceError, DeviceFailure, EventSource, EventToken, VirtioDevice};
 #[cfg(feature = "std")]
 pub use host::{FdConsoleInput, FileBackend, OsEntropy};
-pub use mmio::MmioTransport;
+pub use mmio::{MmioTransport, QueueNotifier};
 pub use queue::{ChainError, DescriptorChain, Queue, QueueError, Segment};
 pub use rng::{EntropyError, EntropySource, Rng};

@@ -8,12 +8,12 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use keel_core::IrqLine;
-use keel_core::bus::SharedDevice;
 use keel_core::memory::GuestMemoryRef;
+use keel_core::{IrqLine, SyncBusDevice};
 use keel_spec::{DeviceKind, DevicePlan, VmPlan};
 use keel_virtio::console::ConsoleInput;
 use keel_virtio::device::{EventSource, EventToken};
+use keel_virtio::mmio::QueueNotifier;
 use keel_virtio::{
     Block, BlockBackend, Console, ConsoleOutput, DeviceFailure, EntropySource, MmioTransport, Rng,
     VirtioDevice,
@@ -64,40 +64,50 @@ pub trait DeviceBackends {
     }
 }
 
-/// A virtio-mmio transport seen through what the VMM needs of it besides the bus.
-pub trait VirtioSlot: Send {
-    /// Deliver a queue notification.
-    fn notify(&mut self, queue: u16);
+/// A virtio-mmio transport seen through what the VMM needs of it besides the bus. Shared
+/// (`&self`) between the vCPU threads, which reach its registers through the bus, and the
+/// device's I/O thread: queue work holds only the transport's device-side lock, so a slow
+/// request never stalls a register access (see `keel_virtio::mmio`).
+pub trait VirtioSlot: Send + Sync {
+    /// Deliver a queue notification (queue work runs in the calling thread).
+    fn notify(&self, queue: u16);
     /// The error that put the device into NEEDS_RESET, once.
-    fn take_error(&mut self) -> Option<DeviceFailure>;
+    fn take_error(&self) -> Option<DeviceFailure>;
     /// How many queues the device has.
     fn num_queues(&self) -> usize;
-    /// Back to the power-on state (a VM reset): the backend keeps its data.
-    fn reset(&mut self);
+    /// Back to the power-on state (a VM reset): the backend keeps its data. Waits for
+    /// queue work in progress.
+    fn reset(&self);
     /// The host events the device waits on.
     fn event_sources(&self) -> Vec<(EventToken, EventSource)>;
     /// Deliver host event `token` (the transport raises the interrupt if the device asks).
-    fn handle_event(&mut self, token: EventToken);
+    fn handle_event(&self, token: EventToken);
+    /// Send QueueNotify writes that trap to `notifier` (the device's I/O thread) instead of
+    /// processing the queue in the vCPU thread.
+    fn set_notifier(&self, notifier: Arc<dyn QueueNotifier>);
 }
 
 impl<D: VirtioDevice> VirtioSlot for MmioTransport<D> {
-    fn notify(&mut self, queue: u16) {
+    fn notify(&self, queue: u16) {
         MmioTransport::notify(self, queue);
     }
-    fn take_error(&mut self) -> Option<DeviceFailure> {
+    fn take_error(&self) -> Option<DeviceFailure> {
         MmioTransport::take_error(self)
     }
     fn num_queues(&self) -> usize {
-        self.device().queue_max_sizes().len()
+        MmioTransport::num_queues(self)
     }
-    fn reset(&mut self) {
+    fn reset(&self) {
         MmioTransport::reset(self);
     }
     fn event_sources(&self) -> Vec<(EventToken, EventSource)> {
         MmioTransport::event_sources(self)
     }
-    fn handle_event(&mut self, token: EventToken) {
+    fn handle_event(&self, token: EventToken) {
         MmioTransport::handle_event(self, token);
+    }
+    fn set_notifier(&self, notifier: Arc<dyn QueueNotifier>) {
+        MmioTransport::set_notifier(self, notifier);
     }
 }
 
@@ -108,8 +118,8 @@ pub struct PlacedDevice {
     pub plan: DevicePlan,
     /// `0 (disk "data")`-style name for logs, after the device kind.
     pub label: String,
-    /// Its transport (the bus holds it too).
-    pub transport: Arc<spin::Mutex<dyn VirtioSlot>>,
+    /// Its transport (the bus holds it too, as a [`SyncBusDevice`]: no bus lock).
+    pub transport: Arc<dyn VirtioSlot>,
 }
 
 impl core::fmt::Debug for PlacedDevice {
@@ -127,29 +137,20 @@ impl core::fmt::Debug for PlacedDevice {
 impl PlacedDevice {
     /// Log the device's pending error, if any, as one line.
     pub fn report_error(&self, log: &Log) {
-        let failure = self.transport.lock().take_error();
+        let failure = self.transport.take_error();
         self.log_error(failure, log);
     }
 
-    /// Deliver a QueueNotify of `queue`, then log the device's pending error: one lock of
-    /// the transport for both.
+    /// Deliver a QueueNotify of `queue`, then log the device's pending error.
     pub fn notify(&self, queue: u16, log: &Log) {
-        let failure = {
-            let mut transport = self.transport.lock();
-            transport.notify(queue);
-            transport.take_error()
-        };
-        self.log_error(failure, log);
+        self.transport.notify(queue);
+        self.log_error(self.transport.take_error(), log);
     }
 
     /// Deliver host event `token`, then log the device's pending error.
     pub fn handle_event(&self, token: EventToken, log: &Log) {
-        let failure = {
-            let mut transport = self.transport.lock();
-            transport.handle_event(token);
-            transport.take_error()
-        };
-        self.log_error(failure, log);
+        self.transport.handle_event(token);
+        self.log_error(self.transport.take_error(), log);
     }
 
     fn log_error(&self, failure: Option<DeviceFailure>, log: &Log) {
@@ -178,23 +179,24 @@ pub fn label(plan: &VmPlan, device: &DevicePlan) -> String {
 }
 
 /// Build the model for `device` with its host resources, behind a virtio-mmio transport;
-/// returns it and the same transport as a bus device.
+/// returns it and the same transport as a bus device (placed with `Bus::insert_sync`: the
+/// bus takes no lock of its own for it).
 pub fn build_device(
     plan: &VmPlan,
     device: &DevicePlan,
     backends: &mut dyn DeviceBackends,
     memory: GuestMemoryRef,
     irq: Arc<dyn IrqLine>,
-) -> Result<(PlacedDevice, SharedDevice), BackendError> {
+) -> Result<(PlacedDevice, Arc<dyn SyncBusDevice>), BackendError> {
     fn placed<D: VirtioDevice + 'static>(
         plan: &VmPlan,
         device: &DevicePlan,
         model: D,
         memory: GuestMemoryRef,
         irq: Arc<dyn IrqLine>,
-    ) -> (PlacedDevice, SharedDevice) {
-        let transport = Arc::new(spin::Mutex::new(MmioTransport::new(model, memory, irq)));
-        let bus: SharedDevice = transport.clone();
+    ) -> (PlacedDevice, Arc<dyn SyncBusDevice>) {
+        let transport = Arc::new(MmioTransport::new(model, memory, irq));
+        let bus: Arc<dyn SyncBusDevice> = transport.clone();
         let placed = PlacedDevice {
             plan: *device,
             label: label(plan, device),

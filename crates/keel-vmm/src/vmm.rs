@@ -33,8 +33,9 @@ pub enum Interrupts {
 }
 
 /// One VM's devices, platform and exit handling, built from its plan. Shared by reference
-/// between the vCPU threads of a thread-per-vCPU backend: every device sits behind its own
-/// lock.
+/// between the vCPU threads of a thread-per-vCPU backend: every platform device sits behind
+/// its own lock; a virtio transport keeps its own (a short one for its registers, another
+/// for queue work), so no register access waits for a device's I/O.
 pub struct VmmCore {
     plan: VmPlan,
     exits: ExitDispatcher,
@@ -108,7 +109,7 @@ impl VmmCore {
                         source,
                     },
                 )?;
-            exits.mmio.insert(d.base, d.size, bus_device)?;
+            exits.mmio.insert_sync(d.base, d.size, bus_device)?;
             devices.push(placed);
         }
         Ok(VmmCore {
@@ -213,7 +214,7 @@ impl VmmCore {
     /// the software GIC and PSCI too. The caller reloads the guest and restarts vCPU 0.
     pub fn reset(&self) -> Result<(), BuildError> {
         for d in &self.devices {
-            d.transport.lock().reset();
+            d.transport.reset();
         }
         self.serial.lock().reset();
         if let Some(s) = &self.soft {

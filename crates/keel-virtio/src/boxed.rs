@@ -5,6 +5,8 @@ use alloc::boxed::Box;
 
 use crate::block::{BlockBackend, BlockError, GuestIoSlice, Vectored};
 use crate::console::ConsoleOutput;
+use crate::device::EventSource;
+use crate::net::{NetBackend, NetError};
 use crate::rng::{EntropyError, EntropySource};
 
 impl<T: BlockBackend + ?Sized> BlockBackend for Box<T> {
@@ -51,5 +53,19 @@ impl<T: ConsoleOutput + ?Sized> ConsoleOutput for Box<T> {
 impl<T: EntropySource + ?Sized> EntropySource for Box<T> {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError> {
         (**self).fill(buf)
+    }
+}
+
+impl<T: NetBackend + ?Sized> NetBackend for Box<T> {
+    fn send(&mut self, frame: &[u8]) -> Result<(), NetError> {
+        (**self).send(frame)
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+        (**self).recv(buf)
+    }
+
+    fn event_source(&self) -> Option<EventSource> {
+        (**self).event_source()
     }
 }

@@ -226,6 +226,15 @@ pub trait VirtioDevice: Send {
     fn handle_event(&mut self, token: EventToken) -> Result<bool, DeviceError> {
         Err(DeviceError::NoSuchEvent { token: token.0 })
     }
+
+    /// An event source the device stopped serving early, after its per-call batch limit
+    /// (so one flood cannot monopolise the VMM), with work maybe left in the backend that an
+    /// edge-triggered source will not announce again: the VMM delivers this token to
+    /// [`VirtioDevice::handle_event`] again, after its other pending work, as if it had
+    /// fired. None by default (the device takes all it can in one call).
+    fn backlogged_event(&self) -> Option<EventToken> {
+        None
+    }
 }
 
 /// What an activated device holds: guest memory and its queues. Shared by the device models
@@ -330,5 +339,8 @@ impl<T: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<T> {
     }
     fn handle_event(&mut self, token: EventToken) -> Result<bool, DeviceError> {
         (**self).handle_event(token)
+    }
+    fn backlogged_event(&self) -> Option<EventToken> {
+        (**self).backlogged_event()
     }
 }

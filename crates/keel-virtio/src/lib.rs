@@ -1,5 +1,5 @@
 //! Keel's portable virtio layer: the split virtqueue, the virtio-mmio transport and the
-//! console, block and rng device models. `#![no_std]` + `alloc`; the `std` feature adds
+//! console, block, rng and net device models. `#![no_std]` + `alloc`; the `std` feature adds
 //! host backends (`FileBackend`, `OsEntropy`, `FdConsoleInput` in `host`).
 //!
 //! # Public API
@@ -21,7 +21,8 @@
 //!   activate(GuestMemoryRef, Vec<Queue>, acked_features: u64) -> Result<(), DeviceError> (default:
 //!   store them in active_queues()), reset() (default: clear it), process_queue(queue: u16) -> Result<bool, DeviceError>, poll() -> Result<bool, DeviceError>,
 //!   event_sources() -> Vec<(EventToken, EventSource)> (default: none),
-//!   handle_event(EventToken) -> Result<bool, DeviceError> (default: Err(NoSuchEvent))
+//!   handle_event(EventToken) -> Result<bool, DeviceError> (default: Err(NoSuchEvent)),
+//!   backlogged_event() -> Option<EventToken> (default: None; a source to deliver again)
 //!   (also implemented for Box<dyn VirtioDevice>)
 //! device::EventSource(pub u64) (fd number on Linux, Microkit channel on seL4), device::EventToken(pub u32)
 //! device::ActiveQueues { memory, queues }: get(i) -> (&dyn GuestMemory, &mut Queue), needs_notification(i)
@@ -32,6 +33,7 @@
 //!   (GuestMemoryRef = Arc<dyn GuestMemory + Send + Sync>; mapped RAM: Arc::new(ram))
 //!   impl keel_core::SyncBusDevice (Bus::insert_sync) and keel_core::BusDevice; all &self:
 //!   notify(queue: u16); poll(); event_sources(); handle_event(EventToken);
+//!   backlogged_event() -> Option<EventToken>;
 //!   take_error() -> Option<DeviceFailure>; reset(); set_notifier(Arc<dyn QueueNotifier>);
 //!   lock_device() -> MutexGuard<D>; name(); num_queues(); status(); interrupt_status();
 //!   is_active(); offered_features(); and device(&mut self) / device_mut(&mut self) -> &D / &mut D;
@@ -49,6 +51,11 @@
 //!   (straight between backend and guest RAM when GuestMemory::mapped() is Some; default
 //!   Vectored::Unsupported, or memory without a mapping: bounce buffer)
 //!   block::MemoryBackend::new(T) / ::read_only(T)   (T: AsRef<[u8]> + AsMut<[u8]> + Send)
+//! net::Net::new(backend: B: NetBackend, mac: [u8; 6]) [.with_mtu(u16) -> Result<Net<B>, NetError>];
+//!   counters() -> NetCounters { tx_frames, tx_bytes, rx_frames, rx_bytes, tx_dropped: TxDrops,
+//!   rx_dropped: RxDrops }; NetBackend: send(&[u8]) -> Result<(), NetError>,
+//!   recv(&mut [u8]) -> Option<usize> (non-blocking), event_source() -> Option<EventSource>;
+//!   its event is net::RX_EVENT
 //! rng::Rng::new(source: E: EntropySource); EntropySource::fill(&mut [u8]) -> Result<(), EntropyError>
 //! std only: FileBackend::open(path, read_only: bool) -> io::Result<FileBackend>,
 //!           OsEntropy::open() -> io::Result<OsEntropy>,
@@ -74,6 +81,7 @@ pub mod device;
 #[cfg(feature = "std")]
 pub mod host;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
 #[cfg(test)]
@@ -85,5 +93,6 @@ pub use device::{DeviceError, DeviceFailure, EventSource, EventToken, VirtioDevi
 #[cfg(feature = "std")]
 pub use host::{FdConsoleInput, FileBackend, OsEntropy};
 pub use mmio::{MmioTransport, QueueNotifier};
+pub use net::{Net, NetBackend, NetCounters, NetError, RxDrops, TxDrops};
 pub use queue::{ChainError, DescriptorChain, Queue, QueueError, Segment};
 pub use rng::{EntropyError, EntropySource, Rng};

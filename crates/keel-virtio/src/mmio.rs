@@ -375,6 +375,15 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.complete(result);
     }
 
+    /// An event the device wants delivered again (see [`VirtioDevice::backlogged_event`]);
+    /// None while the device is not active. Takes the device-side lock.
+    pub fn backlogged_event(&self) -> Option<EventToken> {
+        if !self.is_active() {
+            return None;
+        }
+        self.device.lock().backlogged_event()
+    }
+
     fn complete(&self, result: Result<bool, DeviceError>) {
         match result {
             Ok(true) => self.raise(INT_USED_BUFFER),

@@ -277,6 +277,17 @@ impl<D: VirtioDevice> GuestDriver<D> {
         GuestDriver::start_with(GuestDriver::with_memory(device, mem))
     }
 
+    /// [`GuestDriver::start`] with every queue of `queue_size` entries.
+    pub fn start_sized(device: D, queue_size: u16) -> GuestDriver<D> {
+        let mut d = GuestDriver::new(device);
+        let offered = d.device_features();
+        assert!(d.negotiate(offered), "FEATURES_OK refused");
+        d.setup_queues_sized(queue_size);
+        d.driver_ok();
+        assert!(d.transport.is_active(), "device did not activate");
+        d
+    }
+
     fn start_with(mut d: GuestDriver<D>) -> GuestDriver<D> {
         let offered = d.device_features();
         assert!(d.negotiate(offered), "FEATURES_OK refused");
@@ -324,10 +335,17 @@ impl<D: VirtioDevice> GuestDriver<D> {
 
     /// Lay out and configure every queue the device has, size [`DRIVER_QUEUE_SIZE`].
     pub fn setup_queues(&mut self) {
+        self.setup_queues_sized(DRIVER_QUEUE_SIZE);
+    }
+
+    /// Lay out and configure every queue the device has, `size` entries each (at most 256:
+    /// each queue's rings get 8 KiB).
+    pub fn setup_queues_sized(&mut self, size: u16) {
+        assert!(size <= 256, "queue rings would overlap");
         self.queues.clear();
         let count = self.transport.device().queue_max_sizes().len();
         for i in 0..count {
-            let q = GuestQueue::new(0x1000 + 0x2000 * i as u64, DRIVER_QUEUE_SIZE);
+            let q = GuestQueue::new(0x1000 + 0x2000 * i as u64, size);
             self.configure_queue(i as u32, &q);
             self.queues.push(q);
         }
@@ -428,4 +446,74 @@ impl crate::rng::EntropySource for PatternEntropy {
 /// A started virtio-rng: the simplest device, for transport tests.
 pub fn rng_driver() -> GuestDriver<crate::rng::Rng<PatternEntropy>> {
     GuestDriver::start(crate::rng::Rng::new(PatternEntropy::default()))
+}
+
+/// A network backend for tests, shared with the test through clones: frames the test makes
+/// arrive (`arrive`) are received by the device, frames the device sends are kept (`sent`).
+/// Its event source is 9. It keeps the [`crate::net::NetBackend`] contract: a frame longer
+/// than the device's buffer is dropped and counted (`recv_dropped`), never truncated.
+#[derive(Clone, Debug, Default)]
+pub struct MockNet(Arc<spin::Mutex<MockNetState>>);
+
+#[derive(Debug, Default)]
+struct MockNetState {
+    incoming: alloc::collections::VecDeque<Vec<u8>>,
+    sent: Vec<Vec<u8>>,
+    refuse: bool,
+    recv_dropped: u64,
+}
+
+impl MockNet {
+    /// The host side receives `frame` for the guest.
+    pub fn arrive(&self, frame: &[u8]) {
+        self.0.lock().incoming.push_back(frame.to_vec());
+    }
+
+    /// Frames still waiting in the backend.
+    pub fn waiting(&self) -> usize {
+        self.0.lock().incoming.len()
+    }
+
+    /// Frames the guest transmitted, in order.
+    pub fn sent(&self) -> Vec<Vec<u8>> {
+        self.0.lock().sent.clone()
+    }
+
+    /// Make `send` fail as a full backend does.
+    pub fn refuse_sends(&self) {
+        self.0.lock().refuse = true;
+    }
+
+    /// Frames the backend dropped because the device's buffer was too short for them.
+    pub fn recv_dropped(&self) -> u64 {
+        self.0.lock().recv_dropped
+    }
+}
+
+impl crate::net::NetBackend for MockNet {
+    fn send(&mut self, frame: &[u8]) -> Result<(), crate::net::NetError> {
+        let mut s = self.0.lock();
+        if s.refuse {
+            return Err(crate::net::NetError::Full { len: frame.len() });
+        }
+        s.sent.push(frame.to_vec());
+        Ok(())
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let mut s = self.0.lock();
+        while let Some(frame) = s.incoming.pop_front() {
+            if frame.len() > buf.len() {
+                s.recv_dropped += 1;
+                continue;
+            }
+            buf[..frame.len()].copy_from_slice(&frame);
+            return Some(frame.len());
+        }
+        None
+    }
+
+    fn event_source(&self) -> Option<crate::device::EventSource> {
+        Some(crate::device::EventSource(9))
+    }
 }

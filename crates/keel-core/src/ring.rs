@@ -574,7 +574,8 @@ mod tests {
     #[test]
     fn concurrent_producer_and_consumer_lose_and_duplicate_nothing() {
         extern crate std;
-        const TOTAL: usize = 200_000;
+        // Miri interprets every byte access: a shorter stream still wraps many times.
+        const TOTAL: usize = if cfg!(miri) { 2_000 } else { 200_000 };
         let mut m = Mem::new(HEADER_LEN + 61); // an odd capacity: wraps at varying points
         let mut p = Producer::attach(m.window());
         let mut c = Consumer::attach(m.window());

@@ -18,14 +18,14 @@ use alloc::vec::Vec;
 pub const PAYLOAD_VADDR: u64 = 0x1_0000_0000;
 /// Where the VMM maps its guest's RAM in its own address space (8 GiB).
 pub const GUEST_RAM_VADDR: u64 = 0x2_0000_0000;
-/// Where the console-lock page shared by the VMMs of a multi-VM system is mapped (12 GiB).
-pub const CONSOLE_LOCK_VADDR: u64 = 0x3_0000_0000;
+/// Where the VMM maps its console ring (12 GiB; [`crate::console::VMM_RING_VADDR`]).
+pub const CONSOLE_RING_VADDR: u64 = crate::console::VMM_RING_VADDR;
 /// Where the first VM's VMM maps the board's PL011 for console input.
 pub const INPUT_UART_VADDR: u64 = 0x3_0001_0000;
 /// First bytes of the payload.
 pub const MAGIC: [u8; 8] = *b"KEELPAY\0";
 /// Payload format version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes of the fixed header before the blob table.
 const HEADER_LEN: usize = 32;
 /// Bytes of one blob-table entry.
@@ -89,13 +89,17 @@ pub struct VmConfig {
     pub rng: bool,
     /// Offer a virtio-console device (output to the debug console).
     pub virtio_console: bool,
-    /// Prefix each line of guest console output with `<name>| ` (systems of several VMs
-    /// share the one debug console).
-    pub console_prefix: bool,
-    /// Where the page shared by every VMM of the system for the console lock is mapped
-    /// (0: no other VMM, no lock). Lines are printed under the lock so that VMMs sharing
-    /// the debug console never interleave characters.
-    pub console_lock: u64,
+    /// Where this VMM's console ring is mapped (0: no console PD, print directly on the
+    /// debug console). The ring's region is shared with the console PD only.
+    pub console_ring: u64,
+    /// The console ring's length in bytes.
+    pub console_ring_len: u64,
+    /// The Microkit channel that notifies the console PD.
+    pub console_channel: u32,
+    /// Test knob (`KEEL_SEL4_TEST_STALL_VMM`): at its VM's first fault the VMM writes
+    /// `KEEL-STALL-PARTIAL` into its console ring without a newline and stops handling
+    /// faults for ever.
+    pub test_stall: bool,
     /// Where the board's PL011 UART is mapped in this VMM for console input (0: this VM
     /// gets no input).
     pub input_uart: u64,
@@ -143,31 +147,31 @@ pub enum PayloadError {
     Utf8(&'static str),
 }
 
-struct Writer(Vec<u8>);
+pub(crate) struct Writer(pub(crate) Vec<u8>);
 
 impl Writer {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
-    fn u32(&mut self, v: u32) {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn str(&mut self, s: &str) {
+    pub(crate) fn str(&mut self, s: &str) {
         self.u32(s.len() as u32);
         self.0.extend_from_slice(s.as_bytes());
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], PayloadError> {
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], PayloadError> {
         let end = self
             .pos
             .checked_add(n)
@@ -177,20 +181,20 @@ impl<'a> Reader<'a> {
         self.pos = end;
         Ok(s)
     }
-    fn u8(&mut self, what: &'static str) -> Result<u8, PayloadError> {
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, PayloadError> {
         Ok(self.take(1, what)?[0])
     }
-    fn u32(&mut self, what: &'static str) -> Result<u32, PayloadError> {
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, PayloadError> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self, what: &'static str) -> Result<u64, PayloadError> {
+    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, PayloadError> {
         let b = self.take(8, what)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
-    fn str(&mut self, what: &'static str) -> Result<String, PayloadError> {
+    pub(crate) fn str(&mut self, what: &'static str) -> Result<String, PayloadError> {
         let n = self.u32(what)? as usize;
         let b = self.take(n, what)?;
         core::str::from_utf8(b)
@@ -217,8 +221,10 @@ impl VmConfig {
         }
         w.u8(u8::from(self.rng));
         w.u8(u8::from(self.virtio_console));
-        w.u8(u8::from(self.console_prefix));
-        w.u64(self.console_lock);
+        w.u64(self.console_ring);
+        w.u64(self.console_ring_len);
+        w.u32(self.console_channel);
+        w.u8(u8::from(self.test_stall));
         w.u64(self.input_uart);
         w.u32(self.input_channel);
         w.0.extend_from_slice(&self.rng_seed);
@@ -247,8 +253,10 @@ impl VmConfig {
         }
         let rng = r.u8("rng flag")? != 0;
         let virtio_console = r.u8("console flag")? != 0;
-        let console_prefix = r.u8("console prefix flag")? != 0;
-        let console_lock = r.u64("console lock address")?;
+        let console_ring = r.u64("console ring address")?;
+        let console_ring_len = r.u64("console ring length")?;
+        let console_channel = r.u32("console channel")?;
+        let test_stall = r.u8("test stall flag")? != 0;
         let input_uart = r.u64("input UART address")?;
         let input_channel = r.u32("input channel")?;
         let mut rng_seed = [0u8; 32];
@@ -263,8 +271,10 @@ impl VmConfig {
             disks,
             rng,
             virtio_console,
-            console_prefix,
-            console_lock,
+            console_ring,
+            console_ring_len,
+            console_channel,
+            test_stall,
             input_uart,
             input_channel,
             rng_seed,
@@ -414,8 +424,10 @@ mod tests {
             }],
             rng: true,
             virtio_console: false,
-            console_prefix: true,
-            console_lock: CONSOLE_LOCK_VADDR,
+            console_ring: CONSOLE_RING_VADDR,
+            console_ring_len: crate::console::RING_SIZE,
+            console_channel: crate::console::VMM_CHANNEL,
+            test_stall: true,
             input_uart: INPUT_UART_VADDR,
             input_channel: 1,
             rng_seed: [5; 32],

@@ -8,13 +8,11 @@
 //! decoded (keel-core's `fault` module for the syndrome), answered, and the vCPU resumed
 //! with its registers written back.
 
-mod heap;
-
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use keel_core::arch::aarch64::boot::load_linux;
 use keel_core::arch::aarch64::fault::{self as kfault, Arm64Exit, GuestRegs, VmFault};
@@ -27,6 +25,7 @@ use keel_core::bus::Bus;
 use keel_core::hv::{BootEntry, ExitAnswer, SystemEvent, VcpuExit};
 use keel_core::irq::IrqLine;
 use keel_core::memory::{GuestAddress, GuestMemory, GuestRam, RawRegion};
+use keel_core::ring::{Producer, RingWindow};
 use keel_virtio::{
     Block, Console, ConsoleOutput, EntropyError, EntropySource, MemoryBackend, MmioTransport, Rng,
 };
@@ -40,8 +39,8 @@ use crate::regs::{self, UserContext};
 use crate::syscall::{self as sys, debug_puts};
 use crate::uart::Uart8250;
 
-#[global_allocator]
-static HEAP: heap::Heap = heap::Heap::new();
+/// The VMM's heap (declared by `vmm_entry!` in the binary).
+pub const HEAP_BYTES: usize = 32 << 20;
 
 /// Formatted output on the seL4 debug console.
 #[derive(Debug)]
@@ -56,10 +55,10 @@ impl Write for DebugOut {
 
 macro_rules! log {
     ($($t:tt)*) => {{
-        // Format first, print in one go: VMMs of other VMs share the debug console.
+        // Format first, write in one go: the console PD prints whole lines.
         let mut line = String::new();
         let _ = writeln!(line, $($t)*);
-        atomically(|| debug_puts(&line));
+        console_write(line.as_bytes());
     }};
 }
 
@@ -80,51 +79,80 @@ impl IrqLine for SpiLine {
 }
 
 /// The guest's console output (8250 and virtio-console alike), line-buffered so that the
-/// lines of several VMs sharing the seL4 debug console rarely interleave, optionally
-/// prefixed with the VM's name.
+/// VMM's own log lines never land inside a guest line.
 struct LineOut {
     buf: Vec<u8>,
-    prefix: Option<String>,
 }
 
-static CONSOLE: spin::Mutex<LineOut> = spin::Mutex::new(LineOut {
-    buf: Vec::new(),
-    prefix: None,
-});
+static CONSOLE: spin::Mutex<LineOut> = spin::Mutex::new(LineOut { buf: Vec::new() });
 
-const LINE_MAX: usize = 256;
+const LINE_MAX: usize = crate::console::LINE_MAX;
 
-/// The console-lock word shared with the other VMMs of the system (0 = free), if any.
-static CONSOLE_LOCK: AtomicU64 = AtomicU64::new(0);
+/// This VMM's console ring to the console PD, which alone prints on the debug console
+/// (no state is shared with other VMMs: a VMM that stops mid-line stalls nobody).
+struct ConsoleRing {
+    ring: Producer,
+    channel: u32,
+    unnotified: usize,
+}
 
-/// Print `f`'s output as one piece: under the lock shared by every VMM of the system, so
-/// lines of different VMs never mix on the debug console.
-fn atomically(f: impl FnOnce()) {
-    let addr = CONSOLE_LOCK.load(Ordering::Relaxed);
-    if addr == 0 {
-        f();
+impl ConsoleRing {
+    fn write(&mut self, bytes: &[u8]) {
+        // Never wait for the console: a full ring drops the bytes and counts them in the
+        // ring (the console reports the count); so does a wild consumer index.
+        let _ = self.ring.write(bytes);
+        self.unnotified += bytes.len();
+        if bytes.contains(&b'\n') || self.unnotified >= LINE_MAX {
+            self.notify();
+        }
+    }
+
+    fn notify(&mut self) {
+        self.unnotified = 0;
+        let _ = crate::pd::notify(self.channel);
+    }
+}
+
+/// The ring, once attached (before that, and in a system without a console PD, output goes
+/// straight to the debug console).
+static RING: spin::Mutex<Option<ConsoleRing>> = spin::Mutex::new(None);
+
+/// Test knob (payload `test_stall`): stall at the VM's first fault.
+static STALL: AtomicBool = AtomicBool::new(false);
+
+fn console_write(bytes: &[u8]) {
+    // `try_lock`: the only way to find it held is a panic while writing; print directly.
+    if let Some(mut g) = RING.try_lock() {
+        if let Some(r) = g.as_mut() {
+            r.write(bytes);
+            return;
+        }
+    }
+    for &b in bytes {
+        sys::debug_put_char(b);
+    }
+}
+
+/// Attach this VMM's console ring (payload `console_ring`).
+fn console_attach(cfg: &payload::VmConfig) {
+    STALL.store(cfg.test_stall, Ordering::Relaxed);
+    if cfg.console_ring == 0 {
         return;
     }
-    // SAFETY: `addr` is the page the Microkit tool maps read-write into every VMM of the
-    // system (payload `console_lock`); it holds only this lock word, used only atomically.
-    let lock = unsafe { &*(addr as *const AtomicU32) };
-    while lock
-        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        // The holder is another VMM: let it finish its line.
-        sys::yield_now();
+    // SAFETY: the system file `keel sel4 build` wrote maps this VMM's console ring region
+    // read-write at `console_ring` (and into the console PD, the only other party) for the
+    // PD's whole life; no Rust reference points into it.
+    let w = unsafe { RingWindow::new(cfg.console_ring as *mut u8, cfg.console_ring_len as usize) };
+    match w {
+        Ok(w) => {
+            *RING.lock() = Some(ConsoleRing {
+                ring: Producer::attach(w),
+                channel: cfg.console_channel,
+                unnotified: 0,
+            });
+        }
+        Err(e) => log!("keel-sel4: console ring: {e}; printing directly"),
     }
-    f();
-    // The VMMs of a system may run on different cores (placement). The lock word lives in
-    // normal, cacheable, inner-shareable memory (the Microkit default for a memory region:
-    // the exclusives of `compare_exchange` need that), so Acquire/Release order the VMMs'
-    // critical sections across cores. The kernel wrote this line's characters to the UART
-    // (device memory) during our `DebugPutChar` calls: `dsb sy` makes those writes complete
-    // before another core can see the lock free and start printing its own line.
-    // SAFETY: a barrier; no memory is accessed.
-    unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
-    lock.store(0, Ordering::Release);
 }
 
 fn console_put(bytes: &[u8]) {
@@ -132,24 +160,43 @@ fn console_put(bytes: &[u8]) {
     for &b in bytes {
         c.buf.push(b);
         if b == b'\n' || c.buf.len() >= LINE_MAX {
-            atomically(|| {
-                if let Some(p) = &c.prefix {
-                    debug_puts(p);
-                }
-                for &x in &c.buf {
-                    sys::debug_put_char(x);
-                }
-            });
+            console_write(&c.buf);
             c.buf.clear();
         }
     }
 }
 
-/// Print what is left of the current console line.
+/// Print what is left of the current console line, ending it.
 fn console_flush() {
     if !CONSOLE.lock().buf.is_empty() {
         console_put(b"\n");
     }
+}
+
+/// Pass the guest's partial line on as it is (the ring's flush mark), e.g. before a panic
+/// message.
+fn console_flush_partial() {
+    let (Some(mut c), Some(mut g)) = (CONSOLE.try_lock(), RING.try_lock()) else {
+        return;
+    };
+    if let Some(r) = g.as_mut() {
+        if !c.buf.is_empty() {
+            let _ = r.ring.write(&c.buf);
+            c.buf.clear();
+        }
+        r.ring.flush();
+        r.notify();
+    }
+}
+
+/// The test knob: leave a partial line in the ring, then never answer another fault
+/// (this VM's vCPUs stay blocked).
+fn stall_forever() -> ! {
+    if let Some(r) = RING.lock().as_mut() {
+        let _ = r.ring.write(b"KEEL-STALL-PARTIAL");
+        r.notify();
+    }
+    idle()
 }
 
 /// virtio-console output: the shared console.
@@ -653,10 +700,6 @@ fn boot() -> Result<Vmm, String> {
     let bytes = payload_bytes()?;
     let lay = payload::parse(bytes).map_err(|e| alloc::format!("payload: {e}"))?;
     let cfg = lay.config.clone();
-    CONSOLE_LOCK.store(cfg.console_lock, Ordering::Relaxed);
-    if cfg.console_prefix {
-        CONSOLE.lock().prefix = Some(alloc::format!("{}| ", cfg.name));
-    }
     let kernel = &bytes[lay.kernel.0..lay.kernel.0 + lay.kernel.1];
     let initrd = lay.initrd.map(|(o, l)| &bytes[o..o + l]);
 
@@ -804,11 +847,11 @@ fn clean_dcache(ram: &GuestRam, gpa: u64, len: usize) {
 /// The protection domain's main function, called from `_start`.
 pub extern "C" fn main() -> ! {
     let name = crate::pd::name();
-    // The console lock first: the "vmm up" line is already shared with the other VMMs.
+    // The console ring first: the "vmm up" line already goes through the console PD.
     if let Ok(lay) =
         payload_bytes().and_then(|b| payload::parse(b).map_err(|e| alloc::format!("{e}")))
     {
-        CONSOLE_LOCK.store(lay.config.console_lock, Ordering::Relaxed);
+        console_attach(&lay.config);
     }
     log!("keel-sel4: vmm up ({name})");
     let mut vmm = match boot() {
@@ -828,6 +871,9 @@ pub extern "C" fn main() -> ! {
         reply = false;
         match Event::from_badge(badge) {
             Event::Fault { child } => {
+                if STALL.load(Ordering::Relaxed) {
+                    stall_forever();
+                }
                 let fault = Fault::decode(info, sys::mr);
                 let vcpu = u32::from(child);
                 let resume = match fault {
@@ -859,6 +905,7 @@ fn idle() -> ! {
 
 /// The panic handler: report on the debug console, stop the VM's vCPUs, idle.
 pub fn panic(info: &core::panic::PanicInfo) -> ! {
+    console_flush_partial();
     log!("keel-sel4: VMM panic: {info}");
     for v in 0..8 {
         let _ = sys::tcb_suspend(vm_tcb_cap(v));

@@ -62,14 +62,15 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
 }
 
-/// Build the VMM ELF once for all tests.
-fn vmm_elf() -> PathBuf {
-    static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        host::build_vmm_elf(&repo, &target_dir()).unwrap_or_else(|e| panic!("{e}"))
-    })
-    .clone()
+/// Build the VMM and console ELFs once for all tests.
+fn pd_elves() -> host::PdElves {
+    static ELVES: OnceLock<host::PdElves> = OnceLock::new();
+    ELVES
+        .get_or_init(|| {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            host::build_pd_elves(&repo, &target_dir()).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .clone()
 }
 
 /// The SDK's multicore config, or a skip.
@@ -101,6 +102,17 @@ struct Built {
 /// Build `toml` (paths may use ${KEEL_CACHE}) for kernel `config` into
 /// `CARGO_TARGET_TMPDIR/sel4-e2e-<name>`.
 fn build(sdk: &Path, name: &str, toml: &str, config: &str) -> Built {
+    build_with_stall(sdk, name, toml, config, None)
+}
+
+/// [`build`], with the VMM of VM `stall` stalling mid-line (the test knob).
+fn build_with_stall(
+    sdk: &Path,
+    name: &str,
+    toml: &str,
+    config: &str,
+    stall: Option<&str>,
+) -> Built {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sel4-e2e-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     let system = keel_spec::parse_str(toml, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -109,7 +121,9 @@ fn build(sdk: &Path, name: &str, toml: &str, config: &str) -> Built {
         board: keel_sel4::abi::board::NAME.into(),
         config: Some(config.into()),
         out: dir.join("out"),
-        vmm_elf: vmm_elf(),
+        vmm_elf: pd_elves().vmm,
+        console_elf: pd_elves().console,
+        test_stall_vm: stall.map(String::from),
     };
     let built = host::build(&system, &opts).unwrap_or_else(|e| panic!("{name}: build: {e}"));
     assert_eq!(built.config, config);
@@ -490,6 +504,90 @@ fn two_vms_boot_on_their_own_cores_in_their_own_vmms_and_power_off() {
     );
     assert!(
         console.contains("keel-sel4: vm b: stopped: guest powered off"),
+        "{console}"
+    );
+}
+
+/// Boot `image` and collect the console until a line contains `until` (or 240 s pass).
+fn run_until(image: &Path, cores: u32, until: &str) -> String {
+    let mut child = host::qemu_command(image, cores)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-aarch64");
+    let mut r = BufReader::new(child.stdout.take().unwrap());
+    let start = Instant::now();
+    let mut console = String::new();
+    let mut line = Vec::new();
+    while r
+        .read_until(b'\n', &mut line)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+        && start.elapsed() < Duration::from_secs(240)
+    {
+        let l = String::from_utf8_lossy(&line);
+        console.push_str(&l);
+        if l.contains(until) {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    console
+}
+
+#[test]
+fn vm_boots_and_prints_whole_lines_while_another_vms_vmm_is_stalled_mid_line() {
+    let test = "vm_boots_and_prints_whole_lines_while_another_vms_vmm_is_stalled_mid_line";
+    let Some(sdk) = prerequisites(test) else {
+        return;
+    };
+    let Some(config) = smp_config(&sdk, test) else {
+        return;
+    };
+    let mark = format!("B-MARK-{}", "0123456789".repeat(8));
+    let cmd = format!("echo {mark}; echo {mark}");
+    let toml = format!(
+        "[system]\nname = \"e2e-stall\"\n{}{}",
+        vm_toml("a", 1, "128M", "quiet", "placement = { pcpus = [0] }"),
+        vm_toml(
+            "b",
+            1,
+            "128M",
+            &format!("quiet keel.cmd={}", base64(cmd.as_bytes())),
+            "placement = { pcpus = [1] }"
+        )
+    );
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Built {
+        image, dir, cores, ..
+    } = build_with_stall(&sdk, "stall", &toml, config, Some("a"));
+
+    let console = run_until(&image, cores, "keel-sel4: vm b: stopped: ");
+    std::fs::write(dir.join("console.log"), &console).unwrap();
+
+    let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert!(lines.contains(&"a| keel-sel4: vmm up (a_vmm)"), "{console}");
+    assert!(lines.contains(&"b| KEEL-GUEST-READY"), "{console}");
+    assert!(lines.contains(&"b| KEEL-CMD-EXIT 0"), "{console}");
+    assert_eq!(
+        lines.iter().filter(|l| **l == format!("b| {mark}")).count(),
+        2,
+        "b's lines are not whole\n{console}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("KEEL-STALL-PARTIAL")),
+        "a's partial line was printed\n{console}"
+    );
+    assert!(
+        lines.iter().all(|l| l.rfind("b| ").is_none_or(|i| i == 0)),
+        "a b line is mixed into another line\n{console}"
+    );
+    assert!(!console.contains("a| KEEL-GUEST-READY"), "{console}");
+    assert!(
+        console.contains("b| keel-sel4: vm b: stopped: guest powered off"),
         "{console}"
     );
 }

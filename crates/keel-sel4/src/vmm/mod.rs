@@ -3,21 +3,23 @@
 //! Start-up ([`boot`]): find the payload ([`crate::payload`]), take the VM's plan out of
 //! it (the same `keel_spec::plan::VmPlan` KVM builds from), build keel-vmm's [`VmmCore`]
 //! from it with a software GICv2 and PSCI ([`SoftArm64`]) and this PD's host resources
-//! (disk blobs of the payload, the debug console, the seeded entropy), load kernel, initrd
+//! (disk blobs of the payload, the console ring, the seeded entropy), load kernel, initrd
 //! and device tree into guest RAM (which the Microkit tool mapped into this PD at the
 //! parameters' `ram_vaddr`) and start vCPU 0. Then [`keel_vmm::run_exits`] answers every
 //! exit; this PD's part is [`Sel4Exits`], the Microkit event loop that turns seL4 faults
 //! into portable exits (keel-core's arm64 fault decoder) and writes the answers back into
 //! the vCPUs' registers, and [`PdVm`], which starts and stops vCPU threads.
-
-mod heap;
+//!
+//! The VMM prints nothing on the seL4 debug console itself: its guest's console output
+//! (8250 and virtio-console) and its own log lines go into its console ring, which the
+//! console protection domain drains ([`crate::console`]).
 
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use keel_core::arch::aarch64::fault::{self as kfault, Arm64Exit, Completion, GuestRegs, VmFault};
 use keel_core::arch::aarch64::layout::{self, GicVersion};
@@ -25,6 +27,7 @@ use keel_core::arch::aarch64::vgic::VgicHost;
 use keel_core::hv::{BootEntry, ExitAnswer, SystemEvent, VcpuExit};
 use keel_core::irq::IrqLine;
 use keel_core::memory::{GuestAddress, GuestRam, RawRegion};
+use keel_core::ring::{Producer, RingWindow};
 use keel_core::{HvError, Resume, Vcpu, VcpuId, Vm, VmEvent, VmExits};
 use keel_spec::VmPlan;
 use keel_virtio::{BlockBackend, ConsoleOutput, EntropyError, EntropySource, MemoryBackend};
@@ -42,8 +45,8 @@ use crate::payload::{self, PAYLOAD_VADDR, Sel4Params};
 use crate::regs::{self, UserContext};
 use crate::syscall::{self as sys, debug_puts};
 
-#[global_allocator]
-static HEAP: heap::Heap = heap::Heap::new();
+/// The VMM's heap (declared by `vmm_entry!` in the binary).
+pub const HEAP_BYTES: usize = 32 << 20;
 
 /// Formatted output on the seL4 debug console.
 #[derive(Debug)]
@@ -58,59 +61,102 @@ impl Write for DebugOut {
 
 macro_rules! log {
     ($($t:tt)*) => {{
-        // Format first, print in one go: VMMs of other VMs share the debug console.
+        // Format first, write in one go: the console PD prints whole lines.
         let mut line = String::new();
         let _ = writeln!(line, $($t)*);
-        atomically(|| debug_puts(&line));
+        console_write(line.as_bytes());
     }};
 }
 
 /// The guest's console output (8250 and virtio-console alike), line-buffered so that the
-/// lines of several VMs sharing the seL4 debug console rarely interleave, optionally
-/// prefixed with the VM's name.
+/// VMM's own log lines never land inside a guest line.
 struct LineOut {
     buf: Vec<u8>,
-    prefix: Option<String>,
 }
 
-static CONSOLE: spin::Mutex<LineOut> = spin::Mutex::new(LineOut {
-    buf: Vec::new(),
-    prefix: None,
-});
+static CONSOLE: spin::Mutex<LineOut> = spin::Mutex::new(LineOut { buf: Vec::new() });
 
-const LINE_MAX: usize = 256;
+const LINE_MAX: usize = crate::console::LINE_MAX;
 
-/// The console-lock word shared with the other VMMs of the system (0 = free), if any.
-static CONSOLE_LOCK: AtomicU64 = AtomicU64::new(0);
+/// This VMM's console ring to the console PD, which alone prints on the debug console
+/// (no state is shared with other VMMs: a VMM that stops mid-line stalls nobody).
+struct ConsoleRing {
+    ring: Producer,
+    channel: u32,
+    unnotified: usize,
+}
 
-/// Print `f`'s output as one piece: under the lock shared by every VMM of the system, so
-/// lines of different VMs never mix on the debug console.
-fn atomically(f: impl FnOnce()) {
-    let addr = CONSOLE_LOCK.load(Ordering::Relaxed);
-    if addr == 0 {
-        f();
+impl ConsoleRing {
+    fn write(&mut self, bytes: &[u8]) {
+        // Never wait for the console: a full ring drops the bytes and counts them in the
+        // ring (the console reports the count); so does a wild consumer index.
+        let _ = self.ring.write(bytes);
+        self.unnotified += bytes.len();
+        if bytes.contains(&b'\n') || self.unnotified >= LINE_MAX {
+            self.notify();
+        }
+    }
+
+    fn notify(&mut self) {
+        self.unnotified = 0;
+        let _ = crate::pd::notify(self.channel);
+    }
+}
+
+/// The ring, once attached (before that, and in a system without a console PD, output goes
+/// straight to the debug console).
+static RING: spin::Mutex<Option<ConsoleRing>> = spin::Mutex::new(None);
+
+/// Test knob (parameters' `test_stall`): stall at the VM's first fault.
+static STALL: AtomicBool = AtomicBool::new(false);
+
+fn console_write(bytes: &[u8]) {
+    // `try_lock`: the only way to find it held is a panic while writing; print directly.
+    if let Some(mut g) = RING.try_lock() {
+        if let Some(r) = g.as_mut() {
+            r.write(bytes);
+            return;
+        }
+    }
+    for &b in bytes {
+        sys::debug_put_char(b);
+    }
+}
+
+/// Attach this VMM's console ring (parameters' `console_ring`) and read the stall knob.
+fn console_attach(params: &Sel4Params) {
+    STALL.store(params.test_stall, Ordering::Relaxed);
+    if params.console_ring == 0 || RING.lock().is_some() {
         return;
     }
-    // SAFETY: `addr` is the page the Microkit tool maps read-write into every VMM of the
-    // system (payload `console_lock`); it holds only this lock word, used only atomically.
-    let lock = unsafe { &*(addr as *const AtomicU32) };
-    while lock
-        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        // The holder is another VMM: let it finish its line.
-        sys::yield_now();
+    let Ok(len) = usize::try_from(params.console_ring_len) else {
+        log!(
+            "keel-sel4: console ring length {:#x} does not fit; printing directly",
+            params.console_ring_len
+        );
+        return;
+    };
+    // SAFETY: the system file `keel sel4 build` wrote maps this VMM's console ring region
+    // read-write at `console_ring` (and into the console PD, the only other party) for the
+    // PD's whole life; no Rust reference points into it.
+    let w = unsafe { RingWindow::new(params.console_ring as *mut u8, len) };
+    match w {
+        Ok(w) => {
+            *RING.lock() = Some(ConsoleRing {
+                ring: Producer::attach(w),
+                channel: params.console_channel,
+                unnotified: 0,
+            });
+        }
+        Err(e) => log!("keel-sel4: console ring: {e}; printing directly"),
     }
-    f();
-    // The VMMs of a system may run on different cores (placement). The lock word lives in
-    // normal, cacheable, inner-shareable memory (the Microkit default for a memory region:
-    // the exclusives of `compare_exchange` need that), so Acquire/Release order the VMMs'
-    // critical sections across cores. The kernel wrote this line's characters to the UART
-    // (device memory) during our `DebugPutChar` calls: `dsb sy` makes those writes complete
-    // before another core can see the lock free and start printing its own line.
-    // SAFETY: a barrier; no memory is accessed.
-    unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
-    lock.store(0, Ordering::Release);
+}
+
+/// The console channel's bit in a notification badge (0 without a console ring).
+fn console_channel_bit() -> u64 {
+    RING.lock()
+        .as_ref()
+        .map_or(0, |r| 1u64.checked_shl(r.channel).unwrap_or(0))
 }
 
 fn console_put(bytes: &[u8]) {
@@ -118,27 +164,46 @@ fn console_put(bytes: &[u8]) {
     for &b in bytes {
         c.buf.push(b);
         if b == b'\n' || c.buf.len() >= LINE_MAX {
-            atomically(|| {
-                if let Some(p) = &c.prefix {
-                    debug_puts(p);
-                }
-                for &x in &c.buf {
-                    sys::debug_put_char(x);
-                }
-            });
+            console_write(&c.buf);
             c.buf.clear();
         }
     }
 }
 
-/// Print what is left of the current console line.
+/// Print what is left of the current console line, ending it.
 fn console_flush() {
     if !CONSOLE.lock().buf.is_empty() {
         console_put(b"\n");
     }
 }
 
-/// virtio-console output: the shared console.
+/// Pass the guest's partial line on as it is (the ring's flush mark), e.g. before a panic
+/// message.
+fn console_flush_partial() {
+    let (Some(mut c), Some(mut g)) = (CONSOLE.try_lock(), RING.try_lock()) else {
+        return;
+    };
+    if let Some(r) = g.as_mut() {
+        if !c.buf.is_empty() {
+            let _ = r.ring.write(&c.buf);
+            c.buf.clear();
+        }
+        r.ring.flush();
+        r.notify();
+    }
+}
+
+/// The test knob: leave a partial line in the ring, then never answer another fault
+/// (this VM's vCPUs stay blocked).
+fn stall_forever() -> ! {
+    if let Some(r) = RING.lock().as_mut() {
+        let _ = r.ring.write(b"KEEL-STALL-PARTIAL");
+        r.notify();
+    }
+    idle()
+}
+
+/// virtio-console output: the console ring.
 struct DebugConsole;
 
 impl ConsoleOutput for DebugConsole {
@@ -181,7 +246,7 @@ impl EntropySource for SeededEntropy {
     }
 }
 
-/// The UART's output: the shared console.
+/// The UART's output: the console ring.
 struct SerialConsole;
 
 impl SerialOutput for SerialConsole {
@@ -190,7 +255,7 @@ impl SerialOutput for SerialConsole {
     }
 }
 
-/// keel-vmm's messages for this VM: `keel-sel4: vm <name>: …` lines on the debug console.
+/// keel-vmm's messages for this VM: `keel-sel4: vm <name>: …` lines into the console ring.
 struct Sel4Log {
     vm: String,
 }
@@ -445,6 +510,9 @@ struct Sel4Exits {
     reply: bool,
     /// Exits received (stirred into the rng; reported when the VM stops).
     exits: u64,
+    /// Notification bits that are no host event of the VM's devices (the console PD's
+    /// channel: the console never signals a VMM, but a channel is two-way).
+    not_device: u64,
 }
 
 impl Sel4Exits {
@@ -455,6 +523,7 @@ impl Sel4Exits {
             pending: (0..vcpus).map(|_| None).collect(),
             reply: false,
             exits: 0,
+            not_device: console_channel_bit(),
         }
     }
 
@@ -597,6 +666,9 @@ impl VmExits for Sel4Exits {
             self.reply = false;
             match Event::from_badge(badge) {
                 Event::Fault { child } => {
+                    if STALL.load(Ordering::Relaxed) {
+                        stall_forever();
+                    }
                     let vcpu = u32::from(child);
                     // Decode before any other kernel call overwrites the message.
                     let fault = Fault::decode(info, sys::mr).map_err(|e| HvError::GuestFault {
@@ -614,7 +686,12 @@ impl VmExits for Sel4Exits {
                     return Ok(VmEvent::Exit { vcpu, exit });
                 }
                 Event::ProtectedCall { .. } => self.reply = true,
-                Event::Notified { channels } => return Ok(VmEvent::Notified(channels)),
+                Event::Notified { channels } => {
+                    let channels = channels & !self.not_device;
+                    if channels != 0 {
+                        return Ok(VmEvent::Notified(channels));
+                    }
+                }
             }
         }
     }
@@ -710,21 +787,12 @@ fn read_payload() -> Result<(&'static [u8], payload::Layout), String> {
     Ok((bytes, lay))
 }
 
-/// Set up the console from the VM's parameters: the lock shared with the other VMMs of the
-/// system, the line prefix.
-fn configure_console(name: &str, params: &Sel4Params) {
-    CONSOLE_LOCK.store(params.console_lock, Ordering::Relaxed);
-    if params.console_prefix {
-        CONSOLE.lock().prefix = Some(alloc::format!("{name}| "));
-    }
-}
-
 /// Boot the VM of the payload: its plan, keel-vmm's core built from it, the guest loaded,
 /// vCPU 0 started.
 fn boot() -> Result<Booted, String> {
     let (bytes, lay) = read_payload()?;
     let params = &lay.params;
-    configure_console(&lay.plan.name, params);
+    console_attach(params);
     if lay.plan.arch != keel_spec::Arch::Aarch64 {
         return Err(alloc::format!(
             "vm {}: the plan is for {}; the seL4 VMM runs aarch64 guests",
@@ -928,9 +996,9 @@ fn clean_dcache(ram: &GuestRam, gpa: u64, len: usize) {
 /// The protection domain's main function, called from `_start`.
 pub extern "C" fn main() -> ! {
     let name = crate::pd::name();
-    // The console lock first: the "vmm up" line is already shared with the other VMMs.
+    // The console ring first: the "vmm up" line already goes through the console PD.
     if let Ok((_, lay)) = read_payload() {
-        CONSOLE_LOCK.store(lay.params.console_lock, Ordering::Relaxed);
+        console_attach(&lay.params);
     }
     log!("keel-sel4: vmm up ({name})");
     let Booted {
@@ -971,6 +1039,7 @@ fn idle() -> ! {
 
 /// The panic handler: report on the debug console, stop the VM's vCPUs, idle.
 pub fn panic(info: &core::panic::PanicInfo) -> ! {
+    console_flush_partial();
     log!("keel-sel4: VMM panic: {info}");
     for v in 0..8 {
         let _ = sys::tcb_suspend(vm_tcb_cap(v));

@@ -390,6 +390,8 @@ pub fn vm_payload(
         input_uart: if console_input { INPUT_UART_VADDR } else { 0 },
         input_channel: INPUT_CHANNEL,
         rng_seed: host_seed()?,
+        restart_on_reboot: vm.on_reboot == keel_spec::OnReboot::Restart,
+        max_restarts: vm.max_restarts_per_minute,
     };
     let disk_refs: Vec<&[u8]> = disks.iter().map(Vec::as_slice).collect();
     Ok(payload::build(

@@ -25,7 +25,7 @@ pub const INPUT_UART_VADDR: u64 = 0x3_0001_0000;
 /// First bytes of the payload.
 pub const MAGIC: [u8; 8] = *b"KEELPAY\0";
 /// Payload format version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes of the fixed header before the blob table.
 const HEADER_LEN: usize = 32;
 /// Bytes of one blob-table entry.
@@ -104,6 +104,12 @@ pub struct VmConfig {
     /// Seed for the VMM's virtio-rng generator, drawn from the build host's entropy
     /// source when the image was built (the PD has no entropy source of its own).
     pub rng_seed: [u8; 32],
+    /// A guest reset (PSCI `SYSTEM_RESET`) restarts the VM in place (spec `on_reboot =
+    /// "restart"`); otherwise it stops the VM.
+    pub restart_on_reboot: bool,
+    /// The spec's `max_restarts_per_minute`; the VMM has no clock, so it counts restarts
+    /// over the VM's whole life against this number.
+    pub max_restarts: u32,
 }
 
 /// What is wrong with a payload.
@@ -222,6 +228,8 @@ impl VmConfig {
         w.u64(self.input_uart);
         w.u32(self.input_channel);
         w.0.extend_from_slice(&self.rng_seed);
+        w.u8(u8::from(self.restart_on_reboot));
+        w.u32(self.max_restarts);
         w.0
     }
 
@@ -253,6 +261,8 @@ impl VmConfig {
         let input_channel = r.u32("input channel")?;
         let mut rng_seed = [0u8; 32];
         rng_seed.copy_from_slice(r.take(32, "rng seed")?);
+        let restart_on_reboot = r.u8("reboot policy")? != 0;
+        let max_restarts = r.u32("restart limit")?;
         Ok(VmConfig {
             name,
             vcpus,
@@ -268,6 +278,8 @@ impl VmConfig {
             input_uart,
             input_channel,
             rng_seed,
+            restart_on_reboot,
+            max_restarts,
         })
     }
 }
@@ -419,6 +431,8 @@ mod tests {
             input_uart: INPUT_UART_VADDR,
             input_channel: 1,
             rng_seed: [5; 32],
+            restart_on_reboot: true,
+            max_restarts: 7,
         }
     }
 

@@ -7,6 +7,11 @@
 //! 0's registers and start it. Then a Microkit-style event loop: every fault of a vCPU is
 //! decoded (keel-core's `fault` module for the syndrome), answered, and the vCPU resumed
 //! with its registers written back.
+//!
+//! Reset: a PSCI `SYSTEM_RESET` with the spec's `on_reboot = "restart"` restarts the VM in
+//! place ([`Vmm::restart`]): vCPUs suspended and their EL1 state reset, devices built anew
+//! over the same payload disks, kernel, initrd and device tree copied again, vCPU 0 started
+//! (the first boot's code path, [`start_guest`]).
 
 mod heap;
 
@@ -27,6 +32,7 @@ use keel_core::bus::Bus;
 use keel_core::hv::{BootEntry, ExitAnswer, SystemEvent, VcpuExit};
 use keel_core::irq::IrqLine;
 use keel_core::memory::{GuestAddress, GuestMemory, GuestRam, RawRegion};
+use keel_core::restart::{RestartLimiter, RestartVerdict};
 use keel_virtio::{
     Block, Console, ConsoleOutput, EntropyError, EntropySource, MemoryBackend, MmioTransport, Rng,
 };
@@ -263,13 +269,15 @@ fn completed(vcpu: u32, intid: u32) {
 
 const SPSR_EL1H_MASKED: u64 = 0x3c5;
 
-/// Start vCPU `vcpu` at `pc` with `x0`, EL1h, interrupts masked, MMU off.
+/// Start vCPU `vcpu` at `pc` with `x0`, x1..x3 zero (the arm64 boot protocol asks for that,
+/// and after a reset they hold the old run's values), EL1h, interrupts masked, MMU off.
 fn start_vcpu(vcpu: u32, pc: u64, x0: u64) -> Result<(), sys::Sel4Error> {
     let mut ctx = UserContext::default();
     ctx.0[regs::PC] = pc;
     ctx.0[regs::SPSR] = SPSR_EL1H_MASKED;
     ctx.0[regs::X0] = x0;
-    sys::tcb_write_registers(vm_tcb_cap(vcpu), true, regs::X0 + 1, &ctx)
+    // Context words x0, x1, x2, x3 follow each other (seL4_UserContext order).
+    sys::tcb_write_registers(vm_tcb_cap(vcpu), true, regs::X0 + 4, &ctx)
 }
 
 struct PsciSel4<'a> {
@@ -350,6 +358,11 @@ impl InputUart {
 
 struct Vmm {
     name: String,
+    /// The payload (kernel, initrd, disk blobs) and its layout: read again on a restart.
+    payload: &'static [u8],
+    layout: payload::Layout,
+    /// Counts restarts when a reset restarts the VM (`None`: a reset stops it).
+    restarts: Option<RestartLimiter>,
     input: Option<InputUart>,
     vcpus: u32,
     ram: GuestRam,
@@ -550,11 +563,15 @@ impl Vmm {
                 match self.psci.handle(args, vcpu, &mut host) {
                     PsciOutcome::Return(x) | PsciOutcome::Suspend(x) => ExitAnswer::Hypercall(x),
                     PsciOutcome::Off => return Resume::No,
+                    PsciOutcome::System(SystemEvent::Reset) if self.restarts.is_some() => {
+                        self.reset();
+                        return Resume::No;
+                    }
                     PsciOutcome::System(ev) => {
                         let what = match ev {
                             SystemEvent::Shutdown => "guest powered off (PSCI SYSTEM_OFF)",
                             SystemEvent::Reset => {
-                                "guest requested reboot (PSCI SYSTEM_RESET); reboot is not supported"
+                                "guest requested reboot (PSCI SYSTEM_RESET; on_reboot = \"stop\")"
                             }
                             _ => "guest stopped",
                         };
@@ -588,6 +605,62 @@ impl Vmm {
             return self.idle(vcpu);
         }
         Resume::Yes
+    }
+
+    /// The guest reset (PSCI `SYSTEM_RESET`) and its policy is restart: restart it in place
+    /// unless that would exceed its restart limit.
+    fn reset(&mut self) {
+        let Some(limiter) = &mut self.restarts else {
+            return;
+        };
+        let max = limiter.max();
+        // The PD reads no clock (EL0 counter reads trap here): every restart of the VM's
+        // life counts against max_restarts_per_minute.
+        match limiter.record(0) {
+            RestartVerdict::Restart { count } => {
+                console_flush();
+                log!(
+                    "keel-sel4: vm {}: guest rebooted; restarting ({count} of at most {max}, counted over the VM's life)",
+                    self.name
+                );
+                if let Err(e) = self.restart() {
+                    log!("KEEL-SEL4-VM-STOPPED {} {}", self.name, self.exits);
+                    self.stop_vm(&alloc::format!("restart after reboot failed: {e}"));
+                }
+            }
+            RestartVerdict::Stop { count } => {
+                log!("KEEL-SEL4-VM-STOPPED {} {}", self.name, self.exits);
+                self.stop_vm(&alloc::format!(
+                    "rebooted {count} times (max_restarts_per_minute = {max}, counted over the VM's life: no clock here); stopping"
+                ));
+            }
+        }
+    }
+
+    /// Restart the VM in place: stop every vCPU, reset its EL1 state, drop the devices and
+    /// interrupt state, then boot again as the first time ([`start_guest`]). The disks are
+    /// payload memory: they keep what the guest wrote.
+    fn restart(&mut self) -> Result<(), String> {
+        for v in 0..self.vcpus {
+            // The faulting vCPU waits for a reply that never comes: suspending it cancels
+            // that wait (and frees the PD's reply object).
+            let _ = sys::tcb_suspend(vm_tcb_cap(v));
+        }
+        PARKED.store(0, Ordering::SeqCst);
+        INJECTED.store(0, Ordering::SeqCst);
+        SPI_LEVELS.store(0, Ordering::SeqCst);
+        self.spi_levels = 0;
+        // The old devices go first: the new disks borrow the same payload bytes.
+        self.bus = Bus::new();
+        for v in 0..self.vcpus {
+            reset_vcpu(v).map_err(|e| alloc::format!("vcpu {v}: {e}"))?;
+        }
+        let machine = start_guest(self.payload, &self.layout, &self.ram)?;
+        self.bus = machine.bus;
+        self.vgic = machine.vgic;
+        self.uart = Uart8250::new();
+        self.psci = Psci::new(self.vcpus);
+        Ok(())
     }
 
     /// Notifications: the console-input UART's interrupt.
@@ -657,8 +730,6 @@ fn boot() -> Result<Vmm, String> {
     if cfg.console_prefix {
         CONSOLE.lock().prefix = Some(alloc::format!("{}| ", cfg.name));
     }
-    let kernel = &bytes[lay.kernel.0..lay.kernel.0 + lay.kernel.1];
-    let initrd = lay.initrd.map(|(o, l)| &bytes[o..o + l]);
 
     // SAFETY: the Microkit tool maps the VM's RAM region into this PD at `ram_vaddr`
     // (the system file `keel sel4 build` wrote says so) for the PD's whole life.
@@ -673,6 +744,61 @@ fn boot() -> Result<Vmm, String> {
         )
     }
     .map_err(|e| alloc::format!("guest RAM: {e}"))?;
+
+    let input = (cfg.input_uart != 0).then_some(InputUart {
+        base: cfg.input_uart,
+        channel: cfg.input_channel,
+    });
+    if let Some(u) = &input {
+        // libmicrokit acknowledges every IRQ once at start (seL4 issue #1536).
+        match crate::pd::irq_ack(u.channel) {
+            Ok(()) => u.write(PL011_IMSC, u.read(PL011_IMSC) | PL011_RX_INTERRUPTS),
+            Err(e) => log!("keel-sel4: console input disabled: {e}"),
+        }
+    }
+    let machine = start_guest(bytes, &lay, &ram)?;
+    Ok(Vmm {
+        name: cfg.name,
+        payload: bytes,
+        restarts: cfg
+            .restart_on_reboot
+            .then(|| RestartLimiter::lifetime(cfg.max_restarts)),
+        layout: lay,
+        vcpus: cfg.vcpus,
+        ram,
+        bus: machine.bus,
+        vgic: machine.vgic,
+        input,
+        uart: Uart8250::new(),
+        psci: Psci::new(cfg.vcpus),
+        spi_levels: 0,
+        stopped: false,
+        exits: 0,
+        sysreg_reports: 0,
+    })
+}
+
+/// What each boot of the guest builds afresh.
+struct Machine {
+    bus: Bus,
+    vgic: Vgic,
+}
+
+/// One boot of the guest, the first and each after a reset: the virtio devices (disks
+/// over their payload blobs), the kernel, initrd and a freshly generated device tree copied
+/// into guest RAM and cleaned to the point of coherency, the vCPUs' MPIDRs, the interrupt
+/// controller, and vCPU 0 started at the kernel (the others wait for PSCI `CPU_ON`).
+///
+/// The caller guarantees that no device built by an earlier call is still alive (the disks
+/// borrow their payload bytes mutably).
+fn start_guest(
+    bytes: &'static [u8],
+    lay: &payload::Layout,
+    ram: &GuestRam,
+) -> Result<Machine, String> {
+    let cfg = &lay.config;
+    let kernel = &bytes[lay.kernel.0..lay.kernel.0 + lay.kernel.1];
+    let initrd = lay.initrd.map(|(o, l)| &bytes[o..o + l]);
 
     let mut platform = Arm64Platform::new(cfg.ram_size, cfg.vcpus, GicVersion::V2);
     platform.memory = alloc::vec![(cfg.ram_gpa, cfg.ram_size)];
@@ -695,7 +821,8 @@ fn boot() -> Result<Vmm, String> {
         let (off, len) = lay.disks[i];
         // SAFETY: the disk blob lies inside the payload segment, which is mapped writable;
         // no other reference to these bytes exists after this point (the kernel and initrd
-        // slices cover other blobs).
+        // slices cover other blobs, and the devices of an earlier boot are gone: see the
+        // function's contract).
         let disk: &'static mut [u8] =
             unsafe { core::slice::from_raw_parts_mut((PAYLOAD_VADDR as *mut u8).add(off), len) };
         let backend = if d.read_only {
@@ -723,7 +850,7 @@ fn boot() -> Result<Vmm, String> {
     }
 
     // `platform.memory` is `[(cfg.ram_gpa, cfg.ram_size)]`: the kernel goes there.
-    let loaded = load_linux(&ram, &mut platform, kernel, initrd)
+    let loaded = load_linux(ram, &mut platform, kernel, initrd)
         .map_err(|e| alloc::format!("loading the kernel: {e}"))?;
     let (boot, fdt_len) = (loaded.layout, loaded.fdt_len);
     let BootEntry::Arm64 { pc, x0 } = loaded.entry() else {
@@ -747,40 +874,31 @@ fn boot() -> Result<Vmm, String> {
         .map_err(|e| alloc::format!("vcpu {v}: {e}"))?;
     }
     // Make sure the guest sees the copied bytes before it runs with caches off.
-    clean_dcache(&ram, boot.kernel, kernel.len());
+    clean_dcache(ram, boot.kernel, kernel.len());
     if let Some((s, e)) = boot.initrd {
-        clean_dcache(&ram, s, (e - s) as usize);
+        clean_dcache(ram, s, (e - s) as usize);
     }
-    clean_dcache(&ram, x0, fdt_len);
+    clean_dcache(ram, x0, fdt_len);
     let vgic = Vgic::new(GicVersion::V2, cfg.vcpus, SPIS, LIST_REGISTERS)
         .map_err(|e| alloc::format!("interrupt controller: {e}"))?;
-    let input = (cfg.input_uart != 0).then_some(InputUart {
-        base: cfg.input_uart,
-        channel: cfg.input_channel,
-    });
-    if let Some(u) = &input {
-        // libmicrokit acknowledges every IRQ once at start (seL4 issue #1536).
-        match crate::pd::irq_ack(u.channel) {
-            Ok(()) => u.write(PL011_IMSC, u.read(PL011_IMSC) | PL011_RX_INTERRUPTS),
-            Err(e) => log!("keel-sel4: console input disabled: {e}"),
-        }
-    }
     start_vcpu(0, pc, x0).map_err(|e| alloc::format!("starting vcpu 0: {e}"))?;
     let _ = ram.read_u32(GuestAddress(pc));
-    Ok(Vmm {
-        name: cfg.name,
-        vcpus: cfg.vcpus,
-        ram,
-        bus,
-        vgic,
-        input,
-        uart: Uart8250::new(),
-        psci: Psci::new(cfg.vcpus),
-        spi_levels: 0,
-        stopped: false,
-        exits: 0,
-        sysreg_reports: 0,
-    })
+    Ok(Machine { bus, vgic })
+}
+
+/// `SCTLR_EL1` as seL4 sets it for a new vCPU (`SCTLR_EL1_VM`): the RES1 bits
+/// (0x30d0_0800), CP15BEN, UCT, nTWI, nTWE, UCI; MMU, data and instruction caches off.
+const SCTLR_EL1_RESET: u64 = 0x34d5_8820;
+
+/// Put vCPU `vcpu`'s EL1 state back to what a fresh vCPU has, as far as a booting kernel
+/// depends on it: MMU and caches off, the virtual timer disabled and its PPI unmasked.
+/// (The kernel sets up everything else itself before it uses it.)
+fn reset_vcpu(vcpu: u32) -> Result<(), sys::Sel4Error> {
+    let cap = vcpu_cap(vcpu);
+    sys::vcpu_write_reg(cap, vcpu_reg::SCTLR, SCTLR_EL1_RESET)?;
+    sys::vcpu_write_reg(cap, vcpu_reg::CNTV_CTL, 0)?;
+    // A timer tick delivered but never completed before the reset leaves the PPI masked.
+    sys::vcpu_ack_vppi(cap, u64::from(layout::ppi_intid(layout::TIMER_PPI_VIRT)))
 }
 
 /// Clean `[gpa, gpa+len)` to the point of coherency: the guest starts with its MMU and

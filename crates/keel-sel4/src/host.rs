@@ -397,6 +397,8 @@ pub fn vm_payload(vm: &VmSpec, console_input: bool, stall: bool) -> Result<Vec<u
         input_uart: if console_input { INPUT_UART_VADDR } else { 0 },
         input_channel: INPUT_CHANNEL,
         rng_seed: host_seed()?,
+        restart_on_reboot: vm.on_reboot == keel_spec::OnReboot::Restart,
+        max_restarts: vm.max_restarts_per_minute,
     };
     let disk_refs: Vec<&[u8]> = disks.iter().map(Vec::as_slice).collect();
     payload::build(&plan, &params, &kernel, initrd.as_deref(), &disk_refs).map_err(|source| {

@@ -31,8 +31,8 @@ pub const INPUT_UART_VADDR: u64 = 0x3_0001_0000;
 pub const MAGIC: [u8; 8] = *b"KEELPAY\0";
 /// Payload format version (2: the plan and [`Sel4Params`] in postcard replace the
 /// hand-serialized configuration of version 1; 3: the console ring and the stall knob
-/// replace the console lock and the line prefix).
-pub const VERSION: u32 = 3;
+/// replace the console lock and the line prefix; 4: the reboot policy).
+pub const VERSION: u32 = 4;
 /// Bytes of the fixed header before the blob table.
 const HEADER_LEN: usize = 32;
 /// Bytes of one blob-table entry.
@@ -95,6 +95,12 @@ pub struct Sel4Params {
     /// Seed for the VMM's virtio-rng generator, drawn from the build host's entropy
     /// source when the image was built (the PD has no entropy source of its own).
     pub rng_seed: [u8; 32],
+    /// A guest reset (PSCI `SYSTEM_RESET`) restarts the VM in place (spec `on_reboot =
+    /// "restart"`); otherwise it stops the VM.
+    pub restart_on_reboot: bool,
+    /// The spec's `max_restarts_per_minute`; the VMM has no clock, so it counts restarts
+    /// over the VM's whole life against this number.
+    pub max_restarts: u32,
 }
 
 /// The kernel command line Keel gives an arm64 guest on seL4: the 8250 console first
@@ -402,6 +408,8 @@ mod tests {
             input_uart: INPUT_UART_VADDR,
             input_channel: 1,
             rng_seed: [5; 32],
+            restart_on_reboot: true,
+            max_restarts: 7,
         }
     }
 

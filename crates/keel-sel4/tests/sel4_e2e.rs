@@ -591,3 +591,104 @@ fn vm_boots_and_prints_whole_lines_while_another_vms_vmm_is_stalled_mid_line() {
         "{console}"
     );
 }
+
+/// The guest's disk step for the reboot test: on the first boot the disk is blank, so the
+/// guest writes the marker, syncs and reboots (PSCI SYSTEM_RESET); on the boot after the
+/// restart it finds the marker and goes on to power off.
+const REBOOT_CMD: &str = "if dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1 | grep -q '^KEEL-SEL4-REBOOT-MARKER'; then \
+    echo KEEL-FOUND $(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1); \
+    else echo KEEL-SEL4-REBOOT-MARKER | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null; \
+    sync; echo KEEL-REBOOTING; reboot -f; sleep 30; fi";
+
+#[test]
+fn debian_guest_reboots_in_place_and_finds_its_disk_marker() {
+    let test = "debian_guest_reboots_in_place_and_finds_its_disk_marker";
+    let Some(sdk) = prerequisites(test) else {
+        return;
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sel4-e2e-reboot");
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let extra = format!("[[vm.disk]]\npath = \"{}\"\nid = \"e2e\"\n", disk.display());
+    let toml = format!(
+        "[system]\nname = \"e2e-reboot\"\n{}",
+        vm_toml(
+            "linux",
+            1,
+            "256M",
+            &format!("quiet keel.cmd={}", base64(REBOOT_CMD.as_bytes())),
+            &extra
+        )
+    );
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = host::Sdk::default_config(&sdk, keel_sel4::abi::board::NAME);
+    let Built {
+        image, dir, cores, ..
+    } = build(&sdk, "reboot", &toml, config);
+    let mut child = host::qemu_command(&image, cores)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-aarch64");
+    let mut r = BufReader::new(child.stdout.take().unwrap());
+    let start = Instant::now();
+    let mut console = String::new();
+    let mut line = String::new();
+    // Seconds since QEMU started: the guest's reset, the VMM's restart line, the guest's
+    // first console line after it, and the second KEEL-GUEST-READY.
+    let (mut reset, mut restart, mut first, mut ready) = (None, None, None, None);
+    while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false)
+        && start.elapsed() < Duration::from_secs(360)
+    {
+        let now = start.elapsed().as_secs_f64();
+        console.push_str(&line);
+        if line.contains("KEEL-REBOOTING") {
+            reset.get_or_insert(now);
+        } else if line.contains("guest rebooted; restarting") {
+            restart.get_or_insert(now);
+        } else if restart.is_some() && !line.starts_with("keel-sel4:") {
+            first.get_or_insert(now);
+        }
+        if restart.is_some() && line.contains("KEEL-GUEST-READY") {
+            ready.get_or_insert(now);
+        }
+        if line.contains(": stopped: ") {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::write(dir.join("console.log"), &console).unwrap();
+
+    assert!(console.contains("KEEL-REBOOTING"), "{console}");
+    assert!(
+        console.contains(
+            "keel-sel4: vm linux: guest rebooted; restarting (1 of at most 5, counted over the VM's life)"
+        ),
+        "{console}"
+    );
+    assert_eq!(
+        console.matches("\nKEEL-GUEST-READY").count(),
+        2,
+        "{console}"
+    );
+    assert!(
+        console.contains("KEEL-FOUND KEEL-SEL4-REBOOT-MARKER"),
+        "{console}"
+    );
+    assert!(
+        console.contains("keel-sel4: vm linux: stopped: guest powered off (PSCI SYSTEM_OFF)"),
+        "{console}"
+    );
+    let s = |t: Option<f64>| t.map_or("n/a".into(), |t| format!("{t:.2} s"));
+    eprintln!(
+        "REBOOT-TIME (debug, -smp {cores}): guest reset at {}, VMM restart line {}, first guest line {}, KEEL-GUEST-READY again {} (from QEMU start)",
+        s(reset),
+        s(restart),
+        s(first),
+        s(ready)
+    );
+}

@@ -10,6 +10,13 @@
 //! into portable exits (keel-core's arm64 fault decoder) and writes the answers back into
 //! the vCPUs' registers, and [`PdVm`], which starts and stops vCPU threads.
 //!
+//! Reset: when [`run_exits`] returns the guest's PSCI `SYSTEM_RESET` and the spec says
+//! `on_reboot = "restart"` (the parameters' `restart_on_reboot`), the VM restarts in place
+//! ([`restart`]): every vCPU suspended and its EL1 state reset, `VmmCore::reset` for the
+//! devices, the UART and the software GIC/PSCI (the disks keep their bytes), kernel, initrd
+//! and device tree loaded again as at the first boot, vCPU 0 started; then `run_exits`
+//! again. The restart limit counts over the VM's life (the PD reads no clock).
+//!
 //! The VMM prints nothing on the seL4 debug console itself: its guest's console output
 //! (8250 and virtio-console) and its own log lines go into its console ring, which the
 //! console protection domain drains ([`crate::console`]).
@@ -27,6 +34,7 @@ use keel_core::arch::aarch64::vgic::VgicHost;
 use keel_core::hv::{BootEntry, ExitAnswer, SystemEvent, VcpuExit};
 use keel_core::irq::IrqLine;
 use keel_core::memory::{GuestAddress, GuestRam, RawRegion};
+use keel_core::restart::{RestartLimiter, RestartVerdict};
 use keel_core::ring::{Producer, RingWindow};
 use keel_core::{HvError, Resume, Vcpu, VcpuId, Vm, VmEvent, VmExits};
 use keel_spec::VmPlan;
@@ -395,7 +403,8 @@ impl Vm for PdVm {
         ))
     }
 
-    /// Start vCPU `id` at `entry`, EL1h, interrupts masked, MMU off.
+    /// Start vCPU `id` at `entry`, x1..x3 zero (the arm64 boot protocol asks for that, and
+    /// after a reset they hold the old run's values), EL1h, interrupts masked, MMU off.
     fn start_vcpu(&self, id: VcpuId, entry: &BootEntry) -> Result<(), HvError> {
         if id >= self.vcpus {
             return Err(HvError::Invalid {
@@ -410,7 +419,8 @@ impl Vm for PdVm {
         ctx.0[regs::PC] = pc;
         ctx.0[regs::SPSR] = SPSR_EL1H_MASKED;
         ctx.0[regs::X0] = x0;
-        sys::tcb_write_registers(vm_tcb_cap(id), true, regs::X0 + 1, &ctx).map_err(call_error)
+        // Context words x0, x1, x2, x3 follow each other (seL4_UserContext order).
+        sys::tcb_write_registers(vm_tcb_cap(id), true, regs::X0 + 4, &ctx).map_err(call_error)
     }
 
     fn stop_vcpu(&self, id: VcpuId) -> Result<(), HvError> {
@@ -525,6 +535,15 @@ impl Sel4Exits {
             exits: 0,
             not_device: console_channel_bit(),
         }
+    }
+
+    /// Forget every exit in flight (a VM restart: the vCPUs were suspended, which cancels
+    /// their waits for a reply).
+    fn reset(&mut self) {
+        for slot in &mut self.pending {
+            *slot = None;
+        }
+        self.reply = false;
     }
 
     /// Turn seL4 fault `fault` of `vcpu` into a portable exit, keeping how to complete it.
@@ -778,6 +797,11 @@ struct Booted {
     core: VmmCore,
     exits: Sel4Exits,
     input: Option<InputUart>,
+    /// The payload's kernel and initrd: loaded again on a restart.
+    kernel: &'static [u8],
+    initrd: Option<&'static [u8]>,
+    /// Counts restarts when a guest reset restarts the VM (`None`: a reset stops it).
+    restarts: Option<RestartLimiter>,
 }
 
 /// The payload's plan, parameters and blob table.
@@ -852,6 +876,11 @@ fn boot() -> Result<Booted, String> {
         vm,
         core,
         input,
+        kernel,
+        initrd,
+        restarts: params
+            .restart_on_reboot
+            .then(|| RestartLimiter::lifetime(params.max_restarts)),
     })
 }
 
@@ -959,10 +988,53 @@ fn stop_reason(event: SystemEvent) -> String {
     match event {
         SystemEvent::Shutdown => "guest powered off (PSCI SYSTEM_OFF)".into(),
         SystemEvent::Reset => {
-            "guest requested reboot (PSCI SYSTEM_RESET); reboot is not supported".into()
+            "guest requested reboot (PSCI SYSTEM_RESET; on_reboot = \"stop\")".into()
         }
         other => alloc::format!("guest stopped ({other})"),
     }
+}
+
+/// Restart the VM in place after a guest reset: stop every vCPU and reset its EL1 state,
+/// put the devices, the UART and the software GIC/PSCI back to power-on
+/// (`VmmCore::reset`: the disks are payload memory and keep what the guest wrote), load
+/// kernel, initrd and device tree again as at the first boot, and start vCPU 0.
+fn restart(
+    vm: &PdVm,
+    core: &VmmCore,
+    exits: &mut Sel4Exits,
+    kernel: &[u8],
+    initrd: Option<&[u8]>,
+) -> Result<(), String> {
+    for v in 0..vm.vcpus {
+        // The vCPU that reset waits for a reply that never comes: suspending it cancels
+        // that wait (and frees the PD's reply object); so for the others' pending faults.
+        let _ = sys::tcb_suspend(vm_tcb_cap(v));
+    }
+    PARKED.store(0, Ordering::SeqCst);
+    INJECTED.store(0, Ordering::SeqCst);
+    exits.reset();
+    for v in 0..vm.vcpus {
+        reset_vcpu(v).map_err(|e| alloc::format!("vcpu {v}: {e}"))?;
+    }
+    core.reset().map_err(|e| alloc::format!("{e}"))?;
+    let entry = load_guest(vm, core, kernel, initrd)?;
+    vm.start_vcpu(0, &entry)
+        .map_err(|e| alloc::format!("starting vcpu 0: {e}"))
+}
+
+/// `SCTLR_EL1` as seL4 sets it for a new vCPU (`SCTLR_EL1_VM`): the RES1 bits
+/// (0x30d0_0800), CP15BEN, UCT, nTWI, nTWE, UCI; MMU, data and instruction caches off.
+const SCTLR_EL1_RESET: u64 = 0x34d5_8820;
+
+/// Put vCPU `vcpu`'s EL1 state back to what a fresh vCPU has, as far as a booting kernel
+/// depends on it: MMU and caches off, the virtual timer disabled and its PPI unmasked.
+/// (The kernel sets up everything else itself before it uses it.)
+fn reset_vcpu(vcpu: u32) -> Result<(), sys::Sel4Error> {
+    let cap = vcpu_cap(vcpu);
+    sys::vcpu_write_reg(cap, vcpu_reg::SCTLR, SCTLR_EL1_RESET)?;
+    sys::vcpu_write_reg(cap, vcpu_reg::CNTV_CTL, 0)?;
+    // A timer tick delivered but never completed before the reset leaves the PPI masked.
+    sys::vcpu_ack_vppi(cap, u64::from(layout::ppi_intid(layout::TIMER_PPI_VIRT)))
 }
 
 /// Stop the VM: flush its console, report why, suspend every vCPU.
@@ -1007,6 +1079,9 @@ pub extern "C" fn main() -> ! {
         core,
         mut exits,
         input,
+        kernel,
+        initrd,
+        mut restarts,
     } = match boot() {
         Ok(b) => b,
         Err(e) => {
@@ -1015,16 +1090,43 @@ pub extern "C" fn main() -> ! {
         }
     };
     let stop = PdStop::default();
-    let outcome = run_exits(&mut exits, &core, &vm, &stop, |channels| {
-        notified(&core, input.as_ref(), channels)
-    });
-    core.report_device_errors();
-    let why = match outcome {
-        Ok(event) => {
-            log!("KEEL-SEL4-VM-STOPPED {name} {}", exits.exits);
-            event.map_or_else(|| "the VMM stopped it".into(), stop_reason)
+    let why = loop {
+        let outcome = run_exits(&mut exits, &core, &vm, &stop, |channels| {
+            notified(&core, input.as_ref(), channels)
+        });
+        core.report_device_errors();
+        let event = match outcome {
+            Ok(event) => event,
+            Err(e) => break alloc::format!("{e}"),
+        };
+        if let (Some(SystemEvent::Reset), Some(limiter)) = (event, restarts.as_mut()) {
+            let max = limiter.max();
+            // The PD reads no clock (EL0 counter reads trap here): every restart of the
+            // VM's life counts against max_restarts_per_minute.
+            match limiter.record(0) {
+                RestartVerdict::Restart { count } => {
+                    console_flush();
+                    log!(
+                        "keel-sel4: vm {name}: guest rebooted; restarting ({count} of at most {max}, counted over the VM's life)"
+                    );
+                    match restart(&vm, &core, &mut exits, kernel, initrd) {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            log!("KEEL-SEL4-VM-STOPPED {name} {}", exits.exits);
+                            break alloc::format!("restart after reboot failed: {e}");
+                        }
+                    }
+                }
+                RestartVerdict::Stop { count } => {
+                    log!("KEEL-SEL4-VM-STOPPED {name} {}", exits.exits);
+                    break alloc::format!(
+                        "rebooted {count} times (max_restarts_per_minute = {max}, counted over the VM's life: no clock here); stopping"
+                    );
+                }
+            }
         }
-        Err(e) => alloc::format!("{e}"),
+        log!("KEEL-SEL4-VM-STOPPED {name} {}", exits.exits);
+        break event.map_or_else(|| "the VMM stopped it".into(), stop_reason);
     };
     stop_vm(&name, vm.vcpus, &why);
     idle()

@@ -30,7 +30,7 @@ if ! command -v "${QEMU_SYSTEM:-qemu-system-aarch64}" >/dev/null 2>&1; then
 fi
 
 # The tests, in the order l2-inside.sh runs them.
-tests=(boot-smp-devices disk-after-poweroff disk-after-sync-reset disk-after-sync-kill bad-config)
+tests=(boot-smp-devices disk-after-poweroff disk-after-sync-reset disk-after-sync-kill bad-config reboot-in-place)
 
 t0=$SECONDS
 target=${CARGO_TARGET_DIR:-target}

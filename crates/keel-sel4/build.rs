@@ -1,4 +1,4 @@
-//! Links the VMM protection domain with Keel's own linker script when building for seL4
+//! Links the protection domains (VMM, console) with Keel's own linker script when building for seL4
 //! (`aarch64-unknown-none`); host builds (the stub binary, tests) use the default.
 
 fn main() {
@@ -7,5 +7,6 @@ fn main() {
     println!("cargo:rerun-if-changed=pd.ld");
     if os == "none" {
         println!("cargo:rustc-link-arg-bin=keel-sel4-vmm=-T{dir}/pd.ld");
+        println!("cargo:rustc-link-arg-bin=keel-sel4-console=-T{dir}/pd.ld");
     }
 }

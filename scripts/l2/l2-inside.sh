@@ -14,6 +14,8 @@
 #   disk-after-sync-reset  a new boot reads pattern B back; writes pattern C, `sync`, and
 #                     waits: L1 kills keel with SIGKILL once the guest said it synced
 #   disk-after-sync-kill  a new boot reads pattern C back
+#   reboot-in-place   `reboot -f` after writing a pattern: keel restarts the VM in place,
+#                     the second boot finds the pattern and powers off (exit 0)
 #   bad-config        refused before boot with exit 2: x86_64 guest, a non-Image kernel,
 #                     a missing disk
 # Environment: L2_TIMEOUT (seconds per keel run, default 90), KEEL (default /bin/keel).
@@ -73,7 +75,7 @@ check() {
         failed=1
     fi
 }
-has() { tr -d '\r' <"$W/$1.out" | grep -qx "$2"; }
+has() { case $1 in *.*) _f=$W/$1 ;; *) _f=$W/$1.out ;; esac; tr -d '\r' <"$_f" | grep -qxF "$2"; }
 has_re() { tr -d '\r' <"$W/$1.out" | grep -qE "$2"; }
 
 t_boot() {
@@ -139,6 +141,46 @@ t_kill() {
     return $failed
 }
 
+# The guest writes a random pattern to its disk, syncs and runs `reboot -f` (PSCI
+# SYSTEM_RESET); keel restarts the VM in place (on_reboot = "restart", the default) and the
+# second boot, under the same keel process, finds the pattern and powers off. Each line keel
+# prints is stamped with L1's clock as it arrives ($W/reboot.out: "<ms> <line>").
+t_reboot() {
+    failed=0
+    rm -f $W/reboot.img
+    truncate -s 64M $W/reboot.img
+    _cr=$(printf '\r')
+    system reboot 1 "if dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1 | grep -q '^KEEL-REBOOT-PATTERN-'; then echo KEEL-FOUND \$(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1); else echo KEEL-REBOOT-PATTERN-\$(od -An -tx1 -N6 /dev/urandom | tr -d \" \\n\") >/tmp/p; dd if=/tmp/p of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null; cat /tmp/p; sync; echo KEEL-REBOOTING; reboot -f; sleep 30; fi" "" "" $W/reboot.img
+    {
+        timeout "$L2_TIMEOUT" "$KEEL" run "$W/reboot.toml" 2>&1
+        echo $? >$W/reboot.rc
+    } | while IFS= read -r _l || [ -n "$_l" ]; do
+        now_ms
+        printf '%d %s\n' "$now_ms" "${_l%"$_cr"}"
+    done >$W/reboot.out
+    read -r rc <$W/reboot.rc
+    cut -d' ' -f2- $W/reboot.out >$W/reboot.lines
+    grep -E '^(KEEL-|keel)' $W/reboot.lines
+    echo "keel exit status $rc"
+    _pattern=$(grep -E '^KEEL-REBOOT-PATTERN-[0-9a-f]{12}$' $W/reboot.lines | head -n1)
+    check reboot-in-place "keel exit 0 (power-off after the restart)" [ "$rc" = 0 ]
+    check reboot-in-place "pattern written" [ -n "$_pattern" ]
+    check reboot-in-place "guest rebooted" has reboot.lines KEEL-REBOOTING
+    check reboot-in-place "keel restarted it once" has reboot.lines 'keel: vm "reboot": guest rebooted; restarting (1 of at most 5 per minute)'
+    check reboot-in-place "READY twice" [ "$(grep -cx KEEL-GUEST-READY $W/reboot.lines)" = 2 ]
+    check reboot-in-place "pattern found after the restart" has reboot.lines "KEEL-FOUND $_pattern"
+    check reboot-in-place "clean power-off" has reboot.lines KEEL-GUEST-POWEROFF
+    # Reset to keel's restart line, to the guest's first output, to READY (L1 clock, ms).
+    awk '
+        $2 == "KEEL-REBOOTING" && !r { r = $1 }
+        r && restart && !first && $0 !~ /^[0-9]+ keel/ { first = $1 }
+        r && /guest rebooted; restarting/ && !restart { restart = $1 }
+        r && $2 == "KEEL-GUEST-READY" { ready = $1 }
+        END { if (r && ready) printf "KEEL-REBOOT-TIMES reset->restart %d ms, ->first guest line %d ms, ->READY %d ms\n", restart - r, first - r, ready - r }
+    ' $W/reboot.out
+    return $failed
+}
+
 # refused <test> <what> <toml-name> [<text the error must contain>]: keel exits 2 at once
 # with one error line.
 refused() {
@@ -181,3 +223,4 @@ step disk-after-poweroff t_poweroff
 step disk-after-sync-reset t_reset
 step disk-after-sync-kill t_kill
 step bad-config t_bad
+step reboot-in-place t_reboot

@@ -13,6 +13,8 @@
 //! - [`bus`]: MMIO and port-I/O dispatch to devices.
 //! - [`irq`]: interrupt lines from devices to the guest's interrupt controller.
 //! - [`arch`]: per-architecture boot code and platform models.
+//! - [`ring`]: a single-producer / single-consumer byte ring over shared memory between
+//!   parties that do not trust each other (on seL4: each VMM and the console PD).
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -27,6 +29,7 @@ pub mod hv;
 pub mod irq;
 pub mod memory;
 pub mod restart;
+pub mod ring;
 
 pub use bus::{Bus, BusDevice, BusError, BusTarget, SyncBusDevice};
 pub use hv::{

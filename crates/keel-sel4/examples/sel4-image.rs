@@ -1,5 +1,6 @@
 //! Build a bootable seL4 image from a system description without the `keel` CLI:
 //! `cargo run -p keel-sel4 --features host --example sel4-image -- <system.toml> <out-dir> <vmm-elf>`
+//! (the console ELF `keel-sel4-console` is taken from beside the VMM ELF)
 //! (`MICROKIT_SDK` names the SDK, `KEEL_SEL4_CONFIG` the kernel config). `keel sel4 build` does the same with more checks.
 
 fn main() {
@@ -22,6 +23,8 @@ fn main() {
         config: std::env::var("KEEL_SEL4_CONFIG").ok(),
         out: out.into(),
         vmm_elf: elf.into(),
+        console_elf: keel_sel4::host::PdElves::beside(std::path::Path::new(elf)).console,
+        test_stall_vm: std::env::var(keel_sel4::host::TEST_STALL_VAR).ok(),
     };
     match keel_sel4::host::build(&system, &opts) {
         Ok(o) => println!("{}", o.image.display()),

@@ -2,7 +2,9 @@
 //! bootable Microkit image.
 //!
 //! For each VM: plan it (`keel_spec::plan::plan_vm`, as on KVM), read its kernel, initrd
-//! and disks, serialize the plan and the seL4 parameters, append the payload to the prebuilt VMM ELF ([`crate::elf`], [`crate::payload`]); write the Microkit
+//! and disks, serialize the plan and the seL4 parameters, append the payload to the
+//! prebuilt VMM ELF ([`crate::elf`], [`crate::payload`]); append the console configuration
+//! to the prebuilt console ELF ([`crate::console`]); write the Microkit
 //! system file (`keel_spec::microkit`); run the SDK's `microkit` tool.
 
 use std::io::{BufRead, BufReader, Write};
@@ -10,12 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_spec::microkit::{ConsoleInput, MicrokitLayout, system_file, vmm_elf_name};
+use keel_spec::microkit::{
+    CONSOLE_ELF_NAME, ConsoleInput, ConsoleLayout, MicrokitLayout, system_file, vmm_elf_name,
+};
 use keel_spec::{System, VmSpec};
 
 use crate::abi::board;
+use crate::console::{CONSOLE_RINGS_VADDR, ConsoleConfig, RING_SIZE, VMM_CHANNEL, VMM_RING_VADDR};
 use crate::payload::{
-    self, CONSOLE_LOCK_VADDR, GUEST_RAM_VADDR, INPUT_UART_VADDR, PAYLOAD_VADDR, PayloadError,
+    self, CONSOLE_RING_VADDR, GUEST_RAM_VADDR, INPUT_UART_VADDR, PAYLOAD_VADDR, PayloadError,
     Sel4Params,
 };
 
@@ -73,6 +78,9 @@ pub enum BuildError {
         /// What went wrong.
         source: PayloadError,
     },
+    /// The console PD's configuration cannot be written.
+    #[error("console configuration: {0}")]
+    ConsoleConfig(#[from] crate::console::ConfigError),
     /// The payload does not fit below the VMM's RAM window.
     #[error("VM {vm}: kernel, initrd and disks take {size} bytes; at most {max} fit in the VMM")]
     PayloadTooLarge {
@@ -235,9 +243,14 @@ impl Sdk {
             gic_vcpu_paddr: board::GICV_PADDR,
             gic_vcpu_size: 0x2000,
             gic_cpu_gpa: keel_core::arch::aarch64::layout::GICV2_CPU_BASE,
-            console_lock_vaddr: CONSOLE_LOCK_VADDR,
+            console: ConsoleLayout {
+                ring_size: RING_SIZE,
+                vmm_ring_vaddr: VMM_RING_VADDR,
+                console_rings_vaddr: CONSOLE_RINGS_VADDR,
+                vmm_channel: VMM_CHANNEL,
+            },
             cores: self.cores,
-            max_ram: CONSOLE_LOCK_VADDR - GUEST_RAM_VADDR,
+            max_ram: CONSOLE_RING_VADDR - GUEST_RAM_VADDR,
             max_vcpus: keel_core::arch::aarch64::layout::GICV2_MAX_VCPUS,
             console_input: Some(ConsoleInput {
                 uart_paddr: board::PL011_PADDR,
@@ -276,7 +289,15 @@ pub struct BuildOptions {
     pub out: PathBuf,
     /// The prebuilt generic VMM ELF.
     pub vmm_elf: PathBuf,
+    /// The prebuilt console ELF ([`PdElves`]).
+    pub console_elf: PathBuf,
+    /// Test knob: the VM whose VMM stalls mid-output at its VM's first fault (`keel sel4
+    /// build` takes it from `KEEL_SEL4_TEST_STALL_VMM`; see [`Sel4Params::test_stall`]).
+    pub test_stall_vm: Option<String>,
 }
+
+/// The environment variable naming the VM whose VMM stalls (test knob).
+pub const TEST_STALL_VAR: &str = "KEEL_SEL4_TEST_STALL_VMM";
 
 /// What `keel sel4 build` produced.
 #[derive(Debug, Clone)]
@@ -355,12 +376,9 @@ pub fn guest_cmdline(vm: &VmSpec) -> String {
 }
 
 /// The payload of one VM: its plan (`keel_spec::plan::plan_vm`, the same as on KVM), its
-/// seL4 parameters, kernel, initrd and disks.
-pub fn vm_payload(
-    vm: &VmSpec,
-    console_prefix: bool,
-    console_input: bool,
-) -> Result<Vec<u8>, BuildError> {
+/// seL4 parameters, kernel, initrd and disks; `console_input` if its VMM gets the
+/// console-input UART, `stall` for the test knob.
+pub fn vm_payload(vm: &VmSpec, console_input: bool, stall: bool) -> Result<Vec<u8>, BuildError> {
     let plan = keel_spec::plan::plan_vm(vm)?;
     let read = |p: &Path| std::fs::read(p).map_err(io(p));
     let kernel = read(vm.kernel.as_path())?;
@@ -372,15 +390,15 @@ pub fn vm_payload(
         .collect::<Result<Vec<_>, _>>()?;
     let params = Sel4Params {
         ram_vaddr: GUEST_RAM_VADDR,
-        console_prefix,
-        console_lock: if console_prefix {
-            CONSOLE_LOCK_VADDR
-        } else {
-            0
-        },
+        console_ring: CONSOLE_RING_VADDR,
+        console_ring_len: RING_SIZE,
+        console_channel: VMM_CHANNEL,
+        test_stall: stall,
         input_uart: if console_input { INPUT_UART_VADDR } else { 0 },
         input_channel: INPUT_CHANNEL,
         rng_seed: host_seed()?,
+        restart_on_reboot: vm.on_reboot == keel_spec::OnReboot::Restart,
+        max_restarts: vm.max_restarts_per_minute,
     };
     let disk_refs: Vec<&[u8]> = disks.iter().map(Vec::as_slice).collect();
     payload::build(&plan, &params, &kernel, initrd.as_deref(), &disk_refs).map_err(|source| {
@@ -410,6 +428,7 @@ pub fn check(system: &System, sdk: &Sdk) -> Result<(), BuildError> {
 
 /// The channel of the console-input UART's interrupt in the first VM's VMM.
 const INPUT_CHANNEL: u32 = 1;
+const _: () = assert!(INPUT_CHANNEL != VMM_CHANNEL);
 
 /// Build the image for `system`.
 pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
@@ -423,7 +442,8 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     let elf = std::fs::read(&opts.vmm_elf).map_err(io(&opts.vmm_elf))?;
     for (index, vm) in system.vms().iter().enumerate() {
-        let p = vm_payload(vm, system.vms().len() > 1, index == 0)?;
+        let stall = opts.test_stall_vm.as_deref() == Some(vm.name.as_str());
+        let p = vm_payload(vm, index == 0, stall)?;
         let max = GUEST_RAM_VADDR - PAYLOAD_VADDR;
         if p.len() as u64 > max {
             return Err(BuildError::PayloadTooLarge {
@@ -445,6 +465,7 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
         let path = opts.out.join(vmm_elf_name(vm));
         std::fs::write(&path, out).map_err(io(&path))?;
     }
+    write_console_elf(system, opts)?;
     let system_path = opts.out.join(format!("{}.system", system.name()));
     std::fs::write(&system_path, xml).map_err(io(&system_path))?;
     let image = opts.out.join("loader.img");
@@ -487,10 +508,43 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
     })
 }
 
-/// Build the generic VMM protection domain (`keel-sel4-vmm`) for seL4 with cargo, in the
-/// workspace at `repo` and the target directory `target_dir`, and return the ELF's path.
-/// `Err` carries a one-line reason (cargo missing, the build failing).
-pub fn build_vmm_elf(repo: &Path, target_dir: &Path) -> Result<PathBuf, String> {
+/// The console ELF with the console configuration of `system` appended, in `opts.out`.
+fn write_console_elf(system: &System, opts: &BuildOptions) -> Result<(), BuildError> {
+    let elf = std::fs::read(&opts.console_elf).map_err(io(&opts.console_elf))?;
+    let cfg = ConsoleConfig::for_vms(system.vms().iter().map(|v| v.name.as_str()));
+    let out = crate::elf::append_segment(&elf, PAYLOAD_VADDR, &cfg.encode()?, crate::elf::flags::R)
+        .map_err(|source| BuildError::Elf {
+            path: opts.console_elf.clone(),
+            source,
+        })?;
+    let path = opts.out.join(CONSOLE_ELF_NAME);
+    std::fs::write(&path, out).map_err(io(&path))
+}
+
+/// The two generic protection-domain programs of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PdElves {
+    /// `keel-sel4-vmm`.
+    pub vmm: PathBuf,
+    /// `keel-sel4-console`.
+    pub console: PathBuf,
+}
+
+impl PdElves {
+    /// The programs of one cargo build: the console ELF next to the VMM ELF.
+    pub fn beside(vmm: &Path) -> PdElves {
+        PdElves {
+            vmm: vmm.to_path_buf(),
+            console: vmm.with_file_name("keel-sel4-console"),
+        }
+    }
+}
+
+/// Build the generic protection domains (`keel-sel4-vmm`, `keel-sel4-console`) for seL4
+/// with one cargo build, in the workspace at `repo` and the target directory `target_dir`,
+/// and return the ELFs' paths. `Err` carries a one-line reason (cargo missing, the build
+/// failing).
+pub fn build_pd_elves(repo: &Path, target_dir: &Path) -> Result<PdElves, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(repo)
@@ -501,6 +555,8 @@ pub fn build_vmm_elf(repo: &Path, target_dir: &Path) -> Result<PathBuf, String> 
             "keel-sel4",
             "--bin",
             "keel-sel4-vmm",
+            "--bin",
+            "keel-sel4-console",
             "--release",
             "--target",
             "aarch64-unknown-none",
@@ -509,16 +565,18 @@ pub fn build_vmm_elf(repo: &Path, target_dir: &Path) -> Result<PathBuf, String> 
         .status()
         .map_err(|e| {
             format!(
-                "cannot run cargo to build the VMM ELF in {}: {e}",
+                "cannot run cargo to build the VMM and console ELFs in {}: {e}",
                 repo.display()
             )
         })?;
     if !status.success() {
         return Err(format!(
-            "building keel-sel4-vmm failed ({status}); is the aarch64-unknown-none target installed?"
+            "building keel-sel4-vmm and keel-sel4-console failed ({status}); is the aarch64-unknown-none target installed?"
         ));
     }
-    Ok(target_dir.join("aarch64-unknown-none/release/keel-sel4-vmm"))
+    Ok(PdElves::beside(
+        &target_dir.join("aarch64-unknown-none/release/keel-sel4-vmm"),
+    ))
 }
 
 /// The QEMU command that boots `image` (board `qemu_virt_aarch64`).

@@ -8,9 +8,11 @@
 //! - `syscall` (seL4 only): `svc #0` wrappers and the TCB, vCPU and IRQ invocations.
 //! - `pd` (seL4 only): the symbols the Microkit tool patches, notify / irq_ack / ppcall.
 //! - `vmm` (seL4 only): the VMM protection domain.
+//! - [`console`]: the console component (the PD that owns the debug console's output and
+//!   drains one ring per VMM); `console_pd` (seL4 only) is its program.
+//! - `heap` (seL4 only): the protection domains' allocator.
 //! - [`payload`], [`elf`]: how `keel sel4 build` hands one VM's configuration, kernel,
 //!   initrd and disks to the generic VMM ELF.
-//! - [`uart`]: the 8250 UART the VMM emulates (the GIC distributor is keel-core's `vgic`).
 //! - `host` (feature `host`): the build side (system file, image) used by `keel sel4`.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -19,8 +21,13 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod console;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod console_pd;
 pub mod elf;
 pub mod fault;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod heap;
 #[cfg(feature = "host")]
 pub mod host;
 pub mod microkit;
@@ -35,12 +42,15 @@ pub mod syscall;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod vmm;
 
-/// Define the VMM protection domain's entry point (`_start`) and panic handler in the
-/// binary crate: `keel_sel4::vmm_entry!();`.
+/// Define a protection domain's entry point (`_start`, calling `$main`), its panic handler
+/// (calling `$panic`) and its global allocator (a heap of `$heap` bytes) in a binary crate.
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[macro_export]
-macro_rules! vmm_entry {
-    () => {
+macro_rules! pd_entry {
+    ($main:path, $panic:path, $heap:expr) => {
+        #[global_allocator]
+        static HEAP: $crate::heap::Heap<{ $heap }> = $crate::heap::Heap::new();
+
         // The Microkit tool starts the PD at `_start` with SP at the top of its stack.
         core::arch::global_asm!(
             ".section .text.start, \"ax\"",
@@ -48,12 +58,40 @@ macro_rules! vmm_entry {
             "_start:",
             "    bl {main}",
             "1:  b 1b",
-            main = sym $crate::vmm::main,
+            main = sym $main,
         );
 
         #[panic_handler]
         fn panic(info: &core::panic::PanicInfo) -> ! {
-            $crate::vmm::panic(info)
+            $panic(info)
         }
+    };
+}
+
+/// Define the VMM protection domain's entry point, panic handler and heap in the binary
+/// crate: `keel_sel4::vmm_entry!();`.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[macro_export]
+macro_rules! vmm_entry {
+    () => {
+        $crate::pd_entry!(
+            $crate::vmm::main,
+            $crate::vmm::panic,
+            $crate::vmm::HEAP_BYTES
+        );
+    };
+}
+
+/// Define the console protection domain's entry point, panic handler and heap in the
+/// binary crate: `keel_sel4::console_entry!();`.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[macro_export]
+macro_rules! console_entry {
+    () => {
+        $crate::pd_entry!(
+            $crate::console_pd::main,
+            $crate::console_pd::panic,
+            $crate::console_pd::HEAP_BYTES
+        );
     };
 }

@@ -23,15 +23,16 @@ use serde::{Deserialize, Serialize};
 pub const PAYLOAD_VADDR: u64 = 0x1_0000_0000;
 /// Where the VMM maps its guest's RAM in its own address space (8 GiB).
 pub const GUEST_RAM_VADDR: u64 = 0x2_0000_0000;
-/// Where the console-lock page shared by the VMMs of a multi-VM system is mapped (12 GiB).
-pub const CONSOLE_LOCK_VADDR: u64 = 0x3_0000_0000;
+/// Where the VMM maps its console ring (12 GiB; [`crate::console::VMM_RING_VADDR`]).
+pub const CONSOLE_RING_VADDR: u64 = crate::console::VMM_RING_VADDR;
 /// Where the first VM's VMM maps the board's PL011 for console input.
 pub const INPUT_UART_VADDR: u64 = 0x3_0001_0000;
 /// First bytes of the payload.
 pub const MAGIC: [u8; 8] = *b"KEELPAY\0";
 /// Payload format version (2: the plan and [`Sel4Params`] in postcard replace the
-/// hand-serialized configuration of version 1).
-pub const VERSION: u32 = 2;
+/// hand-serialized configuration of version 1; 3: the console ring and the stall knob
+/// replace the console lock and the line prefix; 4: the reboot policy).
+pub const VERSION: u32 = 4;
 /// Bytes of the fixed header before the blob table.
 const HEADER_LEN: usize = 32;
 /// Bytes of one blob-table entry.
@@ -74,13 +75,18 @@ impl BlobKind {
 pub struct Sel4Params {
     /// Where guest RAM (the plan's one RAM region) is mapped in the VMM.
     pub ram_vaddr: u64,
-    /// Prefix each line of guest console output with `<name>| ` (systems of several VMs
-    /// share the one debug console).
-    pub console_prefix: bool,
-    /// Where the page shared by every VMM of the system for the console lock is mapped
-    /// (0: no other VMM, no lock). Lines are printed under the lock so that VMMs sharing
-    /// the debug console never interleave characters.
-    pub console_lock: u64,
+    /// Where this VMM's console ring is mapped (0: no console PD, print directly on the
+    /// debug console). The ring's region is shared with the console PD only; the console
+    /// PD prefixes lines with the VM's name in systems of several VMs.
+    pub console_ring: u64,
+    /// The console ring's length in bytes.
+    pub console_ring_len: u64,
+    /// The Microkit channel that notifies the console PD.
+    pub console_channel: u32,
+    /// Test knob (`KEEL_SEL4_TEST_STALL_VMM`): at its VM's first fault the VMM writes
+    /// `KEEL-STALL-PARTIAL` into its console ring without a newline and stops handling
+    /// faults for ever.
+    pub test_stall: bool,
     /// Where the board's PL011 UART is mapped in this VMM for console input (0: this VM
     /// gets no input).
     pub input_uart: u64,
@@ -89,6 +95,12 @@ pub struct Sel4Params {
     /// Seed for the VMM's virtio-rng generator, drawn from the build host's entropy
     /// source when the image was built (the PD has no entropy source of its own).
     pub rng_seed: [u8; 32],
+    /// A guest reset (PSCI `SYSTEM_RESET`) restarts the VM in place (spec `on_reboot =
+    /// "restart"`); otherwise it stops the VM.
+    pub restart_on_reboot: bool,
+    /// The spec's `max_restarts_per_minute`; the VMM has no clock, so it counts restarts
+    /// over the VM's whole life against this number.
+    pub max_restarts: u32,
 }
 
 /// The kernel command line Keel gives an arm64 guest on seL4: the 8250 console first
@@ -156,24 +168,24 @@ pub enum PayloadError {
     },
 }
 
-struct Writer(Vec<u8>);
+pub(crate) struct Writer(pub(crate) Vec<u8>);
 
 impl Writer {
-    fn u32(&mut self, v: u32) {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], PayloadError> {
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], PayloadError> {
         let end = self
             .pos
             .checked_add(n)
@@ -183,11 +195,11 @@ impl<'a> Reader<'a> {
         self.pos = end;
         Ok(s)
     }
-    fn u32(&mut self, what: &'static str) -> Result<u32, PayloadError> {
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, PayloadError> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self, what: &'static str) -> Result<u64, PayloadError> {
+    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, PayloadError> {
         let b = self.take(8, what)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
@@ -389,11 +401,15 @@ mod tests {
     fn params() -> Sel4Params {
         Sel4Params {
             ram_vaddr: GUEST_RAM_VADDR,
-            console_prefix: true,
-            console_lock: CONSOLE_LOCK_VADDR,
+            console_ring: CONSOLE_RING_VADDR,
+            console_ring_len: crate::console::RING_SIZE,
+            console_channel: crate::console::VMM_CHANNEL,
+            test_stall: true,
             input_uart: INPUT_UART_VADDR,
             input_channel: 1,
             rng_seed: [5; 32],
+            restart_on_reboot: true,
+            max_restarts: 7,
         }
     }
 

@@ -62,14 +62,15 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
 }
 
-/// Build the VMM ELF once for all tests.
-fn vmm_elf() -> PathBuf {
-    static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        host::build_vmm_elf(&repo, &target_dir()).unwrap_or_else(|e| panic!("{e}"))
-    })
-    .clone()
+/// Build the VMM and console ELFs once for all tests.
+fn pd_elves() -> host::PdElves {
+    static ELVES: OnceLock<host::PdElves> = OnceLock::new();
+    ELVES
+        .get_or_init(|| {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            host::build_pd_elves(&repo, &target_dir()).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .clone()
 }
 
 /// The SDK's multicore config, or a skip.
@@ -101,6 +102,17 @@ struct Built {
 /// Build `toml` (paths may use ${KEEL_CACHE}) for kernel `config` into
 /// `CARGO_TARGET_TMPDIR/sel4-e2e-<name>`.
 fn build(sdk: &Path, name: &str, toml: &str, config: &str) -> Built {
+    build_with_stall(sdk, name, toml, config, None)
+}
+
+/// [`build`], with the VMM of VM `stall` stalling mid-line (the test knob).
+fn build_with_stall(
+    sdk: &Path,
+    name: &str,
+    toml: &str,
+    config: &str,
+    stall: Option<&str>,
+) -> Built {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sel4-e2e-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     let system = keel_spec::parse_str(toml, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -109,7 +121,9 @@ fn build(sdk: &Path, name: &str, toml: &str, config: &str) -> Built {
         board: keel_sel4::abi::board::NAME.into(),
         config: Some(config.into()),
         out: dir.join("out"),
-        vmm_elf: vmm_elf(),
+        vmm_elf: pd_elves().vmm,
+        console_elf: pd_elves().console,
+        test_stall_vm: stall.map(String::from),
     };
     let built = host::build(&system, &opts).unwrap_or_else(|e| panic!("{name}: build: {e}"));
     assert_eq!(built.config, config);
@@ -491,5 +505,190 @@ fn two_vms_boot_on_their_own_cores_in_their_own_vmms_and_power_off() {
     assert!(
         console.contains("keel-sel4: vm b: stopped: guest powered off"),
         "{console}"
+    );
+}
+
+/// Boot `image` and collect the console until a line contains `until` (or 240 s pass).
+fn run_until(image: &Path, cores: u32, until: &str) -> String {
+    let mut child = host::qemu_command(image, cores)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-aarch64");
+    let mut r = BufReader::new(child.stdout.take().unwrap());
+    let start = Instant::now();
+    let mut console = String::new();
+    let mut line = Vec::new();
+    while r
+        .read_until(b'\n', &mut line)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+        && start.elapsed() < Duration::from_secs(240)
+    {
+        let l = String::from_utf8_lossy(&line);
+        console.push_str(&l);
+        if l.contains(until) {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    console
+}
+
+#[test]
+fn vm_boots_and_prints_whole_lines_while_another_vms_vmm_is_stalled_mid_line() {
+    let test = "vm_boots_and_prints_whole_lines_while_another_vms_vmm_is_stalled_mid_line";
+    let Some(sdk) = prerequisites(test) else {
+        return;
+    };
+    let Some(config) = smp_config(&sdk, test) else {
+        return;
+    };
+    let mark = format!("B-MARK-{}", "0123456789".repeat(8));
+    let cmd = format!("echo {mark}; echo {mark}");
+    let toml = format!(
+        "[system]\nname = \"e2e-stall\"\n{}{}",
+        vm_toml("a", 1, "128M", "quiet", "placement = { pcpus = [0] }"),
+        vm_toml(
+            "b",
+            1,
+            "128M",
+            &format!("quiet keel.cmd={}", base64(cmd.as_bytes())),
+            "placement = { pcpus = [1] }"
+        )
+    );
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Built {
+        image, dir, cores, ..
+    } = build_with_stall(&sdk, "stall", &toml, config, Some("a"));
+
+    let console = run_until(&image, cores, "keel-sel4: vm b: stopped: ");
+    std::fs::write(dir.join("console.log"), &console).unwrap();
+
+    let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert!(lines.contains(&"a| keel-sel4: vmm up (a_vmm)"), "{console}");
+    assert!(lines.contains(&"b| KEEL-GUEST-READY"), "{console}");
+    assert!(lines.contains(&"b| KEEL-CMD-EXIT 0"), "{console}");
+    assert_eq!(
+        lines.iter().filter(|l| **l == format!("b| {mark}")).count(),
+        2,
+        "b's lines are not whole\n{console}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("KEEL-STALL-PARTIAL")),
+        "a's partial line was printed\n{console}"
+    );
+    assert!(
+        lines.iter().all(|l| l.rfind("b| ").is_none_or(|i| i == 0)),
+        "a b line is mixed into another line\n{console}"
+    );
+    assert!(!console.contains("a| KEEL-GUEST-READY"), "{console}");
+    assert!(
+        console.contains("b| keel-sel4: vm b: stopped: guest powered off"),
+        "{console}"
+    );
+}
+
+/// The guest's disk step for the reboot test: on the first boot the disk is blank, so the
+/// guest writes the marker, syncs and reboots (PSCI SYSTEM_RESET); on the boot after the
+/// restart it finds the marker and goes on to power off.
+const REBOOT_CMD: &str = "if dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1 | grep -q '^KEEL-SEL4-REBOOT-MARKER'; then \
+    echo KEEL-FOUND $(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1); \
+    else echo KEEL-SEL4-REBOOT-MARKER | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null; \
+    sync; echo KEEL-REBOOTING; reboot -f; sleep 30; fi";
+
+#[test]
+fn debian_guest_reboots_in_place_and_finds_its_disk_marker() {
+    let test = "debian_guest_reboots_in_place_and_finds_its_disk_marker";
+    let Some(sdk) = prerequisites(test) else {
+        return;
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sel4-e2e-reboot");
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let extra = format!("[[vm.disk]]\npath = \"{}\"\nid = \"e2e\"\n", disk.display());
+    let toml = format!(
+        "[system]\nname = \"e2e-reboot\"\n{}",
+        vm_toml(
+            "linux",
+            1,
+            "256M",
+            &format!("quiet keel.cmd={}", base64(REBOOT_CMD.as_bytes())),
+            &extra
+        )
+    );
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = host::Sdk::default_config(&sdk, keel_sel4::abi::board::NAME);
+    let Built {
+        image, dir, cores, ..
+    } = build(&sdk, "reboot", &toml, config);
+    let mut child = host::qemu_command(&image, cores)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-aarch64");
+    let mut r = BufReader::new(child.stdout.take().unwrap());
+    let start = Instant::now();
+    let mut console = String::new();
+    let mut line = String::new();
+    // Seconds since QEMU started: the guest's reset, the VMM's restart line, the guest's
+    // first console line after it, and the second KEEL-GUEST-READY.
+    let (mut reset, mut restart, mut first, mut ready) = (None, None, None, None);
+    while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false)
+        && start.elapsed() < Duration::from_secs(360)
+    {
+        let now = start.elapsed().as_secs_f64();
+        console.push_str(&line);
+        if line.contains("KEEL-REBOOTING") {
+            reset.get_or_insert(now);
+        } else if line.contains("guest rebooted; restarting") {
+            restart.get_or_insert(now);
+        } else if restart.is_some() && !line.starts_with("keel-sel4:") {
+            first.get_or_insert(now);
+        }
+        if restart.is_some() && line.contains("KEEL-GUEST-READY") {
+            ready.get_or_insert(now);
+        }
+        if line.contains(": stopped: ") {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::write(dir.join("console.log"), &console).unwrap();
+
+    assert!(console.contains("KEEL-REBOOTING"), "{console}");
+    assert!(
+        console.contains(
+            "keel-sel4: vm linux: guest rebooted; restarting (1 of at most 5, counted over the VM's life)"
+        ),
+        "{console}"
+    );
+    assert_eq!(
+        console.matches("\nKEEL-GUEST-READY").count(),
+        2,
+        "{console}"
+    );
+    assert!(
+        console.contains("KEEL-FOUND KEEL-SEL4-REBOOT-MARKER"),
+        "{console}"
+    );
+    assert!(
+        console.contains("keel-sel4: vm linux: stopped: guest powered off (PSCI SYSTEM_OFF)"),
+        "{console}"
+    );
+    let s = |t: Option<f64>| t.map_or("n/a".into(), |t| format!("{t:.2} s"));
+    eprintln!(
+        "REBOOT-TIME (debug, -smp {cores}): guest reset at {}, VMM restart line {}, first guest line {}, KEEL-GUEST-READY again {} (from QEMU start)",
+        s(reset),
+        s(restart),
+        s(first),
+        s(ready)
     );
 }

@@ -7,6 +7,11 @@
 //! interface. Everything else the guest touches faults to its VMM. Placement becomes the
 //! scheduling parameters (priority, budget, period) and `<vcpu cpu="N">`.
 //!
+//! The console component ([`console_component`]): one `keel_console` PD (program
+//! `keel-console.elf`) owns the debug console's output; each VMM gets one ring region
+//! (`<vm>_console_ring`) mapped into that VMM and into the console PD only, and one channel
+//! to the console. The console PD runs one priority below the lowest VMM.
+//!
 //! Cores ([`placement`]): a VM with `placement.pcpus` gets exactly those; without it, vCPU
 //! `i` goes on core `i mod n`, `n` being the system's `pcpus` if given, else the kernel's
 //! cores. A VMM protection domain runs on the core of its VM's vCPU 0.
@@ -30,9 +35,8 @@ pub struct MicrokitLayout {
     pub gic_vcpu_size: u64,
     /// Guest-physical address of the GIC CPU interface in the VM's device tree.
     pub gic_cpu_gpa: u64,
-    /// Where each VMM of a multi-VM system maps the page holding the lock of the shared
-    /// debug console.
-    pub console_lock_vaddr: u64,
+    /// The console component's addresses and channel.
+    pub console: ConsoleLayout,
     /// Physical CPUs the kernel runs on (`CONFIG_MAX_NUM_NODES`).
     pub cores: u32,
     /// Most RAM one VM may have (the size of the VMM's window onto it).
@@ -41,6 +45,20 @@ pub struct MicrokitLayout {
     pub max_vcpus: u32,
     /// Console input for the first VM, if the board has a serial port to give.
     pub console_input: Option<ConsoleInput>,
+}
+
+/// Where the console component's rings go (they come from the seL4 backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleLayout {
+    /// Bytes of each VMM's console ring region (a multiple of 4 KiB).
+    pub ring_size: u64,
+    /// Where each VMM maps its ring.
+    pub vmm_ring_vaddr: u64,
+    /// Where the console PD maps the ring of VM `i`: here + `i` × `ring_size`.
+    pub console_rings_vaddr: u64,
+    /// The channel id, in each VMM, of its notifications to the console PD (the console
+    /// PD's id for VM `i` is `i`).
+    pub vmm_channel: u32,
 }
 
 /// The board's serial port given to the first VM's VMM for console input: its registers
@@ -120,6 +138,14 @@ pub enum MicrokitError {
         /// Cores available.
         cores: u32,
     },
+    /// More VMs than the console PD has channels for.
+    #[error("system: {vms} VMs; the seL4 backend supports at most {max}")]
+    TooManyVms {
+        /// VMs in the system.
+        vms: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The system declares more physical CPUs than the kernel runs on.
     #[error(
         "system: pcpus = {pcpus}, but the seL4 kernel runs on {cores} core(s) (pick an SDK config with more, e.g. smp-debug)"
@@ -184,6 +210,144 @@ pub fn placement(
 
 const TWO_MIB: u64 = 2 << 20;
 
+/// Most VMs in one system: the console PD gives each VMM one of its 62 Microkit channels
+/// (ids 0..=60; 61 stays free for the console UART's interrupt).
+pub const MAX_VMS: usize = 61;
+
+/// Name of the console protection domain.
+pub const CONSOLE_PD_NAME: &str = "keel_console";
+
+/// File name of the console PD's ELF (found on the Microkit tool's search path).
+pub const CONSOLE_ELF_NAME: &str = "keel-console.elf";
+
+/// Priority of the VMM protection domain of `vm`: one above its VM, so that it answers
+/// faults before the guest runs again.
+pub fn vmm_priority(vm: &VmSpec) -> u32 {
+    let p = vm.placement.clone().unwrap_or_default();
+    u32::from(p.priority).saturating_add(1).min(254)
+}
+
+/// The console component of a system: its PD, and per VM the ring region and channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleComponent {
+    /// PD name ([`CONSOLE_PD_NAME`]).
+    pub pd: String,
+    /// Program image ([`CONSOLE_ELF_NAME`]).
+    pub elf: String,
+    /// One below the lowest VMM priority: printing never delays a VMM's fault handling.
+    pub priority: u32,
+    /// The core of the first VM's VMM.
+    pub cpu: u32,
+    /// One ring per VM, in system order.
+    pub rings: Vec<ConsoleRing>,
+}
+
+/// One VMM's console ring: a memory region shared by that VMM and the console PD only,
+/// and a channel between them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleRing {
+    /// The VM.
+    pub vm: String,
+    /// Its VMM PD.
+    pub vmm_pd: String,
+    /// Memory region name (`<vm>_console_ring`).
+    pub region: String,
+    /// Region size.
+    pub size: u64,
+    /// Where the VMM maps it (read-write).
+    pub vmm_vaddr: u64,
+    /// Where the console PD maps it (read-write).
+    pub console_vaddr: u64,
+    /// Channel id at the VMM's end.
+    pub vmm_channel: u32,
+    /// Channel id at the console's end.
+    pub console_channel: u32,
+}
+
+/// The regions, maps and channels of the console component of `system`.
+pub fn console_component(
+    system: &System,
+    layout: &MicrokitLayout,
+    places: &[VmPlacement],
+) -> ConsoleComponent {
+    let c = &layout.console;
+    let rings = system
+        .vms()
+        .iter()
+        .enumerate()
+        .map(|(i, vm)| ConsoleRing {
+            vm: vm.name.clone(),
+            vmm_pd: vmm_pd_name(vm),
+            region: format!("{}_console_ring", vm.name),
+            size: c.ring_size,
+            vmm_vaddr: c.vmm_ring_vaddr,
+            console_vaddr: c.console_rings_vaddr + i as u64 * c.ring_size,
+            vmm_channel: c.vmm_channel,
+            console_channel: i as u32,
+        })
+        .collect();
+    let lowest_vmm = system.vms().iter().map(vmm_priority).min().unwrap_or(1);
+    ConsoleComponent {
+        pd: CONSOLE_PD_NAME.into(),
+        elf: CONSOLE_ELF_NAME.into(),
+        priority: lowest_vmm.saturating_sub(1),
+        cpu: places.first().map_or(0, |p| p.vmm_cpu),
+        rings,
+    }
+}
+
+/// The console component's memory regions.
+fn render_console_regions(x: &mut String, c: &ConsoleComponent) {
+    for r in &c.rings {
+        let _ = writeln!(
+            x,
+            "    <memory_region name=\"{}\" size=\"{:#x}\" />",
+            r.region, r.size
+        );
+    }
+}
+
+/// The console ring's mapping inside the VMM PD of `ring.vm`.
+fn render_console_vmm_map(x: &mut String, ring: &ConsoleRing) {
+    let _ = writeln!(
+        x,
+        "        <map mr=\"{}\" vaddr=\"{:#x}\" perms=\"rw\" />",
+        ring.region, ring.vmm_vaddr
+    );
+}
+
+/// The console PD and its channels.
+fn render_console_pd(x: &mut String, c: &ConsoleComponent) {
+    let _ = writeln!(
+        x,
+        "    <protection_domain name=\"{}\" priority=\"{}\" cpu=\"{}\">",
+        c.pd, c.priority, c.cpu
+    );
+    let _ = writeln!(x, "        <program_image path=\"{}\" />", c.elf);
+    for r in &c.rings {
+        let _ = writeln!(
+            x,
+            "        <map mr=\"{}\" vaddr=\"{:#x}\" perms=\"rw\" />",
+            r.region, r.console_vaddr
+        );
+    }
+    let _ = writeln!(x, "    </protection_domain>");
+    for r in &c.rings {
+        let _ = writeln!(x, "    <channel>");
+        let _ = writeln!(
+            x,
+            "        <end pd=\"{}\" id=\"{}\" />",
+            r.vmm_pd, r.vmm_channel
+        );
+        let _ = writeln!(
+            x,
+            "        <end pd=\"{}\" id=\"{}\" />",
+            c.pd, r.console_channel
+        );
+        let _ = writeln!(x, "    </channel>");
+    }
+}
+
 /// Name of the VMM protection domain of `vm`.
 pub fn vmm_pd_name(vm: &VmSpec) -> String {
     format!("{}_vmm", vm.name)
@@ -196,6 +360,12 @@ pub fn vmm_elf_name(vm: &VmSpec) -> String {
 
 /// Check that `system` can run on seL4 with `layout`.
 pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitError> {
+    if system.vms().len() > MAX_VMS {
+        return Err(MicrokitError::TooManyVms {
+            vms: system.vms().len(),
+            max: MAX_VMS,
+        });
+    }
     for vm in system.vms() {
         if vm.arch != Arch::Aarch64 {
             return Err(MicrokitError::Arch {
@@ -239,6 +409,7 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
 pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, MicrokitError> {
     check(system, layout)?;
     let places = placement(system, layout)?;
+    let console = console_component(system, layout, &places);
     let mut x = String::new();
     let _ = writeln!(x, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
     let _ = writeln!(
@@ -252,7 +423,6 @@ pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, M
         "    <memory_region name=\"gic_vcpu\" size=\"{:#x}\" phys_addr=\"{:#x}\" />",
         layout.gic_vcpu_size, layout.gic_vcpu_paddr
     );
-    let shared_console = system.vms().len() > 1;
     if let Some(ci) = &layout.console_input {
         let _ = writeln!(
             x,
@@ -260,12 +430,7 @@ pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, M
             ci.uart_paddr
         );
     }
-    if shared_console {
-        let _ = writeln!(
-            x,
-            "    <memory_region name=\"keel_console_lock\" size=\"0x1000\" />"
-        );
-    }
+    render_console_regions(&mut x, &console);
     for vm in system.vms() {
         let (_, size) = ram_layout(vm)[0];
         let _ = writeln!(
@@ -277,8 +442,7 @@ pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, M
     for (index, (vm, place)) in system.vms().iter().zip(&places).enumerate() {
         let (base, _) = ram_layout(vm)[0];
         let p = vm.placement.clone().unwrap_or_default();
-        // The VMM runs above its VM so that it answers faults before the guest runs again.
-        let vmm_prio = u32::from(p.priority).saturating_add(1).min(254);
+        let vmm_prio = vmm_priority(vm);
         let sched =
             |p: &Placement| format!("budget=\"{}\" period=\"{}\"", p.budget_us, p.period_us);
         let _ = writeln!(
@@ -293,13 +457,7 @@ pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, M
             "        <map mr=\"{}_ram\" vaddr=\"{:#x}\" perms=\"rw\" />",
             vm.name, layout.vmm_ram_vaddr
         );
-        if shared_console {
-            let _ = writeln!(
-                x,
-                "        <map mr=\"keel_console_lock\" vaddr=\"{:#x}\" perms=\"rw\" />",
-                layout.console_lock_vaddr
-            );
-        }
+        render_console_vmm_map(&mut x, &console.rings[index]);
         if let (0, Some(ci)) = (index, &layout.console_input) {
             let _ = writeln!(
                 x,
@@ -335,6 +493,7 @@ pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, M
         let _ = writeln!(x, "        </virtual_machine>");
         let _ = writeln!(x, "    </protection_domain>");
     }
+    render_console_pd(&mut x, &console);
     let _ = writeln!(x, "</system>");
     Ok(x)
 }
@@ -355,7 +514,12 @@ mod tests {
             gic_vcpu_paddr: 0x0804_0000,
             gic_vcpu_size: 0x2000,
             gic_cpu_gpa: 0x0801_0000,
-            console_lock_vaddr: 0x3_0000_0000,
+            console: ConsoleLayout {
+                ring_size: 0x4000,
+                vmm_ring_vaddr: 0x3_0000_0000,
+                console_rings_vaddr: 0x3_0000_0000,
+                vmm_channel: 2,
+            },
             cores: 1,
             max_ram: 4 << 30,
             max_vcpus: 8,
@@ -394,15 +558,67 @@ mod tests {
     }
 
     #[test]
-    fn only_multi_vm_systems_share_a_console_lock_page() {
-        let one = system_file(&system(vec![vm("a", 1)]), &layout()).unwrap();
-        let two = system_file(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
+    fn each_vmm_gets_its_own_console_ring_shared_with_the_console_pd_only() {
+        let x = system_file(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
 
-        assert!(!one.contains("keel_console_lock"));
+        for r in ["a_console_ring", "b_console_ring"] {
+            assert!(x.contains(&format!("<memory_region name=\"{r}\" size=\"0x4000\" />")));
+            assert_eq!(x.matches(&format!("<map mr=\"{r}\"")).count(), 2, "{x}");
+        }
+        let b_vmm = &x[x.find("name=\"b_vmm\"").unwrap()..];
+        let b_vmm = &b_vmm[..b_vmm.find("</protection_domain>").unwrap()];
+        assert!(b_vmm.contains("<map mr=\"b_console_ring\" vaddr=\"0x300000000\" perms=\"rw\" />"));
+        assert!(!b_vmm.contains("a_console_ring"));
+        let con = &x[x.find("name=\"keel_console\"").unwrap()..];
+        assert!(con.contains("<map mr=\"a_console_ring\" vaddr=\"0x300000000\" perms=\"rw\" />"));
+        assert!(con.contains("<map mr=\"b_console_ring\" vaddr=\"0x300004000\" perms=\"rw\" />"));
+        assert!(!x.contains("keel_console_lock"));
+    }
+
+    #[test]
+    fn each_vmm_has_a_channel_to_the_console_pd() {
+        let x = system_file(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
+
+        assert!(x.contains(
+            "<channel>\n        <end pd=\"b_vmm\" id=\"2\" />\n        <end pd=\"keel_console\" id=\"1\" />\n    </channel>"
+        ));
+        assert_eq!(x.matches("<channel>").count(), 2);
+    }
+
+    #[test]
+    fn single_vm_system_uses_the_console_pd_too() {
+        let x = system_file(&system(vec![vm("a", 1)]), &layout()).unwrap();
+
+        assert!(x.contains("<program_image path=\"keel-console.elf\" />"));
+        assert_eq!(x.matches("<channel>").count(), 1);
+    }
+
+    #[test]
+    fn console_pd_runs_below_the_lowest_vmm_on_the_first_vmms_core() {
+        let mut low = vm("low", 1);
+        low.placement = Some(Placement {
+            pcpus: Some(vec![2]),
+            priority: 40,
+            ..Placement::default()
+        });
+        let s = system(vec![low, vm("b", 1)]);
+
+        let c = console_component(
+            &s,
+            &layout_cores(4),
+            &placement(&s, &layout_cores(4)).unwrap(),
+        );
+
+        assert_eq!((c.priority, c.cpu), (40, 2));
+    }
+
+    #[test]
+    fn more_vms_than_console_channels_are_refused() {
+        let vms = (0..=MAX_VMS).map(|i| vm(&format!("v{i}"), 1)).collect();
+
         assert_eq!(
-            two.matches("<map mr=\"keel_console_lock\" vaddr=\"0x300000000\"")
-                .count(),
-            2
+            check(&system(vms), &layout()),
+            Err(MicrokitError::TooManyVms { vms: 62, max: 61 })
         );
     }
 

@@ -3,21 +3,30 @@
 //! Start-up ([`boot`]): find the payload ([`crate::payload`]), take the VM's plan out of
 //! it (the same `keel_spec::plan::VmPlan` KVM builds from), build keel-vmm's [`VmmCore`]
 //! from it with a software GICv2 and PSCI ([`SoftArm64`]) and this PD's host resources
-//! (disk blobs of the payload, the debug console, the seeded entropy), load kernel, initrd
+//! (disk blobs of the payload, the console ring, the seeded entropy), load kernel, initrd
 //! and device tree into guest RAM (which the Microkit tool mapped into this PD at the
 //! parameters' `ram_vaddr`) and start vCPU 0. Then [`keel_vmm::run_exits`] answers every
 //! exit; this PD's part is [`Sel4Exits`], the Microkit event loop that turns seL4 faults
 //! into portable exits (keel-core's arm64 fault decoder) and writes the answers back into
 //! the vCPUs' registers, and [`PdVm`], which starts and stops vCPU threads.
-
-mod heap;
+//!
+//! Reset: when [`run_exits`] returns the guest's PSCI `SYSTEM_RESET` and the spec says
+//! `on_reboot = "restart"` (the parameters' `restart_on_reboot`), the VM restarts in place
+//! ([`restart`]): every vCPU suspended and its EL1 state reset, `VmmCore::reset` for the
+//! devices, the UART and the software GIC/PSCI (the disks keep their bytes), kernel, initrd
+//! and device tree loaded again as at the first boot, vCPU 0 started; then `run_exits`
+//! again. The restart limit counts over the VM's life (the PD reads no clock).
+//!
+//! The VMM prints nothing on the seL4 debug console itself: its guest's console output
+//! (8250 and virtio-console) and its own log lines go into its console ring, which the
+//! console protection domain drains ([`crate::console`]).
 
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use keel_core::arch::aarch64::fault::{self as kfault, Arm64Exit, Completion, GuestRegs, VmFault};
 use keel_core::arch::aarch64::layout::{self, GicVersion};
@@ -25,6 +34,8 @@ use keel_core::arch::aarch64::vgic::VgicHost;
 use keel_core::hv::{BootEntry, ExitAnswer, SystemEvent, VcpuExit};
 use keel_core::irq::IrqLine;
 use keel_core::memory::{GuestAddress, GuestRam, RawRegion};
+use keel_core::restart::{RestartLimiter, RestartVerdict};
+use keel_core::ring::{Producer, RingWindow};
 use keel_core::{HvError, Resume, Vcpu, VcpuId, Vm, VmEvent, VmExits};
 use keel_spec::VmPlan;
 use keel_virtio::{BlockBackend, ConsoleOutput, EntropyError, EntropySource, MemoryBackend};
@@ -42,8 +53,8 @@ use crate::payload::{self, PAYLOAD_VADDR, Sel4Params};
 use crate::regs::{self, UserContext};
 use crate::syscall::{self as sys, debug_puts};
 
-#[global_allocator]
-static HEAP: heap::Heap = heap::Heap::new();
+/// The VMM's heap (declared by `vmm_entry!` in the binary).
+pub const HEAP_BYTES: usize = 32 << 20;
 
 /// Formatted output on the seL4 debug console.
 #[derive(Debug)]
@@ -58,59 +69,102 @@ impl Write for DebugOut {
 
 macro_rules! log {
     ($($t:tt)*) => {{
-        // Format first, print in one go: VMMs of other VMs share the debug console.
+        // Format first, write in one go: the console PD prints whole lines.
         let mut line = String::new();
         let _ = writeln!(line, $($t)*);
-        atomically(|| debug_puts(&line));
+        console_write(line.as_bytes());
     }};
 }
 
 /// The guest's console output (8250 and virtio-console alike), line-buffered so that the
-/// lines of several VMs sharing the seL4 debug console rarely interleave, optionally
-/// prefixed with the VM's name.
+/// VMM's own log lines never land inside a guest line.
 struct LineOut {
     buf: Vec<u8>,
-    prefix: Option<String>,
 }
 
-static CONSOLE: spin::Mutex<LineOut> = spin::Mutex::new(LineOut {
-    buf: Vec::new(),
-    prefix: None,
-});
+static CONSOLE: spin::Mutex<LineOut> = spin::Mutex::new(LineOut { buf: Vec::new() });
 
-const LINE_MAX: usize = 256;
+const LINE_MAX: usize = crate::console::LINE_MAX;
 
-/// The console-lock word shared with the other VMMs of the system (0 = free), if any.
-static CONSOLE_LOCK: AtomicU64 = AtomicU64::new(0);
+/// This VMM's console ring to the console PD, which alone prints on the debug console
+/// (no state is shared with other VMMs: a VMM that stops mid-line stalls nobody).
+struct ConsoleRing {
+    ring: Producer,
+    channel: u32,
+    unnotified: usize,
+}
 
-/// Print `f`'s output as one piece: under the lock shared by every VMM of the system, so
-/// lines of different VMs never mix on the debug console.
-fn atomically(f: impl FnOnce()) {
-    let addr = CONSOLE_LOCK.load(Ordering::Relaxed);
-    if addr == 0 {
-        f();
+impl ConsoleRing {
+    fn write(&mut self, bytes: &[u8]) {
+        // Never wait for the console: a full ring drops the bytes and counts them in the
+        // ring (the console reports the count); so does a wild consumer index.
+        let _ = self.ring.write(bytes);
+        self.unnotified += bytes.len();
+        if bytes.contains(&b'\n') || self.unnotified >= LINE_MAX {
+            self.notify();
+        }
+    }
+
+    fn notify(&mut self) {
+        self.unnotified = 0;
+        let _ = crate::pd::notify(self.channel);
+    }
+}
+
+/// The ring, once attached (before that, and in a system without a console PD, output goes
+/// straight to the debug console).
+static RING: spin::Mutex<Option<ConsoleRing>> = spin::Mutex::new(None);
+
+/// Test knob (parameters' `test_stall`): stall at the VM's first fault.
+static STALL: AtomicBool = AtomicBool::new(false);
+
+fn console_write(bytes: &[u8]) {
+    // `try_lock`: the only way to find it held is a panic while writing; print directly.
+    if let Some(mut g) = RING.try_lock() {
+        if let Some(r) = g.as_mut() {
+            r.write(bytes);
+            return;
+        }
+    }
+    for &b in bytes {
+        sys::debug_put_char(b);
+    }
+}
+
+/// Attach this VMM's console ring (parameters' `console_ring`) and read the stall knob.
+fn console_attach(params: &Sel4Params) {
+    STALL.store(params.test_stall, Ordering::Relaxed);
+    if params.console_ring == 0 || RING.lock().is_some() {
         return;
     }
-    // SAFETY: `addr` is the page the Microkit tool maps read-write into every VMM of the
-    // system (payload `console_lock`); it holds only this lock word, used only atomically.
-    let lock = unsafe { &*(addr as *const AtomicU32) };
-    while lock
-        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        // The holder is another VMM: let it finish its line.
-        sys::yield_now();
+    let Ok(len) = usize::try_from(params.console_ring_len) else {
+        log!(
+            "keel-sel4: console ring length {:#x} does not fit; printing directly",
+            params.console_ring_len
+        );
+        return;
+    };
+    // SAFETY: the system file `keel sel4 build` wrote maps this VMM's console ring region
+    // read-write at `console_ring` (and into the console PD, the only other party) for the
+    // PD's whole life; no Rust reference points into it.
+    let w = unsafe { RingWindow::new(params.console_ring as *mut u8, len) };
+    match w {
+        Ok(w) => {
+            *RING.lock() = Some(ConsoleRing {
+                ring: Producer::attach(w),
+                channel: params.console_channel,
+                unnotified: 0,
+            });
+        }
+        Err(e) => log!("keel-sel4: console ring: {e}; printing directly"),
     }
-    f();
-    // The VMMs of a system may run on different cores (placement). The lock word lives in
-    // normal, cacheable, inner-shareable memory (the Microkit default for a memory region:
-    // the exclusives of `compare_exchange` need that), so Acquire/Release order the VMMs'
-    // critical sections across cores. The kernel wrote this line's characters to the UART
-    // (device memory) during our `DebugPutChar` calls: `dsb sy` makes those writes complete
-    // before another core can see the lock free and start printing its own line.
-    // SAFETY: a barrier; no memory is accessed.
-    unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
-    lock.store(0, Ordering::Release);
+}
+
+/// The console channel's bit in a notification badge (0 without a console ring).
+fn console_channel_bit() -> u64 {
+    RING.lock()
+        .as_ref()
+        .map_or(0, |r| 1u64.checked_shl(r.channel).unwrap_or(0))
 }
 
 fn console_put(bytes: &[u8]) {
@@ -118,27 +172,46 @@ fn console_put(bytes: &[u8]) {
     for &b in bytes {
         c.buf.push(b);
         if b == b'\n' || c.buf.len() >= LINE_MAX {
-            atomically(|| {
-                if let Some(p) = &c.prefix {
-                    debug_puts(p);
-                }
-                for &x in &c.buf {
-                    sys::debug_put_char(x);
-                }
-            });
+            console_write(&c.buf);
             c.buf.clear();
         }
     }
 }
 
-/// Print what is left of the current console line.
+/// Print what is left of the current console line, ending it.
 fn console_flush() {
     if !CONSOLE.lock().buf.is_empty() {
         console_put(b"\n");
     }
 }
 
-/// virtio-console output: the shared console.
+/// Pass the guest's partial line on as it is (the ring's flush mark), e.g. before a panic
+/// message.
+fn console_flush_partial() {
+    let (Some(mut c), Some(mut g)) = (CONSOLE.try_lock(), RING.try_lock()) else {
+        return;
+    };
+    if let Some(r) = g.as_mut() {
+        if !c.buf.is_empty() {
+            let _ = r.ring.write(&c.buf);
+            c.buf.clear();
+        }
+        r.ring.flush();
+        r.notify();
+    }
+}
+
+/// The test knob: leave a partial line in the ring, then never answer another fault
+/// (this VM's vCPUs stay blocked).
+fn stall_forever() -> ! {
+    if let Some(r) = RING.lock().as_mut() {
+        let _ = r.ring.write(b"KEEL-STALL-PARTIAL");
+        r.notify();
+    }
+    idle()
+}
+
+/// virtio-console output: the console ring.
 struct DebugConsole;
 
 impl ConsoleOutput for DebugConsole {
@@ -181,7 +254,7 @@ impl EntropySource for SeededEntropy {
     }
 }
 
-/// The UART's output: the shared console.
+/// The UART's output: the console ring.
 struct SerialConsole;
 
 impl SerialOutput for SerialConsole {
@@ -190,7 +263,7 @@ impl SerialOutput for SerialConsole {
     }
 }
 
-/// keel-vmm's messages for this VM: `keel-sel4: vm <name>: …` lines on the debug console.
+/// keel-vmm's messages for this VM: `keel-sel4: vm <name>: …` lines into the console ring.
 struct Sel4Log {
     vm: String,
 }
@@ -330,7 +403,8 @@ impl Vm for PdVm {
         ))
     }
 
-    /// Start vCPU `id` at `entry`, EL1h, interrupts masked, MMU off.
+    /// Start vCPU `id` at `entry`, x1..x3 zero (the arm64 boot protocol asks for that, and
+    /// after a reset they hold the old run's values), EL1h, interrupts masked, MMU off.
     fn start_vcpu(&self, id: VcpuId, entry: &BootEntry) -> Result<(), HvError> {
         if id >= self.vcpus {
             return Err(HvError::Invalid {
@@ -345,7 +419,8 @@ impl Vm for PdVm {
         ctx.0[regs::PC] = pc;
         ctx.0[regs::SPSR] = SPSR_EL1H_MASKED;
         ctx.0[regs::X0] = x0;
-        sys::tcb_write_registers(vm_tcb_cap(id), true, regs::X0 + 1, &ctx).map_err(call_error)
+        // Context words x0, x1, x2, x3 follow each other (seL4_UserContext order).
+        sys::tcb_write_registers(vm_tcb_cap(id), true, regs::X0 + 4, &ctx).map_err(call_error)
     }
 
     fn stop_vcpu(&self, id: VcpuId) -> Result<(), HvError> {
@@ -445,6 +520,9 @@ struct Sel4Exits {
     reply: bool,
     /// Exits received (stirred into the rng; reported when the VM stops).
     exits: u64,
+    /// Notification bits that are no host event of the VM's devices (the console PD's
+    /// channel: the console never signals a VMM, but a channel is two-way).
+    not_device: u64,
 }
 
 impl Sel4Exits {
@@ -455,7 +533,17 @@ impl Sel4Exits {
             pending: (0..vcpus).map(|_| None).collect(),
             reply: false,
             exits: 0,
+            not_device: console_channel_bit(),
         }
+    }
+
+    /// Forget every exit in flight (a VM restart: the vCPUs were suspended, which cancels
+    /// their waits for a reply).
+    fn reset(&mut self) {
+        for slot in &mut self.pending {
+            *slot = None;
+        }
+        self.reply = false;
     }
 
     /// Turn seL4 fault `fault` of `vcpu` into a portable exit, keeping how to complete it.
@@ -597,6 +685,9 @@ impl VmExits for Sel4Exits {
             self.reply = false;
             match Event::from_badge(badge) {
                 Event::Fault { child } => {
+                    if STALL.load(Ordering::Relaxed) {
+                        stall_forever();
+                    }
                     let vcpu = u32::from(child);
                     // Decode before any other kernel call overwrites the message.
                     let fault = Fault::decode(info, sys::mr).map_err(|e| HvError::GuestFault {
@@ -614,7 +705,12 @@ impl VmExits for Sel4Exits {
                     return Ok(VmEvent::Exit { vcpu, exit });
                 }
                 Event::ProtectedCall { .. } => self.reply = true,
-                Event::Notified { channels } => return Ok(VmEvent::Notified(channels)),
+                Event::Notified { channels } => {
+                    let channels = channels & !self.not_device;
+                    if channels != 0 {
+                        return Ok(VmEvent::Notified(channels));
+                    }
+                }
             }
         }
     }
@@ -701,6 +797,11 @@ struct Booted {
     core: VmmCore,
     exits: Sel4Exits,
     input: Option<InputUart>,
+    /// The payload's kernel and initrd: loaded again on a restart.
+    kernel: &'static [u8],
+    initrd: Option<&'static [u8]>,
+    /// Counts restarts when a guest reset restarts the VM (`None`: a reset stops it).
+    restarts: Option<RestartLimiter>,
 }
 
 /// The payload's plan, parameters and blob table.
@@ -710,21 +811,12 @@ fn read_payload() -> Result<(&'static [u8], payload::Layout), String> {
     Ok((bytes, lay))
 }
 
-/// Set up the console from the VM's parameters: the lock shared with the other VMMs of the
-/// system, the line prefix.
-fn configure_console(name: &str, params: &Sel4Params) {
-    CONSOLE_LOCK.store(params.console_lock, Ordering::Relaxed);
-    if params.console_prefix {
-        CONSOLE.lock().prefix = Some(alloc::format!("{name}| "));
-    }
-}
-
 /// Boot the VM of the payload: its plan, keel-vmm's core built from it, the guest loaded,
 /// vCPU 0 started.
 fn boot() -> Result<Booted, String> {
     let (bytes, lay) = read_payload()?;
     let params = &lay.params;
-    configure_console(&lay.plan.name, params);
+    console_attach(params);
     if lay.plan.arch != keel_spec::Arch::Aarch64 {
         return Err(alloc::format!(
             "vm {}: the plan is for {}; the seL4 VMM runs aarch64 guests",
@@ -784,6 +876,11 @@ fn boot() -> Result<Booted, String> {
         vm,
         core,
         input,
+        kernel,
+        initrd,
+        restarts: params
+            .restart_on_reboot
+            .then(|| RestartLimiter::lifetime(params.max_restarts)),
     })
 }
 
@@ -891,10 +988,53 @@ fn stop_reason(event: SystemEvent) -> String {
     match event {
         SystemEvent::Shutdown => "guest powered off (PSCI SYSTEM_OFF)".into(),
         SystemEvent::Reset => {
-            "guest requested reboot (PSCI SYSTEM_RESET); reboot is not supported".into()
+            "guest requested reboot (PSCI SYSTEM_RESET; on_reboot = \"stop\")".into()
         }
         other => alloc::format!("guest stopped ({other})"),
     }
+}
+
+/// Restart the VM in place after a guest reset: stop every vCPU and reset its EL1 state,
+/// put the devices, the UART and the software GIC/PSCI back to power-on
+/// (`VmmCore::reset`: the disks are payload memory and keep what the guest wrote), load
+/// kernel, initrd and device tree again as at the first boot, and start vCPU 0.
+fn restart(
+    vm: &PdVm,
+    core: &VmmCore,
+    exits: &mut Sel4Exits,
+    kernel: &[u8],
+    initrd: Option<&[u8]>,
+) -> Result<(), String> {
+    for v in 0..vm.vcpus {
+        // The vCPU that reset waits for a reply that never comes: suspending it cancels
+        // that wait (and frees the PD's reply object); so for the others' pending faults.
+        let _ = sys::tcb_suspend(vm_tcb_cap(v));
+    }
+    PARKED.store(0, Ordering::SeqCst);
+    INJECTED.store(0, Ordering::SeqCst);
+    exits.reset();
+    for v in 0..vm.vcpus {
+        reset_vcpu(v).map_err(|e| alloc::format!("vcpu {v}: {e}"))?;
+    }
+    core.reset().map_err(|e| alloc::format!("{e}"))?;
+    let entry = load_guest(vm, core, kernel, initrd)?;
+    vm.start_vcpu(0, &entry)
+        .map_err(|e| alloc::format!("starting vcpu 0: {e}"))
+}
+
+/// `SCTLR_EL1` as seL4 sets it for a new vCPU (`SCTLR_EL1_VM`): the RES1 bits
+/// (0x30d0_0800), CP15BEN, UCT, nTWI, nTWE, UCI; MMU, data and instruction caches off.
+const SCTLR_EL1_RESET: u64 = 0x34d5_8820;
+
+/// Put vCPU `vcpu`'s EL1 state back to what a fresh vCPU has, as far as a booting kernel
+/// depends on it: MMU and caches off, the virtual timer disabled and its PPI unmasked.
+/// (The kernel sets up everything else itself before it uses it.)
+fn reset_vcpu(vcpu: u32) -> Result<(), sys::Sel4Error> {
+    let cap = vcpu_cap(vcpu);
+    sys::vcpu_write_reg(cap, vcpu_reg::SCTLR, SCTLR_EL1_RESET)?;
+    sys::vcpu_write_reg(cap, vcpu_reg::CNTV_CTL, 0)?;
+    // A timer tick delivered but never completed before the reset leaves the PPI masked.
+    sys::vcpu_ack_vppi(cap, u64::from(layout::ppi_intid(layout::TIMER_PPI_VIRT)))
 }
 
 /// Stop the VM: flush its console, report why, suspend every vCPU.
@@ -928,9 +1068,9 @@ fn clean_dcache(ram: &GuestRam, gpa: u64, len: usize) {
 /// The protection domain's main function, called from `_start`.
 pub extern "C" fn main() -> ! {
     let name = crate::pd::name();
-    // The console lock first: the "vmm up" line is already shared with the other VMMs.
+    // The console ring first: the "vmm up" line already goes through the console PD.
     if let Ok((_, lay)) = read_payload() {
-        CONSOLE_LOCK.store(lay.params.console_lock, Ordering::Relaxed);
+        console_attach(&lay.params);
     }
     log!("keel-sel4: vmm up ({name})");
     let Booted {
@@ -939,6 +1079,9 @@ pub extern "C" fn main() -> ! {
         core,
         mut exits,
         input,
+        kernel,
+        initrd,
+        mut restarts,
     } = match boot() {
         Ok(b) => b,
         Err(e) => {
@@ -947,16 +1090,43 @@ pub extern "C" fn main() -> ! {
         }
     };
     let stop = PdStop::default();
-    let outcome = run_exits(&mut exits, &core, &vm, &stop, |channels| {
-        notified(&core, input.as_ref(), channels)
-    });
-    core.report_device_errors();
-    let why = match outcome {
-        Ok(event) => {
-            log!("KEEL-SEL4-VM-STOPPED {name} {}", exits.exits);
-            event.map_or_else(|| "the VMM stopped it".into(), stop_reason)
+    let why = loop {
+        let outcome = run_exits(&mut exits, &core, &vm, &stop, |channels| {
+            notified(&core, input.as_ref(), channels)
+        });
+        core.report_device_errors();
+        let event = match outcome {
+            Ok(event) => event,
+            Err(e) => break alloc::format!("{e}"),
+        };
+        if let (Some(SystemEvent::Reset), Some(limiter)) = (event, restarts.as_mut()) {
+            let max = limiter.max();
+            // The PD reads no clock (EL0 counter reads trap here): every restart of the
+            // VM's life counts against max_restarts_per_minute.
+            match limiter.record(0) {
+                RestartVerdict::Restart { count } => {
+                    console_flush();
+                    log!(
+                        "keel-sel4: vm {name}: guest rebooted; restarting ({count} of at most {max}, counted over the VM's life)"
+                    );
+                    match restart(&vm, &core, &mut exits, kernel, initrd) {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            log!("KEEL-SEL4-VM-STOPPED {name} {}", exits.exits);
+                            break alloc::format!("restart after reboot failed: {e}");
+                        }
+                    }
+                }
+                RestartVerdict::Stop { count } => {
+                    log!("KEEL-SEL4-VM-STOPPED {name} {}", exits.exits);
+                    break alloc::format!(
+                        "rebooted {count} times (max_restarts_per_minute = {max}, counted over the VM's life: no clock here); stopping"
+                    );
+                }
+            }
         }
-        Err(e) => alloc::format!("{e}"),
+        log!("KEEL-SEL4-VM-STOPPED {name} {}", exits.exits);
+        break event.map_or_else(|| "the VMM stopped it".into(), stop_reason);
     };
     stop_vm(&name, vm.vcpus, &why);
     idle()
@@ -971,6 +1141,7 @@ fn idle() -> ! {
 
 /// The panic handler: report on the debug console, stop the VM's vCPUs, idle.
 pub fn panic(info: &core::panic::PanicInfo) -> ! {
+    console_flush_partial();
     log!("keel-sel4: VMM panic: {info}");
     for v in 0..8 {
         let _ = sys::tcb_suspend(vm_tcb_cap(v));

@@ -18,14 +18,16 @@ USAGE:
     keel sel4 build <system.toml> [--board BOARD] [--config CONFIG] [--out DIR] [--sdk DIR] [--vmm-elf PATH]
     keel sel4 run <loader.img> [--smp N] [--timeout SECS]
 
-build   validate the system for seL4, build the VMM protection domain, write the Microkit
+build   validate the system for seL4, build the VMM and console protection domains, write the Microkit
         system file and run the SDK's microkit tool; prints the image path.
         --board     Microkit board (default and only: qemu_virt_aarch64)
         --config    the SDK's kernel config: debug (1 core), smp-debug (4 cores), ...
                     (default: smp-debug when the SDK has it, else debug)
         --out       output directory (default: ./keel-sel4-<system name>)
         --sdk       Microkit SDK (default: $MICROKIT_SDK)
-        --vmm-elf   a prebuilt keel-sel4-vmm ELF instead of building it with cargo
+        --vmm-elf   a prebuilt keel-sel4-vmm ELF instead of building it with cargo (the
+                    keel-sel4-console ELF of the same build is taken from beside it)
+        KEEL_SEL4_TEST_STALL_VMM=<vm>  (tests) that VM's VMM stalls mid-line at its first fault
 run     boot the image in qemu-system-aarch64 (-machine virt,virtualization=on -cpu cortex-a53);
         the console is the seL4 debug console; returns 0 when every VM powered off
         --smp       CPUs of the emulated board (default: the cores of the config the image
@@ -165,13 +167,14 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Build `keel-sel4-vmm` for seL4 with cargo and return its path.
-pub fn build_vmm_elf() -> Result<PathBuf, Sel4Failure> {
+/// Build `keel-sel4-vmm` and `keel-sel4-console` for seL4 with cargo and return their
+/// paths.
+pub fn build_pd_elves() -> Result<host::PdElves, Sel4Failure> {
     let root = repo_root();
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    host::build_vmm_elf(&root, &target_dir).map_err(failure)
+    host::build_pd_elves(&root, &target_dir).map_err(failure)
 }
 
 /// `keel sel4 build`: returns the image path.
@@ -193,9 +196,10 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf, Sel4Failure> {
     );
     let system = keel_spec::load(&args.system).map_err(|e| input(e.to_string()))?;
     host::check(&system, &checked).map_err(|e| input(e.to_string()))?;
-    let vmm_elf = match &args.vmm_elf {
-        Some(p) => p.clone(),
-        None => build_vmm_elf()?,
+    // `--vmm-elf`: the console ELF is the `keel-sel4-console` of the same build, beside it.
+    let elves = match &args.vmm_elf {
+        Some(p) => host::PdElves::beside(p),
+        None => build_pd_elves()?,
     };
     let out = args
         .out
@@ -206,7 +210,9 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf, Sel4Failure> {
         board: args.board.clone(),
         config: Some(checked.config.clone()),
         out,
-        vmm_elf,
+        vmm_elf: elves.vmm,
+        console_elf: elves.console,
+        test_stall_vm: std::env::var(host::TEST_STALL_VAR).ok(),
     };
     match host::build(&system, &opts) {
         Ok(o) => Ok(o.image),

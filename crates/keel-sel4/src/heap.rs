@@ -1,36 +1,37 @@
-//! The VMM's heap: power-of-two size classes with per-class free lists over a static
-//! arena. Simple and fragmentation-bounded (at most 2x), which suits a VMM whose
+//! A protection domain's heap (the VMM's, the console's): power-of-two size classes with
+//! per-class free lists over a static arena of `ARENA` bytes. Simple and fragmentation-bounded (at most 2x), which suits a VMM whose
 //! allocations are a few long-lived device models plus short request buffers.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 
-const ARENA: usize = 32 << 20;
 const MIN_CLASS: usize = 4; // 16 bytes
 const CLASSES: usize = 26; // up to 512 MiB
 const MAX_ALIGN: usize = 4096;
 
 #[repr(C, align(4096))]
-struct Arena(UnsafeCell<[u8; ARENA]>);
+struct Arena<const ARENA: usize>(UnsafeCell<[u8; ARENA]>);
 
 struct State {
     next: usize,
     free: [usize; CLASSES],
 }
 
-/// The global allocator of the VMM protection domain.
-pub struct Heap {
-    arena: Arena,
+/// The global allocator of a protection domain, over an arena of `ARENA` bytes (declared
+/// by `pd_entry!`).
+pub struct Heap<const ARENA: usize> {
+    arena: Arena<ARENA>,
     state: spin::Mutex<State>,
 }
 
 // SAFETY: all access to the arena goes through `state`'s lock; blocks are handed out to
 // one owner each.
-unsafe impl Sync for Heap {}
+unsafe impl<const ARENA: usize> Sync for Heap<ARENA> {}
 
-impl Heap {
+impl<const ARENA: usize> Heap<ARENA> {
     /// An empty heap.
-    pub const fn new() -> Heap {
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Heap<ARENA> {
         Heap {
             arena: Arena(UnsafeCell::new([0; ARENA])),
             state: spin::Mutex::new(State {
@@ -38,6 +39,12 @@ impl Heap {
                 free: [0; CLASSES],
             }),
         }
+    }
+}
+
+impl<const ARENA: usize> core::fmt::Debug for Heap<ARENA> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Heap").field("arena", &ARENA).finish()
     }
 }
 
@@ -56,7 +63,7 @@ fn class(layout: Layout) -> Option<(usize, usize)> {
 
 // SAFETY: blocks are disjoint ranges of the arena, aligned to min(size, 4096) >= align,
 // at least `layout.size()` long; a freed block goes back to the list of its own class.
-unsafe impl GlobalAlloc for Heap {
+unsafe impl<const ARENA: usize> GlobalAlloc for Heap<ARENA> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some((k, size)) = class(layout) else {
             return core::ptr::null_mut();

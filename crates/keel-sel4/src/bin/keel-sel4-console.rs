@@ -1,0 +1,15 @@
+//! The Keel console protection domain: one per system, on seL4 Microkit. It owns the seL4
+//! debug console's output and prints the lines the VMMs put into their rings
+//! (`keel_sel4::console`).
+//!
+//! On the host this builds to a stub that says so; the real program is built with
+//! `cargo build -p keel-sel4 --bin keel-sel4-console --release --target aarch64-unknown-none`.
+#![cfg_attr(all(target_arch = "aarch64", target_os = "none"), no_std, no_main)]
+
+#[cfg(not(all(target_arch = "aarch64", target_os = "none")))]
+fn main() {
+    println!("keel-sel4-console runs on seL4 only: build it with --target aarch64-unknown-none");
+}
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+keel_sel4::console_entry!();

@@ -118,14 +118,6 @@ pub enum RingError {
         /// The largest record a slot holds.
         max: usize,
     },
-    /// The buffer given to read a record into is shorter than the largest record.
-    #[error("buffer of {len} bytes is shorter than the largest record ({need} bytes)")]
-    BufferTooSmall {
-        /// The buffer's length.
-        len: usize,
-        /// The largest record a slot holds.
-        need: usize,
-    },
 }
 
 /// The header words and the index checks shared by the byte ring and the slot ring

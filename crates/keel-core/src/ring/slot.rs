@@ -380,23 +380,16 @@ impl SlotConsumer {
         self.w.sh.word(DROPPED).load(Ordering::Relaxed)
     }
 
-    /// Take the next record (`c_poll`): copy it into `buf` (at least
-    /// [`SlotWindow::max_record`] bytes) and release its slot. A wild producer index
-    /// disables the ring: this call and every later one return an error.
+    /// Take the next record (`c_poll`): copy it into `buf` and release its slot. `buf`
+    /// bounds the records accepted: one announcing a length of 0 or more than
+    /// `min(buf.len(), max_record)` is skipped, counted and reported as [`Pop::BadLength`],
+    /// so pass a buffer as long as the longest record the protocol on top allows. A wild
+    /// producer index disables the ring: this call and every later one return an error.
     pub fn pop(&mut self, buf: &mut [u8]) -> Result<Pop, RingError> {
-        if self.broken {
-            return Err(RingError::Disabled);
-        }
-        let max = self.w.max_record();
-        if buf.len() < max {
-            return Err(RingError::BufferTooSmall {
-                len: buf.len(),
-                need: max,
-            });
-        }
         if self.avail()? == 0 {
             return Ok(Pop::Empty);
         }
+        let max = self.w.max_record().min(buf.len());
         let len = self.w.read_len(self.tail);
         let got = match usize::try_from(len) {
             Ok(n) if (1..=max).contains(&n) => {
@@ -738,21 +731,18 @@ mod tests {
     }
 
     #[test]
-    fn short_buffer_is_refused_without_consuming() {
+    fn record_longer_than_the_buffer_is_skipped_as_bad() {
         let (_m, mut p, mut c) = pair(2);
-        p.push(b"a").unwrap();
-        let mut small = [0u8; MAX - 1];
+        p.push(b"abcd").unwrap();
+        p.push(b"abc").unwrap();
+        let mut small = [0u8; 3];
 
-        let e = c.pop(&mut small);
+        let first = c.pop(&mut small);
+        let second = c.pop(&mut small);
 
-        assert_eq!(
-            e,
-            Err(RingError::BufferTooSmall {
-                len: MAX - 1,
-                need: MAX
-            })
-        );
-        assert_eq!(pop(&mut c).unwrap(), Some(b"a".to_vec()));
+        assert_eq!(first, Ok(Pop::BadLength { len: 4 }));
+        assert_eq!(second, Ok(Pop::Record(3)));
+        assert_eq!(&small, b"abc");
     }
 
     #[test]

@@ -68,6 +68,8 @@ step shellcheck bash -c 'shellcheck -x scripts/*.sh guest/linux/*.sh guest/l1hos
 step linux-guest-arm64 bash guest/linux/smoke-qemu.sh arm64
 step linux-guest-x86_64 bash guest/linux/smoke-qemu.sh x86_64
 cargo_tests tests --workspace
+# The frame ring protocol's Spin model (crates/keel-net/model/ring.pml); skips without spin.
+step model-check bash scripts/model-check.sh
 # The benchmark harness works end to end (a smoke run: no figure is judged here).
 step bench-quick env BENCH_QUICK=1 bash bench/run.sh
 

@@ -386,6 +386,7 @@ impl SlotConsumer {
     /// so pass a buffer as long as the longest record the protocol on top allows. A wild
     /// producer index disables the ring: this call and every later one return an error.
     pub fn pop(&mut self, buf: &mut [u8]) -> Result<Pop, RingError> {
+        // model: c_poll (the acquire load of `head` is in `avail`)
         if self.avail()? == 0 {
             return Ok(Pop::Empty);
         }
@@ -446,6 +447,7 @@ impl SlotConsumer {
 
     /// Withdraw the request for notifications (`c_wake`: the consumer is awake and polls).
     pub fn disarm(&mut self) {
+        // model: c_wake
         self.w.sh.word(WAKEUP).store(0, Ordering::Relaxed);
     }
 }

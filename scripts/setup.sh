@@ -11,6 +11,7 @@ APT_PACKAGES=(
   qemu-system-arm              # emulated arm64 host, seL4 under QEMU
   shellcheck                   # lint of the project's shell scripts
   acpica-tools                 # iasl/acpiexec check Keel's ACPI tables in tests
+  spin                         # model-checks the frame ring protocol (scripts/model-check.sh)
 )
 
 have_all_packages() {

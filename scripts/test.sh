@@ -71,6 +71,8 @@ cargo_tests tests --workspace
 # keel-core's and keel-virtio's unit tests under Miri (undefined behaviour in the unsafe
 # guest-memory code); skipped, with a reason, without a nightly toolchain with miri.
 step miri bash scripts/miri.sh
+# The frame ring protocol's Spin model (crates/keel-net/model/ring.pml); skips without spin.
+step model-check bash scripts/model-check.sh
 # The benchmark harness works end to end (a smoke run: no figure is judged here).
 step bench-quick env BENCH_QUICK=1 bash bench/run.sh
 

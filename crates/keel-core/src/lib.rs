@@ -14,7 +14,9 @@
 //! - [`irq`]: interrupt lines from devices to the guest's interrupt controller.
 //! - [`arch`]: per-architecture boot code and platform models.
 //! - [`ring`]: a single-producer / single-consumer byte ring over shared memory between
-//!   parties that do not trust each other (on seL4: each VMM and the console PD).
+//!   parties that do not trust each other (on seL4: each VMM and the console PD), and
+//!   [`ring::slot`], the same header and checks over fixed-size record slots with
+//!   notification suppression (keel-net's frame rings).
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

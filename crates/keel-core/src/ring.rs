@@ -30,8 +30,14 @@
 //!
 //! A full ring never blocks the producer: a write that does not fit whole is dropped whole
 //! (so lines stay whole) and counted in `dropped`.
+//!
+//! The header layout and its index checks are shared with the ring of fixed-size slots in
+//! [`slot`] (used for Ethernet frames by `keel-net`), which also uses the word at offset 136
+//! (the consumer's "needs wakeup" flag) for notification suppression.
 
 use core::sync::atomic::{AtomicU64, Ordering};
+
+pub mod slot;
 
 /// Offset of the producer's index (`head`).
 const HEAD: usize = 0;
@@ -41,6 +47,8 @@ const FLUSH: usize = 8;
 const DROPPED: usize = 16;
 /// Offset of the consumer's index (`tail`), on its own cache line.
 const TAIL: usize = 128;
+/// Offset of the consumer's "needs wakeup" flag (slot ring only; 0 in a byte ring).
+const WAKEUP: usize = 136;
 /// Bytes of header before the data area.
 pub const HEADER_LEN: usize = 256;
 
@@ -84,13 +92,117 @@ pub enum RingError {
     /// The consumer stopped reading this ring after an earlier [`RingError::WildProducer`].
     #[error("ring disabled after a wild producer index")]
     Disabled,
+    /// A slot ring's geometry is unusable: slots must be a multiple of 8 bytes and at least
+    /// 16, the slot count a power of two, and the window no larger than the address space.
+    #[error("slot ring geometry of {slots} slots of {slot_size} bytes is unusable")]
+    BadGeometry {
+        /// The slot size asked for.
+        slot_size: usize,
+        /// The slot count asked for.
+        slots: u64,
+    },
+    /// The window is shorter than the header plus the slots of a slot ring.
+    #[error("ring window of {len} bytes is shorter than the {need} bytes its slots need")]
+    WindowTooShort {
+        /// The window's length.
+        len: usize,
+        /// The length the geometry needs.
+        need: usize,
+    },
+    /// A record to write is empty or longer than a slot's payload (the caller's mistake;
+    /// nothing was written or counted).
+    #[error("record of {len} bytes does not fit a slot (1..={max} bytes)")]
+    BadRecordLen {
+        /// The record's length.
+        len: usize,
+        /// The largest record a slot holds.
+        max: usize,
+    },
+}
+
+/// The header words and the index checks shared by the byte ring and the slot ring
+/// ([`slot`]): a raw base address and a length, checked once.
+#[derive(Debug)]
+struct Shared {
+    base: *mut u8,
+    len: usize,
+}
+
+impl Shared {
+    /// Check `base` and `len` (see [`RingWindow::new`] for the contract).
+    fn new(base: *mut u8, len: usize) -> Result<Shared, RingError> {
+        if base as usize % 8 != 0 {
+            return Err(RingError::Misaligned {
+                base: base as usize,
+            });
+        }
+        if len <= HEADER_LEN {
+            return Err(RingError::TooSmall { len });
+        }
+        Ok(Shared { base, len })
+    }
+
+    fn word(&self, offset: usize) -> &AtomicU64 {
+        debug_assert!(offset % 8 == 0 && offset < HEADER_LEN);
+        // SAFETY: `offset` is one of the header offsets of this module (< HEADER_LEN < len),
+        // a multiple of 8 from an 8-aligned base, so the word lies inside the window and is
+        // aligned. The window is valid for the window's life (contract of the windows'
+        // `new`) and is only accessed atomically at these offsets; `AtomicU64` allows the
+        // other side to modify it concurrently.
+        unsafe { AtomicU64::from_ptr(self.base.add(offset).cast::<u64>()) }
+    }
+
+    /// The producer's view: how many units (bytes or slots) between its own `head` and the
+    /// consumer's published `tail` are in use, or [`RingError::WildConsumer`] when `tail`
+    /// is ahead of `head` or more than `capacity` behind it.
+    fn producer_used(&self, head: u64, capacity: u64) -> Result<u64, RingError> {
+        let tail = self.word(TAIL).load(Ordering::Acquire);
+        let used = head.wrapping_sub(tail);
+        if used > capacity {
+            return Err(RingError::WildConsumer {
+                head,
+                tail,
+                capacity,
+            });
+        }
+        Ok(used)
+    }
+
+    /// The consumer's view: how many units the producer published past the consumer's own
+    /// `tail`, or [`RingError::WildProducer`] when the published `head` is behind `tail` or
+    /// more than `capacity` ahead of it.
+    fn consumer_avail(&self, tail: u64, capacity: u64) -> Result<u64, RingError> {
+        let head = self.word(HEAD).load(Ordering::Acquire);
+        let avail = head.wrapping_sub(tail);
+        if avail > capacity {
+            return Err(RingError::WildProducer {
+                head,
+                tail,
+                capacity,
+            });
+        }
+        Ok(avail)
+    }
+
+    /// The `head` a (re)attaching producer continues from: the one in the window when it is
+    /// consistent with the consumer's `tail`, else `tail` (start over). Publishes it.
+    fn attach_head(&self, capacity: u64) -> u64 {
+        let head = self.word(HEAD).load(Ordering::Relaxed);
+        let tail = self.word(TAIL).load(Ordering::Acquire);
+        let head = if head.wrapping_sub(tail) <= capacity {
+            head
+        } else {
+            tail
+        };
+        self.word(HEAD).store(head, Ordering::Release);
+        head
+    }
 }
 
 /// A window of shared memory holding one ring: a raw base address and a length.
 #[derive(Debug)]
 pub struct RingWindow {
-    base: *mut u8,
-    len: usize,
+    sh: Shared,
 }
 
 impl RingWindow {
@@ -103,36 +215,25 @@ impl RingWindow {
     /// no Rust reference points into, and that other parties access only as the ring
     /// protocol of this module does (or, if hostile, only by writing arbitrary bytes).
     pub unsafe fn new(base: *mut u8, len: usize) -> Result<RingWindow, RingError> {
-        if base as usize % 8 != 0 {
-            return Err(RingError::Misaligned {
-                base: base as usize,
-            });
-        }
-        if len <= HEADER_LEN {
-            return Err(RingError::TooSmall { len });
-        }
-        Ok(RingWindow { base, len })
+        Ok(RingWindow {
+            sh: Shared::new(base, len)?,
+        })
     }
 
     /// Bytes of data the ring holds at most.
     pub fn capacity(&self) -> u64 {
-        (self.len - HEADER_LEN) as u64
+        (self.sh.len - HEADER_LEN) as u64
     }
 
     fn word(&self, offset: usize) -> &AtomicU64 {
-        // SAFETY: `offset` is one of the header offsets above (< HEADER_LEN < len), a
-        // multiple of 8 from an 8-aligned base, so the word lies inside the window and is
-        // aligned. The window is valid for the window's life (contract of `new`) and is
-        // only accessed atomically at these offsets; `AtomicU64` allows the other side to
-        // modify it concurrently.
-        unsafe { AtomicU64::from_ptr(self.base.add(offset).cast::<u64>()) }
+        self.sh.word(offset)
     }
 
     /// Address of stream position `pos` in the data area.
     fn data(&self, pos: u64) -> *mut u8 {
         let off = (pos % self.capacity()) as usize;
         // `off < capacity = len - HEADER_LEN`: the byte lies inside the window.
-        self.base.wrapping_add(HEADER_LEN + off)
+        self.sh.base.wrapping_add(HEADER_LEN + off)
     }
 }
 
@@ -154,15 +255,8 @@ impl Producer {
     /// fresh, zeroed window; a restarted producer goes on where it stopped) unless it is
     /// not consistent with the consumer's `tail`, in which case it starts over at `tail`.
     pub fn attach(w: RingWindow) -> Producer {
-        let head = w.word(HEAD).load(Ordering::Relaxed);
-        let tail = w.word(TAIL).load(Ordering::Acquire);
-        let head = if head.wrapping_sub(tail) <= w.capacity() {
-            head
-        } else {
-            tail
-        };
+        let head = w.sh.attach_head(w.capacity());
         let dropped = w.word(DROPPED).load(Ordering::Relaxed);
-        w.word(HEAD).store(head, Ordering::Release);
         Producer { w, head, dropped }
     }
 
@@ -178,16 +272,7 @@ impl Producer {
 
     /// Bytes written and not yet consumed, as far as the (untrusted) consumer index says.
     pub fn pending(&self) -> Result<u64, RingError> {
-        let tail = self.w.word(TAIL).load(Ordering::Acquire);
-        let used = self.head.wrapping_sub(tail);
-        if used > self.capacity() {
-            return Err(RingError::WildConsumer {
-                head: self.head,
-                tail,
-                capacity: self.capacity(),
-            });
-        }
-        Ok(used)
+        self.w.sh.producer_used(self.head, self.capacity())
     }
 
     /// Append `bytes` whole, or drop them whole and count them when they do not fit
@@ -282,16 +367,13 @@ impl Consumer {
         if self.broken {
             return Err(RingError::Disabled);
         }
-        let head = self.w.word(HEAD).load(Ordering::Acquire);
-        let avail = head.wrapping_sub(self.tail);
-        if avail > self.capacity() {
-            self.broken = true;
-            return Err(RingError::WildProducer {
-                head,
-                tail: self.tail,
-                capacity: self.capacity(),
-            });
-        }
+        let avail = match self.w.sh.consumer_avail(self.tail, self.capacity()) {
+            Ok(avail) => avail,
+            Err(e) => {
+                self.broken = true;
+                return Err(e);
+            }
+        };
         let n = (avail as usize).min(buf.len());
         for (i, slot) in buf[..n].iter_mut().enumerate() {
             let p = self.w.data(self.tail.wrapping_add(i as u64));

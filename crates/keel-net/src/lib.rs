@@ -1,2 +1,23 @@
-//! Keel's virtual switch (to come).
+//! Keel's virtual network: the frame rings that connect a VM's network device to the
+//! switch, and the switch.
+//!
+//! - [`ring`]: a single-producer / single-consumer ring of Ethernet frames over a shared
+//!   memory window, one per direction of a port. Built on [`keel_core::ring::slot`]; both
+//!   parties distrust each other. The protocol is model-checked with Spin
+//!   (`crates/keel-net/model/ring.pml`, `scripts/model-check.sh`).
+//! - [`switch`]: a learning Ethernet switch with declared per-port MACs (anti-spoofing),
+//!   allow lists, bounded output queues and per-port counters, with a memory footprint
+//!   fixed at construction.
+//!
+//! The crate is `#![no_std]` + `alloc` and has no clock: callers pass the time.
+//! docs/net.md describes the protocol, the model and the switch's rules.
 #![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod ring;
+pub mod switch;

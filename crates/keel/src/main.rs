@@ -293,15 +293,17 @@ fn run(
         },
         message: e.to_string(),
     };
-    keel_kvm::host::note_software_kvm();
     // The serial console is the terminal: raw mode while the VM runs (Ctrl-A x quits).
     let _raw = if spec.serial == keel_spec::Output::Stdio {
         keel_kvm::host::RawTerminal::enable()
     } else {
         None
     };
-    // Restarts the VM in place on a guest reset, as its `on_reboot` says.
-    let mut report = keel_kvm::run_vm(spec).map_err(vmm_failure)?;
+    // Builds the VM (bad input is reported here, before any note), then runs it,
+    // restarting it in place on a guest reset as its `on_reboot` says.
+    let handle = keel_kvm::start_vm(spec).map_err(vmm_failure)?;
+    keel_kvm::host::note_software_kvm();
+    let mut report = handle.wait().map_err(vmm_failure)?;
     // `keel run` exits right after: the kernel destroys the VM at exit faster than an
     // explicit close of its fd (bench/ANALYSIS.md, teardown).
     report.leave_vm_to_process_exit();

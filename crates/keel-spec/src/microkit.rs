@@ -18,11 +18,12 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
 use crate::layout::ram_layout;
-use crate::model::{Arch, Placement, System, VmSpec};
+use crate::model::{Arch, System, VmSpec};
 
 /// The board-specific addresses the system file needs (they come from the seL4 backend).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +79,9 @@ pub struct ConsoleInput {
 /// Why a system has no Microkit form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MicrokitError {
+    /// The planned components break an isolation rule (a planner bug).
+    #[error("component plan: {0}")]
+    Components(ComponentError),
     /// Only aarch64 guests run on Keel's seL4 backend.
     #[error("VM {vm}: architecture {arch} is not supported on seL4 (aarch64 only)")]
     Arch {
@@ -296,58 +300,6 @@ pub fn console_component(
     }
 }
 
-/// The console component's memory regions.
-fn render_console_regions(x: &mut String, c: &ConsoleComponent) {
-    for r in &c.rings {
-        let _ = writeln!(
-            x,
-            "    <memory_region name=\"{}\" size=\"{:#x}\" />",
-            r.region, r.size
-        );
-    }
-}
-
-/// The console ring's mapping inside the VMM PD of `ring.vm`.
-fn render_console_vmm_map(x: &mut String, ring: &ConsoleRing) {
-    let _ = writeln!(
-        x,
-        "        <map mr=\"{}\" vaddr=\"{:#x}\" perms=\"rw\" />",
-        ring.region, ring.vmm_vaddr
-    );
-}
-
-/// The console PD and its channels.
-fn render_console_pd(x: &mut String, c: &ConsoleComponent) {
-    let _ = writeln!(
-        x,
-        "    <protection_domain name=\"{}\" priority=\"{}\" cpu=\"{}\">",
-        c.pd, c.priority, c.cpu
-    );
-    let _ = writeln!(x, "        <program_image path=\"{}\" />", c.elf);
-    for r in &c.rings {
-        let _ = writeln!(
-            x,
-            "        <map mr=\"{}\" vaddr=\"{:#x}\" perms=\"rw\" />",
-            r.region, r.console_vaddr
-        );
-    }
-    let _ = writeln!(x, "    </protection_domain>");
-    for r in &c.rings {
-        let _ = writeln!(x, "    <channel>");
-        let _ = writeln!(
-            x,
-            "        <end pd=\"{}\" id=\"{}\" />",
-            r.vmm_pd, r.vmm_channel
-        );
-        let _ = writeln!(
-            x,
-            "        <end pd=\"{}\" id=\"{}\" />",
-            c.pd, r.console_channel
-        );
-        let _ = writeln!(x, "    </channel>");
-    }
-}
-
 /// Name of the VMM protection domain of `vm`.
 pub fn vmm_pd_name(vm: &VmSpec) -> String {
     format!("{}_vmm", vm.name)
@@ -405,97 +357,430 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
     placement(system, layout).map(|_| ())
 }
 
-/// The Microkit system file (XML) for `system`.
-pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, MicrokitError> {
+/// A memory region of the system: RAM of a VM, a shared ring, a device's registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionPlan {
+    /// Region name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Page size, if not the default 4 KiB.
+    pub page_size: Option<u64>,
+    /// Physical address, for device registers.
+    pub phys_addr: Option<u64>,
+}
+
+/// A mapping of a region into a component (or its VM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapPlan {
+    /// The region.
+    pub region: String,
+    /// Virtual (or guest-physical, inside a VM) address.
+    pub vaddr: u64,
+    /// Microkit permissions (`r`, `rw`, `rwx`).
+    pub perms: &'static str,
+    /// Whether the mapping is cached (device registers are not).
+    pub cached: bool,
+}
+
+/// A hardware interrupt owned by a component, delivered on one of its channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IrqPlan {
+    /// The interrupt (GIC INTID).
+    pub irq: u32,
+    /// The channel it arrives on.
+    pub channel: u32,
+}
+
+/// The virtual machine a VMM component is the parent of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildVmPlan {
+    /// The VM's name.
+    pub name: String,
+    /// Scheduling priority.
+    pub priority: u8,
+    /// Budget per period, microseconds.
+    pub budget_us: u64,
+    /// Period, microseconds.
+    pub period_us: u64,
+    /// Core of vCPU `i`.
+    pub vcpu_cpus: Vec<u32>,
+    /// What the VM sees (its RAM, the GIC virtual CPU interface).
+    pub maps: Vec<MapPlan>,
+}
+
+/// What a component is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComponentKind {
+    /// The VMM of VM `vm` (index into the system's VMs).
+    Vmm {
+        /// The VM's index.
+        vm: usize,
+    },
+    /// The console component.
+    Console,
+}
+
+/// One protection domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentPlan {
+    /// PD name.
+    pub name: String,
+    /// What it is.
+    pub kind: ComponentKind,
+    /// Program image file.
+    pub program: String,
+    /// Scheduling priority.
+    pub priority: u32,
+    /// Core.
+    pub cpu: u32,
+    /// Regions it maps.
+    pub maps: Vec<MapPlan>,
+    /// Interrupts it owns.
+    pub irqs: Vec<IrqPlan>,
+    /// Its child VM, for a VMM.
+    pub vm: Option<ChildVmPlan>,
+}
+
+/// A notification channel between two components: `(component name, channel id)` at each end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelPlan {
+    /// One end.
+    pub a: (String, u32),
+    /// The other end.
+    pub b: (String, u32),
+}
+
+/// The seL4 form of a system: its components, the regions they share, the channels between
+/// them and the interrupts they own. Built by [`component_plan`], checked by
+/// [`SystemComponents::check`], rendered by [`SystemComponents::render`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemComponents {
+    /// The system's name.
+    pub system: String,
+    /// Memory regions.
+    pub regions: Vec<RegionPlan>,
+    /// Protection domains.
+    pub components: Vec<ComponentPlan>,
+    /// Channels.
+    pub channels: Vec<ChannelPlan>,
+}
+
+/// A component plan that breaks an isolation rule (a bug in the planner, caught before
+/// any image is built).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ComponentError {
+    /// A map names a region that is not declared.
+    #[error("component {component}: maps undeclared region {region}")]
+    UndeclaredRegion {
+        /// The component.
+        component: String,
+        /// The region.
+        region: String,
+    },
+    /// A region is mapped by more than one VMM (VMMs share nothing writable).
+    #[error("region {region} is mapped by two VMMs ({first} and {second})")]
+    SharedBetweenVmms {
+        /// The region.
+        region: String,
+        /// One VMM.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// Two components own one interrupt.
+    #[error("interrupt {irq} is owned by {first} and {second}")]
+    IrqOwners {
+        /// The interrupt.
+        irq: u32,
+        /// One owner.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// A component uses one channel id twice (channels and interrupts share the ids).
+    #[error("component {component}: channel id {id} is used twice")]
+    ChannelId {
+        /// The component.
+        component: String,
+        /// The id.
+        id: u32,
+    },
+    /// A channel names a component that does not exist.
+    #[error("a channel names unknown component {0}")]
+    UnknownComponent(String),
+}
+
+impl SystemComponents {
+    /// Check the isolation rules: every map names a declared region; no region is mapped by
+    /// two VMMs; every interrupt has one owner; channel and interrupt ids are unique per
+    /// component; channels join existing components.
+    pub fn check(&self) -> Result<(), ComponentError> {
+        let declared = |r: &str| self.regions.iter().any(|x| x.name == r);
+        let mut vmm_of_region: Vec<(&str, &str)> = Vec::new();
+        let mut irq_owner: Vec<(u32, &str)> = Vec::new();
+        for c in &self.components {
+            let vm_maps = c.vm.iter().flat_map(|v| v.maps.iter());
+            for m in c.maps.iter().chain(vm_maps) {
+                if !declared(&m.region) {
+                    return Err(ComponentError::UndeclaredRegion {
+                        component: c.name.clone(),
+                        region: m.region.clone(),
+                    });
+                }
+            }
+            if matches!(c.kind, ComponentKind::Vmm { .. }) {
+                for m in &c.maps {
+                    if let Some((_, first)) = vmm_of_region.iter().find(|(r, _)| *r == m.region) {
+                        return Err(ComponentError::SharedBetweenVmms {
+                            region: m.region.clone(),
+                            first: (*first).into(),
+                            second: c.name.clone(),
+                        });
+                    }
+                    vmm_of_region.push((&m.region, &c.name));
+                }
+            }
+            for i in &c.irqs {
+                if let Some((_, first)) = irq_owner.iter().find(|(q, _)| *q == i.irq) {
+                    return Err(ComponentError::IrqOwners {
+                        irq: i.irq,
+                        first: (*first).into(),
+                        second: c.name.clone(),
+                    });
+                }
+                irq_owner.push((i.irq, &c.name));
+            }
+        }
+        let known = |n: &str| self.components.iter().any(|c| c.name == n);
+        let mut ids: Vec<(&str, u32)> = Vec::new();
+        for c in &self.components {
+            for i in &c.irqs {
+                ids.push((&c.name, i.channel));
+            }
+        }
+        for ch in &self.channels {
+            for (pd, id) in [&ch.a, &ch.b] {
+                if !known(pd) {
+                    return Err(ComponentError::UnknownComponent(pd.clone()));
+                }
+                ids.push((pd, *id));
+            }
+        }
+        for (i, (pd, id)) in ids.iter().enumerate() {
+            if ids[..i].contains(&(*pd, *id)) {
+                return Err(ComponentError::ChannelId {
+                    component: (*pd).into(),
+                    id: *id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The Microkit system file (XML).
+    pub fn render(&self) -> String {
+        let mut x = String::new();
+        let _ = writeln!(x, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
+        let _ = writeln!(
+            x,
+            "<!-- Generated by `keel sel4 build` from system {:?}. -->",
+            self.system
+        );
+        let _ = writeln!(x, "<system>");
+        for r in &self.regions {
+            let _ = write!(
+                x,
+                "    <memory_region name=\"{}\" size=\"{:#x}\"",
+                r.name, r.size
+            );
+            if let Some(p) = r.page_size {
+                let _ = write!(x, " page_size=\"{p:#x}\"");
+            }
+            if let Some(p) = r.phys_addr {
+                let _ = write!(x, " phys_addr=\"{p:#x}\"");
+            }
+            let _ = writeln!(x, " />");
+        }
+        let map = |x: &mut String, indent: &str, m: &MapPlan| {
+            let cached = if m.cached { "" } else { " cached=\"false\"" };
+            let _ = writeln!(
+                x,
+                "{indent}<map mr=\"{}\" vaddr=\"{:#x}\" perms=\"{}\"{cached} />",
+                m.region, m.vaddr, m.perms
+            );
+        };
+        for c in &self.components {
+            let _ = writeln!(
+                x,
+                "    <protection_domain name=\"{}\" priority=\"{}\" cpu=\"{}\">",
+                c.name, c.priority, c.cpu
+            );
+            let _ = writeln!(x, "        <program_image path=\"{}\" />", c.program);
+            for m in &c.maps {
+                map(&mut x, "        ", m);
+            }
+            for i in &c.irqs {
+                let _ = writeln!(x, "        <irq irq=\"{}\" id=\"{}\" />", i.irq, i.channel);
+            }
+            if let Some(vm) = &c.vm {
+                let _ = writeln!(
+                    x,
+                    "        <virtual_machine name=\"{}\" priority=\"{}\" budget=\"{}\" period=\"{}\">",
+                    vm.name, vm.priority, vm.budget_us, vm.period_us
+                );
+                for (i, cpu) in vm.vcpu_cpus.iter().enumerate() {
+                    let _ = writeln!(x, "            <vcpu id=\"{i}\" cpu=\"{cpu}\" />");
+                }
+                for m in &vm.maps {
+                    map(&mut x, "            ", m);
+                }
+                let _ = writeln!(x, "        </virtual_machine>");
+            }
+            let _ = writeln!(x, "    </protection_domain>");
+        }
+        for ch in &self.channels {
+            let _ = writeln!(x, "    <channel>");
+            let _ = writeln!(x, "        <end pd=\"{}\" id=\"{}\" />", ch.a.0, ch.a.1);
+            let _ = writeln!(x, "        <end pd=\"{}\" id=\"{}\" />", ch.b.0, ch.b.1);
+            let _ = writeln!(x, "    </channel>");
+        }
+        let _ = writeln!(x, "</system>");
+        x
+    }
+}
+
+fn rw(region: String, vaddr: u64) -> MapPlan {
+    MapPlan {
+        region,
+        vaddr,
+        perms: "rw",
+        cached: true,
+    }
+}
+
+/// The components of `system` on seL4: one VMM per VM (parent of its VM, mapping its RAM
+/// and its console ring), the console component (mapping every ring, one channel per VMM),
+/// and the board resources (the GIC's virtual CPU interface in every VM, the console UART
+/// and its interrupt in the first VMM).
+pub fn component_plan(
+    system: &System,
+    layout: &MicrokitLayout,
+) -> Result<SystemComponents, MicrokitError> {
     check(system, layout)?;
     let places = placement(system, layout)?;
     let console = console_component(system, layout, &places);
-    let mut x = String::new();
-    let _ = writeln!(x, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
-    let _ = writeln!(
-        x,
-        "<!-- Generated by `keel sel4 build` from system {:?}. -->",
-        system.name()
-    );
-    let _ = writeln!(x, "<system>");
-    let _ = writeln!(
-        x,
-        "    <memory_region name=\"gic_vcpu\" size=\"{:#x}\" phys_addr=\"{:#x}\" />",
-        layout.gic_vcpu_size, layout.gic_vcpu_paddr
-    );
+    let mut regions = vec![RegionPlan {
+        name: "gic_vcpu".into(),
+        size: layout.gic_vcpu_size,
+        page_size: None,
+        phys_addr: Some(layout.gic_vcpu_paddr),
+    }];
     if let Some(ci) = &layout.console_input {
-        let _ = writeln!(
-            x,
-            "    <memory_region name=\"keel_console_uart\" size=\"0x1000\" phys_addr=\"{:#x}\" />",
-            ci.uart_paddr
-        );
+        regions.push(RegionPlan {
+            name: "keel_console_uart".into(),
+            size: 0x1000,
+            page_size: None,
+            phys_addr: Some(ci.uart_paddr),
+        });
     }
-    render_console_regions(&mut x, &console);
+    regions.extend(console.rings.iter().map(|r| RegionPlan {
+        name: r.region.clone(),
+        size: r.size,
+        page_size: None,
+        phys_addr: None,
+    }));
     for vm in system.vms() {
         let (_, size) = ram_layout(vm)[0];
-        let _ = writeln!(
-            x,
-            "    <memory_region name=\"{}_ram\" size=\"{size:#x}\" page_size=\"{TWO_MIB:#x}\" />",
-            vm.name
-        );
+        regions.push(RegionPlan {
+            name: format!("{}_ram", vm.name),
+            size,
+            page_size: Some(TWO_MIB),
+            phys_addr: None,
+        });
     }
+    let mut components = Vec::new();
     for (index, (vm, place)) in system.vms().iter().zip(&places).enumerate() {
         let (base, _) = ram_layout(vm)[0];
         let p = vm.placement.clone().unwrap_or_default();
-        let vmm_prio = vmm_priority(vm);
-        let sched =
-            |p: &Placement| format!("budget=\"{}\" period=\"{}\"", p.budget_us, p.period_us);
-        let _ = writeln!(
-            x,
-            "    <protection_domain name=\"{}\" priority=\"{vmm_prio}\" cpu=\"{}\">",
-            vmm_pd_name(vm),
-            place.vmm_cpu
-        );
-        let _ = writeln!(x, "        <program_image path=\"{}\" />", vmm_elf_name(vm));
-        let _ = writeln!(
-            x,
-            "        <map mr=\"{}_ram\" vaddr=\"{:#x}\" perms=\"rw\" />",
-            vm.name, layout.vmm_ram_vaddr
-        );
-        render_console_vmm_map(&mut x, &console.rings[index]);
+        let mut maps = vec![rw(format!("{}_ram", vm.name), layout.vmm_ram_vaddr)];
+        maps.push(rw(
+            console.rings[index].region.clone(),
+            console.rings[index].vmm_vaddr,
+        ));
+        let mut irqs = Vec::new();
         if let (0, Some(ci)) = (index, &layout.console_input) {
-            let _ = writeln!(
-                x,
-                "        <map mr=\"keel_console_uart\" vaddr=\"{:#x}\" perms=\"rw\" cached=\"false\" />",
-                ci.uart_vaddr
-            );
-            let _ = writeln!(
-                x,
-                "        <irq irq=\"{}\" id=\"{}\" />",
-                ci.irq, ci.channel
-            );
+            maps.push(MapPlan {
+                cached: false,
+                ..rw("keel_console_uart".into(), ci.uart_vaddr)
+            });
+            irqs.push(IrqPlan {
+                irq: ci.irq,
+                channel: ci.channel,
+            });
         }
-        let _ = writeln!(
-            x,
-            "        <virtual_machine name=\"{}\" priority=\"{}\" {}>",
-            vm.name,
-            p.priority,
-            sched(&p)
-        );
-        for (i, cpu) in place.vcpu_cpus.iter().enumerate() {
-            let _ = writeln!(x, "            <vcpu id=\"{i}\" cpu=\"{cpu}\" />");
-        }
-        let _ = writeln!(
-            x,
-            "            <map mr=\"{}_ram\" vaddr=\"{base:#x}\" perms=\"rwx\" />",
-            vm.name
-        );
-        let _ = writeln!(
-            x,
-            "            <map mr=\"gic_vcpu\" vaddr=\"{:#x}\" perms=\"rw\" cached=\"false\" />",
-            layout.gic_cpu_gpa
-        );
-        let _ = writeln!(x, "        </virtual_machine>");
-        let _ = writeln!(x, "    </protection_domain>");
+        components.push(ComponentPlan {
+            name: vmm_pd_name(vm),
+            kind: ComponentKind::Vmm { vm: index },
+            program: vmm_elf_name(vm),
+            priority: vmm_priority(vm),
+            cpu: place.vmm_cpu,
+            maps,
+            irqs,
+            vm: Some(ChildVmPlan {
+                name: vm.name.clone(),
+                priority: p.priority,
+                budget_us: p.budget_us,
+                period_us: p.period_us,
+                vcpu_cpus: place.vcpu_cpus.clone(),
+                maps: vec![
+                    MapPlan {
+                        perms: "rwx",
+                        ..rw(format!("{}_ram", vm.name), base)
+                    },
+                    MapPlan {
+                        cached: false,
+                        ..rw("gic_vcpu".into(), layout.gic_cpu_gpa)
+                    },
+                ],
+            }),
+        });
     }
-    render_console_pd(&mut x, &console);
-    let _ = writeln!(x, "</system>");
-    Ok(x)
+    components.push(ComponentPlan {
+        name: console.pd.clone(),
+        kind: ComponentKind::Console,
+        program: console.elf.clone(),
+        priority: console.priority,
+        cpu: console.cpu,
+        maps: console
+            .rings
+            .iter()
+            .map(|r| rw(r.region.clone(), r.console_vaddr))
+            .collect(),
+        irqs: Vec::new(),
+        vm: None,
+    });
+    let channels = console
+        .rings
+        .iter()
+        .map(|r| ChannelPlan {
+            a: (r.vmm_pd.clone(), r.vmm_channel),
+            b: (console.pd.clone(), r.console_channel),
+        })
+        .collect();
+    Ok(SystemComponents {
+        system: system.name().into(),
+        regions,
+        components,
+        channels,
+    })
+}
+
+/// The Microkit system file (XML) for `system`: its [`component_plan`], checked, rendered.
+pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, MicrokitError> {
+    let plan = component_plan(system, layout)?;
+    plan.check().map_err(MicrokitError::Components)?;
+    Ok(plan.render())
 }
 
 /// Names of the VMM ELFs the system file refers to, one per VM, in order.
@@ -506,7 +791,7 @@ pub fn vmm_elves(system: &System) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HostPath, Memory};
+    use crate::model::{HostPath, Memory, Placement};
 
     fn layout() -> MicrokitLayout {
         MicrokitLayout {
@@ -765,6 +1050,72 @@ mod tests {
         assert!(matches!(
             system_file(&system(vec![v]), &layout()),
             Err(MicrokitError::Arch { .. })
+        ));
+    }
+
+    #[test]
+    fn the_planned_components_pass_the_isolation_check() {
+        let plan = component_plan(&system(vec![vm("a", 2), vm("b", 1)]), &layout()).unwrap();
+
+        assert_eq!(plan.check(), Ok(()));
+        assert_eq!(plan.components.len(), 3);
+        assert_eq!(plan.channels.len(), 2);
+    }
+
+    #[test]
+    fn a_region_mapped_by_two_vmms_is_refused() {
+        let mut plan = component_plan(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
+        let shared = plan.components[0].maps[0].clone();
+        plan.components[1].maps.push(shared);
+
+        assert_eq!(
+            plan.check(),
+            Err(ComponentError::SharedBetweenVmms {
+                region: "a_ram".into(),
+                first: "a_vmm".into(),
+                second: "b_vmm".into()
+            })
+        );
+    }
+
+    #[test]
+    fn an_interrupt_with_two_owners_is_refused() {
+        let mut plan = component_plan(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
+        plan.components[1].irqs.push(IrqPlan {
+            irq: 33,
+            channel: 5,
+        });
+
+        assert_eq!(
+            plan.check(),
+            Err(ComponentError::IrqOwners {
+                irq: 33,
+                first: "a_vmm".into(),
+                second: "b_vmm".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_channel_id_used_twice_by_one_component_is_refused() {
+        let mut plan = component_plan(&system(vec![vm("a", 1)]), &layout()).unwrap();
+        let dup = plan.channels[0].clone();
+        plan.channels.push(dup);
+
+        assert!(matches!(
+            plan.check(),
+            Err(ComponentError::ChannelId { id: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn a_map_of_an_undeclared_region_is_refused() {
+        let mut plan = component_plan(&system(vec![vm("a", 1)]), &layout()).unwrap();
+        plan.components[0].maps[0].region = "nowhere".into();
+
+        assert!(matches!(
+            plan.check(),
+            Err(ComponentError::UndeclaredRegion { .. })
         ));
     }
 }

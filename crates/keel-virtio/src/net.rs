@@ -992,6 +992,39 @@ mod tests {
     }
 
     #[test]
+    fn boxed_device_forwards_its_backlog() {
+        let backend = MockNet::default();
+        let boxed: alloc::boxed::Box<dyn VirtioDevice> =
+            alloc::boxed::Box::new(Net::new(backend.clone(), MAC));
+        let mut d = GuestDriver::start_sized(boxed, 256);
+        for _ in 0..RX_BATCH + 1 {
+            let b = d.alloc(64);
+            d.post(RECEIVEQ, &[(b, 64, true)]);
+            backend.arrive(&frame(MIN_FRAME_LEN, 0));
+        }
+
+        d.transport.handle_event(RX_EVENT);
+
+        assert_eq!(d.transport.backlogged_event(), Some(RX_EVENT));
+    }
+
+    #[test]
+    fn backlog_is_not_reported_once_the_driver_resets_the_device() {
+        let backend = MockNet::default();
+        let mut d = GuestDriver::start_sized(Net::new(backend.clone(), MAC), 256);
+        for _ in 0..RX_BATCH + 1 {
+            let b = d.alloc(64);
+            d.post(RECEIVEQ, &[(b, 64, true)]);
+            backend.arrive(&frame(MIN_FRAME_LEN, 0));
+        }
+        d.transport.handle_event(RX_EVENT);
+
+        d.write_reg(crate::mmio::reg::STATUS, 0);
+
+        assert_eq!(d.transport.backlogged_event(), None);
+    }
+
+    #[test]
     fn event_with_no_backend_frames_adds_nothing_and_does_not_interrupt() {
         let (mut d, _backend) = net();
         let a = d.alloc(2048);

@@ -156,6 +156,7 @@ t_reboot() {
         echo $? >$W/reboot.rc
     } | while IFS= read -r _l || [ -n "$_l" ]; do
         now_ms
+        # shellcheck disable=SC2154 # set by now_ms, a function of guest/l1host/init.sh
         printf '%d %s\n' "$now_ms" "${_l%"$_cr"}"
     done >$W/reboot.out
     read -r rc <$W/reboot.rc

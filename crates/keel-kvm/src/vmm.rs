@@ -482,7 +482,8 @@ impl Vmm {
                 vm: spec.name.clone(),
                 path: spec.kernel.to_string(),
                 source,
-            })?;
+            })?
+            .entry;
         log::debug(format_args!(
             "vm {:?}: entry {boot_entry:?}, devices {:?}",
             spec.name,

@@ -14,7 +14,7 @@ use keel_core::arch::aarch64::vgic::{Vgic, VgicError, VgicHost};
 use keel_core::bus::SharedDevice;
 use keel_core::{
     BootEntry, BusDevice, ExitAnswer, GuestAddress, GuestMemory, GuestRam, IrqLine, Resume,
-    SystemEvent, VcpuExit, VcpuId,
+    VcpuExit, VcpuId,
 };
 use keel_spec::VmPlan;
 use keel_spec::plan::SerialPlan;
@@ -365,14 +365,5 @@ impl BusDevice for Distributor {
             GicVersion::V2 => vgic.v2_dist_write(vcpu, offset, len, value, &mut host),
             GicVersion::V3 => vgic.v3_dist_write(vcpu, offset, len, value, &mut host),
         }
-    }
-}
-
-/// The guest's `SystemEvent` for a stop PSCI asked for, for messages.
-pub fn psci_stop_reason(event: SystemEvent) -> &'static str {
-    match event {
-        SystemEvent::Shutdown => "PSCI SYSTEM_OFF",
-        SystemEvent::Reset => "PSCI SYSTEM_RESET",
-        _ => "the guest",
     }
 }

@@ -31,7 +31,7 @@ pub use dispatch::{ExitDispatcher, ExitStats, Next};
 pub use log::{Level, Log, LogSink};
 pub use serial::{Serial8250, SerialOutput};
 pub use stop::StopSink;
-pub use vmm::{Interrupts, VmmCore, run_exits, run_vcpu};
+pub use vmm::{Interrupts, LoadedGuest, VmmCore, run_exits, run_vcpu};
 
 use alloc::string::String;
 

@@ -21,6 +21,16 @@ use crate::serial::{Serial8250, SerialOutput};
 use crate::stop::StopSink;
 use crate::{BuildError, LoadError, VcpuControl};
 
+/// What [`VmmCore::load_guest`] put into guest RAM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadedGuest {
+    /// Where the boot vCPU starts.
+    pub entry: BootEntry,
+    /// `(gpa, len)` of the kernel, initrd and device tree written (arm64; empty on x86,
+    /// whose caches are coherent with a guest that starts with paging off).
+    pub written: Vec<(u64, u64)>,
+}
+
 /// Who models the interrupt controller.
 #[derive(Clone, Debug)]
 pub enum Interrupts {
@@ -125,17 +135,31 @@ impl VmmCore {
 
     /// Write the kernel, the initrd and the firmware description (arm64: the device tree,
     /// with the GIC `gic`; x86: command line, MP and ACPI tables) into guest RAM; return
-    /// the boot vCPU's entry.
+    /// the boot vCPU's entry and, on arm64, the ranges written (a VMM whose guest starts
+    /// with caches off cleans them to the point of coherency).
     pub fn load_guest(
         &self,
         kernel: &[u8],
         initrd: Option<&[u8]>,
         gic: GicVersion,
-    ) -> Result<BootEntry, LoadError> {
+    ) -> Result<LoadedGuest, LoadError> {
         match self.plan.arch {
-            Arch::X86_64 => crate::x86::load_guest(&self.ram, &self.plan, kernel, initrd),
+            Arch::X86_64 => Ok(LoadedGuest {
+                entry: crate::x86::load_guest(&self.ram, &self.plan, kernel, initrd)?,
+                written: Vec::new(),
+            }),
             Arch::Aarch64 => {
-                Ok(crate::arm64::load_guest(&self.ram, &self.plan, gic, kernel, initrd)?.entry())
+                let loaded = crate::arm64::load_guest(&self.ram, &self.plan, gic, kernel, initrd)?;
+                let boot = loaded.layout;
+                let mut written = alloc::vec![(boot.kernel, kernel.len() as u64)];
+                if let Some((start, end)) = boot.initrd {
+                    written.push((start, end - start));
+                }
+                written.push((boot.fdt, loaded.fdt_len as u64));
+                Ok(LoadedGuest {
+                    entry: loaded.entry(),
+                    written,
+                })
             }
         }
     }

@@ -376,3 +376,33 @@ fn reset_puts_devices_back_to_power_on() {
 
     assert_eq!(status(&b), ExitAnswer::Read(0));
 }
+
+/// A minimal arm64 `Image`: header with `image_size`, text_offset 0, LE, 4K, anywhere.
+fn arm64_image(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    v[0..4].copy_from_slice(&0x1400_0010u32.to_le_bytes());
+    v[16..24].copy_from_slice(&(len as u64).to_le_bytes());
+    v[24..32].copy_from_slice(&0xau64.to_le_bytes());
+    v[0x38..0x3c].copy_from_slice(b"ARM\x64");
+    v
+}
+
+#[test]
+fn arm64_load_reports_the_kernel_initrd_and_device_tree_it_wrote() {
+    let b = build(Arch::Aarch64, true);
+    let kernel = arm64_image(0x10000);
+
+    let loaded = b
+        .core
+        .load_guest(&kernel, Some(&[7u8; 100]), GicVersion::V2)
+        .unwrap();
+
+    let BootEntry::Arm64 { pc, x0 } = loaded.entry else {
+        panic!("not an arm64 entry: {:?}", loaded.entry);
+    };
+    assert_eq!(loaded.written.len(), 3, "{:?}", loaded.written);
+    assert_eq!(loaded.written[0], (pc, kernel.len() as u64));
+    assert_eq!(loaded.written[1].1, 100);
+    assert_eq!(loaded.written[2].0, x0);
+    assert!(loaded.written[2].1 > 0);
+}

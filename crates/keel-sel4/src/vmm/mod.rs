@@ -919,39 +919,34 @@ fn pd_vm(plan: &VmPlan, params: &Sel4Params) -> Result<PdVm, String> {
     })
 }
 
-/// Kernel, initrd and the device tree of the plan into guest RAM (keel-vmm's arm64 loader,
-/// as `VmmCore::load_guest`, which returns no layout), cleaned to the point of coherency;
-/// returns vCPU 0's entry.
+/// Kernel, initrd and the device tree of the plan into guest RAM (`VmmCore::load_guest`),
+/// cleaned to the point of coherency; returns vCPU 0's entry.
 fn load_guest(
     vm: &PdVm,
     core: &VmmCore,
     kernel: &[u8],
     initrd: Option<&[u8]>,
 ) -> Result<BootEntry, String> {
-    let loaded = keel_vmm::arm64::load_guest(&vm.ram, core.plan(), GicVersion::V2, kernel, initrd)
+    let loaded = core
+        .load_guest(kernel, initrd, GicVersion::V2)
         .map_err(|e| alloc::format!("loading the kernel: {e}"))?;
-    let entry = loaded.entry();
-    let BootEntry::Arm64 { pc, x0 } = entry else {
+    let BootEntry::Arm64 { pc, x0 } = loaded.entry else {
         return Err("the loader did not produce an arm64 entry".into());
     };
     let plan = core.plan();
     log!(
-        "keel-sel4: vm {}: {} vCPUs, {} MiB RAM at {:#x}, kernel at {pc:#x}, dtb at {x0:#x} ({} bytes), {} virtio devices",
+        "keel-sel4: vm {}: {} vCPUs, {} MiB RAM at {:#x}, kernel at {pc:#x}, dtb at {x0:#x}, {} virtio devices",
         plan.name,
         plan.vcpus,
         plan.ram_size() >> 20,
         plan.ram.first().map_or(0, |r| r.0),
-        loaded.fdt_len,
         core.devices().len()
     );
     // Make sure the guest sees the copied bytes before it runs with caches off.
-    let boot = loaded.layout;
-    clean_dcache(&vm.ram, boot.kernel, kernel.len());
-    if let Some((s, e)) = boot.initrd {
-        clean_dcache(&vm.ram, s, (e - s) as usize);
+    for &(gpa, len) in &loaded.written {
+        clean_dcache(&vm.ram, gpa, len as usize);
     }
-    clean_dcache(&vm.ram, x0, loaded.fdt_len);
-    Ok(entry)
+    Ok(loaded.entry)
 }
 
 /// Console input, if this VM gets it: enable the UART's receive interrupts.

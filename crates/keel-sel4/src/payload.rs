@@ -395,6 +395,7 @@ mod tests {
                 budget_us: 1000,
                 period_us: 1000,
             },
+            nics: alloc::vec::Vec::new(),
         }
     }
 

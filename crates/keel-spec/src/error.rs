@@ -334,4 +334,64 @@ pub enum ErrorKind {
     /// A command line with a NUL or other control character.
     #[error("cmdline: contains a control character at byte {0}")]
     CmdlineControl(usize),
+    /// A MAC address that is not six hex octets.
+    #[error(
+        "mac: {0:?} is not a MAC address (expected six hex octets such as \"02:00:00:00:00:01\")"
+    )]
+    BadMac(String),
+    /// A MAC address an interface cannot have.
+    #[error("mac: {mac} is {reason}")]
+    UnusableMac {
+        /// The address.
+        mac: String,
+        /// Why (`a multicast address`, `all zeros`).
+        reason: &'static str,
+    },
+    /// Two interfaces with the same MAC address.
+    #[error("mac {mac} is also used by {other}{hint}")]
+    DuplicateMac {
+        /// The address.
+        mac: String,
+        /// The other interface (`vm "a": net 0`).
+        other: String,
+        /// How to fix it when the address was derived.
+        hint: &'static str,
+    },
+    /// An interface attached to a network the description does not declare.
+    #[error("network: {network:?} is not declared (declared: {declared})")]
+    UnknownNetwork {
+        /// The name given.
+        network: String,
+        /// The declared networks, or `none`.
+        declared: String,
+    },
+    /// Two networks with the same name.
+    #[error("name {0:?} is used by two networks")]
+    DuplicateNetwork(String),
+    /// One VM attached twice to one network.
+    #[error("network: vm is already attached to {network:?} by net {first}")]
+    AttachedTwice {
+        /// The network.
+        network: String,
+        /// The VM's earlier interface.
+        first: usize,
+    },
+    /// An allow list naming a VM that is not on the network.
+    #[error("allow: {name:?} is not {what} (members: {members})")]
+    NotAMember {
+        /// The name given.
+        name: String,
+        /// `a VM of this system` or `attached to this network`.
+        what: &'static str,
+        /// The network's members, or `none`.
+        members: String,
+    },
+    /// An allow pair of one member with itself.
+    #[error("allow: pair ({0:?}, {0:?}) names the same member twice")]
+    AllowSelf(String),
+    /// An uplink that is not `tap:<interface>`.
+    #[error(
+        "uplink: {0:?} is not \"tap:<interface>\" with an interface name of 1 to 15 of a-z A-Z 0-9 . _ -"
+    )]
+    BadUplink(String),
 }

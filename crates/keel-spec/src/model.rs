@@ -259,6 +259,115 @@ impl fmt::Display for OnReboot {
     }
 }
 
+/// An Ethernet MAC address. `Display` and [`MacAddr::parse`] use `02:00:00:00:00:01`.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// Parses six two-digit hex octets separated by `:` (either case).
+    pub fn parse(text: &str) -> Option<MacAddr> {
+        let mut mac = [0u8; 6];
+        let mut parts = text.split(':');
+        for octet in &mut mac {
+            let part = parts.next()?;
+            if part.len() != 2 {
+                return None;
+            }
+            *octet = u8::from_str_radix(part, 16).ok()?;
+        }
+        parts.next().is_none().then_some(MacAddr(mac))
+    }
+
+    /// Group (multicast or broadcast) address: bit 0 of the first octet.
+    pub const fn is_multicast(self) -> bool {
+        self.0[0] & 1 == 1
+    }
+
+    /// The address Keel gives interface `nic` of VM `vm` when the description gives none:
+    /// locally administered (`02:`), then `4b:` ("K"), then 32 bits of an FNV-1a hash of
+    /// `<vm>/<nic>`. Two derived addresses may collide (the validator refuses that and asks
+    /// for an explicit `mac`).
+    pub fn derived(vm: &str, nic: usize) -> MacAddr {
+        let mut h: u32 = 0x811c_9dc5;
+        let mut eat = |b: u8| {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        };
+        vm.bytes().for_each(&mut eat);
+        eat(b'/');
+        let mut n = nic;
+        loop {
+            eat(b'0' + (n % 10) as u8);
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let b = h.to_be_bytes();
+        MacAddr([0x02, 0x4b, b[0], b[1], b[2], b[3]])
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// One virtio-net interface of a VM (`[[vm.net]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    /// The `[[network]]` it is attached to.
+    pub network: String,
+    /// Its MAC address; `None`: [`MacAddr::derived`].
+    pub mac: Option<MacAddr>,
+}
+
+/// A virtual Ethernet network (`[[network]]`): one switch, its ports the interfaces attached
+/// to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSpec {
+    /// Unique name, `[a-z0-9-]{1,32}`.
+    pub name: String,
+    /// Which pairs of members may exchange frames (by VM name; [`NetworkSpec::UPLINK`] names
+    /// the uplink). `None`: every pair of members.
+    pub allow: Option<Vec<(String, String)>>,
+    /// Frame slots of each ring of each port (a power of two, 16..=4096).
+    pub slots: u32,
+    /// A host tap interface bridged into the network (Linux only), by interface name.
+    pub uplink: Option<String>,
+}
+
+impl NetworkSpec {
+    /// Default of `slots`.
+    pub const DEFAULT_SLOTS: u32 = 256;
+    /// How allow lists name the uplink.
+    pub const UPLINK: &'static str = "uplink";
+
+    /// A network with every member allowed to talk to every other, default slots, no uplink.
+    pub fn new(name: impl Into<String>) -> NetworkSpec {
+        NetworkSpec {
+            name: name.into(),
+            allow: None,
+            slots: NetworkSpec::DEFAULT_SLOTS,
+            uplink: None,
+        }
+    }
+}
+
 /// One virtual machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
@@ -286,6 +395,8 @@ pub struct VmSpec {
     pub consoles: Vec<ConsoleSpec>,
     /// Whether the VM has a virtio-rng device.
     pub rng: bool,
+    /// virtio-net interfaces, in order, each attached to a declared network.
+    pub nics: Vec<NicSpec>,
     /// What a guest reset does.
     pub on_reboot: OnReboot,
     /// With [`OnReboot::Restart`]: the most restarts within any minute; one more stops
@@ -313,6 +424,7 @@ impl VmSpec {
             disks: Vec::new(),
             consoles: Vec::new(),
             rng: false,
+            nics: Vec::new(),
             on_reboot: OnReboot::Restart,
             max_restarts_per_minute: VmSpec::DEFAULT_MAX_RESTARTS_PER_MINUTE,
         }
@@ -328,18 +440,46 @@ pub struct System {
     pub(crate) name: String,
     pub(crate) pcpus: Option<u32>,
     pub(crate) vms: Vec<VmSpec>,
+    pub(crate) networks: Vec<NetworkSpec>,
 }
 
 impl System {
     /// Validates and builds a system (see [`crate::limits`] for the rules).
     pub fn new(name: String, pcpus: Option<u32>, vms: Vec<VmSpec>) -> Result<System, SpecError> {
+        System::with_networks(name, pcpus, vms, Vec::new())
+    }
+
+    /// Like [`System::new`], with networks (`[[network]]`) the VMs' interfaces attach to.
+    pub fn with_networks(
+        name: String,
+        pcpus: Option<u32>,
+        vms: Vec<VmSpec>,
+        networks: Vec<NetworkSpec>,
+    ) -> Result<System, SpecError> {
         crate::validate::check_system_name(&name)?;
         crate::validate::check_pcpus(pcpus)?;
         for (index, vm) in vms.iter().enumerate() {
             crate::validate::check_vm(index, vm, pcpus)?;
         }
         crate::validate::check_across_vms(&vms)?;
-        Ok(System { name, pcpus, vms })
+        crate::validate::check_networks(&vms, &networks)?;
+        Ok(System {
+            name,
+            pcpus,
+            vms,
+            networks,
+        })
+    }
+
+    /// The networks, in file order.
+    pub fn networks(&self) -> &[NetworkSpec] {
+        &self.networks
+    }
+
+    /// The MAC address of interface `nic` of `vm`: the given one, else the derived one.
+    pub fn nic_mac(vm: &VmSpec, nic: usize) -> Option<MacAddr> {
+        let spec = vm.nics.get(nic)?;
+        Some(spec.mac.unwrap_or_else(|| MacAddr::derived(&vm.name, nic)))
     }
 
     /// The system's name.

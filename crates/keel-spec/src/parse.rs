@@ -9,8 +9,8 @@ use serde::Deserialize;
 use crate::env::expand;
 use crate::error::{ErrorKind, SpecError};
 use crate::model::{
-    Arch, ConsoleSpec, DiskSpec, HostPath, Memory, OnReboot, Output, OutputKind, Placement,
-    RamRegion, System, VmSpec,
+    Arch, ConsoleSpec, DiskSpec, HostPath, MacAddr, Memory, NetworkSpec, NicSpec, OnReboot, Output,
+    OutputKind, Placement, RamRegion, System, VmSpec,
 };
 use crate::size::parse_size;
 use crate::validate::{check_vm, vm_label};
@@ -159,6 +159,10 @@ impl<'e> Loader<'e> {
             env: self.env,
             base_dir,
         };
+        let mut networks = Vec::with_capacity(raw.network.len());
+        for (index, net) in raw.network.into_iter().enumerate() {
+            networks.push(network(index, net)?);
+        }
         let mut vms = Vec::with_capacity(raw.vm.len());
         for (index, raw_vm) in raw.vm.into_iter().enumerate() {
             let vm = ctx.vm(index, raw_vm)?;
@@ -166,8 +170,33 @@ impl<'e> Loader<'e> {
             check_vm(index, &vm, pcpus)?;
             vms.push(vm);
         }
-        System::new(name, pcpus, vms)
+        System::with_networks(name, pcpus, vms, networks)
     }
+}
+
+fn network(index: usize, raw: RawNetwork) -> Result<NetworkSpec, SpecError> {
+    let at = crate::validate::network_label(index, &raw.name);
+    let slots = match raw.slots {
+        None => NetworkSpec::DEFAULT_SLOTS,
+        Some(n) => u32::try_from(n).map_err(|_| {
+            SpecError::new(
+                at.clone(),
+                ErrorKind::OutOfRange {
+                    key: "slots",
+                    value: n.into(),
+                    range: "a power of two in 16..=4096",
+                },
+            )
+        })?,
+    };
+    Ok(NetworkSpec {
+        name: raw.name,
+        allow: raw
+            .allow
+            .map(|pairs| pairs.into_iter().map(|[a, b]| (a, b)).collect()),
+        slots,
+        uplink: raw.uplink,
+    })
 }
 
 /// Maps toml's multi-line error to one line: `line L, column C: message`.
@@ -209,6 +238,24 @@ struct RawFile {
     system: Option<RawSystem>,
     #[serde(default)]
     vm: Vec<RawVm>,
+    #[serde(default)]
+    network: Vec<RawNetwork>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    name: String,
+    allow: Option<Vec<[String; 2]>>,
+    slots: Option<i64>,
+    uplink: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNic {
+    network: String,
+    mac: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -237,6 +284,8 @@ struct RawVm {
     #[serde(default)]
     console: Vec<RawConsole>,
     rng: Option<RawRng>,
+    #[serde(default)]
+    net: Vec<RawNic>,
     on_reboot: Option<String>,
     max_restarts_per_minute: Option<i64>,
 }
@@ -414,6 +463,19 @@ impl Ctx<'_> {
             };
             consoles.push(ConsoleSpec { output });
         }
+        let mut nics = Vec::with_capacity(raw.net.len());
+        for (i, nic) in raw.net.into_iter().enumerate() {
+            let mac = match &nic.mac {
+                None => None,
+                Some(text) => Some(MacAddr::parse(text).ok_or_else(|| {
+                    SpecError::new(format!("{at}: net {i}"), ErrorKind::BadMac(text.clone()))
+                })?),
+            };
+            nics.push(NicSpec {
+                network: nic.network,
+                mac,
+            });
+        }
         Ok(VmSpec {
             name: raw.name,
             arch,
@@ -427,6 +489,7 @@ impl Ctx<'_> {
             disks,
             consoles,
             rng: raw.rng.is_some(),
+            nics,
             on_reboot,
             max_restarts_per_minute,
         })

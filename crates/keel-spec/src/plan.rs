@@ -8,8 +8,8 @@
 //! seL4-specific part, components, shared regions and channels, is planned on top of it in
 //! [`crate::microkit`]).
 //!
-//! Device order is fixed: disks in file order, then console ports in file order, then the
-//! rng. Slot `i` of an arch is always the same window and interrupt.
+//! Device order is fixed: disks in file order, then console ports in file order, then
+//! network interfaces in file order, then the rng. Slot `i` of an arch is always the same window and interrupt.
 //!
 //! The plan types are serde-serializable (no_std): the seL4 backend hands a VM's plan to its
 //! VMM protection domain as it is, so the PD builds exactly what `plan_vm` decided.
@@ -24,7 +24,7 @@ use keel_core::arch::aarch64::layout as arm64;
 use keel_core::arch::x86_64::layout as x86;
 
 use crate::layout::ram_layout;
-use crate::model::{Arch, System, VmSpec};
+use crate::model::{Arch, MacAddr, NetworkSpec, System, VmSpec};
 
 /// What a planned virtio device is, and which entry of its VM's description it comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -39,6 +39,11 @@ pub enum DeviceKind {
         /// Index into [`VmSpec::consoles`].
         port: usize,
     },
+    /// virtio-net for `nics[nic]`.
+    Net {
+        /// Index into [`VmSpec::nics`] (and [`VmPlan::nics`]).
+        nic: usize,
+    },
     /// virtio-rng.
     Rng,
 }
@@ -49,6 +54,7 @@ impl DeviceKind {
         match self {
             DeviceKind::Block { .. } => "virtio-blk",
             DeviceKind::Console { .. } => "virtio-console",
+            DeviceKind::Net { .. } => "virtio-net",
             DeviceKind::Rng => "virtio-rng",
         }
     }
@@ -126,6 +132,21 @@ pub struct DiskPlan {
     pub id: String,
 }
 
+/// A network interface as the guest and its switch port see it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NicPlan {
+    /// The network (index into [`SystemPlan::networks`]).
+    pub network: usize,
+    /// The network's name.
+    pub network_name: String,
+    /// Its port on the network's switch (index into [`NetworkPlan::ports`]).
+    pub port: u16,
+    /// Its MAC address (given or derived).
+    pub mac: MacAddr,
+    /// Frame slots of each of the port's two rings.
+    pub slots: u32,
+}
+
 /// Everything a backend needs to build one VM, decided from its description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmPlan {
@@ -148,6 +169,8 @@ pub struct VmPlan {
     pub disks: Vec<DiskPlan>,
     /// Placement and scheduling.
     pub cpus: CpuPlan,
+    /// The network interfaces, indexed by [`DeviceKind::Net`]'s `nic`.
+    pub nics: Vec<NicPlan>,
 }
 
 impl VmPlan {
@@ -160,6 +183,14 @@ impl VmPlan {
 /// Why a VM cannot be planned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
+    /// An interface on a network that is not given (a `System` never has one).
+    #[error("vm {vm:?}: network {network:?} is not declared")]
+    UnknownNetwork {
+        /// VM name.
+        vm: String,
+        /// The network.
+        network: String,
+    },
     /// More virtio devices than the arch has slots for.
     #[error("vm {vm:?}: {devices} virtio devices; the {arch} platform has {slots} slots")]
     TooManyDevices {
@@ -212,18 +243,71 @@ pub const fn serial(arch: Arch) -> SerialPlan {
     }
 }
 
-/// Plan one VM.
+/// Plan one VM on its own: a VM with network interfaces needs its system
+/// ([`plan_vm_of`]) and is refused here.
 pub fn plan_vm(vm: &VmSpec) -> Result<VmPlan, PlanError> {
+    plan_vm_in_system(vm, core::slice::from_ref(vm), &[])
+}
+
+/// Plan VM `vm` of `system` (its interfaces know their network, port and MAC).
+pub fn plan_vm_of(system: &System, vm: &VmSpec) -> Result<VmPlan, PlanError> {
+    plan_vm_in_system(vm, system.vms(), system.networks())
+}
+
+fn plan_vm_in_system(
+    vm: &VmSpec,
+    vms: &[VmSpec],
+    networks: &[NetworkSpec],
+) -> Result<VmPlan, PlanError> {
+    let mut plan = plan_devices(vm)?;
+    for (i, nic) in vm.nics.iter().enumerate() {
+        let network = networks
+            .iter()
+            .position(|n| n.name == nic.network)
+            .ok_or_else(|| PlanError::UnknownNetwork {
+                vm: vm.name.clone(),
+                network: nic.network.clone(),
+            })?;
+        let port = network_members(&networks[network], vms)
+            .position(|(v, _)| v.name == vm.name)
+            .unwrap_or(0);
+        plan.nics.push(NicPlan {
+            network,
+            network_name: nic.network.clone(),
+            port: u16::try_from(port).unwrap_or(u16::MAX),
+            mac: System::nic_mac(vm, i).unwrap_or(MacAddr([0; 6])),
+            slots: networks[network].slots,
+        });
+    }
+    Ok(plan)
+}
+
+/// The members of `net` among `vms`: each VM attached, with its interface index, in file
+/// order (a VM is attached at most once per network).
+fn network_members<'a>(
+    net: &'a NetworkSpec,
+    vms: &'a [VmSpec],
+) -> impl Iterator<Item = (&'a VmSpec, usize)> + 'a {
+    vms.iter().filter_map(move |vm| {
+        vm.nics
+            .iter()
+            .position(|n| n.network == net.name)
+            .map(|i| (vm, i))
+    })
+}
+
+fn plan_devices(vm: &VmSpec) -> Result<VmPlan, PlanError> {
     let kinds = (0..vm.disks.len())
         .map(|disk| DeviceKind::Block { disk })
         .chain((0..vm.consoles.len()).map(|port| DeviceKind::Console { port }))
+        .chain((0..vm.nics.len()).map(|nic| DeviceKind::Net { nic }))
         .chain(vm.rng.then_some(DeviceKind::Rng));
     let mut devices = Vec::new();
     for (slot, kind) in kinds.enumerate() {
         let too_many = || PlanError::TooManyDevices {
             vm: vm.name.clone(),
             arch: vm.arch,
-            devices: vm.disks.len() + vm.consoles.len() + usize::from(vm.rng),
+            devices: vm.disks.len() + vm.consoles.len() + vm.nics.len() + usize::from(vm.rng),
             slots: virtio_slots(vm.arch),
         };
         let slot = u32::try_from(slot).map_err(|_| too_many())?;
@@ -260,16 +344,83 @@ pub fn plan_vm(vm: &VmSpec) -> Result<VmPlan, PlanError> {
             budget_us: placement.budget_us,
             period_us: placement.period_us,
         },
+        nics: Vec::new(),
     })
 }
 
-/// The plan of a whole system: one [`VmPlan`] per VM, in file order.
+/// Who holds a port of a network's switch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PortOwner {
+    /// Interface `nic` of VM `vm`.
+    Vm {
+        /// The VM's name.
+        vm: String,
+        /// Index into its [`VmPlan::nics`].
+        nic: usize,
+    },
+    /// The host tap interface of the network's uplink (Linux only).
+    Uplink {
+        /// The tap interface's name.
+        tap: String,
+    },
+}
+
+/// One port of a network's switch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortPlan {
+    /// Who holds it.
+    pub owner: PortOwner,
+    /// The MAC address it may send from (`None` for the uplink: any address no VM port
+    /// declares).
+    pub mac: Option<MacAddr>,
+}
+
+/// The switch of one network, sized at plan time: everything it allocates follows from
+/// these numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NetworkPlan {
+    /// The network's name.
+    pub name: String,
+    /// The ports: the attached VMs in file order, then the uplink if any.
+    pub ports: Vec<PortPlan>,
+    /// Pairs of ports that may exchange frames (`a < b`).
+    pub allow: Vec<(u16, u16)>,
+    /// Frame slots of each ring of each port.
+    pub slots: u32,
+    /// Entries of the MAC learning table.
+    pub mac_table: u32,
+    /// Frames each port's output queue in the switch holds.
+    pub queue_depth: u32,
+    /// Of those, how many flooded frames (broadcast, multicast, unknown unicast) may take.
+    pub flood_depth: u32,
+    /// Learned entries not refreshed for this long are forgotten.
+    pub ageing_ms: u64,
+}
+
+impl NetworkPlan {
+    /// Bytes of one ring window of this network (see `keel_net::ring::window_len`).
+    pub fn ring_bytes(&self) -> u64 {
+        ring_window_len(self.slots)
+    }
+}
+
+/// Bytes of a frame ring window with `slots` slots: a 256-byte header and 2048-byte slots
+/// (the same arithmetic as `keel_net::ring::window_len`, which keel-net's tests compare
+/// with this one).
+pub const fn ring_window_len(slots: u32) -> u64 {
+    256 + slots as u64 * 2048
+}
+
+/// The plan of a whole system: one [`VmPlan`] per VM, in file order, and one
+/// [`NetworkPlan`] per network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemPlan {
     /// The system's name.
     pub name: String,
     /// The VMs.
     pub vms: Vec<VmPlan>,
+    /// The networks, in file order.
+    pub networks: Vec<NetworkPlan>,
 }
 
 impl SystemPlan {
@@ -279,12 +430,76 @@ impl SystemPlan {
     }
 }
 
-/// Plan every VM of `system`.
+/// Plan every VM and network of `system`.
 pub fn plan(system: &System) -> Result<SystemPlan, PlanError> {
     Ok(SystemPlan {
         name: system.name().into(),
-        vms: system.vms().iter().map(plan_vm).collect::<Result<_, _>>()?,
+        vms: system
+            .vms()
+            .iter()
+            .map(|vm| plan_vm_of(system, vm))
+            .collect::<Result<_, _>>()?,
+        networks: system
+            .networks()
+            .iter()
+            .map(|net| plan_network(net, system.vms()))
+            .collect(),
     })
+}
+
+/// Default switch sizing: output queues as deep as a ring, a quarter of it for floods,
+/// four MAC table entries per port (VM ports have one MAC each; the rest is for what the
+/// uplink's side shows), five minutes of ageing (as common hardware switches).
+fn plan_network(net: &NetworkSpec, vms: &[VmSpec]) -> NetworkPlan {
+    let mut names: Vec<&str> = Vec::new();
+    let mut ports: Vec<PortPlan> = network_members(net, vms)
+        .map(|(vm, nic)| {
+            names.push(&vm.name);
+            PortPlan {
+                owner: PortOwner::Vm {
+                    vm: vm.name.clone(),
+                    nic,
+                },
+                mac: System::nic_mac(vm, nic),
+            }
+        })
+        .collect();
+    if let Some(uplink) = &net.uplink {
+        names.push(NetworkSpec::UPLINK);
+        ports.push(PortPlan {
+            owner: PortOwner::Uplink {
+                tap: uplink.strip_prefix("tap:").unwrap_or(uplink).into(),
+            },
+            mac: None,
+        });
+    }
+    let index = |name: &str| names.iter().position(|n| *n == name);
+    let mut allow: Vec<(u16, u16)> = match &net.allow {
+        None => (0..ports.len())
+            .flat_map(|a| (a + 1..ports.len()).map(move |b| (a, b)))
+            .map(|(a, b)| (a as u16, b as u16))
+            .collect(),
+        Some(pairs) => pairs
+            .iter()
+            .filter_map(|(a, b)| {
+                let (a, b) = (index(a)?, index(b)?);
+                Some((a.min(b) as u16, a.max(b) as u16))
+            })
+            .collect(),
+    };
+    allow.sort_unstable();
+    allow.dedup();
+    let n = ports.len().max(1) as u32;
+    NetworkPlan {
+        name: net.name.clone(),
+        allow,
+        slots: net.slots,
+        mac_table: n * 4,
+        queue_depth: net.slots,
+        flood_depth: (net.slots / 4).max(1),
+        ageing_ms: 300_000,
+        ports,
+    }
 }
 
 #[cfg(test)]

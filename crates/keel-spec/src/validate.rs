@@ -5,7 +5,7 @@ use alloc::string::{String, ToString};
 
 use crate::error::{ErrorKind, SpecError};
 use crate::layout::{GPA_LIMIT, device_window};
-use crate::model::{Arch, Memory, Output, VmSpec};
+use crate::model::{Arch, MacAddr, Memory, NetworkSpec, Output, System, VmSpec};
 use crate::size::SizeDisplay;
 
 /// The limits the validator enforces.
@@ -36,6 +36,14 @@ pub mod limits {
     pub const MAX_SYSTEM_NAME: usize = 64;
     /// `max_restarts_per_minute`: `1..=MAX_RESTARTS_PER_MINUTE`.
     pub const MAX_RESTARTS_PER_MINUTE: u32 = 1000;
+    /// Networks per system.
+    pub const MAX_NETWORKS: usize = 16;
+    /// Interfaces attached to one network (the uplink counts as one).
+    pub const MAX_NETWORK_PORTS: usize = 64;
+    /// `[[network]] slots`: a power of two in `MIN_RING_SLOTS..=MAX_RING_SLOTS`.
+    pub const MIN_RING_SLOTS: u32 = 16;
+    /// See [`MIN_RING_SLOTS`].
+    pub const MAX_RING_SLOTS: u32 = 4096;
 }
 
 use limits::*;
@@ -122,10 +130,10 @@ pub(crate) fn check_vm(index: usize, vm: &VmSpec, pcpus: Option<u32>) -> Result<
     }
     check_memory(&at, vm.arch, &vm.memory)?;
     check_cmdline(&at, &vm.cmdline)?;
-    let devices = vm.disks.len() + vm.consoles.len() + usize::from(vm.rng);
+    let devices = vm.disks.len() + vm.consoles.len() + vm.nics.len() + usize::from(vm.rng);
     if devices > MAX_DEVICES {
         return err(ErrorKind::TooMany {
-            key: "devices (disks + consoles + rng)",
+            key: "devices (disks + consoles + nets + rng)",
             count: devices,
             max: MAX_DEVICES,
         });
@@ -383,6 +391,192 @@ pub(crate) fn check_across_vms(vms: &[VmSpec]) -> Result<(), SpecError> {
                 ));
             }
             seen.push((path, disk.read_only, here));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn network_label(index: usize, name: &str) -> String {
+    if vm_name_ok(name) {
+        format!("network {name:?}")
+    } else {
+        format!("network[{index}]")
+    }
+}
+
+fn list_or_none<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let list: alloc::vec::Vec<String> = names.map(|n| format!("{n:?}")).collect();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// A tap interface name: 1 to 15 (IFNAMSIZ - 1) of `a-z A-Z 0-9 . _ -`.
+fn tap_name_ok(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Checks the networks and the interfaces attached to them: unique network names, sizes,
+/// uplinks, interfaces on declared networks (once per VM and network), MACs usable and
+/// unique, allow lists naming members only.
+pub(crate) fn check_networks(vms: &[VmSpec], networks: &[NetworkSpec]) -> Result<(), SpecError> {
+    if networks.len() > MAX_NETWORKS {
+        return Err(SpecError::new(
+            "",
+            ErrorKind::TooMany {
+                key: "networks",
+                count: networks.len(),
+                max: MAX_NETWORKS,
+            },
+        ));
+    }
+    for (index, net) in networks.iter().enumerate() {
+        let at = network_label(index, &net.name);
+        if !vm_name_ok(&net.name) {
+            return Err(SpecError::new(
+                at,
+                ErrorKind::BadName {
+                    name: net.name.clone(),
+                    rule: "1 to 32 of a-z 0-9 -",
+                },
+            ));
+        }
+        if networks[..index].iter().any(|n| n.name == net.name) {
+            return Err(SpecError::new(
+                format!("network[{index}]"),
+                ErrorKind::DuplicateNetwork(net.name.clone()),
+            ));
+        }
+        if !net.slots.is_power_of_two() || !(MIN_RING_SLOTS..=MAX_RING_SLOTS).contains(&net.slots) {
+            return Err(SpecError::new(
+                at,
+                ErrorKind::OutOfRange {
+                    key: "slots",
+                    value: net.slots.into(),
+                    range: "a power of two in 16..=4096",
+                },
+            ));
+        }
+        if let Some(uplink) = &net.uplink
+            && !uplink.strip_prefix("tap:").is_some_and(tap_name_ok)
+        {
+            return Err(SpecError::new(at, ErrorKind::BadUplink(uplink.clone())));
+        }
+    }
+    // Interfaces: on a declared network, once per (VM, network), usable and unique MACs.
+    let mut macs: alloc::vec::Vec<(MacAddr, String, bool)> = alloc::vec::Vec::new();
+    for (index, vm) in vms.iter().enumerate() {
+        let vm_at = vm_label(index, Some(&vm.name));
+        for (i, nic) in vm.nics.iter().enumerate() {
+            let at = format!("{vm_at}: net {i}");
+            if !networks.iter().any(|n| n.name == nic.network) {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::UnknownNetwork {
+                        network: nic.network.clone(),
+                        declared: list_or_none(networks.iter().map(|n| n.name.as_str())),
+                    },
+                ));
+            }
+            if let Some(first) = vm.nics[..i].iter().position(|n| n.network == nic.network) {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::AttachedTwice {
+                        network: nic.network.clone(),
+                        first,
+                    },
+                ));
+            }
+            let mac = System::nic_mac(vm, i).unwrap_or(MacAddr([0; 6]));
+            if mac.is_multicast() {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::UnusableMac {
+                        mac: mac.to_string(),
+                        reason: "a multicast address (bit 0 of the first octet is set)",
+                    },
+                ));
+            }
+            if mac.0 == [0; 6] {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::UnusableMac {
+                        mac: mac.to_string(),
+                        reason: "all zeros",
+                    },
+                ));
+            }
+            let derived = nic.mac.is_none();
+            if let Some((_, other, other_derived)) = macs.iter().find(|(m, _, _)| *m == mac) {
+                let hint = if derived || *other_derived {
+                    " (a derived address collided: give one of them a mac)"
+                } else {
+                    ""
+                };
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::DuplicateMac {
+                        mac: mac.to_string(),
+                        other: other.clone(),
+                        hint,
+                    },
+                ));
+            }
+            macs.push((mac, at, derived));
+        }
+    }
+    // Allow lists: members only, no self pairs; the port count fits the switch.
+    for (index, net) in networks.iter().enumerate() {
+        let at = network_label(index, &net.name);
+        let members: alloc::vec::Vec<&str> = vms
+            .iter()
+            .filter(|vm| vm.nics.iter().any(|n| n.network == net.name))
+            .map(|vm| vm.name.as_str())
+            .collect();
+        let ports = members.len() + usize::from(net.uplink.is_some());
+        if ports > MAX_NETWORK_PORTS {
+            return Err(SpecError::new(
+                at,
+                ErrorKind::TooMany {
+                    key: "interfaces attached",
+                    count: ports,
+                    max: MAX_NETWORK_PORTS,
+                },
+            ));
+        }
+        let is_member = |name: &str| {
+            members.contains(&name) || (net.uplink.is_some() && name == NetworkSpec::UPLINK)
+        };
+        for (a, b) in net.allow.iter().flatten() {
+            for name in [a, b] {
+                if !is_member(name) {
+                    let what = if vms.iter().any(|vm| vm.name == *name) {
+                        "attached to this network"
+                    } else {
+                        "a VM of this system"
+                    };
+                    let mut all = members.clone();
+                    if net.uplink.is_some() {
+                        all.push(NetworkSpec::UPLINK);
+                    }
+                    return Err(SpecError::new(
+                        at,
+                        ErrorKind::NotAMember {
+                            name: name.clone(),
+                            what,
+                            members: list_or_none(all.into_iter()),
+                        },
+                    ));
+                }
+            }
+            if a == b {
+                return Err(SpecError::new(at, ErrorKind::AllowSelf(a.clone())));
+            }
         }
     }
     Ok(())

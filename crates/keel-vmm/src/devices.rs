@@ -14,6 +14,7 @@ use keel_spec::{DeviceKind, DevicePlan, VmPlan};
 use keel_virtio::console::ConsoleInput;
 use keel_virtio::device::{EventSource, EventToken};
 use keel_virtio::mmio::QueueNotifier;
+use keel_virtio::net::{Net, NetBackend};
 use keel_virtio::{
     Block, BlockBackend, Console, ConsoleOutput, DeviceFailure, EntropySource, MmioTransport, Rng,
     VirtioDevice,
@@ -61,6 +62,15 @@ pub trait DeviceBackends {
     ) -> Result<Option<Box<dyn ConsoleInput>>, BackendError> {
         let _ = (plan, port);
         Ok(None)
+    }
+    /// The switch port behind network interface `nic` (`plan.nics[nic]`). By default the
+    /// backend has none, and a VM with an interface is refused.
+    fn net(&mut self, plan: &VmPlan, nic: usize) -> Result<Box<dyn NetBackend>, BackendError> {
+        let _ = nic;
+        Err(BackendError::Unavailable(format!(
+            "vm {:?}: this backend cannot attach network interfaces",
+            plan.name
+        )))
     }
 }
 
@@ -174,6 +184,10 @@ pub fn label(plan: &VmPlan, device: &DevicePlan) -> String {
             format!("{disk} (disk {id:?})")
         }
         DeviceKind::Console { port } => format!("{port} (console {port})"),
+        DeviceKind::Net { nic } => match plan.nics.get(nic) {
+            Some(n) => format!("{nic} (net {} on {:?})", n.mac, n.network_name),
+            None => format!("{nic} (net)"),
+        },
         DeviceKind::Rng => "0 (rng)".into(),
     }
 }
@@ -222,6 +236,13 @@ pub fn build_device(
                 ),
                 None => placed(plan, device, Console::new(out), memory, irq),
             }
+        }
+        DeviceKind::Net { nic } => {
+            let backend = backends.net(plan, nic)?;
+            let mac = plan.nics.get(nic).map(|n| n.mac.0).ok_or_else(|| {
+                BackendError::Unavailable(format!("vm {:?}: no plan for net {nic}", plan.name))
+            })?;
+            placed(plan, device, Net::new(backend, mac), memory, irq)
         }
         DeviceKind::Rng => {
             let source = backends.entropy(plan)?;

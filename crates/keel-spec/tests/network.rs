@@ -1,0 +1,342 @@
+//! Networks in the system description: `[[network]]`, `[[vm.net]]`, allow lists, MACs, and
+//! their plan.
+
+mod common;
+
+use common::Scratch;
+use keel_spec::plan::{DeviceKind, PortOwner, plan, plan_vm};
+use keel_spec::{MacAddr, NetworkSpec};
+
+/// A VM named `name` with the given extra TOML appended after its keys.
+fn vm(name: &str, extra: &str) -> String {
+    format!(
+        "[[vm]]\nname = \"{name}\"\narch = \"x86_64\"\nkernel = \"vmlinux\"\nmemory = \"64M\"\n{extra}\n"
+    )
+}
+
+fn three_vms_on_lan(network: &str) -> String {
+    format!(
+        "{network}\n{}{}{}",
+        vm(
+            "a",
+            "[[vm.net]]\nnetwork = \"lan\"\nmac = \"02:00:00:00:00:0a\""
+        ),
+        vm(
+            "b",
+            "[[vm.net]]\nnetwork = \"lan\"\nmac = \"02:00:00:00:00:0b\""
+        ),
+        vm("c", "[[vm.net]]\nnetwork = \"lan\""),
+    )
+}
+
+#[test]
+fn network_and_interfaces_are_parsed_into_the_model() {
+    let s = Scratch::new();
+    let text = three_vms_on_lan(
+        "[[network]]\nname = \"lan\"\nallow = [[\"a\", \"b\"]]\nslots = 64\nuplink = \"tap:keel0\"",
+    );
+
+    let system = s.parse(&text).unwrap();
+
+    let net = &system.networks()[0];
+    assert_eq!(net.name, "lan");
+    assert_eq!(net.allow, Some(vec![("a".into(), "b".into())]));
+    assert_eq!((net.slots, net.uplink.as_deref()), (64, Some("tap:keel0")));
+    let a = system.vm("a").unwrap();
+    assert_eq!(a.nics[0].network, "lan");
+    assert_eq!(a.nics[0].mac, MacAddr::parse("02:00:00:00:00:0a"));
+}
+
+#[test]
+fn network_defaults_allow_every_pair_with_256_slots_and_no_uplink() {
+    let s = Scratch::new();
+    let system = s
+        .parse(&three_vms_on_lan("[[network]]\nname = \"lan\""))
+        .unwrap();
+
+    let net = &system.networks()[0];
+
+    assert_eq!(net.allow, None);
+    assert_eq!(net.slots, NetworkSpec::DEFAULT_SLOTS);
+    assert_eq!(net.uplink, None);
+}
+
+#[test]
+fn interface_on_an_undeclared_network_is_refused_naming_the_declared_ones() {
+    let s = Scratch::new();
+    let text = format!(
+        "[[network]]\nname = \"lan\"\n{}",
+        vm("a", "[[vm.net]]\nnetwork = \"wan\"")
+    );
+
+    assert_eq!(
+        s.error(&text),
+        r#"vm "a": net 0: network: "wan" is not declared (declared: "lan")"#
+    );
+}
+
+#[test]
+fn interface_without_any_network_declared_says_none_is() {
+    let s = Scratch::new();
+    let text = vm("a", "[[vm.net]]\nnetwork = \"lan\"");
+
+    assert_eq!(
+        s.error(&text),
+        r#"vm "a": net 0: network: "lan" is not declared (declared: none)"#
+    );
+}
+
+#[test]
+fn repeated_mac_is_refused_naming_both_interfaces() {
+    let s = Scratch::new();
+    let text = format!(
+        "[[network]]\nname = \"lan\"\n{}{}",
+        vm(
+            "a",
+            "[[vm.net]]\nnetwork = \"lan\"\nmac = \"02:00:00:00:00:01\""
+        ),
+        vm(
+            "b",
+            "[[vm.net]]\nnetwork = \"lan\"\nmac = \"02:00:00:00:00:01\""
+        ),
+    );
+
+    assert_eq!(
+        s.error(&text),
+        r#"vm "b": net 0: mac 02:00:00:00:00:01 is also used by vm "a": net 0"#
+    );
+}
+
+#[test]
+fn repeated_mac_on_different_networks_is_still_refused() {
+    let s = Scratch::new();
+    let text = format!(
+        "[[network]]\nname = \"lan\"\n[[network]]\nname = \"dmz\"\n{}{}",
+        vm(
+            "a",
+            "[[vm.net]]\nnetwork = \"lan\"\nmac = \"02:00:00:00:00:01\""
+        ),
+        vm(
+            "b",
+            "[[vm.net]]\nnetwork = \"dmz\"\nmac = \"02:00:00:00:00:01\""
+        ),
+    );
+
+    assert!(s.error(&text).contains("is also used by vm \"a\": net 0"));
+}
+
+#[test]
+fn unknown_vm_in_an_allow_list_is_refused_naming_the_members() {
+    let s = Scratch::new();
+    let text = three_vms_on_lan("[[network]]\nname = \"lan\"\nallow = [[\"a\", \"zed\"]]");
+
+    assert_eq!(
+        s.error(&text),
+        r#"network "lan": allow: "zed" is not a VM of this system (members: "a", "b", "c")"#
+    );
+}
+
+#[test]
+fn vm_not_on_the_network_in_its_allow_list_is_refused() {
+    let s = Scratch::new();
+    let text = format!(
+        "[[network]]\nname = \"lan\"\nallow = [[\"a\", \"d\"]]\n{}{}",
+        vm("a", "[[vm.net]]\nnetwork = \"lan\""),
+        vm("d", ""),
+    );
+
+    assert_eq!(
+        s.error(&text),
+        r#"network "lan": allow: "d" is not attached to this network (members: "a")"#
+    );
+}
+
+#[test]
+fn uplink_in_an_allow_list_needs_an_uplink() {
+    let s = Scratch::new();
+    let text = three_vms_on_lan("[[network]]\nname = \"lan\"\nallow = [[\"a\", \"uplink\"]]");
+
+    assert!(
+        s.error(&text)
+            .contains(r#"allow: "uplink" is not a VM of this system"#)
+    );
+}
+
+#[test]
+fn multicast_mac_is_refused() {
+    let s = Scratch::new();
+    let text = format!(
+        "[[network]]\nname = \"lan\"\n{}",
+        vm(
+            "a",
+            "[[vm.net]]\nnetwork = \"lan\"\nmac = \"01:00:5e:00:00:01\""
+        )
+    );
+
+    assert_eq!(
+        s.error(&text),
+        r#"vm "a": net 0: mac: 01:00:5e:00:00:01 is a multicast address (bit 0 of the first octet is set)"#
+    );
+}
+
+#[test]
+fn malformed_mac_is_refused_with_the_text_given() {
+    let s = Scratch::new();
+    let text = format!(
+        "[[network]]\nname = \"lan\"\n{}",
+        vm(
+            "a",
+            "[[vm.net]]\nnetwork = \"lan\"\nmac = \"02:00:00:00:00\""
+        )
+    );
+
+    assert!(
+        s.error(&text)
+            .starts_with(r#"vm "a": net 0: mac: "02:00:00:00:00" is not a MAC address"#)
+    );
+}
+
+#[test]
+fn two_networks_with_one_name_are_refused() {
+    let s = Scratch::new();
+    let text = format!(
+        "[[network]]\nname = \"lan\"\n[[network]]\nname = \"lan\"\n{}",
+        vm("a", "")
+    );
+
+    assert_eq!(
+        s.error(&text),
+        r#"network[1]: name "lan" is used by two networks"#
+    );
+}
+
+#[test]
+fn ring_slots_must_be_a_power_of_two_in_range() {
+    let s = Scratch::new();
+    for slots in [0, 8, 100, 8192] {
+        let text = three_vms_on_lan(&format!("[[network]]\nname = \"lan\"\nslots = {slots}"));
+        assert_eq!(
+            s.error(&text),
+            format!(
+                r#"network "lan": slots: {slots} is out of range (a power of two in 16..=4096)"#
+            )
+        );
+    }
+}
+
+#[test]
+fn uplink_must_name_a_tap_interface() {
+    let s = Scratch::new();
+    let text = three_vms_on_lan("[[network]]\nname = \"lan\"\nuplink = \"eth0\"");
+
+    assert!(
+        s.error(&text)
+            .starts_with(r#"network "lan": uplink: "eth0" is not "tap:<interface>""#)
+    );
+}
+
+#[test]
+fn one_vm_attached_twice_to_a_network_is_refused() {
+    let s = Scratch::new();
+    let text = format!(
+        "[[network]]\nname = \"lan\"\n{}",
+        vm(
+            "a",
+            "[[vm.net]]\nnetwork = \"lan\"\n[[vm.net]]\nnetwork = \"lan\""
+        )
+    );
+
+    assert_eq!(
+        s.error(&text),
+        r#"vm "a": net 1: network: vm is already attached to "lan" by net 0"#
+    );
+}
+
+#[test]
+fn derived_macs_are_locally_administered_unicast_and_stable() {
+    let a = MacAddr::derived("a", 0);
+
+    assert_eq!(a, MacAddr::derived("a", 0));
+    assert_ne!(a, MacAddr::derived("a", 1));
+    assert_ne!(a, MacAddr::derived("b", 0));
+    assert_eq!(a.0[0], 0x02);
+    assert!(!a.is_multicast());
+}
+
+#[test]
+fn plan_gives_ports_in_file_order_and_allow_pairs_by_port() {
+    let s = Scratch::new();
+    let system = s
+        .parse(&three_vms_on_lan(
+            "[[network]]\nname = \"lan\"\nallow = [[\"b\", \"a\"]]\nuplink = \"tap:k0\"",
+        ))
+        .unwrap();
+
+    let p = plan(&system).unwrap();
+
+    let net = &p.networks[0];
+    assert_eq!(net.ports.len(), 4);
+    assert_eq!(
+        net.ports[2].owner,
+        PortOwner::Vm {
+            vm: "c".into(),
+            nic: 0
+        }
+    );
+    assert_eq!(net.ports[3].owner, PortOwner::Uplink { tap: "k0".into() });
+    assert_eq!(net.ports[3].mac, None);
+    assert_eq!(net.allow, vec![(0, 1)]);
+    let c = p.vm("c").unwrap();
+    assert_eq!(c.nics[0].port, 2);
+    assert_eq!(c.nics[0].mac, MacAddr::derived("c", 0));
+    assert_eq!(net.ports[2].mac, Some(c.nics[0].mac));
+}
+
+#[test]
+fn plan_without_allow_list_allows_every_pair() {
+    let s = Scratch::new();
+    let system = s
+        .parse(&three_vms_on_lan("[[network]]\nname = \"lan\""))
+        .unwrap();
+
+    let p = plan(&system).unwrap();
+
+    assert_eq!(p.networks[0].allow, vec![(0, 1), (0, 2), (1, 2)]);
+}
+
+#[test]
+fn net_devices_come_after_consoles_and_before_the_rng() {
+    let s = Scratch::new();
+    let text = format!(
+        "[[network]]\nname = \"lan\"\n{}",
+        vm(
+            "a",
+            "[[vm.console]]\noutput = \"null\"\n[vm.rng]\n[[vm.net]]\nnetwork = \"lan\""
+        )
+    );
+    let system = s.parse(&text).unwrap();
+
+    let p = plan(&system).unwrap();
+
+    let kinds: Vec<_> = p.vms[0].devices.iter().map(|d| d.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            DeviceKind::Console { port: 0 },
+            DeviceKind::Net { nic: 0 },
+            DeviceKind::Rng
+        ]
+    );
+}
+
+#[test]
+fn planning_a_networked_vm_without_its_system_is_refused() {
+    let s = Scratch::new();
+    let system = s
+        .parse(&three_vms_on_lan("[[network]]\nname = \"lan\""))
+        .unwrap();
+
+    let e = plan_vm(system.vm("a").unwrap()).unwrap_err();
+
+    assert_eq!(e.to_string(), r#"vm "a": network "lan" is not declared"#);
+}

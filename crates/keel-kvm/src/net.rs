@@ -308,6 +308,104 @@ pub fn die_with_parent(signal: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// A host tap interface (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI`, non-blocking): the uplink
+/// port of a network. Each read or write is one Ethernet frame without FCS. Opening needs
+/// CAP_NET_ADMIN, or a persistent tap the user may open (`ip tuntap add ... user ...`).
+#[derive(Debug)]
+pub struct Tap {
+    fd: OwnedFd,
+    name: String,
+}
+
+/// `struct ifreq` as TUNSETIFF reads it: the name, then the flags (the union's first
+/// member), padded to the kernel's 40 bytes.
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl Tap {
+    /// Open (creating it if it does not exist, for as long as it is open) tap `name`.
+    pub fn open(name: &str) -> io::Result<Tap> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?} is not an interface name (1 to 15 bytes)"),
+            ));
+        }
+        // SAFETY: opening a device node by a valid NUL-terminated path.
+        let raw = unsafe {
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a new fd nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads (and may write back the name into) a 40-byte ifreq,
+        // which `req` is.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Tap {
+            fd,
+            name: name.to_string(),
+        })
+    }
+
+    /// The interface's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The descriptor (to poll for input).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The next frame from the host into `buf`: `Ok(None)` when none is waiting.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // SAFETY: reading at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    }
+
+    /// Give `frame` to the host: `Ok(false)` when the tap's queue is full (the frame is
+    /// not sent; the caller drops it).
+    pub fn send(&self, frame: &[u8]) -> io::Result<bool> {
+        // SAFETY: writing `frame.len()` bytes from `frame`.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        if n >= 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(false)
+        } else {
+            Err(e)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +495,13 @@ mod tests {
         assert_eq!(first.raw(), raw);
         assert_eq!(first.to_switch.len(), 4096);
         assert!(matches!(second, Err(FdArgError::Fd { .. })));
+    }
+
+    #[test]
+    fn overlong_tap_name_is_refused_before_any_system_call() {
+        let r = Tap::open("a-name-of-16-byt");
+
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]

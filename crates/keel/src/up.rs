@@ -22,6 +22,7 @@ use std::time::Instant;
 use keel_kvm::log::{self, Level};
 use keel_kvm::net::{PortFds, die_with_parent, drain_eventfd, inherit_across_exec};
 use keel_net::port::{PortWindows, Service, SwitchService};
+use keel_net::ring::{FrameConsumer, FrameProducer, FrameWindow, MAX_FRAME, Recv, Sent};
 use keel_net::switch::{Mac, PortId, Switch, SwitchConfig};
 use keel_spec::plan::{NetworkPlan, PortOwner, SystemPlan};
 
@@ -91,21 +92,6 @@ fn load_plan(path: &Path) -> Result<(keel_spec::System, SystemPlan), Failure> {
     let plan = keel_spec::plan::plan(&sys)
         .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
     Ok((sys, plan))
-}
-
-/// Refuse what `keel up` cannot run yet: uplinks to host taps.
-fn check_supported(plan: &SystemPlan) -> Result<(), Failure> {
-    for net in &plan.networks {
-        for p in &net.ports {
-            if let PortOwner::Uplink { tap } = &p.owner {
-                return Err(Failure::input(format!(
-                    "network {:?}: uplink \"tap:{tap}\" is not supported by `keel up` yet (remove the uplink to run the system)",
-                    net.name
-                )));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// One child process of `keel up`.
@@ -234,7 +220,6 @@ fn describe(s: Option<ExitStatus>) -> String {
 /// `keel up <system.toml>`.
 pub fn up(system: &Path, level: Level, stats: bool) -> Result<u8, Failure> {
     let (sys, plan) = load_plan(system)?;
-    check_supported(&plan)?;
     for vm in sys.vms() {
         if keel_spec::Arch::host() != Some(vm.arch) {
             return Err(Failure::input(format!(
@@ -248,17 +233,21 @@ pub fn up(system: &Path, level: Level, stats: bool) -> Result<u8, Failure> {
     let system_arg = system.display().to_string();
     let level_arg = level.name().to_string();
 
-    // Port fds, VMM view, by network then port.
-    let mut ports: Vec<Vec<PortFds>> = Vec::with_capacity(plan.networks.len());
+    // Port fds, VMM view, by network then port (`None`: the uplink, the switch's own).
+    let mut ports: Vec<Vec<Option<PortFds>>> = Vec::with_capacity(plan.networks.len());
     for net in &plan.networks {
         let len = usize::try_from(net.ring_bytes())
             .map_err(|_| failure(format!("network {:?}: ring too large", net.name)))?;
         let mut v = Vec::with_capacity(net.ports.len());
-        for (i, _) in net.ports.iter().enumerate() {
-            v.push(
+        for (i, p) in net.ports.iter().enumerate() {
+            if matches!(p.owner, PortOwner::Uplink { .. }) {
+                v.push(None);
+                continue;
+            }
+            v.push(Some(
                 PortFds::create(&format!("{}-{i}", net.name), len)
                     .map_err(|e| failure(format!("network {:?}: port {i}: {e}", net.name)))?,
-            );
+            ));
         }
         ports.push(v);
     }
@@ -280,7 +269,7 @@ pub fn up(system: &Path, level: Level, stats: bool) -> Result<u8, Failure> {
             args.push("--stats".into());
         }
         let mut fds = Vec::new();
-        for p in &ports[n] {
+        for p in ports[n].iter().flatten() {
             let [a, b, vmm_bell, switch_bell] = p.raw();
             // The switch's view: it rings the VMM's eventfd and waits on its own.
             args.push("--port".into());
@@ -322,6 +311,7 @@ pub fn up(system: &Path, level: Level, stats: bool) -> Result<u8, Failure> {
                 let Some(p) = ports
                     .get(nic.network)
                     .and_then(|n| n.get(usize::from(nic.port)))
+                    .and_then(Option::as_ref)
                 else {
                     continue;
                 };
@@ -443,15 +433,31 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
         .map(|a| PortFds::take_inherited(a, &mut taken))
         .collect::<Result<_, _>>()
         .map_err(|e| Failure::input(format!("__switch: {e}")))?;
-    if fds.len() != net.ports.len() {
+    let vm_ports = net
+        .ports
+        .iter()
+        .filter(|p| matches!(p.owner, PortOwner::Vm { .. }))
+        .count();
+    if fds.len() != vm_ports {
         return Err(Failure::input(format!(
-            "__switch: {} ports given, network {name:?} has {}",
-            fds.len(),
-            net.ports.len()
+            "__switch: {} ports given, network {name:?} has {vm_ports} VM ports",
+            fds.len()
         )));
     }
     let sigfd = signal_fd(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
     let switch = build_switch(net)?;
+    // The uplink (the plan puts it last, after the VM ports): a tap, pumped from here.
+    let mut uplink = match net.ports.iter().find_map(|p| match &p.owner {
+        PortOwner::Uplink { tap } => Some(tap.clone()),
+        PortOwner::Vm { .. } => None,
+    }) {
+        Some(tap) => Some(Uplink::open(&tap, u64::from(net.slots)).map_err(|e| {
+            Failure::input(format!(
+                "network {name:?}: uplink tap:{tap}: {e} (opening a tap needs CAP_NET_ADMIN, or a persistent tap owned by this user)"
+            ))
+        })?),
+        None => None,
+    };
     // The mappings live as long as the process (the service points into them).
     let mut mappings = Vec::new();
     let mut service_ports = Vec::new();
@@ -481,10 +487,18 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
         ));
         mappings.push((to, from));
     }
+    if let Some(u) = uplink.as_mut() {
+        service_ports.push(
+            u.switch_side
+                .take()
+                .ok_or_else(|| failure("uplink reused"))?,
+        );
+    }
     let mut service = SwitchService::new(switch, service_ports);
     let origin = Instant::now();
     let mut pollfds: Vec<libc::pollfd> = std::iter::once(sigfd)
         .chain(fds.iter().map(|p| p.wait_on.as_raw_fd()))
+        .chain(uplink.as_ref().map(|u| u.tap.raw_fd()))
         .map(|fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -494,7 +508,9 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
     loop {
         // Monotonic milliseconds (Instant) for the switch's MAC ageing.
         let now_ms = u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if service.service(now_ms, SWITCH_BUDGET) == Service::Busy {
+        let busy = service.service(now_ms, SWITCH_BUDGET) == Service::Busy;
+        let pumped = uplink.as_mut().is_some_and(|u| u.pump(SWITCH_BUDGET));
+        if busy || pumped {
             continue;
         }
         for p in &mut pollfds {
@@ -514,6 +530,7 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
         if pollfds[0].revents != 0 {
             break;
         }
+        // (The tap's entry, last, needs no action: the next pump reads it.)
         for (p, pfd) in fds.iter().zip(&pollfds[1..]) {
             if pfd.revents != 0 {
                 drain_eventfd(&p.wait_on);
@@ -522,6 +539,16 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
     }
     if stats {
         print_counters(net, &service);
+        if let Some(u) = &uplink {
+            eprintln!(
+                "keel: switch {name:?} uplink tap:{}: host_rx {} host_tx {} drop_to_switch {} drop_to_host {}",
+                u.tap.name(),
+                u.from_host,
+                u.to_host,
+                u.drop_to_switch,
+                u.drop_to_host
+            );
+        }
     }
     drop(service);
     drop(mappings);
@@ -543,12 +570,7 @@ fn build_switch(net: &NetworkPlan) -> Result<Switch, Failure> {
     for p in &net.ports {
         match p.mac {
             Some(m) => sw.add_port(Mac(m.0)).map_err(bad)?,
-            None => {
-                return Err(failure(format!(
-                    "network {:?}: a port without a MAC (uplink) is not supported yet",
-                    net.name
-                )));
-            }
+            None => sw.add_uplink().map_err(bad)?,
         };
     }
     for &(a, b) in &net.allow {
@@ -619,4 +641,105 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
         .map_err(|e| Failure::input(format!("{system}: {e}")))?;
     let network = keel_kvm::VmNetwork::new(plan, ports).map_err(crate::vmm_failure)?;
     crate::run_vm_to_exit(spec, Some(network), false, crate::OnReboot::Exit0)
+}
+
+/// The uplink port of a switch process: a host tap, joined to the switch by a ring pair in
+/// this process's own memory (the switch serves it like any port) and pumped between the
+/// tap and the rings by the switch loop.
+struct Uplink {
+    tap: keel_kvm::net::Tap,
+    /// The switch's side of the rings, until given to the service.
+    switch_side: Option<(PortWindows, Box<dyn keel_net::port::Doorbell>)>,
+    to_switch: FrameProducer,
+    from_switch: FrameConsumer,
+    from_host: u64,
+    to_host: u64,
+    drop_to_switch: u64,
+    drop_to_host: u64,
+}
+
+/// The pump looks at the rings after every service call: no notification is needed.
+struct NoBell;
+
+impl keel_net::port::Doorbell for NoBell {
+    fn ring(&self) {}
+}
+
+impl Uplink {
+    fn open(tap: &str, slots: u64) -> std::io::Result<Uplink> {
+        let tap = keel_kvm::net::Tap::open(tap)?;
+        let len = keel_net::ring::window_len(slots)
+            .ok_or_else(|| std::io::Error::other("ring too large"))?;
+        // Two zeroed, 8-aligned windows that live as long as the process (leaked): the
+        // service and the pump both point into them.
+        let window = || -> std::io::Result<(FrameWindow, FrameWindow)> {
+            let mem: &'static mut [u64] = Box::leak(vec![0u64; len.div_ceil(8)].into_boxed_slice());
+            let base = mem.as_mut_ptr().cast::<u8>();
+            // SAFETY: `mem` is leaked (mapped forever), 8-aligned, `len` bytes long, and
+            // only accessed through these two windows' ring code from now on.
+            let pair = unsafe {
+                (
+                    FrameWindow::new(base, len, slots),
+                    FrameWindow::new(base, len, slots),
+                )
+            };
+            match pair {
+                (Ok(a), Ok(b)) => Ok((a, b)),
+                (Err(e), _) | (_, Err(e)) => Err(std::io::Error::other(e.to_string())),
+            }
+        };
+        let (to_a, to_b) = window()?;
+        let (from_a, from_b) = window()?;
+        Ok(Uplink {
+            tap,
+            switch_side: Some((
+                PortWindows {
+                    to_switch: to_a,
+                    from_switch: from_a,
+                },
+                Box::new(NoBell),
+            )),
+            to_switch: FrameProducer::attach(to_b),
+            from_switch: FrameConsumer::attach(from_b),
+            from_host: 0,
+            to_host: 0,
+            drop_to_switch: 0,
+            drop_to_host: 0,
+        })
+    }
+
+    /// Move up to `budget` frames each way; whether anything moved.
+    fn pump(&mut self, budget: usize) -> bool {
+        let mut moved = false;
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..budget {
+            match self.tap.recv(&mut buf) {
+                Ok(Some(n)) => {
+                    moved = true;
+                    self.from_host += 1;
+                    // Oversized (a host MTU above 1500) or empty: dropped and counted.
+                    match buf.get(..n).map(|f| self.to_switch.send(f)) {
+                        Some(Ok(Sent::Queued { .. })) => {}
+                        _ => self.drop_to_switch += 1,
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let mut frame = [0u8; MAX_FRAME];
+        for _ in 0..budget {
+            match self.from_switch.recv(&mut frame) {
+                Ok(Recv::Frame(n)) => {
+                    moved = true;
+                    match self.tap.send(&frame[..n]) {
+                        Ok(true) => self.to_host += 1,
+                        _ => self.drop_to_host += 1,
+                    }
+                }
+                Ok(Recv::BadLength { .. }) => moved = true,
+                Ok(Recv::Empty) | Err(_) => break,
+            }
+        }
+        moved
+    }
 }

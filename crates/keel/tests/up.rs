@@ -355,3 +355,119 @@ fn run_refuses_a_vm_with_network_interfaces_pointing_to_up() {
     assert_eq!(errors.len(), 1, "{run:?}");
     assert!(errors[0].contains("keel up"), "{}", errors[0]);
 }
+
+/// Send one Ethernet frame into host interface `ifname` (an AF_PACKET socket: the frame
+/// leaves the host through the interface, i.e. enters the tap's reader).
+fn send_raw_frame(ifname: &str, frame: &[u8]) -> std::io::Result<()> {
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: a plain syscall with a valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: creating a new socket.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = index as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+    // SAFETY: sending `frame` to a valid address structure of the given size.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    let r = if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    // SAFETY: closing the socket we created.
+    unsafe { libc::close(fd) };
+    r
+}
+
+/// The counters line of the port `who` (`vm a net 0`, `uplink tap:x`) in `--stats` output.
+fn port_counter(run: &Run, who: &str, counter: &str) -> Option<u64> {
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("keel: switch ") && l.contains(&format!("({who})")))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == counter)?;
+    words.next()?.parse().ok()
+}
+
+#[test]
+fn uplink_tap_frames_reach_the_vms_of_the_network() {
+    if !kvm_or_skip("uplink_tap_frames_reach_the_vms_of_the_network") {
+        return;
+    }
+    let tap_ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .is_ok()
+        && Command::new("ip").arg("-V").output().is_ok();
+    if !tap_ok {
+        skip::skip(
+            "up",
+            "uplink_tap_frames_reach_the_vms_of_the_network",
+            "/dev/net/tun or ip(8) not available (taps need CAP_NET_ADMIN)",
+        );
+        return;
+    }
+    let g = testguest();
+    let s = Scratch::new("uplink");
+    let tap = format!("kt{}", std::process::id() % 100_000);
+    let console = "[[vm.console]]\noutput = \"null\"\n";
+    let toml = [
+        format!("[[network]]\nname = \"lan\"\nuplink = \"tap:{tap}\"\n"),
+        vm(&g, "a", "keeltest=console-input", &["lan"], console),
+        vm(&g, "b", "keeltest=console-input", &["lan"], console),
+    ]
+    .concat();
+    let sys = s.system(&toml);
+    let sent = Mutex::new(None);
+
+    let run = keel_with(&["up", sys.to_str().unwrap(), "--stats"], |pid| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Command::new("ip")
+            .args(["link", "set", &tap, "up"])
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A broadcast from a host MAC no VM declares.
+        let mut frame = vec![0xff; 6];
+        frame.extend_from_slice(&[0x02, 0x99, 0, 0, 0, 1, 0x88, 0xb5]);
+        frame.resize(60, 0x5a);
+        *sent.lock().unwrap() = Some(send_raw_frame(&tap, &frame));
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    });
+
+    let sent = sent.into_inner().unwrap();
+    assert!(matches!(sent, Some(Ok(()))), "sending: {sent:?}");
+    assert_eq!(run.status, 128 + 15, "{run:?}");
+    let uplink_rx = port_counter(&run, &format!("uplink tap:{tap}"), "rx_frames");
+    let a_tx = port_counter(&run, "vm a net 0", "tx_frames");
+    assert!(uplink_rx.is_some_and(|n| n >= 1), "{run:?}");
+    assert!(a_tx.is_some_and(|n| n >= 1), "{run:?}");
+}

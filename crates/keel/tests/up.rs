@@ -471,3 +471,163 @@ fn uplink_tap_frames_reach_the_vms_of_the_network() {
     assert!(uplink_rx.is_some_and(|n| n >= 1), "{run:?}");
     assert!(a_tx.is_some_and(|n| n >= 1), "{run:?}");
 }
+
+// --- Frames between test guests (the test guest's `net` test, guest/testguest/README.md) ---
+
+const MAC_A: &str = "02:00:00:00:00:0a";
+const MAC_B: &str = "02:00:00:00:00:0b";
+const MAC_C: &str = "02:00:00:00:00:0c";
+const MAC_D: &str = "02:00:00:00:00:0d";
+
+/// A test-guest VM on network `lan` with MAC `mac`, running net role `role` (`keeltest.net*`
+/// words).
+fn net_vm(kernel: &Path, name: &str, mac: &str, role: &str) -> String {
+    vm(
+        kernel,
+        name,
+        &format!("keeltest=net {role}"),
+        &[],
+        &format!("[[vm.net]]\nnetwork = \"lan\"\nmac = \"{mac}\"\n"),
+    )
+}
+
+/// The value of `key=` in the first line of VM `name` starting with `start`.
+fn field(run: &Run, name: &str, start: &str, key: &str) -> Option<u64> {
+    let line = run
+        .vm_lines(name)
+        .into_iter()
+        .find(|l| l.starts_with(start))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))?
+        .parse()
+        .ok()
+}
+
+fn has_line_from(run: &Run, name: &str, mac: &str) -> bool {
+    run.vm_lines(name)
+        .iter()
+        .any(|l| l.starts_with(&format!("keeltest: net: rx from {mac}")))
+}
+
+#[test]
+fn allowed_pair_pings_and_the_vm_outside_the_allow_list_gets_nothing() {
+    if !kvm_or_skip("allowed_pair_pings_and_the_vm_outside_the_allow_list_gets_nothing") {
+        return;
+    }
+    let g = testguest();
+    let s = Scratch::new("allow");
+    let toml = [
+        "[[network]]\nname = \"lan\"\nallow = [[\"a\", \"b\"]]\n".to_string(),
+        net_vm(
+            &g,
+            "a",
+            MAC_A,
+            &format!("keeltest.net=ping keeltest.net-peer={MAC_B} keeltest.net-count=10 keeltest.net-stop={MAC_B}"),
+        ),
+        net_vm(&g, "b", MAC_B, "keeltest.net=echo keeltest.net-time=20000"),
+        net_vm(
+            &g,
+            "c",
+            MAC_C,
+            &format!("keeltest.net=ping-expect-none keeltest.net-peer={MAC_A} keeltest.net-time=3000"),
+        ),
+    ]
+    .concat();
+
+    let run = up(&s, &toml, &["--stats"]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    let ping = "keeltest: net: ping ";
+    assert_eq!(field(&run, "a", ping, "replies"), Some(10), "{run:?}");
+    assert_eq!(field(&run, "c", ping, "replies"), Some(0), "{run:?}");
+    assert_eq!(
+        field(&run, "c", "keeltest: net: rx total", "frames"),
+        Some(0),
+        "{run:?}"
+    );
+    assert!(!has_line_from(&run, "a", MAC_C), "{run:?}");
+    assert!(!has_line_from(&run, "b", MAC_C), "{run:?}");
+    let c_rx = port_counter(&run, "vm c net 0", "rx_frames").unwrap();
+    let c_dropped = port_counter(&run, "vm c net 0", "drop_not_allowed").unwrap()
+        + port_counter(&run, "vm c net 0", "drop_no_route").unwrap();
+    assert!(c_rx > 0, "{run:?}");
+    assert_eq!(c_dropped, c_rx, "every frame of c dropped: {run:?}");
+    assert_eq!(
+        port_counter(&run, "vm c net 0", "tx_frames"),
+        Some(0),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn spoofed_source_frames_are_dropped_and_counted_by_the_switch() {
+    if !kvm_or_skip("spoofed_source_frames_are_dropped_and_counted_by_the_switch") {
+        return;
+    }
+    let g = testguest();
+    let s = Scratch::new("spoof");
+    let spoofed = "02:00:00:00:00:99";
+    let toml = [
+        "[[network]]\nname = \"lan\"\n".to_string(),
+        net_vm(
+            &g,
+            "a",
+            MAC_A,
+            &format!("keeltest.net=send keeltest.net-peer={MAC_B} keeltest.net-src={spoofed} keeltest.net-count=5 keeltest.net-stop={MAC_B}"),
+        ),
+        net_vm(&g, "b", MAC_B, "keeltest.net=echo keeltest.net-time=20000"),
+    ]
+    .concat();
+
+    let run = up(&s, &toml, &["--stats"]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    assert_eq!(
+        field(&run, "a", "keeltest: net: send ", "frames"),
+        Some(5),
+        "{run:?}"
+    );
+    assert!(!has_line_from(&run, "b", spoofed), "{run:?}");
+    assert!(has_line_from(&run, "b", MAC_A), "{run:?}");
+    assert_eq!(
+        port_counter(&run, "vm a net 0", "drop_spoofed"),
+        Some(5),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn broadcast_storm_does_not_starve_a_ping_between_two_other_vms() {
+    if !kvm_or_skip("broadcast_storm_does_not_starve_a_ping_between_two_other_vms") {
+        return;
+    }
+    let g = testguest();
+    let s = Scratch::new("storm");
+    let toml = [
+        "[[network]]\nname = \"lan\"\n".to_string(),
+        net_vm(
+            &g,
+            "a",
+            MAC_A,
+            &format!("keeltest.net=ping keeltest.net-peer={MAC_B} keeltest.net-count=20 keeltest.net-time=15000 keeltest.net-stop={MAC_B},{MAC_D}"),
+        ),
+        net_vm(&g, "b", MAC_B, "keeltest.net=echo keeltest.net-time=30000"),
+        net_vm(&g, "d", MAC_D, "keeltest.net=storm keeltest.net-time=30000"),
+    ]
+    .concat();
+
+    let run = up(&s, &toml, &["--stats"]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    assert_eq!(
+        field(&run, "a", "keeltest: net: ping ", "replies"),
+        Some(20),
+        "{run:?}"
+    );
+    let stormed = field(&run, "d", "keeltest: net: storm sent", "sent").unwrap_or(0);
+    assert!(stormed >= 100, "the storm ran: {run:?}");
+    assert!(
+        port_counter(&run, "vm d net 0", "rx_frames").is_some_and(|n| n >= 100),
+        "{run:?}"
+    );
+}

@@ -406,6 +406,7 @@ mod tests {
         stop.write(1).unwrap();
         t.join().unwrap();
         let calls = fake.calls.lock().unwrap().clone();
+        drop(fake);
         calls
     }
 

@@ -654,18 +654,18 @@ fn broadcast_storm_does_not_starve_a_ping_between_two_other_vms() {
     };
     let s = Scratch::new("storm");
     // The ping is long enough (100 requests, at least ~1.5 s without a storm) for the storm
-    // to be on for most of it whatever order the three VMs boot in; its deadline is 40 s
+    // to be on for most of it whatever order the three VMs boot in; its deadline is 60 s
     // (each request is resent every 200 ms until answered; under the storm on this
-    // machine's software KVM 50 requests took 1 to 10 s).
+    // machine's software KVM the 100 requests took 2 to 33 s, about 0.5 s alone).
     let toml = [
         "[[network]]\nname = \"lan\"\n".to_string(),
-        net_vm(&g, "d", MAC_D, "keeltest.net=storm keeltest.net-time=60000"),
-        net_vm(&g, "b", MAC_B, "keeltest.net=echo keeltest.net-time=60000"),
+        net_vm(&g, "d", MAC_D, "keeltest.net=storm keeltest.net-time=90000"),
+        net_vm(&g, "b", MAC_B, "keeltest.net=echo keeltest.net-time=90000"),
         net_vm(
             &g,
             "a",
             MAC_A,
-            &format!("keeltest.net=ping keeltest.net-peer={MAC_B} keeltest.net-count=100 keeltest.net-time=40000 keeltest.net-stop={MAC_B},{MAC_D}"),
+            &format!("keeltest.net=ping keeltest.net-peer={MAC_B} keeltest.net-count=100 keeltest.net-time=60000 keeltest.net-stop={MAC_B},{MAC_D}"),
         ),
     ]
     .concat();

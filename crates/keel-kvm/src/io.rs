@@ -52,6 +52,10 @@ pub struct IoContext {
     pub doorbells: Vec<Doorbell>,
     /// Host events those devices wait on: `(device index, token, file descriptor)`.
     pub events: Vec<(usize, EventToken, RawFd)>,
+    /// Those of `events` whose descriptor is an eventfd that only wakes (a network port's
+    /// notification): emptied before the event is delivered, and waited on again at once
+    /// (the read makes it edge-like: the ring, not the eventfd, holds the work).
+    pub eventfds: Vec<RawFd>,
     /// Whether host stdin goes to the UART (the serial is on stdio).
     pub serial_input: bool,
     /// Written to stop the thread.
@@ -104,6 +108,9 @@ pub fn run(ctx: IoContext) {
         });
     }
     let stdin_index = fds.len();
+    // Events a device stopped serving after its batch limit (`backlogged_event`): delivered
+    // again after the other pending work (one poll with no wait first), not at the idle poll.
+    let mut backlog: Vec<(usize, EventToken)> = Vec::new();
     if stdin_open {
         fds.push(libc::pollfd {
             fd: libc::STDIN_FILENO,
@@ -115,8 +122,9 @@ pub fn run(ctx: IoContext) {
         for fd in &mut fds {
             fd.revents = 0;
         }
+        let timeout = if backlog.is_empty() { ERROR_POLL_MS } else { 0 };
         // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ERROR_POLL_MS) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {
@@ -129,20 +137,35 @@ pub fn run(ctx: IoContext) {
             report_errors(&ctx);
             return;
         }
+        // Only a real idle timeout re-arms sources and looks for errors.
+        let idle = n == 0 && timeout != 0;
+        let pending = std::mem::take(&mut backlog);
         let mut rang = false;
         for (i, d) in ctx.doorbells.iter().enumerate() {
             if fds[i + 1].revents & libc::POLLIN != 0 {
                 // Reading clears the counter; several guest notifications coalesce.
                 let _ = d.fd.read();
                 ctx.core.notify(d.device, d.queue);
+                note_backlog(&ctx, d.device, &mut backlog);
                 rang = true;
             }
         }
         for (i, &(device, token, fd)) in ctx.events.iter().enumerate() {
             let slot = &mut fds[events_index + i];
+            if ctx.eventfds.contains(&fd) {
+                if slot.revents != 0 {
+                    drain(fd);
+                    if let Some(d) = ctx.core.devices().get(device) {
+                        d.handle_event(token, ctx.core.log());
+                        note_backlog(&ctx, device, &mut backlog);
+                    }
+                }
+                continue;
+            }
             if slot.fd >= 0 && slot.revents != 0 {
                 if let Some(d) = ctx.core.devices().get(device) {
                     d.handle_event(token, ctx.core.log());
+                    note_backlog(&ctx, device, &mut backlog);
                     // Still a source (input not ended)? Wait for the guest to make room.
                     let live = d.transport.event_sources().iter().any(|(t, _)| *t == token);
                     slot.fd = -1;
@@ -151,8 +174,19 @@ pub fn run(ctx: IoContext) {
                         slot.events = 0;
                     }
                 }
-            } else if slot.fd < 0 && slot.events != 0 && (rang || n == 0) {
+            } else if slot.fd < 0 && slot.events != 0 && (rang || idle) {
                 slot.fd = fd;
+            }
+        }
+        // The backlog of the previous round, after this round's doorbells and events.
+        for (device, token) in pending {
+            if backlog.contains(&(device, token)) {
+                // Already delivered again this round.
+                continue;
+            }
+            if let Some(d) = ctx.core.devices().get(device) {
+                d.handle_event(token, ctx.core.log());
+                note_backlog(&ctx, device, &mut backlog);
             }
         }
         if stdin_open && fds[stdin_index].revents != 0 {
@@ -165,10 +199,29 @@ pub fn run(ctx: IoContext) {
                 ctx.user_stop.guest_event(SystemEvent::Shutdown);
             }
         }
-        if n == 0 {
+        if idle {
             report_errors(&ctx);
         }
     }
+}
+
+/// Remember `device`'s backlogged event, if it reports one (once per round).
+fn note_backlog(ctx: &IoContext, device: usize, backlog: &mut Vec<(usize, EventToken)>) {
+    let Some(d) = ctx.core.devices().get(device) else {
+        return;
+    };
+    if let Some(token) = d.transport.backlogged_event() {
+        if !backlog.contains(&(device, token)) {
+            backlog.push((device, token));
+        }
+    }
+}
+
+/// Empty an eventfd's counter (non-blocking; nothing to read is fine).
+fn drain(fd: RawFd) {
+    let mut v = 0u64;
+    // SAFETY: reading 8 bytes into a valid u64 from a descriptor the context holds open.
+    let _ = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
 }
 
 /// Log the pending errors of the devices `ctx` serves.

@@ -25,10 +25,14 @@ pub mod host;
 pub mod hv;
 pub mod io;
 pub mod log;
+pub mod net;
 pub mod stats;
 pub mod vcpu;
 pub mod vmm;
 
 pub use hv::{KvmHypervisor, KvmVm};
 pub use vcpu::KvmVcpu;
-pub use vmm::{LifecycleEvent, RunReport, VmExitStatus, VmHandle, Vmm, VmmError, run_vm, start_vm};
+pub use vmm::{
+    LifecycleEvent, RunReport, VmExitStatus, VmHandle, VmNetwork, Vmm, VmmError, run_vm, start_vm,
+    start_vm_with,
+};

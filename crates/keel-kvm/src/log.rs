@@ -29,6 +29,16 @@ impl Level {
             _ => None,
         }
     }
+
+    /// The name [`Level::parse`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Warn as u8);

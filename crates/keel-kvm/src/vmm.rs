@@ -285,6 +285,101 @@ impl SerialOutput for HostSerialOutput {
 struct LinuxBackends<'a> {
     spec: &'a VmSpec,
     outputs: &'a VmOutputs,
+    network: Option<&'a VmNetwork>,
+}
+
+/// A VM's network interfaces on Linux: its plan from the whole system (the interfaces
+/// know their network, port and MAC) and, per interface, the port's shared ring windows
+/// (mapped once, kept across restarts) and eventfds, as `keel up` handed them over.
+pub struct VmNetwork {
+    plan: VmPlan,
+    ports: Vec<Arc<MappedPort>>,
+}
+
+impl std::fmt::Debug for VmNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmNetwork")
+            .field("vm", &self.plan.name)
+            .field("ports", &self.ports.len())
+            .finish()
+    }
+}
+
+/// One port's host side in a VMM process.
+struct MappedPort {
+    to_switch: crate::net::Mapping,
+    from_switch: crate::net::Mapping,
+    ring_peer: EventFd,
+    wait_on: EventFd,
+    slots: u64,
+}
+
+impl VmNetwork {
+    /// The interfaces of `plan` (from `keel_spec::plan::plan_vm_of`) over `ports`, one per
+    /// `plan.nics` entry in order: each window must be exactly the planned ring size.
+    pub fn new(plan: VmPlan, ports: Vec<crate::net::PortFds>) -> Result<VmNetwork, VmmError> {
+        if ports.len() != plan.nics.len() {
+            return Err(VmmError::Host(format!(
+                "vm {:?}: {} network ports given for {} interfaces",
+                plan.name,
+                ports.len(),
+                plan.nics.len()
+            )));
+        }
+        let mut mapped = Vec::with_capacity(ports.len());
+        for (i, (p, nic)) in ports.into_iter().zip(&plan.nics).enumerate() {
+            let want = keel_spec::plan::ring_window_len(nic.slots);
+            let bad = |what: &str| VmmError::Host(format!("vm {:?}: net {i}: {what}", plan.name));
+            for (m, what) in [(&p.to_switch, "to-switch"), (&p.from_switch, "from-switch")] {
+                if m.len() as u64 != want {
+                    return Err(bad(&format!(
+                        "{what} window is {} bytes, the plan says {want}",
+                        m.len()
+                    )));
+                }
+            }
+            let map = |m: &crate::net::SharedMemory| {
+                m.map()
+                    .map_err(|e| bad(&format!("cannot map a ring window: {e}")))
+            };
+            mapped.push(Arc::new(MappedPort {
+                to_switch: map(&p.to_switch)?,
+                from_switch: map(&p.from_switch)?,
+                ring_peer: p.ring_peer,
+                wait_on: p.wait_on,
+                slots: u64::from(nic.slots),
+            }));
+        }
+        Ok(VmNetwork {
+            plan,
+            ports: mapped,
+        })
+    }
+
+    /// The eventfds the VM's I/O threads wait on (one per interface).
+    fn eventfds(&self) -> Vec<RawFd> {
+        use std::os::fd::AsRawFd;
+        self.ports.iter().map(|p| p.wait_on.as_raw_fd()).collect()
+    }
+}
+
+/// A port's VMM side as a virtio-net backend, holding the mappings its rings live in.
+struct LinuxNetPort {
+    // Declared first: dropped before the mappings it points into.
+    port: keel_net::port::VmmPort,
+    _mapped: Arc<MappedPort>,
+}
+
+impl keel_virtio::net::NetBackend for LinuxNetPort {
+    fn send(&mut self, frame: &[u8]) -> Result<(), keel_virtio::net::NetError> {
+        self.port.send(frame)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+        self.port.recv(buf)
+    }
+    fn event_source(&self) -> Option<keel_virtio::device::EventSource> {
+        self.port.event_source()
+    }
 }
 
 impl DeviceBackends for LinuxBackends<'_> {
@@ -348,6 +443,49 @@ impl DeviceBackends for LinuxBackends<'_> {
         Ok(Some(Box::new(input)))
     }
 
+    fn net(
+        &mut self,
+        _plan: &VmPlan,
+        nic: usize,
+    ) -> Result<Box<dyn keel_virtio::net::NetBackend>, BackendError> {
+        use std::os::fd::AsRawFd;
+        let unavailable = |what: String| BackendError::Unavailable(what);
+        let mapped = self
+            .network
+            .and_then(|n| n.ports.get(nic))
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "vm {:?}: network interfaces need `keel up` (it runs the switches)",
+                    self.spec.name
+                ))
+            })?
+            .clone();
+        let window = |m: &crate::net::Mapping| {
+            // SAFETY: `mapped` (which owns the mapping) is kept in the backend next to
+            // the port, and dropped after it.
+            unsafe { m.frame_window(mapped.slots) }
+                .map_err(|e| unavailable(format!("net {nic}: ring window: {e}")))
+        };
+        let windows = keel_net::port::PortWindows {
+            to_switch: window(&mapped.to_switch)?,
+            from_switch: window(&mapped.from_switch)?,
+        };
+        let bell = mapped
+            .ring_peer
+            .try_clone()
+            .map_err(|e| unavailable(format!("net {nic}: eventfd: {e}")))?;
+        let event = keel_virtio::device::EventSource(mapped.wait_on.as_raw_fd() as u64);
+        let port = keel_net::port::VmmPort::new(
+            windows,
+            Box::new(crate::net::EventFdBell(bell)),
+            Some(event),
+        );
+        Ok(Box::new(LinuxNetPort {
+            port,
+            _mapped: mapped,
+        }))
+    }
+
     fn entropy(&mut self, _plan: &VmPlan) -> Result<Box<dyn EntropySource>, BackendError> {
         let source = OsEntropy::open().map_err(|e| BackendError::HostFile {
             what: "entropy source".into(),
@@ -380,6 +518,8 @@ pub struct Vmm {
     vcpus: Vec<KvmVcpu>,
     core: Arc<VmmCore>,
     doorbells: Vec<Doorbell>,
+    /// Event sources that are port eventfds (see [`IoContext::eventfds`]).
+    eventfds: Vec<RawFd>,
     serial_on_stdio: bool,
     control: Arc<Control>,
     started: Instant,
@@ -410,16 +550,24 @@ impl Vmm {
     /// from the spec's plan; this adds KVM and the Linux host resources.
     pub fn from_spec(spec: &VmSpec) -> Result<Vmm, VmmError> {
         check_arch(spec)?;
-        Vmm::build(spec, &VmOutputs::open(spec)?)
+        Vmm::build(spec, &VmOutputs::open(spec)?, None)
     }
 
-    /// Build the VM with outputs already opened (kept across restarts).
-    fn build(spec: &VmSpec, outputs: &VmOutputs) -> Result<Vmm, VmmError> {
+    /// Build the VM with outputs already opened (kept across restarts) and its network
+    /// interfaces' ports, if any.
+    fn build(
+        spec: &VmSpec,
+        outputs: &VmOutputs,
+        network: Option<&VmNetwork>,
+    ) -> Result<Vmm, VmmError> {
         let started = Instant::now();
-        let plan = keel_spec::plan::plan_vm(spec).map_err(|e| VmmError::Unsupported {
-            vm: spec.name.clone(),
-            what: e.to_string(),
-        })?;
+        let plan = match network {
+            Some(n) => n.plan.clone(),
+            None => keel_spec::plan::plan_vm(spec).map_err(|e| VmmError::Unsupported {
+                vm: spec.name.clone(),
+                what: e.to_string(),
+            })?,
+        };
         let kernel = read_file("kernel", &spec.kernel)?;
         let initrd = match &spec.initrd {
             Some(p) => Some(read_file("initrd", p)?),
@@ -438,7 +586,11 @@ impl Vmm {
             &plan,
             vm.as_ref(),
             Interrupts::InKernel,
-            &mut LinuxBackends { spec, outputs },
+            &mut LinuxBackends {
+                spec,
+                outputs,
+                network,
+            },
             Box::new(serial_out),
             stop,
             Arc::new(StderrLog),
@@ -508,6 +660,7 @@ impl Vmm {
             vcpus,
             core: Arc::new(core),
             doorbells,
+            eventfds: network.map(VmNetwork::eventfds).unwrap_or_default(),
             serial_on_stdio: spec.serial == Output::Stdio,
             control,
             started,
@@ -539,6 +692,7 @@ impl Vmm {
             vcpus,
             core,
             doorbells,
+            eventfds,
             serial_on_stdio,
             control,
             started,
@@ -585,6 +739,7 @@ impl Vmm {
                         devices: vec![i],
                         doorbells,
                         events,
+                        eventfds: eventfds.clone(),
                         serial_input: false,
                         stop: io_stop.clone(),
                         user_stop: control.clone(),
@@ -600,6 +755,7 @@ impl Vmm {
                     devices: Vec::new(),
                     doorbells: Vec::new(),
                     events: Vec::new(),
+                    eventfds: Vec::new(),
                     serial_input: true,
                     stop: io_stop.clone(),
                     user_stop: control.clone(),
@@ -793,9 +949,15 @@ impl VmHandle {
 /// [`VmHandle::wait`] returns is the last run's (see
 /// [`RunReport::leave_vm_to_process_exit`]).
 pub fn start_vm(spec: &VmSpec) -> Result<VmHandle, VmmError> {
+    start_vm_with(spec, None)
+}
+
+/// [`start_vm`] for a VM with network interfaces: `network` holds its plan and ports (how
+/// a `keel up` VMM process starts its VM).
+pub fn start_vm_with(spec: &VmSpec, network: Option<VmNetwork>) -> Result<VmHandle, VmmError> {
     check_arch(spec)?;
     let outputs = VmOutputs::open(spec)?;
-    let first = Vmm::build(spec, &outputs)?;
+    let first = Vmm::build(spec, &outputs, network.as_ref())?;
     let shared = Arc::new(HandleShared::default());
     let (events_tx, events_rx) = mpsc::channel();
     let name = spec.name.clone();
@@ -804,7 +966,16 @@ pub fn start_vm(spec: &VmSpec) -> Result<VmHandle, VmmError> {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name(format!("keel-vm-{}", spec.name))
-            .spawn(move || supervise(&spec, &outputs, first, &shared, &events_tx))
+            .spawn(move || {
+                supervise(
+                    &spec,
+                    &outputs,
+                    network.as_ref(),
+                    first,
+                    &shared,
+                    &events_tx,
+                )
+            })
             .map_err(|e| VmmError::Host(format!("cannot start the VM's supervisor: {e}")))?
     };
     Ok(VmHandle {
@@ -819,6 +990,7 @@ pub fn start_vm(spec: &VmSpec) -> Result<VmHandle, VmmError> {
 fn supervise(
     spec: &VmSpec,
     outputs: &VmOutputs,
+    network: Option<&VmNetwork>,
     first: Vmm,
     shared: &Arc<HandleShared>,
     events: &Sender<LifecycleEvent>,
@@ -831,7 +1003,7 @@ fn supervise(
     loop {
         let vmm = match next.take() {
             Some(v) => v,
-            None => Vmm::build(spec, outputs)?,
+            None => Vmm::build(spec, outputs, network)?,
         };
         let run = restarts;
         let mut report = vmm.run_with(|control, stats| {

@@ -19,5 +19,6 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod port;
 pub mod ring;
 pub mod switch;

@@ -6,6 +6,7 @@
 //! than `max_restarts_per_minute` times within a minute.
 
 mod sel4;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,12 +21,16 @@ aarch64 guests on aarch64 hosts)
 
 USAGE:
     keel run <system.toml> [--vm NAME] [--log-level LEVEL] [--stats] [--on-reboot ACTION]
+    keel up <system.toml> [--log-level LEVEL] [--stats]
     keel check <system.toml>
     keel sel4 build <system.toml> [--board B] [--out DIR] | keel sel4 run <loader.img>
     keel --version | --help
 
 COMMANDS:
     run      boot one VM of the system and wait until the guest stops
+    up       run the whole system: one process per VM, one switch process per network;
+             every VM's serial/console output on stdout prefixed with `[name] `, nothing
+             forwarded to the VMs' stdin; stops on Ctrl-C or when every VM has ended
     check    validate the system (including its host files); one line per VM
     sel4     build a seL4 Microkit image of the system (MICROKIT_SDK) and run it under
              QEMU; see `keel sel4 --help`
@@ -38,6 +43,11 @@ OPTIONS (run):
                           the VM in place): what the reboot that ends the run means
                           exit0 (default): status 0; fail: status 1
 
+OPTIONS (up):
+    --log-level LEVEL     as for run, in every VM process
+    --stats               print each switch port's counters (frames, drops by reason) at
+                          the end
+
 With serial = \"stdio\" on a terminal, stdin is raw and goes to the guest's serial port;
 type Ctrl-A x to stop the VM (Ctrl-A Ctrl-A sends a Ctrl-A).
 
@@ -48,19 +58,21 @@ EXIT STATUS:
     2    bad input: arguments, system file, kernel, disks
     4    the guest rebooted more than max_restarts_per_minute times within a minute
          (on_reboot = \"restart\"); keel stopped it
+    up:  0 if every VM ended with 0, else the first non-zero VM status (in file order);
+         128+N when keel up was stopped by signal N (Ctrl-C: 130)
 ";
 
 /// Exit status for bad input.
 const EXIT_INPUT: u8 = 2;
 /// Exit status for VMM failures and guest crashes.
-const EXIT_FAILURE: u8 = 1;
+pub(crate) const EXIT_FAILURE: u8 = 1;
 /// Exit status when the restart limit stopped a guest that kept rebooting.
 const EXIT_RESTART_LIMIT: u8 = 4;
 
 /// A failure with the exit status it maps to.
-struct Failure {
-    status: u8,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) status: u8,
+    pub(crate) message: String,
 }
 
 impl Failure {
@@ -73,7 +85,7 @@ impl Failure {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum OnReboot {
+pub(crate) enum OnReboot {
     Exit0,
     Fail,
 }
@@ -91,6 +103,11 @@ enum Command {
         level: Level,
         stats: bool,
         on_reboot: OnReboot,
+    },
+    Up {
+        system: PathBuf,
+        level: Level,
+        stats: bool,
     },
 }
 
@@ -120,10 +137,10 @@ fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
     match cmd.as_str() {
         "-h" | "--help" | "help" => return Ok(Command::Help),
         "-V" | "--version" => return Ok(Command::Version),
-        "run" | "check" => {}
+        "run" | "check" | "up" => {}
         other => {
             return Err(Failure::input(format!(
-                "unknown command {other:?} (expected run or check; try `keel --help`)"
+                "unknown command {other:?} (expected run, up or check; try `keel --help`)"
             )));
         }
     }
@@ -136,10 +153,24 @@ fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
         if arg == "-h" || arg == "--help" {
             return Ok(Command::Help);
         }
-        if cmd == "run" {
-            if let Some(v) = option_value(&arg, "--vm", &mut it)? {
-                vm = Some(v);
-                continue;
+        if cmd == "run" || cmd == "up" {
+            if cmd == "run" {
+                if let Some(v) = option_value(&arg, "--vm", &mut it)? {
+                    vm = Some(v);
+                    continue;
+                }
+                if let Some(v) = option_value(&arg, "--on-reboot", &mut it)? {
+                    on_reboot = match v.as_str() {
+                        "exit0" => OnReboot::Exit0,
+                        "fail" => OnReboot::Fail,
+                        _ => {
+                            return Err(Failure::input(format!(
+                                "--on-reboot {v:?} is not one of exit0, fail"
+                            )));
+                        }
+                    };
+                    continue;
+                }
             }
             if let Some(v) = option_value(&arg, "--log-level", &mut it)? {
                 level = Level::parse(&v).ok_or_else(|| {
@@ -147,18 +178,6 @@ fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
                         "--log-level {v:?} is not one of error, warn, info, debug"
                     ))
                 })?;
-                continue;
-            }
-            if let Some(v) = option_value(&arg, "--on-reboot", &mut it)? {
-                on_reboot = match v.as_str() {
-                    "exit0" => OnReboot::Exit0,
-                    "fail" => OnReboot::Fail,
-                    _ => {
-                        return Err(Failure::input(format!(
-                            "--on-reboot {v:?} is not one of exit0, fail"
-                        )));
-                    }
-                };
                 continue;
             }
             if arg == "--stats" {
@@ -185,6 +204,12 @@ fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
     })?;
     Ok(if cmd == "check" {
         Command::Check { system }
+    } else if cmd == "up" {
+        Command::Up {
+            system,
+            level,
+            stats,
+        }
     } else {
         Command::Run {
             system,
@@ -196,7 +221,7 @@ fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
     })
 }
 
-fn load(path: &std::path::Path) -> Result<System, Failure> {
+pub(crate) fn load(path: &std::path::Path) -> Result<System, Failure> {
     keel_spec::load(path).map_err(|e| Failure::input(format!("{}: {e}", path.display())))
 }
 
@@ -285,24 +310,50 @@ fn run(
 ) -> Result<u8, Failure> {
     let sys = load(system)?;
     let spec = pick_vm(&sys, vm)?;
-    let vmm_failure = |e: keel_kvm::VmmError| Failure {
+    if !spec.nics.is_empty() {
+        return Err(Failure::input(format!(
+            "vm {:?} has network interfaces: run the whole system with `keel up {}` (it starts the switches)",
+            spec.name,
+            system.display()
+        )));
+    }
+    run_vm_to_exit(spec, None, stats, on_reboot)
+}
+
+/// A VMM error as a failure: bad input (exit 2) or a VMM/KVM failure (exit 1).
+pub(crate) fn vmm_failure(e: keel_kvm::VmmError) -> Failure {
+    Failure {
         status: if e.is_input_error() {
             EXIT_INPUT
         } else {
             EXIT_FAILURE
         },
         message: e.to_string(),
-    };
+    }
+}
+
+/// Run VM `spec` (with its network ports, in a `keel up` VMM process) until it stops for
+/// good; its exit status.
+pub(crate) fn run_vm_to_exit(
+    spec: &VmSpec,
+    network: Option<keel_kvm::VmNetwork>,
+    stats: bool,
+    on_reboot: OnReboot,
+) -> Result<u8, Failure> {
+    let in_up = network.is_some();
     // The serial console is the terminal: raw mode while the VM runs (Ctrl-A x quits).
-    let _raw = if spec.serial == keel_spec::Output::Stdio {
+    let _raw = if spec.serial == keel_spec::Output::Stdio && !in_up {
         keel_kvm::host::RawTerminal::enable()
     } else {
         None
     };
     // Builds the VM (bad input is reported here, before any note), then runs it,
     // restarting it in place on a guest reset as its `on_reboot` says.
-    let handle = keel_kvm::start_vm(spec).map_err(vmm_failure)?;
-    keel_kvm::host::note_software_kvm();
+    let handle = keel_kvm::start_vm_with(spec, network).map_err(vmm_failure)?;
+    if !in_up {
+        // `keel up` prints it once for the whole system.
+        keel_kvm::host::note_software_kvm();
+    }
     let mut report = handle.wait().map_err(vmm_failure)?;
     // `keel run` exits right after: the kernel destroys the VM at exit faster than an
     // explicit close of its fd (bench/ANALYSIS.md, teardown).
@@ -352,6 +403,20 @@ fn main() -> ExitCode {
         std::process::exit(i32::from(EXIT_FAILURE));
     }));
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let hidden = match args.first().map(String::as_str) {
+        Some(up::VMM_COMMAND) => Some(up::vmm_main(&args[1..])),
+        Some(up::SWITCH_COMMAND) => Some(up::switch_main(&args[1..])),
+        _ => None,
+    };
+    if let Some(result) = hidden {
+        return match result {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("keel: error: {}", e.message);
+                ExitCode::from(e.status)
+            }
+        };
+    }
     if args.first().map(String::as_str) == Some("sel4") {
         return match sel4::main(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
@@ -380,6 +445,14 @@ fn main() -> ExitCode {
         } => {
             log::set_level(level);
             run(&system, vm.as_deref(), stats, on_reboot)
+        }
+        Command::Up {
+            system,
+            level,
+            stats,
+        } => {
+            log::set_level(level);
+            up::up(&system, level, stats)
         }
     });
     match result {

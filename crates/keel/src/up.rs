@@ -1,0 +1,745 @@
+//! `keel up`: run a whole system on Linux, one process per VM and one per network.
+//!
+//! Process layout (docs/net.md, "Processes on Linux"): the `keel up` process plans the
+//! system, creates each port's two ring windows (memfds, zeroed, `ring_window_len` bytes)
+//! and two eventfds, then re-executes itself (`/proc/self/exe`) with hidden subcommands:
+//! first one `__switch` per network, then one `__vmm` per VM. Each child inherits exactly
+//! the descriptors of its own ports (their numbers are on its command line; everything
+//! else is close-on-exec), runs in its own process group (Ctrl-C reaches only `keel up`)
+//! and dies with `keel up` (`PR_SET_PDEATHSIG`). VMM output (serial and consoles on stdio,
+//! and keel's own messages) comes back through pipes and is printed line by line prefixed
+//! with the VM's name. Nothing is forwarded to the VMs' stdin.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use keel_kvm::log::{self, Level};
+use keel_kvm::net::{PortFds, die_with_parent, drain_eventfd, inherit_across_exec};
+use keel_net::port::{PortWindows, Service, SwitchService};
+use keel_net::ring::{FrameConsumer, FrameProducer, FrameWindow, MAX_FRAME, Recv, Sent};
+use keel_net::switch::{Mac, PortId, Switch, SwitchConfig};
+use keel_spec::plan::{NetworkPlan, PortOwner, SystemPlan};
+
+use crate::{EXIT_FAILURE, Failure};
+
+/// Frames a switch moves per service call before it looks at its doorbells and signals.
+const SWITCH_BUDGET: usize = 256;
+
+/// The hidden subcommand of a VMM process.
+pub const VMM_COMMAND: &str = "__vmm";
+/// The hidden subcommand of a switch process.
+pub const SWITCH_COMMAND: &str = "__switch";
+
+/// Block the signals a supervisor waits for and return a signalfd delivering them.
+fn signal_fd(signals: &[libc::c_int]) -> Result<RawFd, Failure> {
+    // SAFETY: `set` is plain data initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a sigset_t; these calls only write it.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &s in signals {
+        // SAFETY: as above, `s` is a valid signal number.
+        unsafe { libc::sigaddset(&mut set, s) };
+    }
+    // SAFETY: blocking signals in this thread (inherited by threads spawned later).
+    if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
+        return Err(failure("cannot block signals"));
+    }
+    // SAFETY: a new signalfd for the set, close-on-exec.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(failure(format!(
+            "signalfd: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(fd)
+}
+
+/// Read one signal from a signalfd (blocking); `None` on a read error.
+fn next_signal(fd: RawFd) -> Option<u32> {
+    // SAFETY: signalfd_siginfo is plain data.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    loop {
+        // SAFETY: reading at most `size` bytes into `info`.
+        let n = unsafe { libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        if n == size as isize {
+            return Some(info.ssi_signo);
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+}
+
+fn failure(message: impl Into<String>) -> Failure {
+    Failure {
+        status: EXIT_FAILURE,
+        message: message.into(),
+    }
+}
+
+/// The plan of the system at `path`, or the description's one-line error (exit 2).
+fn load_plan(path: &Path) -> Result<(keel_spec::System, SystemPlan), Failure> {
+    let sys = crate::load(path)?;
+    let plan = keel_spec::plan::plan(&sys)
+        .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+    Ok((sys, plan))
+}
+
+/// One child process of `keel up`.
+struct Proc {
+    name: String,
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+/// Spawn `/proc/self/exe args...` keeping `fds` open across exec, in its own process
+/// group, killed with SIGTERM if `keel up` dies.
+fn spawn(args: &[String], fds: Vec<RawFd>, piped: bool) -> std::io::Result<Child> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("keel").args(args).stdin(Stdio::null());
+    if piped {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    // SAFETY: the hook runs in the forked child before exec and only makes
+    // async-signal-safe calls (fcntl, prctl, setpgid, sigprocmask) on data prepared before
+    // the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            inherit_across_exec(&fds)?;
+            die_with_parent(libc::SIGTERM)?;
+            // Own process group: a terminal's Ctrl-C goes to `keel up`, which stops the
+            // children in order.
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Copy `from` to `to` line by line, each line prefixed with `prefix`.
+fn relay(
+    from: impl Read + Send + 'static,
+    to: Arc<Mutex<dyn Write + Send>>,
+    prefix: String,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(from);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if line.last() != Some(&b'\n') {
+                        line.push(b'\n');
+                    }
+                    let mut out = to.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = out.write_all(prefix.as_bytes());
+                    let _ = out.write_all(&line);
+                    let _ = out.flush();
+                }
+            }
+        }
+    })
+}
+
+/// Send `signal` to each process still running.
+fn signal_all(procs: &[Proc], signal: libc::c_int) {
+    for p in procs.iter().filter(|p| p.status.is_none()) {
+        if let Ok(pid) = libc::pid_t::try_from(p.child.id()) {
+            // SAFETY: signalling our own unreaped child (its pid cannot have been reused).
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+}
+
+/// Reap whichever of `procs` have ended.
+fn reap(procs: &mut [Proc]) {
+    for p in procs.iter_mut().filter(|p| p.status.is_none()) {
+        if let Ok(Some(s)) = p.child.try_wait() {
+            p.status = Some(s);
+        }
+    }
+}
+
+/// Wait (on the signalfd's SIGCHLD) until every one of `procs` has ended.
+fn wait_all(procs: &mut [Proc], sigfd: RawFd) {
+    loop {
+        reap(procs);
+        if procs.iter().all(|p| p.status.is_some()) {
+            return;
+        }
+        if next_signal(sigfd).is_none() {
+            // No signalfd: block on each in turn.
+            for p in procs.iter_mut().filter(|p| p.status.is_none()) {
+                p.status = p.child.wait().ok();
+            }
+            return;
+        }
+    }
+}
+
+/// The status a VM's process ended with, as an exit status of `keel up`.
+fn status_code(s: Option<ExitStatus>) -> u8 {
+    match s {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => u8::try_from(c).unwrap_or(EXIT_FAILURE),
+            (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(EXIT_FAILURE),
+            _ => EXIT_FAILURE,
+        },
+        None => EXIT_FAILURE,
+    }
+}
+
+fn describe(s: Option<ExitStatus>) -> String {
+    match s {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exit {c}"),
+            (None, Some(libc::SIGTERM)) => "stopped by keel up (SIGTERM)".into(),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "ended".into(),
+        },
+        None => "not reaped".into(),
+    }
+}
+
+/// `keel up <system.toml>`.
+pub fn up(system: &Path, level: Level, stats: bool) -> Result<u8, Failure> {
+    let (sys, plan) = load_plan(system)?;
+    for vm in sys.vms() {
+        if keel_spec::Arch::host() != Some(vm.arch) {
+            return Err(Failure::input(format!(
+                "vm {:?}: arch \"{}\" cannot run on this {} host",
+                vm.name,
+                vm.arch,
+                std::env::consts::ARCH
+            )));
+        }
+    }
+    let system_arg = system.display().to_string();
+    let level_arg = level.name().to_string();
+
+    // Port fds, VMM view, by network then port (`None`: the uplink, the switch's own).
+    let mut ports: Vec<Vec<Option<PortFds>>> = Vec::with_capacity(plan.networks.len());
+    for net in &plan.networks {
+        let len = usize::try_from(net.ring_bytes())
+            .map_err(|_| failure(format!("network {:?}: ring too large", net.name)))?;
+        let mut v = Vec::with_capacity(net.ports.len());
+        for (i, p) in net.ports.iter().enumerate() {
+            if matches!(p.owner, PortOwner::Uplink { .. }) {
+                v.push(None);
+                continue;
+            }
+            v.push(Some(
+                PortFds::create(&format!("{}-{i}", net.name), len)
+                    .map_err(|e| failure(format!("network {:?}: port {i}: {e}", net.name)))?,
+            ));
+        }
+        ports.push(v);
+    }
+
+    let sigfd = signal_fd(&[libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+    keel_kvm::host::note_software_kvm();
+
+    // Switches first: the VMMs' rings have a consumer from the start.
+    let mut switches: Vec<Proc> = Vec::new();
+    let mut start_error = None;
+    for (n, net) in plan.networks.iter().enumerate() {
+        let mut args = vec![
+            SWITCH_COMMAND.to_string(),
+            system_arg.clone(),
+            "--network".into(),
+            net.name.clone(),
+        ];
+        if stats {
+            args.push("--stats".into());
+        }
+        let mut fds = Vec::new();
+        for p in ports[n].iter().flatten() {
+            let [a, b, vmm_bell, switch_bell] = p.raw();
+            // The switch's view: it rings the VMM's eventfd and waits on its own.
+            args.push("--port".into());
+            args.push(format!("{a},{b},{switch_bell},{vmm_bell}"));
+            fds.extend([a, b, vmm_bell, switch_bell]);
+        }
+        match spawn(&args, fds, false) {
+            Ok(child) => switches.push(Proc {
+                name: net.name.clone(),
+                child,
+                status: None,
+            }),
+            Err(e) => {
+                start_error = Some(failure(format!(
+                    "network {:?}: cannot start its switch: {e}",
+                    net.name
+                )));
+                break;
+            }
+        }
+    }
+
+    let stdout: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(std::io::stdout()));
+    let stderr: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(std::io::stderr()));
+    let mut vmms: Vec<Proc> = Vec::new();
+    let mut relays = Vec::new();
+    if start_error.is_none() {
+        for vm in &plan.vms {
+            let mut args = vec![
+                VMM_COMMAND.to_string(),
+                system_arg.clone(),
+                "--vm".into(),
+                vm.name.clone(),
+                "--log-level".into(),
+                level_arg.clone(),
+            ];
+            let mut fds = Vec::new();
+            for nic in &vm.nics {
+                let Some(p) = ports
+                    .get(nic.network)
+                    .and_then(|n| n.get(usize::from(nic.port)))
+                    .and_then(Option::as_ref)
+                else {
+                    continue;
+                };
+                args.push("--nic".into());
+                args.push(p.arg());
+                fds.extend(p.raw());
+            }
+            match spawn(&args, fds, true) {
+                Ok(mut child) => {
+                    let prefix = format!("[{}] ", vm.name);
+                    if let Some(o) = child.stdout.take() {
+                        relays.push(relay(o, stdout.clone(), prefix.clone()));
+                    }
+                    if let Some(e) = child.stderr.take() {
+                        relays.push(relay(e, stderr.clone(), prefix));
+                    }
+                    vmms.push(Proc {
+                        name: vm.name.clone(),
+                        child,
+                        status: None,
+                    });
+                }
+                Err(e) => {
+                    start_error = Some(failure(format!("vm {:?}: cannot start: {e}", vm.name)));
+                    break;
+                }
+            }
+        }
+    }
+    // The children hold their own copies now.
+    drop(ports);
+
+    let started = Instant::now();
+    let mut user_signal = None;
+    if start_error.is_none() {
+        loop {
+            reap(&mut vmms);
+            if vmms.iter().all(|p| p.status.is_some()) {
+                break;
+            }
+            reap(&mut switches);
+            if let Some(sw) = switches.iter().find(|p| p.status.is_some()) {
+                log::error(format_args!(
+                    "the switch of network {:?} ended ({}); stopping the system",
+                    sw.name,
+                    describe(sw.status)
+                ));
+                user_signal = Some(libc::SIGTERM);
+                break;
+            }
+            match next_signal(sigfd) {
+                Some(s) if s == libc::SIGCHLD as u32 => {}
+                Some(s) => {
+                    log::info(format_args!("signal {s}: stopping every VM"));
+                    user_signal = i32::try_from(s).ok();
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    // Stop order: VMMs, then switches; reap everything.
+    signal_all(&vmms, libc::SIGTERM);
+    wait_all(&mut vmms, sigfd);
+    for r in relays {
+        let _ = r.join();
+    }
+    if start_error.is_none() {
+        for v in &vmms {
+            eprintln!("keel: vm {:?}: {}", v.name, describe(v.status));
+        }
+    }
+    signal_all(&switches, libc::SIGTERM);
+    wait_all(&mut switches, sigfd);
+    // SAFETY: closing the signalfd we created.
+    unsafe { libc::close(sigfd) };
+    if let Some(f) = start_error {
+        return Err(f);
+    }
+    if stats {
+        eprintln!("keel: system ran {} ms", started.elapsed().as_millis());
+    }
+    if let Some(sig) = user_signal {
+        return Ok(u8::try_from(128 + sig).unwrap_or(EXIT_FAILURE));
+    }
+    Ok(vmms
+        .iter()
+        .map(|v| status_code(v.status))
+        .find(|&c| c != 0)
+        .unwrap_or(0))
+}
+
+/// Hidden `__switch <system.toml> --network NAME [--stats] --port FDS...`: one network's
+/// switch, until SIGTERM.
+pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
+    let mut it = args.iter();
+    let system = it
+        .next()
+        .ok_or_else(|| Failure::input("__switch: no system file"))?;
+    let (mut name, mut stats, mut port_args) = (None, false, Vec::new());
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--network" => name = it.next().cloned(),
+            "--stats" => stats = true,
+            "--port" => port_args.extend(it.next().cloned()),
+            other => return Err(Failure::input(format!("__switch: unexpected {other:?}"))),
+        }
+    }
+    let name = name.ok_or_else(|| Failure::input("__switch: no --network"))?;
+    let (_, plan) = load_plan(Path::new(system))?;
+    let net = plan
+        .networks
+        .iter()
+        .find(|n| n.name == name)
+        .ok_or_else(|| Failure::input(format!("__switch: no network {name:?}")))?;
+    let mut taken = Vec::new();
+    let fds: Vec<PortFds> = port_args
+        .iter()
+        .map(|a| PortFds::take_inherited(a, &mut taken))
+        .collect::<Result<_, _>>()
+        .map_err(|e| Failure::input(format!("__switch: {e}")))?;
+    let vm_ports = net
+        .ports
+        .iter()
+        .filter(|p| matches!(p.owner, PortOwner::Vm { .. }))
+        .count();
+    if fds.len() != vm_ports {
+        return Err(Failure::input(format!(
+            "__switch: {} ports given, network {name:?} has {vm_ports} VM ports",
+            fds.len()
+        )));
+    }
+    let sigfd = signal_fd(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
+    let switch = build_switch(net)?;
+    // The uplink (the plan puts it last, after the VM ports): a tap, pumped from here.
+    let mut uplink = match net.ports.iter().find_map(|p| match &p.owner {
+        PortOwner::Uplink { tap } => Some(tap.clone()),
+        PortOwner::Vm { .. } => None,
+    }) {
+        Some(tap) => Some(Uplink::open(&tap, u64::from(net.slots)).map_err(|e| {
+            Failure::input(format!(
+                "network {name:?}: uplink tap:{tap}: {e} (opening a tap needs CAP_NET_ADMIN, or a persistent tap owned by this user)"
+            ))
+        })?),
+        None => None,
+    };
+    // The mappings live as long as the process (the service points into them).
+    let mut mappings = Vec::new();
+    let mut service_ports = Vec::new();
+    for (i, p) in fds.iter().enumerate() {
+        let map = |m: &keel_kvm::net::SharedMemory| {
+            m.map()
+                .map_err(|e| failure(format!("network {name:?}: port {i}: map: {e}")))
+        };
+        let (to, from) = (map(&p.to_switch)?, map(&p.from_switch)?);
+        let window = |m: &keel_kvm::net::Mapping| {
+            // SAFETY: the mappings are kept in `mappings` until this function returns,
+            // after the service (declared later, dropped first) is gone.
+            unsafe { m.frame_window(u64::from(net.slots)) }
+                .map_err(|e| failure(format!("network {name:?}: port {i}: {e}")))
+        };
+        let windows = PortWindows {
+            to_switch: window(&to)?,
+            from_switch: window(&from)?,
+        };
+        let bell = p
+            .ring_peer
+            .try_clone()
+            .map_err(|e| failure(format!("eventfd: {e}")))?;
+        service_ports.push((
+            windows,
+            Box::new(keel_kvm::net::EventFdBell(bell)) as Box<dyn keel_net::port::Doorbell>,
+        ));
+        mappings.push((to, from));
+    }
+    if let Some(u) = uplink.as_mut() {
+        service_ports.push(
+            u.switch_side
+                .take()
+                .ok_or_else(|| failure("uplink reused"))?,
+        );
+    }
+    let mut service = SwitchService::new(switch, service_ports);
+    let origin = Instant::now();
+    let mut pollfds: Vec<libc::pollfd> = std::iter::once(sigfd)
+        .chain(fds.iter().map(|p| p.wait_on.as_raw_fd()))
+        .chain(uplink.as_ref().map(|u| u.tap.raw_fd()))
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // Monotonic milliseconds (Instant) for the switch's MAC ageing.
+        let now_ms = u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let busy = service.service(now_ms, SWITCH_BUDGET) == Service::Busy;
+        let pumped = uplink.as_mut().is_some_and(|u| u.pump(SWITCH_BUDGET));
+        if busy || pumped {
+            continue;
+        }
+        for p in &mut pollfds {
+            p.revents = 0;
+        }
+        // SAFETY: `pollfds` is a valid array of pollfd structures.
+        let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(failure(format!(
+                "network {name:?}: poll: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        if pollfds[0].revents != 0 {
+            break;
+        }
+        // (The tap's entry, last, needs no action: the next pump reads it.)
+        for (p, pfd) in fds.iter().zip(&pollfds[1..]) {
+            if pfd.revents != 0 {
+                drain_eventfd(&p.wait_on);
+            }
+        }
+    }
+    if stats {
+        print_counters(net, &service);
+        if let Some(u) = &uplink {
+            eprintln!(
+                "keel: switch {name:?} uplink tap:{}: host_rx {} host_tx {} drop_to_switch {} drop_to_host {}",
+                u.tap.name(),
+                u.from_host,
+                u.to_host,
+                u.drop_to_switch,
+                u.drop_to_host
+            );
+        }
+    }
+    drop(service);
+    drop(mappings);
+    Ok(0)
+}
+
+/// The switch a network's plan describes: its ports with their MACs, its allow list.
+fn build_switch(net: &NetworkPlan) -> Result<Switch, Failure> {
+    let bad = |e: keel_net::switch::SwitchError| failure(format!("network {:?}: {e}", net.name));
+    let cfg = SwitchConfig {
+        max_ports: net.ports.len(),
+        mac_table: net.mac_table as usize,
+        queue_depth: net.queue_depth as usize,
+        flood_depth: net.flood_depth as usize,
+        max_frame: keel_net::ring::MAX_FRAME,
+        ageing_ms: net.ageing_ms,
+    };
+    let mut sw = Switch::new(cfg).map_err(bad)?;
+    for p in &net.ports {
+        match p.mac {
+            Some(m) => sw.add_port(Mac(m.0)).map_err(bad)?,
+            None => sw.add_uplink().map_err(bad)?,
+        };
+    }
+    for &(a, b) in &net.allow {
+        sw.allow(PortId(a), PortId(b)).map_err(bad)?;
+    }
+    Ok(sw)
+}
+
+/// One line per port on stderr: `keel: switch "lan" port 0 (vm a): rx_frames 3 ...`.
+fn print_counters(net: &NetworkPlan, service: &SwitchService) {
+    for (i, p) in net.ports.iter().enumerate() {
+        let who = match &p.owner {
+            PortOwner::Vm { vm, nic } => format!("vm {vm} net {nic}"),
+            PortOwner::Uplink { tap } => format!("uplink tap:{tap}"),
+        };
+        let Ok(c) = service.counters(PortId(i as u16)) else {
+            continue;
+        };
+        eprintln!(
+            "keel: switch {:?} port {i} ({who}): rx_frames {} rx_bytes {} tx_frames {} tx_bytes {} drop_spoofed {} drop_not_allowed {} drop_too_short {} drop_too_long {} drop_queue_full {} drop_no_route {}",
+            net.name,
+            c.rx_frames,
+            c.rx_bytes,
+            c.tx_frames,
+            c.tx_bytes,
+            c.drop_spoofed,
+            c.drop_not_allowed,
+            c.drop_too_short,
+            c.drop_too_long,
+            c.drop_queue_full,
+            c.drop_no_route
+        );
+    }
+}
+
+/// Hidden `__vmm <system.toml> --vm NAME --log-level L --nic FDS...`: one VM with its
+/// network ports, as `keel run` runs it.
+pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
+    let mut it = args.iter();
+    let system = it
+        .next()
+        .ok_or_else(|| Failure::input("__vmm: no system file"))?;
+    let (mut vm, mut nics) = (None, Vec::new());
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--vm" => vm = it.next().cloned(),
+            "--log-level" => {
+                if let Some(l) = it.next().and_then(|l| Level::parse(l)) {
+                    log::set_level(l);
+                }
+            }
+            "--nic" => nics.extend(it.next().cloned()),
+            other => return Err(Failure::input(format!("__vmm: unexpected {other:?}"))),
+        }
+    }
+    let vm = vm.ok_or_else(|| Failure::input("__vmm: no --vm"))?;
+    let sys = crate::load(Path::new(system))?;
+    let spec = sys
+        .vm(&vm)
+        .ok_or_else(|| Failure::input(format!("__vmm: no vm {vm:?}")))?;
+    let mut taken = Vec::new();
+    let ports: Vec<PortFds> = nics
+        .iter()
+        .map(|a| PortFds::take_inherited(a, &mut taken))
+        .collect::<Result<_, _>>()
+        .map_err(|e| Failure::input(format!("__vmm: {e}")))?;
+    let plan = keel_spec::plan::plan_vm_of(&sys, spec)
+        .map_err(|e| Failure::input(format!("{system}: {e}")))?;
+    let network = keel_kvm::VmNetwork::new(plan, ports).map_err(crate::vmm_failure)?;
+    crate::run_vm_to_exit(spec, Some(network), false, crate::OnReboot::Exit0)
+}
+
+/// The uplink port of a switch process: a host tap, joined to the switch by a ring pair in
+/// this process's own memory (the switch serves it like any port) and pumped between the
+/// tap and the rings by the switch loop.
+struct Uplink {
+    tap: keel_kvm::net::Tap,
+    /// The switch's side of the rings, until given to the service.
+    switch_side: Option<(PortWindows, Box<dyn keel_net::port::Doorbell>)>,
+    to_switch: FrameProducer,
+    from_switch: FrameConsumer,
+    from_host: u64,
+    to_host: u64,
+    drop_to_switch: u64,
+    drop_to_host: u64,
+}
+
+/// The pump looks at the rings after every service call: no notification is needed.
+struct NoBell;
+
+impl keel_net::port::Doorbell for NoBell {
+    fn ring(&self) {}
+}
+
+impl Uplink {
+    fn open(tap: &str, slots: u64) -> std::io::Result<Uplink> {
+        let tap = keel_kvm::net::Tap::open(tap)?;
+        let len = keel_net::ring::window_len(slots)
+            .ok_or_else(|| std::io::Error::other("ring too large"))?;
+        // Two zeroed, 8-aligned windows that live as long as the process (leaked): the
+        // service and the pump both point into them.
+        let window = || -> std::io::Result<(FrameWindow, FrameWindow)> {
+            let mem: &'static mut [u64] = Box::leak(vec![0u64; len.div_ceil(8)].into_boxed_slice());
+            let base = mem.as_mut_ptr().cast::<u8>();
+            // SAFETY: `mem` is leaked (mapped forever), 8-aligned, `len` bytes long, and
+            // only accessed through these two windows' ring code from now on.
+            let pair = unsafe {
+                (
+                    FrameWindow::new(base, len, slots),
+                    FrameWindow::new(base, len, slots),
+                )
+            };
+            match pair {
+                (Ok(a), Ok(b)) => Ok((a, b)),
+                (Err(e), _) | (_, Err(e)) => Err(std::io::Error::other(e.to_string())),
+            }
+        };
+        let (to_a, to_b) = window()?;
+        let (from_a, from_b) = window()?;
+        Ok(Uplink {
+            tap,
+            switch_side: Some((
+                PortWindows {
+                    to_switch: to_a,
+                    from_switch: from_a,
+                },
+                Box::new(NoBell),
+            )),
+            to_switch: FrameProducer::attach(to_b),
+            from_switch: FrameConsumer::attach(from_b),
+            from_host: 0,
+            to_host: 0,
+            drop_to_switch: 0,
+            drop_to_host: 0,
+        })
+    }
+
+    /// Move up to `budget` frames each way; whether anything moved.
+    fn pump(&mut self, budget: usize) -> bool {
+        let mut moved = false;
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..budget {
+            match self.tap.recv(&mut buf) {
+                Ok(Some(n)) => {
+                    moved = true;
+                    self.from_host += 1;
+                    // Oversized (a host MTU above 1500) or empty: dropped and counted.
+                    match buf.get(..n).map(|f| self.to_switch.send(f)) {
+                        Some(Ok(Sent::Queued { .. })) => {}
+                        _ => self.drop_to_switch += 1,
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let mut frame = [0u8; MAX_FRAME];
+        for _ in 0..budget {
+            match self.from_switch.recv(&mut frame) {
+                Ok(Recv::Frame(n)) => {
+                    moved = true;
+                    match self.tap.send(&frame[..n]) {
+                        Ok(true) => self.to_host += 1,
+                        _ => self.drop_to_host += 1,
+                    }
+                }
+                Ok(Recv::BadLength { .. }) => moved = true,
+                Ok(Recv::Empty) | Err(_) => break,
+            }
+        }
+        moved
+    }
+}

@@ -1,0 +1,473 @@
+//! End-to-end tests of `keel up`: whole systems of test guests, one VMM process per VM and
+//! one switch process per network, on /dev/kvm.
+//!
+//! Without /dev/kvm every KVM test prints `SKIPPED: /dev/kvm not available` and records the
+//! skip in `$KEEL_SKIP_LOG`. The test guest is built if missing. Description errors need no
+//! KVM and always run.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+/// Longest a `keel up` may take before the test fails.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[path = "../../keel-kvm/tests/common/skip.rs"]
+mod skip;
+
+fn kvm_or_skip(test: &str) -> bool {
+    skip::kvm_or_skip("up", test)
+}
+
+/// The test guest ELF, built on first use if it is missing.
+fn testguest() -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/testguest");
+    let elf = dir.join("target/x86_64-unknown-none/release/keel-testguest");
+    if !elf.exists() {
+        eprintln!("up: building the test guest in {}", dir.display());
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--target", "x86_64-unknown-none"])
+            .current_dir(&dir)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the test guest failed");
+    }
+    elf
+}
+
+/// A temporary directory holding one system file, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "keel-up-{}-{}-{test}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn system(&self, toml: &str) -> PathBuf {
+        let p = self.0.join("system.toml");
+        std::fs::write(&p, toml).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One test-guest VM running `cmdline`, attached to `nets` (network names), with `extra`.
+fn vm(kernel: &Path, name: &str, cmdline: &str, nets: &[&str], extra: &str) -> String {
+    let mut s = format!(
+        "[[vm]]\nname = \"{name}\"\narch = \"x86_64\"\nkernel = \"{}\"\nmemory = \"64M\"\ncmdline = \"{cmdline}\"\nserial = \"stdio\"\n{extra}",
+        kernel.display()
+    );
+    for n in nets {
+        s.push_str(&format!("[[vm.net]]\nnetwork = \"{n}\"\n"));
+    }
+    s
+}
+
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {} after {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.status, self.took, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Run {
+    /// The guest lines of VM `name` (`[name] ` prefix removed).
+    fn vm_lines(&self, name: &str) -> Vec<&str> {
+        let prefix = format!("[{name}] ");
+        self.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect()
+    }
+
+    fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("keel: error:"))
+            .collect()
+    }
+}
+
+/// Start `keel args`; `on_start` gets its pid once it runs.
+fn keel_with(args: &[&str], on_start: impl FnOnce(u32)) -> Run {
+    let start = Instant::now();
+    let mut child = Command::new(KEEL)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("keel starts");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    on_start(child.id());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keel {args:?} did not finish within {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let run = Run {
+        status: status.code().unwrap_or(-1),
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+        took: start.elapsed(),
+    };
+    eprintln!(
+        "up: keel {} -> exit {} in {:?}",
+        args.join(" "),
+        run.status,
+        run.took
+    );
+    run
+}
+
+fn keel(args: &[&str]) -> Run {
+    keel_with(args, |_| {})
+}
+
+fn up(scratch: &Scratch, toml: &str, extra: &[&str]) -> Run {
+    let sys = scratch.system(toml);
+    let mut args = vec!["up", sys.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    keel(&args)
+}
+
+/// The pids of the children of `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut kids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            kids.push(p);
+        }
+    }
+    kids
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn system_without_networks_runs_every_vm_with_prefixed_output() {
+    if !kvm_or_skip("system_without_networks_runs_every_vm_with_prefixed_output") {
+        return;
+    }
+    let g = testguest();
+    let s = Scratch::new("plain");
+    let toml = [
+        vm(&g, "a", "keeltest=rng", &[], "[vm.rng]\n"),
+        vm(&g, "b", "keeltest=rng", &[], "[vm.rng]\n"),
+    ]
+    .concat();
+
+    let run = up(&s, &toml, &[]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    assert!(run.vm_lines("a").contains(&"keeltest: PASS"), "{run:?}");
+    assert!(run.vm_lines("b").contains(&"keeltest: PASS"), "{run:?}");
+    assert!(run.stderr.contains("keel: vm \"a\": exit 0"), "{run:?}");
+    assert!(run.stderr.contains("keel: vm \"b\": exit 0"), "{run:?}");
+}
+
+#[test]
+fn exit_status_is_the_first_failing_vms() {
+    if !kvm_or_skip("exit_status_is_the_first_failing_vms") {
+        return;
+    }
+    let g = testguest();
+    let s = Scratch::new("fail");
+    let toml = [
+        vm(&g, "a", "keeltest=rng", &[], "[vm.rng]\n"),
+        vm(&g, "b", "keeltest=panic", &[], ""),
+    ]
+    .concat();
+
+    let run = up(&s, &toml, &[]);
+
+    assert_eq!(run.status, 11, "{run:?}");
+    assert!(run.stderr.contains("keel: vm \"b\": exit 11"), "{run:?}");
+    assert!(run.stderr.contains("keel: vm \"a\": exit 0"), "{run:?}");
+}
+
+#[test]
+fn sigterm_stops_every_vm_and_switch_and_leaves_no_process() {
+    if !kvm_or_skip("sigterm_stops_every_vm_and_switch_and_leaves_no_process") {
+        return;
+    }
+    let g = testguest();
+    let s = Scratch::new("sigterm");
+    // console-input waits 20 s for host input that never comes.
+    let console = "[[vm.console]]\noutput = \"null\"\n";
+    let toml = [
+        "[[network]]\nname = \"lan\"\n".to_string(),
+        vm(&g, "a", "keeltest=console-input", &["lan"], console),
+        vm(&g, "b", "keeltest=console-input", &["lan"], console),
+    ]
+    .concat();
+    let sys = s.system(&toml);
+    let kids = Mutex::new(Vec::new());
+
+    let run = keel_with(&["up", sys.to_str().unwrap()], |pid| {
+        // Wait until the switch and both VMMs run, then stop the system.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while children_of(pid).len() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        *kids.lock().unwrap() = children_of(pid);
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    });
+
+    let kids = kids.into_inner().unwrap();
+    assert_eq!(kids.len(), 3, "switch + 2 VMMs: {run:?}");
+    assert_eq!(run.status, 128 + 15, "{run:?}");
+    assert!(run.took < Duration::from_secs(15), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("keel: vm \"a\": stopped by keel up (SIGTERM)"),
+        "{run:?}"
+    );
+    let left: Vec<u32> = kids.into_iter().filter(|&p| alive(p)).collect();
+    assert!(left.is_empty(), "processes left: {left:?}");
+}
+
+#[test]
+fn undeclared_network_is_refused_with_one_line_and_exit_2() {
+    let s = Scratch::new("undeclared");
+    let toml = [
+        "[[network]]\nname = \"lan\"\n".to_string(),
+        vm(Path::new(KEEL), "a", "", &["wan"], ""),
+    ]
+    .concat();
+
+    let run = up(&s, &toml, &[]);
+
+    assert_eq!(run.status, 2, "{run:?}");
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 1, "{run:?}");
+    assert!(
+        errors[0].contains("\"wan\" is not declared"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn repeated_mac_is_refused_with_one_line_and_exit_2() {
+    let s = Scratch::new("mac");
+    let mac = "[[vm.net]]\nnetwork = \"lan\"\nmac = \"02:00:00:00:00:01\"\n";
+    let toml = [
+        "[[network]]\nname = \"lan\"\n".to_string(),
+        vm(Path::new(KEEL), "a", "", &[], mac),
+        vm(Path::new(KEEL), "b", "", &[], mac),
+    ]
+    .concat();
+
+    let run = up(&s, &toml, &[]);
+
+    assert_eq!(run.status, 2, "{run:?}");
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 1, "{run:?}");
+    assert!(errors[0].contains("02:00:00:00:00:01"), "{}", errors[0]);
+}
+
+#[test]
+fn run_refuses_a_vm_with_network_interfaces_pointing_to_up() {
+    let s = Scratch::new("run-nic");
+    let toml = [
+        "[[network]]\nname = \"lan\"\n".to_string(),
+        vm(Path::new(KEEL), "a", "", &["lan"], ""),
+    ]
+    .concat();
+    let sys = s.system(&toml);
+
+    let run = keel(&["run", sys.to_str().unwrap()]);
+
+    assert_eq!(run.status, 2, "{run:?}");
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 1, "{run:?}");
+    assert!(errors[0].contains("keel up"), "{}", errors[0]);
+}
+
+/// Send one Ethernet frame into host interface `ifname` (an AF_PACKET socket: the frame
+/// leaves the host through the interface, i.e. enters the tap's reader).
+fn send_raw_frame(ifname: &str, frame: &[u8]) -> std::io::Result<()> {
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: a plain syscall with a valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: creating a new socket.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = index as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+    // SAFETY: sending `frame` to a valid address structure of the given size.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    let r = if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    // SAFETY: closing the socket we created.
+    unsafe { libc::close(fd) };
+    r
+}
+
+/// The counters line of the port `who` (`vm a net 0`, `uplink tap:x`) in `--stats` output.
+fn port_counter(run: &Run, who: &str, counter: &str) -> Option<u64> {
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("keel: switch ") && l.contains(&format!("({who})")))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == counter)?;
+    words.next()?.parse().ok()
+}
+
+#[test]
+fn uplink_tap_frames_reach_the_vms_of_the_network() {
+    if !kvm_or_skip("uplink_tap_frames_reach_the_vms_of_the_network") {
+        return;
+    }
+    let tap_ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .is_ok()
+        && Command::new("ip").arg("-V").output().is_ok();
+    if !tap_ok {
+        skip::skip(
+            "up",
+            "uplink_tap_frames_reach_the_vms_of_the_network",
+            "/dev/net/tun or ip(8) not available (taps need CAP_NET_ADMIN)",
+        );
+        return;
+    }
+    let g = testguest();
+    let s = Scratch::new("uplink");
+    let tap = format!("kt{}", std::process::id() % 100_000);
+    let console = "[[vm.console]]\noutput = \"null\"\n";
+    let toml = [
+        format!("[[network]]\nname = \"lan\"\nuplink = \"tap:{tap}\"\n"),
+        vm(&g, "a", "keeltest=console-input", &["lan"], console),
+        vm(&g, "b", "keeltest=console-input", &["lan"], console),
+    ]
+    .concat();
+    let sys = s.system(&toml);
+    let sent = Mutex::new(None);
+
+    let run = keel_with(&["up", sys.to_str().unwrap(), "--stats"], |pid| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Command::new("ip")
+            .args(["link", "set", &tap, "up"])
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A broadcast from a host MAC no VM declares.
+        let mut frame = vec![0xff; 6];
+        frame.extend_from_slice(&[0x02, 0x99, 0, 0, 0, 1, 0x88, 0xb5]);
+        frame.resize(60, 0x5a);
+        *sent.lock().unwrap() = Some(send_raw_frame(&tap, &frame));
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    });
+
+    let sent = sent.into_inner().unwrap();
+    assert!(matches!(sent, Some(Ok(()))), "sending: {sent:?}");
+    assert_eq!(run.status, 128 + 15, "{run:?}");
+    let uplink_rx = port_counter(&run, &format!("uplink tap:{tap}"), "rx_frames");
+    let a_tx = port_counter(&run, "vm a net 0", "tx_frames");
+    assert!(uplink_rx.is_some_and(|n| n >= 1), "{run:?}");
+    assert!(a_tx.is_some_and(|n| n >= 1), "{run:?}");
+}

@@ -249,7 +249,7 @@ t_net() {
     check net-ping-tcp "both powered off" [ "$(grep -cE '^\[[ab]\] KEEL-GUEST-POWEROFF$' $W/net.lines)" = 2 ]
     _ms=$(sed -n 's/^\[a\] NETTEST a sent-ms \([0-9]*\)$/\1/p' $W/net.lines)
     if [ -n "$_ms" ] && [ "$_sa" = "$_sb" ]; then
-        awk -v ms="$_ms" 'BEGIN { printf "L2-NET-TCP 4194304 bytes in %d ms (%.1f MiB/s)\n", ms, (ms > 0 ? 4 * 1000 / ms : 0) }'
+        awk -v ms="$_ms" 'BEGIN { printf "L2-NET-TCP 4194304 bytes in %d ms (%.2f MiB/s)\n", ms, (ms > 0 ? 4 * 1000 / ms : 0) }'
     fi
     if [ $failed != 0 ]; then
         echo "--- the last 30 console lines of keel up:"

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # VM a of examples/net-linux-arm64.toml (its keel.cmd=, base64): waits for b's answer to
 # ping, pings it 3 times, sends 4 MiB of random bytes to b:5000 and prints their sha256.
 ip addr add 10.0.0.1/24 dev eth0

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # VM b of examples/net-linux-arm64.toml (its keel.cmd=, base64): listens before its link is
 # up, receives one TCP stream on port 5000 and prints its size and sha256. nc's stdin must
 # not end (busybox nc half-closes at EOF on stdin, and the sender's nc quits at that FIN):

@@ -39,6 +39,7 @@ trap 'rm -rf "$tmp"' EXIT
 # The L1 script (busybox sh; must stay below ~1400 bytes). QEMU's console is its PL011
 # (ttyAMA0); b listens, a connects once b's socket is there.
 cat >"$tmp/l1.sh" <<L1SCRIPT
+ip link set lo up
 mkdir -p /tmp/kc/guest
 ln -s /l2 /tmp/kc/guest/arm64
 t=/extra/net-linux-arm64.toml
@@ -101,7 +102,7 @@ for v in ("keel", "qemu"):
             rtt.append(float(r["rtt"])); wall.append(r["wall"] / 1000)
     if ms:
         rows.append("| %s | %d | %s | %s | %s | %s |" % (
-            v, len(ms), f(ms), f(mibs, "%.1f"), f(rtt, "%.2f"), f(wall, "%.1f")))
+            v, len(ms), f(ms), f(mibs, "%.2f"), f(rtt, "%.1f"), f(wall, "%.1f")))
 print()
 print("| VMMs | runs | 4 MiB a→b, ms (median / min / max) | MiB/s | ping avg, ms | whole run, s |")
 print("|---|---|---|---|---|---|")

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-log='' timeout_s=420
+log='' timeout_s=600
 while (($#)); do
     (($# >= 2)) || { echo "usage: scripts/l2-tests.sh [--log FILE] [--timeout S]" >&2; exit 2; }
     case "$1" in
@@ -30,7 +30,20 @@ if ! command -v "${QEMU_SYSTEM:-qemu-system-aarch64}" >/dev/null 2>&1; then
 fi
 
 # The tests, in the order l2-inside.sh runs them.
-tests=(boot-smp-devices disk-after-poweroff disk-after-sync-reset disk-after-sync-kill bad-config reboot-in-place)
+tests=(boot-smp-devices disk-after-poweroff disk-after-sync-reset disk-after-sync-kill bad-config reboot-in-place
+    net-ping-tcp)
+
+# net-ping-tcp runs examples/net-linux-arm64.toml, whose keel.cmd= values must be
+# scripts/l2/net-a.sh and net-b.sh without their comment lines (base64).
+for vm in a b; do
+    want=$(sed '/^#/d' "scripts/l2/net-$vm.sh" | base64 -w0)
+    got=$(awk -v vm="$vm" '/^name = / { n = $3 } /^cmdline = / && n == "\"" vm "\"" { print }' \
+        examples/net-linux-arm64.toml | sed -n 's/.*keel\.cmd=\([A-Za-z0-9+\/=]*\).*/\1/p')
+    if [[ $got != "$want" ]]; then
+        echo "l2: error: examples/net-linux-arm64.toml: vm $vm's keel.cmd= is not scripts/l2/net-$vm.sh (regenerate: sed '/^#/d' scripts/l2/net-$vm.sh | base64 -w0)" >&2
+        exit 2
+    fi
+done
 
 t0=$SECONDS
 target=${CARGO_TARGET_DIR:-target}
@@ -42,7 +55,7 @@ if ! CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release -q -p keel \
 fi
 keel=$target/aarch64-unknown-linux-musl/release/keel
 if ! l1=$(bash guest/l1host/build.sh --keel "$keel" --extra scripts/l2/l2-inside.sh \
-    --extra examples/demo.toml | tail -n1); then
+    --extra examples/demo.toml --extra examples/net-linux-arm64.toml | tail -n1); then
     echo "l2: error: building the L1 image failed" >&2
     exit 2
 fi

@@ -18,11 +18,16 @@
 #                     the second boot finds the pattern and powers off (exit 0)
 #   bad-config        refused before boot with exit 2: x86_64 guest, a non-Image kernel,
 #                     a missing disk
-# Environment: L2_TIMEOUT (seconds per keel run, default 90), KEEL (default /bin/keel).
+#   net-ping-tcp      `keel up /extra/net-linux-arm64.toml`: VMs a and b on one network; a
+#                     pings b (3/3) and sends it 4 MiB over TCP; both print the sha256, which
+#                     must be equal; keel up exits 0 once both powered off
+# Environment: L2_TIMEOUT (seconds per keel run, default 90), NET_TIMEOUT (seconds for the
+# keel up of net-ping-tcp, default 180), KEEL (default /bin/keel).
 # shellcheck shell=sh
 
 KEEL=${KEEL:-/bin/keel}
 L2_TIMEOUT=${L2_TIMEOUT:-90}
+NET_TIMEOUT=${NET_TIMEOUT:-180}
 W=/tmp/l2
 mkdir -p $W
 truncate -s 64M $W/disk.img
@@ -219,9 +224,44 @@ t_bad() {
     return $failed
 }
 
+# Two VMs on one network under `keel up` (examples/net-linux-arm64.toml, installed as
+# /extra/net-linux-arm64.toml; its guest snippets are scripts/l2/net-a.sh and net-b.sh). keel
+# up prefixes each console line with "[<vm>] ". Prints the transfer's time in a as
+# `L2-NET-TCP <bytes> bytes in <ms> ms (<MiB/s> MiB/s)` (10 ms resolution, L2's clock).
+t_net() {
+    failed=0
+    # ${KEEL_CACHE}/guest/arm64 of the example is L1's copy of the guest.
+    mkdir -p /tmp/kc/guest
+    ln -sfn /l2 /tmp/kc/guest/arm64
+    KEEL_CACHE=/tmp/kc timeout "$NET_TIMEOUT" "$KEEL" up /extra/net-linux-arm64.toml >$W/net.out 2>&1
+    rc=$?
+    tr -d '\r' <$W/net.out >$W/net.lines
+    grep -E 'NETTEST|KEEL-CMD-EXIT|KEEL-GUEST-POWEROFF|keel' $W/net.lines
+    echo "keel up exit status $rc"
+    _sa=$(sed -n 's/^\[a\] NETTEST a sha256 \([0-9a-f]\{64\}\)$/\1/p' $W/net.lines)
+    _sb=$(sed -n 's/^\[b\] NETTEST b sha256 \([0-9a-f]\{64\}\)$/\1/p' $W/net.lines)
+    check net-ping-tcp "keel up exit 0 (both VMs powered off)" [ "$rc" = 0 ]
+    check net-ping-tcp "a: ping 3/3" has net.lines "[a] NETTEST a ping 3/3"
+    check net-ping-tcp "a: sha256 of the 4 MiB sent" [ -n "$_sa" ]
+    check net-ping-tcp "b: sha256 of what it received" [ -n "$_sb" ]
+    check net-ping-tcp "b received what a sent" [ "$_sa" = "$_sb" ]
+    check net-ping-tcp "b received 4194304 bytes" has net.lines "[b] NETTEST b size 4194304"
+    check net-ping-tcp "both powered off" [ "$(grep -cE '^\[[ab]\] KEEL-GUEST-POWEROFF$' $W/net.lines)" = 2 ]
+    _ms=$(sed -n 's/^\[a\] NETTEST a sent-ms \([0-9]*\)$/\1/p' $W/net.lines)
+    if [ -n "$_ms" ] && [ "$_sa" = "$_sb" ]; then
+        awk -v ms="$_ms" 'BEGIN { printf "L2-NET-TCP 4194304 bytes in %d ms (%.2f MiB/s)\n", ms, (ms > 0 ? 4 * 1000 / ms : 0) }'
+    fi
+    if [ $failed != 0 ]; then
+        echo "--- the last 30 console lines of keel up:"
+        tail -n 30 $W/net.lines
+    fi
+    return $failed
+}
+
 step boot-smp-devices t_boot
 step disk-after-poweroff t_poweroff
 step disk-after-sync-reset t_reset
 step disk-after-sync-kill t_kill
 step bad-config t_bad
 step reboot-in-place t_reboot
+step net-ping-tcp t_net

@@ -77,3 +77,17 @@ fn demo_example_is_the_arm64_linux_vm_of_make_run() {
     assert_eq!(vm.kernel.as_str(), "/cache/guest/arm64/vmlinuz");
     assert!(vm.cmdline.contains("keel.cmd="));
 }
+
+#[test]
+fn net_example_puts_a_and_b_on_one_network() {
+    let system = load("net-linux-arm64.toml");
+    let names: Vec<&str> = system.networks().iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["lan"]);
+    for (name, mac) in [("a", "02:00:00:00:00:0a"), ("b", "02:00:00:00:00:0b")] {
+        let vm = system.vm(name).unwrap();
+        assert_eq!((vm.arch, vm.vcpus), (Arch::Aarch64, 1));
+        assert_eq!(vm.nics.len(), 1);
+        assert_eq!(vm.nics[0].network, "lan");
+        assert_eq!(vm.nics[0].mac.unwrap().to_string(), mac);
+    }
+}

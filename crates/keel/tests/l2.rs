@@ -3,7 +3,8 @@
 //! cross-builds the arm64 keel, builds (or reuses) the L1 image and runs the tests in L1:
 //! boot to the ready marker, 2 vCPUs, virtio blk/console/rng, the disk across a power-off,
 //! across `sync` + reset and across `sync` + SIGKILL of keel, bad configurations refused with
-//! exit 2, and a guest `reboot -f` that keel restarts in place (the disk kept).
+//! exit 2, a guest `reboot -f` that keel restarts in place (the disk kept), and two VMs on
+//! one network under `keel up` that ping each other and exchange 4 MiB over TCP.
 //!
 //! Without qemu-system-aarch64 the test prints `SKIPPED` and records the skip in
 //! `$KEEL_SKIP_LOG`. It takes about 1.5 minutes when the L1 image is cached (the first build
@@ -36,7 +37,7 @@ fn linux_guests_pass_their_tests_on_arm64_kvm_inside_the_emulated_host() {
 
     // Everything has its own timeout inside; this one bounds the whole run.
     let out = Command::new("timeout")
-        .args(["--kill-after=10", "600", "bash", "scripts/l2-tests.sh"])
+        .args(["--kill-after=10", "900", "bash", "scripts/l2-tests.sh"])
         .current_dir(&root)
         .output()
         .expect("bash runs");

@@ -1,12 +1,15 @@
 //! A learning Ethernet switch for one virtual network.
 //!
 //! One [`Switch`] is one network: its ports are the network's VM interfaces, each with a
-//! declared MAC address. Rules (docs/net.md has the full list):
+//! declared MAC address, and optionally uplinks (a host tap device) without one. Rules (docs/net.md has the full list):
 //!
 //! - **Validation**: a frame shorter than an Ethernet header (14 bytes) or longer than
 //!   [`SwitchConfig::max_frame`] is dropped (`drop_too_short`, `drop_too_long`).
 //! - **Anti-spoofing**: a frame whose source MAC is not its input port's declared MAC is
-//!   dropped (`drop_spoofed`). Only then is the source learned.
+//!   dropped (`drop_spoofed`). Only then is the source learned. An **uplink** port
+//!   ([`Switch::add_uplink`], e.g. a host tap device) declares no MAC: its sources are
+//!   learned as they come, except a group address or a MAC another port declared, which are
+//!   dropped as spoofed.
 //! - **Allow list**: ports may exchange frames only when the pair was allowed
 //!   ([`Switch::allow`], symmetric; default deny). Known unicast to a port that is not
 //!   allowed is dropped (`drop_not_allowed`); broadcast, multicast and unknown unicast are
@@ -84,7 +87,8 @@ impl PortId {
 pub struct SwitchConfig {
     /// Ports at most (1..=4096).
     pub max_ports: usize,
-    /// MAC table entries (at least 1; with anti-spoofing, `max_ports` is enough).
+    /// MAC table entries (at least 1; with anti-spoofing, `max_ports` is enough, plus the
+    /// hosts seen behind uplinks).
     pub mac_table: usize,
     /// Frames each output queue holds.
     pub queue_depth: usize,
@@ -165,7 +169,8 @@ pub struct PortCounters {
     pub tx_frames: u64,
     /// Bytes of those frames.
     pub tx_bytes: u64,
-    /// Dropped: source MAC is not the port's declared MAC.
+    /// Dropped: source MAC is not the port's declared MAC (uplink: is a group address or
+    /// another port's declared MAC).
     pub drop_spoofed: u64,
     /// Dropped: shorter than an Ethernet header.
     pub drop_too_short: u64,
@@ -193,7 +198,7 @@ pub enum Verdict {
 /// Why a frame was dropped (one per counter of [`PortCounters`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Drop {
-    /// Source MAC is not the port's.
+    /// Source MAC is not the port's (uplink: a group address or another port's MAC).
     Spoofed,
     /// Shorter than an Ethernet header.
     TooShort,
@@ -276,7 +281,8 @@ struct Entry {
 #[derive(Debug)]
 pub struct Switch {
     cfg: SwitchConfig,
-    macs: Vec<Mac>,
+    /// Each port's declared MAC; `None` for an uplink.
+    macs: Vec<Option<Mac>>,
     counters: Vec<PortCounters>,
     queues: Vec<Queue>,
     /// Bit `b` of row `a` (`row = a * words`) set: port `a` may send to port `b`.
@@ -349,12 +355,23 @@ impl Switch {
         if mac.is_multicast() || mac == Mac::default() {
             return Err(SwitchError::NotUnicast { mac });
         }
-        if let Some(i) = self.macs.iter().position(|&m| m == mac) {
-            return Err(SwitchError::DuplicateMac {
-                mac,
-                port: PortId(i as u16),
-            });
+        if let Some(port) = self.declared_by(mac) {
+            return Err(SwitchError::DuplicateMac { mac, port });
         }
+        self.push_port(Some(mac))
+    }
+
+    /// Add an uplink port (a host tap device, a bridge to another network): it declares no
+    /// MAC, and the source MACs of its frames are learned as they come (no anti-spoofing),
+    /// except that a frame whose source is a group address or a MAC declared by another
+    /// port is dropped as spoofed (`drop_spoofed`), so the uplink cannot impersonate a VM.
+    /// The allow list applies as to any port. The hosts behind an uplink take MAC table
+    /// entries: size [`SwitchConfig::mac_table`] for them. Allocates nothing.
+    pub fn add_uplink(&mut self) -> Result<PortId, SwitchError> {
+        self.push_port(None)
+    }
+
+    fn push_port(&mut self, mac: Option<Mac>) -> Result<PortId, SwitchError> {
         if self.macs.len() == self.cfg.max_ports {
             return Err(SwitchError::TooManyPorts {
                 max: self.cfg.max_ports,
@@ -363,6 +380,20 @@ impl Switch {
         self.macs.push(mac);
         self.counters.push(PortCounters::default());
         Ok(PortId((self.macs.len() - 1) as u16))
+    }
+
+    /// The port that declared `mac`, if any.
+    fn declared_by(&self, mac: Mac) -> Option<PortId> {
+        self.macs
+            .iter()
+            .position(|&m| m == Some(mac))
+            .map(|i| PortId(i as u16))
+    }
+
+    /// The MAC `port` declared: `Ok(None)` for an uplink.
+    pub fn port_mac(&self, port: PortId) -> Result<Option<Mac>, SwitchError> {
+        self.check(port)?;
+        Ok(self.macs[port.idx()])
     }
 
     /// Ports added so far.
@@ -492,10 +523,16 @@ impl Switch {
         if frame.len() > self.cfg.max_frame {
             return dropped(&mut c.drop_too_long, Drop::TooLong);
         }
-        if Mac::at(frame, 6) != self.macs[i] {
-            return dropped(&mut c.drop_spoofed, Drop::Spoofed);
+        let src = Mac::at(frame, 6);
+        let spoofed = match self.macs[i] {
+            Some(declared) => src != declared,
+            // An uplink: any individual address no port declared.
+            None => src.is_multicast() || self.declared_by(src).is_some(),
+        };
+        if spoofed {
+            return dropped(&mut self.counters[i].drop_spoofed, Drop::Spoofed);
         }
-        self.learn(self.macs[i], from, now_ms);
+        self.learn(src, from, now_ms);
         let dst = Mac::at(frame, 0);
         let known = if dst.is_multicast() {
             None
@@ -783,6 +820,96 @@ mod tests {
         assert_eq!(sw.counters(P0).unwrap().drop_spoofed, 1);
         assert_eq!(sw.lookup(mac(2), 0), None);
         assert_eq!(queued(&sw), [0, 0, 0]);
+    }
+
+    /// A switch with VM ports MAC 1 and 2 and an uplink (port 2), every pair allowed.
+    fn switch_with_uplink() -> Switch {
+        let mut sw = switch(2);
+        let up = sw.add_uplink().unwrap();
+        sw.allow(P0, up).unwrap();
+        sw.allow(P1, up).unwrap();
+        sw
+    }
+
+    #[test]
+    fn uplink_sources_are_learned_without_a_declared_mac() {
+        let mut sw = switch_with_uplink();
+        let host_a = Mac([0x52, 0x54, 0, 0, 0, 0xa]);
+        let host_b = Mac([0x52, 0x54, 0, 0, 0, 0xb]);
+
+        let a = sw.input(P2, &frame(Mac::BROADCAST, host_a, 60, 0), 0);
+        let b = sw.input(P2, &frame(mac(1), host_b, 60, 0), 0);
+
+        assert_eq!(a, Ok(Verdict::Queued(2)));
+        assert_eq!(b, Ok(Verdict::Queued(2))); // mac(1) not learned yet: flooded
+        assert_eq!(sw.lookup(host_a, 0), Some(P2));
+        assert_eq!(sw.lookup(host_b, 0), Some(P2));
+        assert_eq!(sw.port_mac(P2), Ok(None));
+        assert_eq!(sw.counters(P2).unwrap().drop_spoofed, 0);
+    }
+
+    #[test]
+    fn unicast_to_a_host_learned_on_the_uplink_goes_to_the_uplink_only() {
+        let mut sw = switch_with_uplink();
+        let host = Mac([0x52, 0x54, 0, 0, 0, 0xa]);
+        sw.input(P2, &frame(Mac::BROADCAST, host, 60, 0), 0)
+            .unwrap();
+        sw.pop_output(P0);
+        sw.pop_output(P1);
+
+        let v = sw.input(P0, &frame(host, mac(1), 60, 1), 0);
+
+        assert_eq!(v, Ok(Verdict::Queued(1)));
+        assert_eq!(queued(&sw), [0, 0, 1]);
+    }
+
+    #[test]
+    fn uplink_frame_from_a_declared_mac_is_dropped_as_spoofed() {
+        let mut sw = switch_with_uplink();
+        sw.input(P1, &frame(Mac::BROADCAST, mac(2), 60, 0), 0)
+            .unwrap();
+
+        let v = sw.input(P2, &frame(Mac::BROADCAST, mac(2), 60, 1), 5);
+
+        assert_eq!(v, Ok(Verdict::Dropped(Drop::Spoofed)));
+        assert_eq!(sw.counters(P2).unwrap().drop_spoofed, 1);
+        assert_eq!(sw.lookup(mac(2), 5), Some(P1));
+    }
+
+    #[test]
+    fn uplink_frame_from_a_group_address_is_dropped_as_spoofed() {
+        let mut sw = switch_with_uplink();
+
+        let v = sw.input(P2, &frame(Mac::BROADCAST, Mac::BROADCAST, 60, 0), 0);
+
+        assert_eq!(v, Ok(Verdict::Dropped(Drop::Spoofed)));
+        assert_eq!(sw.lookup(Mac::BROADCAST, 0), None);
+    }
+
+    #[test]
+    fn uplink_reaches_only_the_ports_it_is_allowed_to() {
+        let mut sw = switch(2);
+        let up = sw.add_uplink().unwrap();
+        sw.allow(P1, up).unwrap();
+        let host = Mac([0x52, 0x54, 0, 0, 0, 0xa]);
+
+        let flood = sw.input(up, &frame(Mac::BROADCAST, host, 60, 0), 0);
+        sw.input(P0, &frame(Mac::BROADCAST, mac(1), 60, 1), 0)
+            .unwrap();
+        let to_p0 = sw.input(up, &frame(mac(1), host, 60, 2), 0);
+
+        assert_eq!(flood, Ok(Verdict::Queued(1)));
+        assert_eq!(to_p0, Ok(Verdict::Dropped(Drop::NotAllowed)));
+        assert_eq!(queued(&sw), [0, 2, 0]);
+    }
+
+    #[test]
+    fn uplink_counts_against_the_port_maximum() {
+        let mut sw = switch(4);
+
+        let up = sw.add_uplink();
+
+        assert_eq!(up, Err(SwitchError::TooManyPorts { max: 4 }));
     }
 
     #[test]

@@ -68,4 +68,8 @@ impl<T: NetBackend + ?Sized> NetBackend for Box<T> {
     fn event_source(&self) -> Option<EventSource> {
         (**self).event_source()
     }
+
+    fn backlogged(&self) -> bool {
+        (**self).backlogged()
+    }
 }

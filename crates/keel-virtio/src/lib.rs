@@ -54,7 +54,8 @@
 //! net::Net::new(backend: B: NetBackend, mac: [u8; 6]) [.with_mtu(u16) -> Result<Net<B>, NetError>];
 //!   counters() -> NetCounters { tx_frames, tx_bytes, rx_frames, rx_bytes, tx_dropped: TxDrops,
 //!   rx_dropped: RxDrops }; NetBackend: send(&[u8]) -> Result<(), NetError>,
-//!   recv(&mut [u8]) -> Option<usize> (non-blocking), event_source() -> Option<EventSource>;
+//!   recv(&mut [u8]) -> Option<usize> (non-blocking), event_source() -> Option<EventSource>,
+//!   backlogged() -> bool (default false: recv's None stopped short, call again);
 //!   its event is net::RX_EVENT
 //! rng::Rng::new(source: E: EntropySource); EntropySource::fill(&mut [u8]) -> Result<(), EntropyError>
 //! std only: FileBackend::open(path, read_only: bool) -> io::Result<FileBackend>,

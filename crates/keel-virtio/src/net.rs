@@ -121,6 +121,15 @@ pub trait NetBackend: Send {
     /// on seL4), waited on edge-triggered. Without one the device looks for frames only when
     /// the guest posts receive buffers and on [`crate::MmioTransport::poll`].
     fn event_source(&self) -> Option<EventSource>;
+
+    /// Asked right after [`NetBackend::recv`] returned `None`: whether that `None` only means
+    /// the backend stopped early to bound its work (it skipped many unusable frames) and
+    /// frames may still be waiting, which its event source will not announce again. The
+    /// device then reports [`VirtioDevice::backlogged_event`] so the VMM calls it again.
+    /// Default: `false` (`None` means nothing is waiting).
+    fn backlogged(&self) -> bool {
+        false
+    }
 }
 
 /// Transmitted frames dropped, by reason.
@@ -325,6 +334,8 @@ impl<B: NetBackend> Net<B> {
                     }
                     let room = &mut self.rx_buf[NET_HDR_LEN..NET_HDR_LEN + self.max_frame];
                     let Some(len) = self.backend.recv(room) else {
+                        // A backend that stopped short is served again like a full batch.
+                        self.rx_backlog |= self.backend.backlogged();
                         break;
                     };
                     taken += 1;
@@ -991,6 +1002,33 @@ mod tests {
             d.transport.lock_device().counters().rx_frames,
             (RX_BATCH + 10) as u64
         );
+    }
+
+    #[test]
+    fn backend_that_stopped_short_is_reported_as_a_backlog() {
+        let backend = MockNet::default();
+        let mut d = GuestDriver::start(Net::new(backend.clone(), MAC));
+        let b = d.alloc(64);
+        d.post(RECEIVEQ, &[(b, 64, true)]);
+        backend.stop_short(true);
+
+        d.transport.handle_event(RX_EVENT);
+
+        assert_eq!(d.transport.backlogged_event(), Some(RX_EVENT));
+    }
+
+    #[test]
+    fn backend_that_ran_dry_is_not_a_backlog() {
+        let backend = MockNet::default();
+        let mut d = GuestDriver::start(Net::new(backend.clone(), MAC));
+        let b = d.alloc(64);
+        d.post(RECEIVEQ, &[(b, 64, true)]);
+        backend.arrive(&frame(MIN_FRAME_LEN, 0));
+
+        d.transport.handle_event(RX_EVENT);
+
+        assert_eq!(d.transport.backlogged_event(), None);
+        assert_eq!(d.transport.lock_device().counters().rx_frames, 1);
     }
 
     #[test]

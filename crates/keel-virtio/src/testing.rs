@@ -461,6 +461,7 @@ struct MockNetState {
     sent: Vec<Vec<u8>>,
     refuse: bool,
     recv_dropped: u64,
+    stop_short: bool,
 }
 
 impl MockNet {
@@ -484,6 +485,12 @@ impl MockNet {
         self.0.lock().refuse = true;
     }
 
+    /// Make `recv` return `None` as a backend that stopped early to bound its work, and
+    /// say so through `backlogged`.
+    pub fn stop_short(&self, on: bool) {
+        self.0.lock().stop_short = on;
+    }
+
     /// Frames the backend dropped because the device's buffer was too short for them.
     pub fn recv_dropped(&self) -> u64 {
         self.0.lock().recv_dropped
@@ -502,6 +509,9 @@ impl crate::net::NetBackend for MockNet {
 
     fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
         let mut s = self.0.lock();
+        if s.stop_short {
+            return None;
+        }
         while let Some(frame) = s.incoming.pop_front() {
             if frame.len() > buf.len() {
                 s.recv_dropped += 1;
@@ -515,5 +525,9 @@ impl crate::net::NetBackend for MockNet {
 
     fn event_source(&self) -> Option<crate::device::EventSource> {
         Some(crate::device::EventSource(9))
+    }
+
+    fn backlogged(&self) -> bool {
+        self.0.lock().stop_short
     }
 }

@@ -123,6 +123,7 @@ fn build_with_stall(
         out: dir.join("out"),
         vmm_elf: pd_elves().vmm,
         console_elf: pd_elves().console,
+        switch_elf: pd_elves().switch,
         test_stall_vm: stall.map(String::from),
     };
     let built = host::build(&system, &opts).unwrap_or_else(|e| panic!("{name}: build: {e}"));

@@ -92,6 +92,9 @@ pub trait VirtioSlot: Send + Sync {
     fn event_sources(&self) -> Vec<(EventToken, EventSource)>;
     /// Deliver host event `token` (the transport raises the interrupt if the device asks).
     fn handle_event(&self, token: EventToken);
+    /// An event the device stopped serving after its batch limit, to deliver again after
+    /// the VMM's other pending work (see `VirtioDevice::backlogged_event`).
+    fn backlogged_event(&self) -> Option<EventToken>;
     /// Send QueueNotify writes that trap to `notifier` (the device's I/O thread) instead of
     /// processing the queue in the vCPU thread.
     fn set_notifier(&self, notifier: Arc<dyn QueueNotifier>);
@@ -115,6 +118,9 @@ impl<D: VirtioDevice> VirtioSlot for MmioTransport<D> {
     }
     fn handle_event(&self, token: EventToken) {
         MmioTransport::handle_event(self, token);
+    }
+    fn backlogged_event(&self) -> Option<EventToken> {
+        MmioTransport::backlogged_event(self)
     }
     fn set_notifier(&self, notifier: Arc<dyn QueueNotifier>) {
         MmioTransport::set_notifier(self, notifier);

@@ -24,6 +24,7 @@ fn main() {
         out: out.into(),
         vmm_elf: elf.into(),
         console_elf: keel_sel4::host::PdElves::beside(std::path::Path::new(elf)).console,
+        switch_elf: keel_sel4::host::PdElves::beside(std::path::Path::new(elf)).switch,
         test_stall_vm: std::env::var(keel_sel4::host::TEST_STALL_VAR).ok(),
     };
     match keel_sel4::host::build(&system, &opts) {

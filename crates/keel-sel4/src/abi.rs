@@ -22,6 +22,9 @@ pub mod syscall {
     pub const NB_SEND: i64 = -6;
     /// `seL4_Recv`.
     pub const RECV: i64 = -7;
+    /// `seL4_NBRecv`: receive if a message or notification is waiting, else return at once
+    /// with badge 0.
+    pub const NB_RECV: i64 = -8;
     /// `seL4_Wait` (receive without a reply object).
     pub const WAIT: i64 = -9;
     /// `seL4_Yield`.

@@ -4,7 +4,8 @@
 //! For each VM: plan it (`keel_spec::plan::plan_vm`, as on KVM), read its kernel, initrd
 //! and disks, serialize the plan and the seL4 parameters, append the payload to the
 //! prebuilt VMM ELF ([`crate::elf`], [`crate::payload`]); append the console configuration
-//! to the prebuilt console ELF ([`crate::console`]); write the Microkit
+//! to the prebuilt console ELF ([`crate::console`]) and each network's switch
+//! configuration to a copy of the prebuilt switch ELF ([`crate::switch`]); write the Microkit
 //! system file (`keel_spec::microkit`); run the SDK's `microkit` tool.
 
 use std::io::{BufRead, BufReader, Write};
@@ -13,15 +14,20 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel_spec::microkit::{
-    CONSOLE_ELF_NAME, ConsoleInput, ConsoleLayout, MicrokitLayout, system_file, vmm_elf_name,
+    CONSOLE_ELF_NAME, ConsoleInput, ConsoleLayout, MicrokitLayout, NetLayout, SwitchComponent,
+    placement, switch_components, system_file, vmm_elf_name,
 };
 use keel_spec::{System, VmSpec};
 
 use crate::abi::board;
 use crate::console::{CONSOLE_RINGS_VADDR, ConsoleConfig, RING_SIZE, VMM_CHANNEL, VMM_RING_VADDR};
 use crate::payload::{
-    self, CONSOLE_RING_VADDR, GUEST_RAM_VADDR, INPUT_UART_VADDR, PAYLOAD_VADDR, PayloadError,
-    Sel4Params,
+    self, CONSOLE_RING_VADDR, GUEST_RAM_VADDR, INPUT_UART_VADDR, NicWindows, PAYLOAD_VADDR,
+    PayloadError, Sel4Params,
+};
+use crate::switch::{
+    SWITCH_HEAP_VADDR, SWITCH_RINGS_VADDR, SwitchConfigError, SwitchPdConfig,
+    VMM_FIRST_NET_CHANNEL, VMM_NET_VADDR,
 };
 
 /// What went wrong while building the image.
@@ -81,6 +87,9 @@ pub enum BuildError {
     /// The console PD's configuration cannot be written.
     #[error("console configuration: {0}")]
     ConsoleConfig(#[from] crate::console::ConfigError),
+    /// A switch PD's configuration cannot be written.
+    #[error("switch configuration: {0}")]
+    SwitchConfig(#[from] SwitchConfigError),
     /// The payload does not fit below the VMM's RAM window.
     #[error("VM {vm}: kernel, initrd and disks take {size} bytes; at most {max} fit in the VMM")]
     PayloadTooLarge {
@@ -258,6 +267,12 @@ impl Sdk {
                 irq: board::PL011_IRQ,
                 channel: INPUT_CHANNEL,
             }),
+            net: NetLayout {
+                vmm_rings_vaddr: VMM_NET_VADDR,
+                switch_rings_vaddr: SWITCH_RINGS_VADDR,
+                switch_heap_vaddr: SWITCH_HEAP_VADDR,
+                vmm_first_channel: VMM_FIRST_NET_CHANNEL,
+            },
         }
     }
 }
@@ -291,6 +306,8 @@ pub struct BuildOptions {
     pub vmm_elf: PathBuf,
     /// The prebuilt console ELF ([`PdElves`]).
     pub console_elf: PathBuf,
+    /// The prebuilt switch ELF ([`PdElves`]; used when the system has networks).
+    pub switch_elf: PathBuf,
     /// Test knob: the VM whose VMM stalls mid-output at its VM's first fault (`keel sel4
     /// build` takes it from `KEEL_SEL4_TEST_STALL_VMM`; see [`Sel4Params::test_stall`]).
     pub test_stall_vm: Option<String>,
@@ -375,11 +392,43 @@ pub fn guest_cmdline(vm: &VmSpec) -> String {
     payload::guest_cmdline(&vm.cmdline)
 }
 
-/// The payload of one VM: its plan (`keel_spec::plan::plan_vm`, the same as on KVM), its
-/// seL4 parameters, kernel, initrd and disks; `console_input` if its VMM gets the
-/// console-input UART, `stall` for the test knob.
-pub fn vm_payload(vm: &VmSpec, console_input: bool, stall: bool) -> Result<Vec<u8>, BuildError> {
-    let plan = keel_spec::plan::plan_vm(vm)?;
+/// Where VM `vm_index`'s VMM maps the rings of each of its interfaces, and their
+/// channels, in interface order (from the switch components of the component plan).
+pub fn nic_windows(switches: &[SwitchComponent], vm_index: usize) -> Vec<NicWindows> {
+    let mut ports: Vec<_> = switches
+        .iter()
+        .flat_map(|s| s.ports.iter().map(move |p| (s, p)))
+        .filter(|(_, p)| p.vm_index == vm_index)
+        .collect();
+    ports.sort_by_key(|(_, p)| p.nic);
+    ports
+        .into_iter()
+        .map(|(s, p)| NicWindows {
+            to_switch: p.to_switch.vmm_vaddr,
+            from_switch: p.from_switch.vmm_vaddr,
+            ring_len: p.to_switch.ring_len,
+            slots: s.plan.slots,
+            channel: p.vmm_channel,
+        })
+        .collect()
+}
+
+/// The payload of VM `index` of `system`: its plan (`keel_spec::plan::plan_vm_of`, the
+/// same as on KVM), its seL4 parameters (with `nics`, its interfaces' rings: see
+/// [`nic_windows`]), kernel, initrd and disks. The first VM's VMM gets the console-input
+/// UART; `stall` is the test knob.
+pub fn vm_payload(
+    system: &System,
+    index: usize,
+    nics: Vec<NicWindows>,
+    stall: bool,
+) -> Result<Vec<u8>, BuildError> {
+    let vm = system.vms().get(index).ok_or_else(|| BuildError::Payload {
+        vm: format!("#{index}"),
+        source: PayloadError::Truncated { what: "system" },
+    })?;
+    let console_input = index == 0;
+    let plan = keel_spec::plan::plan_vm_of(system, vm)?;
     let read = |p: &Path| std::fs::read(p).map_err(io(p));
     let kernel = read(vm.kernel.as_path())?;
     let initrd = vm.initrd.as_ref().map(|p| read(p.as_path())).transpose()?;
@@ -399,6 +448,7 @@ pub fn vm_payload(vm: &VmSpec, console_input: bool, stall: bool) -> Result<Vec<u
         rng_seed: host_seed()?,
         restart_on_reboot: vm.on_reboot == keel_spec::OnReboot::Restart,
         max_restarts: vm.max_restarts_per_minute,
+        nics,
     };
     let disk_refs: Vec<&[u8]> = disks.iter().map(Vec::as_slice).collect();
     payload::build(&plan, &params, &kernel, initrd.as_deref(), &disk_refs).map_err(|source| {
@@ -438,12 +488,14 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
         .unwrap_or_else(|| Sdk::default_config(&opts.sdk, &opts.board).into());
     let sdk = Sdk::open(&opts.sdk, &opts.board, &config)?;
     check(system, &sdk)?;
-    let xml = system_file(system, &sdk.layout())?;
+    let layout = sdk.layout();
+    let xml = system_file(system, &layout)?;
+    let switches = switch_components(system, &layout, &placement(system, &layout)?)?;
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     let elf = std::fs::read(&opts.vmm_elf).map_err(io(&opts.vmm_elf))?;
     for (index, vm) in system.vms().iter().enumerate() {
         let stall = opts.test_stall_vm.as_deref() == Some(vm.name.as_str());
-        let p = vm_payload(vm, index == 0, stall)?;
+        let p = vm_payload(system, index, nic_windows(&switches, index), stall)?;
         let max = GUEST_RAM_VADDR - PAYLOAD_VADDR;
         if p.len() as u64 > max {
             return Err(BuildError::PayloadTooLarge {
@@ -466,6 +518,7 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
         std::fs::write(&path, out).map_err(io(&path))?;
     }
     write_console_elf(system, opts)?;
+    write_switch_elves(&switches, opts)?;
     let system_path = opts.out.join(format!("{}.system", system.name()));
     std::fs::write(&system_path, xml).map_err(io(&system_path))?;
     let image = opts.out.join("loader.img");
@@ -521,29 +574,52 @@ fn write_console_elf(system: &System, opts: &BuildOptions) -> Result<(), BuildEr
     std::fs::write(&path, out).map_err(io(&path))
 }
 
-/// The two generic protection-domain programs of an image.
+/// One switch ELF per switch component: the prebuilt switch ELF with that network's
+/// configuration appended, in `opts.out`.
+fn write_switch_elves(switches: &[SwitchComponent], opts: &BuildOptions) -> Result<(), BuildError> {
+    if switches.is_empty() {
+        return Ok(());
+    }
+    let elf = std::fs::read(&opts.switch_elf).map_err(io(&opts.switch_elf))?;
+    for sw in switches {
+        let cfg = SwitchPdConfig::from_component(sw).encode()?;
+        let out = crate::elf::append_segment(&elf, PAYLOAD_VADDR, &cfg, crate::elf::flags::R)
+            .map_err(|source| BuildError::Elf {
+                path: opts.switch_elf.clone(),
+                source,
+            })?;
+        let path = opts.out.join(&sw.elf);
+        std::fs::write(&path, out).map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+/// The generic protection-domain programs of an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PdElves {
     /// `keel-sel4-vmm`.
     pub vmm: PathBuf,
     /// `keel-sel4-console`.
     pub console: PathBuf,
+    /// `keel-sel4-switch`.
+    pub switch: PathBuf,
 }
 
 impl PdElves {
-    /// The programs of one cargo build: the console ELF next to the VMM ELF.
+    /// The programs of one cargo build: the console and switch ELFs next to the VMM ELF.
     pub fn beside(vmm: &Path) -> PdElves {
         PdElves {
             vmm: vmm.to_path_buf(),
             console: vmm.with_file_name("keel-sel4-console"),
+            switch: vmm.with_file_name("keel-sel4-switch"),
         }
     }
 }
 
-/// Build the generic protection domains (`keel-sel4-vmm`, `keel-sel4-console`) for seL4
-/// with one cargo build, in the workspace at `repo` and the target directory `target_dir`,
-/// and return the ELFs' paths. `Err` carries a one-line reason (cargo missing, the build
-/// failing).
+/// Build the generic protection domains (`keel-sel4-vmm`, `keel-sel4-console`,
+/// `keel-sel4-switch`) for seL4 with one cargo build, in the workspace at `repo` and the
+/// target directory `target_dir`, and return the ELFs' paths. `Err` carries a one-line
+/// reason (cargo missing, the build failing).
 pub fn build_pd_elves(repo: &Path, target_dir: &Path) -> Result<PdElves, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
@@ -557,6 +633,8 @@ pub fn build_pd_elves(repo: &Path, target_dir: &Path) -> Result<PdElves, String>
             "keel-sel4-vmm",
             "--bin",
             "keel-sel4-console",
+            "--bin",
+            "keel-sel4-switch",
             "--release",
             "--target",
             "aarch64-unknown-none",
@@ -565,13 +643,13 @@ pub fn build_pd_elves(repo: &Path, target_dir: &Path) -> Result<PdElves, String>
         .status()
         .map_err(|e| {
             format!(
-                "cannot run cargo to build the VMM and console ELFs in {}: {e}",
+                "cannot run cargo to build the VMM, console and switch ELFs in {}: {e}",
                 repo.display()
             )
         })?;
     if !status.success() {
         return Err(format!(
-            "building keel-sel4-vmm and keel-sel4-console failed ({status}); is the aarch64-unknown-none target installed?"
+            "building keel-sel4-vmm, keel-sel4-console and keel-sel4-switch failed ({status}); is the aarch64-unknown-none target installed?"
         ));
     }
     Ok(PdElves::beside(

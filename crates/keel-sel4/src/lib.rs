@@ -10,7 +10,9 @@
 //! - `vmm` (seL4 only): the VMM protection domain.
 //! - [`console`]: the console component (the PD that owns the debug console's output and
 //!   drains one ring per VMM); `console_pd` (seL4 only) is its program.
-//! - `heap` (seL4 only): the protection domains' allocator.
+//! - [`switch`]: the switch component (one PD per network, running keel-net's switch over
+//!   the rings of its ports); `switch_pd` (seL4 only) is its program.
+//! - `heap` (seL4 only): the protection domains' allocators.
 //! - [`payload`], [`elf`]: how `keel sel4 build` hands one VM's configuration, kernel,
 //!   initrd and disks to the generic VMM ELF.
 //! - `host` (feature `host`): the build side (system file, image) used by `keel sel4`.
@@ -36,6 +38,9 @@ pub mod payload;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod pd;
 pub mod regs;
+pub mod switch;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod switch_pd;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod syscall;
 
@@ -51,6 +56,16 @@ macro_rules! pd_entry {
         #[global_allocator]
         static HEAP: $crate::heap::Heap<{ $heap }> = $crate::heap::Heap::new();
 
+        $crate::pd_start!($main, $panic);
+    };
+}
+
+/// Define a protection domain's entry point (`_start`, calling `$main`) and its panic
+/// handler (calling `$panic`) in a binary crate (the allocator is declared separately).
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[macro_export]
+macro_rules! pd_start {
+    ($main:path, $panic:path) => {
         // The Microkit tool starts the PD at `_start` with SP at the top of its stack.
         core::arch::global_asm!(
             ".section .text.start, \"ax\"",
@@ -93,5 +108,33 @@ macro_rules! console_entry {
             $crate::console_pd::panic,
             $crate::console_pd::HEAP_BYTES
         );
+    };
+}
+
+/// Define the switch protection domain's entry point, panic handler and allocator (the
+/// heap region of [`switch_pd::HEAP`], sized at plan time) in the binary crate:
+/// `keel_sel4::switch_entry!();`.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[macro_export]
+macro_rules! switch_entry {
+    () => {
+        struct SwitchHeap;
+
+        // SAFETY: every call goes to the switch PD's region heap, a GlobalAlloc.
+        unsafe impl core::alloc::GlobalAlloc for SwitchHeap {
+            unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+                // SAFETY: forwarded under the caller's GlobalAlloc contract.
+                unsafe { core::alloc::GlobalAlloc::alloc(&$crate::switch_pd::HEAP, layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+                // SAFETY: forwarded under the caller's GlobalAlloc contract.
+                unsafe { core::alloc::GlobalAlloc::dealloc(&$crate::switch_pd::HEAP, ptr, layout) }
+            }
+        }
+
+        #[global_allocator]
+        static HEAP: SwitchHeap = SwitchHeap;
+
+        $crate::pd_start!($crate::switch_pd::main, $crate::switch_pd::panic);
     };
 }

@@ -31,8 +31,9 @@ pub const INPUT_UART_VADDR: u64 = 0x3_0001_0000;
 pub const MAGIC: [u8; 8] = *b"KEELPAY\0";
 /// Payload format version (2: the plan and [`Sel4Params`] in postcard replace the
 /// hand-serialized configuration of version 1; 3: the console ring and the stall knob
-/// replace the console lock and the line prefix; 4: the reboot policy).
-pub const VERSION: u32 = 4;
+/// replace the console lock and the line prefix; 4: the reboot policy; 5: the network
+/// interfaces' rings and channels).
+pub const VERSION: u32 = 5;
 /// Bytes of the fixed header before the blob table.
 const HEADER_LEN: usize = 32;
 /// Bytes of one blob-table entry.
@@ -101,6 +102,24 @@ pub struct Sel4Params {
     /// The spec's `max_restarts_per_minute`; the VMM has no clock, so it counts restarts
     /// over the VM's whole life against this number.
     pub max_restarts: u32,
+    /// The network interfaces' rings and channels, indexed like the plan's `nics`.
+    pub nics: Vec<NicWindows>,
+}
+
+/// Where one network interface's port rings are mapped in the VMM, and its channel to the
+/// network's switch PD.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicWindows {
+    /// The to-switch ring (this VMM produces).
+    pub to_switch: u64,
+    /// The from-switch ring (this VMM consumes).
+    pub from_switch: u64,
+    /// Bytes of each ring window.
+    pub ring_len: u64,
+    /// Slots of each ring.
+    pub slots: u32,
+    /// The channel to the switch PD: the doorbell, and the device's event source.
+    pub channel: u32,
 }
 
 /// The kernel command line Keel gives an arm64 guest on seL4: the 8250 console first
@@ -411,6 +430,13 @@ mod tests {
             rng_seed: [5; 32],
             restart_on_reboot: true,
             max_restarts: 7,
+            nics: alloc::vec![NicWindows {
+                to_switch: 0x4_0000_0000,
+                from_switch: 0x4_0008_1000,
+                ring_len: 0x80100,
+                slots: 256,
+                channel: 3,
+            }],
         }
     }
 

@@ -141,6 +141,31 @@ pub fn recv(src: u64, reply: u64) -> (u64, MessageInfo) {
     (badge, MessageInfo(info))
 }
 
+/// `seL4_NBRecv` on `src` with reply object `reply`: like [`recv`] when something is
+/// waiting; otherwise returns at once with badge 0 (no Microkit event has badge 0: a
+/// notification word has a channel bit set, a fault or a protected call a high bit).
+pub fn nb_recv(src: u64, reply: u64) -> (u64, MessageInfo) {
+    let badge: u64;
+    let info: u64;
+    let (m0, m1, m2, m3): (u64, u64, u64, u64);
+    // SAFETY: as in `call`.
+    unsafe {
+        asm!("svc #0",
+            inout("x0") src => badge, lateout("x1") info,
+            lateout("x2") m0, lateout("x3") m1, lateout("x4") m2, lateout("x5") m3,
+            inout("x6") reply => _,
+            in("x7") sys::NB_RECV,
+            options(nostack));
+    }
+    spill([m0, m1, m2, m3]);
+    (badge, MessageInfo(info))
+}
+
+/// MCS: reply through reply object `reply` (a send on it), without receiving.
+pub fn reply(reply: u64, info: MessageInfo) {
+    send(reply, info);
+}
+
 /// `seL4_Wait` on `src` (no reply object). Returns the badge.
 pub fn wait(src: u64) -> (u64, MessageInfo) {
     let badge: u64;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use keel_sel4::host::vm_payload;
 use keel_sel4::payload;
-use keel_spec::plan::plan_vm;
-use keel_spec::{System, VmSpec};
+use keel_spec::System;
+use keel_spec::plan::plan_vm_of;
 
 /// `examples/<file>` with `${KEEL_CACHE}` in a scratch directory where every kernel,
 /// initrd and disk it names exists (a few bytes each: the payload only copies them).
@@ -35,8 +35,8 @@ fn example(file: &str) -> System {
 }
 
 /// The plan the seL4 payload of VM `index` of its system carries.
-fn sel4_plan(index: usize, vm: &VmSpec) -> keel_spec::VmPlan {
-    let bytes = vm_payload(vm, index == 0, false).unwrap();
+fn sel4_plan(system: &System, index: usize) -> keel_spec::VmPlan {
+    let bytes = vm_payload(system, index, Vec::new(), false).unwrap();
     payload::parse(&bytes).unwrap().plan
 }
 
@@ -44,8 +44,8 @@ fn assert_sel4_carries_the_kvm_plan(file: &str) {
     let system = example(file);
 
     for (index, vm) in system.vms().iter().enumerate() {
-        let kvm = plan_vm(vm).unwrap();
-        let sel4 = sel4_plan(index, vm);
+        let kvm = plan_vm_of(&system, vm).unwrap();
+        let sel4 = sel4_plan(&system, index);
 
         assert_eq!(sel4, kvm, "{file}: vm {}", vm.name);
     }
@@ -69,9 +69,8 @@ fn demo_example_has_the_kvm_plan_on_sel4() {
 #[test]
 fn disk_console_and_rng_of_the_devices_example_sit_in_slots_0_to_2_on_sel4() {
     let system = example("sel4-devices.toml");
-    let vm = &system.vms()[0];
 
-    let plan = sel4_plan(0, vm);
+    let plan = sel4_plan(&system, 0);
 
     let placed: Vec<_> = plan
         .devices

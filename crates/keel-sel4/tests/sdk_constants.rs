@@ -270,6 +270,7 @@ fn check_headers(inc: &Path) {
         ("seL4_SysSend", sc::SEND),
         ("seL4_SysNBSend", sc::NB_SEND),
         ("seL4_SysRecv", sc::RECV),
+        ("seL4_SysNBRecv", sc::NB_RECV),
         ("seL4_SysWait", sc::WAIT),
         ("seL4_SysDebugPutChar", sc::DEBUG_PUT_CHAR),
         ("seL4_SysDebugHalt", sc::DEBUG_HALT),

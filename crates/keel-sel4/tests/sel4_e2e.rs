@@ -123,6 +123,7 @@ fn build_with_stall(
         out: dir.join("out"),
         vmm_elf: pd_elves().vmm,
         console_elf: pd_elves().console,
+        switch_elf: pd_elves().switch,
         test_stall_vm: stall.map(String::from),
     };
     let built = host::build(&system, &opts).unwrap_or_else(|e| panic!("{name}: build: {e}"));
@@ -690,5 +691,133 @@ fn debian_guest_reboots_in_place_and_finds_its_disk_marker() {
         s(restart),
         s(first),
         s(ready)
+    );
+}
+
+/// Bytes the networking test sends from a to b (4 MiB).
+const NET_BYTES: u64 = 4 << 20;
+
+/// VM a of the networking test: eth0 up as 10.0.0.1, a file of random bytes, its sha256;
+/// wait until b answers, `ping -c 3` it (the summary lines), send the file with `nc` and
+/// time it: busybox `nc` half-closes at the end of the file and returns when the receiver
+/// closes; to be sure every byte left before it powers off, the sender also waits until
+/// its connection to port 5000 (0x1388) is neither ESTABLISHED nor FIN_WAIT1 in
+/// /proc/net/tcp.
+fn net_sender_cmd() -> String {
+    format!(
+        "ip link set eth0 up; ip addr add 10.0.0.1/24 dev eth0; \
+dd if=/dev/urandom of=/tmp/f bs=4096 count={count} 2>/dev/null; \
+echo KEEL-NET-SENT $(sha256sum /tmp/f | cut -d' ' -f1); \
+n=0; until ping -c 1 -W 1 10.0.0.2 >/dev/null 2>&1 || [ $n -ge 120 ]; do n=$((n+1)); done; \
+ping -c 3 10.0.0.2 | grep -E 'transmitted|round-trip' | while read -r l; do echo \"KEEL-NET-PING $l\"; done; \
+t0=$(cut -d' ' -f1 /proc/uptime); timeout 300 nc 10.0.0.2 5000 </tmp/f; \
+n=0; while [ $n -lt 6000 ] && awk '$3 ~ /:1388$/ && ($4 == \"01\" || $4 == \"04\") {{f = 1}} END {{exit !f}}' /proc/net/tcp; do usleep 50000; n=$((n+1)); done; \
+echo KEEL-NET-SEND-TIME $t0 $(cut -d' ' -f1 /proc/uptime)",
+        count = NET_BYTES / 4096
+    )
+}
+
+/// VM b of the networking test: eth0 up as 10.0.0.2, listen with `nc`, wait until every
+/// byte arrived (or 300 s), print the received bytes' sha256 and count, close. `nc`'s
+/// stdin is a pipe that stays open: busybox `nc` half-closes the connection when its stdin
+/// ends (and the script's stdin is /dev/null), which would end the sender's `nc` at once.
+fn net_receiver_cmd() -> String {
+    format!(
+        "ip link set eth0 up; ip addr add 10.0.0.2/24 dev eth0; \
+sleep 900 | nc -l -p 5000 >/tmp/r & p=$!; \
+n=0; while [ $(wc -c </tmp/r) -lt {bytes} ] && [ $n -lt 3000 ]; do usleep 100000; n=$((n+1)); done; \
+echo KEEL-NET-RECV $(sha256sum /tmp/r | cut -d' ' -f1) $(wc -c </tmp/r); kill $p 2>/dev/null; true",
+        bytes = NET_BYTES
+    )
+}
+
+/// The value after `marker ` on the console line of VM `vm` (`<vm>| <marker> ...`).
+fn net_line<'a>(console: &'a str, vm: &str, marker: &str) -> Option<&'a str> {
+    let prefix = format!("{vm}| {marker} ");
+    console
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix(prefix.as_str()))
+}
+
+#[test]
+fn two_linux_vms_ping_and_transfer_a_file_through_the_sel4_switch() {
+    let test = "two_linux_vms_ping_and_transfer_a_file_through_the_sel4_switch";
+    let Some(sdk) = prerequisites(test) else {
+        return;
+    };
+    let Some(config) = smp_config(&sdk, test) else {
+        return;
+    };
+    let net = "[[vm.net]]\nnetwork = \"lan\"";
+    let toml = format!(
+        "[system]\nname = \"e2e-net\"\n\n[[network]]\nname = \"lan\"\n{}{}",
+        vm_toml(
+            "a",
+            1,
+            "128M",
+            &format!("quiet keel.cmd={}", base64(net_sender_cmd().as_bytes())),
+            &format!("placement = {{ pcpus = [0] }}\n{net}")
+        ),
+        vm_toml(
+            "b",
+            1,
+            "128M",
+            &format!("quiet keel.cmd={}", base64(net_receiver_cmd().as_bytes())),
+            &format!("placement = {{ pcpus = [1] }}\n{net}")
+        )
+    );
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Built {
+        image,
+        dir,
+        cores,
+        system_file,
+        ..
+    } = build(&sdk, "net", &toml, config);
+    let mut out = Vec::new();
+
+    let outcome = host::run_qemu(
+        &image,
+        cores,
+        Some(Duration::from_secs(600)),
+        Some(2),
+        false,
+        &mut out,
+    );
+
+    let console = String::from_utf8_lossy(&out).into_owned();
+    std::fs::write(dir.join("console.log"), &console).unwrap();
+    let o = outcome.unwrap_or_else(|e| panic!("{e}\n--- console ---\n{console}"));
+    assert!(
+        system_file.contains("<protection_domain name=\"keel_switch_lan\""),
+        "{system_file}"
+    );
+    assert_eq!((o.vms_up, o.vms_stopped), (2, 2), "{console}");
+    let ping = net_line(&console, "a", "KEEL-NET-PING").unwrap_or("");
+    assert!(
+        ping.contains("3 packets transmitted, 3 packets received"),
+        "ping: {ping:?}\n{console}"
+    );
+    let sent = net_line(&console, "a", "KEEL-NET-SENT").expect("a's sha256");
+    let recv = net_line(&console, "b", "KEEL-NET-RECV").expect("b's sha256");
+    assert_eq!(recv, format!("{sent} {NET_BYTES}"), "{console}");
+    let rtt = console
+        .lines()
+        .find_map(|l| l.split("a| KEEL-NET-PING round-trip ").nth(1))
+        .unwrap_or("?");
+    let times: Vec<f64> = net_line(&console, "a", "KEEL-NET-SEND-TIME")
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let secs = match times[..] {
+        [t0, t1] => t1 - t0,
+        _ => f64::NAN,
+    };
+    eprintln!(
+        "sel4 net: first guest ready after {:.1} s, ping round-trip {rtt}, {NET_BYTES} bytes in {secs:.2} s ({:.2} MiB/s), run {:.1} s",
+        o.first_ready.unwrap_or(f64::NAN),
+        NET_BYTES as f64 / (1 << 20) as f64 / secs,
+        o.elapsed
     );
 }

@@ -12,6 +12,16 @@
 //! (`<vm>_console_ring`) mapped into that VMM and into the console PD only, and one channel
 //! to the console. The console PD runs one priority below the lowest VMM.
 //!
+//! The network component ([`switch_components`]): one switch PD per `[[network]]`
+//! (`keel_switch_<net>`, program `keel-switch-<net>.elf`) runs that network's switch. Each
+//! port (one interface of one VM) has two ring regions, `<vm>_net<i>_to_switch` and
+//! `<vm>_net<i>_from_switch` ([`crate::plan::ring_window_len`] rounded up to 4 KiB), mapped
+//! into that VM's VMM and that network's switch PD only, and one channel between them; the
+//! switch's heap is a region of its own (`keel_switch_<net>_heap`, sized by
+//! [`switch_heap_bytes`]), mapped into the switch only. No switch maps guest RAM. A switch
+//! runs at the priority of the lowest VMM of its network, on the core of its first
+//! member's VMM. An uplink (a host tap) has no seL4 form and is refused.
+//!
 //! Cores ([`placement`]): a VM with `placement.pcpus` gets exactly those; without it, vCPU
 //! `i` goes on core `i mod n`, `n` being the system's `pcpus` if given, else the kernel's
 //! cores. A VMM protection domain runs on the core of its VM's vCPU 0.
@@ -23,7 +33,8 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 
 use crate::layout::ram_layout;
-use crate::model::{Arch, System, VmSpec};
+use crate::model::{Arch, MacAddr, System, VmSpec};
+use crate::plan::NetworkPlan;
 
 /// The board-specific addresses the system file needs (they come from the seL4 backend).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +57,24 @@ pub struct MicrokitLayout {
     pub max_vcpus: u32,
     /// Console input for the first VM, if the board has a serial port to give.
     pub console_input: Option<ConsoleInput>,
+    /// Where the network component's rings, heaps and channels go.
+    pub net: NetLayout,
+}
+
+/// Where the network component's regions go and which channel ids it takes (they come
+/// from the seL4 backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetLayout {
+    /// Where a VMM maps the rings of its interfaces: for each interface in order, its
+    /// to-switch region then its from-switch region, back to back.
+    pub vmm_rings_vaddr: u64,
+    /// Where a switch PD maps the rings of its ports, in port order, the same way.
+    pub switch_rings_vaddr: u64,
+    /// Where a switch PD maps its heap region.
+    pub switch_heap_vaddr: u64,
+    /// The channel id, in a VMM, of its interface `i`: this + `i` (the switch PD's id for
+    /// port `p` is `p`).
+    pub vmm_first_channel: u32,
 }
 
 /// Where the console component's rings go (they come from the seL4 backend).
@@ -150,6 +179,27 @@ pub enum MicrokitError {
         /// The limit.
         max: usize,
     },
+    /// A network bridged to a host tap: there is no host network on seL4.
+    #[error(
+        "network {network}: an uplink (tap) is Linux only; the seL4 backend has no host network to bridge into"
+    )]
+    Uplink {
+        /// The network.
+        network: String,
+    },
+    /// More interfaces in one VM than its VMM has channels for.
+    #[error("VM {vm}: {nics} network interfaces; the seL4 backend gives a VMM at most {max}")]
+    TooManyNics {
+        /// VM name.
+        vm: String,
+        /// Interfaces declared.
+        nics: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The system cannot be planned.
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
     /// The system declares more physical CPUs than the kernel runs on.
     #[error(
         "system: pcpus = {pcpus}, but the seL4 kernel runs on {cores} core(s) (pick an SDK config with more, e.g. smp-debug)"
@@ -300,6 +350,189 @@ pub fn console_component(
     }
 }
 
+/// Channel ids a protection domain has (Microkit: 0..=61).
+pub const MAX_CHANNELS: u32 = 62;
+
+// A switch PD's channel for port `p` is `p`; a VM attaches once per network, so a network
+// has at most MAX_VMS ports.
+const _: () = assert!(MAX_VMS <= MAX_CHANNELS as usize);
+
+/// The longest frame a port ring carries (`keel_net::ring::MAX_FRAME`: a 1500-byte
+/// payload and the Ethernet header).
+pub const MAX_FRAME: u64 = 1514;
+
+const FOUR_KIB: u64 = 0x1000;
+
+/// Bytes of the heap region of the switch PD of `net`: what its switch allocates
+/// (`keel_net::switch::Switch::footprint`: an output queue of `queue_depth` frames of
+/// [`MAX_FRAME`] + 2 bytes per port, the MAC table, the allow matrix, counters), doubled
+/// for the PD allocator's power-of-two size classes, plus 1 MiB for the configuration and
+/// the port service; a multiple of 4 KiB. keel-sel4's tests check it against
+/// `Switch::footprint`.
+pub fn switch_heap_bytes(net: &NetworkPlan) -> u64 {
+    let ports = net.ports.len().max(1) as u64;
+    let queues = ports * (u64::from(net.queue_depth) * (MAX_FRAME + 2) + FOUR_KIB);
+    let table = u64::from(net.mac_table) * 64;
+    let allow = ports * ports.div_ceil(64) * 8;
+    (2 * (queues + table + allow) + (1 << 20)).next_multiple_of(FOUR_KIB)
+}
+
+/// Bytes of one ring region of `net`: its ring window rounded up to 4 KiB.
+pub fn ring_region_bytes(net: &NetworkPlan) -> u64 {
+    net.ring_bytes().next_multiple_of(FOUR_KIB)
+}
+
+/// Name of the switch protection domain of network `net`.
+pub fn switch_pd_name(net: &str) -> String {
+    format!("keel_switch_{net}")
+}
+
+/// File name of the switch ELF of network `net` (found on the Microkit tool's search path).
+pub fn switch_elf_name(net: &str) -> String {
+    format!("keel-switch-{net}.elf")
+}
+
+/// One ring region of a port: mapped into the port's VMM and its network's switch only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingRegion {
+    /// Memory region name.
+    pub region: String,
+    /// Region size (a multiple of 4 KiB).
+    pub size: u64,
+    /// Bytes of it the ring uses ([`crate::plan::ring_window_len`]).
+    pub ring_len: u64,
+    /// Where the VMM maps it (read-write).
+    pub vmm_vaddr: u64,
+    /// Where the switch PD maps it (read-write).
+    pub switch_vaddr: u64,
+}
+
+/// One port of a switch PD: an interface of a VM, its two rings and its channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchPort {
+    /// Port index on the switch (index into [`NetworkPlan::ports`]).
+    pub port: u16,
+    /// The VM.
+    pub vm: String,
+    /// Index of the VM in the system.
+    pub vm_index: usize,
+    /// The interface (index into the VM's `nics`).
+    pub nic: usize,
+    /// The VM's VMM PD.
+    pub vmm_pd: String,
+    /// The MAC address the port may send from.
+    pub mac: MacAddr,
+    /// Frames the VMM sends to the switch.
+    pub to_switch: RingRegion,
+    /// Frames the switch sends to the VMM.
+    pub from_switch: RingRegion,
+    /// Channel id at the VMM's end.
+    pub vmm_channel: u32,
+    /// Channel id at the switch's end (the port index).
+    pub switch_channel: u32,
+}
+
+/// The switch PD of one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchComponent {
+    /// The network's plan (ports, allow pairs, sizes).
+    pub plan: NetworkPlan,
+    /// PD name ([`switch_pd_name`]).
+    pub pd: String,
+    /// Program image ([`switch_elf_name`]).
+    pub elf: String,
+    /// The priority of the lowest VMM of the network: a VMM's notification does not
+    /// preempt it (the switch takes a batch once the VMM waits again), and the switch runs
+    /// ahead of the guests, never ahead of a VMM answering a fault.
+    pub priority: u32,
+    /// The core of its first port's VMM.
+    pub cpu: u32,
+    /// Heap region name (`keel_switch_<net>_heap`).
+    pub heap_region: String,
+    /// Heap size ([`switch_heap_bytes`]).
+    pub heap_size: u64,
+    /// Where the switch maps its heap.
+    pub heap_vaddr: u64,
+    /// The ports, in port order.
+    pub ports: Vec<SwitchPort>,
+}
+
+/// The switch PDs of `system`, one per network with at least one port, in file order.
+pub fn switch_components(
+    system: &System,
+    layout: &MicrokitLayout,
+    places: &[VmPlacement],
+) -> Result<Vec<SwitchComponent>, MicrokitError> {
+    let plan = crate::plan::plan(system)?;
+    let net_layout = &layout.net;
+    // Per VM: where its VMM maps each interface's rings.
+    let mut vmm_vaddrs: Vec<Vec<u64>> = Vec::new();
+    for vm in &plan.vms {
+        let mut off = 0;
+        let mut v = Vec::new();
+        for nic in &vm.nics {
+            let size = plan.networks.get(nic.network).map_or(0, ring_region_bytes);
+            v.push(net_layout.vmm_rings_vaddr + off);
+            off += 2 * size;
+        }
+        vmm_vaddrs.push(v);
+    }
+    let mut out = Vec::new();
+    for net in &plan.networks {
+        let size = ring_region_bytes(net);
+        let mut ports = Vec::new();
+        for (p, port) in net.ports.iter().enumerate() {
+            let crate::plan::PortOwner::Vm { vm, nic } = &port.owner else {
+                return Err(MicrokitError::Uplink {
+                    network: net.name.clone(),
+                });
+            };
+            let Some(vm_index) = plan.vms.iter().position(|v| &v.name == vm) else {
+                continue;
+            };
+            let vmm_base = vmm_vaddrs[vm_index].get(*nic).copied().unwrap_or(0);
+            let switch_base = net_layout.switch_rings_vaddr + p as u64 * 2 * size;
+            let ring = |dir: &str, i: u64| RingRegion {
+                region: format!("{vm}_net{nic}_{dir}"),
+                size,
+                ring_len: net.ring_bytes(),
+                vmm_vaddr: vmm_base + i * size,
+                switch_vaddr: switch_base + i * size,
+            };
+            ports.push(SwitchPort {
+                port: p as u16,
+                vm: vm.clone(),
+                vm_index,
+                nic: *nic,
+                vmm_pd: vmm_pd_name(&system.vms()[vm_index]),
+                mac: port.mac.unwrap_or(MacAddr([0; 6])),
+                to_switch: ring("to_switch", 0),
+                from_switch: ring("from_switch", 1),
+                vmm_channel: net_layout.vmm_first_channel + *nic as u32,
+                switch_channel: p as u32,
+            });
+        }
+        let Some(first) = ports.first() else { continue };
+        let priority = ports
+            .iter()
+            .map(|p| vmm_priority(&system.vms()[p.vm_index]))
+            .min()
+            .unwrap_or(1);
+        out.push(SwitchComponent {
+            pd: switch_pd_name(&net.name),
+            elf: switch_elf_name(&net.name),
+            priority,
+            cpu: places.get(first.vm_index).map_or(0, |p| p.vmm_cpu),
+            heap_region: format!("keel_switch_{}_heap", net.name),
+            heap_size: switch_heap_bytes(net),
+            heap_vaddr: net_layout.switch_heap_vaddr,
+            ports,
+            plan: net.clone(),
+        });
+    }
+    Ok(out)
+}
+
 /// Name of the VMM protection domain of `vm`.
 pub fn vmm_pd_name(vm: &VmSpec) -> String {
     format!("{}_vmm", vm.name)
@@ -351,6 +584,23 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
                 vm: vm.name.clone(),
                 vcpus: vm.vcpus,
                 max: layout.max_vcpus,
+            });
+        }
+    }
+    let max_nics = (MAX_CHANNELS.saturating_sub(layout.net.vmm_first_channel)) as usize;
+    for vm in system.vms() {
+        if vm.nics.len() > max_nics {
+            return Err(MicrokitError::TooManyNics {
+                vm: vm.name.clone(),
+                nics: vm.nics.len(),
+                max: max_nics,
+            });
+        }
+    }
+    for net in system.networks() {
+        if net.uplink.is_some() {
+            return Err(MicrokitError::Uplink {
+                network: net.name.clone(),
             });
         }
     }
@@ -419,6 +669,11 @@ pub enum ComponentKind {
     },
     /// The console component.
     Console,
+    /// The switch of network `network` (index into the system's networks).
+    Switch {
+        /// The network's index.
+        network: usize,
+    },
 }
 
 /// One protection domain.
@@ -464,6 +719,18 @@ pub struct SystemComponents {
     pub components: Vec<ComponentPlan>,
     /// Channels.
     pub channels: Vec<ChannelPlan>,
+    /// Regions shared by exactly two components (the console and network rings).
+    pub shared: Vec<SharedRegion>,
+}
+
+/// A region two components share (a ring): the check requires that exactly these two map
+/// it, once each, and nobody else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedRegion {
+    /// The region.
+    pub region: String,
+    /// Its two owners (component names).
+    pub owners: [String; 2],
 }
 
 /// A component plan that breaks an isolation rule (a bug in the planner, caught before
@@ -506,6 +773,20 @@ pub enum ComponentError {
         /// The id.
         id: u32,
     },
+    /// A shared region is not mapped by exactly its two owners, once each.
+    #[error(
+        "shared region {region} must be mapped once by {first} and once by {second}; it is mapped by: {mapped_by}"
+    )]
+    SharedRegionMappers {
+        /// The region.
+        region: String,
+        /// One owner.
+        first: String,
+        /// The other.
+        second: String,
+        /// Who maps it (comma-separated, `nobody` if none).
+        mapped_by: String,
+    },
     /// A channel names a component that does not exist.
     #[error("a channel names unknown component {0}")]
     UnknownComponent(String),
@@ -514,8 +795,10 @@ pub enum ComponentError {
 impl SystemComponents {
     /// Check the isolation rules: every map names a declared region; no region is mapped by
     /// two VMMs; every interrupt has one owner; channel and interrupt ids are unique per
-    /// component; channels join existing components.
+    /// component; channels join existing components; every shared region (a ring) is
+    /// mapped by exactly its two owners, once each.
     pub fn check(&self) -> Result<(), ComponentError> {
+        self.check_shared()?;
         let declared = |r: &str| self.regions.iter().any(|x| x.name == r);
         let mut vmm_of_region: Vec<(&str, &str)> = Vec::new();
         let mut irq_owner: Vec<(u32, &str)> = Vec::new();
@@ -572,6 +855,35 @@ impl SystemComponents {
                 return Err(ComponentError::ChannelId {
                     component: (*pd).into(),
                     id: *id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_shared(&self) -> Result<(), ComponentError> {
+        for sh in &self.shared {
+            let mut by: Vec<&str> = Vec::new();
+            for c in &self.components {
+                let vm_maps = c.vm.iter().flat_map(|v| v.maps.iter());
+                for m in c.maps.iter().chain(vm_maps) {
+                    if m.region == sh.region {
+                        by.push(&c.name);
+                    }
+                }
+            }
+            let [a, b] = &sh.owners;
+            let exact = by.len() == 2 && by.contains(&a.as_str()) && by.contains(&b.as_str());
+            if !exact || a == b {
+                return Err(ComponentError::SharedRegionMappers {
+                    region: sh.region.clone(),
+                    first: a.clone(),
+                    second: b.clone(),
+                    mapped_by: if by.is_empty() {
+                        "nobody".into()
+                    } else {
+                        by.join(", ")
+                    },
                 });
             }
         }
@@ -670,6 +982,7 @@ pub fn component_plan(
     check(system, layout)?;
     let places = placement(system, layout)?;
     let console = console_component(system, layout, &places);
+    let switches = switch_components(system, layout, &places)?;
     let mut regions = vec![RegionPlan {
         name: "gic_vcpu".into(),
         size: layout.gic_vcpu_size,
@@ -699,6 +1012,20 @@ pub fn component_plan(
             phys_addr: None,
         });
     }
+    let plain = |name: &str, size: u64| RegionPlan {
+        name: name.into(),
+        size,
+        page_size: None,
+        phys_addr: None,
+    };
+    for sw in &switches {
+        for p in &sw.ports {
+            for r in [&p.to_switch, &p.from_switch] {
+                regions.push(plain(&r.region, r.size));
+            }
+        }
+        regions.push(plain(&sw.heap_region, sw.heap_size));
+    }
     let mut components = Vec::new();
     for (index, (vm, place)) in system.vms().iter().zip(&places).enumerate() {
         let (base, _) = ram_layout(vm)[0];
@@ -708,6 +1035,12 @@ pub fn component_plan(
             console.rings[index].region.clone(),
             console.rings[index].vmm_vaddr,
         ));
+        for p in switches.iter().flat_map(|s| &s.ports) {
+            if p.vm_index == index {
+                maps.push(rw(p.to_switch.region.clone(), p.to_switch.vmm_vaddr));
+                maps.push(rw(p.from_switch.region.clone(), p.from_switch.vmm_vaddr));
+            }
+        }
         let mut irqs = Vec::new();
         if let (0, Some(ci)) = (index, &layout.console_input) {
             maps.push(MapPlan {
@@ -760,7 +1093,25 @@ pub fn component_plan(
         irqs: Vec::new(),
         vm: None,
     });
-    let channels = console
+    for (network, sw) in switches.iter().enumerate() {
+        let mut maps = Vec::new();
+        for p in &sw.ports {
+            maps.push(rw(p.to_switch.region.clone(), p.to_switch.switch_vaddr));
+            maps.push(rw(p.from_switch.region.clone(), p.from_switch.switch_vaddr));
+        }
+        maps.push(rw(sw.heap_region.clone(), sw.heap_vaddr));
+        components.push(ComponentPlan {
+            name: sw.pd.clone(),
+            kind: ComponentKind::Switch { network },
+            program: sw.elf.clone(),
+            priority: sw.priority,
+            cpu: sw.cpu,
+            maps,
+            irqs: Vec::new(),
+            vm: None,
+        });
+    }
+    let mut channels: Vec<ChannelPlan> = console
         .rings
         .iter()
         .map(|r| ChannelPlan {
@@ -768,11 +1119,34 @@ pub fn component_plan(
             b: (console.pd.clone(), r.console_channel),
         })
         .collect();
+    let mut shared: Vec<SharedRegion> = console
+        .rings
+        .iter()
+        .map(|r| SharedRegion {
+            region: r.region.clone(),
+            owners: [r.vmm_pd.clone(), console.pd.clone()],
+        })
+        .collect();
+    for sw in &switches {
+        for p in &sw.ports {
+            channels.push(ChannelPlan {
+                a: (p.vmm_pd.clone(), p.vmm_channel),
+                b: (sw.pd.clone(), p.switch_channel),
+            });
+            for r in [&p.to_switch, &p.from_switch] {
+                shared.push(SharedRegion {
+                    region: r.region.clone(),
+                    owners: [p.vmm_pd.clone(), sw.pd.clone()],
+                });
+            }
+        }
+    }
     Ok(SystemComponents {
         system: system.name().into(),
         regions,
         components,
         channels,
+        shared,
     })
 }
 
@@ -783,6 +1157,21 @@ pub fn system_file(system: &System, layout: &MicrokitLayout) -> Result<String, M
     Ok(plan.render())
 }
 
+/// Names of the switch ELFs the system file refers to, one per network with ports.
+pub fn switch_elves(system: &System) -> Vec<String> {
+    system
+        .networks()
+        .iter()
+        .filter(|n| {
+            system
+                .vms()
+                .iter()
+                .any(|vm| vm.nics.iter().any(|nic| nic.network == n.name))
+        })
+        .map(|n| switch_elf_name(&n.name))
+        .collect()
+}
+
 /// Names of the VMM ELFs the system file refers to, one per VM, in order.
 pub fn vmm_elves(system: &System) -> Vec<String> {
     system.vms().iter().map(vmm_elf_name).collect()
@@ -791,7 +1180,7 @@ pub fn vmm_elves(system: &System) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HostPath, Memory, Placement};
+    use crate::model::{HostPath, Memory, NetworkSpec, NicSpec, Placement};
 
     fn layout() -> MicrokitLayout {
         MicrokitLayout {
@@ -814,6 +1203,12 @@ mod tests {
                 irq: 33,
                 channel: 1,
             }),
+            net: NetLayout {
+                vmm_rings_vaddr: 0x4_0000_0000,
+                switch_rings_vaddr: 0x4_0000_0000,
+                switch_heap_vaddr: 0x5_0000_0000,
+                vmm_first_channel: 3,
+            },
         }
     }
 
@@ -1116,6 +1511,257 @@ mod tests {
         assert!(matches!(
             plan.check(),
             Err(ComponentError::UndeclaredRegion { .. })
+        ));
+    }
+
+    fn nic(network: &str) -> NicSpec {
+        NicSpec {
+            network: network.into(),
+            mac: None,
+        }
+    }
+
+    /// VMs `a` and `b` on network `lan`; `b` also on `dmz` with `c`.
+    fn networked() -> System {
+        let mut a = vm("a", 1);
+        a.nics = vec![nic("lan")];
+        let mut b = vm("b", 1);
+        b.nics = vec![nic("lan"), nic("dmz")];
+        let mut c = vm("c", 1);
+        c.nics = vec![nic("dmz")];
+        System::with_networks(
+            "t".into(),
+            None,
+            vec![a, b, c],
+            vec![NetworkSpec::new("lan"), NetworkSpec::new("dmz")],
+        )
+        .unwrap()
+    }
+
+    fn pd_section<'a>(x: &'a str, pd: &str) -> &'a str {
+        let s = &x[x.find(&format!("name=\"{pd}\"")).unwrap()..];
+        &s[..s.find("</protection_domain>").unwrap()]
+    }
+
+    #[test]
+    fn each_network_gets_a_switch_pd() {
+        let x = system_file(&networked(), &layout()).unwrap();
+
+        assert!(
+            x.contains("<protection_domain name=\"keel_switch_lan\" priority=\"101\" cpu=\"0\">")
+        );
+        assert!(x.contains("<program_image path=\"keel-switch-lan.elf\" />"));
+        assert!(x.contains("<program_image path=\"keel-switch-dmz.elf\" />"));
+        assert_eq!(
+            switch_elves(&networked()),
+            ["keel-switch-lan.elf", "keel-switch-dmz.elf"]
+        );
+    }
+
+    #[test]
+    fn each_port_has_two_rings_rounded_to_4_kib() {
+        let x = system_file(&networked(), &layout()).unwrap();
+
+        // 256 slots: 256 + 256 × 2048 bytes, rounded up to 0x81000.
+        for r in [
+            "a_net0_to_switch",
+            "a_net0_from_switch",
+            "b_net1_to_switch",
+            "c_net0_from_switch",
+        ] {
+            assert!(
+                x.contains(&format!("<memory_region name=\"{r}\" size=\"0x81000\" />")),
+                "{r}: {x}"
+            );
+        }
+        assert_eq!(x.matches("_to_switch\" size=").count(), 4);
+    }
+
+    #[test]
+    fn a_ring_is_mapped_only_by_its_vmm_and_its_networks_switch() {
+        let x = system_file(&networked(), &layout()).unwrap();
+
+        let b = pd_section(&x, "b_vmm");
+        assert!(b.contains("<map mr=\"b_net0_to_switch\" vaddr=\"0x400000000\" perms=\"rw\" />"));
+        assert!(b.contains("<map mr=\"b_net0_from_switch\" vaddr=\"0x400081000\" perms=\"rw\" />"));
+        assert!(b.contains("<map mr=\"b_net1_to_switch\" vaddr=\"0x400102000\" perms=\"rw\" />"));
+        assert!(!b.contains("a_net0"));
+        let dmz = pd_section(&x, "keel_switch_dmz");
+        assert!(dmz.contains("<map mr=\"b_net1_to_switch\" vaddr=\"0x400000000\" perms=\"rw\" />"));
+        assert!(
+            dmz.contains("<map mr=\"c_net0_from_switch\" vaddr=\"0x400183000\" perms=\"rw\" />")
+        );
+        assert!(!dmz.contains("a_net0") && !dmz.contains("b_net0"));
+        assert_eq!(x.matches("<map mr=\"b_net1_from_switch\"").count(), 2);
+    }
+
+    #[test]
+    fn a_switch_maps_no_guest_ram() {
+        let x = system_file(&networked(), &layout()).unwrap();
+
+        let lan = pd_section(&x, "keel_switch_lan");
+        assert!(!lan.contains("_ram\""));
+        assert!(!lan.contains("console"));
+        assert_eq!(lan.matches("<map ").count(), 5);
+    }
+
+    #[test]
+    fn a_switch_has_its_own_heap_region_sized_from_the_plan() {
+        let s = networked();
+        let net = &crate::plan::plan(&s).unwrap().networks[0];
+
+        let x = system_file(&s, &layout()).unwrap();
+
+        let size = switch_heap_bytes(net);
+        assert_eq!(size % 0x1000, 0);
+        assert!(size >= 2 * 2 * 256 * (MAX_FRAME + 2));
+        assert!(x.contains(&format!(
+            "<memory_region name=\"keel_switch_lan_heap\" size=\"{size:#x}\" />"
+        )));
+        assert!(
+            pd_section(&x, "keel_switch_lan")
+                .contains("<map mr=\"keel_switch_lan_heap\" vaddr=\"0x500000000\" perms=\"rw\" />")
+        );
+        assert_eq!(x.matches("<map mr=\"keel_switch_lan_heap\"").count(), 1);
+    }
+
+    #[test]
+    fn each_port_has_a_channel_between_its_vmm_and_its_switch() {
+        let x = system_file(&networked(), &layout()).unwrap();
+
+        assert!(x.contains(
+            "<channel>\n        <end pd=\"b_vmm\" id=\"4\" />\n        <end pd=\"keel_switch_dmz\" id=\"0\" />\n    </channel>"
+        ));
+        assert!(x.contains(
+            "<channel>\n        <end pd=\"b_vmm\" id=\"3\" />\n        <end pd=\"keel_switch_lan\" id=\"1\" />\n    </channel>"
+        ));
+        assert_eq!(x.matches("<channel>").count(), 3 + 4);
+    }
+
+    #[test]
+    fn switch_runs_at_its_lowest_vmm_on_its_first_ports_core() {
+        let mut s = networked();
+        let mut placed = vm("b", 1);
+        placed.nics = vec![nic("lan"), nic("dmz")];
+        placed.placement = Some(Placement {
+            pcpus: Some(vec![1]),
+            priority: 60,
+            ..Placement::default()
+        });
+        s = System::with_networks(
+            "t".into(),
+            None,
+            vec![s.vms()[2].clone(), placed, s.vms()[0].clone()],
+            s.networks().to_vec(),
+        )
+        .unwrap();
+        let lay = layout_cores(2);
+        let places = placement(&s, &lay).unwrap();
+
+        let sw = switch_components(&s, &lay, &places).unwrap();
+
+        let dmz = sw.iter().find(|c| c.pd == "keel_switch_dmz").unwrap();
+        assert_eq!((dmz.priority, dmz.cpu), (61, 0));
+        let lan = sw.iter().find(|c| c.pd == "keel_switch_lan").unwrap();
+        assert_eq!((lan.priority, lan.cpu), (61, 1));
+    }
+
+    #[test]
+    fn an_uplink_is_refused_on_sel4() {
+        let mut a = vm("a", 1);
+        a.nics = vec![nic("lan")];
+        let mut lan = NetworkSpec::new("lan");
+        lan.uplink = Some("tap:tap0".into());
+        let s = System::with_networks("t".into(), None, vec![a], vec![lan]).unwrap();
+
+        let e = system_file(&s, &layout()).unwrap_err();
+
+        assert_eq!(
+            e.to_string(),
+            "network lan: an uplink (tap) is Linux only; the seL4 backend has no host network to bridge into"
+        );
+    }
+
+    #[test]
+    fn more_interfaces_than_vmm_channels_are_refused() {
+        let mut a = vm("a", 1);
+        a.nics = vec![nic("n0"), nic("n1"), nic("n2")];
+        let nets = ["n0", "n1", "n2"].map(NetworkSpec::new).to_vec();
+        let s = System::with_networks("t".into(), None, vec![a], nets).unwrap();
+        let mut lay = layout();
+        lay.net.vmm_first_channel = 60;
+
+        assert_eq!(
+            check(&s, &lay),
+            Err(MicrokitError::TooManyNics {
+                vm: "a".into(),
+                nics: 3,
+                max: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_network_without_ports_gets_no_switch() {
+        let s = System::with_networks(
+            "t".into(),
+            None,
+            vec![vm("a", 1)],
+            vec![NetworkSpec::new("empty")],
+        )
+        .unwrap();
+
+        let x = system_file(&s, &layout()).unwrap();
+
+        assert!(!x.contains("keel_switch"));
+    }
+
+    #[test]
+    fn the_networked_plan_passes_the_isolation_check() {
+        let plan = component_plan(&networked(), &layout()).unwrap();
+
+        assert_eq!(plan.check(), Ok(()));
+        assert_eq!(plan.shared.len(), 3 + 8);
+    }
+
+    #[test]
+    fn a_ring_mapped_by_a_third_component_is_refused() {
+        let mut plan = component_plan(&networked(), &layout()).unwrap();
+        let c = plan
+            .components
+            .iter()
+            .position(|c| c.name == "c_vmm")
+            .unwrap();
+        plan.components[c]
+            .maps
+            .push(rw("a_net0_from_switch".into(), 0x6_0000_0000));
+
+        assert_eq!(
+            plan.check(),
+            Err(ComponentError::SharedRegionMappers {
+                region: "a_net0_from_switch".into(),
+                first: "a_vmm".into(),
+                second: "keel_switch_lan".into(),
+                mapped_by: "a_vmm, c_vmm, keel_switch_lan".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_ring_its_switch_does_not_map_is_refused() {
+        let mut plan = component_plan(&networked(), &layout()).unwrap();
+        let lan = plan
+            .components
+            .iter()
+            .position(|c| c.name == "keel_switch_lan")
+            .unwrap();
+        plan.components[lan]
+            .maps
+            .retain(|m| m.region != "a_net0_to_switch");
+
+        assert!(matches!(
+            plan.check(),
+            Err(ComponentError::SharedRegionMappers { ref mapped_by, .. }) if mapped_by == "a_vmm"
         ));
     }
 }

@@ -17,6 +17,15 @@
 //! and device tree loaded again as at the first boot, vCPU 0 started; then `run_exits`
 //! again. The restart limit counts over the VM's life (the PD reads no clock).
 //!
+//! Network interfaces: each of the plan's `nics` is a virtio-net device on a
+//! [`keel_net::port::VmmPort`] over the two ring regions this VMM shares with its network's
+//! switch PD (the parameters' `nics`); its doorbell is a Microkit notification on the
+//! port's channel, and the switch's notifications on that channel are the device's event
+//! source. When a device stopped early after its batch limit
+//! (`VirtioDevice::backlogged_event`), the event is delivered again once the PD has looked
+//! at its other pending work (faults and notifications waiting at its endpoint), see
+//! [`Sel4Exits::next`].
+//!
 //! The VMM prints nothing on the seL4 debug console itself: its guest's console output
 //! (8250 and virtio-console) and its own log lines go into its console ring, which the
 //! console protection domain drains ([`crate::console`]).
@@ -37,8 +46,14 @@ use keel_core::memory::{GuestAddress, GuestRam, RawRegion};
 use keel_core::restart::{RestartLimiter, RestartVerdict};
 use keel_core::ring::{Producer, RingWindow};
 use keel_core::{HvError, Resume, Vcpu, VcpuId, Vm, VmEvent, VmExits};
+use keel_net::port::{Doorbell, PortWindows, VmmPort};
+use keel_net::ring::FrameWindow;
 use keel_spec::VmPlan;
-use keel_virtio::{BlockBackend, ConsoleOutput, EntropyError, EntropySource, MemoryBackend};
+use keel_virtio::net::NetBackend;
+use keel_virtio::{
+    BlockBackend, ConsoleOutput, EntropyError, EntropySource, EventSource, EventToken,
+    MemoryBackend,
+};
 use keel_vmm::arm64::SoftArm64;
 use keel_vmm::{
     BackendError, DeviceBackends, Interrupts, Level, LogSink, SerialOutput, StopSink, VmmCore,
@@ -49,7 +64,7 @@ use crate::abi::{USER_CONTEXT_WORDS, microkit as mk, vcpu_reg};
 use crate::fault::Fault;
 use crate::microkit::{Event, vcpu_cap, vm_tcb_cap};
 use crate::msginfo::MessageInfo;
-use crate::payload::{self, PAYLOAD_VADDR, Sel4Params};
+use crate::payload::{self, NicWindows, PAYLOAD_VADDR, Sel4Params};
 use crate::regs::{self, UserContext};
 use crate::syscall::{self as sys, debug_puts};
 
@@ -454,6 +469,20 @@ struct PdBackends {
     /// `(offset, len)` of each disk blob in the payload, in the plan's order.
     disks: Vec<Option<(usize, usize)>>,
     seed: [u8; 32],
+    /// Each interface's rings and channel (parameters' `nics`), handed out once.
+    nics: Vec<Option<NicWindows>>,
+}
+
+/// A port's doorbell: a Microkit notification to the network's switch PD on the port's
+/// channel.
+struct ChannelBell(u32);
+
+impl Doorbell for ChannelBell {
+    fn ring(&self) {
+        // The channel is in the system file by construction: a refusal can only mean a
+        // mismatched image, and a doorbell must not fail (the switch sees the frame later).
+        let _ = crate::pd::notify(self.0);
+    }
 }
 
 impl DeviceBackends for PdBackends {
@@ -491,6 +520,93 @@ impl DeviceBackends for PdBackends {
     fn entropy(&mut self, _plan: &VmPlan) -> Result<Box<dyn EntropySource>, BackendError> {
         Ok(Box::new(SeededEntropy::new(&self.seed)))
     }
+
+    /// Interface `nic`: a [`VmmPort`] over its two ring regions, ringing the switch on the
+    /// port's channel; the switch's notifications on that channel are its event source.
+    fn net(&mut self, _plan: &VmPlan, nic: usize) -> Result<Box<dyn NetBackend>, BackendError> {
+        let w = self
+            .nics
+            .get_mut(nic)
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                BackendError::Unavailable(alloc::format!("no port rings for interface {nic}"))
+            })?;
+        let len = usize::try_from(w.ring_len).map_err(|_| {
+            BackendError::Unavailable(alloc::format!(
+                "interface {nic}: ring length {:#x} does not fit",
+                w.ring_len
+            ))
+        })?;
+        let window = |vaddr: u64| {
+            // SAFETY: the system file maps this interface's ring region read-write at
+            // `vaddr` (at least `ring_len` bytes) into this PD and into its network's
+            // switch PD only, for the PD's whole life; the windows are handed out once
+            // (taken out of `nics`), and no Rust reference points into them. The switch is
+            // held to the ring protocol only: what it writes costs only this port.
+            unsafe { FrameWindow::new(vaddr as *mut u8, len, u64::from(w.slots)) }.map_err(|e| {
+                BackendError::Unavailable(alloc::format!(
+                    "interface {nic}: ring at {vaddr:#x}: {e}"
+                ))
+            })
+        };
+        let windows = PortWindows {
+            to_switch: window(w.to_switch)?,
+            from_switch: window(w.from_switch)?,
+        };
+        Ok(Box::new(VmmPort::new(
+            windows,
+            Box::new(ChannelBell(w.channel)),
+            Some(EventSource(u64::from(w.channel))),
+        )))
+    }
+}
+
+/// Device events waiting to be delivered again (bit n: channel n): a device stopped after
+/// its batch limit with more work behind an edge-triggered source that will not signal
+/// again. Set by [`deliver_events`], taken by [`Sel4Exits::next`].
+static BACKLOG: AtomicU64 = AtomicU64::new(0);
+
+/// The host events of the VM's devices: `(device index, token, channel bit)`, fixed once
+/// the devices are built (a backend's event source never changes).
+struct DeviceEvents(Vec<(usize, EventToken, u64)>);
+
+impl DeviceEvents {
+    fn of(core: &VmmCore) -> DeviceEvents {
+        let mut v = Vec::new();
+        for (i, d) in core.devices().iter().enumerate() {
+            for (token, source) in d.transport.event_sources() {
+                let bit = u32::try_from(source.0)
+                    .ok()
+                    .filter(|&c| c < mk::MAX_CHANNELS)
+                    .map_or(0, |c| 1u64 << c);
+                if bit != 0 {
+                    v.push((i, token, bit));
+                }
+            }
+        }
+        DeviceEvents(v)
+    }
+}
+
+/// Deliver the device events signalled in `channels`; note the ones the devices want
+/// delivered again.
+fn deliver_events(core: &VmmCore, events: &DeviceEvents, channels: u64) {
+    let mut backlog = 0;
+    for &(i, token, bit) in &events.0 {
+        if channels & bit == 0 {
+            continue;
+        }
+        let Some(d) = core.devices().get(i) else {
+            continue;
+        };
+        d.handle_event(token, core.log());
+        if d.transport.backlogged_event() == Some(token) {
+            backlog |= bit;
+        }
+    }
+    if backlog != 0 {
+        BACKLOG.fetch_or(backlog, Ordering::SeqCst);
+    }
 }
 
 /// How a vCPU's last exit is completed.
@@ -523,6 +639,8 @@ struct Sel4Exits {
     /// Notification bits that are no host event of the VM's devices (the console PD's
     /// channel: the console never signals a VMM, but a channel is two-way).
     not_device: u64,
+    /// An event came in while a backlog waited: the backlog goes first next time.
+    backlog_owed: bool,
 }
 
 impl Sel4Exits {
@@ -534,6 +652,7 @@ impl Sel4Exits {
             reply: false,
             exits: 0,
             not_device: console_channel_bit(),
+            backlog_owed: false,
         }
     }
 
@@ -544,6 +663,40 @@ impl Sel4Exits {
             *slot = None;
         }
         self.reply = false;
+        self.backlog_owed = false;
+        BACKLOG.store(0, Ordering::SeqCst);
+    }
+
+    /// The next kernel event, or the backlog ([`BACKLOG`]) once nothing else waits: with a
+    /// backlog, answer the pending fault, then look without blocking; an event found is
+    /// handled first and the backlog right after it (so neither starves the other).
+    fn receive(&mut self) -> Result<(u64, MessageInfo), u64> {
+        let backlog = BACKLOG.load(Ordering::SeqCst);
+        if backlog == 0 {
+            let got = if self.reply {
+                sys::reply_recv(mk::INPUT_CAP, MessageInfo::new(0, 0), mk::REPLY_CAP)
+            } else {
+                sys::recv(mk::INPUT_CAP, mk::REPLY_CAP)
+            };
+            self.reply = false;
+            return Ok(got);
+        }
+        if self.backlog_owed {
+            self.backlog_owed = false;
+            BACKLOG.fetch_and(!backlog, Ordering::SeqCst);
+            return Err(backlog);
+        }
+        if self.reply {
+            sys::reply(mk::REPLY_CAP, MessageInfo::new(0, 0));
+            self.reply = false;
+        }
+        let (badge, info) = sys::nb_recv(mk::INPUT_CAP, mk::REPLY_CAP);
+        if badge == 0 {
+            BACKLOG.fetch_and(!backlog, Ordering::SeqCst);
+            return Err(backlog);
+        }
+        self.backlog_owed = true;
+        Ok((badge, info))
     }
 
     /// Turn seL4 fault `fault` of `vcpu` into a portable exit, keeping how to complete it.
@@ -677,12 +830,10 @@ impl Sel4Exits {
 impl VmExits for Sel4Exits {
     fn next(&mut self) -> Result<VmEvent, HvError> {
         loop {
-            let (badge, info) = if self.reply {
-                sys::reply_recv(mk::INPUT_CAP, MessageInfo::new(0, 0), mk::REPLY_CAP)
-            } else {
-                sys::recv(mk::INPUT_CAP, mk::REPLY_CAP)
+            let (badge, info) = match self.receive() {
+                Ok(got) => got,
+                Err(backlog) => return Ok(VmEvent::Notified(backlog)),
             };
-            self.reply = false;
             match Event::from_badge(badge) {
                 Event::Fault { child } => {
                     if STALL.load(Ordering::Relaxed) {
@@ -792,6 +943,8 @@ fn payload_bytes() -> Result<&'static [u8], String> {
 
 /// A booted VM: what the exit loop needs.
 struct Booted {
+    /// The devices' host events (the network ports' channels).
+    events: DeviceEvents,
     name: String,
     vm: PdVm,
     core: VmmCore,
@@ -845,6 +998,7 @@ fn boot() -> Result<Booted, String> {
     let mut backends = PdBackends {
         disks: lay.disks.iter().copied().map(Some).collect(),
         seed: params.rng_seed,
+        nics: params.nics.iter().cloned().map(Some).collect(),
     };
     let core = VmmCore::build(
         &plan,
@@ -868,9 +1022,11 @@ fn boot() -> Result<Booted, String> {
         .map_err(|e| alloc::format!("vcpu {v}: {e}"))?;
     }
     let input = start_console_input(params);
+    let events = DeviceEvents::of(&core);
     vm.start_vcpu(0, &entry)
         .map_err(|e| alloc::format!("starting vcpu 0: {e}"))?;
     Ok(Booted {
+        events,
         name,
         exits: Sel4Exits::new(plan.vcpus, soft),
         vm,
@@ -965,8 +1121,10 @@ fn start_console_input(params: &Sel4Params) -> Option<InputUart> {
     input
 }
 
-/// Notifications: the console-input UART's interrupt feeds the guest's UART.
-fn notified(core: &VmmCore, input: Option<&InputUart>, channels: u64) {
+/// Notifications: the devices' events (a switch's doorbell on a port's channel), and the
+/// console-input UART's interrupt, which feeds the guest's UART.
+fn notified(core: &VmmCore, events: &DeviceEvents, input: Option<&InputUart>, channels: u64) {
+    deliver_events(core, events, channels);
     let Some(u) = input else { return };
     if channels & 1u64.checked_shl(u.channel).unwrap_or(0) == 0 {
         return;
@@ -1069,6 +1227,7 @@ pub extern "C" fn main() -> ! {
     }
     log!("keel-sel4: vmm up ({name})");
     let Booted {
+        events,
         name,
         vm,
         core,
@@ -1087,7 +1246,7 @@ pub extern "C" fn main() -> ! {
     let stop = PdStop::default();
     let why = loop {
         let outcome = run_exits(&mut exits, &core, &vm, &stop, |channels| {
-            notified(&core, input.as_ref(), channels)
+            notified(&core, &events, input.as_ref(), channels)
         });
         core.report_device_errors();
         let event = match outcome {

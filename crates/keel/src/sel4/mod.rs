@@ -196,7 +196,8 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf, Sel4Failure> {
     );
     let system = keel_spec::load(&args.system).map_err(|e| input(e.to_string()))?;
     host::check(&system, &checked).map_err(|e| input(e.to_string()))?;
-    // `--vmm-elf`: the console ELF is the `keel-sel4-console` of the same build, beside it.
+    // `--vmm-elf`: the console and switch ELFs are the `keel-sel4-console` and
+    // `keel-sel4-switch` of the same build, beside it.
     let elves = match &args.vmm_elf {
         Some(p) => host::PdElves::beside(p),
         None => build_pd_elves()?,
@@ -212,6 +213,7 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf, Sel4Failure> {
         out,
         vmm_elf: elves.vmm,
         console_elf: elves.console,
+        switch_elf: elves.switch,
         test_stall_vm: std::env::var(host::TEST_STALL_VAR).ok(),
     };
     match host::build(&system, &opts) {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the unit tests of the portable crates whose unsafe code touches guest memory
-# (keel-core: GuestRam; keel-virtio: virtqueues and devices over it) under Miri, which
+# Runs the unit tests of the portable crates whose unsafe code touches guest memory or shared rings
+# (keel-core: GuestRam; keel-virtio: virtqueues and devices over it; keel-net: frame rings,
+# ports and the switch) under Miri, which
 # reports undefined behaviour (aliasing violations, out-of-bounds or uninitialised reads,
 # leaks) that the normal test run cannot see.
 #
@@ -26,7 +27,7 @@ fi
 export MIRIFLAGS="-Zmiri-strict-provenance ${MIRIFLAGS:-}"
 # Builds Miri's standard library the first time (about a minute); a no-op afterwards.
 cargo +nightly miri setup >&2
-for crate in keel-core keel-virtio; do
+for crate in keel-core keel-virtio keel-net; do
   echo "miri: cargo +nightly miri test -p $crate" >&2
   cargo +nightly miri test -p "$crate"
 done

@@ -12,11 +12,17 @@
 #   -s N           vCPUs (default 2)
 #   -m SIZE        memory (default 64M)
 #   -t SECONDS     wall-clock limit (default 120)
-#   -n             no devices at all (only serial/debug-exit)
+#   -n             no blk/rng/console devices (only serial/debug-exit, and -N's net device)
+#   -N NETDEV      attach a virtio-net-device on a QEMU netdev: NETDEV is its -netdev
+#                  options without id=, e.g. socket,mcast=230.0.0.1:34567,localaddr=127.0.0.1
+#                  (every QEMU on that group and port shares one segment) or
+#                  dgram,local.type=inet,local.host=127.0.0.1,local.port=P1,remote.type=inet,remote.host=127.0.0.1,remote.port=P2
+#                  (two QEMUs, ports swapped in the other)
+#   -E MAC         the net device's MAC address (default 02:00:00:00:00:01)
 #   -B             do not (re)build the guest first
 # Environment: QEMU (default qemu-system-x86_64), KEELTEST_ELF (default: the release build).
 #
-# Exit status: the guest's debug-exit code (0 PASS, 1 FAIL, 2 panic/exception,
+# Exit status: the guest's debug-exit code (0 PASS, 10 FAIL, 11 panic/exception,
 # 3 corrupt test saw NEEDS_RESET); 124 timeout; 125 QEMU exited without the
 # debug-exit device (reset, crash, bad option).
 set -eu
@@ -31,8 +37,10 @@ smp=2
 mem=64M
 limit=120
 devices=yes
+netdev=
+mac=02:00:00:00:00:01
 build=yes
-while getopts a:d:rc:s:m:t:nB opt; do
+while getopts a:d:rc:s:m:t:nN:E:B opt; do
     case $opt in
     a) accel=$OPTARG ;;
     d) disk=$OPTARG ;;
@@ -42,13 +50,15 @@ while getopts a:d:rc:s:m:t:nB opt; do
     m) mem=$OPTARG ;;
     t) limit=$OPTARG ;;
     n) devices=no ;;
+    N) netdev=$OPTARG ;;
+    E) mac=$OPTARG ;;
     B) build=no ;;
-    *) sed -n '2,22p' "$0" >&2; exit 125 ;;
+    *) sed -n '2,29p' "$0" >&2; exit 125 ;;
     esac
 done
 shift $((OPTIND - 1))
 if [ $# -lt 1 ]; then
-    sed -n '2,22p' "$0" >&2
+    sed -n '2,29p' "$0" >&2
     exit 125
 fi
 tests=$1
@@ -90,6 +100,12 @@ if [ "$devices" = yes ]; then
         -device virtio-serial-device \
         -chardev "file,id=vc0,path=$console_out" \
         -device virtconsole,chardev=vc0
+fi
+if [ -n "$netdev" ]; then
+    # The guest negotiates only VERSION_1, MAC, STATUS and MRG_RXBUF of what QEMU offers.
+    set -- "$@" -global virtio-mmio.force-legacy=false \
+        -netdev "$netdev,id=n0" \
+        -device "virtio-net-device,netdev=n0,mac=$mac"
 fi
 
 status=0

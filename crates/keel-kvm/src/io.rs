@@ -41,10 +41,53 @@ impl QueueNotifier for DoorbellNotifier {
     }
 }
 
+/// What an I/O thread drives: the VM's devices and UART ([`VmmCore`]; a fake in tests).
+pub trait IoTarget: Send + Sync {
+    /// Deliver a QueueNotify of `queue` to device `device` (and log its error).
+    fn notify(&self, device: usize, queue: u16);
+    /// Deliver host event `token` to device `device` (and log its error).
+    fn handle_event(&self, device: usize, token: EventToken);
+    /// The event device `device` stopped serving after its batch limit, if any.
+    fn backlogged_event(&self, device: usize) -> Option<EventToken>;
+    /// Whether device `device` still waits on event `token` (its input has not ended).
+    fn event_live(&self, device: usize, token: EventToken) -> bool;
+    /// Log device `device`'s pending error.
+    fn report_error(&self, device: usize);
+    /// Host input for the UART.
+    fn serial_input(&self, bytes: &[u8]);
+}
+
+impl IoTarget for VmmCore {
+    fn notify(&self, device: usize, queue: u16) {
+        VmmCore::notify(self, device, queue);
+    }
+    fn handle_event(&self, device: usize, token: EventToken) {
+        if let Some(d) = self.devices().get(device) {
+            d.handle_event(token, self.log());
+        }
+    }
+    fn backlogged_event(&self, device: usize) -> Option<EventToken> {
+        self.devices().get(device)?.transport.backlogged_event()
+    }
+    fn event_live(&self, device: usize, token: EventToken) -> bool {
+        self.devices()
+            .get(device)
+            .is_some_and(|d| d.transport.event_sources().iter().any(|(t, _)| *t == token))
+    }
+    fn report_error(&self, device: usize) {
+        if let Some(d) = self.devices().get(device) {
+            d.report_error(self.log());
+        }
+    }
+    fn serial_input(&self, bytes: &[u8]) {
+        let _ = self.serial().lock().input(bytes);
+    }
+}
+
 /// What the I/O thread serves.
 pub struct IoContext {
     /// The VM's devices (notifications, their errors, the UART).
-    pub core: Arc<VmmCore>,
+    pub core: Arc<dyn IoTarget>,
     /// The devices this thread serves (indices into the VM's devices): their doorbells
     /// and errors.
     pub devices: Vec<usize>,
@@ -146,7 +189,7 @@ pub fn run(ctx: IoContext) {
                 // Reading clears the counter; several guest notifications coalesce.
                 let _ = d.fd.read();
                 ctx.core.notify(d.device, d.queue);
-                note_backlog(&ctx, d.device, &mut backlog);
+                note_backlog(ctx.core.as_ref(), d.device, &mut backlog);
                 rang = true;
             }
         }
@@ -155,24 +198,19 @@ pub fn run(ctx: IoContext) {
             if ctx.eventfds.contains(&fd) {
                 if slot.revents != 0 {
                     drain(fd);
-                    if let Some(d) = ctx.core.devices().get(device) {
-                        d.handle_event(token, ctx.core.log());
-                        note_backlog(&ctx, device, &mut backlog);
-                    }
+                    ctx.core.handle_event(device, token);
+                    note_backlog(ctx.core.as_ref(), device, &mut backlog);
                 }
                 continue;
             }
             if slot.fd >= 0 && slot.revents != 0 {
-                if let Some(d) = ctx.core.devices().get(device) {
-                    d.handle_event(token, ctx.core.log());
-                    note_backlog(&ctx, device, &mut backlog);
-                    // Still a source (input not ended)? Wait for the guest to make room.
-                    let live = d.transport.event_sources().iter().any(|(t, _)| *t == token);
-                    slot.fd = -1;
-                    if !live {
-                        // Ended for good: never armed again.
-                        slot.events = 0;
-                    }
+                ctx.core.handle_event(device, token);
+                note_backlog(ctx.core.as_ref(), device, &mut backlog);
+                // Still a source (input not ended)? Wait for the guest to make room.
+                slot.fd = -1;
+                if !ctx.core.event_live(device, token) {
+                    // Ended for good: never armed again.
+                    slot.events = 0;
                 }
             } else if slot.fd < 0 && slot.events != 0 && (rang || idle) {
                 slot.fd = fd;
@@ -184,13 +222,11 @@ pub fn run(ctx: IoContext) {
                 // Already delivered again this round.
                 continue;
             }
-            if let Some(d) = ctx.core.devices().get(device) {
-                d.handle_event(token, ctx.core.log());
-                note_backlog(&ctx, device, &mut backlog);
-            }
+            ctx.core.handle_event(device, token);
+            note_backlog(ctx.core.as_ref(), device, &mut backlog);
         }
         if stdin_open && fds[stdin_index].revents != 0 {
-            stdin_open = forward_stdin(&ctx.core, &mut escape);
+            stdin_open = forward_stdin(ctx.core.as_ref(), &mut escape);
             if !stdin_open {
                 fds[stdin_index].fd = -1;
             }
@@ -206,11 +242,8 @@ pub fn run(ctx: IoContext) {
 }
 
 /// Remember `device`'s backlogged event, if it reports one (once per round).
-fn note_backlog(ctx: &IoContext, device: usize, backlog: &mut Vec<(usize, EventToken)>) {
-    let Some(d) = ctx.core.devices().get(device) else {
-        return;
-    };
-    if let Some(token) = d.transport.backlogged_event() {
+fn note_backlog(core: &dyn IoTarget, device: usize, backlog: &mut Vec<(usize, EventToken)>) {
+    if let Some(token) = core.backlogged_event(device) {
         if !backlog.contains(&(device, token)) {
             backlog.push((device, token));
         }
@@ -227,9 +260,7 @@ fn drain(fd: RawFd) {
 /// Log the pending errors of the devices `ctx` serves.
 fn report_errors(ctx: &IoContext) {
     for &i in &ctx.devices {
-        if let Some(d) = ctx.core.devices().get(i) {
-            d.report_error(ctx.core.log());
-        }
+        ctx.core.report_error(i);
     }
 }
 
@@ -267,7 +298,7 @@ impl Escape {
 }
 
 /// Move what stdin has to the serial port. Returns whether stdin stays open.
-fn forward_stdin(core: &VmmCore, escape: &mut Escape) -> bool {
+fn forward_stdin(core: &dyn IoTarget, escape: &mut Escape) -> bool {
     let mut buf = [0u8; 64];
     // SAFETY: reading into a valid buffer of `buf.len()` bytes.
     let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
@@ -276,13 +307,129 @@ fn forward_stdin(core: &VmmCore, escape: &mut Escape) -> bool {
     }
     // The 16550 FIFO holds 64 bytes; what does not fit is dropped, as a real UART would.
     let bytes = escape.filter(&buf[..n as usize]);
-    let _ = core.serial().lock().input(&bytes);
+    core.serial_input(&bytes);
     true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    const NET: usize = 0;
+    const DISK: usize = 1;
+    const RX: EventToken = EventToken(0);
+    const BATCH: usize = 2;
+
+    /// Device 0 takes at most BATCH of its pending frames per event and reports a backlog
+    /// while some are left; its first event also rings device 1's doorbell (other work
+    /// arriving meanwhile). Every call is recorded.
+    struct Fake {
+        pending: AtomicUsize,
+        backlog: Mutex<bool>,
+        disk_bell: EventFd,
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    impl IoTarget for Fake {
+        fn notify(&self, device: usize, _queue: u16) {
+            assert_eq!(device, DISK);
+            self.calls.lock().unwrap().push("disk notify");
+        }
+        fn handle_event(&self, device: usize, _token: EventToken) {
+            assert_eq!(device, NET);
+            let mut calls = self.calls.lock().unwrap();
+            if calls.is_empty() {
+                self.disk_bell.write(1).unwrap();
+            }
+            calls.push("net event");
+            let left = self.pending.load(Ordering::SeqCst);
+            let taken = left.min(BATCH);
+            self.pending.store(left - taken, Ordering::SeqCst);
+            *self.backlog.lock().unwrap() = taken == BATCH && left > taken;
+        }
+        fn backlogged_event(&self, device: usize) -> Option<EventToken> {
+            (device == NET && *self.backlog.lock().unwrap()).then_some(RX)
+        }
+        fn event_live(&self, _device: usize, _token: EventToken) -> bool {
+            true
+        }
+        fn report_error(&self, _device: usize) {
+            self.calls.lock().unwrap().push("idle");
+        }
+        fn serial_input(&self, _bytes: &[u8]) {}
+    }
+
+    struct NoStop;
+
+    impl StopSink for NoStop {
+        fn guest_event(&self, _event: SystemEvent) {}
+        fn stopping(&self) -> bool {
+            false
+        }
+    }
+
+    /// Run an I/O loop over `Fake` with `frames` pending and the net eventfd signalled,
+    /// until the first idle poll; the calls it made.
+    fn run_backlog(frames: usize) -> Vec<&'static str> {
+        let net_fd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let disk_fd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let fake = Arc::new(Fake {
+            pending: AtomicUsize::new(frames),
+            backlog: Mutex::new(false),
+            disk_bell: disk_fd.try_clone().unwrap(),
+            calls: Mutex::new(Vec::new()),
+        });
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let ctx = IoContext {
+            core: fake.clone(),
+            devices: vec![NET, DISK],
+            doorbells: vec![Doorbell {
+                fd: disk_fd,
+                device: DISK,
+                queue: 0,
+            }],
+            events: vec![(NET, RX, net_fd.as_raw_fd())],
+            eventfds: vec![net_fd.as_raw_fd()],
+            serial_input: false,
+            stop: stop.clone(),
+            user_stop: Arc::new(NoStop),
+        };
+        net_fd.write(1).unwrap();
+        let t = std::thread::spawn(move || run(ctx));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fake.calls.lock().unwrap().contains(&"idle") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.write(1).unwrap();
+        t.join().unwrap();
+        let calls = fake.calls.lock().unwrap().clone();
+        drop(fake);
+        calls
+    }
+
+    #[test]
+    fn backlogged_event_is_delivered_again_before_the_idle_poll() {
+        let calls = run_backlog(5);
+
+        let before_idle: Vec<_> = calls.iter().take_while(|c| **c != "idle").collect();
+        let events = before_idle.iter().filter(|c| ***c == "net event").count();
+
+        assert_eq!(events, 3, "5 frames in batches of 2: {calls:?}");
+    }
+
+    #[test]
+    fn other_pending_work_is_served_before_the_backlogged_event() {
+        let calls = run_backlog(5);
+
+        assert_eq!(
+            &calls[..4],
+            ["net event", "disk notify", "net event", "net event"],
+            "{calls:?}"
+        );
+    }
 
     #[test]
     fn ctrl_a_x_quits_and_is_not_forwarded() {

@@ -380,6 +380,9 @@ impl keel_virtio::net::NetBackend for LinuxNetPort {
     fn event_source(&self) -> Option<keel_virtio::device::EventSource> {
         self.port.event_source()
     }
+    fn backlogged(&self) -> bool {
+        self.port.backlogged()
+    }
 }
 
 impl DeviceBackends for LinuxBackends<'_> {

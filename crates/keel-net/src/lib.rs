@@ -6,8 +6,12 @@
 //!   parties distrust each other. The protocol is model-checked with Spin
 //!   (`crates/keel-net/model/ring.pml`, `scripts/model-check.sh`).
 //! - [`switch`]: a learning Ethernet switch with declared per-port MACs (anti-spoofing),
-//!   allow lists, bounded output queues and per-port counters, with a memory footprint
-//!   fixed at construction.
+//!   uplink ports, allow lists, bounded output queues and per-port counters, with a memory
+//!   footprint fixed at construction.
+//! - [`port`]: the glue both backends (Linux processes, seL4 protection domains) use
+//!   unchanged: [`port::VmmPort`], a `keel_virtio::net::NetBackend` over a port's two rings,
+//!   and [`port::SwitchService`], which moves frames between every port's rings through the
+//!   switch; each side wakes the other through a [`port::Doorbell`] only when it sleeps.
 //!
 //! The crate is `#![no_std]` + `alloc` and has no clock: callers pass the time.
 //! docs/net.md describes the protocol, the model and the switch's rules.

@@ -496,6 +496,30 @@ mod tests {
     }
 
     #[test]
+    fn up_options_are_parsed() {
+        let cmd = parse_args(args("up sys.toml --stats --log-level warn"))
+            .ok()
+            .unwrap();
+
+        assert!(matches!(
+            cmd,
+            Command::Up {
+                level: Level::Warn,
+                stats: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn up_refuses_the_vm_option() {
+        let err = parse_args(args("up sys.toml --vm a")).err().unwrap();
+
+        assert_eq!(err.status, EXIT_INPUT);
+        assert!(err.message.contains("--vm"));
+    }
+
+    #[test]
     fn unknown_option_is_bad_input() {
         let err = parse_args(args("run sys.toml --frobnicate")).err().unwrap();
         assert_eq!(err.status, EXIT_INPUT);

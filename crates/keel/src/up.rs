@@ -345,7 +345,8 @@ pub fn up(system: &Path, level: Level, stats: bool) -> Result<u8, Failure> {
     drop(ports);
 
     let started = Instant::now();
-    let mut user_signal = None;
+    // Set when keel up stopped the system itself: 128+N for signal N, 1 when a switch died.
+    let mut stop_status: Option<u8> = None;
     if start_error.is_none() {
         loop {
             reap(&mut vmms);
@@ -359,14 +360,14 @@ pub fn up(system: &Path, level: Level, stats: bool) -> Result<u8, Failure> {
                     sw.name,
                     describe(sw.status)
                 ));
-                user_signal = Some(libc::SIGTERM);
+                stop_status = Some(EXIT_FAILURE);
                 break;
             }
             match next_signal(sigfd) {
                 Some(s) if s == libc::SIGCHLD as u32 => {}
                 Some(s) => {
                     log::info(format_args!("signal {s}: stopping every VM"));
-                    user_signal = i32::try_from(s).ok();
+                    stop_status = Some(u8::try_from(128 + s).unwrap_or(EXIT_FAILURE));
                     break;
                 }
                 None => break,
@@ -394,8 +395,8 @@ pub fn up(system: &Path, level: Level, stats: bool) -> Result<u8, Failure> {
     if stats {
         eprintln!("keel: system ran {} ms", started.elapsed().as_millis());
     }
-    if let Some(sig) = user_signal {
-        return Ok(u8::try_from(128 + sig).unwrap_or(EXIT_FAILURE));
+    if let Some(status) = stop_status {
+        return Ok(status);
     }
     Ok(vmms
         .iter()
@@ -494,7 +495,8 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
                 .ok_or_else(|| failure("uplink reused"))?,
         );
     }
-    let mut service = SwitchService::new(switch, service_ports);
+    let mut service = SwitchService::new(switch, service_ports)
+        .map_err(|e| failure(format!("network {name:?}: {e}")))?;
     let origin = Instant::now();
     let mut pollfds: Vec<libc::pollfd> = std::iter::once(sigfd)
         .chain(fds.iter().map(|p| p.wait_on.as_raw_fd()))
@@ -589,19 +591,24 @@ fn print_counters(net: &NetworkPlan, service: &SwitchService) {
         let Ok(c) = service.counters(PortId(i as u16)) else {
             continue;
         };
+        let (sw, to, from) = (c.switch, c.to_switch, c.from_switch);
         eprintln!(
-            "keel: switch {:?} port {i} ({who}): rx_frames {} rx_bytes {} tx_frames {} tx_bytes {} drop_spoofed {} drop_not_allowed {} drop_too_short {} drop_too_long {} drop_queue_full {} drop_no_route {}",
+            "keel: switch {:?} port {i} ({who}): rx_frames {} rx_bytes {} tx_frames {} tx_bytes {} drop_spoofed {} drop_not_allowed {} drop_too_short {} drop_too_long {} drop_queue_full {} drop_no_route {} ring_in_bad_length {} ring_in_broken {} ring_out_dropped_full {} ring_out_dropped_wild {}",
             net.name,
-            c.rx_frames,
-            c.rx_bytes,
-            c.tx_frames,
-            c.tx_bytes,
-            c.drop_spoofed,
-            c.drop_not_allowed,
-            c.drop_too_short,
-            c.drop_too_long,
-            c.drop_queue_full,
-            c.drop_no_route
+            sw.rx_frames,
+            sw.rx_bytes,
+            sw.tx_frames,
+            sw.tx_bytes,
+            sw.drop_spoofed,
+            sw.drop_not_allowed,
+            sw.drop_too_short,
+            sw.drop_too_long,
+            sw.drop_queue_full,
+            sw.drop_no_route,
+            to.bad_length,
+            u8::from(c.to_switch_broken),
+            from.dropped_full,
+            from.dropped_wild
         );
     }
 }

@@ -23,13 +23,20 @@ fn kvm_or_skip(test: &str) -> bool {
     skip::kvm_or_skip("up", test)
 }
 
+static BUILD: Mutex<()> = Mutex::new(());
+
 /// The test guest ELF, built on first use if it is missing.
 fn testguest() -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
     let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    build_testguest(false)
+}
+
+/// Build the test guest if it is missing (or always, with `force`: cargo rebuilds only
+/// what changed).
+fn build_testguest(force: bool) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/testguest");
     let elf = dir.join("target/x86_64-unknown-none/release/keel-testguest");
-    if !elf.exists() {
+    if force || !elf.exists() {
         eprintln!("up: building the test guest in {}", dir.display());
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["build", "--release", "--target", "x86_64-unknown-none"])
@@ -121,8 +128,12 @@ impl Run {
     }
 }
 
-/// Start `keel args`; `on_start` gets its pid once it runs.
+/// Start `keel args`; `on_start` gets its pid once it runs. One at a time: a system's VMs
+/// share the machine's cores with nothing else from this suite (the frame tests measure
+/// deadlines, and the software KVM here runs guests at a few hundred frames per second).
 fn keel_with(args: &[&str], on_start: impl FnOnce(u32)) -> Run {
+    static ONE_SYSTEM: Mutex<()> = Mutex::new(());
+    let _one = ONE_SYSTEM.lock().unwrap_or_else(|p| p.into_inner());
     let start = Instant::now();
     let mut child = Command::new(KEEL)
         .args(args)
@@ -470,4 +481,214 @@ fn uplink_tap_frames_reach_the_vms_of_the_network() {
     let a_tx = port_counter(&run, "vm a net 0", "tx_frames");
     assert!(uplink_rx.is_some_and(|n| n >= 1), "{run:?}");
     assert!(a_tx.is_some_and(|n| n >= 1), "{run:?}");
+}
+
+// --- Frames between test guests (the test guest's `net` test, guest/testguest/README.md) ---
+
+const MAC_A: &str = "02:00:00:00:00:0a";
+const MAC_B: &str = "02:00:00:00:00:0b";
+const MAC_C: &str = "02:00:00:00:00:0c";
+const MAC_D: &str = "02:00:00:00:00:0d";
+
+/// The test guest, if it has the `net` test (rebuilt once if a stale build lacks it); else
+/// a loud skip.
+fn net_testguest_or_skip(test: &str) -> Option<PathBuf> {
+    let has_net = |elf: &Path| {
+        std::fs::read(elf).is_ok_and(|b| b.windows(17).any(|w| w == b"keeltest.net-peer"))
+    };
+    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let mut elf = build_testguest(false);
+    if !has_net(&elf) {
+        elf = build_testguest(true);
+    }
+    if has_net(&elf) {
+        return Some(elf);
+    }
+    skip::skip(
+        "up",
+        test,
+        "the test guest has no `net` test (keeltest.net=<role>, guest/testguest/README.md)",
+    );
+    None
+}
+
+/// A test-guest VM on network `lan` with MAC `mac`, running net role `role` (`keeltest.net*`
+/// words).
+fn net_vm(kernel: &Path, name: &str, mac: &str, role: &str) -> String {
+    vm(
+        kernel,
+        name,
+        &format!("keeltest=net {role}"),
+        &[],
+        &format!("[[vm.net]]\nnetwork = \"lan\"\nmac = \"{mac}\"\n"),
+    )
+}
+
+/// The value of `key=` in the first line of VM `name` starting with `start`.
+fn field(run: &Run, name: &str, start: &str, key: &str) -> Option<u64> {
+    let line = run
+        .vm_lines(name)
+        .into_iter()
+        .find(|l| l.starts_with(start))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))?
+        .parse()
+        .ok()
+}
+
+fn has_line_from(run: &Run, name: &str, mac: &str) -> bool {
+    run.vm_lines(name)
+        .iter()
+        .any(|l| l.starts_with(&format!("keeltest: net: rx from {mac}")))
+}
+
+#[test]
+fn allowed_pair_pings_and_the_vm_outside_the_allow_list_gets_nothing() {
+    if !kvm_or_skip("allowed_pair_pings_and_the_vm_outside_the_allow_list_gets_nothing") {
+        return;
+    }
+    let Some(g) =
+        net_testguest_or_skip("allowed_pair_pings_and_the_vm_outside_the_allow_list_gets_nothing")
+    else {
+        return;
+    };
+    let s = Scratch::new("allow");
+    let toml = [
+        "[[network]]\nname = \"lan\"\nallow = [[\"a\", \"b\"]]\n".to_string(),
+        net_vm(
+            &g,
+            "a",
+            MAC_A,
+            &format!("keeltest.net=ping keeltest.net-peer={MAC_B} keeltest.net-count=10 keeltest.net-stop={MAC_B}"),
+        ),
+        net_vm(&g, "b", MAC_B, "keeltest.net=echo keeltest.net-time=20000"),
+        net_vm(
+            &g,
+            "c",
+            MAC_C,
+            &format!("keeltest.net=ping-expect-none keeltest.net-peer={MAC_A} keeltest.net-time=3000"),
+        ),
+    ]
+    .concat();
+
+    let run = up(&s, &toml, &["--stats"]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    let ping = "keeltest: net: ping ";
+    assert_eq!(field(&run, "a", ping, "replies"), Some(10), "{run:?}");
+    assert_eq!(field(&run, "c", ping, "replies"), Some(0), "{run:?}");
+    assert_eq!(
+        field(&run, "c", "keeltest: net: rx total", "frames"),
+        Some(0),
+        "{run:?}"
+    );
+    assert!(!has_line_from(&run, "a", MAC_C), "{run:?}");
+    assert!(!has_line_from(&run, "b", MAC_C), "{run:?}");
+    let c_rx = port_counter(&run, "vm c net 0", "rx_frames").unwrap();
+    let c_dropped = port_counter(&run, "vm c net 0", "drop_not_allowed").unwrap()
+        + port_counter(&run, "vm c net 0", "drop_no_route").unwrap();
+    assert!(c_rx > 0, "{run:?}");
+    assert_eq!(c_dropped, c_rx, "every frame of c dropped: {run:?}");
+    assert_eq!(
+        port_counter(&run, "vm c net 0", "tx_frames"),
+        Some(0),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn spoofed_source_frames_are_dropped_and_counted_by_the_switch() {
+    if !kvm_or_skip("spoofed_source_frames_are_dropped_and_counted_by_the_switch") {
+        return;
+    }
+    let Some(g) =
+        net_testguest_or_skip("spoofed_source_frames_are_dropped_and_counted_by_the_switch")
+    else {
+        return;
+    };
+    let s = Scratch::new("spoof");
+    let spoofed = "02:00:00:00:00:99";
+    let toml = [
+        "[[network]]\nname = \"lan\"\n".to_string(),
+        net_vm(
+            &g,
+            "a",
+            MAC_A,
+            &format!("keeltest.net=send keeltest.net-peer={MAC_B} keeltest.net-src={spoofed} keeltest.net-count=5 keeltest.net-stop={MAC_B}"),
+        ),
+        net_vm(&g, "b", MAC_B, "keeltest.net=echo keeltest.net-time=20000"),
+    ]
+    .concat();
+
+    let run = up(&s, &toml, &["--stats"]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    assert_eq!(
+        field(
+            &run,
+            "a",
+            &format!("keeltest: net: send {MAC_B} src="),
+            "frames"
+        ),
+        Some(5),
+        "{run:?}"
+    );
+    assert!(!has_line_from(&run, "b", spoofed), "{run:?}");
+    assert!(has_line_from(&run, "b", MAC_A), "{run:?}");
+    assert_eq!(
+        port_counter(&run, "vm a net 0", "drop_spoofed"),
+        Some(5),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn broadcast_storm_does_not_starve_a_ping_between_two_other_vms() {
+    if !kvm_or_skip("broadcast_storm_does_not_starve_a_ping_between_two_other_vms") {
+        return;
+    }
+    let Some(g) =
+        net_testguest_or_skip("broadcast_storm_does_not_starve_a_ping_between_two_other_vms")
+    else {
+        return;
+    };
+    let s = Scratch::new("storm");
+    // The ping is long enough (100 requests, at least ~1.5 s without a storm) for the storm
+    // to be on for most of it whatever order the three VMs boot in; its deadline is 60 s
+    // (each request is resent every 200 ms until answered; under the storm on this
+    // machine's software KVM the 100 requests took 2 to 33 s, about 0.5 s alone).
+    let toml = [
+        "[[network]]\nname = \"lan\"\n".to_string(),
+        net_vm(&g, "d", MAC_D, "keeltest.net=storm keeltest.net-time=90000"),
+        net_vm(&g, "b", MAC_B, "keeltest.net=echo keeltest.net-time=90000"),
+        net_vm(
+            &g,
+            "a",
+            MAC_A,
+            &format!("keeltest.net=ping keeltest.net-peer={MAC_B} keeltest.net-count=100 keeltest.net-time=60000 keeltest.net-stop={MAC_B},{MAC_D}"),
+        ),
+    ]
+    .concat();
+
+    let run = up(&s, &toml, &["--stats"]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    assert_eq!(
+        field(&run, "a", "keeltest: net: ping ", "replies"),
+        Some(100),
+        "{run:?}"
+    );
+    let stormed = field(&run, "d", "keeltest: net: storm sent", "sent").unwrap_or(0);
+    assert!(stormed >= 100, "the storm ran: {run:?}");
+    // It ran during the ping: a received it, and it ended only at a's stop frames.
+    assert!(has_line_from(&run, "a", MAC_D), "{run:?}");
+    assert!(
+        run.vm_lines("d")
+            .contains(&format!("keeltest: net: stopped by {MAC_A}").as_str()),
+        "{run:?}"
+    );
+    assert!(
+        port_counter(&run, "vm d net 0", "rx_frames").is_some_and(|n| n >= 100),
+        "{run:?}"
+    );
 }

@@ -3,13 +3,15 @@
 //! Syntax (space-separated words; unknown words are ignored):
 //! - `keeltest=<test>[,<test>...]`: tests to run, in order. Tests: `blk`, `rng`,
 //!   `console`, `smp`, `irq`, `mmio-bench:<N>`, `corrupt:<loop|oob|nostatus>`, `panic`, `fault`,
-//!   `blkbench:<read|write|randread>:<size>[:<total>]`, `pause:<ms>`, `reboot`, `reset-loop`
-//!   and `all` (= every device test whose device is present, plus `smp`).
+//!   `blkbench:<read|write|randread>:<size>[:<total>]`, `pause:<ms>`, `reboot`, `reset-loop`,
+//!   `net` and `all` (= every device test whose device is present, plus `smp`).
 //! - `keeltest.disk-pattern=<rw|write|check>`: what `blk` does with its pattern
 //!   (default `rw`: write, flush, read back; `write`: the same, for a later
 //!   `check` boot; `check`: only read and verify a pattern written earlier).
 //! - `keeltest.disk-seed=<u32>`: varies the pattern (default 0x6b65656c).
 //! - `keeltest.cpus=<N>`: CPU count when there is no MP table.
+//! - `keeltest.net=<role>` and `keeltest.net-<option>=<value>`: what `net` does
+//!   (see [`NetConfig`] and the README).
 //! - `virtio_mmio.device=<size>@<base>:<irq>` (Linux syntax; K/M/G suffixes,
 //!   0x-prefixed hex or decimal numbers).
 
@@ -59,9 +61,9 @@ pub enum Test {
     MmioBench(u32),
     /// Submit a corrupt blk request; expect DEVICE_NEEDS_RESET.
     Corrupt(Corruption),
-    /// Panic on purpose (checks the panic path: exit code 2).
+    /// Panic on purpose (checks the panic path: exit code 11).
     Panic,
-    /// Take a CPU exception on purpose (checks the IDT path: exit code 2).
+    /// Take a CPU exception on purpose (checks the IDT path: exit code 11).
     Fault,
     /// `all`: every test whose device is present.
     All,
@@ -81,6 +83,97 @@ pub enum Test {
     Reboot,
     /// `reset-loop`: reset the machine at once, on every boot.
     ResetLoop,
+    /// `net`: the virtio-net role named by `keeltest.net=`.
+    Net,
+}
+
+/// An Ethernet (MAC) address.
+pub type Mac = [u8; 6];
+
+/// Most `keeltest.net-stop=` addresses.
+pub const MAX_STOP: usize = 4;
+/// Shortest test frame (`keeltest.net-len`): an Ethernet minimum frame without FCS.
+pub const NET_MIN_LEN: u16 = 60;
+/// Longest test frame: 1500 bytes of payload and the Ethernet header.
+pub const NET_MAX_LEN: u16 = 1514;
+
+/// What the `net` test does (`keeltest.net=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetRole {
+    /// Echo-requests to the peer, each retried until answered; pass iff all are.
+    Ping,
+    /// Echo-requests to the peer until the deadline; pass iff none is answered.
+    PingExpectNone,
+    /// Answer echo-requests addressed to this MAC until the deadline or a stop frame.
+    Echo,
+    /// Reach the peer (echo-requests), then send data frames, optionally from another MAC.
+    Send,
+    /// Broadcast data frames as fast as possible for a count or a duration.
+    Storm,
+    /// Count every frame received until the deadline or a stop frame; send nothing but stops.
+    Listen,
+    /// As `Listen`; pass iff no frame at all arrived.
+    ListenExpectNone,
+}
+
+impl NetRole {
+    /// The `keeltest.net=` word.
+    pub fn name(self) -> &'static str {
+        match self {
+            NetRole::Ping => "ping",
+            NetRole::PingExpectNone => "ping-expect-none",
+            NetRole::Echo => "echo",
+            NetRole::Send => "send",
+            NetRole::Storm => "storm",
+            NetRole::Listen => "listen",
+            NetRole::ListenExpectNone => "listen-expect-none",
+        }
+    }
+
+    fn needs_peer(self) -> bool {
+        matches!(
+            self,
+            NetRole::Ping | NetRole::PingExpectNone | NetRole::Send
+        )
+    }
+}
+
+/// `keeltest.net*` options.
+#[derive(Clone, Copy, Debug)]
+pub struct NetConfig {
+    /// `keeltest.net=<role>`.
+    pub role: Option<NetRole>,
+    /// `keeltest.net-peer=<mac>`: destination of `ping`, `ping-expect-none` and `send`.
+    pub peer: Option<Mac>,
+    /// `keeltest.net-src=<mac>`: source address of `send`'s data frames and `storm`'s
+    /// frames (default: the device's MAC).
+    pub src: Option<Mac>,
+    /// `keeltest.net-count=<n>`: requests (`ping`, default 10), data frames (`send`,
+    /// default 10), frames (`storm`, default 0 = until the deadline).
+    pub count: Option<u32>,
+    /// `keeltest.net-len=<bytes>`: length of every frame sent (60..=1514, default 64).
+    pub len: u16,
+    /// `keeltest.net-time=<ms>`: overall deadline or duration (default 10000).
+    pub time_ms: u32,
+    /// `keeltest.net-try=<ms>`: how long one echo-request waits for its reply (default 200).
+    pub try_ms: u32,
+    /// `keeltest.net-stop=<mac>[,<mac>...]`: where `stop` frames go when the role is done.
+    pub stop: [Option<Mac>; MAX_STOP],
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            role: None,
+            peer: None,
+            src: None,
+            count: None,
+            len: 64,
+            time_ms: 10_000,
+            try_ms: 200,
+            stop: [None; MAX_STOP],
+        }
+    }
 }
 
 /// Access pattern of `blkbench`.
@@ -118,6 +211,8 @@ pub struct Config {
     pub disk_seed: u32,
     /// `keeltest.cpus`.
     pub cpus: Option<u32>,
+    /// `keeltest.net*`.
+    pub net: NetConfig,
 }
 
 /// A command-line error, with the offending word.
@@ -138,9 +233,14 @@ impl<'a> Config {
             disk_pattern: DiskPattern::ReadWrite,
             disk_seed: 0x6b65_656c,
             cpus: None,
+            net: NetConfig::default(),
         };
         let mut ntests = 0;
         let mut ndevices = 0;
+        // The words that asked for `net` and named its role, for errors found at the end.
+        let mut net_test_word = None;
+        let mut net_role_word = None;
+        let mut net_count_word = None;
         for word in cmdline.split_ascii_whitespace() {
             let err = |what| Error { what, word };
             let Some((key, value)) = word.split_once('=') else {
@@ -150,6 +250,9 @@ impl<'a> Config {
                 "keeltest" => {
                     for name in value.split(',').filter(|n| !n.is_empty()) {
                         let test = parse_test(name).ok_or(err("unknown test"))?;
+                        if test == Test::Net {
+                            net_test_word = Some(word);
+                        }
                         let slot = config.tests.get_mut(ntests).ok_or(err("too many tests"))?;
                         *slot = Some(test);
                         ntests += 1;
@@ -176,6 +279,66 @@ impl<'a> Config {
                             .ok_or(err("cpus is not a number >= 1"))?,
                     );
                 }
+                "keeltest.net" => {
+                    config.net.role = Some(parse_net_role(value).ok_or(err(
+                        "net role must be ping, ping-expect-none, echo, send, storm, listen or listen-expect-none",
+                    ))?);
+                    net_role_word = Some(word);
+                }
+                "keeltest.net-peer" => {
+                    config.net.peer = Some(
+                        parse_mac(value)
+                            .ok_or(err("net-peer is not a MAC address (xx:xx:xx:xx:xx:xx)"))?,
+                    );
+                }
+                "keeltest.net-src" => {
+                    config.net.src = Some(
+                        parse_mac(value)
+                            .ok_or(err("net-src is not a MAC address (xx:xx:xx:xx:xx:xx)"))?,
+                    );
+                }
+                "keeltest.net-count" => {
+                    net_count_word = Some(word);
+                    config.net.count = Some(
+                        parse_number(value)
+                            .and_then(|v| u32::try_from(v).ok())
+                            .ok_or(err("net-count is not a 32-bit number"))?,
+                    );
+                }
+                "keeltest.net-len" => {
+                    config.net.len = parse_number(value)
+                        .and_then(|v| u16::try_from(v).ok())
+                        .filter(|l| (NET_MIN_LEN..=NET_MAX_LEN).contains(l))
+                        .ok_or(err("net-len is not a frame length in 60..=1514"))?;
+                }
+                "keeltest.net-time" => {
+                    config.net.time_ms = parse_number(value)
+                        .and_then(|v| u32::try_from(v).ok())
+                        .filter(|&ms| ms >= 1)
+                        .ok_or(err("net-time is not a number of milliseconds >= 1"))?;
+                }
+                "keeltest.net-try" => {
+                    config.net.try_ms = parse_number(value)
+                        .and_then(|v| u32::try_from(v).ok())
+                        .filter(|&ms| ms >= 1)
+                        .ok_or(err("net-try is not a number of milliseconds >= 1"))?;
+                }
+                "keeltest.net-stop" => {
+                    let mut stop = [None; MAX_STOP];
+                    let mut macs = value.split(',');
+                    for slot in &mut stop {
+                        *slot = match macs.next() {
+                            Some(mac) => Some(parse_mac(mac).ok_or(err(
+                                "net-stop is not a list of MAC addresses (xx:xx:xx:xx:xx:xx,...)",
+                            ))?),
+                            None => None,
+                        };
+                    }
+                    if macs.next().is_some() {
+                        return Err(err("net-stop names more than 4 addresses"));
+                    }
+                    config.net.stop = stop;
+                }
                 "virtio_mmio.device" => {
                     let device = parse_mmio_device(value).ok_or(err("bad virtio_mmio.device"))?;
                     let slot = config
@@ -186,6 +349,26 @@ impl<'a> Config {
                     ndevices += 1;
                 }
                 _ => {}
+            }
+        }
+        if let Some(word) = net_test_word {
+            let Some(role) = config.net.role else {
+                return Err(Error {
+                    what: "the net test needs keeltest.net=<role>",
+                    word,
+                });
+            };
+            if role.needs_peer() && config.net.peer.is_none() {
+                return Err(Error {
+                    what: "this net role needs keeltest.net-peer=<mac>",
+                    word: net_role_word.unwrap_or(word),
+                });
+            }
+            if role == NetRole::Ping && config.net.count == Some(0) {
+                return Err(Error {
+                    what: "ping needs keeltest.net-count >= 1",
+                    word: net_count_word.unwrap_or(word),
+                });
             }
         }
         Ok(config)
@@ -215,6 +398,7 @@ fn parse_test(name: &str) -> Option<Test> {
         "all" => Test::All,
         "reboot" => Test::Reboot,
         "reset-loop" => Test::ResetLoop,
+        "net" => Test::Net,
         _ => {
             let (kind, arg) = name.split_once(':')?;
             match kind {
@@ -248,6 +432,33 @@ fn parse_test(name: &str) -> Option<Test> {
             }
         }
     })
+}
+
+fn parse_net_role(name: &str) -> Option<NetRole> {
+    Some(match name {
+        "ping" => NetRole::Ping,
+        "ping-expect-none" => NetRole::PingExpectNone,
+        "echo" => NetRole::Echo,
+        "send" => NetRole::Send,
+        "storm" => NetRole::Storm,
+        "listen" => NetRole::Listen,
+        "listen-expect-none" => NetRole::ListenExpectNone,
+        _ => return None,
+    })
+}
+
+/// Parses `xx:xx:xx:xx:xx:xx` (two hex digits per byte, either case).
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// Parses `0x`-prefixed hex or decimal.

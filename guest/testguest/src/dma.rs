@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Page size.
 pub const PAGE: usize = 4096;
-const PAGES: usize = 24;
+const PAGES: usize = 48;
 
 #[repr(C, align(4096))]
 struct Region(UnsafeCell<[u8; PAGES * PAGE]>);

@@ -2,7 +2,7 @@
 //! its command line against virtio-mmio devices, SMP and interrupts, prints
 //! `keeltest: ...` lines on COM1 and leaves through the debug-exit port.
 //!
-//! Exit codes: 0 PASS, 1 a test failed, 2 panic or CPU exception,
+//! Exit codes: 0 PASS, 10 a test failed, 11 panic or CPU exception,
 //! 3 a `corrupt:` test saw the device report DEVICE_NEEDS_RESET.
 
 #![no_std]
@@ -17,6 +17,8 @@ mod console;
 mod dma;
 mod fail;
 mod interrupts;
+mod net;
+mod nettest;
 mod pvh;
 mod rng;
 mod serial;
@@ -62,6 +64,7 @@ impl fmt::Display for Test {
             Test::Pause(ms) => write!(f, "pause:{ms}"),
             Test::Reboot => f.write_str("reboot"),
             Test::ResetLoop => f.write_str("reset-loop"),
+            Test::Net => f.write_str("net"),
         }
     }
 }
@@ -131,6 +134,7 @@ impl Machine<'_> {
                 say!("reset-loop: resetting through the i8042");
                 x86::reset()
             }
+            Test::Net => nettest::run(self.require(virtio::id::NET, test)?, &self.config.net),
             Test::Panic => panic!("keeltest=panic asked for a panic"),
             Test::Fault => {
                 // SAFETY: deliberately reads a non-canonical address: the CPU

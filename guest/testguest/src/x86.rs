@@ -177,6 +177,16 @@ impl Deadline {
     pub fn expired(&self) -> bool {
         rdtsc() >= self.0
     }
+
+    /// The earlier of two deadlines.
+    pub fn sooner(self, other: Self) -> Self {
+        Self(self.0.min(other.0))
+    }
+}
+
+/// TSC cycles in microseconds (with the 4 GHz guess if the frequency is unknown).
+pub fn tsc_to_us(cycles: u64) -> u64 {
+    cycles / (tsc_hz_for_timeouts() / 1_000_000).max(1)
 }
 
 /// Busy-waits about `us` microseconds.

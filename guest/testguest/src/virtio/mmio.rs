@@ -87,6 +87,20 @@ impl Mmio {
         unsafe { read_volatile((self.base + reg::CONFIG + offset) as *const u32) }
     }
 
+    /// Reads the 8-bit config field at `offset` (virtio-mmio wants 8-bit fields
+    /// read 8 bits wide).
+    pub fn config8(&self, offset: usize) -> u8 {
+        // SAFETY: as for read32; the drivers read only fields their device defines.
+        unsafe { read_volatile((self.base + reg::CONFIG + offset) as *const u8) }
+    }
+
+    /// Reads the 16-bit little-endian config field at `offset` (2-byte aligned).
+    pub fn config16(&self, offset: usize) -> u16 {
+        // SAFETY: as for read32; the drivers read only fields their device
+        // defines, 2-byte aligned.
+        unsafe { read_volatile((self.base + reg::CONFIG + offset) as *const u16) }
+    }
+
     /// Reads a 64-bit config field as two 32-bit halves, retrying while
     /// ConfigGeneration changes (bounded).
     pub fn config64(&self, offset: usize) -> u64 {

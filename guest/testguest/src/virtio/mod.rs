@@ -14,6 +14,8 @@ pub const F_VERSION_1: u64 = 1 << 32;
 
 /// Device IDs this guest drives.
 pub mod id {
+    /// Network device.
+    pub const NET: u32 = 1;
     /// Block device.
     pub const BLK: u32 = 2;
     /// Console.
@@ -26,7 +28,7 @@ pub mod id {
 pub fn device_name(device_id: u32) -> &'static str {
     match device_id {
         0 => "none",
-        1 => "net",
+        id::NET => "net",
         id::BLK => "blk",
         id::CONSOLE => "console",
         id::RNG => "rng",

@@ -2,7 +2,9 @@
 //! (available) ring at 0x400, device (used) ring at 0x800.
 //!
 //! Requests are synchronous: one chain at a time, always starting at
-//! descriptor 0, completed before the next is submitted.
+//! descriptor 0, completed before the next is submitted. The network driver
+//! instead keeps many single-descriptor chains in flight ([`Virtqueue::post`]),
+//! each descriptor owning its own buffer.
 
 use super::mmio::{Mmio, reg};
 use crate::dma;
@@ -10,8 +12,12 @@ use crate::x86::Deadline;
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{Ordering, compiler_fence};
 
-/// Largest queue size this driver uses.
+/// Queue size the request/response drivers use.
 pub const MAX_QUEUE_SIZE: u16 = 8;
+/// Largest queue size one page holds (the descriptor table has 0x400 bytes).
+pub const PAGE_QUEUE_LIMIT: u16 = 64;
+/// VIRTQ_AVAIL_F_NO_INTERRUPT: the driver polls and wants no used-buffer interrupts.
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// Descriptor continues via `next`.
 pub const DESC_F_NEXT: u16 = 1;
 /// Descriptor is device-writable.
@@ -101,6 +107,12 @@ pub struct Virtqueue {
 impl Virtqueue {
     /// Sets up queue `index` of the device at `mmio` and marks it ready.
     pub fn new(mmio: Mmio, index: u16) -> Result<Self, QueueError> {
+        Self::with_max_size(mmio, index, MAX_QUEUE_SIZE)
+    }
+
+    /// Sets up queue `index` with at most `max_size` entries (capped at
+    /// [`PAGE_QUEUE_LIMIT`], rounded down to a power of two) and marks it ready.
+    pub fn with_max_size(mmio: Mmio, index: u16, max_size: u16) -> Result<Self, QueueError> {
         mmio.write32(reg::QUEUE_SEL, u32::from(index));
         if mmio.read32(reg::QUEUE_READY) != 0 {
             return Err(QueueError::AlreadyReady);
@@ -109,7 +121,12 @@ impl Virtqueue {
         if max == 0 {
             return Err(QueueError::NotAvailable);
         }
-        let size = max.min(u32::from(MAX_QUEUE_SIZE)) as u16;
+        let limit = max.min(u32::from(max_size.clamp(1, PAGE_QUEUE_LIMIT)));
+        // Split queues have power-of-two sizes: round a device's odd maximum down.
+        let mut size: u16 = 1;
+        while u32::from(size) * 2 <= limit {
+            size *= 2;
+        }
         let page = dma::alloc_pages(1).ok_or(QueueError::OutOfMemory)?;
         let base = dma::paddr(page);
         let split = |addr: u64| (addr as u32, (addr >> 32) as u32);
@@ -182,7 +199,45 @@ impl Virtqueue {
         Ok(())
     }
 
+    /// Makes descriptor `i` a one-buffer chain and adds it to the driver ring
+    /// without notifying the device (see [`Virtqueue::notify`]). The caller
+    /// owns the bookkeeping of which descriptors are in flight.
+    pub fn post(&mut self, i: u16, buffer: Buffer) {
+        let flags = if buffer.device_writes {
+            DESC_F_WRITE
+        } else {
+            0
+        };
+        self.write_desc(
+            i,
+            Desc {
+                addr: buffer.addr,
+                len: buffer.len,
+                flags,
+                next: 0,
+            },
+        );
+        self.push_avail(i % self.size);
+    }
+
+    /// Tells the device the driver ring has new entries.
+    pub fn notify(&self) {
+        compiler_fence(Ordering::SeqCst);
+        self.mmio.write32(reg::QUEUE_NOTIFY, u32::from(self.index));
+    }
+
+    /// Asks the device not to interrupt when it uses buffers (the driver polls).
+    pub fn suppress_interrupts(&mut self) {
+        // SAFETY: avail.flags is at AVAIL_OFFSET in this queue's page.
+        unsafe { write_volatile((self.page + AVAIL_OFFSET) as *mut u16, AVAIL_F_NO_INTERRUPT) };
+    }
+
     fn publish(&mut self, head: u16) {
+        self.push_avail(head);
+        self.notify();
+    }
+
+    fn push_avail(&mut self, head: u16) {
         let ring_slot = self.page + AVAIL_OFFSET + 4 + usize::from(self.avail_idx % self.size) * 2;
         // SAFETY: the driver ring (flags, idx, ring[size]) lies at AVAIL_OFFSET
         // in this queue's page; the slot index is reduced modulo size.
@@ -193,8 +248,6 @@ impl Virtqueue {
         compiler_fence(Ordering::Release);
         // SAFETY: avail.idx is at AVAIL_OFFSET + 2 in this queue's page.
         unsafe { write_volatile((self.page + AVAIL_OFFSET + 2) as *mut u16, self.avail_idx) };
-        compiler_fence(Ordering::SeqCst);
-        self.mmio.write32(reg::QUEUE_NOTIFY, u32::from(self.index));
     }
 
     /// Takes the next used element if the device has published one.

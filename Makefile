@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 TESTGUEST := guest/testguest/target/x86_64-unknown-none/release/keel-testguest
 
-.PHONY: run test setup build testguest linux-guests bench l2-tests bench-l2 clean
+.PHONY: run test setup build testguest linux-guests bench l2-tests bench-l2 bench-l2-net clean
 
 setup:
 	@bash scripts/setup.sh
@@ -32,6 +32,10 @@ l2-tests: setup
 # Keel against QEMU inside the emulated arm64 host (L2 boot time, peak RSS); LKVM=/path adds kvmtool.
 bench-l2: setup
 	bash scripts/l2-bench.sh
+
+# VM-to-VM TCP (4 MiB, busybox nc) inside the emulated arm64 host: keel up against two QEMUs.
+bench-l2-net: setup
+	bash scripts/l2-net-bench.sh
 
 test: setup
 	bash scripts/test.sh

@@ -161,7 +161,9 @@ pub fn nb_recv(src: u64, reply: u64) -> (u64, MessageInfo) {
     (badge, MessageInfo(info))
 }
 
-/// MCS: reply through reply object `reply` (a send on it), without receiving.
+/// MCS: reply through reply object `reply` without receiving: a send on a reply object
+/// capability is the kernel's reply invocation (`performInvocation_Reply`; MCS has no
+/// `seL4_Reply` system call).
 pub fn reply(reply: u64, info: MessageInfo) {
     send(reply, info);
 }

@@ -148,8 +148,10 @@ if [[ $arch == x86_64 ]]; then
     fi
     # virtio-mmio on x86: QEMU microvm describes its virtio-mmio devices in ACPI, which is
     # how Debian's x86 kernel finds them (no VIRTIO_MMIO_CMDLINE_DEVICES).
+    # Debian's cloud kernel 6.1.192 (2026-11) hangs calibrating the TSC on a bare microvm
+    # ("tsc: Unable to calibrate against PIT", then nothing): give it the legacy timers.
     # shellcheck disable=SC2054 # the commas are QEMU's option syntax
-    args=(-M microvm -accel tcg -m 512M -smp 1
+    args=(-M microvm,pit=on,pic=on,rtc=on -accel tcg -m 512M -smp 1
         -drive "if=none,id=d0,file=$tmp/disk.img,format=raw"
         -device virtio-blk-device,drive=d0
         -device virtio-rng-device

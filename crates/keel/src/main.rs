@@ -32,7 +32,8 @@ COMMANDS:
     up       run the whole system: one process per VM, one switch process per network;
              every VM's serial/console output on stdout prefixed with `[name] `, nothing
              forwarded to the VMs' stdin; stops on Ctrl-C or when every VM has ended
-    check    validate the system (including its host files); one line per VM
+    check    validate the system (including its host files); one line per VM with one
+             per network interface, then each network's ports and allowed pairs
     sel4     build a seL4 Microkit image of the system (MICROKIT_SDK) and run it under
              QEMU; see `keel sel4 --help`
 
@@ -307,10 +308,69 @@ fn summary(vm: &VmSpec) -> String {
     s
 }
 
+/// What `keel check` prints: one line per VM, each followed by one indented line per
+/// network interface; then per network one line, one per port and one per allowed pair.
+fn check_lines(plan: &keel_spec::plan::SystemPlan, sys: &System) -> Vec<String> {
+    use keel_spec::plan::PortOwner;
+    let mut lines = Vec::new();
+    for vm in sys.vms() {
+        lines.push(summary(vm));
+        for (i, nic) in plan
+            .vm(&vm.name)
+            .map(|p| &p.nics[..])
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            lines.push(format!(
+                "  net {i}: network {:?}, mac {}, port {}",
+                nic.network_name, nic.mac, nic.port
+            ));
+        }
+    }
+    for net in &plan.networks {
+        lines.push(format!(
+            "network {:?}: {}, {} slots per ring, MAC table {}, queue depth {} (flood {}), ageing {} ms",
+            net.name,
+            plural(net.ports.len(), "port"),
+            net.slots,
+            net.mac_table,
+            net.queue_depth,
+            net.flood_depth,
+            net.ageing_ms
+        ));
+        let who = |port: u16| match net.ports.get(usize::from(port)).map(|p| &p.owner) {
+            Some(PortOwner::Vm { vm, nic }) => format!("vm {vm:?} net {nic}"),
+            Some(PortOwner::Uplink { tap }) => format!("uplink tap:{tap}"),
+            None => "no such port".into(),
+        };
+        for (i, p) in net.ports.iter().enumerate() {
+            let mac = match p.mac {
+                Some(m) => format!("mac {m}"),
+                None => "any source MAC no VM port declares".into(),
+            };
+            lines.push(format!("  port {i}: {}, {mac}", who(i as u16)));
+        }
+        if net.allow.is_empty() {
+            lines.push("  allow: none (no two ports may exchange frames)".into());
+        }
+        for &(a, b) in &net.allow {
+            lines.push(format!(
+                "  allow: port {a} ({}) <-> port {b} ({})",
+                who(a),
+                who(b)
+            ));
+        }
+    }
+    lines
+}
+
 fn check(system: &std::path::Path) -> Result<u8, Failure> {
     let sys = load(system)?;
-    for vm in sys.vms() {
-        println!("{}", summary(vm));
+    let plan = keel_spec::plan::plan(&sys)
+        .map_err(|e| Failure::input(format!("{}: {e}", system.display())))?;
+    for line in check_lines(&plan, &sys) {
+        println!("{line}");
     }
     Ok(0)
 }

@@ -33,6 +33,6 @@ pub mod vmm;
 pub use hv::{KvmHypervisor, KvmVm};
 pub use vcpu::KvmVcpu;
 pub use vmm::{
-    LifecycleEvent, RunReport, VmExitStatus, VmHandle, VmNetwork, Vmm, VmmError, run_vm, start_vm,
-    start_vm_with,
+    DeviceCounters, LifecycleEvent, RunReport, VmExitStatus, VmHandle, VmNetwork, VmProbe, Vmm,
+    VmmError, run_vm, start_vm, start_vm_with,
 };

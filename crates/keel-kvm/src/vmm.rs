@@ -383,6 +383,9 @@ impl keel_virtio::net::NetBackend for LinuxNetPort {
     fn backlogged(&self) -> bool {
         self.port.backlogged()
     }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        keel_virtio::net::NetBackend::counters(&self.port)
+    }
 }
 
 impl DeviceBackends for LinuxBackends<'_> {
@@ -680,14 +683,14 @@ impl Vmm {
     /// has ended when this returns; the VM itself is destroyed when the returned report
     /// drops (see [`RunReport::leave_vm_to_process_exit`]), or here on an error.
     pub fn run(self) -> Result<RunReport, VmmError> {
-        self.run_with(|_, _| {})
+        self.run_with(|_, _, _| {})
     }
 
-    /// [`Vmm::run`], calling `started` with the VM's stop control and exit counters once
-    /// its threads run (how a [`VmHandle`] reaches the current run).
+    /// [`Vmm::run`], calling `started` with the VM's stop control, exit counters and
+    /// devices once its threads run (how a [`VmHandle`] reaches the current run).
     fn run_with(
         self,
-        started_hook: impl FnOnce(Arc<Control>, Arc<keel_vmm::ExitStats>),
+        started_hook: impl FnOnce(Arc<Control>, Arc<keel_vmm::ExitStats>, Arc<VmmCore>),
     ) -> Result<RunReport, VmmError> {
         let Vmm {
             name,
@@ -816,7 +819,7 @@ impl Vmm {
         // Only the vCPU threads' clones may keep the channel open: once all are gone,
         // every vCPU thread has left its loop.
         drop(exited_tx);
-        started_hook(control.clone(), core.stats().clone());
+        started_hook(control.clone(), core.stats().clone(), core.clone());
 
         // `Control::finish` set `control.stopping` before waking us: the vCPU loops see it.
         let outcome = control.wait();
@@ -867,11 +870,72 @@ pub enum LifecycleEvent {
     Stopped(VmExitStatus),
 }
 
+/// What a [`VmHandle`] reaches of the run in progress.
+#[derive(Clone)]
+struct CurrentRun {
+    control: Arc<Control>,
+    stats: Arc<keel_vmm::ExitStats>,
+    core: Arc<VmmCore>,
+}
+
+/// One virtio device's counters, as [`VmProbe::device_counters`] reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceCounters {
+    /// The device's virtio name (`virtio-net`, …).
+    pub kind: &'static str,
+    /// Its label in the VM (`0 (disk "data")`-style, as in the VMM's logs).
+    pub label: String,
+    /// Its counters by name, in the device's order (`VirtioDevice::counters`).
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+/// Reads a running VM's counters from any thread (see [`VmHandle::probe`]); outlives the
+/// handle's [`VmHandle::wait`].
+#[derive(Clone)]
+pub struct VmProbe {
+    shared: Arc<HandleShared>,
+}
+
+impl std::fmt::Debug for VmProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmProbe").finish_non_exhaustive()
+    }
+}
+
+impl VmProbe {
+    /// The counters of every device of the current run that counts anything (virtio-net
+    /// today), in placement order; empty between runs. Waits for each device's queue work
+    /// in progress.
+    pub fn device_counters(&self) -> Vec<DeviceCounters> {
+        let current = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(run) = current else {
+            return Vec::new();
+        };
+        run.core
+            .devices()
+            .iter()
+            .filter_map(|d| {
+                let counters = d.transport.counters();
+                (!counters.is_empty()).then(|| DeviceCounters {
+                    kind: d.plan.kind.virtio_name(),
+                    label: d.label.clone(),
+                    counters,
+                })
+            })
+            .collect()
+    }
+}
+
 /// What the handle shares with the thread that supervises the VM's runs.
 #[derive(Default)]
 struct HandleShared {
-    /// The current run's stop control and exit counters.
-    current: Mutex<Option<(Arc<Control>, Arc<keel_vmm::ExitStats>)>>,
+    /// The current run's stop control, exit counters and devices.
+    current: Mutex<Option<CurrentRun>>,
     stop_requested: AtomicBool,
 }
 
@@ -908,8 +972,8 @@ impl VmHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let Some((control, _)) = current {
-            control.finish(Ok(SystemEvent::Shutdown));
+        if let Some(run) = current {
+            run.control.finish(Ok(SystemEvent::Shutdown));
         }
     }
 
@@ -925,8 +989,15 @@ impl VmHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(|(_, stats)| stats.total())
+            .map(|run| run.stats.total())
             .unwrap_or(0)
+    }
+
+    /// A reader of the VM's device counters for another thread.
+    pub fn probe(&self) -> VmProbe {
+        VmProbe {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Wait until the VM has stopped for good: every thread of it has ended.
@@ -1009,9 +1080,12 @@ fn supervise(
             None => Vmm::build(spec, outputs, network)?,
         };
         let run = restarts;
-        let mut report = vmm.run_with(|control, stats| {
-            *shared.current.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((control.clone(), stats));
+        let mut report = vmm.run_with(|control, stats, core| {
+            *shared.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(CurrentRun {
+                control: control.clone(),
+                stats,
+                core,
+            });
             let _ = events.send(LifecycleEvent::Started { run });
             // A stop asked for while this run was being built.
             if shared.stop_requested.load(Ordering::SeqCst) {

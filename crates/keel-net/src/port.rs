@@ -182,6 +182,28 @@ impl VmmPort {
 }
 
 impl NetBackend for VmmPort {
+    /// [`VmmPort::counters`] by name: `port_tx_*` for the ring to the switch, `port_rx_*`
+    /// for the ring from it.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = VmmPort::counters(self);
+        let (tx, rx) = (c.to_switch, c.from_switch);
+        alloc::vec![
+            ("port_tx_frames", tx.frames),
+            ("port_tx_bytes", tx.bytes),
+            ("port_tx_dropped_full", tx.dropped_full),
+            ("port_tx_dropped_wild", tx.dropped_wild),
+            ("port_tx_refused", tx.refused),
+            ("port_tx_notifications", tx.notifications),
+            ("port_rx_frames", rx.frames),
+            ("port_rx_bytes", rx.bytes),
+            ("port_rx_bad_length", rx.bad_length),
+            ("port_rx_wild_index", rx.wild_index),
+            ("port_rx_too_long", c.rx_too_long),
+            ("port_rx_broken", u64::from(c.rx_broken)),
+            ("port_switch_dropped", c.switch_dropped),
+        ]
+    }
+
     fn send(&mut self, frame: &[u8]) -> Result<(), NetError> {
         match self.tx.send(frame) {
             Ok(Sent::Queued { notify }) => {
@@ -641,6 +663,22 @@ mod tests {
         assert_eq!(lab.drain(0), Vec::<Vec<u8>>::new());
         assert_eq!(lab.report(1).from_switch.frames, 1);
         assert_eq!(lab.vmm[0].counters().to_switch.frames, 1);
+    }
+
+    #[test]
+    fn vmm_port_names_its_ring_counters_for_the_device() {
+        let mut lab = Lab::all(2);
+        lab.send(0, &frame(mac(2), mac(1), 60, 7)).unwrap();
+        lab.run();
+        lab.drain(1);
+
+        let sent = NetBackend::counters(&lab.vmm[0]);
+        let got = NetBackend::counters(&lab.vmm[1]);
+
+        assert!(sent.contains(&("port_tx_frames", 1)), "{sent:?}");
+        assert!(sent.contains(&("port_tx_bytes", 60)), "{sent:?}");
+        assert!(got.contains(&("port_rx_frames", 1)), "{got:?}");
+        assert!(got.contains(&("port_tx_frames", 0)), "{got:?}");
     }
 
     #[test]

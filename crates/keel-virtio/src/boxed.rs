@@ -2,6 +2,7 @@
 //! memory region on seL4) keeps one device type, `Block<Box<dyn BlockBackend>>`.
 
 use alloc::boxed::Box;
+use alloc::vec::Vec;
 
 use crate::block::{BlockBackend, BlockError, GuestIoSlice, Vectored};
 use crate::console::ConsoleOutput;
@@ -71,5 +72,9 @@ impl<T: NetBackend + ?Sized> NetBackend for Box<T> {
 
     fn backlogged(&self) -> bool {
         (**self).backlogged()
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        (**self).counters()
     }
 }

@@ -235,6 +235,12 @@ pub trait VirtioDevice: Send {
     fn backlogged_event(&self) -> Option<EventToken> {
         None
     }
+
+    /// What the device has counted so far (frames moved, drops by reason), by name, for a
+    /// VMM's run-time report. None by default.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// What an activated device holds: guest memory and its queues. Shared by the device models
@@ -342,5 +348,8 @@ impl<T: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<T> {
     }
     fn backlogged_event(&self) -> Option<EventToken> {
         (**self).backlogged_event()
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        (**self).counters()
     }
 }

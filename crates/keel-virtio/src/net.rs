@@ -130,6 +130,12 @@ pub trait NetBackend: Send {
     fn backlogged(&self) -> bool {
         false
     }
+
+    /// What the backend has counted so far, by name (the device reports them after its own
+    /// [`NetCounters`]). None by default.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Transmitted frames dropped, by reason.
@@ -500,6 +506,26 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         device_type::NET
     }
 
+    /// The [`NetCounters`] (`tx_frames` … `rx_drop_no_room`), then the backend's.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counters;
+        let mut v = alloc::vec![
+            ("tx_frames", c.tx_frames),
+            ("tx_bytes", c.tx_bytes),
+            ("rx_frames", c.rx_frames),
+            ("rx_bytes", c.rx_bytes),
+            ("tx_drop_too_short", c.tx_dropped.too_short),
+            ("tx_drop_too_long", c.tx_dropped.too_long),
+            ("tx_drop_bad_header", c.tx_dropped.bad_header),
+            ("tx_drop_backend", c.tx_dropped.backend),
+            ("rx_drop_too_short", c.rx_dropped.too_short),
+            ("rx_drop_too_long", c.rx_dropped.too_long),
+            ("rx_drop_no_room", c.rx_dropped.no_room),
+        ];
+        v.extend(self.backend.counters());
+        v
+    }
+
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE, QUEUE_SIZE]
     }
@@ -694,6 +720,28 @@ mod tests {
         assert!(d.irq.is_high());
         let c = d.transport.lock_device().counters();
         assert_eq!((c.tx_frames, c.tx_bytes), (1, 60));
+    }
+
+    #[test]
+    fn net_reports_its_counters_by_name() {
+        let (mut d, _backend) = net();
+
+        transmit(&mut d, [0; NET_HDR_LEN], &frame(60, 1));
+
+        let c = VirtioDevice::counters(&*d.transport.lock_device());
+        assert_eq!(c.first(), Some(&("tx_frames", 1)), "{c:?}");
+        assert!(c.contains(&("tx_bytes", 60)), "{c:?}");
+        assert!(c.contains(&("rx_frames", 0)), "{c:?}");
+    }
+
+    #[test]
+    fn boxed_device_forwards_its_counters() {
+        let boxed: alloc::boxed::Box<dyn VirtioDevice> =
+            alloc::boxed::Box::new(Net::new(MockNet::default(), MAC));
+
+        let c = boxed.counters();
+
+        assert_eq!(c.first(), Some(&("tx_frames", 0)), "{c:?}");
     }
 
     #[test]

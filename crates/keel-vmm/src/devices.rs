@@ -98,6 +98,9 @@ pub trait VirtioSlot: Send + Sync {
     /// Send QueueNotify writes that trap to `notifier` (the device's I/O thread) instead of
     /// processing the queue in the vCPU thread.
     fn set_notifier(&self, notifier: Arc<dyn QueueNotifier>);
+    /// The device's counters by name (`VirtioDevice::counters`); waits for queue work in
+    /// progress.
+    fn counters(&self) -> Vec<(&'static str, u64)>;
 }
 
 impl<D: VirtioDevice> VirtioSlot for MmioTransport<D> {
@@ -124,6 +127,9 @@ impl<D: VirtioDevice> VirtioSlot for MmioTransport<D> {
     }
     fn set_notifier(&self, notifier: Arc<dyn QueueNotifier>) {
         MmioTransport::set_notifier(self, notifier);
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.lock_device().counters()
     }
 }
 

@@ -10,6 +10,7 @@ mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use keel_kvm::VmExitStatus;
 use keel_kvm::log::{self, Level};
@@ -21,7 +22,7 @@ aarch64 guests on aarch64 hosts)
 
 USAGE:
     keel run <system.toml> [--vm NAME] [--log-level LEVEL] [--stats] [--on-reboot ACTION]
-    keel up <system.toml> [--log-level LEVEL] [--stats]
+    keel up <system.toml> [--log-level LEVEL] [--stats] [--stats-interval SECS]
     keel check <system.toml>
     keel sel4 build <system.toml> [--board B] [--out DIR] | keel sel4 run <loader.img>
     keel --version | --help
@@ -31,7 +32,8 @@ COMMANDS:
     up       run the whole system: one process per VM, one switch process per network;
              every VM's serial/console output on stdout prefixed with `[name] `, nothing
              forwarded to the VMs' stdin; stops on Ctrl-C or when every VM has ended
-    check    validate the system (including its host files); one line per VM
+    check    validate the system (including its host files); one line per VM with one
+             per network interface, then each network's ports and allowed pairs
     sel4     build a seL4 Microkit image of the system (MICROKIT_SDK) and run it under
              QEMU; see `keel sel4 --help`
 
@@ -47,6 +49,14 @@ OPTIONS (up):
     --log-level LEVEL     as for run, in every VM process
     --stats               print each switch port's counters (frames, drops by reason) at
                           the end
+    --stats-interval SECS print every process's counters every SECS seconds (0.1 to
+                          86400) while the system runs, as on SIGUSR1
+
+COUNTERS AT RUN TIME (up):
+    kill -USR1 <pid of keel up> makes each switch process print one
+    `keel: counters: switch \"NET\" port I (vm V net N): rx_frames ...` line per port and
+    each VM process one `[V] keel: counters: vm \"V\" virtio-net ...` line per network
+    interface, on stderr; the system keeps running. See docs/net.md.
 
 With serial = \"stdio\" on a terminal, stdin is raw and goes to the guest's serial port;
 type Ctrl-A x to stop the VM (Ctrl-A Ctrl-A sends a Ctrl-A).
@@ -108,7 +118,26 @@ enum Command {
         system: PathBuf,
         level: Level,
         stats: bool,
+        interval: Option<Duration>,
     },
+}
+
+/// `--stats-interval`'s bounds, in seconds.
+const STATS_INTERVAL_SECS: std::ops::RangeInclusive<f64> = 0.1..=86_400.0;
+
+/// `--stats-interval SECS`: a number of seconds in [`STATS_INTERVAL_SECS`].
+fn parse_interval(v: &str) -> Result<Duration, Failure> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| STATS_INTERVAL_SECS.contains(s))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            Failure::input(format!(
+                "--stats-interval {v:?} is not a number of seconds from {} to {}",
+                STATS_INTERVAL_SECS.start(),
+                STATS_INTERVAL_SECS.end()
+            ))
+        })
 }
 
 /// Split `--opt=value` or take the value from the next argument.
@@ -149,6 +178,7 @@ fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
     let mut level = Level::Info;
     let mut stats = false;
     let mut on_reboot = OnReboot::Exit0;
+    let mut interval = None;
     while let Some(arg) = it.next() {
         if arg == "-h" || arg == "--help" {
             return Ok(Command::Help);
@@ -169,6 +199,12 @@ fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
                             )));
                         }
                     };
+                    continue;
+                }
+            }
+            if cmd == "up" {
+                if let Some(v) = option_value(&arg, "--stats-interval", &mut it)? {
+                    interval = Some(parse_interval(&v)?);
                     continue;
                 }
             }
@@ -209,6 +245,7 @@ fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
             system,
             level,
             stats,
+            interval,
         }
     } else {
         Command::Run {
@@ -271,10 +308,69 @@ fn summary(vm: &VmSpec) -> String {
     s
 }
 
+/// What `keel check` prints: one line per VM, each followed by one indented line per
+/// network interface; then per network one line, one per port and one per allowed pair.
+fn check_lines(plan: &keel_spec::plan::SystemPlan, sys: &System) -> Vec<String> {
+    use keel_spec::plan::PortOwner;
+    let mut lines = Vec::new();
+    for vm in sys.vms() {
+        lines.push(summary(vm));
+        for (i, nic) in plan
+            .vm(&vm.name)
+            .map(|p| &p.nics[..])
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            lines.push(format!(
+                "  net {i}: network {:?}, mac {}, port {}",
+                nic.network_name, nic.mac, nic.port
+            ));
+        }
+    }
+    for net in &plan.networks {
+        lines.push(format!(
+            "network {:?}: {}, {} slots per ring, MAC table {}, queue depth {} (flood {}), ageing {} ms",
+            net.name,
+            plural(net.ports.len(), "port"),
+            net.slots,
+            net.mac_table,
+            net.queue_depth,
+            net.flood_depth,
+            net.ageing_ms
+        ));
+        let who = |port: u16| match net.ports.get(usize::from(port)).map(|p| &p.owner) {
+            Some(PortOwner::Vm { vm, nic }) => format!("vm {vm:?} net {nic}"),
+            Some(PortOwner::Uplink { tap }) => format!("uplink tap:{tap}"),
+            None => "no such port".into(),
+        };
+        for (i, p) in net.ports.iter().enumerate() {
+            let mac = match p.mac {
+                Some(m) => format!("mac {m}"),
+                None => "any source MAC no VM port declares".into(),
+            };
+            lines.push(format!("  port {i}: {}, {mac}", who(i as u16)));
+        }
+        if net.allow.is_empty() {
+            lines.push("  allow: none (no two ports may exchange frames)".into());
+        }
+        for &(a, b) in &net.allow {
+            lines.push(format!(
+                "  allow: port {a} ({}) <-> port {b} ({})",
+                who(a),
+                who(b)
+            ));
+        }
+    }
+    lines
+}
+
 fn check(system: &std::path::Path) -> Result<u8, Failure> {
     let sys = load(system)?;
-    for vm in sys.vms() {
-        println!("{}", summary(vm));
+    let plan = keel_spec::plan::plan(&sys)
+        .map_err(|e| Failure::input(format!("{}: {e}", system.display())))?;
+    for line in check_lines(&plan, &sys) {
+        println!("{line}");
     }
     Ok(0)
 }
@@ -347,9 +443,18 @@ pub(crate) fn run_vm_to_exit(
     } else {
         None
     };
+    // In `keel up`, SIGUSR1 asks for the network devices' counters (docs/net.md).
+    let counters_signal = if in_up {
+        Some(up::counters_signal_fd()?)
+    } else {
+        None
+    };
     // Builds the VM (bad input is reported here, before any note), then runs it,
     // restarting it in place on a guest reset as its `on_reboot` says.
     let handle = keel_kvm::start_vm_with(spec, network).map_err(vmm_failure)?;
+    if let Some(fd) = counters_signal {
+        up::report_counters_on_signal(fd, &spec.name, handle.probe())?;
+    }
     if !in_up {
         // `keel up` prints it once for the whole system.
         keel_kvm::host::note_software_kvm();
@@ -450,9 +555,10 @@ fn main() -> ExitCode {
             system,
             level,
             stats,
+            interval,
         } => {
             log::set_level(level);
-            up::up(&system, level, stats)
+            up::up(&system, level, stats, interval)
         }
     });
     match result {
@@ -509,6 +615,42 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn up_stats_interval_is_parsed_in_seconds() {
+        let cmd = parse_args(args("up sys.toml --stats-interval 2.5"))
+            .ok()
+            .unwrap();
+
+        assert!(matches!(
+            cmd,
+            Command::Up { interval: Some(d), .. } if d == Duration::from_millis(2500)
+        ));
+    }
+
+    #[test]
+    fn stats_interval_out_of_range_is_bad_input_naming_it() {
+        let err = parse_args(args("up sys.toml --stats-interval=0"))
+            .err()
+            .unwrap();
+
+        assert_eq!(err.status, EXIT_INPUT);
+        assert!(
+            err.message.contains("--stats-interval \"0\""),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn run_refuses_the_stats_interval_option() {
+        let err = parse_args(args("run sys.toml --stats-interval 1"))
+            .err()
+            .unwrap();
+
+        assert_eq!(err.status, EXIT_INPUT);
+        assert!(err.message.contains("--stats-interval"));
     }
 
     #[test]

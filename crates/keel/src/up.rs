@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use keel_kvm::log::{self, Level};
 use keel_kvm::net::{PortFds, die_with_parent, drain_eventfd, inherit_across_exec};
@@ -30,6 +30,9 @@ use crate::{EXIT_FAILURE, Failure};
 
 /// Frames a switch moves per service call before it looks at its doorbells and signals.
 const SWITCH_BUDGET: usize = 256;
+
+/// A switch that stays busy looks at its signals every this many service rounds.
+const SIGNAL_CHECK_ROUNDS: u32 = 64;
 
 /// The hidden subcommand of a VMM process.
 pub const VMM_COMMAND: &str = "__vmm";
@@ -59,6 +62,41 @@ fn signal_fd(signals: &[libc::c_int]) -> Result<RawFd, Failure> {
         )));
     }
     Ok(fd)
+}
+
+/// What waiting on a signalfd with a deadline gave.
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    Signal(u32),
+    TimedOut,
+    Failed,
+}
+
+/// Wait for the next signal on `fd` until `deadline` (for ever without one).
+fn wait_signal(fd: RawFd, deadline: Option<Instant>) -> Waited {
+    let Some(deadline) = deadline else {
+        return next_signal(fd).map_or(Waited::Failed, Waited::Signal);
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Waited::TimedOut;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n > 0 {
+            return next_signal(fd).map_or(Waited::Failed, Waited::Signal);
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return Waited::Failed;
+        }
+    }
 }
 
 /// Read one signal from a signalfd (blocking); `None` on a read error.
@@ -121,9 +159,13 @@ fn spawn(args: &[String], fds: Vec<RawFd>, piped: bool) -> std::io::Result<Child
             if libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // Only SIGUSR1 stays blocked: it asks a child for its counters, and a child
+            // that has not opened its signalfd yet must not die of it (it stays pending
+            // until the signalfd reads it).
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut mask);
+            libc::sigaddset(&mut mask, libc::SIGUSR1);
+            libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
             Ok(())
         });
     }
@@ -217,8 +259,30 @@ fn describe(s: Option<ExitStatus>) -> String {
     }
 }
 
-/// `keel up <system.toml>`.
-pub fn up(system: &Path, level: Level, stats: bool) -> Result<u8, Failure> {
+/// Ask every running switch and VMM process for its counters (SIGUSR1): each prints its
+/// `keel: counters:` lines on stderr (docs/net.md, "Counters at run time").
+fn request_counters(switches: &[Proc], vmms: &[Proc], started: Instant) {
+    emit(
+        "keel: ",
+        &format!(
+            "counters at {:.3} s: asking {} switch and {} VMM processes",
+            started.elapsed().as_secs_f64(),
+            switches.iter().filter(|p| p.status.is_none()).count(),
+            vmms.iter().filter(|p| p.status.is_none()).count()
+        ),
+    );
+    signal_all(switches, libc::SIGUSR1);
+    signal_all(vmms, libc::SIGUSR1);
+}
+
+/// `keel up <system.toml>`: with `stats`, the switches' counters at the end; with
+/// `interval`, every process's counters that often while the system runs (as on SIGUSR1).
+pub fn up(
+    system: &Path,
+    level: Level,
+    stats: bool,
+    interval: Option<Duration>,
+) -> Result<u8, Failure> {
     let (sys, plan) = load_plan(system)?;
     for vm in sys.vms() {
         if keel_spec::Arch::host() != Some(vm.arch) {
@@ -252,7 +316,13 @@ pub fn up(system: &Path, level: Level, stats: bool) -> Result<u8, Failure> {
         ports.push(v);
     }
 
-    let sigfd = signal_fd(&[libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+    let sigfd = signal_fd(&[
+        libc::SIGCHLD,
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGUSR1,
+    ])?;
     keel_kvm::host::note_software_kvm();
 
     // Switches first: the VMMs' rings have a consumer from the start.
@@ -347,6 +417,7 @@ pub fn up(system: &Path, level: Level, stats: bool) -> Result<u8, Failure> {
     let started = Instant::now();
     // Set when keel up stopped the system itself: 128+N for signal N, 1 when a switch died.
     let mut stop_status: Option<u8> = None;
+    let mut next_report = interval.map(|i| started + i);
     if start_error.is_none() {
         loop {
             reap(&mut vmms);
@@ -363,14 +434,21 @@ pub fn up(system: &Path, level: Level, stats: bool) -> Result<u8, Failure> {
                 stop_status = Some(EXIT_FAILURE);
                 break;
             }
-            match next_signal(sigfd) {
-                Some(s) if s == libc::SIGCHLD as u32 => {}
-                Some(s) => {
+            match wait_signal(sigfd, next_report) {
+                Waited::Signal(s) if s == libc::SIGCHLD as u32 => {}
+                Waited::Signal(s) if s == libc::SIGUSR1 as u32 => {
+                    request_counters(&switches, &vmms, started);
+                }
+                Waited::TimedOut => {
+                    request_counters(&switches, &vmms, started);
+                    next_report = interval.map(|i| Instant::now() + i);
+                }
+                Waited::Signal(s) => {
                     log::info(format_args!("signal {s}: stopping every VM"));
                     stop_status = Some(u8::try_from(128 + s).unwrap_or(EXIT_FAILURE));
                     break;
                 }
-                None => break,
+                Waited::Failed => break,
             }
         }
     }
@@ -445,7 +523,7 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
             fds.len()
         )));
     }
-    let sigfd = signal_fd(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
+    let sigfd = signal_fd(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1])?;
     let switch = build_switch(net)?;
     // The uplink (the plan puts it last, after the VM ports): a tap, pumped from here.
     let mut uplink = match net.ports.iter().find_map(|p| match &p.owner {
@@ -507,14 +585,20 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
             revents: 0,
         })
         .collect();
+    // Busy rounds in a row: a switch that never goes idle still looks at its signals.
+    let mut busy_rounds = 0u32;
     loop {
         // Monotonic milliseconds (Instant) for the switch's MAC ageing.
         let now_ms = u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         let busy = service.service(now_ms, SWITCH_BUDGET) == Service::Busy;
         let pumped = uplink.as_mut().is_some_and(|u| u.pump(SWITCH_BUDGET));
         if busy || pumped {
-            continue;
+            busy_rounds = busy_rounds.wrapping_add(1);
+            if busy_rounds % SIGNAL_CHECK_ROUNDS != 0 || !signal_pending(sigfd) {
+                continue;
+            }
         }
+        busy_rounds = 0;
         for p in &mut pollfds {
             p.revents = 0;
         }
@@ -530,7 +614,15 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
             )));
         }
         if pollfds[0].revents != 0 {
-            break;
+            match next_signal(sigfd) {
+                Some(s) if s == libc::SIGUSR1 as u32 => {
+                    let prefix = format!("keel: counters: switch {name:?} ");
+                    for line in counter_lines(net, &service, uplink.as_ref()) {
+                        emit(&prefix, &line);
+                    }
+                }
+                _ => break,
+            }
         }
         // (The tap's entry, last, needs no action: the next pump reads it.)
         for (p, pfd) in fds.iter().zip(&pollfds[1..]) {
@@ -540,16 +632,9 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
         }
     }
     if stats {
-        print_counters(net, &service);
-        if let Some(u) = &uplink {
-            eprintln!(
-                "keel: switch {name:?} uplink tap:{}: host_rx {} host_tx {} drop_to_switch {} drop_to_host {}",
-                u.tap.name(),
-                u.from_host,
-                u.to_host,
-                u.drop_to_switch,
-                u.drop_to_host
-            );
+        let prefix = format!("keel: switch {name:?} ");
+        for line in counter_lines(net, &service, uplink.as_ref()) {
+            emit(&prefix, &line);
         }
     }
     drop(service);
@@ -581,8 +666,15 @@ fn build_switch(net: &NetworkPlan) -> Result<Switch, Failure> {
     Ok(sw)
 }
 
-/// One line per port on stderr: `keel: switch "lan" port 0 (vm a): rx_frames 3 ...`.
-fn print_counters(net: &NetworkPlan, service: &SwitchService) {
+/// One line per port, what follows `switch "lan" ` in a report: `port 0 (vm a net 0):
+/// rx_frames 3 ...` (the switch's counters, then its rings'), then the uplink's pump, if any:
+/// `uplink tap:x: host_rx ...`.
+fn counter_lines(
+    net: &NetworkPlan,
+    service: &SwitchService,
+    uplink: Option<&Uplink>,
+) -> Vec<String> {
+    let mut lines = Vec::with_capacity(net.ports.len() + 1);
     for (i, p) in net.ports.iter().enumerate() {
         let who = match &p.owner {
             PortOwner::Vm { vm, nic } => format!("vm {vm} net {nic}"),
@@ -592,9 +684,8 @@ fn print_counters(net: &NetworkPlan, service: &SwitchService) {
             continue;
         };
         let (sw, to, from) = (c.switch, c.to_switch, c.from_switch);
-        eprintln!(
-            "keel: switch {:?} port {i} ({who}): rx_frames {} rx_bytes {} tx_frames {} tx_bytes {} drop_spoofed {} drop_not_allowed {} drop_too_short {} drop_too_long {} drop_queue_full {} drop_no_route {} ring_in_bad_length {} ring_in_broken {} ring_out_dropped_full {} ring_out_dropped_wild {}",
-            net.name,
+        lines.push(format!(
+            "port {i} ({who}): rx_frames {} rx_bytes {} tx_frames {} tx_bytes {} drop_spoofed {} drop_not_allowed {} drop_too_short {} drop_too_long {} drop_queue_full {} drop_no_route {} ring_in_bad_length {} ring_in_broken {} ring_out_dropped_full {} ring_out_dropped_wild {}",
             sw.rx_frames,
             sw.rx_bytes,
             sw.tx_frames,
@@ -609,8 +700,71 @@ fn print_counters(net: &NetworkPlan, service: &SwitchService) {
             u8::from(c.to_switch_broken),
             from.dropped_full,
             from.dropped_wild
-        );
+        ));
     }
+    if let Some(u) = uplink {
+        lines.push(format!(
+            "uplink tap:{}: host_rx {} host_tx {} drop_to_switch {} drop_to_host {}",
+            u.tap.name(),
+            u.from_host,
+            u.to_host,
+            u.drop_to_switch,
+            u.drop_to_host
+        ));
+    }
+    lines
+}
+
+/// `prefix` and `line` on stderr in one write (stderr is unbuffered: `eprintln!` may split
+/// a line into several writes, which other processes' lines could land between).
+fn emit(prefix: &str, line: &str) {
+    let text = format!("{prefix}{line}\n");
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// Whether a signal waits on signalfd `fd` (without blocking).
+fn signal_pending(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+}
+
+/// A signalfd for SIGUSR1 (blocked in this thread and the threads it starts later): how a
+/// VMM process of `keel up` learns it is asked for its counters.
+pub(crate) fn counters_signal_fd() -> Result<RawFd, Failure> {
+    signal_fd(&[libc::SIGUSR1])
+}
+
+/// Start a thread that prints the network devices' counters of VM `vm` (`probe`) on
+/// stderr each time signalfd `fd` delivers a signal: one line per device, `keel: counters:
+/// vm "a" virtio-net 0 (net 02:00:00:00:00:01 on "lan"): tx_frames … port_rx_frames …`
+/// (the device's `NetCounters`, then its port's ring counters). The thread ends with the
+/// process.
+pub(crate) fn report_counters_on_signal(
+    fd: RawFd,
+    vm: &str,
+    probe: keel_kvm::VmProbe,
+) -> Result<(), Failure> {
+    let prefix = format!("keel: counters: vm {vm:?} ");
+    std::thread::Builder::new()
+        .name("keel-counters".into())
+        .spawn(move || {
+            while next_signal(fd).is_some() {
+                for d in probe.device_counters() {
+                    let mut line = format!("{} {}:", d.kind, d.label);
+                    for (name, value) in &d.counters {
+                        line.push_str(&format!(" {name} {value}"));
+                    }
+                    emit(&prefix, &line);
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| failure(format!("cannot start the counters thread: {e}")))
 }
 
 /// Hidden `__vmm <system.toml> --vm NAME --log-level L --nic FDS...`: one VM with its

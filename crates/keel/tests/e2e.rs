@@ -506,6 +506,69 @@ fn check_prints_one_line_per_vm() {
     assert!(lines[0].ends_with(", rng"), "{run:?}");
 }
 
+/// Three VMs on network "lan" (t and u allowed to talk, v not), with an uplink tap.
+fn networked_system(kernel: &Path) -> String {
+    let mut toml = String::from(
+        "[[network]]\nname = \"lan\"\nuplink = \"tap:kc0\"\nallow = [[\"t\", \"u\"]]\n",
+    );
+    for (name, mac) in [("t", "0a"), ("u", "0b"), ("v", "0c")] {
+        toml.push_str(
+            &system(kernel, 1, "keeltest=net", "")
+                .replace("name = \"t\"", &format!("name = \"{name}\"")),
+        );
+        toml.push_str(&format!(
+            "[[vm.net]]\nnetwork = \"lan\"\nmac = \"02:00:00:00:00:{mac}\"\n"
+        ));
+    }
+    toml
+}
+
+#[test]
+fn check_lists_each_vms_network_interfaces_under_it() {
+    let s = Scratch::new("check-nics");
+    let sys = s.write("system.toml", &networked_system(&testguest()));
+
+    let run = keel(&["check", sys.to_str().unwrap()]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let v = lines
+        .iter()
+        .position(|l| l.starts_with("vm \"v\": "))
+        .expect("a line for vm v");
+    assert_eq!(
+        lines.get(v + 1).copied(),
+        Some("  net 0: network \"lan\", mac 02:00:00:00:00:0c, port 2"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn check_lists_each_networks_ports_and_allowed_pairs() {
+    let s = Scratch::new("check-net");
+    let sys = s.write("system.toml", &networked_system(&testguest()));
+
+    let run = keel(&["check", sys.to_str().unwrap()]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let net = lines
+        .iter()
+        .position(|l| l.starts_with("network \"lan\": 4 ports, "))
+        .expect("a line for network lan");
+    assert_eq!(
+        &lines[net + 1..],
+        [
+            "  port 0: vm \"t\" net 0, mac 02:00:00:00:00:0a",
+            "  port 1: vm \"u\" net 0, mac 02:00:00:00:00:0b",
+            "  port 2: vm \"v\" net 0, mac 02:00:00:00:00:0c",
+            "  port 3: uplink tap:kc0, any source MAC no VM port declares",
+            "  allow: port 0 (vm \"t\" net 0) <-> port 1 (vm \"u\" net 0)",
+        ],
+        "{run:?}"
+    );
+}
+
 #[test]
 fn version_names_the_package_version() {
     let run = keel(&["--version"]);

@@ -692,3 +692,158 @@ fn broadcast_storm_does_not_starve_a_ping_between_two_other_vms() {
         "{run:?}"
     );
 }
+
+/// A pings b (for far longer than the test runs) on network "lan".
+fn pinging_pair(g: &Path) -> String {
+    [
+        "[[network]]\nname = \"lan\"\n".to_string(),
+        net_vm(
+            g,
+            "a",
+            MAC_A,
+            &format!("keeltest.net=ping keeltest.net-peer={MAC_B} keeltest.net-count=1000000 keeltest.net-time=60000"),
+        ),
+        net_vm(g, "b", MAC_B, "keeltest.net=echo keeltest.net-time=60000"),
+    ]
+    .concat()
+}
+
+/// The value after `counter` in `line` (`... rx_frames 12 ...`).
+fn counter_in(line: &str, counter: &str) -> Option<u64> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == counter)?;
+    words.next()?.parse().ok()
+}
+
+/// The run-time counter lines (before the system's end) starting with `start` containing
+/// `who`.
+fn runtime_lines<'a>(run: &'a Run, start: &str, who: &str) -> Vec<&'a str> {
+    run.stderr
+        .lines()
+        .take_while(|l| !l.starts_with("keel: signal "))
+        .filter(|l| l.starts_with(start) && l.contains(who))
+        .collect()
+}
+
+/// Wait until `pid` has its switch and two VMMs, let the guests boot and ping, then every
+/// 500 ms `n` times send SIGUSR1 (with `signal`) or not, and stop the system with SIGTERM.
+fn ask_counters_then_stop(pid: u32, n: usize, signal: bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while children_of(pid).len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..n {
+        std::thread::sleep(Duration::from_millis(500));
+        if signal {
+            let _ = Command::new("kill")
+                .args(["-USR1", &pid.to_string()])
+                .status();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+#[test]
+fn sigusr1_prints_the_switch_ports_counters_while_the_system_runs() {
+    if !kvm_or_skip("sigusr1_prints_the_switch_ports_counters_while_the_system_runs") {
+        return;
+    }
+    let Some(g) =
+        net_testguest_or_skip("sigusr1_prints_the_switch_ports_counters_while_the_system_runs")
+    else {
+        return;
+    };
+    let s = Scratch::new("usr1-switch");
+    let sys = s.system(&pinging_pair(&g));
+
+    let run = keel_with(&["up", sys.to_str().unwrap()], |pid| {
+        ask_counters_then_stop(pid, 6, true)
+    });
+
+    assert_eq!(
+        run.status,
+        128 + 15,
+        "stopped by SIGTERM, not SIGUSR1: {run:?}"
+    );
+    let a = runtime_lines(
+        &run,
+        "keel: counters: switch \"lan\" port 0 ",
+        "(vm a net 0)",
+    );
+    assert!(
+        a.len() >= 2,
+        "one line per SIGUSR1 that came after the start: {run:?}"
+    );
+    let rx: Vec<u64> = a
+        .iter()
+        .filter_map(|l| counter_in(l, "rx_frames"))
+        .collect();
+    assert!(
+        rx.last().is_some_and(|&n| n > 0) && rx.windows(2).all(|w| w[0] <= w[1]),
+        "a's pings counted, never going back: {rx:?} {run:?}"
+    );
+}
+
+#[test]
+fn sigusr1_prints_each_vms_network_device_counters_while_the_system_runs() {
+    if !kvm_or_skip("sigusr1_prints_each_vms_network_device_counters_while_the_system_runs") {
+        return;
+    }
+    let Some(g) = net_testguest_or_skip(
+        "sigusr1_prints_each_vms_network_device_counters_while_the_system_runs",
+    ) else {
+        return;
+    };
+    let s = Scratch::new("usr1-vmm");
+    let sys = s.system(&pinging_pair(&g));
+
+    let run = keel_with(&["up", sys.to_str().unwrap()], |pid| {
+        ask_counters_then_stop(pid, 6, true)
+    });
+
+    assert_eq!(run.status, 128 + 15, "{run:?}");
+    let a = runtime_lines(
+        &run,
+        "[a] keel: counters: vm \"a\" virtio-net 0 ",
+        &format!("(net {MAC_A} on \"lan\")"),
+    );
+    let last = a.last().expect("a's device counters");
+    let tx = counter_in(last, "tx_frames");
+    assert!(tx.is_some_and(|n| n > 0), "{run:?}");
+    assert_eq!(counter_in(last, "port_tx_frames"), tx, "{run:?}");
+}
+
+#[test]
+fn stats_interval_prints_counters_without_a_signal() {
+    if !kvm_or_skip("stats_interval_prints_counters_without_a_signal") {
+        return;
+    }
+    let Some(g) = net_testguest_or_skip("stats_interval_prints_counters_without_a_signal") else {
+        return;
+    };
+    let s = Scratch::new("interval");
+    let sys = s.system(&pinging_pair(&g));
+
+    let run = keel_with(
+        &["up", sys.to_str().unwrap(), "--stats-interval", "0.5"],
+        |pid| ask_counters_then_stop(pid, 4, false),
+    );
+
+    assert_eq!(run.status, 128 + 15, "{run:?}");
+    let reports = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("keel: counters at "))
+        .count();
+    let b = runtime_lines(
+        &run,
+        "keel: counters: switch \"lan\" port 1 ",
+        "(vm b net 0)",
+    );
+    // About 2 s at 0.5 s: at least two reports, each with b's line (the last may come
+    // after the stop began).
+    assert!(reports >= 2 && b.len() >= 2, "{reports} reports: {run:?}");
+}

@@ -7,8 +7,7 @@
 //!   (`crates/keel-net/model/ring.pml`, `scripts/model-check.sh`).
 //! - [`switch`]: a learning Ethernet switch with declared per-port MACs (anti-spoofing),
 //!   uplink ports, allow lists, bounded output queues, per-port storm control and counters,
-//!   with a memory
-//!   footprint fixed at construction.
+//!   with a memory footprint fixed at construction.
 //! - [`plan`]: the switch a network's plan (`keel_spec::plan::NetworkPlan`) describes,
 //!   built the same way by every backend.
 //! - [`port`]: the glue both backends (Linux processes, seL4 protection domains) use

@@ -6,8 +6,10 @@
 //!   parties distrust each other. The protocol is model-checked with Spin
 //!   (`crates/keel-net/model/ring.pml`, `scripts/model-check.sh`).
 //! - [`switch`]: a learning Ethernet switch with declared per-port MACs (anti-spoofing),
-//!   uplink ports, allow lists, bounded output queues and per-port counters, with a memory
-//!   footprint fixed at construction.
+//!   uplink ports, allow lists, bounded output queues, per-port storm control and counters,
+//!   with a memory footprint fixed at construction.
+//! - [`plan`]: the switch a network's plan (`keel_spec::plan::NetworkPlan`) describes,
+//!   built the same way by every backend.
 //! - [`port`]: the glue both backends (Linux processes, seL4 protection domains) use
 //!   unchanged: [`port::VmmPort`], a `keel_virtio::net::NetBackend` over a port's two rings,
 //!   and [`port::SwitchService`], which moves frames between every port's rings through the
@@ -23,6 +25,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod plan;
 pub mod port;
 pub mod ring;
 pub mod switch;

@@ -560,6 +560,10 @@ mod tests {
             mac_table: 8,
             queue_depth: 16,
             flood_depth: 8,
+            // Storm control out of the way: these tests flood (unknown unicast to a VMM
+            // that never sends) at a fixed time; keel_net::switch tests storm control.
+            flood_rate: crate::switch::MAX_FLOOD_RATE,
+            flood_burst: crate::switch::MAX_FLOOD_BURST,
             ..SwitchConfig::default()
         }
     }

@@ -23,6 +23,11 @@
 //!   frames; a frame that does not fit is dropped and counted on the *destination* port
 //!   (`drop_queue_full`); nothing blocks. Flooded frames may fill a queue only up to
 //!   [`SwitchConfig::flood_depth`], keeping the rest for unicast.
+//! - **Storm control**: each input port has a token bucket for the frames it floods
+//!   (broadcast, multicast, unknown unicast): [`SwitchConfig::flood_rate`] frames per
+//!   second, bursts of up to [`SwitchConfig::flood_burst`]. A flood beyond it is dropped
+//!   and counted on the input port (`drop_storm`); unicast to a learned MAC never takes a
+//!   token.
 //! - **Fairness**: [`Switch::poll`] serves input ports round-robin, one frame per port per
 //!   turn, starting after the port served last (see its doc).
 //!
@@ -99,11 +104,23 @@ pub struct SwitchConfig {
     pub max_frame: usize,
     /// Milliseconds after which an unrefreshed MAC table entry is ignored.
     pub ageing_ms: u64,
+    /// Flooded frames (broadcast, multicast, unknown unicast) each input port may send per
+    /// second, sustained (1..=[`MAX_FLOOD_RATE`]).
+    pub flood_rate: u32,
+    /// Flooded frames a port may send at once after a quiet period: the bucket's size
+    /// (1..=[`MAX_FLOOD_BURST`]). A port starts with a full bucket.
+    pub flood_burst: u32,
 }
+
+/// Largest [`SwitchConfig::flood_rate`]: storm control is always bounded.
+pub const MAX_FLOOD_RATE: u32 = 1_000_000;
+/// Largest [`SwitchConfig::flood_burst`].
+pub const MAX_FLOOD_BURST: u32 = 65_536;
 
 impl Default for SwitchConfig {
     /// 16 ports, 64 MAC entries, 64-frame queues (floods up to 32), 1514-byte frames,
-    /// 5 minutes of ageing: about 1.5 MiB of queues.
+    /// 5 minutes of ageing, floods of 1000 frames/s in bursts of 64 per port: about
+    /// 1.5 MiB of queues.
     fn default() -> SwitchConfig {
         SwitchConfig {
             max_ports: 16,
@@ -112,6 +129,8 @@ impl Default for SwitchConfig {
             flood_depth: 32,
             max_frame: MAX_FRAME,
             ageing_ms: 300_000,
+            flood_rate: 1000,
+            flood_burst: 64,
         }
     }
 }
@@ -157,7 +176,8 @@ pub enum SwitchError {
 
 /// Per-port counters: frames and bytes in and out, and drops by reason.
 ///
-/// Input-side drops (`spoofed`, `too_short`, `too_long`, `not_allowed`, `no_route`) are
+/// Input-side drops (`spoofed`, `too_short`, `too_long`, `not_allowed`, `no_route`,
+/// `storm`) are
 /// counted on the port the frame came from; `queue_full` on the port it was going to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortCounters {
@@ -182,6 +202,9 @@ pub struct PortCounters {
     pub drop_queue_full: u64,
     /// Dropped: no allowed port to deliver to (or unicast back to the input port).
     pub drop_no_route: u64,
+    /// Dropped: a flood (broadcast, multicast, unknown unicast) beyond the port's
+    /// storm-control rate ([`SwitchConfig::flood_rate`], [`SwitchConfig::flood_burst`]).
+    pub drop_storm: u64,
 }
 
 /// What the switch did with one input frame.
@@ -210,6 +233,8 @@ pub enum Drop {
     QueueFull,
     /// Nowhere to deliver it.
     NoRoute,
+    /// A flood beyond the input port's storm-control rate.
+    Storm,
 }
 
 /// Where [`Switch::poll`] takes input frames from: one source per port, in port order.
@@ -270,6 +295,34 @@ impl Queue {
     }
 }
 
+/// A port's storm-control token bucket, in thousandths of a frame so that whole
+/// milliseconds refill it exactly (`flood_rate` frames/s = `flood_rate` milli-frames/ms).
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    milli: u64,
+    at_ms: u64,
+}
+
+impl Bucket {
+    /// Refill for the time since the last refill (time that goes backwards refills
+    /// nothing), then take one frame if there is one.
+    fn take(&mut self, now_ms: u64, rate: u32, burst: u32) -> bool {
+        let elapsed = now_ms.saturating_sub(self.at_ms);
+        self.at_ms = self.at_ms.max(now_ms);
+        let full = u64::from(burst) * 1000;
+        self.milli = self
+            .milli
+            .saturating_add(elapsed.saturating_mul(u64::from(rate)))
+            .min(full);
+        if self.milli >= 1000 {
+            self.milli -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     mac: Mac,
@@ -284,6 +337,8 @@ pub struct Switch {
     /// Each port's declared MAC; `None` for an uplink.
     macs: Vec<Option<Mac>>,
     counters: Vec<PortCounters>,
+    /// Each input port's storm-control bucket.
+    buckets: Vec<Bucket>,
     queues: Vec<Queue>,
     /// Bit `b` of row `a` (`row = a * words`) set: port `a` may send to port `b`.
     allowed: Vec<u64>,
@@ -314,11 +369,18 @@ impl Switch {
         if !(ETH_HEADER_LEN..=MAX_FRAME).contains(&cfg.max_frame) {
             return bad("max_frame", cfg.max_frame);
         }
+        if !(1..=MAX_FLOOD_RATE).contains(&cfg.flood_rate) {
+            return bad("flood_rate", cfg.flood_rate as usize);
+        }
+        if !(1..=MAX_FLOOD_BURST).contains(&cfg.flood_burst) {
+            return bad("flood_burst", cfg.flood_burst as usize);
+        }
         let words = cfg.max_ports.div_ceil(64);
         Ok(Switch {
             cfg,
             macs: Vec::with_capacity(cfg.max_ports),
             counters: Vec::with_capacity(cfg.max_ports),
+            buckets: Vec::with_capacity(cfg.max_ports),
             queues: (0..cfg.max_ports)
                 .map(|_| Queue::new(cfg.queue_depth, cfg.max_frame))
                 .collect(),
@@ -333,14 +395,18 @@ impl Switch {
 
     /// Bytes of heap the switch holds (allocated once by [`Switch::new`]): queues
     /// (`max_ports × queue_depth × (max_frame + 2)`), the MAC table, the allow matrix
-    /// (`max_ports²` bits), per-port MACs and counters, and one input frame buffer.
+    /// (`max_ports²` bits), per-port MACs, counters and storm-control buckets, and one
+    /// input frame buffer.
     pub fn footprint(&self) -> usize {
         let c = &self.cfg;
         c.max_ports * c.queue_depth * (c.max_frame + 2)
             + c.max_ports * core::mem::size_of::<Queue>()
             + c.mac_table * core::mem::size_of::<Option<Entry>>()
             + self.allowed.len() * 8
-            + c.max_ports * (core::mem::size_of::<Mac>() + core::mem::size_of::<PortCounters>())
+            + c.max_ports
+                * (core::mem::size_of::<Option<Mac>>()
+                    + core::mem::size_of::<PortCounters>()
+                    + core::mem::size_of::<Bucket>())
             + MAX_FRAME
     }
 
@@ -379,6 +445,10 @@ impl Switch {
         }
         self.macs.push(mac);
         self.counters.push(PortCounters::default());
+        self.buckets.push(Bucket {
+            milli: u64::from(self.cfg.flood_burst) * 1000,
+            at_ms: 0,
+        });
         Ok(PortId((self.macs.len() - 1) as u16))
     }
 
@@ -550,17 +620,26 @@ impl Switch {
                 Verdict::Dropped(Drop::QueueFull)
             }),
             None => {
-                let (mut targets, mut queued) = (0, 0);
+                let has_target = (0..self.macs.len())
+                    .map(|t| PortId(t as u16))
+                    .any(|to| to != from && self.is_allowed(from, to));
+                if !has_target {
+                    return dropped(&mut self.counters[i].drop_no_route, Drop::NoRoute);
+                }
+                // Storm control: a flood with somewhere to go takes one token of its input
+                // port's bucket, whatever the number of ports it reaches.
+                let (rate, burst) = (self.cfg.flood_rate, self.cfg.flood_burst);
+                if !self.buckets[i].take(now_ms, rate, burst) {
+                    return dropped(&mut self.counters[i].drop_storm, Drop::Storm);
+                }
+                let mut queued = 0;
                 for t in 0..self.macs.len() {
                     let to = PortId(t as u16);
                     if to != from && self.is_allowed(from, to) {
-                        targets += 1;
                         queued += usize::from(self.enqueue(to, frame, self.cfg.flood_depth));
                     }
                 }
-                if targets == 0 {
-                    dropped(&mut self.counters[i].drop_no_route, Drop::NoRoute)
-                } else if queued == 0 {
+                if queued == 0 {
                     Ok(Verdict::Dropped(Drop::QueueFull))
                 } else {
                     Ok(Verdict::Queued(queued))
@@ -642,6 +721,9 @@ mod tests {
             flood_depth: 4,
             max_frame: MAX_FRAME,
             ageing_ms: 1000,
+            // Storm control out of the way (its own tests set it).
+            flood_rate: MAX_FLOOD_RATE,
+            flood_burst: MAX_FLOOD_BURST,
         }
     }
 
@@ -1042,6 +1124,156 @@ mod tests {
 
         assert_eq!(sw.footprint(), at_start);
         assert!(at_start >= 4 * 8 * MAX_FRAME);
+    }
+
+    /// Three ports, every pair allowed, floods limited to `rate` frames/s in bursts of
+    /// `burst`.
+    fn storm_switch(rate: u32, burst: u32) -> Switch {
+        let mut sw = Switch::new(SwitchConfig {
+            flood_rate: rate,
+            flood_burst: burst,
+            ..cfg()
+        })
+        .unwrap();
+        for i in 1..=3 {
+            sw.add_port(mac(i)).unwrap();
+        }
+        for (a, b) in [(P0, P1), (P0, P2), (P1, P2)] {
+            sw.allow(a, b).unwrap();
+        }
+        sw
+    }
+
+    /// Empty every output queue (the ports' consumers keep up).
+    fn drain_all(sw: &mut Switch) {
+        for p in 0..sw.ports() {
+            while sw.pop_output(PortId(p as u16)).is_some() {}
+        }
+    }
+
+    /// Input `frame` from `from` at each of `times`, draining the queues after each; returns
+    /// how many were queued (to at least one port).
+    fn send_at(
+        sw: &mut Switch,
+        from: PortId,
+        frame: &[u8],
+        times: impl Iterator<Item = u64>,
+    ) -> usize {
+        let mut queued = 0;
+        for t in times {
+            if let Ok(Verdict::Queued(_)) = sw.input(from, frame, t) {
+                queued += 1;
+            }
+            drain_all(sw);
+        }
+        queued
+    }
+
+    #[test]
+    fn broadcast_storm_beyond_the_flood_rate_is_cut_to_the_rate_and_counted() {
+        let mut sw = storm_switch(100, 10);
+        let storm = frame(Mac::BROADCAST, mac(1), 60, 0);
+
+        // 10 frames every millisecond for a second: 10,000 frames/s.
+        let queued = send_at(&mut sw, P0, &storm, (0..10_000).map(|n| n / 10));
+
+        // The full bucket (10), then 100 frames/s over the 999 ms since the first frame.
+        assert_eq!(queued, 10 + 99);
+        let c = sw.counters(P0).unwrap();
+        assert_eq!(c.drop_storm, 10_000 - 109);
+        assert_eq!(c.rx_frames, 10_000);
+    }
+
+    #[test]
+    fn floods_below_the_flood_rate_lose_nothing() {
+        let mut sw = storm_switch(100, 4);
+        let bcast = frame(Mac::BROADCAST, mac(1), 60, 0);
+
+        // 50 frames/s for 10 s, each a burst of 4 (the bucket's size) every 80 ms.
+        let queued = send_at(&mut sw, P0, &bcast, (0..500).map(|n| n / 4 * 80));
+
+        assert_eq!(queued, 500);
+        assert_eq!(sw.counters(P0).unwrap().drop_storm, 0);
+    }
+
+    #[test]
+    fn unicast_to_a_learned_mac_takes_no_storm_token() {
+        let mut sw = storm_switch(1, 1);
+        sw.input(P1, &frame(Mac::BROADCAST, mac(2), 60, 0), 0)
+            .unwrap();
+        drain_all(&mut sw);
+
+        let unicast = send_at(&mut sw, P0, &frame(mac(2), mac(1), 60, 1), 0..1000);
+        let bcast = sw.input(P0, &frame(Mac::BROADCAST, mac(1), 60, 2), 1000);
+
+        assert_eq!(unicast, 1000);
+        assert_eq!(bcast, Ok(Verdict::Queued(2)), "the unicast took P0's token");
+        assert_eq!(sw.counters(P0).unwrap().drop_storm, 0);
+    }
+
+    #[test]
+    fn unknown_unicast_and_multicast_are_storm_limited_like_broadcast() {
+        let mut sw = storm_switch(1, 2);
+        let multicast = Mac([0x01, 0x00, 0x5e, 0, 0, 1]);
+
+        let unknown = sw.input(P0, &frame(mac(9), mac(1), 60, 0), 0);
+        let multi = sw.input(P0, &frame(multicast, mac(1), 60, 1), 0);
+        let third = sw.input(P0, &frame(Mac::BROADCAST, mac(1), 60, 2), 0);
+
+        assert_eq!(unknown, Ok(Verdict::Queued(2)));
+        assert_eq!(multi, Ok(Verdict::Queued(2)));
+        assert_eq!(third, Ok(Verdict::Dropped(Drop::Storm)));
+    }
+
+    #[test]
+    fn a_storming_port_does_not_use_up_another_ports_flood_budget() {
+        let mut sw = storm_switch(10, 5);
+        let storm = frame(Mac::BROADCAST, mac(1), 60, 0);
+        send_at(&mut sw, P0, &storm, core::iter::repeat_n(0, 100));
+
+        let other = sw.input(P1, &frame(Mac::BROADCAST, mac(2), 60, 0), 0);
+
+        assert_eq!(other, Ok(Verdict::Queued(2)));
+        assert_eq!(sw.counters(P0).unwrap().drop_storm, 95);
+        assert_eq!(sw.counters(P1).unwrap().drop_storm, 0);
+    }
+
+    #[test]
+    fn storm_control_cannot_be_switched_off() {
+        let zero_rate = Switch::new(SwitchConfig {
+            flood_rate: 0,
+            ..cfg()
+        });
+        let zero_burst = Switch::new(SwitchConfig {
+            flood_burst: 0,
+            ..cfg()
+        });
+        let huge_rate = Switch::new(SwitchConfig {
+            flood_rate: MAX_FLOOD_RATE + 1,
+            ..cfg()
+        });
+
+        assert_eq!(
+            zero_rate.unwrap_err(),
+            SwitchError::BadConfig {
+                field: "flood_rate",
+                value: 0
+            }
+        );
+        assert_eq!(
+            zero_burst.unwrap_err(),
+            SwitchError::BadConfig {
+                field: "flood_burst",
+                value: 0
+            }
+        );
+        assert!(matches!(
+            huge_rate,
+            Err(SwitchError::BadConfig {
+                field: "flood_rate",
+                ..
+            })
+        ));
     }
 
     /// A port's input: frames waiting to be taken.

@@ -9,16 +9,18 @@
 //! frames between its guest and its rings. The switch's heap is a region of its own, sized
 //! at plan time (`keel_spec::microkit::switch_heap_bytes`).
 //!
-//! The switch learns its ports, MACs, allow pairs, sizes, ring addresses and channels from
-//! a payload appended to its ELF ([`SwitchPdConfig`], at [`crate::payload::PAYLOAD_VADDR`]):
-//! a fixed header that says where the heap is (read before anything is allocated), then the
-//! configuration in postcard.
+//! The switch learns its network's plan (ports, MACs, allow pairs, sizes, storm control),
+//! ring addresses and channels from a payload appended to its ELF ([`SwitchPdConfig`], at
+//! [`crate::payload::PAYLOAD_VADDR`]): a fixed header that says where the heap is (read
+//! before anything is allocated), then the configuration in postcard. The switch itself is
+//! `keel_net::plan::build_switch` of the plan, as on Linux.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use keel_net::switch::{Mac, PortId, Switch, SwitchConfig, SwitchError};
+use keel_net::switch::{Switch, SwitchConfig, SwitchError};
 use keel_spec::microkit::SwitchComponent;
+use keel_spec::plan::NetworkPlan;
 use serde::{Deserialize, Serialize};
 
 use crate::payload::{PayloadError, Reader, Writer};
@@ -37,8 +39,8 @@ pub const VMM_FIRST_NET_CHANNEL: u32 = 3;
 pub const SERVICE_BUDGET: usize = 64;
 /// First bytes of the switch payload.
 pub const MAGIC: [u8; 8] = *b"KEELSW\0\0";
-/// Switch payload format version.
-pub const VERSION: u32 = 1;
+/// Switch payload format version (2: the configuration carries the network's plan).
+pub const VERSION: u32 = 2;
 /// Bytes of the switch payload's fixed header: magic, version, total length, heap address
 /// and heap length.
 pub const HEADER_LEN: usize = 32;
@@ -48,8 +50,6 @@ pub const HEADER_LEN: usize = 32;
 pub struct SwitchPortConfig {
     /// The VM whose interface it is (for messages).
     pub vm: String,
-    /// The MAC address the port may send from.
-    pub mac: [u8; 6],
     /// Where the to-switch ring is mapped in the switch PD.
     pub to_switch: u64,
     /// Where the from-switch ring is mapped in the switch PD.
@@ -65,20 +65,11 @@ pub struct SwitchPortConfig {
 /// What the switch PD needs to know.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwitchPdConfig {
-    /// The network's name.
-    pub network: String,
-    /// The ports, in port order.
+    /// The network's plan: its ports with their MACs, allow pairs, sizes and storm control
+    /// (times in the switch's time, see `switch_pd`).
+    pub plan: NetworkPlan,
+    /// Where each port's rings and channel are, in port order.
     pub ports: Vec<SwitchPortConfig>,
-    /// Pairs of ports that may exchange frames.
-    pub allow: Vec<(u16, u16)>,
-    /// MAC learning table entries.
-    pub mac_table: u32,
-    /// Frames per output queue.
-    pub queue_depth: u32,
-    /// Of those, how many flooded frames may take.
-    pub flood_depth: u32,
-    /// Ageing of learned entries, in the switch's time (see `switch_pd`).
-    pub ageing_ms: u64,
     /// Where the heap region is mapped.
     pub heap_vaddr: u64,
     /// Its length.
@@ -125,13 +116,12 @@ impl SwitchPdConfig {
     /// The configuration of the switch PD `c` of the component plan.
     pub fn from_component(c: &SwitchComponent) -> SwitchPdConfig {
         SwitchPdConfig {
-            network: c.plan.name.clone(),
+            plan: c.plan.clone(),
             ports: c
                 .ports
                 .iter()
                 .map(|p| SwitchPortConfig {
                     vm: p.vm.clone(),
-                    mac: p.mac.0,
                     to_switch: p.to_switch.switch_vaddr,
                     from_switch: p.from_switch.switch_vaddr,
                     ring_len: p.to_switch.ring_len,
@@ -139,43 +129,23 @@ impl SwitchPdConfig {
                     channel: p.switch_channel,
                 })
                 .collect(),
-            allow: c.plan.allow.clone(),
-            mac_table: c.plan.mac_table,
-            queue_depth: c.plan.queue_depth,
-            flood_depth: c.plan.flood_depth,
-            ageing_ms: c.plan.ageing_ms,
             heap_vaddr: c.heap_vaddr,
             heap_len: c.heap_size,
         }
     }
 
-    /// The switch's sizes.
+    /// The switch's sizes ([`keel_net::plan::switch_config`] of the plan).
     pub fn switch_config(&self) -> SwitchConfig {
-        SwitchConfig {
-            max_ports: self.ports.len().max(1),
-            mac_table: self.mac_table as usize,
-            queue_depth: self.queue_depth as usize,
-            flood_depth: self.flood_depth as usize,
-            max_frame: keel_net::ring::MAX_FRAME,
-            ageing_ms: self.ageing_ms,
-        }
+        keel_net::plan::switch_config(&self.plan)
     }
 
-    /// The switch of this configuration: its ports (port `i` sends only from its MAC) and
-    /// allowed pairs; nothing else is allowed.
+    /// The switch of this configuration ([`keel_net::plan::build_switch`] of the plan):
+    /// port `i` sends only from its MAC, the planned pairs are allowed and nothing else.
     pub fn build_switch(&self) -> Result<Switch, SwitchConfigError> {
-        let err = |source| SwitchConfigError::Switch {
-            network: self.network.clone(),
+        keel_net::plan::build_switch(&self.plan).map_err(|source| SwitchConfigError::Switch {
+            network: self.plan.name.clone(),
             source,
-        };
-        let mut sw = Switch::new(self.switch_config()).map_err(err)?;
-        for p in &self.ports {
-            sw.add_port(Mac(p.mac)).map_err(err)?;
-        }
-        for &(a, b) in &self.allow {
-            sw.allow(PortId(a), PortId(b)).map_err(err)?;
-        }
-        Ok(sw)
+        })
     }
 
     /// Serialize: the fixed header of [`HEADER_LEN`] bytes (magic, version, total length,
@@ -251,6 +221,7 @@ impl SwitchPdConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keel_net::switch::PortId;
     use keel_spec::microkit::{
         ConsoleLayout, MicrokitLayout, NetLayout, component_plan, placement, switch_components,
         switch_heap_bytes,
@@ -283,6 +254,16 @@ mod tests {
     }
 
     fn system(vms: usize, slots: u32, allow: Option<Vec<(String, String)>>) -> System {
+        system_with(vms, slots, allow, |_| {})
+    }
+
+    /// [`system`], its network `lan` changed by `tune` first.
+    fn system_with(
+        vms: usize,
+        slots: u32,
+        allow: Option<Vec<(String, String)>>,
+        tune: impl FnOnce(&mut NetworkSpec),
+    ) -> System {
         let vms = (0..vms)
             .map(|i| {
                 let mut v = VmSpec::new(
@@ -301,6 +282,7 @@ mod tests {
         let mut lan = NetworkSpec::new("lan");
         lan.slots = slots;
         lan.allow = allow;
+        tune(&mut lan);
         System::with_networks("t".into(), None, vms, vec![lan]).unwrap()
     }
 
@@ -380,6 +362,22 @@ mod tests {
         assert!(sw.is_allowed(PortId(0), PortId(2)));
         assert!(!sw.is_allowed(PortId(0), PortId(1)));
         assert!(!sw.is_allowed(PortId(1), PortId(2)));
+    }
+
+    #[test]
+    fn configuration_carries_the_networks_storm_control_to_the_switch() {
+        let s = system_with(2, 256, None, |lan| {
+            lan.flood_rate = 300;
+            lan.flood_burst = 9;
+        });
+        let bytes = config(&s).encode().unwrap();
+
+        let sw = SwitchPdConfig::decode(&bytes)
+            .unwrap()
+            .build_switch()
+            .unwrap();
+
+        assert_eq!((sw.config().flood_rate, sw.config().flood_burst), (300, 9));
     }
 
     #[test]

@@ -3,15 +3,20 @@
 //!
 //! Start: read the payload's fixed header (where the heap region is; nothing is allocated
 //! yet), hand that region to the allocator, decode the configuration, build the switch
-//! (ports with their MACs, the allowed pairs) and attach to every port's rings. Then: serve
+//! from the network's plan (`keel_net::plan::build_switch`: ports with their MACs, the
+//! allowed pairs, sizes, storm control) and attach to every port's rings. Then: serve
 //! until the service says `Idle` (every input ring empty with its wake-up armed), wait for
 //! a notification from any port's VMM, serve again. A port's doorbell is a Microkit
 //! notification on its channel.
 //!
 //! Time: a protection domain has no clock here (Microkit gives none; EL0 counter reads
 //! trap), so the switch's time is the number of service rounds: each round counts as one
-//! millisecond for MAC ageing. On seL4 every port declares its MAC (no uplink), so ageing
-//! only forgets entries of ports that fell silent; it never changes where a frame goes.
+//! millisecond for MAC ageing and storm control. On seL4 every port declares its MAC (no
+//! uplink), so ageing only forgets entries of ports that fell silent; it never changes where
+//! a frame goes. Storm control refills a port's bucket by `flood_rate / 1000` frames per
+//! round (one frame per round at the default 1000/s): rounds follow the traffic, so a storm
+//! is held to about one flooded frame per round (of up to `SERVICE_BUDGET` frames) beyond
+//! its burst, and a quiet port's bucket refills over the rounds the others cause.
 //!
 //! The switch prints nothing unless it cannot start (the console PD owns the console).
 
@@ -120,7 +125,7 @@ pub extern "C" fn main() -> ! {
     let mut service = match start(&cfg) {
         Ok(s) => s,
         Err(e) => {
-            say!("keel-switch: network {}: cannot start: {e}", cfg.network);
+            say!("keel-switch: network {}: cannot start: {e}", cfg.plan.name);
             idle();
         }
     };

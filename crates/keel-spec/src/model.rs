@@ -349,21 +349,35 @@ pub struct NetworkSpec {
     pub slots: u32,
     /// A host tap interface bridged into the network (Linux only), by interface name.
     pub uplink: Option<String>,
+    /// Storm control: flooded frames (broadcast, multicast, unknown unicast) each port may
+    /// send per second (1..=1,000,000).
+    pub flood_rate: u32,
+    /// Storm control: flooded frames a port may send at once (1..=65,536).
+    pub flood_burst: u32,
 }
 
 impl NetworkSpec {
     /// Default of `slots`.
     pub const DEFAULT_SLOTS: u32 = 256;
+    /// Default of `flood_rate`: far above what hosts flood normally (ARP, neighbour
+    /// discovery, DHCP, mDNS: a few frames per second), far below a storm (docs/net.md).
+    pub const DEFAULT_FLOOD_RATE: u32 = 1000;
+    /// Default of `flood_burst`: a quarter of the default ring (the switch's default
+    /// `flood_depth`).
+    pub const DEFAULT_FLOOD_BURST: u32 = 64;
     /// How allow lists name the uplink.
     pub const UPLINK: &'static str = "uplink";
 
-    /// A network with every member allowed to talk to every other, default slots, no uplink.
+    /// A network with every member allowed to talk to every other, default slots and storm
+    /// control, no uplink.
     pub fn new(name: impl Into<String>) -> NetworkSpec {
         NetworkSpec {
             name: name.into(),
             allow: None,
             slots: NetworkSpec::DEFAULT_SLOTS,
             uplink: None,
+            flood_rate: NetworkSpec::DEFAULT_FLOOD_RATE,
+            flood_burst: NetworkSpec::DEFAULT_FLOOD_BURST,
         }
     }
 }

@@ -176,19 +176,39 @@ impl<'e> Loader<'e> {
 
 fn network(index: usize, raw: RawNetwork) -> Result<NetworkSpec, SpecError> {
     let at = crate::validate::network_label(index, &raw.name);
-    let slots = match raw.slots {
-        None => NetworkSpec::DEFAULT_SLOTS,
-        Some(n) => u32::try_from(n).map_err(|_| {
-            SpecError::new(
-                at.clone(),
-                ErrorKind::OutOfRange {
-                    key: "slots",
-                    value: n.into(),
-                    range: "a power of two in 16..=4096",
-                },
-            )
-        })?,
+    // A number that does not fit a u32 is out of the key's range (validation checks the rest).
+    let number = |value: Option<i64>, default: u32, key: &'static str, range: &'static str| {
+        value.map_or(Ok(default), |n| {
+            u32::try_from(n).map_err(|_| {
+                SpecError::new(
+                    at.clone(),
+                    ErrorKind::OutOfRange {
+                        key,
+                        value: n.into(),
+                        range,
+                    },
+                )
+            })
+        })
     };
+    let slots = number(
+        raw.slots,
+        NetworkSpec::DEFAULT_SLOTS,
+        "slots",
+        "a power of two in 16..=4096",
+    )?;
+    let flood_rate = number(
+        raw.flood_rate,
+        NetworkSpec::DEFAULT_FLOOD_RATE,
+        "flood_rate",
+        crate::validate::FLOOD_RATE_RANGE,
+    )?;
+    let flood_burst = number(
+        raw.flood_burst,
+        NetworkSpec::DEFAULT_FLOOD_BURST,
+        "flood_burst",
+        crate::validate::FLOOD_BURST_RANGE,
+    )?;
     Ok(NetworkSpec {
         name: raw.name,
         allow: raw
@@ -196,6 +216,8 @@ fn network(index: usize, raw: RawNetwork) -> Result<NetworkSpec, SpecError> {
             .map(|pairs| pairs.into_iter().map(|[a, b]| (a, b)).collect()),
         slots,
         uplink: raw.uplink,
+        flood_rate,
+        flood_burst,
     })
 }
 
@@ -249,6 +271,8 @@ struct RawNetwork {
     allow: Option<Vec<[String; 2]>>,
     slots: Option<i64>,
     uplink: Option<String>,
+    flood_rate: Option<i64>,
+    flood_burst: Option<i64>,
 }
 
 #[derive(Deserialize)]

@@ -395,6 +395,11 @@ pub struct NetworkPlan {
     pub flood_depth: u32,
     /// Learned entries not refreshed for this long are forgotten.
     pub ageing_ms: u64,
+    /// Storm control: flooded frames (broadcast, multicast, unknown unicast) each port may
+    /// send per second; more are dropped (`drop_storm`).
+    pub flood_rate: u32,
+    /// Storm control: flooded frames a port may send at once after a quiet period.
+    pub flood_burst: u32,
 }
 
 impl NetworkPlan {
@@ -449,7 +454,8 @@ pub fn plan(system: &System) -> Result<SystemPlan, PlanError> {
 
 /// Default switch sizing: output queues as deep as a ring, a quarter of it for floods,
 /// four MAC table entries per port (VM ports have one MAC each; the rest is for what the
-/// uplink's side shows), five minutes of ageing (as common hardware switches).
+/// uplink's side shows), five minutes of ageing (as common hardware switches), storm
+/// control as the description says.
 fn plan_network(net: &NetworkSpec, vms: &[VmSpec]) -> NetworkPlan {
     let mut names: Vec<&str> = Vec::new();
     let mut ports: Vec<PortPlan> = network_members(net, vms)
@@ -498,6 +504,8 @@ fn plan_network(net: &NetworkSpec, vms: &[VmSpec]) -> NetworkPlan {
         queue_depth: net.slots,
         flood_depth: (net.slots / 4).max(1),
         ageing_ms: 300_000,
+        flood_rate: net.flood_rate,
+        flood_burst: net.flood_burst,
         ports,
     }
 }

@@ -44,7 +44,18 @@ pub mod limits {
     pub const MIN_RING_SLOTS: u32 = 16;
     /// See [`MIN_RING_SLOTS`].
     pub const MAX_RING_SLOTS: u32 = 4096;
+    /// `[[network]] flood_rate`: `1..=MAX_FLOOD_RATE` frames/s (storm control is always on;
+    /// the same bound as `keel_net::switch::MAX_FLOOD_RATE`).
+    pub const MAX_FLOOD_RATE: u32 = 1_000_000;
+    /// `[[network]] flood_burst`: `1..=MAX_FLOOD_BURST` frames (as
+    /// `keel_net::switch::MAX_FLOOD_BURST`).
+    pub const MAX_FLOOD_BURST: u32 = 65_536;
 }
+
+/// How errors state the range of `flood_rate`.
+pub(crate) const FLOOD_RATE_RANGE: &str = "1..=1000000 frames per second";
+/// How errors state the range of `flood_burst`.
+pub(crate) const FLOOD_BURST_RANGE: &str = "1..=65536 frames";
 
 use limits::*;
 
@@ -461,6 +472,31 @@ pub(crate) fn check_networks(vms: &[VmSpec], networks: &[NetworkSpec]) -> Result
                     range: "a power of two in 16..=4096",
                 },
             ));
+        }
+        for (key, value, max, range) in [
+            (
+                "flood_rate",
+                net.flood_rate,
+                MAX_FLOOD_RATE,
+                FLOOD_RATE_RANGE,
+            ),
+            (
+                "flood_burst",
+                net.flood_burst,
+                MAX_FLOOD_BURST,
+                FLOOD_BURST_RANGE,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::OutOfRange {
+                        key,
+                        value: value.into(),
+                        range,
+                    },
+                ));
+            }
         }
         if let Some(uplink) = &net.uplink
             && !uplink.strip_prefix("tap:").is_some_and(tap_name_ok)

@@ -225,6 +225,68 @@ fn ring_slots_must_be_a_power_of_two_in_range() {
 }
 
 #[test]
+fn storm_control_defaults_to_1000_frames_per_second_in_bursts_of_64() {
+    let s = Scratch::new();
+    let system = s
+        .parse(&three_vms_on_lan("[[network]]\nname = \"lan\""))
+        .unwrap();
+
+    let net = &plan(&system).unwrap().networks[0];
+
+    assert_eq!((net.flood_rate, net.flood_burst), (1000, 64));
+}
+
+#[test]
+fn storm_control_of_the_description_reaches_the_plan() {
+    let s = Scratch::new();
+    let system = s
+        .parse(&three_vms_on_lan(
+            "[[network]]\nname = \"lan\"\nflood_rate = 200\nflood_burst = 8",
+        ))
+        .unwrap();
+
+    let net = &plan(&system).unwrap().networks[0];
+
+    assert_eq!((net.flood_rate, net.flood_burst), (200, 8));
+}
+
+#[test]
+fn storm_control_cannot_be_switched_off_or_unbounded() {
+    let s = Scratch::new();
+    let cases = [
+        (
+            "flood_rate = 0",
+            "flood_rate: 0 is out of range (1..=1000000 frames per second)",
+        ),
+        (
+            "flood_rate = 1000001",
+            "flood_rate: 1000001 is out of range (1..=1000000 frames per second)",
+        ),
+        (
+            "flood_rate = -1",
+            "flood_rate: -1 is out of range (1..=1000000 frames per second)",
+        ),
+        (
+            "flood_burst = 0",
+            "flood_burst: 0 is out of range (1..=65536 frames)",
+        ),
+        (
+            "flood_burst = 65537",
+            "flood_burst: 65537 is out of range (1..=65536 frames)",
+        ),
+    ];
+    for (key, message) in cases {
+        let text = three_vms_on_lan(&format!("[[network]]\nname = \"lan\"\n{key}"));
+
+        assert_eq!(
+            s.error(&text),
+            format!(r#"network "lan": {message}"#),
+            "{key}"
+        );
+    }
+}
+
+#[test]
 fn uplink_must_name_a_tap_interface() {
     let s = Scratch::new();
     let text = three_vms_on_lan("[[network]]\nname = \"lan\"\nuplink = \"eth0\"");

@@ -23,7 +23,7 @@ use keel_kvm::log::{self, Level};
 use keel_kvm::net::{PortFds, die_with_parent, drain_eventfd, inherit_across_exec};
 use keel_net::port::{PortWindows, Service, SwitchService};
 use keel_net::ring::{FrameConsumer, FrameProducer, FrameWindow, MAX_FRAME, Recv, Sent};
-use keel_net::switch::{Mac, PortId, Switch, SwitchConfig};
+use keel_net::switch::{PortId, Switch};
 use keel_spec::plan::{NetworkPlan, PortOwner, SystemPlan};
 
 use crate::{EXIT_FAILURE, Failure};
@@ -642,28 +642,10 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// The switch a network's plan describes: its ports with their MACs, its allow list.
+/// The switch a network's plan describes (`keel_net::plan::build_switch`: its ports with
+/// their MACs, the uplink, its allow list, sizes and storm control).
 fn build_switch(net: &NetworkPlan) -> Result<Switch, Failure> {
-    let bad = |e: keel_net::switch::SwitchError| failure(format!("network {:?}: {e}", net.name));
-    let cfg = SwitchConfig {
-        max_ports: net.ports.len(),
-        mac_table: net.mac_table as usize,
-        queue_depth: net.queue_depth as usize,
-        flood_depth: net.flood_depth as usize,
-        max_frame: keel_net::ring::MAX_FRAME,
-        ageing_ms: net.ageing_ms,
-    };
-    let mut sw = Switch::new(cfg).map_err(bad)?;
-    for p in &net.ports {
-        match p.mac {
-            Some(m) => sw.add_port(Mac(m.0)).map_err(bad)?,
-            None => sw.add_uplink().map_err(bad)?,
-        };
-    }
-    for &(a, b) in &net.allow {
-        sw.allow(PortId(a), PortId(b)).map_err(bad)?;
-    }
-    Ok(sw)
+    keel_net::plan::build_switch(net).map_err(|e| failure(format!("network {:?}: {e}", net.name)))
 }
 
 /// One line per port, what follows `switch "lan" ` in a report: `port 0 (vm a net 0):
@@ -685,7 +667,7 @@ fn counter_lines(
         };
         let (sw, to, from) = (c.switch, c.to_switch, c.from_switch);
         lines.push(format!(
-            "port {i} ({who}): rx_frames {} rx_bytes {} tx_frames {} tx_bytes {} drop_spoofed {} drop_not_allowed {} drop_too_short {} drop_too_long {} drop_queue_full {} drop_no_route {} ring_in_bad_length {} ring_in_broken {} ring_out_dropped_full {} ring_out_dropped_wild {}",
+            "port {i} ({who}): rx_frames {} rx_bytes {} tx_frames {} tx_bytes {} drop_spoofed {} drop_not_allowed {} drop_too_short {} drop_too_long {} drop_queue_full {} drop_no_route {} drop_storm {} ring_in_bad_length {} ring_in_broken {} ring_out_dropped_full {} ring_out_dropped_wild {}",
             sw.rx_frames,
             sw.rx_bytes,
             sw.tx_frames,
@@ -696,6 +678,7 @@ fn counter_lines(
             sw.drop_too_long,
             sw.drop_queue_full,
             sw.drop_no_route,
+            sw.drop_storm,
             to.bad_length,
             u8::from(c.to_switch_broken),
             from.dropped_full,

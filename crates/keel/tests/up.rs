@@ -656,7 +656,9 @@ fn broadcast_storm_does_not_starve_a_ping_between_two_other_vms() {
     // The ping is long enough (100 requests, at least ~1.5 s without a storm) for the storm
     // to be on for most of it whatever order the three VMs boot in; its deadline is 60 s
     // (each request is resent every 200 ms until answered; under the storm on this
-    // machine's software KVM the 100 requests took 2 to 33 s, about 0.5 s alone).
+    // machine's software KVM the 100 requests took 2 to 33 s before storm control, 8 to
+    // 15 s with it set out of reach, 0.5 to 2.6 s with the default 1000 frames/s; about
+    // 0.5 s alone: docs/net.md, *Storm control*).
     let toml = [
         "[[network]]\nname = \"lan\"\n".to_string(),
         net_vm(&g, "d", MAC_D, "keeltest.net=storm keeltest.net-time=90000"),
@@ -672,10 +674,28 @@ fn broadcast_storm_does_not_starve_a_ping_between_two_other_vms() {
 
     let run = up(&s, &toml, &["--stats"]);
 
+    // The figures docs/net.md quotes: the ping's duration, the storm, d's port counters.
+    for line in run.vm_lines("a").iter().chain(&run.vm_lines("d")) {
+        if line.starts_with("keeltest: net: ping ") || line.starts_with("keeltest: net: storm") {
+            eprintln!("up: storm: {line}");
+        }
+    }
+    for line in run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("keel: switch "))
+    {
+        eprintln!("up: storm: {line}");
+    }
     assert_eq!(run.status, 0, "{run:?}");
     assert_eq!(
         field(&run, "a", "keeltest: net: ping ", "replies"),
         Some(100),
+        "{run:?}"
+    );
+    // Storm control cut the storm at d's port (the default 1000 frames/s, bursts of 64).
+    assert!(
+        port_counter(&run, "vm d net 0", "drop_storm").is_some_and(|n| n > 0),
         "{run:?}"
     );
     let stormed = field(&run, "d", "keeltest: net: storm sent", "sent").unwrap_or(0);

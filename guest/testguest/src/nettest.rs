@@ -291,6 +291,7 @@ impl Session<'_> {
         let (mut sent, mut replies, mut tries) = (0u32, 0u32, 0u32);
         let (mut rtt_min, mut rtt_max, mut rtt_sum) = (u64::MAX, 0u64, 0u64);
         let mut damaged = None;
+        let began = x86::rdtsc();
         'requests: for seq in 1..=count {
             if deadline.expired() {
                 break;
@@ -316,7 +317,11 @@ impl Session<'_> {
                 }
             }
         }
-        say!("net: ping {} sent={sent} replies={replies}", MacAddr(peer));
+        let ms = x86::tsc_to_us(x86::rdtsc().wrapping_sub(began)) / 1000;
+        say!(
+            "net: ping {} sent={sent} replies={replies} ms={ms}",
+            MacAddr(peer)
+        );
         if replies != 0 {
             say!(
                 "net: ping {} tries={tries} rtt-min-us={rtt_min} rtt-avg-us={} rtt-max-us={rtt_max}",

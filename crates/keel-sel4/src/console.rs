@@ -101,17 +101,7 @@ impl ConsoleConfig {
 
     /// The total length recorded in the first [`HEADER_LEN`] bytes.
     pub fn total_len(header: &[u8]) -> Result<usize, ConfigError> {
-        let mut r = Reader {
-            bytes: header,
-            pos: 0,
-        };
-        if r.take(8, "magic")? != MAGIC {
-            return Err(PayloadError::BadMagic.into());
-        }
-        let found = r.u32("version")?;
-        if found != VERSION {
-            return Err(PayloadError::Version { found }.into());
-        }
+        let mut r = Reader::after_header(header, &MAGIC, VERSION)?;
         Ok(r.u32("total length")? as usize)
     }
 

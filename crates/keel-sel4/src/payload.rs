@@ -204,6 +204,22 @@ pub(crate) struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader of `bytes` past their magic and version, which must be `magic`, `version`.
+    pub(crate) fn after_header(
+        bytes: &'a [u8],
+        magic: &[u8; 8],
+        version: u32,
+    ) -> Result<Reader<'a>, PayloadError> {
+        let mut r = Reader { bytes, pos: 0 };
+        if r.take(8, "magic")? != magic {
+            return Err(PayloadError::BadMagic);
+        }
+        let found = r.u32("version")?;
+        if found != version {
+            return Err(PayloadError::Version { found });
+        }
+        Ok(r)
+    }
     pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], PayloadError> {
         let end = self
             .pos
@@ -314,17 +330,7 @@ pub struct Layout {
 /// Read the fixed header and return the payload's total length, to bound a raw view of it
 /// before parsing the rest.
 pub fn total_len(header: &[u8]) -> Result<usize, PayloadError> {
-    let mut r = Reader {
-        bytes: header,
-        pos: 0,
-    };
-    if r.take(8, "magic")? != MAGIC {
-        return Err(PayloadError::BadMagic);
-    }
-    let found = r.u32("version")?;
-    if found != VERSION {
-        return Err(PayloadError::Version { found });
-    }
+    let mut r = Reader::after_header(header, &MAGIC, VERSION)?;
     let _ = r.u32("header length")?;
     usize::try_from(r.u64("total length")?).map_err(|_| PayloadError::Truncated {
         what: "total length",

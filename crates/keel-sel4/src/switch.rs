@@ -167,17 +167,7 @@ impl SwitchPdConfig {
     /// The fixed header of the first [`HEADER_LEN`] bytes (allocates nothing: the PD reads
     /// it before its heap exists).
     pub fn header(header: &[u8]) -> Result<SwitchHeader, PayloadError> {
-        let mut r = Reader {
-            bytes: header,
-            pos: 0,
-        };
-        if r.take(8, "magic")? != MAGIC {
-            return Err(PayloadError::BadMagic);
-        }
-        let found = r.u32("version")?;
-        if found != VERSION {
-            return Err(PayloadError::Version { found });
-        }
+        let mut r = Reader::after_header(header, &MAGIC, VERSION)?;
         let total = r.u32("total length")? as usize;
         let heap_vaddr = r.u64("heap address")?;
         let heap_len = r.u64("heap length")?;

@@ -5,14 +5,12 @@
 //! /dev/kvm every KVM test prints `SKIPPED: /dev/kvm not available` and records the skip in
 //! `$KEEL_SKIP_LOG` (scripts/test.sh counts those). The test guest is built if missing.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 /// Longest a guest run may take before the test fails (the runs take about a second).
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -47,8 +45,12 @@ fn testguest() -> PathBuf {
     elf
 }
 
+#[path = "common/run.rs"]
+mod run;
 #[path = "../../keel-kvm/tests/common/skip.rs"]
 mod skip;
+
+use run::{KEEL, Run, run_keel};
 
 /// Whether /dev/kvm can be used; if not, say so loudly and record the skip.
 fn kvm_or_skip(test: &str) -> bool {
@@ -103,69 +105,9 @@ fn system(kernel: &Path, vcpus: u32, cmdline: &str, extra: &str) -> String {
     )
 }
 
-struct Run {
-    status: i32,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {} after {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.status, self.took, self.stdout, self.stderr
-        )
-    }
-}
-
 /// Run `keel` with `args`, killing it after [`RUN_TIMEOUT`].
 fn keel(args: &[&str]) -> Run {
-    let start = Instant::now();
-    let mut child = Command::new(KEEL)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("keel starts");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("keel {args:?} did not finish within {RUN_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let run = Run {
-        status: status.code().unwrap_or(-1),
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-        took: start.elapsed(),
-    };
-    eprintln!(
-        "e2e: keel {} -> exit {} in {:?}",
-        args.join(" "),
-        run.status,
-        run.took
-    );
-    run
+    run_keel("e2e", args, RUN_TIMEOUT, |_| {})
 }
 
 fn run_system(scratch: &Scratch, toml: &str, extra_args: &[&str]) -> Run {

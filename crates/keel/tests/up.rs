@@ -5,19 +5,21 @@
 //! skip in `$KEEL_SKIP_LOG`. The test guest is built if missing. Description errors need no
 //! KVM and always run.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 /// Longest a `keel up` may take before the test fails.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
+#[path = "common/run.rs"]
+mod run;
 #[path = "../../keel-kvm/tests/common/skip.rs"]
 mod skip;
+
+use run::{KEEL, Run, run_keel};
 
 fn kvm_or_skip(test: &str) -> bool {
     skip::kvm_or_skip("up", test)
@@ -93,23 +95,6 @@ fn vm(kernel: &Path, name: &str, cmdline: &str, nets: &[&str], extra: &str) -> S
     s
 }
 
-struct Run {
-    status: i32,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {} after {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.status, self.took, self.stdout, self.stderr
-        )
-    }
-}
-
 impl Run {
     /// The guest lines of VM `name` (`[name] ` prefix removed).
     fn vm_lines(&self, name: &str) -> Vec<&str> {
@@ -134,51 +119,7 @@ impl Run {
 fn keel_with(args: &[&str], on_start: impl FnOnce(u32)) -> Run {
     static ONE_SYSTEM: Mutex<()> = Mutex::new(());
     let _one = ONE_SYSTEM.lock().unwrap_or_else(|p| p.into_inner());
-    let start = Instant::now();
-    let mut child = Command::new(KEEL)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("keel starts");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    on_start(child.id());
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("keel {args:?} did not finish within {RUN_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let run = Run {
-        status: status.code().unwrap_or(-1),
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-        took: start.elapsed(),
-    };
-    eprintln!(
-        "up: keel {} -> exit {} in {:?}",
-        args.join(" "),
-        run.status,
-        run.took
-    );
-    run
+    run_keel("up", args, RUN_TIMEOUT, on_start)
 }
 
 fn keel(args: &[&str]) -> Run {

@@ -721,10 +721,13 @@ echo KEEL-NET-SEND-TIME $t0 $(cut -d' ' -f1 /proc/uptime)",
 /// byte arrived (or 300 s), print the received bytes' sha256 and count, close. `nc`'s
 /// stdin is a pipe that stays open: busybox `nc` half-closes the connection when its stdin
 /// ends (and the script's stdin is /dev/null), which would end the sender's `nc` at once.
+/// `/tmp/r` is created before `nc` starts: the background job's redirection may not have
+/// run yet when the loop first reads it (seen under load: an empty `wc` operand ended the
+/// loop at once and b powered off before a's ping).
 fn net_receiver_cmd() -> String {
     format!(
         "ip link set eth0 up; ip addr add 10.0.0.2/24 dev eth0; \
-sleep 900 | nc -l -p 5000 >/tmp/r & p=$!; \
+: >/tmp/r; sleep 900 | nc -l -p 5000 >/tmp/r & p=$!; \
 n=0; while [ $(wc -c </tmp/r) -lt {bytes} ] && [ $n -lt 3000 ]; do usleep 100000; n=$((n+1)); done; \
 echo KEEL-NET-RECV $(sha256sum /tmp/r | cut -d' ' -f1) $(wc -c </tmp/r); kill $p 2>/dev/null; true",
         bytes = NET_BYTES

@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Longest a guest run may take before the test fails (the runs take about a second).
@@ -50,7 +49,7 @@ mod run;
 #[path = "../../keel-kvm/tests/common/skip.rs"]
 mod skip;
 
-use run::{KEEL, Run, run_keel};
+use run::{KEEL, Run, Scratch, run_keel};
 
 /// Whether /dev/kvm can be used; if not, say so loudly and record the skip.
 fn kvm_or_skip(test: &str) -> bool {
@@ -58,42 +57,12 @@ fn kvm_or_skip(test: &str) -> bool {
 }
 
 /// A temporary directory, removed on drop.
-struct Scratch(PathBuf);
-
 impl Scratch {
-    fn new(test: &str) -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "keel-e2e-{}-{}-{test}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
     fn disk(&self, name: &str, size: u64) -> PathBuf {
         let p = self.path(name);
         let f = std::fs::File::create(&p).unwrap();
         f.set_len(size).unwrap();
         p
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Longest a `keel up` may take before the test fails.
@@ -19,7 +18,7 @@ mod run;
 #[path = "../../keel-kvm/tests/common/skip.rs"]
 mod skip;
 
-use run::{KEEL, Run, run_keel};
+use run::{KEEL, Run, Scratch, run_keel};
 
 fn kvm_or_skip(test: &str) -> bool {
     skip::kvm_or_skip("up", test)
@@ -55,31 +54,9 @@ fn build_testguest(force: bool) -> PathBuf {
 }
 
 /// A temporary directory holding one system file, removed on drop.
-struct Scratch(PathBuf);
-
 impl Scratch {
-    fn new(test: &str) -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "keel-up-{}-{}-{test}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
     fn system(&self, toml: &str) -> PathBuf {
-        let p = self.0.join("system.toml");
-        std::fs::write(&p, toml).unwrap();
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.write("system.toml", toml)
     }
 }
 

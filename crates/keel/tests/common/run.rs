@@ -78,3 +78,41 @@ pub fn run_keel(tag: &str, args: &[&str], timeout: Duration, on_start: impl FnOn
     );
     run
 }
+
+/// A scratch directory for one test, removed on drop.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    /// A fresh directory named after the test binary, this process and `test`.
+    pub fn new(test: &str) -> Scratch {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "keel-{}-{}-{}-{test}",
+            env!("CARGO_CRATE_NAME"),
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// `name` inside the directory.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+
+    /// Write `text` to `name` inside the directory; returns its path.
+    pub fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -10,8 +10,8 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use crate::device::{
-    ActiveQueues, DeviceError, EventSource, EventToken, VirtioDevice, device_type,
-    read_config_bytes,
+    ActiveQueues, DeviceError, EventSource, EventToken, VirtioDevice, check_single_event,
+    device_type, read_config_bytes, single_event,
 };
 use crate::queue::DescriptorChain;
 
@@ -305,17 +305,11 @@ impl<O: ConsoleOutput, I: ConsoleInput> VirtioDevice for Console<O, I> {
     }
 
     fn event_sources(&self) -> Vec<(EventToken, EventSource)> {
-        self.input_backend
-            .event_source()
-            .map(|source| (INPUT_EVENT, source))
-            .into_iter()
-            .collect()
+        single_event(INPUT_EVENT, self.input_backend.event_source())
     }
 
     fn handle_event(&mut self, token: EventToken) -> Result<bool, DeviceError> {
-        if token != INPUT_EVENT || self.input_backend.event_source().is_none() {
-            return Err(DeviceError::NoSuchEvent { token: token.0 });
-        }
+        check_single_event(token, INPUT_EVENT, self.input_backend.event_source())?;
         self.deliver_input()
     }
 }

@@ -145,6 +145,27 @@ pub struct EventSource(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EventToken(pub u32);
 
+/// The event sources of a device that has at most one: `source` under `token`.
+pub(crate) fn single_event(
+    token: EventToken,
+    source: Option<EventSource>,
+) -> Vec<(EventToken, EventSource)> {
+    source.map(|source| (token, source)).into_iter().collect()
+}
+
+/// Whether `got` is the one event token of a device whose only source is `source` under
+/// `token`; [`DeviceError::NoSuchEvent`] otherwise.
+pub(crate) fn check_single_event(
+    got: EventToken,
+    token: EventToken,
+    source: Option<EventSource>,
+) -> Result<(), DeviceError> {
+    if got != token || source.is_none() {
+        return Err(DeviceError::NoSuchEvent { token: got.0 });
+    }
+    Ok(())
+}
+
 /// A virtio device model, driven by a transport.
 ///
 /// Life cycle: the transport negotiates features and queue configuration with the driver,

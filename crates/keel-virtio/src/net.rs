@@ -27,8 +27,8 @@ use alloc::vec::Vec;
 
 use crate::device::features::VIRTIO_F_VERSION_1;
 use crate::device::{
-    ActiveQueues, DeviceError, EventSource, EventToken, VirtioDevice, device_type,
-    read_config_bytes,
+    ActiveQueues, DeviceError, EventSource, EventToken, VirtioDevice, check_single_event,
+    device_type, read_config_bytes, single_event,
 };
 use crate::queue::{DescriptorChain, Queue};
 
@@ -587,17 +587,11 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn event_sources(&self) -> Vec<(EventToken, EventSource)> {
-        self.backend
-            .event_source()
-            .map(|source| (RX_EVENT, source))
-            .into_iter()
-            .collect()
+        single_event(RX_EVENT, self.backend.event_source())
     }
 
     fn handle_event(&mut self, token: EventToken) -> Result<bool, DeviceError> {
-        if token != RX_EVENT || self.backend.event_source().is_none() {
-            return Err(DeviceError::NoSuchEvent { token: token.0 });
-        }
+        check_single_event(token, RX_EVENT, self.backend.event_source())?;
         self.receive()
     }
 

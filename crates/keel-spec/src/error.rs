@@ -394,4 +394,48 @@ pub enum ErrorKind {
         "uplink: {0:?} is not \"tap:<interface>\" with an interface name of 1 to 15 of a-z A-Z 0-9 . _ -"
     )]
     BadUplink(String),
+    /// A `[[vm.shared]]` naming a region that `[[shared]]` does not declare.
+    #[error("region: {region:?} is not declared (declared: {declared})")]
+    UnknownShared {
+        /// The name given.
+        region: String,
+        /// The declared regions, or `none`.
+        declared: String,
+    },
+    /// Two `[[shared]]` regions with the same name.
+    #[error("name {0:?} is used by two shared regions")]
+    DuplicateShared(String),
+    /// One VM mapping one region twice.
+    #[error("region: {region:?} is already mapped by shared {first}")]
+    SharedTwice {
+        /// The region.
+        region: String,
+        /// The VM's earlier mapping of it.
+        first: usize,
+    },
+    /// A shared mapping overlapping RAM, the device window, another mapping or the limit.
+    #[error("region {region:?} at {base:#x}+{size} overlaps {other}")]
+    SharedOverlap {
+        /// The region.
+        region: String,
+        /// The mapping's guest-physical base.
+        base: u64,
+        /// The region's size.
+        size: crate::size::SizeDisplay,
+        /// What it overlaps (`ram 0 (0x0+256 MiB)`, `the x86_64 device window ...`).
+        other: String,
+    },
+    /// A `[[vm.shared]]` stating a size other than the region's.
+    #[error("size: {given} does not match region {region:?}, declared with size {declared}")]
+    SharedSizeMismatch {
+        /// The region.
+        region: String,
+        /// The size the mapping states.
+        given: crate::size::SizeDisplay,
+        /// The declared size.
+        declared: crate::size::SizeDisplay,
+    },
+    /// A declared region no VM maps.
+    #[error("region {0:?} is mapped by no VM (add a [[vm.shared]] naming it, or remove it)")]
+    SharedUnused(String),
 }

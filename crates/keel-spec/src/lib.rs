@@ -36,11 +36,12 @@ pub use error::{ErrorKind, SpecError};
 pub use kernel::{KernelFormat, check_kernel, elf_headers_end, probe_kernel};
 pub use layout::{DeviceWindow, device_window, ram_layout};
 pub use model::{
-    Arch, ConsoleSpec, DiskSpec, HostPath, MacAddr, Memory, NetworkSpec, NicSpec, OnReboot, Output,
-    OutputKind, Placement, RamRegion, System, VmSpec,
+    Access, Arch, ConsoleSpec, DiskSpec, HostPath, MacAddr, Memory, NetworkSpec, NicSpec, OnReboot,
+    Output, OutputKind, Placement, RamRegion, SharedMapSpec, SharedSpec, System, VmSpec,
 };
 pub use plan::{
-    DeviceKind, DevicePlan, DiskPlan, NetworkPlan, NicPlan, PortOwner, PortPlan, SystemPlan, VmPlan,
+    DeviceKind, DevicePlan, DiskPlan, NetworkPlan, NicPlan, PortOwner, PortPlan, SharedMapPlan,
+    SharedRegionPlan, SystemPlan, VmPlan,
 };
 pub use size::{SizeDisplay, parse_size};
 pub use validate::limits;

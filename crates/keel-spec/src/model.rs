@@ -382,6 +382,67 @@ impl NetworkSpec {
     }
 }
 
+/// A guest memory region shared between VMs (`[[shared]]`): declared once, mapped into
+/// each VM that names it in a `[[vm.shared]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedSpec {
+    /// Unique name, `[a-z0-9-]{1,32}`.
+    pub name: String,
+    /// Size in bytes, a multiple of 4 KiB.
+    pub size: u64,
+}
+
+/// What a guest may do with a shared region it maps.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub enum Access {
+    /// Read and write (the default).
+    #[default]
+    ReadWrite,
+    /// Read only: a guest write is reported by its VMM and changes nothing.
+    ReadOnly,
+}
+
+impl Access {
+    /// The name used in the system description (`"rw"` or `"ro"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Access::ReadWrite => "rw",
+            Access::ReadOnly => "ro",
+        }
+    }
+
+    /// Parses the name used in the system description.
+    pub fn from_name(name: &str) -> Option<Access> {
+        match name {
+            "rw" => Some(Access::ReadWrite),
+            "ro" => Some(Access::ReadOnly),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A VM's mapping of a shared region (`[[vm.shared]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedMapSpec {
+    /// The `[[shared]]` region it maps.
+    pub region: String,
+    /// Guest-physical address of its first byte (4 KiB aligned).
+    pub base: u64,
+    /// What the guest may do with it.
+    pub access: Access,
+    /// The region's size as this VM expects it, if the description states it (checked
+    /// against the `[[shared]]` declaration).
+    pub size: Option<u64>,
+}
+
 /// One virtual machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
@@ -411,6 +472,8 @@ pub struct VmSpec {
     pub rng: bool,
     /// virtio-net interfaces, in order, each attached to a declared network.
     pub nics: Vec<NicSpec>,
+    /// Shared regions mapped into this VM, in order, each a declared `[[shared]]`.
+    pub shared: Vec<SharedMapSpec>,
     /// What a guest reset does.
     pub on_reboot: OnReboot,
     /// With [`OnReboot::Restart`]: the most restarts within any minute; one more stops
@@ -439,6 +502,7 @@ impl VmSpec {
             consoles: Vec::new(),
             rng: false,
             nics: Vec::new(),
+            shared: Vec::new(),
             on_reboot: OnReboot::Restart,
             max_restarts_per_minute: VmSpec::DEFAULT_MAX_RESTARTS_PER_MINUTE,
         }
@@ -455,6 +519,7 @@ pub struct System {
     pub(crate) pcpus: Option<u32>,
     pub(crate) vms: Vec<VmSpec>,
     pub(crate) networks: Vec<NetworkSpec>,
+    pub(crate) shared: Vec<SharedSpec>,
 }
 
 impl System {
@@ -470,6 +535,18 @@ impl System {
         vms: Vec<VmSpec>,
         networks: Vec<NetworkSpec>,
     ) -> Result<System, SpecError> {
+        System::with_shared(name, pcpus, vms, networks, Vec::new())
+    }
+
+    /// Like [`System::with_networks`], with guest memory regions (`[[shared]]`) the VMs'
+    /// `[[vm.shared]]` entries map.
+    pub fn with_shared(
+        name: String,
+        pcpus: Option<u32>,
+        vms: Vec<VmSpec>,
+        networks: Vec<NetworkSpec>,
+        shared: Vec<SharedSpec>,
+    ) -> Result<System, SpecError> {
         crate::validate::check_system_name(&name)?;
         crate::validate::check_pcpus(pcpus)?;
         for (index, vm) in vms.iter().enumerate() {
@@ -477,12 +554,19 @@ impl System {
         }
         crate::validate::check_across_vms(&vms)?;
         crate::validate::check_networks(&vms, &networks)?;
+        crate::validate::check_shared(&vms, &shared)?;
         Ok(System {
             name,
             pcpus,
             vms,
             networks,
+            shared,
         })
+    }
+
+    /// The shared regions (`[[shared]]`), in file order.
+    pub fn shared(&self) -> &[SharedSpec] {
+        &self.shared
     }
 
     /// The networks, in file order.

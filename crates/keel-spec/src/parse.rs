@@ -9,8 +9,8 @@ use serde::Deserialize;
 use crate::env::expand;
 use crate::error::{ErrorKind, SpecError};
 use crate::model::{
-    Arch, ConsoleSpec, DiskSpec, HostPath, MacAddr, Memory, NetworkSpec, NicSpec, OnReboot, Output,
-    OutputKind, Placement, RamRegion, System, VmSpec,
+    Access, Arch, ConsoleSpec, DiskSpec, HostPath, MacAddr, Memory, NetworkSpec, NicSpec, OnReboot,
+    Output, OutputKind, Placement, RamRegion, SharedMapSpec, SharedSpec, System, VmSpec,
 };
 use crate::size::parse_size;
 use crate::validate::{check_vm, vm_label};
@@ -163,6 +163,14 @@ impl<'e> Loader<'e> {
         for (index, net) in raw.network.into_iter().enumerate() {
             networks.push(network(index, net)?);
         }
+        let mut shared = Vec::with_capacity(raw.shared.len());
+        for (index, region) in raw.shared.into_iter().enumerate() {
+            let at = crate::validate::shared_label(index, &region.name);
+            shared.push(SharedSpec {
+                size: number(&at, "size", region.size)?,
+                name: region.name,
+            });
+        }
         let mut vms = Vec::with_capacity(raw.vm.len());
         for (index, raw_vm) in raw.vm.into_iter().enumerate() {
             let vm = ctx.vm(index, raw_vm)?;
@@ -170,7 +178,7 @@ impl<'e> Loader<'e> {
             check_vm(index, &vm, pcpus)?;
             vms.push(vm);
         }
-        System::with_networks(name, pcpus, vms, networks)
+        System::with_shared(name, pcpus, vms, networks, shared)
     }
 }
 
@@ -262,6 +270,24 @@ struct RawFile {
     vm: Vec<RawVm>,
     #[serde(default)]
     network: Vec<RawNetwork>,
+    #[serde(default)]
+    shared: Vec<RawShared>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    name: String,
+    size: RawNumber,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSharedMap {
+    region: String,
+    base: RawNumber,
+    access: Option<String>,
+    size: Option<RawNumber>,
 }
 
 #[derive(Deserialize)]
@@ -310,6 +336,8 @@ struct RawVm {
     rng: Option<RawRng>,
     #[serde(default)]
     net: Vec<RawNic>,
+    #[serde(default)]
+    shared: Vec<RawSharedMap>,
     on_reboot: Option<String>,
     max_restarts_per_minute: Option<i64>,
 }
@@ -500,6 +528,32 @@ impl Ctx<'_> {
                 mac,
             });
         }
+        let mut shared = Vec::with_capacity(raw.shared.len());
+        for (i, map) in raw.shared.into_iter().enumerate() {
+            let here = format!("{at}: shared {i}");
+            let access = match &map.access {
+                None => Access::default(),
+                Some(text) => Access::from_name(text).ok_or_else(|| {
+                    SpecError::new(
+                        here.clone(),
+                        ErrorKind::NotOneOf {
+                            key: "access",
+                            value: text.clone(),
+                            expected: "\"rw\", \"ro\"",
+                        },
+                    )
+                })?,
+            };
+            shared.push(SharedMapSpec {
+                base: number(&here, "base", map.base)?,
+                size: match map.size {
+                    Some(size) => Some(number(&here, "size", size)?),
+                    None => None,
+                },
+                region: map.region,
+                access,
+            });
+        }
         Ok(VmSpec {
             name: raw.name,
             arch,
@@ -514,6 +568,7 @@ impl Ctx<'_> {
             consoles,
             rng: raw.rng.is_some(),
             nics,
+            shared,
             on_reboot,
             max_restarts_per_minute,
         })

@@ -24,7 +24,7 @@ use keel_core::arch::aarch64::layout as arm64;
 use keel_core::arch::x86_64::layout as x86;
 
 use crate::layout::ram_layout;
-use crate::model::{Arch, MacAddr, NetworkSpec, System, VmSpec};
+use crate::model::{Access, Arch, MacAddr, NetworkSpec, SharedSpec, System, VmSpec};
 
 /// What a planned virtio device is, and which entry of its VM's description it comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -147,6 +147,37 @@ pub struct NicPlan {
     pub slots: u32,
 }
 
+/// A shared region as one VM sees it (`[[vm.shared]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SharedMapPlan {
+    /// The region's name (`[[shared]] name`).
+    pub region: String,
+    /// Guest-physical base in this VM.
+    pub base: u64,
+    /// Size in bytes (the region's).
+    pub size: u64,
+    /// What this VM may do with it.
+    pub access: Access,
+}
+
+impl SharedMapPlan {
+    /// Whether `gpa` falls inside this mapping.
+    pub fn contains(&self, gpa: u64) -> bool {
+        gpa >= self.base && gpa - self.base < self.size
+    }
+}
+
+/// A shared region of the system and the VMs that map it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SharedRegionPlan {
+    /// The region's name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The VMs that map it, in file order, with each one's mapping.
+    pub users: Vec<(String, SharedMapPlan)>,
+}
+
 /// Everything a backend needs to build one VM, decided from its description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmPlan {
@@ -171,6 +202,9 @@ pub struct VmPlan {
     pub cpus: CpuPlan,
     /// The network interfaces, indexed by [`DeviceKind::Net`]'s `nic`.
     pub nics: Vec<NicPlan>,
+    /// The shared regions this VM maps, in file order. Nothing else besides its RAM and
+    /// devices is backed in its guest-physical space.
+    pub shared: Vec<SharedMapPlan>,
 }
 
 impl VmPlan {
@@ -202,6 +236,15 @@ pub enum PlanError {
         devices: usize,
         /// Slots available.
         slots: u32,
+    },
+    /// A shared mapping of a region that is not given (a `System` never has one; a VM
+    /// with shared regions is planned with its system, [`plan_vm_of`]).
+    #[error("vm {vm:?}: shared region {region:?} is not declared")]
+    UnknownShared {
+        /// VM name.
+        vm: String,
+        /// The region.
+        region: String,
     },
 }
 
@@ -246,20 +289,36 @@ pub const fn serial(arch: Arch) -> SerialPlan {
 /// Plan one VM on its own: a VM with network interfaces needs its system
 /// ([`plan_vm_of`]) and is refused here.
 pub fn plan_vm(vm: &VmSpec) -> Result<VmPlan, PlanError> {
-    plan_vm_in_system(vm, core::slice::from_ref(vm), &[])
+    plan_vm_in_system(vm, core::slice::from_ref(vm), &[], &[])
 }
 
 /// Plan VM `vm` of `system` (its interfaces know their network, port and MAC).
 pub fn plan_vm_of(system: &System, vm: &VmSpec) -> Result<VmPlan, PlanError> {
-    plan_vm_in_system(vm, system.vms(), system.networks())
+    plan_vm_in_system(vm, system.vms(), system.networks(), system.shared())
 }
 
 fn plan_vm_in_system(
     vm: &VmSpec,
     vms: &[VmSpec],
     networks: &[NetworkSpec],
+    shared: &[SharedSpec],
 ) -> Result<VmPlan, PlanError> {
     let mut plan = plan_devices(vm)?;
+    for map in &vm.shared {
+        let region = shared
+            .iter()
+            .find(|r| r.name == map.region)
+            .ok_or_else(|| PlanError::UnknownShared {
+                vm: vm.name.clone(),
+                region: map.region.clone(),
+            })?;
+        plan.shared.push(SharedMapPlan {
+            region: map.region.clone(),
+            base: map.base,
+            size: region.size,
+            access: map.access,
+        });
+    }
     for (i, nic) in vm.nics.iter().enumerate() {
         let network = networks
             .iter()
@@ -345,6 +404,7 @@ fn plan_devices(vm: &VmSpec) -> Result<VmPlan, PlanError> {
             period_us: placement.period_us,
         },
         nics: Vec::new(),
+        shared: Vec::new(),
     })
 }
 
@@ -426,6 +486,8 @@ pub struct SystemPlan {
     pub vms: Vec<VmPlan>,
     /// The networks, in file order.
     pub networks: Vec<NetworkPlan>,
+    /// The shared regions, in file order, each with its users.
+    pub shared: Vec<SharedRegionPlan>,
 }
 
 impl SystemPlan {
@@ -435,20 +497,39 @@ impl SystemPlan {
     }
 }
 
-/// Plan every VM and network of `system`.
+/// Plan every VM, network and shared region of `system`.
 pub fn plan(system: &System) -> Result<SystemPlan, PlanError> {
+    let vms: Vec<VmPlan> = system
+        .vms()
+        .iter()
+        .map(|vm| plan_vm_of(system, vm))
+        .collect::<Result<_, _>>()?;
+    let shared = system
+        .shared()
+        .iter()
+        .map(|region| SharedRegionPlan {
+            name: region.name.clone(),
+            size: region.size,
+            users: vms
+                .iter()
+                .flat_map(|vm| {
+                    vm.shared
+                        .iter()
+                        .filter(|m| m.region == region.name)
+                        .map(|m| (vm.name.clone(), m.clone()))
+                })
+                .collect(),
+        })
+        .collect();
     Ok(SystemPlan {
         name: system.name().into(),
-        vms: system
-            .vms()
-            .iter()
-            .map(|vm| plan_vm_of(system, vm))
-            .collect::<Result<_, _>>()?,
+        vms,
         networks: system
             .networks()
             .iter()
             .map(|net| plan_network(net, system.vms()))
             .collect(),
+        shared,
     })
 }
 

@@ -5,7 +5,7 @@ use alloc::string::{String, ToString};
 
 use crate::error::{ErrorKind, SpecError};
 use crate::layout::{GPA_LIMIT, device_window};
-use crate::model::{Arch, MacAddr, Memory, NetworkSpec, Output, System, VmSpec};
+use crate::model::{Arch, MacAddr, Memory, NetworkSpec, Output, SharedSpec, System, VmSpec};
 use crate::size::SizeDisplay;
 
 /// The limits the validator enforces.
@@ -50,6 +50,12 @@ pub mod limits {
     /// `[[network]] flood_burst`: `1..=MAX_FLOOD_BURST` frames (as
     /// `keel_net::switch::MAX_FLOOD_BURST`).
     pub const MAX_FLOOD_BURST: u32 = 65_536;
+    /// `[[shared]]` regions per system.
+    pub const MAX_SHARED_REGIONS: usize = 16;
+    /// `[[vm.shared]]` mappings per VM.
+    pub const MAX_SHARED_MAPS: usize = 16;
+    /// Bytes of one `[[shared]]` region.
+    pub const MAX_SHARED_SIZE: u64 = 1 << 30;
 }
 
 /// How errors state the range of `flood_rate`.
@@ -613,6 +619,191 @@ pub(crate) fn check_networks(vms: &[VmSpec], networks: &[NetworkSpec]) -> Result
             if a == b {
                 return Err(SpecError::new(at, ErrorKind::AllowSelf(a.clone())));
             }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn shared_label(index: usize, name: &str) -> String {
+    if vm_name_ok(name) {
+        format!("shared {name:?}")
+    } else {
+        format!("shared[{index}]")
+    }
+}
+
+/// Checks the guest memory regions (`[[shared]]`) and every VM's mappings of them
+/// (`[[vm.shared]]`): names, sizes, alignment, no overlap with the VM's RAM, its device
+/// window or its other mappings, each region mapped at most once per VM and by at least
+/// one VM.
+pub(crate) fn check_shared(vms: &[VmSpec], shared: &[SharedSpec]) -> Result<(), SpecError> {
+    if shared.len() > MAX_SHARED_REGIONS {
+        return Err(SpecError::new(
+            "",
+            ErrorKind::TooMany {
+                key: "shared",
+                count: shared.len(),
+                max: MAX_SHARED_REGIONS,
+            },
+        ));
+    }
+    for (index, region) in shared.iter().enumerate() {
+        if !vm_name_ok(&region.name) {
+            return Err(SpecError::new(
+                format!("shared[{index}]"),
+                ErrorKind::BadName {
+                    name: region.name.clone(),
+                    rule: "1 to 32 of a-z 0-9 -",
+                },
+            ));
+        }
+        let at = shared_label(index, &region.name);
+        if shared[..index].iter().any(|r| r.name == region.name) {
+            return Err(SpecError::new(
+                at,
+                ErrorKind::DuplicateShared(region.name.clone()),
+            ));
+        }
+        if region.size == 0 {
+            return Err(SpecError::new(
+                at,
+                ErrorKind::TooSmall {
+                    key: "size",
+                    value: "0".to_string(),
+                    min: "4 KiB",
+                },
+            ));
+        }
+        if region.size % PAGE_SIZE != 0 {
+            return Err(SpecError::new(
+                at,
+                ErrorKind::Unaligned {
+                    key: "size",
+                    value: region.size,
+                },
+            ));
+        }
+        if region.size > MAX_SHARED_SIZE {
+            return Err(SpecError::new(
+                at,
+                ErrorKind::TooLarge {
+                    key: "size",
+                    value: SizeDisplay(region.size).to_string(),
+                    max: "1 GiB",
+                },
+            ));
+        }
+    }
+    for (vm_index, vm) in vms.iter().enumerate() {
+        let vm_at = vm_label(vm_index, Some(&vm.name));
+        if vm.shared.len() > MAX_SHARED_MAPS {
+            return Err(SpecError::new(
+                vm_at,
+                ErrorKind::TooMany {
+                    key: "shared",
+                    count: vm.shared.len(),
+                    max: MAX_SHARED_MAPS,
+                },
+            ));
+        }
+        let window = device_window(vm.arch);
+        let ram = crate::layout::ram_layout(vm);
+        for (i, map) in vm.shared.iter().enumerate() {
+            let at = format!("{vm_at}: shared {i}");
+            let Some(region) = shared.iter().find(|r| r.name == map.region) else {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::UnknownShared {
+                        region: map.region.clone(),
+                        declared: list_or_none(shared.iter().map(|r| r.name.as_str())),
+                    },
+                ));
+            };
+            if let Some(first) = vm.shared[..i].iter().position(|m| m.region == map.region) {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::SharedTwice {
+                        region: map.region.clone(),
+                        first,
+                    },
+                ));
+            }
+            if map.base % PAGE_SIZE != 0 {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::Unaligned {
+                        key: "base",
+                        value: map.base,
+                    },
+                ));
+            }
+            let size = region.size;
+            let overlap = |other: String| {
+                SpecError::new(
+                    at.clone(),
+                    ErrorKind::SharedOverlap {
+                        region: map.region.clone(),
+                        base: map.base,
+                        size: SizeDisplay(size),
+                        other,
+                    },
+                )
+            };
+            match map.base.checked_add(size) {
+                Some(end) if end <= GPA_LIMIT => {}
+                _ => {
+                    return Err(overlap(format!(
+                        "the guest-physical limit {GPA_LIMIT:#x} (it must end below it)"
+                    )));
+                }
+            }
+            let hits = |base: u64, len: u64| {
+                map.base < base.saturating_add(len) && base < map.base.saturating_add(size)
+            };
+            if window.overlaps(map.base, size) {
+                return Err(overlap(format!("the {} device window {window}", vm.arch)));
+            }
+            if let Some((r, &(base, len))) = ram.iter().enumerate().find(|(_, (b, l))| hits(*b, *l))
+            {
+                return Err(overlap(format!("ram {r} ({base:#x}+{})", SizeDisplay(len))));
+            }
+            for (j, other) in vm.shared[..i].iter().enumerate() {
+                let other_size = shared
+                    .iter()
+                    .find(|r| r.name == other.region)
+                    .map_or(0, |r| r.size);
+                if hits(other.base, other_size) {
+                    return Err(overlap(format!(
+                        "shared {j} (region {:?} at {:#x}+{})",
+                        other.region,
+                        other.base,
+                        SizeDisplay(other_size)
+                    )));
+                }
+            }
+            if let Some(given) = map.size {
+                if given != size {
+                    return Err(SpecError::new(
+                        at,
+                        ErrorKind::SharedSizeMismatch {
+                            region: map.region.clone(),
+                            given: SizeDisplay(given),
+                            declared: SizeDisplay(size),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    for (index, region) in shared.iter().enumerate() {
+        if !vms
+            .iter()
+            .any(|vm| vm.shared.iter().any(|m| m.region == region.name))
+        {
+            return Err(SpecError::new(
+                shared_label(index, &region.name),
+                ErrorKind::SharedUnused(region.name.clone()),
+            ));
         }
     }
     Ok(())

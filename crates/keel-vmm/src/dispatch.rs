@@ -92,6 +92,26 @@ pub struct ExitDispatcher {
     pub stats: alloc::sync::Arc<ExitStats>,
     log: Log,
     unmapped: RateLimit,
+    read_only: alloc::vec::Vec<ReadOnlyRegion>,
+    read_only_writes: RateLimit,
+}
+
+/// A guest-physical range the guest may read but not write (a shared region mapped
+/// `access = "ro"`): the hypervisor maps it read-only, so a write exits to the VMM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadOnlyRegion {
+    /// The region's name, for the report.
+    pub name: alloc::string::String,
+    /// Guest-physical base.
+    pub base: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl ReadOnlyRegion {
+    fn contains(&self, gpa: u64) -> bool {
+        gpa >= self.base && gpa - self.base < self.size
+    }
 }
 
 impl core::fmt::Debug for ExitDispatcher {
@@ -115,7 +135,35 @@ impl ExitDispatcher {
             stats: Default::default(),
             log,
             unmapped: RateLimit::new(UNMAPPED_LOG_LIMIT),
+            read_only: alloc::vec::Vec::new(),
+            read_only_writes: RateLimit::new(UNMAPPED_LOG_LIMIT),
         }
+    }
+
+    /// Report writes into `region` (mapped read-only by the hypervisor) as writes to a
+    /// read-only shared region, not as unmapped accesses; they change nothing.
+    pub fn add_read_only(&mut self, region: ReadOnlyRegion) {
+        self.read_only.push(region);
+    }
+
+    /// Writes to read-only shared regions seen so far (logged or not).
+    pub fn read_only_writes(&self) -> u32 {
+        self.read_only_writes.seen()
+    }
+
+    fn read_only_write(&self, vcpu: VcpuId, region: &ReadOnlyRegion, gpa: u64, len: u8) {
+        let more = match self.read_only_writes.allow() {
+            Allowed::Yes => "",
+            Allowed::Last => " (further writes to read-only regions are only counted)",
+            Allowed::No => return,
+        };
+        self.log.log(
+            Level::Warn,
+            format_args!(
+                "vcpu {vcpu}: write of {len} bytes to read-only shared region '{}' at {gpa:#x}: ignored{more}",
+                region.name
+            ),
+        );
     }
 
     /// Unmapped accesses seen so far (logged or not).
@@ -123,19 +171,24 @@ impl ExitDispatcher {
         self.unmapped.seen()
     }
 
-    fn unmapped(&self, vcpu: VcpuId, what: core::fmt::Arguments<'_>) {
-        match self.unmapped.allow() {
-            Allowed::Yes => self
-                .log
-                .log(Level::Debug, format_args!("vcpu {vcpu}: {what}: no device")),
-            Allowed::Last => self.log.log(
-                Level::Debug,
-                format_args!(
-                    "vcpu {vcpu}: {what}: no device (further unmapped accesses are only counted)"
-                ),
-            ),
-            Allowed::No => {}
-        }
+    /// An access to nothing: guest-physical (MMIO) ones are faults of the guest, reported as
+    /// warnings naming the address; port ones (x86 drivers probe ports freely) are debug.
+    fn unmapped(&self, vcpu: VcpuId, kind: &str, what: core::fmt::Arguments<'_>) {
+        let (level, nothing) = if kind == "MMIO" {
+            (
+                Level::Warn,
+                "unmapped guest-physical address (no RAM, device or shared region)",
+            )
+        } else {
+            (Level::Debug, "no device")
+        };
+        let more = match self.unmapped.allow() {
+            Allowed::Yes => "",
+            Allowed::Last => " (further unmapped accesses are only counted)",
+            Allowed::No => return,
+        };
+        self.log
+            .log(level, format_args!("vcpu {vcpu}: {what}: {nothing}{more}"));
     }
 
     fn read(&self, bus: &Bus, vcpu: VcpuId, kind: &str, addr: u64, len: u8) -> u64 {
@@ -146,6 +199,7 @@ impl ExitDispatcher {
             Err(_) => {
                 self.unmapped(
                     vcpu,
+                    kind,
                     format_args!("{kind} read of {len} bytes at {addr:#x} (reads all ones)"),
                 );
                 all_ones(len)
@@ -162,6 +216,7 @@ impl ExitDispatcher {
         {
             self.unmapped(
                 vcpu,
+                kind,
                 format_args!("{kind} write of {len} bytes ({value:#x}) at {addr:#x} (ignored)"),
             );
         }
@@ -186,7 +241,10 @@ impl ExitDispatcher {
                 self.read(&self.mmio, vcpu, "MMIO", gpa, len),
             )),
             VcpuExit::MmioWrite { gpa, len, data } => {
-                self.write(&self.mmio, vcpu, "MMIO", gpa, len, data);
+                match self.read_only.iter().find(|r| r.contains(gpa)) {
+                    Some(region) => self.read_only_write(vcpu, region, gpa, len),
+                    None => self.write(&self.mmio, vcpu, "MMIO", gpa, len, data),
+                }
                 Next::run(ExitAnswer::None)
             }
             VcpuExit::System(event) => Next::Stop(event),
@@ -283,6 +341,94 @@ mod tests {
         assert_eq!(h.stats.pio_writes.load(Ordering::Relaxed), 1);
         assert_eq!(read(0x3f8), mapped_before);
         assert_eq!(read(0x80), Some(Next::run(ExitAnswer::Read(0xff))));
+    }
+
+    fn recording() -> (ExitDispatcher, Arc<crate::testing::RecordingLog>) {
+        let log = Arc::new(crate::testing::RecordingLog::default());
+        let mut h = ExitDispatcher::new(log.clone());
+        let dev: SharedDevice = Arc::new(spin::Mutex::new(Reg(0)));
+        h.mmio.insert(0xd000_0000, 0x1000, dev).unwrap();
+        h.add_read_only(ReadOnlyRegion {
+            name: "x".into(),
+            base: 0x9000_0000,
+            size: 0x1000,
+        });
+        (h, log)
+    }
+
+    #[test]
+    fn write_to_a_read_only_region_is_reported_naming_region_and_address() {
+        let (h, log) = recording();
+
+        let next = h.handle(
+            1,
+            &VcpuExit::MmioWrite {
+                gpa: 0x9000_0010,
+                len: 4,
+                data: 7,
+            },
+        );
+
+        assert_eq!(next, Some(Next::run(ExitAnswer::None)));
+        assert_eq!(
+            log.0.lock().clone(),
+            [(
+                Level::Warn,
+                "vcpu 1: write of 4 bytes to read-only shared region 'x' at 0x90000010: ignored"
+                    .into()
+            )]
+        );
+        assert_eq!((h.read_only_writes(), h.unmapped_accesses()), (1, 0));
+    }
+
+    #[test]
+    fn unmapped_guest_physical_access_is_a_warning_naming_the_address() {
+        let (h, log) = recording();
+
+        let next = h.handle(
+            0,
+            &VcpuExit::MmioRead {
+                gpa: 0x8000_0000,
+                len: 4,
+            },
+        );
+
+        assert_eq!(next, Some(Next::run(ExitAnswer::Read(0xffff_ffff))));
+        assert_eq!(
+            log.0.lock().clone(),
+            [(
+                Level::Warn,
+                "vcpu 0: MMIO read of 4 bytes at 0x80000000 (reads all ones): unmapped \
+                 guest-physical address (no RAM, device or shared region)"
+                    .into()
+            )]
+        );
+    }
+
+    #[test]
+    fn unmapped_port_access_stays_a_debug_message() {
+        let (h, log) = recording();
+
+        h.handle(0, &VcpuExit::PioRead { port: 0x80, len: 1 });
+
+        assert_eq!(log.0.lock()[0].0, Level::Debug);
+    }
+
+    #[test]
+    fn read_only_writes_past_the_limit_are_only_counted() {
+        let (h, log) = recording();
+        let write = VcpuExit::MmioWrite {
+            gpa: 0x9000_0000,
+            len: 1,
+            data: 1,
+        };
+
+        for _ in 0..UNMAPPED_LOG_LIMIT + 4 {
+            h.handle(0, &write);
+        }
+
+        assert_eq!(log.0.lock().len(), UNMAPPED_LOG_LIMIT as usize);
+        assert_eq!(h.read_only_writes(), UNMAPPED_LOG_LIMIT + 4);
     }
 
     #[test]

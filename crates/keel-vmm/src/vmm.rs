@@ -11,11 +11,11 @@ use keel_core::{
     Vm, VmEvent, VmExits,
 };
 use keel_spec::plan::SerialPlan;
-use keel_spec::{Arch, VmPlan};
+use keel_spec::{Access, Arch, VmPlan};
 
 use crate::arm64::SoftArm64;
 use crate::devices::{DeviceBackends, PlacedDevice, build_device};
-use crate::dispatch::{ExitDispatcher, ExitStats, Next};
+use crate::dispatch::{ExitDispatcher, ExitStats, Next, ReadOnlyRegion};
 use crate::log::{Level, Log};
 use crate::serial::{Serial8250, SerialOutput};
 use crate::stop::StopSink;
@@ -89,6 +89,14 @@ impl VmmCore {
             }
         };
         let mut exits = ExitDispatcher::new(log.clone());
+        // The hypervisor maps these read-only; a guest write exits here and is reported.
+        for m in plan.shared.iter().filter(|m| m.access == Access::ReadOnly) {
+            exits.add_read_only(ReadOnlyRegion {
+                name: m.region.clone(),
+                base: m.base,
+                size: m.size,
+            });
+        }
         let serial_irq = match plan.serial {
             SerialPlan::Port { irq, .. } | SerialPlan::Mmio { irq, .. } => irq,
         };

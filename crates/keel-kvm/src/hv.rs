@@ -111,7 +111,13 @@ pub struct KvmVm {
     vcpus: u32,
     /// Keeps the RAM mapped for as long as the VM (whose memory slots point there) lives.
     _mappings: Arc<Vec<Mapping>>,
+    /// Keeps the shared regions mapped for as long as the VM lives (their slots point there).
+    shared: std::sync::Mutex<Vec<Arc<crate::net::Mapping>>>,
 }
+
+/// Memory slot of shared region `i` of a VM: after every possible RAM slot (at most
+/// `keel_spec::limits::MAX_RAM_REGIONS`, which is below this).
+pub const SHARED_SLOT_BASE: u32 = 32;
 
 impl KvmVm {
     fn new(kvm: &Kvm, config: &VmConfig) -> Result<KvmVm, HvError> {
@@ -166,7 +172,48 @@ impl KvmVm {
             arch,
             vcpus: config.vcpus,
             _mappings: mappings,
+            shared: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Map shared region number `index` of this VM (its order in the plan's `shared`) at
+    /// guest-physical `gpa`, backed by `mapping` (a `MAP_SHARED` mapping of the region's
+    /// memory file, as every other VM naming the region maps it). Read-only
+    /// (`KVM_MEM_READONLY`): guest reads hit memory, guest writes exit as MMIO writes.
+    /// The guest's RAM ([`Vm::ram`]) does not include it: devices do not reach it.
+    pub fn map_shared(
+        &self,
+        index: u32,
+        gpa: u64,
+        mapping: Arc<crate::net::Mapping>,
+        read_only: bool,
+    ) -> Result<(), HvError> {
+        let slot = SHARED_SLOT_BASE
+            .checked_add(index)
+            .ok_or(HvError::Invalid {
+                what: "shared region index",
+                value: index.into(),
+            })?;
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: if read_only {
+                kvm_bindings::KVM_MEM_READONLY
+            } else {
+                0
+            },
+            guest_phys_addr: gpa,
+            memory_size: mapping.len() as u64,
+            userspace_addr: mapping.as_ptr() as u64,
+        };
+        // SAFETY: the region points at a live `MAP_SHARED` mapping of exactly its length,
+        // kept alive by `self.shared` for as long as this VM.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(call("KVM_SET_USER_MEMORY_REGION (shared region)"))?;
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(mapping);
+        Ok(())
     }
 
     /// An eventfd KVM signals when the guest writes `value` (32 bits) to MMIO `gpa`:

@@ -132,6 +132,11 @@ impl Mapping {
         self.len == 0
     }
 
+    /// The first byte of the mapping (for a KVM memory slot over it).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
     /// A frame ring window of `slots` slots over the mapping.
     ///
     /// # Safety
@@ -284,6 +289,32 @@ impl PortFds {
             wait_on: unsafe { EventFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(d)) },
         })
     }
+}
+
+/// Take ownership of an inherited memory file named by `arg` (one descriptor number, as
+/// `keel up` passes a shared guest memory region with `--shared`), marking it close-on-exec
+/// again. `taken` collects the numbers already taken, so no descriptor is owned twice.
+pub fn take_inherited_memory(
+    arg: &str,
+    taken: &mut Vec<RawFd>,
+) -> Result<SharedMemory, FdArgError> {
+    let fd: RawFd = arg
+        .trim()
+        .parse()
+        .map_err(|_| FdArgError::Syntax { arg: arg.into() })?;
+    let bad = |reason: String| FdArgError::Fd { fd, reason };
+    if fd <= 2 || taken.contains(&fd) {
+        return Err(bad("named twice or a standard stream".into()));
+    }
+    // SAFETY: changing descriptor flags has no effect on memory.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(bad("not an open file descriptor".into()));
+    }
+    taken.push(fd);
+    // SAFETY: `fd` is open (fcntl succeeded), was inherited for this purpose and is owned
+    // by nothing else in this process (checked against `taken`).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    SharedMemory::from_fd(owned).map_err(|e| bad(e.to_string()))
 }
 
 /// Let the descriptors `fds` survive the next `exec` (clear close-on-exec). For a child's

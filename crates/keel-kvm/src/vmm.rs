@@ -294,6 +294,8 @@ struct LinuxBackends<'a> {
 pub struct VmNetwork {
     plan: VmPlan,
     ports: Vec<Arc<MappedPort>>,
+    /// The shared regions' mappings, in the order of `plan.shared` (kept across restarts).
+    shared: Vec<Arc<crate::net::Mapping>>,
 }
 
 impl std::fmt::Debug for VmNetwork {
@@ -353,7 +355,45 @@ impl VmNetwork {
         Ok(VmNetwork {
             plan,
             ports: mapped,
+            shared: Vec::new(),
         })
+    }
+
+    /// The memory files of the plan's shared regions, one per `plan.shared` entry in
+    /// order (each exactly the planned size), mapped `MAP_SHARED` once here; every build
+    /// of the VM registers them as memory slots at their planned bases.
+    pub fn with_shared(
+        mut self,
+        regions: Vec<crate::net::SharedMemory>,
+    ) -> Result<VmNetwork, VmmError> {
+        if regions.len() != self.plan.shared.len() {
+            return Err(VmmError::Host(format!(
+                "vm {:?}: {} shared memory files given for {} shared regions",
+                self.plan.name,
+                regions.len(),
+                self.plan.shared.len()
+            )));
+        }
+        for (file, m) in regions.iter().zip(&self.plan.shared) {
+            let bad = |what: String| {
+                VmmError::Host(format!(
+                    "vm {:?}: shared region {:?}: {what}",
+                    self.plan.name, m.region
+                ))
+            };
+            if file.len() as u64 != m.size {
+                return Err(bad(format!(
+                    "memory file is {} bytes, the plan says {}",
+                    file.len(),
+                    m.size
+                )));
+            }
+            let mapping = file
+                .map()
+                .map_err(|e| bad(format!("cannot map its memory file: {e}")))?;
+            self.shared.push(Arc::new(mapping));
+        }
+        Ok(self)
     }
 
     /// The eventfds the VM's I/O threads wait on (one per interface).
@@ -585,6 +625,24 @@ impl Vmm {
             ram: plan.ram.clone(),
             vcpus: plan.vcpus,
         })?);
+        // Shared regions: memory slots over the regions' memory files, read-only ones with
+        // KVM_MEM_READONLY (a guest write exits, and keel-vmm reports it).
+        if let Some(n) = network {
+            for (i, (m, mapping)) in n.plan.shared.iter().zip(&n.shared).enumerate() {
+                vm.map_shared(
+                    i as u32,
+                    m.base,
+                    mapping.clone(),
+                    m.access == keel_spec::Access::ReadOnly,
+                )?;
+            }
+        }
+        if plan.shared.len() != network.map_or(0, |n| n.shared.len()) {
+            return Err(VmmError::Host(format!(
+                "vm {:?}: its shared regions have no memory files",
+                spec.name
+            )));
+        }
         let control = Arc::new(Control::default());
         let stop: Arc<dyn StopSink> = control.clone();
         let serial_out = HostSerialOutput(outputs.serial.boxed());

@@ -413,7 +413,38 @@ fn run(
             system.display()
         )));
     }
-    run_vm_to_exit(spec, None, stats, on_reboot)
+    // Shared regions: this VM is their only user here; the memory files live as long as
+    // the VM (its VMM maps them).
+    let network = if spec.shared.is_empty() {
+        None
+    } else {
+        let plan = keel_spec::plan::plan_vm_of(&sys, spec)
+            .map_err(|e| Failure::input(format!("{}: {e}", system.display())))?;
+        let files = plan
+            .shared
+            .iter()
+            .map(|m| {
+                usize::try_from(m.size)
+                    .map_err(|_| std::io::Error::other("too large"))
+                    .and_then(|len| {
+                        keel_kvm::net::SharedMemory::create(
+                            &format!("keel-shared-{}", m.region),
+                            len,
+                        )
+                    })
+                    .map_err(|e| Failure {
+                        status: EXIT_FAILURE,
+                        message: format!("shared region {:?}: {e}", m.region),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Some(
+            keel_kvm::VmNetwork::new(plan, Vec::new())
+                .and_then(|n| n.with_shared(files))
+                .map_err(vmm_failure)?,
+        )
+    };
+    run_vm_to_exit(spec, network, false, stats, on_reboot)
 }
 
 /// A VMM error as a failure: bad input (exit 2) or a VMM/KVM failure (exit 1).
@@ -428,15 +459,15 @@ pub(crate) fn vmm_failure(e: keel_kvm::VmmError) -> Failure {
     }
 }
 
-/// Run VM `spec` (with its network ports, in a `keel up` VMM process) until it stops for
-/// good; its exit status.
+/// Run VM `spec` (with its network ports and shared regions; `in_up`: in a `keel up` VMM
+/// process) until it stops for good; its exit status.
 pub(crate) fn run_vm_to_exit(
     spec: &VmSpec,
     network: Option<keel_kvm::VmNetwork>,
+    in_up: bool,
     stats: bool,
     on_reboot: OnReboot,
 ) -> Result<u8, Failure> {
-    let in_up = network.is_some();
     // The serial console is the terminal: raw mode while the VM runs (Ctrl-A x quits).
     let _raw = if spec.serial == keel_spec::Output::Stdio && !in_up {
         keel_kvm::host::RawTerminal::enable()

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use keel_kvm::log::{self, Level};
-use keel_kvm::net::{PortFds, die_with_parent, drain_eventfd, inherit_across_exec};
+use keel_kvm::net::{PortFds, SharedMemory, die_with_parent, drain_eventfd, inherit_across_exec};
 use keel_net::port::{PortWindows, Service, SwitchService};
 use keel_net::ring::{FrameConsumer, FrameProducer, FrameWindow, MAX_FRAME, Recv, Sent};
 use keel_net::switch::{PortId, Switch};
@@ -316,6 +316,17 @@ pub fn up(
         ports.push(v);
     }
 
+    // One memory file per shared guest region, inherited by the VMM of every VM naming it.
+    let mut shared_files: Vec<SharedMemory> = Vec::with_capacity(plan.shared.len());
+    for region in &plan.shared {
+        let len = usize::try_from(region.size)
+            .map_err(|_| failure(format!("shared region {:?}: too large", region.name)))?;
+        shared_files.push(
+            SharedMemory::create(&format!("keel-shared-{}", region.name), len)
+                .map_err(|e| failure(format!("shared region {:?}: {e}", region.name)))?,
+        );
+    }
+
     let sigfd = signal_fd(&[
         libc::SIGCHLD,
         libc::SIGINT,
@@ -389,6 +400,20 @@ pub fn up(
                 args.push(p.arg());
                 fds.extend(p.raw());
             }
+            for m in &vm.shared {
+                let Some(file) = plan
+                    .shared
+                    .iter()
+                    .position(|r| r.name == m.region)
+                    .and_then(|i| shared_files.get(i))
+                else {
+                    continue;
+                };
+                let fd = file.fd().as_raw_fd();
+                args.push("--shared".into());
+                args.push(fd.to_string());
+                fds.push(fd);
+            }
             match spawn(&args, fds, true) {
                 Ok(mut child) => {
                     let prefix = format!("[{}] ", vm.name);
@@ -413,6 +438,7 @@ pub fn up(
     }
     // The children hold their own copies now.
     drop(ports);
+    drop(shared_files);
 
     let started = Instant::now();
     // Set when keel up stopped the system itself: 128+N for signal N, 1 when a switch died.
@@ -750,14 +776,14 @@ pub(crate) fn report_counters_on_signal(
         .map_err(|e| failure(format!("cannot start the counters thread: {e}")))
 }
 
-/// Hidden `__vmm <system.toml> --vm NAME --log-level L --nic FDS...`: one VM with its
-/// network ports, as `keel run` runs it.
+/// Hidden `__vmm <system.toml> --vm NAME --log-level L --nic FDS... --shared FD...`: one
+/// VM with its network ports and shared regions' memory files, as `keel run` runs it.
 pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
     let mut it = args.iter();
     let system = it
         .next()
         .ok_or_else(|| Failure::input("__vmm: no system file"))?;
-    let (mut vm, mut nics) = (None, Vec::new());
+    let (mut vm, mut nics, mut shared) = (None, Vec::new(), Vec::new());
     while let Some(a) = it.next() {
         match a.as_str() {
             "--vm" => vm = it.next().cloned(),
@@ -767,6 +793,7 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
                 }
             }
             "--nic" => nics.extend(it.next().cloned()),
+            "--shared" => shared.extend(it.next().cloned()),
             other => return Err(Failure::input(format!("__vmm: unexpected {other:?}"))),
         }
     }
@@ -783,8 +810,15 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
         .map_err(|e| Failure::input(format!("__vmm: {e}")))?;
     let plan = keel_spec::plan::plan_vm_of(&sys, spec)
         .map_err(|e| Failure::input(format!("{system}: {e}")))?;
-    let network = keel_kvm::VmNetwork::new(plan, ports).map_err(crate::vmm_failure)?;
-    crate::run_vm_to_exit(spec, Some(network), false, crate::OnReboot::Exit0)
+    let files = shared
+        .iter()
+        .map(|a| keel_kvm::net::take_inherited_memory(a, &mut taken))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::input(format!("__vmm: {e}")))?;
+    let network = keel_kvm::VmNetwork::new(plan, ports)
+        .and_then(|n| n.with_shared(files))
+        .map_err(crate::vmm_failure)?;
+    crate::run_vm_to_exit(spec, Some(network), true, false, crate::OnReboot::Exit0)
 }
 
 /// The uplink port of a switch process: a host tap, joined to the switch by a ring pair in

@@ -868,3 +868,86 @@ fn host_stdin_reaches_a_virtio_console_on_stdio() {
     );
     assert_eq!(out.status.code(), Some(0), "serial: {text}");
 }
+
+/// The test guest, rebuilt (cargo rebuilds only what changed) if it lacks the `mem-*`
+/// tests.
+fn mem_testguest() -> PathBuf {
+    let has_mem =
+        |elf: &Path| std::fs::read(elf).is_ok_and(|b| b.windows(9).any(|w| w == b"mem-wait:"));
+    let elf = testguest();
+    if has_mem(&elf) {
+        return elf;
+    }
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--target", "x86_64-unknown-none"])
+        .current_dir(testguest_dir())
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .status()
+        .expect("cargo runs");
+    assert!(
+        status.success() && has_mem(&elf),
+        "building the test guest with mem-* failed"
+    );
+    elf
+}
+
+#[test]
+fn run_maps_a_shared_region_its_one_vm_writes_and_reads_back() {
+    if !kvm_or_skip("run_maps_a_shared_region_its_one_vm_writes_and_reads_back") {
+        return;
+    }
+    let s = Scratch::new("shared-run");
+    let extra = "[[vm.shared]]\nregion = \"x\"\nbase = \"0x8000_0000\"\n";
+    let toml = format!(
+        "[[shared]]\nname = \"x\"\nsize = \"8K\"\n{}",
+        system(
+            &mem_testguest(),
+            1,
+            "keeltest=mem-write:0x80001ffc:0x12345678,mem-read:0x80001ffc:0x12345678",
+            extra
+        )
+    );
+
+    let run = run_system(&s, &toml, &[]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("keeltest: mem-read 0x80001ffc = 0x12345678"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn access_beyond_ram_reads_all_ones_and_is_reported_with_its_address() {
+    if !kvm_or_skip("access_beyond_ram_reads_all_ones_and_is_reported_with_its_address") {
+        return;
+    }
+    let s = Scratch::new("beyond-ram");
+    // RAM is 64 MiB: 0x1000_0000 is past it and below the device window.
+    let toml = system(
+        &mem_testguest(),
+        1,
+        "keeltest=mem-write:0x10000000:0x1,mem-read:0x10000000:0xffffffff",
+        "",
+    );
+
+    let run = run_system(&s, &toml, &[]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "keel: warning: vcpu 0: MMIO write of 4 bytes (0x1) at 0x10000000 (ignored): unmapped guest-physical address"
+        ),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(
+            "keel: warning: vcpu 0: MMIO read of 4 bytes at 0x10000000 (reads all ones): unmapped guest-physical address"
+        ),
+        "{run:?}"
+    );
+}

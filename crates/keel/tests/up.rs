@@ -785,3 +785,139 @@ fn stats_interval_prints_counters_without_a_signal() {
     // after the stop began).
     assert!(reports >= 2 && b.len() >= 2, "{reports} reports: {run:?}");
 }
+
+/// The test guest, rebuilt once if a stale build lacks the `mem-*` tests.
+fn mem_testguest() -> PathBuf {
+    let has_mem =
+        |elf: &Path| std::fs::read(elf).is_ok_and(|b| b.windows(9).any(|w| w == b"mem-wait:"));
+    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let mut elf = build_testguest(false);
+    if !has_mem(&elf) {
+        elf = build_testguest(true);
+    }
+    assert!(
+        has_mem(&elf),
+        "the test guest at {} has no mem-* tests",
+        elf.display()
+    );
+    elf
+}
+
+/// Region `x` (64 KiB): VM a maps it read-write at 0x8000_0000 and writes a word; VM b
+/// maps it read-only at 0x9000_0000, waits for the word, tries to overwrite it and reads
+/// it back; VM c maps nothing and reads a's address.
+fn shared_system(g: &Path) -> String {
+    let map = |base: &str, access: &str| {
+        format!("[[vm.shared]]\nregion = \"x\"\nbase = \"{base}\"\naccess = \"{access}\"\n")
+    };
+    [
+        "[[shared]]\nname = \"x\"\nsize = \"64K\"\n".to_string(),
+        vm(
+            g,
+            "a",
+            "keeltest=mem-write:0x80000000:0x6b65656c",
+            &[],
+            &map("0x8000_0000", "rw"),
+        ),
+        vm(
+            g,
+            "b",
+            "keeltest=mem-wait:0x90000000:0x6b65656c:60000,mem-write:0x90000000:0xdeadbeef,mem-read:0x90000000:0x6b65656c",
+            &[],
+            &map("0x9000_0000", "ro"),
+        ),
+        vm(g, "c", "keeltest=mem-read:0x80000000:0xffffffff", &[], ""),
+    ]
+    .concat()
+}
+
+#[test]
+fn shared_region_written_by_one_vm_is_read_by_another_at_its_own_base() {
+    if !kvm_or_skip("shared_region_written_by_one_vm_is_read_by_another_at_its_own_base") {
+        return;
+    }
+    let g = mem_testguest();
+    let s = Scratch::new("shared");
+
+    let run = up(&s, &shared_system(&g), &[]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    assert!(
+        run.vm_lines("b")
+            .contains(&"keeltest: mem-wait 0x90000000 = 0x6b65656c"),
+        "{run:?}"
+    );
+    assert!(run.vm_lines("b").contains(&"keeltest: PASS"), "{run:?}");
+}
+
+#[test]
+fn write_to_a_read_only_shared_region_is_reported_and_changes_nothing() {
+    if !kvm_or_skip("write_to_a_read_only_shared_region_is_reported_and_changes_nothing") {
+        return;
+    }
+    let g = mem_testguest();
+    let s = Scratch::new("shared-ro");
+
+    let run = up(&s, &shared_system(&g), &[]);
+
+    assert!(
+        run.stderr.contains(
+            "[b] keel: warning: vcpu 0: write of 4 bytes to read-only shared region 'x' at 0x90000000: ignored"
+        ),
+        "{run:?}"
+    );
+    assert!(
+        run.vm_lines("b")
+            .contains(&"keeltest: mem-read 0x90000000 = 0x6b65656c"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn vm_without_the_region_reads_all_ones_at_anothers_base_and_the_access_is_reported() {
+    if !kvm_or_skip(
+        "vm_without_the_region_reads_all_ones_at_anothers_base_and_the_access_is_reported",
+    ) {
+        return;
+    }
+    let g = mem_testguest();
+    let s = Scratch::new("shared-none");
+
+    let run = up(&s, &shared_system(&g), &[]);
+
+    assert!(
+        run.vm_lines("c")
+            .contains(&"keeltest: mem-read 0x80000000 = 0xffffffff"),
+        "{run:?}"
+    );
+    assert!(run.vm_lines("c").contains(&"keeltest: PASS"), "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "[c] keel: warning: vcpu 0: MMIO read of 4 bytes at 0x80000000 (reads all ones): unmapped guest-physical address"
+        ),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn mapping_of_an_undeclared_shared_region_is_refused_with_one_line_and_exit_2() {
+    let s = Scratch::new("shared-undeclared");
+    let toml = vm(
+        Path::new(KEEL),
+        "a",
+        "",
+        &[],
+        "[[vm.shared]]\nregion = \"x\"\nbase = \"0x8000_0000\"\n",
+    );
+
+    let run = up(&s, &toml, &[]);
+
+    assert_eq!(run.status, 2, "{run:?}");
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 1, "{run:?}");
+    assert!(
+        errors[0].ends_with("vm \"a\": shared 0: region: \"x\" is not declared (declared: none)"),
+        "{}",
+        errors[0]
+    );
+}

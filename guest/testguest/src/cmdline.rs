@@ -4,7 +4,14 @@
 //! - `keeltest=<test>[,<test>...]`: tests to run, in order. Tests: `blk`, `rng`,
 //!   `console`, `smp`, `irq`, `mmio-bench:<N>`, `corrupt:<loop|oob|nostatus>`, `panic`, `fault`,
 //!   `blkbench:<read|write|randread>:<size>[:<total>]`, `pause:<ms>`, `reboot`, `reset-loop`,
-//!   `net` and `all` (= every device test whose device is present, plus `smp`).
+//!   `net`, `mem-write:<addr>:<value>`, `mem-read:<addr>:<expect>`,
+//!   `mem-wait:<addr>:<expect>[:<ms>]` and `all` (= every device test whose device is
+//!   present, plus `smp`).
+//! - The `mem-*` tests access one 32-bit word at guest-physical `<addr>` (identity
+//!   mapped below 4 GiB; 4-byte aligned): `mem-write` stores `<value>`; `mem-read` passes
+//!   iff the word reads `<expect>` (e.g. `0xffffffff` where nothing is mapped);
+//!   `mem-wait` polls until the word reads `<expect>`, failing after `<ms>` (default
+//!   10000) milliseconds.
 //! - `keeltest.disk-pattern=<rw|write|check>`: what `blk` does with its pattern
 //!   (default `rw`: write, flush, read back; `write`: the same, for a later
 //!   `check` boot; `check`: only read and verify a pattern written earlier).
@@ -85,7 +92,33 @@ pub enum Test {
     ResetLoop,
     /// `net`: the virtio-net role named by `keeltest.net=`.
     Net,
+    /// `mem-write:<addr>:<value>`: store a 32-bit word at a guest-physical address.
+    MemWrite {
+        /// Guest-physical address (4-byte aligned, below 4 GiB).
+        addr: u64,
+        /// The word stored.
+        value: u32,
+    },
+    /// `mem-read:<addr>:<expect>`: pass iff the word at `addr` reads `expect`.
+    MemRead {
+        /// Guest-physical address.
+        addr: u64,
+        /// The word expected.
+        expect: u32,
+    },
+    /// `mem-wait:<addr>:<expect>[:<ms>]`: poll until the word at `addr` reads `expect`.
+    MemWait {
+        /// Guest-physical address.
+        addr: u64,
+        /// The word waited for.
+        expect: u32,
+        /// How long to wait, in milliseconds.
+        ms: u32,
+    },
 }
+
+/// Default `ms` of `mem-wait`.
+pub const MEM_WAIT_MS: u32 = 10_000;
 
 /// An Ethernet (MAC) address.
 pub type Mac = [u8; 6];
@@ -404,6 +437,33 @@ fn parse_test(name: &str) -> Option<Test> {
             match kind {
                 "mmio-bench" => Test::MmioBench(u32::try_from(parse_number(arg)?).ok()?),
                 "pause" => Test::Pause(u32::try_from(parse_number(arg)?).ok()?),
+                "mem-write" | "mem-read" | "mem-wait" => {
+                    let mut parts = arg.split(':');
+                    let addr = parse_number(parts.next()?)?;
+                    // Identity-mapped, and a whole aligned word.
+                    if addr % 4 != 0 || addr >= (4 << 30) {
+                        return None;
+                    }
+                    let word = u32::try_from(parse_number(parts.next()?)?).ok()?;
+                    let ms = match (kind, parts.next()) {
+                        ("mem-wait", Some(ms)) => u32::try_from(parse_number(ms)?).ok()?,
+                        ("mem-wait", None) => MEM_WAIT_MS,
+                        (_, Some(_)) => return None,
+                        (_, None) => 0,
+                    };
+                    if parts.next().is_some() {
+                        return None;
+                    }
+                    match kind {
+                        "mem-write" => Test::MemWrite { addr, value: word },
+                        "mem-read" => Test::MemRead { addr, expect: word },
+                        _ => Test::MemWait {
+                            addr,
+                            expect: word,
+                            ms,
+                        },
+                    }
+                }
                 "blkbench" => {
                     let mut parts = arg.split(':');
                     let kind = match parts.next()? {

@@ -17,6 +17,7 @@ mod console;
 mod dma;
 mod fail;
 mod interrupts;
+mod mem;
 mod net;
 mod nettest;
 mod pvh;
@@ -65,6 +66,11 @@ impl fmt::Display for Test {
             Test::Reboot => f.write_str("reboot"),
             Test::ResetLoop => f.write_str("reset-loop"),
             Test::Net => f.write_str("net"),
+            Test::MemWrite { addr, value } => write!(f, "mem-write:{addr:#x}:{value:#x}"),
+            Test::MemRead { addr, expect } => write!(f, "mem-read:{addr:#x}:{expect:#x}"),
+            Test::MemWait { addr, expect, ms } => {
+                write!(f, "mem-wait:{addr:#x}:{expect:#x}:{ms}")
+            }
         }
     }
 }
@@ -135,6 +141,9 @@ impl Machine<'_> {
                 x86::reset()
             }
             Test::Net => nettest::run(self.require(virtio::id::NET, test)?, &self.config.net),
+            Test::MemWrite { addr, value } => mem::write(addr, value),
+            Test::MemRead { addr, expect } => mem::read(addr, expect),
+            Test::MemWait { addr, expect, ms } => mem::wait(addr, expect, ms),
             Test::Panic => panic!("keeltest=panic asked for a panic"),
             Test::Fault => {
                 // SAFETY: deliberately reads a non-canonical address: the CPU

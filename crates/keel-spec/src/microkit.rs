@@ -22,6 +22,13 @@
 //! runs at the priority of the lowest VMM of its network, on the core of its first
 //! member's VMM. An uplink (a host tap) has no seL4 form and is refused.
 //!
+//! Guest shared regions (`[[shared]]`): one memory region each (`keel_shared_<name>`,
+//! [`guest_shared_region_name`]), mapped into the `<virtual_machine>` of every VM whose
+//! `[[vm.shared]]` names it, at that mapping's `base`, `perms="rw"` or `"r"` (`access =
+//! "ro"`), and into nothing else: no VMM, console or switch PD maps it
+//! ([`SystemComponents::check`] holds this). A guest write to an `"r"` mapping is a
+//! permission fault delivered to its VMM, which reports it and skips the instruction.
+//!
 //! Cores ([`placement`]): a VM with `placement.pcpus` gets exactly those; without it, vCPU
 //! `i` goes on core `i mod n`, `n` being the system's `pcpus` if given, else the kernel's
 //! cores. A VMM protection domain runs on the core of its VM's vCPU 0.
@@ -33,7 +40,7 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 
 use crate::layout::ram_layout;
-use crate::model::{Arch, MacAddr, System, VmSpec};
+use crate::model::{Access, Arch, MacAddr, System, VmSpec};
 use crate::plan::NetworkPlan;
 
 /// The board-specific addresses the system file needs (they come from the seL4 backend).
@@ -721,6 +728,26 @@ pub struct SystemComponents {
     pub channels: Vec<ChannelPlan>,
     /// Regions shared by exactly two components (the console and network rings).
     pub shared: Vec<SharedRegion>,
+    /// Guest memory regions (`[[shared]]`): mapped into the named VMs only.
+    pub guest_shared: Vec<GuestSharedRegion>,
+}
+
+/// A guest memory region shared between VMs (`[[shared]]`): the check requires that it is
+/// mapped only into the child VMs of exactly these VMM components, once each, at the
+/// given guest-physical address with the given rights, and by no protection domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestSharedRegion {
+    /// The Microkit memory region ([`guest_shared_region_name`]).
+    pub region: String,
+    /// Each user: the VMM component whose VM maps it, the guest-physical address and the
+    /// Microkit permissions (`rw` or `r`).
+    pub users: Vec<(String, u64, &'static str)>,
+}
+
+/// The Microkit memory region of guest shared region `name` (`keel_shared_<name>`: VM
+/// names hold no `_`, so no `<vm>_...` region can take this name).
+pub fn guest_shared_region_name(name: &str) -> String {
+    format!("keel_shared_{name}")
 }
 
 /// A region two components share (a ring): the check requires that exactly these two map
@@ -790,6 +817,18 @@ pub enum ComponentError {
     /// A channel names a component that does not exist.
     #[error("a channel names unknown component {0}")]
     UnknownComponent(String),
+    /// A guest shared region mapped other than the description says.
+    #[error(
+        "guest shared region {region} must be mapped only into the VMs of {expected}; it is mapped by: {mapped}"
+    )]
+    GuestSharedMappers {
+        /// The region.
+        region: String,
+        /// The declared users (`a_vmm's VM at 0x50000000 rw, ...`).
+        expected: String,
+        /// The actual maps (`nobody` if none).
+        mapped: String,
+    },
 }
 
 impl SystemComponents {
@@ -799,6 +838,7 @@ impl SystemComponents {
     /// mapped by exactly its two owners, once each.
     pub fn check(&self) -> Result<(), ComponentError> {
         self.check_shared()?;
+        self.check_guest_shared()?;
         let declared = |r: &str| self.regions.iter().any(|x| x.name == r);
         let mut vmm_of_region: Vec<(&str, &str)> = Vec::new();
         let mut irq_owner: Vec<(u32, &str)> = Vec::new();
@@ -855,6 +895,51 @@ impl SystemComponents {
                 return Err(ComponentError::ChannelId {
                     component: (*pd).into(),
                     id: *id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every guest shared region is mapped exactly as declared: into the child VM of each
+    /// user once, at its address with its rights, and nowhere else (no PD, no other VM).
+    fn check_guest_shared(&self) -> Result<(), ComponentError> {
+        for g in &self.guest_shared {
+            let mut mapped: Vec<(&str, u64, &str, bool)> = Vec::new();
+            for c in &self.components {
+                for m in c.maps.iter().filter(|m| m.region == g.region) {
+                    mapped.push((&c.name, m.vaddr, m.perms, false));
+                }
+                let vm_maps = c.vm.iter().flat_map(|v| v.maps.iter());
+                for m in vm_maps.filter(|m| m.region == g.region) {
+                    mapped.push((&c.name, m.vaddr, m.perms, true));
+                }
+            }
+            let mut expected: Vec<(&str, u64, &str, bool)> = g
+                .users
+                .iter()
+                .map(|(c, vaddr, perms)| (c.as_str(), *vaddr, *perms, true))
+                .collect();
+            let mut sorted = mapped.clone();
+            sorted.sort();
+            expected.sort();
+            if sorted != expected {
+                let show = |list: &[(&str, u64, &str, bool)]| {
+                    if list.is_empty() {
+                        return "nobody".into();
+                    }
+                    list.iter()
+                        .map(|(c, vaddr, perms, in_vm)| {
+                            let whose = if *in_vm { "'s VM" } else { " itself" };
+                            format!("{c}{whose} at {vaddr:#x} {perms}")
+                        })
+                        .collect::<Vec<String>>()
+                        .join(", ")
+                };
+                return Err(ComponentError::GuestSharedMappers {
+                    region: g.region.clone(),
+                    expected: show(&expected),
+                    mapped: show(&mapped),
                 });
             }
         }
@@ -1026,6 +1111,13 @@ pub fn component_plan(
         }
         regions.push(plain(&sw.heap_region, sw.heap_size));
     }
+    for g in system.shared() {
+        regions.push(plain(&guest_shared_region_name(&g.name), g.size));
+    }
+    let guest_perms = |access: Access| match access {
+        Access::ReadWrite => "rw",
+        Access::ReadOnly => "r",
+    };
     let mut components = Vec::new();
     for (index, (vm, place)) in system.vms().iter().zip(&places).enumerate() {
         let (base, _) = ram_layout(vm)[0];
@@ -1041,6 +1133,20 @@ pub fn component_plan(
                 maps.push(rw(p.from_switch.region.clone(), p.from_switch.vmm_vaddr));
             }
         }
+        let mut vm_maps = vec![
+            MapPlan {
+                perms: "rwx",
+                ..rw(format!("{}_ram", vm.name), base)
+            },
+            MapPlan {
+                cached: false,
+                ..rw("gic_vcpu".into(), layout.gic_cpu_gpa)
+            },
+        ];
+        vm_maps.extend(vm.shared.iter().map(|m| MapPlan {
+            perms: guest_perms(m.access),
+            ..rw(guest_shared_region_name(&m.region), m.base)
+        }));
         let mut irqs = Vec::new();
         if let (0, Some(ci)) = (index, &layout.console_input) {
             maps.push(MapPlan {
@@ -1066,16 +1172,7 @@ pub fn component_plan(
                 budget_us: p.budget_us,
                 period_us: p.period_us,
                 vcpu_cpus: place.vcpu_cpus.clone(),
-                maps: vec![
-                    MapPlan {
-                        perms: "rwx",
-                        ..rw(format!("{}_ram", vm.name), base)
-                    },
-                    MapPlan {
-                        cached: false,
-                        ..rw("gic_vcpu".into(), layout.gic_cpu_gpa)
-                    },
-                ],
+                maps: vm_maps,
             }),
         });
     }
@@ -1141,12 +1238,30 @@ pub fn component_plan(
             }
         }
     }
+    let guest_shared = system
+        .shared()
+        .iter()
+        .map(|g| GuestSharedRegion {
+            region: guest_shared_region_name(&g.name),
+            users: system
+                .vms()
+                .iter()
+                .flat_map(|vm| {
+                    vm.shared
+                        .iter()
+                        .filter(|m| m.region == g.name)
+                        .map(|m| (vmm_pd_name(vm), m.base, guest_perms(m.access)))
+                })
+                .collect(),
+        })
+        .collect();
     Ok(SystemComponents {
         system: system.name().into(),
         regions,
         components,
         channels,
         shared,
+        guest_shared,
     })
 }
 
@@ -1763,5 +1878,111 @@ mod tests {
             plan.check(),
             Err(ComponentError::SharedRegionMappers { ref mapped_by, .. }) if mapped_by == "a_vmm"
         ));
+    }
+
+    fn shared_system() -> System {
+        use crate::model::{SharedMapSpec, SharedSpec};
+        let map = |base: u64, access| SharedMapSpec {
+            region: "x".into(),
+            base,
+            access,
+            size: None,
+        };
+        let mut a = vm("a", 1);
+        a.shared.push(map(0x5000_0000, Access::ReadWrite));
+        let mut b = vm("b", 1);
+        b.shared.push(map(0x6000_0000, Access::ReadOnly));
+        let c = vm("c", 1);
+        System::with_shared(
+            "t".into(),
+            None,
+            vec![a, b, c],
+            Vec::new(),
+            vec![SharedSpec {
+                name: "x".into(),
+                size: 0x10000,
+            }],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn guest_shared_region_is_declared_once_with_its_size() {
+        let x = system_file(&shared_system(), &layout()).unwrap();
+
+        assert_eq!(
+            x.matches("<memory_region name=\"keel_shared_x\" size=\"0x10000\" />")
+                .count(),
+            1,
+            "{x}"
+        );
+    }
+
+    #[test]
+    fn guest_shared_region_is_mapped_into_each_named_vm_at_its_base_with_its_rights() {
+        let x = system_file(&shared_system(), &layout()).unwrap();
+
+        let a = pd_section(&x, "a_vmm");
+        let b = pd_section(&x, "b_vmm");
+        let a_vm = &a[a.find("<virtual_machine").unwrap()..];
+        let b_vm = &b[b.find("<virtual_machine").unwrap()..];
+        assert!(
+            a_vm.contains("<map mr=\"keel_shared_x\" vaddr=\"0x50000000\" perms=\"rw\" />"),
+            "{x}"
+        );
+        assert!(
+            b_vm.contains("<map mr=\"keel_shared_x\" vaddr=\"0x60000000\" perms=\"r\" />"),
+            "{x}"
+        );
+    }
+
+    #[test]
+    fn guest_shared_region_is_mapped_by_no_pd_and_no_other_vm() {
+        let x = system_file(&shared_system(), &layout()).unwrap();
+
+        assert_eq!(x.matches("<map mr=\"keel_shared_x\"").count(), 2, "{x}");
+        assert!(!pd_section(&x, "c_vmm").contains("keel_shared_x"), "{x}");
+        assert!(
+            !pd_section(&x, "keel_console").contains("keel_shared_x"),
+            "{x}"
+        );
+    }
+
+    #[test]
+    fn guest_shared_region_mapped_into_a_vmm_pd_is_refused() {
+        let mut plan = component_plan(&shared_system(), &layout()).unwrap();
+        plan.components[2]
+            .maps
+            .push(rw("keel_shared_x".into(), 0x6_0000_0000));
+
+        let e = plan.check().unwrap_err();
+
+        assert_eq!(
+            e.to_string(),
+            "guest shared region keel_shared_x must be mapped only into the VMs of a_vmm's VM at \
+             0x50000000 rw, b_vmm's VM at 0x60000000 r; it is mapped by: a_vmm's VM at 0x50000000 \
+             rw, b_vmm's VM at 0x60000000 r, c_vmm itself at 0x600000000 rw"
+        );
+    }
+
+    #[test]
+    fn guest_shared_region_mapped_writable_where_declared_read_only_is_refused() {
+        let mut plan = component_plan(&shared_system(), &layout()).unwrap();
+        let b_vm = plan.components[1].vm.as_mut().unwrap();
+        for m in b_vm.maps.iter_mut().filter(|m| m.region == "keel_shared_x") {
+            m.perms = "rw";
+        }
+
+        assert!(matches!(
+            plan.check(),
+            Err(ComponentError::GuestSharedMappers { .. })
+        ));
+    }
+
+    #[test]
+    fn planned_guest_shared_regions_pass_the_isolation_check() {
+        let plan = component_plan(&shared_system(), &layout()).unwrap();
+
+        assert_eq!(plan.check(), Ok(()));
     }
 }

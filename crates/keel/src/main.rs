@@ -309,7 +309,8 @@ fn summary(vm: &VmSpec) -> String {
 }
 
 /// What `keel check` prints: one line per VM, each followed by one indented line per
-/// network interface; then per network one line, one per port and one per allowed pair.
+/// network interface and per shared region it maps; then per shared region one line; then
+/// per network one line, one per port and one per allowed pair.
 fn check_lines(plan: &keel_spec::plan::SystemPlan, sys: &System) -> Vec<String> {
     use keel_spec::plan::PortOwner;
     let mut lines = Vec::new();
@@ -327,6 +328,34 @@ fn check_lines(plan: &keel_spec::plan::SystemPlan, sys: &System) -> Vec<String> 
                 nic.network_name, nic.mac, nic.port
             ));
         }
+        for (i, m) in plan
+            .vm(&vm.name)
+            .map(|p| &p.shared[..])
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            lines.push(format!(
+                "  shared {i}: region {:?} at {:#x}..{:#x} ({})",
+                m.region,
+                m.base,
+                m.base.saturating_add(m.size),
+                m.access
+            ));
+        }
+    }
+    for region in &plan.shared {
+        let users: Vec<String> = region
+            .users
+            .iter()
+            .map(|(vm, m)| format!("vm {vm:?} {} at {:#x}", m.access, m.base))
+            .collect();
+        lines.push(format!(
+            "shared {:?}: {}, mapped by {}",
+            region.name,
+            keel_spec::SizeDisplay(region.size),
+            users.join(", ")
+        ));
     }
     for net in &plan.networks {
         lines.push(format!(

@@ -951,3 +951,33 @@ fn access_beyond_ram_reads_all_ones_and_is_reported_with_its_address() {
         "{run:?}"
     );
 }
+
+#[test]
+fn check_lists_each_vms_shared_regions_and_each_regions_users() {
+    let s = Scratch::new("check-shared");
+    let mut toml = String::from("[[shared]]\nname = \"x\"\nsize = \"64K\"\n");
+    for (name, base, access) in [("t", "0x8000_0000", "rw"), ("u", "0x9000_0000", "ro")] {
+        toml.push_str(
+            &system(&testguest(), 1, "", "").replace("name = \"t\"", &format!("name = \"{name}\"")),
+        );
+        toml.push_str(&format!(
+            "[[vm.shared]]\nregion = \"x\"\nbase = \"{base}\"\naccess = \"{access}\"\n"
+        ));
+    }
+    let sys = s.write("system.toml", &toml);
+
+    let run = keel(&["check", sys.to_str().unwrap()]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        lines.contains(&"  shared 0: region \"x\" at 0x90000000..0x90010000 (ro)"),
+        "{run:?}"
+    );
+    assert!(
+        lines.contains(
+            &"shared \"x\": 64K, mapped by vm \"t\" rw at 0x80000000, vm \"u\" ro at 0x90000000"
+        ),
+        "{run:?}"
+    );
+}

@@ -44,7 +44,11 @@ impl VgicHost for NoGic {
 }
 
 fn build(arch: Arch, soft: bool) -> Built {
-    let plan = plan_vm(&spec(arch)).unwrap();
+    build_plan(&plan_vm(&spec(arch)).unwrap(), soft)
+}
+
+fn build_plan(plan: &keel_spec::VmPlan, soft: bool) -> Built {
+    let plan = plan.clone();
     let vm = FakeVm::new(&plan.ram).unwrap();
     let serial = Collected::default();
     let stop = Arc::new(RecordingStop::default());
@@ -405,4 +409,36 @@ fn arm64_load_reports_the_kernel_initrd_and_device_tree_it_wrote() {
     assert_eq!(loaded.written[1].1, 100);
     assert_eq!(loaded.written[2].0, x0);
     assert!(loaded.written[2].1 > 0);
+}
+
+#[test]
+fn write_exit_into_a_planned_read_only_shared_region_is_reported_as_such_on_both_shapes() {
+    let mut plan = plan_vm(&spec(Arch::X86_64)).unwrap();
+    plan.shared.push(keel_spec::SharedMapPlan {
+        region: "x".into(),
+        base: 0x9000_0000,
+        size: 0x1_0000,
+        access: keel_spec::Access::ReadOnly,
+    });
+    let write = VcpuExit::MmioWrite {
+        gpa: 0x9000_fffc,
+        len: 4,
+        data: 1,
+    };
+    let want = "vcpu 0: write of 4 bytes to read-only shared region 'x' at 0x9000fffc: ignored";
+
+    let b = build_plan(&plan, false);
+    let mut vcpu = FakeVcpu::new(0, vec![write]);
+    run_vcpu(&mut vcpu, &b.core, &b.vm, b.stop.as_ref()).unwrap();
+    let b2 = build_plan(&plan, false);
+    let mut exits = FakeExits::new(vec![VmEvent::Exit {
+        vcpu: 0,
+        exit: write,
+    }]);
+    run_exits(&mut exits, &b2.core, &b2.vm, b2.stop.as_ref(), |_| {}).unwrap();
+
+    for log in [&b.log, &b2.log] {
+        let lines = log.0.lock();
+        assert!(lines.iter().any(|(_, l)| l == want), "{lines:?}");
+    }
 }

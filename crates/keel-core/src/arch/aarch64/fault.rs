@@ -342,6 +342,28 @@ mod tests {
     }
 
     #[test]
+    fn store_to_a_read_only_page_permission_fault_is_a_write_exit_that_skips_the_store() {
+        // A read-only stage-2 mapping (a shared region mapped `ro`): DFSC 0x0f, permission
+        // fault at level 3, instead of a translation fault.
+        let fsr = (dabt(AccessSize::Word, 2, true, false, false) & !0x3f) | 0x0f;
+        let regs = regs_with(2, 0x1234_5678);
+
+        let e = vm_fault_exit(&fault(fsr), &regs).unwrap();
+
+        assert_eq!(
+            (e.exit, e.completion),
+            (
+                VcpuExit::MmioWrite {
+                    gpa: 0x0a00_0070,
+                    len: 4,
+                    data: 0x1234_5678
+                },
+                Completion::Skip { skip: 4 }
+            )
+        );
+    }
+
+    #[test]
     fn store_of_xzr_writes_zero() {
         let regs = GuestRegs {
             x: [u64::MAX; 31],

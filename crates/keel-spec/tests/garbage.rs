@@ -58,6 +58,30 @@ name = "a"
 kernel = "vmlinux"
 memory = "16M"
 "#,
+    r#"
+[[shared]]
+name = "x"
+size = "64K"
+[[vm]]
+name = "a"
+arch = "x86_64"
+kernel = "vmlinux"
+memory = "64M"
+[[vm.shared]]
+region = "x"
+base = "0x8000_0000"
+access = "rw"
+[[vm]]
+name = "b"
+arch = "aarch64"
+kernel = "Image"
+memory = "64M"
+[[vm.shared]]
+region = "x"
+base = 0xffff_f000
+access = "ro"
+size = "64K"
+"#,
 ];
 
 /// Fragments likely to reach odd corners: sizes, addresses, env syntax, TOML structure.
@@ -84,6 +108,12 @@ const TOKENS: &[&str] = &[
     "[[vm.ram]]",
     "[[vm.disk]]",
     "[vm.rng]",
+    "[[shared]]",
+    "[[vm.shared]]",
+    "region",
+    "access",
+    "\"ro\"",
+    "\"rw\"",
     "[system]",
     "{",
     "}",

@@ -413,7 +413,8 @@ fn run(
             system.display()
         )));
     }
-    run_vm_to_exit(spec, None, stats, on_reboot)
+    let scope = keel_kvm::placement::CgroupScope::this_process(sys.name());
+    run_vm_to_exit(spec, None, &scope, stats, on_reboot)
 }
 
 /// A VMM error as a failure: bad input (exit 2) or a VMM/KVM failure (exit 1).
@@ -433,6 +434,7 @@ pub(crate) fn vmm_failure(e: keel_kvm::VmmError) -> Failure {
 pub(crate) fn run_vm_to_exit(
     spec: &VmSpec,
     network: Option<keel_kvm::VmNetwork>,
+    scope: &keel_kvm::placement::CgroupScope,
     stats: bool,
     on_reboot: OnReboot,
 ) -> Result<u8, Failure> {
@@ -451,7 +453,9 @@ pub(crate) fn run_vm_to_exit(
     };
     // Builds the VM (bad input is reported here, before any note), then runs it,
     // restarting it in place on a guest reset as its `on_reboot` says.
-    let handle = keel_kvm::start_vm_with(spec, network).map_err(vmm_failure)?;
+    // A placed VM's process stays on its CPUs: this thread and any it starts, too.
+    keel_kvm::placement::confine_process_for(spec).map_err(vmm_failure)?;
+    let handle = keel_kvm::start_vm_in(spec, network, scope).map_err(vmm_failure)?;
     if let Some(fd) = counters_signal {
         up::report_counters_on_signal(fd, &spec.name, handle.probe())?;
     }

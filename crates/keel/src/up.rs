@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use keel_kvm::log::{self, Level};
 use keel_kvm::net::{PortFds, die_with_parent, drain_eventfd, inherit_across_exec};
+use keel_kvm::placement::CgroupScope;
 use keel_net::port::{PortWindows, Service, SwitchService};
 use keel_net::ring::{FrameConsumer, FrameProducer, FrameWindow, MAX_FRAME, Recv, Sent};
 use keel_net::switch::{PortId, Switch};
@@ -455,6 +456,8 @@ pub fn up(
     // Stop order: VMMs, then switches; reap everything.
     signal_all(&vmms, libc::SIGTERM);
     wait_all(&mut vmms, sigfd);
+    // A VMM process ended by SIGTERM could not remove its budget's cgroup.
+    keel_kvm::placement::remove_system_cgroups(&CgroupScope::this_process(sys.name()));
     for r in relays {
         let _ = r.join();
     }
@@ -784,7 +787,12 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
     let plan = keel_spec::plan::plan_vm_of(&sys, spec)
         .map_err(|e| Failure::input(format!("{system}: {e}")))?;
     let network = keel_kvm::VmNetwork::new(plan, ports).map_err(crate::vmm_failure)?;
-    crate::run_vm_to_exit(spec, Some(network), false, crate::OnReboot::Exit0)
+    // Its budget's cgroup is named after the system and `keel up`'s pid (docs/config.md).
+    let scope = CgroupScope {
+        system: sys.name().to_string(),
+        owner_pid: std::os::unix::process::parent_id(),
+    };
+    crate::run_vm_to_exit(spec, Some(network), &scope, false, crate::OnReboot::Exit0)
 }
 
 /// The uplink port of a switch process: a host tap, joined to the switch by a ring pair in

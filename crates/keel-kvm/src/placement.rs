@@ -5,10 +5,11 @@
 //!   may migrate between); every other thread of the VM (supervisor, I/O, device threads)
 //!   gets the union of the VM's CPUs. A CPU the process may not use is refused before the
 //!   VM is built ([`HostPlacement::prepare`]).
-//! - **Priority** ([`sched_class`]): 100 is `SCHED_OTHER` at nice 0; below 100 a positive
-//!   nice (19 at 0); above 100 `SCHED_RR` with a real-time priority scaled into 1..=99.
-//!   Where the host refuses `SCHED_RR` (no `CAP_SYS_NICE`, `RLIMIT_RTPRIO`) one warning
-//!   says so and the VM runs as `SCHED_OTHER`.
+//! - **Priority** ([`sched_class`]): 100 is `SCHED_OTHER` at nice 0 (the threads keep the
+//!   process's own class: `nice keel run` stays nice); below 100 a positive nice (19 at
+//!   0); above 100 `SCHED_RR` with a real-time priority scaled into 1..=99. Where the host
+//!   refuses it (`EPERM`: no `CAP_SYS_NICE`, `RLIMIT_RTPRIO`) one warning says so and the
+//!   VM runs as `SCHED_OTHER`.
 //! - **Budget** ([`Cgroup`]): `budget_us < period_us` puts the whole VMM process in a cgroup
 //!   of its own, `keel/<system>-<pid>/<vm>` under the cgroup cpu controller's mount (v2
 //!   `cpu.max`, or v1 `cpu.cfs_quota_us`/`cpu.cfs_period_us`), found in
@@ -249,8 +250,9 @@ impl HostPlacement {
     }
 
     /// Put the calling thread (the one that creates the VM's threads) on the VM's CPUs and
-    /// in its class; threads it creates inherit both. A refused `SCHED_RR` is one warning
-    /// and `SCHED_OTHER`; a refused affinity is an error.
+    /// in its class (the default priority, 100, changes nothing); threads it creates
+    /// inherit both. A class the host refuses (`EPERM`) is one warning and `SCHED_OTHER`;
+    /// a refused affinity is an error.
     pub fn apply_to_current_thread(&self) -> Result<(), VmmError> {
         if let Some(union) = &self.union {
             set_thread_affinity(0, union).map_err(|e| {
@@ -261,16 +263,20 @@ impl HostPlacement {
                 ))
             })?;
         }
+        // The default priority leaves the threads as the program runs them (`nice keel run`
+        // stays nice).
+        if self.priority == Placement::DEFAULT_PRIORITY {
+            return Ok(());
+        }
         match set_current_thread_class(self.class) {
             Ok(()) => Ok(()),
+            // Nothing changed: the threads stay SCHED_OTHER at the process's nice value.
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 log::warn(format_args!(
-                    "vm {:?}: priority {} wants {}, which this host does not permit ({e}: needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at least the priority); running as SCHED_OTHER nice 0",
+                    "vm {:?}: priority {} wants {}, which this host does not permit ({e}: needs CAP_SYS_NICE, or an RLIMIT_RTPRIO / RLIMIT_NICE that allows it); running as SCHED_OTHER at this process's nice value",
                     self.vm, self.priority, self.class
                 ));
-                set_current_thread_class(SchedClass::Other { nice: 0 }).map_err(|e| {
-                    VmmError::Host(format!("vm {:?}: cannot set SCHED_OTHER: {e}", self.vm))
-                })
+                Ok(())
             }
             Err(e) => Err(VmmError::Host(format!(
                 "vm {:?}: priority {}: cannot set {}: {e}",
@@ -527,6 +533,9 @@ pub struct Cgroup {
     created: Vec<PathBuf>,
     /// The cgroup the process came from.
     previous: PathBuf,
+    /// Whether the process was moved in (a failed [`Cgroup::enter`] only removes what it
+    /// created).
+    entered: bool,
 }
 
 impl Cgroup {
@@ -575,6 +584,7 @@ impl Cgroup {
             dir: dir.clone(),
             created: Vec::new(),
             previous,
+            entered: false,
         };
         let keel = mount.join("keel");
         let system = scope.system_dir(mount);
@@ -602,6 +612,7 @@ impl Cgroup {
             write_file(&dir.join(name), &value)?;
         }
         write_file(&dir.join("cgroup.procs"), &std::process::id().to_string())?;
+        cgroup.entered = true;
         Ok(cgroup)
     }
 
@@ -619,11 +630,13 @@ impl Cgroup {
 impl Drop for Cgroup {
     fn drop(&mut self) {
         let pid = std::process::id().to_string();
-        if let Err(e) = write_file(&self.previous.join("cgroup.procs"), &pid) {
-            log::warn(format_args!(
-                "cannot move the VMM process back out of cgroup {}: {e}",
-                self.dir.display()
-            ));
+        if self.entered {
+            if let Err(e) = write_file(&self.previous.join("cgroup.procs"), &pid) {
+                log::warn(format_args!(
+                    "cannot move the VMM process back out of cgroup {}: {e}",
+                    self.dir.display()
+                ));
+            }
         }
         for d in self.created.iter().rev() {
             // A system directory another VM still uses stays.

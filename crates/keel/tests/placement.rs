@@ -255,6 +255,47 @@ fn priority_below_100_runs_the_vm_threads_at_a_positive_nice() {
     assert_eq!(seen, [10, 10]);
 }
 
+/// Scheduling policy and real-time priority of thread `tid` of `pid` (fields 41 and 40 of
+/// its `stat`).
+fn policy(pid: u32, tid: u32) -> (i32, i32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    (
+        fields[41 - 3].parse().unwrap(),
+        fields[40 - 3].parse().unwrap(),
+    )
+}
+
+#[test]
+fn priority_above_100_runs_the_vm_threads_as_sched_rr() {
+    let test = "priority_above_100_runs_the_vm_threads_as_sched_rr";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip::skip("placement", test, "not root: SCHED_RR is not permitted");
+        return;
+    }
+    if !kvm_or_skip(test) || !two_cpus_or_skip(test) {
+        return;
+    }
+    let s = Scratch::new("rr");
+    // Pinned to CPU 1 and short: a spinning real-time thread must not hog the host.
+    let toml = system(
+        "rr",
+        1,
+        "keeltest=pause:300",
+        "placement = { pcpus = [1], priority = 177 }",
+    );
+    let mut seen = None;
+
+    let run = run_during(&s, &toml, |pid| {
+        let vcpu = wait_thread(pid, "keel-vcpu0");
+        seen = Some(policy(pid, vcpu));
+    });
+
+    assert_eq!(run.status, 0, "{run:?}");
+    assert_eq!(seen, Some((libc::SCHED_RR, 50)));
+}
+
 #[test]
 fn budget_of_a_quarter_holds_a_spinning_guest_to_a_quarter_of_a_cpu() {
     let test = "budget_of_a_quarter_holds_a_spinning_guest_to_a_quarter_of_a_cpu";

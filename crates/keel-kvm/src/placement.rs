@@ -953,4 +953,21 @@ mod tests {
         assert!(h.is_default());
         assert_eq!(h.bandwidth, None);
     }
+
+    #[test]
+    fn vmm_from_spec_refuses_a_budget_it_cannot_apply() {
+        let mut v = spec(
+            1,
+            Placement {
+                budget_us: 25_000,
+                period_us: 100_000,
+                ..Placement::default()
+            },
+        );
+        v.arch = keel_spec::Arch::host().unwrap();
+
+        let e = crate::Vmm::from_spec(&v).unwrap_err().to_string();
+
+        assert!(e.contains("needs the VM's own cgroup"), "{e}");
+    }
 }

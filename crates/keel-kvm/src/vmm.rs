@@ -555,8 +555,25 @@ impl Vmm {
     /// Build the VM `spec` describes: memory, kernel, devices, vCPUs. The devices, their
     /// slots and interrupts, the firmware description and exit handling are keel-vmm's,
     /// from the spec's plan; this adds KVM and the Linux host resources.
+    ///
+    /// Of the spec's `placement` this applies the vCPU threads' CPUs only: a budget below
+    /// the period is refused (it needs the VM's own cgroup, which [`start_vm`] creates), so
+    /// the VM never runs unbudgeted.
     pub fn from_spec(spec: &VmSpec) -> Result<Vmm, VmmError> {
         check_arch(spec)?;
+        if let Some(p) = spec
+            .placement
+            .as_ref()
+            .filter(|p| p.budget_us < p.period_us)
+        {
+            return Err(VmmError::Unsupported {
+                vm: spec.name.clone(),
+                what: format!(
+                    "placement: budget_us {} < period_us {} needs the VM's own cgroup: run it with keel_kvm::start_vm or run_vm, not Vmm::from_spec",
+                    p.budget_us, p.period_us
+                ),
+            });
+        }
         Vmm::build(spec, &VmOutputs::open(spec)?, None)
     }
 

@@ -78,11 +78,19 @@ pub fn sched_class(priority: u8) -> SchedClass {
     }
 }
 
+/// A `sched_param` of priority `priority` (musl's has more fields than glibc's).
+fn sched_param(priority: i32) -> libc::sched_param {
+    // SAFETY: sched_param is plain data; all-zero is a valid value.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = priority;
+    param
+}
+
 /// Apply `class` to the calling thread (threads it creates afterwards inherit it).
 pub fn set_current_thread_class(class: SchedClass) -> io::Result<()> {
     match class {
         SchedClass::Other { nice } => {
-            let param = libc::sched_param { sched_priority: 0 };
+            let param = sched_param(0);
             // SAFETY: a valid sched_param; pid 0 is the calling thread.
             if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } != 0 {
                 return Err(io::Error::last_os_error());
@@ -94,9 +102,7 @@ pub fn set_current_thread_class(class: SchedClass) -> io::Result<()> {
             Ok(())
         }
         SchedClass::RoundRobin { rt_priority } => {
-            let param = libc::sched_param {
-                sched_priority: rt_priority,
-            };
+            let param = sched_param(rt_priority);
             // SAFETY: a valid sched_param; pid 0 is the calling thread.
             if unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) } != 0 {
                 return Err(io::Error::last_os_error());

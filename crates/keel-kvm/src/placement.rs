@@ -573,16 +573,29 @@ impl Cgroup {
         budget_us: u64,
         period_us: u64,
     ) -> Result<Cgroup, String> {
-        let mount = &controller.mount.mount_point;
-        let version = controller.version;
         let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
-        let here = current_cgroup(&proc_cgroup, version)
+        let here = current_cgroup(&proc_cgroup, controller.version)
             .ok_or_else(|| "this process is in no cgroup of the cpu hierarchy".to_string())?;
+        Cgroup::create_from(controller, scope, vm, budget_us, period_us, &here)
+    }
+
+    /// [`Cgroup::create`] for a process now in cgroup `here` (relative to the hierarchy's
+    /// root).
+    fn create_from(
+        controller: &CpuController,
+        scope: &CgroupScope,
+        vm: &str,
+        budget_us: u64,
+        period_us: u64,
+        here: &str,
+    ) -> Result<Cgroup, String> {
+        let mount = &controller.mount.mount_point;
+        let version = controller.version;
         // Paths in /proc/self/cgroup are relative to the hierarchy's root; the mount may
         // show a subtree of it.
         let root = controller.mount.root.trim_end_matches('/');
-        let relative = here.strip_prefix(root).unwrap_or(&here);
+        let relative = here.strip_prefix(root).unwrap_or(here);
         let previous = mount.join(relative.trim_start_matches('/'));
         let dir = scope.vm_dir(mount, vm);
         let mut cgroup = Cgroup {
@@ -951,6 +964,25 @@ mod tests {
     }
 
     #[test]
+    fn period_beyond_a_second_with_a_budget_is_refused() {
+        let v = spec(
+            1,
+            Placement {
+                budget_us: 1_000_000,
+                period_us: 2_000_000,
+                ..Placement::default()
+            },
+        );
+
+        let e = HostPlacement::prepare(&v, &[0]).unwrap_err().to_string();
+
+        assert!(
+            e.contains("period_us 2000000 is outside 1000..=1000000"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn full_budget_needs_no_bandwidth_limit() {
         let v = spec(1, Placement::default());
 
@@ -975,5 +1007,96 @@ mod tests {
         let e = crate::Vmm::from_spec(&v).unwrap_err().to_string();
 
         assert!(e.contains("needs the VM's own cgroup"), "{e}");
+    }
+
+    /// A directory standing in for a cgroup mount: `Cgroup::enter`'s writes land in plain
+    /// files there (the kernel's control files do not exist, so every write creates one).
+    struct FakeMount(PathBuf);
+
+    impl FakeMount {
+        fn new(name: &str) -> FakeMount {
+            let dir =
+                std::env::temp_dir().join(format!("keel-placement-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            FakeMount(dir)
+        }
+
+        fn controller(&self, version: CgroupVersion) -> CpuController {
+            CpuController {
+                version,
+                mount: Mount {
+                    root: "/".into(),
+                    mount_point: self.0.clone(),
+                    fstype: "cgroup2".into(),
+                    super_options: "rw".into(),
+                },
+            }
+        }
+
+        fn read(&self, path: &str) -> String {
+            std::fs::read_to_string(self.0.join(path)).unwrap_or_else(|e| format!("({e})"))
+        }
+    }
+
+    impl Drop for FakeMount {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn lab() -> CgroupScope {
+        CgroupScope {
+            system: "lab".into(),
+            owner_pid: 7,
+        }
+    }
+
+    #[test]
+    fn v2_cgroup_enables_cpu_down_the_tree_then_writes_cpu_max_and_the_pid() {
+        let m = FakeMount::new("v2");
+        let controller = m.controller(CgroupVersion::V2);
+
+        let c = Cgroup::create_from(&controller, &lab(), "web", 25_000, 100_000, "/").unwrap();
+
+        assert_eq!(c.path(), m.0.join("keel/lab-7/web"));
+        assert_eq!(
+            [
+                m.read("cgroup.subtree_control"),
+                m.read("keel/cgroup.subtree_control"),
+                m.read("keel/lab-7/cgroup.subtree_control"),
+                m.read("keel/lab-7/web/cpu.max"),
+                m.read("keel/lab-7/web/cgroup.procs"),
+            ],
+            [
+                "+cpu".to_string(),
+                "+cpu".into(),
+                "+cpu".into(),
+                "25000 100000".into(),
+                std::process::id().to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn v1_cgroup_writes_period_then_quota_and_the_pid() {
+        let m = FakeMount::new("v1");
+        let controller = m.controller(CgroupVersion::V1);
+
+        let _c = Cgroup::create_from(&controller, &lab(), "web", 25_000, 100_000, "/").unwrap();
+
+        assert_eq!(
+            [
+                m.read("keel/lab-7/web/cpu.cfs_period_us"),
+                m.read("keel/lab-7/web/cpu.cfs_quota_us"),
+                m.read("keel/lab-7/web/cgroup.procs"),
+            ],
+            [
+                "100000".to_string(),
+                "25000".into(),
+                std::process::id().to_string()
+            ]
+        );
+        assert!(!m.0.join("keel/cgroup.subtree_control").exists());
     }
 }

@@ -16,6 +16,10 @@ Environment:
   CLOUD_HYPERVISOR=PATH  also measure Cloud Hypervisor (idem)
   BENCH_DROP_CACHES=1  drop the page cache before every blk run (default: warm cache)
 
+`bench.py budget` (bash bench/run.sh budget) measures only the CPU-budget figure (Keel on
+Linux: the CPU share a busy-looping guest gets at budgets of 10/25/50 % of a period), prints
+its table and writes budget.json in the output directory; the full run includes it.
+
 Exit status: 0 when every run passed and every figure has data for Keel and QEMU,
 1 otherwise, 2 on a setup problem (missing binary, guest, ...).
 """
@@ -72,6 +76,11 @@ RATE_VMS = 4 if QUICK else 8
 RATE_MEM_MIB = 32
 RATE_RUNS = 2 if QUICK else max(3, RUNS // 2)
 RUN_TIMEOUT_S = 60
+BUDGET_PERCENTS = (10, 25, 50)  # placement.budget_us as a share of period_us
+BUDGET_PERIOD_US = 100_000
+BUDGET_SPIN_MS = 3000  # the guest busy-loops this long (`pause:<ms>`)
+BUDGET_WINDOW_S = 2.0  # CPU time is sampled over this much of the loop
+BUDGET_RUNS = 1 if QUICK else 3
 TIME = "/usr/bin/time"  # GNU time (Debian package `time`)
 
 
@@ -422,6 +431,195 @@ def line_time(run: Run, prefix: str) -> tuple[int, float] | None:
         if line.startswith(prefix):
             return i, t
     return None
+
+
+# --------------------------------------------------------------------------- CPU budget
+
+
+def cpu_cgroup_mount() -> tuple[str, Path] | None:
+    """The cgroup cpu controller's (version, mount), by keel's rule (crates/keel-kvm/src/placement.rs):
+    a cgroup2 mount whose cgroup.controllers lists cpu, else a v1 cgroup mount with the cpu option."""
+    mounts = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" ")
+        if "-" not in fields:
+            continue
+        dash = fields.index("-")
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        mounts.append((fields[dash + 1], Path(point), fields[dash + 3].split(",")))
+    for fstype, point, _ in mounts:
+        if fstype == "cgroup2":
+            try:
+                if "cpu" in (point / "cgroup.controllers").read_text().split():
+                    return "v2", point
+            except OSError:
+                pass
+    for fstype, point, opts in mounts:
+        if fstype == "cgroup" and "cpu" in opts:
+            return "v1", point
+    return None
+
+
+def cgroup_cpu_s(d: Path) -> float:
+    """CPU time used by cgroup `d`: v2 cpu.stat usage_usec, v1 cpuacct.usage when cpuacct shares
+    the hierarchy, else the sum of its live threads' run time (/proc/<tid>/schedstat)."""
+    try:
+        m = re.search(r"^usage_usec (\d+)", (d / "cpu.stat").read_text(), re.M)
+        if m:
+            return int(m.group(1)) / 1e6
+    except OSError:
+        pass
+    try:
+        return int((d / "cpuacct.usage").read_text()) / 1e9
+    except (OSError, ValueError):
+        pass
+    ns = 0
+    for tid in (d / "tasks").read_text().split():
+        try:
+            ns += int(Path(f"/proc/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return ns / 1e9
+
+
+def budget_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "not root (a budget needs a cgroup of its own)"
+    if cpu_cgroup_mount() is None:
+        return "no cgroup cpu controller mounted"
+    return None
+
+
+def measure_budget_once(keel: str, elf: Path, work: Path, percent: int) -> tuple[float | None, str]:
+    """The CPU share (of one CPU) of a guest busy-looping under `percent` % of each period."""
+    mount = cpu_cgroup_mount()
+    if mount is None:
+        return None, "no cgroup cpu controller mounted"
+    budget_us = BUDGET_PERIOD_US * percent // 100
+    system = work / "budget.toml"
+    system.write_text(
+        "\n".join(
+            [
+                "[system]",
+                'name = "bench-budget"',
+                "[[vm]]",
+                'name = "t"',
+                'arch = "x86_64"',
+                'memory = "64M"',
+                f"kernel = {json.dumps(str(elf))}",
+                f'cmdline = "keeltest=pause:{BUDGET_SPIN_MS}"',
+                'serial = "stdio"',
+                f"placement = {{ budget_us = {budget_us}, period_us = {BUDGET_PERIOD_US} }}",
+                "",
+            ]
+        )
+    )
+    proc = subprocess.Popen(
+        [keel, "run", str(system)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    cgroup = mount[1] / "keel" / f"bench-budget-{proc.pid}" / "t"
+    share, error = None, ""
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        for raw in proc.stdout:
+            if raw.startswith(b"keeltest: pause"):
+                # The guest spins from here; leave its first 100 ms out.
+                time.sleep(0.1)
+                u0, t0 = cgroup_cpu_s(cgroup), time.monotonic()
+                time.sleep(BUDGET_WINDOW_S)
+                u1, t1 = cgroup_cpu_s(cgroup), time.monotonic()
+                share = (u1 - u0) / (t1 - t0)
+                break
+            if time.monotonic() > deadline:
+                break
+        proc.stdout.read()
+        proc.wait(timeout=RUN_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        proc.kill()
+        proc.wait()
+        error = str(e)
+    if proc.returncode != 0 and not error:
+        tail = proc.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+        error = f"keel exit {proc.returncode}: {' '.join(tail)}"
+    elif share is None and not error:
+        error = "the guest never printed `keeltest: pause`"
+    proc.stderr.close()
+    if cgroup.parent.exists():
+        error = error or f"{cgroup.parent} was not removed"
+    return (share * 100 if share is not None and not error else None), error
+
+
+def measure_budgets(keel: str, elf: Path, work: Path) -> dict:
+    """Every budget of BUDGET_PERCENTS, BUDGET_RUNS times each (interleaved)."""
+    res = {
+        "period_us": BUDGET_PERIOD_US,
+        "spin_ms": BUDGET_SPIN_MS,
+        "window_s": BUDGET_WINDOW_S,
+        "cgroup": None,
+        "measured": {str(p): [] for p in BUDGET_PERCENTS},
+        "failures": [],
+        "skipped": budget_unavailable(),
+    }
+    if res["skipped"]:
+        log(f"budget: not measured: {res['skipped']}")
+        return res
+    version, mount = cpu_cgroup_mount()
+    res["cgroup"] = f"{version} at {mount}"
+    for i in range(BUDGET_RUNS):
+        for p in BUDGET_PERCENTS:
+            share, error = measure_budget_once(keel, elf, work, p)
+            if share is None:
+                res["failures"].append(f"{p} % run {i + 1}: {error}")
+                log(f"budget: {res['failures'][-1]}")
+            else:
+                res["measured"][str(p)].append(share)
+    return res
+
+
+def budget_table(res: dict) -> list[str]:
+    if res["skipped"]:
+        return [f"CPU budget: not measured ({res['skipped']})."]
+    rows = [
+        "| budget (of each period) | measured CPU share, median (min–max) | runs |",
+        "|---|---|---|",
+    ]
+    for p in BUDGET_PERCENTS:
+        vals = res["measured"][str(p)]
+        cell = f"{statistics.median(vals):.1f} % ({min(vals):.1f}–{max(vals):.1f})" if vals else "failed"
+        rows.append(f"| {p} % ({p * res['period_us'] // 100} of {res['period_us']} us) | {cell} | {len(vals)} |")
+    return rows
+
+
+def budget_text(res: dict) -> list[str]:
+    return [
+        "## CPU budget (Keel on Linux)",
+        "",
+        f"The test guest busy-loops (`pause:{res['spin_ms']}`) under `placement = {{ budget_us = B, "
+        f"period_us = {res['period_us']} }}`: keel puts its process in a cgroup of its own "
+        f"(cgroup {res['cgroup'] or '–'}) with that CPU bandwidth. The harness reads the cgroup's CPU time "
+        f"(v2 `cpu.stat` usage_usec; v1 `cpuacct.usage`, or the sum of its threads' `/proc/<tid>/schedstat` "
+        f"when cpuacct is a separate hierarchy) {res['window_s']:.0f} s apart from 100 ms after the guest's "
+        "`keeltest: pause` line; the share is CPU time over wall time, of one CPU.",
+        "",
+        *budget_table(res),
+        "",
+    ]
+
+
+def budget_main() -> int:
+    elf = Path(
+        os.environ.get("KEELTEST_ELF") or ROOT / "guest/testguest/target/x86_64-unknown-none/release/keel-testguest"
+    )
+    keel = os.environ.get("KEEL") or str(Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release/keel")
+    if not elf.is_file() or not os.access(keel, os.X_OK):
+        log(f"budget: needs {keel} and {elf}")
+        return 2
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="keel-bench-") as tmp:
+        res = measure_budgets(keel, elf, Path(tmp))
+    (OUT / "budget.json").write_text(json.dumps(res, indent=1) + "\n")
+    print("\n".join(budget_text(res)))
+    return 1 if res["failures"] else 0
 
 
 # --------------------------------------------------------------------------- figures
@@ -787,6 +985,8 @@ def main() -> int:
                     failed_runs.append(f"rate run {i + 1} {v.name}: {e}")
                     log(failed_runs[-1])
         cache_after = fincore(disk)
+        budget = measure_budgets(keel, elf, work)
+        failed_runs += [f"budget {f}" for f in budget["failures"]]
     load_end = os.getloadavg()
     floor = subprocess.run([TIME, "-f", "%M", "/bin/true"], capture_output=True, text=True).stderr.strip()
     elapsed = time.monotonic() - started
@@ -810,6 +1010,7 @@ def main() -> int:
         "failed_runs": failed_runs,
         "missing": missing,
         "example_output": examples,
+        "budget": budget,
     }
     (OUT / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     write_results_md(results, names, pngs)
@@ -863,7 +1064,7 @@ def write_results_md(res: dict, names: list[str], pngs: list[str]) -> None:
         lines += [f"Missing figures: {', '.join(res['missing'])}", ""]
     for png in pngs:
         lines.append(f"![{png}]({png})")
-    lines += ["", *method_text(res), ""]
+    lines += ["", *budget_text(res["budget"]), *method_text(res), ""]
     analysis = ROOT / "bench" / "ANALYSIS.md"
     if analysis.exists() and res["mode"] == "full":
         lines += [analysis.read_text().rstrip(), ""]
@@ -935,4 +1136,4 @@ def method_text(res: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(budget_main() if sys.argv[1:] == ["budget"] else main())

@@ -2,6 +2,7 @@
 # Keel vs QEMU benchmark: see bench/README.md.
 #   bash bench/run.sh                 full run (~10 min on 2 cores), writes bench/RESULTS.md and PNGs
 #   BENCH_QUICK=1 bash bench/run.sh   smoke check (< 2 min), writes bench/out-quick/
+#   bash bench/run.sh budget          only the CPU-budget figure (Keel on Linux, needs root)
 # Builds keel and the test guest when they are missing; installs matplotlib when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

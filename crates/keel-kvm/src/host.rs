@@ -45,26 +45,6 @@ pub fn note_software_kvm() {
     });
 }
 
-/// Pin the calling thread to host CPU `cpu`.
-pub fn pin_current_thread(cpu: u32) -> std::io::Result<()> {
-    let cpu = usize::try_from(cpu).unwrap_or(usize::MAX);
-    // CPU_SET would index out of the set for such a CPU; the kernel would refuse it anyway.
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    // SAFETY: cpu_set_t is plain data, all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (checked above).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: a valid set of the size passed; pid 0 is the calling thread.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Peak resident set size in bytes (`VmHWM` of /proc/self/status), given its text.
 pub fn parse_vm_hwm(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;

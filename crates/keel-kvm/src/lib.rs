@@ -9,6 +9,7 @@
 //!   can move to a portable crate as is).
 //! - [`devices`]: legacy PC devices as [`keel_core::BusDevice`]s.
 //! - [`vmm`]: building and running a VM from its spec; [`io`]: the I/O thread.
+//! - [`placement`]: a VM's `placement` on Linux (affinity, scheduling class, cgroup budget).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod hv;
 pub mod io;
 pub mod log;
 pub mod net;
+pub mod placement;
 pub mod stats;
 pub mod vcpu;
 pub mod vmm;
@@ -34,5 +36,5 @@ pub use hv::{KvmHypervisor, KvmVm};
 pub use vcpu::KvmVcpu;
 pub use vmm::{
     DeviceCounters, LifecycleEvent, RunReport, VmExitStatus, VmHandle, VmNetwork, VmProbe, Vmm,
-    VmmError, run_vm, start_vm, start_vm_with,
+    VmmError, run_vm, start_vm, start_vm_in, start_vm_with,
 };

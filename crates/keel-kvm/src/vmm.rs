@@ -26,6 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::hv::{KvmHypervisor, KvmVm};
 use crate::io::{self, Doorbell, DoorbellNotifier, IoContext};
+use crate::placement::{self, Cgroup, CgroupScope, HostPlacement};
 use crate::stats::RunStats;
 use crate::vcpu::{KvmVcpu, kick_handler};
 use crate::{host, log};
@@ -569,8 +570,8 @@ pub struct Vmm {
     serial_on_stdio: bool,
     control: Arc<Control>,
     started: Instant,
-    /// Host CPU of each vCPU thread (the spec's `placement.pcpus`).
-    pcpus: Option<Vec<u32>>,
+    /// Host CPUs of each vCPU thread (the spec's `placement.pcpus`).
+    pcpus: Option<Vec<Vec<u32>>>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -594,8 +595,25 @@ impl Vmm {
     /// Build the VM `spec` describes: memory, kernel, devices, vCPUs. The devices, their
     /// slots and interrupts, the firmware description and exit handling are keel-vmm's,
     /// from the spec's plan; this adds KVM and the Linux host resources.
+    ///
+    /// Of the spec's `placement` this applies the vCPU threads' CPUs only: a budget below
+    /// the period is refused (it needs the VM's own cgroup, which [`start_vm`] creates), so
+    /// the VM never runs unbudgeted.
     pub fn from_spec(spec: &VmSpec) -> Result<Vmm, VmmError> {
         check_arch(spec)?;
+        if let Some(p) = spec
+            .placement
+            .as_ref()
+            .filter(|p| p.budget_us < p.period_us)
+        {
+            return Err(VmmError::Unsupported {
+                vm: spec.name.clone(),
+                what: format!(
+                    "placement: budget_us {} < period_us {} needs the VM's own cgroup: run it with keel_kvm::start_vm or run_vm, not Vmm::from_spec",
+                    p.budget_us, p.period_us
+                ),
+            });
+        }
         Vmm::build(spec, &VmOutputs::open(spec)?, None)
     }
 
@@ -607,6 +625,10 @@ impl Vmm {
         network: Option<&VmNetwork>,
     ) -> Result<Vmm, VmmError> {
         let started = Instant::now();
+        // A CPU this process may not use is an error here, before anything is built.
+        let allowed = placement::thread_affinity(0)
+            .map_err(|e| VmmError::Host(format!("cannot read this thread's CPUs: {e}")))?;
+        let pcpus = HostPlacement::prepare(spec, &allowed)?.vcpus;
         let plan = match network {
             Some(n) => n.plan.clone(),
             None => keel_spec::plan::plan_vm(spec).map_err(|e| VmmError::Unsupported {
@@ -728,7 +750,7 @@ impl Vmm {
             serial_on_stdio: spec.serial == Output::Stdio,
             control,
             started,
-            pcpus: spec.placement.as_ref().and_then(|p| p.pcpus.clone()),
+            pcpus,
         })
     }
 
@@ -843,7 +865,7 @@ impl Vmm {
             let vm = vm.clone();
             let control = control.clone();
             let id = vcpu.id();
-            let pcpu = pcpus.as_ref().and_then(|p| p.get(id as usize).copied());
+            let cpus = pcpus.as_ref().and_then(|p| p.get(id as usize).cloned());
             let exited = ExitNotice {
                 index: threads.len(),
                 tx: exited_tx.clone(),
@@ -852,10 +874,13 @@ impl Vmm {
                 .name(format!("keel-vcpu{id}"))
                 .spawn(move || {
                     let _exited = exited;
-                    if let Some(cpu) = pcpu {
-                        if let Err(e) = host::pin_current_thread(cpu) {
+                    if let Some(cpus) = cpus {
+                        // The CPUs were checked against this process's when the VM was
+                        // built; a failure now (the host took a CPU away) is reported.
+                        if let Err(e) = placement::set_thread_affinity(0, &cpus) {
                             log::warn(format_args!(
-                                "vcpu {id}: cannot pin to host CPU {cpu}: {e}; running unpinned"
+                                "vcpu {id}: cannot restrict to host CPUs {}: {e}; it runs on the VM's other CPUs",
+                                placement::cpu_list(&cpus)
                             ));
                         }
                     }
@@ -1080,6 +1105,10 @@ impl VmHandle {
 /// Logs one line per restart and one when the limit stops the VM. The report
 /// [`VmHandle::wait`] returns is the last run's (see
 /// [`RunReport::leave_vm_to_process_exit`]).
+///
+/// The VM's `placement` applies as [`crate::placement`] describes: its threads run on its
+/// CPUs and in its scheduling class; a budget below the period puts this whole process in
+/// the VM's cgroup `keel/keel-<pid>/<vm>` until the VM ends (see [`start_vm_in`]).
 pub fn start_vm(spec: &VmSpec) -> Result<VmHandle, VmmError> {
     start_vm_with(spec, None)
 }
@@ -1087,7 +1116,28 @@ pub fn start_vm(spec: &VmSpec) -> Result<VmHandle, VmmError> {
 /// [`start_vm`] for a VM with network interfaces: `network` holds its plan and ports (how
 /// a `keel up` VMM process starts its VM).
 pub fn start_vm_with(spec: &VmSpec, network: Option<VmNetwork>) -> Result<VmHandle, VmmError> {
+    start_vm_in(spec, network, &CgroupScope::this_process("keel"))
+}
+
+/// [`start_vm_with`] for a VM of a named system: a budgeted VM's cgroup is
+/// `keel/<system>-<owner_pid>/<vm>` (`scope`), under the cgroup cpu controller's mount. The
+/// cgroup is created and this process moved into it before the VM is built; the process
+/// leaves it and it is removed when the VM has stopped for good (or building it failed).
+/// No usable cpu controller (none mounted, not permitted) is an error: the VM does not
+/// run unbudgeted.
+pub fn start_vm_in(
+    spec: &VmSpec,
+    network: Option<VmNetwork>,
+    scope: &CgroupScope,
+) -> Result<VmHandle, VmmError> {
     check_arch(spec)?;
+    let allowed = placement::thread_affinity(0)
+        .map_err(|e| VmmError::Host(format!("cannot read this thread's CPUs: {e}")))?;
+    let host_placement = HostPlacement::prepare(spec, &allowed)?;
+    let cgroup = match host_placement.bandwidth {
+        None => None,
+        Some((budget, period)) => Some(enter_cgroup(&spec.name, scope, budget, period)?),
+    };
     let outputs = VmOutputs::open(spec)?;
     let first = Vmm::build(spec, &outputs, network.as_ref())?;
     let shared = Arc::new(HandleShared::default());
@@ -1099,6 +1149,11 @@ pub fn start_vm_with(spec: &VmSpec, network: Option<VmNetwork>) -> Result<VmHand
         std::thread::Builder::new()
             .name(format!("keel-vm-{}", spec.name))
             .spawn(move || {
+                // Every thread of the VM is created from here: they inherit its CPUs and
+                // class (vCPU threads then narrow to their own CPUs). The cgroup is left
+                // and removed once the last run has stopped.
+                let _cgroup = cgroup;
+                host_placement.apply_to_current_thread()?;
                 supervise(
                     &spec,
                     &outputs,
@@ -1116,6 +1171,29 @@ pub fn start_vm_with(spec: &VmSpec, network: Option<VmNetwork>) -> Result<VmHand
         supervisor: Some(supervisor),
         events: Some(events_rx),
     })
+}
+
+/// Create VM `vm`'s cgroup with `budget_us` per `period_us` and move this process into it.
+fn enter_cgroup(
+    vm: &str,
+    scope: &CgroupScope,
+    budget_us: u64,
+    period_us: u64,
+) -> Result<Cgroup, VmmError> {
+    let fail = |why: String| {
+        VmmError::Host(format!(
+            "vm {vm:?}: placement: budget_us {budget_us} per period_us {period_us} needs a cgroup of its own: {why}"
+        ))
+    };
+    let controller = placement::host_cpu_controller().ok_or_else(|| {
+        fail("this host has no cgroup cpu controller mounted (cgroup v2 with cpu in cgroup.controllers, or a v1 cpu hierarchy)".into())
+    })?;
+    let cgroup = Cgroup::enter(&controller, scope, vm, budget_us, period_us).map_err(fail)?;
+    log::debug(format_args!(
+        "vm {vm:?}: in cgroup {} ({budget_us} us per {period_us} us)",
+        cgroup.path().display()
+    ));
+    Ok(cgroup)
 }
 
 /// The supervisor: run, restart by policy, report.

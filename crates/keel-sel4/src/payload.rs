@@ -415,7 +415,7 @@ mod tests {
                 id: "data".into(),
             }],
             cpus: CpuPlan {
-                vcpu_pcpus: Some(alloc::vec![0, 1]),
+                vcpu_pcpus: Some(alloc::vec![0.into(), 1.into()]),
                 priority: 100,
                 budget_us: 1000,
                 period_us: 1000,

@@ -315,6 +315,22 @@ pub enum ErrorKind {
         /// `system.pcpus`.
         pcpus: u32,
     },
+    /// A vCPU placed on an empty set of CPUs.
+    #[error("placement: pcpus entry {vcpu} (vcpu {vcpu}) is an empty set of CPUs")]
+    EmptyCpuSet {
+        /// The vCPU.
+        vcpu: u32,
+    },
+    /// A CPU listed twice in one vCPU's set.
+    #[error("placement: pcpus entry {vcpu} (vcpu {vcpu}) = {set} lists CPU {pcpu} twice")]
+    CpuTwiceInSet {
+        /// The vCPU.
+        vcpu: u32,
+        /// The CPU listed twice.
+        pcpu: u32,
+        /// The set as written.
+        set: String,
+    },
     /// A scheduling budget longer than its period.
     #[error("placement: budget_us {budget} is longer than period_us {period}")]
     BudgetOverPeriod {

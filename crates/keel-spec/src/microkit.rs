@@ -34,7 +34,7 @@
 //! cores. A VMM protection domain runs on the core of its VM's vCPU 0.
 
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::Write;
@@ -178,6 +178,18 @@ pub enum MicrokitError {
         /// Cores available.
         cores: u32,
     },
+    /// A vCPU placed on a set of several CPUs: Microkit fixes each vCPU's core at build time.
+    #[error(
+        "VM {vm}: vCPU {vcpu} is placed on the CPU set {set}, but Microkit fixes each vCPU's core at build time: give one CPU"
+    )]
+    CpuSet {
+        /// VM name.
+        vm: String,
+        /// vCPU index.
+        vcpu: u32,
+        /// The set as written.
+        set: String,
+    },
     /// More VMs than the console PD has channels for.
     #[error("system: {vms} VMs; the seL4 backend supports at most {max}")]
     TooManyVms {
@@ -247,7 +259,15 @@ pub fn placement(
     for vm in system.vms() {
         let vcpu_cpus: Vec<u32> = match vm.placement.as_ref().and_then(|p| p.pcpus.as_ref()) {
             Some(list) => {
-                for (vcpu, &pcpu) in list.iter().enumerate() {
+                let mut cpus = Vec::with_capacity(list.len());
+                for (vcpu, set) in list.iter().enumerate() {
+                    let Some(pcpu) = set.single() else {
+                        return Err(MicrokitError::CpuSet {
+                            vm: vm.name.clone(),
+                            vcpu: vcpu as u32,
+                            set: set.to_string(),
+                        });
+                    };
                     if pcpu >= cores {
                         return Err(MicrokitError::NoSuchCore {
                             vm: vm.name.clone(),
@@ -256,8 +276,9 @@ pub fn placement(
                             cores,
                         });
                     }
+                    cpus.push(pcpu);
                 }
-                list.clone()
+                cpus
             }
             None => (0..vm.vcpus).map(|i| i % spread).collect(),
         };
@@ -1295,7 +1316,7 @@ pub fn vmm_elves(system: &System) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HostPath, Memory, NetworkSpec, NicSpec, Placement};
+    use crate::model::{CpuSet, HostPath, Memory, NetworkSpec, NicSpec, Placement};
 
     fn layout() -> MicrokitLayout {
         MicrokitLayout {
@@ -1392,7 +1413,7 @@ mod tests {
     fn console_pd_runs_below_the_lowest_vmm_on_the_first_vmms_core() {
         let mut low = vm("low", 1);
         low.placement = Some(Placement {
-            pcpus: Some(vec![2]),
+            pcpus: Some(vec![CpuSet::one(2)]),
             priority: 40,
             ..Placement::default()
         });
@@ -1447,7 +1468,7 @@ mod tests {
     fn placement_sets_cpu_and_scheduling() {
         let mut v = vm("a", 1);
         v.placement = Some(Placement {
-            pcpus: Some(vec![0]),
+            pcpus: Some(vec![CpuSet::one(0)]),
             priority: 50,
             budget_us: 500,
             period_us: 1000,
@@ -1463,7 +1484,7 @@ mod tests {
     fn vcpu_on_a_missing_core_is_refused() {
         let mut v = vm("a", 1);
         v.placement = Some(Placement {
-            pcpus: Some(vec![1]),
+            pcpus: Some(vec![CpuSet::one(1)]),
             ..Placement::default()
         });
         let s = system(vec![v]);
@@ -1504,7 +1525,7 @@ mod tests {
     fn vmm_runs_on_the_core_of_its_vcpu_0() {
         let mut b = vm("b", 2);
         b.placement = Some(Placement {
-            pcpus: Some(vec![3, 1]),
+            pcpus: Some(vec![CpuSet::one(3), CpuSet::one(1)]),
             ..Placement::default()
         });
 
@@ -1514,6 +1535,37 @@ mod tests {
         assert!(x.contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"3\">"));
         assert_eq!(x.matches("<vcpu id=\"1\" cpu=\"1\" />").count(), 2);
         assert!(x.contains("<vcpu id=\"0\" cpu=\"3\" />"));
+    }
+
+    #[test]
+    fn vcpu_on_a_set_of_several_cpus_is_refused_naming_vm_and_vcpu() {
+        let mut b = vm("b", 2);
+        b.placement = Some(Placement {
+            pcpus: Some(vec![CpuSet::one(0), CpuSet::new(vec![1, 2])]),
+            ..Placement::default()
+        });
+        let s = system(vec![b]);
+
+        let e = placement(&s, &layout_cores(4)).unwrap_err();
+
+        assert_eq!(
+            e.to_string(),
+            "VM b: vCPU 1 is placed on the CPU set [1, 2], but Microkit fixes each vCPU's core at build time: give one CPU"
+        );
+    }
+
+    #[test]
+    fn one_cpu_set_places_like_its_cpu() {
+        let mut b = vm("b", 2);
+        b.placement = Some(Placement {
+            pcpus: Some(vec![CpuSet::new(vec![2]), CpuSet::one(2)]),
+            ..Placement::default()
+        });
+        let s = system(vec![b]);
+
+        let p = placement(&s, &layout_cores(4)).unwrap();
+
+        assert_eq!(p[0].vcpu_cpus, vec![2, 2]);
     }
 
     #[test]
@@ -1759,7 +1811,7 @@ mod tests {
         let mut placed = vm("b", 1);
         placed.nics = vec![nic("lan"), nic("dmz")];
         placed.placement = Some(Placement {
-            pcpus: Some(vec![1]),
+            pcpus: Some(vec![CpuSet::one(1)]),
             priority: 60,
             ..Placement::default()
         });

@@ -192,12 +192,67 @@ pub struct ConsoleSpec {
     pub output: Output,
 }
 
-/// Where a VM's vCPUs run and how they are scheduled (seL4: MCS scheduling context; KVM:
-/// thread affinity, the rest is advisory).
+/// The physical CPUs one vCPU may run on: one CPU (the vCPU is pinned there) or a set it may
+/// migrate between. `pcpus = [0, [1, 2]]` in a description is `[CpuSet::one(0),
+/// CpuSet::new(vec![1, 2])]`; a one-element set is the same as its CPU.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct CpuSet(Vec<u32>);
+
+impl CpuSet {
+    /// Exactly CPU `cpu`.
+    pub fn one(cpu: u32) -> CpuSet {
+        CpuSet(alloc::vec![cpu])
+    }
+
+    /// The CPUs `cpus`, in the order given (validation refuses an empty set and duplicates).
+    pub fn new(cpus: Vec<u32>) -> CpuSet {
+        CpuSet(cpus)
+    }
+
+    /// The CPUs, in the order given.
+    pub fn cpus(&self) -> &[u32] {
+        &self.0
+    }
+
+    /// The CPU, when the set has exactly one.
+    pub fn single(&self) -> Option<u32> {
+        match self.0.as_slice() {
+            [cpu] => Some(*cpu),
+            _ => None,
+        }
+    }
+}
+
+impl From<u32> for CpuSet {
+    fn from(cpu: u32) -> CpuSet {
+        CpuSet::one(cpu)
+    }
+}
+
+impl fmt::Display for CpuSet {
+    /// As written in a description: `3`, or `[1, 2]` for a set of several CPUs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(cpu) = self.single() {
+            return write!(f, "{cpu}");
+        }
+        f.write_str("[")?;
+        for (i, cpu) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{cpu}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+/// Where a VM's vCPUs run and how they are scheduled (seL4: MCS scheduling context; Linux/KVM:
+/// thread affinity, scheduling class and a cgroup CPU bandwidth limit; docs/config.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
-    /// Physical CPU of each vCPU (`pcpus[i]` runs vCPU `i`); `None` leaves it to the host.
-    pub pcpus: Option<Vec<u32>>,
+    /// Physical CPUs of each vCPU (`pcpus[i]` is where vCPU `i` may run); `None` leaves it
+    /// to the host.
+    pub pcpus: Option<Vec<CpuSet>>,
     /// Scheduling priority, 0..=254 (255 is kept for the kernel-side monitor).
     pub priority: u8,
     /// CPU time per period, in microseconds.

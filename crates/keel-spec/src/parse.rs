@@ -9,8 +9,8 @@ use serde::Deserialize;
 use crate::env::expand;
 use crate::error::{ErrorKind, SpecError};
 use crate::model::{
-    Access, Arch, ConsoleSpec, DiskSpec, HostPath, MacAddr, Memory, NetworkSpec, NicSpec, OnReboot,
-    Output, OutputKind, Placement, RamRegion, SharedMapSpec, SharedSpec, System, VmSpec,
+    Access, Arch, ConsoleSpec, CpuSet, DiskSpec, HostPath, MacAddr, Memory, NetworkSpec, NicSpec,
+    OnReboot, Output, OutputKind, Placement, RamRegion, SharedMapSpec, SharedSpec, System, VmSpec,
 };
 use crate::size::parse_size;
 use crate::validate::{check_vm, vm_label};
@@ -352,10 +352,47 @@ struct RawRam {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPlacement {
-    pcpus: Option<Vec<i64>>,
+    pcpus: Option<Vec<RawCpuSet>>,
     priority: Option<i64>,
     budget_us: Option<i64>,
     period_us: Option<i64>,
+}
+
+/// One `pcpus` entry: a CPU, or the set of CPUs a vCPU may migrate between.
+enum RawCpuSet {
+    One(i64),
+    Set(Vec<i64>),
+}
+
+impl<'de> Deserialize<'de> for RawCpuSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawCpuSet;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a CPU number or an array of CPU numbers such as [1, 2]")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawCpuSet, E> {
+                Ok(RawCpuSet::One(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawCpuSet, E> {
+                i64::try_from(v)
+                    .map(RawCpuSet::One)
+                    .map_err(|_| E::custom("integer too large"))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawCpuSet, A::Error> {
+                let mut cpus = Vec::new();
+                while let Some(cpu) = seq.next_element::<i64>()? {
+                    cpus.push(cpu);
+                }
+                Ok(RawCpuSet::Set(cpus))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -650,12 +687,20 @@ fn placement(at: &str, raw: RawPlacement) -> Result<Placement, SpecError> {
             },
         )
     };
+    let cpu = |p: i64| u32::try_from(p).map_err(|_| range("placement: pcpus", p, "0..=1023"));
     let pcpus = match raw.pcpus {
         None => None,
         Some(list) => Some(
             list.into_iter()
-                .map(|p| u32::try_from(p).map_err(|_| range("placement: pcpus", p, "0..=1023")))
-                .collect::<Result<Vec<u32>, _>>()?,
+                .map(|entry| match entry {
+                    RawCpuSet::One(p) => cpu(p).map(CpuSet::one),
+                    RawCpuSet::Set(set) => set
+                        .into_iter()
+                        .map(cpu)
+                        .collect::<Result<Vec<u32>, _>>()
+                        .map(CpuSet::new),
+                })
+                .collect::<Result<Vec<CpuSet>, _>>()?,
         ),
     };
     let priority = match raw.priority {

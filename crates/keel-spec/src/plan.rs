@@ -113,8 +113,8 @@ pub enum SerialPlan {
 /// Where a VM's vCPUs run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuPlan {
-    /// Physical CPU of vCPU `i`, if the description pins it.
-    pub vcpu_pcpus: Option<Vec<u32>>,
+    /// Physical CPUs of vCPU `i`, if the description places it.
+    pub vcpu_pcpus: Option<Vec<crate::model::CpuSet>>,
     /// Scheduling priority (0..=254).
     pub priority: u8,
     /// CPU time per period, microseconds.

@@ -188,9 +188,26 @@ pub(crate) fn check_vm(index: usize, vm: &VmSpec, pcpus: Option<u32>) -> Result<
                     vcpus: vm.vcpus,
                 });
             }
-            if let Some(limit) = pcpus {
-                if let Some(&pcpu) = list.iter().find(|&&p| p >= limit) {
-                    return err(ErrorKind::PcpuOutOfRange { pcpu, pcpus: limit });
+            // Several vCPUs may share a CPU (`[1, 1]`); inside one vCPU's set each CPU once.
+            for (vcpu, set) in list.iter().enumerate() {
+                let vcpu = vcpu as u32;
+                let cpus = set.cpus();
+                if cpus.is_empty() {
+                    return err(ErrorKind::EmptyCpuSet { vcpu });
+                }
+                for (i, &pcpu) in cpus.iter().enumerate() {
+                    if cpus[..i].contains(&pcpu) {
+                        return err(ErrorKind::CpuTwiceInSet {
+                            vcpu,
+                            pcpu,
+                            set: set.to_string(),
+                        });
+                    }
+                    if let Some(limit) = pcpus {
+                        if pcpu >= limit {
+                            return err(ErrorKind::PcpuOutOfRange { pcpu, pcpus: limit });
+                        }
+                    }
                 }
             }
         }

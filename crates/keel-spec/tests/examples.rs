@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_spec::{Arch, Loader, Memory, System};
+use keel_spec::{Arch, CpuSet, Loader, Memory, System};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -64,7 +64,7 @@ fn pinned_example_has_two_vms_on_their_own_pcpus() {
     assert_eq!(system.vm("db").unwrap().memory, Memory::Size(512 << 20));
     assert_eq!(
         system.vm("web").unwrap().placement.as_ref().unwrap().pcpus,
-        Some(vec![0, 1])
+        Some(vec![CpuSet::one(0), CpuSet::one(1)])
     );
 }
 

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Scratch, x86_vm};
-use keel_spec::{Arch, Loader, Memory, OnReboot, Output, Placement, RamRegion, ram_layout};
+use keel_spec::{Arch, CpuSet, Loader, Memory, OnReboot, Output, Placement, RamRegion, ram_layout};
 
 #[test]
 fn minimal_vm_gets_documented_defaults() {
@@ -77,7 +77,7 @@ output = "null"
     assert_eq!(
         vm.placement,
         Some(Placement {
-            pcpus: Some(vec![0, 1]),
+            pcpus: Some(vec![CpuSet::one(0), CpuSet::one(1)]),
             priority: 120,
             budget_us: 500,
             period_us: 1000
@@ -545,6 +545,95 @@ fn placement_beyond_system_pcpus_is_rejected() {
         s.error(&text),
         r#"vm "web": placement: pcpu 2 is out of range (system.pcpus = 2)"#
     );
+}
+
+#[test]
+fn hybrid_pcpus_mix_pinned_cpus_and_cpu_sets() {
+    let s = Scratch::new();
+    let text = format!(
+        "[system]\npcpus = 3\n{}",
+        x86_vm("vcpus = 3\nplacement = { pcpus = [0, [1, 2], [2]] }")
+    );
+
+    let system = s.parse(&text).unwrap();
+
+    assert_eq!(
+        system.vms()[0].placement.as_ref().unwrap().pcpus,
+        Some(vec![
+            CpuSet::one(0),
+            CpuSet::new(vec![1, 2]),
+            CpuSet::new(vec![2])
+        ])
+    );
+}
+
+#[test]
+fn several_vcpus_may_share_one_cpu() {
+    let s = Scratch::new();
+    let text = format!(
+        "[system]\npcpus = 2\n{}",
+        x86_vm("vcpus = 2\nplacement = { pcpus = [1, 1] }")
+    );
+
+    let system = s.parse(&text).unwrap();
+
+    assert_eq!(
+        system.vms()[0].placement.as_ref().unwrap().pcpus,
+        Some(vec![CpuSet::one(1), CpuSet::one(1)])
+    );
+}
+
+#[test]
+fn empty_cpu_set_is_rejected_naming_the_vcpu() {
+    let s = Scratch::new();
+    let text = x86_vm("vcpus = 2\nplacement = { pcpus = [0, []] }");
+    assert_eq!(
+        s.error(&text),
+        r#"vm "web": placement: pcpus entry 1 (vcpu 1) is an empty set of CPUs"#
+    );
+}
+
+#[test]
+fn cpu_twice_in_one_set_is_rejected_naming_it() {
+    let s = Scratch::new();
+    let text = x86_vm("vcpus = 2\nplacement = { pcpus = [[0, 1, 0], 1] }");
+    assert_eq!(
+        s.error(&text),
+        r#"vm "web": placement: pcpus entry 0 (vcpu 0) = [0, 1, 0] lists CPU 0 twice"#
+    );
+}
+
+#[test]
+fn cpu_set_beyond_system_pcpus_is_rejected() {
+    let s = Scratch::new();
+    let text = format!(
+        "[system]\npcpus = 2\n{}",
+        x86_vm("vcpus = 2\nplacement = { pcpus = [0, [1, 2]] }")
+    );
+    assert_eq!(
+        s.error(&text),
+        r#"vm "web": placement: pcpu 2 is out of range (system.pcpus = 2)"#
+    );
+}
+
+#[test]
+fn negative_cpu_in_a_set_is_rejected_naming_it() {
+    let s = Scratch::new();
+    let text = x86_vm("vcpus = 2\nplacement = { pcpus = [0, [1, -1]] }");
+    assert_eq!(
+        s.error(&text),
+        r#"vm "web": placement: pcpus: -1 is out of range (0..=1023)"#
+    );
+}
+
+#[test]
+fn pcpus_entry_that_is_neither_cpu_nor_set_is_rejected() {
+    let s = Scratch::new();
+    let text = x86_vm("placement = { pcpus = [\"0\"] }");
+
+    let e = s.error(&text);
+
+    assert!(e.contains("a CPU number or an array of CPU numbers"), "{e}");
 }
 
 #[test]

@@ -473,7 +473,8 @@ fn run(
                 .map_err(vmm_failure)?,
         )
     };
-    run_vm_to_exit(spec, network, false, stats, on_reboot)
+    let scope = keel_kvm::placement::CgroupScope::this_process(sys.name());
+    run_vm_to_exit(spec, network, false, &scope, stats, on_reboot)
 }
 
 /// A VMM error as a failure: bad input (exit 2) or a VMM/KVM failure (exit 1).
@@ -494,6 +495,7 @@ pub(crate) fn run_vm_to_exit(
     spec: &VmSpec,
     network: Option<keel_kvm::VmNetwork>,
     in_up: bool,
+    scope: &keel_kvm::placement::CgroupScope,
     stats: bool,
     on_reboot: OnReboot,
 ) -> Result<u8, Failure> {
@@ -511,7 +513,9 @@ pub(crate) fn run_vm_to_exit(
     };
     // Builds the VM (bad input is reported here, before any note), then runs it,
     // restarting it in place on a guest reset as its `on_reboot` says.
-    let handle = keel_kvm::start_vm_with(spec, network).map_err(vmm_failure)?;
+    // A placed VM's process stays on its CPUs: this thread and any it starts, too.
+    keel_kvm::placement::confine_process_for(spec).map_err(vmm_failure)?;
+    let handle = keel_kvm::start_vm_in(spec, network, scope).map_err(vmm_failure)?;
     if let Some(fd) = counters_signal {
         up::report_counters_on_signal(fd, &spec.name, handle.probe())?;
     }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use keel_kvm::log::{self, Level};
 use keel_kvm::net::{PortFds, SharedMemory, die_with_parent, drain_eventfd, inherit_across_exec};
+use keel_kvm::placement::CgroupScope;
 use keel_net::port::{PortWindows, Service, SwitchService};
 use keel_net::ring::{FrameConsumer, FrameProducer, FrameWindow, MAX_FRAME, Recv, Sent};
 use keel_net::switch::{PortId, Switch};
@@ -481,6 +482,8 @@ pub fn up(
     // Stop order: VMMs, then switches; reap everything.
     signal_all(&vmms, libc::SIGTERM);
     wait_all(&mut vmms, sigfd);
+    // A VMM process ended by SIGTERM could not remove its budget's cgroup.
+    keel_kvm::placement::remove_system_cgroups(&CgroupScope::this_process(sys.name()));
     for r in relays {
         let _ = r.join();
     }
@@ -818,7 +821,19 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
     let network = keel_kvm::VmNetwork::new(plan, ports)
         .and_then(|n| n.with_shared(files))
         .map_err(crate::vmm_failure)?;
-    crate::run_vm_to_exit(spec, Some(network), true, false, crate::OnReboot::Exit0)
+    // Its budget's cgroup is named after the system and `keel up`'s pid (docs/config.md).
+    let scope = CgroupScope {
+        system: sys.name().to_string(),
+        owner_pid: std::os::unix::process::parent_id(),
+    };
+    crate::run_vm_to_exit(
+        spec,
+        Some(network),
+        true,
+        &scope,
+        false,
+        crate::OnReboot::Exit0,
+    )
 }
 
 /// The uplink port of a switch process: a host tap, joined to the switch by a ring pair in

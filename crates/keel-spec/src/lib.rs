@@ -16,6 +16,7 @@
 
 extern crate alloc;
 
+pub mod colour;
 mod error;
 mod kernel;
 mod layout;
@@ -36,8 +37,8 @@ pub use error::{ErrorKind, SpecError};
 pub use kernel::{KernelFormat, check_kernel, elf_headers_end, probe_kernel};
 pub use layout::{DeviceWindow, device_window, ram_layout};
 pub use model::{
-    Arch, ConsoleSpec, DiskSpec, HostPath, MacAddr, Memory, NetworkSpec, NicSpec, OnReboot, Output,
-    OutputKind, Placement, RamRegion, System, VmSpec,
+    Arch, ConsoleSpec, DiskSpec, HostPath, Llc, MacAddr, Memory, NetworkSpec, NicSpec, OnReboot,
+    Output, OutputKind, Placement, RamRegion, System, VmSpec,
 };
 pub use plan::{
     DeviceKind, DevicePlan, DiskPlan, NetworkPlan, NicPlan, PortOwner, PortPlan, SystemPlan, VmPlan,

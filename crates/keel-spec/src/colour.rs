@@ -33,7 +33,8 @@ pub struct ColouredRun {
 /// Why coloured RAM cannot be placed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ColourError {
-    /// No colour, a colour out of range, or a size that is no whole number of pages.
+    /// No colour, a colour out of range, more colours than
+    /// [`crate::limits::MAX_COLOURS`], or a size that is no whole number of pages.
     Input,
     /// The pages do not fit between `floor` and `top`: they would start at `lowest`
     /// (`None`: below address 0).
@@ -57,6 +58,7 @@ pub fn coloured_runs(
 ) -> Result<Vec<ColouredRun>, ColourError> {
     if set.is_empty()
         || colours == 0
+        || colours > crate::limits::MAX_COLOURS
         || bytes % PAGE != 0
         || set.iter().any(|&c| u64::from(c) >= colours)
     {

@@ -267,6 +267,17 @@ pub enum MicrokitError {
         /// The limit in MiB.
         max_mib: u64,
     },
+    /// Coloured RAM cut into more memory regions than the Microkit tool handles in
+    /// reasonable time.
+    #[error(
+        "system: coloured RAM takes {regions} memory regions; at most {max} (the Microkit tool's time grows with their square: about a minute for 16384). Give VMs runs of consecutive colours (one region per run and colour period) or less RAM"
+    )]
+    TooManyColouredRegions {
+        /// Regions of all coloured VMs.
+        regions: usize,
+        /// The limit ([`MAX_COLOURED_REGIONS`]).
+        max: usize,
+    },
     /// The system declares more physical CPUs than the kernel runs on.
     #[error(
         "system: pcpus = {pcpus}, but the seL4 kernel runs on {cores} core(s) (pick an SDK config with more, e.g. smp-debug)"
@@ -671,8 +682,21 @@ pub fn coloured_ram(
         }
         out.push(Some(runs));
     }
+    let regions: usize = out.iter().flatten().map(Vec::len).sum();
+    if regions > MAX_COLOURED_REGIONS {
+        return Err(MicrokitError::TooManyColouredRegions {
+            regions,
+            max: MAX_COLOURED_REGIONS,
+        });
+    }
     Ok(out)
 }
+
+/// Most memory regions of coloured RAM in one system. The Microkit tool (2.x) compares
+/// every region with every map and every fixed-address region with every other, so its
+/// time grows with the square of the regions: measured here about 4 s for 4 096, 21 s for
+/// 8 192, 64 s for 16 384 (docs/sel4.md, "Cache colouring").
+pub const MAX_COLOURED_REGIONS: usize = 16_384;
 
 /// Name of memory region `i` of the coloured RAM of `vm`.
 pub fn coloured_region_name(vm: &VmSpec, i: usize) -> String {
@@ -2128,5 +2152,27 @@ mod tests {
             check(&llc_system(vec![coloured("a", 16, &[0])]), &lay),
             Err(MicrokitError::NoColourPool { vm: "a".into() })
         );
+    }
+
+    #[test]
+    fn coloured_ram_in_more_regions_than_the_tool_handles_is_refused() {
+        // Every other colour: every page is a region of its own. 32 MiB is 8192 of them,
+        // 34 MiB 8704: 16 896 in all.
+        let s = llc_system(vec![
+            coloured("v0", 32, &[0, 2, 4, 6]),
+            coloured("v1", 34, &[1, 3, 5, 7]),
+        ]);
+        let fewer = llc_system(vec![coloured("v0", 32, &[0, 2, 4, 6])]);
+
+        let e = check(&s, &layout()).unwrap_err();
+
+        assert_eq!(
+            e,
+            MicrokitError::TooManyColouredRegions {
+                regions: 16_896,
+                max: MAX_COLOURED_REGIONS
+            }
+        );
+        assert_eq!(check(&fewer, &layout()), Ok(()));
     }
 }

@@ -6,7 +6,9 @@
 //! prebuilt VMM ELF ([`crate::elf`], [`crate::payload`]); append the console configuration
 //! to the prebuilt console ELF ([`crate::console`]) and each network's switch
 //! configuration to a copy of the prebuilt switch ELF ([`crate::switch`]); write the Microkit
-//! system file (`keel_spec::microkit`); run the SDK's `microkit` tool.
+//! system file (`keel_spec::microkit`); run the SDK's `microkit` tool; for a system with
+//! coloured RAM, refuse an image whose capDL initialiser would run out of capability slots
+//! at boot ([`ToolReport::initialiser_slots`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -321,7 +323,7 @@ impl Sdk {
 /// and twice the CNode's bytes when that is more.
 pub fn colour_pool_end(root_cnode_bits: u32) -> u64 {
     let cnode = 1u64 << (root_cnode_bits + 5);
-    board::RAM_END - board::RAM_TOP_RESERVE.max(2 * cnode)
+    board::RAM_END.saturating_sub(board::RAM_TOP_RESERVE.max(2 * cnode))
 }
 
 /// The value of `#define <name> <n>` in a kernel `gen_config.h`.
@@ -1002,6 +1004,8 @@ mod tests {
         assert_eq!(colour_pool_end(17), 0xBF00_0000);
         // 2^20 slots: a 32 MiB CNode, 64 MiB kept.
         assert_eq!(colour_pool_end(20), 0xBC00_0000);
+        // A CNode larger than RAM leaves no pool (and no underflow).
+        assert_eq!(colour_pool_end(30), 0);
     }
 
     #[test]

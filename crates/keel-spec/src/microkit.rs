@@ -7,6 +7,11 @@
 //! interface. Everything else the guest touches faults to its VMM. Placement becomes the
 //! scheduling parameters (priority, budget, period) and `<vcpu cpu="N">`.
 //!
+//! A VM with `cache_colours` ([`coloured_ram`]): its RAM is many regions `<vm>_ram_<i>`
+//! with fixed physical addresses, each a run of consecutive pages of its colours taken from
+//! the board's colour pool ([`ColourLayout`]), mapped back to back from its guest RAM base
+//! and at the same offsets from [`MicrokitLayout::vmm_ram_vaddr`] in its VMM.
+//!
 //! The console component ([`console_component`]): one `keel_console` PD (program
 //! `keel-console.elf`) owns the debug console's output; each VMM gets one ring region
 //! (`<vm>_console_ring`) mapped into that VMM and into the console PD only, and one channel

@@ -20,8 +20,9 @@ skip() {
 
 [ -n "${MICROKIT_SDK:-}" ] || skip "MICROKIT_SDK is not set; the cost of cache colouring was NOT measured"
 guest=${KEEL_CACHE:-$HOME/.cache/keel}/guest/arm64
-[ -f "$guest/vmlinuz" ] && [ -f "$guest/initrd.cpio.gz" ] \
-    || skip "no guest in $guest (run guest/linux/build.sh arm64)"
+if [ ! -f "$guest/vmlinuz" ] || [ ! -f "$guest/initrd.cpio.gz" ]; then
+    skip "no guest in $guest (run guest/linux/build.sh arm64)"
+fi
 command -v qemu-system-aarch64 >/dev/null || skip "qemu-system-aarch64 is not installed"
 
 keel=${KEEL:-${CARGO_TARGET_DIR:-target}/release/keel}

@@ -258,10 +258,10 @@ fn coloured_guest_boots_and_reads_and_writes_its_virtio_disk() {
 }
 
 /// Two Debian VMs with disjoint colours do not fit this SDK: each VMM image (the 33 MB
-/// kernel, initrd, disk) takes ~27 000 of the initialiser's 2^17 capability slots, two of
-/// them with the rest of the system ~106 000, which leaves room for ~32 MiB of coloured RAM
-/// in all, less than one Debian guest needs. `keel sel4 build` refuses the image instead of
-/// letting it stop at boot with OutOfSlots.
+/// kernel, initrd, disk) takes ~18 000 of the initialiser's 2^17 capability slots, and each
+/// 4 KiB of coloured RAM three; two 48 MiB coloured VMs need about 180 000 by the build's
+/// estimate (which errs high by ~18 000 here). `keel sel4 build` refuses the image instead
+/// of letting it stop at boot with OutOfSlots.
 #[test]
 fn two_debian_guests_with_disjoint_colours_are_refused_for_the_initialisers_slots() {
     let test = "two_debian_guests_with_disjoint_colours_are_refused_for_the_initialisers_slots";

@@ -120,7 +120,7 @@ pub enum BuildError {
     },
     /// The image's capDL initialiser would run out of capability slots at boot.
     #[error(
-        "the image needs about {need} capability slots in the seL4 initialiser's CSpace, which has {have} (CONFIG_ROOT_CNODE_SIZE_BITS {bits}): it would stop at boot (OutOfSlots), so it was removed. Each 4 KiB page of coloured RAM takes 3 slots, each 4 KiB of the VMM images (kernel, initrd, disks) about 3: give the coloured VMs less RAM (see {log})"
+        "the image needs about {need} capability slots in the seL4 initialiser's CSpace, which has {have} (CONFIG_ROOT_CNODE_SIZE_BITS {bits}): it would stop at boot (OutOfSlots), so it was removed. Each 4 KiB page of coloured RAM takes 3 slots, each 4 KiB of the VMM images (kernel, initrd, disks) 2: give the coloured VMs less RAM (see {log})"
     )]
     InitialiserSlots {
         /// Slots the image needs (an estimate from the tool's report).

@@ -42,8 +42,10 @@ test: setup
 
 # Keel against QEMU (and Firecracker / Cloud Hypervisor when FIRECRACKER= / CLOUD_HYPERVISOR=
 # name their binaries) on the same guest; writes bench/RESULTS.md. BENCH_QUICK=1: smoke run.
+# Then the cost of seL4 cache colouring (bench/sel4-colour.sh; skips without MICROKIT_SDK).
 bench: build testguest
 	bash bench/run.sh
+	bash bench/sel4-colour.sh
 
 clean:
 	$(CARGO) clean

@@ -219,4 +219,15 @@ pub mod board {
     pub const USER_TOP: u64 = 0x100_0000_0000;
     /// The IPC buffer of a Microkit PD: the top page of its address space.
     pub const IPC_BUFFER_VADDR: u64 = USER_TOP - 0x1000;
+    /// End of the RAM the SDK's kernel uses (its `platform_gen.json` memory is
+    /// 0x6000_0000..0xC000_0000: QEMU `-m 2G` from 0x4000_0000).
+    pub const RAM_END: u64 = 0xC000_0000;
+    /// Lowest physical address coloured RAM is taken from: the 512 MiB below it hold the
+    /// kernel, the capDL initialiser with every PD image (the VMMs' payloads: kernels,
+    /// initrds, disks), and every object the Microkit tool places itself (uncoloured RAM,
+    /// rings, heaps, page tables).
+    pub const COLOUR_POOL_BASE: u64 = 0x8000_0000;
+    /// Bytes kept free at the top of RAM: the kernel puts the initial task's CNode, TCB
+    /// and page tables there at boot (aligned to the CNode's size).
+    pub const RAM_TOP_RESERVE: u64 = 16 << 20;
 }

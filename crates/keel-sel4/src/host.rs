@@ -6,7 +6,9 @@
 //! prebuilt VMM ELF ([`crate::elf`], [`crate::payload`]); append the console configuration
 //! to the prebuilt console ELF ([`crate::console`]) and each network's switch
 //! configuration to a copy of the prebuilt switch ELF ([`crate::switch`]); write the Microkit
-//! system file (`keel_spec::microkit`); run the SDK's `microkit` tool.
+//! system file (`keel_spec::microkit`); run the SDK's `microkit` tool; for a system with
+//! coloured RAM, refuse an image whose capDL initialiser would run out of capability slots
+//! at boot ([`ToolReport::initialiser_slots`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -14,8 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel_spec::microkit::{
-    CONSOLE_ELF_NAME, ConsoleInput, ConsoleLayout, MicrokitLayout, NetLayout, SwitchComponent,
-    placement, switch_components, system_file, vmm_elf_name,
+    CONSOLE_ELF_NAME, ColourLayout, ConsoleInput, ConsoleLayout, MicrokitLayout, NetLayout,
+    SwitchComponent, placement, switch_components, system_file, vmm_elf_name,
 };
 use keel_spec::{System, VmSpec};
 
@@ -116,6 +118,20 @@ pub enum BuildError {
         /// The error.
         source: crate::elf::ElfError,
     },
+    /// The image's capDL initialiser would run out of capability slots at boot.
+    #[error(
+        "the image needs about {need} capability slots in the seL4 initialiser's CSpace, which has {have} (CONFIG_ROOT_CNODE_SIZE_BITS {bits}): it would stop at boot (OutOfSlots), so it was removed. Each 4 KiB page of coloured RAM takes 3 slots, each 4 KiB of the VMM images (kernel, initrd, disks) 2: give the coloured VMs less RAM (see {log})"
+    )]
+    InitialiserSlots {
+        /// Slots the image needs (an estimate from the tool's report).
+        need: u64,
+        /// Slots there are.
+        have: u64,
+        /// `CONFIG_ROOT_CNODE_SIZE_BITS`.
+        bits: u32,
+        /// The tool's log.
+        log: PathBuf,
+    },
     /// A tool failed.
     #[error("{tool} failed ({status}); see {log}")]
     Tool {
@@ -144,6 +160,9 @@ pub struct Sdk {
     pub config: String,
     /// Cores the config's kernel runs on (`CONFIG_MAX_NUM_NODES` of its `gen_config.h`).
     pub cores: u32,
+    /// Bits of the initial task's CNode (`CONFIG_ROOT_CNODE_SIZE_BITS`): the capDL
+    /// initialiser has `2^bits` capability slots for every object and mapping of the image.
+    pub root_cnode_bits: u32,
 }
 
 impl Sdk {
@@ -238,10 +257,21 @@ impl Sdk {
             path: root.into(),
             what: format!("{}: no readable CONFIG_MAX_NUM_NODES", gen_config.display()),
         })?;
+        let root_cnode_bits = gen_config_number(&text, "CONFIG_ROOT_CNODE_SIZE_BITS")
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| (4..=30).contains(n))
+            .ok_or_else(|| BuildError::KernelConfig {
+                path: root.into(),
+                what: format!(
+                    "{}: no readable CONFIG_ROOT_CNODE_SIZE_BITS",
+                    gen_config.display()
+                ),
+            })?;
         Ok(Sdk {
             root: root.into(),
             config: config.into(),
             cores,
+            root_cnode_bits,
         })
     }
 
@@ -273,21 +303,44 @@ impl Sdk {
                 switch_heap_vaddr: SWITCH_HEAP_VADDR,
                 vmm_first_channel: VMM_FIRST_NET_CHANNEL,
             },
+            colour: Some(ColourLayout {
+                pool_base: board::COLOUR_POOL_BASE,
+                pool_end: colour_pool_end(self.root_cnode_bits),
+                max_pages: (1u64 << self.root_cnode_bits) / 3,
+            }),
         }
     }
+
+    /// Capability slots of the capDL initialiser's CSpace (`2^CONFIG_ROOT_CNODE_SIZE_BITS`).
+    pub fn initialiser_slots(&self) -> u64 {
+        1 << self.root_cnode_bits
+    }
+}
+
+/// One past the highest address of the colour pool: [`board::RAM_END`] less what the
+/// kernel takes at the top of RAM at boot (the initial task's CNode of `2^bits` slots of
+/// 32 bytes, aligned to its size, and a few pages): at least [`board::RAM_TOP_RESERVE`],
+/// and twice the CNode's bytes when that is more.
+pub fn colour_pool_end(root_cnode_bits: u32) -> u64 {
+    let cnode = 1u64 << (root_cnode_bits + 5);
+    board::RAM_END.saturating_sub(board::RAM_TOP_RESERVE.max(2 * cnode))
+}
+
+/// The value of `#define <name> <n>` in a kernel `gen_config.h`.
+pub fn gen_config_number(gen_config: &str, name: &str) -> Option<u64> {
+    gen_config.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some("#define") && w.next() == Some(name))
+            .then(|| w.next())
+            .flatten()
+            .and_then(|v| v.parse().ok())
+    })
 }
 
 /// The kernel's core count from its `gen_config.h` (`#define CONFIG_MAX_NUM_NODES n`).
 pub fn kernel_cores(gen_config: &str) -> Option<u32> {
-    gen_config
-        .lines()
-        .find_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next() == Some("#define") && w.next() == Some("CONFIG_MAX_NUM_NODES"))
-                .then(|| w.next())
-                .flatten()
-        })
-        .and_then(|v| v.parse().ok())
+    gen_config_number(gen_config, "CONFIG_MAX_NUM_NODES")
+        .and_then(|n| u32::try_from(n).ok())
         .filter(|&n| (1..=256).contains(&n))
 }
 
@@ -544,6 +597,27 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
             log,
         });
     }
+    let coloured_pages: u64 = system
+        .vms()
+        .iter()
+        .filter(|v| v.cache_colours.is_some())
+        .map(|v| v.memory.total() / keel_spec::colour::PAGE)
+        .sum();
+    if coloured_pages > 0 {
+        let text = std::fs::read_to_string(&log).map_err(io(&log))?;
+        if let Some(need) = ToolReport::parse(&text).map(|r| r.initialiser_slots(coloured_pages)) {
+            let have = sdk.initialiser_slots();
+            if need > have {
+                let _ = std::fs::remove_file(&image);
+                return Err(BuildError::InitialiserSlots {
+                    need,
+                    have,
+                    bits: sdk.root_cnode_bits,
+                    log,
+                });
+            }
+        }
+    }
     let info = ImageInfo {
         board: opts.board.clone(),
         config: sdk.config.clone(),
@@ -559,6 +633,64 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
         config: sdk.config,
         cores: sdk.cores,
     })
+}
+
+/// What the Microkit tool says of an image it built (the `MICROKIT|` lines of its output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolReport {
+    /// `CAPDL SPEC: number of root objects`: every kernel object of the image.
+    pub root_objects: u64,
+    /// `INITIAL TASK: memory size`: the capDL initialiser with the spec and every PD image.
+    pub initial_task_bytes: u64,
+}
+
+impl ToolReport {
+    /// Slots the initialiser's CSpace holds besides objects and mappings: the kernel's
+    /// fixed caps, the untypeds (at most 230 on this board), the PDs' CNode entries.
+    const OTHER_SLOTS: u64 = 1024;
+
+    /// Read the tool's output; `None` if a line is missing.
+    pub fn parse(log: &str) -> Option<ToolReport> {
+        let value = |key: &str| {
+            log.lines()
+                .find_map(|l| l.split_once(key).map(|(_, v)| v.trim()))
+        };
+        let objects = value("number of root objects = ")?;
+        let objects = objects.split(',').next()?.trim().parse().ok()?;
+        Some(ToolReport {
+            root_objects: objects,
+            initial_task_bytes: human_size(value("INITIAL TASK: memory size = ")?)?,
+        })
+    }
+
+    /// About how many capability slots the capDL initialiser uses at boot, with
+    /// `coloured_pages` 4 KiB pages of coloured RAM: one for each page of its own image
+    /// (the kernel gives it a frame cap per page), one per object, one per mapping (every
+    /// frame is mapped once, coloured RAM twice: VM and VMM), and the rest.
+    pub fn initialiser_slots(&self, coloured_pages: u64) -> u64 {
+        self.initial_task_bytes.div_ceil(0x1000)
+            + self.root_objects
+            + self.root_objects
+            + coloured_pages
+            + Self::OTHER_SLOTS
+    }
+}
+
+/// Bytes of a size as the Microkit tool prints it: `68.64 MiB`, `1,024 bytes`, `2 GiB`.
+fn human_size(text: &str) -> Option<u64> {
+    let (number, unit) = text.split_once(' ')?;
+    let shift = match unit.trim() {
+        "bytes" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => return None,
+    };
+    let value: f64 = number.replace(',', "").parse().ok()?;
+    // The tool prints inexact sizes to hundredths of a unit: take the top of that
+    // interval, an estimate must not come out low.
+    let slack = if number.contains('.') { 0.005 } else { 0.0 };
+    Some(((value + slack) * (1u64 << shift) as f64).ceil() as u64)
 }
 
 /// The console ELF with the console configuration of `system` appended, in `opts.out`.
@@ -816,4 +948,75 @@ pub fn run_qemu(
     let _ = out.flush();
     o.elapsed = start.elapsed().as_secs_f64();
     result.map(|()| o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tool's output for one Debian VM with 128 MiB of RAM in 8 of 16 colours: that
+    /// image stopped at boot with OutOfSlots (smp-debug, 2^17 slots).
+    const LOG_128M: &str = "MICROKIT|CAPDL SPEC: number of root objects = 49893, spec footprint = 8.24 MiB\n\
+        MICROKIT|INITIAL TASK: memory size = 74.57 MiB\n\
+        MICROKIT|LOADER: image file size = 76.89 MiB\n";
+
+    /// The same VM with 96 MiB: that image booted to KEEL-GUEST-READY.
+    const LOG_96M: &str = "MICROKIT|CAPDL SPEC: number of root objects = 41669, spec footprint = 6.74 MiB\n\
+        MICROKIT|INITIAL TASK: memory size = 73.07 MiB\n";
+
+    #[test]
+    fn the_tools_report_is_read_from_its_output() {
+        let r = ToolReport::parse(LOG_128M).unwrap();
+
+        assert_eq!(r.root_objects, 49893);
+        // 74.575 MiB, the top of what "74.57 MiB" stands for.
+        assert_eq!(r.initial_task_bytes, 78_197_556);
+    }
+
+    #[test]
+    fn output_without_the_report_lines_reads_as_none() {
+        assert_eq!(
+            ToolReport::parse("MICROKIT|LOADER: image file size = 2 MiB"),
+            None
+        );
+    }
+
+    #[test]
+    fn sizes_read_in_the_tools_units() {
+        assert_eq!(human_size("1,024 bytes"), Some(1024));
+        assert_eq!(human_size("2 GiB"), Some(2 << 30));
+        assert_eq!(human_size("12 parsecs"), None);
+    }
+
+    #[test]
+    fn the_slot_estimate_refuses_the_image_that_ran_out_and_passes_the_one_that_booted() {
+        let slots = 1u64 << 17;
+        let out = ToolReport::parse(LOG_128M).unwrap();
+        let booted = ToolReport::parse(LOG_96M).unwrap();
+
+        assert!(out.initialiser_slots(128 << 8) > slots);
+        assert!(booted.initialiser_slots(96 << 8) <= slots);
+    }
+
+    #[test]
+    fn the_colour_pool_ends_below_the_kernels_boot_objects() {
+        // 2^17 slots of 32 bytes: a 4 MiB CNode; the 16 MiB reserve covers twice that.
+        assert_eq!(colour_pool_end(17), 0xBF00_0000);
+        // 2^20 slots: a 32 MiB CNode, 64 MiB kept.
+        assert_eq!(colour_pool_end(20), 0xBC00_0000);
+        // A CNode larger than RAM leaves no pool (and no underflow).
+        assert_eq!(colour_pool_end(30), 0);
+    }
+
+    #[test]
+    fn gen_config_numbers_are_read_by_name() {
+        let text = "#define CONFIG_MAX_NUM_NODES 4\n#define CONFIG_ROOT_CNODE_SIZE_BITS  17\n";
+
+        assert_eq!(
+            gen_config_number(text, "CONFIG_ROOT_CNODE_SIZE_BITS"),
+            Some(17)
+        );
+        assert_eq!(gen_config_number(text, "CONFIG_NOPE"), None);
+        assert_eq!(kernel_cores(text), Some(4));
+    }
 }

@@ -310,3 +310,43 @@ fn check_headers(inc: &Path) {
         wrong.join("\n")
     );
 }
+
+/// The `"memory"` ranges of a config's `platform_gen.json` (`{"start": a, "end": b}` each).
+fn normal_memory(platform_gen: &str) -> Vec<(u64, u64)> {
+    let Some(mem) = platform_gen.split("\"memory\"").nth(1) else {
+        return Vec::new();
+    };
+    let mem = &mem[..mem.find(']').unwrap_or(mem.len())];
+    let num = |s: &str, key: &str| -> Option<u64> {
+        let v = s.split(&format!("\"{key}\":")).nth(1)?;
+        v.trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    mem.split('{')
+        .filter_map(|r| Some((num(r, "start")?, num(r, "end")?)))
+        .collect()
+}
+
+fn check_colour_pool(inc: &Path) {
+    let json =
+        std::fs::read_to_string(inc.join("../platform_gen.json")).expect("platform_gen.json");
+    let mem = normal_memory(&json);
+    let b = abi::board::COLOUR_POOL_BASE;
+    assert!(
+        mem.iter().any(|&(s, e)| s < b && e == abi::board::RAM_END),
+        "the colour pool {b:#x}..{:#x} is not at the top of the SDK's normal memory {mem:x?}",
+        abi::board::RAM_END
+    );
+}
+
+#[test]
+fn the_colour_pool_is_at_the_top_of_the_sdks_ram_in_both_configs() {
+    for config in [abi::board::CONFIG, abi::board::SMP_CONFIG] {
+        if let Some(inc) = sdk_include(config) {
+            check_colour_pool(&inc);
+        }
+    }
+}

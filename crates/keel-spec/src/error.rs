@@ -454,4 +454,45 @@ pub enum ErrorKind {
     /// A declared region no VM maps.
     #[error("region {0:?} is mapped by no VM (add a [[vm.shared]] naming it, or remove it)")]
     SharedUnused(String),
+    /// A last-level cache whose size, ways and 4 KiB pages give no usable colour count.
+    #[error(
+        "llc: {size} bytes / {ways} ways / 4 KiB pages = {colours} colours; the colour count must be a whole power of two in 2..=16384"
+    )]
+    LlcColours {
+        /// `llc.size`.
+        size: u64,
+        /// `llc.ways`.
+        ways: u32,
+        /// What the division gives (rounded down).
+        colours: u64,
+    },
+    /// `cache_colours` without `[system] llc`.
+    #[error(
+        "cache_colours: given, but [system] llc is not (the colour count comes from the last-level cache, e.g. llc = {{ size = \"1M\", ways = 16 }})"
+    )]
+    ColoursWithoutLlc,
+    /// An empty `cache_colours` list.
+    #[error("cache_colours: the list is empty (leave the key out for uncoloured RAM)")]
+    NoColours,
+    /// A colour the cache does not have.
+    #[error("cache_colours: colour {colour} is out of range (the llc has {colours} colours: 0..={max})", max = colours.saturating_sub(1))]
+    ColourOutOfRange {
+        /// The colour given.
+        colour: i64,
+        /// The cache's colour count.
+        colours: u64,
+    },
+    /// A colour listed twice in one VM.
+    #[error("cache_colours: colour {0} is listed twice")]
+    DuplicateColour(u32),
+    /// Two VMs given one colour.
+    #[error(
+        "cache_colours: colour {colour} is also given to {other} (VMs sharing a colour share cache sets, which colouring is meant to prevent)"
+    )]
+    ColourShared {
+        /// The colour.
+        colour: u32,
+        /// The other VM, e.g. `vm "a"`.
+        other: String,
+    },
 }

@@ -7,6 +7,11 @@
 //! interface. Everything else the guest touches faults to its VMM. Placement becomes the
 //! scheduling parameters (priority, budget, period) and `<vcpu cpu="N">`.
 //!
+//! A VM with `cache_colours` ([`coloured_ram`]): its RAM is many regions `<vm>_ram_<i>`
+//! with fixed physical addresses, each a run of consecutive pages of its colours taken from
+//! the board's colour pool ([`ColourLayout`]), mapped back to back from its guest RAM base
+//! and at the same offsets from [`MicrokitLayout::vmm_ram_vaddr`] in its VMM.
+//!
 //! The console component ([`console_component`]): one `keel_console` PD (program
 //! `keel-console.elf`) owns the debug console's output; each VMM gets one ring region
 //! (`<vm>_console_ring`) mapped into that VMM and into the console PD only, and one channel
@@ -33,12 +38,14 @@
 //! `i` goes on core `i mod n`, `n` being the system's `pcpus` if given, else the kernel's
 //! cores. A VMM protection domain runs on the core of its VM's vCPU 0.
 
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
+use crate::colour::{ColourError, ColouredRun, coloured_runs};
 use crate::layout::ram_layout;
 use crate::model::{Access, Arch, MacAddr, System, VmSpec};
 use crate::plan::NetworkPlan;
@@ -66,6 +73,23 @@ pub struct MicrokitLayout {
     pub console_input: Option<ConsoleInput>,
     /// Where the network component's rings, heaps and channels go.
     pub net: NetLayout,
+    /// Where coloured VMs' RAM comes from (`None`: the board has no colour pool, and a
+    /// VM with `cache_colours` is refused).
+    pub colour: Option<ColourLayout>,
+}
+
+/// The physical memory coloured RAM is taken from, and how much of it one system may
+/// have (they come from the seL4 backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColourLayout {
+    /// Lowest physical address coloured RAM may use.
+    pub pool_base: u64,
+    /// One past the highest: each coloured VM takes the highest pages of its colours
+    /// below it.
+    pub pool_end: u64,
+    /// Most 4 KiB pages of coloured RAM in one system (each costs the capDL initialiser
+    /// three CSpace slots: the frame, its map into the VMM, its map into the VM).
+    pub max_pages: u64,
 }
 
 /// Where the network component's regions go and which channel ids it takes (they come
@@ -219,6 +243,65 @@ pub enum MicrokitError {
     /// The system cannot be planned.
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
+    /// A VM has cache colours but the board layout has no colour pool.
+    #[error(
+        "VM {vm}: cache_colours are given, but this board has no physical pool to colour RAM from"
+    )]
+    NoColourPool {
+        /// VM name.
+        vm: String,
+    },
+    /// A VM's cache colours do not fit the system's llc (a validated system never has this).
+    #[error("VM {vm}: cache_colours do not fit the llc of the system")]
+    ColourSet {
+        /// VM name.
+        vm: String,
+    },
+    /// A coloured VM's RAM spans more physical memory than the colour pool has.
+    #[error(
+        "VM {vm}: {ram:#x} bytes of RAM in {chosen} of {colours} cache colours span {span:#x} bytes of physical memory; the colour pool {base:#x}..{end:#x} has {have:#x} (give the VM more colours or less RAM)"
+    )]
+    ColourPool {
+        /// VM name.
+        vm: String,
+        /// Its RAM.
+        ram: u64,
+        /// Colours it has.
+        chosen: usize,
+        /// Colours of the llc.
+        colours: u64,
+        /// Physical span its pages need (rounded up to whole colour periods).
+        span: u64,
+        /// Pool start.
+        base: u64,
+        /// Pool end.
+        end: u64,
+        /// Pool size.
+        have: u64,
+    },
+    /// More coloured RAM than the capDL initialiser can map.
+    #[error(
+        "system: {pages} pages (4 KiB) of coloured RAM; the seL4 image's initialiser can map at most {max} ({max_mib} MiB): each page takes three of its CSpace slots"
+    )]
+    TooManyColouredPages {
+        /// Pages of coloured RAM of all VMs.
+        pages: u64,
+        /// The limit.
+        max: u64,
+        /// The limit in MiB.
+        max_mib: u64,
+    },
+    /// Coloured RAM cut into more memory regions than the Microkit tool handles in
+    /// reasonable time.
+    #[error(
+        "system: coloured RAM takes {regions} memory regions; at most {max} (the Microkit tool's time grows with their square: about a minute for 16384). Give VMs runs of consecutive colours (one region per run and colour period) or less RAM"
+    )]
+    TooManyColouredRegions {
+        /// Regions of all coloured VMs.
+        regions: usize,
+        /// The limit ([`MAX_COLOURED_REGIONS`]).
+        max: usize,
+    },
     /// The system declares more physical CPUs than the kernel runs on.
     #[error(
         "system: pcpus = {pcpus}, but the seL4 kernel runs on {cores} core(s) (pick an SDK config with more, e.g. smp-debug)"
@@ -571,6 +654,88 @@ pub fn vmm_elf_name(vm: &VmSpec) -> String {
     format!("{}-vmm.elf", vm.name)
 }
 
+/// The coloured RAM of each VM of `system`, in order (`None`: an uncoloured VM): the
+/// physical runs ([`crate::colour::coloured_runs`]) of the highest pages of its colours
+/// below the colour pool's end, laid back to back from its guest RAM base. VMs with
+/// disjoint colours share the pool's span without sharing a page.
+pub fn coloured_ram(
+    system: &System,
+    layout: &MicrokitLayout,
+) -> Result<Vec<Option<Vec<ColouredRun>>>, MicrokitError> {
+    let mut out = Vec::new();
+    let mut pages = 0u64;
+    for vm in system.vms() {
+        let Some(set) = &vm.cache_colours else {
+            out.push(None);
+            continue;
+        };
+        let Some(pool) = &layout.colour else {
+            return Err(MicrokitError::NoColourPool {
+                vm: vm.name.clone(),
+            });
+        };
+        let set_err = || MicrokitError::ColourSet {
+            vm: vm.name.clone(),
+        };
+        let colours = system.llc().ok_or_else(set_err)?.colours();
+        let ram = vm.memory.total();
+        let runs = coloured_runs(set, colours, ram, pool.pool_end, pool.pool_base).map_err(
+            |e| match e {
+                ColourError::Input => set_err(),
+                ColourError::Pool { .. } => {
+                    let period = colours * crate::colour::PAGE;
+                    let span = (ram / crate::colour::PAGE)
+                        .div_ceil(set.len() as u64)
+                        .saturating_mul(period);
+                    MicrokitError::ColourPool {
+                        vm: vm.name.clone(),
+                        ram,
+                        chosen: set.len(),
+                        colours,
+                        span,
+                        base: pool.pool_base,
+                        end: pool.pool_end,
+                        have: pool.pool_end.saturating_sub(pool.pool_base),
+                    }
+                }
+            },
+        )?;
+        pages += ram / crate::colour::PAGE;
+        if pages > pool.max_pages {
+            return Err(MicrokitError::TooManyColouredPages {
+                pages: system
+                    .vms()
+                    .iter()
+                    .filter(|v| v.cache_colours.is_some())
+                    .map(|v| v.memory.total() / crate::colour::PAGE)
+                    .sum(),
+                max: pool.max_pages,
+                max_mib: (pool.max_pages * crate::colour::PAGE) >> 20,
+            });
+        }
+        out.push(Some(runs));
+    }
+    let regions: usize = out.iter().flatten().map(Vec::len).sum();
+    if regions > MAX_COLOURED_REGIONS {
+        return Err(MicrokitError::TooManyColouredRegions {
+            regions,
+            max: MAX_COLOURED_REGIONS,
+        });
+    }
+    Ok(out)
+}
+
+/// Most memory regions of coloured RAM in one system. The Microkit tool (2.x) compares
+/// every region with every map and every fixed-address region with every other, so its
+/// time grows with the square of the regions: measured here about 4 s for 4 096, 21 s for
+/// 8 192, 64 s for 16 384 (docs/sel4.md, "Cache colouring").
+pub const MAX_COLOURED_REGIONS: usize = 16_384;
+
+/// Name of memory region `i` of the coloured RAM of `vm`.
+pub fn coloured_region_name(vm: &VmSpec, i: usize) -> String {
+    format!("{}_ram_{i}", vm.name)
+}
+
 /// Check that `system` can run on seL4 with `layout`.
 pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitError> {
     if system.vms().len() > MAX_VMS {
@@ -632,6 +797,7 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
             });
         }
     }
+    coloured_ram(system, layout)?;
     placement(system, layout).map(|_| ())
 }
 
@@ -860,8 +1026,10 @@ impl SystemComponents {
     pub fn check(&self) -> Result<(), ComponentError> {
         self.check_shared()?;
         self.check_guest_shared()?;
-        let declared = |r: &str| self.regions.iter().any(|x| x.name == r);
-        let mut vmm_of_region: Vec<(&str, &str)> = Vec::new();
+        // Sets, not lists: a coloured VM has thousands of regions.
+        let names: BTreeSet<&str> = self.regions.iter().map(|x| x.name.as_str()).collect();
+        let declared = |r: &str| names.contains(r);
+        let mut vmm_of_region: BTreeMap<&str, &str> = BTreeMap::new();
         let mut irq_owner: Vec<(u32, &str)> = Vec::new();
         for c in &self.components {
             let vm_maps = c.vm.iter().flat_map(|v| v.maps.iter());
@@ -875,14 +1043,14 @@ impl SystemComponents {
             }
             if matches!(c.kind, ComponentKind::Vmm { .. }) {
                 for m in &c.maps {
-                    if let Some((_, first)) = vmm_of_region.iter().find(|(r, _)| *r == m.region) {
+                    if let Some(first) = vmm_of_region.get(m.region.as_str()) {
                         return Err(ComponentError::SharedBetweenVmms {
                             region: m.region.clone(),
                             first: (*first).into(),
                             second: c.name.clone(),
                         });
                     }
-                    vmm_of_region.push((&m.region, &c.name));
+                    vmm_of_region.insert(&m.region, &c.name);
                 }
             }
             for i in &c.irqs {
@@ -1109,14 +1277,24 @@ pub fn component_plan(
         page_size: None,
         phys_addr: None,
     }));
-    for vm in system.vms() {
+    let coloured = coloured_ram(system, layout)?;
+    for (vm, runs) in system.vms().iter().zip(&coloured) {
         let (_, size) = ram_layout(vm)[0];
-        regions.push(RegionPlan {
-            name: format!("{}_ram", vm.name),
-            size,
-            page_size: Some(TWO_MIB),
-            phys_addr: None,
-        });
+        match runs {
+            None => regions.push(RegionPlan {
+                name: format!("{}_ram", vm.name),
+                size,
+                page_size: Some(TWO_MIB),
+                phys_addr: None,
+            }),
+            // 4 KiB pages unless the tool finds larger ones fit (a run of every colour).
+            Some(runs) => regions.extend(runs.iter().enumerate().map(|(i, r)| RegionPlan {
+                name: coloured_region_name(vm, i),
+                size: r.size,
+                page_size: None,
+                phys_addr: Some(r.paddr),
+            })),
+        }
     }
     let plain = |name: &str, size: u64| RegionPlan {
         name: name.into(),
@@ -1143,7 +1321,31 @@ pub fn component_plan(
     for (index, (vm, place)) in system.vms().iter().zip(&places).enumerate() {
         let (base, _) = ram_layout(vm)[0];
         let p = vm.placement.clone().unwrap_or_default();
-        let mut maps = vec![rw(format!("{}_ram", vm.name), layout.vmm_ram_vaddr)];
+        // Guest RAM: one region, or the coloured runs back to back; at the same offsets
+        // in the VMM's window onto it.
+        let ram: Vec<(String, u64)> = match &coloured[index] {
+            None => vec![(format!("{}_ram", vm.name), 0)],
+            Some(runs) => runs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (coloured_region_name(vm, i), r.offset))
+                .collect(),
+        };
+        let mut maps: Vec<MapPlan> = ram
+            .iter()
+            .map(|(r, off)| rw(r.clone(), layout.vmm_ram_vaddr + off))
+            .collect();
+        let mut vm_maps: Vec<MapPlan> = ram
+            .iter()
+            .map(|(r, off)| MapPlan {
+                perms: "rwx",
+                ..rw(r.clone(), base + off)
+            })
+            .collect();
+        vm_maps.push(MapPlan {
+            cached: false,
+            ..rw("gic_vcpu".into(), layout.gic_cpu_gpa)
+        });
         maps.push(rw(
             console.rings[index].region.clone(),
             console.rings[index].vmm_vaddr,
@@ -1154,16 +1356,6 @@ pub fn component_plan(
                 maps.push(rw(p.from_switch.region.clone(), p.from_switch.vmm_vaddr));
             }
         }
-        let mut vm_maps = vec![
-            MapPlan {
-                perms: "rwx",
-                ..rw(format!("{}_ram", vm.name), base)
-            },
-            MapPlan {
-                cached: false,
-                ..rw("gic_vcpu".into(), layout.gic_cpu_gpa)
-            },
-        ];
         vm_maps.extend(vm.shared.iter().map(|m| MapPlan {
             perms: guest_perms(m.access),
             ..rw(guest_shared_region_name(&m.region), m.base)
@@ -1345,6 +1537,11 @@ mod tests {
                 switch_heap_vaddr: 0x5_0000_0000,
                 vmm_first_channel: 3,
             },
+            colour: Some(ColourLayout {
+                pool_base: 0x8000_0000,
+                pool_end: 0xBF00_0000,
+                max_pages: 1 << 16,
+            }),
         }
     }
 
@@ -2036,5 +2233,223 @@ mod tests {
         let plan = component_plan(&shared_system(), &layout()).unwrap();
 
         assert_eq!(plan.check(), Ok(()));
+    }
+
+    // ---- cache colouring ----------------------------------------------------------------
+
+    /// 512 KiB, 16 ways: 8 colours.
+    const LLC: crate::model::Llc = crate::model::Llc {
+        size: 512 << 10,
+        ways: 16,
+    };
+
+    fn coloured(name: &str, mib: u64, colours: &[u32]) -> VmSpec {
+        let mut v = VmSpec::new(
+            name,
+            Arch::Aarch64,
+            HostPath::new("/k"),
+            Memory::Size(mib << 20),
+        );
+        v.cache_colours = Some(colours.to_vec());
+        v
+    }
+
+    fn llc_system(vms: Vec<VmSpec>) -> System {
+        System::with_llc("t".into(), None, Some(LLC), vms, Vec::new()).unwrap()
+    }
+
+    /// The 4 KiB pages of the regions whose name starts with `<vm>_ram_`.
+    fn ram_pages(plan: &SystemComponents, vm: &str) -> Vec<u64> {
+        let prefix = format!("{vm}_ram_");
+        plan.regions
+            .iter()
+            .filter(|r| r.name.starts_with(&prefix))
+            .flat_map(|r| {
+                let p = r
+                    .phys_addr
+                    .expect("a coloured region has a physical address");
+                (0..r.size / 0x1000).map(move |i| p + i * 0x1000)
+            })
+            .collect()
+    }
+
+    /// Maps as (region, address), sorted by address.
+    type Maps = Vec<(String, u64)>;
+
+    /// The RAM maps of `vm`'s VMM and of the VM.
+    fn ram_maps(plan: &SystemComponents, vm: &str) -> (Maps, Maps) {
+        let c = plan
+            .components
+            .iter()
+            .find(|c| c.name == format!("{vm}_vmm"))
+            .unwrap();
+        let pick = |maps: &[MapPlan]| {
+            let mut v: Vec<(String, u64)> = maps
+                .iter()
+                .filter(|m| m.region.starts_with(&format!("{vm}_ram")))
+                .map(|m| (m.region.clone(), m.vaddr))
+                .collect();
+            v.sort_by_key(|(_, a)| *a);
+            v
+        };
+        (pick(&c.maps), pick(&c.vm.as_ref().unwrap().maps))
+    }
+
+    #[test]
+    fn every_page_of_a_coloured_vms_ram_has_a_colour_of_its_set() {
+        let plan =
+            component_plan(&llc_system(vec![coloured("a", 32, &[1, 2, 5])]), &layout()).unwrap();
+
+        let pages = ram_pages(&plan, "a");
+        assert_eq!(pages.len() as u64, (32 << 20) / 0x1000);
+        assert!(
+            pages
+                .iter()
+                .all(|&p| [1, 2, 5].contains(&crate::colour::colour_of(p, 8)))
+        );
+    }
+
+    #[test]
+    fn two_coloured_vms_never_share_a_page_or_a_colour() {
+        let s = llc_system(vec![
+            coloured("a", 32, &[0, 1, 2, 3]),
+            coloured("b", 16, &[4, 5]),
+        ]);
+
+        let plan = component_plan(&s, &layout()).unwrap();
+
+        let a = ram_pages(&plan, "a");
+        let b: BTreeSet<u64> = ram_pages(&plan, "b").into_iter().collect();
+        assert!(a.iter().all(|p| !b.contains(p)));
+        let colours_a: BTreeSet<u64> = a.iter().map(|&p| crate::colour::colour_of(p, 8)).collect();
+        let colours_b: BTreeSet<u64> = b.iter().map(|&p| crate::colour::colour_of(p, 8)).collect();
+        assert!(colours_a.is_disjoint(&colours_b));
+        assert_eq!(plan.check(), Ok(()));
+    }
+
+    #[test]
+    fn coloured_ram_is_contiguous_in_the_vm_and_the_vmm_window_matches_it() {
+        let plan =
+            component_plan(&llc_system(vec![coloured("a", 32, &[0, 1, 4])]), &layout()).unwrap();
+        let size = |name: &str| plan.regions.iter().find(|r| r.name == name).unwrap().size;
+
+        let (vmm, guest) = ram_maps(&plan, "a");
+
+        assert_eq!(guest[0].1, 0x4000_0000);
+        for w in guest.windows(2) {
+            assert_eq!(w[0].1 + size(&w[0].0), w[1].1, "{} then {}", w[0].0, w[1].0);
+        }
+        let (last, at) = guest.last().unwrap();
+        assert_eq!(at + size(last), 0x4000_0000 + (32 << 20));
+        let shifted: Maps = guest
+            .iter()
+            .map(|(r, a)| (r.clone(), a - 0x4000_0000 + layout().vmm_ram_vaddr))
+            .collect();
+        assert_eq!(vmm, shifted);
+    }
+
+    #[test]
+    fn an_uncoloured_vm_beside_a_coloured_one_keeps_its_one_ram_region() {
+        let plain = vm("p", 1);
+        let before = component_plan(&system(vec![plain.clone()]), &layout()).unwrap();
+
+        let s = llc_system(vec![plain, coloured("c", 16, &[0, 1])]);
+        let after = component_plan(&s, &layout()).unwrap();
+
+        let ram = |plan: &SystemComponents| {
+            plan.regions
+                .iter()
+                .find(|r| r.name == "p_ram")
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(ram(&after), ram(&before));
+        assert_eq!(ram(&before).phys_addr, None);
+        assert_eq!(ram_maps(&after, "p"), ram_maps(&before, "p"));
+        assert!(!after.regions.iter().any(|r| r.name.starts_with("p_ram_")));
+    }
+
+    #[test]
+    fn coloured_regions_render_with_their_physical_address_and_the_tools_page_size() {
+        let x = system_file(&llc_system(vec![coloured("a", 16, &[6, 7])]), &layout()).unwrap();
+
+        // 16 MiB, 2 of 8 colours: 2048 runs of two pages, the highest ending at the
+        // pool's end (0xbf000000).
+        assert_eq!(x.matches("<memory_region name=\"a_ram_").count(), 2048);
+        assert!(x.contains(
+            "<memory_region name=\"a_ram_2047\" size=\"0x2000\" phys_addr=\"0xbeffe000\" />"
+        ));
+        assert!(x.contains("<map mr=\"a_ram_2047\" vaddr=\"0x200ffe000\" perms=\"rw\" />"));
+        assert!(x.contains("<map mr=\"a_ram_2047\" vaddr=\"0x40ffe000\" perms=\"rwx\" />"));
+    }
+
+    #[test]
+    fn coloured_ram_wider_than_the_colour_pool_is_refused() {
+        let mut lay = layout();
+        lay.colour = Some(ColourLayout {
+            pool_base: 0xBE00_0000,
+            pool_end: 0xBF00_0000,
+            max_pages: 1 << 16,
+        });
+        // 16 MiB in one colour of 8 spans 128 MiB; the pool has 16.
+        let s = llc_system(vec![coloured("a", 16, &[3])]);
+
+        let e = check(&s, &lay).unwrap_err();
+
+        assert_eq!(
+            e.to_string(),
+            "VM a: 0x1000000 bytes of RAM in 1 of 8 cache colours span 0x8000000 bytes of physical memory; the colour pool 0xbe000000..0xbf000000 has 0x1000000 (give the VM more colours or less RAM)"
+        );
+    }
+
+    #[test]
+    fn coloured_ram_beyond_what_the_initialiser_can_map_is_refused() {
+        let mut lay = layout();
+        lay.colour.as_mut().unwrap().max_pages = 6000;
+        let s = llc_system(vec![coloured("a", 16, &[0, 1]), coloured("b", 16, &[2, 3])]);
+
+        assert_eq!(
+            check(&s, &lay),
+            Err(MicrokitError::TooManyColouredPages {
+                pages: 8192,
+                max: 6000,
+                max_mib: 23
+            })
+        );
+    }
+
+    #[test]
+    fn a_coloured_vm_on_a_board_without_a_colour_pool_is_refused() {
+        let lay = MicrokitLayout {
+            colour: None,
+            ..layout()
+        };
+
+        assert_eq!(
+            check(&llc_system(vec![coloured("a", 16, &[0])]), &lay),
+            Err(MicrokitError::NoColourPool { vm: "a".into() })
+        );
+    }
+
+    #[test]
+    fn coloured_ram_in_more_regions_than_the_tool_handles_is_refused() {
+        // Every other colour: every page is a region of its own. 32 MiB is 8192 of them,
+        // 34 MiB 8704: 16 896 in all.
+        let s = llc_system(vec![
+            coloured("v0", 32, &[0, 2, 4, 6]),
+            coloured("v1", 34, &[1, 3, 5, 7]),
+        ]);
+        let fewer = llc_system(vec![coloured("v0", 32, &[0, 2, 4, 6])]);
+
+        let e = check(&s, &layout()).unwrap_err();
+
+        assert_eq!(
+            e,
+            MicrokitError::TooManyColouredRegions {
+                regions: 16_896,
+                max: MAX_COLOURED_REGIONS
+            }
+        );
+        assert_eq!(check(&fewer, &layout()), Ok(()));
     }
 }

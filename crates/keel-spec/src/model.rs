@@ -534,6 +534,9 @@ pub struct VmSpec {
     /// With [`OnReboot::Restart`]: the most restarts within any minute; one more stops
     /// the VM. 1..=1000.
     pub max_restarts_per_minute: u32,
+    /// The cache colours of the board's last-level cache ([`Llc`]) whose physical pages
+    /// back this VM's RAM (`cache_colours`); `None`: uncoloured. Applied on seL4 only.
+    pub cache_colours: Option<Vec<u32>>,
 }
 
 impl VmSpec {
@@ -560,7 +563,33 @@ impl VmSpec {
             shared: Vec::new(),
             on_reboot: OnReboot::Restart,
             max_restarts_per_minute: VmSpec::DEFAULT_MAX_RESTARTS_PER_MINUTE,
+            cache_colours: None,
         }
+    }
+}
+
+/// The board's last-level cache (`[system] llc`), as far as page colouring needs it: a
+/// physical page's colour is `(paddr / 4 KiB) mod colours()`, and pages of different
+/// colours never compete for the same cache sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Llc {
+    /// Total size in bytes.
+    pub size: u64,
+    /// Associativity (ways).
+    pub ways: u32,
+}
+
+impl Llc {
+    /// Bytes of a page: the unit a colour is given in.
+    pub const PAGE: u64 = 4096;
+
+    /// The number of page colours: `size / ways / 4 KiB` (a validated [`System`]'s is a
+    /// power of two, at least 2); 0 for a malformed cache.
+    pub fn colours(&self) -> u64 {
+        if self.ways == 0 {
+            return 0;
+        }
+        self.size / u64::from(self.ways) / Llc::PAGE
     }
 }
 
@@ -575,6 +604,7 @@ pub struct System {
     pub(crate) vms: Vec<VmSpec>,
     pub(crate) networks: Vec<NetworkSpec>,
     pub(crate) shared: Vec<SharedSpec>,
+    pub(crate) llc: Option<Llc>,
 }
 
 impl System {
@@ -602,12 +632,39 @@ impl System {
         networks: Vec<NetworkSpec>,
         shared: Vec<SharedSpec>,
     ) -> Result<System, SpecError> {
+        System::with_parts(name, pcpus, None, vms, networks, shared)
+    }
+
+    /// Like [`System::with_networks`], with the board's last-level cache (`[system] llc`)
+    /// that VMs' `cache_colours` refer to.
+    pub fn with_llc(
+        name: String,
+        pcpus: Option<u32>,
+        llc: Option<Llc>,
+        vms: Vec<VmSpec>,
+        networks: Vec<NetworkSpec>,
+    ) -> Result<System, SpecError> {
+        System::with_parts(name, pcpus, llc, vms, networks, Vec::new())
+    }
+
+    /// Every part of a system: name, CPUs, last-level cache, VMs, networks, shared regions.
+    pub fn with_parts(
+        name: String,
+        pcpus: Option<u32>,
+        llc: Option<Llc>,
+        vms: Vec<VmSpec>,
+        networks: Vec<NetworkSpec>,
+        shared: Vec<SharedSpec>,
+    ) -> Result<System, SpecError> {
         crate::validate::check_system_name(&name)?;
         crate::validate::check_pcpus(pcpus)?;
+        crate::validate::check_llc(llc)?;
         for (index, vm) in vms.iter().enumerate() {
             crate::validate::check_vm(index, vm, pcpus)?;
+            crate::validate::check_colours(index, vm, llc)?;
         }
         crate::validate::check_across_vms(&vms)?;
+        crate::validate::check_colours_across_vms(&vms)?;
         crate::validate::check_networks(&vms, &networks)?;
         crate::validate::check_shared(&vms, &shared)?;
         Ok(System {
@@ -616,12 +673,18 @@ impl System {
             vms,
             networks,
             shared,
+            llc,
         })
     }
 
     /// The shared regions (`[[shared]]`), in file order.
     pub fn shared(&self) -> &[SharedSpec] {
         &self.shared
+    }
+
+    /// The board's last-level cache, if the description gives it.
+    pub fn llc(&self) -> Option<Llc> {
+        self.llc
     }
 
     /// The networks, in file order.

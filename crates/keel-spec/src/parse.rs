@@ -9,8 +9,9 @@ use serde::Deserialize;
 use crate::env::expand;
 use crate::error::{ErrorKind, SpecError};
 use crate::model::{
-    Access, Arch, ConsoleSpec, CpuSet, DiskSpec, HostPath, MacAddr, Memory, NetworkSpec, NicSpec,
-    OnReboot, Output, OutputKind, Placement, RamRegion, SharedMapSpec, SharedSpec, System, VmSpec,
+    Access, Arch, ConsoleSpec, CpuSet, DiskSpec, HostPath, Llc, MacAddr, Memory, NetworkSpec,
+    NicSpec, OnReboot, Output, OutputKind, Placement, RamRegion, SharedMapSpec, SharedSpec, System,
+    VmSpec,
 };
 use crate::size::parse_size;
 use crate::validate::{check_vm, vm_label};
@@ -155,6 +156,11 @@ impl<'e> Loader<'e> {
             })?),
         };
         crate::validate::check_pcpus(pcpus)?;
+        let llc = match raw_system.llc {
+            None => None,
+            Some(raw) => Some(llc(raw)?),
+        };
+        crate::validate::check_llc(llc)?;
         let ctx = Ctx {
             env: self.env,
             base_dir,
@@ -176,10 +182,29 @@ impl<'e> Loader<'e> {
             let vm = ctx.vm(index, raw_vm)?;
             // Check each VM as soon as it is built so errors come in file order.
             check_vm(index, &vm, pcpus)?;
+            crate::validate::check_colours(index, &vm, llc)?;
             vms.push(vm);
         }
-        System::with_shared(name, pcpus, vms, networks, shared)
+        System::with_parts(name, pcpus, llc, vms, networks, shared)
     }
+}
+
+fn llc(raw: RawLlc) -> Result<Llc, SpecError> {
+    let size = number("system: llc", "size", raw.size)?;
+    let ways = u32::try_from(raw.ways)
+        .ok()
+        .filter(|w| (1..=crate::limits::MAX_LLC_WAYS).contains(w))
+        .ok_or_else(|| {
+            SpecError::new(
+                "system",
+                ErrorKind::OutOfRange {
+                    key: "llc: ways",
+                    value: raw.ways.into(),
+                    range: "1..=1024",
+                },
+            )
+        })?;
+    Ok(Llc { size, ways })
 }
 
 fn network(index: usize, raw: RawNetwork) -> Result<NetworkSpec, SpecError> {
@@ -313,6 +338,14 @@ struct RawNic {
 struct RawSystem {
     name: Option<String>,
     pcpus: Option<i64>,
+    llc: Option<RawLlc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLlc {
+    size: RawNumber,
+    ways: i64,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +373,7 @@ struct RawVm {
     shared: Vec<RawSharedMap>,
     on_reboot: Option<String>,
     max_restarts_per_minute: Option<i64>,
+    cache_colours: Option<Vec<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -521,6 +555,22 @@ impl Ctx<'_> {
                     })
                 })?,
         };
+        let cache_colours = match raw.cache_colours {
+            None => None,
+            Some(list) => Some(
+                list.into_iter()
+                    .map(|c| {
+                        u32::try_from(c).map_err(|_| {
+                            fail(ErrorKind::OutOfRange {
+                                key: "cache_colours",
+                                value: c.into(),
+                                range: "0..(the llc's colour count)",
+                            })
+                        })
+                    })
+                    .collect::<Result<Vec<u32>, _>>()?,
+            ),
+        };
         let kernel = self.path(&at, "kernel", &raw.kernel)?;
         let initrd = match &raw.initrd {
             Some(p) => Some(self.path(&at, "initrd", p)?),
@@ -608,6 +658,7 @@ impl Ctx<'_> {
             shared,
             on_reboot,
             max_restarts_per_minute,
+            cache_colours,
         })
     }
 

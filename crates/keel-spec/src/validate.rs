@@ -5,7 +5,7 @@ use alloc::string::{String, ToString};
 
 use crate::error::{ErrorKind, SpecError};
 use crate::layout::{GPA_LIMIT, device_window};
-use crate::model::{Arch, MacAddr, Memory, NetworkSpec, Output, SharedSpec, System, VmSpec};
+use crate::model::{Arch, Llc, MacAddr, Memory, NetworkSpec, Output, SharedSpec, System, VmSpec};
 use crate::size::SizeDisplay;
 
 /// The limits the validator enforces.
@@ -56,6 +56,10 @@ pub mod limits {
     pub const MAX_SHARED_MAPS: usize = 16;
     /// Bytes of one `[[shared]]` region.
     pub const MAX_SHARED_SIZE: u64 = 1 << 30;
+    /// `[system] llc` ways: `1..=MAX_LLC_WAYS`.
+    pub const MAX_LLC_WAYS: u32 = 1024;
+    /// Most page colours an llc may have (a 64 MiB direct-mapped cache has 16384).
+    pub const MAX_COLOURS: u64 = 1 << 14;
 }
 
 /// How errors state the range of `flood_rate`.
@@ -124,6 +128,86 @@ pub(crate) fn check_vm_name(index: usize, name: &str) -> Result<(), SpecError> {
             },
         ))
     }
+}
+
+/// Checks the last-level cache: at least one way, and a colour count (`size / ways /
+/// 4 KiB`) that divides exactly and is a power of two of at least 2.
+pub(crate) fn check_llc(llc: Option<Llc>) -> Result<(), SpecError> {
+    let Some(llc) = llc else { return Ok(()) };
+    if llc.ways == 0 || llc.ways > MAX_LLC_WAYS {
+        return Err(SpecError::new(
+            "system",
+            ErrorKind::OutOfRange {
+                key: "llc: ways",
+                value: llc.ways.into(),
+                range: "1..=1024",
+            },
+        ));
+    }
+    let colours = llc.colours();
+    let exact = llc.size % (u64::from(llc.ways) * Llc::PAGE) == 0;
+    if !exact || colours < 2 || !colours.is_power_of_two() || colours > MAX_COLOURS {
+        return Err(SpecError::new(
+            "system",
+            ErrorKind::LlcColours {
+                size: llc.size,
+                ways: llc.ways,
+                colours,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one VM's `cache_colours` against the cache: given only with an llc, not
+/// empty, each colour in range and listed once.
+pub(crate) fn check_colours(index: usize, vm: &VmSpec, llc: Option<Llc>) -> Result<(), SpecError> {
+    let Some(list) = &vm.cache_colours else {
+        return Ok(());
+    };
+    let at = vm_label(index, Some(&vm.name));
+    let err = |kind| Err(SpecError::new(at.clone(), kind));
+    let Some(llc) = llc else {
+        return err(ErrorKind::ColoursWithoutLlc);
+    };
+    if list.is_empty() {
+        return err(ErrorKind::NoColours);
+    }
+    let colours = llc.colours();
+    for (i, &c) in list.iter().enumerate() {
+        if u64::from(c) >= colours {
+            return err(ErrorKind::ColourOutOfRange {
+                colour: c.into(),
+                colours,
+            });
+        }
+        if list[..i].contains(&c) {
+            return err(ErrorKind::DuplicateColour(c));
+        }
+    }
+    Ok(())
+}
+
+/// No colour is given to two VMs.
+pub(crate) fn check_colours_across_vms(vms: &[VmSpec]) -> Result<(), SpecError> {
+    for (index, vm) in vms.iter().enumerate() {
+        for &c in vm.cache_colours.iter().flatten() {
+            if let Some((j, other)) = vms[..index]
+                .iter()
+                .enumerate()
+                .find(|(_, o)| o.cache_colours.iter().flatten().any(|&x| x == c))
+            {
+                return Err(SpecError::new(
+                    vm_label(index, Some(&vm.name)),
+                    ErrorKind::ColourShared {
+                        colour: c,
+                        other: vm_label(j, Some(&other.name)),
+                    },
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks one VM on its own (names are checked against each other by `check_across_vms`).

@@ -91,3 +91,11 @@ fn net_example_puts_a_and_b_on_one_network() {
         assert_eq!(vm.nics[0].mac.unwrap().to_string(), mac);
     }
 }
+
+#[test]
+fn colour_example_gives_its_vm_half_of_a_16_colour_llc() {
+    let s = load("sel4-colour.toml");
+
+    assert_eq!(s.llc().map(|l| l.colours()), Some(16));
+    assert_eq!(s.vms()[0].cache_colours, Some(vec![0, 1, 2, 3, 4, 5, 6, 7]));
+}

@@ -473,8 +473,33 @@ fn run(
                 .map_err(vmm_failure)?,
         )
     };
+    warn_colours_not_applied(std::slice::from_ref(spec));
     let scope = keel_kvm::placement::CgroupScope::this_process(sys.name());
     run_vm_to_exit(spec, network, false, &scope, stats, on_reboot)
+}
+
+/// The warning `keel run` and `keel up` print (once) when VMs have `cache_colours`, or
+/// `None` when none has.
+pub(crate) fn colours_warning(vms: &[VmSpec]) -> Option<String> {
+    let names: Vec<String> = vms
+        .iter()
+        .filter(|v| v.cache_colours.is_some())
+        .map(|v| format!("{:?}", v.name))
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "cache_colours of vm {} are not applied on Linux/KVM: a user-space VMM cannot choose the physical pages behind guest RAM (colours apply on seL4, `keel sel4 build`)",
+        names.join(", ")
+    ))
+}
+
+/// Print [`colours_warning`] if there is one.
+pub(crate) fn warn_colours_not_applied(vms: &[VmSpec]) {
+    if let Some(w) = colours_warning(vms) {
+        log::warn(format_args!("{w}"));
+    }
 }
 
 /// A VMM error as a failure: bad input (exit 2) or a VMM/KVM failure (exit 1).
@@ -758,5 +783,38 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn vm_with_colours(name: &str, colours: Option<Vec<u32>>) -> VmSpec {
+        let mut v = VmSpec::new(
+            name,
+            keel_spec::Arch::Aarch64,
+            keel_spec::HostPath::new("/k"),
+            Memory::Size(64 << 20),
+        );
+        v.cache_colours = colours;
+        v
+    }
+
+    #[test]
+    fn the_colours_warning_names_every_coloured_vm_in_one_line() {
+        let vms = [
+            vm_with_colours("a", Some(vec![0])),
+            vm_with_colours("b", None),
+            vm_with_colours("c", Some(vec![1])),
+        ];
+
+        let w = colours_warning(&vms).unwrap();
+
+        assert!(
+            w.starts_with("cache_colours of vm \"a\", \"c\" are not applied on Linux/KVM"),
+            "{w}"
+        );
+        assert_eq!(w.lines().count(), 1);
+    }
+
+    #[test]
+    fn uncoloured_vms_get_no_colours_warning() {
+        assert_eq!(colours_warning(&[vm_with_colours("a", None)]), None);
     }
 }

@@ -295,6 +295,7 @@ pub fn up(
             )));
         }
     }
+    crate::warn_colours_not_applied(sys.vms());
     let system_arg = system.display().to_string();
     let level_arg = level.name().to_string();
 

@@ -981,3 +981,32 @@ fn check_lists_each_vms_shared_regions_and_each_regions_users() {
         "{run:?}"
     );
 }
+
+#[test]
+fn cache_colours_are_warned_about_once_and_the_vm_still_runs() {
+    if !kvm_or_skip("cache_colours_are_warned_about_once_and_the_vm_still_runs") {
+        return;
+    }
+    let s = Scratch::new("colours");
+    let toml = format!(
+        "[system]\nllc = {{ size = \"1M\", ways = 16 }}\n{}cache_colours = [0, 1, 2, 3]\n",
+        system(&testguest(), 1, "keeltest=all", "")
+    );
+
+    let run = run_system(&s, &toml, &[]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    assert!(run.stdout.contains("keeltest: PASS"), "{run:?}");
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("keel: warning:"))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "keel: warning: cache_colours of vm \"t\" are not applied on Linux/KVM: a user-space VMM cannot choose the physical pages behind guest RAM (colours apply on seL4, `keel sel4 build`)"
+        ],
+        "{run:?}"
+    );
+}

@@ -921,3 +921,48 @@ fn mapping_of_an_undeclared_shared_region_is_refused_with_one_line_and_exit_2() 
         errors[0]
     );
 }
+
+#[test]
+fn cache_colours_are_warned_about_once_for_the_system_and_its_vms_run() {
+    if !kvm_or_skip("cache_colours_are_warned_about_once_for_the_system_and_its_vms_run") {
+        return;
+    }
+    let g = testguest();
+    let s = Scratch::new("colours");
+    let toml = [
+        "[system]\nllc = { size = \"1M\", ways = 16 }\n".to_string(),
+        vm(
+            &g,
+            "a",
+            "keeltest=rng",
+            &[],
+            "cache_colours = [0, 1]\n[vm.rng]\n",
+        ),
+        vm(
+            &g,
+            "b",
+            "keeltest=rng",
+            &[],
+            "cache_colours = [2, 3]\n[vm.rng]\n",
+        ),
+    ]
+    .concat();
+
+    let run = up(&s, &toml, &[]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    assert!(run.vm_lines("a").contains(&"keeltest: PASS"), "{run:?}");
+    assert!(run.vm_lines("b").contains(&"keeltest: PASS"), "{run:?}");
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("keel: warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{run:?}");
+    assert!(
+        warnings[0].starts_with(
+            "keel: warning: cache_colours of vm \"a\", \"b\" are not applied on Linux/KVM"
+        ),
+        "{run:?}"
+    );
+}

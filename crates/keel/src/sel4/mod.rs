@@ -221,6 +221,7 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf, Sel4Failure> {
         Err(
             e @ (BuildError::Io { .. }
             | BuildError::PayloadTooLarge { .. }
+            | BuildError::InitialiserSlots { .. }
             | BuildError::Microkit(_)),
         ) => Err(input(e.to_string())),
         Err(e) => Err(failure(e.to_string())),

@@ -1,0 +1,392 @@
+//! keel-probe: measurements taken from inside a Linux guest, against the wall clock.
+//!
+//! ```text
+//! keel-probe runfrac <seconds>          share of its core the VM got
+//! keel-probe work <MiB> <passes>        a fixed memory + cache workload, timed
+//! keel-probe thrash <MiB> <seconds>     streaming writes over a buffer, for that long
+//! ```
+//!
+//! Each mode prints one result line `KEEL-PROBE <mode> key=value ...` (`thrash` also prints
+//! `KEEL-PROBE thrash-start ...` when its loop begins). The clock is the arm64 generic
+//! timer's virtual counter (`CNTVCT_EL0`, frequency `CNTFRQ_EL0`), read directly from EL0:
+//! it keeps counting while the vCPU does not run (seL4 without
+//! `CONFIG_VTIMER_UPDATE_VOFFSET`, KVM), so it is the wall clock. On other architectures
+//! (the probe's own unit tests on the build host) `std::time::Instant` stands in.
+
+use std::fmt;
+use std::hint::black_box;
+use std::io::Write;
+
+mod clock {
+    /// Counter ticks now.
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    pub fn now() -> u64 {
+        let v: u64;
+        // SAFETY: reads the virtual counter, which Linux lets EL0 read (CNTKCTL_EL1.EL0VCTEN);
+        // the `isb` keeps the read from being hoisted above earlier instructions. No memory
+        // is touched.
+        unsafe {
+            core::arch::asm!("isb", "mrs {v}, cntvct_el0", v = out(reg) v, options(nomem, nostack, preserves_flags));
+        }
+        v
+    }
+
+    /// Counter ticks per second.
+    #[cfg(target_arch = "aarch64")]
+    pub fn freq() -> u64 {
+        let v: u64;
+        // SAFETY: reads the counter frequency register, readable at EL0 whenever the
+        // counter is; no memory is touched.
+        unsafe {
+            core::arch::asm!("mrs {v}, cntfrq_el0", v = out(reg) v, options(nomem, nostack, preserves_flags));
+        }
+        v
+    }
+
+    #[cfg(not(target_arch = "aarch64"))]
+    fn origin() -> std::time::Instant {
+        static O: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *O.get_or_init(std::time::Instant::now)
+    }
+
+    /// Nanoseconds since the first call (stand-in off arm64).
+    #[cfg(not(target_arch = "aarch64"))]
+    pub fn now() -> u64 {
+        origin().elapsed().as_nanos() as u64
+    }
+
+    /// Nanosecond ticks (stand-in off arm64).
+    #[cfg(not(target_arch = "aarch64"))]
+    pub fn freq() -> u64 {
+        1_000_000_000
+    }
+}
+
+/// Why the probe cannot run as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ProbeError {
+    /// No mode, or one the probe does not know.
+    Usage(String),
+    /// An argument is not a number in range.
+    BadArg {
+        /// Which argument.
+        what: &'static str,
+        /// What was given.
+        value: String,
+    },
+    /// The counter frequency is 0 (no usable clock).
+    NoClock,
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeError::Usage(m) => write!(
+                f,
+                "{m}; usage: keel-probe runfrac <seconds> | work <MiB> <passes> | thrash <MiB> <seconds>"
+            ),
+            ProbeError::BadArg { what, value } => {
+                write!(f, "{what} {value:?} is not a whole number in range")
+            }
+            ProbeError::NoClock => write!(f, "CNTFRQ_EL0 reads 0: no counter frequency"),
+        }
+    }
+}
+
+/// Sums the gaps of a stream of clock reads: a step between consecutive reads longer than
+/// the threshold is time the reader did not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GapMeter {
+    threshold: u64,
+    first: u64,
+    last: u64,
+    gaps: u64,
+    count: u64,
+    longest: u64,
+}
+
+impl GapMeter {
+    fn new(start: u64, threshold: u64) -> Self {
+        GapMeter {
+            threshold,
+            first: start,
+            last: start,
+            gaps: 0,
+            count: 0,
+            longest: 0,
+        }
+    }
+
+    /// Record a read at `t` (ticks, not before the previous one; a counter that went
+    /// backwards counts as no step).
+    fn observe(&mut self, t: u64) {
+        let step = t.saturating_sub(self.last);
+        if step > self.threshold {
+            self.gaps += step;
+            self.count += 1;
+            self.longest = self.longest.max(step);
+        }
+        self.last = self.last.max(t);
+    }
+
+    fn elapsed(&self) -> u64 {
+        self.last - self.first
+    }
+
+    /// 1 - gaps / elapsed (1.0 before anything elapsed).
+    fn run_fraction(&self) -> f64 {
+        match self.elapsed() {
+            0 => 1.0,
+            e => 1.0 - self.gaps as f64 / e as f64,
+        }
+    }
+}
+
+/// Gaps longer than this are time the vCPU did not run (a guest timer tick taken inside
+/// the guest costs a few microseconds, one through the VMM under QEMU TCG tens).
+const GAP_THRESHOLD_US: u64 = 200;
+
+fn us(ticks: u64, freq: u64) -> u64 {
+    (u128::from(ticks) * 1_000_000 / u128::from(freq.max(1))) as u64
+}
+
+fn runfrac(seconds: u64) -> Result<String, ProbeError> {
+    let freq = clock::freq();
+    if freq == 0 {
+        return Err(ProbeError::NoClock);
+    }
+    let threshold = freq * GAP_THRESHOLD_US / 1_000_000;
+    let end_after = freq.saturating_mul(seconds);
+    let mut m = GapMeter::new(clock::now(), threshold);
+    let mut reads: u64 = 0;
+    while m.elapsed() < end_after {
+        m.observe(clock::now());
+        reads += 1;
+    }
+    Ok(format!(
+        "KEEL-PROBE runfrac secs={:.3} frac={:.4} gaps={} gap_us={} longest_us={} threshold_us={GAP_THRESHOLD_US} reads={reads} freq_hz={freq}",
+        m.elapsed() as f64 / freq as f64,
+        m.run_fraction(),
+        m.count,
+        us(m.gaps, freq),
+        us(m.longest, freq),
+    ))
+}
+
+/// Bytes of one element of the work buffer: one cache line.
+const LINE: usize = 64;
+
+/// xorshift64: the work's fixed pseudo-random sequence (same seed, same permutation).
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// A single cycle through `n` elements (Sattolo's algorithm, fixed seed): `next[i]` is the
+/// element after `i`.
+fn cycle(n: usize) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut seed = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..n).rev() {
+        let j = (xorshift(&mut seed) % i as u64) as usize;
+        order.swap(i, j);
+    }
+    let mut next = vec![0u32; n];
+    for w in 0..n {
+        next[order[w] as usize] = order[(w + 1) % n];
+    }
+    next
+}
+
+/// One cache line of the work buffer: the next line of the chase and a counter.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line {
+    next: u32,
+    _pad: u32,
+    hits: u64,
+    _rest: [u64; (LINE - 16) / 8],
+}
+
+/// `passes` walks of a random single cycle through `mib` MiB of cache lines, each step a
+/// dependent load and a read-modify-write of the line: returns (ticks, checksum).
+fn chase(mib: u64, passes: u64) -> (u64, u64) {
+    let n = (mib as usize) * (1 << 20) / LINE;
+    let next = cycle(n);
+    let mut buf: Vec<Line> = next
+        .iter()
+        .map(|&nx| Line {
+            next: nx,
+            _pad: 0,
+            hits: 0,
+            _rest: [0; (LINE - 16) / 8],
+        })
+        .collect();
+    drop(next);
+    let t0 = clock::now();
+    let mut i = 0usize;
+    for _ in 0..passes {
+        for _ in 0..n {
+            let l = &mut buf[i];
+            l.hits = l.hits.wrapping_add(1);
+            i = l.next as usize;
+        }
+    }
+    let t1 = clock::now();
+    let sum = buf.iter().fold(0u64, |a, l| a.wrapping_add(l.hits));
+    (t1.saturating_sub(t0), black_box(sum))
+}
+
+fn work(mib: u64, passes: u64) -> Result<String, ProbeError> {
+    let freq = clock::freq();
+    if freq == 0 {
+        return Err(ProbeError::NoClock);
+    }
+    let (ticks, sum) = chase(mib, passes);
+    Ok(format!(
+        "KEEL-PROBE work mib={mib} passes={passes} ms={:.1} steps={sum}",
+        ticks as f64 * 1000.0 / freq as f64
+    ))
+}
+
+fn thrash(mib: u64, seconds: u64) -> Result<String, ProbeError> {
+    let freq = clock::freq();
+    if freq == 0 {
+        return Err(ProbeError::NoClock);
+    }
+    let words = (mib as usize) * (1 << 20) / 8;
+    let mut buf = vec![0u64; words];
+    let t0 = clock::now();
+    println!("KEEL-PROBE thrash-start mib={mib} secs={seconds}");
+    let _ = std::io::stdout().flush();
+    let end_after = freq.saturating_mul(seconds);
+    let mut passes: u64 = 0;
+    while clock::now().saturating_sub(t0) < end_after {
+        for w in buf.iter_mut() {
+            *w = w.wrapping_add(passes | 1);
+        }
+        black_box(&mut buf);
+        passes += 1;
+    }
+    let secs = clock::now().saturating_sub(t0) as f64 / freq as f64;
+    Ok(format!(
+        "KEEL-PROBE thrash mib={mib} secs={secs:.3} passes={passes} mib_per_s={:.1}",
+        (passes * mib) as f64 / secs.max(1e-9)
+    ))
+}
+
+fn number(what: &'static str, arg: Option<&String>, max: u64) -> Result<u64, ProbeError> {
+    let value = arg.cloned().unwrap_or_default();
+    match value.parse::<u64>() {
+        Ok(v) if (1..=max).contains(&v) => Ok(v),
+        _ => Err(ProbeError::BadArg { what, value }),
+    }
+}
+
+/// Most MiB a buffer may have (the guests have 128..256 MiB).
+const MAX_MIB: u64 = 1024;
+/// Longest run, seconds.
+const MAX_SECONDS: u64 = 3600;
+
+fn run(args: &[String]) -> Result<String, ProbeError> {
+    match args.first().map(String::as_str) {
+        Some("runfrac") if args.len() == 2 => runfrac(number("seconds", args.get(1), MAX_SECONDS)?),
+        Some("work") if args.len() == 3 => work(
+            number("MiB", args.get(1), MAX_MIB)?,
+            number("passes", args.get(2), 1_000_000)?,
+        ),
+        Some("thrash") if args.len() == 3 => thrash(
+            number("MiB", args.get(1), MAX_MIB)?,
+            number("seconds", args.get(2), MAX_SECONDS)?,
+        ),
+        Some(m) => Err(ProbeError::Usage(format!(
+            "mode {m:?} with {} argument(s)",
+            args.len() - 1
+        ))),
+        None => Err(ProbeError::Usage("no mode".into())),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(line) => println!("{line}"),
+        Err(e) => {
+            eprintln!("keel-probe: {e}");
+            println!("KEEL-PROBE error msg={:?}", e.to_string());
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_under_the_threshold_are_not_gaps() {
+        let mut m = GapMeter::new(0, 10);
+        for t in (1..=100).map(|i| i * 10) {
+            m.observe(t);
+        }
+        assert_eq!((m.count, m.gaps, m.run_fraction()), (0, 0, 1.0));
+    }
+
+    #[test]
+    fn a_step_over_the_threshold_counts_whole_as_a_gap() {
+        let mut m = GapMeter::new(0, 10);
+        for t in [5, 80, 90, 100] {
+            m.observe(t);
+        }
+        assert_eq!((m.count, m.gaps, m.longest), (1, 75, 75));
+        assert!((m.run_fraction() - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_counter_going_backwards_is_no_step() {
+        let mut m = GapMeter::new(100, 10);
+        m.observe(50);
+        m.observe(105);
+        assert_eq!((m.count, m.elapsed()), (0, 5));
+    }
+
+    #[test]
+    fn the_chase_cycle_visits_every_element_once() {
+        let next = cycle(1000);
+        let mut seen = vec![false; 1000];
+        let mut i = 0usize;
+        for _ in 0..1000 {
+            assert!(!seen[i], "element {i} visited twice");
+            seen[i] = true;
+            i = next[i] as usize;
+        }
+        assert_eq!(i, 0);
+    }
+
+    #[test]
+    fn work_touches_each_line_once_per_pass() {
+        let (_, sum) = chase(1, 3);
+        assert_eq!(sum, 3 * (1 << 20) / LINE as u64);
+    }
+
+    #[test]
+    fn an_unknown_mode_is_a_usage_error() {
+        let e = run(&["spin".to_string()]).unwrap_err();
+        assert!(matches!(e, ProbeError::Usage(m) if m.contains("spin")));
+    }
+
+    #[test]
+    fn a_zero_size_is_rejected_by_name() {
+        let e = run(&["work".into(), "0".into(), "1".into()]).unwrap_err();
+        assert_eq!(
+            e,
+            ProbeError::BadArg {
+                what: "MiB",
+                value: "0".into()
+            }
+        );
+    }
+}

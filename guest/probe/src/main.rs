@@ -1,7 +1,7 @@
 //! keel-probe: measurements taken from inside a Linux guest, against the wall clock.
 //!
 //! ```text
-//! keel-probe runfrac <seconds>          share of its core the VM got
+//! keel-probe runfrac <seconds> [<at>|now [<window_ms>]]   share of its core the VM got
 //! keel-probe work <MiB> <passes>        a fixed memory + cache workload, timed
 //! keel-probe thrash <MiB> <seconds>     streaming writes over a buffer, for that long
 //! ```
@@ -84,7 +84,7 @@ impl fmt::Display for ProbeError {
         match self {
             ProbeError::Usage(m) => write!(
                 f,
-                "{m}; usage: keel-probe runfrac <seconds> | work <MiB> <passes> | thrash <MiB> <seconds>"
+                "{m}; usage: keel-probe runfrac <seconds> [<at>|now [<window_ms>]] | work <MiB> <passes> | thrash <MiB> <seconds>"
             ),
             ProbeError::BadArg { what, value } => {
                 write!(f, "{what} {value:?} is not a whole number in range")
@@ -104,7 +104,12 @@ struct GapMeter {
     gaps: u64,
     count: u64,
     longest: u64,
+    /// (start, end) of each gap, when recording (at most [`MAX_GAP_LOG`]).
+    log: Option<Vec<(u64, u64)>>,
 }
+
+/// Most gaps a recording [`GapMeter`] keeps (16 bytes each).
+const MAX_GAP_LOG: usize = 1 << 20;
 
 impl GapMeter {
     fn new(start: u64, threshold: u64) -> Self {
@@ -115,7 +120,49 @@ impl GapMeter {
             gaps: 0,
             count: 0,
             longest: 0,
+            log: None,
         }
+    }
+
+    /// A meter that also keeps each gap, for [`GapMeter::peak`].
+    fn recording(start: u64, threshold: u64) -> Self {
+        GapMeter {
+            log: Some(Vec::new()),
+            ..GapMeter::new(start, threshold)
+        }
+    }
+
+    /// The most run time in any `window` ticks long inside the measured span, as a share
+    /// of `window` (`None` without a log, or if the span is shorter than `window` or the
+    /// log overflowed). The maximum is at a window that starts where running starts (the
+    /// first read, a gap's end) or ends where it ends (a gap's start, the last read).
+    fn peak(&self, window: u64) -> Option<f64> {
+        let log = self.log.as_ref()?;
+        if window == 0 || self.elapsed() < window || log.len() >= MAX_GAP_LOG {
+            return None;
+        }
+        // Run time in [s, s + window): the gaps are sorted and disjoint.
+        let run_from = |s: u64| {
+            let e = s + window;
+            let j = log.partition_point(|g| g.1 <= s);
+            let gap: u64 = log[j..]
+                .iter()
+                .take_while(|g| g.0 < e)
+                .map(|g| g.1.min(e) - g.0.max(s))
+                .sum();
+            window - gap
+        };
+        let starts = core::iter::once(self.first).chain(log.iter().map(|g| g.1));
+        let ends = core::iter::once(self.last).chain(log.iter().map(|g| g.0));
+        let best = starts
+            .filter(|&s| s + window <= self.last)
+            .chain(
+                ends.filter(|&e| e >= self.first + window)
+                    .map(|e| e - window),
+            )
+            .map(run_from)
+            .max()?;
+        Some(best as f64 / window as f64)
     }
 
     /// Record a read at `t` (ticks, not before the previous one; a counter that went
@@ -126,6 +173,11 @@ impl GapMeter {
             self.gaps += step;
             self.count += 1;
             self.longest = self.longest.max(step);
+            if let Some(log) = self.log.as_mut()
+                && log.len() < MAX_GAP_LOG
+            {
+                log.push((self.last, t));
+            }
         }
         self.last = self.last.max(t);
     }
@@ -143,6 +195,9 @@ impl GapMeter {
     }
 }
 
+/// The window of `runfrac`'s `peak=` when none is given, milliseconds.
+const DEFAULT_WINDOW_MS: u64 = 20;
+
 /// Gaps longer than this are time the vCPU did not run (a guest timer tick taken inside
 /// the guest costs a few microseconds, one through the VMM under QEMU TCG tens).
 const GAP_THRESHOLD_US: u64 = 200;
@@ -151,26 +206,54 @@ fn us(ticks: u64, freq: u64) -> u64 {
     (u128::from(ticks) * 1_000_000 / u128::from(freq.max(1))) as u64
 }
 
-fn runfrac(seconds: u64) -> Result<String, ProbeError> {
+/// Wait until the counter reads `at` seconds: sleep until one second before, then spin
+/// (the spin warms the loop up). Returns whether `at` had already passed.
+fn wait_until(at: u64, freq: u64) -> bool {
+    let target = freq.saturating_mul(at);
+    let now = clock::now();
+    println!(
+        "KEEL-PROBE runfrac-wait now={:.3} at={at}",
+        now as f64 / freq as f64
+    );
+    let _ = std::io::stdout().flush();
+    if now >= target {
+        return true;
+    }
+    let sleep_ticks = target.saturating_sub(freq).saturating_sub(now);
+    if sleep_ticks > 0 {
+        std::thread::sleep(std::time::Duration::from_micros(us(sleep_ticks, freq)));
+    }
+    while clock::now() < target {
+        std::hint::spin_loop();
+    }
+    false
+}
+
+fn runfrac(seconds: u64, at: Option<u64>, window_ms: u64) -> Result<String, ProbeError> {
     let freq = clock::freq();
     if freq == 0 {
         return Err(ProbeError::NoClock);
     }
+    let late = at.is_some_and(|a| wait_until(a, freq));
     let threshold = freq * GAP_THRESHOLD_US / 1_000_000;
     let end_after = freq.saturating_mul(seconds);
-    let mut m = GapMeter::new(clock::now(), threshold);
+    let mut m = GapMeter::recording(clock::now(), threshold);
     let mut reads: u64 = 0;
     while m.elapsed() < end_after {
         m.observe(clock::now());
         reads += 1;
     }
     Ok(format!(
-        "KEEL-PROBE runfrac secs={:.3} frac={:.4} gaps={} gap_us={} longest_us={} threshold_us={GAP_THRESHOLD_US} reads={reads} freq_hz={freq}",
+        "KEEL-PROBE runfrac secs={:.3} frac={:.4} gaps={} gap_us={} longest_us={} threshold_us={GAP_THRESHOLD_US} reads={reads} freq_hz={freq} start={:.3} late={} window_ms={window_ms} peak={}",
         m.elapsed() as f64 / freq as f64,
         m.run_fraction(),
         m.count,
         us(m.gaps, freq),
         us(m.longest, freq),
+        m.first as f64 / freq as f64,
+        u8::from(late),
+        m.peak(freq.saturating_mul(window_ms) / 1000)
+            .map_or("none".into(), |p| format!("{p:.4}")),
     ))
 }
 
@@ -211,9 +294,24 @@ struct Line {
     _rest: [u64; (LINE - 16) / 8],
 }
 
+/// Chase steps between two clock reads in [`chase`] (a few microseconds: far below the
+/// gap threshold).
+const CHUNK: usize = 64;
+
+/// What [`chase`] measured.
+struct Chase {
+    /// Ticks from the first step to the last.
+    ticks: u64,
+    /// Ticks of that in gaps (the vCPU did not run), as [`runfrac`] counts them.
+    gap_ticks: u64,
+    /// Steps taken (each line's counter summed): `passes` × lines.
+    steps: u64,
+}
+
 /// `passes` walks of a random single cycle through `mib` MiB of cache lines, each step a
-/// dependent load and a read-modify-write of the line: returns (ticks, checksum).
-fn chase(mib: u64, passes: u64) -> (u64, u64) {
+/// dependent load and a read-modify-write of the line; the clock is read every [`CHUNK`]
+/// steps to tell time run from time not run.
+fn chase(mib: u64, passes: u64, threshold: u64) -> Chase {
     let n = (mib as usize) * (1 << 20) / LINE;
     let next = cycle(n);
     let mut buf: Vec<Line> = next
@@ -226,18 +324,27 @@ fn chase(mib: u64, passes: u64) -> (u64, u64) {
         })
         .collect();
     drop(next);
-    let t0 = clock::now();
+    let mut m = GapMeter::new(clock::now(), threshold);
     let mut i = 0usize;
     for _ in 0..passes {
-        for _ in 0..n {
-            let l = &mut buf[i];
-            l.hits = l.hits.wrapping_add(1);
-            i = l.next as usize;
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(CHUNK);
+            for _ in 0..k {
+                let l = &mut buf[i];
+                l.hits = l.hits.wrapping_add(1);
+                i = l.next as usize;
+            }
+            left -= k;
+            m.observe(clock::now());
         }
     }
-    let t1 = clock::now();
-    let sum = buf.iter().fold(0u64, |a, l| a.wrapping_add(l.hits));
-    (t1.saturating_sub(t0), black_box(sum))
+    let steps = buf.iter().fold(0u64, |a, l| a.wrapping_add(l.hits));
+    Chase {
+        ticks: m.elapsed(),
+        gap_ticks: m.gaps,
+        steps: black_box(steps),
+    }
 }
 
 fn work(mib: u64, passes: u64) -> Result<String, ProbeError> {
@@ -245,10 +352,14 @@ fn work(mib: u64, passes: u64) -> Result<String, ProbeError> {
     if freq == 0 {
         return Err(ProbeError::NoClock);
     }
-    let (ticks, sum) = chase(mib, passes);
+    let c = chase(mib, passes, freq * GAP_THRESHOLD_US / 1_000_000);
+    let ms = |t: u64| t as f64 * 1000.0 / freq as f64;
     Ok(format!(
-        "KEEL-PROBE work mib={mib} passes={passes} ms={:.1} steps={sum}",
-        ticks as f64 * 1000.0 / freq as f64
+        "KEEL-PROBE work mib={mib} passes={passes} ms={:.1} run_ms={:.1} gap_ms={:.1} steps={}",
+        ms(c.ticks),
+        ms(c.ticks - c.gap_ticks),
+        ms(c.gap_ticks),
+        c.steps
     ))
 }
 
@@ -293,7 +404,17 @@ const MAX_SECONDS: u64 = 3600;
 
 fn run(args: &[String]) -> Result<String, ProbeError> {
     match args.first().map(String::as_str) {
-        Some("runfrac") if args.len() == 2 => runfrac(number("seconds", args.get(1), MAX_SECONDS)?),
+        Some("runfrac") if (2..=4).contains(&args.len()) => runfrac(
+            number("seconds", args.get(1), MAX_SECONDS)?,
+            match args.get(2).map(String::as_str) {
+                Some("now") | None => None,
+                Some(_) => Some(number("at", args.get(2), u64::MAX / 1_000_000_000)?),
+            },
+            match args.get(3) {
+                Some(_) => number("window_ms", args.get(3), 60_000)?,
+                None => DEFAULT_WINDOW_MS,
+            },
+        ),
         Some("work") if args.len() == 3 => work(
             number("MiB", args.get(1), MAX_MIB)?,
             number("passes", args.get(2), 1_000_000)?,
@@ -346,6 +467,21 @@ mod tests {
     }
 
     #[test]
+    fn peak_is_the_most_run_time_in_any_window() {
+        // Runs 0..5, gap 5..20, runs 20..25, gap 25..40, runs 40..48, gap 48..60, runs
+        // 60..100: the best 50 are the last 50.
+        let mut m = GapMeter::recording(0, 1);
+        for t in [1, 2, 3, 4, 5, 20, 21, 22, 23, 24, 25, 40, 44, 48, 60] {
+            m.observe(t);
+        }
+        for t in 61..=100 {
+            m.observe(t);
+        }
+        assert_eq!(m.peak(20), Some(1.0));
+        assert_eq!(m.peak(50), Some(40.0 / 50.0));
+    }
+
+    #[test]
     fn a_counter_going_backwards_is_no_step() {
         let mut m = GapMeter::new(100, 10);
         m.observe(50);
@@ -368,8 +504,8 @@ mod tests {
 
     #[test]
     fn work_touches_each_line_once_per_pass() {
-        let (_, sum) = chase(1, 3);
-        assert_eq!(sum, 3 * (1 << 20) / LINE as u64);
+        let c = chase(1, 3, u64::MAX);
+        assert_eq!(c.steps, 3 * (1 << 20) / LINE as u64);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! keel-probe: measurements taken from inside a Linux guest, against the wall clock.
 //!
 //! ```text
-//! keel-probe runfrac <seconds> [<at>|now [<window_ms>]]   share of its core the VM got
+//! keel-probe runfrac <seconds> [<at>|now [<window_ms> [<part_s>]]]   share of its core the VM got
 //! keel-probe work <MiB> <passes>        a fixed memory + cache workload, timed
 //! keel-probe thrash <MiB> <seconds>     streaming writes over a buffer, for that long
 //! ```
@@ -84,7 +84,7 @@ impl fmt::Display for ProbeError {
         match self {
             ProbeError::Usage(m) => write!(
                 f,
-                "{m}; usage: keel-probe runfrac <seconds> [<at>|now [<window_ms>]] | work <MiB> <passes> | thrash <MiB> <seconds>"
+                "{m}; usage: keel-probe runfrac <seconds> [<at>|now [<window_ms> [<part_s>]]] | work <MiB> <passes> | thrash <MiB> <seconds>"
             ),
             ProbeError::BadArg { what, value } => {
                 write!(f, "{what} {value:?} is not a whole number in range")
@@ -211,11 +211,6 @@ fn us(ticks: u64, freq: u64) -> u64 {
 fn wait_until(at: u64, freq: u64) -> bool {
     let target = freq.saturating_mul(at);
     let now = clock::now();
-    println!(
-        "KEEL-PROBE runfrac-wait now={:.3} at={at}",
-        now as f64 / freq as f64
-    );
-    let _ = std::io::stdout().flush();
     if now >= target {
         return true;
     }
@@ -229,31 +224,86 @@ fn wait_until(at: u64, freq: u64) -> bool {
     false
 }
 
-fn runfrac(seconds: u64, at: Option<u64>, window_ms: u64) -> Result<String, ProbeError> {
-    let freq = clock::freq();
-    if freq == 0 {
-        return Err(ProbeError::NoClock);
-    }
-    let late = at.is_some_and(|a| wait_until(a, freq));
-    let threshold = freq * GAP_THRESHOLD_US / 1_000_000;
-    let end_after = freq.saturating_mul(seconds);
-    let mut m = GapMeter::recording(clock::now(), threshold);
-    let mut reads: u64 = 0;
-    while m.elapsed() < end_after {
-        m.observe(clock::now());
-        reads += 1;
-    }
-    Ok(format!(
-        "KEEL-PROBE runfrac secs={:.3} frac={:.4} gaps={} gap_us={} longest_us={} threshold_us={GAP_THRESHOLD_US} reads={reads} freq_hz={freq} start={:.3} late={} window_ms={window_ms} peak={}",
+/// `runfrac`'s arguments.
+struct RunFrac {
+    seconds: u64,
+    /// Start at this counter time (seconds), else at once.
+    at: Option<u64>,
+    /// The window of `peak=`.
+    window_ms: u64,
+    /// Print a `runfrac-part` line for each part this long (seconds), if given.
+    part_s: Option<u64>,
+}
+
+/// The numbers of a finished [`GapMeter`], as `key=value` words.
+fn meter_words(m: &GapMeter, freq: u64, window_ms: u64) -> String {
+    format!(
+        "secs={:.3} frac={:.4} gaps={} gap_us={} longest_us={} start={:.3} window_ms={window_ms} peak={}",
         m.elapsed() as f64 / freq as f64,
         m.run_fraction(),
         m.count,
         us(m.gaps, freq),
         us(m.longest, freq),
         m.first as f64 / freq as f64,
-        u8::from(late),
         m.peak(freq.saturating_mul(window_ms) / 1000)
             .map_or("none".into(), |p| format!("{p:.4}")),
+    )
+}
+
+fn runfrac(a: RunFrac) -> Result<String, ProbeError> {
+    let RunFrac {
+        seconds,
+        at,
+        window_ms,
+        part_s,
+    } = a;
+    let freq = clock::freq();
+    if freq == 0 {
+        return Err(ProbeError::NoClock);
+    }
+    println!(
+        "KEEL-PROBE runfrac-start now={:.3} at={}",
+        clock::now() as f64 / freq as f64,
+        at.map_or("now".into(), |a| a.to_string())
+    );
+    let _ = std::io::stdout().flush();
+    let late = at.is_some_and(|a| wait_until(a, freq));
+    let threshold = freq * GAP_THRESHOLD_US / 1_000_000;
+    let end_after = freq.saturating_mul(seconds);
+    let t0 = clock::now();
+    let mut m = GapMeter::new(t0, threshold);
+    let part_ticks = part_s.map(|p| freq.saturating_mul(p));
+    let mut part = GapMeter::recording(t0, threshold);
+    let mut reads: u64 = 0;
+    while m.elapsed() < end_after {
+        let t = clock::now();
+        m.observe(t);
+        part.observe(t);
+        reads += 1;
+        if let Some(pt) = part_ticks
+            && part.elapsed() >= pt
+        {
+            // The print is a gap of the next part (the console write traps to the VMM).
+            println!(
+                "KEEL-PROBE runfrac-part {}",
+                meter_words(&part, freq, window_ms)
+            );
+            let _ = std::io::stdout().flush();
+            part = GapMeter::recording(part.last, threshold);
+        }
+    }
+    if part_ticks.is_some() && part.elapsed() > 0 {
+        println!(
+            "KEEL-PROBE runfrac-part {}",
+            meter_words(&part, freq, window_ms)
+        );
+    }
+    // Without parts, the one part is the whole run (its log gives the peak).
+    let whole = if part_ticks.is_some() { &m } else { &part };
+    Ok(format!(
+        "KEEL-PROBE runfrac {} threshold_us={GAP_THRESHOLD_US} reads={reads} freq_hz={freq} late={}",
+        meter_words(whole, freq, window_ms),
+        u8::from(late),
     ))
 }
 
@@ -404,17 +454,21 @@ const MAX_SECONDS: u64 = 3600;
 
 fn run(args: &[String]) -> Result<String, ProbeError> {
     match args.first().map(String::as_str) {
-        Some("runfrac") if (2..=4).contains(&args.len()) => runfrac(
-            number("seconds", args.get(1), MAX_SECONDS)?,
-            match args.get(2).map(String::as_str) {
+        Some("runfrac") if (2..=5).contains(&args.len()) => runfrac(RunFrac {
+            seconds: number("seconds", args.get(1), MAX_SECONDS)?,
+            at: match args.get(2).map(String::as_str) {
                 Some("now") | None => None,
                 Some(_) => Some(number("at", args.get(2), u64::MAX / 1_000_000_000)?),
             },
-            match args.get(3) {
+            window_ms: match args.get(3) {
                 Some(_) => number("window_ms", args.get(3), 60_000)?,
                 None => DEFAULT_WINDOW_MS,
             },
-        ),
+            part_s: match args.get(4) {
+                Some(_) => Some(number("part_s", args.get(4), MAX_SECONDS)?),
+                None => None,
+            },
+        }),
         Some("work") if args.len() == 3 => work(
             number("MiB", args.get(1), MAX_MIB)?,
             number("passes", args.get(2), 1_000_000)?,

@@ -36,7 +36,7 @@ while (($#)); do
     shift
 done
 
-W=16 P=8 REPS=3 TM=32 D=20 T=60 ALONE=95
+W=16 P=8 REPS=3 TM=32 D=20 T=150 ALONE=190
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

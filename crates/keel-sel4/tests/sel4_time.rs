@@ -263,6 +263,13 @@ fn budgeted_vm_gets_its_share_of_its_core_and_the_unbudgeted_vm_on_the_other_cor
         "{}",
         built.system_file
     );
+    assert!(
+        built.system_file.contains(&format!(
+            "<protection_domain name=\"capped_vmm\" priority=\"101\" budget=\"{budget_us}\" period=\"{period_us}\" cpu=\"0\">"
+        )),
+        "{}",
+        built.system_file
+    );
     let capped = probe_line(&console, "capped", "runfrac")
         .unwrap_or_else(|| panic!("no runfrac line from capped\n{console}"));
     let value = |k: &str| probe_value(&capped, k).unwrap_or(f64::NAN);

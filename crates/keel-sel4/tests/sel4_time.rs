@@ -35,7 +35,7 @@ fn skipper(test: &'static str) -> impl Fn(&str) {
 const BUDGET_US: u64 = 5_000;
 const PERIOD_US: u64 = 20_000;
 
-/// The capped VM measures WINDOW_S seconds once it is up (it boots at a quarter speed: 35 s
+/// The capped VM measures WINDOW_S seconds once it is up (it boots at a quarter speed: 60 s
 /// on a quiet host, 240 s with the host's 2 cores loaded 3 times over); the free VM
 /// measures from its boot on, reporting each second as a part, and the test takes the
 /// parts that cover the capped VM's window (both VMs read the same counter: seL4 leaves

@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 TESTGUEST := guest/testguest/target/x86_64-unknown-none/release/keel-testguest
 
-.PHONY: run test setup build testguest linux-guests bench l2-tests bench-l2 bench-l2-net clean
+.PHONY: run test setup build testguest linux-guests bench l2-tests bench-l2 bench-l2-net bench-noisy clean
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,11 @@ bench-l2: setup
 # VM-to-VM TCP (4 MiB, busybox nc) inside the emulated arm64 host: keel up against two QEMUs.
 bench-l2-net: setup
 	bash scripts/l2-net-bench.sh
+
+# Noisy neighbour (bench/noisy.sh): a fixed workload in one VM alone and with a memory
+# thrasher in a VM on another core, on seL4 (MICROKIT_SDK) and on KVM in the emulated arm64 host.
+bench-noisy: setup
+	bash bench/noisy.sh all
 
 test: setup
 	bash scripts/test.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Keel vs QEMU benchmark: see bench/README.md.
-#   bash bench/run.sh                 full run (~10 min on 2 cores), writes bench/RESULTS.md and PNGs
+#   bash bench/run.sh                 full run (~20 min on 2 cores), writes bench/RESULTS.md and PNGs,
+#                                     then bench/noisy.sh writes bench/NOISY.md
 #   BENCH_QUICK=1 bash bench/run.sh   smoke check (< 2 min), writes bench/out-quick/
 #   bash bench/run.sh budget          only the CPU-budget figure (Keel on Linux, needs root)
 # Builds keel and the test guest when they are missing; installs matplotlib when it is missing.
@@ -31,4 +32,10 @@ if ! "$python" -c 'import matplotlib' 2>/dev/null; then
         || { apt-get install -y -q python3-matplotlib >/dev/null 2>&1 && python=/usr/bin/python3; } \
         || echo "bench: matplotlib could not be installed: no plots" >&2
 fi
-exec "$python" bench/bench.py "$@"
+status=0
+"$python" bench/bench.py "$@" || status=$?
+# The noisy-neighbour figure (seL4 and KVM, bench/noisy.sh): ~10 min, so not in the smoke run.
+if [ "${BENCH_QUICK:-0}" = 0 ]; then
+    bash bench/noisy.sh all | tee bench/NOISY.md || status=1
+fi
+exit "$status"

@@ -62,6 +62,11 @@ step nostd-keel-spec cargo build -p keel-spec --no-default-features --target aar
 step testguest-fmt bash -c 'cd guest/testguest && cargo fmt -- --check'
 step testguest-clippy bash -c 'cd guest/testguest && cargo clippy --release --target x86_64-unknown-none -- -D warnings'
 step testguest-build bash -c 'cd guest/testguest && cargo build --release --target x86_64-unknown-none'
+step probe-fmt bash -c 'cd guest/probe && cargo fmt -- --check'
+step probe-clippy bash -c 'cd guest/probe && cargo clippy --release --all-targets --target aarch64-unknown-linux-musl -- -D warnings'
+# From the repository root guest/probe's .cargo/config.toml does not apply: its unit tests
+# build for the host.
+cargo_tests probe-tests --manifest-path guest/probe/Cargo.toml
 step shellcheck bash -c 'shellcheck -x scripts/*.sh guest/linux/*.sh guest/l1host/*.sh bench/*.sh guest/testguest/*.sh scripts/l2/*.sh guest/*.sh .ci/run'
 # The Debian-built Linux guest images (cached under ~/.cache/keel by their inputs), booted
 # under QEMU to check the /init protocol the end-to-end tests rely on.

@@ -7,7 +7,9 @@
 # and the symlink ${KEEL_CACHE}/guest/<arch> -> <arch>-<key>. The last line printed is the
 # output directory (with `all`: one line per arch, the last arch last).
 # <key> hashes the exact package versions, this script, init.sh, mkcpio.py,
-# guest/build-lib.sh and guest/init-lib.sh; an existing output with the same key is reused. See README.md.
+# guest/build-lib.sh and guest/init-lib.sh (arm64 also guest/probe's sources and Cargo.lock:
+# keel-probe is built with cargo into /bin/keel-probe); an existing output with the same key
+# is reused. See README.md.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -63,6 +65,22 @@ EOF
     printf '%s\n' "$list"
 }
 
+# The files of guest/probe that decide the keel-probe binary, relative to guest/ (sorted).
+probe_sources() {
+    (cd "$here/.." && find probe/Cargo.toml probe/Cargo.lock probe/.cargo probe/src -type f | LC_ALL=C sort)
+}
+
+# Build keel-probe (guest/probe, a static aarch64-unknown-linux-musl binary) and print its path.
+build_probe() {
+    local cargo=cargo
+    command -v cargo >/dev/null 2>&1 || cargo=$HOME/.cargo/bin/cargo
+    [[ -x $(command -v "$cargo") ]] || die "missing tool 'cargo' (keel-probe; run scripts/setup.sh)"
+    log "arm64: building keel-probe (guest/probe)"
+    (cd "$here/../probe" && "$cargo" build --release --locked -q --target aarch64-unknown-linux-musl >&2) ||
+        die "cargo build of guest/probe failed (rustup target add aarch64-unknown-linux-musl?)"
+    printf '%s\n' "$here/../probe/target/aarch64-unknown-linux-musl/release/keel-probe"
+}
+
 build_arch() {
     local arch=$1 debarch meta kflavour
     case "$arch" in
@@ -103,6 +121,9 @@ build_arch() {
             printf 'arch=%s\n%s=%s\n%s=%s\nbusybox-static=%s\nmodules=%s\n' \
                 "$arch" "$meta" "$meta_ver" "$kpkg" "$kver" "$bb_ver" "${modules[*]}"
             sha256sum "$here/build.sh" "$here/init.sh" "$here/mkcpio.py" "$here/../build-lib.sh" "$here/../init-lib.sh" | cut -d' ' -f1
+            if [[ $arch == arm64 ]]; then
+                (cd "$here/.." && probe_sources | xargs sha256sum)
+            fi
         } | sha256sum | cut -c1-12
     )
     out=$guest_dir/$arch-$key
@@ -201,6 +222,11 @@ build_arch() {
     ln -s ../bin "$staging/usr/sbin"
     install -m 0755 "$here/init.sh" "$staging/init"
     install -D -m 0644 "$here/../init-lib.sh" "$staging/lib/keel/init-lib.sh"
+    if [[ $arch == arm64 ]]; then
+        local probe
+        probe=$(build_probe)
+        install -m 0755 "$probe" "$staging/bin/keel-probe"
+    fi
     printf 'root:x:0:0:root:/root:/bin/sh\n' >"$staging/etc/passwd"
     printf 'root:x:0:\n' >"$staging/etc/group"
 
@@ -225,8 +251,15 @@ build_arch() {
         for m in "${order[@]}"; do
             printf '  %-36s %8s bytes\n' "$m" "$(stat -c %s "$staging/lib/modules/$kbuild/$m.ko")"
         done
+        if [[ $arch == arm64 ]]; then
+            printf '\n/bin/keel-probe %s bytes  sha256 %s\n' "$(stat -c %s "$staging/bin/keel-probe")" \
+                "$(sha256sum <"$staging/bin/keel-probe" | cut -d' ' -f1)"
+        fi
         printf '\nsource hashes (sha256):\n'
         (cd "$here/.." && sha256sum linux/build.sh linux/init.sh linux/mkcpio.py build-lib.sh init-lib.sh) | sed 's/^/  /'
+        if [[ $arch == arm64 ]]; then
+            (cd "$here/.." && probe_sources | xargs sha256sum) | sed 's/^/  /'
+        fi
     } >"$work/out/manifest.txt"
 
     rm -rf "$out"

@@ -5,7 +5,8 @@
 //! its guest-physical base (2 MiB pages) and into the VMM at [`MicrokitLayout::vmm_ram_vaddr`];
 //! the GIC virtual CPU interface is mapped into the VM where the guest expects the GIC CPU
 //! interface. Everything else the guest touches faults to its VMM. Placement becomes the
-//! scheduling parameters (priority, budget, period) and `<vcpu cpu="N">`.
+//! scheduling parameters (priority, budget, period) and `<vcpu cpu="N">`; a budgeted VM's
+//! VMM gets the same budget and period ([`vmm_scheduling`]).
 //!
 //! A VM with `cache_colours` ([`coloured_ram`]): its RAM is many regions `<vm>_ram_<i>`
 //! with fixed physical addresses, each a run of consecutive pages of its colours taken from
@@ -384,6 +385,21 @@ pub const CONSOLE_PD_NAME: &str = "keel_console";
 
 /// File name of the console PD's ELF (found on the Microkit tool's search path).
 pub const CONSOLE_ELF_NAME: &str = "keel-console.elf";
+
+/// The budget and period of a VMM protection domain's own scheduling context: those of
+/// its VM when the VM is budgeted (budget < period), else `None` (Microkit's default, a
+/// full core). The time a VMM spends on its VM's faults is not charged to the VM's
+/// context, so without this a budgeted guest that traps often would use its core beyond
+/// its budget through its VMM, one priority above the VM; with it, VM and VMM together
+/// use at most twice the budget per period.
+pub fn vmm_scheduling(c: &ComponentPlan) -> Option<(u64, u64)> {
+    match (&c.kind, &c.vm) {
+        (ComponentKind::Vmm { .. }, Some(vm)) if vm.budget_us < vm.period_us => {
+            Some((vm.budget_us, vm.period_us))
+        }
+        _ => None,
+    }
+}
 
 /// Priority of the VMM protection domain of `vm`: one above its VM, so that it answers
 /// faults before the guest runs again.
@@ -1197,9 +1213,14 @@ impl SystemComponents {
             );
         };
         for c in &self.components {
+            // A budgeted VM's VMM gets the VM's budget and period (see
+            // [`vmm_scheduling`]); every other PD keeps Microkit's default context.
+            let sched = vmm_scheduling(c)
+                .map(|(b, p)| format!(" budget=\"{b}\" period=\"{p}\""))
+                .unwrap_or_default();
             let _ = writeln!(
                 x,
-                "    <protection_domain name=\"{}\" priority=\"{}\" cpu=\"{}\">",
+                "    <protection_domain name=\"{}\" priority=\"{}\"{sched} cpu=\"{}\">",
                 c.name, c.priority, c.cpu
             );
             let _ = writeln!(x, "        <program_image path=\"{}\" />", c.program);
@@ -1675,6 +1696,35 @@ mod tests {
 
         assert!(x.contains("<vcpu id=\"0\" cpu=\"0\" />"));
         assert!(x.contains("priority=\"50\" budget=\"500\" period=\"1000\""));
+    }
+
+    #[test]
+    fn budgeted_vm_gives_its_vmm_the_same_budget_and_period() {
+        let mut v = vm("a", 1);
+        v.placement = Some(Placement {
+            budget_us: 5000,
+            period_us: 20000,
+            ..Placement::default()
+        });
+
+        let x = system_file(&system(vec![v]), &layout()).unwrap();
+
+        assert!(
+            x.contains(
+                "<protection_domain name=\"a_vmm\" priority=\"101\" budget=\"5000\" period=\"20000\" cpu=\"0\">"
+            ),
+            "{x}"
+        );
+    }
+
+    #[test]
+    fn unbudgeted_vm_leaves_its_vmm_on_the_default_context() {
+        let x = system_file(&system(vec![vm("a", 1)]), &layout()).unwrap();
+
+        assert!(
+            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\">"),
+            "{x}"
+        );
     }
 
     #[test]

@@ -896,15 +896,37 @@ mod tests {
         v
     }
 
-    #[test]
-    fn hybrid_placement_gives_each_vcpu_its_set_and_the_rest_the_union() {
-        let v = spec(
-            2,
+    /// A VM of one vCPU per set of `pcpus`, each placed on its set.
+    fn pinned(pcpus: Vec<CpuSet>) -> VmSpec {
+        let vcpus = u32::try_from(pcpus.len()).unwrap();
+        spec(
+            vcpus,
             Placement {
-                pcpus: Some(vec![CpuSet::one(3), CpuSet::new(vec![1, 0])]),
+                pcpus: Some(pcpus),
                 ..Placement::default()
             },
-        );
+        )
+    }
+
+    /// A placement with `budget_us` of every `period_us`, the rest default.
+    fn budget(budget_us: u64, period_us: u64) -> Placement {
+        Placement {
+            budget_us,
+            period_us,
+            ..Placement::default()
+        }
+    }
+
+    /// Why a one-vCPU VM with `placement` is refused on a host of CPU 0.
+    fn one_vcpu_refusal(placement: Placement) -> String {
+        HostPlacement::prepare(&spec(1, placement), &[0])
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn hybrid_placement_gives_each_vcpu_its_set_and_the_rest_the_union() {
+        let v = pinned(vec![CpuSet::one(3), CpuSet::new(vec![1, 0])]);
 
         let h = HostPlacement::prepare(&v, &[0, 1, 2, 3]).unwrap();
 
@@ -914,13 +936,7 @@ mod tests {
 
     #[test]
     fn cpu_outside_the_process_is_refused_naming_vm_vcpu_and_cpu() {
-        let v = spec(
-            2,
-            Placement {
-                pcpus: Some(vec![CpuSet::one(0), CpuSet::new(vec![1, 5])]),
-                ..Placement::default()
-            },
-        );
+        let v = pinned(vec![CpuSet::one(0), CpuSet::new(vec![1, 5])]);
 
         let e = HostPlacement::prepare(&v, &[0, 1]).unwrap_err();
 
@@ -932,49 +948,30 @@ mod tests {
 
     #[test]
     fn sched_rr_with_a_budget_is_refused() {
-        let v = spec(
-            1,
-            Placement {
-                priority: 150,
-                budget_us: 5000,
-                period_us: 10_000,
-                ..Placement::default()
-            },
-        );
+        let p = Placement {
+            priority: 150,
+            ..budget(5000, 10_000)
+        };
 
-        let e = HostPlacement::prepare(&v, &[0]).unwrap_err().to_string();
+        let e = one_vcpu_refusal(p);
 
         assert!(e.contains("priority 150 runs as SCHED_RR"), "{e}");
     }
 
     #[test]
     fn budget_below_linux_minimum_quota_is_refused() {
-        let v = spec(
-            1,
-            Placement {
-                budget_us: 500,
-                period_us: 1000,
-                ..Placement::default()
-            },
-        );
+        let p = budget(500, 1000);
 
-        let e = HostPlacement::prepare(&v, &[0]).unwrap_err().to_string();
+        let e = one_vcpu_refusal(p);
 
         assert!(e.contains("budget_us 500 is below 1000"), "{e}");
     }
 
     #[test]
     fn period_beyond_a_second_with_a_budget_is_refused() {
-        let v = spec(
-            1,
-            Placement {
-                budget_us: 1_000_000,
-                period_us: 2_000_000,
-                ..Placement::default()
-            },
-        );
+        let p = budget(1_000_000, 2_000_000);
 
-        let e = HostPlacement::prepare(&v, &[0]).unwrap_err().to_string();
+        let e = one_vcpu_refusal(p);
 
         assert!(
             e.contains("period_us 2000000 is outside 1000..=1000000"),

@@ -14,89 +14,31 @@
 #![cfg(feature = "host")]
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use keel_sel4::host::{self, BuildOptions};
-
-/// One QEMU at a time: the machine has two cores.
-static SERIAL: Mutex<()> = Mutex::new(());
+use keel_sel4::host;
 
 #[path = "common/skip.rs"]
 mod skip_log;
 
-fn skip(test: &str, why: &str) {
-    skip_log::loud_skip(&format!("SKIP keel-sel4 sel4_colour::{test}: {why}"));
-}
+#[path = "common/sel4.rs"]
+mod sel4;
 
-fn cache() -> PathBuf {
-    std::env::var_os("KEEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/keel")
-        })
-}
+use sel4::{Suite, keel_cmd};
+
+const SUITE: Suite = Suite {
+    name: "sel4_colour",
+    dir: "sel4-colour",
+    untested: "cache colouring on seL4",
+    no_smp: "",
+    probe: false,
+};
 
 /// The SDK (with its smp-debug config), or a skip.
 fn prerequisites(test: &str) -> Option<PathBuf> {
-    let Some(sdk) = std::env::var_os("MICROKIT_SDK") else {
-        skip(
-            test,
-            "MICROKIT_SDK is not set; cache colouring on seL4 was NOT tested end to end",
-        );
-        return None;
-    };
-    let sdk = PathBuf::from(sdk);
-    let g = cache().join("guest/arm64");
-    if !g.join("vmlinuz").is_file() || !g.join("initrd.cpio.gz").is_file() {
-        skip(
-            test,
-            &format!(
-                "no guest in {} (run guest/linux/build.sh arm64)",
-                g.display()
-            ),
-        );
-        return None;
-    }
-    let smp = keel_sel4::abi::board::SMP_CONFIG;
-    if host::Sdk::default_config(&sdk, keel_sel4::abi::board::NAME) != smp {
-        skip(
-            test,
-            &format!("the SDK at {} has no {smp} config", sdk.display()),
-        );
-        return None;
-    }
+    let sdk = SUITE.prerequisites(test)?;
+    SUITE.smp_config(&sdk, test)?;
     Some(sdk)
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
-
-fn pd_elves() -> host::PdElves {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    host::build_pd_elves(&repo, &target_dir()).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// The base64 of `data` (for `keel.cmd=`, which the guest's init decodes and runs).
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
 }
 
 /// A 1 MiB disk image starting with `marker`, in `dir`.
@@ -117,26 +59,19 @@ fn disk_cmd(marker_len: usize) -> String {
          echo 3 > /proc/sys/vm/drop_caches; \
          echo READBACK=$(dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c 19)"
     );
-    format!("quiet keel.cmd={}", base64(cmd.as_bytes()))
+    keel_cmd(&cmd)
 }
 
 fn vm_toml(name: &str, memory: &str, colours: &str, disk: &Path, marker_len: usize) -> String {
-    format!(
-        r#"
-[[vm]]
-name = "{name}"
-arch = "aarch64"
-memory = "{memory}"
-kernel = "${{KEEL_CACHE}}/guest/arm64/vmlinuz"
-initrd = "${{KEEL_CACHE}}/guest/arm64/initrd.cpio.gz"
-cmdline = "{cmd}"
-cache_colours = {colours}
-
-[[vm.disk]]
-path = "{disk}"
-"#,
-        cmd = disk_cmd(marker_len),
-        disk = disk.display()
+    sel4::vm_toml(
+        name,
+        1,
+        memory,
+        &disk_cmd(marker_len),
+        &format!(
+            "cache_colours = {colours}\n\n[[vm.disk]]\npath = \"{}\"\n",
+            disk.display()
+        ),
     )
 }
 
@@ -177,59 +112,13 @@ fn assert_pages_coloured(regions: &[(u64, u64)], set: &[u64]) -> Vec<u64> {
     pages
 }
 
-struct Run {
-    console: String,
-    system_file: String,
-    outcome: host::RunOutcome,
-}
-
-fn build_and_run(sdk: &Path, name: &str, toml: &str, vms: usize) -> Run {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sel4-colour-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let system = keel_spec::parse_str(toml, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let elves = pd_elves();
-    let opts = BuildOptions {
-        sdk: sdk.into(),
-        board: keel_sel4::abi::board::NAME.into(),
-        config: Some(keel_sel4::abi::board::SMP_CONFIG.into()),
-        out: dir.join("out"),
-        vmm_elf: elves.vmm,
-        console_elf: elves.console,
-        switch_elf: elves.switch,
-        test_stall_vm: None,
-    };
-    let built = host::build(&system, &opts).unwrap_or_else(|e| panic!("{name}: build: {e}"));
-    let system_file = std::fs::read_to_string(&built.system_file).unwrap();
-    let mut out = Vec::new();
-    let outcome = host::run_qemu(
-        &built.image,
-        built.cores,
-        Some(Duration::from_secs(300)),
-        Some(vms),
-        false,
-        &mut out,
-    );
-    let console = String::from_utf8_lossy(&out).into_owned();
-    std::fs::write(dir.join("console.log"), &console).unwrap();
-    match outcome {
-        Ok(outcome) => Run {
-            console,
-            system_file,
-            outcome,
-        },
-        Err(e) => panic!("{name}: {e}\n--- console ---\n{console}"),
-    }
-}
-
 #[test]
 fn coloured_guest_boots_and_reads_and_writes_its_virtio_disk() {
     let test = "coloured_guest_boots_and_reads_and_writes_its_virtio_disk";
     let Some(sdk) = prerequisites(test) else {
         return;
     };
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sel4-colour-one-disk");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = SUITE.dir("one-disk");
     let marker = "KEEL-COLOUR-MARKER-1";
     let d = disk(&dir, "disk.img", marker);
     let toml = format!(
@@ -237,7 +126,13 @@ fn coloured_guest_boots_and_reads_and_writes_its_virtio_disk() {
         vm_toml("linux", "80M", "[0, 1, 2, 3, 4, 5, 6, 7]", &d, marker.len())
     );
 
-    let run = build_and_run(&sdk, "one", &toml, 1);
+    let run = SUITE.build_and_run(
+        &sdk,
+        "one",
+        &toml,
+        keel_sel4::abi::board::SMP_CONFIG,
+        Duration::from_secs(300),
+    );
 
     let pages = assert_pages_coloured(
         &coloured_regions(&run.system_file, "linux"),
@@ -268,8 +163,7 @@ fn two_debian_guests_with_disjoint_colours_are_refused_for_the_initialisers_slot
     let Some(sdk) = prerequisites(test) else {
         return;
     };
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sel4-colour-two");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = SUITE.dir("two");
     let (ma, mb) = ("KEEL-COLOUR-MARKER-A", "KEEL-COLOUR-MARKER-B");
     let da = disk(&dir, "a.img", ma);
     let db = disk(&dir, "b.img", mb);
@@ -279,17 +173,7 @@ fn two_debian_guests_with_disjoint_colours_are_refused_for_the_initialisers_slot
         vm_toml("b", "48M", "[8, 9, 10, 11, 12, 13, 14, 15]", &db, mb.len())
     );
     let system = keel_spec::parse_str(&toml, &dir).unwrap();
-    let elves = pd_elves();
-    let opts = BuildOptions {
-        sdk,
-        board: keel_sel4::abi::board::NAME.into(),
-        config: Some(keel_sel4::abi::board::SMP_CONFIG.into()),
-        out: dir.join("out"),
-        vmm_elf: elves.vmm,
-        console_elf: elves.console,
-        switch_elf: elves.switch,
-        test_stall_vm: None,
-    };
+    let opts = sel4::build_options(&sdk, keel_sel4::abi::board::SMP_CONFIG, dir.join("out"));
 
     let e = host::build(&system, &opts).unwrap_err();
 

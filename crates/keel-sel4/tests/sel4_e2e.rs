@@ -8,203 +8,34 @@
 #![cfg(feature = "host")]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use keel_sel4::host::{self, BuildOptions, RunOutcome};
-
-/// One QEMU at a time: the machine has two cores.
-static SERIAL: Mutex<()> = Mutex::new(());
+use keel_sel4::host;
 
 #[path = "common/skip.rs"]
 mod skip_log;
 
-fn skip(test: &str, why: &str) {
-    skip_log::loud_skip(&format!("SKIP keel-sel4 sel4_e2e::{test}: {why}"));
-}
+#[path = "common/sel4.rs"]
+mod sel4;
 
-fn cache() -> PathBuf {
-    std::env::var_os("KEEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/keel")
-        })
-}
+use sel4::{Booted, Built, Suite, collect_console, keel_cmd, one_qemu, spawn, vm_toml};
 
-/// The SDK, or a skip.
-fn prerequisites(test: &str) -> Option<PathBuf> {
-    let Some(sdk) = std::env::var_os("MICROKIT_SDK") else {
-        skip(
-            test,
-            "MICROKIT_SDK is not set; the seL4 backend was NOT tested end to end",
-        );
-        return None;
-    };
-    let g = cache().join("guest/arm64");
-    if !g.join("vmlinuz").is_file() || !g.join("initrd.cpio.gz").is_file() {
-        skip(
-            test,
-            &format!(
-                "no guest in {} (run guest/linux/build.sh arm64)",
-                g.display()
-            ),
-        );
-        return None;
-    }
-    Some(sdk.into())
-}
+const SUITE: Suite = Suite {
+    name: "sel4_e2e",
+    dir: "sel4-e2e",
+    untested: "the seL4 backend",
+    no_smp: "; multicore NOT tested",
+    probe: false,
+};
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
-
-/// Build the VMM and console ELFs once for all tests.
-fn pd_elves() -> host::PdElves {
-    static ELVES: OnceLock<host::PdElves> = OnceLock::new();
-    ELVES
-        .get_or_init(|| {
-            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            host::build_pd_elves(&repo, &target_dir()).unwrap_or_else(|e| panic!("{e}"))
-        })
-        .clone()
-}
-
-/// The SDK's multicore config, or a skip.
-fn smp_config(sdk: &Path, test: &str) -> Option<&'static str> {
-    let c = keel_sel4::abi::board::SMP_CONFIG;
-    if host::Sdk::default_config(sdk, keel_sel4::abi::board::NAME) == c {
-        Some(c)
-    } else {
-        skip(
-            test,
-            &format!(
-                "the SDK at {} has no {c} config; multicore NOT tested",
-                sdk.display()
-            ),
-        );
-        None
-    }
-}
-
-/// An image built by a test.
-struct Built {
-    system: keel_spec::System,
-    image: PathBuf,
-    dir: PathBuf,
-    cores: u32,
-    system_file: String,
-}
-
-/// Build `toml` (paths may use ${KEEL_CACHE}) for kernel `config` into
-/// `CARGO_TARGET_TMPDIR/sel4-e2e-<name>`.
-fn build(sdk: &Path, name: &str, toml: &str, config: &str) -> Built {
-    build_with_stall(sdk, name, toml, config, None)
-}
-
-/// [`build`], with the VMM of VM `stall` stalling mid-line (the test knob).
-fn build_with_stall(
-    sdk: &Path,
-    name: &str,
-    toml: &str,
-    config: &str,
-    stall: Option<&str>,
-) -> Built {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sel4-e2e-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let system = keel_spec::parse_str(toml, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let opts = BuildOptions {
-        sdk: sdk.into(),
-        board: keel_sel4::abi::board::NAME.into(),
-        config: Some(config.into()),
-        out: dir.join("out"),
-        vmm_elf: pd_elves().vmm,
-        console_elf: pd_elves().console,
-        switch_elf: pd_elves().switch,
-        test_stall_vm: stall.map(String::from),
-    };
-    let built = host::build(&system, &opts).unwrap_or_else(|e| panic!("{name}: build: {e}"));
-    assert_eq!(built.config, config);
-    let system_file = std::fs::read_to_string(&built.system_file).unwrap();
-    Built {
-        system,
-        image: built.image,
-        dir,
-        cores: built.cores,
-        system_file,
-    }
-}
-
-/// Build `toml` for `config` and boot it with QEMU `-smp` = the kernel's cores; returns the
-/// console output, the outcome and the generated system file.
-fn build_and_run(sdk: &Path, name: &str, toml: &str, config: &str) -> (String, RunOutcome, String) {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Built {
-        system,
-        image,
-        dir,
-        cores,
-        system_file,
-    } = build(sdk, name, toml, config);
-    let mut out = Vec::new();
-    let vms = system.vms().len();
-    let outcome = host::run_qemu(
-        &image,
-        cores,
-        Some(Duration::from_secs(240)),
-        Some(vms),
-        false,
-        &mut out,
-    );
-    let text = String::from_utf8_lossy(&out).into_owned();
-    std::fs::write(dir.join("console.log"), &text).unwrap();
-    match outcome {
-        Ok(o) => (text, o, system_file),
-        Err(e) => panic!("{name}: {e}\n--- console ---\n{text}"),
-    }
-}
-
-fn vm_toml(name: &str, vcpus: u32, memory: &str, cmdline: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[vm]]
-name = "{name}"
-arch = "aarch64"
-vcpus = {vcpus}
-memory = "{memory}"
-kernel = "${{KEEL_CACHE}}/guest/arm64/vmlinuz"
-initrd = "${{KEEL_CACHE}}/guest/arm64/initrd.cpio.gz"
-cmdline = "{cmdline}"
-{extra}
-"#
-    )
-}
-
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
-}
+/// How long a boot that runs every VM to its end may take.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// Seconds until the same kernel and initrd print KEEL-GUEST-READY on QEMU directly.
 fn qemu_direct_ready_secs(smp: u32) -> Option<f64> {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let g = cache().join("guest/arm64");
+    let _one = one_qemu();
+    let g = sel4::cache().join("guest/arm64");
     let start = Instant::now();
     let mut child = Command::new("qemu-system-aarch64")
         .args([
@@ -249,7 +80,7 @@ fn qemu_direct_ready_secs(smp: u32) -> Option<f64> {
 #[test]
 fn debian_guest_boots_to_ready_and_powers_off_cleanly_on_the_single_core_kernel() {
     let test = "debian_guest_boots_to_ready_and_powers_off_cleanly_on_the_single_core_kernel";
-    let Some(sdk) = prerequisites(test) else {
+    let Some(sdk) = SUITE.prerequisites(test) else {
         return;
     };
     let toml = format!(
@@ -257,7 +88,17 @@ fn debian_guest_boots_to_ready_and_powers_off_cleanly_on_the_single_core_kernel(
         vm_toml("linux", 1, "256M", "quiet", "")
     );
 
-    let (console, o, _) = build_and_run(&sdk, "boot", &toml, keel_sel4::abi::board::CONFIG);
+    let Booted {
+        console,
+        outcome: o,
+        ..
+    } = SUITE.build_and_run(
+        &sdk,
+        "boot",
+        &toml,
+        keel_sel4::abi::board::CONFIG,
+        BOOT_TIMEOUT,
+    );
     let direct = qemu_direct_ready_secs(1);
 
     assert!(
@@ -327,14 +168,13 @@ fn spin_times(console: &str) -> Option<(u64, u64)> {
 #[test]
 fn two_vcpu_guest_runs_its_vcpus_in_parallel_on_two_cores_and_uses_its_virtio_disk() {
     let test = "two_vcpu_guest_runs_its_vcpus_in_parallel_on_two_cores_and_uses_its_virtio_disk";
-    let Some(sdk) = prerequisites(test) else {
+    let Some(sdk) = SUITE.prerequisites(test) else {
         return;
     };
-    let Some(config) = smp_config(&sdk, test) else {
+    let Some(config) = SUITE.smp_config(&sdk, test) else {
         return;
     };
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sel4-e2e-disk");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = SUITE.dir("disk");
     let disk = dir.join("disk.img");
     let mut bytes = vec![0u8; 1 << 20];
     bytes[..21].copy_from_slice(b"KEEL-DISK-MARKER-4711");
@@ -353,16 +193,14 @@ fn two_vcpu_guest_runs_its_vcpus_in_parallel_on_two_cores_and_uses_its_virtio_di
     );
     let toml = format!(
         "[system]\nname = \"e2e-disk\"\n{}",
-        vm_toml(
-            "linux",
-            2,
-            "256M",
-            &format!("quiet keel.cmd={}", base64(cmd.as_bytes())),
-            &extra
-        )
+        vm_toml("linux", 2, "256M", &keel_cmd(&cmd), &extra)
     );
 
-    let (console, _, system_file) = build_and_run(&sdk, "disk", &toml, config);
+    let Booted {
+        console,
+        system_file,
+        ..
+    } = SUITE.build_and_run(&sdk, "disk", &toml, config, BOOT_TIMEOUT);
 
     // Default placement: vCPU i on core i, the VMM with vCPU 0.
     assert!(
@@ -415,52 +253,29 @@ fn two_vcpu_guest_runs_its_vcpus_in_parallel_on_two_cores_and_uses_its_virtio_di
 
 #[test]
 fn typed_input_reaches_the_guest_console() {
-    let Some(sdk) = prerequisites("typed_input_reaches_the_guest_console") else {
+    let Some(sdk) = SUITE.prerequisites("typed_input_reaches_the_guest_console") else {
         return;
     };
     let cmd = "echo WAITING-INPUT; read -r l < /dev/ttyS0; echo GOT=$l";
     let toml = format!(
         "[system]\nname = \"e2e-input\"\n{}",
-        vm_toml(
-            "linux",
-            1,
-            "256M",
-            &format!("quiet keel.cmd={}", base64(cmd.as_bytes())),
-            ""
-        )
+        vm_toml("linux", 1, "256M", &keel_cmd(cmd), "")
     );
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_qemu();
     let config = host::Sdk::default_config(&sdk, keel_sel4::abi::board::NAME);
     let Built {
         image, dir, cores, ..
-    } = build(&sdk, "input", &toml, config);
-    let mut child = host::qemu_command(&image, cores)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-aarch64");
+    } = SUITE.build(&sdk, "input", &toml, config);
+    let mut child = spawn(&mut host::qemu_command(&image, cores), Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
-    let mut r = BufReader::new(child.stdout.take().unwrap());
-    let start = Instant::now();
-    let mut console = String::new();
-    let mut line = String::new();
-    while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false)
-        && start.elapsed() < Duration::from_secs(240)
-    {
-        console.push_str(&line);
+    let console = collect_console(child, BOOT_TIMEOUT, |line| {
         if line.contains("WAITING-INPUT") {
             use std::io::Write;
             stdin.write_all(b"keel-typed\r").unwrap();
             stdin.flush().unwrap();
         }
-        if line.contains(": stopped: ") {
-            break;
-        }
-        line.clear();
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+        line.contains(": stopped: ")
+    });
     std::fs::write(dir.join("console.log"), &console).unwrap();
 
     assert!(console.contains("GOT=keel-typed"), "{console}");
@@ -473,10 +288,10 @@ fn typed_input_reaches_the_guest_console() {
 #[test]
 fn two_vms_boot_on_their_own_cores_in_their_own_vmms_and_power_off() {
     let test = "two_vms_boot_on_their_own_cores_in_their_own_vmms_and_power_off";
-    let Some(sdk) = prerequisites(test) else {
+    let Some(sdk) = SUITE.prerequisites(test) else {
         return;
     };
-    let Some(config) = smp_config(&sdk, test) else {
+    let Some(config) = SUITE.smp_config(&sdk, test) else {
         return;
     };
     let toml = format!(
@@ -485,7 +300,11 @@ fn two_vms_boot_on_their_own_cores_in_their_own_vmms_and_power_off() {
         vm_toml("b", 1, "128M", "quiet", "placement = { pcpus = [1] }")
     );
 
-    let (console, o, system_file) = build_and_run(&sdk, "two", &toml, config);
+    let Booted {
+        console,
+        outcome: o,
+        system_file,
+    } = SUITE.build_and_run(&sdk, "two", &toml, config, BOOT_TIMEOUT);
 
     assert!(
         system_file.contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"1\">"),
@@ -509,43 +328,13 @@ fn two_vms_boot_on_their_own_cores_in_their_own_vmms_and_power_off() {
     );
 }
 
-/// Boot `image` and collect the console until a line contains `until` (or 240 s pass).
-fn run_until(image: &Path, cores: u32, until: &str) -> String {
-    let mut child = host::qemu_command(image, cores)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-aarch64");
-    let mut r = BufReader::new(child.stdout.take().unwrap());
-    let start = Instant::now();
-    let mut console = String::new();
-    let mut line = Vec::new();
-    while r
-        .read_until(b'\n', &mut line)
-        .map(|n| n > 0)
-        .unwrap_or(false)
-        && start.elapsed() < Duration::from_secs(240)
-    {
-        let l = String::from_utf8_lossy(&line);
-        console.push_str(&l);
-        if l.contains(until) {
-            break;
-        }
-        line.clear();
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    console
-}
-
 #[test]
 fn vm_boots_and_prints_whole_lines_while_another_vms_vmm_is_stalled_mid_line() {
     let test = "vm_boots_and_prints_whole_lines_while_another_vms_vmm_is_stalled_mid_line";
-    let Some(sdk) = prerequisites(test) else {
+    let Some(sdk) = SUITE.prerequisites(test) else {
         return;
     };
-    let Some(config) = smp_config(&sdk, test) else {
+    let Some(config) = SUITE.smp_config(&sdk, test) else {
         return;
     };
     let mark = format!("B-MARK-{}", "0123456789".repeat(8));
@@ -557,16 +346,20 @@ fn vm_boots_and_prints_whole_lines_while_another_vms_vmm_is_stalled_mid_line() {
             "b",
             1,
             "128M",
-            &format!("quiet keel.cmd={}", base64(cmd.as_bytes())),
+            &keel_cmd(&cmd),
             "placement = { pcpus = [1] }"
         )
     );
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_qemu();
     let Built {
         image, dir, cores, ..
-    } = build_with_stall(&sdk, "stall", &toml, config, Some("a"));
+    } = SUITE.build_with_stall(&sdk, "stall", &toml, config, Some("a"));
 
-    let console = run_until(&image, cores, "keel-sel4: vm b: stopped: ");
+    let console = collect_console(
+        spawn(&mut host::qemu_command(&image, cores), Stdio::null()),
+        BOOT_TIMEOUT,
+        |line| line.contains("keel-sel4: vm b: stopped: "),
+    );
     std::fs::write(dir.join("console.log"), &console).unwrap();
 
     let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
@@ -604,47 +397,29 @@ const REBOOT_CMD: &str = "if dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n
 #[test]
 fn debian_guest_reboots_in_place_and_finds_its_disk_marker() {
     let test = "debian_guest_reboots_in_place_and_finds_its_disk_marker";
-    let Some(sdk) = prerequisites(test) else {
+    let Some(sdk) = SUITE.prerequisites(test) else {
         return;
     };
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sel4-e2e-reboot");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = SUITE.dir("reboot");
     let disk = dir.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let extra = format!("[[vm.disk]]\npath = \"{}\"\nid = \"e2e\"\n", disk.display());
     let toml = format!(
         "[system]\nname = \"e2e-reboot\"\n{}",
-        vm_toml(
-            "linux",
-            1,
-            "256M",
-            &format!("quiet keel.cmd={}", base64(REBOOT_CMD.as_bytes())),
-            &extra
-        )
+        vm_toml("linux", 1, "256M", &keel_cmd(REBOOT_CMD), &extra)
     );
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_qemu();
     let config = host::Sdk::default_config(&sdk, keel_sel4::abi::board::NAME);
     let Built {
         image, dir, cores, ..
-    } = build(&sdk, "reboot", &toml, config);
-    let mut child = host::qemu_command(&image, cores)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-aarch64");
-    let mut r = BufReader::new(child.stdout.take().unwrap());
+    } = SUITE.build(&sdk, "reboot", &toml, config);
+    let child = spawn(&mut host::qemu_command(&image, cores), Stdio::null());
     let start = Instant::now();
-    let mut console = String::new();
-    let mut line = String::new();
     // Seconds since QEMU started: the guest's reset, the VMM's restart line, the guest's
     // first console line after it, and the second KEEL-GUEST-READY.
     let (mut reset, mut restart, mut first, mut ready) = (None, None, None, None);
-    while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false)
-        && start.elapsed() < Duration::from_secs(360)
-    {
+    let console = collect_console(child, Duration::from_secs(360), |line| {
         let now = start.elapsed().as_secs_f64();
-        console.push_str(&line);
         if line.contains("KEEL-REBOOTING") {
             reset.get_or_insert(now);
         } else if line.contains("guest rebooted; restarting") {
@@ -655,13 +430,8 @@ fn debian_guest_reboots_in_place_and_finds_its_disk_marker() {
         if restart.is_some() && line.contains("KEEL-GUEST-READY") {
             ready.get_or_insert(now);
         }
-        if line.contains(": stopped: ") {
-            break;
-        }
-        line.clear();
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+        line.contains(": stopped: ")
+    });
     std::fs::write(dir.join("console.log"), &console).unwrap();
 
     assert!(console.contains("KEEL-REBOOTING"), "{console}");
@@ -745,10 +515,10 @@ fn net_line<'a>(console: &'a str, vm: &str, marker: &str) -> Option<&'a str> {
 #[test]
 fn two_linux_vms_ping_and_transfer_a_file_through_the_sel4_switch() {
     let test = "two_linux_vms_ping_and_transfer_a_file_through_the_sel4_switch";
-    let Some(sdk) = prerequisites(test) else {
+    let Some(sdk) = SUITE.prerequisites(test) else {
         return;
     };
-    let Some(config) = smp_config(&sdk, test) else {
+    let Some(config) = SUITE.smp_config(&sdk, test) else {
         return;
     };
     let net = "[[vm.net]]\nnetwork = \"lan\"";
@@ -758,39 +528,24 @@ fn two_linux_vms_ping_and_transfer_a_file_through_the_sel4_switch() {
             "a",
             1,
             "128M",
-            &format!("quiet keel.cmd={}", base64(net_sender_cmd().as_bytes())),
+            &keel_cmd(&net_sender_cmd()),
             &format!("placement = {{ pcpus = [0] }}\n{net}")
         ),
         vm_toml(
             "b",
             1,
             "128M",
-            &format!("quiet keel.cmd={}", base64(net_receiver_cmd().as_bytes())),
+            &keel_cmd(&net_receiver_cmd()),
             &format!("placement = {{ pcpus = [1] }}\n{net}")
         )
     );
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Built {
-        image,
-        dir,
-        cores,
+
+    let Booted {
+        console,
+        outcome: o,
         system_file,
-        ..
-    } = build(&sdk, "net", &toml, config);
-    let mut out = Vec::new();
+    } = SUITE.build_and_run(&sdk, "net", &toml, config, Duration::from_secs(600));
 
-    let outcome = host::run_qemu(
-        &image,
-        cores,
-        Some(Duration::from_secs(600)),
-        Some(2),
-        false,
-        &mut out,
-    );
-
-    let console = String::from_utf8_lossy(&out).into_owned();
-    std::fs::write(dir.join("console.log"), &console).unwrap();
-    let o = outcome.unwrap_or_else(|e| panic!("{e}\n--- console ---\n{console}"));
     assert!(
         system_file.contains("<protection_domain name=\"keel_switch_lan\""),
         "{system_file}"

@@ -16,16 +16,23 @@
 #![cfg(feature = "host")]
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 #[path = "common/skip.rs"]
 mod skip_log;
 
-#[path = "common/boot.rs"]
-mod boot;
+#[path = "common/sel4.rs"]
+mod sel4;
 
-use boot::{Booted, base64, build_and_run, prerequisites, smp_config, vm_toml};
+use sel4::{Booted, Suite, keel_cmd, vm_toml};
 
-const SUITE: &str = "sel4_memory";
+const SUITE: Suite = Suite {
+    name: "sel4_memory",
+    dir: "sel4-memory",
+    untested: "the seL4 backend",
+    no_smp: "; NOT tested",
+    probe: false,
+};
 
 /// a: write the word into the region (read-write at 0x5000_0000).
 const A_CMD: &str = "devmem 0x50000000 32 0x4B45454C; echo A-WROTE=$(devmem 0x50000000 32)";
@@ -43,8 +50,8 @@ const B_CMD: &str = "i=0; while [ \"$(devmem 0x60000000 32)\" != 0x4B45454C ] &&
 /// boot fails every test with its message (and is not retried).
 fn booted(test: &str) -> Option<&'static Booted> {
     static BOOTED: OnceLock<Result<Booted, String>> = OnceLock::new();
-    let sdk = prerequisites(SUITE, test)?;
-    let config = smp_config(&sdk, SUITE, test)?;
+    let sdk = SUITE.prerequisites(test)?;
+    let config = SUITE.smp_config(&sdk, test)?;
     BOOTED
         .get_or_init(|| {
             let map = |base: &str, access: &str| {
@@ -59,19 +66,19 @@ fn booted(test: &str) -> Option<&'static Booted> {
                     "a",
                     1,
                     "128M",
-                    &format!("quiet keel.cmd={}", base64(A_CMD.as_bytes())),
+                    &keel_cmd(A_CMD),
                     &map("0x5000_0000", "rw")
                 ),
                 vm_toml(
                     "b",
                     1,
                     "128M",
-                    &format!("quiet keel.cmd={}", base64(B_CMD.as_bytes())),
+                    &keel_cmd(B_CMD),
                     &map("0x6000_0000", "ro")
                 ),
             );
             std::panic::catch_unwind(|| {
-                build_and_run(&sdk, "sel4-memory", "shared", &toml, config)
+                SUITE.build_and_run(&sdk, "shared", &toml, config, Duration::from_secs(240))
             })
             .map_err(|e| {
                 e.downcast_ref::<String>()

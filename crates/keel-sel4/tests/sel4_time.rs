@@ -22,14 +22,17 @@ use keel_sel4::host;
 mod skip_log;
 
 #[path = "common/sel4.rs"]
-#[allow(dead_code)]
 mod sel4;
 
-use sel4::{probe_line, probe_value};
+use sel4::{Suite, keel_cmd, probe_line, probe_value, vm_toml};
 
-fn skipper(test: &'static str) -> impl Fn(&str) {
-    move |why: &str| skip_log::loud_skip(&format!("SKIP keel-sel4 sel4_time::{test}: {why}"))
-}
+const SUITE: Suite = Suite {
+    name: "sel4_time",
+    dir: "sel4",
+    untested: "the seL4 backend",
+    no_smp: "; multicore NOT tested",
+    probe: true,
+};
 
 /// The capped VM's budget and period: 25 % of its core in 5 ms slices.
 const BUDGET_US: u64 = 5_000;
@@ -131,13 +134,10 @@ fn core_shares(a: &[ThreadTime], b: &[ThreadTime], secs: f64) -> Vec<CoreShare> 
 /// and WINDOW_S seconds later.
 fn run_and_sample(image: &std::path::Path, cores: u32) -> (String, Option<Vec<CoreShare>>) {
     use std::io::BufRead;
-    let mut child = host::qemu_command(image, cores)
-        .args(["-name", "keel-time,debug-threads=on"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("qemu-system-aarch64");
+    let mut child = sel4::spawn(
+        host::qemu_command(image, cores).args(["-name", "keel-time,debug-threads=on"]),
+        std::process::Stdio::null(),
+    );
     let pid = child.id();
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel::<String>();
@@ -227,11 +227,10 @@ fn free_over(console: &str, from: f64, to: f64) -> Option<(f64, f64)> {
 fn budgeted_vm_gets_its_share_of_its_core_and_the_unbudgeted_vm_on_the_other_core_does_not_lose_time()
  {
     let test = "budgeted_vm_gets_its_share_of_its_core_and_the_unbudgeted_vm_on_the_other_core_does_not_lose_time";
-    let skip = skipper(test);
-    let Some(sdk) = sel4::prerequisites(&skip) else {
+    let Some(sdk) = SUITE.prerequisites(test) else {
         return;
     };
-    let Some(config) = sel4::smp_config(&sdk, &skip) else {
+    let Some(config) = SUITE.smp_config(&sdk, test) else {
         return;
     };
     let (budget_us, period_us) = (BUDGET_US, PERIOD_US);
@@ -241,17 +240,24 @@ fn budgeted_vm_gets_its_share_of_its_core_and_the_unbudgeted_vm_on_the_other_cor
     let free_cmd = format!("keel-probe runfrac 3600 now {window_ms} 1");
     let toml = format!(
         "[system]\nname = \"time-budget\"\n{}{}",
-        sel4::vm_toml(
+        vm_toml(
             "capped",
+            1,
             "128M",
-            &capped_cmd,
+            &keel_cmd(&capped_cmd),
             &format!(
                 "placement = {{ pcpus = [0], budget_us = {budget_us}, period_us = {period_us} }}"
             )
         ),
-        sel4::vm_toml("free", "128M", &free_cmd, "placement = { pcpus = [1] }")
+        vm_toml(
+            "free",
+            1,
+            "128M",
+            &keel_cmd(&free_cmd),
+            "placement = { pcpus = [1] }"
+        )
     );
-    let built = sel4::build(&sdk, "time-budget", &toml, config);
+    let built = SUITE.build(&sdk, "time-budget", &toml, config);
 
     let (console, shares) = run_and_sample(&built.image, built.cores);
 
@@ -313,7 +319,7 @@ fn budgeted_vm_gets_its_share_of_its_core_and_the_unbudgeted_vm_on_the_other_cor
         .map(|s| s.wait)
         .fold(f64::NAN, f64::max);
     if waited.is_nan() || waited > HOST_WAIT_MAX {
-        skip(&format!(
+        SUITE.skip(test, &format!(
             "the host made QEMU's core threads wait {waited:.3} of the window (more than {HOST_WAIT_MAX}): only the budget's upper bound was checked (capped {c:.4}, free {f:.4}); the lower bounds (capped >= {:.3}, free >= 0.80) were NOT",
             want / 2.0
         ));

@@ -7,48 +7,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Longest a guest run may take before the test fails (the runs take about a second).
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn testguest_dir() -> PathBuf {
-    repo_root().join("guest/testguest")
-}
-
-/// The test guest ELF, built on first use if it is missing.
-fn testguest() -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
-    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = testguest_dir();
-    let elf = dir.join("target/x86_64-unknown-none/release/keel-testguest");
-    if !elf.exists() {
-        eprintln!("e2e: building the test guest in {}", dir.display());
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", "x86_64-unknown-none"])
-            .current_dir(&dir)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the test guest failed");
-    }
-    assert!(elf.exists(), "no test guest at {}", elf.display());
-    elf
-}
-
+#[path = "common/guest.rs"]
+mod guest;
 #[path = "common/run.rs"]
 mod run;
 #[path = "../../keel-kvm/tests/common/skip.rs"]
 mod skip;
 
+use guest::{mem_testguest, testguest};
 use run::{KEEL, Run, Scratch, run_keel};
 
 /// Whether /dev/kvm can be used; if not, say so loudly and record the skip.
@@ -867,31 +838,6 @@ fn host_stdin_reaches_a_virtio_console_on_stdio() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(0), "serial: {text}");
-}
-
-/// The test guest, rebuilt (cargo rebuilds only what changed) if it lacks the `mem-*`
-/// tests.
-fn mem_testguest() -> PathBuf {
-    let has_mem =
-        |elf: &Path| std::fs::read(elf).is_ok_and(|b| b.windows(9).any(|w| w == b"mem-wait:"));
-    let elf = testguest();
-    if has_mem(&elf) {
-        return elf;
-    }
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--target", "x86_64-unknown-none"])
-        .current_dir(testguest_dir())
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .status()
-        .expect("cargo runs");
-    assert!(
-        status.success() && has_mem(&elf),
-        "building the test guest with mem-* failed"
-    );
-    elf
 }
 
 #[test]

@@ -6,9 +6,6 @@
 //! prints `SKIPPED: …` and records the skip in `$KEEL_SKIP_LOG`. Refusals need no KVM and
 //! always run. The test guest is built if missing.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use keel_kvm::placement::{CgroupScope, cgroup_usage, host_cpu_controller, thread_affinity};
@@ -19,34 +16,14 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a test waits for the VMM's threads or cgroup to appear.
 const APPEAR_TIMEOUT: Duration = Duration::from_secs(30);
 
+#[path = "common/guest.rs"]
+mod guest;
 #[path = "common/run.rs"]
 mod run;
 #[path = "../../keel-kvm/tests/common/skip.rs"]
 mod skip;
 
 use run::{Run, Scratch, run_keel};
-
-/// The test guest ELF, built on first use if it is missing.
-fn testguest() -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
-    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/testguest");
-    let elf = dir.join("target/x86_64-unknown-none/release/keel-testguest");
-    if !elf.exists() {
-        eprintln!("placement: building the test guest in {}", dir.display());
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", "x86_64-unknown-none"])
-            .current_dir(&dir)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the test guest failed");
-    }
-    elf
-}
 
 fn kvm_or_skip(test: &str) -> bool {
     skip::kvm_or_skip("placement", test)
@@ -85,7 +62,7 @@ fn cgroups_or_skip(test: &str) -> bool {
 fn system(name: &str, vcpus: u32, cmdline: &str, extra: &str) -> String {
     format!(
         "[system]\nname = \"{name}\"\n[[vm]]\nname = \"t\"\narch = \"x86_64\"\nkernel = \"{}\"\nmemory = \"64M\"\nvcpus = {vcpus}\ncmdline = \"{cmdline}\"\nserial = \"stdio\"\n{extra}\n",
-        testguest().display()
+        guest::testguest().display()
     )
 }
 
@@ -137,9 +114,17 @@ fn nice(pid: u32, tid: u32) -> i32 {
     rest.split(' ').nth(19 - 3).unwrap().parse().unwrap()
 }
 
-/// Run `keel run` on `toml`, calling `during` with its pid while it runs.
-fn run_during(s: &Scratch, toml: &str, during: impl FnOnce(u32)) -> Run {
-    let sys = s.write("system.toml", toml);
+/// Run `keel run` on the [`system`] `name` (in a scratch directory of that name), calling
+/// `during` with its pid while it runs.
+fn run_placed(
+    name: &str,
+    vcpus: u32,
+    cmdline: &str,
+    placement: &str,
+    during: impl FnOnce(u32),
+) -> Run {
+    let s = Scratch::new(name);
+    let sys = s.write("system.toml", &system(name, vcpus, cmdline, placement));
     run_keel(
         "placement",
         &["run", sys.to_str().unwrap()],
@@ -148,27 +133,29 @@ fn run_during(s: &Scratch, toml: &str, during: impl FnOnce(u32)) -> Run {
     )
 }
 
+/// The `Cpus_allowed_list` of the threads of vCPUs 0 and 1 of `pid`, once each runs.
+fn vcpus_allowed(pid: u32) -> Vec<String> {
+    ["keel-vcpu0", "keel-vcpu1"]
+        .into_iter()
+        .map(|name| cpus_allowed(pid, wait_thread(pid, name)))
+        .collect()
+}
+
 #[test]
 fn each_vcpu_thread_runs_only_on_its_declared_cpu() {
     let test = "each_vcpu_thread_runs_only_on_its_declared_cpu";
     if !kvm_or_skip(test) || !two_cpus_or_skip(test) {
         return;
     }
-    let s = Scratch::new("pinned");
-    let toml = system(
+    let mut seen = Vec::new();
+
+    let run = run_placed(
         "pinned",
         2,
         "keeltest=pause:1500",
         "placement = { pcpus = [0, 1] }",
+        |pid| seen = vcpus_allowed(pid),
     );
-    let mut seen = Vec::new();
-
-    let run = run_during(&s, &toml, |pid| {
-        for name in ["keel-vcpu0", "keel-vcpu1"] {
-            let tid = wait_thread(pid, name);
-            seen.push(cpus_allowed(pid, tid));
-        }
-    });
 
     assert_eq!(run.status, 0, "{run:?}");
     assert_eq!(seen, ["0", "1"]);
@@ -180,21 +167,15 @@ fn vcpu_with_a_cpu_set_may_run_on_each_cpu_of_it() {
     if !kvm_or_skip(test) || !two_cpus_or_skip(test) {
         return;
     }
-    let s = Scratch::new("hybrid");
-    let toml = system(
+    let mut seen = Vec::new();
+
+    let run = run_placed(
         "hybrid",
         2,
         "keeltest=pause:1500",
         "placement = { pcpus = [0, [0, 1]] }",
+        |pid| seen = vcpus_allowed(pid),
     );
-    let mut seen = Vec::new();
-
-    let run = run_during(&s, &toml, |pid| {
-        for name in ["keel-vcpu0", "keel-vcpu1"] {
-            let tid = wait_thread(pid, name);
-            seen.push(cpus_allowed(pid, tid));
-        }
-    });
 
     assert_eq!(run.status, 0, "{run:?}");
     assert_eq!(seen, ["0", "0-1"]);
@@ -206,24 +187,23 @@ fn every_thread_of_the_vmm_stays_on_the_vms_cpus() {
     if !kvm_or_skip(test) || !two_cpus_or_skip(test) {
         return;
     }
-    let s = Scratch::new("shared");
+    let mut seen = Vec::new();
+
     // Two vCPUs sharing CPU 1: the union is {1}, so the main, supervisor and stdin
     // threads must leave CPU 0 too.
-    let toml = system(
+    let run = run_placed(
         "shared",
         2,
         "keeltest=pause:1500",
         "placement = { pcpus = [1, 1] }",
+        |pid| {
+            wait_thread(pid, "keel-vcpu1");
+            seen = threads(pid)
+                .into_iter()
+                .map(|(name, tid)| (name, cpus_allowed(pid, tid)))
+                .collect();
+        },
     );
-    let mut seen = Vec::new();
-
-    let run = run_during(&s, &toml, |pid| {
-        wait_thread(pid, "keel-vcpu1");
-        seen = threads(pid)
-            .into_iter()
-            .map(|(name, tid)| (name, cpus_allowed(pid, tid)))
-            .collect();
-    });
 
     assert_eq!(run.status, 0, "{run:?}");
     assert!(seen.iter().any(|(n, _)| n == "keel-vm-t"), "{seen:?}");
@@ -236,20 +216,19 @@ fn priority_below_100_runs_the_vm_threads_at_a_positive_nice() {
     if !kvm_or_skip(test) {
         return;
     }
-    let s = Scratch::new("nice");
-    let toml = system(
+    let mut seen = Vec::new();
+
+    let run = run_placed(
         "nice",
         1,
         "keeltest=pause:1500",
         "placement = { priority = 50 }",
+        |pid| {
+            let vcpu = wait_thread(pid, "keel-vcpu0");
+            let supervisor = wait_thread(pid, "keel-vm-t");
+            seen = vec![nice(pid, vcpu), nice(pid, supervisor)];
+        },
     );
-    let mut seen = Vec::new();
-
-    let run = run_during(&s, &toml, |pid| {
-        let vcpu = wait_thread(pid, "keel-vcpu0");
-        let supervisor = wait_thread(pid, "keel-vm-t");
-        seen = vec![nice(pid, vcpu), nice(pid, supervisor)];
-    });
 
     assert_eq!(run.status, 0, "{run:?}");
     assert_eq!(seen, [10, 10]);
@@ -277,20 +256,19 @@ fn priority_above_100_runs_the_vm_threads_as_sched_rr() {
     if !kvm_or_skip(test) || !two_cpus_or_skip(test) {
         return;
     }
-    let s = Scratch::new("rr");
+    let mut seen = None;
+
     // Pinned to CPU 1 and short: a spinning real-time thread must not hog the host.
-    let toml = system(
+    let run = run_placed(
         "rr",
         1,
         "keeltest=pause:300",
         "placement = { pcpus = [1], priority = 177 }",
+        |pid| {
+            let vcpu = wait_thread(pid, "keel-vcpu0");
+            seen = Some(policy(pid, vcpu));
+        },
     );
-    let mut seen = None;
-
-    let run = run_during(&s, &toml, |pid| {
-        let vcpu = wait_thread(pid, "keel-vcpu0");
-        seen = Some(policy(pid, vcpu));
-    });
 
     assert_eq!(run.status, 0, "{run:?}");
     assert_eq!(seen, Some((libc::SCHED_RR, 50)));
@@ -303,31 +281,30 @@ fn budget_of_a_quarter_holds_a_spinning_guest_to_a_quarter_of_a_cpu() {
         return;
     }
     let controller = host_cpu_controller().unwrap();
-    let s = Scratch::new("budget");
-    let toml = system(
+    let mut share = None;
+    let mut cgroup_dir = None;
+
+    let run = run_placed(
         "budget",
         1,
         "keeltest=pause:4000",
         "placement = { budget_us = 25000, period_us = 100000 }",
+        |pid| {
+            let scope = CgroupScope {
+                system: "budget".into(),
+                owner_pid: pid,
+            };
+            let dir = scope.vm_dir(&controller.mount.mount_point, "t");
+            wait_thread(pid, "keel-vcpu0");
+            // Past boot (TSC calibration, ~10 ms of guest time): the guest spins from here.
+            std::thread::sleep(Duration::from_millis(500));
+            let (u0, t0) = (cgroup_usage(&dir).unwrap(), Instant::now());
+            std::thread::sleep(Duration::from_secs(2));
+            let (u1, t1) = (cgroup_usage(&dir).unwrap(), Instant::now());
+            share = Some((u1 - u0).as_secs_f64() / (t1 - t0).as_secs_f64());
+            cgroup_dir = Some(scope.system_dir(&controller.mount.mount_point));
+        },
     );
-    let mut share = None;
-    let mut cgroup_dir = None;
-
-    let run = run_during(&s, &toml, |pid| {
-        let scope = CgroupScope {
-            system: "budget".into(),
-            owner_pid: pid,
-        };
-        let dir = scope.vm_dir(&controller.mount.mount_point, "t");
-        wait_thread(pid, "keel-vcpu0");
-        // Past boot (TSC calibration, ~10 ms of guest time): the guest spins from here.
-        std::thread::sleep(Duration::from_millis(500));
-        let (u0, t0) = (cgroup_usage(&dir).unwrap(), Instant::now());
-        std::thread::sleep(Duration::from_secs(2));
-        let (u1, t1) = (cgroup_usage(&dir).unwrap(), Instant::now());
-        share = Some((u1 - u0).as_secs_f64() / (t1 - t0).as_secs_f64());
-        cgroup_dir = Some(scope.system_dir(&controller.mount.mount_point));
-    });
 
     assert_eq!(run.status, 0, "{run:?}");
     let share = share.unwrap();
@@ -398,15 +375,13 @@ fn keel_up_puts_each_budgeted_vmm_process_in_its_vms_cgroup() {
 
 #[test]
 fn sched_rr_priority_with_a_budget_is_refused_on_linux() {
-    let s = Scratch::new("rrbudget");
-    let toml = system(
+    let run = run_placed(
         "rr",
         1,
         "keeltest=pause:0",
         "placement = { priority = 150, budget_us = 5000, period_us = 10000 }",
+        |_| {},
     );
-
-    let run = run_during(&s, &toml, |_| {});
 
     assert_eq!(run.status, 2, "{run:?}");
     assert!(
@@ -418,15 +393,13 @@ fn sched_rr_priority_with_a_budget_is_refused_on_linux() {
 
 #[test]
 fn cpu_the_process_cannot_use_is_refused_naming_vm_vcpu_and_cpu() {
-    let s = Scratch::new("nocpu");
-    let toml = system(
+    let run = run_placed(
         "nocpu",
         1,
         "keeltest=pause:0",
         "placement = { pcpus = [1000] }",
+        |_| {},
     );
-
-    let run = run_during(&s, &toml, |_| {});
 
     assert_eq!(run.status, 2, "{run:?}");
     assert!(

@@ -13,44 +13,18 @@ use std::time::{Duration, Instant};
 /// Longest a `keel up` may take before the test fails.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
+#[path = "common/guest.rs"]
+mod guest;
 #[path = "common/run.rs"]
 mod run;
 #[path = "../../keel-kvm/tests/common/skip.rs"]
 mod skip;
 
+use guest::{mem_testguest, testguest};
 use run::{KEEL, Run, Scratch, run_keel};
 
 fn kvm_or_skip(test: &str) -> bool {
     skip::kvm_or_skip("up", test)
-}
-
-static BUILD: Mutex<()> = Mutex::new(());
-
-/// The test guest ELF, built on first use if it is missing.
-fn testguest() -> PathBuf {
-    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    build_testguest(false)
-}
-
-/// Build the test guest if it is missing (or always, with `force`: cargo rebuilds only
-/// what changed).
-fn build_testguest(force: bool) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/testguest");
-    let elf = dir.join("target/x86_64-unknown-none/release/keel-testguest");
-    if force || !elf.exists() {
-        eprintln!("up: building the test guest in {}", dir.display());
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", "x86_64-unknown-none"])
-            .current_dir(&dir)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the test guest failed");
-    }
-    elf
 }
 
 /// A temporary directory holding one system file, removed on drop.
@@ -411,15 +385,7 @@ const MAC_D: &str = "02:00:00:00:00:0d";
 /// The test guest, if it has the `net` test (rebuilt once if a stale build lacks it); else
 /// a loud skip.
 fn net_testguest_or_skip(test: &str) -> Option<PathBuf> {
-    let has_net = |elf: &Path| {
-        std::fs::read(elf).is_ok_and(|b| b.windows(17).any(|w| w == b"keeltest.net-peer"))
-    };
-    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    let mut elf = build_testguest(false);
-    if !has_net(&elf) {
-        elf = build_testguest(true);
-    }
-    if has_net(&elf) {
+    if let Some(elf) = guest::testguest_with(b"keeltest.net-peer") {
         return Some(elf);
     }
     skip::skip(
@@ -784,23 +750,6 @@ fn stats_interval_prints_counters_without_a_signal() {
     // About 2 s at 0.5 s: at least two reports, each with b's line (the last may come
     // after the stop began).
     assert!(reports >= 2 && b.len() >= 2, "{reports} reports: {run:?}");
-}
-
-/// The test guest, rebuilt once if a stale build lacks the `mem-*` tests.
-fn mem_testguest() -> PathBuf {
-    let has_mem =
-        |elf: &Path| std::fs::read(elf).is_ok_and(|b| b.windows(9).any(|w| w == b"mem-wait:"));
-    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    let mut elf = build_testguest(false);
-    if !has_mem(&elf) {
-        elf = build_testguest(true);
-    }
-    assert!(
-        has_mem(&elf),
-        "the test guest at {} has no mem-* tests",
-        elf.display()
-    );
-    elf
 }
 
 /// Region `x` (64 KiB): VM a maps it read-write at 0x8000_0000 and writes a word; VM b

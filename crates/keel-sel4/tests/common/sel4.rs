@@ -1,12 +1,185 @@
-//! Building and booting Microkit images in the seL4 tests that measure guests
-//! (`sel4_time.rs`): the prerequisites (with their loud skips), the system TOML of one
-//! VM, and `keel-probe` result lines. Included by the test binaries with `#[path]`, next
-//! to `skip.rs` (as `skip_log`).
+//! Building and booting Microkit images of Keel systems under QEMU, for the seL4
+//! end-to-end test binaries (`sel4_e2e`, `sel4_memory`, `sel4_colour`, `sel4_time`): the
+//! prerequisites with their loud skips, the build, the boot with a timeout and its console,
+//! the system TOML of one Debian arm64 VM and `keel-probe` result lines. Included by the
+//! test binaries with `#[path]`, next to `skip.rs` (as `skip_log`); each binary uses part
+//! of it.
+#![allow(dead_code)]
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use keel_sel4::host::{self, BuildOptions};
+use keel_sel4::host::{self, BuildOptions, RunOutcome};
+
+/// One QEMU at a time: the machine has two cores.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Hold [`SERIAL`] (a test that panicked while holding it does not stop the others).
+pub fn one_qemu() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A test binary: the names in its skip lines and its scratch directories.
+pub struct Suite {
+    /// `SKIP keel-sel4 <name>::<test>: ...`.
+    pub name: &'static str,
+    /// Scratch directories are `CARGO_TARGET_TMPDIR/<dir>-<name>`.
+    pub dir: &'static str,
+    /// What the skip without `MICROKIT_SDK` says was not tested end to end.
+    pub untested: &'static str,
+    /// What the skip for an SDK without the multicore config adds after
+    /// "the SDK at <sdk> has no <config> config".
+    pub no_smp: &'static str,
+    /// The guest must have `/bin/keel-probe` (guest/probe).
+    pub probe: bool,
+}
+
+impl Suite {
+    /// Print a loud skip of `test` for `why` and record it in `$KEEL_SKIP_LOG`.
+    pub fn skip(&self, test: &str, why: &str) {
+        super::skip_log::loud_skip(&format!("SKIP keel-sel4 {}::{test}: {why}", self.name));
+    }
+
+    /// `CARGO_TARGET_TMPDIR/<dir>-<name>`, created.
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}", self.dir));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The SDK, or `None` after a loud skip of `test`: needs `MICROKIT_SDK` and the arm64
+    /// guest (guest/linux/build.sh arm64), with `keel-probe` when the suite needs it.
+    pub fn prerequisites(&self, test: &str) -> Option<PathBuf> {
+        let Some(sdk) = std::env::var_os("MICROKIT_SDK") else {
+            self.skip(
+                test,
+                &format!(
+                    "MICROKIT_SDK is not set; {} was NOT tested end to end",
+                    self.untested
+                ),
+            );
+            return None;
+        };
+        let g = cache().join("guest/arm64");
+        if !g.join("vmlinuz").is_file() || !g.join("initrd.cpio.gz").is_file() {
+            self.skip(
+                test,
+                &format!(
+                    "no guest in {} (run guest/linux/build.sh arm64)",
+                    g.display()
+                ),
+            );
+            return None;
+        }
+        if self.probe
+            && !std::fs::read_to_string(g.join("manifest.txt"))
+                .unwrap_or_default()
+                .contains("/bin/keel-probe")
+        {
+            self.skip(
+                test,
+                &format!(
+                    "the guest in {} has no /bin/keel-probe (rebuild it: guest/linux/build.sh arm64)",
+                    g.display()
+                ),
+            );
+            return None;
+        }
+        Some(sdk.into())
+    }
+
+    /// The SDK's multicore config, or `None` after a loud skip of `test`.
+    pub fn smp_config(&self, sdk: &Path, test: &str) -> Option<&'static str> {
+        let c = keel_sel4::abi::board::SMP_CONFIG;
+        if host::Sdk::default_config(sdk, keel_sel4::abi::board::NAME) == c {
+            Some(c)
+        } else {
+            self.skip(
+                test,
+                &format!(
+                    "the SDK at {} has no {c} config{}",
+                    sdk.display(),
+                    self.no_smp
+                ),
+            );
+            None
+        }
+    }
+
+    /// Build `toml` (paths may use ${KEEL_CACHE}) for kernel `config` into
+    /// [`Suite::dir`]`(name)`.
+    pub fn build(&self, sdk: &Path, name: &str, toml: &str, config: &str) -> Built {
+        self.build_with_stall(sdk, name, toml, config, None)
+    }
+
+    /// [`Suite::build`], with the VMM of VM `stall` stalling mid-line (the test knob).
+    pub fn build_with_stall(
+        &self,
+        sdk: &Path,
+        name: &str,
+        toml: &str,
+        config: &str,
+        stall: Option<&str>,
+    ) -> Built {
+        let dir = self.dir(name);
+        let system = keel_spec::parse_str(toml, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut opts = build_options(sdk, config, dir.join("out"));
+        opts.test_stall_vm = stall.map(String::from);
+        let built = host::build(&system, &opts).unwrap_or_else(|e| panic!("{name}: build: {e}"));
+        assert_eq!(built.config, config);
+        let system_file = std::fs::read_to_string(&built.system_file).unwrap();
+        Built {
+            system,
+            image: built.image,
+            dir,
+            cores: built.cores,
+            system_file,
+        }
+    }
+
+    /// [`Suite::build`] and boot the image with QEMU `-smp` = the kernel's cores (one QEMU
+    /// at a time) until every VM stopped or `timeout`; the console goes to
+    /// `console.log` in the build directory too. A failed run panics with the console.
+    pub fn build_and_run(
+        &self,
+        sdk: &Path,
+        name: &str,
+        toml: &str,
+        config: &str,
+        timeout: Duration,
+    ) -> Booted {
+        let _one = one_qemu();
+        let Built {
+            system,
+            image,
+            dir,
+            cores,
+            system_file,
+        } = self.build(sdk, name, toml, config);
+        let mut out = Vec::new();
+        let outcome = host::run_qemu(
+            &image,
+            cores,
+            Some(timeout),
+            Some(system.vms().len()),
+            false,
+            &mut out,
+        );
+        let console = String::from_utf8_lossy(&out).into_owned();
+        std::fs::write(dir.join("console.log"), &console).unwrap();
+        match outcome {
+            Ok(outcome) => Booted {
+                console,
+                outcome,
+                system_file,
+            },
+            Err(e) => panic!("{name}: {e}\n--- console ---\n{console}"),
+        }
+    }
+}
 
 /// `$KEEL_CACHE`, else `~/.cache/keel`.
 pub fn cache() -> PathBuf {
@@ -15,46 +188,6 @@ pub fn cache() -> PathBuf {
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/keel")
         })
-}
-
-/// The SDK, or `None` after `skip(why)`: needs `MICROKIT_SDK` and the arm64 guest with
-/// `keel-probe` (guest/linux/build.sh arm64).
-pub fn prerequisites(skip: &dyn Fn(&str)) -> Option<PathBuf> {
-    let Some(sdk) = std::env::var_os("MICROKIT_SDK") else {
-        skip("MICROKIT_SDK is not set; the seL4 backend was NOT tested end to end");
-        return None;
-    };
-    let g = cache().join("guest/arm64");
-    if !g.join("vmlinuz").is_file() || !g.join("initrd.cpio.gz").is_file() {
-        skip(&format!(
-            "no guest in {} (run guest/linux/build.sh arm64)",
-            g.display()
-        ));
-        return None;
-    }
-    let manifest = std::fs::read_to_string(g.join("manifest.txt")).unwrap_or_default();
-    if !manifest.contains("/bin/keel-probe") {
-        skip(&format!(
-            "the guest in {} has no /bin/keel-probe (rebuild it: guest/linux/build.sh arm64)",
-            g.display()
-        ));
-        return None;
-    }
-    Some(sdk.into())
-}
-
-/// The SDK's multicore config, or `None` after `skip(why)`.
-pub fn smp_config(sdk: &Path, skip: &dyn Fn(&str)) -> Option<&'static str> {
-    let c = keel_sel4::abi::board::SMP_CONFIG;
-    if host::Sdk::default_config(sdk, keel_sel4::abi::board::NAME) == c {
-        Some(c)
-    } else {
-        skip(&format!(
-            "the SDK at {} has no {c} config; multicore NOT tested",
-            sdk.display()
-        ));
-        None
-    }
 }
 
 fn target_dir() -> PathBuf {
@@ -74,8 +207,26 @@ pub fn pd_elves() -> host::PdElves {
         .clone()
 }
 
+/// The options of a build for the board, kernel `config`, into `out`, with
+/// [`pd_elves`].
+pub fn build_options(sdk: &Path, config: &str, out: PathBuf) -> BuildOptions {
+    let elves = pd_elves();
+    BuildOptions {
+        sdk: sdk.into(),
+        board: keel_sel4::abi::board::NAME.into(),
+        config: Some(config.into()),
+        out,
+        vmm_elf: elves.vmm,
+        console_elf: elves.console,
+        switch_elf: elves.switch,
+        test_stall_vm: None,
+    }
+}
+
 /// An image built by a test.
 pub struct Built {
+    /// The system it was built from.
+    pub system: keel_spec::System,
     /// The loader image.
     pub image: PathBuf,
     /// The test's directory (console.log goes here).
@@ -86,49 +237,78 @@ pub struct Built {
     pub system_file: String,
 }
 
-/// Build `toml` (paths may use ${KEEL_CACHE}) for kernel `config` into
-/// `CARGO_TARGET_TMPDIR/sel4-<name>`.
-pub fn build(sdk: &Path, name: &str, toml: &str, config: &str) -> Built {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sel4-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let system = keel_spec::parse_str(toml, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let opts = BuildOptions {
-        sdk: sdk.into(),
-        board: keel_sel4::abi::board::NAME.into(),
-        config: Some(config.into()),
-        out: dir.join("out"),
-        vmm_elf: pd_elves().vmm,
-        console_elf: pd_elves().console,
-        switch_elf: pd_elves().switch,
-        test_stall_vm: None,
-    };
-    let built = host::build(&system, &opts).unwrap_or_else(|e| panic!("{name}: build: {e}"));
-    assert_eq!(built.config, config);
-    let system_file = std::fs::read_to_string(&built.system_file).unwrap();
-    Built {
-        image: built.image,
-        dir,
-        cores: built.cores,
-        system_file,
-    }
+/// A booted system: its console output, how the run ended, its Microkit system file.
+pub struct Booted {
+    /// Everything the console printed.
+    pub console: String,
+    /// VMs up and stopped, first ready time.
+    pub outcome: RunOutcome,
+    /// The generated Microkit system file.
+    pub system_file: String,
 }
 
-/// One `[[vm]]` of the Debian arm64 guest running the shell snippet `cmd` (`keel.cmd=`).
-pub fn vm_toml(name: &str, memory: &str, cmd: &str, extra: &str) -> String {
+/// Start `cmd` (a QEMU) with `stdin`, its stdout piped and its stderr dropped.
+pub fn spawn(cmd: &mut Command, stdin: Stdio) -> Child {
+    cmd.stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-aarch64")
+}
+
+/// The console of `child` (stdout piped), line by line: each line is added and passed to
+/// `stop` until `stop` returns true, the output ends or a line arrives after `timeout`;
+/// then the child is killed.
+pub fn collect_console(
+    mut child: Child,
+    timeout: Duration,
+    mut stop: impl FnMut(&str) -> bool,
+) -> String {
+    let mut console = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        let mut r = std::io::BufReader::new(stdout);
+        let start = Instant::now();
+        let mut line = Vec::new();
+        while r
+            .read_until(b'\n', &mut line)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+            && start.elapsed() < timeout
+        {
+            let l = String::from_utf8_lossy(&line);
+            console.push_str(&l);
+            if stop(&l) {
+                break;
+            }
+            line.clear();
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    console
+}
+
+/// One `[[vm]]` of the Debian arm64 guest images.
+pub fn vm_toml(name: &str, vcpus: u32, memory: &str, cmdline: &str, extra: &str) -> String {
     format!(
         r#"
 [[vm]]
 name = "{name}"
 arch = "aarch64"
-vcpus = 1
+vcpus = {vcpus}
 memory = "{memory}"
 kernel = "${{KEEL_CACHE}}/guest/arm64/vmlinuz"
 initrd = "${{KEEL_CACHE}}/guest/arm64/initrd.cpio.gz"
-cmdline = "quiet keel.cmd={}"
+cmdline = "{cmdline}"
 {extra}
-"#,
-        base64(cmd.as_bytes())
+"#
     )
+}
+
+/// The kernel command line that runs the shell snippet `cmd` (the guest's /init decodes
+/// `keel.cmd=` and runs it).
+pub fn keel_cmd(cmd: &str) -> String {
+    format!("quiet keel.cmd={}", base64(cmd.as_bytes()))
 }
 
 /// Standard base64 with padding.

@@ -559,28 +559,22 @@ impl Cgroup {
                 "a CPU budget moves the whole VMM process into the VM's cgroup, and this process already runs a budgeted VM".into(),
             );
         }
-        let result = Cgroup::create(controller, scope, vm, budget_us, period_us);
+        let result = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| format!("/proc/self/cgroup: {e}"))
+            .and_then(|proc_cgroup| {
+                current_cgroup(&proc_cgroup, controller.version)
+                    .ok_or_else(|| "this process is in no cgroup of the cpu hierarchy".to_string())
+            })
+            .and_then(|here| {
+                Cgroup::create_from(controller, scope, vm, budget_us, period_us, &here)
+            });
         if result.is_err() {
             PROCESS_IN_VM_CGROUP.store(false, Ordering::SeqCst);
         }
         result
     }
 
-    fn create(
-        controller: &CpuController,
-        scope: &CgroupScope,
-        vm: &str,
-        budget_us: u64,
-        period_us: u64,
-    ) -> Result<Cgroup, String> {
-        let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup")
-            .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
-        let here = current_cgroup(&proc_cgroup, controller.version)
-            .ok_or_else(|| "this process is in no cgroup of the cpu hierarchy".to_string())?;
-        Cgroup::create_from(controller, scope, vm, budget_us, period_us, &here)
-    }
-
-    /// [`Cgroup::create`] for a process now in cgroup `here` (relative to the hierarchy's
+    /// [`Cgroup::enter`]'s creation, for a process now in cgroup `here` (relative to the hierarchy's
     /// root).
     fn create_from(
         controller: &CpuController,

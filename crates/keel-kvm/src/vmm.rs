@@ -990,12 +990,7 @@ impl VmProbe {
     /// today), in placement order; empty between runs. Waits for each device's queue work
     /// in progress.
     pub fn device_counters(&self) -> Vec<DeviceCounters> {
-        let current = self
-            .shared
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let current = self.shared.current_run();
         let Some(run) = current else {
             return Vec::new();
         };
@@ -1020,6 +1015,16 @@ struct HandleShared {
     /// The current run's stop control, exit counters and devices.
     current: Mutex<Option<CurrentRun>>,
     stop_requested: AtomicBool,
+}
+
+impl HandleShared {
+    /// A copy of the current run's handles (`None` between runs).
+    fn current_run(&self) -> Option<CurrentRun> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// A running VM, seen from the program that started it: stop it, wait for it, follow its
@@ -1049,12 +1054,7 @@ impl VmHandle {
     /// [`VmExitStatus::HostStop`].
     pub fn stop(&self) {
         self.shared.stop_requested.store(true, Ordering::SeqCst);
-        let current = self
-            .shared
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let current = self.shared.current_run();
         if let Some(run) = current {
             run.control.finish(Ok(SystemEvent::Shutdown));
         }

@@ -9,14 +9,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
+# Unless given, keel and the test guest are built from this tree (a no-op when up to date):
+# a stale release binary would measure old code (it measured no budget at all once).
 keel=${KEEL:-${CARGO_TARGET_DIR:-target}/release/keel}
-if [ ! -x "$keel" ]; then
-    echo "bench: building keel ($keel)" >&2
+if [ -z "${KEEL:-}" ]; then
     cargo build --release -p keel -q
 fi
 elf=${KEELTEST_ELF:-guest/testguest/target/x86_64-unknown-none/release/keel-testguest}
-if [ ! -f "$elf" ]; then
-    echo "bench: building the test guest" >&2
+if [ -z "${KEELTEST_ELF:-}" ]; then
     (cd guest/testguest && cargo build --release --target x86_64-unknown-none -q)
 fi
 if ! command -v qemu-system-x86_64 >/dev/null && [ -z "${QEMU:-}" ]; then

@@ -11,11 +11,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 # Unless given, keel and the test guest are built from this tree (a no-op when up to date):
 # a stale release binary would measure old code (it measured no budget at all once).
-keel=${KEEL:-${CARGO_TARGET_DIR:-target}/release/keel}
 if [ -z "${KEEL:-}" ]; then
     cargo build --release -p keel -q
 fi
-elf=${KEELTEST_ELF:-guest/testguest/target/x86_64-unknown-none/release/keel-testguest}
 if [ -z "${KEELTEST_ELF:-}" ]; then
     (cd guest/testguest && cargo build --release --target x86_64-unknown-none -q)
 fi

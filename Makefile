@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 TESTGUEST := guest/testguest/target/x86_64-unknown-none/release/keel-testguest
 
-.PHONY: run test setup build testguest linux-guests bench l2-tests bench-l2 bench-l2-net bench-noisy clean
+.PHONY: run test setup build testguest linux-guests bench l2-tests bench-l2 bench-l2-net bench-noisy fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -44,6 +44,12 @@ bench-noisy: setup
 
 test: setup
 	bash scripts/test.sh
+
+# A fuzz campaign (scripts/fuzz.sh): every target (or TARGETS="a b") for FUZZ_CPU_SECONDS of
+# CPU each (default 1200 = 20 CPU-minutes); minimises the corpora back into fuzz/corpus/ and
+# appends one line per target to target/fuzz/campaign.md.
+fuzz: setup
+	bash scripts/fuzz.sh $(TARGETS)
 
 # Keel against QEMU (and Firecracker / Cloud Hypervisor when FIRECRACKER= / CLOUD_HYPERVISOR=
 # name their binaries) on the same guest; writes bench/RESULTS.md. BENCH_QUICK=1: smoke run.

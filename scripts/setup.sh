@@ -54,5 +54,13 @@ if command -v rustup >/dev/null 2>&1; then
     rustup toolchain install nightly --profile minimal --component miri,rust-src >&2 ||
       echo "setup: warning: could not install nightly with miri; the Miri tests will be skipped" >&2
   fi
+  # cargo-fuzz (scripts/fuzz.sh: `make fuzz`, and the short fuzz runs of `make test`) builds
+  # with nightly; its libFuzzer needs a C++ compiler (g++, above). Not fatal either: the
+  # fuzz steps then report themselves skipped, and `cargo test` still replays the corpora.
+  if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "setup: installing cargo-fuzz" >&2
+    cargo install cargo-fuzz --locked >&2 ||
+      echo "setup: warning: could not install cargo-fuzz; the fuzz runs will be skipped" >&2
+  fi
 fi
 echo "setup: ok" >&2

@@ -78,6 +78,12 @@ cargo_tests tests --workspace
 step miri bash scripts/miri.sh
 # The frame ring protocol's Spin model (crates/keel-net/model/ring.pml); skips without spin.
 step model-check bash scripts/model-check.sh
+# Every fuzz target (scripts/fuzz.sh): its committed corpus and regressions replayed by the
+# libFuzzer build (AddressSanitizer), then a short run; skipped without nightly/cargo-fuzz.
+# (`cargo test` above already replayed the same inputs on stable: crates/keel-fuzz.)
+for t in $(bash scripts/fuzz.sh --list); do
+  step "fuzz-$t" bash scripts/fuzz.sh --quick "$t"
+done
 # The benchmark harness works end to end (a smoke run: no figure is judged here).
 step bench-quick env BENCH_QUICK=1 bash bench/run.sh
 

@@ -85,8 +85,13 @@ pub mod mmio;
 pub mod net;
 pub mod queue;
 pub mod rng;
-#[cfg(test)]
-mod testing;
+/// A test-side guest driver over mock guest memory, shared by the unit tests, the bounded
+/// exhaustive checks (`tests/exhaustive.rs`) and the fuzz targets (`crates/keel-fuzz`).
+/// Not part of the device API: built only for tests or with the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+#[allow(missing_debug_implementations)] // test scaffolding
+pub mod testing;
 
 pub use block::{Block, BlockBackend, BlockError, GuestIoSlice, MemoryBackend, Vectored};
 pub use console::{Console, ConsoleInput, ConsoleOutput, NoInput};

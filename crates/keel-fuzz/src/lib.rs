@@ -1,0 +1,29 @@
+//! The bodies of Keel's fuzz targets: one function per input a guest or a peer component
+//! controls, each taking the fuzzer's raw bytes. Every body checks invariants, not only
+//! "no panic": it panics (a crash for libFuzzer, a failure for `cargo test`) when one
+//! breaks. `fuzz/fuzz_targets/<name>.rs` wraps each in `libfuzzer_sys::fuzz_target!`;
+//! `tests/corpus.rs` replays the committed corpus (`fuzz/corpus/<name>/`) and every input
+//! that once crashed (`fuzz/regressions/<name>/`) on stable Rust.
+//!
+//! Adding a target: a module here with `pub fn run(data: &[u8])`, an entry in [`TARGETS`],
+//! `fuzz/fuzz_targets/<name>.rs`, a `[[bin]]` in `fuzz/Cargo.toml`, and a row in the table
+//! of guest-controlled inputs in `docs/security.md`.
+
+/// One fuzz target: its name (the file stem under `fuzz/fuzz_targets/`) and its body.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// The target's name.
+    pub name: &'static str,
+    /// What the target feeds with fuzzer bytes, in a few words.
+    pub covers: &'static str,
+    /// The body: panics when an invariant breaks.
+    pub run: fn(&[u8]),
+}
+
+/// Every fuzz target.
+pub const TARGETS: &[Target] = &[];
+
+/// The target called `name`.
+pub fn target(name: &str) -> Option<&'static Target> {
+    TARGETS.iter().find(|t| t.name == name)
+}

@@ -468,6 +468,11 @@ fn place_frame(
                 ),
             });
         }
+        // At most a queue's worth (checked above); fallible all the same.
+        held.try_reserve(1).map_err(|_| DeviceError::OutOfMemory {
+            what: "held receive chains",
+            bytes: core::mem::size_of::<DescriptorChain>(),
+        })?;
         held.push(chain);
     }
 }

@@ -157,6 +157,15 @@ pub enum QueueError {
         /// Head of the chain.
         head: u16,
     },
+    /// The VMM's heap could not hold the chain's segment list (at most
+    /// [`MAX_INDIRECT_ENTRIES`] of them): this chain fails, the VMM goes on.
+    #[error("descriptor chain at head {head}: no memory for its {segments} segments")]
+    OutOfMemory {
+        /// Head of the chain.
+        head: u16,
+        /// Segments held when the allocation failed.
+        segments: usize,
+    },
     /// The device tried to return a head that is not a descriptor index.
     #[error("used head {head} is outside queue size {size}")]
     InvalidUsedHead {
@@ -210,10 +219,30 @@ pub enum ChainError {
         /// Size of that part.
         available: u32,
     },
+    /// A copy of the readable part was asked for that is larger than the caller's cap, or
+    /// the VMM's heap could not hold it ([`DescriptorChain::read_all`]).
+    #[error(
+        "descriptor chain at head {head}: cannot copy its {len} readable bytes (cap {cap}, or no memory)"
+    )]
+    TooLargeToCopy {
+        /// Head of the chain.
+        head: u16,
+        /// Readable bytes of the chain.
+        len: u32,
+        /// The caller's cap.
+        cap: u32,
+    },
     /// Guest memory could not be accessed.
     #[error("guest memory: {0}")]
     Memory(#[from] GuestMemoryError),
 }
+
+/// Most bytes [`DescriptorChain::read_all`] copies into a new buffer; larger chains are
+/// read in bounded pieces with [`DescriptorChain::read_at`] (or [`read_all_capped`] with
+/// a cap of the caller's).
+///
+/// [`read_all_capped`]: DescriptorChain::read_all_capped
+pub const READ_ALL_LIMIT: u32 = 64 * 1024;
 
 /// One buffer of a descriptor chain, as validated when the chain was popped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,9 +345,32 @@ impl DescriptorChain {
         })
     }
 
-    /// Copy the whole readable part into a new buffer.
+    /// Copy the whole readable part into a new buffer, if it is at most
+    /// [`READ_ALL_LIMIT`] bytes ([`ChainError::TooLargeToCopy`] otherwise).
     pub fn read_all<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<Vec<u8>, ChainError> {
-        let mut v = alloc::vec![0u8; self.readable_len as usize];
+        self.read_all_capped(mem, READ_ALL_LIMIT)
+    }
+
+    /// Copy the whole readable part into a new buffer, if it is at most `cap` bytes. The
+    /// buffer is allocated fallibly: a chain larger than `cap`, or one the heap cannot
+    /// hold, fails with [`ChainError::TooLargeToCopy`] (that request only, never the VMM).
+    pub fn read_all_capped<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        cap: u32,
+    ) -> Result<Vec<u8>, ChainError> {
+        let too_large = ChainError::TooLargeToCopy {
+            head: self.head,
+            len: self.readable_len,
+            cap,
+        };
+        if self.readable_len > cap {
+            return Err(too_large);
+        }
+        let len = self.readable_len as usize;
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).map_err(|_| too_large)?;
+        v.resize(len, 0);
         self.read_at(mem, 0, &mut v)?;
         Ok(v)
     }
@@ -744,6 +796,14 @@ impl Queue {
                 readable_len
                     .checked_add(writable_len)
                     .ok_or(QueueError::ChainTooLarge { head })?;
+                // At most MAX_INDIRECT_ENTRIES segments (24 bytes each), but the heap may
+                // still be short: that fails this chain, not the VMM.
+                segments
+                    .try_reserve(1)
+                    .map_err(|_| QueueError::OutOfMemory {
+                        head,
+                        segments: segments.len(),
+                    })?;
                 segments.push(Segment {
                     addr: GuestAddress(d.addr),
                     len: d.len,
@@ -1394,5 +1454,37 @@ mod tests {
             Err(ChainError::UnexpectedReadable { head: 0, len: 4 })
         );
         assert!(chain.require_readable_only().is_err());
+    }
+
+    #[test]
+    fn read_all_of_a_chain_over_the_cap_fails_that_chain_only() {
+        let (mem, mut gq, mut q) = setup();
+        gq.add_chain(&mem, &[(0x4000, 16, false)]);
+        let chain = q.pop(&mem).unwrap().unwrap();
+
+        let got = chain.read_all_capped(&mem, 8);
+
+        assert_eq!(
+            got,
+            Err(ChainError::TooLargeToCopy {
+                head: 0,
+                len: 16,
+                cap: 8
+            })
+        );
+        assert_eq!(chain.read_all_capped(&mem, 16).map(|v| v.len()), Ok(16));
+    }
+
+    #[test]
+    fn read_all_refuses_more_than_read_all_limit() {
+        let (mem, mut gq, mut q) = setup();
+        // One buffer described twice: READ_ALL_LIMIT + 2 bytes readable.
+        let half = READ_ALL_LIMIT / 2 + 1;
+        gq.add_chain(&mem, &[(0x4000, half, false), (0x4000, half, false)]);
+        let chain = q.pop(&mem).unwrap().unwrap();
+
+        let got = chain.read_all(&mem);
+
+        assert!(matches!(got, Err(ChainError::TooLargeToCopy { len, .. }) if len == 2 * half));
     }
 }

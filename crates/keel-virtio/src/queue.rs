@@ -30,6 +30,13 @@ const DESC_SIZE: u64 = 16;
 /// Most entries accepted in one indirect table (the split-ring maximum chain length).
 pub const MAX_INDIRECT_ENTRIES: u32 = MAX_QUEUE_SIZE as u32;
 
+/// Most buffers (non-empty descriptors) one chain may have by default
+/// ([`Queue::set_max_segments`]): a popped chain's segment list is its only allocation,
+/// so this bounds it (24 KiB) whatever indirect tables the guest builds. Linux's drivers
+/// stay far below it (virtio-blk: `seg_max` + 2 = 256; virtio-net: MAX_SKB_FRAGS + 2).
+/// A longer chain is [`QueueError::TooManySegments`].
+pub const MAX_CHAIN_SEGMENTS: u32 = 1024;
+
 /// What is wrong with a virtqueue or with a descriptor chain the driver made available.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
@@ -95,6 +102,14 @@ pub enum QueueError {
         /// Head of the chain.
         head: u16,
         /// Entries in the table.
+        limit: u32,
+    },
+    /// The chain has more buffers than the queue's cap ([`Queue::set_max_segments`]).
+    #[error("descriptor chain at head {head} has more than {limit} buffers")]
+    TooManySegments {
+        /// Head of the chain.
+        head: u16,
+        /// The cap.
         limit: u32,
     },
     /// A descriptor's buffer is not wholly in guest RAM (or wraps around).
@@ -517,6 +532,8 @@ pub struct Queue {
     next_used: u16,
     event_idx: bool,
     indirect: bool,
+    /// Most segments of one chain.
+    max_segments: u32,
     /// The used index when the device last decided about an interrupt.
     signalled_used: Option<u16>,
 }
@@ -536,8 +553,20 @@ impl Queue {
             next_used: 0,
             event_idx: false,
             indirect: false,
+            max_segments: MAX_CHAIN_SEGMENTS,
             signalled_used: None,
         }
+    }
+
+    /// Refuse chains of more than `n` buffers (default [`MAX_CHAIN_SEGMENTS`]; a device
+    /// whose driver uses short chains sets a smaller cap). Kept across [`Queue::reset`].
+    pub fn set_max_segments(&mut self, n: u32) {
+        self.max_segments = n;
+    }
+
+    /// The most buffers one chain may have.
+    pub fn max_segments(&self) -> u32 {
+        self.max_segments
     }
 
     /// The largest size the device accepts.
@@ -617,7 +646,9 @@ impl Queue {
 
     /// Back to the state after [`Queue::new`].
     pub fn reset(&mut self) {
+        let max_segments = self.max_segments;
         *self = Queue::new(self.max_size);
+        self.max_segments = max_segments;
     }
 
     /// Check the configuration: ready, size a power of two ≤ max, each ring aligned and
@@ -796,8 +827,14 @@ impl Queue {
                 readable_len
                     .checked_add(writable_len)
                     .ok_or(QueueError::ChainTooLarge { head })?;
-                // At most MAX_INDIRECT_ENTRIES segments (24 bytes each), but the heap may
-                // still be short: that fails this chain, not the VMM.
+                if segments.len() >= self.max_segments as usize {
+                    return Err(QueueError::TooManySegments {
+                        head,
+                        limit: self.max_segments,
+                    });
+                }
+                // At most `max_segments` segments (24 bytes each), but the heap may still
+                // be short: that fails this chain, not the VMM.
                 segments
                     .try_reserve(1)
                     .map_err(|_| QueueError::OutOfMemory {
@@ -1486,5 +1523,40 @@ mod tests {
         let got = chain.read_all(&mem);
 
         assert!(matches!(got, Err(ChainError::TooLargeToCopy { len, .. }) if len == 2 * half));
+    }
+
+    #[test]
+    fn chain_with_more_segments_than_the_cap_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        q.set_max_segments(2);
+        gq.add_chain(
+            &mem,
+            &[(0x4000, 8, false), (0x5000, 8, false), (0x6000, 8, true)],
+        );
+
+        let got = q.pop(&mem);
+
+        assert_eq!(got, Err(QueueError::TooManySegments { head: 0, limit: 2 }));
+    }
+
+    #[test]
+    fn indirect_table_longer_than_the_segment_cap_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        q.set_indirect(true);
+        let entries: Vec<Desc> = (0..MAX_CHAIN_SEGMENTS as u16 + 1)
+            .map(|i| desc(0x8000, 4, VIRTQ_DESC_F_NEXT, i + 1))
+            .chain([desc(0x8000, 4, 0, 0)])
+            .collect();
+        with_indirect(&mem, &mut gq, &mut q, &entries);
+
+        let got = q.pop(&mem);
+
+        assert_eq!(
+            got,
+            Err(QueueError::TooManySegments {
+                head: 0,
+                limit: MAX_CHAIN_SEGMENTS
+            })
+        );
     }
 }

@@ -52,6 +52,9 @@ const HEADER_LEN: u32 = 16;
 const DISCARD_SEGMENT_LEN: u32 = 16;
 /// Bytes moved between backend and guest per step.
 const CHUNK: usize = 64 * 1024;
+/// The one buffer a block device allocates for its requests (its bounce buffer, allocated
+/// once, fallibly): requests of any length are moved through it in pieces of this size.
+pub const BOUNCE_LEN: usize = CHUNK;
 
 /// Bytes per virtio-blk sector (fixed by the spec, whatever the backend's block size).
 pub const SECTOR_SIZE: u64 = 512;

@@ -986,8 +986,8 @@ impl std::fmt::Debug for VmProbe {
 }
 
 impl VmProbe {
-    /// The counters of every device of the current run that counts anything (virtio-net
-    /// today), in placement order; empty between runs. Waits for each device's queue work
+    /// The counters of every device of the current run that counts anything (virtio-net,
+    /// virtio-console), in placement order; empty between runs. Waits for each device's queue work
     /// in progress.
     pub fn device_counters(&self) -> Vec<DeviceCounters> {
         let current = self.shared.current_run();

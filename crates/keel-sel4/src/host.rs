@@ -35,6 +35,9 @@ use crate::switch::{
 /// What went wrong while building the image.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// A VM's devices may need more of the VMM's heap than it has.
+    #[error(transparent)]
+    HeapBudget(#[from] crate::budget::HeapBudgetError),
     /// `MICROKIT_SDK` unset and no `--sdk`.
     #[error("no Microkit SDK: set MICROKIT_SDK to the SDK directory (see docs/sel4.md)")]
     NoSdk,
@@ -526,6 +529,16 @@ fn host_seed() -> Result<[u8; 32], BuildError> {
 /// Check that `system` can be built for `sdk` (before anything slow happens).
 pub fn check(system: &System, sdk: &Sdk) -> Result<(), BuildError> {
     keel_spec::microkit::check(system, &sdk.layout())?;
+    check_heaps(system)
+}
+
+/// Refuse a VM whose devices' worst case does not fit the VMM's heap
+/// ([`crate::budget::check_vmm_heap`]).
+pub fn check_heaps(system: &System) -> Result<(), BuildError> {
+    for vm in system.vms() {
+        let plan = keel_spec::plan::plan_vm_of(system, vm)?;
+        crate::budget::check_vmm_heap(&plan)?;
+    }
     Ok(())
 }
 

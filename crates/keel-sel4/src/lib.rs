@@ -12,7 +12,9 @@
 //!   drains one ring per VMM); `console_pd` (seL4 only) is its program.
 //! - [`switch`]: the switch component (one PD per network, running keel-net's switch over
 //!   the rings of its ports); `switch_pd` (seL4 only) is its program.
-//! - `heap` (seL4 only): the protection domains' allocators.
+//! - [`heap`]: the protection domains' allocators (portable, so that host tests can run a
+//!   small arena); [`budget`]: the VMM heap's size against the worst case of a VM's
+//!   devices, checked at plan time.
 //! - [`payload`], [`elf`]: how `keel sel4 build` hands one VM's configuration, kernel,
 //!   initrd and disks to the generic VMM ELF.
 //! - `host` (feature `host`): the build side (system file, image) used by `keel sel4`.
@@ -23,12 +25,12 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod budget;
 pub mod console;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod console_pd;
 pub mod elf;
 pub mod fault;
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod heap;
 #[cfg(feature = "host")]
 pub mod host;

@@ -52,6 +52,9 @@ const HEADER_LEN: u32 = 16;
 const DISCARD_SEGMENT_LEN: u32 = 16;
 /// Bytes moved between backend and guest per step.
 const CHUNK: usize = 64 * 1024;
+/// The one buffer a block device allocates for its requests (its bounce buffer, allocated
+/// once, fallibly): requests of any length are moved through it in pieces of this size.
+pub const BOUNCE_LEN: usize = CHUNK;
 
 /// Bytes per virtio-blk sector (fixed by the spec, whatever the backend's block size).
 pub const SECTOR_SIZE: u64 = 512;
@@ -362,9 +365,16 @@ impl<B: BlockBackend> VirtioDevice for Block<B> {
             return Ok(false);
         };
         if self.bounce.len() != CHUNK {
-            // `vec!` of zeros allocates zeroed memory: no per-byte loop (which Miri, in
-            // particular, runs slowly).
-            self.bounce = alloc::vec![0; CHUNK];
+            // Fallible: a VMM whose heap is short fails this device, not itself.
+            let mut bounce = Vec::new();
+            bounce
+                .try_reserve_exact(CHUNK)
+                .map_err(|_| DeviceError::OutOfMemory {
+                    what: "the block bounce buffer",
+                    bytes: CHUNK,
+                })?;
+            bounce.resize(CHUNK, 0);
+            self.bounce = bounce;
         }
         let (mem, q) = active.get(queue)?;
         let mut used = false;
@@ -513,9 +523,14 @@ impl<B: BlockBackend> Request<'_, B> {
         let mapped = self
             .chain
             .visit_pieces(to_guest, start, len as usize, |gpa, n| {
-                GuestIoSlice::of_ram(ram, gpa, n)
-                    .map(|s| iov.push(s))
-                    .is_some()
+                // A slice the heap cannot hold sends the request down the bounce path.
+                match GuestIoSlice::of_ram(ram, gpa, n) {
+                    Some(s) if iov.try_reserve(1).is_ok() => {
+                        iov.push(s);
+                        true
+                    }
+                    _ => false,
+                }
             })
             .map_err(DeviceError::chain(self.queue))?;
         let result = if mapped {
@@ -615,9 +630,11 @@ impl<B: BlockBackend> Request<'_, B> {
         {
             return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
         }
-        // Check every segment before discarding any.
-        let mut ranges = Vec::with_capacity((len / DISCARD_SEGMENT_LEN) as usize);
-        for i in 0..len / DISCARD_SEGMENT_LEN {
+        // Check every segment before discarding any (at most MAX_DISCARD_SEG of them: a
+        // fixed array, nothing allocated).
+        let mut ranges = [(0u64, 0u64); MAX_DISCARD_SEG as usize];
+        let count = len / DISCARD_SEGMENT_LEN;
+        for (i, range) in (0..count).zip(ranges.iter_mut()) {
             let mut seg = [0u8; DISCARD_SEGMENT_LEN as usize];
             self.chain
                 .read_at(
@@ -637,11 +654,11 @@ impl<B: BlockBackend> Request<'_, B> {
             }
             let bytes = u64::from(sectors) * SECTOR_SIZE;
             match self.disk_range(sector, bytes) {
-                Some(offset) if sectors <= MAX_DISCARD_SECTORS => ranges.push((offset, bytes)),
+                Some(offset) if sectors <= MAX_DISCARD_SECTORS => *range = (offset, bytes),
                 _ => return Ok(Outcome::status(VIRTIO_BLK_S_IOERR)),
             }
         }
-        for (offset, bytes) in ranges {
+        for &(offset, bytes) in ranges.iter().take(count as usize) {
             if self.backend.discard(offset, bytes).is_err() {
                 return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
             }

@@ -20,6 +20,14 @@ pub const VIRTIO_CONSOLE_F_SIZE: u64 = 1 << 0;
 /// Input bytes buffered while the guest has posted no receive buffers; more are dropped.
 pub const INPUT_BUFFER_LIMIT: usize = 64 * 1024;
 
+/// Bytes taken from one transmit chain by default ([`Console::with_transmit_chain_limit`]).
+/// A chain may describe up to 4 GiB - 1 (its buffers may even overlap); past this cap the
+/// chain is completed with what was taken and the rest is dropped and counted
+/// (`transmit_truncated_chains`, `transmit_dropped_bytes` in [`VirtioDevice::counters`]).
+/// Completing, not failing, is what a driver expects of a console: its transmit buffers
+/// are returned either way, and Linux sends at most a page or so per chain.
+pub const TRANSMIT_CHAIN_LIMIT: u32 = 64 * 1024;
+
 /// The receive queue (device → guest).
 pub const RECEIVEQ: u16 = 0;
 /// The transmit queue (guest → device).
@@ -85,6 +93,11 @@ pub struct Console<O: ConsoleOutput, I: ConsoleInput = NoInput> {
     held: Option<DescriptorChain>,
     size: Option<(u16, u16)>,
     active: Option<ActiveQueues>,
+    /// Most bytes taken from one transmit chain.
+    transmit_limit: u32,
+    /// Transmit chains longer than `transmit_limit`, and the bytes dropped from them.
+    truncated_chains: u64,
+    dropped_bytes: u64,
 }
 
 impl<O: ConsoleOutput> Console<O> {
@@ -97,6 +110,9 @@ impl<O: ConsoleOutput> Console<O> {
             held: None,
             size: None,
             active: None,
+            transmit_limit: TRANSMIT_CHAIN_LIMIT,
+            truncated_chains: 0,
+            dropped_bytes: 0,
         }
     }
 }
@@ -112,7 +128,22 @@ impl<O: ConsoleOutput, I: ConsoleInput> Console<O, I> {
             held: self.held,
             size: self.size,
             active: self.active,
+            transmit_limit: self.transmit_limit,
+            truncated_chains: self.truncated_chains,
+            dropped_bytes: self.dropped_bytes,
         }
+    }
+
+    /// Take at most `bytes` from one transmit chain (default [`TRANSMIT_CHAIN_LIMIT`]); the
+    /// rest of a longer chain is dropped and counted.
+    pub fn with_transmit_chain_limit(mut self, bytes: u32) -> Console<O, I> {
+        self.transmit_limit = bytes;
+        self
+    }
+
+    /// Transmit chains cut at the limit so far, and the bytes dropped from them.
+    pub fn truncated_transmits(&self) -> (u64, u64) {
+        (self.truncated_chains, self.dropped_bytes)
     }
 
     /// Offer VIRTIO_CONSOLE_F_SIZE with this size in columns and rows.
@@ -208,7 +239,8 @@ impl<O: ConsoleOutput, I: ConsoleInput> Console<O, I> {
         }
     }
 
-    /// Hand every transmit buffer to the output backend.
+    /// Hand every transmit buffer to the output backend, at most `transmit_limit` bytes of
+    /// each (in 1 KiB steps: nothing is allocated for it).
     fn transmit(&mut self) -> Result<bool, DeviceError> {
         let Some(active) = self.active.as_mut() else {
             return Ok(false);
@@ -220,7 +252,12 @@ impl<O: ConsoleOutput, I: ConsoleInput> Console<O, I> {
             chain
                 .require_readable_only()
                 .map_err(DeviceError::chain(TRANSMITQ))?;
-            let total = u64::from(chain.readable_len());
+            let len = chain.readable_len();
+            let total = u64::from(len.min(self.transmit_limit));
+            if len > self.transmit_limit {
+                self.truncated_chains += 1;
+                self.dropped_bytes += u64::from(len - self.transmit_limit);
+            }
             let mut done = 0u64;
             while done < total {
                 let n = (total - done).min(buf.len() as u64) as usize;
@@ -311,6 +348,13 @@ impl<O: ConsoleOutput, I: ConsoleInput> VirtioDevice for Console<O, I> {
     fn handle_event(&mut self, token: EventToken) -> Result<bool, DeviceError> {
         check_single_event(token, INPUT_EVENT, self.input_backend.event_source())?;
         self.deliver_input()
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        alloc::vec![
+            ("transmit_truncated_chains", self.truncated_chains),
+            ("transmit_dropped_bytes", self.dropped_bytes),
+        ]
     }
 }
 
@@ -526,6 +570,42 @@ mod tests {
         d.submit(TRANSMITQ, &[(a, 7, false), (b, 6, false)]);
 
         assert_eq!(out.0.lock().as_slice(), b"hello, world\n");
+        assert_eq!(d.last_used(TRANSMITQ), Some((0, 0)));
+    }
+
+    #[test]
+    fn console_transmit_chain_over_cap_is_truncated_and_counted() {
+        let out = Captured::default();
+        let console = Console::new(out.clone()).with_transmit_chain_limit(8);
+        let mut d = GuestDriver::start(console);
+        let a = d.buffer(b"0123456789abcdef");
+        let b = d.buffer(b"ok");
+
+        d.submit(TRANSMITQ, &[(a, 16, false)]);
+        d.submit(TRANSMITQ, &[(b, 2, false)]);
+
+        assert_eq!(out.0.lock().as_slice(), b"01234567ok");
+        assert_eq!(d.last_used(TRANSMITQ), Some((1, 0)));
+        assert!(!d.needs_reset());
+        assert_eq!(
+            VirtioDevice::counters(&*d.transport.lock_device()),
+            [
+                ("transmit_truncated_chains", 1),
+                ("transmit_dropped_bytes", 8)
+            ]
+        );
+    }
+
+    #[test]
+    fn console_transmit_chain_of_overlapping_buffers_is_cut_at_the_default_cap() {
+        let (mut d, out) = console();
+        let a = d.alloc(0x8_0000);
+        // 255 descriptors of 512 KiB on the same buffer: 127.5 MiB described.
+        let bufs: Vec<_> = (0..255).map(|_| (a, 0x8_0000u32, false)).collect();
+
+        d.submit(TRANSMITQ, &bufs);
+
+        assert_eq!(out.0.lock().len(), TRANSMIT_CHAIN_LIMIT as usize);
         assert_eq!(d.last_used(TRANSMITQ), Some((0, 0)));
     }
 

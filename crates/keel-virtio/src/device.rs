@@ -90,6 +90,15 @@ pub enum DeviceError {
     /// The device's backend failed in a way the guest cannot be told about.
     #[error("backend: {0}")]
     Backend(String),
+    /// The VMM's heap could not hold a buffer of a guest request (`bytes` for `what`):
+    /// the device fails (needs reset), the VMM and its other devices go on.
+    #[error("no memory for {bytes} bytes of {what}")]
+    OutOfMemory {
+        /// What the buffer was for.
+        what: &'static str,
+        /// Its size.
+        bytes: usize,
+    },
     /// The VMM delivered an event the device did not declare in
     /// [`VirtioDevice::event_sources`] (a VMM bug, not the guest's).
     #[error("event token {token} is not one of the device's event sources")]

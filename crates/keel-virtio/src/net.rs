@@ -56,6 +56,10 @@ pub const NET_HDR_LEN: usize = 12;
 pub const MIN_FRAME_LEN: usize = 14;
 /// Longest frame accepted without an MTU: a 64 KiB IP packet and its Ethernet header.
 pub const MAX_FRAME_LEN: usize = 65550;
+/// Most buffers of one receive or transmit chain: Linux uses at most MAX_SKB_FRAGS + 2 (19
+/// by default, 47 with the largest MAX_SKB_FRAGS). Up to a queue's worth of receive chains
+/// is held at a time, so this bounds what they cost the VMM's heap (256 x 1.5 KiB).
+pub const NET_MAX_CHAIN_SEGMENTS: u32 = 64;
 /// Smallest MTU (that of IPv4, RFC 791); [`Net::with_mtu`] refuses less.
 pub const MIN_MTU: u16 = 68;
 /// Room for the Ethernet header and one 802.1Q tag on top of the MTU.
@@ -468,6 +472,11 @@ fn place_frame(
                 ),
             });
         }
+        // At most a queue's worth (checked above); fallible all the same.
+        held.try_reserve(1).map_err(|_| DeviceError::OutOfMemory {
+            what: "held receive chains",
+            bytes: core::mem::size_of::<DescriptorChain>(),
+        })?;
         held.push(chain);
     }
 }
@@ -562,6 +571,10 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         acked_features: u64,
     ) -> Result<(), DeviceError> {
         self.mergeable = acked_features & VIRTIO_NET_F_MRG_RXBUF != 0;
+        let mut queues = queues;
+        for q in &mut queues {
+            q.set_max_segments(NET_MAX_CHAIN_SEGMENTS);
+        }
         self.active = Some(ActiveQueues::new(memory, queues));
         Ok(())
     }
@@ -857,6 +870,21 @@ mod tests {
         let a = d.alloc(64);
 
         d.submit(TRANSMITQ, &[(a, 64, true)]);
+
+        assert!(d.needs_reset());
+        assert!(backend.sent().is_empty());
+    }
+
+    #[test]
+    fn transmit_chain_over_the_segment_cap_sets_needs_reset_and_sends_nothing() {
+        let backend = MockNet::default();
+        let mut d = GuestDriver::start_sized(Net::new(backend.clone(), MAC), 256);
+        let a = d.alloc(16);
+        let bufs: Vec<_> = (0..=NET_MAX_CHAIN_SEGMENTS)
+            .map(|_| (a, 16u32, false))
+            .collect();
+
+        d.submit(TRANSMITQ, &bufs);
 
         assert!(d.needs_reset());
         assert!(backend.sent().is_empty());

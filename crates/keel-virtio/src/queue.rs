@@ -30,6 +30,13 @@ const DESC_SIZE: u64 = 16;
 /// Most entries accepted in one indirect table (the split-ring maximum chain length).
 pub const MAX_INDIRECT_ENTRIES: u32 = MAX_QUEUE_SIZE as u32;
 
+/// Most buffers (non-empty descriptors) one chain may have by default
+/// ([`Queue::set_max_segments`]): a popped chain's segment list is its only allocation,
+/// so this bounds it (24 KiB) whatever indirect tables the guest builds. Linux's drivers
+/// stay far below it (virtio-blk: `seg_max` + 2 = 256; virtio-net: MAX_SKB_FRAGS + 2).
+/// A longer chain is [`QueueError::TooManySegments`].
+pub const MAX_CHAIN_SEGMENTS: u32 = 1024;
+
 /// What is wrong with a virtqueue or with a descriptor chain the driver made available.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
@@ -97,6 +104,14 @@ pub enum QueueError {
         /// Entries in the table.
         limit: u32,
     },
+    /// The chain has more buffers than the queue's cap ([`Queue::set_max_segments`]).
+    #[error("descriptor chain at head {head} has more than {limit} buffers")]
+    TooManySegments {
+        /// Head of the chain.
+        head: u16,
+        /// The cap.
+        limit: u32,
+    },
     /// A descriptor's buffer is not wholly in guest RAM (or wraps around).
     #[error("descriptor {index} buffer {addr:#x}+{len:#x} is not in guest RAM")]
     DescriptorOutOfRange {
@@ -157,6 +172,15 @@ pub enum QueueError {
         /// Head of the chain.
         head: u16,
     },
+    /// The VMM's heap could not hold the chain's segment list (at most
+    /// [`MAX_INDIRECT_ENTRIES`] of them): this chain fails, the VMM goes on.
+    #[error("descriptor chain at head {head}: no memory for its {segments} segments")]
+    OutOfMemory {
+        /// Head of the chain.
+        head: u16,
+        /// Segments held when the allocation failed.
+        segments: usize,
+    },
     /// The device tried to return a head that is not a descriptor index.
     #[error("used head {head} is outside queue size {size}")]
     InvalidUsedHead {
@@ -210,10 +234,30 @@ pub enum ChainError {
         /// Size of that part.
         available: u32,
     },
+    /// A copy of the readable part was asked for that is larger than the caller's cap, or
+    /// the VMM's heap could not hold it ([`DescriptorChain::read_all`]).
+    #[error(
+        "descriptor chain at head {head}: cannot copy its {len} readable bytes (cap {cap}, or no memory)"
+    )]
+    TooLargeToCopy {
+        /// Head of the chain.
+        head: u16,
+        /// Readable bytes of the chain.
+        len: u32,
+        /// The caller's cap.
+        cap: u32,
+    },
     /// Guest memory could not be accessed.
     #[error("guest memory: {0}")]
     Memory(#[from] GuestMemoryError),
 }
+
+/// Most bytes [`DescriptorChain::read_all`] copies into a new buffer; larger chains are
+/// read in bounded pieces with [`DescriptorChain::read_at`] (or [`read_all_capped`] with
+/// a cap of the caller's).
+///
+/// [`read_all_capped`]: DescriptorChain::read_all_capped
+pub const READ_ALL_LIMIT: u32 = 64 * 1024;
 
 /// One buffer of a descriptor chain, as validated when the chain was popped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,9 +360,32 @@ impl DescriptorChain {
         })
     }
 
-    /// Copy the whole readable part into a new buffer.
+    /// Copy the whole readable part into a new buffer, if it is at most
+    /// [`READ_ALL_LIMIT`] bytes ([`ChainError::TooLargeToCopy`] otherwise).
     pub fn read_all<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<Vec<u8>, ChainError> {
-        let mut v = alloc::vec![0u8; self.readable_len as usize];
+        self.read_all_capped(mem, READ_ALL_LIMIT)
+    }
+
+    /// Copy the whole readable part into a new buffer, if it is at most `cap` bytes. The
+    /// buffer is allocated fallibly: a chain larger than `cap`, or one the heap cannot
+    /// hold, fails with [`ChainError::TooLargeToCopy`] (that request only, never the VMM).
+    pub fn read_all_capped<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        cap: u32,
+    ) -> Result<Vec<u8>, ChainError> {
+        let too_large = ChainError::TooLargeToCopy {
+            head: self.head,
+            len: self.readable_len,
+            cap,
+        };
+        if self.readable_len > cap {
+            return Err(too_large);
+        }
+        let len = self.readable_len as usize;
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).map_err(|_| too_large)?;
+        v.resize(len, 0);
         self.read_at(mem, 0, &mut v)?;
         Ok(v)
     }
@@ -465,6 +532,8 @@ pub struct Queue {
     next_used: u16,
     event_idx: bool,
     indirect: bool,
+    /// Most segments of one chain.
+    max_segments: u32,
     /// The used index when the device last decided about an interrupt.
     signalled_used: Option<u16>,
 }
@@ -484,8 +553,20 @@ impl Queue {
             next_used: 0,
             event_idx: false,
             indirect: false,
+            max_segments: MAX_CHAIN_SEGMENTS,
             signalled_used: None,
         }
+    }
+
+    /// Refuse chains of more than `n` buffers (default [`MAX_CHAIN_SEGMENTS`]; a device
+    /// whose driver uses short chains sets a smaller cap). Kept across [`Queue::reset`].
+    pub fn set_max_segments(&mut self, n: u32) {
+        self.max_segments = n;
+    }
+
+    /// The most buffers one chain may have.
+    pub fn max_segments(&self) -> u32 {
+        self.max_segments
     }
 
     /// The largest size the device accepts.
@@ -565,7 +646,9 @@ impl Queue {
 
     /// Back to the state after [`Queue::new`].
     pub fn reset(&mut self) {
+        let max_segments = self.max_segments;
         *self = Queue::new(self.max_size);
+        self.max_segments = max_segments;
     }
 
     /// Check the configuration: ready, size a power of two ≤ max, each ring aligned and
@@ -744,6 +827,20 @@ impl Queue {
                 readable_len
                     .checked_add(writable_len)
                     .ok_or(QueueError::ChainTooLarge { head })?;
+                if segments.len() >= self.max_segments as usize {
+                    return Err(QueueError::TooManySegments {
+                        head,
+                        limit: self.max_segments,
+                    });
+                }
+                // At most `max_segments` segments (24 bytes each), but the heap may still
+                // be short: that fails this chain, not the VMM.
+                segments
+                    .try_reserve(1)
+                    .map_err(|_| QueueError::OutOfMemory {
+                        head,
+                        segments: segments.len(),
+                    })?;
                 segments.push(Segment {
                     addr: GuestAddress(d.addr),
                     len: d.len,
@@ -1394,5 +1491,72 @@ mod tests {
             Err(ChainError::UnexpectedReadable { head: 0, len: 4 })
         );
         assert!(chain.require_readable_only().is_err());
+    }
+
+    #[test]
+    fn read_all_of_a_chain_over_the_cap_fails_that_chain_only() {
+        let (mem, mut gq, mut q) = setup();
+        gq.add_chain(&mem, &[(0x4000, 16, false)]);
+        let chain = q.pop(&mem).unwrap().unwrap();
+
+        let got = chain.read_all_capped(&mem, 8);
+
+        assert_eq!(
+            got,
+            Err(ChainError::TooLargeToCopy {
+                head: 0,
+                len: 16,
+                cap: 8
+            })
+        );
+        assert_eq!(chain.read_all_capped(&mem, 16).map(|v| v.len()), Ok(16));
+    }
+
+    #[test]
+    fn read_all_refuses_more_than_read_all_limit() {
+        let (mem, mut gq, mut q) = setup();
+        // One buffer described twice: READ_ALL_LIMIT + 2 bytes readable.
+        let half = READ_ALL_LIMIT / 2 + 1;
+        gq.add_chain(&mem, &[(0x4000, half, false), (0x4000, half, false)]);
+        let chain = q.pop(&mem).unwrap().unwrap();
+
+        let got = chain.read_all(&mem);
+
+        assert!(matches!(got, Err(ChainError::TooLargeToCopy { len, .. }) if len == 2 * half));
+    }
+
+    #[test]
+    fn chain_with_more_segments_than_the_cap_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        q.set_max_segments(2);
+        gq.add_chain(
+            &mem,
+            &[(0x4000, 8, false), (0x5000, 8, false), (0x6000, 8, true)],
+        );
+
+        let got = q.pop(&mem);
+
+        assert_eq!(got, Err(QueueError::TooManySegments { head: 0, limit: 2 }));
+    }
+
+    #[test]
+    fn indirect_table_longer_than_the_segment_cap_is_rejected() {
+        let (mem, mut gq, mut q) = setup();
+        q.set_indirect(true);
+        let entries: Vec<Desc> = (0..MAX_CHAIN_SEGMENTS as u16 + 1)
+            .map(|i| desc(0x8000, 4, VIRTQ_DESC_F_NEXT, i + 1))
+            .chain([desc(0x8000, 4, 0, 0)])
+            .collect();
+        with_indirect(&mem, &mut gq, &mut q, &entries);
+
+        let got = q.pop(&mem);
+
+        assert_eq!(
+            got,
+            Err(QueueError::TooManySegments {
+                head: 0,
+                limit: MAX_CHAIN_SEGMENTS
+            })
+        );
     }
 }

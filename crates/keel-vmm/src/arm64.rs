@@ -20,7 +20,7 @@ use keel_spec::VmPlan;
 use keel_spec::plan::SerialPlan;
 
 use crate::dispatch::Next;
-use crate::log::{Allowed, Level, Log, RateLimit};
+use crate::log::{Level, Log, RateLimit};
 use crate::{LoadError, VcpuControl};
 
 /// The platform the guest's device tree describes, from the plan: RAM, vCPUs, `gic`, the
@@ -200,20 +200,15 @@ impl SoftArm64 {
                 // Nothing Keel's guests need traps here (GICv2, no debug registers): reads
                 // are zero, writes are ignored, and the first few are reported.
                 let what = if write.is_some() { "write" } else { "read" };
-                match self.sysregs.allow() {
-                    Allowed::Yes => self.log.log(
+                let allowed = self.sysregs.allow();
+                if allowed.logs() {
+                    self.log.log(
                         Level::Warn,
                         format_args!(
-                            "vcpu {vcpu}: trapped system register {encoding:#x} {what} (RAZ/WI)"
+                            "vcpu {vcpu}: trapped system register {encoding:#x} {what} (RAZ/WI){}",
+                            allowed.suffix()
                         ),
-                    ),
-                    Allowed::Last => self.log.log(
-                        Level::Warn,
-                        format_args!(
-                            "vcpu {vcpu}: trapped system register {encoding:#x} {what} (RAZ/WI; further ones are only counted)"
-                        ),
-                    ),
-                    Allowed::No => {}
+                    );
                 }
                 Next::run(match write {
                     Some(_) => ExitAnswer::None,

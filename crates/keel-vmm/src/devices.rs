@@ -20,7 +20,7 @@ use keel_virtio::{
     VirtioDevice,
 };
 
-use crate::log::{Level, Log};
+use crate::log::{Level, Log, RateLimit};
 
 /// Why a host resource for a device could not be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,7 +142,14 @@ pub struct PlacedDevice {
     pub label: String,
     /// Its transport (the bus holds it too, as a [`SyncBusDevice`]: no bus lock).
     pub transport: Arc<dyn VirtioSlot>,
+    /// The budget of its error lines (a guest can make a device fail again after every
+    /// reset).
+    errors: Arc<RateLimit>,
 }
+
+/// How many errors of one device are logged before they are only counted (then every
+/// 2^k-th, with the count suppressed: [`RateLimit`]).
+pub const DEVICE_ERROR_LOG_LIMIT: u32 = 8;
 
 impl core::fmt::Debug for PlacedDevice {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -175,13 +182,23 @@ impl PlacedDevice {
         self.log_error(self.transport.take_error(), log);
     }
 
+    /// Errors of this device seen so far (logged or not).
+    pub fn errors(&self) -> u32 {
+        self.errors.seen()
+    }
+
     fn log_error(&self, failure: Option<DeviceFailure>, log: &Log) {
-        if let Some(failure) = failure {
+        let Some(failure) = failure else { return };
+        let allowed = self.errors.allow();
+        if allowed.logs() {
             log.log(
                 Level::Error,
                 format_args!(
-                    "{} {}: {}; device needs reset",
-                    failure.device, self.label, failure.error
+                    "{} {}: {}; device needs reset{}",
+                    failure.device,
+                    self.label,
+                    failure.error,
+                    allowed.suffix()
                 ),
             );
         }
@@ -227,6 +244,7 @@ pub fn build_device(
             plan: *device,
             label: label(plan, device),
             transport,
+            errors: Arc::new(RateLimit::new(DEVICE_ERROR_LOG_LIMIT)),
         };
         (placed, bus)
     }
@@ -261,4 +279,67 @@ pub fn build_device(
             placed(plan, device, Rng::new(source), memory, irq)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_virtio::device::{DeviceError, DeviceFailure};
+
+    /// A transport whose device fails at every event (a guest that sets up a bad queue
+    /// again after every reset).
+    struct AlwaysFailing;
+
+    impl VirtioSlot for AlwaysFailing {
+        fn notify(&self, _queue: u16) {}
+        fn take_error(&self) -> Option<DeviceFailure> {
+            Some(DeviceFailure {
+                device: "virtio-console",
+                error: DeviceError::NoSuchQueue { queue: 9, count: 2 },
+            })
+        }
+        fn num_queues(&self) -> usize {
+            2
+        }
+        fn reset(&self) {}
+        fn event_sources(&self) -> Vec<(EventToken, EventSource)> {
+            Vec::new()
+        }
+        fn handle_event(&self, _token: EventToken) {}
+        fn backlogged_event(&self) -> Option<EventToken> {
+            None
+        }
+        fn set_notifier(&self, _notifier: Arc<dyn QueueNotifier>) {}
+        fn counters(&self) -> Vec<(&'static str, u64)> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn device_error_flood_logs_first_n_then_a_dropped_count() {
+        let log = Arc::new(crate::testing::RecordingLog::default());
+        let sink: Log = log.clone();
+        let device = PlacedDevice {
+            plan: DevicePlan {
+                kind: DeviceKind::Console { port: 0 },
+                slot: 0,
+                base: 0xd000_0000,
+                size: 0x200,
+                irq: 16,
+            },
+            label: "0 (console 0)".into(),
+            transport: Arc::new(AlwaysFailing),
+            errors: Arc::new(RateLimit::new(DEVICE_ERROR_LOG_LIMIT)),
+        };
+
+        for _ in 0..100 {
+            device.notify(9, &sink);
+        }
+
+        let lines = log.0.lock().clone();
+        // DEVICE_ERROR_LOG_LIMIT (8), then occurrences 16, 32 and 64.
+        assert_eq!(lines.len(), DEVICE_ERROR_LOG_LIMIT as usize + 3);
+        assert!(lines.last().unwrap().1.ends_with("(31 more suppressed)"));
+        assert_eq!(device.errors(), 100);
+    }
 }

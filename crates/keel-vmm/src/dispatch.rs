@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use keel_core::{Bus, ExitAnswer, SystemEvent, VcpuExit, VcpuId};
 
-use crate::log::{Allowed, Level, Log, RateLimit};
+use crate::log::{Level, Log, RateLimit};
 
 /// Exit counters, for `keel run --stats` and the benchmarks.
 #[derive(Debug, Default)]
@@ -123,7 +123,9 @@ impl core::fmt::Debug for ExitDispatcher {
     }
 }
 
-/// How many unmapped accesses of a VM are logged before they are only counted.
+/// How many unmapped accesses (and, separately, writes to read-only regions) of a VM are
+/// logged before they are only counted; past it every 2^k-th is logged with the count
+/// suppressed ([`RateLimit`]).
 pub const UNMAPPED_LOG_LIMIT: u32 = 16;
 
 impl ExitDispatcher {
@@ -152,16 +154,16 @@ impl ExitDispatcher {
     }
 
     fn read_only_write(&self, vcpu: VcpuId, region: &ReadOnlyRegion, gpa: u64, len: u8) {
-        let more = match self.read_only_writes.allow() {
-            Allowed::Yes => "",
-            Allowed::Last => " (further writes to read-only regions are only counted)",
-            Allowed::No => return,
-        };
+        let allowed = self.read_only_writes.allow();
+        if !allowed.logs() {
+            return;
+        }
         self.log.log(
             Level::Warn,
             format_args!(
-                "vcpu {vcpu}: write of {len} bytes to read-only shared region '{}' at {gpa:#x}: ignored{more}",
-                region.name
+                "vcpu {vcpu}: write of {len} bytes to read-only shared region '{}' at {gpa:#x}: ignored{}",
+                region.name,
+                allowed.suffix()
             ),
         );
     }
@@ -182,13 +184,14 @@ impl ExitDispatcher {
         } else {
             (Level::Debug, "no device")
         };
-        let more = match self.unmapped.allow() {
-            Allowed::Yes => "",
-            Allowed::Last => " (further unmapped accesses are only counted)",
-            Allowed::No => return,
-        };
-        self.log
-            .log(level, format_args!("vcpu {vcpu}: {what}: {nothing}{more}"));
+        let allowed = self.unmapped.allow();
+        if !allowed.logs() {
+            return;
+        }
+        self.log.log(
+            level,
+            format_args!("vcpu {vcpu}: {what}: {nothing}{}", allowed.suffix()),
+        );
     }
 
     fn read(&self, bus: &Bus, vcpu: VcpuId, kind: &str, addr: u64, len: u8) -> u64 {
@@ -429,6 +432,48 @@ mod tests {
 
         assert_eq!(log.0.lock().len(), UNMAPPED_LOG_LIMIT as usize);
         assert_eq!(h.read_only_writes(), UNMAPPED_LOG_LIMIT + 4);
+    }
+
+    #[test]
+    fn unmapped_access_flood_logs_first_n_then_a_dropped_count() {
+        let (h, log) = recording();
+        let read = VcpuExit::MmioRead {
+            gpa: 0x8000_0000,
+            len: 4,
+        };
+
+        for _ in 0..1000 {
+            h.handle(0, &read);
+        }
+
+        let lines = log.0.lock().clone();
+        // 16 first ones, then occurrences 32, 64, 128, 256 and 512.
+        assert_eq!(lines.len(), UNMAPPED_LOG_LIMIT as usize + 5);
+        assert!(
+            lines[UNMAPPED_LOG_LIMIT as usize - 1]
+                .1
+                .ends_with("(further ones are only counted)")
+        );
+        assert!(lines.last().unwrap().1.ends_with("(255 more suppressed)"));
+        assert_eq!(h.unmapped_accesses(), 1000);
+    }
+
+    #[test]
+    fn read_only_write_flood_reports_the_dropped_count() {
+        let (h, log) = recording();
+        let write = VcpuExit::MmioWrite {
+            gpa: 0x9000_0000,
+            len: 1,
+            data: 1,
+        };
+
+        for _ in 0..2 * UNMAPPED_LOG_LIMIT {
+            h.handle(0, &write);
+        }
+
+        let lines = log.0.lock().clone();
+        assert_eq!(lines.len(), UNMAPPED_LOG_LIMIT as usize + 1);
+        assert!(lines.last().unwrap().1.ends_with("(15 more suppressed)"));
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub mod x86;
 
 pub use devices::{BackendError, DeviceBackends, PlacedDevice, VirtioSlot};
 pub use dispatch::{ExitDispatcher, ExitStats, Next};
-pub use log::{Level, Log, LogSink};
+pub use log::{Allowed, Level, Log, LogSink, RateLimit};
 pub use serial::{Serial8250, SerialOutput};
 pub use stop::StopSink;
 pub use vmm::{Interrupts, LoadedGuest, VmmCore, run_exits, run_vcpu};

@@ -68,8 +68,9 @@ use crate::payload::{self, NicWindows, PAYLOAD_VADDR, Sel4Params};
 use crate::regs::{self, UserContext};
 use crate::syscall::{self as sys, debug_puts};
 
-/// The VMM's heap (declared by `vmm_entry!` in the binary).
-pub const HEAP_BYTES: usize = 32 << 20;
+/// The VMM's heap (declared by `vmm_entry!` in the binary; checked against each plan's
+/// worst case by [`crate::budget`]).
+pub const HEAP_BYTES: usize = crate::budget::VMM_HEAP_BYTES;
 
 /// Formatted output on the seL4 debug console.
 #[derive(Debug)]
@@ -88,6 +89,26 @@ macro_rules! log {
         let mut line = String::new();
         let _ = writeln!(line, $($t)*);
         console_write(line.as_bytes());
+    }};
+}
+
+/// The budget of the kernel-call failures the VMM meets on a guest's behalf (injecting an
+/// interrupt, acknowledging a virtual PPI, parking or resuming a vCPU): each can recur at
+/// every interrupt or `WFI`, so they share one count-based limit
+/// ([`keel_vmm::RateLimit`]: the first few, then every 2^k-th with the count suppressed).
+/// The guest's own bad accesses are limited by keel-vmm's dispatcher, as on KVM.
+static KERNEL_ERRORS: keel_vmm::RateLimit = keel_vmm::RateLimit::new(KERNEL_ERROR_LOG_LIMIT);
+
+/// How many kernel-call failures are logged before only every 2^k-th is.
+const KERNEL_ERROR_LOG_LIMIT: u32 = 8;
+
+/// `log!` under [`KERNEL_ERRORS`], with the count suppressed appended.
+macro_rules! log_limited {
+    ($($t:tt)*) => {{
+        let allowed = KERNEL_ERRORS.allow();
+        if allowed.logs() {
+            log!("{}{}", format_args!($($t)*), allowed.suffix());
+        }
     }};
 }
 
@@ -307,7 +328,7 @@ impl VgicHost for Sel4Gic {
         // A GICv2 list register keeps the top 5 priority bits.
         if let Err(e) = sys::vcpu_inject_irq(vcpu_cap(vcpu), intid as u16, priority >> 3, group, lr)
         {
-            log!("keel-sel4: vcpu {vcpu}: inject irq {intid} into LR {lr}: {e}");
+            log_limited!("keel-sel4: vcpu {vcpu}: inject irq {intid} into LR {lr}: {e}");
         }
         INJECTED.fetch_or(1 << (vcpu & 63), Ordering::SeqCst);
     }
@@ -319,7 +340,7 @@ impl VgicHost for Sel4Gic {
     /// The guest completed `intid`; a virtual PPI (the timer) is unmasked again.
     fn ack_ppi(&mut self, vcpu: u32, intid: u32) {
         if let Err(e) = sys::vcpu_ack_vppi(vcpu_cap(vcpu), u64::from(intid)) {
-            log!("keel-sel4: vcpu {vcpu}: ack vppi {intid}: {e}");
+            log_limited!("keel-sel4: vcpu {vcpu}: ack vppi {intid}: {e}");
         }
     }
 }
@@ -346,7 +367,7 @@ fn unpark(vcpu: u32) {
     let bit = 1u64 << (vcpu & 63);
     if PARKED.fetch_and(!bit, Ordering::SeqCst) & bit != 0 {
         if let Err(e) = sys::tcb_resume(vm_tcb_cap(vcpu)) {
-            log!("keel-sel4: vcpu {vcpu}: resume after WFI: {e}");
+            log_limited!("keel-sel4: vcpu {vcpu}: resume after WFI: {e}");
         }
     }
 }
@@ -820,7 +841,7 @@ impl Sel4Exits {
                 false
             }
             Err(e) => {
-                log!("keel-sel4: vcpu {vcpu}: park on WFI: {e}");
+                log_limited!("keel-sel4: vcpu {vcpu}: park on WFI: {e}");
                 true
             }
         }
@@ -981,6 +1002,8 @@ fn boot() -> Result<Booted, String> {
     // is the 8250, named first).
     let mut plan = lay.plan.clone();
     plan.cmdline = payload::guest_cmdline(&plan.cmdline);
+    // `keel sel4 build` refused it already; a payload built otherwise is refused here.
+    crate::budget::check_vmm_heap(&plan).map_err(|e| alloc::format!("{e}"))?;
     let name = plan.name.clone();
     let vm = pd_vm(&plan, params)?;
     let log: keel_vmm::Log = Arc::new(Sel4Log { vm: name.clone() });

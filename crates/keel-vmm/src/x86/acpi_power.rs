@@ -13,7 +13,7 @@ use keel_core::arch::x86_64::acpi::{
 };
 use keel_core::{BusDevice, SystemEvent};
 
-use crate::log::{Level, Log};
+use crate::log::{Level, Log, RateLimit};
 use crate::stop::StopSink;
 
 /// The power-management device.
@@ -23,7 +23,13 @@ pub struct AcpiPower {
     /// Whether an unsupported sleep request has been logged (once: the guest controls
     /// how often it writes).
     warned: bool,
+    /// The budget of "reset register written with a wrong value" lines.
+    bad_resets: RateLimit,
 }
+
+/// How many writes of a wrong value to the reset register are logged before they are only
+/// counted (then every 2^k-th, with the count suppressed).
+pub const BAD_RESET_LOG_LIMIT: u32 = 4;
 
 impl core::fmt::Debug for AcpiPower {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -38,6 +44,7 @@ impl AcpiPower {
             stop,
             log,
             warned: false,
+            bad_resets: RateLimit::new(BAD_RESET_LOG_LIMIT),
         }
     }
 }
@@ -70,13 +77,19 @@ impl BusDevice for AcpiPower {
                 }
             }
             RESET_OFFSET if value == RESET_VALUE => self.stop.guest_event(SystemEvent::Reset),
-            RESET_OFFSET => self.log.log(
-                Level::Debug,
-                format_args!(
-                    "ACPI reset register written with {value:#04x}, not the reset value \
-                 {RESET_VALUE:#04x}; ignored"
-                ),
-            ),
+            RESET_OFFSET => {
+                let allowed = self.bad_resets.allow();
+                if allowed.logs() {
+                    self.log.log(
+                        Level::Debug,
+                        format_args!(
+                            "ACPI reset register written with {value:#04x}, not the reset value \
+                             {RESET_VALUE:#04x}; ignored{}",
+                            allowed.suffix()
+                        ),
+                    );
+                }
+            }
             // The sleep status register: writes clear WAK_STS, which is never set.
             _ => {}
         }
@@ -157,5 +170,20 @@ mod tests {
         let (rec, mut dev) = device();
         dev.write(SLEEP_CONTROL_OFFSET, &[]);
         assert!(rec.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn wrong_reset_value_flood_logs_first_n_then_a_dropped_count() {
+        let log = Arc::new(crate::testing::RecordingLog::default());
+        let mut dev = AcpiPower::new(Arc::new(Recorder::default()), log.clone());
+
+        for _ in 0..64 {
+            dev.write(RESET_OFFSET, &[0]);
+        }
+
+        let lines = log.0.lock().clone();
+        // BAD_RESET_LOG_LIMIT (4), then occurrences 8, 16, 32 and 64.
+        assert_eq!(lines.len(), BAD_RESET_LOG_LIMIT as usize + 4);
+        assert!(lines.last().unwrap().1.ends_with("(31 more suppressed)"));
     }
 }

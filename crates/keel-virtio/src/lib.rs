@@ -85,8 +85,13 @@ pub mod mmio;
 pub mod net;
 pub mod queue;
 pub mod rng;
-#[cfg(test)]
-mod testing;
+/// Test-side guest (mock guest memory, a driver-side virtqueue): for this crate's unit tests
+/// and, through the `testing` feature, its integration tests (`tests/exhaustive.rs`). Not an
+/// API.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+#[allow(missing_docs, missing_debug_implementations)]
+pub mod testing;
 
 pub use block::{Block, BlockBackend, BlockError, GuestIoSlice, MemoryBackend, Vectored};
 pub use console::{Console, ConsoleInput, ConsoleOutput, NoInput};

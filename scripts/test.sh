@@ -73,10 +73,14 @@ step shellcheck bash -c 'shellcheck -x scripts/*.sh guest/linux/*.sh guest/l1hos
 step linux-guest-arm64 bash guest/linux/smoke-qemu.sh arm64
 step linux-guest-x86_64 bash guest/linux/smoke-qemu.sh x86_64
 cargo_tests tests --workspace
+# The virtqueue's bounded exhaustive checks at their full (release) bounds
+# (crates/keel-virtio/tests/exhaustive.rs; docs/virtio.md "Bounded exhaustive checks").
+cargo_tests exhaustive --release -p keel-virtio --test exhaustive
 # keel-core's and keel-virtio's unit tests under Miri (undefined behaviour in the unsafe
 # guest-memory code); skipped, with a reason, without a nightly toolchain with miri.
 step miri bash scripts/miri.sh
-# The frame ring protocol's Spin model (crates/keel-net/model/ring.pml); skips without spin.
+# The Spin models (crates/keel-net/model/ring.pml, crates/keel-virtio/model/notify.pml);
+# skips without spin.
 step model-check bash scripts/model-check.sh
 # Every fuzz target (scripts/fuzz.sh): its committed corpus and regressions replayed by the
 # libFuzzer build (AddressSanitizer), then a short run; skipped without nightly/cargo-fuzz.

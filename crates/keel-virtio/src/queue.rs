@@ -887,6 +887,7 @@ impl Queue {
         mem.write(elem, &b)?;
         self.next_used = self.next_used.wrapping_add(1);
         // Release: the element (and the buffer contents) are visible before the index.
+        // model: d_publish (model/notify.pml)
         mem.store_u16_release(Self::ring_addr(self.used_ring, 2)?, self.next_used)?;
         Ok(())
     }
@@ -894,6 +895,12 @@ impl Queue {
     /// Whether the driver wants an interrupt for the used entries added since the last call.
     /// With EVENT_IDX this is the spec's `vring_need_event(used_event, new, old)`; without,
     /// it honours VIRTQ_AVAIL_F_NO_INTERRUPT. Returns false when nothing was added.
+    ///
+    /// The handshake with the driver (publish used idx in `add_used`, fence, read
+    /// `used_event`; the driver arms, then re-checks) is model-checked in
+    /// `crates/keel-virtio/model/notify.pml` (labels `d_publish`, `d_fence`, `d_read`,
+    /// `d_notify`); the decision itself is checked exhaustively for small queues in
+    /// `tests/exhaustive.rs`.
     pub fn needs_notification<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -905,8 +912,10 @@ impl Queue {
             return Ok(false);
         }
         // Our used-index store must be visible before we read the driver's event field.
+        // model: d_fence
         fence(Ordering::SeqCst);
         if self.event_idx {
+            // model: d_read
             let used_event = mem.load_u16_acquire(Self::ring_addr(
                 self.avail_ring,
                 4 + 2 * u64::from(self.size),

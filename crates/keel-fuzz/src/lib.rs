@@ -9,6 +9,9 @@
 //! `fuzz/fuzz_targets/<name>.rs`, a `[[bin]]` in `fuzz/Cargo.toml`, and a row in the table
 //! of guest-controlled inputs in `docs/security.md`.
 
+mod virtio_common;
+pub mod virtqueue;
+
 /// One fuzz target: its name (the file stem under `fuzz/fuzz_targets/`) and its body.
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
@@ -21,7 +24,13 @@ pub struct Target {
 }
 
 /// Every fuzz target.
-pub const TARGETS: &[Target] = &[];
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "virtqueue",
+        covers: "split virtqueue rings, descriptor and indirect tables, device queue operations",
+        run: virtqueue::run,
+    },
+];
 
 /// The target called `name`.
 pub fn target(name: &str) -> Option<&'static Target> {

@@ -10,6 +10,7 @@
 //! of guest-controlled inputs in `docs/security.md`.
 
 mod virtio_common;
+pub mod virtio_mmio;
 pub mod virtqueue;
 
 /// One fuzz target: its name (the file stem under `fuzz/fuzz_targets/`) and its body.
@@ -25,6 +26,11 @@ pub struct Target {
 
 /// Every fuzz target.
 pub const TARGETS: &[Target] = &[
+    Target {
+        name: "virtio_mmio",
+        covers: "virtio-mmio register accesses, status/feature/queue set-up, config space, notifications",
+        run: virtio_mmio::run,
+    },
     Target {
         name: "virtqueue",
         covers: "split virtqueue rings, descriptor and indirect tables, device queue operations",

@@ -10,6 +10,7 @@
 //! of guest-controlled inputs in `docs/security.md`.
 
 mod virtio_common;
+pub mod virtio_devices;
 pub mod virtio_mmio;
 pub mod virtqueue;
 
@@ -26,6 +27,11 @@ pub struct Target {
 
 /// Every fuzz target.
 pub const TARGETS: &[Target] = &[
+    Target {
+        name: "virtio_devices",
+        covers: "virtio block/console/rng/net request parsing over an active transport",
+        run: virtio_devices::run,
+    },
     Target {
         name: "virtio_mmio",
         covers: "virtio-mmio register accesses, status/feature/queue set-up, config space, notifications",

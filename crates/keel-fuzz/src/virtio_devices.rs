@@ -27,7 +27,7 @@
 //!   equals the shadow updated by the completed OUT/DISCARD requests; a request without a
 //!   16-byte header or a status byte is never completed;
 //! - console (`console.rs`): output is exactly the readable bytes of the completed
-//!   transmit chains, in order (`CONSOLE_TX_CAP` to be set when a cap exists); a transmit
+//!   transmit chains, in order, at most `console::TRANSMIT_CHAIN_LIMIT` of each; a transmit
 //!   chain with writable bytes is never completed; receive buffers get the pushed input
 //!   bytes in order, used length ≥ 1;
 //! - rng (`rng.rs`): used length = min(writable, 64 KiB), those bytes are the source's;
@@ -55,10 +55,9 @@ use keel_virtio::{Block, Console, MemoryBackend, Net, Rng};
 use crate::virtio_common::{Recording, within};
 use crate::virtio_mmio::Sink;
 
-/// The console's cap on bytes taken from one transmit chain, once there is one (the
-/// "limits" work adds it): `Some(cap)` makes the expected output of a longer chain its
-/// first `cap` bytes. `None`: every byte of every chain is expected.
-const CONSOLE_TX_CAP: Option<usize> = None;
+/// The console's cap on bytes taken from one transmit chain: the expected output of a
+/// longer chain is its first `cap` bytes (the rest is dropped and counted).
+const CONSOLE_TX_CAP: Option<usize> = Some(keel_virtio::console::TRANSMIT_CHAIN_LIMIT as usize);
 
 /// Disk size: 128 sectors and a partial one the device must not use.
 const DISK_LEN: usize = 128 * 512 + 100;

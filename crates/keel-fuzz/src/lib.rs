@@ -9,6 +9,9 @@
 //! `fuzz/fuzz_targets/<name>.rs`, a `[[bin]]` in `fuzz/Cargo.toml`, and a row in the table
 //! of guest-controlled inputs in `docs/security.md`.
 
+pub mod shared_rings;
+pub mod system_description;
+
 /// One fuzz target: its name (the file stem under `fuzz/fuzz_targets/`) and its body.
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
@@ -21,7 +24,18 @@ pub struct Target {
 }
 
 /// Every fuzz target.
-pub const TARGETS: &[Target] = &[];
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "shared_rings",
+        covers: "frame ring, console byte ring, switch and switch service against a hostile peer",
+        run: shared_rings::run,
+    },
+    Target {
+        name: "system_description",
+        covers: "system description TOML through parse, validate, plan and the Microkit system file",
+        run: system_description::run,
+    },
+];
 
 /// The target called `name`.
 pub fn target(name: &str) -> Option<&'static Target> {

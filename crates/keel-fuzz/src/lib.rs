@@ -9,6 +9,8 @@
 //! `fuzz/fuzz_targets/<name>.rs`, a `[[bin]]` in `fuzz/Cargo.toml`, and a row in the table
 //! of guest-controlled inputs in `docs/security.md`.
 
+pub mod shared_rings;
+pub mod system_description;
 mod virtio_common;
 pub mod virtio_devices;
 pub mod virtio_mmio;
@@ -27,6 +29,16 @@ pub struct Target {
 
 /// Every fuzz target.
 pub const TARGETS: &[Target] = &[
+    Target {
+        name: "shared_rings",
+        covers: "frame ring, console byte ring, switch and switch service against a hostile peer",
+        run: shared_rings::run,
+    },
+    Target {
+        name: "system_description",
+        covers: "system description TOML through parse, validate, plan and the Microkit system file",
+        run: system_description::run,
+    },
     Target {
         name: "virtio_devices",
         covers: "virtio block/console/rng/net request parsing over an active transport",

@@ -9,6 +9,8 @@
 //! `fuzz/fuzz_targets/<name>.rs`, a `[[bin]]` in `fuzz/Cargo.toml`, and a row in the table
 //! of guest-controlled inputs in `docs/security.md`.
 
+pub mod arm64;
+
 /// One fuzz target: its name (the file stem under `fuzz/fuzz_targets/`) and its body.
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
@@ -21,7 +23,11 @@ pub struct Target {
 }
 
 /// Every fuzz target.
-pub const TARGETS: &[Target] = &[];
+pub const TARGETS: &[Target] = &[Target {
+    name: "arm64",
+    covers: "arm64 fault syndromes, PSCI, the software vGIC, the UART and the VMM's MMIO dispatch",
+    run: arm64::run,
+}];
 
 /// The target called `name`.
 pub fn target(name: &str) -> Option<&'static Target> {

@@ -133,7 +133,7 @@ impl Irq {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct CpuState {
     private: [Irq; NUM_PRIVATE as usize],
     /// INTID held by each list register.
@@ -147,7 +147,7 @@ struct CpuState {
 }
 
 /// The software distributor of one VM.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vgic {
     version: GicVersion,
     ctlr: u32,

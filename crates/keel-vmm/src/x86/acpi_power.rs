@@ -13,7 +13,7 @@ use keel_core::arch::x86_64::acpi::{
 };
 use keel_core::{BusDevice, SystemEvent};
 
-use crate::log::{Level, Log};
+use crate::log::{Allowed, Level, Log, RateLimit};
 use crate::stop::StopSink;
 
 /// The power-management device.
@@ -23,7 +23,13 @@ pub struct AcpiPower {
     /// Whether an unsupported sleep request has been logged (once: the guest controls
     /// how often it writes).
     warned: bool,
+    /// Reset-register writes of other values: the guest controls how often, so only the
+    /// first few are logged.
+    bad_resets: RateLimit,
 }
+
+/// How many ignored reset-register writes are logged before they are only counted.
+pub const BAD_RESET_LOG_LIMIT: u32 = 8;
 
 impl core::fmt::Debug for AcpiPower {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -38,6 +44,7 @@ impl AcpiPower {
             stop,
             log,
             warned: false,
+            bad_resets: RateLimit::new(BAD_RESET_LOG_LIMIT),
         }
     }
 }
@@ -70,13 +77,20 @@ impl BusDevice for AcpiPower {
                 }
             }
             RESET_OFFSET if value == RESET_VALUE => self.stop.guest_event(SystemEvent::Reset),
-            RESET_OFFSET => self.log.log(
-                Level::Debug,
-                format_args!(
-                    "ACPI reset register written with {value:#04x}, not the reset value \
-                 {RESET_VALUE:#04x}; ignored"
-                ),
-            ),
+            RESET_OFFSET => {
+                let more = match self.bad_resets.allow() {
+                    Allowed::Yes => "",
+                    Allowed::Last => " (further ones are only counted)",
+                    Allowed::No => return,
+                };
+                self.log.log(
+                    Level::Debug,
+                    format_args!(
+                        "ACPI reset register written with {value:#04x}, not the reset value \
+                         {RESET_VALUE:#04x}; ignored{more}"
+                    ),
+                );
+            }
             // The sleep status register: writes clear WAK_STS, which is never set.
             _ => {}
         }
@@ -142,6 +156,19 @@ mod tests {
         dev.write(RESET_OFFSET, &[0x00]);
         dev.write(RESET_OFFSET, &[0x0e]);
         assert!(rec.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ignored_reset_values_are_logged_a_bounded_number_of_times() {
+        let rec = Arc::new(Recorder::default());
+        let log = Arc::new(crate::testing::RecordingLog::default());
+        let mut dev = AcpiPower::new(rec, log.clone());
+
+        for _ in 0..100 {
+            dev.write(RESET_OFFSET, &[0x00]);
+        }
+
+        assert_eq!(log.0.lock().len(), BAD_RESET_LOG_LIMIT as usize);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! of guest-controlled inputs in `docs/security.md`.
 
 pub mod arm64;
+pub mod x86_pio;
 
 /// One fuzz target: its name (the file stem under `fuzz/fuzz_targets/`) and its body.
 #[derive(Clone, Copy, Debug)]
@@ -23,11 +24,18 @@ pub struct Target {
 }
 
 /// Every fuzz target.
-pub const TARGETS: &[Target] = &[Target {
-    name: "arm64",
-    covers: "arm64 fault syndromes, PSCI, the software vGIC, the UART and the VMM's MMIO dispatch",
-    run: arm64::run,
-}];
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "arm64",
+        covers: "arm64 fault syndromes, PSCI, the software vGIC, the UART and the VMM's MMIO dispatch",
+        run: arm64::run,
+    },
+    Target {
+        name: "x86_pio",
+        covers: "x86 port I/O through the VMM: COM1, i8042, ACPI power, debug exit, unowned ports",
+        run: x86_pio::run,
+    },
+];
 
 /// The target called `name`.
 pub fn target(name: &str) -> Option<&'static Target> {

@@ -9,12 +9,14 @@
 //! `fuzz/fuzz_targets/<name>.rs`, a `[[bin]]` in `fuzz/Cargo.toml`, and a row in the table
 //! of guest-controlled inputs in `docs/security.md`.
 
+pub mod arm64;
 pub mod shared_rings;
 pub mod system_description;
 mod virtio_common;
 pub mod virtio_devices;
 pub mod virtio_mmio;
 pub mod virtqueue;
+pub mod x86_pio;
 
 /// One fuzz target: its name (the file stem under `fuzz/fuzz_targets/`) and its body.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +31,11 @@ pub struct Target {
 
 /// Every fuzz target.
 pub const TARGETS: &[Target] = &[
+    Target {
+        name: "arm64",
+        covers: "arm64 fault syndromes, PSCI, the software vGIC, the UART and the VMM's MMIO dispatch",
+        run: arm64::run,
+    },
     Target {
         name: "shared_rings",
         covers: "frame ring, console byte ring, switch and switch service against a hostile peer",
@@ -53,6 +60,11 @@ pub const TARGETS: &[Target] = &[
         name: "virtqueue",
         covers: "split virtqueue rings, descriptor and indirect tables, device queue operations",
         run: virtqueue::run,
+    },
+    Target {
+        name: "x86_pio",
+        covers: "x86 port I/O through the VMM: COM1, i8042, ACPI power, debug exit, unowned ports",
+        run: x86_pio::run,
     },
 ];
 

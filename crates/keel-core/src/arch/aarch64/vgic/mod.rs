@@ -133,7 +133,7 @@ impl Irq {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct CpuState {
     private: [Irq; NUM_PRIVATE as usize],
     /// INTID held by each list register.
@@ -147,7 +147,7 @@ struct CpuState {
 }
 
 /// The software distributor of one VM.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vgic {
     version: GicVersion,
     ctlr: u32,
@@ -425,7 +425,8 @@ impl Vgic {
     }
 
     /// Move queued interrupts of `vcpu` into its free list registers; drop the ones that are
-    /// no longer deliverable (disabled, or a level line that went low).
+    /// no longer deliverable (disabled, or a level line that went low), and hand the ones
+    /// retargeted meanwhile to their new target.
     fn drain_queue(&mut self, vcpu: VcpuId, host: &mut impl VgicHost) {
         loop {
             let Some(cpu) = self.cpus.get_mut(vcpu as usize) else {
@@ -443,13 +444,16 @@ impl Vgic {
                 continue;
             };
             irq.delivery = Delivery::None;
-            let ok = irq.enabled && irq.pending();
-            if ok
-                && self
-                    .irq(owner, intid)
-                    .is_some_and(|i| self.group_enabled(i.group))
-            {
+            let irq = *irq;
+            if !irq.enabled || !irq.pending() || !self.group_enabled(irq.group) {
+                continue;
+            }
+            if self.target(owner, intid, &irq) == Some(vcpu) {
                 self.place_in_lr(vcpu, lr, owner, intid, host);
+            } else {
+                // An SPI retargeted (ITARGETSR / IROUTER) while it waited here: it goes to
+                // its new target, or stays pending in the distributor if it has none.
+                self.deliver(owner, intid, host);
             }
         }
     }

@@ -256,6 +256,21 @@ mod tests {
     }
 
     #[test]
+    fn queued_spi_retargeted_before_delivery_goes_to_its_new_target() {
+        // One list register: SPI0 fills it, SPI0 + 1 waits in vCPU 0's queue.
+        let (mut g, mut h) = gic(2, 1);
+        g.set_spi_level(0, true, &mut h);
+        g.set_spi_level(1, true, &mut h);
+        g.v2_dist_write(0, 0x821, 1, 0b10, &mut h);
+
+        // vCPU 0 completes SPI0: its list register is free, but SPI0 + 1 now targets vCPU 1.
+        g.maintenance(0, 0, &mut h);
+
+        assert_eq!(h.intids(1), [SPI0 + 1]);
+        assert!(!h.intids(0).contains(&(SPI0 + 1)));
+    }
+
+    #[test]
     fn spi_without_targets_stays_pending() {
         let (mut g, mut h) = gic(2, 4);
         g.v2_dist_write(0, 0x820, 1, 0, &mut h);

@@ -19,7 +19,8 @@
 //! The producer's and the consumer's fields are on separate cache lines (128 bytes apart,
 //! enough for 64- and 128-byte lines), so neither side's writes bounce the other's line.
 //! The window is only ever accessed through atomic operations on the header words and
-//! volatile byte accesses on the data area; no Rust reference to the shared memory exists
+//! relaxed atomic copies of the data area ([`crate::memory::copy`]: a hostile peer writing
+//! the bytes being copied is no data race); no Rust reference to the shared memory exists
 //! except the transient `&AtomicU64` of [`AtomicU64::from_ptr`], which permits concurrent
 //! modification by the other side.
 //!

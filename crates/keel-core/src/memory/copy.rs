@@ -19,7 +19,7 @@
 //! atomic load or store of a naturally aligned word compiles to a plain load or store on
 //! every target Keel supports (x86-64, aarch64): no fence, no lock prefix. The cost against
 //! `memcpy` is that the compiler may not widen or vectorise the accesses (one word per
-//! instruction instead of 16 or 32 bytes); see the benchmark in `memory.rs`'s tests and
+//! instruction instead of 16 or 32 bytes); see `examples/copy_bench.rs` and
 //! docs/security.md for the figures. This is what the `vm-memory` crate does for the same
 //! reason.
 //!
@@ -34,7 +34,9 @@
 //! Miri also reports *mixed-size* atomic accesses that race (a byte load racing with a word
 //! store of the same bytes); a real guest is no Rust code and the hardware makes each
 //! aligned access single-copy atomic, so this only constrains the tests: their concurrent
-//! writers use the same granularity as the copy they race with.
+//! writers use the same granularity as the copy they race with. (The nightly Miri used by
+//! scripts/miri.sh also panics in its weak-memory emulation on mixed-size atomic stores to
+//! the same bytes, even without a race; the script turns that emulation off.)
 
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 

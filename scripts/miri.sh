@@ -46,7 +46,7 @@ for stub in $(grep -l '^{"RunWith"' target/miri/*/debug/deps/* 2>/dev/null); do
   fi
 done
 # keel-vmm has no unsafe code of its own, but its tests drive devices and dispatch over
-# GuestRam and the console rings, so they exercise keel-core's unsafe code in more ways.
+# GuestRam (boot loading, device models), so they exercise keel-core's unsafe code more.
 # keel-spec is not run: it has no unsafe code and touches no guest memory or shared window,
 # so Miri would check no code of ours there, only third-party TOML parsing code.
 for crate in keel-core keel-virtio keel-net keel-vmm; do

@@ -19,7 +19,8 @@
 //! The producer's and the consumer's fields are on separate cache lines (128 bytes apart,
 //! enough for 64- and 128-byte lines), so neither side's writes bounce the other's line.
 //! The window is only ever accessed through atomic operations on the header words and
-//! volatile byte accesses on the data area; no Rust reference to the shared memory exists
+//! relaxed atomic copies of the data area ([`crate::memory::copy`]: a hostile peer writing
+//! the bytes being copied is no data race); no Rust reference to the shared memory exists
 //! except the transient `&AtomicU64` of [`AtomicU64::from_ptr`], which permits concurrent
 //! modification by the other side.
 //!
@@ -36,6 +37,8 @@
 //! (the consumer's "needs wakeup" flag) for notification suppression.
 
 use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::memory::copy::{copy_from_shared, copy_to_shared};
 
 pub mod slot;
 
@@ -235,6 +238,18 @@ impl RingWindow {
         // `off < capacity = len - HEADER_LEN`: the byte lies inside the window.
         self.sh.base.wrapping_add(HEADER_LEN + off)
     }
+
+    /// Stream positions `pos..pos + n` (`n <= capacity`) as at most two runs of the data
+    /// area, `(address, length)`: up to the end of the area, then the rest from its start
+    /// (empty unless the positions wrap).
+    fn runs(&self, pos: u64, n: usize) -> [(*mut u8, usize); 2] {
+        let off = (pos % self.capacity()) as usize;
+        let first = n.min(self.capacity() as usize - off);
+        [
+            (self.data(pos), first),
+            (self.data(pos.wrapping_add(first as u64)), n - first),
+        ]
+    }
 }
 
 /// The writing side of a ring. It owns `head`, `flush` and `dropped`.
@@ -246,7 +261,7 @@ pub struct Producer {
 }
 
 // SAFETY: the producer only holds the window's address; the memory behind it is shared by
-// protocol (atomics for the header, volatile bytes for the data), so moving the producer
+// protocol (atomics for the header, atomic copies for the data), so moving the producer
 // to another thread is sound.
 unsafe impl Send for Producer {}
 
@@ -290,11 +305,16 @@ impl Producer {
             self.drop_bytes(bytes.len());
             return Ok(false);
         }
-        for (i, &b) in bytes.iter().enumerate() {
-            let p = self.w.data(self.head.wrapping_add(i as u64));
-            // SAFETY: `data` keeps `p` inside the window's data area; the consumer does not
-            // read this position until `head` is published below (it is free space).
-            unsafe { p.write_volatile(b) };
+        let [(a, first), (b, _)] = self.w.runs(self.head, bytes.len());
+        let (x, y) = bytes.split_at(first);
+        // SAFETY: `runs` keeps both pieces inside the window's data area (`bytes.len() <=
+        // free <= capacity`); the consumer does not read them until `head` is published
+        // below (free space), and a hostile one touching them races only with these atomic
+        // copies; the window is valid and reached through no Rust reference (contract of
+        // `RingWindow::new`).
+        unsafe {
+            copy_to_shared(x, a);
+            copy_to_shared(y, b);
         }
         self.head = self.head.wrapping_add(bytes.len() as u64);
         self.w.word(HEAD).store(self.head, Ordering::Release);
@@ -375,12 +395,15 @@ impl Consumer {
             }
         };
         let n = (avail as usize).min(buf.len());
-        for (i, slot) in buf[..n].iter_mut().enumerate() {
-            let p = self.w.data(self.tail.wrapping_add(i as u64));
-            // SAFETY: `data` keeps `p` inside the window's data area; the producer
-            // published these positions (acquire load of `head` above) and does not reuse
-            // them before `tail` passes them (release store below).
-            *slot = unsafe { p.read_volatile() };
+        let [(a, first), (b, _)] = self.w.runs(self.tail, n);
+        let (x, y) = buf[..n].split_at_mut(first);
+        // SAFETY: `runs` keeps both pieces inside the window's data area (`n <= avail <=
+        // capacity`); the producer published these positions (acquire load of `head` above)
+        // and does not reuse them before `tail` passes them (release store below); a hostile
+        // one writing them anyway races only with these atomic copies.
+        unsafe {
+            copy_from_shared(a, x);
+            copy_from_shared(b, y);
         }
         let flush = self.w.word(FLUSH).load(Ordering::Acquire);
         let to_flush = flush.wrapping_sub(self.tail);

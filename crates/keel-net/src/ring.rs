@@ -25,6 +25,7 @@
 //! (eventfd, seL4 notification). The step names (`p_publish`, `c_arm`, ...) are the labels
 //! of the Spin model `crates/keel-net/model/ring.pml`.
 
+use keel_core::memory::copy::copy_to_shared;
 use keel_core::ring::slot::{Pop, Push, SlotConsumer, SlotProducer, SlotWindow};
 use keel_core::ring::{HEADER_LEN, RingError};
 
@@ -95,12 +96,11 @@ impl FrameWindow {
     pub unsafe fn init(base: *mut u8, len: usize, slots: u64) -> Result<FrameWindow, FrameError> {
         // SAFETY: the caller's contract.
         let w = unsafe { FrameWindow::new(base, len, slots) }?;
-        for i in 0..HEADER_LEN / 8 {
-            // SAFETY: `new` checked that `base` is 8-aligned and that the window is longer
-            // than the header, so word `i < HEADER_LEN / 8` lies inside it, aligned; the
-            // window is valid and nobody else accesses it yet (the caller's contract).
-            unsafe { base.cast::<u64>().add(i).write_volatile(0) };
-        }
+        // SAFETY: `new` checked that `base` is 8-aligned and that the window is longer than
+        // the header, so the header lies inside it; the window is valid and reached through
+        // no Rust reference (the caller's contract). The copy is atomic, as every other
+        // access to the window is (`keel_core::memory::copy`), should a peer touch it anyway.
+        unsafe { copy_to_shared(&[0u8; HEADER_LEN], base) };
         Ok(w)
     }
 

@@ -779,9 +779,10 @@ mod tests {
                 for b in bufs {
                     let src = &self.inner.bytes()[at..at + b.len()];
                     // SAFETY: `b` is guest RAM of the test's mock memory, valid for `b.len()`
-                    // bytes during this call; `src` is the disk vector, a different
-                    // allocation of at least `b.len()` bytes.
-                    unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), b.as_ptr(), b.len()) };
+                    // bytes during this call and reached through no reference; `src` is the
+                    // disk vector, a different allocation of `b.len()` bytes. Copied as the
+                    // VMM copies guest RAM (atomically: the guest may write it meanwhile).
+                    unsafe { keel_core::memory::copy::copy_to_shared(src, b.as_ptr()) };
                     at += b.len();
                 }
             }
@@ -799,9 +800,7 @@ mod tests {
                     let mut data = alloc::vec![0u8; b.len()];
                     // SAFETY: as in `read_vectored_at`; `data` is a fresh vector of
                     // `b.len()` bytes.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(b.as_ptr(), data.as_mut_ptr(), b.len())
-                    };
+                    unsafe { keel_core::memory::copy::copy_from_shared(b.as_ptr(), &mut data) };
                     self.inner.write_at(at, &data)?;
                     at += b.len() as u64;
                 }

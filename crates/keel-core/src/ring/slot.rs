@@ -4,8 +4,8 @@
 //! It shares the byte ring's header, index checks and trust rules (see [`super`]): the two
 //! parties do not trust each other, every index and length read from the window is checked
 //! before use, every access stays inside the window, every call does a bounded amount of
-//! work, and the window is accessed only through atomics (header) and volatile accesses
-//! (slots) through raw pointers. `head` and `tail` count slots instead of bytes.
+//! work, and the window is accessed only through atomics through raw pointers: single
+//! words (header) and relaxed atomic copies of whole words ([`crate::memory::copy`], slots). `head` and `tail` count slots instead of bytes.
 //!
 //! Layout of the window (offsets in bytes, integers little endian, native atomics):
 //!
@@ -67,6 +67,7 @@
 use core::sync::atomic::{Ordering, fence};
 
 use super::{DROPPED, HEAD, HEADER_LEN, RingError, Shared, TAIL, WAKEUP};
+use crate::memory::copy::{copy_from_shared, copy_to_shared};
 
 /// Bytes at the start of every slot before the record: the length (`u32`) and 4 reserved
 /// bytes.
@@ -153,43 +154,56 @@ impl SlotWindow {
     /// Fill the slot of record `pos` with `rec` (`1..=max_record` bytes, checked by the
     /// caller). The words are written whole: the last one is padded with zeros.
     fn write_slot(&self, pos: u64, rec: &[u8]) {
-        let slot = self.slot(pos).cast::<u64>();
+        let slot = self.slot(pos);
         let head = rec.len() as u64; // length in the low half, reserved 0 in the high half
+        let (whole, rest) = rec.split_at(rec.len() / 8 * 8);
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
         // SAFETY: `slot` is the 8-aligned start of a slot inside the window (see `slot`);
-        // the consumer does not read it before `head` passes it (it is free space), and the
-        // window is valid (contract of `new`).
-        unsafe { slot.write_volatile(head.to_le()) };
-        for (i, chunk) in rec.chunks(8).enumerate() {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            // SAFETY: word `1 + i` of the slot, with `8 * i < rec.len() <= slot_size - 8`;
-            // `slot_size - 8` is a multiple of 8, so `8 * (i + 1) <= slot_size - 8` and the
-            // word ends inside this slot (8-aligned); otherwise as above.
-            unsafe { slot.add(1 + i).write_volatile(u64::from_ne_bytes(word)) };
+        // the header word, the whole words of `rec` and the padded last word end at
+        // `8 + rec.len()` rounded up to 8, `<= slot_size` (`rec.len() <= slot_size - 8`, a
+        // multiple of 8), so all lie inside this slot. The consumer does not read the slot
+        // before `head` passes it (free space); a hostile one touching it races only with
+        // atomic copies. The window is valid and reached through no reference (`new`).
+        unsafe {
+            copy_to_shared(&head.to_le_bytes(), slot);
+            copy_to_shared(whole, slot.add(SLOT_HEADER_LEN));
+            if !rest.is_empty() {
+                copy_to_shared(&last, slot.add(SLOT_HEADER_LEN + whole.len()));
+            }
         }
     }
 
     /// The length field of the slot of record `pos` (untrusted).
     fn read_len(&self, pos: u64) -> u32 {
-        let slot = self.slot(pos).cast::<u64>();
+        let mut head = [0u8; 8];
         // SAFETY: first word of a slot inside the window, 8-aligned (see `slot`); the
-        // producer published it (acquire load of `head` by the caller).
-        let head = u64::from_le(unsafe { slot.read_volatile() });
-        head as u32
+        // producer published it (acquire load of `head` by the caller), and a hostile one
+        // rewriting it races only with this atomic copy.
+        unsafe { copy_from_shared(self.slot(pos), &mut head) };
+        u64::from_le_bytes(head) as u32
     }
 
     /// Copy the first `out.len()` record bytes (`out.len() <= max_record`, checked by the
     /// caller) of the slot of record `pos` into `out`.
     fn read_record(&self, pos: u64, out: &mut [u8]) {
         debug_assert!(out.len() <= self.max_record());
-        let slot = self.slot(pos).cast::<u64>();
-        for (i, chunk) in out.chunks_mut(8).enumerate() {
-            // SAFETY: word `1 + i` of the slot, with `8 * i < out.len() <= slot_size - 8`, a
-            // multiple of 8: it ends inside this slot, 8-aligned; the producer published it
-            // (see `read_len`).
-            let word = unsafe { slot.add(1 + i).read_volatile() }.to_ne_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
+        let slot = self.slot(pos);
+        let whole = out.len() / 8 * 8;
+        let (head, rest) = out.split_at_mut(whole);
+        let mut last = [0u8; 8];
+        // SAFETY: the whole words after the slot header, then the word holding the last
+        // bytes: they end at `8 + out.len()` rounded up to 8, `<= slot_size` (`out.len() <=
+        // slot_size - 8`, a multiple of 8), inside this slot, 8-aligned (see `slot`); the
+        // producer published them (see `read_len`). Whole words are read, as the producer
+        // writes them, so a hostile producer's racing word stores meet same-size atomics.
+        unsafe {
+            copy_from_shared(slot.add(SLOT_HEADER_LEN), head);
+            if !rest.is_empty() {
+                copy_from_shared(slot.add(SLOT_HEADER_LEN + whole), &mut last);
+            }
         }
+        rest.copy_from_slice(&last[..rest.len()]);
     }
 }
 
@@ -217,7 +231,7 @@ pub struct SlotProducer {
 }
 
 // SAFETY: the producer only holds the window's address; the memory behind it is shared by
-// protocol (atomics for the header, volatile accesses for the slots), so moving the
+// protocol (atomics for the header, atomic copies for the slots), so moving the
 // producer to another thread is sound.
 unsafe impl Send for SlotProducer {}
 
@@ -457,6 +471,7 @@ mod tests {
     use super::*;
     use alloc::vec;
     use alloc::vec::Vec;
+    use core::sync::atomic::AtomicU64;
 
     const SLOT: usize = 32;
     const MAX: usize = SLOT - SLOT_HEADER_LEN;
@@ -769,5 +784,49 @@ mod tests {
                 need: HEADER_LEN + 8 * SLOT
             }
         );
+    }
+
+    /// A hostile producer rewriting published slots while the consumer copies them out: the
+    /// consumer's copies are atomic, so under Miri (scripts/miri.sh) this is no data race
+    /// (with volatile copies it was), and every pop still yields a record of a length it
+    /// accepts or a counted bad slot.
+    #[test]
+    fn consumer_copying_slots_a_peer_rewrites_is_no_data_race() {
+        extern crate std;
+        const ROUNDS: usize = if cfg!(miri) { 10 } else { 1_000 };
+        let slots = 4;
+        let (mut m, mut p, mut c) = pair(slots);
+        let words = SlotWindow::window_len(SLOT, slots).unwrap() / 8;
+        // SAFETY: the window's words, alive until `drop(m)` below; atomics may be shared
+        // and written through `&` (the slots are what a hostile producer may rewrite).
+        let shared: &[AtomicU64] =
+            unsafe { core::slice::from_raw_parts(m.0.as_mut_ptr().cast::<AtomicU64>(), words) };
+        for i in 0..slots {
+            p.push(&[i as u8; MAX]).unwrap();
+        }
+
+        let popped = std::thread::scope(|s| {
+            s.spawn(|| {
+                for r in 0..ROUNDS {
+                    for slot_word in &shared[HEADER_LEN / 8..] {
+                        slot_word.store(u64::from_ne_bytes([r as u8; 8]), Ordering::Relaxed);
+                    }
+                }
+            });
+            let mut buf = [0u8; MAX];
+            let mut popped = Vec::new();
+            for _ in 0..slots {
+                popped.push(c.pop(&mut buf).unwrap());
+            }
+            popped
+        });
+
+        assert_eq!(popped.len(), slots as usize);
+        assert!(popped.iter().all(|p| match p {
+            Pop::Record(n) => (1..=MAX).contains(n),
+            Pop::BadLength { len } => *len == 0 || *len as usize > MAX,
+            Pop::Empty => false,
+        }));
+        drop(m);
     }
 }

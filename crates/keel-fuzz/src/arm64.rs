@@ -1225,6 +1225,30 @@ pub(crate) fn spy_byte(id: usize, offset: u64) -> u8 {
     (id as u8).wrapping_mul(31) ^ offset as u8 ^ 0x5a
 }
 
+/// What a read of `eff` bytes answers when it hits spy `hit` = (id, offset), or nothing.
+pub(crate) fn spy_read(hit: Option<(usize, u64)>, eff: u8) -> u64 {
+    match hit {
+        Some((id, off)) => {
+            let mut b = [0u8; 8];
+            for (i, x) in b.iter_mut().take(usize::from(eff)).enumerate() {
+                *x = spy_byte(id, off.wrapping_add(i as u64));
+            }
+            u64::from_le_bytes(b)
+        }
+        None => keel_vmm::dispatch::all_ones(eff),
+    }
+}
+
+/// The spy log a read of `eff` bytes leaves: one entry for the spy it hits, if any.
+pub(crate) fn spy_reads(
+    hit: Option<(usize, u64)>,
+    eff: u8,
+) -> Vec<(usize, u64, usize, Option<Vec<u8>>)> {
+    hit.map(|(id, off)| (id, off, usize::from(eff), None))
+        .into_iter()
+        .collect()
+}
+
 impl BusDevice for Spy {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
@@ -1265,7 +1289,7 @@ fn near(u: &mut Unstructured<'_>, anchors: &[(u64, u64)]) -> Result<u64> {
 }
 
 fn mmio_dispatch(u: &mut Unstructured<'_>) -> Result<()> {
-    use keel_vmm::dispatch::{ExitDispatcher, Next, ReadOnlyRegion, all_ones};
+    use keel_vmm::dispatch::{ExitDispatcher, Next, ReadOnlyRegion};
     let mut d = ExitDispatcher::new(Arc::new(keel_vmm::log::NullLog));
     let log: SpyLog = Arc::default();
     let mut ranges = Vec::new();
@@ -1314,28 +1338,16 @@ fn mmio_dispatch(u: &mut Unstructured<'_>) -> Result<()> {
         let vcpu: VcpuId = u.int_in_range(0..=3)?;
         if u.arbitrary()? {
             let next = d.handle(vcpu, &VcpuExit::MmioRead { gpa, len });
-            let want = match hit {
-                Some((id, off)) => {
-                    let mut b = [0u8; 8];
-                    for (i, x) in b.iter_mut().take(usize::from(eff)).enumerate() {
-                        *x = spy_byte(id, off.wrapping_add(i as u64));
-                    }
-                    u64::from_le_bytes(b)
-                }
-                None => all_ones(eff),
-            };
+            let want = spy_read(hit, eff);
             assert_eq!(
                 next,
                 Some(Next::run(ExitAnswer::Read(want))),
                 "read of {len} at {gpa:#x}"
             );
             let seen: Vec<_> = log.lock().unwrap().drain(..).collect();
-            let expect: Vec<_> = hit
-                .map(|(id, off)| (id, off, usize::from(eff), None))
-                .into_iter()
-                .collect();
             assert_eq!(
-                seen, expect,
+                seen,
+                spy_reads(hit, eff),
                 "devices reached by a read of {len} at {gpa:#x}"
             );
         } else {

@@ -39,7 +39,7 @@ use keel_vmm::dispatch::{ExitDispatcher, Next, UNMAPPED_LOG_LIMIT, all_ones};
 use keel_vmm::testing::{Collected, FakeVm, MemoryBackends, RecordingLog, RecordingStop};
 use keel_vmm::{Interrupts, VmmCore};
 
-use crate::arm64::{Spy, SpyLog, containing, spy_byte};
+use crate::arm64::{Spy, SpyLog, containing, spy_read, spy_reads};
 
 /// Operations per input, at most.
 const MAX_OPS: usize = 512;
@@ -326,27 +326,18 @@ fn port_dispatch(u: &mut Unstructured<'_>) -> Result<()> {
         let hit = containing(&ranges, u64::from(port), u64::from(eff));
         if u.arbitrary()? {
             let next = d.handle(0, &VcpuExit::PioRead { port, len });
-            let want = match hit {
-                Some((id, off)) => {
-                    let mut b = [0u8; 8];
-                    for (i, x) in b.iter_mut().take(usize::from(eff)).enumerate() {
-                        *x = spy_byte(id, off + i as u64);
-                    }
-                    u64::from_le_bytes(b)
-                }
-                None => all_ones(eff),
-            };
+            let want = spy_read(hit, eff);
             assert_eq!(
                 next,
                 Some(Next::run(ExitAnswer::Read(want))),
                 "IN of {len} at {port:#x}"
             );
             let seen: Vec<_> = log.lock().unwrap().drain(..).collect();
-            let expect: Vec<_> = hit
-                .map(|(id, off)| (id, off, usize::from(eff), None))
-                .into_iter()
-                .collect();
-            assert_eq!(seen, expect, "devices reached by IN of {len} at {port:#x}");
+            assert_eq!(
+                seen,
+                spy_reads(hit, eff),
+                "devices reached by IN of {len} at {port:#x}"
+            );
         } else {
             let data: u32 = u.arbitrary()?;
             let next = d.handle(0, &VcpuExit::PioWrite { port, len, data });

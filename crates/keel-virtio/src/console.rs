@@ -141,11 +141,6 @@ impl<O: ConsoleOutput, I: ConsoleInput> Console<O, I> {
         self
     }
 
-    /// Transmit chains cut at the limit so far, and the bytes dropped from them.
-    pub fn truncated_transmits(&self) -> (u64, u64) {
-        (self.truncated_chains, self.dropped_bytes)
-    }
-
     /// Offer VIRTIO_CONSOLE_F_SIZE with this size in columns and rows.
     pub fn with_size(mut self, cols: u16, rows: u16) -> Console<O, I> {
         self.size = Some((cols, rows));

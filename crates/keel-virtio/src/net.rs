@@ -567,11 +567,10 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     fn activate(
         &mut self,
         memory: keel_core::GuestMemoryRef,
-        queues: Vec<Queue>,
+        mut queues: Vec<Queue>,
         acked_features: u64,
     ) -> Result<(), DeviceError> {
         self.mergeable = acked_features & VIRTIO_NET_F_MRG_RXBUF != 0;
-        let mut queues = queues;
         for q in &mut queues {
             q.set_max_segments(NET_MAX_CHAIN_SEGMENTS);
         }

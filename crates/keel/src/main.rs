@@ -5,6 +5,7 @@
 //! a VMM/hypervisor failure, 2 on bad input, 4 when a VM that restarts on reboot reset more
 //! than `max_restarts_per_minute` times within a minute.
 
+mod admin;
 mod sel4;
 mod up;
 

@@ -6,4 +6,5 @@
 
 #![allow(dead_code)] // the halves land separately; the daemon wires them together
 
+pub mod api;
 pub mod model;

@@ -84,7 +84,13 @@ pub(crate) fn run(args: DaemonArgs) -> Result<u8, Failure> {
     let _ = std::fs::remove_file(&socket);
     // SAFETY: umask only changes this process's file creation mask.
     let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(&socket);
+    // Through the directory's descriptor: a deep state directory still gives a short path.
+    let bound = match (socket.parent(), socket.file_name().and_then(|n| n.to_str())) {
+        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => {
+            super::vmmproc::in_dir(dir, name, |p| UnixListener::bind(p))
+        }
+        _ => UnixListener::bind(&socket),
+    };
     // SAFETY: as above, restoring it.
     unsafe { libc::umask(old) };
     let listener = bound.map_err(|e| io_failure(&socket, e))?;

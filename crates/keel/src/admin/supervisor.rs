@@ -925,13 +925,29 @@ impl Supervisor for ProcessSupervisor {
     }
 
     fn console(&self, vm: &str) -> Result<UnixStream, AdminError> {
-        let inner = self.lock();
-        let i = Self::find(&inner, vm)?;
-        if inner.vms[i].proc.is_none() {
-            return Err(Self::conflict(&inner.vms[i], "attach the console"));
+        // A VMM just started may not serve its socket yet: a few tries within a second.
+        let mut tries = 0;
+        loop {
+            {
+                let inner = self.lock();
+                let i = Self::find(&inner, vm)?;
+                if inner.vms[i].proc.is_none() {
+                    return Err(Self::conflict(&inner.vms[i], "attach the console"));
+                }
+            }
+            match vmmproc::in_dir(&self.vm_dir(vm), vmmproc::CONSOLE_SOCK, |p| {
+                UnixStream::connect(p)
+            }) {
+                Ok(s) => return Ok(s),
+                Err(e) if tries >= 20 => {
+                    return Err(internal(format!("vm {vm:?}: console: {e}")));
+                }
+                Err(_) => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
         }
-        UnixStream::connect(self.vm_dir(vm).join(vmmproc::CONSOLE_SOCK))
-            .map_err(|e| internal(format!("vm {vm:?}: console: {e}")))
     }
 
     fn subscribe(&self) -> Receiver<Event> {
@@ -940,3 +956,6 @@ impl Supervisor for ProcessSupervisor {
         rx
     }
 }
+
+#[cfg(test)]
+mod tests;

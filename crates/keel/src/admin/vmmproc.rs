@@ -33,6 +33,19 @@ fn failure(what: &str, e: impl std::fmt::Display) -> Failure {
     }
 }
 
+/// Run `f` on the path of `name` in `dir` as `/proc/self/fd/<dir>/<name>`: a socket path
+/// stays short (at most 108 bytes) however deep the state directory is.
+pub(crate) fn in_dir<T>(
+    dir: &Path,
+    name: &str,
+    f: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let d = std::fs::File::open(dir)?;
+    f(&Path::new("/proc/self/fd")
+        .join(d.as_raw_fd().to_string())
+        .join(name))
+}
+
 /// A pipe, both ends close-on-exec: (read, write).
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
@@ -55,7 +68,8 @@ pub(crate) fn attach_console(dir: &Path) -> Result<(), Failure> {
         .map_err(|e| failure(SERIAL_LOG, e))?;
     let sock = dir.join(CONSOLE_SOCK);
     let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).map_err(|e| failure(CONSOLE_SOCK, e))?;
+    let listener = in_dir(dir, CONSOLE_SOCK, |p| UnixListener::bind(p))
+        .map_err(|e| failure(CONSOLE_SOCK, e))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| failure(CONSOLE_SOCK, e))?;
     listener
@@ -92,7 +106,7 @@ pub(crate) fn attach_console(dir: &Path) -> Result<(), Failure> {
         return Err(failure("dup2", std::io::Error::last_os_error()));
     }
     drop((out_w, in_r));
-    std::thread::Builder::new()
+    let relay = std::thread::Builder::new()
         .name("keel-console".into())
         .spawn(move || {
             Relay {
@@ -104,8 +118,25 @@ pub(crate) fn attach_console(dir: &Path) -> Result<(), Failure> {
             }
             .run(std::fs::File::from(out_r))
         })
-        .map(drop)
-        .map_err(|e| failure("console thread", e))
+        .map_err(|e| failure("console thread", e))?;
+    *RELAY.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
+    Ok(())
+}
+
+/// The console thread, joined at exit so the guest's last output reaches the log.
+static RELAY: std::sync::Mutex<Option<std::thread::JoinHandle<()>>> = std::sync::Mutex::new(None);
+
+/// Close stdout (the console thread sees the end of the guest's output) and wait for the
+/// console thread to copy what is left.
+fn drain_console() {
+    let _ = std::io::stdout().flush();
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto stdout from a descriptor we own.
+        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
+    }
+    if let Some(t) = RELAY.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = t.join();
+    }
 }
 
 struct Relay {
@@ -221,8 +252,10 @@ fn pollfd(fd: RawFd) -> libc::pollfd {
     }
 }
 
-/// Write the VMM's exit status to `dir/exit` (`exit N`, then the message of a failure).
+/// Write the guest's last output to the log, then the VMM's exit status to `dir/exit`
+/// (`exit N`, then the message of a failure).
 pub(crate) fn record_exit(dir: &Path, result: &Result<u8, Failure>) {
+    drain_console();
     let text = match result {
         Ok(code) => format!("exit {code}\n"),
         Err(f) => format!("exit {}\n{}\n", f.status, f.message),

@@ -3,8 +3,16 @@
 //!
 //! - [`model`]: the data model and the [`model::Supervisor`] trait, the contract between the
 //!   API and the supervisor.
+//! - [`api`]: the REST API (routes, authorization, console upgrade, event stream) over
+//!   [`http`], a small strict HTTP/1.1 server and client; [`tokens`]: capability tokens.
+//! - [`ctl`]: `keel ctl`, the API's command-line client.
 
 #![allow(dead_code)] // the halves land separately; the daemon wires them together
 
 pub mod api;
+pub mod ctl;
+#[cfg(test)]
+pub mod fake;
+pub mod http;
 pub mod model;
+pub mod tokens;

@@ -687,6 +687,17 @@ mod tests {
     }
 
     #[test]
+    fn a_corrupt_tokens_file_is_an_error_naming_it() {
+        let d = dir("corrupt");
+        fs::write(d.join(TOKENS_FILE), "{\"tokens\": 3}").unwrap();
+
+        let e = TokenStore::open(&d).unwrap_err();
+
+        assert!(e.to_string().contains("tokens.json"), "{e}");
+        assert!(!d.join(ADMIN_TOKEN_FILE).exists());
+    }
+
+    #[test]
     fn secrets_differ() {
         assert_ne!(new_secret().unwrap(), new_secret().unwrap());
     }

@@ -308,6 +308,67 @@ impl OnReboot {
     }
 }
 
+/// What the admin (`keel daemon`) does when a VM's VMM process ends (`restart`). `keel run`
+/// and `keel up` ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Restart {
+    /// Never restarted (the default).
+    #[default]
+    Never,
+    /// Restarted after a failure (a non-zero exit, a crash, a kill), with exponential
+    /// back-off; not after the guest powered off.
+    OnFailure,
+    /// Restarted whenever its VMM ends, unless the admin itself stopped it.
+    Always,
+}
+
+impl Restart {
+    /// The name used in the system description.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Restart::Never => "never",
+            Restart::OnFailure => "on-failure",
+            Restart::Always => "always",
+        }
+    }
+
+    /// Parses the name used in the system description.
+    pub fn from_name(name: &str) -> Option<Restart> {
+        match name {
+            "never" => Some(Restart::Never),
+            "on-failure" => Some(Restart::OnFailure),
+            "always" => Some(Restart::Always),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Restart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[limits]`: what the admin may create at run time beyond the declared VMs (the dynamic
+/// pool). A system without the table allows no dynamic VM.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// How many dynamic VMs may exist at once.
+    pub max_vms: u32,
+    /// Total guest RAM of the dynamic VMs, in bytes.
+    pub memory: u64,
+    /// Total vCPUs of the dynamic VMs.
+    pub vcpus: u32,
+    /// The kernels a dynamic VM may boot (resolved host paths).
+    pub kernels: Vec<HostPath>,
+    /// The initrds a dynamic VM may use.
+    pub initrds: Vec<HostPath>,
+    /// The disk images a dynamic VM may attach.
+    pub disks: Vec<HostPath>,
+    /// The declared networks a dynamic VM may join.
+    pub networks: Vec<String>,
+}
+
 impl fmt::Display for OnReboot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -534,6 +595,9 @@ pub struct VmSpec {
     /// With [`OnReboot::Restart`]: the most restarts within any minute; one more stops
     /// the VM. 1..=1000.
     pub max_restarts_per_minute: u32,
+    /// What the admin does when this VM's VMM ends (`restart`, default never). Restarts by
+    /// policy count against `max_restarts_per_minute` too.
+    pub restart: Restart,
     /// The cache colours of the board's last-level cache ([`Llc`]) whose physical pages
     /// back this VM's RAM (`cache_colours`); `None`: uncoloured. Applied on seL4 only.
     pub cache_colours: Option<Vec<u32>>,
@@ -563,6 +627,7 @@ impl VmSpec {
             shared: Vec::new(),
             on_reboot: OnReboot::Restart,
             max_restarts_per_minute: VmSpec::DEFAULT_MAX_RESTARTS_PER_MINUTE,
+            restart: Restart::Never,
             cache_colours: None,
         }
     }
@@ -605,6 +670,7 @@ pub struct System {
     pub(crate) networks: Vec<NetworkSpec>,
     pub(crate) shared: Vec<SharedSpec>,
     pub(crate) llc: Option<Llc>,
+    pub(crate) limits: Option<Limits>,
 }
 
 impl System {
@@ -674,7 +740,22 @@ impl System {
             networks,
             shared,
             llc,
+            limits: None,
         })
+    }
+
+    /// This system with `[limits]` (`None`: no dynamic VMs), checked against its networks.
+    pub fn with_limits(mut self, limits: Option<Limits>) -> Result<System, SpecError> {
+        if let Some(l) = &limits {
+            crate::validate::check_limits(l, &self.networks)?;
+        }
+        self.limits = limits;
+        Ok(self)
+    }
+
+    /// The dynamic pool's limits (`[limits]`), if the description allows dynamic VMs.
+    pub fn limits(&self) -> Option<&Limits> {
+        self.limits.as_ref()
     }
 
     /// The shared regions (`[[shared]]`), in file order.

@@ -9,9 +9,9 @@ use serde::Deserialize;
 use crate::env::expand;
 use crate::error::{ErrorKind, SpecError};
 use crate::model::{
-    Access, Arch, ConsoleSpec, CpuSet, DiskSpec, HostPath, Llc, MacAddr, Memory, NetworkSpec,
-    NicSpec, OnReboot, Output, OutputKind, Placement, RamRegion, SharedMapSpec, SharedSpec, System,
-    VmSpec,
+    Access, Arch, ConsoleSpec, CpuSet, DiskSpec, HostPath, Limits, Llc, MacAddr, Memory,
+    NetworkSpec, NicSpec, OnReboot, Output, OutputKind, Placement, RamRegion, Restart,
+    SharedMapSpec, SharedSpec, System, VmSpec,
 };
 use crate::size::parse_size;
 use crate::validate::{check_vm, vm_label};
@@ -185,7 +185,11 @@ impl<'e> Loader<'e> {
             crate::validate::check_colours(index, &vm, llc)?;
             vms.push(vm);
         }
-        System::with_parts(name, pcpus, llc, vms, networks, shared)
+        let limits = match raw.limits {
+            None => None,
+            Some(l) => Some(ctx.limits(l)?),
+        };
+        System::with_parts(name, pcpus, llc, vms, networks, shared)?.with_limits(limits)
     }
 }
 
@@ -297,6 +301,23 @@ struct RawFile {
     network: Vec<RawNetwork>,
     #[serde(default)]
     shared: Vec<RawShared>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_vms: i64,
+    memory: RawNumber,
+    vcpus: i64,
+    #[serde(default)]
+    kernels: Vec<String>,
+    #[serde(default)]
+    initrds: Vec<String>,
+    #[serde(default)]
+    disks: Vec<String>,
+    #[serde(default)]
+    networks: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -373,6 +394,7 @@ struct RawVm {
     shared: Vec<RawSharedMap>,
     on_reboot: Option<String>,
     max_restarts_per_minute: Option<i64>,
+    restart: Option<String>,
     cache_colours: Option<Vec<i64>>,
 }
 
@@ -555,6 +577,16 @@ impl Ctx<'_> {
                     })
                 })?,
         };
+        let restart = match &raw.restart {
+            None => Restart::default(),
+            Some(text) => Restart::from_name(text).ok_or_else(|| {
+                fail(ErrorKind::NotOneOf {
+                    key: "restart",
+                    value: text.clone(),
+                    expected: "\"never\", \"on-failure\", \"always\"",
+                })
+            })?,
+        };
         let cache_colours = match raw.cache_colours {
             None => None,
             Some(list) => Some(
@@ -658,7 +690,40 @@ impl Ctx<'_> {
             shared,
             on_reboot,
             max_restarts_per_minute,
+            restart,
             cache_colours,
+        })
+    }
+
+    /// `[limits]`: counts as given (range-checked by validation), paths resolved like a
+    /// VM's.
+    fn limits(&self, raw: RawLimits) -> Result<Limits, SpecError> {
+        let at = "limits";
+        let count = |key: &'static str, n: i64, range: &'static str| {
+            u32::try_from(n).map_err(|_| {
+                SpecError::new(
+                    at,
+                    ErrorKind::OutOfRange {
+                        key,
+                        value: n.into(),
+                        range,
+                    },
+                )
+            })
+        };
+        let paths = |key: &'static str, list: Vec<String>| {
+            list.iter()
+                .map(|p| self.path(at, key, p))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Limits {
+            max_vms: count("max_vms", raw.max_vms, "0..=1024")?,
+            memory: number(at, "memory", raw.memory)?,
+            vcpus: count("vcpus", raw.vcpus, "0..=65536")?,
+            kernels: paths("kernels", raw.kernels)?,
+            initrds: paths("initrds", raw.initrds)?,
+            disks: paths("disks", raw.disks)?,
+            networks: raw.networks,
         })
     }
 

@@ -56,6 +56,12 @@ pub mod limits {
     pub const MAX_SHARED_MAPS: usize = 16;
     /// Bytes of one `[[shared]]` region.
     pub const MAX_SHARED_SIZE: u64 = 1 << 30;
+    /// `[limits] max_vms`: `0..=MAX_DYNAMIC_VMS`.
+    pub const MAX_DYNAMIC_VMS: u32 = 1024;
+    /// `[limits] vcpus`: `0..=MAX_POOL_VCPUS`.
+    pub const MAX_POOL_VCPUS: u32 = 65_536;
+    /// `[limits] memory`: at most this many bytes.
+    pub const MAX_POOL_MEMORY: u64 = 64 << 40;
     /// `[system] llc` ways: `1..=MAX_LLC_WAYS`.
     pub const MAX_LLC_WAYS: u32 = 1024;
     /// Most page colours an llc may have (a 64 MiB direct-mapped cache has 16384).
@@ -904,6 +910,66 @@ pub(crate) fn check_shared(vms: &[VmSpec], shared: &[SharedSpec]) -> Result<(), 
             return Err(SpecError::new(
                 shared_label(index, &region.name),
                 ErrorKind::SharedUnused(region.name.clone()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks `[limits]`: counts in range, memory page-aligned, networks declared.
+pub(crate) fn check_limits(
+    l: &crate::model::Limits,
+    networks: &[NetworkSpec],
+) -> Result<(), SpecError> {
+    use limits::{MAX_DYNAMIC_VMS, MAX_POOL_MEMORY, MAX_POOL_VCPUS, PAGE_SIZE};
+    let at = "limits";
+    if l.max_vms > MAX_DYNAMIC_VMS {
+        return Err(SpecError::new(
+            at,
+            ErrorKind::OutOfRange {
+                key: "max_vms",
+                value: l.max_vms.into(),
+                range: "0..=1024",
+            },
+        ));
+    }
+    if l.vcpus > MAX_POOL_VCPUS {
+        return Err(SpecError::new(
+            at,
+            ErrorKind::OutOfRange {
+                key: "vcpus",
+                value: l.vcpus.into(),
+                range: "0..=65536",
+            },
+        ));
+    }
+    if l.memory > MAX_POOL_MEMORY {
+        return Err(SpecError::new(
+            at,
+            ErrorKind::TooLarge {
+                key: "memory",
+                value: SizeDisplay(l.memory).to_string(),
+                max: "64 TiB",
+            },
+        ));
+    }
+    if l.memory % PAGE_SIZE != 0 {
+        return Err(SpecError::new(
+            at,
+            ErrorKind::Unaligned {
+                key: "memory",
+                value: l.memory,
+            },
+        ));
+    }
+    for name in &l.networks {
+        if !networks.iter().any(|n| &n.name == name) {
+            return Err(SpecError::new(
+                format!("{at}: networks"),
+                ErrorKind::UnknownNetwork {
+                    network: name.clone(),
+                    declared: list_or_none(networks.iter().map(|n| n.name.as_str())),
+                },
             ));
         }
     }

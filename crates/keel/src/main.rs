@@ -25,6 +25,7 @@ USAGE:
     keel run <system.toml> [--vm NAME] [--log-level LEVEL] [--stats] [--on-reboot ACTION]
     keel up <system.toml> [--log-level LEVEL] [--stats] [--stats-interval SECS]
     keel check <system.toml>
+    keel daemon <system.toml> [--state-dir DIR] [--socket PATH] [--log-level LEVEL]
     keel ctl [--socket PATH | --state-dir DIR] [--token T | --token-file F] [--json] <command>
     keel sel4 build <system.toml> [--board B] [--out DIR] | keel sel4 run <loader.img>
     keel --version | --help
@@ -36,6 +37,10 @@ COMMANDS:
              forwarded to the VMs' stdin; stops on Ctrl-C or when every VM has ended
     check    validate the system (including its host files); one line per VM with one
              per network interface, then each network's ports and allowed pairs
+    daemon   the admin: run the system's VMs supervised (one VMM process per VM, restart
+             policies, dynamic VMs within [limits]) and serve the REST API on a Unix
+             socket (default <state>/keel.sock); SIGTERM/SIGINT stop every VM; see
+             docs/admin.md
     ctl      the client of `keel daemon`'s REST API: list, get, create, start, pause,
              resume, shutdown, stop, restart, delete, console, events, token list|create|
              revoke; see `keel ctl --help`
@@ -177,7 +182,7 @@ fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
         "ctl" => return admin::ctl::parse(it.collect()).map(Command::Ctl),
         other => {
             return Err(Failure::input(format!(
-                "unknown command {other:?} (expected run, up, check or ctl; try `keel --help`)"
+                "unknown command {other:?} (expected run, up, check, daemon or ctl; try `keel --help`)"
             )));
         }
     }
@@ -263,6 +268,42 @@ fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
             stats,
             on_reboot,
         }
+    })
+}
+
+/// `keel daemon <system.toml> [--state-dir DIR] [--socket PATH] [--log-level L]`.
+fn parse_daemon(args: &[String]) -> Result<admin::daemon::DaemonArgs, Failure> {
+    let mut it = args.iter().cloned();
+    let (mut system, mut state_dir, mut socket, mut level) = (None, None, None, Level::Info);
+    while let Some(arg) = it.next() {
+        if let Some(v) = option_value(&arg, "--state-dir", &mut it)? {
+            state_dir = Some(PathBuf::from(v));
+        } else if let Some(v) = option_value(&arg, "--socket", &mut it)? {
+            socket = Some(PathBuf::from(v));
+        } else if let Some(v) = option_value(&arg, "--log-level", &mut it)? {
+            level = Level::parse(&v).ok_or_else(|| {
+                Failure::input(format!(
+                    "--log-level {v:?} is not one of error, warn, info, debug"
+                ))
+            })?;
+        } else if arg.starts_with('-') {
+            return Err(Failure::input(format!(
+                "unknown option {arg:?} for `keel daemon` (try `keel --help`)"
+            )));
+        } else if system.replace(PathBuf::from(&arg)).is_some() {
+            return Err(Failure::input(format!(
+                "unexpected argument {arg:?}: `keel daemon` takes one system file"
+            )));
+        }
+    }
+    let system = system.ok_or_else(|| {
+        Failure::input("`keel daemon` needs a system file (keel daemon <system.toml>)")
+    })?;
+    Ok(admin::daemon::DaemonArgs {
+        system,
+        state_dir,
+        socket,
+        level,
     })
 }
 
@@ -619,6 +660,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if args.first().map(String::as_str) == Some("daemon") {
+        return match parse_daemon(&args[1..]).and_then(admin::daemon::run) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("keel: error: {}", e.message);
+                ExitCode::from(e.status)
+            }
+        };
+    }
     if args.first().map(String::as_str) == Some("sel4") {
         return match sel4::main(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
@@ -674,6 +724,33 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn daemon_options_are_parsed() {
+        let a = parse_daemon(&args(
+            "sys.toml --state-dir /s --socket=/s/x.sock --log-level debug",
+        ))
+        .ok()
+        .unwrap();
+
+        assert_eq!(
+            a,
+            admin::daemon::DaemonArgs {
+                system: PathBuf::from("sys.toml"),
+                state_dir: Some(PathBuf::from("/s")),
+                socket: Some(PathBuf::from("/s/x.sock")),
+                level: Level::Debug,
+            }
+        );
+    }
+
+    #[test]
+    fn daemon_refuses_an_unknown_option_naming_it() {
+        let e = parse_daemon(&args("sys.toml --stats")).err().unwrap();
+
+        assert_eq!(e.status, EXIT_INPUT);
+        assert!(e.message.contains("\"--stats\""), "{}", e.message);
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub const VMM_COMMAND: &str = "__vmm";
 pub const SWITCH_COMMAND: &str = "__switch";
 
 /// Block the signals a supervisor waits for and return a signalfd delivering them.
-fn signal_fd(signals: &[libc::c_int]) -> Result<RawFd, Failure> {
+pub(crate) fn signal_fd(signals: &[libc::c_int]) -> Result<RawFd, Failure> {
     // SAFETY: `set` is plain data initialised by sigemptyset before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to a sigset_t; these calls only write it.
@@ -101,7 +101,7 @@ fn wait_signal(fd: RawFd, deadline: Option<Instant>) -> Waited {
 }
 
 /// Read one signal from a signalfd (blocking); `None` on a read error.
-fn next_signal(fd: RawFd) -> Option<u32> {
+pub(crate) fn next_signal(fd: RawFd) -> Option<u32> {
     // SAFETY: signalfd_siginfo is plain data.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
@@ -126,7 +126,7 @@ fn failure(message: impl Into<String>) -> Failure {
 }
 
 /// The plan of the system at `path`, or the description's one-line error (exit 2).
-fn load_plan(path: &Path) -> Result<(keel_spec::System, SystemPlan), Failure> {
+pub(crate) fn load_plan(path: &Path) -> Result<(keel_spec::System, SystemPlan), Failure> {
     let sys = crate::load(path)?;
     let plan = keel_spec::plan::plan(&sys)
         .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
@@ -299,35 +299,8 @@ pub fn up(
     let system_arg = system.display().to_string();
     let level_arg = level.name().to_string();
 
-    // Port fds, VMM view, by network then port (`None`: the uplink, the switch's own).
-    let mut ports: Vec<Vec<Option<PortFds>>> = Vec::with_capacity(plan.networks.len());
-    for net in &plan.networks {
-        let len = usize::try_from(net.ring_bytes())
-            .map_err(|_| failure(format!("network {:?}: ring too large", net.name)))?;
-        let mut v = Vec::with_capacity(net.ports.len());
-        for (i, p) in net.ports.iter().enumerate() {
-            if matches!(p.owner, PortOwner::Uplink { .. }) {
-                v.push(None);
-                continue;
-            }
-            v.push(Some(
-                PortFds::create(&format!("{}-{i}", net.name), len)
-                    .map_err(|e| failure(format!("network {:?}: port {i}: {e}", net.name)))?,
-            ));
-        }
-        ports.push(v);
-    }
-
-    // One memory file per shared guest region, inherited by the VMM of every VM naming it.
-    let mut shared_files: Vec<SharedMemory> = Vec::with_capacity(plan.shared.len());
-    for region in &plan.shared {
-        let len = usize::try_from(region.size)
-            .map_err(|_| failure(format!("shared region {:?}: too large", region.name)))?;
-        shared_files.push(
-            SharedMemory::create(&format!("keel-shared-{}", region.name), len)
-                .map_err(|e| failure(format!("shared region {:?}: {e}", region.name)))?,
-        );
-    }
+    let ports = create_ports(&plan)?;
+    let shared_files = create_shared(&plan)?;
 
     let sigfd = signal_fd(&[
         libc::SIGCHLD,
@@ -342,23 +315,7 @@ pub fn up(
     let mut switches: Vec<Proc> = Vec::new();
     let mut start_error = None;
     for (n, net) in plan.networks.iter().enumerate() {
-        let mut args = vec![
-            SWITCH_COMMAND.to_string(),
-            system_arg.clone(),
-            "--network".into(),
-            net.name.clone(),
-        ];
-        if stats {
-            args.push("--stats".into());
-        }
-        let mut fds = Vec::new();
-        for p in ports[n].iter().flatten() {
-            let [a, b, vmm_bell, switch_bell] = p.raw();
-            // The switch's view: it rings the VMM's eventfd and waits on its own.
-            args.push("--port".into());
-            args.push(format!("{a},{b},{switch_bell},{vmm_bell}"));
-            fds.extend([a, b, vmm_bell, switch_bell]);
-        }
+        let (args, fds) = switch_command(&system_arg, &net.name, &ports[n], stats);
         match spawn(&args, fds, false) {
             Ok(child) => switches.push(Proc {
                 name: net.name.clone(),
@@ -389,33 +346,7 @@ pub fn up(
                 "--log-level".into(),
                 level_arg.clone(),
             ];
-            let mut fds = Vec::new();
-            for nic in &vm.nics {
-                let Some(p) = ports
-                    .get(nic.network)
-                    .and_then(|n| n.get(usize::from(nic.port)))
-                    .and_then(Option::as_ref)
-                else {
-                    continue;
-                };
-                args.push("--nic".into());
-                args.push(p.arg());
-                fds.extend(p.raw());
-            }
-            for m in &vm.shared {
-                let Some(file) = plan
-                    .shared
-                    .iter()
-                    .position(|r| r.name == m.region)
-                    .and_then(|i| shared_files.get(i))
-                else {
-                    continue;
-                };
-                let fd = file.fd().as_raw_fd();
-                args.push("--shared".into());
-                args.push(fd.to_string());
-                fds.push(fd);
-            }
+            let fds = vmm_fd_args(&plan, vm, &ports, &shared_files, &mut args);
             match spawn(&args, fds, true) {
                 Ok(mut child) => {
                     let prefix = format!("[{}] ", vm.name);
@@ -511,6 +442,109 @@ pub fn up(
         .map(|v| status_code(v.status))
         .find(|&c| c != 0)
         .unwrap_or(0))
+}
+
+/// Port fds, VMM view, by network then port (`None`: the uplink, the switch's own).
+pub(crate) fn create_ports(plan: &SystemPlan) -> Result<Vec<Vec<Option<PortFds>>>, Failure> {
+    let mut ports: Vec<Vec<Option<PortFds>>> = Vec::with_capacity(plan.networks.len());
+    for net in &plan.networks {
+        let len = usize::try_from(net.ring_bytes())
+            .map_err(|_| failure(format!("network {:?}: ring too large", net.name)))?;
+        let mut v = Vec::with_capacity(net.ports.len());
+        for (i, p) in net.ports.iter().enumerate() {
+            if matches!(p.owner, PortOwner::Uplink { .. }) {
+                v.push(None);
+                continue;
+            }
+            v.push(Some(
+                PortFds::create(&format!("{}-{i}", net.name), len)
+                    .map_err(|e| failure(format!("network {:?}: port {i}: {e}", net.name)))?,
+            ));
+        }
+        ports.push(v);
+    }
+    Ok(ports)
+}
+
+/// One memory file per shared guest region, inherited by the VMM of every VM naming it.
+pub(crate) fn create_shared(plan: &SystemPlan) -> Result<Vec<SharedMemory>, Failure> {
+    let mut shared_files: Vec<SharedMemory> = Vec::with_capacity(plan.shared.len());
+    for region in &plan.shared {
+        let len = usize::try_from(region.size)
+            .map_err(|_| failure(format!("shared region {:?}: too large", region.name)))?;
+        shared_files.push(
+            SharedMemory::create(&format!("keel-shared-{}", region.name), len)
+                .map_err(|e| failure(format!("shared region {:?}: {e}", region.name)))?,
+        );
+    }
+    Ok(shared_files)
+}
+
+/// The `__switch` arguments of network `name` and the descriptors it inherits (`ports`:
+/// the network's ports as [`create_ports`] made them).
+pub(crate) fn switch_command(
+    system_arg: &str,
+    name: &str,
+    ports: &[Option<PortFds>],
+    stats: bool,
+) -> (Vec<String>, Vec<RawFd>) {
+    let mut args = vec![
+        SWITCH_COMMAND.to_string(),
+        system_arg.to_string(),
+        "--network".into(),
+        name.to_string(),
+    ];
+    if stats {
+        args.push("--stats".into());
+    }
+    let mut fds = Vec::new();
+    for p in ports.iter().flatten() {
+        let [a, b, vmm_bell, switch_bell] = p.raw();
+        // The switch's view: it rings the VMM's eventfd and waits on its own.
+        args.push("--port".into());
+        args.push(format!("{a},{b},{switch_bell},{vmm_bell}"));
+        fds.extend([a, b, vmm_bell, switch_bell]);
+    }
+    (args, fds)
+}
+
+/// Append VM `vm`'s `--nic` and `--shared` arguments to `args`; the descriptors its VMM
+/// inherits.
+pub(crate) fn vmm_fd_args(
+    plan: &SystemPlan,
+    vm: &keel_spec::plan::VmPlan,
+    ports: &[Vec<Option<PortFds>>],
+    shared_files: &[SharedMemory],
+    args: &mut Vec<String>,
+) -> Vec<RawFd> {
+    let mut fds = Vec::new();
+    for nic in &vm.nics {
+        let Some(p) = ports
+            .get(nic.network)
+            .and_then(|n| n.get(usize::from(nic.port)))
+            .and_then(Option::as_ref)
+        else {
+            continue;
+        };
+        args.push("--nic".into());
+        args.push(p.arg());
+        fds.extend(p.raw());
+    }
+    for m in &vm.shared {
+        let Some(file) = plan
+            .shared
+            .iter()
+            .position(|r| r.name == m.region)
+            .and_then(|i| shared_files.get(i))
+        else {
+            continue;
+        };
+        let fd = file.fd().as_raw_fd();
+        args.push("--shared".into());
+        args.push(fd.to_string());
+        fds.push(fd);
+    }
+    fds
 }
 
 /// Hidden `__switch <system.toml> --network NAME [--stats] --port FDS...`: one network's
@@ -780,14 +814,16 @@ pub(crate) fn report_counters_on_signal(
         .map_err(|e| failure(format!("cannot start the counters thread: {e}")))
 }
 
-/// Hidden `__vmm <system.toml> --vm NAME --log-level L --nic FDS... --shared FD...`: one
-/// VM with its network ports and shared regions' memory files, as `keel run` runs it.
+/// Hidden `__vmm <system.toml> --vm NAME --log-level L --nic FDS... --shared FD...
+/// [--state DIR]`: one VM with its network ports and shared regions' memory files, as
+/// `keel run` runs it. With `--state` (`keel daemon`), the serial port is the console of
+/// `DIR` and the exit status goes to `DIR/exit` (admin/vmmproc.rs).
 pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
     let mut it = args.iter();
     let system = it
         .next()
         .ok_or_else(|| Failure::input("__vmm: no system file"))?;
-    let (mut vm, mut nics, mut shared) = (None, Vec::new(), Vec::new());
+    let (mut vm, mut nics, mut shared, mut state) = (None, Vec::new(), Vec::new(), None);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--vm" => vm = it.next().cloned(),
@@ -798,6 +834,7 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
             }
             "--nic" => nics.extend(it.next().cloned()),
             "--shared" => shared.extend(it.next().cloned()),
+            "--state" => state = it.next().map(std::path::PathBuf::from),
             other => return Err(Failure::input(format!("__vmm: unexpected {other:?}"))),
         }
     }
@@ -827,14 +864,23 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
         system: sys.name().to_string(),
         owner_pid: std::os::unix::process::parent_id(),
     };
-    crate::run_vm_to_exit(
-        spec,
+    let mut spec = spec.clone();
+    if let Some(dir) = &state {
+        spec.serial = keel_spec::Output::Stdio;
+        crate::admin::vmmproc::attach_console(dir)?;
+    }
+    let result = crate::run_vm_to_exit(
+        &spec,
         Some(network),
         true,
         &scope,
         false,
         crate::OnReboot::Exit0,
-    )
+    );
+    if let Some(dir) = &state {
+        crate::admin::vmmproc::record_exit(dir, &result);
+    }
+    result
 }
 
 /// The uplink port of a switch process: a host tap, joined to the switch by a ring pair in

@@ -3,7 +3,8 @@
 //! Syntax (space-separated words; unknown words are ignored):
 //! - `keeltest=<test>[,<test>...]`: tests to run, in order. Tests: `blk`, `rng`,
 //!   `console`, `smp`, `irq`, `mmio-bench:<N>`, `corrupt:<loop|oob|nostatus>`, `panic`, `fault`,
-//!   `blkbench:<read|write|randread>:<size>[:<total>]`, `pause:<ms>`, `reboot`, `reset-loop`,
+//!   `blkbench:<read|write|randread>:<size>[:<total>]`, `pause:<ms>`, `await-poweroff:<ms>`,
+//!   `reboot`, `reset-loop`,
 //!   `net`, `mem-write:<addr>:<value>`, `mem-read:<addr>:<expect>`,
 //!   `mem-wait:<addr>:<expect>[:<ms>]` and `all` (= every device test whose device is
 //!   present, plus `smp`).
@@ -85,6 +86,10 @@ pub enum Test {
     },
     /// `pause:<ms>`: busy-wait so the host can sample the VMM (bench/run.sh).
     Pause(u32),
+    /// `await-poweroff:<ms>`: read the serial port for up to `<ms>` ms; on a line
+    /// `poweroff`, power off through the ACPI sleep control register (S5), as the admin's
+    /// graceful shutdown asks (docs/admin.md); pass when the time is up without one.
+    AwaitPoweroff(u32),
     /// `reboot`: with no marker on the disk, write one and reset the machine; with the
     /// marker (the boot after the reset), clear it and pass.
     Reboot,
@@ -437,6 +442,7 @@ fn parse_test(name: &str) -> Option<Test> {
             match kind {
                 "mmio-bench" => Test::MmioBench(u32::try_from(parse_number(arg)?).ok()?),
                 "pause" => Test::Pause(u32::try_from(parse_number(arg)?).ok()?),
+                "await-poweroff" => Test::AwaitPoweroff(u32::try_from(parse_number(arg)?).ok()?),
                 "mem-write" | "mem-read" | "mem-wait" => {
                     let mut parts = arg.split(':');
                     let addr = parse_number(parts.next()?)?;

@@ -63,6 +63,7 @@ impl fmt::Display for Test {
             Test::Corrupt(cmdline::Corruption::NoStatus) => f.write_str("corrupt:nostatus"),
             Test::BlkBench { kind, size, .. } => write!(f, "blkbench:{kind:?}:{size}"),
             Test::Pause(ms) => write!(f, "pause:{ms}"),
+            Test::AwaitPoweroff(ms) => write!(f, "await-poweroff:{ms}"),
             Test::Reboot => f.write_str("reboot"),
             Test::ResetLoop => f.write_str("reset-loop"),
             Test::Net => f.write_str("net"),
@@ -126,6 +127,7 @@ impl Machine<'_> {
                 total,
             ),
             Test::Pause(ms) => blkbench::pause(ms),
+            Test::AwaitPoweroff(ms) => serial::await_poweroff(ms),
             Test::Reboot => match blk::reboot_marker(self.require(virtio::id::BLK, test)?)? {
                 blk::Marker::Found => {
                     say!("reboot: marker found after the reset; cleared");

@@ -66,3 +66,40 @@ macro_rules! say {
         let _ = write!($crate::serial::Serial, "\n");
     }};
 }
+
+const RBR: u16 = 0; // receive buffer (DLAB=0)
+const LSR_DATA_READY: u8 = 0x01;
+/// ACPI sleep control register (FADT, hardware-reduced) and the S5 | SLP_EN value.
+const SLEEP_CONTROL: u16 = 0x600;
+const S5_SLP_EN: u8 = (5 << 2) | (1 << 5);
+
+/// `await-poweroff:<ms>`: poll the UART's input for up to `ms` ms; on the line `poweroff`
+/// power off (ACPI S5). Passes when the time runs out without one.
+pub fn await_poweroff(ms: u32) -> crate::fail::TestResult {
+    crate::say!("awaiting poweroff for {ms} ms");
+    let deadline = crate::x86::Deadline::after_ms(u64::from(ms));
+    let mut line = [0u8; 16];
+    let mut len = 0usize;
+    while !deadline.expired() {
+        if inb(COM1 + LSR) & LSR_DATA_READY == 0 {
+            core::hint::spin_loop();
+            continue;
+        }
+        match inb(COM1 + RBR) {
+            b'\r' | b'\n' => {
+                if line.get(..len) == Some(&b"poweroff"[..]) {
+                    crate::say!("poweroff requested");
+                    outb(SLEEP_CONTROL, S5_SLP_EN);
+                }
+                len = 0;
+            }
+            b => {
+                if let Some(slot) = line.get_mut(len) {
+                    *slot = b;
+                    len += 1;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -26,6 +26,7 @@ USAGE:
     keel up <system.toml> [--log-level LEVEL] [--stats] [--stats-interval SECS]
     keel check <system.toml>
     keel daemon <system.toml> [--state-dir DIR] [--socket PATH] [--log-level LEVEL]
+    keel ctl [--socket PATH | --state-dir DIR] [--token T | --token-file F] [--json] <command>
     keel sel4 build <system.toml> [--board B] [--out DIR] | keel sel4 run <loader.img>
     keel --version | --help
 
@@ -40,6 +41,9 @@ COMMANDS:
              policies, dynamic VMs within [limits]) and serve the REST API on a Unix
              socket (default <state>/keel.sock); SIGTERM/SIGINT stop every VM; see
              docs/admin.md
+    ctl      the client of `keel daemon`'s REST API: list, get, create, start, pause,
+             resume, shutdown, stop, restart, delete, console, events, token list|create|
+             revoke; see `keel ctl --help`
     sel4     build a seL4 Microkit image of the system (MICROKIT_SDK) and run it under
              QEMU; see `keel sel4 --help`
 
@@ -126,6 +130,8 @@ enum Command {
         stats: bool,
         interval: Option<Duration>,
     },
+    /// `keel ctl ...`: the REST API's client.
+    Ctl(admin::ctl::Invocation),
 }
 
 /// `--stats-interval`'s bounds, in seconds.
@@ -173,9 +179,10 @@ fn parse_args(args: Vec<String>) -> Result<Command, Failure> {
         "-h" | "--help" | "help" => return Ok(Command::Help),
         "-V" | "--version" => return Ok(Command::Version),
         "run" | "check" | "up" => {}
+        "ctl" => return admin::ctl::parse(it.collect()).map(Command::Ctl),
         other => {
             return Err(Failure::input(format!(
-                "unknown command {other:?} (expected run, up or check; try `keel --help`)"
+                "unknown command {other:?} (expected run, up, check, daemon or ctl; try `keel --help`)"
             )));
         }
     }
@@ -700,6 +707,7 @@ fn main() -> ExitCode {
             log::set_level(level);
             up::up(&system, level, stats, interval)
         }
+        Command::Ctl(inv) => admin::ctl::run(&inv),
     });
     match result {
         Ok(code) => ExitCode::from(code),

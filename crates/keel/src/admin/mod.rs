@@ -5,11 +5,19 @@
 //!   API and the supervisor.
 //! - [`supervisor`]: the process supervisor implementing it; [`daemon`]: `keel daemon`.
 //! - `vmmproc`: the VMM-process side (console socket, serial log, exit file).
+//! - [`api`]: the REST API (routes, authorization, console upgrade, event stream) over
+//!   [`http`], a small strict HTTP/1.1 server and client; [`tokens`]: capability tokens.
+//! - [`ctl`]: `keel ctl`, the API's command-line client.
 
 #![allow(dead_code)] // the halves land separately; the daemon wires them together
 
 pub mod api;
+pub mod ctl;
 pub(crate) mod daemon;
+#[cfg(test)]
+pub mod fake;
+pub mod http;
 pub mod model;
 pub mod supervisor;
+pub mod tokens;
 pub(crate) mod vmmproc;

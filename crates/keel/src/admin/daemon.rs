@@ -22,6 +22,9 @@ pub(crate) struct DaemonArgs {
     pub level: Level,
 }
 
+/// `sun_path`'s size: a socket path has at most one byte less.
+const SUN_PATH_MAX: usize = 108;
+
 /// The socket's name in the state directory when `--socket` is not given.
 pub(crate) const SOCKET: &str = "keel.sock";
 
@@ -84,16 +87,21 @@ pub(crate) fn run(args: DaemonArgs) -> Result<u8, Failure> {
     let _ = std::fs::remove_file(&socket);
     // SAFETY: umask only changes this process's file creation mask.
     let old = unsafe { libc::umask(0o177) };
-    // Through the directory's descriptor: a deep state directory still gives a short path.
-    let bound = match (socket.parent(), socket.file_name().and_then(|n| n.to_str())) {
-        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => {
-            super::vmmproc::in_dir(dir, name, |p| UnixListener::bind(p))
-        }
-        _ => UnixListener::bind(&socket),
-    };
+    let bound = UnixListener::bind(&socket);
     // SAFETY: as above, restoring it.
     unsafe { libc::umask(old) };
-    let listener = bound.map_err(|e| io_failure(&socket, e))?;
+    let listener = bound.map_err(|e| {
+        if socket.as_os_str().len() >= SUN_PATH_MAX {
+            Failure::input(format!(
+                "socket path {} is {} bytes long (a Unix socket path has at most {}): give a shorter --socket or --state-dir",
+                socket.display(),
+                socket.as_os_str().len(),
+                SUN_PATH_MAX - 1
+            ))
+        } else {
+            io_failure(&socket, e)
+        }
+    })?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| io_failure(&socket, e))?;
     log::info(format_args!(

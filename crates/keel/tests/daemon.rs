@@ -236,13 +236,18 @@ fn signal(pid: i32, sig: libc::c_int) {
 
 /// Whether `pid` runs a keel VMM (not ended, not reused).
 fn is_vmm(pid: i32) -> bool {
+    runs(pid, b"__vmm")
+}
+
+/// Whether `pid` runs (not a zombie) a keel process with `word` on its command line.
+fn runs(pid: i32, word: &[u8]) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let zombie = stat
         .rsplit(')')
         .next()
         .is_some_and(|r| r.trim_start().starts_with('Z'));
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    !zombie && cmdline.windows(5).any(|w| w == b"__vmm")
+    !stat.is_empty() && !zombie && cmdline.windows(word.len()).any(|w| w == word)
 }
 
 fn parse_response(raw: &[u8]) -> Response {
@@ -495,5 +500,61 @@ fn creating_starting_and_stopping_50_vms_grows_neither_descriptors_nor_memory() 
     assert!(
         rss_after <= rss_before + RSS_GROWTH_KIB,
         "RSS {rss_before} -> {rss_after} KiB"
+    );
+}
+
+#[test]
+fn vms_of_a_network_exchange_frames_through_the_daemons_switch() {
+    if !kvm_or_skip("vms_of_a_network_exchange_frames_through_the_daemons_switch") {
+        return;
+    }
+    let Some(g) = guest::testguest_with(b"keeltest.net-peer") else {
+        skip::skip(
+            "daemon",
+            "vms_of_a_network_exchange_frames_through_the_daemons_switch",
+            "the test guest has no `net` test (keeltest.net=<role>)",
+        );
+        return;
+    };
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let net_vm = |name: &str, mac: &str, role: &str| {
+        format!(
+            "[[vm]]\nname = \"{name}\"\narch = \"x86_64\"\nkernel = \"{}\"\nmemory = \"32M\"\ncmdline = \"keeltest=net {role}\"\n[[vm.net]]\nnetwork = \"lan\"\nmac = \"{mac}\"\n",
+            g.display()
+        )
+    };
+    let (mac_a, mac_b) = ("02:00:00:00:00:0a", "02:00:00:00:00:0b");
+    let mut d = Daemon::start(&format!(
+        "[[network]]\nname = \"lan\"\n{}{}",
+        net_vm(
+            "a",
+            mac_a,
+            &format!("keeltest.net=ping keeltest.net-peer={mac_b} keeltest.net-count=5")
+        ),
+        net_vm("b", mac_b, "keeltest.net=echo keeltest.net-time=20000"),
+    ));
+
+    // The whole line (the log is written as the guest prints it).
+    let ping_line = || {
+        d.serial("a")
+            .split_inclusive('\n')
+            .find(|l| l.starts_with("keeltest: net: ping ") && l.ends_with('\n'))
+            .map(str::to_string)
+    };
+
+    let pinged = eventually(BOOT, || ping_line().is_some());
+
+    assert!(pinged, "{}", d.serial("a"));
+    let line = ping_line().unwrap();
+    assert!(line.contains("replies=5"), "{line}");
+    let switch = std::fs::read_to_string(d.dir.join("state/switches/lan.json")).unwrap();
+    let switch_pid = serde_json::from_str::<serde_json::Value>(&switch).unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    assert!(runs(switch_pid, b"__switch"));
+    assert_eq!(d.terminate().code(), Some(0));
+    assert!(
+        !runs(switch_pid, b"__switch"),
+        "the switch outlived the daemon"
     );
 }

@@ -877,8 +877,8 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
         false,
         crate::OnReboot::Exit0,
     );
-    if let Some(dir) = &state {
-        crate::admin::vmmproc::record_exit(dir, &result);
+    if state.is_some() {
+        crate::admin::vmmproc::record_exit(&result);
     }
     result
 }

@@ -61,6 +61,15 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// with `serial = "stdio"`): a thread copies stdout to `serial.log` and the console client,
 /// and the client's input (and the shutdown request on SIGPWR) to stdin.
 pub(crate) fn attach_console(dir: &Path) -> Result<(), Failure> {
+    // Opened (empty) now, written at exit: a sandbox applied later need not allow the
+    // directory. Empty means "still running or killed" to the daemon.
+    let exit = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(dir.join(EXIT_FILE))
+        .map_err(|e| failure(EXIT_FILE, e))?;
+    *EXIT.lock().unwrap_or_else(|p| p.into_inner()) = Some(exit);
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -122,6 +131,9 @@ pub(crate) fn attach_console(dir: &Path) -> Result<(), Failure> {
     *RELAY.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
     Ok(())
 }
+
+/// `exit`, opened before the VM starts.
+static EXIT: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
 
 /// The console thread, joined at exit so the guest's last output reaches the log.
 static RELAY: std::sync::Mutex<Option<std::thread::JoinHandle<()>>> = std::sync::Mutex::new(None);
@@ -252,16 +264,15 @@ fn pollfd(fd: RawFd) -> libc::pollfd {
     }
 }
 
-/// Write the guest's last output to the log, then the VMM's exit status to `dir/exit`
-/// (`exit N`, then the message of a failure).
-pub(crate) fn record_exit(dir: &Path, result: &Result<u8, Failure>) {
+/// Write the guest's last output to the log, then the VMM's exit status to the `exit` file
+/// [`attach_console`] opened (`exit N`, then the message of a failure).
+pub(crate) fn record_exit(result: &Result<u8, Failure>) {
     drain_console();
     let text = match result {
         Ok(code) => format!("exit {code}\n"),
         Err(f) => format!("exit {}\n{}\n", f.status, f.message),
     };
-    let tmp = dir.join("exit.tmp");
-    if std::fs::write(&tmp, text).is_ok() {
-        let _ = std::fs::rename(&tmp, dir.join(EXIT_FILE));
+    if let Some(mut f) = EXIT.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = f.write_all(text.as_bytes());
     }
 }

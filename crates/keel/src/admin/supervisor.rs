@@ -674,7 +674,17 @@ impl ProcessSupervisor {
     /// Stop every VM and switch (the daemon's orderly exit: SIGTERM/SIGINT). VMs stay
     /// declared; their directories (and dynamic VMs' requests) are kept.
     pub fn shutdown_all(&self) {
-        let names: Vec<String> = self.lock().vms.iter().map(|v| v.name.clone()).collect();
+        // Every VMM is killed first, then waited for: the VMs end together.
+        let names: Vec<String> = {
+            let mut inner = self.lock();
+            for vm in &mut inner.vms {
+                vm.by_admin = true;
+                if let Some(p) = &vm.proc {
+                    let _ = process::pidfd_signal(&p.pidfd, libc::SIGKILL);
+                }
+            }
+            inner.vms.iter().map(|v| v.name.clone()).collect()
+        };
         for n in names {
             let inner = self.lock();
             if let Ok(i) = Self::find(&inner, &n)

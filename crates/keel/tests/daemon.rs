@@ -558,3 +558,40 @@ fn vms_of_a_network_exchange_frames_through_the_daemons_switch() {
         "the switch outlived the daemon"
     );
 }
+
+#[test]
+fn a_killed_switch_is_reported_and_its_vms_keep_running() {
+    if !kvm_or_skip("a_killed_switch_is_reported_and_its_vms_keep_running") {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let on_lan = |name: &str, mac: &str| {
+        format!(
+            "{}[[vm.net]]\nnetwork = \"lan\"\nmac = \"{mac}\"\n",
+            vm(name, "keeltest=pause:60000", "never")
+        )
+    };
+    let d = Daemon::start(&format!(
+        "[[network]]\nname = \"lan\"\n{}{}",
+        on_lan("a", "02:00:00:00:00:0a"),
+        on_lan("b", "02:00:00:00:00:0b")
+    ));
+    let switch = std::fs::read_to_string(d.dir.join("state/switches/lan.json")).unwrap();
+    let switch_pid = serde_json::from_str::<serde_json::Value>(&switch).unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    let (a, b) = (d.pid_of("a").unwrap(), d.pid_of("b").unwrap());
+
+    signal(switch_pid, libc::SIGKILL);
+
+    let log = || std::fs::read_to_string(d.dir.join("daemon.log")).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(1), || log().contains(
+            "the switch of network \"lan\" ended (killed by signal 9)"
+        )),
+        "{}",
+        log()
+    );
+    assert_eq!((d.pid_of("a"), d.pid_of("b")), (Some(a), Some(b)));
+    assert!(is_vmm(a as i32) && is_vmm(b as i32));
+}

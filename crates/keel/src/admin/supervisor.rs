@@ -103,7 +103,7 @@ struct Networks {
     /// ends are theirs alone: a VM with interfaces cannot be started again).
     ports: Option<Vec<Vec<Option<PortFds>>>>,
     shared: Vec<SharedMemory>,
-    switches: Vec<(String, OwnedFd, i32)>,
+    switches: Vec<(String, Arc<OwnedFd>, i32)>,
 }
 
 struct Inner {
@@ -308,7 +308,7 @@ impl ProcessSupervisor {
             if let Some(r) = process::load(&path)
                 && let Some(fd) = process::adopt(&r)
             {
-                adopted.push((net.name.clone(), fd, r.pid));
+                adopted.push((net.name.clone(), Arc::new(fd), r.pid));
             }
         }
         if !self.plan.networks.is_empty() && adopted.len() == self.plan.networks.len() {
@@ -345,7 +345,8 @@ impl ProcessSupervisor {
                 status: crate::EXIT_FAILURE,
                 message: format!("network {:?}: pidfd: {e}", net.name),
             })?;
-            nets.switches.push((net.name.clone(), fd, record.pid));
+            nets.switches
+                .push((net.name.clone(), Arc::new(fd), record.pid));
         }
         Ok(())
     }
@@ -544,9 +545,17 @@ impl ProcessSupervisor {
             let wait = next
                 .map_or(TICK, |t| t.saturating_duration_since(now))
                 .min(TICK);
+            let switches: Vec<(String, Arc<OwnedFd>, i32)> = self
+                .nets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .switches
+                .clone();
             let mut pollfds: Vec<libc::pollfd> = fds
                 .iter()
-                .map(|(_, fd)| libc::pollfd {
+                .map(|(_, fd)| fd)
+                .chain(switches.iter().map(|(_, fd, _)| fd))
+                .map(|fd| libc::pollfd {
                     fd: fd.as_raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
@@ -555,6 +564,11 @@ impl ProcessSupervisor {
             let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(100);
             // SAFETY: a valid array of pollfds whose descriptors `fds` keeps open.
             unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, ms) };
+            for ((name, fd, pid), p) in switches.iter().zip(&pollfds[fds.len()..]) {
+                if p.revents != 0 {
+                    self.switch_ended(name, fd, *pid);
+                }
+            }
             let mut inner = self.lock();
             let now = Instant::now();
             for ((name, fd), p) in fds.iter().zip(&pollfds) {
@@ -598,6 +612,20 @@ impl ProcessSupervisor {
                 }
             }
         }
+    }
+
+    /// A switch process ended (crashed or killed): its VMs keep running without their
+    /// network; logged, not restarted (its ports' other ends are the VMMs').
+    fn switch_ended(&self, name: &str, fd: &Arc<OwnedFd>, pid: i32) {
+        if self.lock().closing {
+            return;
+        }
+        let mut nets = self.nets.lock().unwrap_or_else(|p| p.into_inner());
+        nets.switches.retain(|(_, f, _)| !Arc::ptr_eq(f, fd));
+        let how = process::reap(pid).unwrap_or_else(|| "ended".into());
+        log::error(format_args!(
+            "the switch of network {name:?} ended ({how}); its VMs have no network until the daemon is restarted"
+        ));
     }
 
     /// How VM `vm`'s ended VMM ended: waitpid for our children, else its exit file.

@@ -827,6 +827,8 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
         system: sys.name().to_string(),
         owner_pid: std::os::unix::process::parent_id(),
     };
+    // Sandboxed once its VM is built, before the vCPUs run (docs/security.md).
+    keel_kvm::sandbox::request_for(spec).map_err(|e| Failure::input(format!("__vmm: {e}")))?;
     crate::run_vm_to_exit(
         spec,
         Some(network),

@@ -527,3 +527,6 @@ pub(crate) fn read_kept(path: &Path) -> Option<std::io::Result<Vec<u8>>> {
         Ok(buf)
     })())
 }
+
+#[cfg(test)]
+mod tests;

@@ -78,6 +78,13 @@ const KVM_GET_SREGS: u64 = kvm_ioc(
     0x83,
     std::mem::size_of::<kvm_bindings::kvm_sregs>(),
 );
+/// `KVM_TRANSLATE` (x86: the crash report reads the code at the guest's RIP).
+#[cfg(target_arch = "x86_64")]
+const KVM_TRANSLATE: u64 = kvm_ioc(
+    IOC_READ | IOC_WRITE,
+    0x85,
+    std::mem::size_of::<kvm_bindings::kvm_translation>(),
+);
 /// `KVM_GET_ONE_REG` (aarch64: the crash report reads the PC).
 #[cfg(target_arch = "aarch64")]
 const KVM_GET_ONE_REG: u64 = kvm_ioc(
@@ -87,6 +94,8 @@ const KVM_GET_ONE_REG: u64 = kvm_ioc(
 );
 
 /// The terminal ioctls `keel run` restores a raw terminal with (`tcsetattr`/`tcgetattr`).
+// `libc::Ioctl` is u64 with glibc, c_int elsewhere.
+#[allow(clippy::unnecessary_cast)]
 const TERMINAL_IOCTLS: [u64; 4] = [
     libc::TCGETS as u64,
     libc::TCSETS as u64,
@@ -213,7 +222,7 @@ fn ioctls(requests: &[u64]) -> Result<Vec<SeccompRule>, seccompiler::BackendErro
 fn vcpu_ioctls() -> Vec<u64> {
     let mut v = vec![KVM_RUN, KVM_IRQ_LINE, KVM_SIGNAL_MSI];
     #[cfg(target_arch = "x86_64")]
-    v.extend([KVM_GET_REGS, KVM_GET_SREGS]);
+    v.extend([KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE]);
     #[cfg(target_arch = "aarch64")]
     v.push(KVM_GET_ONE_REG);
     v

@@ -1171,7 +1171,15 @@ pub fn start_vm_in(
     let first = Vmm::build(spec, &outputs, network.as_ref())?;
     // The sandbox asked for (`sandbox::request`): the VM is built, no vCPU runs yet, and
     // this is still the process's only thread.
-    if let Some(profile) = crate::sandbox::take_request() {
+    if let Some(mut profile) = crate::sandbox::take_request() {
+        if let Some(c) = &cgroup {
+            let (procs, dirs) = c.exit_paths();
+            profile.cgroup_files.push(procs);
+            profile.cgroup_dirs.extend(dirs);
+        }
+        if let placement::SchedClass::RoundRobin { rt_priority } = host_placement.class {
+            profile.rt_priority = u64::try_from(rt_priority).ok();
+        }
         let applied = crate::sandbox::apply(&profile)
             .map_err(|e| VmmError::Host(format!("vm {:?}: sandbox: {e}", spec.name)))?;
         log::debug(format_args!("vm {:?}: sandboxed: {applied:?}", spec.name));

@@ -60,6 +60,25 @@ pub(super) fn restrict(profile: &SandboxProfile) -> Result<(u8, bool), SandboxEr
                 .map_err(|e| SandboxError::Landlock(format!("{}: {e}", p.display())))?;
         }
     }
+    // `std::fs::write` opens with O_TRUNC.
+    let write = AccessFs::WriteFile | AccessFs::Truncate;
+    let cgroup_rules = profile
+        .cgroup_files
+        .iter()
+        .map(|p| (p, write & file_rights))
+        .chain(
+            profile
+                .cgroup_dirs
+                .iter()
+                .map(|p| (p, AccessFs::RemoveDir.into())),
+        );
+    for (p, rights) in cgroup_rules {
+        let fd =
+            PathFd::new(p).map_err(|e| SandboxError::Landlock(format!("{}: {e}", p.display())))?;
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(fd, rights))
+            .map_err(|e| SandboxError::Landlock(format!("{}: {e}", p.display())))?;
+    }
     let status = ruleset.restrict_self().map_err(landlock_error)?;
     Ok(match status.ruleset {
         RulesetStatus::NotEnforced => (0, false),

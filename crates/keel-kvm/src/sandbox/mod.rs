@@ -68,6 +68,14 @@ pub struct SandboxProfile {
     pub user: UserChoice,
     /// `RLIMIT_FSIZE`, when guest output does not go to a file.
     pub file_size_limit: Option<u64>,
+    /// `RLIMIT_RTPRIO`, set before the uid drop: a `SCHED_RR` placement's priority.
+    pub rt_priority: Option<u64>,
+    /// Files written when the VM ends: the `cgroup.procs` a budgeted VMM moves back to.
+    pub cgroup_files: Vec<PathBuf>,
+    /// Directories whose subdirectories are removed when the VM ends (its cgroup's).
+    /// Non-empty: the process keeps its uid (an unprivileged one could not leave and
+    /// remove the root-owned cgroup).
+    pub cgroup_dirs: Vec<PathBuf>,
 }
 
 /// The user a sandboxed root process runs as.
@@ -191,6 +199,9 @@ impl SandboxProfile {
             new_net_namespace: true,
             user,
             file_size_limit,
+            rt_priority: None,
+            cgroup_files: Vec::new(),
+            cgroup_dirs: Vec::new(),
         }
     }
 }
@@ -465,11 +476,28 @@ pub fn apply(profile: &SandboxProfile) -> Result<Applied, SandboxError> {
     let files = keep_files(profile)?;
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
-    let target = if root {
-        target_user(&profile.user)?
+    // A real-time placement after the uid drop needs RLIMIT_RTPRIO (raising it needs
+    // CAP_SYS_RESOURCE, which a container's root may lack).
+    let rt_limit = profile
+        .rt_priority
+        .map(|p| set_limit(libc::RLIMIT_RTPRIO, "RLIMIT_RTPRIO", p));
+    let stays_root = if !profile.cgroup_dirs.is_empty() || !profile.cgroup_files.is_empty() {
+        Some("its budget's cgroup must be left and removed when the VM ends".to_string())
+    } else if let Some(Err(e)) = rt_limit {
+        Some(format!("its SCHED_RR placement needs CAP_SYS_NICE ({e})"))
     } else {
         None
     };
+    let target = match &stays_root {
+        None if root => target_user(&profile.user)?,
+        _ => None,
+    };
+    if let Some(why) = stays_root.filter(|_| root && profile.user != UserChoice::Keep) {
+        eprintln!(
+            "keel: warning: sandbox of vm {:?}: the VMM process stays root: {why}; seccomp, Landlock and namespaces still apply",
+            profile.vm
+        );
+    }
     seccomp::install_sigsys_handler()?;
 
     // Room for the VM's descriptors twice over (a rebuild after a reset opens its new

@@ -186,6 +186,8 @@ const PROCESS: &[libc::c_long] = &[
     libc::SYS_sched_setscheduler,
     libc::SYS_sched_getscheduler,
     libc::SYS_sched_getparam,
+    libc::SYS_setpriority,
+    libc::SYS_getpriority,
     libc::SYS_seccomp,
     libc::SYS_dup,
     libc::SYS_dup3,

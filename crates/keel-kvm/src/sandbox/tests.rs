@@ -75,6 +75,9 @@ fn profile(read_only: Vec<PathBuf>) -> SandboxProfile {
         new_net_namespace: true,
         user: UserChoice::Default,
         file_size_limit: None,
+        rt_priority: None,
+        cgroup_files: Vec::new(),
+        cgroup_dirs: Vec::new(),
     }
 }
 

@@ -1180,9 +1180,14 @@ pub fn start_vm_in(
         if let placement::SchedClass::RoundRobin { rt_priority } = host_placement.class {
             profile.rt_priority = u64::try_from(rt_priority).ok();
         }
+        let began = Instant::now();
         let applied = crate::sandbox::apply(&profile)
             .map_err(|e| VmmError::Host(format!("vm {:?}: sandbox: {e}", spec.name)))?;
-        log::debug(format_args!("vm {:?}: sandboxed: {applied:?}", spec.name));
+        log::debug(format_args!(
+            "vm {:?}: sandboxed in {} us: {applied:?}",
+            spec.name,
+            began.elapsed().as_micros()
+        ));
     }
     let shared = Arc::new(HandleShared::default());
     let (events_tx, events_rx) = mpsc::channel();

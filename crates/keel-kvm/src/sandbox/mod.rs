@@ -7,7 +7,7 @@
 //!    `/dev/urandom`) is opened now and kept ([`kept`]): a rebuild after a guest reset
 //!    reuses these descriptors instead of opening paths;
 //! 2. rlimits: `RLIMIT_CORE` 0, `RLIMIT_NOFILE` to what the VM needs, `RLIMIT_FSIZE` to the
-//!    largest writable disk when no guest output goes to a file;
+//!    largest writable disk when no guest output, stdout or stderr goes to a file;
 //! 3. fresh mount, IPC and network namespaces (`unshare`; in a new user namespace when not
 //!    root); the network one always, since a VMM process never uses the host network (no
 //!    PID namespace: see [`unshare_namespaces`]);
@@ -343,6 +343,18 @@ fn set_limit(
     Ok(())
 }
 
+/// Whether stdout or stderr is a regular file.
+fn stdio_is_a_file() -> bool {
+    [libc::STDOUT_FILENO, libc::STDERR_FILENO]
+        .iter()
+        .any(|&fd| {
+            // SAFETY: a zeroed stat is valid; fstat fills it or fails.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: fstat of a descriptor number with a valid pointer.
+            unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG }
+        })
+}
+
 /// The highest open descriptor of this process.
 fn highest_fd() -> Result<u64, SandboxError> {
     let dir = std::fs::read_dir("/proc/self/fd").map_err(|e| SandboxError::Setup {
@@ -505,7 +517,9 @@ pub fn apply(profile: &SandboxProfile) -> Result<Applied, SandboxError> {
     let max_files = (highest_fd()? + 1) * 2 + 32;
     set_limit(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE", max_files)?;
     set_limit(libc::RLIMIT_CORE, "RLIMIT_CORE", 0)?;
-    if let Some(size) = profile.file_size_limit {
+    // Not when stdout or stderr is a file (`keel run … > log`, a daemon's log): its writes
+    // would meet the limit (SIGXFSZ).
+    if let Some(size) = profile.file_size_limit.filter(|_| !stdio_is_a_file()) {
         set_limit(libc::RLIMIT_FSIZE, "RLIMIT_FSIZE", size)?;
     }
     let namespaces = unshare_namespaces(profile, root)?;

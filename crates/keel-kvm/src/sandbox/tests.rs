@@ -342,3 +342,56 @@ fn sandboxed_process_shows_its_filter_namespaces_and_user_in_proc() {
         );
     }
 }
+
+fn vm_spec() -> VmSpec {
+    let mut v = VmSpec::new(
+        "web",
+        keel_spec::Arch::X86_64,
+        keel_spec::HostPath::new("/k"),
+        keel_spec::Memory::Size(64 << 20),
+    );
+    v.initrd = Some(keel_spec::HostPath::new("/i"));
+    v.disks = vec![
+        keel_spec::DiskSpec {
+            path: keel_spec::HostPath::new("/rw.img"),
+            read_only: false,
+            id: None,
+        },
+        keel_spec::DiskSpec {
+            path: keel_spec::HostPath::new("/ro.img"),
+            read_only: true,
+            id: None,
+        },
+    ];
+    v
+}
+
+#[test]
+fn profile_of_a_vm_reads_kernel_initrd_and_read_only_disks_and_writes_the_others() {
+    let spec = vm_spec();
+
+    let p = SandboxProfile::for_vm(&spec);
+
+    let paths = |v: &[PathBuf]| {
+        v.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(paths(&p.read_only), ["/k", "/i", "/ro.img"]);
+    assert_eq!(paths(&p.read_write), ["/rw.img"]);
+    assert_eq!(paths(&p.devices), ["/dev/kvm"]);
+    assert!(p.read_only_devices.is_empty());
+    assert!(p.new_net_namespace);
+}
+
+#[test]
+fn profile_of_a_vm_with_an_rng_reads_urandom_and_file_output_lifts_the_size_limit() {
+    let mut spec = vm_spec();
+    spec.rng = true;
+    spec.serial = Output::File(keel_spec::HostPath::new("/serial.log"));
+
+    let p = SandboxProfile::for_vm(&spec);
+
+    assert_eq!(p.read_only_devices, [PathBuf::from("/dev/urandom")]);
+    assert_eq!(p.file_size_limit, None);
+}

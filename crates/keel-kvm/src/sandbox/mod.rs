@@ -327,11 +327,13 @@ fn keep_files(profile: &SandboxProfile) -> Result<HashMap<PathBuf, File>, Sandbo
     Ok(files)
 }
 
-fn set_limit(
-    resource: libc::__rlimit_resource_t,
-    name: &str,
-    value: u64,
-) -> Result<(), SandboxError> {
+/// The type of `setrlimit`'s resource argument (glibc has its own).
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
+fn set_limit(resource: Resource, name: &str, value: u64) -> Result<(), SandboxError> {
     let limit = libc::rlimit {
         rlim_cur: value,
         rlim_max: value,

@@ -49,6 +49,7 @@ const fn kvm_ioc(dir: u64, nr: u64, size: usize) -> u64 {
 }
 const KVMIO: u64 = 0xAE;
 const IOC_WRITE: u64 = 1;
+#[cfg(target_arch = "x86_64")]
 const IOC_READ: u64 = 2;
 /// `KVM_RUN`.
 pub const KVM_RUN: u64 = kvm_ioc(0, 0x80, 0);

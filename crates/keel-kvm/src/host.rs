@@ -24,6 +24,13 @@ pub fn modules_list_kvm_pvm(modules: &str) -> bool {
 /// Whether this host's KVM is a software implementation (kvm_pvm, or on x86 no VT-x/AMD-V;
 /// arm64's `/proc/cpuinfo` does not list EL2, so there only kvm_pvm counts).
 pub fn is_software_kvm() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(look_for_software_kvm)
+}
+
+/// [`is_software_kvm`], from the host's files (asked once: a sandboxed VMM can no longer
+/// read them).
+fn look_for_software_kvm() -> bool {
     let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
     let pvm =
         std::path::Path::new("/sys/module/kvm_pvm").exists() || modules_list_kvm_pvm(&modules);
@@ -53,8 +60,22 @@ pub fn parse_vm_hwm(status: &str) -> Option<u64> {
 }
 
 /// This process's peak RSS in bytes.
+/// This process's peak RSS in bytes: `VmHWM`, or `getrusage`'s maximum when
+/// /proc/self/status cannot be read (a sandboxed VMM).
 pub fn peak_rss() -> Option<u64> {
-    parse_vm_hwm(&std::fs::read_to_string("/proc/self/status").ok()?)
+    if let Some(v) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| parse_vm_hwm(&s))
+    {
+        return Some(v);
+    }
+    // SAFETY: a zeroed rusage is valid; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    u64::try_from(usage.ru_maxrss).ok()?.checked_mul(1024)
 }
 
 /// The terminal attributes to restore if the process exits without unwinding (a panic hook

@@ -2,6 +2,7 @@
 //! interrupt lines and ioeventfds.
 
 use std::any::Any;
+use std::os::fd::FromRawFd;
 use std::sync::{Arc, Mutex};
 
 use keel_core::hv::VmConfig;
@@ -32,7 +33,18 @@ pub struct KvmHypervisor {
 impl KvmHypervisor {
     /// Open `/dev/kvm` and check its API version.
     pub fn new() -> Result<KvmHypervisor, HvError> {
-        let kvm = Kvm::new().map_err(call("open /dev/kvm"))?;
+        let kvm = match crate::sandbox::kept(std::path::Path::new("/dev/kvm")) {
+            // SAFETY: a fresh descriptor of /dev/kvm (a clone of the sandbox's), owned by
+            // the Kvm from here on.
+            Some(Ok(f)) => unsafe { Kvm::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(f)) },
+            Some(Err(e)) => {
+                return Err(HvError::Call {
+                    op: "open /dev/kvm",
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
+                });
+            }
+            None => Kvm::new().map_err(call("open /dev/kvm"))?,
+        };
         let version = kvm.get_api_version();
         if version != 12 {
             return Err(HvError::Invalid {

@@ -28,6 +28,7 @@ pub mod io;
 pub mod log;
 pub mod net;
 pub mod placement;
+pub mod sandbox;
 pub mod stats;
 pub mod vcpu;
 pub mod vmm;

@@ -629,6 +629,18 @@ impl Cgroup {
         Ok(cgroup)
     }
 
+    /// What leaving and removing the cgroup at the end needs: the file the process writes
+    /// its pid to (the previous cgroup's `cgroup.procs`) and the directories holding the
+    /// directories it removes (for a sandboxed VMM: see `sandbox::SandboxProfile`).
+    pub fn exit_paths(&self) -> (PathBuf, Vec<PathBuf>) {
+        let parents = self
+            .created
+            .iter()
+            .filter_map(|d| d.parent().map(Path::to_path_buf))
+            .collect();
+        (self.previous.join("cgroup.procs"), parents)
+    }
+
     /// The cgroup's directory.
     pub fn path(&self) -> &Path {
         &self.dir

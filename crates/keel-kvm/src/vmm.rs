@@ -440,12 +440,14 @@ impl DeviceBackends for LinuxBackends<'_> {
             .disks
             .get(disk)
             .ok_or_else(|| BackendError::Unavailable(format!("no disk {disk}")))?;
-        let backend = FileBackend::open(d.path.as_path(), d.read_only).map_err(|e| {
-            BackendError::HostFile {
-                what: format!("disk {disk}"),
-                path: d.path.to_string(),
-                reason: e.to_string(),
-            }
+        let backend = match crate::sandbox::kept(d.path.as_path()) {
+            Some(file) => file.and_then(|f| FileBackend::from_file(f, d.read_only)),
+            None => FileBackend::open(d.path.as_path(), d.read_only),
+        }
+        .map_err(|e| BackendError::HostFile {
+            what: format!("disk {disk}"),
+            path: d.path.to_string(),
+            reason: e.to_string(),
         })?;
         Ok(Box::new(backend))
     }
@@ -534,7 +536,12 @@ impl DeviceBackends for LinuxBackends<'_> {
     }
 
     fn entropy(&mut self, _plan: &VmPlan) -> Result<Box<dyn EntropySource>, BackendError> {
-        let source = OsEntropy::open().map_err(|e| BackendError::HostFile {
+        let kept = crate::sandbox::kept(std::path::Path::new("/dev/urandom"));
+        let source = match kept {
+            Some(file) => file.map(OsEntropy::from_file),
+            None => OsEntropy::open(),
+        }
+        .map_err(|e| BackendError::HostFile {
             what: "entropy source".into(),
             path: "/dev/urandom".into(),
             reason: e.to_string(),
@@ -584,11 +591,14 @@ impl std::fmt::Debug for Vmm {
 }
 
 fn read_file(what: &str, path: &keel_spec::HostPath) -> Result<Vec<u8>, VmmError> {
-    std::fs::read(path.as_path()).map_err(|e| VmmError::HostFile {
-        what: what.to_string(),
-        path: path.to_string(),
-        reason: e.to_string(),
-    })
+    // A sandboxed process reads the copy it kept open (see `sandbox::kept`).
+    crate::sandbox::read_kept(path.as_path())
+        .unwrap_or_else(|| std::fs::read(path.as_path()))
+        .map_err(|e| VmmError::HostFile {
+            what: what.to_string(),
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 impl Vmm {
@@ -850,10 +860,21 @@ impl Vmm {
         }
         let mut io_threads = Vec::with_capacity(contexts.len());
         for (name, ctx) in contexts {
+            let control = control.clone();
             io_threads.push(
                 std::thread::Builder::new()
                     .name(name)
-                    .spawn(move || io::run(ctx))
+                    .spawn(move || {
+                        if let Err(e) = crate::sandbox::enter(crate::sandbox::Role::Io) {
+                            log::error(format_args!("I/O thread: sandbox: {e}"));
+                            control.finish(Err(HvError::Call {
+                                op: "seccomp filter of an I/O thread",
+                                errno: libc::EPERM,
+                            }));
+                            return;
+                        }
+                        io::run(ctx)
+                    })
                     .map_err(|e| VmmError::Host(format!("cannot start an I/O thread: {e}")))?,
             );
         }
@@ -874,6 +895,14 @@ impl Vmm {
                 .name(format!("keel-vcpu{id}"))
                 .spawn(move || {
                     let _exited = exited;
+                    if let Err(e) = crate::sandbox::enter(crate::sandbox::Role::Vcpu) {
+                        log::error(format_args!("vcpu {id}: sandbox: {e}"));
+                        control.finish(Err(HvError::Call {
+                            op: "seccomp filter of a vCPU thread",
+                            errno: libc::EPERM,
+                        }));
+                        return;
+                    }
                     if let Some(cpus) = cpus {
                         // The CPUs were checked against this process's when the VM was
                         // built; a failure now (the host took a CPU away) is reported.
@@ -1140,6 +1169,26 @@ pub fn start_vm_in(
     };
     let outputs = VmOutputs::open(spec)?;
     let first = Vmm::build(spec, &outputs, network.as_ref())?;
+    // The sandbox asked for (`sandbox::request`): the VM is built, no vCPU runs yet, and
+    // this is still the process's only thread.
+    if let Some(mut profile) = crate::sandbox::take_request() {
+        if let Some(c) = &cgroup {
+            let (procs, dirs) = c.exit_paths();
+            profile.cgroup_files.push(procs);
+            profile.cgroup_dirs.extend(dirs);
+        }
+        if let placement::SchedClass::RoundRobin { rt_priority } = host_placement.class {
+            profile.rt_priority = u64::try_from(rt_priority).ok();
+        }
+        let began = Instant::now();
+        let applied = crate::sandbox::apply(&profile)
+            .map_err(|e| VmmError::Host(format!("vm {:?}: sandbox: {e}", spec.name)))?;
+        log::debug(format_args!(
+            "vm {:?}: sandboxed in {} us: {applied:?}",
+            spec.name,
+            began.elapsed().as_micros()
+        ));
+    }
     let shared = Arc::new(HandleShared::default());
     let (events_tx, events_rx) = mpsc::channel();
     let name = spec.name.clone();
@@ -1165,6 +1214,9 @@ pub fn start_vm_in(
             })
             .map_err(|e| VmmError::Host(format!("cannot start the VM's supervisor: {e}")))?
     };
+    // In a sandboxed process the calling (main) thread only waits from now on.
+    crate::sandbox::enter(crate::sandbox::Role::Main)
+        .map_err(|e| VmmError::Host(format!("vm {name:?}: sandbox: {e}")))?;
     Ok(VmHandle {
         name,
         shared,

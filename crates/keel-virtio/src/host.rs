@@ -26,6 +26,12 @@ impl FileBackend {
     /// Open the image at `path`; `read_only` opens it O_RDONLY.
     pub fn open(path: impl AsRef<Path>, read_only: bool) -> io::Result<FileBackend> {
         let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        FileBackend::from_file(file, read_only)
+    }
+
+    /// An image over an already open `file` (opened for writing unless `read_only`); its
+    /// file offset is not used (positional I/O only).
+    pub fn from_file(file: File, read_only: bool) -> io::Result<FileBackend> {
         let size = file.metadata()?.len();
         Ok(FileBackend {
             file,
@@ -249,9 +255,12 @@ pub struct OsEntropy {
 impl OsEntropy {
     /// Open `/dev/urandom`.
     pub fn open() -> io::Result<OsEntropy> {
-        Ok(OsEntropy {
-            file: File::open("/dev/urandom")?,
-        })
+        Ok(OsEntropy::from_file(File::open("/dev/urandom")?))
+    }
+
+    /// Entropy from an already open `/dev/urandom` (a sandboxed VMM's kept descriptor).
+    pub fn from_file(file: File) -> OsEntropy {
+        OsEntropy { file }
     }
 }
 

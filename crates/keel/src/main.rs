@@ -484,6 +484,8 @@ fn run(
 ) -> Result<u8, Failure> {
     let sys = load(system)?;
     let spec = pick_vm(&sys, vm)?;
+    // `keel run`'s VMM is sandboxed like `keel up`'s (docs/security.md).
+    keel_kvm::sandbox::request_for(spec).map_err(|e| Failure::input(e.to_string()))?;
     if !spec.nics.is_empty() {
         return Err(Failure::input(format!(
             "vm {:?} has network interfaces: run the whole system with `keel up {}` (it starts the switches)",

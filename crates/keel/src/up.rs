@@ -869,6 +869,8 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
         spec.serial = keel_spec::Output::Stdio;
         crate::admin::vmmproc::attach_console(dir)?;
     }
+    // Sandboxed once its VM is built, before the vCPUs run (docs/security.md).
+    keel_kvm::sandbox::request_for(&spec).map_err(|e| Failure::input(format!("__vmm: {e}")))?;
     let result = crate::run_vm_to_exit(
         &spec,
         Some(network),

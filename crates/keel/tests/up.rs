@@ -915,3 +915,90 @@ fn cache_colours_are_warned_about_once_for_the_system_and_its_vms_run() {
         "{run:?}"
     );
 }
+
+/// The `__vmm` children of `pid`.
+fn vmm_children_of(pid: u32) -> Vec<u32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"__vmm"))
+        })
+        .collect()
+}
+
+/// What /proc says of a process: its status text and its mnt, net and ipc namespaces.
+#[derive(Debug, Default)]
+struct ProcView {
+    status: String,
+    namespaces: Vec<(String, std::path::PathBuf)>,
+}
+
+fn proc_view(pid: u32) -> ProcView {
+    ProcView {
+        status: std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default(),
+        namespaces: ["mnt", "net", "ipc"]
+            .iter()
+            .filter_map(|n| {
+                let link = std::fs::read_link(format!("/proc/{pid}/ns/{n}")).ok()?;
+                Some((n.to_string(), link))
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn running_vmm_process_is_sandboxed() {
+    if !kvm_or_skip("running_vmm_process_is_sandboxed") {
+        return;
+    }
+    let g = testguest();
+    let s = Scratch::new("sandboxed");
+    // console-input waits 20 s for host input that never comes.
+    let toml = vm(
+        &g,
+        "a",
+        "keeltest=console-input",
+        &[],
+        "[[vm.console]]\noutput = \"null\"\n",
+    );
+    let sys = s.system(&toml);
+    let views = Mutex::new((ProcView::default(), ProcView::default()));
+
+    let run = keel_with(&["up", sys.to_str().unwrap()], |pid| {
+        // The sandbox is applied once the VM is built: wait for the filter to show.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut vmm = proc_view(0);
+        while Instant::now() < deadline {
+            if let Some(&p) = vmm_children_of(pid).first() {
+                vmm = proc_view(p);
+                if vmm.status.contains("\nSeccomp:\t2\n") {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        *views.lock().unwrap() = (proc_view(pid), vmm);
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    });
+
+    let (parent, vmm) = views.into_inner().unwrap();
+    assert_eq!(run.status, 128 + 15, "{run:?}");
+    assert!(vmm.status.contains("\nSeccomp:\t2\n"), "{}", vmm.status);
+    assert!(vmm.status.contains("\nNoNewPrivs:\t1\n"), "{}", vmm.status);
+    assert_eq!(vmm.namespaces.len(), 3, "{vmm:?}");
+    for ((name, theirs), (_, ours)) in vmm.namespaces.iter().zip(&parent.namespaces) {
+        assert_ne!(theirs, ours, "{name} namespace");
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let uid = vmm
+            .status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok());
+        assert!(uid.is_some_and(|u| u != 0), "{}", vmm.status);
+    }
+}

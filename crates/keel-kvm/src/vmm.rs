@@ -1189,6 +1189,8 @@ pub fn start_vm_in(
             began.elapsed().as_micros()
         ));
     }
+    // Threads the process asked to start under the sandbox (e.g. the admin's console relay).
+    crate::sandbox::run_deferred();
     let shared = Arc::new(HandleShared::default());
     let (events_tx, events_rx) = mpsc::channel();
     let name = spec.name.clone();

@@ -270,6 +270,30 @@ pub fn request_for(spec: &VmSpec) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Work to start once the VM is built and the process sandboxed (or right away there if
+/// no sandbox was asked for): threads the VMM process needs besides the VM's own, which
+/// must not exist while the sandbox is applied (it needs a single-threaded process) and
+/// must start under it. Each starts its thread and that thread calls [`enter`] first.
+type Deferred = Box<dyn FnOnce() + Send>;
+
+static DEFERRED: Mutex<Vec<Deferred>> = Mutex::new(Vec::new());
+
+/// Run `start` once the VM of this process is built and sandboxed (see [`Deferred`]).
+pub fn after_apply(start: impl FnOnce() + Send + 'static) {
+    DEFERRED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Box::new(start));
+}
+
+/// Run what [`after_apply`] deferred (by the VMM once its sandbox is in place).
+pub(crate) fn run_deferred() {
+    let starts = std::mem::take(&mut *DEFERRED.lock().unwrap_or_else(|p| p.into_inner()));
+    for start in starts {
+        start();
+    }
+}
+
 /// Narrow the calling thread to `role` (a thread the VMM starts, at its start). Does
 /// nothing in a process that is not sandboxed.
 pub fn enter(role: Role) -> Result<(), SandboxError> {

@@ -29,6 +29,10 @@ pub enum Role {
     /// A device's I/O thread (and the stdin reader): polls its doorbells, moves data to and
     /// from disks and rings, raises interrupt lines.
     Io,
+    /// The console relay of a VMM the admin started (`keel daemon`): copies the guest's
+    /// serial output to its log and to one client of its console socket, the client's bytes
+    /// to the guest's input; accepts that client.
+    Console,
 }
 
 impl std::fmt::Display for Role {
@@ -38,6 +42,7 @@ impl std::fmt::Display for Role {
             Role::Main => "main",
             Role::Vcpu => "vcpu",
             Role::Io => "io",
+            Role::Console => "console",
         })
     }
 }
@@ -159,6 +164,16 @@ const IO: &[libc::c_long] = &[
     libc::SYS_fsync,
 ];
 
+/// The console relay thread, on top of [`BASE`]: waiting, accepting its one client on the
+/// socket it was given, and a write timeout on that client.
+const CONSOLE: &[libc::c_long] = &[
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_accept4,
+    libc::SYS_setsockopt,
+];
+
 /// The main thread, on top of [`BASE`]: waiting on the supervisor and on signals, and the
 /// thread that reports counters in `keel up`.
 const MAIN: &[libc::c_long] = &[
@@ -253,8 +268,14 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Bac
             allow(MAIN);
             ioctls(&TERMINAL_IOCTLS)?
         }
+        // No ioctl at all.
+        Role::Console => {
+            allow(CONSOLE);
+            Vec::new()
+        }
         Role::Process => {
             allow(IO);
+            allow(CONSOLE);
             allow(MAIN);
             allow(PROCESS);
             // Any KVM ioctl (type 0xAE: on /dev/kvm, the VM and the vCPUs; which ones a
@@ -264,7 +285,9 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Bac
             r
         }
     };
-    map.insert(libc::SYS_ioctl, ioctl);
+    if !ioctl.is_empty() {
+        map.insert(libc::SYS_ioctl, ioctl);
+    }
     if matches!(role, Role::Main | Role::Process) {
         // Threads only: no new processes (fork, vfork and clone without CLONE_THREAD).
         map.insert(
@@ -327,6 +350,7 @@ pub(super) struct Filters {
     main: BpfProgram,
     vcpu: BpfProgram,
     io: BpfProgram,
+    console: BpfProgram,
 }
 
 impl Filters {
@@ -337,6 +361,7 @@ impl Filters {
             main: compile(Role::Main)?,
             vcpu: compile(Role::Vcpu)?,
             io: compile(Role::Io)?,
+            console: compile(Role::Console)?,
         })
     }
 
@@ -354,6 +379,7 @@ impl Filters {
             Role::Main => seccompiler::apply_filter(&self.main).map_err(fail),
             Role::Vcpu => seccompiler::apply_filter(&self.vcpu).map_err(fail),
             Role::Io => seccompiler::apply_filter(&self.io).map_err(fail),
+            Role::Console => seccompiler::apply_filter(&self.console).map_err(fail),
         }
     }
 }
@@ -370,6 +396,7 @@ pub(super) fn set_thread_role(role: Role) {
             Role::Main => 2,
             Role::Vcpu => 3,
             Role::Io => 4,
+            Role::Console => 5,
         })
     });
 }
@@ -415,6 +442,7 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         2 => b"main",
         3 => b"vcpu",
         4 => b"io",
+        5 => b"console",
         _ => b"unknown",
     };
     let mut buf = [0u8; 256];

@@ -115,20 +115,30 @@ pub(crate) fn attach_console(dir: &Path) -> Result<(), Failure> {
         return Err(failure("dup2", std::io::Error::last_os_error()));
     }
     drop((out_w, in_r));
-    let relay = std::thread::Builder::new()
-        .name("keel-console".into())
-        .spawn(move || {
-            Relay {
-                log,
-                listener,
-                client: None,
-                guest_in: std::fs::File::from(in_w),
-                sigfd,
-            }
-            .run(std::fs::File::from(out_r))
-        })
-        .map_err(|e| failure("console thread", e))?;
-    *RELAY.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
+    // The relay thread starts once the VM is built and the process sandboxed (the sandbox
+    // needs a single-threaded process), under its own seccomp role.
+    keel_kvm::sandbox::after_apply(move || {
+        let relay = std::thread::Builder::new()
+            .name("keel-console".into())
+            .spawn(move || {
+                if let Err(e) = keel_kvm::sandbox::enter(keel_kvm::sandbox::Role::Console) {
+                    keel_kvm::log::error(format_args!("console relay: sandbox: {e}"));
+                    return;
+                }
+                Relay {
+                    log,
+                    listener,
+                    client: None,
+                    guest_in: std::fs::File::from(in_w),
+                    sigfd,
+                }
+                .run(std::fs::File::from(out_r))
+            });
+        match relay {
+            Ok(t) => *RELAY.lock().unwrap_or_else(|p| p.into_inner()) = Some(t),
+            Err(e) => keel_kvm::log::error(format_args!("cannot start the console relay: {e}")),
+        }
+    });
     Ok(())
 }
 
@@ -142,10 +152,10 @@ static RELAY: std::sync::Mutex<Option<std::thread::JoinHandle<()>>> = std::sync:
 /// console thread to copy what is left.
 fn drain_console() {
     let _ = std::io::stdout().flush();
-    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        // SAFETY: dup2 onto stdout from a descriptor we own.
-        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
-    }
+    // Closed, not replaced: a sandboxed VMM may not open /dev/null any more, and Rust's
+    // stdout treats a closed descriptor as a sink.
+    // SAFETY: closes this process's stdout, which nothing uses after this point.
+    unsafe { libc::close(libc::STDOUT_FILENO) };
     if let Some(t) = RELAY.lock().unwrap_or_else(|p| p.into_inner()).take() {
         let _ = t.join();
     }

@@ -235,10 +235,10 @@ fn a_poweroff_typed_on_the_console_stops_the_vm() {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("awaiting poweroff"))
     });
 
-    // The console ends when the VM's VMM does.
-    let (code, out, err) = d.ctl(&["console", "web"], b"poweroff\n");
+    // The console ends when the VM's VMM does. (What the guest prints as it powers off is
+    // not checked: the VMM's console relay may lose its last bytes when the process ends.)
+    let (code, _, err) = d.ctl(&["console", "web"], b"poweroff\n");
 
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("keeltest: poweroff requested"), "{out}");
     d.wait_for("VM web stopped", || d.state_of("web") == "stopped");
 }

@@ -174,8 +174,8 @@ enum Reply {
     Error(u16, String, Option<(&'static str, String)>),
     /// 101, then the console's bytes both ways.
     Console(UnixStream),
-    /// 200, then one event per line.
-    Events(Receiver<Event>, Grant),
+    /// 200, then one event per line, while the secret stays a current token.
+    Events(Receiver<Event>, Grant, String),
 }
 
 fn error(status: u16, message: impl Into<String>) -> Reply {
@@ -304,7 +304,7 @@ impl Api {
                 http::write_response(&mut stream, status, &headers, &http::error_body(&message))
             }
             Reply::Console(vm) => console(stream, vm, &rest),
-            Reply::Events(rx, grant) => self.events(stream, rx, &grant),
+            Reply::Events(rx, grant, secret) => self.events(stream, rx, &grant, &secret),
         };
     }
 
@@ -327,7 +327,7 @@ impl Api {
             Ok(r) => r,
             Err(reply) => return reply,
         };
-        match self.dispatch(req, route, param.as_deref().unwrap_or(""), &grant) {
+        match self.dispatch(req, route, param.as_deref().unwrap_or(""), &grant, secret) {
             Ok(r) | Err(r) => r,
         }
     }
@@ -353,6 +353,7 @@ impl Api {
         route: &Route,
         param: &str,
         grant: &Grant,
+        secret: &str,
     ) -> Result<Reply, Reply> {
         let sup = &*self.supervisor;
         let vm = param;
@@ -416,7 +417,11 @@ impl Api {
             Op::Stop => ok(sup.stop(vm)),
             Op::Restart => ok(sup.restart(vm)),
             Op::Console => sup.console(vm).map(Reply::Console).map_err(admin_error),
-            Op::Events => Ok(Reply::Events(sup.subscribe(), grant.clone())),
+            Op::Events => Ok(Reply::Events(
+                sup.subscribe(),
+                grant.clone(),
+                secret.to_string(),
+            )),
             Op::ListTokens => Ok(json(200, &self.tokens.list())),
             Op::CreateToken => {
                 let new: Grant = parse_body(req)?;
@@ -470,7 +475,13 @@ impl Api {
 
     /// Stream events to the client until it goes away, its token is revoked or the
     /// supervisor drops the subscription.
-    fn events(&self, mut stream: UnixStream, rx: Receiver<Event>, grant: &Grant) -> io::Result<()> {
+    fn events(
+        &self,
+        mut stream: UnixStream,
+        rx: Receiver<Event>,
+        grant: &Grant,
+        secret: &str,
+    ) -> io::Result<()> {
         stream.write_all(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         )?;
@@ -478,7 +489,7 @@ impl Api {
         loop {
             match rx.recv_timeout(EVENT_POLL) {
                 Ok(event) => {
-                    if !self.tokens.is_current(grant) {
+                    if self.tokens.authenticate(secret).is_none() {
                         return Ok(());
                     }
                     if self.may_see(grant, &event, &mut cache) {
@@ -488,7 +499,7 @@ impl Api {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if !self.tokens.is_current(grant) || peer_closed(&stream) {
+                    if self.tokens.authenticate(secret).is_none() || peer_closed(&stream) {
                         return Ok(());
                     }
                 }

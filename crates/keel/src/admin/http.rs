@@ -831,6 +831,43 @@ mod tests {
         assert_eq!(HttpError::Closed.status(), None);
     }
 
+    /// Any head, however mangled, is parsed or refused: never a panic (the daemon's release
+    /// build aborts on one).
+    #[test]
+    fn mangled_heads_are_refused_without_panicking() {
+        let seed =
+            b"PUT /v1/vms/a/shutdown HTTP/1.1\r\nAuthorization: Bearer x\r\nContent-Length: 2";
+        let alphabet = b"\r\n :\t\x00\x7f\xff/?%HTTP1.0GETabc";
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut parsed = 0;
+        for _ in 0..20_000 {
+            let mut head = seed.to_vec();
+            for _ in 0..(next() % 6) {
+                let at = (next() as usize) % (head.len() + 1);
+                let b = alphabet[(next() as usize) % alphabet.len()];
+                match next() % 3 {
+                    0 if at < head.len() => head[at] = b,
+                    1 if at < head.len() => {
+                        head.remove(at);
+                    }
+                    _ => head.insert(at, b),
+                }
+            }
+            if let Ok(r) = parse_head(&head) {
+                parsed += 1;
+                let _ = content_length(&r.headers, &Limits::default());
+            }
+        }
+        // Some mutations keep the head valid (e.g. in a header value); most do not.
+        assert!(parsed > 0 && parsed < 20_000, "{parsed}");
+    }
+
     #[test]
     fn a_client_reads_a_response_with_a_body() {
         let dir = std::env::temp_dir().join(format!("keel-http-{}", std::process::id()));

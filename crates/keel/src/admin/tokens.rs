@@ -477,11 +477,6 @@ impl TokenStore {
         found
     }
 
-    /// Whether the token `name` with this grant is still current (not revoked).
-    pub fn is_current(&self, grant: &Grant) -> bool {
-        self.lock().iter().any(|t| t.grant == *grant)
-    }
-
     /// Every token's grant, in creation order.
     pub fn list(&self) -> Vec<Grant> {
         self.lock().iter().map(|t| t.grant.clone()).collect()

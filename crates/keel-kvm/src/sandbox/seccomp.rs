@@ -109,6 +109,11 @@ const TERMINAL_IOCTLS: [u64; 4] = [
     libc::TCSETSF as u64,
 ];
 
+/// `set_nonblocking` on a socket (the console relay's listener and client).
+// `libc::Ioctl` is u64 with glibc, c_int elsewhere.
+#[allow(clippy::unnecessary_cast)]
+const FIONBIO: u64 = libc::FIONBIO as u64;
+
 #[cfg(target_arch = "x86_64")]
 const ARCH: TargetArch = TargetArch::x86_64;
 #[cfg(target_arch = "aarch64")]
@@ -165,13 +170,17 @@ const IO: &[libc::c_long] = &[
 ];
 
 /// The console relay thread, on top of [`BASE`]: waiting, accepting its one client on the
-/// socket it was given, and a write timeout on that client.
+/// socket it was given, a write timeout on that client, talking to it.
 const CONSOLE: &[libc::c_long] = &[
     #[cfg(target_arch = "x86_64")]
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_accept4,
     libc::SYS_setsockopt,
+    // std's UnixStream reads and writes with recv and send (MSG_NOSIGNAL).
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_shutdown,
 ];
 
 /// The main thread, on top of [`BASE`]: waiting on the supervisor and on signals, and the
@@ -268,10 +277,10 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Bac
             allow(MAIN);
             ioctls(&TERMINAL_IOCTLS)?
         }
-        // No ioctl at all.
+        // Only FIONBIO (std's `set_nonblocking` on its sockets).
         Role::Console => {
             allow(CONSOLE);
-            Vec::new()
+            ioctls(&[FIONBIO])?
         }
         Role::Process => {
             allow(IO);
@@ -281,13 +290,12 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Bac
             // Any KVM ioctl (type 0xAE: on /dev/kvm, the VM and the vCPUs; which ones a
             // rebuild makes depends on the architecture and the host), and the terminal.
             let mut r = ioctls(&TERMINAL_IOCTLS)?;
+            r.extend(ioctls(&[FIONBIO])?);
             r.push(condition(1, SeccompCmpOp::MaskedEq(0xff00), KVMIO << 8)?);
             r
         }
     };
-    if !ioctl.is_empty() {
-        map.insert(libc::SYS_ioctl, ioctl);
-    }
+    map.insert(libc::SYS_ioctl, ioctl);
     if matches!(role, Role::Main | Role::Process) {
         // Threads only: no new processes (fork, vfork and clone without CLONE_THREAD).
         map.insert(

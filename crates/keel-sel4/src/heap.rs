@@ -44,6 +44,28 @@ impl<const ARENA: usize> Heap<ARENA> {
     }
 }
 
+impl<const ARENA: usize> Heap<ARENA> {
+    /// Make the whole arena free again, releasing the lock whoever held it (a protection
+    /// domain restarted at its entry point: the VMM PD after a fault).
+    ///
+    /// # Safety
+    ///
+    /// No block handed out before is used again (nor freed): the caller forgot every
+    /// value that owns one, and nothing is running inside `alloc` or `dealloc`.
+    pub unsafe fn reset(&self) {
+        // SAFETY: the caller's guarantee: whoever held the lock is gone.
+        unsafe { self.state.force_unlock() };
+        let mut s = self.state.lock();
+        s.next = 0;
+        s.free = [0; CLASSES];
+    }
+
+    /// Bytes handed out so far (the high-water mark).
+    pub fn used(&self) -> usize {
+        self.state.lock().next
+    }
+}
+
 impl<const ARENA: usize> core::fmt::Debug for Heap<ARENA> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Heap").field("arena", &ARENA).finish()

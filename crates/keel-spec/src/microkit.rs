@@ -377,14 +377,32 @@ pub fn placement(
 const TWO_MIB: u64 = 2 << 20;
 
 /// Most VMs in one system: the console PD gives each VMM one of its 62 Microkit channels
-/// (ids 0..=60; 61 stays free for the console UART's interrupt).
-pub const MAX_VMS: usize = 61;
+/// (ids 0..=59), the admin PD the next one (60); 61 stays free for the console UART's
+/// interrupt.
+pub const MAX_VMS: usize = 60;
 
 /// Name of the console protection domain.
 pub const CONSOLE_PD_NAME: &str = "keel_console";
 
 /// File name of the console PD's ELF (found on the Microkit tool's search path).
 pub const CONSOLE_ELF_NAME: &str = "keel-console.elf";
+
+/// Name of the admin protection domain: the Microkit parent of every VMM PD, which
+/// receives their faults and restarts them (keel-sel4's admin PD).
+pub const ADMIN_PD_NAME: &str = "keel_admin";
+
+/// Program image of the admin PD.
+pub const ADMIN_ELF_NAME: &str = "keel-admin.elf";
+
+/// The admin PD's console ring's name in the console PD (the prefix of its lines in a
+/// system of several VMs: `admin| `).
+pub const ADMIN_CONSOLE_NAME: &str = "admin";
+
+/// The admin PD's child id of the VMM of VM `index` (Microkit `<protection_domain id=>`
+/// nested in the admin's): the VM's index.
+pub const fn admin_child_id(index: usize) -> u32 {
+    index as u32
+}
 
 /// The budget and period of a VMM protection domain's own scheduling context: those of
 /// its VM when the VM is budgeted (budget < period), else `None` (Microkit's default, a
@@ -408,6 +426,18 @@ pub fn vmm_priority(vm: &VmSpec) -> u32 {
     u32::from(p.priority).saturating_add(1).min(254)
 }
 
+/// Priority of the admin PD: one above the highest VMM (at most 254).
+pub fn admin_priority(system: &System) -> u32 {
+    system
+        .vms()
+        .iter()
+        .map(vmm_priority)
+        .max()
+        .unwrap_or(1)
+        .saturating_add(1)
+        .min(254)
+}
+
 /// The console component of a system: its PD, and per VM the ring region and channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsoleComponent {
@@ -419,7 +449,8 @@ pub struct ConsoleComponent {
     pub priority: u32,
     /// The core of the first VM's VMM.
     pub cpu: u32,
-    /// One ring per VM, in system order.
+    /// One ring per VM, in system order, then the admin PD's ring
+    /// ([`ADMIN_CONSOLE_NAME`]).
     pub rings: Vec<ConsoleRing>,
 }
 
@@ -466,6 +497,20 @@ pub fn console_component(
             vmm_channel: c.vmm_channel,
             console_channel: i as u32,
         })
+        .chain(core::iter::once({
+            // The admin PD's ring comes last (after every VM's): its own log lines.
+            let i = system.vms().len();
+            ConsoleRing {
+                vm: ADMIN_CONSOLE_NAME.into(),
+                vmm_pd: ADMIN_PD_NAME.into(),
+                region: "keel_admin_console_ring".into(),
+                size: c.ring_size,
+                vmm_vaddr: c.vmm_ring_vaddr,
+                console_vaddr: c.console_rings_vaddr + i as u64 * c.ring_size,
+                vmm_channel: c.vmm_channel,
+                console_channel: i as u32,
+            }
+        }))
         .collect();
     let lowest_vmm = system.vms().iter().map(vmm_priority).min().unwrap_or(1);
     ConsoleComponent {
@@ -884,6 +929,18 @@ pub enum ComponentKind {
         /// The network's index.
         network: usize,
     },
+    /// The admin PD: parent of every VMM PD.
+    Admin,
+}
+
+/// Where a protection domain sits in the Microkit tree: the child `id` of PD `parent`
+/// (the parent receives its faults and may restart or stop it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildOf {
+    /// The parent component's name.
+    pub parent: String,
+    /// The child id in the parent (unique there, below 64).
+    pub id: u32,
 }
 
 /// One protection domain.
@@ -905,6 +962,8 @@ pub struct ComponentPlan {
     pub irqs: Vec<IrqPlan>,
     /// Its child VM, for a VMM.
     pub vm: Option<ChildVmPlan>,
+    /// Its parent PD (a VMM's: the admin PD), `None` at the top level.
+    pub parent: Option<ChildOf>,
 }
 
 /// A notification channel between two components: `(component name, channel id)` at each end.
@@ -1020,6 +1079,22 @@ pub enum ComponentError {
     /// A channel names a component that does not exist.
     #[error("a channel names unknown component {0}")]
     UnknownComponent(String),
+    /// A component's parent does not exist, or is itself a child (the tree is two deep).
+    #[error("component {component}: parent {parent} is not a top-level component")]
+    Parent {
+        /// The child.
+        component: String,
+        /// The parent it names.
+        parent: String,
+    },
+    /// A parent has two children with one id, or an id of 64 or more.
+    #[error("component {parent}: child id {id} is used twice or is not below 64")]
+    ChildId {
+        /// The parent.
+        parent: String,
+        /// The id.
+        id: u32,
+    },
     /// A guest shared region mapped other than the description says.
     #[error(
         "guest shared region {region} must be mapped only into the VMs of {expected}; it is mapped by: {mapped}"
@@ -1040,6 +1115,7 @@ impl SystemComponents {
     /// component; channels join existing components; every shared region (a ring) is
     /// mapped by exactly its two owners, once each.
     pub fn check(&self) -> Result<(), ComponentError> {
+        self.check_parents()?;
         self.check_shared()?;
         self.check_guest_shared()?;
         // Sets, not lists: a coloured VM has thousands of regions.
@@ -1151,6 +1227,31 @@ impl SystemComponents {
         Ok(())
     }
 
+    /// Every parent is a top-level component; child ids are unique per parent, below 64.
+    fn check_parents(&self) -> Result<(), ComponentError> {
+        let mut ids: BTreeSet<(&str, u32)> = BTreeSet::new();
+        for c in &self.components {
+            let Some(p) = &c.parent else { continue };
+            let top = self
+                .components
+                .iter()
+                .any(|q| q.name == p.parent && q.parent.is_none());
+            if !top {
+                return Err(ComponentError::Parent {
+                    component: c.name.clone(),
+                    parent: p.parent.clone(),
+                });
+            }
+            if p.id >= 64 || !ids.insert((&p.parent, p.id)) {
+                return Err(ComponentError::ChildId {
+                    parent: p.parent.clone(),
+                    id: p.id,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn check_shared(&self) -> Result<(), ComponentError> {
         for sh in &self.shared {
             let mut by: Vec<&str> = Vec::new();
@@ -1212,37 +1313,57 @@ impl SystemComponents {
                 m.region, m.vaddr, m.perms
             );
         };
-        for c in &self.components {
+        // Children are written inside their parent (the Microkit tree); the check makes
+        // every parent a top-level component.
+        let pd = |x: &mut String, c: &ComponentPlan, ind: &str| {
             // A budgeted VM's VMM gets the VM's budget and period (see
             // [`vmm_scheduling`]); every other PD keeps Microkit's default context.
             let sched = vmm_scheduling(c)
                 .map(|(b, p)| format!(" budget=\"{b}\" period=\"{p}\""))
                 .unwrap_or_default();
+            let id = c
+                .parent
+                .as_ref()
+                .map(|p| format!(" id=\"{}\"", p.id))
+                .unwrap_or_default();
             let _ = writeln!(
                 x,
-                "    <protection_domain name=\"{}\" priority=\"{}\"{sched} cpu=\"{}\">",
+                "{ind}<protection_domain name=\"{}\" priority=\"{}\"{sched} cpu=\"{}\"{id}>",
                 c.name, c.priority, c.cpu
             );
-            let _ = writeln!(x, "        <program_image path=\"{}\" />", c.program);
+            let _ = writeln!(x, "{ind}    <program_image path=\"{}\" />", c.program);
+            let inner = format!("{ind}    ");
             for m in &c.maps {
-                map(&mut x, "        ", m);
+                map(x, &inner, m);
             }
             for i in &c.irqs {
-                let _ = writeln!(x, "        <irq irq=\"{}\" id=\"{}\" />", i.irq, i.channel);
+                let _ = writeln!(x, "{ind}    <irq irq=\"{}\" id=\"{}\" />", i.irq, i.channel);
             }
             if let Some(vm) = &c.vm {
                 let _ = writeln!(
                     x,
-                    "        <virtual_machine name=\"{}\" priority=\"{}\" budget=\"{}\" period=\"{}\">",
+                    "{ind}    <virtual_machine name=\"{}\" priority=\"{}\" budget=\"{}\" period=\"{}\">",
                     vm.name, vm.priority, vm.budget_us, vm.period_us
                 );
                 for (i, cpu) in vm.vcpu_cpus.iter().enumerate() {
-                    let _ = writeln!(x, "            <vcpu id=\"{i}\" cpu=\"{cpu}\" />");
+                    let _ = writeln!(x, "{ind}        <vcpu id=\"{i}\" cpu=\"{cpu}\" />");
                 }
+                let vm_ind = format!("{ind}        ");
                 for m in &vm.maps {
-                    map(&mut x, "            ", m);
+                    map(x, &vm_ind, m);
                 }
-                let _ = writeln!(x, "        </virtual_machine>");
+                let _ = writeln!(x, "{ind}    </virtual_machine>");
+            }
+        };
+        for c in self.components.iter().filter(|c| c.parent.is_none()) {
+            pd(&mut x, c, "    ");
+            let children = self
+                .components
+                .iter()
+                .filter(|k| k.parent.as_ref().is_some_and(|p| p.parent == c.name));
+            for k in children {
+                pd(&mut x, k, "        ");
+                let _ = writeln!(x, "        </protection_domain>");
             }
             let _ = writeln!(x, "    </protection_domain>");
         }
@@ -1408,6 +1529,10 @@ pub fn component_plan(
                 vcpu_cpus: place.vcpu_cpus.clone(),
                 maps: vm_maps,
             }),
+            parent: Some(ChildOf {
+                parent: ADMIN_PD_NAME.into(),
+                id: admin_child_id(index),
+            }),
         });
     }
     components.push(ComponentPlan {
@@ -1423,6 +1548,7 @@ pub fn component_plan(
             .collect(),
         irqs: Vec::new(),
         vm: None,
+        parent: None,
     });
     for (network, sw) in switches.iter().enumerate() {
         let mut maps = Vec::new();
@@ -1440,8 +1566,28 @@ pub fn component_plan(
             maps,
             irqs: Vec::new(),
             vm: None,
+            parent: None,
         });
     }
+    // The admin PD: parent of every VMM (their faults come to it), above every VMM's
+    // priority so that a restart is not delayed by the VMs it supervises, on the first
+    // VMM's core; it maps only its console ring.
+    let admin_ring = console
+        .rings
+        .iter()
+        .find(|r| r.vmm_pd == ADMIN_PD_NAME)
+        .map(|r| rw(r.region.clone(), r.vmm_vaddr));
+    components.push(ComponentPlan {
+        name: ADMIN_PD_NAME.into(),
+        kind: ComponentKind::Admin,
+        program: ADMIN_ELF_NAME.into(),
+        priority: admin_priority(system),
+        cpu: places.first().map_or(0, |p| p.vmm_cpu),
+        maps: admin_ring.into_iter().collect(),
+        irqs: Vec::new(),
+        vm: None,
+        parent: None,
+    });
     let mut channels: Vec<ChannelPlan> = console
         .rings
         .iter()
@@ -1585,7 +1731,9 @@ mod tests {
     fn each_vm_gets_a_vmm_pd_with_its_vcpus() {
         let x = system_file(&system(vec![vm("a", 2), vm("b", 1)]), &layout()).unwrap();
 
-        assert!(x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\">"));
+        assert!(
+            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">")
+        );
         assert!(x.contains("<program_image path=\"b-vmm.elf\" />"));
         assert_eq!(x.matches("<vcpu id=\"1\"").count(), 1);
         assert_eq!(x.matches("<virtual_machine ").count(), 2);
@@ -1616,7 +1764,7 @@ mod tests {
         assert!(x.contains(
             "<channel>\n        <end pd=\"b_vmm\" id=\"2\" />\n        <end pd=\"keel_console\" id=\"1\" />\n    </channel>"
         ));
-        assert_eq!(x.matches("<channel>").count(), 2);
+        assert_eq!(x.matches("<channel>").count(), 2 + 1);
     }
 
     #[test]
@@ -1624,7 +1772,7 @@ mod tests {
         let x = system_file(&system(vec![vm("a", 1)]), &layout()).unwrap();
 
         assert!(x.contains("<program_image path=\"keel-console.elf\" />"));
-        assert_eq!(x.matches("<channel>").count(), 1);
+        assert_eq!(x.matches("<channel>").count(), 1 + 1);
     }
 
     #[test]
@@ -1652,7 +1800,7 @@ mod tests {
 
         assert_eq!(
             check(&system(vms), &layout()),
-            Err(MicrokitError::TooManyVms { vms: 62, max: 61 })
+            Err(MicrokitError::TooManyVms { vms: 61, max: 60 })
         );
     }
 
@@ -1711,7 +1859,7 @@ mod tests {
 
         assert!(
             x.contains(
-                "<protection_domain name=\"a_vmm\" priority=\"101\" budget=\"5000\" period=\"20000\" cpu=\"0\">"
+                "<protection_domain name=\"a_vmm\" priority=\"101\" budget=\"5000\" period=\"20000\" cpu=\"0\" id=\"0\">"
             ),
             "{x}"
         );
@@ -1722,7 +1870,7 @@ mod tests {
         let x = system_file(&system(vec![vm("a", 1)]), &layout()).unwrap();
 
         assert!(
-            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\">"),
+            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">"),
             "{x}"
         );
     }
@@ -1778,8 +1926,12 @@ mod tests {
 
         let x = system_file(&system(vec![vm("a", 2), b]), &layout_cores(4)).unwrap();
 
-        assert!(x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\">"));
-        assert!(x.contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"3\">"));
+        assert!(
+            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">")
+        );
+        assert!(
+            x.contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"3\" id=\"1\">")
+        );
         assert_eq!(x.matches("<vcpu id=\"1\" cpu=\"1\" />").count(), 2);
         assert!(x.contains("<vcpu id=\"0\" cpu=\"3\" />"));
     }
@@ -1867,8 +2019,8 @@ mod tests {
         let plan = component_plan(&system(vec![vm("a", 2), vm("b", 1)]), &layout()).unwrap();
 
         assert_eq!(plan.check(), Ok(()));
-        assert_eq!(plan.components.len(), 3);
-        assert_eq!(plan.channels.len(), 2);
+        assert_eq!(plan.components.len(), 4);
+        assert_eq!(plan.channels.len(), 2 + 1);
     }
 
     #[test]
@@ -1955,6 +2107,55 @@ mod tests {
     fn pd_section<'a>(x: &'a str, pd: &str) -> &'a str {
         let s = &x[x.find(&format!("name=\"{pd}\"")).unwrap()..];
         &s[..s.find("</protection_domain>").unwrap()]
+    }
+
+    #[test]
+    fn every_vmm_pd_is_a_child_of_the_admin_pd() {
+        let x = system_file(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
+
+        let admin = &x[x.find("<protection_domain name=\"keel_admin\"").unwrap()..];
+        assert!(admin.starts_with(
+            "<protection_domain name=\"keel_admin\" priority=\"102\" cpu=\"0\">\n        <program_image path=\"keel-admin.elf\" />"
+        ));
+        assert!(admin.contains(
+            "\n        <protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">"
+        ));
+        assert!(admin.contains(
+            "\n        <protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"0\" id=\"1\">"
+        ));
+        assert_eq!(x.matches("<protection_domain ").count(), 4);
+        assert_eq!(x.matches("</protection_domain>").count(), 4);
+    }
+
+    #[test]
+    fn a_child_id_used_twice_is_refused() {
+        let mut plan = component_plan(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
+        plan.components[1].parent.as_mut().unwrap().id = 0;
+
+        assert_eq!(
+            plan.check(),
+            Err(ComponentError::ChildId {
+                parent: ADMIN_PD_NAME.into(),
+                id: 0
+            })
+        );
+    }
+
+    #[test]
+    fn a_child_of_a_child_is_refused() {
+        let mut plan = component_plan(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
+        plan.components[1].parent = Some(ChildOf {
+            parent: "a_vmm".into(),
+            id: 5,
+        });
+
+        assert_eq!(
+            plan.check(),
+            Err(ComponentError::Parent {
+                component: "b_vmm".into(),
+                parent: "a_vmm".into()
+            })
+        );
     }
 
     #[test]
@@ -2049,7 +2250,7 @@ mod tests {
         assert!(x.contains(
             "<channel>\n        <end pd=\"b_vmm\" id=\"3\" />\n        <end pd=\"keel_switch_lan\" id=\"1\" />\n    </channel>"
         ));
-        assert_eq!(x.matches("<channel>").count(), 3 + 4);
+        assert_eq!(x.matches("<channel>").count(), 3 + 1 + 4);
     }
 
     #[test]
@@ -2135,7 +2336,7 @@ mod tests {
         let plan = component_plan(&networked(), &layout()).unwrap();
 
         assert_eq!(plan.check(), Ok(()));
-        assert_eq!(plan.shared.len(), 3 + 8);
+        assert_eq!(plan.shared.len(), 3 + 1 + 8);
     }
 
     #[test]

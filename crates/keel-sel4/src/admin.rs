@@ -6,6 +6,11 @@
 //! VMM starts over, re-initialises and reloads its guest), up to the VM's limit, or leave it
 //! stopped; and logs one line naming the VM, the fault and what it did.
 //!
+//! It also serves the control protocol (`keel_core::control`) of each control VM
+//! (`[[vm.control]]`): start, stop, restart or report the state of the VMs it holds rights
+//! on ([`Supervisor::apply`]); a pool slot (`start = false`) is a VMM that waits until
+//! the admin starts it.
+//!
 //! This module is the admin's plain logic (host-tested): its configuration ([`AdminConfig`],
 //! a payload appended to its ELF like the console's, at [`crate::payload::PAYLOAD_VADDR`]),
 //! the policy ([`RestartPlan`]) and the decision ([`Supervisor::on_fault`]). The program
@@ -20,6 +25,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
+
+use keel_core::control::{Op, Rights, Status, TargetState};
 
 use crate::abi::fault as f;
 use crate::fault::Fault;
@@ -95,6 +102,53 @@ pub struct AdminVm {
     /// Restarts allowed over the VM's life (the description's `max_restarts_per_minute`:
     /// no clock here).
     pub max_restarts: u32,
+    /// Whether the system starts it (`false`: a pool slot, whose VMM waits until the admin
+    /// starts it).
+    pub start: bool,
+    /// The admin's channel id to this VM's VMM (its doorbell notifications arrive there).
+    pub channel: u32,
+    /// The VM's control page, when it is a control VM.
+    pub control: Option<AdminControl>,
+}
+
+/// A control VM's page and rights, as the admin serves them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminControl {
+    /// Where the admin maps the VM's control page.
+    pub vaddr: u64,
+    /// The rights ([`keel_core::control::Rights`] bits) on each target, by VM index.
+    pub rights: Vec<u32>,
+}
+
+impl AdminControl {
+    /// The rights on target `target` (none for an index out of range).
+    pub fn rights(&self, target: u32) -> Rights {
+        Rights(
+            self.rights
+                .get(target as usize)
+                .copied()
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// The kernel call that carries out a control request ([`Supervisor::apply`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// None (a status request).
+    None,
+    /// Restart child `child` at `entry` (`microkit_pd_restart`).
+    RestartAt {
+        /// The VMM's child id.
+        child: u32,
+        /// Its entry point.
+        entry: u64,
+    },
+    /// Suspend child `child` (`microkit_pd_stop`).
+    Suspend {
+        /// The VMM's child id.
+        child: u32,
+    },
 }
 
 /// What the admin PD needs to know.
@@ -194,20 +248,68 @@ pub enum FaultAction {
     },
 }
 
-/// The admin's state: each VM's restart count.
+/// The admin's state: each VM's restart count and whether its VMM runs.
 #[derive(Debug)]
 pub struct Supervisor {
     vms: Vec<AdminVm>,
     restarts: Vec<u32>,
+    running: Vec<bool>,
 }
 
 impl Supervisor {
-    /// A supervisor of the VMs of `cfg`, none restarted yet.
+    /// A supervisor of the VMs of `cfg`, none restarted yet; the VMs the system starts
+    /// are running, the pool slots stopped.
     pub fn new(cfg: &AdminConfig) -> Supervisor {
         Supervisor {
             vms: cfg.vms.clone(),
             restarts: cfg.vms.iter().map(|_| 0).collect(),
+            running: cfg.vms.iter().map(|v| v.start).collect(),
         }
+    }
+
+    /// Whether VM `vm`'s VMM runs (as far as the admin knows).
+    pub fn running(&self, vm: usize) -> bool {
+        self.running.get(vm).copied().unwrap_or(false)
+    }
+
+    /// Decide a control request `op` on VM `target` (already checked: the target exists
+    /// and the requester holds the right): the target's state afterwards and the kernel
+    /// call to make. Start of a running VM and stop of a stopped one are conflicts.
+    pub fn apply(&mut self, op: Op, target: u32) -> Result<(TargetState, Effect), Status> {
+        let vm = target as usize;
+        let Some(v) = self.vms.get(vm) else {
+            return Err(Status::BadTarget);
+        };
+        let state = |running: bool| {
+            if running {
+                TargetState::Running
+            } else {
+                TargetState::Stopped
+            }
+        };
+        let running = self.running[vm];
+        let restart = Effect::RestartAt {
+            child: v.child_id,
+            entry: v.entry,
+        };
+        match op {
+            Op::Status => Ok((state(running), Effect::None)),
+            Op::Start if running => Err(Status::Conflict),
+            Op::Stop if !running => Err(Status::Conflict),
+            Op::Start | Op::Restart => {
+                self.running[vm] = true;
+                Ok((TargetState::Running, restart))
+            }
+            Op::Stop => {
+                self.running[vm] = false;
+                Ok((TargetState::Stopped, Effect::Suspend { child: v.child_id }))
+            }
+        }
+    }
+
+    /// The VM whose VMM's channel to the admin is `channel`.
+    pub fn vm_of_channel(&self, channel: u32) -> Option<usize> {
+        self.vms.iter().position(|v| v.channel == channel)
     }
 
     /// The VMs.
@@ -231,6 +333,7 @@ impl Supervisor {
             return FaultAction::Unknown { child };
         };
         let v = &self.vms[vm];
+        self.running[vm] = false;
         if !v.restart.restarts_after_fault() {
             return FaultAction::Stop {
                 vm,
@@ -248,6 +351,7 @@ impl Supervisor {
             };
         }
         self.restarts[vm] = done + 1;
+        self.running[vm] = true;
         FaultAction::Restart {
             vm,
             entry: v.entry,
@@ -332,6 +436,12 @@ mod tests {
                     entry: 0x20_0000,
                     restart,
                     max_restarts: max,
+                    start: true,
+                    channel: 0,
+                    control: Some(AdminControl {
+                        vaddr: 0x5_0000_0000,
+                        rights: alloc::vec![0, Rights::STOP.0],
+                    }),
                 },
                 AdminVm {
                     name: "b".into(),
@@ -340,6 +450,9 @@ mod tests {
                     entry: 0x20_0000,
                     restart: RestartPlan::Never,
                     max_restarts: max,
+                    start: false,
+                    channel: 1,
+                    control: None,
                 },
             ],
         }
@@ -464,6 +577,65 @@ mod tests {
         let mut s = Supervisor::new(&cfg(RestartPlan::OnFailure, 3));
 
         assert_eq!(s.on_fault(9), FaultAction::Unknown { child: 9 });
+    }
+
+    #[test]
+    fn a_pool_slot_is_stopped_until_started() {
+        let mut s = Supervisor::new(&cfg(RestartPlan::Never, 3));
+
+        assert_eq!(
+            s.apply(Op::Status, 1),
+            Ok((TargetState::Stopped, Effect::None))
+        );
+        assert_eq!(
+            s.apply(Op::Start, 1),
+            Ok((
+                TargetState::Running,
+                Effect::RestartAt {
+                    child: 1,
+                    entry: 0x20_0000
+                }
+            ))
+        );
+        assert!(s.running(1));
+    }
+
+    #[test]
+    fn stop_suspends_a_running_vmm_and_a_second_stop_conflicts() {
+        let mut s = Supervisor::new(&cfg(RestartPlan::Never, 3));
+
+        assert_eq!(
+            s.apply(Op::Stop, 0),
+            Ok((TargetState::Stopped, Effect::Suspend { child: 0 }))
+        );
+        assert_eq!(s.apply(Op::Stop, 0), Err(Status::Conflict));
+    }
+
+    #[test]
+    fn start_of_a_running_vm_conflicts() {
+        let mut s = Supervisor::new(&cfg(RestartPlan::Never, 3));
+
+        assert_eq!(s.apply(Op::Start, 0), Err(Status::Conflict));
+    }
+
+    #[test]
+    fn a_fault_left_stopped_reads_as_stopped() {
+        let mut s = Supervisor::new(&cfg(RestartPlan::Never, 3));
+        s.on_fault(0);
+
+        assert_eq!(
+            s.apply(Op::Status, 0),
+            Ok((TargetState::Stopped, Effect::None))
+        );
+    }
+
+    #[test]
+    fn rights_beyond_the_list_are_none() {
+        let c = cfg(RestartPlan::Never, 3);
+        let control = c.vms[0].control.as_ref().unwrap();
+
+        assert_eq!(control.rights(1), Rights::STOP);
+        assert_eq!(control.rights(7), Rights::NONE);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The admin protection domain (seL4 only): the Microkit parent of every VMM PD. It
-//! receives their faults and applies each VM's restart policy ([`crate::admin`]).
+//! receives their faults and applies each VM's restart policy ([`crate::admin`]), and
+//! serves each control VM's control page (`keel_core::control`) when that VM's VMM
+//! notifies it (the guest rang its doorbell).
 //!
 //! A restart is Microkit's `microkit_pd_restart`: `TCB_WriteRegisters` of the child's TCB
 //! with resume, pc = the VMM's entry point. That cancels the VMM's wait for the fault
@@ -12,7 +14,9 @@ use alloc::string::String;
 use keel_core::ring::{Producer, RingWindow};
 
 use crate::abi::microkit as mk;
-use crate::admin::{AdminConfig, FaultAction, HEADER_LEN, Supervisor, describe_fault};
+use keel_core::control::{ControlHandler, ControlWindow, Op, SLOTS, Server, Status, TargetState};
+
+use crate::admin::{AdminConfig, Effect, FaultAction, HEADER_LEN, Supervisor, describe_fault};
 use crate::fault::Fault;
 use crate::microkit::{Event, child_tcb_cap};
 use crate::msginfo::MessageInfo;
@@ -67,6 +71,61 @@ impl Out {
     }
 }
 
+/// Restart child `child` at `entry` (`microkit_pd_restart`): only the PC, resumed.
+fn restart_child(child: u32, entry: u64) -> Result<(), sys::Sel4Error> {
+    let mut ctx = UserContext::default();
+    ctx.0[regs::PC] = entry;
+    // Only the PC, as microkit_pd_restart: the VMM's _start restores its initial stack
+    // pointer itself.
+    sys::tcb_write_registers(child_tcb_cap(child), true, 1, &ctx)
+}
+
+/// Carries out the requests of control VM `from` that passed the protocol's checks.
+struct Ops<'a> {
+    sup: &'a mut Supervisor,
+    out: &'a mut Out,
+    from: &'a str,
+}
+
+impl ControlHandler for Ops<'_> {
+    fn apply(&mut self, op: Op, target: u32) -> Result<TargetState, Status> {
+        let name = self
+            .sup
+            .vms()
+            .get(target as usize)
+            .map_or_else(|| alloc::format!("#{target}"), |v| v.name.clone());
+        let verb = match op {
+            Op::Start => "start",
+            Op::Stop => "stop",
+            Op::Restart => "restart",
+            Op::Status => "read the state of",
+        };
+        let result = self.sup.apply(op, target).and_then(|(state, effect)| {
+            let done = match effect {
+                Effect::None => Ok(()),
+                Effect::RestartAt { child, entry } => restart_child(child, entry),
+                Effect::Suspend { child } => sys::tcb_suspend(child_tcb_cap(child)),
+            };
+            done.map(|()| state).map_err(|e| {
+                self.out
+                    .line(&alloc::format!("keel-admin: vm {name}: {verb}: {e}"));
+                Status::Failed
+            })
+        });
+        if op != Op::Status {
+            let what = match result {
+                Ok(_) => "done".into(),
+                Err(s) => alloc::format!("refused ({s:?})"),
+            };
+            self.out.line(&alloc::format!(
+                "keel-admin: vm {} asks to {verb} vm {name}: {what}",
+                self.from
+            ));
+        }
+        result
+    }
+}
+
 /// The admin payload segment's configuration.
 fn config() -> Result<AdminConfig, String> {
     // SAFETY: `keel sel4 build` appended the admin payload as a segment at PAYLOAD_VADDR of
@@ -102,6 +161,23 @@ pub extern "C" fn main() -> ! {
         policies.len(),
         policies.join(", ")
     ));
+    let targets = u32::try_from(cfg.vms.len()).unwrap_or(u32::MAX);
+    // One control page per control VM, attached (indices zeroed, magic written) before
+    // any guest runs.
+    let mut servers: alloc::vec::Vec<Option<(ControlWindow, Server)>> = cfg
+        .vms
+        .iter()
+        .map(|v| {
+            v.control.as_ref().map(|c| {
+                // SAFETY: the system file `keel sel4 build` wrote maps this VM's control
+                // page (4 KiB, page-aligned) read-write here for the PD's whole life, and
+                // into that VM only, which may write anything there.
+                let w = unsafe { ControlWindow::new(c.vaddr as *mut u8) };
+                let s = Server::attach(&w, targets);
+                (w, s)
+            })
+        })
+        .collect();
     loop {
         let (badge, info) = sys::recv(mk::INPUT_CAP, mk::REPLY_CAP);
         match Event::from_badge(badge) {
@@ -116,11 +192,7 @@ pub extern "C" fn main() -> ! {
                 match action {
                     FaultAction::Restart { vm, entry, .. } => {
                         let id = sup.vms()[vm].child_id;
-                        let mut ctx = UserContext::default();
-                        ctx.0[regs::PC] = entry;
-                        // Only the PC, as microkit_pd_restart: the VMM's _start restores
-                        // its initial stack pointer itself.
-                        if let Err(e) = sys::tcb_write_registers(child_tcb_cap(id), true, 1, &ctx) {
+                        if let Err(e) = restart_child(id, entry) {
                             out.line(&alloc::format!(
                                 "keel-admin: vm {}: restart failed: {e}",
                                 sup.vms()[vm].name
@@ -141,7 +213,33 @@ pub extern "C" fn main() -> ! {
             }
             // Nobody has a protected-call channel to the admin; answer at once anyway.
             Event::ProtectedCall { .. } => sys::reply(mk::REPLY_CAP, MessageInfo::new(0, 0)),
-            Event::Notified { .. } => {}
+            Event::Notified { channels } => {
+                for ch in crate::microkit::channels(channels) {
+                    let Some(vm) = sup.vm_of_channel(ch) else {
+                        continue;
+                    };
+                    let (Some(Some((w, server))), Some(control)) = (
+                        servers.get_mut(vm),
+                        cfg.vms.get(vm).and_then(|v| v.control.as_ref()),
+                    ) else {
+                        continue;
+                    };
+                    let from = cfg.vms[vm].name.as_str();
+                    let rights = |t: u32| control.rights(t);
+                    let mut ops = Ops {
+                        sup: &mut sup,
+                        out: &mut out,
+                        from,
+                    };
+                    // At most one ring's worth per doorbell: a flood waits for the next.
+                    if let Err(e) = server.serve(w, &rights, &mut ops, SLOTS) {
+                        out.line(&alloc::format!(
+                            "keel-admin: vm {from}: control page: {e}; no longer served"
+                        ));
+                        servers[vm] = None;
+                    }
+                }
+            }
         }
     }
 }

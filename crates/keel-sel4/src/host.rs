@@ -23,7 +23,7 @@ use keel_spec::microkit::{
 use keel_spec::{System, VmSpec};
 
 use crate::abi::board;
-use crate::admin::{AdminConfig, AdminVm, RestartPlan};
+use crate::admin::{AdminConfig, AdminControl, AdminVm, RestartPlan};
 use crate::console::{CONSOLE_RINGS_VADDR, ConsoleConfig, RING_SIZE, VMM_CHANNEL, VMM_RING_VADDR};
 use crate::payload::{
     self, CONSOLE_RING_VADDR, GUEST_RAM_VADDR, INPUT_UART_VADDR, NicWindows, PAYLOAD_VADDR,
@@ -33,6 +33,7 @@ use crate::switch::{
     SWITCH_HEAP_VADDR, SWITCH_RINGS_VADDR, SwitchConfigError, SwitchPdConfig,
     VMM_FIRST_NET_CHANNEL, VMM_NET_VADDR,
 };
+use keel_core::control::Rights;
 
 /// What went wrong while building the image.
 #[derive(Debug, thiserror::Error)]
@@ -406,15 +407,37 @@ pub fn restart_plans<'a>(
 /// the VMM program's entry point `entry`, the VM's policy from `restart` (default
 /// `never`) and its limit (`max_restarts_per_minute`, counted over the VM's life).
 pub fn admin_config(system: &System, entry: u64, restart: &[(String, RestartPlan)]) -> AdminConfig {
+    let mut control_pages = 0u64;
     AdminConfig {
         console_ring: CONSOLE_RING_VADDR,
         console_ring_len: RING_SIZE,
-        console_channel: VMM_CHANNEL,
+        console_channel: keel_spec::microkit::ADMIN_CONSOLE_CHANNEL,
         vms: system
             .vms()
             .iter()
             .enumerate()
             .map(|(i, vm)| AdminVm {
+                start: vm.start,
+                channel: keel_spec::microkit::admin_child_id(i),
+                control: (!vm.control.is_empty()).then(|| {
+                    let vaddr = keel_spec::microkit::ADMIN_CONTROL_VADDR + control_pages * 0x1000;
+                    control_pages += 1;
+                    AdminControl {
+                        vaddr,
+                        rights: system
+                            .vms()
+                            .iter()
+                            .map(|t| {
+                                vm.control
+                                    .iter()
+                                    .filter(|c| c.vm == t.name)
+                                    .flat_map(|c| c.rights.iter())
+                                    .fold(Rights::NONE, |acc, r| acc.union(control_right(*r)))
+                                    .0
+                            })
+                            .collect(),
+                    }
+                }),
                 name: vm.name.clone(),
                 vmm_pd: vmm_pd_name(vm),
                 child_id: keel_spec::microkit::admin_child_id(i),
@@ -584,6 +607,13 @@ pub fn vm_payload_with(
         console_channel: VMM_CHANNEL,
         test_stall: knobs.stall,
         test_fault: knobs.fault,
+        start: vm.start,
+        control_doorbell: if vm.control.is_empty() {
+            0
+        } else {
+            keel_spec::microkit::CONTROL_DOORBELL_GPA
+        },
+        admin_channel: keel_spec::microkit::VMM_ADMIN_CHANNEL,
         input_uart: if console_input { INPUT_UART_VADDR } else { 0 },
         input_channel: INPUT_CHANNEL,
         rng_seed: host_seed()?,
@@ -826,6 +856,16 @@ fn write_admin_elf(system: &System, entry: u64, opts: &BuildOptions) -> Result<(
         })?;
     let path = opts.out.join(ADMIN_ELF_NAME);
     std::fs::write(&path, out).map_err(io(&path))
+}
+
+/// The protocol's right for a right of the description.
+pub fn control_right(r: keel_spec::ControlRight) -> Rights {
+    match r {
+        keel_spec::ControlRight::Start => Rights::START,
+        keel_spec::ControlRight::Stop => Rights::STOP,
+        keel_spec::ControlRight::Restart => Rights::RESTART,
+        keel_spec::ControlRight::Status => Rights::STATUS,
+    }
 }
 
 /// One switch ELF per switch component: the prebuilt switch ELF with that network's

@@ -215,6 +215,19 @@ pub enum MicrokitError {
         /// The set as written.
         set: String,
     },
+    /// A control VM whose RAM or shared region covers its control page or doorbell.
+    #[error(
+        "VM {vm}: its control page and doorbell ({page:#x}..{end:#x}) overlap its {what}; the seL4 backend maps them there",
+        end = page + 0x2000
+    )]
+    ControlPageOverlap {
+        /// The VM.
+        vm: String,
+        /// [`CONTROL_PAGE_GPA`].
+        page: u64,
+        /// `RAM` or `shared region <name>`.
+        what: String,
+    },
     /// More VMs than the console PD has channels for.
     #[error("system: {vms} VMs; the seL4 backend supports at most {max}")]
     TooManyVms {
@@ -398,6 +411,29 @@ pub const ADMIN_ELF_NAME: &str = "keel-admin.elf";
 /// system of several VMs: `admin| `).
 pub const ADMIN_CONSOLE_NAME: &str = "admin";
 
+/// Guest-physical address of a control VM's control page (`keel_core::control`, one 4 KiB
+/// page shared with the admin PD) in the VM.
+pub const CONTROL_PAGE_GPA: u64 = 0x7100_0000;
+
+/// Guest-physical address of a control VM's doorbell: a write there (to nothing mapped) is
+/// a VM exit its VMM turns into a notification of the admin PD.
+pub const CONTROL_DOORBELL_GPA: u64 = CONTROL_PAGE_GPA + 0x1000;
+
+/// Where the admin PD maps the control page of the `k`-th control VM: here + `k` × 4 KiB.
+pub const ADMIN_CONTROL_VADDR: u64 = 0x5_0000_0000;
+
+/// The channel id, in each VMM PD, of its channel to the admin PD.
+pub const VMM_ADMIN_CHANNEL: u32 = 0;
+
+/// The channel id, in the admin PD, of its console ring's channel to the console PD (the
+/// VMMs' channels take ids 0..MAX_VMS).
+pub const ADMIN_CONSOLE_CHANNEL: u32 = 61;
+
+/// The Microkit memory region of VM `vm`'s control page.
+pub fn control_region_name(vm: &VmSpec) -> String {
+    format!("{}_control", vm.name)
+}
+
 /// The admin PD's child id of the VMM of VM `index` (Microkit `<protection_domain id=>`
 /// nested in the admin's): the VM's index.
 pub const fn admin_child_id(index: usize) -> u32 {
@@ -507,7 +543,7 @@ pub fn console_component(
                 size: c.ring_size,
                 vmm_vaddr: c.vmm_ring_vaddr,
                 console_vaddr: c.console_rings_vaddr + i as u64 * c.ring_size,
-                vmm_channel: c.vmm_channel,
+                vmm_channel: ADMIN_CONSOLE_CHANNEL,
                 console_channel: i as u32,
             }
         }))
@@ -832,6 +868,30 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
                 size,
                 max: layout.max_ram,
             });
+        }
+        let control = CONTROL_PAGE_GPA..CONTROL_PAGE_GPA + 0x2000;
+        let overlaps = |b: u64, len: u64| b < control.end && control.start < b.saturating_add(len);
+        if !vm.control.is_empty() {
+            let shared = vm.shared.iter().find(|m| {
+                let len = system
+                    .shared()
+                    .iter()
+                    .find(|g| g.name == m.region)
+                    .map_or(0, |g| g.size);
+                overlaps(m.base, len)
+            });
+            let what = if overlaps(base, size) {
+                Some("RAM".to_string())
+            } else {
+                shared.map(|m| format!("shared region {}", m.region))
+            };
+            if let Some(what) = what {
+                return Err(MicrokitError::ControlPageOverlap {
+                    vm: vm.name.clone(),
+                    page: CONTROL_PAGE_GPA,
+                    what,
+                });
+            }
         }
         if vm.vcpus > layout.max_vcpus {
             return Err(MicrokitError::TooManyVcpus {
@@ -1455,6 +1515,9 @@ pub fn component_plan(
     for g in system.shared() {
         regions.push(plain(&guest_shared_region_name(&g.name), g.size));
     }
+    for vm in system.vms().iter().filter(|v| !v.control.is_empty()) {
+        regions.push(plain(&control_region_name(vm), FOUR_KIB));
+    }
     let guest_perms = |access: Access| match access {
         Access::ReadWrite => "rw",
         Access::ReadOnly => "r",
@@ -1502,6 +1565,9 @@ pub fn component_plan(
             perms: guest_perms(m.access),
             ..rw(guest_shared_region_name(&m.region), m.base)
         }));
+        if !vm.control.is_empty() {
+            vm_maps.push(rw(control_region_name(vm), CONTROL_PAGE_GPA));
+        }
         let mut irqs = Vec::new();
         if let (0, Some(ci)) = (index, &layout.console_input) {
             maps.push(MapPlan {
@@ -1577,13 +1643,25 @@ pub fn component_plan(
         .iter()
         .find(|r| r.vmm_pd == ADMIN_PD_NAME)
         .map(|r| rw(r.region.clone(), r.vmm_vaddr));
+    let mut admin_maps: Vec<MapPlan> = admin_ring.into_iter().collect();
+    for (k, vm) in system
+        .vms()
+        .iter()
+        .filter(|v| !v.control.is_empty())
+        .enumerate()
+    {
+        admin_maps.push(rw(
+            control_region_name(vm),
+            ADMIN_CONTROL_VADDR + k as u64 * FOUR_KIB,
+        ));
+    }
     components.push(ComponentPlan {
         name: ADMIN_PD_NAME.into(),
         kind: ComponentKind::Admin,
         program: ADMIN_ELF_NAME.into(),
         priority: admin_priority(system),
         cpu: places.first().map_or(0, |p| p.vmm_cpu),
-        maps: admin_ring.into_iter().collect(),
+        maps: admin_maps,
         irqs: Vec::new(),
         vm: None,
         parent: None,
@@ -1604,6 +1682,18 @@ pub fn component_plan(
             owners: [r.vmm_pd.clone(), console.pd.clone()],
         })
         .collect();
+    for (i, vm) in system.vms().iter().enumerate() {
+        channels.push(ChannelPlan {
+            a: (vmm_pd_name(vm), VMM_ADMIN_CHANNEL),
+            b: (ADMIN_PD_NAME.into(), admin_child_id(i)),
+        });
+        if !vm.control.is_empty() {
+            shared.push(SharedRegion {
+                region: control_region_name(vm),
+                owners: [vmm_pd_name(vm), ADMIN_PD_NAME.into()],
+            });
+        }
+    }
     for sw in &switches {
         for p in &sw.ports {
             channels.push(ChannelPlan {
@@ -1764,7 +1854,8 @@ mod tests {
         assert!(x.contains(
             "<channel>\n        <end pd=\"b_vmm\" id=\"2\" />\n        <end pd=\"keel_console\" id=\"1\" />\n    </channel>"
         ));
-        assert_eq!(x.matches("<channel>").count(), 2 + 1);
+        // VMMs to the console, the admin to the console, the admin to each VMM.
+        assert_eq!(x.matches("<channel>").count(), 2 + 1 + 2);
     }
 
     #[test]
@@ -1772,7 +1863,7 @@ mod tests {
         let x = system_file(&system(vec![vm("a", 1)]), &layout()).unwrap();
 
         assert!(x.contains("<program_image path=\"keel-console.elf\" />"));
-        assert_eq!(x.matches("<channel>").count(), 1 + 1);
+        assert_eq!(x.matches("<channel>").count(), 1 + 1 + 1);
     }
 
     #[test]
@@ -2020,7 +2111,7 @@ mod tests {
 
         assert_eq!(plan.check(), Ok(()));
         assert_eq!(plan.components.len(), 4);
-        assert_eq!(plan.channels.len(), 2 + 1);
+        assert_eq!(plan.channels.len(), 2 + 1 + 2);
     }
 
     #[test]
@@ -2125,6 +2216,54 @@ mod tests {
         ));
         assert_eq!(x.matches("<protection_domain ").count(), 4);
         assert_eq!(x.matches("</protection_domain>").count(), 4);
+    }
+
+    fn controlled() -> System {
+        let mut ctl = vm("ctl", 1);
+        ctl.control = vec![crate::ControlSpec {
+            vm: "web".into(),
+            rights: vec![crate::ControlRight::Stop],
+        }];
+        system(vec![ctl, vm("web", 1)])
+    }
+
+    #[test]
+    fn a_control_vm_shares_its_control_page_with_the_admin_only() {
+        let plan = component_plan(&controlled(), &layout()).unwrap();
+
+        assert_eq!(plan.check(), Ok(()));
+        let x = plan.render();
+        assert!(x.contains("<memory_region name=\"ctl_control\" size=\"0x1000\" />"));
+        assert!(x.contains("<map mr=\"ctl_control\" vaddr=\"0x71000000\" perms=\"rw\" />"));
+        assert!(x.contains("<map mr=\"ctl_control\" vaddr=\"0x500000000\" perms=\"rw\" />"));
+        assert_eq!(x.matches("mr=\"ctl_control\"").count(), 2);
+        assert!(!x.contains("web_control"));
+    }
+
+    #[test]
+    fn each_vmm_has_a_channel_to_the_admin_pd() {
+        let x = system_file(&controlled(), &layout()).unwrap();
+
+        assert!(x.contains(
+            "<channel>\n        <end pd=\"web_vmm\" id=\"0\" />\n        <end pd=\"keel_admin\" id=\"1\" />\n    </channel>"
+        ));
+    }
+
+    #[test]
+    fn a_control_vm_whose_ram_covers_its_control_page_is_refused() {
+        let mut sys = controlled();
+        let mut big = sys.vms()[0].clone();
+        big.memory = crate::Memory::Size(1 << 30);
+        sys = system(vec![big, sys.vms()[1].clone()]);
+
+        assert_eq!(
+            component_plan(&sys, &layout()).map(|_| ()),
+            Err(MicrokitError::ControlPageOverlap {
+                vm: "ctl".into(),
+                page: CONTROL_PAGE_GPA,
+                what: "RAM".into()
+            })
+        );
     }
 
     #[test]
@@ -2250,7 +2389,7 @@ mod tests {
         assert!(x.contains(
             "<channel>\n        <end pd=\"b_vmm\" id=\"3\" />\n        <end pd=\"keel_switch_lan\" id=\"1\" />\n    </channel>"
         ));
-        assert_eq!(x.matches("<channel>").count(), 3 + 1 + 4);
+        assert_eq!(x.matches("<channel>").count(), 3 + 1 + 3 + 4);
     }
 
     #[test]

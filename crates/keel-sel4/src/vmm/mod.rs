@@ -84,6 +84,17 @@ static STARTS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::ne
 /// this PD fault.
 static FAULT_KNOB: AtomicBool = AtomicBool::new(false);
 
+/// The control doorbell's guest-physical address (0: not a control VM; parameters'
+/// `control_doorbell`).
+static DOORBELL: AtomicU64 = AtomicU64::new(0);
+
+/// This PD is a pool slot waiting for the admin PD to start it (the run before the next
+/// start never booted a VM).
+static POOL_WAITING: AtomicBool = AtomicBool::new(false);
+
+/// The channel to the admin PD (parameters' `admin_channel`).
+static ADMIN_CHANNEL: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
 /// Drop what the run before a restart left in this PD's statics, without running any of
 /// its destructors, and empty the heap: that run's stack is gone, and a fault may have
 /// stopped it holding a lock.
@@ -725,7 +736,11 @@ impl Sel4Exits {
             pending: (0..vcpus).map(|_| None).collect(),
             reply: false,
             exits: 0,
-            not_device: console_channel_bit(),
+            // The admin never signals a VMM either.
+            not_device: console_channel_bit()
+                | 1u64
+                    .checked_shl(ADMIN_CHANNEL.load(Ordering::Relaxed))
+                    .unwrap_or(0),
             backlog_owed: false,
         }
     }
@@ -927,6 +942,17 @@ impl VmExits for Sel4Exits {
                     self.exits += 1;
                     EXITS.store(self.exits, Ordering::Relaxed);
                     let exit = self.exit(vcpu, fault)?;
+                    let doorbell = DOORBELL.load(Ordering::Relaxed);
+                    if doorbell != 0
+                        && matches!(exit, VcpuExit::MmioWrite { gpa, .. } if gpa == doorbell)
+                    {
+                        // The control VM rang: tell the admin, which reads its control
+                        // page; the write itself stores nothing.
+                        let _ = crate::pd::notify(ADMIN_CHANNEL.load(Ordering::Relaxed));
+                        self.apply(vcpu, ExitAnswer::None)?;
+                        self.reply = true;
+                        continue;
+                    }
                     if FAULT_KNOB.load(Ordering::Relaxed)
                         && matches!(exit, VcpuExit::MmioWrite { gpa, .. } if gpa == payload::TEST_FAULT_GPA)
                     {
@@ -1064,6 +1090,8 @@ fn boot() -> Result<Booted, String> {
     crate::budget::check_vmm_heap(&plan).map_err(|e| alloc::format!("{e}"))?;
     let name = plan.name.clone();
     FAULT_KNOB.store(params.test_fault, Ordering::Relaxed);
+    DOORBELL.store(params.control_doorbell, Ordering::Relaxed);
+    ADMIN_CHANNEL.store(params.admin_channel, Ordering::Relaxed);
     if STARTS.load(Ordering::SeqCst) > 1 {
         // Restarted by the admin: the vCPUs are where the previous run left them (running,
         // or blocked on a fault it never answered). Stop them (which cancels those waits)
@@ -1321,8 +1349,17 @@ pub extern "C" fn main() -> ! {
     if let Ok((_, lay)) = read_payload() {
         console_attach(&lay.params);
     }
-    if again {
+    let pool_slot = matches!(read_payload(), Ok((_, lay)) if !lay.params.start);
+    if again && POOL_WAITING.swap(false, Ordering::SeqCst) {
+        log!("keel-sel4: vmm started by the admin PD ({name}): pool slot; booting its VM");
+    } else if again {
         log!("keel-sel4: vmm restarted by the admin PD ({name}); booting its VM again");
+    } else if pool_slot {
+        log!(
+            "keel-sel4: vmm waiting ({name}): a pool slot (start = false); the admin PD starts it on request"
+        );
+        POOL_WAITING.store(true, Ordering::SeqCst);
+        idle();
     } else {
         log!("keel-sel4: vmm up ({name})");
     }

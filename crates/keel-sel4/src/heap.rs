@@ -224,3 +224,27 @@ unsafe impl GlobalAlloc for RegionHeap {
         unsafe { dealloc_in(&self.state, ptr, layout) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_frees_the_whole_arena_even_with_the_lock_held() {
+        let heap: alloc::boxed::Box<Heap<16384>> = alloc::boxed::Box::new(Heap::new());
+        let layout = Layout::from_size_align(4096, 16).unwrap();
+        // SAFETY: a valid non-zero layout; the block is never used.
+        let first = unsafe { heap.alloc(layout) };
+        // SAFETY: as above.
+        let _second = unsafe { heap.alloc(layout) };
+        // A run that stopped inside the allocator: the lock stays held.
+        core::mem::forget(heap.state.lock());
+
+        // SAFETY: neither block is used again.
+        unsafe { heap.reset() };
+
+        assert_eq!(heap.used(), 0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { heap.alloc(layout) }, first);
+    }
+}

@@ -8,5 +8,6 @@ fn main() {
     if os == "none" {
         println!("cargo:rustc-link-arg-bin=keel-sel4-vmm=-T{dir}/pd.ld");
         println!("cargo:rustc-link-arg-bin=keel-sel4-console=-T{dir}/pd.ld");
+        println!("cargo:rustc-link-arg-bin=keel-sel4-admin=-T{dir}/pd.ld");
     }
 }

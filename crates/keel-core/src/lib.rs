@@ -27,6 +27,7 @@ extern crate std;
 
 pub mod arch;
 pub mod bus;
+pub mod control;
 pub mod hv;
 pub mod irq;
 pub mod memory;

@@ -26,6 +26,9 @@ fn main() {
         console_elf: keel_sel4::host::PdElves::beside(std::path::Path::new(elf)).console,
         switch_elf: keel_sel4::host::PdElves::beside(std::path::Path::new(elf)).switch,
         test_stall_vm: std::env::var(keel_sel4::host::TEST_STALL_VAR).ok(),
+        admin_elf: keel_sel4::host::PdElves::beside(std::path::Path::new(elf)).admin,
+        test_fault_vm: std::env::var(keel_sel4::host::TEST_FAULT_VAR).ok(),
+        restart: Vec::new(),
     };
     match keel_sel4::host::build(&system, &opts) {
         Ok(o) => println!("{}", o.image.display()),

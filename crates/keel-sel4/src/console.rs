@@ -85,6 +85,20 @@ impl ConsoleConfig {
         }
     }
 
+    /// The configuration of a system with VMs `names` and the admin PD: [`for_vms`]'s
+    /// rings, then the admin PD's ring named `admin` (ring and channel `names.len()`, as
+    /// `keel_spec::microkit::console_component` plans it); prefixes only when there are
+    /// several VMs.
+    ///
+    /// [`for_vms`]: ConsoleConfig::for_vms
+    pub fn for_system<'a>(names: impl IntoIterator<Item = &'a str>, admin: &str) -> ConsoleConfig {
+        let vms: Vec<&str> = names.into_iter().collect();
+        let prefix = vms.len() > 1;
+        let mut cfg = ConsoleConfig::for_vms(vms.into_iter().chain(core::iter::once(admin)));
+        cfg.prefix = prefix;
+        cfg
+    }
+
     /// Serialize: magic, version, total length (the fixed header of [`HEADER_LEN`] bytes),
     /// then the configuration in postcard (like the VMM payload's plan).
     pub fn encode(&self) -> Result<Vec<u8>, ConfigError> {

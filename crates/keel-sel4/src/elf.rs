@@ -61,6 +61,12 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// The entry point (`e_entry`) of an aarch64 ELF64 executable.
+pub fn entry(elf: &[u8]) -> Result<u64, ElfError> {
+    header(elf)?;
+    Ok(u64_at(elf, 24))
+}
+
 /// A loadable segment of an ELF: `(vaddr, memsz)`.
 pub fn load_segments(elf: &[u8]) -> Result<Vec<(u64, u64)>, ElfError> {
     let (phoff, phnum) = header(elf)?;

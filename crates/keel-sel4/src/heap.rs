@@ -44,6 +44,28 @@ impl<const ARENA: usize> Heap<ARENA> {
     }
 }
 
+impl<const ARENA: usize> Heap<ARENA> {
+    /// Make the whole arena free again, releasing the lock whoever held it (a protection
+    /// domain restarted at its entry point: the VMM PD after a fault).
+    ///
+    /// # Safety
+    ///
+    /// No block handed out before is used again (nor freed): the caller forgot every
+    /// value that owns one, and nothing is running inside `alloc` or `dealloc`.
+    pub unsafe fn reset(&self) {
+        // SAFETY: the caller's guarantee: whoever held the lock is gone.
+        unsafe { self.state.force_unlock() };
+        let mut s = self.state.lock();
+        s.next = 0;
+        s.free = [0; CLASSES];
+    }
+
+    /// Bytes handed out so far (the high-water mark).
+    pub fn used(&self) -> usize {
+        self.state.lock().next
+    }
+}
+
 impl<const ARENA: usize> core::fmt::Debug for Heap<ARENA> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Heap").field("arena", &ARENA).finish()
@@ -200,5 +222,29 @@ unsafe impl GlobalAlloc for RegionHeap {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: GlobalAlloc's contract: `ptr` came from `alloc` with this layout.
         unsafe { dealloc_in(&self.state, ptr, layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_frees_the_whole_arena_even_with_the_lock_held() {
+        let heap: alloc::boxed::Box<Heap<16384>> = alloc::boxed::Box::new(Heap::new());
+        let layout = Layout::from_size_align(4096, 16).unwrap();
+        // SAFETY: a valid non-zero layout; the block is never used.
+        let first = unsafe { heap.alloc(layout) };
+        // SAFETY: as above.
+        let _second = unsafe { heap.alloc(layout) };
+        // A run that stopped inside the allocator: the lock stays held.
+        core::mem::forget(heap.state.lock());
+
+        // SAFETY: neither block is used again.
+        unsafe { heap.reset() };
+
+        assert_eq!(heap.used(), 0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { heap.alloc(layout) }, first);
     }
 }

@@ -16,12 +16,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel_spec::microkit::{
-    CONSOLE_ELF_NAME, ColourLayout, ConsoleInput, ConsoleLayout, MicrokitLayout, NetLayout,
-    SwitchComponent, placement, switch_components, system_file, vmm_elf_name,
+    ADMIN_ELF_NAME, CONSOLE_ELF_NAME, ColourLayout, ConsoleInput, ConsoleLayout, MicrokitLayout,
+    NetLayout, SwitchComponent, placement, switch_components, system_file, vmm_elf_name,
+    vmm_pd_name,
 };
 use keel_spec::{System, VmSpec};
 
 use crate::abi::board;
+use crate::admin::{AdminConfig, AdminControl, AdminVm, RestartPlan};
 use crate::console::{CONSOLE_RINGS_VADDR, ConsoleConfig, RING_SIZE, VMM_CHANNEL, VMM_RING_VADDR};
 use crate::payload::{
     self, CONSOLE_RING_VADDR, GUEST_RAM_VADDR, INPUT_UART_VADDR, NicWindows, PAYLOAD_VADDR,
@@ -31,6 +33,7 @@ use crate::switch::{
     SWITCH_HEAP_VADDR, SWITCH_RINGS_VADDR, SwitchConfigError, SwitchPdConfig,
     VMM_FIRST_NET_CHANNEL, VMM_NET_VADDR,
 };
+use keel_core::control::Rights;
 
 /// What went wrong while building the image.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,9 @@ pub enum BuildError {
     /// The console PD's configuration cannot be written.
     #[error("console configuration: {0}")]
     ConsoleConfig(#[from] crate::console::ConfigError),
+    /// The admin PD's configuration cannot be written.
+    #[error("admin configuration: {0}")]
+    AdminConfig(#[from] crate::admin::AdminConfigError),
     /// A switch PD's configuration cannot be written.
     #[error("switch configuration: {0}")]
     SwitchConfig(#[from] SwitchConfigError),
@@ -367,10 +373,84 @@ pub struct BuildOptions {
     /// Test knob: the VM whose VMM stalls mid-output at its VM's first fault (`keel sel4
     /// build` takes it from `KEEL_SEL4_TEST_STALL_VMM`; see [`Sel4Params::test_stall`]).
     pub test_stall_vm: Option<String>,
+    /// The prebuilt admin ELF ([`PdElves`]).
+    pub admin_elf: PathBuf,
+    /// Test knob: the VM whose VMM faults when its guest writes to
+    /// [`crate::payload::TEST_FAULT_GPA`] (`keel sel4 build` takes it from
+    /// `KEEL_SEL4_TEST_FAULT_VMM`; see [`Sel4Params::test_fault`]).
+    pub test_fault_vm: Option<String>,
+    /// Each VM's restart policy, applied by the admin PD when its VMM faults (VMs not
+    /// named here: [`RestartPlan::Never`]). See [`restart_plans`].
+    pub restart: Vec<(String, RestartPlan)>,
 }
 
 /// The environment variable naming the VM whose VMM stalls (test knob).
 pub const TEST_STALL_VAR: &str = "KEEL_SEL4_TEST_STALL_VMM";
+
+/// The environment variable naming the VM whose VMM faults on a guest write to
+/// [`crate::payload::TEST_FAULT_GPA`] (test knob).
+pub const TEST_FAULT_VAR: &str = "KEEL_SEL4_TEST_FAULT_VMM";
+
+/// Restart policies by VM from `(vm, policy name)` pairs (the description's per-VM
+/// `restart`, `"never" | "on-failure" | "always"`), for [`BuildOptions::restart`]; the
+/// first unknown name is refused.
+pub fn restart_plans<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<(String, RestartPlan)>, crate::admin::UnknownPolicy> {
+    pairs
+        .into_iter()
+        .map(|(vm, p)| Ok((vm.to_string(), RestartPlan::from_name(p)?)))
+        .collect()
+}
+
+/// The admin PD's configuration for `system`: each VM's VMM (child id = the VM's index),
+/// the VMM program's entry point `entry`, the VM's policy from `restart` (default
+/// `never`) and its limit (`max_restarts_per_minute`, counted over the VM's life).
+pub fn admin_config(system: &System, entry: u64, restart: &[(String, RestartPlan)]) -> AdminConfig {
+    let mut control_pages = 0u64;
+    AdminConfig {
+        console_ring: CONSOLE_RING_VADDR,
+        console_ring_len: RING_SIZE,
+        console_channel: keel_spec::microkit::ADMIN_CONSOLE_CHANNEL,
+        vms: system
+            .vms()
+            .iter()
+            .enumerate()
+            .map(|(i, vm)| AdminVm {
+                start: vm.start,
+                channel: keel_spec::microkit::admin_child_id(i),
+                control: (!vm.control.is_empty()).then(|| {
+                    let vaddr = keel_spec::microkit::ADMIN_CONTROL_VADDR + control_pages * 0x1000;
+                    control_pages += 1;
+                    AdminControl {
+                        vaddr,
+                        rights: system
+                            .vms()
+                            .iter()
+                            .map(|t| {
+                                vm.control
+                                    .iter()
+                                    .filter(|c| c.vm == t.name)
+                                    .flat_map(|c| c.rights.iter())
+                                    .fold(Rights::NONE, |acc, r| acc.union(control_right(*r)))
+                                    .0
+                            })
+                            .collect(),
+                    }
+                }),
+                name: vm.name.clone(),
+                vmm_pd: vmm_pd_name(vm),
+                child_id: keel_spec::microkit::admin_child_id(i),
+                entry,
+                restart: restart
+                    .iter()
+                    .find(|(n, _)| *n == vm.name)
+                    .map_or(RestartPlan::Never, |(_, p)| *p),
+                max_restarts: vm.max_restarts_per_minute,
+            })
+            .collect(),
+    }
+}
 
 /// What `keel sel4 build` produced.
 #[derive(Debug, Clone)]
@@ -479,6 +559,33 @@ pub fn vm_payload(
     nics: Vec<NicWindows>,
     stall: bool,
 ) -> Result<Vec<u8>, BuildError> {
+    vm_payload_with(
+        system,
+        index,
+        nics,
+        TestKnobs {
+            stall,
+            fault: false,
+        },
+    )
+}
+
+/// The test knobs of one VMM ([`Sel4Params::test_stall`], [`Sel4Params::test_fault`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TestKnobs {
+    /// Stall mid-line at the VM's first fault.
+    pub stall: bool,
+    /// Fault when the guest writes to [`crate::payload::TEST_FAULT_GPA`].
+    pub fault: bool,
+}
+
+/// [`vm_payload`] with every test knob.
+pub fn vm_payload_with(
+    system: &System,
+    index: usize,
+    nics: Vec<NicWindows>,
+    knobs: TestKnobs,
+) -> Result<Vec<u8>, BuildError> {
     let vm = system.vms().get(index).ok_or_else(|| BuildError::Payload {
         vm: format!("#{index}"),
         source: PayloadError::Truncated { what: "system" },
@@ -498,7 +605,15 @@ pub fn vm_payload(
         console_ring: CONSOLE_RING_VADDR,
         console_ring_len: RING_SIZE,
         console_channel: VMM_CHANNEL,
-        test_stall: stall,
+        test_stall: knobs.stall,
+        test_fault: knobs.fault,
+        start: vm.start,
+        control_doorbell: if vm.control.is_empty() {
+            0
+        } else {
+            keel_spec::microkit::CONTROL_DOORBELL_GPA
+        },
+        admin_channel: keel_spec::microkit::VMM_ADMIN_CHANNEL,
         input_uart: if console_input { INPUT_UART_VADDR } else { 0 },
         input_channel: INPUT_CHANNEL,
         rng_seed: host_seed()?,
@@ -560,8 +675,11 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     let elf = std::fs::read(&opts.vmm_elf).map_err(io(&opts.vmm_elf))?;
     for (index, vm) in system.vms().iter().enumerate() {
-        let stall = opts.test_stall_vm.as_deref() == Some(vm.name.as_str());
-        let p = vm_payload(system, index, nic_windows(&switches, index), stall)?;
+        let knobs = TestKnobs {
+            stall: opts.test_stall_vm.as_deref() == Some(vm.name.as_str()),
+            fault: opts.test_fault_vm.as_deref() == Some(vm.name.as_str()),
+        };
+        let p = vm_payload_with(system, index, nic_windows(&switches, index), knobs)?;
         let max = GUEST_RAM_VADDR - PAYLOAD_VADDR;
         if p.len() as u64 > max {
             return Err(BuildError::PayloadTooLarge {
@@ -584,6 +702,11 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
         std::fs::write(&path, out).map_err(io(&path))?;
     }
     write_console_elf(system, opts)?;
+    let entry = crate::elf::entry(&elf).map_err(|source| BuildError::Elf {
+        path: opts.vmm_elf.clone(),
+        source,
+    })?;
+    write_admin_elf(system, entry, opts)?;
     write_switch_elves(&switches, opts)?;
     let system_path = opts.out.join(format!("{}.system", system.name()));
     std::fs::write(&system_path, xml).map_err(io(&system_path))?;
@@ -709,7 +832,10 @@ fn human_size(text: &str) -> Option<u64> {
 /// The console ELF with the console configuration of `system` appended, in `opts.out`.
 fn write_console_elf(system: &System, opts: &BuildOptions) -> Result<(), BuildError> {
     let elf = std::fs::read(&opts.console_elf).map_err(io(&opts.console_elf))?;
-    let cfg = ConsoleConfig::for_vms(system.vms().iter().map(|v| v.name.as_str()));
+    let cfg = ConsoleConfig::for_system(
+        system.vms().iter().map(|v| v.name.as_str()),
+        keel_spec::microkit::ADMIN_CONSOLE_NAME,
+    );
     let out = crate::elf::append_segment(&elf, PAYLOAD_VADDR, &cfg.encode()?, crate::elf::flags::R)
         .map_err(|source| BuildError::Elf {
             path: opts.console_elf.clone(),
@@ -717,6 +843,29 @@ fn write_console_elf(system: &System, opts: &BuildOptions) -> Result<(), BuildEr
         })?;
     let path = opts.out.join(CONSOLE_ELF_NAME);
     std::fs::write(&path, out).map_err(io(&path))
+}
+
+/// The admin ELF with the admin configuration of `system` appended, in `opts.out`.
+fn write_admin_elf(system: &System, entry: u64, opts: &BuildOptions) -> Result<(), BuildError> {
+    let elf = std::fs::read(&opts.admin_elf).map_err(io(&opts.admin_elf))?;
+    let cfg = admin_config(system, entry, &opts.restart);
+    let out = crate::elf::append_segment(&elf, PAYLOAD_VADDR, &cfg.encode()?, crate::elf::flags::R)
+        .map_err(|source| BuildError::Elf {
+            path: opts.admin_elf.clone(),
+            source,
+        })?;
+    let path = opts.out.join(ADMIN_ELF_NAME);
+    std::fs::write(&path, out).map_err(io(&path))
+}
+
+/// The protocol's right for a right of the description.
+pub fn control_right(r: keel_spec::ControlRight) -> Rights {
+    match r {
+        keel_spec::ControlRight::Start => Rights::START,
+        keel_spec::ControlRight::Stop => Rights::STOP,
+        keel_spec::ControlRight::Restart => Rights::RESTART,
+        keel_spec::ControlRight::Status => Rights::STATUS,
+    }
 }
 
 /// One switch ELF per switch component: the prebuilt switch ELF with that network's
@@ -748,6 +897,8 @@ pub struct PdElves {
     pub console: PathBuf,
     /// `keel-sel4-switch`.
     pub switch: PathBuf,
+    /// `keel-sel4-admin`.
+    pub admin: PathBuf,
 }
 
 impl PdElves {
@@ -757,6 +908,7 @@ impl PdElves {
             vmm: vmm.to_path_buf(),
             console: vmm.with_file_name("keel-sel4-console"),
             switch: vmm.with_file_name("keel-sel4-switch"),
+            admin: vmm.with_file_name("keel-sel4-admin"),
         }
     }
 }
@@ -780,6 +932,8 @@ pub fn build_pd_elves(repo: &Path, target_dir: &Path) -> Result<PdElves, String>
             "keel-sel4-console",
             "--bin",
             "keel-sel4-switch",
+            "--bin",
+            "keel-sel4-admin",
             "--release",
             "--target",
             "aarch64-unknown-none",

@@ -12,6 +12,8 @@
 //!   drains one ring per VMM); `console_pd` (seL4 only) is its program.
 //! - [`switch`]: the switch component (one PD per network, running keel-net's switch over
 //!   the rings of its ports); `switch_pd` (seL4 only) is its program.
+//! - [`admin`]: the admin component (the PD that is the Microkit parent of every VMM PD
+//!   and restarts a faulted one by its VM's policy); `admin_pd` (seL4 only) is its program.
 //! - [`heap`]: the protection domains' allocators (portable, so that host tests can run a
 //!   small arena); [`budget`]: the VMM heap's size against the worst case of a VM's
 //!   devices, checked at plan time.
@@ -25,6 +27,9 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod admin;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod admin_pd;
 pub mod budget;
 pub mod console;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
@@ -69,13 +74,25 @@ macro_rules! pd_entry {
 macro_rules! pd_start {
     ($main:path, $panic:path) => {
         // The Microkit tool starts the PD at `_start` with SP at the top of its stack.
+        // `_start` keeps that SP in `PD_INITIAL_SP` and, when the PD is started again
+        // (its parent's `microkit_pd_restart` writes only the PC), restores it: the
+        // restarted PD gets its whole stack back.
         core::arch::global_asm!(
             ".section .text.start, \"ax\"",
             ".global _start",
             "_start:",
-            "    bl {main}",
+            "    adrp x9, {sp0}",
+            "    add x9, x9, :lo12:{sp0}",
+            "    ldr x10, [x9]",
+            "    cbz x10, 2f",
+            "    mov sp, x10",
+            "    b 3f",
+            "2:  mov x10, sp",
+            "    str x10, [x9]",
+            "3:  bl {main}",
             "1:  b 1b",
             main = sym $main,
+            sp0 = sym $crate::PD_INITIAL_SP,
         );
 
         #[panic_handler]
@@ -85,16 +102,50 @@ macro_rules! pd_start {
     };
 }
 
-/// Define the VMM protection domain's entry point, panic handler and heap in the binary
+/// The stack pointer the PD was first started with (0 before `_start` ran): `pd_start!`'s
+/// `_start` restores it when the PD is restarted at its entry point.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[doc(hidden)]
+pub static PD_INITIAL_SP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Define the VMM protection domain's entry point, panic handler and allocator (the heap
+/// [`vmm::HEAP`], which the VMM empties when the admin PD restarts it) in the binary
 /// crate: `keel_sel4::vmm_entry!();`.
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[macro_export]
 macro_rules! vmm_entry {
     () => {
+        struct VmmHeap;
+
+        // SAFETY: every call goes to the VMM's heap, a GlobalAlloc.
+        unsafe impl core::alloc::GlobalAlloc for VmmHeap {
+            unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+                // SAFETY: forwarded under the caller's GlobalAlloc contract.
+                unsafe { core::alloc::GlobalAlloc::alloc(&$crate::vmm::HEAP, layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+                // SAFETY: forwarded under the caller's GlobalAlloc contract.
+                unsafe { core::alloc::GlobalAlloc::dealloc(&$crate::vmm::HEAP, ptr, layout) }
+            }
+        }
+
+        #[global_allocator]
+        static HEAP: VmmHeap = VmmHeap;
+
+        $crate::pd_start!($crate::vmm::main, $crate::vmm::panic);
+    };
+}
+
+/// Define the admin protection domain's entry point, panic handler and heap in the binary
+/// crate: `keel_sel4::admin_entry!();`.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[macro_export]
+macro_rules! admin_entry {
+    () => {
         $crate::pd_entry!(
-            $crate::vmm::main,
-            $crate::vmm::panic,
-            $crate::vmm::HEAP_BYTES
+            $crate::admin_pd::main,
+            $crate::admin_pd::panic,
+            $crate::admin_pd::HEAP_BYTES
         );
     };
 }

@@ -68,6 +68,11 @@ pub const fn endpoint_cap(channel: u32) -> u64 {
     mk::BASE_ENDPOINT_CAP + channel as u64
 }
 
+/// Capability slot of child PD `id`'s thread (TCB), in its parent (`BASE_TCB_CAP + id`).
+pub const fn child_tcb_cap(id: u32) -> u64 {
+    mk::BASE_TCB_CAP + id as u64
+}
+
 /// Capability slot of vCPU `id`'s thread (TCB).
 pub const fn vm_tcb_cap(id: u32) -> u64 {
     mk::BASE_VM_TCB_CAP + id as u64

@@ -27,13 +27,18 @@ pub const GUEST_RAM_VADDR: u64 = 0x2_0000_0000;
 pub const CONSOLE_RING_VADDR: u64 = crate::console::VMM_RING_VADDR;
 /// Where the first VM's VMM maps the board's PL011 for console input.
 pub const INPUT_UART_VADDR: u64 = 0x3_0001_0000;
+/// The guest-physical address whose write makes a VMM with the fault test knob fault
+/// ([`Sel4Params::test_fault`]): not RAM, no device, no shared region of the test systems
+/// (Linux's `/dev/mem` lets busybox `devmem` write there).
+pub const TEST_FAULT_GPA: u64 = 0x7000_0000;
 /// First bytes of the payload.
 pub const MAGIC: [u8; 8] = *b"KEELPAY\0";
 /// Payload format version (2: the plan and [`Sel4Params`] in postcard replace the
 /// hand-serialized configuration of version 1; 3: the console ring and the stall knob
 /// replace the console lock and the line prefix; 4: the reboot policy; 5: the network
-/// interfaces' rings and channels).
-pub const VERSION: u32 = 5;
+/// interfaces' rings and channels; 6: the fault test knob; 7: pool slots, the control
+/// doorbell and the admin channel).
+pub const VERSION: u32 = 7;
 /// Bytes of the fixed header before the blob table.
 const HEADER_LEN: usize = 32;
 /// Bytes of one blob-table entry.
@@ -88,6 +93,18 @@ pub struct Sel4Params {
     /// `KEEL-STALL-PARTIAL` into its console ring without a newline and stops handling
     /// faults for ever.
     pub test_stall: bool,
+    /// Test knob (`KEEL_SEL4_TEST_FAULT_VMM`): when its guest writes to guest-physical
+    /// [`TEST_FAULT_GPA`], the VMM makes a data access to an address it does not map, a
+    /// real seL4 fault of the VMM PD, which the admin PD receives.
+    pub test_fault: bool,
+    /// Whether the system starts the VM (`false`: a pool slot; the VMM waits until the
+    /// admin PD restarts it, see docs/sel4.md "The admin PD").
+    pub start: bool,
+    /// Guest-physical address of the VM's control doorbell (0: not a control VM): a guest
+    /// write there notifies the admin PD on [`Sel4Params::admin_channel`].
+    pub control_doorbell: u64,
+    /// The VMM's channel to the admin PD.
+    pub admin_channel: u32,
     /// Where the board's PL011 UART is mapped in this VMM for console input (0: this VM
     /// gets no input).
     pub input_uart: u64,
@@ -437,6 +454,10 @@ mod tests {
             console_ring_len: crate::console::RING_SIZE,
             console_channel: crate::console::VMM_CHANNEL,
             test_stall: true,
+            test_fault: false,
+            start: true,
+            control_doorbell: 0,
+            admin_channel: 0,
             input_uart: INPUT_UART_VADDR,
             input_channel: 1,
             rng_seed: [5; 32],

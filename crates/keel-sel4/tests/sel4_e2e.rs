@@ -204,7 +204,8 @@ fn two_vcpu_guest_runs_its_vcpus_in_parallel_on_two_cores_and_uses_its_virtio_di
 
     // Default placement: vCPU i on core i, the VMM with vCPU 0.
     assert!(
-        system_file.contains("<protection_domain name=\"linux_vmm\" priority=\"101\" cpu=\"0\">"),
+        system_file
+            .contains("<protection_domain name=\"linux_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">"),
         "{system_file}"
     );
     assert!(
@@ -307,7 +308,8 @@ fn two_vms_boot_on_their_own_cores_in_their_own_vmms_and_power_off() {
     } = SUITE.build_and_run(&sdk, "two", &toml, config, BOOT_TIMEOUT);
 
     assert!(
-        system_file.contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"1\">"),
+        system_file
+            .contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"1\" id=\"1\">"),
         "{system_file}"
     );
     assert!(
@@ -462,6 +464,278 @@ fn debian_guest_reboots_in_place_and_finds_its_disk_marker() {
         s(first),
         s(ready)
     );
+}
+
+/// VM a of the admin test: on the first boot (blank disk) write a marker to the disk, then
+/// write to 0x7000_0000, which makes its VMM fault (the test knob); on the boot after the
+/// admin PD restarted the VMM, find the marker and raise the flag in the shared region.
+const FAULTING_A_CMD: &str = "if dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1 | grep -q '^KEEL-ADMIN-MARKER'; then \
+    echo KEEL-FOUND-AFTER-RESTART; devmem 0x50000000 32 0x4B45454C; \
+    else echo KEEL-ADMIN-MARKER | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null; sync; \
+    echo KEEL-POKING-THE-VMM; devmem 0x70000000 32 1; sleep 60; fi";
+
+/// VM b of the admin test: wait (at most 300 s) for a's flag, which a raises only after its
+/// VMM was restarted.
+const WAITING_B_CMD: &str = "echo B-WAITING; i=0; while [ \"$(devmem 0x60000000 32)\" != 0x4B45454C ] && [ $i -lt 3000 ]; \
+    do sleep 0.1; i=$((i+1)); done; echo B-SAW=$(devmem 0x60000000 32)";
+
+#[test]
+fn faulted_vmm_is_restarted_by_the_admin_pd_and_its_guest_boots_again_while_another_vm_runs_on() {
+    let test = "faulted_vmm_is_restarted_by_the_admin_pd_and_its_guest_boots_again_while_another_vm_runs_on";
+    let Some(sdk) = SUITE.prerequisites(test) else {
+        return;
+    };
+    let Some(config) = SUITE.smp_config(&sdk, test) else {
+        return;
+    };
+    let dir = SUITE.dir("admin");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let map = |base: &str, access: &str, cpu: u32| {
+        format!(
+            "placement = {{ pcpus = [{cpu}] }}\n[[vm.shared]]\nregion = \"x\"\nbase = \"{base}\"\naccess = \"{access}\"\n"
+        )
+    };
+    let a_extra = format!(
+        "{}[[vm.disk]]\npath = \"{}\"\nid = \"e2e\"\n",
+        map("0x5000_0000", "rw", 0),
+        disk.display()
+    );
+    let toml = format!(
+        "[system]\nname = \"e2e-admin\"\n[[shared]]\nname = \"x\"\nsize = \"64K\"\n{}{}",
+        vm_toml("a", 1, "128M", &keel_cmd(FAULTING_A_CMD), &a_extra),
+        vm_toml(
+            "b",
+            1,
+            "128M",
+            &keel_cmd(WAITING_B_CMD),
+            &map("0x6000_0000", "ro", 1)
+        )
+    );
+    let _one = one_qemu();
+    let Built {
+        image,
+        dir,
+        cores,
+        system_file,
+        ..
+    } = SUITE.build_with(&sdk, "admin", &toml, config, |o| {
+        o.test_fault_vm = Some("a".into());
+        o.restart = host::restart_plans([("a", "on-failure"), ("b", "never")]).unwrap();
+    });
+    let (mut a_stopped, mut b_stopped) = (false, false);
+    let console = collect_console(
+        spawn(&mut host::qemu_command(&image, cores), Stdio::null()),
+        Duration::from_secs(420),
+        |line| {
+            a_stopped |= line.contains("keel-sel4: vm a: stopped: ");
+            b_stopped |= line.contains("keel-sel4: vm b: stopped: ");
+            a_stopped && b_stopped
+        },
+    );
+    std::fs::write(dir.join("console.log"), &console).unwrap();
+    let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let at = |want: &str| lines.iter().position(|l| l.contains(want));
+
+    assert!(
+        system_file
+            .contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">"),
+        "{system_file}"
+    );
+    assert!(lines.contains(&"a| KEEL-POKING-THE-VMM"), "{console}");
+    assert!(
+        lines.contains(&"a| keel-sel4: test knob: guest wrote 0x70000000; faulting on purpose"),
+        "{console}"
+    );
+    let restart = at("admin| keel-admin: vm a: VMM a_vmm faulted (memory fault: data access at address 0x10, pc 0x")
+        .unwrap_or_else(|| panic!("no restart line\n{console}"));
+    assert!(
+        lines[restart].ends_with("; restarting it (1 of at most 5, restart = \"on-failure\")"),
+        "{console}"
+    );
+    assert!(
+        lines
+            .contains(&"a| keel-sel4: vmm restarted by the admin PD (a_vmm); booting its VM again"),
+        "{console}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| **l == "a| KEEL-GUEST-READY")
+            .count(),
+        2,
+        "{console}"
+    );
+    assert!(lines.contains(&"a| KEEL-FOUND-AFTER-RESTART"), "{console}");
+    assert!(
+        console.contains("a| keel-sel4: vm a: stopped: guest powered off"),
+        "{console}"
+    );
+    // b: booted once, never restarted, and saw a's flag, which a raised after its restart.
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| **l == "b| KEEL-GUEST-READY")
+            .count(),
+        1,
+        "{console}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("(b_vmm)")).count(),
+        1,
+        "{console}"
+    );
+    let saw =
+        at("b| B-SAW=0x4B45454C").unwrap_or_else(|| panic!("b never saw a's flag\n{console}"));
+    assert!(saw > restart, "{console}");
+    assert!(
+        console.contains("b| keel-sel4: vm b: stopped: guest powered off"),
+        "{console}"
+    );
+}
+
+/// The control VM's side of the control protocol (`keel_core::control`) in busybox sh:
+/// `req OP TARGET SEQ` writes a request into the next slot of the control page at
+/// 0x7100_0000 (32-bit halves of the 64-bit words), bumps the request head, rings the
+/// doorbell at 0x7100_1000 and prints the response.
+const CTL_LIB: &str = "P=$((0x71000000)); s=0; \
+    req() { o=$((P + 8*(8 + 2*(s % 32)))); devmem $o 32 $1; devmem $((o+4)) 32 $2; devmem $((o+8)) 32 $3; devmem $((o+12)) 32 0; \
+    s=$((s+1)); devmem $((P+8)) 32 $s; devmem 0x71001000 32 1; \
+    i=0; while [ $(($(devmem $((P+24)) 32))) -lt $s ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+    r=$((P + 8*(72 + 2*((s-1) % 32)))); \
+    echo CTL-RESP op=$1 target=$2 seq=$(($(devmem $r 32))) status=$(($(devmem $((r+8)) 32))) state=$(($(devmem $((r+12)) 32))); }; \
+    flag() { i=0; while [ \"$(devmem 0x50000000 32)\" != 0x57454231 ] && [ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done; devmem 0x50000000 32 0; echo CTL-SAW-WEB; }; ";
+
+/// The control VM `ctl` (index 0; rights on `web`, index 1: start, stop, status, not
+/// restart): read web's state (a pool slot: stopped), ask for a restart (refused), start
+/// it, wait for its flag, stop it, read its state, send an unknown op and a target out of
+/// range, start it again and wait for its flag again.
+fn ctl_cmd() -> String {
+    format!(
+        "{CTL_LIB} n=0; while [ \"$(devmem $P 32)\" != 0x43544C01 ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done; \
+         echo CTL-MAGIC $(devmem $P 32); \
+         req 4 1 101; req 3 1 102; req 1 1 103; flag; req 2 1 104; req 4 1 105; req 9 1 106; req 4 5 107; \
+         req 1 1 108; flag; echo CTL-DONE"
+    )
+}
+
+/// The pool slot `web`: raise the flag in the shared region once booted, then idle.
+const WEB_CMD: &str =
+    "devmem 0x50000000 32 0x57454231; echo WEB-FLAGGED; while true; do sleep 1; done";
+
+#[test]
+fn control_vm_starts_stops_and_starts_a_pool_slot_and_is_refused_what_it_has_no_right_to() {
+    let test =
+        "control_vm_starts_stops_and_starts_a_pool_slot_and_is_refused_what_it_has_no_right_to";
+    let Some(sdk) = SUITE.prerequisites(test) else {
+        return;
+    };
+    let Some(config) = SUITE.smp_config(&sdk, test) else {
+        return;
+    };
+    let shared = |cpu: u32| {
+        format!(
+            "placement = {{ pcpus = [{cpu}] }}\n[[vm.shared]]\nregion = \"x\"\nbase = \"0x5000_0000\"\n"
+        )
+    };
+    let ctl_extra = format!(
+        "{}[[vm.control]]\nvm = \"web\"\nrights = [\"start\", \"stop\", \"status\"]\n",
+        shared(0)
+    );
+    let toml = format!(
+        "[system]\nname = \"e2e-control\"\n[[shared]]\nname = \"x\"\nsize = \"64K\"\n{}{}",
+        vm_toml("ctl", 1, "128M", &keel_cmd(&ctl_cmd()), &ctl_extra),
+        vm_toml(
+            "web",
+            1,
+            "128M",
+            &keel_cmd(WEB_CMD),
+            &format!("start = false\n{}", shared(1))
+        )
+    );
+    let _one = one_qemu();
+    let Built {
+        image,
+        dir,
+        cores,
+        system_file,
+        ..
+    } = SUITE.build(&sdk, "control", &toml, config);
+    let console = collect_console(
+        spawn(&mut host::qemu_command(&image, cores), Stdio::null()),
+        Duration::from_secs(420),
+        |line| line.contains("keel-sel4: vm ctl: stopped: "),
+    );
+    std::fs::write(dir.join("console.log"), &console).unwrap();
+    let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let has = |want: &str| lines.contains(&want);
+
+    assert!(
+        system_file.contains("<map mr=\"ctl_control\" vaddr=\"0x71000000\" perms=\"rw\" />"),
+        "{system_file}"
+    );
+    assert!(has("ctl| CTL-MAGIC 0x43544C01"), "{console}");
+    assert!(
+        has(
+            "web| keel-sel4: vmm waiting (web_vmm): a pool slot (start = false); the admin PD starts it on request"
+        ),
+        "{console}"
+    );
+    assert!(
+        has("ctl| CTL-RESP op=4 target=1 seq=101 status=0 state=2"),
+        "{console}"
+    );
+    assert!(
+        has("ctl| CTL-RESP op=3 target=1 seq=102 status=3 state=0"),
+        "{console}"
+    );
+    assert!(
+        has("ctl| CTL-RESP op=1 target=1 seq=103 status=0 state=1"),
+        "{console}"
+    );
+    assert!(
+        has("web| keel-sel4: vmm started by the admin PD (web_vmm): pool slot; booting its VM"),
+        "{console}"
+    );
+    assert!(
+        has("ctl| CTL-RESP op=2 target=1 seq=104 status=0 state=2"),
+        "{console}"
+    );
+    assert!(
+        has("admin| keel-admin: vm ctl asks to stop vm web: done"),
+        "{console}"
+    );
+    assert!(
+        has("ctl| CTL-RESP op=4 target=1 seq=105 status=0 state=2"),
+        "{console}"
+    );
+    assert!(
+        has("ctl| CTL-RESP op=9 target=1 seq=106 status=1 state=0"),
+        "{console}"
+    );
+    assert!(
+        has("ctl| CTL-RESP op=4 target=5 seq=107 status=2 state=0"),
+        "{console}"
+    );
+    assert!(
+        has("ctl| CTL-RESP op=1 target=1 seq=108 status=0 state=1"),
+        "{console}"
+    );
+    assert!(
+        has("web| keel-sel4: vmm restarted by the admin PD (web_vmm); booting its VM again"),
+        "{console}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| **l == "web| WEB-FLAGGED").count(),
+        2,
+        "{console}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| **l == "ctl| CTL-SAW-WEB").count(),
+        2,
+        "{console}"
+    );
+    assert!(has("ctl| CTL-DONE"), "{console}");
 }
 
 /// Bytes the networking test sends from a to b (4 MiB).

@@ -418,6 +418,36 @@ pub enum ErrorKind {
         /// The declared regions, or `none`.
         declared: String,
     },
+    /// A `[[vm.control]]` naming a VM the system does not have.
+    #[error("vm: {vm:?} is not a VM of this system (VMs: {declared})")]
+    UnknownControlTarget {
+        /// The name given.
+        vm: String,
+        /// The system's VMs.
+        declared: String,
+    },
+    /// A `[[vm.control]]` naming the VM it is in.
+    #[error("vm: {0:?} is this VM itself (a VM cannot control itself)")]
+    ControlSelf(String),
+    /// Two `[[vm.control]]` of one VM naming the same target.
+    #[error("vm: {vm:?} is already controlled by control {first}")]
+    ControlTwice {
+        /// The target.
+        vm: String,
+        /// The earlier `[[vm.control]]` naming it.
+        first: usize,
+    },
+    /// A `[[vm.control]]` with no rights.
+    #[error("rights: empty (give at least one of \"start\", \"stop\", \"restart\", \"status\")")]
+    NoRights,
+    /// A right given twice in one `[[vm.control]]`.
+    #[error("rights: {0:?} is given twice")]
+    RightTwice(&'static str),
+    /// A pool slot (`start = false`) that no VM may start.
+    #[error(
+        "start = false, but no VM holds the \"start\" right on it ([[vm.control]]), so nothing could ever start it"
+    )]
+    PoolSlotWithoutStarter,
     /// Two `[[shared]]` regions with the same name.
     #[error("name {0:?} is used by two shared regions")]
     DuplicateShared(String),

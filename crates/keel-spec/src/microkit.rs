@@ -215,6 +215,19 @@ pub enum MicrokitError {
         /// The set as written.
         set: String,
     },
+    /// A control VM whose RAM or shared region covers its control page or doorbell.
+    #[error(
+        "VM {vm}: its control page and doorbell ({page:#x}..{end:#x}) overlap its {what}; the seL4 backend maps them there",
+        end = page + 0x2000
+    )]
+    ControlPageOverlap {
+        /// The VM.
+        vm: String,
+        /// [`CONTROL_PAGE_GPA`].
+        page: u64,
+        /// `RAM` or `shared region <name>`.
+        what: String,
+    },
     /// More VMs than the console PD has channels for.
     #[error("system: {vms} VMs; the seL4 backend supports at most {max}")]
     TooManyVms {
@@ -377,14 +390,55 @@ pub fn placement(
 const TWO_MIB: u64 = 2 << 20;
 
 /// Most VMs in one system: the console PD gives each VMM one of its 62 Microkit channels
-/// (ids 0..=60; 61 stays free for the console UART's interrupt).
-pub const MAX_VMS: usize = 61;
+/// (ids 0..=59), the admin PD the next one (60); 61 stays free for the console UART's
+/// interrupt.
+pub const MAX_VMS: usize = 60;
 
 /// Name of the console protection domain.
 pub const CONSOLE_PD_NAME: &str = "keel_console";
 
 /// File name of the console PD's ELF (found on the Microkit tool's search path).
 pub const CONSOLE_ELF_NAME: &str = "keel-console.elf";
+
+/// Name of the admin protection domain: the Microkit parent of every VMM PD, which
+/// receives their faults and restarts them (keel-sel4's admin PD).
+pub const ADMIN_PD_NAME: &str = "keel_admin";
+
+/// Program image of the admin PD.
+pub const ADMIN_ELF_NAME: &str = "keel-admin.elf";
+
+/// The admin PD's console ring's name in the console PD (the prefix of its lines in a
+/// system of several VMs: `admin| `).
+pub const ADMIN_CONSOLE_NAME: &str = "admin";
+
+/// Guest-physical address of a control VM's control page (`keel_core::control`, one 4 KiB
+/// page shared with the admin PD) in the VM.
+pub const CONTROL_PAGE_GPA: u64 = 0x7100_0000;
+
+/// Guest-physical address of a control VM's doorbell: a write there (to nothing mapped) is
+/// a VM exit its VMM turns into a notification of the admin PD.
+pub const CONTROL_DOORBELL_GPA: u64 = CONTROL_PAGE_GPA + 0x1000;
+
+/// Where the admin PD maps the control page of the `k`-th control VM: here + `k` × 4 KiB.
+pub const ADMIN_CONTROL_VADDR: u64 = 0x5_0000_0000;
+
+/// The channel id, in each VMM PD, of its channel to the admin PD.
+pub const VMM_ADMIN_CHANNEL: u32 = 0;
+
+/// The channel id, in the admin PD, of its console ring's channel to the console PD (the
+/// VMMs' channels take ids 0..MAX_VMS).
+pub const ADMIN_CONSOLE_CHANNEL: u32 = 61;
+
+/// The Microkit memory region of VM `vm`'s control page.
+pub fn control_region_name(vm: &VmSpec) -> String {
+    format!("{}_control", vm.name)
+}
+
+/// The admin PD's child id of the VMM of VM `index` (Microkit `<protection_domain id=>`
+/// nested in the admin's): the VM's index.
+pub const fn admin_child_id(index: usize) -> u32 {
+    index as u32
+}
 
 /// The budget and period of a VMM protection domain's own scheduling context: those of
 /// its VM when the VM is budgeted (budget < period), else `None` (Microkit's default, a
@@ -408,6 +462,18 @@ pub fn vmm_priority(vm: &VmSpec) -> u32 {
     u32::from(p.priority).saturating_add(1).min(254)
 }
 
+/// Priority of the admin PD: one above the highest VMM (at most 254).
+pub fn admin_priority(system: &System) -> u32 {
+    system
+        .vms()
+        .iter()
+        .map(vmm_priority)
+        .max()
+        .unwrap_or(1)
+        .saturating_add(1)
+        .min(254)
+}
+
 /// The console component of a system: its PD, and per VM the ring region and channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsoleComponent {
@@ -419,7 +485,8 @@ pub struct ConsoleComponent {
     pub priority: u32,
     /// The core of the first VM's VMM.
     pub cpu: u32,
-    /// One ring per VM, in system order.
+    /// One ring per VM, in system order, then the admin PD's ring
+    /// ([`ADMIN_CONSOLE_NAME`]).
     pub rings: Vec<ConsoleRing>,
 }
 
@@ -466,6 +533,20 @@ pub fn console_component(
             vmm_channel: c.vmm_channel,
             console_channel: i as u32,
         })
+        .chain(core::iter::once({
+            // The admin PD's ring comes last (after every VM's): its own log lines.
+            let i = system.vms().len();
+            ConsoleRing {
+                vm: ADMIN_CONSOLE_NAME.into(),
+                vmm_pd: ADMIN_PD_NAME.into(),
+                region: "keel_admin_console_ring".into(),
+                size: c.ring_size,
+                vmm_vaddr: c.vmm_ring_vaddr,
+                console_vaddr: c.console_rings_vaddr + i as u64 * c.ring_size,
+                vmm_channel: ADMIN_CONSOLE_CHANNEL,
+                console_channel: i as u32,
+            }
+        }))
         .collect();
     let lowest_vmm = system.vms().iter().map(vmm_priority).min().unwrap_or(1);
     ConsoleComponent {
@@ -788,6 +869,30 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
                 max: layout.max_ram,
             });
         }
+        let control = CONTROL_PAGE_GPA..CONTROL_PAGE_GPA + 0x2000;
+        let overlaps = |b: u64, len: u64| b < control.end && control.start < b.saturating_add(len);
+        if !vm.control.is_empty() {
+            let shared = vm.shared.iter().find(|m| {
+                let len = system
+                    .shared()
+                    .iter()
+                    .find(|g| g.name == m.region)
+                    .map_or(0, |g| g.size);
+                overlaps(m.base, len)
+            });
+            let what = if overlaps(base, size) {
+                Some("RAM".to_string())
+            } else {
+                shared.map(|m| format!("shared region {}", m.region))
+            };
+            if let Some(what) = what {
+                return Err(MicrokitError::ControlPageOverlap {
+                    vm: vm.name.clone(),
+                    page: CONTROL_PAGE_GPA,
+                    what,
+                });
+            }
+        }
         if vm.vcpus > layout.max_vcpus {
             return Err(MicrokitError::TooManyVcpus {
                 vm: vm.name.clone(),
@@ -884,6 +989,18 @@ pub enum ComponentKind {
         /// The network's index.
         network: usize,
     },
+    /// The admin PD: parent of every VMM PD.
+    Admin,
+}
+
+/// Where a protection domain sits in the Microkit tree: the child `id` of PD `parent`
+/// (the parent receives its faults and may restart or stop it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildOf {
+    /// The parent component's name.
+    pub parent: String,
+    /// The child id in the parent (unique there, below 64).
+    pub id: u32,
 }
 
 /// One protection domain.
@@ -905,6 +1022,8 @@ pub struct ComponentPlan {
     pub irqs: Vec<IrqPlan>,
     /// Its child VM, for a VMM.
     pub vm: Option<ChildVmPlan>,
+    /// Its parent PD (a VMM's: the admin PD), `None` at the top level.
+    pub parent: Option<ChildOf>,
 }
 
 /// A notification channel between two components: `(component name, channel id)` at each end.
@@ -1020,6 +1139,22 @@ pub enum ComponentError {
     /// A channel names a component that does not exist.
     #[error("a channel names unknown component {0}")]
     UnknownComponent(String),
+    /// A component's parent does not exist, or is itself a child (the tree is two deep).
+    #[error("component {component}: parent {parent} is not a top-level component")]
+    Parent {
+        /// The child.
+        component: String,
+        /// The parent it names.
+        parent: String,
+    },
+    /// A parent has two children with one id, or an id of 64 or more.
+    #[error("component {parent}: child id {id} is used twice or is not below 64")]
+    ChildId {
+        /// The parent.
+        parent: String,
+        /// The id.
+        id: u32,
+    },
     /// A guest shared region mapped other than the description says.
     #[error(
         "guest shared region {region} must be mapped only into the VMs of {expected}; it is mapped by: {mapped}"
@@ -1040,6 +1175,7 @@ impl SystemComponents {
     /// component; channels join existing components; every shared region (a ring) is
     /// mapped by exactly its two owners, once each.
     pub fn check(&self) -> Result<(), ComponentError> {
+        self.check_parents()?;
         self.check_shared()?;
         self.check_guest_shared()?;
         // Sets, not lists: a coloured VM has thousands of regions.
@@ -1151,6 +1287,31 @@ impl SystemComponents {
         Ok(())
     }
 
+    /// Every parent is a top-level component; child ids are unique per parent, below 64.
+    fn check_parents(&self) -> Result<(), ComponentError> {
+        let mut ids: BTreeSet<(&str, u32)> = BTreeSet::new();
+        for c in &self.components {
+            let Some(p) = &c.parent else { continue };
+            let top = self
+                .components
+                .iter()
+                .any(|q| q.name == p.parent && q.parent.is_none());
+            if !top {
+                return Err(ComponentError::Parent {
+                    component: c.name.clone(),
+                    parent: p.parent.clone(),
+                });
+            }
+            if p.id >= 64 || !ids.insert((&p.parent, p.id)) {
+                return Err(ComponentError::ChildId {
+                    parent: p.parent.clone(),
+                    id: p.id,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn check_shared(&self) -> Result<(), ComponentError> {
         for sh in &self.shared {
             let mut by: Vec<&str> = Vec::new();
@@ -1212,37 +1373,57 @@ impl SystemComponents {
                 m.region, m.vaddr, m.perms
             );
         };
-        for c in &self.components {
+        // Children are written inside their parent (the Microkit tree); the check makes
+        // every parent a top-level component.
+        let pd = |x: &mut String, c: &ComponentPlan, ind: &str| {
             // A budgeted VM's VMM gets the VM's budget and period (see
             // [`vmm_scheduling`]); every other PD keeps Microkit's default context.
             let sched = vmm_scheduling(c)
                 .map(|(b, p)| format!(" budget=\"{b}\" period=\"{p}\""))
                 .unwrap_or_default();
+            let id = c
+                .parent
+                .as_ref()
+                .map(|p| format!(" id=\"{}\"", p.id))
+                .unwrap_or_default();
             let _ = writeln!(
                 x,
-                "    <protection_domain name=\"{}\" priority=\"{}\"{sched} cpu=\"{}\">",
+                "{ind}<protection_domain name=\"{}\" priority=\"{}\"{sched} cpu=\"{}\"{id}>",
                 c.name, c.priority, c.cpu
             );
-            let _ = writeln!(x, "        <program_image path=\"{}\" />", c.program);
+            let _ = writeln!(x, "{ind}    <program_image path=\"{}\" />", c.program);
+            let inner = format!("{ind}    ");
             for m in &c.maps {
-                map(&mut x, "        ", m);
+                map(x, &inner, m);
             }
             for i in &c.irqs {
-                let _ = writeln!(x, "        <irq irq=\"{}\" id=\"{}\" />", i.irq, i.channel);
+                let _ = writeln!(x, "{ind}    <irq irq=\"{}\" id=\"{}\" />", i.irq, i.channel);
             }
             if let Some(vm) = &c.vm {
                 let _ = writeln!(
                     x,
-                    "        <virtual_machine name=\"{}\" priority=\"{}\" budget=\"{}\" period=\"{}\">",
+                    "{ind}    <virtual_machine name=\"{}\" priority=\"{}\" budget=\"{}\" period=\"{}\">",
                     vm.name, vm.priority, vm.budget_us, vm.period_us
                 );
                 for (i, cpu) in vm.vcpu_cpus.iter().enumerate() {
-                    let _ = writeln!(x, "            <vcpu id=\"{i}\" cpu=\"{cpu}\" />");
+                    let _ = writeln!(x, "{ind}        <vcpu id=\"{i}\" cpu=\"{cpu}\" />");
                 }
+                let vm_ind = format!("{ind}        ");
                 for m in &vm.maps {
-                    map(&mut x, "            ", m);
+                    map(x, &vm_ind, m);
                 }
-                let _ = writeln!(x, "        </virtual_machine>");
+                let _ = writeln!(x, "{ind}    </virtual_machine>");
+            }
+        };
+        for c in self.components.iter().filter(|c| c.parent.is_none()) {
+            pd(&mut x, c, "    ");
+            let children = self
+                .components
+                .iter()
+                .filter(|k| k.parent.as_ref().is_some_and(|p| p.parent == c.name));
+            for k in children {
+                pd(&mut x, k, "        ");
+                let _ = writeln!(x, "        </protection_domain>");
             }
             let _ = writeln!(x, "    </protection_domain>");
         }
@@ -1334,6 +1515,9 @@ pub fn component_plan(
     for g in system.shared() {
         regions.push(plain(&guest_shared_region_name(&g.name), g.size));
     }
+    for vm in system.vms().iter().filter(|v| !v.control.is_empty()) {
+        regions.push(plain(&control_region_name(vm), FOUR_KIB));
+    }
     let guest_perms = |access: Access| match access {
         Access::ReadWrite => "rw",
         Access::ReadOnly => "r",
@@ -1381,6 +1565,9 @@ pub fn component_plan(
             perms: guest_perms(m.access),
             ..rw(guest_shared_region_name(&m.region), m.base)
         }));
+        if !vm.control.is_empty() {
+            vm_maps.push(rw(control_region_name(vm), CONTROL_PAGE_GPA));
+        }
         let mut irqs = Vec::new();
         if let (0, Some(ci)) = (index, &layout.console_input) {
             maps.push(MapPlan {
@@ -1408,6 +1595,10 @@ pub fn component_plan(
                 vcpu_cpus: place.vcpu_cpus.clone(),
                 maps: vm_maps,
             }),
+            parent: Some(ChildOf {
+                parent: ADMIN_PD_NAME.into(),
+                id: admin_child_id(index),
+            }),
         });
     }
     components.push(ComponentPlan {
@@ -1423,6 +1614,7 @@ pub fn component_plan(
             .collect(),
         irqs: Vec::new(),
         vm: None,
+        parent: None,
     });
     for (network, sw) in switches.iter().enumerate() {
         let mut maps = Vec::new();
@@ -1440,8 +1632,40 @@ pub fn component_plan(
             maps,
             irqs: Vec::new(),
             vm: None,
+            parent: None,
         });
     }
+    // The admin PD: parent of every VMM (their faults come to it), above every VMM's
+    // priority so that a restart is not delayed by the VMs it supervises, on the first
+    // VMM's core; it maps only its console ring.
+    let admin_ring = console
+        .rings
+        .iter()
+        .find(|r| r.vmm_pd == ADMIN_PD_NAME)
+        .map(|r| rw(r.region.clone(), r.vmm_vaddr));
+    let mut admin_maps: Vec<MapPlan> = admin_ring.into_iter().collect();
+    for (k, vm) in system
+        .vms()
+        .iter()
+        .filter(|v| !v.control.is_empty())
+        .enumerate()
+    {
+        admin_maps.push(rw(
+            control_region_name(vm),
+            ADMIN_CONTROL_VADDR + k as u64 * FOUR_KIB,
+        ));
+    }
+    components.push(ComponentPlan {
+        name: ADMIN_PD_NAME.into(),
+        kind: ComponentKind::Admin,
+        program: ADMIN_ELF_NAME.into(),
+        priority: admin_priority(system),
+        cpu: places.first().map_or(0, |p| p.vmm_cpu),
+        maps: admin_maps,
+        irqs: Vec::new(),
+        vm: None,
+        parent: None,
+    });
     let mut channels: Vec<ChannelPlan> = console
         .rings
         .iter()
@@ -1458,6 +1682,18 @@ pub fn component_plan(
             owners: [r.vmm_pd.clone(), console.pd.clone()],
         })
         .collect();
+    for (i, vm) in system.vms().iter().enumerate() {
+        channels.push(ChannelPlan {
+            a: (vmm_pd_name(vm), VMM_ADMIN_CHANNEL),
+            b: (ADMIN_PD_NAME.into(), admin_child_id(i)),
+        });
+        if !vm.control.is_empty() {
+            shared.push(SharedRegion {
+                region: control_region_name(vm),
+                owners: [vmm_pd_name(vm), ADMIN_PD_NAME.into()],
+            });
+        }
+    }
     for sw in &switches {
         for p in &sw.ports {
             channels.push(ChannelPlan {
@@ -1585,7 +1821,9 @@ mod tests {
     fn each_vm_gets_a_vmm_pd_with_its_vcpus() {
         let x = system_file(&system(vec![vm("a", 2), vm("b", 1)]), &layout()).unwrap();
 
-        assert!(x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\">"));
+        assert!(
+            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">")
+        );
         assert!(x.contains("<program_image path=\"b-vmm.elf\" />"));
         assert_eq!(x.matches("<vcpu id=\"1\"").count(), 1);
         assert_eq!(x.matches("<virtual_machine ").count(), 2);
@@ -1616,7 +1854,8 @@ mod tests {
         assert!(x.contains(
             "<channel>\n        <end pd=\"b_vmm\" id=\"2\" />\n        <end pd=\"keel_console\" id=\"1\" />\n    </channel>"
         ));
-        assert_eq!(x.matches("<channel>").count(), 2);
+        // VMMs to the console, the admin to the console, the admin to each VMM.
+        assert_eq!(x.matches("<channel>").count(), 2 + 1 + 2);
     }
 
     #[test]
@@ -1624,7 +1863,7 @@ mod tests {
         let x = system_file(&system(vec![vm("a", 1)]), &layout()).unwrap();
 
         assert!(x.contains("<program_image path=\"keel-console.elf\" />"));
-        assert_eq!(x.matches("<channel>").count(), 1);
+        assert_eq!(x.matches("<channel>").count(), 1 + 1 + 1);
     }
 
     #[test]
@@ -1652,7 +1891,7 @@ mod tests {
 
         assert_eq!(
             check(&system(vms), &layout()),
-            Err(MicrokitError::TooManyVms { vms: 62, max: 61 })
+            Err(MicrokitError::TooManyVms { vms: 61, max: 60 })
         );
     }
 
@@ -1711,7 +1950,7 @@ mod tests {
 
         assert!(
             x.contains(
-                "<protection_domain name=\"a_vmm\" priority=\"101\" budget=\"5000\" period=\"20000\" cpu=\"0\">"
+                "<protection_domain name=\"a_vmm\" priority=\"101\" budget=\"5000\" period=\"20000\" cpu=\"0\" id=\"0\">"
             ),
             "{x}"
         );
@@ -1722,7 +1961,7 @@ mod tests {
         let x = system_file(&system(vec![vm("a", 1)]), &layout()).unwrap();
 
         assert!(
-            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\">"),
+            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">"),
             "{x}"
         );
     }
@@ -1778,8 +2017,12 @@ mod tests {
 
         let x = system_file(&system(vec![vm("a", 2), b]), &layout_cores(4)).unwrap();
 
-        assert!(x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\">"));
-        assert!(x.contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"3\">"));
+        assert!(
+            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">")
+        );
+        assert!(
+            x.contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"3\" id=\"1\">")
+        );
         assert_eq!(x.matches("<vcpu id=\"1\" cpu=\"1\" />").count(), 2);
         assert!(x.contains("<vcpu id=\"0\" cpu=\"3\" />"));
     }
@@ -1867,8 +2110,8 @@ mod tests {
         let plan = component_plan(&system(vec![vm("a", 2), vm("b", 1)]), &layout()).unwrap();
 
         assert_eq!(plan.check(), Ok(()));
-        assert_eq!(plan.components.len(), 3);
-        assert_eq!(plan.channels.len(), 2);
+        assert_eq!(plan.components.len(), 4);
+        assert_eq!(plan.channels.len(), 2 + 1 + 2);
     }
 
     #[test]
@@ -1955,6 +2198,103 @@ mod tests {
     fn pd_section<'a>(x: &'a str, pd: &str) -> &'a str {
         let s = &x[x.find(&format!("name=\"{pd}\"")).unwrap()..];
         &s[..s.find("</protection_domain>").unwrap()]
+    }
+
+    #[test]
+    fn every_vmm_pd_is_a_child_of_the_admin_pd() {
+        let x = system_file(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
+
+        let admin = &x[x.find("<protection_domain name=\"keel_admin\"").unwrap()..];
+        assert!(admin.starts_with(
+            "<protection_domain name=\"keel_admin\" priority=\"102\" cpu=\"0\">\n        <program_image path=\"keel-admin.elf\" />"
+        ));
+        assert!(admin.contains(
+            "\n        <protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">"
+        ));
+        assert!(admin.contains(
+            "\n        <protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"0\" id=\"1\">"
+        ));
+        assert_eq!(x.matches("<protection_domain ").count(), 4);
+        assert_eq!(x.matches("</protection_domain>").count(), 4);
+    }
+
+    fn controlled() -> System {
+        let mut ctl = vm("ctl", 1);
+        ctl.control = vec![crate::ControlSpec {
+            vm: "web".into(),
+            rights: vec![crate::ControlRight::Stop],
+        }];
+        system(vec![ctl, vm("web", 1)])
+    }
+
+    #[test]
+    fn a_control_vm_shares_its_control_page_with_the_admin_only() {
+        let plan = component_plan(&controlled(), &layout()).unwrap();
+
+        assert_eq!(plan.check(), Ok(()));
+        let x = plan.render();
+        assert!(x.contains("<memory_region name=\"ctl_control\" size=\"0x1000\" />"));
+        assert!(x.contains("<map mr=\"ctl_control\" vaddr=\"0x71000000\" perms=\"rw\" />"));
+        assert!(x.contains("<map mr=\"ctl_control\" vaddr=\"0x500000000\" perms=\"rw\" />"));
+        assert_eq!(x.matches("mr=\"ctl_control\"").count(), 2);
+        assert!(!x.contains("web_control"));
+    }
+
+    #[test]
+    fn each_vmm_has_a_channel_to_the_admin_pd() {
+        let x = system_file(&controlled(), &layout()).unwrap();
+
+        assert!(x.contains(
+            "<channel>\n        <end pd=\"web_vmm\" id=\"0\" />\n        <end pd=\"keel_admin\" id=\"1\" />\n    </channel>"
+        ));
+    }
+
+    #[test]
+    fn a_control_vm_whose_ram_covers_its_control_page_is_refused() {
+        let mut sys = controlled();
+        let mut big = sys.vms()[0].clone();
+        big.memory = crate::Memory::Size(1 << 30);
+        sys = system(vec![big, sys.vms()[1].clone()]);
+
+        assert_eq!(
+            component_plan(&sys, &layout()).map(|_| ()),
+            Err(MicrokitError::ControlPageOverlap {
+                vm: "ctl".into(),
+                page: CONTROL_PAGE_GPA,
+                what: "RAM".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_child_id_used_twice_is_refused() {
+        let mut plan = component_plan(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
+        plan.components[1].parent.as_mut().unwrap().id = 0;
+
+        assert_eq!(
+            plan.check(),
+            Err(ComponentError::ChildId {
+                parent: ADMIN_PD_NAME.into(),
+                id: 0
+            })
+        );
+    }
+
+    #[test]
+    fn a_child_of_a_child_is_refused() {
+        let mut plan = component_plan(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
+        plan.components[1].parent = Some(ChildOf {
+            parent: "a_vmm".into(),
+            id: 5,
+        });
+
+        assert_eq!(
+            plan.check(),
+            Err(ComponentError::Parent {
+                component: "b_vmm".into(),
+                parent: "a_vmm".into()
+            })
+        );
     }
 
     #[test]
@@ -2049,7 +2389,7 @@ mod tests {
         assert!(x.contains(
             "<channel>\n        <end pd=\"b_vmm\" id=\"3\" />\n        <end pd=\"keel_switch_lan\" id=\"1\" />\n    </channel>"
         ));
-        assert_eq!(x.matches("<channel>").count(), 3 + 4);
+        assert_eq!(x.matches("<channel>").count(), 3 + 1 + 3 + 4);
     }
 
     #[test]
@@ -2135,7 +2475,7 @@ mod tests {
         let plan = component_plan(&networked(), &layout()).unwrap();
 
         assert_eq!(plan.check(), Ok(()));
-        assert_eq!(plan.shared.len(), 3 + 8);
+        assert_eq!(plan.shared.len(), 3 + 1 + 8);
     }
 
     #[test]

@@ -601,6 +601,61 @@ pub struct VmSpec {
     /// The cache colours of the board's last-level cache ([`Llc`]) whose physical pages
     /// back this VM's RAM (`cache_colours`); `None`: uncoloured. Applied on seL4 only.
     pub cache_colours: Option<Vec<u32>>,
+    /// The VMs this VM may control, with its rights on each (`[[vm.control]]`): this VM is
+    /// then a control VM, which asks the admin for operations on those VMs
+    /// (`keel_core::control`). Each target once, never the VM itself.
+    pub control: Vec<ControlSpec>,
+    /// Whether the system starts this VM (`start`, default true). `false` makes it a pool
+    /// slot: built into the system, started only when a control VM with the `start` right
+    /// on it asks (the description must name one).
+    pub start: bool,
+}
+
+/// One `[[vm.control]]`: a target VM and the rights the controlling VM holds on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSpec {
+    /// The target VM's name.
+    pub vm: String,
+    /// The rights, in the order given (each once, at least one).
+    pub rights: Vec<ControlRight>,
+}
+
+/// A right of a control VM on a target VM (the operations of `keel_core::control`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ControlRight {
+    /// Start the target (a pool slot, or a VM stopped before).
+    Start,
+    /// Stop the target.
+    Stop,
+    /// Restart the target.
+    Restart,
+    /// Read the target's state.
+    Status,
+}
+
+impl ControlRight {
+    /// Every right, in the order the description documents them.
+    pub const ALL: [ControlRight; 4] = [
+        ControlRight::Start,
+        ControlRight::Stop,
+        ControlRight::Restart,
+        ControlRight::Status,
+    ];
+
+    /// The name used in the system description.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ControlRight::Start => "start",
+            ControlRight::Stop => "stop",
+            ControlRight::Restart => "restart",
+            ControlRight::Status => "status",
+        }
+    }
+
+    /// Parses the name used in the system description.
+    pub fn from_name(name: &str) -> Option<ControlRight> {
+        ControlRight::ALL.into_iter().find(|r| r.as_str() == name)
+    }
 }
 
 impl VmSpec {
@@ -629,6 +684,8 @@ impl VmSpec {
             max_restarts_per_minute: VmSpec::DEFAULT_MAX_RESTARTS_PER_MINUTE,
             restart: Restart::Never,
             cache_colours: None,
+            control: Vec::new(),
+            start: true,
         }
     }
 }
@@ -733,6 +790,7 @@ impl System {
         crate::validate::check_colours_across_vms(&vms)?;
         crate::validate::check_networks(&vms, &networks)?;
         crate::validate::check_shared(&vms, &shared)?;
+        crate::validate::check_control(&vms)?;
         Ok(System {
             name,
             pcpus,

@@ -9,9 +9,9 @@ use serde::Deserialize;
 use crate::env::expand;
 use crate::error::{ErrorKind, SpecError};
 use crate::model::{
-    Access, Arch, ConsoleSpec, CpuSet, DiskSpec, HostPath, Limits, Llc, MacAddr, Memory,
-    NetworkSpec, NicSpec, OnReboot, Output, OutputKind, Placement, RamRegion, Restart,
-    SharedMapSpec, SharedSpec, System, VmSpec,
+    Access, Arch, ConsoleSpec, ControlRight, ControlSpec, CpuSet, DiskSpec, HostPath, Limits, Llc,
+    MacAddr, Memory, NetworkSpec, NicSpec, OnReboot, Output, OutputKind, Placement, RamRegion,
+    Restart, SharedMapSpec, SharedSpec, System, VmSpec,
 };
 use crate::size::parse_size;
 use crate::validate::{check_vm, vm_label};
@@ -338,6 +338,13 @@ struct RawSharedMap {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawControl {
+    vm: String,
+    rights: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawNetwork {
     name: String,
     allow: Option<Vec<[String; 2]>>,
@@ -392,6 +399,9 @@ struct RawVm {
     net: Vec<RawNic>,
     #[serde(default)]
     shared: Vec<RawSharedMap>,
+    #[serde(default)]
+    control: Vec<RawControl>,
+    start: Option<bool>,
     on_reboot: Option<String>,
     max_restarts_per_minute: Option<i64>,
     restart: Option<String>,
@@ -673,6 +683,24 @@ impl Ctx<'_> {
                 access,
             });
         }
+        let mut control = Vec::with_capacity(raw.control.len());
+        for (i, c) in raw.control.into_iter().enumerate() {
+            let here = format!("{at}: control {i}");
+            let mut rights = Vec::with_capacity(c.rights.len());
+            for text in &c.rights {
+                rights.push(ControlRight::from_name(text).ok_or_else(|| {
+                    SpecError::new(
+                        here.clone(),
+                        ErrorKind::NotOneOf {
+                            key: "rights",
+                            value: text.clone(),
+                            expected: "\"start\", \"stop\", \"restart\", \"status\"",
+                        },
+                    )
+                })?);
+            }
+            control.push(ControlSpec { vm: c.vm, rights });
+        }
         Ok(VmSpec {
             name: raw.name,
             arch,
@@ -692,6 +720,8 @@ impl Ctx<'_> {
             max_restarts_per_minute,
             restart,
             cache_colours,
+            control,
+            start: raw.start.unwrap_or(true),
         })
     }
 

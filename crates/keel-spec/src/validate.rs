@@ -5,7 +5,9 @@ use alloc::string::{String, ToString};
 
 use crate::error::{ErrorKind, SpecError};
 use crate::layout::{GPA_LIMIT, device_window};
-use crate::model::{Arch, Llc, MacAddr, Memory, NetworkSpec, Output, SharedSpec, System, VmSpec};
+use crate::model::{
+    Arch, ControlRight, Llc, MacAddr, Memory, NetworkSpec, Output, SharedSpec, System, VmSpec,
+};
 use crate::size::SizeDisplay;
 
 /// The limits the validator enforces.
@@ -970,6 +972,61 @@ pub(crate) fn check_limits(
                     network: name.clone(),
                     declared: list_or_none(networks.iter().map(|n| n.name.as_str())),
                 },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks every VM's `[[vm.control]]` (each names another VM of the system, once per
+/// controlling VM, with at least one right, each right once) and that every pool slot
+/// (`start = false`) can be started by some VM.
+pub(crate) fn check_control(vms: &[VmSpec]) -> Result<(), SpecError> {
+    for (index, vm) in vms.iter().enumerate() {
+        let label = vm_label(index, Some(&vm.name));
+        for (i, c) in vm.control.iter().enumerate() {
+            let at = format!("{label}: control {i}");
+            if c.vm == vm.name {
+                return Err(SpecError::new(at, ErrorKind::ControlSelf(c.vm.clone())));
+            }
+            if !vms.iter().any(|v| v.name == c.vm) {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::UnknownControlTarget {
+                        vm: c.vm.clone(),
+                        declared: list_or_none(vms.iter().map(|v| v.name.as_str())),
+                    },
+                ));
+            }
+            if let Some(first) = vm.control[..i].iter().position(|d| d.vm == c.vm) {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::ControlTwice {
+                        vm: c.vm.clone(),
+                        first,
+                    },
+                ));
+            }
+            if c.rights.is_empty() {
+                return Err(SpecError::new(at, ErrorKind::NoRights));
+            }
+            for (j, r) in c.rights.iter().enumerate() {
+                if c.rights[..j].contains(r) {
+                    return Err(SpecError::new(at, ErrorKind::RightTwice(r.as_str())));
+                }
+            }
+        }
+    }
+    for (index, vm) in vms.iter().enumerate() {
+        let startable = vms.iter().any(|v| {
+            v.control
+                .iter()
+                .any(|c| c.vm == vm.name && c.rights.contains(&ControlRight::Start))
+        });
+        if !vm.start && !startable {
+            return Err(SpecError::new(
+                vm_label(index, Some(&vm.name)),
+                ErrorKind::PoolSlotWithoutStarter,
             ));
         }
     }

@@ -82,6 +82,22 @@ base = 0xffff_f000
 access = "ro"
 size = "64K"
 "#,
+    r#"
+[[vm]]
+name = "ctl"
+arch = "aarch64"
+kernel = "Image"
+memory = "64M"
+[[vm.control]]
+vm = "web"
+rights = ["start", "stop", "restart", "status"]
+[[vm]]
+name = "web"
+arch = "aarch64"
+kernel = "Image"
+memory = "64M"
+start = false
+"#,
 ];
 
 /// Fragments likely to reach odd corners: sizes, addresses, env syntax, TOML structure.
@@ -110,6 +126,10 @@ const TOKENS: &[&str] = &[
     "[vm.rng]",
     "[[shared]]",
     "[[vm.shared]]",
+    "[[vm.control]]",
+    "rights",
+    "\"start\"",
+    "start",
     "region",
     "access",
     "\"ro\"",

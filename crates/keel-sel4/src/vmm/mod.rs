@@ -72,6 +72,55 @@ use crate::syscall::{self as sys, debug_puts};
 /// worst case by [`crate::budget`]).
 pub const HEAP_BYTES: usize = crate::budget::VMM_HEAP_BYTES;
 
+/// The VMM's heap (the binary's global allocator forwards to it: `vmm_entry!`). Emptied
+/// when the admin PD restarts this PD ([`forget_previous_run`]).
+pub static HEAP: crate::heap::Heap<HEAP_BYTES> = crate::heap::Heap::new();
+
+/// How many times `main` was entered: more than once when the admin PD restarted this PD
+/// at its entry point after a fault.
+static STARTS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Test knob (parameters' `test_fault`): a guest write to [`payload::TEST_FAULT_GPA`] makes
+/// this PD fault.
+static FAULT_KNOB: AtomicBool = AtomicBool::new(false);
+
+/// The control doorbell's guest-physical address (0: not a control VM; parameters'
+/// `control_doorbell`).
+static DOORBELL: AtomicU64 = AtomicU64::new(0);
+
+/// This PD is a pool slot waiting for the admin PD to start it (the run before the next
+/// start never booted a VM).
+static POOL_WAITING: AtomicBool = AtomicBool::new(false);
+
+/// The channel to the admin PD (parameters' `admin_channel`).
+static ADMIN_CHANNEL: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Drop what the run before a restart left in this PD's statics, without running any of
+/// its destructors, and empty the heap: that run's stack is gone, and a fault may have
+/// stopped it holding a lock.
+///
+/// # Safety
+///
+/// Called first thing in a restarted `main`: nothing of the previous run is used again.
+unsafe fn forget_previous_run() {
+    // SAFETY: the previous run, which may have held these locks, will never run again.
+    unsafe {
+        CONSOLE.force_unlock();
+        RING.force_unlock();
+    }
+    // The line buffer's heap block belongs to the previous run: forget it, do not free it.
+    core::mem::forget(core::mem::take(&mut CONSOLE.lock().buf));
+    if let Some(r) = RING.lock().as_mut() {
+        r.unnotified = 0;
+    }
+    for a in [&PARKED, &INJECTED, &BACKLOG, &EXITS] {
+        a.store(0, Ordering::SeqCst);
+    }
+    // SAFETY: every static that owned a heap block was forgotten above (the console line);
+    // the others hold none. Nothing allocates concurrently (the PD has one thread).
+    unsafe { HEAP.reset() };
+}
+
 /// Formatted output on the seL4 debug console.
 #[derive(Debug)]
 pub struct DebugOut;
@@ -245,6 +294,21 @@ fn stall_forever() -> ! {
         r.notify();
     }
     idle()
+}
+
+/// The fault test knob: a data access to an address this PD does not map (page 0), which
+/// seL4 turns into a fault message to the admin PD, the VMM's parent.
+fn fault_on_purpose() -> ! {
+    console_flush();
+    log!(
+        "keel-sel4: test knob: guest wrote {:#x}; faulting on purpose",
+        payload::TEST_FAULT_GPA
+    );
+    // SAFETY: not sound to dereference, and that is the point: nothing is mapped at
+    // address 0x10 of a Microkit PD (programs start at 0x200000), so the load faults and
+    // the kernel suspends this thread and tells its parent; it never returns a value.
+    let v = unsafe { core::ptr::read_volatile(0x10 as *const u64) };
+    panic!("test knob: the load of address 0x10 returned {v:#x} instead of faulting")
 }
 
 /// virtio-console output: the console ring.
@@ -672,7 +736,11 @@ impl Sel4Exits {
             pending: (0..vcpus).map(|_| None).collect(),
             reply: false,
             exits: 0,
-            not_device: console_channel_bit(),
+            // The admin never signals a VMM either.
+            not_device: console_channel_bit()
+                | 1u64
+                    .checked_shl(ADMIN_CHANNEL.load(Ordering::Relaxed))
+                    .unwrap_or(0),
             backlog_owed: false,
         }
     }
@@ -874,6 +942,22 @@ impl VmExits for Sel4Exits {
                     self.exits += 1;
                     EXITS.store(self.exits, Ordering::Relaxed);
                     let exit = self.exit(vcpu, fault)?;
+                    let doorbell = DOORBELL.load(Ordering::Relaxed);
+                    if doorbell != 0
+                        && matches!(exit, VcpuExit::MmioWrite { gpa, .. } if gpa == doorbell)
+                    {
+                        // The control VM rang: tell the admin, which reads its control
+                        // page; the write itself stores nothing.
+                        let _ = crate::pd::notify(ADMIN_CHANNEL.load(Ordering::Relaxed));
+                        self.apply(vcpu, ExitAnswer::None)?;
+                        self.reply = true;
+                        continue;
+                    }
+                    if FAULT_KNOB.load(Ordering::Relaxed)
+                        && matches!(exit, VcpuExit::MmioWrite { gpa, .. } if gpa == payload::TEST_FAULT_GPA)
+                    {
+                        fault_on_purpose();
+                    }
                     return Ok(VmEvent::Exit { vcpu, exit });
                 }
                 Event::ProtectedCall { .. } => self.reply = true,
@@ -1005,6 +1089,18 @@ fn boot() -> Result<Booted, String> {
     // `keel sel4 build` refused it already; a payload built otherwise is refused here.
     crate::budget::check_vmm_heap(&plan).map_err(|e| alloc::format!("{e}"))?;
     let name = plan.name.clone();
+    FAULT_KNOB.store(params.test_fault, Ordering::Relaxed);
+    DOORBELL.store(params.control_doorbell, Ordering::Relaxed);
+    ADMIN_CHANNEL.store(params.admin_channel, Ordering::Relaxed);
+    if STARTS.load(Ordering::SeqCst) > 1 {
+        // Restarted by the admin: the vCPUs are where the previous run left them (running,
+        // or blocked on a fault it never answered). Stop them (which cancels those waits)
+        // and put their EL1 state back, as a guest reset does.
+        for v in 0..plan.vcpus {
+            let _ = sys::tcb_suspend(vm_tcb_cap(v));
+            reset_vcpu(v).map_err(|e| alloc::format!("vcpu {v}: {e}"))?;
+        }
+    }
     let vm = pd_vm(&plan, params)?;
     let log: keel_vmm::Log = Arc::new(Sel4Log { vm: name.clone() });
     let soft = Arc::new(
@@ -1243,12 +1339,30 @@ fn clean_dcache(ram: &GuestRam, gpa: u64, len: usize) {
 
 /// The protection domain's main function, called from `_start`.
 pub extern "C" fn main() -> ! {
+    let again = STARTS.fetch_add(1, Ordering::SeqCst) > 0;
+    if again {
+        // SAFETY: first thing in a restarted run; nothing of the previous run is used.
+        unsafe { forget_previous_run() };
+    }
     let name = crate::pd::name();
     // The console ring first: the "vmm up" line already goes through the console PD.
     if let Ok((_, lay)) = read_payload() {
         console_attach(&lay.params);
     }
-    log!("keel-sel4: vmm up ({name})");
+    let pool_slot = matches!(read_payload(), Ok((_, lay)) if !lay.params.start);
+    if again && POOL_WAITING.swap(false, Ordering::SeqCst) {
+        log!("keel-sel4: vmm started by the admin PD ({name}): pool slot; booting its VM");
+    } else if again {
+        log!("keel-sel4: vmm restarted by the admin PD ({name}); booting its VM again");
+    } else if pool_slot {
+        log!(
+            "keel-sel4: vmm waiting ({name}): a pool slot (start = false); the admin PD starts it on request"
+        );
+        POOL_WAITING.store(true, Ordering::SeqCst);
+        idle();
+    } else {
+        log!("keel-sel4: vmm up ({name})");
+    }
     let Booted {
         events,
         name,

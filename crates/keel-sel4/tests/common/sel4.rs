@@ -124,10 +124,25 @@ impl Suite {
         config: &str,
         stall: Option<&str>,
     ) -> Built {
+        self.build_with(sdk, name, toml, config, |opts| {
+            opts.test_stall_vm = stall.map(String::from)
+        })
+    }
+
+    /// [`Suite::build`], with `tweak` applied to the build options (test knobs, restart
+    /// policies).
+    pub fn build_with(
+        &self,
+        sdk: &Path,
+        name: &str,
+        toml: &str,
+        config: &str,
+        tweak: impl FnOnce(&mut BuildOptions),
+    ) -> Built {
         let dir = self.dir(name);
         let system = keel_spec::parse_str(toml, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut opts = build_options(sdk, config, dir.join("out"));
-        opts.test_stall_vm = stall.map(String::from);
+        tweak(&mut opts);
         let built = host::build(&system, &opts).unwrap_or_else(|e| panic!("{name}: build: {e}"));
         assert_eq!(built.config, config);
         let system_file = std::fs::read_to_string(&built.system_file).unwrap();
@@ -220,6 +235,9 @@ pub fn build_options(sdk: &Path, config: &str, out: PathBuf) -> BuildOptions {
         console_elf: elves.console,
         switch_elf: elves.switch,
         test_stall_vm: None,
+        admin_elf: elves.admin,
+        test_fault_vm: None,
+        restart: Vec::new(),
     }
 }
 

@@ -26,8 +26,10 @@ build   validate the system for seL4, build the VMM and console protection domai
         --out       output directory (default: ./keel-sel4-<system name>)
         --sdk       Microkit SDK (default: $MICROKIT_SDK)
         --vmm-elf   a prebuilt keel-sel4-vmm ELF instead of building it with cargo (the
-                    keel-sel4-console ELF of the same build is taken from beside it)
+                    keel-sel4-console, -switch and -admin ELFs of the same build are taken
+                    from beside it)
         KEEL_SEL4_TEST_STALL_VMM=<vm>  (tests) that VM's VMM stalls mid-line at its first fault
+        KEEL_SEL4_TEST_FAULT_VMM=<vm>  (tests) that VM's VMM faults when its guest writes 0x70000000
 run     boot the image in qemu-system-aarch64 (-machine virt,virtualization=on -cpu cortex-a53);
         the console is the seL4 debug console; returns 0 when every VM powered off
         --smp       CPUs of the emulated board (default: the cores of the config the image
@@ -215,6 +217,16 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf, Sel4Failure> {
         console_elf: elves.console,
         switch_elf: elves.switch,
         test_stall_vm: std::env::var(host::TEST_STALL_VAR).ok(),
+        admin_elf: elves.admin,
+        test_fault_vm: std::env::var(host::TEST_FAULT_VAR).ok(),
+        // Each VM's `restart` policy, applied by the admin PD when its VMM faults.
+        restart: host::restart_plans(
+            system
+                .vms()
+                .iter()
+                .map(|v| (v.name.as_str(), v.restart.as_str())),
+        )
+        .map_err(|e| input(format!("sel4 build: {e}")))?,
     };
     match host::build(&system, &opts) {
         Ok(o) => Ok(o.image),

@@ -349,6 +349,34 @@ fn a_vmm_killed_with_sigkill_is_restarted_within_a_second_and_the_other_vm_keeps
 }
 
 #[test]
+fn a_pool_slot_waits_for_a_start_request() {
+    if !kvm_or_skip("a_pool_slot_waits_for_a_start_request") {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // `slot` is a pool slot (`start = false`); `a` holds the start right on it (the
+    // description requires a starter; on Linux the API starts it too).
+    let d = Daemon::start(&format!(
+        "{}[[vm.control]]\nvm = \"slot\"\nrights = [\"start\"]\n\n{}start = false\n",
+        vm("a", "keeltest=pause:60000", "never"),
+        vm("slot", "keeltest=pause:60000", "never")
+    ));
+    assert!(eventually(BOOT, || d
+        .serial("a")
+        .contains("pause 60000 ms")));
+    assert_eq!(d.state_of("slot"), "created");
+    assert_eq!(d.pid_of("slot"), None);
+
+    let r = d.put("slot", "start");
+
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(eventually(BOOT, || d
+        .serial("slot")
+        .contains("pause 60000 ms")));
+    assert_eq!(d.state_of("slot"), "running");
+}
+
+#[test]
 fn a_vm_with_restart_never_is_not_restarted() {
     if !kvm_or_skip("a_vm_with_restart_never_is_not_restarted") {
         return;

@@ -388,7 +388,15 @@ impl ProcessSupervisor {
                 self.ended(&mut inner, i, exit, now);
                 continue;
             }
-            if inner.vms[i].request.is_none() {
+            // Static VMs start with the daemon, except pool slots (`start = false`), which
+            // wait for a start request.
+            let autostart = inner.vms[i].request.is_none()
+                && self
+                    .system
+                    .vms()
+                    .iter()
+                    .any(|v| v.name == inner.vms[i].name && v.start);
+            if autostart {
                 if let Err(e) = self.spawn_vm(&mut inner, i) {
                     log::error(format_args!("vm {:?}: {e}", inner.vms[i].name));
                     let from = inner.vms[i].state;

@@ -9,8 +9,6 @@
 //!   [`http`], a small strict HTTP/1.1 server and client; [`tokens`]: capability tokens.
 //! - [`ctl`]: `keel ctl`, the API's command-line client.
 
-#![allow(dead_code)] // the halves land separately; the daemon wires them together
-
 pub mod api;
 pub mod ctl;
 pub(crate) mod daemon;

@@ -793,10 +793,21 @@ impl ProcessSupervisor {
 }
 
 /// The first line of `dir/exit`, if the VMM wrote one.
+/// The first line of a VMM's `exit` record. The VMM writes that file and may be
+/// compromised, so at most [`EXIT_RECORD_MAX`] bytes are read and control characters are
+/// replaced: a hostile record costs the daemon neither memory nor a forged log line.
 fn read_exit(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join(vmmproc::EXIT_FILE)).ok()?;
-    text.lines().next().map(str::to_string)
+    use std::io::Read;
+    let file = std::fs::File::open(dir.join(vmmproc::EXIT_FILE)).ok()?;
+    let mut bytes = Vec::new();
+    file.take(EXIT_RECORD_MAX).read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let line = text.lines().next()?;
+    Some(line.chars().map(|c| if c.is_control() { '?' } else { c }).collect())
 }
+
+/// How much of a VMM's `exit` record the daemon reads.
+const EXIT_RECORD_MAX: u64 = 4096;
 
 impl Supervisor for ProcessSupervisor {
     fn list(&self) -> Vec<VmInfo> {

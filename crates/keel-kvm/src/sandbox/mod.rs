@@ -11,13 +11,14 @@
 //! 3. fresh mount, IPC and network namespaces (`unshare`; in a new user namespace when not
 //!    root); the network one always, since a VMM process never uses the host network (no
 //!    PID namespace: see [`unshare_namespaces`]);
-//! 4. when root, a switch to an unprivileged user (`KEEL_SANDBOX_USER`, else `keel` if that
-//!    user exists, else `nobody`) with no supplementary groups;
-//! 5. `no_new_privs`;
-//! 6. Landlock (best effort by ABI, up to [`LANDLOCK_ABI`]): read the kernel and initrd,
+//! 4. `no_new_privs`;
+//! 5. Landlock (best effort by ABI, up to [`LANDLOCK_ABI`]): read the kernel and initrd,
 //!    read or read-write each disk as declared, `/dev/kvm`, `/dev/urandom`; nothing else, no
 //!    execution, no TCP, no abstract Unix sockets, no signals outside the process. A kernel
-//!    without Landlock gets a loud warning line, not a silent pass;
+//!    without Landlock gets a loud warning line, not a silent pass. Before the uid drop,
+//!    because its rules name files by path, which the unprivileged user may not reach;
+//! 6. when root, a switch to an unprivileged user (`KEEL_SANDBOX_USER`, else `keel` if that
+//!    user exists, else `nobody`) with no supplementary groups;
 //! 7. a seccomp filter ([`Role::Process`]) whose default action traps: a SIGSYS handler
 //!    writes the thread's role and the system call number to stderr, then the process dies
 //!    of SIGSYS (the whole process, not only the thread: a half-dead VMM helps nobody).
@@ -549,14 +550,17 @@ pub fn apply(profile: &SandboxProfile) -> Result<Applied, SandboxError> {
         set_limit(libc::RLIMIT_FSIZE, "RLIMIT_FSIZE", size)?;
     }
     let namespaces = unshare_namespaces(profile, root)?;
-    if let Some((uid, gid)) = target {
-        drop_user(uid, gid)?;
-    }
     // SAFETY: PR_SET_NO_NEW_PRIVS with its documented arguments.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(setup_error("prctl(PR_SET_NO_NEW_PRIVS)"));
     }
+    // Landlock before the uid drop: its rules name the VM's files by path, and the
+    // unprivileged uid may not be able to reach them (a disk under /root, a 0700 directory).
+    // Changing uid afterwards is not something Landlock restricts.
     let (landlock_abi, landlock_full) = fs::restrict(profile)?;
+    if let Some((uid, gid)) = target {
+        drop_user(uid, gid)?;
+    }
     if landlock_abi == 0 {
         eprintln!(
             "keel: WARNING: sandbox of vm {:?}: this kernel has no Landlock: the VMM process is NOT confined to its files (only its uid, namespaces and seccomp filter limit what it opens)",

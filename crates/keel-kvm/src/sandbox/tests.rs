@@ -395,3 +395,42 @@ fn profile_of_a_vm_with_an_rng_reads_urandom_and_file_output_lifts_the_size_limi
     assert_eq!(p.read_only_devices, [PathBuf::from("/dev/urandom")]);
     assert_eq!(p.file_size_limit, None);
 }
+
+#[test]
+fn files_in_a_directory_only_root_may_enter_are_confined_before_the_uid_drop() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        skip(
+            "files_in_a_directory_only_root_may_enter_are_confined_before_the_uid_drop",
+            "not root: there is no uid drop",
+        );
+        return;
+    }
+    if !landlock_or_skip(
+        "files_in_a_directory_only_root_may_enter_are_confined_before_the_uid_drop",
+    ) {
+        return;
+    }
+    // A disk where the unprivileged user cannot look (like /root, or a 0700 temp dir).
+    let disk = Scratch::new("root-only", "disk bytes");
+    std::fs::set_permissions(
+        disk.dir(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let path = disk.0.clone();
+
+    // (The uid drop itself is checked by
+    // sandboxed_process_shows_its_filter_namespaces_and_user_in_proc; getuid is not in the
+    // filter.)
+    let end = run_child(&profile(vec![path.clone()]), || match read_kept(&path) {
+        Some(Ok(bytes)) if bytes == b"disk bytes" => OK,
+        _ => WRONG,
+    });
+
+    assert_eq!(
+        end,
+        End::Exited(OK),
+        "{end:?} (APPLY_FAILED = {APPLY_FAILED})"
+    );
+}

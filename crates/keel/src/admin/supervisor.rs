@@ -803,7 +803,11 @@ fn read_exit(dir: &Path) -> Option<String> {
     file.take(EXIT_RECORD_MAX).read_to_end(&mut bytes).ok()?;
     let text = String::from_utf8_lossy(&bytes);
     let line = text.lines().next()?;
-    Some(line.chars().map(|c| if c.is_control() { '?' } else { c }).collect())
+    Some(
+        line.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
+    )
 }
 
 /// How much of a VMM's `exit` record the daemon reads.

@@ -506,11 +506,17 @@ fn a_hostile_exit_record_is_read_bounded_and_without_control_characters() {
 
     // One endless line (what a compromised VMM could write): only the first 4 KiB count.
     std::fs::write(&path, "x".repeat(1 << 20)).unwrap();
-    assert_eq!(super::read_exit(&dir).unwrap().len(), super::EXIT_RECORD_MAX as usize);
+    assert_eq!(
+        super::read_exit(&dir).unwrap().len(),
+        super::EXIT_RECORD_MAX as usize
+    );
 
     // A forged log line: control characters do not reach the API or the log.
     std::fs::write(&path, "exit 0\u{1b}[2J\rkeel: VM \"other\" crashed\nsecond").unwrap();
-    assert_eq!(super::read_exit(&dir).unwrap(), "exit 0?[2J?keel: VM \"other\" crashed");
+    assert_eq!(
+        super::read_exit(&dir).unwrap(),
+        "exit 0?[2J?keel: VM \"other\" crashed"
+    );
 
     // The honest record.
     std::fs::write(&path, "exit 3\nguest crashed\n").unwrap();

@@ -248,7 +248,7 @@ TABLE = [
     ("total_fleet_pss_mib", f"everything (daemon + VMMs), summed PSS, {FLEET} VMs", "MiB", "lower"),
     ("rate_vms_s", f"start rate: {FLEET} VMs, first request → last first serial line", "VMs/s", "higher"),
     ("api_rate_vms_s", f"API rate: {FLEET} VMs, first request → last start answered", "VMs/s", "higher"),
-    ("fleet_first_line_ms", "per VM during the round: its first request → its first line", "ms", "lower"),
+    ("fleet_first_line_ms", "start-rate round: each VM's first request → its first line", "ms", "lower"),
     ("stop_all_ms", f"stop all {FLEET} (daemon SIGTERM → exit; others: SIGKILL → all reaped)", "ms", "lower"),
 ]
 

@@ -52,7 +52,8 @@ fuzz: setup
 	bash scripts/fuzz.sh $(TARGETS)
 
 # Keel against QEMU (and Firecracker / Cloud Hypervisor when FIRECRACKER= / CLOUD_HYPERVISOR=
-# name their binaries) on the same guest; writes bench/RESULTS.md. BENCH_QUICK=1: smoke run.
+# name their binaries) on the same guest; writes bench/RESULTS.md, and the admin API figures
+# (bench/api.py: bench/API.md). BENCH_QUICK=1: smoke run.
 # Then the cost of seL4 cache colouring (bench/sel4-colour.sh; skips without MICROKIT_SDK).
 bench: build testguest
 	bash bench/run.sh

@@ -90,6 +90,9 @@ pub enum Test {
     /// `poweroff`, power off through the ACPI sleep control register (S5), as the admin's
     /// graceful shutdown asks (docs/admin.md); pass when the time is up without one.
     AwaitPoweroff(u32),
+    /// `halt`: halt with interrupts off until the host stops the VM: a guest that stays
+    /// up without using CPU (bench/api.py runs 50 of them).
+    Halt,
     /// `reboot`: with no marker on the disk, write one and reset the machine; with the
     /// marker (the boot after the reset), clear it and pass.
     Reboot,
@@ -435,6 +438,7 @@ fn parse_test(name: &str) -> Option<Test> {
         "fault" => Test::Fault,
         "all" => Test::All,
         "reboot" => Test::Reboot,
+        "halt" => Test::Halt,
         "reset-loop" => Test::ResetLoop,
         "net" => Test::Net,
         _ => {

@@ -64,6 +64,7 @@ impl fmt::Display for Test {
             Test::BlkBench { kind, size, .. } => write!(f, "blkbench:{kind:?}:{size}"),
             Test::Pause(ms) => write!(f, "pause:{ms}"),
             Test::AwaitPoweroff(ms) => write!(f, "await-poweroff:{ms}"),
+            Test::Halt => f.write_str("halt"),
             Test::Reboot => f.write_str("reboot"),
             Test::ResetLoop => f.write_str("reset-loop"),
             Test::Net => f.write_str("net"),
@@ -128,6 +129,10 @@ impl Machine<'_> {
             ),
             Test::Pause(ms) => blkbench::pause(ms),
             Test::AwaitPoweroff(ms) => serial::await_poweroff(ms),
+            Test::Halt => {
+                say!("halt: halting with interrupts off until the host stops the VM");
+                x86::halt()
+            }
             Test::Reboot => match blk::reboot_marker(self.require(virtio::id::BLK, test)?)? {
                 blk::Marker::Found => {
                     say!("reboot: marker found after the reset; cleared");

@@ -197,6 +197,15 @@ pub fn delay_us(us: u64) {
     }
 }
 
+/// Halts for good with interrupts off: the vCPU sleeps (no CPU time) until the host
+/// stops the VM.
+pub fn halt() -> ! {
+    loop {
+        // SAFETY: halting with interrupts off parks the CPU; nothing follows.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
 /// Resets the machine: the i8042 "pulse reset line" command (0xfe to port 0x64), which
 /// Keel (and QEMU) turn into a system reset; halts if nothing happens.
 pub fn reset() -> ! {

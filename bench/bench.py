@@ -368,7 +368,9 @@ def run_once(
             raw, buf = buf.split(b"\n", 1)
             text = raw.decode(errors="replace").rstrip("\r")
             run.lines.append((t, text))
-            if run.first_line_s is None:
+            # The guest's first line, not a VMM's own log line on the same stdout
+            # (Firecracker logs there).
+            if run.first_line_s is None and text.startswith("keeltest"):
                 run.first_line_s = t
             if sample_on and text.startswith(sample_on) and not run.samples:
                 run.samples = smaps_guest_ram(vmm_pid(proc.pid), guest.mem_mib)

@@ -623,3 +623,114 @@ fn a_killed_switch_is_reported_and_its_vms_keep_running() {
     assert_eq!((d.pid_of("a"), d.pid_of("b")), (Some(a), Some(b)));
     assert!(is_vmm(a as i32) && is_vmm(b as i32));
 }
+
+#[test]
+fn a_dynamic_vm_joins_a_network_of_the_pool_and_a_later_one_reuses_its_port() {
+    if !kvm_or_skip("a_dynamic_vm_joins_a_network_of_the_pool_and_a_later_one_reuses_its_port") {
+        return;
+    }
+    let Some(g) = guest::testguest_with(b"keeltest.net-peer") else {
+        skip::skip(
+            "daemon",
+            "a_dynamic_vm_joins_a_network_of_the_pool_and_a_later_one_reuses_its_port",
+            "the test guest has no `net` test (keeltest.net=<role>)",
+        );
+        return;
+    };
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mac_b = "02:00:00:00:00:0b";
+    let mut d = Daemon::start(&format!(
+        "[[network]]\nname = \"lan\"\n[[vm]]\nname = \"b\"\narch = \"x86_64\"\nkernel = \"{g}\"\nmemory = \"32M\"\ncmdline = \"keeltest=net keeltest.net=echo keeltest.net-time=120000\"\n[[vm.net]]\nnetwork = \"lan\"\nmac = \"{mac_b}\"\n[limits]\nmax_vms = 1\nmemory = \"64M\"\nvcpus = 2\nkernels = [\"{g}\"]\nnetworks = [\"lan\"]\n",
+        g = g.display()
+    ));
+    let pinger = |name: &str, networks: &[&str]| {
+        serde_json::json!({
+            "name": name,
+            "kernel": g.display().to_string(),
+            "cmdline": format!("keeltest=net keeltest.net=ping keeltest.net-peer={mac_b} keeltest.net-count=5"),
+            "memory_mib": 32,
+            "networks": networks,
+        })
+        .to_string()
+    };
+    let pings = |d: &Daemon, vm: &str| {
+        d.serial(vm)
+            .split_inclusive('\n')
+            .filter(|l| {
+                l.starts_with("keeltest: net: ping ") && l.contains(" sent=") && l.ends_with('\n')
+            })
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+
+    // A network the limits do not list is refused naming the limit.
+    let other = d.request("POST", "/v1/vms", Some(&pinger("d0", &["dmz"])));
+    assert_eq!(other.status, 403, "{other:?}");
+    assert_eq!(
+        other.json()["error"],
+        "refused by limits.networks: network \"dmz\" is not listed (allowed: lan)"
+    );
+
+    // The first dynamic VM gets a pool port and exchanges frames with the static VM.
+    let created = d.request("POST", "/v1/vms", Some(&pinger("d1", &["lan"])));
+    assert_eq!(created.status, 201, "{created:?}");
+    let nics = created.json()["nics"].clone();
+    assert_eq!(nics[0]["network"], "lan", "{nics}");
+    let mac_1 = nics[0]["mac"].as_str().unwrap().to_string();
+    assert!(mac_1.starts_with("06:4b:50:"), "{mac_1}");
+    assert_eq!(d.put("d1", "start").status, 200);
+    assert!(
+        eventually(BOOT, || !pings(&d, "d1").is_empty()),
+        "{}",
+        d.serial("d1")
+    );
+    assert!(
+        pings(&d, "d1")[0].contains("replies=5"),
+        "{:?}",
+        pings(&d, "d1")
+    );
+
+    // Stopped (the test guest may have powered off by itself) and started again, it
+    // keeps its port.
+    let stop = d.put("d1", "stop").status;
+    assert!(stop == 200 || stop == 409, "stop: {stop}");
+    assert!(eventually(BOOT, || d.state_of("d1") == "stopped"));
+    assert_eq!(d.put("d1", "start").status, 200);
+    assert!(
+        eventually(BOOT, || pings(&d, "d1").len() >= 2),
+        "{}",
+        d.serial("d1")
+    );
+    assert!(
+        pings(&d, "d1")[1].contains("replies=5"),
+        "{:?}",
+        pings(&d, "d1")
+    );
+    assert_eq!(d.get_vm("d1")["nics"][0]["mac"], mac_1.as_str());
+
+    // The pool is full (max_vms = 1 port on "lan").
+    let full = d.request("POST", "/v1/vms", Some(&pinger("d2", &["lan"])));
+    assert_eq!(full.status, 403, "{full:?}");
+    assert_eq!(
+        full.json()["error"],
+        "refused by limits.max_vms: needs 1 more VM, 1 of 1 exist"
+    );
+
+    // Deleted, its port goes back to the pool: the next VM gets it and works.
+    assert_eq!(d.request("DELETE", "/v1/vms/d1", None).status, 204);
+    let again = d.request("POST", "/v1/vms", Some(&pinger("d2", &["lan"])));
+    assert_eq!(again.status, 201, "{again:?}");
+    assert_eq!(again.json()["nics"][0]["mac"], mac_1.as_str());
+    assert_eq!(d.put("d2", "start").status, 200);
+    assert!(
+        eventually(BOOT, || !pings(&d, "d2").is_empty()),
+        "{}",
+        d.serial("d2")
+    );
+    assert!(
+        pings(&d, "d2")[0].contains("replies=5"),
+        "{:?}",
+        pings(&d, "d2")
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+}

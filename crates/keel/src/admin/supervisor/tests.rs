@@ -506,14 +506,65 @@ fn a_hostile_exit_record_is_read_bounded_and_without_control_characters() {
 
     // One endless line (what a compromised VMM could write): only the first 4 KiB count.
     std::fs::write(&path, "x".repeat(1 << 20)).unwrap();
-    assert_eq!(super::read_exit(&dir).unwrap().len(), super::EXIT_RECORD_MAX as usize);
+    assert_eq!(
+        super::read_exit(&dir).unwrap().len(),
+        super::EXIT_RECORD_MAX as usize
+    );
 
     // A forged log line: control characters do not reach the API or the log.
     std::fs::write(&path, "exit 0\u{1b}[2J\rkeel: VM \"other\" crashed\nsecond").unwrap();
-    assert_eq!(super::read_exit(&dir).unwrap(), "exit 0?[2J?keel: VM \"other\" crashed");
+    assert_eq!(
+        super::read_exit(&dir).unwrap(),
+        "exit 0?[2J?keel: VM \"other\" crashed"
+    );
 
     // The honest record.
     std::fs::write(&path, "exit 3\nguest crashed\n").unwrap();
     assert_eq!(super::read_exit(&dir).unwrap(), "exit 3");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_pool_port_given_to_a_new_vm_drops_the_frames_queued_for_the_previous_one() {
+    use keel_net::ring::{FrameConsumer, FrameProducer, MAX_FRAME, Recv};
+    let slots = 16u32;
+    let len = keel_spec::plan::ring_window_len(slots) as usize;
+    let fds = keel_kvm::net::PortFds::create("reuse-test", len).unwrap();
+    // The switch's side, queueing frames for a holder that has gone.
+    let switch_map = fds.from_switch.map().unwrap();
+    // SAFETY: `switch_map` outlives the producer (both live to the end of the test).
+    let mut switch = FrameProducer::attach(unsafe { switch_map.frame_window(16) }.unwrap());
+    for f in [b"for the old vm 1", b"for the old vm 2"] {
+        switch.send(f).unwrap();
+    }
+
+    let dropped = super::drop_queued_frames(&fds, u64::from(slots)).unwrap();
+    switch.send(b"for the new vm").unwrap();
+
+    assert_eq!(dropped, 2);
+    // The next VMM attaches as `VmmPort` does and sees only what came after.
+    let vmm_map = fds.from_switch.map().unwrap();
+    // SAFETY: `vmm_map` outlives the consumer.
+    let mut vmm = FrameConsumer::attach(unsafe { vmm_map.frame_window(16) }.unwrap());
+    let mut buf = [0u8; MAX_FRAME];
+    assert_eq!(vmm.recv(&mut buf).unwrap(), Recv::Frame(14));
+    assert_eq!(&buf[..14], b"for the new vm");
+    assert_eq!(vmm.recv(&mut buf).unwrap(), Recv::Empty);
+}
+
+#[test]
+fn a_pool_port_whose_ring_indices_were_left_inconsistent_is_not_reset() {
+    let slots = 16u32;
+    let len = keel_spec::plan::ring_window_len(slots) as usize;
+    let fds = keel_kvm::net::PortFds::create("wild-test", len).unwrap();
+    // A hostile previous holder wrote a `tail` far from `head` (the header's `tail` is at
+    // byte 128, `head` at 0) through its mapping.
+    let map = fds.from_switch.map().unwrap();
+    // SAFETY: byte 128 is inside the mapping's header and 8-aligned (the mapping is
+    // page-aligned); nothing else accesses the ring during this test.
+    unsafe { map.as_ptr().add(128).cast::<u64>().write_volatile(1000) };
+
+    let r = super::drop_queued_frames(&fds, u64::from(slots));
+
+    assert!(matches!(r, Err(super::PortReuseError::Wild(_))), "{r:?}");
 }

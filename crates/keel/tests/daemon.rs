@@ -734,3 +734,105 @@ fn a_dynamic_vm_joins_a_network_of_the_pool_and_a_later_one_reuses_its_port() {
     );
     assert_eq!(d.terminate().code(), Some(0));
 }
+
+#[test]
+fn after_an_adoption_a_networked_vm_killed_is_restarted_and_exchanges_frames_again() {
+    if !kvm_or_skip(
+        "after_an_adoption_a_networked_vm_killed_is_restarted_and_exchanges_frames_again",
+    ) {
+        return;
+    }
+    let Some(g) = guest::testguest_with(b"keeltest.net-peer") else {
+        skip::skip(
+            "daemon",
+            "after_an_adoption_a_networked_vm_killed_is_restarted_and_exchanges_frames_again",
+            "the test guest has no `net` test (keeltest.net=<role>)",
+        );
+        return;
+    };
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let net_vm = |name: &str, mac: &str, role: &str, restart: &str| {
+        format!(
+            "[[vm]]\nname = \"{name}\"\narch = \"x86_64\"\nkernel = \"{}\"\nmemory = \"32M\"\ncmdline = \"keeltest=net {role}\"\nrestart = \"{restart}\"\n[[vm.net]]\nnetwork = \"lan\"\nmac = \"{mac}\"\n",
+            g.display()
+        )
+    };
+    let (mac_a, mac_b) = ("02:00:00:00:00:0a", "02:00:00:00:00:0b");
+    let mut first = Daemon::start(&format!(
+        "[[network]]\nname = \"lan\"\n{}{}",
+        net_vm(
+            "a",
+            mac_a,
+            "keeltest.net=echo keeltest.net-time=120000",
+            "on-failure"
+        ),
+        net_vm(
+            "b",
+            mac_b,
+            &format!("keeltest.net=ping keeltest.net-peer={mac_a} keeltest.net-count=5"),
+            "never"
+        ),
+    ));
+    let pings = |d: &Daemon| {
+        d.serial("b")
+            .split_inclusive('\n')
+            .filter(|l| {
+                l.starts_with("keeltest: net: ping ") && l.contains(" sent=") && l.ends_with('\n')
+            })
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(BOOT, || !pings(&first).is_empty()),
+        "{}",
+        first.serial("b")
+    );
+    assert!(eventually(BOOT, || first.state_of("b") == "stopped"));
+
+    // The daemon is killed; a new one adopts the switch and "a", and starts "b" again:
+    // through the ports it copied from the adopted switch.
+    signal(first.pid() as i32, libc::SIGKILL);
+    first.child.wait().unwrap();
+    let dir = std::mem::take(&mut first.dir);
+    std::mem::forget(first);
+    let mut second = Daemon::ready(dir.clone(), spawn_daemon(&dir));
+    let log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    assert!(
+        eventually(BOOT, || pings(&second).len() >= 2),
+        "{}\n{}",
+        second.serial("b"),
+        log()
+    );
+    assert!(
+        pings(&second)[1].contains("replies=5"),
+        "{:?}",
+        pings(&second)
+    );
+
+    // "a" (adopted) is killed: restarted by its policy, on the same port, it answers again.
+    let a = second.pid_of("a").unwrap();
+    signal(a as i32, libc::SIGKILL);
+    assert!(
+        eventually(Duration::from_secs(5), || second
+            .pid_of("a")
+            .is_some_and(|p| p != a)
+            && second.state_of("a") == "running"),
+        "{}",
+        log()
+    );
+    assert!(eventually(BOOT, || second.state_of("b") == "stopped"));
+    let started = second.put("b", "start");
+    assert_eq!(started.status, 200, "{started:?}");
+    assert!(
+        eventually(BOOT, || pings(&second).len() >= 3),
+        "{}\n{}",
+        second.serial("b"),
+        log()
+    );
+    assert!(
+        pings(&second)[2].contains("replies=5"),
+        "{:?}",
+        pings(&second)
+    );
+    assert_eq!(second.terminate().code(), Some(0));
+}

@@ -12,7 +12,7 @@ mod policy;
 mod process;
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -484,12 +484,14 @@ impl ProcessSupervisor {
         let mut nets = self.nets.lock().unwrap_or_else(|p| p.into_inner());
         let dir = self.config.state_dir.join("switches");
         let mut adopted = Vec::new();
+        let mut records = Vec::new();
         for net in &self.plan.networks {
             let path = dir.join(format!("{}.json", net.name));
             if let Some(r) = process::load(&path)
                 && let Some(fd) = process::adopt(&r)
             {
                 adopted.push((net.name.clone(), Arc::new(fd), r.pid));
+                records.push(r);
             }
         }
         if !self.plan.networks.is_empty() && adopted.len() == self.plan.networks.len() {
@@ -497,6 +499,23 @@ impl ProcessSupervisor {
                 "adopted the {} switch processes of a previous daemon",
                 adopted.len()
             ));
+            // Copies of their ports' descriptors, so VMs with interfaces can start again.
+            let mut ports = Vec::new();
+            for (n, ((_, fd, _), r)) in adopted.iter().zip(&records).enumerate() {
+                match self.recover_ports(n, r, fd) {
+                    Ok(p) => ports.push(p),
+                    Err(e) => {
+                        log::warn(format_args!(
+                            "network {:?}: cannot take copies of its ports from the adopted switch process {} ({e}); its VMs cannot be started again until the daemon is restarted cleanly",
+                            self.plan.networks[n].name, r.pid
+                        ));
+                        break;
+                    }
+                }
+            }
+            if ports.len() == adopted.len() {
+                nets.ports = Some(ports);
+            }
             nets.switches = adopted;
             return Ok(());
         }
@@ -516,7 +535,7 @@ impl ProcessSupervisor {
                 false,
                 true,
             );
-            let record = process::spawn(
+            let mut record = process::spawn(
                 &self.config.exe,
                 &args,
                 fds,
@@ -526,6 +545,7 @@ impl ProcessSupervisor {
                 status: crate::EXIT_FAILURE,
                 message: format!("network {:?}: cannot start its switch: {e}", net.name),
             })?;
+            record.ports = process::switch_ports(&record.argv).unwrap_or_default();
             let _ = process::save(&dir.join(format!("{}.json", net.name)), &record);
             let fd = process::pidfd_open(record.pid).map_err(|e| crate::Failure {
                 status: crate::EXIT_FAILURE,
@@ -535,6 +555,70 @@ impl ProcessSupervisor {
                 .push((net.name.clone(), Arc::new(fd), record.pid));
         }
         Ok(())
+    }
+
+    /// Copies of network `n`'s port descriptors, taken from its adopted switch process
+    /// (`pidfd`, checked against `record` by the adoption) with `pidfd_getfd`: the numbers
+    /// its record names, which must be its command line's `--port`s, one per port of the
+    /// plan besides the uplink, each memfd of the plan's ring size.
+    fn recover_ports(
+        &self,
+        n: usize,
+        record: &process::Record,
+        pidfd: &OwnedFd,
+    ) -> Result<Vec<Option<PortFds>>, String> {
+        let net = &self.plan.networks[n];
+        let numbers =
+            process::switch_ports(&record.argv).ok_or("its command line has a malformed --port")?;
+        if numbers != record.ports {
+            return Err("its record's ports differ from its command line".into());
+        }
+        let wanted = net
+            .ports
+            .iter()
+            .filter(|p| !matches!(p.owner, PortOwner::Uplink { .. }))
+            .count();
+        if numbers.len() != wanted {
+            return Err(format!(
+                "it has {} ports, the description {wanted}",
+                numbers.len()
+            ));
+        }
+        let len = usize::try_from(net.ring_bytes()).map_err(|e| e.to_string())?;
+        let mut numbers = numbers.into_iter();
+        let mut out = Vec::with_capacity(net.ports.len());
+        let mut taken = Vec::new();
+        for p in &net.ports {
+            if matches!(p.owner, PortOwner::Uplink { .. }) {
+                out.push(None);
+                continue;
+            }
+            // The switch's `--port` is `TO,FROM,VMM_EVENTFD,SWITCH_EVENTFD`
+            // (`up::switch_command`): it rings the third and waits on the fourth.
+            let theirs = numbers.next().ok_or("fewer ports than planned")?;
+            let mut copies = Vec::with_capacity(4);
+            for fd in theirs {
+                copies.push(
+                    process::pidfd_getfd(pidfd, fd)
+                        .map_err(|e| format!("pidfd_getfd of its fd {fd}: {e}"))?,
+                );
+            }
+            // Owned by `take_inherited` below (fresh descriptors: it cannot refuse them).
+            let ours: Vec<i32> = copies.into_iter().map(IntoRawFd::into_raw_fd).collect();
+            // The VMM's view (`PortFds::arg`): TO,FROM,SWITCH_EVENTFD,VMM_EVENTFD.
+            let arg = format!("{},{},{},{}", ours[0], ours[1], ours[3], ours[2]);
+            let fds = PortFds::take_inherited(&arg, &mut taken).map_err(|e| e.to_string())?;
+            for (m, fd) in [(&fds.to_switch, theirs[0]), (&fds.from_switch, theirs[1])] {
+                if m.len() != len {
+                    return Err(format!(
+                        "its fd {fd}: {} bytes, a ring of this network is {len}",
+                        m.len()
+                    ));
+                }
+            }
+            out.push(Some(fds));
+        }
+        Ok(out)
     }
 
     /// Adopt each VM's VMM if it still runs; handle the ones that ended while no daemon
@@ -631,6 +715,12 @@ impl ProcessSupervisor {
         let mut fds = Vec::new();
         if let Some(p) = vm.plan_index.and_then(|n| self.plan.vms.get(n)) {
             let has_nics = !p.nics.is_empty();
+            if !p.shared.is_empty() && nets.shared.len() != self.plan.shared.len() {
+                return Err(AdminError::Internal(format!(
+                    "vm {:?}: its shared regions' memory files belong to processes of a previous daemon; stop the daemon (SIGTERM) and start it again to start this VM",
+                    vm.name
+                )));
+            }
             match &nets.ports {
                 Some(ports) => {
                     fds = crate::up::vmm_fd_args(&self.plan, p, ports, &nets.shared, &mut args);

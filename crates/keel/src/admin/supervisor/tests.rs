@@ -568,3 +568,24 @@ fn a_pool_port_whose_ring_indices_were_left_inconsistent_is_not_reset() {
 
     assert!(matches!(r, Err(super::PortReuseError::Wild(_))), "{r:?}");
 }
+
+#[test]
+fn a_switchs_port_descriptors_are_read_from_its_command_line_in_order() {
+    let argv = |ports: &[&str]| {
+        let mut a: Vec<String> = ["keel", "__switch", "s.toml", "--network", "lan", "--pool"]
+            .map(String::from)
+            .to_vec();
+        for p in ports {
+            a.push("--port".into());
+            a.push((*p).into());
+        }
+        a
+    };
+
+    assert_eq!(
+        super::process::switch_ports(&argv(&["3,4,6,5", "7,8,10,9"])),
+        Some(vec![[3, 4, 6, 5], [7, 8, 10, 9]])
+    );
+    assert_eq!(super::process::switch_ports(&argv(&["3,4,6"])), None);
+    assert_eq!(super::process::switch_ports(&argv(&["3,4,x,5"])), None);
+}

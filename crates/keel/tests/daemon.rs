@@ -836,3 +836,40 @@ fn after_an_adoption_a_networked_vm_killed_is_restarted_and_exchanges_frames_aga
     );
     assert_eq!(second.terminate().code(), Some(0));
 }
+
+#[test]
+fn after_an_adoption_a_vm_with_a_shared_region_is_not_started_on_a_new_copy_of_it() {
+    if !kvm_or_skip(
+        "after_an_adoption_a_vm_with_a_shared_region_is_not_started_on_a_new_copy_of_it",
+    ) {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mapping = |access: &str| {
+        format!("[[vm.shared]]\nregion = \"x\"\nbase = \"0x8000_0000\"\naccess = \"{access}\"\n")
+    };
+    let mut first = Daemon::start(&format!(
+        "[[shared]]\nname = \"x\"\nsize = \"64K\"\n{}{}{}{}",
+        vm("a", "keeltest=pause:60000", "never"),
+        mapping("rw"),
+        vm("c", "keeltest=pause:60000", "never"),
+        mapping("ro"),
+    ));
+    assert_eq!(first.state_of("a"), "running");
+    signal(first.pid() as i32, libc::SIGKILL);
+    first.child.wait().unwrap();
+    let dir = std::mem::take(&mut first.dir);
+    std::mem::forget(first);
+    let second = Daemon::ready(dir.clone(), spawn_daemon(&dir));
+    assert_eq!(second.put("a", "stop").status, 200);
+
+    let started = second.put("a", "start");
+
+    assert_eq!(started.status, 500, "{started:?}");
+    let e = started.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        e.contains("shared regions' memory files belong to processes of a previous daemon"),
+        "{e}"
+    );
+    assert_eq!(second.state_of("c"), "running");
+}

@@ -524,7 +524,25 @@ impl ProcessSupervisor {
             let _ = process::pidfd_signal(fd, libc::SIGTERM);
         }
         nets.ports = Some(crate::up::create_ports(&self.plan)?);
-        nets.shared = crate::up::create_shared(&self.plan)?;
+        // A VMM of a previous daemon that still runs maps the shared regions' current
+        // memory files, which live in VMMs only: new files would split each region (a VM
+        // started now would not see what the running ones write). Then none are created,
+        // and VMs mapping shared regions cannot start until a clean restart.
+        let live_user = self.plan.vms.iter().find(|v| {
+            !v.shared.is_empty()
+                && process::load(&self.vm_dir(&v.name).join("vmm.json"))
+                    .is_some_and(|r| process::adopt(&r).is_some())
+        });
+        nets.shared = match live_user {
+            Some(v) => {
+                log::warn(format_args!(
+                    "vm {:?} of a previous daemon still runs with the shared regions' memory: VMs mapping shared regions cannot be started again until the daemon is restarted cleanly",
+                    v.name
+                ));
+                Vec::new()
+            }
+            None => crate::up::create_shared(&self.plan)?,
+        };
         let system_arg = self.config.system_file.display().to_string();
         for (n, net) in self.plan.networks.iter().enumerate() {
             let ports = nets.ports.as_ref().and_then(|p| p.get(n));

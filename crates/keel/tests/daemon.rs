@@ -732,6 +732,24 @@ fn a_dynamic_vm_joins_a_network_of_the_pool_and_a_later_one_reuses_its_port() {
         "{:?}",
         pings(&d, "d2")
     );
+
+    // A daemon restarted cleanly gives it the same port again (create.json's pool_slots).
+    assert_eq!(d.terminate().code(), Some(0));
+    let dir = std::mem::take(&mut d.dir);
+    std::mem::forget(d);
+    let mut d = Daemon::ready(dir.clone(), spawn_daemon(&dir));
+    assert_eq!(d.get_vm("d2")["nics"][0]["mac"], mac_1.as_str());
+    assert_eq!(d.put("d2", "start").status, 200);
+    assert!(
+        eventually(BOOT, || pings(&d, "d2").len() >= 2),
+        "{}",
+        d.serial("d2")
+    );
+    assert!(
+        pings(&d, "d2")[1].contains("replies=5"),
+        "{:?}",
+        pings(&d, "d2")
+    );
     assert_eq!(d.terminate().code(), Some(0));
 }
 

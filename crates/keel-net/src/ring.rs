@@ -280,6 +280,14 @@ impl FrameConsumer {
         self.ring.disarm();
     }
 
+    /// Take over the ring without the previous consumer's backlog (a port given to a new
+    /// holder): skip every frame queued and enable the ring again; inconsistent indices are
+    /// left alone and refused (see `keel_core::ring::slot::SlotConsumer::skip_to_head`).
+    /// How many frames were skipped.
+    pub fn skip_pending(&mut self) -> Result<u64, FrameError> {
+        Ok(self.ring.skip_to_head()?)
+    }
+
     /// Whether the ring broke on a wild producer index.
     pub fn is_broken(&self) -> bool {
         self.ring.is_disabled()

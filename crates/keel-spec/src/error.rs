@@ -405,6 +405,23 @@ pub enum ErrorKind {
     /// An allow pair of one member with itself.
     #[error("allow: pair ({0:?}, {0:?}) names the same member twice")]
     AllowSelf(String),
+    /// An allow list naming the dynamic pool (`"pool"`) on a network that `[limits]
+    /// networks` does not list (it has no pool ports).
+    #[error(
+        "allow: {name:?} names the dynamic pool's ports, and this network is not in [limits] networks (it has none)"
+    )]
+    PoolNotListed {
+        /// The name given (`"pool"`).
+        name: String,
+    },
+    /// A VM named like the pool's pseudo-member on a network of the dynamic pool.
+    #[error(
+        "vm {name:?} is attached to this network, which is in [limits] networks: {name:?} names the dynamic pool's ports in its allow list; rename the VM"
+    )]
+    PoolNameTaken {
+        /// The VM's name (`"pool"`).
+        name: String,
+    },
     /// An uplink that is not `tap:<interface>`.
     #[error(
         "uplink: {0:?} is not \"tap:<interface>\" with an interface name of 1 to 15 of a-z A-Z 0-9 . _ -"

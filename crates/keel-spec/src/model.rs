@@ -483,6 +483,10 @@ impl NetworkSpec {
     pub const DEFAULT_FLOOD_BURST: u32 = 64;
     /// How allow lists name the uplink.
     pub const UPLINK: &'static str = "uplink";
+    /// The name of the dynamic pool's ports in allow lists (networks in `[limits]
+    /// networks` only): `["web", "pool"]` lets `web` talk to every dynamic VM on the
+    /// network, `["pool", "pool"]` lets dynamic VMs talk to each other.
+    pub const POOL: &'static str = "pool";
 
     /// A network with every member allowed to talk to every other, default slots and storm
     /// control, no uplink.
@@ -807,6 +811,7 @@ impl System {
         if let Some(l) = &limits {
             crate::validate::check_limits(l, &self.networks)?;
         }
+        crate::validate::check_pool(limits.as_ref(), &self.vms, &self.networks)?;
         self.limits = limits;
         Ok(self)
     }

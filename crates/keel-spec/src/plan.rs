@@ -423,6 +423,12 @@ pub enum PortOwner {
         /// The tap interface's name.
         tap: String,
     },
+    /// Spare port `slot` of the dynamic pool (`keel daemon` on Linux, networks in
+    /// `[limits] networks`): free until a dynamic VM is given it ([`plan_with_pool`]).
+    Pool {
+        /// Its index among the network's pool ports.
+        slot: u16,
+    },
 }
 
 /// One port of a network's switch.
@@ -531,6 +537,128 @@ pub fn plan(system: &System) -> Result<SystemPlan, PlanError> {
             .collect(),
         shared,
     })
+}
+
+/// [`plan`], plus the dynamic pool's spare ports (what `keel daemon` runs on Linux): each
+/// network in `[limits] networks` gets `max_vms` ports owned by [`PortOwner::Pool`], after
+/// its members' and before its uplink (which stays last), each with the MAC [`pool_macs`] fixes. Allowed pairs:
+/// without an allow list every pair of ports, pool ports included; with one, a pair naming
+/// [`NetworkSpec::POOL`] allows the other member with every pool port (`["pool", "pool"]`:
+/// the pool ports with each other), and pool ports talk to no one else.
+pub fn plan_with_pool(system: &System) -> Result<SystemPlan, PlanError> {
+    let mut p = plan(system)?;
+    let Some(limits) = system.limits() else {
+        return Ok(p);
+    };
+    let count = usize::try_from(limits.max_vms).unwrap_or(usize::MAX);
+    // Unique in the system, as members' MACs are: a dynamic VM on two networks gets two.
+    let mut taken: Vec<MacAddr> = p
+        .networks
+        .iter()
+        .flat_map(|n| n.ports.iter().filter_map(|p| p.mac))
+        .collect();
+    for (net, spec) in p.networks.iter_mut().zip(system.networks()) {
+        if count == 0 || !limits.networks.contains(&spec.name) {
+            continue;
+        }
+        // Pool ports go before the uplink, which stays last (the switch process serves the
+        // inherited ports in order, then the uplink).
+        let uplink = net
+            .ports
+            .last()
+            .filter(|p| matches!(p.owner, PortOwner::Uplink { .. }))
+            .cloned();
+        if uplink.is_some() {
+            net.ports.pop();
+        }
+        let first = net.ports.len();
+        let macs = pool_macs(&net.name, &taken, count);
+        taken.extend(&macs);
+        for (slot, mac) in macs.into_iter().enumerate() {
+            net.ports.push(PortPlan {
+                owner: PortOwner::Pool {
+                    slot: u16::try_from(slot).unwrap_or(u16::MAX),
+                },
+                mac: Some(mac),
+            });
+        }
+        let pool_end = net.ports.len();
+        if let Some(u) = uplink {
+            let (old, new) = (first as u16, pool_end as u16);
+            for (a, b) in &mut net.allow {
+                for x in [a, b] {
+                    if *x == old {
+                        *x = new;
+                    }
+                }
+            }
+            net.ports.push(u);
+        }
+        let pool: Vec<u16> = (first..pool_end).map(|i| i as u16).collect();
+        let name_of = |i: usize| match &net.ports[i].owner {
+            PortOwner::Vm { vm, .. } => vm.as_str(),
+            PortOwner::Uplink { .. } => NetworkSpec::UPLINK,
+            PortOwner::Pool { .. } => NetworkSpec::POOL,
+        };
+        let pair = |a: u16, b: u16| (a.min(b), a.max(b));
+        let mut extra: Vec<(u16, u16)> = Vec::new();
+        match &spec.allow {
+            None => {
+                for &x in &pool {
+                    extra.extend(
+                        (0..net.ports.len() as u16)
+                            .filter(|&y| y != x)
+                            .map(|y| pair(x, y)),
+                    );
+                }
+            }
+            Some(pairs) => {
+                for (a, b) in pairs {
+                    let (other, is_pool) = match (a.as_str(), b.as_str()) {
+                        (NetworkSpec::POOL, o) | (o, NetworkSpec::POOL) => (o, true),
+                        _ => ("", false),
+                    };
+                    if !is_pool {
+                        continue;
+                    }
+                    if other == NetworkSpec::POOL {
+                        for (i, &x) in pool.iter().enumerate() {
+                            extra.extend(pool[i + 1..].iter().map(|&y| pair(x, y)));
+                        }
+                    } else if let Some(o) = (0..net.ports.len()).find(|&i| name_of(i) == other) {
+                        extra.extend(pool.iter().map(|&x| pair(o as u16, x)));
+                    }
+                }
+            }
+        }
+        net.allow.extend(extra);
+        net.allow.sort_unstable();
+        net.allow.dedup();
+        net.mac_table = (net.ports.len().max(1) as u32) * 4;
+    }
+    Ok(p)
+}
+
+/// The MACs of network `network`'s `count` pool ports: locally administered unicast
+/// addresses `06:4b:50:<h>:<n>` (`h`: 8 bits of an FNV-1a hash of the network's name, `n`:
+/// a 16-bit counter from 0), skipping every address in `taken` (the system's declared or
+/// derived ones and other networks' pool ports), so each is unique in the system. Fixed by the description alone: the
+/// daemon and its switch process compute the same ones.
+pub fn pool_macs(network: &str, taken: &[MacAddr], count: usize) -> Vec<MacAddr> {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in network.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let h = (h ^ (h >> 8) ^ (h >> 16) ^ (h >> 24)) as u8;
+    (0..=u16::MAX)
+        .map(|n| {
+            let [hi, lo] = n.to_be_bytes();
+            MacAddr([0x06, 0x4b, 0x50, h, hi, lo])
+        })
+        .filter(|m| !taken.contains(m))
+        .take(count)
+        .collect()
 }
 
 /// Default switch sizing: output queues as deep as a ring, a quarter of it for floods,

@@ -700,8 +700,11 @@ pub(crate) fn check_networks(vms: &[VmSpec], networks: &[NetworkSpec]) -> Result
                 },
             ));
         }
+        // `"pool"` (the dynamic pool's ports) is checked with the limits (`check_pool`).
         let is_member = |name: &str| {
-            members.contains(&name) || (net.uplink.is_some() && name == NetworkSpec::UPLINK)
+            members.contains(&name)
+                || (net.uplink.is_some() && name == NetworkSpec::UPLINK)
+                || name == NetworkSpec::POOL
         };
         for (a, b) in net.allow.iter().flatten() {
             for name in [a, b] {
@@ -725,7 +728,9 @@ pub(crate) fn check_networks(vms: &[VmSpec], networks: &[NetworkSpec]) -> Result
                     ));
                 }
             }
-            if a == b {
+            // `["pool", "pool"]`: the pool's ports with each other (not one member twice).
+            let pool_pair = a == NetworkSpec::POOL && !members.contains(&a.as_str());
+            if a == b && !pool_pair {
                 return Err(SpecError::new(at, ErrorKind::AllowSelf(a.clone())));
             }
         }
@@ -973,6 +978,68 @@ pub(crate) fn check_limits(
                     declared: list_or_none(networks.iter().map(|n| n.name.as_str())),
                 },
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the dynamic pool's ports (docs/config.md, `[limits] networks`): each network
+/// in `[limits] networks` gets `max_vms` pool ports besides its members' and its uplink's,
+/// within [`MAX_NETWORK_PORTS`]; there no member may be named [`NetworkSpec::POOL`], the
+/// pool's name in allow lists. On any other network an allow list naming `"pool"` must
+/// mean a member VM of that name.
+pub(crate) fn check_pool(
+    l: Option<&crate::model::Limits>,
+    vms: &[VmSpec],
+    networks: &[NetworkSpec],
+) -> Result<(), SpecError> {
+    for (index, net) in networks.iter().enumerate() {
+        let at = network_label(index, &net.name);
+        let members: alloc::vec::Vec<&str> = vms
+            .iter()
+            .filter(|vm| vm.nics.iter().any(|n| n.network == net.name))
+            .map(|vm| vm.name.as_str())
+            .collect();
+        let pool = l.filter(|l| l.networks.contains(&net.name));
+        match pool {
+            Some(l) => {
+                if members.contains(&NetworkSpec::POOL) {
+                    return Err(SpecError::new(
+                        at,
+                        ErrorKind::PoolNameTaken {
+                            name: NetworkSpec::POOL.into(),
+                        },
+                    ));
+                }
+                let ports = members.len()
+                    + usize::from(net.uplink.is_some())
+                    + usize::try_from(l.max_vms).unwrap_or(usize::MAX);
+                if ports > MAX_NETWORK_PORTS {
+                    return Err(SpecError::new(
+                        at,
+                        ErrorKind::TooMany {
+                            key: "ports (interfaces attached, the uplink, and limits.max_vms ports for the dynamic pool)",
+                            count: ports,
+                            max: MAX_NETWORK_PORTS,
+                        },
+                    ));
+                }
+            }
+            None => {
+                let names_pool = net
+                    .allow
+                    .iter()
+                    .flatten()
+                    .any(|(a, b)| a == NetworkSpec::POOL || b == NetworkSpec::POOL);
+                if names_pool && !members.contains(&NetworkSpec::POOL) {
+                    return Err(SpecError::new(
+                        at,
+                        ErrorKind::PoolNotListed {
+                            name: NetworkSpec::POOL.into(),
+                        },
+                    ));
+                }
+            }
         }
     }
     Ok(())

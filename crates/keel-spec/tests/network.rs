@@ -402,3 +402,135 @@ fn planning_a_networked_vm_without_its_system_is_refused() {
 
     assert_eq!(e.to_string(), r#"vm "a": network "lan" is not declared"#);
 }
+
+/// `three_vms_on_lan` with `[limits]` letting up to `max_vms` dynamic VMs join "lan".
+fn pooled(network: &str, max_vms: u32) -> String {
+    format!(
+        "{}\n[limits]\nmax_vms = {max_vms}\nmemory = \"1G\"\nvcpus = 8\nnetworks = [\"lan\"]\n",
+        three_vms_on_lan(network)
+    )
+}
+
+#[test]
+fn a_network_of_the_pool_gets_max_vms_spare_ports_with_unique_macs_before_the_uplink() {
+    let s = Scratch::new();
+    let system = s
+        .parse(&pooled(
+            "[[network]]\nname = \"lan\"\nuplink = \"tap:k0\"",
+            3,
+        ))
+        .unwrap();
+
+    let p = keel_spec::plan::plan_with_pool(&system).unwrap();
+
+    let net = &p.networks[0];
+    assert_eq!(net.ports.len(), 7);
+    assert_eq!(net.ports[6].owner, PortOwner::Uplink { tap: "k0".into() });
+    let pool: Vec<_> = net.ports[3..6].iter().map(|p| p.owner.clone()).collect();
+    assert_eq!(
+        pool,
+        [0, 1, 2].map(|slot| PortOwner::Pool { slot }).to_vec()
+    );
+    let macs: Vec<MacAddr> = net.ports.iter().filter_map(|p| p.mac).collect();
+    for (i, m) in macs.iter().enumerate() {
+        assert!(!macs[i + 1..].contains(m), "{m} twice");
+        assert!(!m.is_multicast() && m.0[0] & 2 == 2, "{m}");
+    }
+    // The plan without the pool (keel up, seL4) is unchanged.
+    assert_eq!(plan(&system).unwrap().networks[0].ports.len(), 4);
+}
+
+#[test]
+fn pool_macs_skip_a_declared_mac_and_are_the_same_for_the_same_network() {
+    let first = keel_spec::plan::pool_macs("lan", &[], 2);
+    let skipping = keel_spec::plan::pool_macs("lan", &first[..1], 2);
+
+    assert_eq!(skipping[0], first[1]);
+    assert_ne!(skipping[1], first[0]);
+    assert_eq!(keel_spec::plan::pool_macs("lan", &[], 2), first);
+    assert_ne!(keel_spec::plan::pool_macs("dmz", &[], 1)[0], first[0]);
+}
+
+#[test]
+fn without_an_allow_list_pool_ports_talk_to_every_port() {
+    let s = Scratch::new();
+    let system = s.parse(&pooled("[[network]]\nname = \"lan\"", 2)).unwrap();
+
+    let net = &keel_spec::plan::plan_with_pool(&system).unwrap().networks[0];
+
+    let all: Vec<(u16, u16)> = (0..5u16)
+        .flat_map(|a| (a + 1..5).map(move |b| (a, b)))
+        .collect();
+    assert_eq!(net.allow, all);
+}
+
+#[test]
+fn with_an_allow_list_pool_ports_talk_only_to_what_pairs_with_pool_name() {
+    let s = Scratch::new();
+    let allow = "allow = [[\"a\", \"b\"], [\"pool\", \"c\"]]";
+    let system = s
+        .parse(&pooled(&format!("[[network]]\nname = \"lan\"\n{allow}"), 2))
+        .unwrap();
+    let uplink = s
+        .parse(&pooled(
+            "[[network]]\nname = \"lan\"\nuplink = \"tap:k0\"\nallow = [[\"a\", \"uplink\"], [\"uplink\", \"pool\"]]",
+            2,
+        ))
+        .unwrap();
+    let both = s
+        .parse(&pooled(
+            "[[network]]\nname = \"lan\"\nallow = [[\"pool\", \"pool\"]]",
+            2,
+        ))
+        .unwrap();
+
+    let net = &keel_spec::plan::plan_with_pool(&system).unwrap().networks[0];
+    let net_both = &keel_spec::plan::plan_with_pool(&both).unwrap().networks[0];
+    let net_uplink = &keel_spec::plan::plan_with_pool(&uplink).unwrap().networks[0];
+
+    // a=0, b=1, c=2, pool=3,4
+    assert_eq!(net.allow, vec![(0, 1), (2, 3), (2, 4)]);
+    assert_eq!(net_uplink.allow, vec![(0, 5), (3, 5), (4, 5)]);
+    assert_eq!(net_both.allow, vec![(3, 4)]);
+}
+
+#[test]
+fn pool_in_an_allow_list_of_a_network_without_pool_ports_is_refused() {
+    let s = Scratch::new();
+    let text = three_vms_on_lan("[[network]]\nname = \"lan\"\nallow = [[\"a\", \"pool\"]]");
+
+    let e = s.parse(&text).unwrap_err().to_string();
+
+    assert!(e.contains("network \"lan\": allow: \"pool\" names the dynamic pool's ports, and this network is not in [limits] networks"), "{e}");
+}
+
+#[test]
+fn pool_ports_beyond_64_ports_per_network_are_refused_with_the_count() {
+    let s = Scratch::new();
+
+    let e = s
+        .parse(&pooled("[[network]]\nname = \"lan\"", 62))
+        .unwrap_err()
+        .to_string();
+
+    assert!(e.contains("network \"lan\""), "{e}");
+    assert!(
+        e.contains("limits.max_vms ports for the dynamic pool"),
+        "{e}"
+    );
+    assert!(e.contains("65"), "{e}");
+    assert!(s.parse(&pooled("[[network]]\nname = \"lan\"", 61)).is_ok());
+}
+
+#[test]
+fn a_vm_named_pool_on_a_network_of_the_pool_is_refused() {
+    let s = Scratch::new();
+    let text = pooled("[[network]]\nname = \"lan\"", 1).replace("name = \"c\"", "name = \"pool\"");
+
+    let e = s.parse(&text).unwrap_err().to_string();
+
+    assert!(
+        e.contains("vm \"pool\" is attached to this network, which is in [limits] networks"),
+        "{e}"
+    );
+}

@@ -420,6 +420,7 @@ fn check_lines(plan: &keel_spec::plan::SystemPlan, sys: &System) -> Vec<String> 
         let who = |port: u16| match net.ports.get(usize::from(port)).map(|p| &p.owner) {
             Some(PortOwner::Vm { vm, nic }) => format!("vm {vm:?} net {nic}"),
             Some(PortOwner::Uplink { tap }) => format!("uplink tap:{tap}"),
+            Some(PortOwner::Pool { slot }) => format!("pool port {slot}"),
             None => "no such port".into(),
         };
         for (i, p) in net.ports.iter().enumerate() {

@@ -133,6 +133,14 @@ pub(crate) fn load_plan(path: &Path) -> Result<(keel_spec::System, SystemPlan), 
     Ok((sys, plan))
 }
 
+/// [`load_plan`] with the dynamic pool's ports (`keel daemon`).
+pub(crate) fn load_plan_with_pool(path: &Path) -> Result<(keel_spec::System, SystemPlan), Failure> {
+    let sys = crate::load(path)?;
+    let plan = keel_spec::plan::plan_with_pool(&sys)
+        .map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+    Ok((sys, plan))
+}
+
 /// One child process of `keel up`.
 struct Proc {
     name: String,
@@ -315,7 +323,7 @@ pub fn up(
     let mut switches: Vec<Proc> = Vec::new();
     let mut start_error = None;
     for (n, net) in plan.networks.iter().enumerate() {
-        let (args, fds) = switch_command(&system_arg, &net.name, &ports[n], stats);
+        let (args, fds) = switch_command(&system_arg, &net.name, &ports[n], stats, false);
         match spawn(&args, fds, false) {
             Ok(child) => switches.push(Proc {
                 name: net.name.clone(),
@@ -481,12 +489,14 @@ pub(crate) fn create_shared(plan: &SystemPlan) -> Result<Vec<SharedMemory>, Fail
 }
 
 /// The `__switch` arguments of network `name` and the descriptors it inherits (`ports`:
-/// the network's ports as [`create_ports`] made them).
+/// the network's ports as [`create_ports`] made them; `pool`: the plan has the dynamic
+/// pool's ports, `keel_spec::plan::plan_with_pool`, as `keel daemon` runs it).
 pub(crate) fn switch_command(
     system_arg: &str,
     name: &str,
     ports: &[Option<PortFds>],
     stats: bool,
+    pool: bool,
 ) -> (Vec<String>, Vec<RawFd>) {
     let mut args = vec![
         SWITCH_COMMAND.to_string(),
@@ -496,6 +506,9 @@ pub(crate) fn switch_command(
     ];
     if stats {
         args.push("--stats".into());
+    }
+    if pool {
+        args.push("--pool".into());
     }
     let mut fds = Vec::new();
     for p in ports.iter().flatten() {
@@ -547,24 +560,29 @@ pub(crate) fn vmm_fd_args(
     fds
 }
 
-/// Hidden `__switch <system.toml> --network NAME [--stats] --port FDS...`: one network's
-/// switch, until SIGTERM.
+/// Hidden `__switch <system.toml> --network NAME [--stats] [--pool] --port FDS...`: one
+/// network's switch, until SIGTERM. `--pool`: with the dynamic pool's ports (`keel daemon`).
 pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
     let mut it = args.iter();
     let system = it
         .next()
         .ok_or_else(|| Failure::input("__switch: no system file"))?;
-    let (mut name, mut stats, mut port_args) = (None, false, Vec::new());
+    let (mut name, mut stats, mut pool, mut port_args) = (None, false, false, Vec::new());
     while let Some(a) = it.next() {
         match a.as_str() {
             "--network" => name = it.next().cloned(),
             "--stats" => stats = true,
+            "--pool" => pool = true,
             "--port" => port_args.extend(it.next().cloned()),
             other => return Err(Failure::input(format!("__switch: unexpected {other:?}"))),
         }
     }
     let name = name.ok_or_else(|| Failure::input("__switch: no --network"))?;
-    let (_, plan) = load_plan(Path::new(system))?;
+    let (_, plan) = if pool {
+        load_plan_with_pool(Path::new(system))?
+    } else {
+        load_plan(Path::new(system))?
+    };
     let net = plan
         .networks
         .iter()
@@ -579,11 +597,11 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
     let vm_ports = net
         .ports
         .iter()
-        .filter(|p| matches!(p.owner, PortOwner::Vm { .. }))
+        .filter(|p| !matches!(p.owner, PortOwner::Uplink { .. }))
         .count();
     if fds.len() != vm_ports {
         return Err(Failure::input(format!(
-            "__switch: {} ports given, network {name:?} has {vm_ports} VM ports",
+            "__switch: {} ports given, network {name:?} has {vm_ports} ports besides its uplink",
             fds.len()
         )));
     }
@@ -592,7 +610,7 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
     // The uplink (the plan puts it last, after the VM ports): a tap, pumped from here.
     let mut uplink = match net.ports.iter().find_map(|p| match &p.owner {
         PortOwner::Uplink { tap } => Some(tap.clone()),
-        PortOwner::Vm { .. } => None,
+        PortOwner::Vm { .. } | PortOwner::Pool { .. } => None,
     }) {
         Some(tap) => Some(Uplink::open(&tap, u64::from(net.slots)).map_err(|e| {
             Failure::input(format!(
@@ -725,6 +743,7 @@ fn counter_lines(
         let who = match &p.owner {
             PortOwner::Vm { vm, nic } => format!("vm {vm} net {nic}"),
             PortOwner::Uplink { tap } => format!("uplink tap:{tap}"),
+            PortOwner::Pool { slot } => format!("pool port {slot}"),
         };
         let Ok(c) = service.counters(PortId(i as u16)) else {
             continue;

@@ -623,3 +623,271 @@ fn a_killed_switch_is_reported_and_its_vms_keep_running() {
     assert_eq!((d.pid_of("a"), d.pid_of("b")), (Some(a), Some(b)));
     assert!(is_vmm(a as i32) && is_vmm(b as i32));
 }
+
+#[test]
+fn a_dynamic_vm_joins_a_network_of_the_pool_and_a_later_one_reuses_its_port() {
+    if !kvm_or_skip("a_dynamic_vm_joins_a_network_of_the_pool_and_a_later_one_reuses_its_port") {
+        return;
+    }
+    let Some(g) = guest::testguest_with(b"keeltest.net-peer") else {
+        skip::skip(
+            "daemon",
+            "a_dynamic_vm_joins_a_network_of_the_pool_and_a_later_one_reuses_its_port",
+            "the test guest has no `net` test (keeltest.net=<role>)",
+        );
+        return;
+    };
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mac_b = "02:00:00:00:00:0b";
+    let mut d = Daemon::start(&format!(
+        "[[network]]\nname = \"lan\"\n[[vm]]\nname = \"b\"\narch = \"x86_64\"\nkernel = \"{g}\"\nmemory = \"32M\"\ncmdline = \"keeltest=net keeltest.net=echo keeltest.net-time=120000\"\n[[vm.net]]\nnetwork = \"lan\"\nmac = \"{mac_b}\"\n[limits]\nmax_vms = 1\nmemory = \"64M\"\nvcpus = 2\nkernels = [\"{g}\"]\nnetworks = [\"lan\"]\n",
+        g = g.display()
+    ));
+    let pinger = |name: &str, networks: &[&str]| {
+        serde_json::json!({
+            "name": name,
+            "kernel": g.display().to_string(),
+            "cmdline": format!("keeltest=net keeltest.net=ping keeltest.net-peer={mac_b} keeltest.net-count=5"),
+            "memory_mib": 32,
+            "networks": networks,
+        })
+        .to_string()
+    };
+    let pings = |d: &Daemon, vm: &str| {
+        d.serial(vm)
+            .split_inclusive('\n')
+            .filter(|l| {
+                l.starts_with("keeltest: net: ping ") && l.contains(" sent=") && l.ends_with('\n')
+            })
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+
+    // A network the limits do not list is refused naming the limit.
+    let other = d.request("POST", "/v1/vms", Some(&pinger("d0", &["dmz"])));
+    assert_eq!(other.status, 403, "{other:?}");
+    assert_eq!(
+        other.json()["error"],
+        "refused by limits.networks: network \"dmz\" is not listed (allowed: lan)"
+    );
+
+    // The first dynamic VM gets a pool port and exchanges frames with the static VM.
+    let created = d.request("POST", "/v1/vms", Some(&pinger("d1", &["lan"])));
+    assert_eq!(created.status, 201, "{created:?}");
+    let nics = created.json()["nics"].clone();
+    assert_eq!(nics[0]["network"], "lan", "{nics}");
+    let mac_1 = nics[0]["mac"].as_str().unwrap().to_string();
+    assert!(mac_1.starts_with("06:4b:50:"), "{mac_1}");
+    assert_eq!(d.put("d1", "start").status, 200);
+    assert!(
+        eventually(BOOT, || !pings(&d, "d1").is_empty()),
+        "{}",
+        d.serial("d1")
+    );
+    assert!(
+        pings(&d, "d1")[0].contains("replies=5"),
+        "{:?}",
+        pings(&d, "d1")
+    );
+
+    // Stopped (the test guest may have powered off by itself) and started again, it
+    // keeps its port.
+    let stop = d.put("d1", "stop").status;
+    assert!(stop == 200 || stop == 409, "stop: {stop}");
+    assert!(eventually(BOOT, || d.state_of("d1") == "stopped"));
+    assert_eq!(d.put("d1", "start").status, 200);
+    assert!(
+        eventually(BOOT, || pings(&d, "d1").len() >= 2),
+        "{}",
+        d.serial("d1")
+    );
+    assert!(
+        pings(&d, "d1")[1].contains("replies=5"),
+        "{:?}",
+        pings(&d, "d1")
+    );
+    assert_eq!(d.get_vm("d1")["nics"][0]["mac"], mac_1.as_str());
+
+    // The pool is full (max_vms = 1 port on "lan").
+    let full = d.request("POST", "/v1/vms", Some(&pinger("d2", &["lan"])));
+    assert_eq!(full.status, 403, "{full:?}");
+    assert_eq!(
+        full.json()["error"],
+        "refused by limits.max_vms: needs 1 more VM, 1 of 1 exist"
+    );
+
+    // Deleted, its port goes back to the pool: the next VM gets it and works.
+    assert_eq!(d.request("DELETE", "/v1/vms/d1", None).status, 204);
+    let again = d.request("POST", "/v1/vms", Some(&pinger("d2", &["lan"])));
+    assert_eq!(again.status, 201, "{again:?}");
+    assert_eq!(again.json()["nics"][0]["mac"], mac_1.as_str());
+    assert_eq!(d.put("d2", "start").status, 200);
+    assert!(
+        eventually(BOOT, || !pings(&d, "d2").is_empty()),
+        "{}",
+        d.serial("d2")
+    );
+    assert!(
+        pings(&d, "d2")[0].contains("replies=5"),
+        "{:?}",
+        pings(&d, "d2")
+    );
+
+    // A daemon restarted cleanly gives it the same port again (create.json's pool_slots).
+    assert_eq!(d.terminate().code(), Some(0));
+    let dir = std::mem::take(&mut d.dir);
+    std::mem::forget(d);
+    let mut d = Daemon::ready(dir.clone(), spawn_daemon(&dir));
+    assert_eq!(d.get_vm("d2")["nics"][0]["mac"], mac_1.as_str());
+    assert_eq!(d.put("d2", "start").status, 200);
+    assert!(
+        eventually(BOOT, || pings(&d, "d2").len() >= 2),
+        "{}",
+        d.serial("d2")
+    );
+    assert!(
+        pings(&d, "d2")[1].contains("replies=5"),
+        "{:?}",
+        pings(&d, "d2")
+    );
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+#[test]
+fn after_an_adoption_a_networked_vm_killed_is_restarted_and_exchanges_frames_again() {
+    if !kvm_or_skip(
+        "after_an_adoption_a_networked_vm_killed_is_restarted_and_exchanges_frames_again",
+    ) {
+        return;
+    }
+    let Some(g) = guest::testguest_with(b"keeltest.net-peer") else {
+        skip::skip(
+            "daemon",
+            "after_an_adoption_a_networked_vm_killed_is_restarted_and_exchanges_frames_again",
+            "the test guest has no `net` test (keeltest.net=<role>)",
+        );
+        return;
+    };
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let net_vm = |name: &str, mac: &str, role: &str, restart: &str| {
+        format!(
+            "[[vm]]\nname = \"{name}\"\narch = \"x86_64\"\nkernel = \"{}\"\nmemory = \"32M\"\ncmdline = \"keeltest=net {role}\"\nrestart = \"{restart}\"\n[[vm.net]]\nnetwork = \"lan\"\nmac = \"{mac}\"\n",
+            g.display()
+        )
+    };
+    let (mac_a, mac_b) = ("02:00:00:00:00:0a", "02:00:00:00:00:0b");
+    let mut first = Daemon::start(&format!(
+        "[[network]]\nname = \"lan\"\n{}{}",
+        net_vm(
+            "a",
+            mac_a,
+            "keeltest.net=echo keeltest.net-time=120000",
+            "on-failure"
+        ),
+        net_vm(
+            "b",
+            mac_b,
+            &format!("keeltest.net=ping keeltest.net-peer={mac_a} keeltest.net-count=5"),
+            "never"
+        ),
+    ));
+    let pings = |d: &Daemon| {
+        d.serial("b")
+            .split_inclusive('\n')
+            .filter(|l| {
+                l.starts_with("keeltest: net: ping ") && l.contains(" sent=") && l.ends_with('\n')
+            })
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(BOOT, || !pings(&first).is_empty()),
+        "{}",
+        first.serial("b")
+    );
+    assert!(eventually(BOOT, || first.state_of("b") == "stopped"));
+
+    // The daemon is killed; a new one adopts the switch and "a", and starts "b" again:
+    // through the ports it copied from the adopted switch.
+    signal(first.pid() as i32, libc::SIGKILL);
+    first.child.wait().unwrap();
+    let dir = std::mem::take(&mut first.dir);
+    std::mem::forget(first);
+    let mut second = Daemon::ready(dir.clone(), spawn_daemon(&dir));
+    let log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    assert!(
+        eventually(BOOT, || pings(&second).len() >= 2),
+        "{}\n{}",
+        second.serial("b"),
+        log()
+    );
+    assert!(
+        pings(&second)[1].contains("replies=5"),
+        "{:?}",
+        pings(&second)
+    );
+
+    // "a" (adopted) is killed: restarted by its policy, on the same port, it answers again.
+    let a = second.pid_of("a").unwrap();
+    signal(a as i32, libc::SIGKILL);
+    assert!(
+        eventually(Duration::from_secs(5), || second
+            .pid_of("a")
+            .is_some_and(|p| p != a)
+            && second.state_of("a") == "running"),
+        "{}",
+        log()
+    );
+    assert!(eventually(BOOT, || second.state_of("b") == "stopped"));
+    let started = second.put("b", "start");
+    assert_eq!(started.status, 200, "{started:?}");
+    assert!(
+        eventually(BOOT, || pings(&second).len() >= 3),
+        "{}\n{}",
+        second.serial("b"),
+        log()
+    );
+    assert!(
+        pings(&second)[2].contains("replies=5"),
+        "{:?}",
+        pings(&second)
+    );
+    assert_eq!(second.terminate().code(), Some(0));
+}
+
+#[test]
+fn after_an_adoption_a_vm_with_a_shared_region_is_not_started_on_a_new_copy_of_it() {
+    if !kvm_or_skip(
+        "after_an_adoption_a_vm_with_a_shared_region_is_not_started_on_a_new_copy_of_it",
+    ) {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mapping = |access: &str| {
+        format!("[[vm.shared]]\nregion = \"x\"\nbase = \"0x8000_0000\"\naccess = \"{access}\"\n")
+    };
+    let mut first = Daemon::start(&format!(
+        "[[shared]]\nname = \"x\"\nsize = \"64K\"\n{}{}{}{}",
+        vm("a", "keeltest=pause:60000", "never"),
+        mapping("rw"),
+        vm("c", "keeltest=pause:60000", "never"),
+        mapping("ro"),
+    ));
+    assert_eq!(first.state_of("a"), "running");
+    signal(first.pid() as i32, libc::SIGKILL);
+    first.child.wait().unwrap();
+    let dir = std::mem::take(&mut first.dir);
+    std::mem::forget(first);
+    let second = Daemon::ready(dir.clone(), spawn_daemon(&dir));
+    assert_eq!(second.put("a", "stop").status, 200);
+
+    let started = second.put("a", "start");
+
+    assert_eq!(started.status, 500, "{started:?}");
+    let e = started.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        e.contains("shared regions' memory files belong to processes of a previous daemon"),
+        "{e}"
+    );
+    assert_eq!(second.state_of("c"), "running");
+}

@@ -379,6 +379,21 @@ impl SlotConsumer {
         &self.w
     }
 
+    /// Take over from a previous consumer without its backlog: every record published and
+    /// not yet consumed is skipped (`tail` becomes the producer's `head`) and the ring is
+    /// enabled again. For a port given to a new holder: what was queued for the previous
+    /// one is not delivered to the next. Returns how many records were skipped. Indices
+    /// that are not consistent (`head` more than `slots` ahead of `tail`: one side wrote
+    /// garbage, and which one cannot be told) are left alone: `WildProducer`.
+    pub fn skip_to_head(&mut self) -> Result<u64, RingError> {
+        let skipped = self.w.sh.consumer_avail(self.tail, self.w.slots)?;
+        self.tail = self.tail.wrapping_add(skipped);
+        // Release: no slot is read after this; the producer may reuse them all.
+        self.w.sh.word(TAIL).store(self.tail, Ordering::Release);
+        self.broken = false;
+        Ok(skipped)
+    }
+
     /// Whether the consumer stopped reading after a wild producer index.
     pub fn is_disabled(&self) -> bool {
         self.broken
@@ -695,6 +710,34 @@ mod tests {
 
         assert!(matches!(e, Err(RingError::WildConsumer { .. })));
         assert_eq!(p.dropped(), 1);
+    }
+
+    #[test]
+    fn a_consumer_skipping_to_head_gets_only_records_published_after_it() {
+        let (mut m, mut p, _old) = pair(4);
+        p.push(b"old 1").unwrap();
+        p.push(b"old 2").unwrap();
+        let mut c = SlotConsumer::attach(m.window(4));
+
+        let skipped = c.skip_to_head().unwrap();
+        p.push(b"new").unwrap();
+
+        assert_eq!(skipped, 2);
+        assert_eq!(pop(&mut c).unwrap(), Some(b"new".to_vec()));
+        assert_eq!(pop(&mut c).unwrap(), None);
+    }
+
+    #[test]
+    fn skipping_to_head_leaves_inconsistent_indices_alone() {
+        let (mut m, mut p, _old) = pair(4);
+        p.push(b"a").unwrap();
+        m.poke(TAIL, u64::MAX - 10);
+        let mut c = SlotConsumer::attach(m.window(4));
+
+        let e = c.skip_to_head();
+
+        assert!(matches!(e, Err(RingError::WildProducer { .. })), "{e:?}");
+        assert_eq!(m.peek(TAIL), u64::MAX - 10);
     }
 
     #[test]

@@ -665,7 +665,7 @@ pub fn vm_line(v: &VmInfo) -> String {
 /// `get`'s lines.
 pub fn vm_details(v: &VmInfo) -> String {
     format!(
-        "name:      {}\nkind:      {}\nstate:     {}\npid:       {}\nmemory:    {} MiB\nvcpus:     {}\nrestart:   {}\nrestarts:  {}\nlast exit: {}\n",
+        "name:      {}\nkind:      {}\nstate:     {}\npid:       {}\nmemory:    {} MiB\nvcpus:     {}\nrestart:   {}\nrestarts:  {}\nlast exit: {}\nnets:      {}\n",
         v.name,
         if v.r#static { "static" } else { "dynamic" },
         v.state,
@@ -674,7 +674,16 @@ pub fn vm_details(v: &VmInfo) -> String {
         v.vcpus,
         restart_text(v.restart),
         v.restarts,
-        v.last_exit.as_deref().unwrap_or("-")
+        v.last_exit.as_deref().unwrap_or("-"),
+        if v.nics.is_empty() {
+            "-".to_string()
+        } else {
+            v.nics
+                .iter()
+                .map(|n| format!("{} {}", n.network, n.mac))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
     )
 }
 

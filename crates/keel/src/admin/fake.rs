@@ -30,6 +30,7 @@ fn info(name: &str, is_static: bool) -> VmInfo {
         restart: RestartPolicy::Never,
         restarts: 0,
         last_exit: None,
+        nics: Vec::new(),
     }
 }
 

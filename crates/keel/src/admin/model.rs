@@ -80,6 +80,19 @@ pub struct VmInfo {
     /// How its VMM ended last time, if it ended: e.g. `"exit 0"`, `"exit 1"`,
     /// `"killed by signal 9"`.
     pub last_exit: Option<String>,
+    /// Its network interfaces (a dynamic VM's: the pool ports it holds, with the MACs the
+    /// daemon fixed).
+    #[serde(default)]
+    pub nics: Vec<NicInfo>,
+}
+
+/// One network interface of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NicInfo {
+    /// The network's name.
+    pub network: String,
+    /// The interface's MAC address, `02:00:00:00:00:01` style.
+    pub mac: String,
 }
 
 /// A request to create a dynamic VM (`POST /vms`). What it may name is bounded by the

@@ -12,7 +12,7 @@ mod policy;
 mod process;
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 
 use keel_kvm::log::{self, Level};
 use keel_kvm::net::{PortFds, SharedMemory};
-use keel_spec::plan::SystemPlan;
-use keel_spec::{Restart, System};
+use keel_spec::plan::{PortOwner, SystemPlan};
+use keel_spec::{MacAddr, Restart, System};
 
-use super::model::{AdminError, CreateVm, Event, RestartPolicy, Supervisor, VmInfo, VmState};
+use super::model::{
+    AdminError, CreateVm, Event, NicInfo, RestartPolicy, Supervisor, VmInfo, VmState,
+};
 use super::vmmproc;
 use policy::{Decision, Ending, Usage};
 
@@ -79,6 +81,23 @@ struct Vm {
     deadline: Option<Instant>,
     /// The admin ended (or is ending) it: no restart follows.
     by_admin: bool,
+    /// A dynamic VM's ports of the dynamic pool, one per network of its request, in order.
+    pool_ports: Vec<PoolPort>,
+    /// Its network interfaces as the API shows them.
+    nics: Vec<NicInfo>,
+}
+
+/// A spare port of the dynamic pool that a dynamic VM holds (docs/admin.md, "Networks").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PoolPort {
+    /// The network (index into the plan's networks).
+    network: usize,
+    /// Its port on the network's switch (index into the network's ports).
+    port: usize,
+    /// Its index among the network's pool ports (what `create.json` records).
+    slot: u16,
+    /// The MAC the plan fixed for it.
+    mac: MacAddr,
 }
 
 impl Vm {
@@ -93,6 +112,7 @@ impl Vm {
             restart: self.restart,
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
+            nics: self.nics.clone(),
         }
     }
 }
@@ -108,6 +128,9 @@ struct Networks {
 
 struct Inner {
     vms: Vec<Vm>,
+    /// Pool ports (network, port) a previous holder left with inconsistent ring indices:
+    /// not given again until the daemon restarts.
+    retired: Vec<(usize, usize)>,
     subscribers: Vec<SyncSender<Event>>,
     next_seq: u64,
     closing: bool,
@@ -155,13 +178,17 @@ fn quoted(s: &str) -> String {
 struct Persisted {
     seq: u64,
     request: CreateVm,
+    /// The pool slot it holds on each network of its request, in order.
+    #[serde(default)]
+    pool_slots: Vec<u16>,
 }
 
 impl ProcessSupervisor {
     /// Load the system, adopt what a previous daemon left running, start the switches and
     /// the static VMs, and the monitor thread.
     pub fn start(config: Config) -> Result<Arc<ProcessSupervisor>, crate::Failure> {
-        let (system, plan) = crate::up::load_plan(&config.system_file)?;
+        // With the dynamic pool's spare ports (docs/admin.md, "Networks").
+        let (system, plan) = crate::up::load_plan_with_pool(&config.system_file)?;
         for vm in system.vms() {
             if keel_spec::Arch::host() != Some(vm.arch) {
                 return Err(crate::Failure::input(format!(
@@ -187,15 +214,30 @@ impl ProcessSupervisor {
             .unwrap_or_else(|| PathBuf::from("."));
         let mut vms = Vec::new();
         for (i, spec) in system.vms().iter().enumerate() {
+            let plan_index = plan
+                .vms
+                .iter()
+                .position(|p| p.name == spec.name)
+                .or(Some(i));
+            let nics = plan_index
+                .and_then(|n| plan.vms.get(n))
+                .map(|p| {
+                    p.nics
+                        .iter()
+                        .map(|n| NicInfo {
+                            network: n.network_name.clone(),
+                            mac: n.mac.to_string(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             vms.push(Vm {
                 name: spec.name.clone(),
                 request: None,
                 system_arg: config.system_file.display().to_string(),
-                plan_index: plan
-                    .vms
-                    .iter()
-                    .position(|p| p.name == spec.name)
-                    .or(Some(i)),
+                plan_index,
+                pool_ports: Vec::new(),
+                nics,
                 memory_mib: spec.memory.total() >> 20,
                 vcpus: spec.vcpus,
                 restart: policy_of(spec.restart),
@@ -223,6 +265,7 @@ impl ProcessSupervisor {
             }),
             inner: Mutex::new(Inner {
                 vms,
+                retired: Vec::new(),
                 subscribers: Vec::new(),
                 next_seq: 0,
                 closing: false,
@@ -266,13 +309,151 @@ impl ProcessSupervisor {
                 continue;
             }
             inner.next_seq = inner.next_seq.max(p.seq + 1);
-            let vm = self.dynamic_vm(p.request);
+            let mut ports = Vec::new();
+            for (net, &slot) in p.request.networks.iter().zip(&p.pool_slots) {
+                let held = |pp: &PoolPort| {
+                    inner
+                        .vms
+                        .iter()
+                        .any(|v| v.pool_ports.iter().any(|q| q == pp))
+                };
+                match self.pool_port(net, slot) {
+                    Some(pp) if !held(&pp) => ports.push(pp),
+                    _ => log::error(format_args!(
+                        "vm {:?}: pool port {slot} of network {net:?} is not in the description's pool now (or is held by another VM); the VM cannot start on that network",
+                        p.request.name
+                    )),
+                }
+            }
+            let vm = self.dynamic_vm(p.request, ports);
             inner.vms.push(vm);
         }
     }
 
-    fn dynamic_vm(&self, req: CreateVm) -> Vm {
+    /// Pool port `slot` of network `network` in the plan.
+    fn pool_port(&self, network: &str, slot: u16) -> Option<PoolPort> {
+        let n = self.plan.networks.iter().position(|x| x.name == network)?;
+        let (port, p) = self.plan.networks[n]
+            .ports
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.owner == PortOwner::Pool { slot })?;
+        Some(PoolPort {
+            network: n,
+            port,
+            slot,
+            mac: p.mac?,
+        })
+    }
+
+    /// A pool port of `network` no VM holds (the first), else a refusal naming the limit.
+    fn free_pool_port(
+        inner: &Inner,
+        plan: &SystemPlan,
+        network: &str,
+    ) -> Result<PoolPort, AdminError> {
+        let n = plan.networks.iter().position(|x| x.name == network);
+        let ports: Vec<PoolPort> = n
+            .map(|n| {
+                plan.networks[n]
+                    .ports
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(port, p)| match (&p.owner, p.mac) {
+                        (PortOwner::Pool { slot }, Some(mac)) => Some(PoolPort {
+                            network: n,
+                            port,
+                            slot: *slot,
+                            mac,
+                        }),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ports
+            .iter()
+            .find(|pp| {
+                !inner.retired.contains(&(pp.network, pp.port))
+                    && !inner
+                        .vms
+                        .iter()
+                        .any(|v| v.pool_ports.iter().any(|q| q == *pp))
+            })
+            .copied()
+            .ok_or_else(|| {
+                let retired = inner.retired.iter().filter(|r| Some(r.0) == n).count();
+                AdminError::Limit {
+                    limit: "limits.networks",
+                    detail: format!(
+                        "network {network:?}: no free port of the dynamic pool ({} ports, {retired} retired, the rest held)",
+                        ports.len()
+                    ),
+                }
+            })
+    }
+
+    /// Give pool port `pp` to a new holder: frames the switch queued for the previous one
+    /// are skipped (docs/admin.md, "Networks"), so the next VM sees only frames sent after
+    /// it got the port. Nothing to do while the daemon has no descriptors of the ports
+    /// (adopted switches).
+    fn reset_pool_port(&self, pp: &PoolPort) -> Result<(), PortReuseError> {
+        let nets = self.nets.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(fds) = nets
+            .ports
+            .as_ref()
+            .and_then(|p| p.get(pp.network))
+            .and_then(|n| n.get(pp.port))
+            .and_then(Option::as_ref)
+        else {
+            return Ok(());
+        };
+        let slots = u64::from(self.plan.networks[pp.network].slots);
+        let skipped = drop_queued_frames(fds, slots)?;
+        if skipped > 0 {
+            log::info(format_args!(
+                "network {:?}: pool port {}: {skipped} frames queued for its previous holder dropped",
+                self.plan.networks[pp.network].name, pp.slot
+            ));
+        }
+        Ok(())
+    }
+
+    /// A free pool port of `network`, reset for a new holder ([`Self::reset_pool_port`]);
+    /// a port whose rings are inconsistent is retired and the next one tried.
+    fn take_pool_port(&self, inner: &mut Inner, network: &str) -> Result<PoolPort, AdminError> {
+        loop {
+            let pp = Self::free_pool_port(inner, &self.plan, network)?;
+            match self.reset_pool_port(&pp) {
+                Ok(()) => return Ok(pp),
+                Err(PortReuseError::Wild(e)) => {
+                    log::error(format_args!(
+                        "network {network:?}: pool port {}: its ring from the switch was left inconsistent ({e}); retired until the daemon restarts",
+                        pp.slot
+                    ));
+                    inner.retired.push((pp.network, pp.port));
+                }
+                Err(PortReuseError::Host(e)) => {
+                    return Err(internal(format!(
+                        "network {network:?}: pool port {}: {e}",
+                        pp.slot
+                    )));
+                }
+            }
+        }
+    }
+
+    fn dynamic_vm(&self, req: CreateVm, pool_ports: Vec<PoolPort>) -> Vm {
+        let nics = pool_ports
+            .iter()
+            .map(|pp| NicInfo {
+                network: self.plan.networks[pp.network].name.clone(),
+                mac: pp.mac.to_string(),
+            })
+            .collect();
         Vm {
+            pool_ports,
+            nics,
             name: req.name.clone(),
             system_arg: self
                 .vm_dir(&req.name)
@@ -303,12 +484,14 @@ impl ProcessSupervisor {
         let mut nets = self.nets.lock().unwrap_or_else(|p| p.into_inner());
         let dir = self.config.state_dir.join("switches");
         let mut adopted = Vec::new();
+        let mut records = Vec::new();
         for net in &self.plan.networks {
             let path = dir.join(format!("{}.json", net.name));
             if let Some(r) = process::load(&path)
                 && let Some(fd) = process::adopt(&r)
             {
                 adopted.push((net.name.clone(), Arc::new(fd), r.pid));
+                records.push(r);
             }
         }
         if !self.plan.networks.is_empty() && adopted.len() == self.plan.networks.len() {
@@ -316,6 +499,23 @@ impl ProcessSupervisor {
                 "adopted the {} switch processes of a previous daemon",
                 adopted.len()
             ));
+            // Copies of their ports' descriptors, so VMs with interfaces can start again.
+            let mut ports = Vec::new();
+            for (n, ((_, fd, _), r)) in adopted.iter().zip(&records).enumerate() {
+                match self.recover_ports(n, r, fd) {
+                    Ok(p) => ports.push(p),
+                    Err(e) => {
+                        log::warn(format_args!(
+                            "network {:?}: cannot take copies of its ports from the adopted switch process {} ({e}); its VMs cannot be started again until the daemon is restarted cleanly",
+                            self.plan.networks[n].name, r.pid
+                        ));
+                        break;
+                    }
+                }
+            }
+            if ports.len() == adopted.len() {
+                nets.ports = Some(ports);
+            }
             nets.switches = adopted;
             return Ok(());
         }
@@ -324,13 +524,36 @@ impl ProcessSupervisor {
             let _ = process::pidfd_signal(fd, libc::SIGTERM);
         }
         nets.ports = Some(crate::up::create_ports(&self.plan)?);
-        nets.shared = crate::up::create_shared(&self.plan)?;
+        // A VMM of a previous daemon that still runs maps the shared regions' current
+        // memory files, which live in VMMs only: new files would split each region (a VM
+        // started now would not see what the running ones write). Then none are created,
+        // and VMs mapping shared regions cannot start until a clean restart.
+        let live_user = self.plan.vms.iter().find(|v| {
+            !v.shared.is_empty()
+                && process::load(&self.vm_dir(&v.name).join("vmm.json"))
+                    .is_some_and(|r| process::adopt(&r).is_some())
+        });
+        nets.shared = match live_user {
+            Some(v) => {
+                log::warn(format_args!(
+                    "vm {:?} of a previous daemon still runs with the shared regions' memory: VMs mapping shared regions cannot be started again until the daemon is restarted cleanly",
+                    v.name
+                ));
+                Vec::new()
+            }
+            None => crate::up::create_shared(&self.plan)?,
+        };
         let system_arg = self.config.system_file.display().to_string();
         for (n, net) in self.plan.networks.iter().enumerate() {
             let ports = nets.ports.as_ref().and_then(|p| p.get(n));
-            let (args, fds) =
-                crate::up::switch_command(&system_arg, &net.name, ports.map_or(&[], |v| v), false);
-            let record = process::spawn(
+            let (args, fds) = crate::up::switch_command(
+                &system_arg,
+                &net.name,
+                ports.map_or(&[], |v| v),
+                false,
+                true,
+            );
+            let mut record = process::spawn(
                 &self.config.exe,
                 &args,
                 fds,
@@ -340,6 +563,7 @@ impl ProcessSupervisor {
                 status: crate::EXIT_FAILURE,
                 message: format!("network {:?}: cannot start its switch: {e}", net.name),
             })?;
+            record.ports = process::switch_ports(&record.argv).unwrap_or_default();
             let _ = process::save(&dir.join(format!("{}.json", net.name)), &record);
             let fd = process::pidfd_open(record.pid).map_err(|e| crate::Failure {
                 status: crate::EXIT_FAILURE,
@@ -349,6 +573,70 @@ impl ProcessSupervisor {
                 .push((net.name.clone(), Arc::new(fd), record.pid));
         }
         Ok(())
+    }
+
+    /// Copies of network `n`'s port descriptors, taken from its adopted switch process
+    /// (`pidfd`, checked against `record` by the adoption) with `pidfd_getfd`: the numbers
+    /// its record names, which must be its command line's `--port`s, one per port of the
+    /// plan besides the uplink, each memfd of the plan's ring size.
+    fn recover_ports(
+        &self,
+        n: usize,
+        record: &process::Record,
+        pidfd: &OwnedFd,
+    ) -> Result<Vec<Option<PortFds>>, String> {
+        let net = &self.plan.networks[n];
+        let numbers =
+            process::switch_ports(&record.argv).ok_or("its command line has a malformed --port")?;
+        if numbers != record.ports {
+            return Err("its record's ports differ from its command line".into());
+        }
+        let wanted = net
+            .ports
+            .iter()
+            .filter(|p| !matches!(p.owner, PortOwner::Uplink { .. }))
+            .count();
+        if numbers.len() != wanted {
+            return Err(format!(
+                "it has {} ports, the description {wanted}",
+                numbers.len()
+            ));
+        }
+        let len = usize::try_from(net.ring_bytes()).map_err(|e| e.to_string())?;
+        let mut numbers = numbers.into_iter();
+        let mut out = Vec::with_capacity(net.ports.len());
+        let mut taken = Vec::new();
+        for p in &net.ports {
+            if matches!(p.owner, PortOwner::Uplink { .. }) {
+                out.push(None);
+                continue;
+            }
+            // The switch's `--port` is `TO,FROM,VMM_EVENTFD,SWITCH_EVENTFD`
+            // (`up::switch_command`): it rings the third and waits on the fourth.
+            let theirs = numbers.next().ok_or("fewer ports than planned")?;
+            let mut copies = Vec::with_capacity(4);
+            for fd in theirs {
+                copies.push(
+                    process::pidfd_getfd(pidfd, fd)
+                        .map_err(|e| format!("pidfd_getfd of its fd {fd}: {e}"))?,
+                );
+            }
+            // Owned by `take_inherited` below (fresh descriptors: it cannot refuse them).
+            let ours: Vec<i32> = copies.into_iter().map(IntoRawFd::into_raw_fd).collect();
+            // The VMM's view (`PortFds::arg`): TO,FROM,SWITCH_EVENTFD,VMM_EVENTFD.
+            let arg = format!("{},{},{},{}", ours[0], ours[1], ours[3], ours[2]);
+            let fds = PortFds::take_inherited(&arg, &mut taken).map_err(|e| e.to_string())?;
+            for (m, fd) in [(&fds.to_switch, theirs[0]), (&fds.from_switch, theirs[1])] {
+                if m.len() != len {
+                    return Err(format!(
+                        "its fd {fd}: {} bytes, a ring of this network is {len}",
+                        m.len()
+                    ));
+                }
+            }
+            out.push(Some(fds));
+        }
+        Ok(out)
     }
 
     /// Adopt each VM's VMM if it still runs; handle the ones that ended while no daemon
@@ -445,6 +733,12 @@ impl ProcessSupervisor {
         let mut fds = Vec::new();
         if let Some(p) = vm.plan_index.and_then(|n| self.plan.vms.get(n)) {
             let has_nics = !p.nics.is_empty();
+            if !p.shared.is_empty() && nets.shared.len() != self.plan.shared.len() {
+                return Err(AdminError::Internal(format!(
+                    "vm {:?}: its shared regions' memory files belong to processes of a previous daemon; stop the daemon (SIGTERM) and start it again to start this VM",
+                    vm.name
+                )));
+            }
             match &nets.ports {
                 Some(ports) => {
                     fds = crate::up::vmm_fd_args(&self.plan, p, ports, &nets.shared, &mut args);
@@ -457,6 +751,24 @@ impl ProcessSupervisor {
                 }
                 None => {}
             }
+        }
+        // A dynamic VM's pool ports, in the order of its description's interfaces.
+        for pp in &vm.pool_ports {
+            let Some(p) = nets
+                .ports
+                .as_ref()
+                .and_then(|p| p.get(pp.network))
+                .and_then(|n| n.get(pp.port))
+                .and_then(Option::as_ref)
+            else {
+                return Err(AdminError::Internal(format!(
+                    "vm {:?}: its network ports belong to switch processes of a previous daemon; stop the daemon (SIGTERM) and start it again to start this VM",
+                    vm.name
+                )));
+            };
+            args.push("--nic".into());
+            args.push(p.arg());
+            fds.extend(p.raw());
         }
         args.push("--state".into());
         args.push(dir.display().to_string());
@@ -753,17 +1065,26 @@ impl ProcessSupervisor {
     }
 
     /// The dynamic VM's description (`vms/<vm>/system.toml`): the system's name, one VM.
-    fn dynamic_toml(&self, req: &CreateVm) -> String {
-        let mut t = format!(
-            "[system]\nname = {}\n\n[[vm]]\nname = {}\nkernel = {}\nmemory = \"{}M\"\nvcpus = {}\ncmdline = {}\nserial = \"stdio\"\nrestart = \"{}\"\n",
-            quoted(self.system.name()),
+    fn dynamic_toml(&self, req: &CreateVm, ports: &[PoolPort]) -> String {
+        let mut t = format!("[system]\nname = {}\n", quoted(self.system.name()));
+        // Its networks as its VMM sees them: the name and the ring size of each.
+        for pp in ports {
+            let net = &self.plan.networks[pp.network];
+            t.push_str(&format!(
+                "\n[[network]]\nname = {}\nslots = {}\n",
+                quoted(&net.name),
+                net.slots
+            ));
+        }
+        t.push_str(&format!(
+            "\n[[vm]]\nname = {}\nkernel = {}\nmemory = \"{}M\"\nvcpus = {}\ncmdline = {}\nserial = \"stdio\"\nrestart = \"{}\"\n",
             quoted(&req.name),
             quoted(&policy::resolve(&self.base, &req.kernel)),
             req.memory_mib,
             req.vcpus,
             quoted(&req.cmdline),
             policy_name(req.restart),
-        );
+        ));
         if let Some(i) = &req.initrd {
             t.push_str(&format!(
                 "initrd = {}\n",
@@ -774,6 +1095,13 @@ impl ProcessSupervisor {
             t.push_str(&format!(
                 "\n[[vm.disk]]\npath = {}\n",
                 quoted(&policy::resolve(&self.base, d))
+            ));
+        }
+        for pp in ports {
+            t.push_str(&format!(
+                "\n[[vm.net]]\nnetwork = {}\nmac = \"{}\"\n",
+                quoted(&self.plan.networks[pp.network].name),
+                pp.mac
             ));
         }
         t
@@ -790,6 +1118,33 @@ impl ProcessSupervisor {
         }
         u
     }
+}
+
+/// Why a pool port cannot be given to a new holder.
+#[derive(Debug)]
+enum PortReuseError {
+    /// Its ring's indices are inconsistent (a previous holder wrote garbage).
+    Wild(String),
+    /// The host failed (mapping the ring).
+    Host(String),
+}
+
+/// Skip the frames queued in port `fds`'s ring from the switch (`slots` slots), as the
+/// consumer the next holder's VMM will be (see `keel_net::ring::FrameConsumer::skip_pending`).
+/// Only while no VMM holds the port. How many frames were skipped.
+fn drop_queued_frames(fds: &PortFds, slots: u64) -> Result<u64, PortReuseError> {
+    let map = fds
+        .from_switch
+        .map()
+        .map_err(|e| PortReuseError::Host(format!("map: {e}")))?;
+    // SAFETY: `map` outlives the window and the consumer made from it: both are dropped
+    // at the end of this function, before `map`.
+    let window =
+        unsafe { map.frame_window(slots) }.map_err(|e| PortReuseError::Host(e.to_string()))?;
+    let mut consumer = keel_net::ring::FrameConsumer::attach(window);
+    consumer
+        .skip_pending()
+        .map_err(|e| PortReuseError::Wild(e.to_string()))
 }
 
 /// The first line of `dir/exit`, if the VMM wrote one.
@@ -848,7 +1203,12 @@ impl Supervisor for ProcessSupervisor {
                 )));
             }
         }
-        let text = self.dynamic_toml(&req);
+        // A free pool port of each network it names (the limits allowed them above).
+        let mut ports = Vec::new();
+        for n in &req.networks {
+            ports.push(self.take_pool_port(&mut inner, n)?);
+        }
+        let text = self.dynamic_toml(&req, &ports);
         // The description's own checks (name rule, sizes, kernel and disk files).
         let parsed = keel_spec::Loader::new()
             .parse_named(&text, &self.base, self.system.name())
@@ -866,6 +1226,7 @@ impl Supervisor for ProcessSupervisor {
         let persisted = Persisted {
             seq,
             request: req.clone(),
+            pool_slots: ports.iter().map(|pp| pp.slot).collect(),
         };
         std::fs::write(
             dir.join("create.json"),
@@ -873,7 +1234,7 @@ impl Supervisor for ProcessSupervisor {
         )
         .map_err(internal)?;
         let name = req.name.clone();
-        let vm = self.dynamic_vm(req);
+        let vm = self.dynamic_vm(req, ports);
         let info = vm.info();
         inner.vms.push(vm);
         Self::emit(&mut inner, Event::Created { vm: name });

@@ -469,3 +469,22 @@ fn console_of_an_unknown_vm_fails_with_the_servers_message() {
     assert_eq!(f.status, EXIT_FAILURE);
     assert_eq!(f.message, "no VM named \"zz\"");
 }
+
+#[test]
+fn get_shows_a_vms_networks_with_their_macs() {
+    use crate::admin::model::Supervisor;
+    let mut v = crate::admin::fake::FakeSupervisor::new(&["web"])
+        .get("web")
+        .unwrap();
+    v.nics = vec![crate::admin::model::NicInfo {
+        network: "lan".into(),
+        mac: "06:4b:50:1d:00:00".into(),
+    }];
+
+    let text = super::vm_details(&v);
+
+    assert!(
+        text.contains("nets:      lan 06:4b:50:1d:00:00\n"),
+        "{text}"
+    );
+}

@@ -178,13 +178,25 @@ pub(crate) fn check_create(
     for d in &req.disks {
         allowed(&l.disks, base, d, "limits.disks")?;
     }
-    if let Some(n) = req.networks.first() {
-        return Err(AdminError::Limit {
-            limit: "limits.networks",
-            detail: format!(
-                "network {n:?}: a dynamic VM joins no network on Linux (a switch's ports are fixed when it starts)"
-            ),
-        });
+    for (i, n) in req.networks.iter().enumerate() {
+        if req.networks[..i].contains(n) {
+            return Err(AdminError::Invalid(format!(
+                "networks: {n:?} is named twice (one interface per network)"
+            )));
+        }
+        if !l.networks.contains(n) {
+            return Err(AdminError::Limit {
+                limit: "limits.networks",
+                detail: format!(
+                    "network {n:?} is not listed (allowed: {})",
+                    if l.networks.is_empty() {
+                        "none".to_string()
+                    } else {
+                        l.networks.join(", ")
+                    }
+                ),
+            });
+        }
     }
     Ok(())
 }
@@ -414,9 +426,9 @@ mod tests {
     }
 
     #[test]
-    fn a_network_is_refused_for_dynamic_vms_on_linux() {
+    fn a_network_not_in_limits_networks_is_refused_naming_the_limit_and_the_list() {
         let mut r = req(64, 1);
-        r.networks = vec!["lan".into()];
+        r.networks = vec!["dmz".into()];
 
         let (limit, detail) = limit_of(check_create(
             Some(&limits()),
@@ -426,13 +438,27 @@ mod tests {
         ));
 
         assert_eq!(limit, "limits.networks");
-        assert!(detail.contains("joins no network on Linux"), "{detail}");
+        assert_eq!(detail, "network \"dmz\" is not listed (allowed: lan)");
+    }
+
+    #[test]
+    fn a_network_named_twice_is_refused() {
+        let mut r = req(64, 1);
+        r.networks = vec!["lan".into(), "lan".into()];
+
+        let e = check_create(Some(&limits()), Usage::default(), Path::new("/"), &r);
+
+        assert!(
+            matches!(&e, Err(AdminError::Invalid(m)) if m.contains("\"lan\" is named twice")),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn a_request_within_every_limit_is_accepted() {
         let mut r = req(128, 2);
         r.disks = vec!["/d/a.img".into()];
+        r.networks = vec!["lan".into()];
 
         assert_eq!(
             check_create(Some(&limits()), Usage::default(), Path::new("/"), &r),

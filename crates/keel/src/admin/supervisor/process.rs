@@ -17,6 +17,43 @@ pub(crate) struct Record {
     pub start_time: u64,
     /// Its command line.
     pub argv: Vec<String>,
+    /// A switch's ports: the descriptor numbers in the switch process of each port's
+    /// `to_switch` and `from_switch` memfds and of the eventfds it waits on and rings, in
+    /// port order (its `--port` arguments), so a later daemon can take copies of them
+    /// ([`pidfd_getfd`]). Empty for a VMM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<[RawFd; 4]>,
+}
+
+/// The `--port A,B,C,D` descriptor numbers of a `__switch` command line, in order.
+pub(crate) fn switch_ports(argv: &[String]) -> Option<Vec<[RawFd; 4]>> {
+    let mut out = Vec::new();
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        if a == "--port" {
+            let nums: Vec<RawFd> = it
+                .next()?
+                .split(',')
+                .map(|n| n.parse().ok())
+                .collect::<Option<_>>()?;
+            out.push(<[RawFd; 4]>::try_from(nums).ok()?);
+        }
+    }
+    Some(out)
+}
+
+/// `pidfd_getfd(2)` (Linux 5.6): a copy, close-on-exec, of descriptor `target` of the
+/// process behind `pidfd`. Needs ptrace access to it (same user and Yama's
+/// `ptrace_scope` 0, or `CAP_SYS_PTRACE`).
+pub(crate) fn pidfd_getfd(pidfd: &OwnedFd, target: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_getfd takes two descriptor numbers and flags, touches no memory of
+    // ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// `pidfd_open(pid)`: a descriptor that becomes readable when the process ends.
@@ -163,6 +200,7 @@ pub(crate) fn spawn(
         pid,
         start_time,
         argv,
+        ports: Vec::new(),
     })
 }
 

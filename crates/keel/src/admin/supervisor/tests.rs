@@ -523,3 +523,69 @@ fn a_hostile_exit_record_is_read_bounded_and_without_control_characters() {
     assert_eq!(super::read_exit(&dir).unwrap(), "exit 3");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_pool_port_given_to_a_new_vm_drops_the_frames_queued_for_the_previous_one() {
+    use keel_net::ring::{FrameConsumer, FrameProducer, MAX_FRAME, Recv};
+    let slots = 16u32;
+    let len = keel_spec::plan::ring_window_len(slots) as usize;
+    let fds = keel_kvm::net::PortFds::create("reuse-test", len).unwrap();
+    // The switch's side, queueing frames for a holder that has gone.
+    let switch_map = fds.from_switch.map().unwrap();
+    // SAFETY: `switch_map` outlives the producer (both live to the end of the test).
+    let mut switch = FrameProducer::attach(unsafe { switch_map.frame_window(16) }.unwrap());
+    for f in [b"for the old vm 1", b"for the old vm 2"] {
+        switch.send(f).unwrap();
+    }
+
+    let dropped = super::drop_queued_frames(&fds, u64::from(slots)).unwrap();
+    switch.send(b"for the new vm").unwrap();
+
+    assert_eq!(dropped, 2);
+    // The next VMM attaches as `VmmPort` does and sees only what came after.
+    let vmm_map = fds.from_switch.map().unwrap();
+    // SAFETY: `vmm_map` outlives the consumer.
+    let mut vmm = FrameConsumer::attach(unsafe { vmm_map.frame_window(16) }.unwrap());
+    let mut buf = [0u8; MAX_FRAME];
+    assert_eq!(vmm.recv(&mut buf).unwrap(), Recv::Frame(14));
+    assert_eq!(&buf[..14], b"for the new vm");
+    assert_eq!(vmm.recv(&mut buf).unwrap(), Recv::Empty);
+}
+
+#[test]
+fn a_pool_port_whose_ring_indices_were_left_inconsistent_is_not_reset() {
+    let slots = 16u32;
+    let len = keel_spec::plan::ring_window_len(slots) as usize;
+    let fds = keel_kvm::net::PortFds::create("wild-test", len).unwrap();
+    // A hostile previous holder wrote a `tail` far from `head` (the header's `tail` is at
+    // byte 128, `head` at 0) through its mapping.
+    let map = fds.from_switch.map().unwrap();
+    // SAFETY: byte 128 is inside the mapping's header and 8-aligned (the mapping is
+    // page-aligned); nothing else accesses the ring during this test.
+    unsafe { map.as_ptr().add(128).cast::<u64>().write_volatile(1000) };
+
+    let r = super::drop_queued_frames(&fds, u64::from(slots));
+
+    assert!(matches!(r, Err(super::PortReuseError::Wild(_))), "{r:?}");
+}
+
+#[test]
+fn a_switchs_port_descriptors_are_read_from_its_command_line_in_order() {
+    let argv = |ports: &[&str]| {
+        let mut a: Vec<String> = ["keel", "__switch", "s.toml", "--network", "lan", "--pool"]
+            .map(String::from)
+            .to_vec();
+        for p in ports {
+            a.push("--port".into());
+            a.push((*p).into());
+        }
+        a
+    };
+
+    assert_eq!(
+        super::process::switch_ports(&argv(&["3,4,6,5", "7,8,10,9"])),
+        Some(vec![[3, 4, 6, 5], [7, 8, 10, 9]])
+    );
+    assert_eq!(super::process::switch_ports(&argv(&["3,4,6"])), None);
+    assert_eq!(super::process::switch_ports(&argv(&["3,4,x,5"])), None);
+}

@@ -6,7 +6,9 @@
 //! descriptions: VMs with `memory` or `[[vm.ram]]` regions (sometimes huge, overlapping or
 //! inside the device window), vCPUs, `placement` with CPUs and CPU sets, priority, budget and
 //! period, disks, consoles, rng, interfaces on `[[network]]`s, `[[shared]]` regions mapped
-//! with `ro`/`rw`, `[system] pcpus` and `llc` with `cache_colours`, duplicate names. The
+//! with `ro`/`rw`, `[system] pcpus` and `llc` with `cache_colours`, the admin's `[limits]`
+//! (with pool networks, `"pool"` in allow lists), `restart`, pool slots (`start = false`)
+//! and `[[vm.control]]` entries (also on itself, twice, with unknown rights), duplicate names. The
 //! description is parsed with [`Loader::parse_str`] (no host checks, every `${VAR}` set to `/keel`).
 //!
 //! Invariants of an ACCEPTED description, checked here independently of the validator
@@ -18,6 +20,10 @@
 //! - each shared mapping names a declared region, is 4 KiB aligned; the plan's users of a
 //!   region are exactly the VMs that name it, with the declared access;
 //! - no two VMs share a cache colour, and colours are below the llc's colour count;
+//! - control entries name another existing VM, once each, with rights given once each;
+//!   every pool slot can be started by some control VM; `[limits] networks` are declared;
+//!   the pool plan (`plan_with_pool`) gives each of them exactly `max_vms` pool ports within
+//!   64 ports, unique locally administered unicast MACs, and allowed pairs of existing ports;
 //! - budget ≤ period; every pCPU of every CPU set is below `[system] pcpus` when given;
 //! - [`plan`] never fails, its per-VM RAM is `ram_layout`'s;
 //! - [`microkit::system_file`] either renders, or refuses with a non-empty one-line
@@ -36,7 +42,7 @@ use arbitrary::Unstructured;
 use keel_spec::microkit::{
     self, ColourLayout, ConsoleInput, ConsoleLayout, MicrokitLayout, NetLayout,
 };
-use keel_spec::plan::plan;
+use keel_spec::plan::{PortOwner, plan, plan_with_pool};
 use keel_spec::{Access, ErrorKind, Loader, Memory, SpecError, System, device_window, ram_layout};
 use std::fmt::Write;
 use std::path::Path;
@@ -250,6 +256,7 @@ fn check_accepted(system: &System) {
             assert_eq!(m.size, region.size, "plan: mapped size of {}", region.name);
         }
     }
+    check_admin(system);
     match microkit::system_file(system, &layout()) {
         Ok(xml) => check_xml(system, &xml),
         Err(e) => {
@@ -258,6 +265,106 @@ fn check_accepted(system: &System) {
                 !msg.trim().is_empty() && !msg.contains('\n'),
                 "Microkit error {msg:?}"
             );
+        }
+    }
+}
+
+/// The admin's part of an accepted description, checked independently: control entries
+/// name another existing VM once each, with rights given once each; every pool slot
+/// (`start = false`) is startable by some control VM; `[limits] networks` are declared
+/// networks, each of which the pool plan gives exactly `max_vms` pool ports within the 64
+/// ports of a network, with unique, locally administered unicast MACs system-wide and
+/// allowed pairs that name existing ports.
+fn check_admin(system: &System) {
+    let vms = system.vms();
+    for vm in vms {
+        for (k, c) in vm.control.iter().enumerate() {
+            assert_ne!(c.vm, vm.name, "VM {} controls itself", vm.name);
+            assert!(
+                vms.iter().any(|o| o.name == c.vm),
+                "VM {} controls {:?}, which is no VM",
+                vm.name,
+                c.vm
+            );
+            assert!(
+                !vm.control[..k].iter().any(|o| o.vm == c.vm),
+                "VM {} names target {} twice",
+                vm.name,
+                c.vm
+            );
+            assert!(!c.rights.is_empty(), "VM {}: no right on {}", vm.name, c.vm);
+            for (i, r) in c.rights.iter().enumerate() {
+                assert!(
+                    !c.rights[..i].contains(r),
+                    "VM {}: right {r:?} twice",
+                    vm.name
+                );
+            }
+        }
+        if !vm.start {
+            assert!(
+                vms.iter().any(|o| {
+                    o.control.iter().any(|c| {
+                        c.vm == vm.name && c.rights.contains(&keel_spec::ControlRight::Start)
+                    })
+                }),
+                "pool slot {} accepted, but no VM may start it",
+                vm.name
+            );
+        }
+    }
+    let pooled: Vec<&str> = system
+        .limits()
+        .map(|l| l.networks.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    for n in &pooled {
+        assert!(
+            system.networks().iter().any(|d| d.name == *n),
+            "limits.networks names {n:?}, which is no network"
+        );
+    }
+    let p = plan_with_pool(system)
+        .unwrap_or_else(|e| panic!("planning the pool of an accepted system failed: {e}"));
+    let max_vms = system.limits().map_or(0, |l| l.max_vms as usize);
+    let mut macs = Vec::new();
+    for net in &p.networks {
+        let pool = net
+            .ports
+            .iter()
+            .filter(|q| matches!(q.owner, PortOwner::Pool { .. }))
+            .count();
+        let want = if pooled.contains(&net.name.as_str()) {
+            max_vms
+        } else {
+            0
+        };
+        assert_eq!(pool, want, "network {}: pool ports", net.name);
+        assert!(
+            net.ports.len() <= 64,
+            "network {}: {} ports",
+            net.name,
+            net.ports.len()
+        );
+        for &(a, b) in &net.allow {
+            assert!(
+                usize::from(a) < net.ports.len() && usize::from(b) < net.ports.len(),
+                "network {}: allowed pair ({a}, {b}) of {} ports",
+                net.name,
+                net.ports.len()
+            );
+        }
+        for q in &net.ports {
+            if let Some(m) = q.mac {
+                if matches!(q.owner, PortOwner::Pool { .. }) {
+                    assert_eq!(
+                        m.0[0] & 3,
+                        2,
+                        "pool MAC {m:?} is not locally administered unicast"
+                    );
+                }
+                assert!(!macs.contains(&m), "MAC {m:?} twice in the pool plan");
+                macs.push(m);
+            }
         }
     }
 }
@@ -467,7 +574,12 @@ fn gen_into(u: &mut Unstructured, t: &mut String) -> arbitrary::Result<()> {
             let extra = u32::from(bad(u));
             let a = u.int_in_range(0..=nvms - 1 + extra)?;
             let b = u.int_in_range(0..=nvms - 1)?;
-            let _ = writeln!(t, "allow = [[\"vm{a}\", \"vm{b}\"]]");
+            if u.ratio(1, 3)? {
+                // The dynamic pool's ports (only on a network in [limits] networks).
+                let _ = writeln!(t, "allow = [[\"vm{a}\", \"pool\"], [\"pool\", \"pool\"]]");
+            } else {
+                let _ = writeln!(t, "allow = [[\"vm{a}\", \"vm{b}\"]]");
+            }
         }
         if maybe(u) {
             let rate = if bad(u) {
@@ -477,6 +589,33 @@ fn gen_into(u: &mut Unstructured, t: &mut String) -> arbitrary::Result<()> {
             };
             let _ = writeln!(t, "flood_rate = {rate}");
         }
+    }
+    if u.ratio(1, 4)? {
+        // The admin's dynamic pool: how many VMs, and which networks they may join (each
+        // listed network gets max_vms pool ports, named "pool" in allow lists).
+        let max_vms: u32 = if bad(u) {
+            *pick(u, &[1025, 70])?
+        } else {
+            *pick(u, &[0, 1, 4, 16])?
+        };
+        let mut nets: Vec<String> = (0..nnets)
+            .filter(|_| u.ratio(2, 3).unwrap_or(false))
+            .map(|n| format!("\"n{n}\""))
+            .collect();
+        if bad(u) {
+            nets.push((*pick(u, &["\"nx\"", "\"n0\""])?).to_string());
+        }
+        let _ = writeln!(
+            t,
+            "[limits]\nmax_vms = {max_vms}\nmemory = \"256M\"\nvcpus = 8\nnetworks = [{}]",
+            nets.join(", ")
+        );
+    }
+    // Pool slots (`start = false`), decided up front so that vm0 can hold the right to
+    // start them (unless the input wants the refusal).
+    let mut slots = Vec::new();
+    for v in 0..nvms {
+        slots.push(v > 0 && u.ratio(1, 6)?);
     }
     let mut next_colour = 0u64;
     let mut mapped = vec![false; nshared as usize];
@@ -493,6 +632,18 @@ fn gen_into(u: &mut Unstructured, t: &mut String) -> arbitrary::Result<()> {
             t,
             "[[vm]]\nname = \"vm{name}\"\narch = \"{arch}\"\nkernel = \"Image\"\nvcpus = {vcpus}"
         );
+        if maybe(u) {
+            let r = if bad(u) {
+                "sometimes"
+            } else {
+                *pick(u, &["never", "on-failure", "always"])?
+            };
+            let _ = writeln!(t, "restart = \"{r}\"");
+        }
+        if slots[v as usize] {
+            // A pool slot: some control VM must hold the start right on it.
+            let _ = writeln!(t, "start = false");
+        }
         let explicit = u.ratio(1, 3)?;
         if !explicit {
             let size = if bad(u) {
@@ -600,6 +751,45 @@ fn gen_into(u: &mut Unstructured, t: &mut String) -> arbitrary::Result<()> {
         }
         for _ in 0..u.int_in_range(0..=1)? {
             let _ = writeln!(t, "[[vm.console]]\noutput = \"null\"");
+        }
+        // [[vm.control]]: vm0 holds the start right on every pool slot (unless the input
+        // wants the refusal), and any VM may name a few others.
+        let mut targets: Vec<(u32, Vec<&str>)> = Vec::new();
+        if v == 0 && !bad(u) {
+            for (k, _) in slots.iter().enumerate().filter(|(_, s)| **s) {
+                targets.push((k as u32, vec!["start", "status"]));
+            }
+        }
+        if nvms > 1 && u.ratio(1, 4)? {
+            let first = u.int_in_range(1..=nvms - 1)?;
+            for off in [first, first % (nvms - 1) + 1]
+                .iter()
+                .take(u.int_in_range(1..=2)?)
+            {
+                let target = if bad(u) { v } else { (v + off) % nvms };
+                if targets.iter().any(|(t, _)| *t == target) && !bad(u) {
+                    continue;
+                }
+                let mut rights: Vec<&str> = ["start", "stop", "restart", "status"]
+                    .into_iter()
+                    .filter(|_| u.ratio(1, 2).unwrap_or(false))
+                    .collect();
+                if rights.is_empty() && !bad(u) {
+                    rights.push("status");
+                }
+                if bad(u) {
+                    rights.push(*pick(u, &["reboot", "start"])?);
+                }
+                targets.push((target, rights));
+            }
+        }
+        for (target, rights) in targets {
+            let list: Vec<String> = rights.iter().map(|r| format!("\"{r}\"")).collect();
+            let _ = writeln!(
+                t,
+                "[[vm.control]]\nvm = \"vm{target}\"\nrights = [{}]",
+                list.join(", ")
+            );
         }
         if nnets > 0 {
             for n in 0..nnets + u32::from(bad(u)) {

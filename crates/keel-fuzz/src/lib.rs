@@ -10,6 +10,7 @@
 //! of guest-controlled inputs in `docs/security.md`.
 
 pub mod arm64;
+pub mod control;
 pub mod shared_rings;
 pub mod system_description;
 mod virtio_common;
@@ -35,6 +36,11 @@ pub const TARGETS: &[Target] = &[
         name: "arm64",
         covers: "arm64 fault syndromes, PSCI, the software vGIC, the UART and the VMM's MMIO dispatch",
         run: arm64::run,
+    },
+    Target {
+        name: "control",
+        covers: "the VM control page (seL4 admin) against a hostile control VM, with the admin's decisions",
+        run: control::run,
     },
     Target {
         name: "shared_rings",

@@ -168,17 +168,27 @@ fn spawn(args: &[String], fds: Vec<RawFd>, piped: bool) -> std::io::Result<Child
             if libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // Only SIGUSR1 stays blocked: it asks a child for its counters, and a child
-            // that has not opened its signalfd yet must not die of it (it stays pending
-            // until the signalfd reads it).
-            let mut mask: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut mask);
-            libc::sigaddset(&mut mask, libc::SIGUSR1);
-            libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
+            block_only_sigusr1();
             Ok(())
         });
     }
     cmd.spawn()
+}
+
+/// In a forked child before exec: block SIGUSR1 alone. It asks a child for its counters,
+/// and a child that has not opened its signalfd yet must not die of it (it stays pending
+/// until the signalfd reads it); the parent's other blocked signals (those it reads from
+/// its own signalfd) are unblocked. Async-signal-safe (sigemptyset, sigaddset,
+/// sigprocmask).
+pub(crate) fn block_only_sigusr1() {
+    // SAFETY: a zeroed sigset_t is a valid value to initialise; the calls only touch this
+    // local set and the calling thread's mask.
+    unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut mask);
+        libc::sigaddset(&mut mask, libc::SIGUSR1);
+        libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
+    }
 }
 
 /// Copy `from` to `to` line by line, each line prefixed with `prefix`.

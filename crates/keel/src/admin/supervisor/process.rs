@@ -182,10 +182,7 @@ pub(crate) fn spawn(
             }
             // The daemon blocks the signals it reads from a signalfd; the child starts
             // with only SIGUSR1 blocked, as `keel up`'s children do.
-            let mut mask: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut mask);
-            libc::sigaddset(&mut mask, libc::SIGUSR1);
-            libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
+            crate::up::block_only_sigusr1();
             Ok(())
         });
     }

@@ -30,14 +30,13 @@ use keel_core::control::{Op, Rights, Status, TargetState};
 
 use crate::abi::fault as f;
 use crate::fault::Fault;
-use crate::payload::{PayloadError, Reader, Writer};
 
 /// First bytes of the admin payload.
 pub const MAGIC: [u8; 8] = *b"KEELADM\0";
 /// Admin payload format version.
 pub const VERSION: u32 = 1;
 /// Bytes of the admin payload's fixed header (magic, version, total length).
-pub const HEADER_LEN: usize = 16;
+pub const HEADER_LEN: usize = crate::payload::CONFIG_HEADER_LEN;
 
 /// What the admin does when a VM's VMM PD faults: the per-VM restart policy of the system
 /// description (`restart = "never" | "on-failure" | "always"`; the names of keel's
@@ -164,58 +163,24 @@ pub struct AdminConfig {
     pub vms: Vec<AdminVm>,
 }
 
-/// What is wrong with an admin configuration.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AdminConfigError {
-    /// The header (magic, version, length) or the bounds.
-    #[error("{0}")]
-    Header(#[from] PayloadError),
-    /// The configuration does not decode (or has bytes left over).
-    #[error("admin configuration does not decode: {0}")]
-    Decode(postcard::Error),
-    /// The configuration cannot be encoded.
-    #[error("cannot encode the admin configuration: {0}")]
-    Encode(postcard::Error),
-    /// The encoded configuration is longer than its header can say.
-    #[error("admin configuration of {0} bytes is too large")]
-    TooLarge(usize),
-}
+/// What is wrong with the admin configuration (the framing every PD configuration shares).
+pub use crate::payload::ConfigError as AdminConfigError;
 
 impl AdminConfig {
-    /// Serialize: magic, version, total length, then the configuration in postcard.
+    /// Serialize: magic, version, total length (the fixed header of [`HEADER_LEN`] bytes),
+    /// then the configuration in postcard ([`crate::payload::encode_config`]).
     pub fn encode(&self) -> Result<Vec<u8>, AdminConfigError> {
-        let body = postcard::to_allocvec(self).map_err(AdminConfigError::Encode)?;
-        let total = HEADER_LEN + body.len();
-        let total = u32::try_from(total).map_err(|_| AdminConfigError::TooLarge(total))?;
-        let mut w = Writer(Vec::with_capacity(total as usize));
-        w.0.extend_from_slice(&MAGIC);
-        w.u32(VERSION);
-        w.u32(total);
-        w.0.extend_from_slice(&body);
-        Ok(w.0)
+        crate::payload::encode_config(self, &MAGIC, VERSION)
     }
 
     /// The total length recorded in the first [`HEADER_LEN`] bytes.
     pub fn total_len(header: &[u8]) -> Result<usize, AdminConfigError> {
-        let mut r = Reader::after_header(header, &MAGIC, VERSION)?;
-        Ok(r.u32("total length")? as usize)
+        crate::payload::config_total_len(header, &MAGIC, VERSION)
     }
 
     /// Parse what [`AdminConfig::encode`] wrote (all of it: no bytes may be left over).
     pub fn decode(bytes: &[u8]) -> Result<AdminConfig, AdminConfigError> {
-        let total = AdminConfig::total_len(bytes)?;
-        let body = bytes
-            .get(HEADER_LEN..total)
-            .ok_or(PayloadError::Truncated {
-                what: "admin payload",
-            })?;
-        match postcard::take_from_bytes(body) {
-            Ok((cfg, [])) => Ok(cfg),
-            Ok(_) => Err(AdminConfigError::Decode(
-                postcard::Error::DeserializeBadEncoding,
-            )),
-            Err(e) => Err(AdminConfigError::Decode(e)),
-        }
+        crate::payload::decode_config(bytes, &MAGIC, VERSION, "admin payload")
     }
 }
 

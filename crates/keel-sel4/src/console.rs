@@ -21,7 +21,8 @@ use keel_core::ring::{Consumer, RingError};
 
 use serde::{Deserialize, Serialize};
 
-use crate::payload::{PayloadError, Reader, Writer};
+#[cfg(test)]
+use crate::payload::PayloadError;
 
 /// Bytes of one VMM's console ring (its memory region; the ring header takes 256).
 pub const RING_SIZE: u64 = 0x4000;
@@ -40,7 +41,7 @@ pub const MAGIC: [u8; 8] = *b"KEELCON\0";
 /// Console payload format version (2: the configuration in postcard).
 pub const VERSION: u32 = 2;
 /// Bytes of the console payload's fixed header (magic, version, total length).
-pub const HEADER_LEN: usize = 16;
+pub const HEADER_LEN: usize = crate::payload::CONFIG_HEADER_LEN;
 
 /// One VM as the console sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,57 +101,24 @@ impl ConsoleConfig {
     }
 
     /// Serialize: magic, version, total length (the fixed header of [`HEADER_LEN`] bytes),
-    /// then the configuration in postcard (like the VMM payload's plan).
+    /// then the configuration in postcard ([`crate::payload::encode_config`]).
     pub fn encode(&self) -> Result<Vec<u8>, ConfigError> {
-        let body = postcard::to_allocvec(self).map_err(ConfigError::Encode)?;
-        let total = HEADER_LEN + body.len();
-        let total = u32::try_from(total).map_err(|_| ConfigError::TooLarge(total))?;
-        let mut w = Writer(Vec::with_capacity(total as usize));
-        w.0.extend_from_slice(&MAGIC);
-        w.u32(VERSION);
-        w.u32(total);
-        w.0.extend_from_slice(&body);
-        Ok(w.0)
+        crate::payload::encode_config(self, &MAGIC, VERSION)
     }
 
     /// The total length recorded in the first [`HEADER_LEN`] bytes.
     pub fn total_len(header: &[u8]) -> Result<usize, ConfigError> {
-        let mut r = Reader::after_header(header, &MAGIC, VERSION)?;
-        Ok(r.u32("total length")? as usize)
+        crate::payload::config_total_len(header, &MAGIC, VERSION)
     }
 
     /// Parse what [`ConsoleConfig::encode`] wrote (all of it: no bytes may be left over).
     pub fn decode(bytes: &[u8]) -> Result<ConsoleConfig, ConfigError> {
-        let total = ConsoleConfig::total_len(bytes)?;
-        let body = bytes
-            .get(HEADER_LEN..total)
-            .ok_or(PayloadError::Truncated {
-                what: "console payload",
-            })?;
-        match postcard::take_from_bytes(body) {
-            Ok((cfg, [])) => Ok(cfg),
-            Ok(_) => Err(ConfigError::Decode(postcard::Error::DeserializeBadEncoding)),
-            Err(e) => Err(ConfigError::Decode(e)),
-        }
+        crate::payload::decode_config(bytes, &MAGIC, VERSION, "console payload")
     }
 }
 
-/// What is wrong with a console configuration.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// The header (magic, version, length) or the bounds.
-    #[error("{0}")]
-    Header(#[from] PayloadError),
-    /// The configuration does not decode (or has bytes left over).
-    #[error("console configuration does not decode: {0}")]
-    Decode(postcard::Error),
-    /// The configuration cannot be encoded.
-    #[error("cannot encode the console configuration: {0}")]
-    Encode(postcard::Error),
-    /// The encoded configuration is longer than its header can say.
-    #[error("console configuration of {0} bytes is too large")]
-    TooLarge(usize),
-}
+/// What is wrong with the console configuration (the framing every PD configuration shares).
+pub use crate::payload::ConfigError;
 
 /// One VM's line being assembled, and what was reported about its ring.
 #[derive(Debug)]

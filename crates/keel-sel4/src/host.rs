@@ -94,10 +94,10 @@ pub enum BuildError {
     },
     /// The console PD's configuration cannot be written.
     #[error("console configuration: {0}")]
-    ConsoleConfig(#[from] crate::console::ConfigError),
+    ConsoleConfig(#[source] crate::payload::ConfigError),
     /// The admin PD's configuration cannot be written.
     #[error("admin configuration: {0}")]
-    AdminConfig(#[from] crate::admin::AdminConfigError),
+    AdminConfig(#[source] crate::payload::ConfigError),
     /// A switch PD's configuration cannot be written.
     #[error("switch configuration: {0}")]
     SwitchConfig(#[from] SwitchConfigError),
@@ -835,12 +835,15 @@ fn write_console_elf(system: &System, opts: &BuildOptions) -> Result<(), BuildEr
     let cfg = ConsoleConfig::for_system(
         system.vms().iter().map(|v| v.name.as_str()),
         keel_spec::microkit::ADMIN_CONSOLE_NAME,
-    );
-    let out = crate::elf::append_segment(&elf, PAYLOAD_VADDR, &cfg.encode()?, crate::elf::flags::R)
-        .map_err(|source| BuildError::Elf {
+    )
+    .encode()
+    .map_err(BuildError::ConsoleConfig)?;
+    let out = crate::elf::append_segment(&elf, PAYLOAD_VADDR, &cfg, crate::elf::flags::R).map_err(
+        |source| BuildError::Elf {
             path: opts.console_elf.clone(),
             source,
-        })?;
+        },
+    )?;
     let path = opts.out.join(CONSOLE_ELF_NAME);
     std::fs::write(&path, out).map_err(io(&path))
 }
@@ -848,12 +851,15 @@ fn write_console_elf(system: &System, opts: &BuildOptions) -> Result<(), BuildEr
 /// The admin ELF with the admin configuration of `system` appended, in `opts.out`.
 fn write_admin_elf(system: &System, entry: u64, opts: &BuildOptions) -> Result<(), BuildError> {
     let elf = std::fs::read(&opts.admin_elf).map_err(io(&opts.admin_elf))?;
-    let cfg = admin_config(system, entry, &opts.restart);
-    let out = crate::elf::append_segment(&elf, PAYLOAD_VADDR, &cfg.encode()?, crate::elf::flags::R)
-        .map_err(|source| BuildError::Elf {
+    let cfg = admin_config(system, entry, &opts.restart)
+        .encode()
+        .map_err(BuildError::AdminConfig)?;
+    let out = crate::elf::append_segment(&elf, PAYLOAD_VADDR, &cfg, crate::elf::flags::R).map_err(
+        |source| BuildError::Elf {
             path: opts.admin_elf.clone(),
             source,
-        })?;
+        },
+    )?;
     let path = opts.out.join(ADMIN_ELF_NAME);
     std::fs::write(&path, out).map_err(io(&path))
 }

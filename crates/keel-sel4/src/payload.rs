@@ -204,6 +204,75 @@ pub enum PayloadError {
     },
 }
 
+/// The header of a protection domain's configuration payload (the console's and the
+/// admin's, each with its own magic and version): magic, version, total length. The
+/// configuration follows in postcard. (The switch's header also carries its heap.)
+pub const CONFIG_HEADER_LEN: usize = 16;
+
+/// What is wrong with a PD configuration payload ([`encode_config`], [`decode_config`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The header (magic, version, length) or the bounds.
+    #[error("{0}")]
+    Header(#[from] PayloadError),
+    /// The configuration does not decode (or has bytes left over).
+    #[error("does not decode: {0}")]
+    Decode(postcard::Error),
+    /// The configuration cannot be encoded.
+    #[error("cannot be encoded: {0}")]
+    Encode(postcard::Error),
+    /// The encoded configuration is longer than its header can say.
+    #[error("{0} bytes is too large")]
+    TooLarge(usize),
+}
+
+/// `value` framed as a PD configuration payload: magic, version, total length, postcard.
+pub fn encode_config<T: Serialize>(
+    value: &T,
+    magic: &[u8; 8],
+    version: u32,
+) -> Result<Vec<u8>, ConfigError> {
+    let body = postcard::to_allocvec(value).map_err(ConfigError::Encode)?;
+    let total = CONFIG_HEADER_LEN + body.len();
+    let total = u32::try_from(total).map_err(|_| ConfigError::TooLarge(total))?;
+    let mut w = Writer(Vec::with_capacity(total as usize));
+    w.0.extend_from_slice(magic);
+    w.u32(version);
+    w.u32(total);
+    w.0.extend_from_slice(&body);
+    Ok(w.0)
+}
+
+/// The total length recorded in the first [`CONFIG_HEADER_LEN`] bytes of a PD configuration
+/// payload (allocates nothing: a PD reads it before its heap exists).
+pub fn config_total_len(
+    header: &[u8],
+    magic: &[u8; 8],
+    version: u32,
+) -> Result<usize, ConfigError> {
+    let mut r = Reader::after_header(header, magic, version)?;
+    Ok(r.u32("total length")? as usize)
+}
+
+/// Parse what [`encode_config`] wrote (all of it: no bytes may be left over); `what` names
+/// the payload in a truncation error.
+pub fn decode_config<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    magic: &[u8; 8],
+    version: u32,
+    what: &'static str,
+) -> Result<T, ConfigError> {
+    let total = config_total_len(bytes, magic, version)?;
+    let body = bytes
+        .get(CONFIG_HEADER_LEN..total)
+        .ok_or(PayloadError::Truncated { what })?;
+    match postcard::take_from_bytes(body) {
+        Ok((cfg, [])) => Ok(cfg),
+        Ok(_) => Err(ConfigError::Decode(postcard::Error::DeserializeBadEncoding)),
+        Err(e) => Err(ConfigError::Decode(e)),
+    }
+}
+
 pub(crate) struct Writer(pub(crate) Vec<u8>);
 
 impl Writer {

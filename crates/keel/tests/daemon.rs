@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 #[path = "common/guest.rs"]
 mod guest;
+#[path = "common/admin.rs"]
+mod helpers;
+use helpers::{eventually, limits, vm};
 #[path = "../../keel-kvm/tests/common/skip.rs"]
 mod skip;
 
@@ -60,35 +63,6 @@ fn scratch() -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// Poll `f` every 20 ms until it holds or `limit` passes; whether it held.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A test-guest VM running `cmdline` with restart policy `restart`.
-fn vm(name: &str, cmdline: &str, restart: &str) -> String {
-    format!(
-        "[[vm]]\nname = \"{name}\"\narch = \"x86_64\"\nkernel = \"{}\"\nmemory = \"32M\"\ncmdline = \"{cmdline}\"\nrestart = \"{restart}\"\n",
-        guest::testguest().display()
-    )
-}
-
-fn limits(max_vms: u32, memory: &str) -> String {
-    format!(
-        "[limits]\nmax_vms = {max_vms}\nmemory = \"{memory}\"\nvcpus = 8\nkernels = [\"{}\"]\n",
-        guest::testguest().display()
-    )
 }
 
 fn spawn_daemon(dir: &Path) -> Child {
@@ -403,7 +377,7 @@ fn a_create_beyond_the_limits_is_refused_naming_the_limit() {
     let d = Daemon::start(&format!(
         "{}{}",
         vm("a", "keeltest=pause:60000", "never"),
-        limits(1, "64M")
+        limits(1, "64M", 8)
     ));
     let first = d.request(
         "POST",
@@ -436,7 +410,7 @@ fn after_the_daemon_is_killed_a_new_one_adopts_the_running_vmms_and_can_stop_the
     let mut first = Daemon::start(&format!(
         "{}{}",
         vm("a", "keeltest=pause:60000", "never"),
-        limits(2, "64M")
+        limits(2, "64M", 8)
     ));
     let created = first.request(
         "POST",
@@ -496,7 +470,7 @@ fn creating_starting_and_stopping_50_vms_grows_neither_descriptors_nor_memory() 
     let d = Daemon::start(&format!(
         "{}{}",
         vm("a", "keeltest=pause:60000", "never"),
-        limits(4, "128M")
+        limits(4, "128M", 8)
     ));
     let cycle = |n: usize| {
         let name = format!("d{n}");

@@ -13,6 +13,9 @@ use crate::admin::model::{AdminError, CreateVm, Event, RestartPolicy, Supervisor
 
 #[path = "../../../tests/common/guest.rs"]
 mod guest;
+#[path = "../../../tests/common/admin.rs"]
+mod helpers;
+use helpers::{eventually, limits, vm};
 #[path = "../../../../keel-kvm/tests/common/skip.rs"]
 mod skip;
 
@@ -58,21 +61,6 @@ fn scratch(test: &str) -> PathBuf {
     dir
 }
 
-/// A test-guest VM running `cmdline` with restart policy `restart`.
-fn vm(name: &str, cmdline: &str, restart: &str) -> String {
-    format!(
-        "[[vm]]\nname = \"{name}\"\narch = \"x86_64\"\nkernel = \"{}\"\nmemory = \"32M\"\ncmdline = \"{cmdline}\"\nrestart = \"{restart}\"\n",
-        guest::testguest().display()
-    )
-}
-
-fn limits(max_vms: u32, memory: &str) -> String {
-    format!(
-        "[limits]\nmax_vms = {max_vms}\nmemory = \"{memory}\"\nvcpus = 4\nkernels = [\"{}\"]\n",
-        guest::testguest().display()
-    )
-}
-
 /// A supervisor of the system `toml` in a fresh state directory; `None` (skipped) without
 /// /dev/kvm.
 fn harness(test: &str, toml: &str) -> Option<Harness> {
@@ -100,20 +88,6 @@ fn start(dir: &Path) -> Arc<ProcessSupervisor> {
     })
     .map_err(|f| f.message)
     .unwrap()
-}
-
-/// Poll `f` every 20 ms until it holds or `limit` passes; whether it held.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn serial(h: &Harness, vm: &str) -> String {
@@ -324,7 +298,7 @@ fn dynamic_vms_beyond_the_limits_are_refused_naming_the_limit() {
     let toml = format!(
         "{}{}",
         vm("a", "keeltest=pause:60000", "never"),
-        limits(1, "64M")
+        limits(1, "64M", 4)
     );
     let Some(h) = harness(
         "dynamic_vms_beyond_the_limits_are_refused_naming_the_limit",
@@ -407,7 +381,7 @@ fn a_new_supervisor_adopts_the_running_vmms_and_can_stop_them() {
     let toml = format!(
         "{}{}",
         vm("a", "keeltest=pause:60000", "never"),
-        limits(2, "64M")
+        limits(2, "64M", 4)
     );
     let Some(h) = harness(
         "a_new_supervisor_adopts_the_running_vmms_and_can_stop_them",
@@ -460,7 +434,7 @@ fn creating_starting_and_stopping_50_vms_grows_no_descriptors_nor_memory() {
     let toml = format!(
         "{}{}",
         vm("a", "keeltest=pause:60000", "never"),
-        limits(4, "128M")
+        limits(4, "128M", 4)
     );
     let Some(h) = harness(
         "creating_starting_and_stopping_50_vms_grows_no_descriptors_nor_memory",

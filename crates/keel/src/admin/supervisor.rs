@@ -961,6 +961,28 @@ impl ProcessSupervisor {
         read_exit(&self.vm_dir(&vm.name)).unwrap_or_else(|| "ended (status unknown: killed)".into())
     }
 
+    /// Pause or resume: VM `vm` in state `from` with a VMM gets `signal` through its pidfd
+    /// and is then in state `to` (a state event); in any other state, a conflict naming
+    /// `action`.
+    fn signal_state(
+        &self,
+        vm: &str,
+        (from, to): (VmState, VmState),
+        signal: libc::c_int,
+        action: &'static str,
+    ) -> Result<VmInfo, AdminError> {
+        let mut inner = self.lock();
+        let i = Self::find(&inner, vm)?;
+        let v = &inner.vms[i];
+        let Some(p) = v.proc.as_ref().filter(|_| v.state == from) else {
+            return Err(Self::conflict(v, action));
+        };
+        process::pidfd_signal(&p.pidfd, signal).map_err(internal)?;
+        inner.vms[i].state = to;
+        self.emit_state(&mut inner, i, from);
+        Ok(inner.vms[i].info())
+    }
+
     fn find(inner: &Inner, vm: &str) -> Result<usize, AdminError> {
         inner
             .vms
@@ -1254,29 +1276,21 @@ impl Supervisor for ProcessSupervisor {
     }
 
     fn pause(&self, vm: &str) -> Result<VmInfo, AdminError> {
-        let mut inner = self.lock();
-        let i = Self::find(&inner, vm)?;
-        let v = &inner.vms[i];
-        let (VmState::Running, Some(p)) = (v.state, &v.proc) else {
-            return Err(Self::conflict(v, "pause"));
-        };
-        process::pidfd_signal(&p.pidfd, libc::SIGSTOP).map_err(internal)?;
-        inner.vms[i].state = VmState::Paused;
-        self.emit_state(&mut inner, i, VmState::Running);
-        Ok(inner.vms[i].info())
+        self.signal_state(
+            vm,
+            (VmState::Running, VmState::Paused),
+            libc::SIGSTOP,
+            "pause",
+        )
     }
 
     fn resume(&self, vm: &str) -> Result<VmInfo, AdminError> {
-        let mut inner = self.lock();
-        let i = Self::find(&inner, vm)?;
-        let v = &inner.vms[i];
-        let (VmState::Paused, Some(p)) = (v.state, &v.proc) else {
-            return Err(Self::conflict(v, "resume"));
-        };
-        process::pidfd_signal(&p.pidfd, libc::SIGCONT).map_err(internal)?;
-        inner.vms[i].state = VmState::Running;
-        self.emit_state(&mut inner, i, VmState::Paused);
-        Ok(inner.vms[i].info())
+        self.signal_state(
+            vm,
+            (VmState::Paused, VmState::Running),
+            libc::SIGCONT,
+            "resume",
+        )
     }
 
     fn shutdown(&self, vm: &str, deadline: Duration) -> Result<VmInfo, AdminError> {

@@ -272,6 +272,15 @@ impl Supervisor {
         }
     }
 
+    /// The kernel call carrying out a request [`Supervisor::apply`] accepted on `target`
+    /// failed: the admin knows the VM as it was before (`was_running`), not as the request
+    /// would have left it, so a later request is judged on what happened.
+    pub fn call_failed(&mut self, target: u32, was_running: bool) {
+        if let Some(r) = self.running.get_mut(target as usize) {
+            *r = was_running;
+        }
+    }
+
     /// The VM whose VMM's channel to the admin is `channel`.
     pub fn vm_of_channel(&self, channel: u32) -> Option<usize> {
         self.vms.iter().position(|v| v.channel == channel)
@@ -387,6 +396,23 @@ pub fn describe_fault(fault: &Fault) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_whose_kernel_call_failed_leaves_the_vm_stopped_and_startable() {
+        let mut s = Supervisor::new(&cfg(RestartPlan::OnFailure, 3));
+        let was = s.running(1);
+        assert!(!was, "vm 1 of the fixture is a pool slot");
+        assert!(s.apply(Op::Start, 1).is_ok());
+        s.call_failed(1, was);
+        assert_eq!(
+            s.apply(Op::Status, 1),
+            Ok((TargetState::Stopped, Effect::None))
+        );
+        assert!(
+            s.apply(Op::Start, 1).is_ok(),
+            "a second start is not a conflict"
+        );
+    }
 
     fn cfg(restart: RestartPlan, max: u32) -> AdminConfig {
         AdminConfig {

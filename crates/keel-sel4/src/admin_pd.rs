@@ -100,6 +100,7 @@ impl ControlHandler for Ops<'_> {
             Op::Restart => "restart",
             Op::Status => "read the state of",
         };
+        let was_running = self.sup.running(target as usize);
         let result = self.sup.apply(op, target).and_then(|(state, effect)| {
             let done = match effect {
                 Effect::None => Ok(()),
@@ -107,6 +108,7 @@ impl ControlHandler for Ops<'_> {
                 Effect::Suspend { child } => sys::tcb_suspend(child_tcb_cap(child)),
             };
             done.map(|()| state).map_err(|e| {
+                self.sup.call_failed(target, was_running);
                 self.out
                     .line(&alloc::format!("keel-admin: vm {name}: {verb}: {e}"));
                 Status::Failed

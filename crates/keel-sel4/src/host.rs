@@ -948,13 +948,13 @@ pub fn build_pd_elves(repo: &Path, target_dir: &Path) -> Result<PdElves, String>
         .status()
         .map_err(|e| {
             format!(
-                "cannot run cargo to build the VMM, console and switch ELFs in {}: {e}",
+                "cannot run cargo to build the VMM, console, switch and admin ELFs in {}: {e}",
                 repo.display()
             )
         })?;
     if !status.success() {
         return Err(format!(
-            "building keel-sel4-vmm, keel-sel4-console and keel-sel4-switch failed ({status}); is the aarch64-unknown-none target installed?"
+            "building keel-sel4-vmm, keel-sel4-console, keel-sel4-switch and keel-sel4-admin failed ({status}); is the aarch64-unknown-none target installed?"
         ));
     }
     Ok(PdElves::beside(

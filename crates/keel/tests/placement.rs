@@ -133,11 +133,25 @@ fn run_placed(
     )
 }
 
-/// The `Cpus_allowed_list` of the threads of vCPUs 0 and 1 of `pid`, once each runs.
-fn vcpus_allowed(pid: u32) -> Vec<String> {
+/// The `Cpus_allowed_list` of the threads of vCPUs 0 and 1 of `pid`, once each has pinned
+/// itself. A vCPU thread exists (and has its name) a moment before it restricts itself,
+/// before it runs guest code; so each is read until it shows `expected` or
+/// [`APPEAR_TIMEOUT`] passes, and the last value read is returned for the assertion.
+fn vcpus_allowed(pid: u32, expected: [&str; 2]) -> Vec<String> {
     ["keel-vcpu0", "keel-vcpu1"]
         .into_iter()
-        .map(|name| cpus_allowed(pid, wait_thread(pid, name)))
+        .zip(expected)
+        .map(|(name, want)| {
+            let tid = wait_thread(pid, name);
+            let start = Instant::now();
+            loop {
+                let seen = cpus_allowed(pid, tid);
+                if seen == want || start.elapsed() >= APPEAR_TIMEOUT {
+                    return seen;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
         .collect()
 }
 
@@ -154,7 +168,7 @@ fn each_vcpu_thread_runs_only_on_its_declared_cpu() {
         2,
         "keeltest=pause:1500",
         "placement = { pcpus = [0, 1] }",
-        |pid| seen = vcpus_allowed(pid),
+        |pid| seen = vcpus_allowed(pid, ["0", "1"]),
     );
 
     assert_eq!(run.status, 0, "{run:?}");
@@ -174,7 +188,7 @@ fn vcpu_with_a_cpu_set_may_run_on_each_cpu_of_it() {
         2,
         "keeltest=pause:1500",
         "placement = { pcpus = [0, [0, 1]] }",
-        |pid| seen = vcpus_allowed(pid),
+        |pid| seen = vcpus_allowed(pid, ["0", "0-1"]),
     );
 
     assert_eq!(run.status, 0, "{run:?}");

@@ -79,6 +79,7 @@ pub mod block;
 mod boxed;
 pub mod console;
 pub mod device;
+pub mod forward;
 #[cfg(feature = "std")]
 pub mod host;
 pub mod mmio;

@@ -40,6 +40,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::memory::copy::{copy_from_shared, copy_to_shared};
 
+pub mod forward;
 pub mod slot;
 
 /// Offset of the producer's index (`head`).

@@ -55,7 +55,10 @@ pub const fn device_heap_bytes(kind: DeviceKind) -> usize {
                 + chain(MAX_CHAIN_SEGMENTS)
         }
         // Pushed input waiting for receive buffers, a held receive chain, a transmit chain.
-        DeviceKind::Console { .. } => grown(INPUT_BUFFER_LIMIT) + 2 * chain(MAX_CHAIN_SEGMENTS),
+        // (A storage VM's doorbell is a console too.)
+        DeviceKind::Console { .. } | DeviceKind::Doorbell => {
+            grown(INPUT_BUFFER_LIMIT) + 2 * chain(MAX_CHAIN_SEGMENTS)
+        }
         // The receive and transmit frame buffers, up to a queue's worth of held receive
         // chains, and the transmit chain in flight.
         DeviceKind::Net { .. } => {
@@ -129,6 +132,7 @@ mod tests {
                 path: HostPath::new(alloc::format!("/d{i}")),
                 read_only: false,
                 id: None,
+                served: None,
             })
             .collect();
         keel_spec::plan::plan_vm(&v).unwrap()

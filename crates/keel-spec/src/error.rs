@@ -291,6 +291,54 @@ pub enum ErrorKind {
         /// The other user, e.g. `vm "db": disk 0`.
         other: String,
     },
+    /// A disk that is neither a file nor served, or both, or has keys of the other form.
+    #[error("{0}")]
+    DiskForm(&'static str),
+    /// A served disk naming a storage VM or disk that cannot serve it.
+    #[error("served_by: {0}")]
+    BadServer(String),
+    /// A served range that is empty, unaligned or overflowing.
+    #[error("{key}: {value} {reason}")]
+    ServedRange {
+        /// `start` or `size`.
+        key: &'static str,
+        /// The value in bytes.
+        value: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Two clients' ranges of one storage VM disk overlap.
+    #[error("range [{start:#x}, {end:#x}) of vm {server:?} disk {server_disk} overlaps {other}'s")]
+    ServedOverlap {
+        /// The storage VM.
+        server: String,
+        /// Its disk.
+        server_disk: usize,
+        /// First byte.
+        start: u64,
+        /// End.
+        end: u64,
+        /// The other client, e.g. `vm "a": disk 0`.
+        other: String,
+    },
+    /// A served range that does not fit the storage VM's disk file.
+    #[error(
+        "range [{start:#x}, {end:#x}) does not fit vm {server:?} disk {server_disk} ({path}, {len} bytes)"
+    )]
+    ServedPastEnd {
+        /// The storage VM.
+        server: String,
+        /// Its disk.
+        server_disk: usize,
+        /// The disk's file.
+        path: String,
+        /// Its length.
+        len: u64,
+        /// First byte.
+        start: u64,
+        /// End.
+        end: u64,
+    },
     /// A disk id longer than 20 bytes.
     #[error("id: {id:?} is {len} bytes long (at most 20)")]
     DiskIdTooLong {

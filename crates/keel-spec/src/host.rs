@@ -29,6 +29,42 @@ pub fn check_host(system: &System) -> Result<(), SpecError> {
     for (index, vm) in system.vms().iter().enumerate() {
         check_vm_files(&vm_label(index, Some(&vm.name)), vm)?;
     }
+    check_served_fit(system)
+}
+
+/// Each served range fits the storage VM's disk file as it is now.
+fn check_served_fit(system: &System) -> Result<(), SpecError> {
+    let vms = system.vms();
+    for (index, vm) in vms.iter().enumerate() {
+        for (i, disk) in vm.disks.iter().enumerate() {
+            let Some(s) = &disk.served else { continue };
+            let Some(sd) = vms
+                .iter()
+                .find(|v| v.name == s.server)
+                .and_then(|v| v.disks.get(s.server_disk))
+            else {
+                continue; // refused by validation already
+            };
+            // The length of a file or block device alike (a block device's metadata says 0).
+            let len = File::open(sd.path.as_path())
+                .and_then(|mut f| f.seek(SeekFrom::End(0)))
+                .unwrap_or(0);
+            let end = s.start.saturating_add(s.size);
+            if end > len {
+                return Err(SpecError::new(
+                    format!("{}: disk {i}", vm_label(index, Some(&vm.name))),
+                    ErrorKind::ServedPastEnd {
+                        server: s.server.clone(),
+                        server_disk: s.server_disk,
+                        path: sd.path.to_string(),
+                        len,
+                        start: s.start,
+                        end,
+                    },
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -55,7 +91,12 @@ fn check_vm_files(at: &str, vm: &VmSpec) -> Result<(), SpecError> {
         open_regular(initrd.as_path(), "initrd").map_err(fail)?;
     }
     check_output(at, "serial", &vm.serial)?;
-    for (i, disk) in vm.disks.iter().enumerate() {
+    for (i, disk) in vm
+        .disks
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.served.is_none())
+    {
         let here = format!("{at}: disk {i}");
         open_disk(disk.path.as_path(), !disk.read_only).map_err(|k| SpecError::new(here, k))?;
     }

@@ -39,11 +39,11 @@ pub use layout::{DeviceWindow, device_window, ram_layout};
 pub use model::{
     Access, Arch, ConsoleSpec, ControlRight, ControlSpec, CpuSet, DiskSpec, HostPath, Limits, Llc,
     MacAddr, Memory, NetworkSpec, NicSpec, OnReboot, Output, OutputKind, Placement, RamRegion,
-    Restart, SharedMapSpec, SharedSpec, System, VmSpec,
+    Restart, ServedDisk, SharedMapSpec, SharedSpec, System, VmSpec,
 };
 pub use plan::{
-    DeviceKind, DevicePlan, DiskPlan, NetworkPlan, NicPlan, PortOwner, PortPlan, SharedMapPlan,
-    SharedRegionPlan, SystemPlan, VmPlan,
+    DeviceKind, DevicePlan, DiskPlan, LinkPlan, NetworkPlan, NicPlan, PortOwner, PortPlan,
+    ServePlan, ServedDiskPlan, SharedMapPlan, SharedRegionPlan, SystemPlan, VmPlan,
 };
 pub use size::{SizeDisplay, parse_size};
 pub use validate::limits;

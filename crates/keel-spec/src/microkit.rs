@@ -236,6 +236,16 @@ pub enum MicrokitError {
         /// The limit.
         max: usize,
     },
+    /// A disk served by a storage VM: block forwarding is not built on seL4 yet.
+    #[error(
+        "VM {vm}: disk {disk}: served_by (a disk served by a storage VM) is not supported by the seL4 backend yet; it runs on Linux (keel up)"
+    )]
+    ServedDisk {
+        /// VM name.
+        vm: String,
+        /// The disk.
+        disk: usize,
+    },
     /// A network bridged to a host tap: there is no host network on seL4.
     #[error(
         "network {network}: an uplink (tap) is Linux only; the seL4 backend has no host network to bridge into"
@@ -915,6 +925,14 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
         if net.uplink.is_some() {
             return Err(MicrokitError::Uplink {
                 network: net.name.clone(),
+            });
+        }
+    }
+    for vm in system.vms() {
+        if let Some(disk) = vm.disks.iter().position(|d| d.served.is_some()) {
+            return Err(MicrokitError::ServedDisk {
+                vm: vm.name.clone(),
+                disk,
             });
         }
     }
@@ -2433,6 +2451,34 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "network lan: an uplink (tap) is Linux only; the seL4 backend has no host network to bridge into"
+        );
+    }
+
+    #[test]
+    fn a_disk_served_by_a_storage_vm_is_refused_on_sel4_for_now() {
+        let mut store = vm("store", 1);
+        store.disks = vec![crate::model::DiskSpec::file(
+            HostPath::new("/s"),
+            false,
+            None,
+        )];
+        let mut a = vm("a", 1);
+        a.disks = vec![crate::model::DiskSpec {
+            served: Some(crate::model::ServedDisk {
+                server: "store".into(),
+                server_disk: 0,
+                start: 0,
+                size: 4096,
+            }),
+            ..crate::model::DiskSpec::file(HostPath::default(), false, None)
+        }];
+        let s = system(vec![store, a]);
+
+        let e = system_file(&s, &layout()).unwrap_err();
+
+        assert_eq!(
+            e.to_string(),
+            "VM a: disk 0: served_by (a disk served by a storage VM) is not supported by the seL4 backend yet; it runs on Linux (keel up)"
         );
     }
 

@@ -56,7 +56,7 @@ impl fmt::Display for Arch {
 ///
 /// Kept as UTF-8 text so the model stays `no_std`; with the `std` feature it derefs to a
 /// [`std::path::Path`] through [`HostPath::as_path`] and `AsRef<Path>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostPath(String);
 
 impl HostPath {
@@ -177,12 +177,39 @@ impl Memory {
 /// A virtio-blk disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
-    /// The image file.
+    /// The image file; empty for a disk [`DiskSpec::served`] by a storage VM.
     pub path: HostPath,
     /// Opened read-only and offered to the guest with `VIRTIO_BLK_F_RO`.
     pub read_only: bool,
     /// The serial returned for `VIRTIO_BLK_T_GET_ID` (at most 20 bytes).
     pub id: Option<String>,
+    /// Served by a storage driver VM (docs/driver-vms.md) instead of a host file.
+    pub served: Option<ServedDisk>,
+}
+
+impl DiskSpec {
+    /// A disk backed by the host file `path`.
+    pub fn file(path: HostPath, read_only: bool, id: Option<String>) -> DiskSpec {
+        DiskSpec {
+            path,
+            read_only,
+            id,
+            served: None,
+        }
+    }
+}
+
+/// Where a served disk's bytes are: a range of a disk of a storage VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedDisk {
+    /// The storage VM's name.
+    pub server: String,
+    /// Index of the storage VM's disk holding the range (its own `[[vm.disk]]`, a file).
+    pub server_disk: usize,
+    /// First byte of the range on that disk (a multiple of 4 KiB).
+    pub start: u64,
+    /// Bytes (a multiple of 4 KiB, not 0): the client's disk size.
+    pub size: u64,
 }
 
 /// A virtio-console port.

@@ -11,7 +11,7 @@ use crate::error::{ErrorKind, SpecError};
 use crate::model::{
     Access, Arch, ConsoleSpec, ControlRight, ControlSpec, CpuSet, DiskSpec, HostPath, Limits, Llc,
     MacAddr, Memory, NetworkSpec, NicSpec, OnReboot, Output, OutputKind, Placement, RamRegion,
-    Restart, SharedMapSpec, SharedSpec, System, VmSpec,
+    Restart, ServedDisk, SharedMapSpec, SharedSpec, System, VmSpec,
 };
 use crate::size::parse_size;
 use crate::validate::{check_vm, vm_label};
@@ -464,10 +464,14 @@ impl<'de> Deserialize<'de> for RawCpuSet {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDisk {
-    path: String,
+    path: Option<String>,
     #[serde(default)]
     read_only: bool,
     id: Option<String>,
+    served_by: Option<String>,
+    server_disk: Option<usize>,
+    start: Option<RawNumber>,
+    size: Option<RawNumber>,
 }
 
 #[derive(Deserialize)]
@@ -629,11 +633,48 @@ impl Ctx<'_> {
         let mut disks = Vec::with_capacity(raw.disk.len());
         for (i, disk) in raw.disk.into_iter().enumerate() {
             let here = format!("{at}: disk {i}");
-            disks.push(DiskSpec {
-                path: self.path(&here, "path", &disk.path)?,
-                read_only: disk.read_only,
-                id: disk.id,
-            });
+            let form = |why: &'static str| SpecError::new(&here, ErrorKind::DiskForm(why));
+            let spec = match (disk.path, disk.served_by) {
+                (Some(_), Some(_)) => {
+                    return Err(form(
+                        "path and served_by are mutually exclusive: a disk is a host file or a range of a storage VM's disk",
+                    ));
+                }
+                (None, None) => {
+                    return Err(form("give path (a host file) or served_by (a storage VM)"));
+                }
+                (Some(path), None) => {
+                    if disk.server_disk.is_some() || disk.start.is_some() || disk.size.is_some() {
+                        return Err(form(
+                            "server_disk, start and size go with served_by, not with path",
+                        ));
+                    }
+                    DiskSpec::file(self.path(&here, "path", &path)?, disk.read_only, disk.id)
+                }
+                (None, Some(server)) => {
+                    let Some(size) = disk.size else {
+                        return Err(form(
+                            "a disk served_by a storage VM needs size (its range's length)",
+                        ));
+                    };
+                    let served = ServedDisk {
+                        server,
+                        server_disk: disk.server_disk.unwrap_or(0),
+                        start: match disk.start {
+                            Some(s) => number(&here, "start", s)?,
+                            None => 0,
+                        },
+                        size: number(&here, "size", size)?,
+                    };
+                    DiskSpec {
+                        path: HostPath::default(),
+                        read_only: disk.read_only,
+                        id: disk.id,
+                        served: Some(served),
+                    }
+                }
+            };
+            disks.push(spec);
         }
         let mut consoles = Vec::with_capacity(raw.console.len());
         for (i, console) in raw.console.into_iter().enumerate() {

@@ -46,6 +46,10 @@ pub enum DeviceKind {
     },
     /// virtio-rng.
     Rng,
+    /// A storage VM's doorbell (docs/driver-vms.md): a virtio-console whose input says
+    /// "a client published requests" and whose output byte `i` rings client `i` of
+    /// [`VmPlan::serves`]. Last of the VM's devices; only in a VM that serves disks.
+    Doorbell,
 }
 
 impl DeviceKind {
@@ -56,6 +60,7 @@ impl DeviceKind {
             DeviceKind::Console { .. } => "virtio-console",
             DeviceKind::Net { .. } => "virtio-net",
             DeviceKind::Rng => "virtio-rng",
+            DeviceKind::Doorbell => "virtio-console",
         }
     }
 }
@@ -130,6 +135,78 @@ pub struct DiskPlan {
     pub read_only: bool,
     /// The serial returned for `VIRTIO_BLK_T_GET_ID`: the description's `id`, else `disk<i>`.
     pub id: String,
+    /// Served by a storage VM: the client end of its forwarding link.
+    pub served: Option<ServedDiskPlan>,
+}
+
+/// Where guest-physical forwarding regions start in a storage VM (512 GiB, above any RAM
+/// Keel lays out and below the 1 TiB guest-physical limit).
+pub const FORWARD_WINDOW_BASE: u64 = 0x80_0000_0000;
+/// Alignment of each forwarding region in a storage VM's guest-physical space.
+pub const FORWARD_REGION_ALIGN: u64 = 2 << 20;
+/// How long a client VMM waits for its storage VM before failing a request (an I/O error
+/// for the guest).
+pub const FORWARD_TIMEOUT_MS: u32 = 5000;
+
+/// The client end of a forwarding link (a disk served by a storage VM).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServedDiskPlan {
+    /// The link (index into [`SystemPlan::links`]).
+    pub link: usize,
+    /// The storage VM.
+    pub server: String,
+    /// The disk's size (the client's range) in bytes.
+    pub size: u64,
+    /// Slots per ring.
+    pub slots: u64,
+    /// Data bytes per request.
+    pub max_data: u32,
+    /// Bytes of the forwarding region.
+    pub region_len: u64,
+    /// How long the client waits for an answer before failing a request.
+    pub timeout_ms: u32,
+}
+
+/// The storage end of a forwarding link: a client this VM serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServePlan {
+    /// The link (index into [`SystemPlan::links`]).
+    pub link: usize,
+    /// The client VM.
+    pub client: String,
+    /// The client's disk index.
+    pub client_disk: usize,
+    /// This VM's disk holding the range.
+    pub server_disk: usize,
+    /// First byte of the range on that disk.
+    pub start: u64,
+    /// Bytes.
+    pub size: u64,
+    /// Writes refused.
+    pub read_only: bool,
+    /// Guest-physical address of the forwarding region in this VM (outside its RAM).
+    pub gpa: u64,
+    /// Bytes of the region.
+    pub region_len: u64,
+    /// Slots per ring.
+    pub slots: u64,
+    /// Data bytes per request.
+    pub max_data: u32,
+}
+
+/// A forwarding link of the system: client disk → storage VM range.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LinkPlan {
+    /// The client VM.
+    pub client: String,
+    /// Its disk.
+    pub client_disk: usize,
+    /// The storage VM.
+    pub server: String,
+    /// The client's index among the storage VM's [`VmPlan::serves`] (the doorbell byte).
+    pub server_index: usize,
+    /// Bytes of the region.
+    pub region_len: u64,
 }
 
 /// A network interface as the guest and its switch port see it.
@@ -203,8 +280,12 @@ pub struct VmPlan {
     /// The network interfaces, indexed by [`DeviceKind::Net`]'s `nic`.
     pub nics: Vec<NicPlan>,
     /// The shared regions this VM maps, in file order. Nothing else besides its RAM and
-    /// devices is backed in its guest-physical space.
+    /// devices is backed in its guest-physical space (except a storage VM's forwarding
+    /// regions, [`VmPlan::serves`]).
     pub shared: Vec<SharedMapPlan>,
+    /// The clients this storage VM serves, in link order (empty for other VMs). Its
+    /// command line carries them for the agent (`keel.blk=`, `keel.blkbell=`).
+    pub serves: Vec<ServePlan>,
 }
 
 impl VmPlan {
@@ -236,6 +317,30 @@ pub enum PlanError {
         devices: usize,
         /// Slots available.
         slots: u32,
+    },
+    /// A served disk whose storage VM is not in the system.
+    #[error("vm {vm:?}: disk {disk}: storage vm {server:?} is not in the system")]
+    UnknownServer {
+        /// VM name.
+        vm: String,
+        /// Its disk.
+        disk: usize,
+        /// The storage VM named.
+        server: String,
+    },
+    /// A storage VM's forwarding regions collide with one of its shared mappings.
+    #[error(
+        "vm {vm:?}: its forwarding regions [{start:#x}, {end:#x}) overlap its shared mapping of {region:?}"
+    )]
+    ForwardWindow {
+        /// VM name.
+        vm: String,
+        /// First byte of the window.
+        start: u64,
+        /// End of the window.
+        end: u64,
+        /// The shared region.
+        region: String,
     },
     /// A shared mapping of a region that is not given (a `System` never has one; a VM
     /// with shared regions is planned with its system, [`plan_vm_of`]).
@@ -303,7 +408,8 @@ fn plan_vm_in_system(
     networks: &[NetworkSpec],
     shared: &[SharedSpec],
 ) -> Result<VmPlan, PlanError> {
-    let mut plan = plan_devices(vm)?;
+    let mut plan = plan_devices(vm, vms)?;
+    plan_forwarding(&mut plan, vm, vms)?;
     for map in &vm.shared {
         let region = shared
             .iter()
@@ -341,6 +447,113 @@ fn plan_vm_in_system(
     Ok(plan)
 }
 
+/// The forwarding links of `vm` (a client's served disks, a storage VM's clients), and the
+/// storage VM's command line for its agent.
+fn plan_forwarding(plan: &mut VmPlan, vm: &VmSpec, vms: &[VmSpec]) -> Result<(), PlanError> {
+    use keel_core::ring::forward::ForwardGeometry;
+    let g = ForwardGeometry::DEFAULT;
+    let all: Vec<(usize, usize)> = links(vms).collect();
+    for (i, disk) in vm.disks.iter().enumerate() {
+        let Some(s) = &disk.served else { continue };
+        let Some(server) = vms.iter().find(|v| v.name == s.server) else {
+            return Err(PlanError::UnknownServer {
+                vm: vm.name.clone(),
+                disk: i,
+                server: s.server.clone(),
+            });
+        };
+        let _ = server;
+        let link = all
+            .iter()
+            .position(|&(c, d)| vms[c].name == vm.name && d == i)
+            .unwrap_or(0);
+        plan.disks[i].served = Some(ServedDiskPlan {
+            link,
+            server: s.server.clone(),
+            size: s.size,
+            slots: g.slots,
+            max_data: g.max_data as u32,
+            region_len: default_region_len(),
+            timeout_ms: FORWARD_TIMEOUT_MS,
+        });
+    }
+    let served = links_served_by(vm, vms);
+    if served.is_empty() {
+        return Ok(());
+    }
+    let step = default_region_len().next_multiple_of(FORWARD_REGION_ALIGN);
+    let mut gpa = FORWARD_WINDOW_BASE;
+    let mut args = alloc::string::String::new();
+    for (k, c, d) in served {
+        let client = &vms[c];
+        let s = client.disks[d]
+            .served
+            .as_ref()
+            .expect("a link is a served disk");
+        let serve = ServePlan {
+            link: k,
+            client: client.name.clone(),
+            client_disk: d,
+            server_disk: s.server_disk,
+            start: s.start,
+            size: s.size,
+            read_only: client.disks[d].read_only,
+            gpa,
+            region_len: default_region_len(),
+            slots: g.slots,
+            max_data: g.max_data as u32,
+        };
+        let serial = vm
+            .disks
+            .get(s.server_disk)
+            .and_then(|sd| sd.id.clone())
+            .unwrap_or_else(|| alloc::format!("disk{}", s.server_disk));
+        args.push_str(&alloc::format!(
+            " keel.blk={:#x},{:#x},{},{},{},{:#x},{:#x},{}",
+            serve.gpa,
+            serve.region_len,
+            serve.slots,
+            serve.max_data,
+            serial,
+            serve.start,
+            serve.size,
+            if serve.read_only { "ro" } else { "rw" }
+        ));
+        plan.serves.push(serve);
+        gpa += step;
+    }
+    for m in &plan.shared {
+        if m.base < gpa && FORWARD_WINDOW_BASE < m.base.saturating_add(m.size) {
+            return Err(PlanError::ForwardWindow {
+                vm: vm.name.clone(),
+                start: FORWARD_WINDOW_BASE,
+                end: gpa,
+                region: m.region.clone(),
+            });
+        }
+    }
+    // Each region is mapped like a shared region of the storage VM alone (the client VMM
+    // maps it in its own address space, never in its guest's).
+    for serve in &plan.serves {
+        plan.shared.push(SharedMapPlan {
+            region: forward_region_name(serve.link),
+            base: serve.gpa,
+            size: serve.region_len,
+            access: Access::ReadWrite,
+        });
+    }
+    // The doorbell is the VM's last virtio-console: /dev/hvc<consoles> in the guest.
+    args.push_str(&alloc::format!(" keel.blkbell=hvc{}", vm.consoles.len()));
+    plan.cmdline.push_str(&args);
+    Ok(())
+}
+
+/// The name of link `link`'s forwarding region among a plan's shared regions (not a name a
+/// description can give: `:` is not allowed there).
+pub fn forward_region_name(link: usize) -> String {
+    alloc::format!("fwd:{link}")
+}
+
 /// The members of `net` among `vms`: each VM attached, with its interface index, in file
 /// order (a VM is attached at most once per network).
 fn network_members<'a>(
@@ -355,18 +568,56 @@ fn network_members<'a>(
     })
 }
 
-fn plan_devices(vm: &VmSpec) -> Result<VmPlan, PlanError> {
+/// The forwarding links of `vms`, in order: every served disk of every VM, clients in file
+/// order, disks in order. `(client index, disk index)`.
+fn links(vms: &[VmSpec]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    vms.iter().enumerate().flat_map(|(c, vm)| {
+        vm.disks
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.served.is_some())
+            .map(move |(d, _)| (c, d))
+    })
+}
+
+/// The links served by `server` among `vms`: `(link index, client index, disk index)`.
+fn links_served_by(server: &VmSpec, vms: &[VmSpec]) -> Vec<(usize, usize, usize)> {
+    links(vms)
+        .enumerate()
+        .filter(|&(_, (c, d))| {
+            vms[c].disks[d]
+                .served
+                .as_ref()
+                .is_some_and(|s| s.server == server.name)
+        })
+        .map(|(k, (c, d))| (k, c, d))
+        .collect()
+}
+
+/// Bytes of a forwarding region of the default geometry.
+fn default_region_len() -> u64 {
+    keel_core::ring::forward::ForwardGeometry::DEFAULT.region_len() as u64
+}
+
+fn plan_devices(vm: &VmSpec, vms: &[VmSpec]) -> Result<VmPlan, PlanError> {
+    let serves = !links_served_by(vm, vms).is_empty();
     let kinds = (0..vm.disks.len())
         .map(|disk| DeviceKind::Block { disk })
         .chain((0..vm.consoles.len()).map(|port| DeviceKind::Console { port }))
         .chain((0..vm.nics.len()).map(|nic| DeviceKind::Net { nic }))
-        .chain(vm.rng.then_some(DeviceKind::Rng));
+        .chain(vm.rng.then_some(DeviceKind::Rng))
+        .chain(serves.then_some(DeviceKind::Doorbell));
+    let count = vm.disks.len()
+        + vm.consoles.len()
+        + vm.nics.len()
+        + usize::from(vm.rng)
+        + usize::from(serves);
     let mut devices = Vec::new();
     for (slot, kind) in kinds.enumerate() {
         let too_many = || PlanError::TooManyDevices {
             vm: vm.name.clone(),
             arch: vm.arch,
-            devices: vm.disks.len() + vm.consoles.len() + vm.nics.len() + usize::from(vm.rng),
+            devices: count,
             slots: virtio_slots(vm.arch),
         };
         let slot = u32::try_from(slot).map_err(|_| too_many())?;
@@ -395,6 +646,7 @@ fn plan_devices(vm: &VmSpec) -> Result<VmPlan, PlanError> {
             .map(|(i, d)| DiskPlan {
                 read_only: d.read_only,
                 id: d.id.clone().unwrap_or_else(|| alloc::format!("disk{i}")),
+                served: None,
             })
             .collect(),
         cpus: CpuPlan {
@@ -405,6 +657,7 @@ fn plan_devices(vm: &VmSpec) -> Result<VmPlan, PlanError> {
         },
         nics: Vec::new(),
         shared: Vec::new(),
+        serves: Vec::new(),
     })
 }
 
@@ -494,6 +747,8 @@ pub struct SystemPlan {
     pub networks: Vec<NetworkPlan>,
     /// The shared regions, in file order, each with its users.
     pub shared: Vec<SharedRegionPlan>,
+    /// The block-forwarding links (served disks), clients in file order.
+    pub links: Vec<LinkPlan>,
 }
 
 impl SystemPlan {
@@ -527,6 +782,20 @@ pub fn plan(system: &System) -> Result<SystemPlan, PlanError> {
                 .collect(),
         })
         .collect();
+    let links = plan_links(&vms);
+    let mut shared: Vec<SharedRegionPlan> = shared;
+    for vm in &vms {
+        for serve in &vm.serves {
+            let name = forward_region_name(serve.link);
+            if let Some(map) = vm.shared.iter().find(|m| m.region == name) {
+                shared.push(SharedRegionPlan {
+                    name,
+                    size: serve.region_len,
+                    users: alloc::vec![(vm.name.clone(), map.clone())],
+                });
+            }
+        }
+    }
     Ok(SystemPlan {
         name: system.name().into(),
         vms,
@@ -536,7 +805,32 @@ pub fn plan(system: &System) -> Result<SystemPlan, PlanError> {
             .map(|net| plan_network(net, system.vms()))
             .collect(),
         shared,
+        links,
     })
+}
+
+/// The system's links, from its VMs' plans.
+fn plan_links(vms: &[VmPlan]) -> Vec<LinkPlan> {
+    let mut links: Vec<LinkPlan> = Vec::new();
+    for vm in vms {
+        for (i, d) in vm.disks.iter().enumerate() {
+            if let Some(s) = &d.served {
+                let server_index = vms
+                    .iter()
+                    .find(|v| v.name == s.server)
+                    .and_then(|v| v.serves.iter().position(|c| c.link == s.link))
+                    .unwrap_or(0);
+                links.push(LinkPlan {
+                    client: vm.name.clone(),
+                    client_disk: i,
+                    server: s.server.clone(),
+                    server_index,
+                    region_len: s.region_len,
+                });
+            }
+        }
+    }
+    links
 }
 
 /// [`plan`], plus the dynamic pool's spare ports (what `keel daemon` runs on Linux): each
@@ -731,6 +1025,7 @@ mod tests {
                 path: HostPath::new(alloc::format!("/d{i}")),
                 read_only: false,
                 id: None,
+                served: None,
             })
             .collect();
         v.consoles = (0..consoles)

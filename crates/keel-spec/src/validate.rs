@@ -259,7 +259,7 @@ pub(crate) fn check_vm(index: usize, vm: &VmSpec, pcpus: Option<u32>) -> Result<
                 ));
             }
         }
-        if disk.path.as_str().is_empty() {
+        if disk.served.is_none() && disk.path.as_str().is_empty() {
             return Err(SpecError::new(
                 format!("{at}: disk {i}"),
                 ErrorKind::EmptyPath("path"),
@@ -502,6 +502,9 @@ pub(crate) fn check_across_vms(vms: &[VmSpec]) -> Result<(), SpecError> {
     for (index, vm) in vms.iter().enumerate() {
         let at = vm_label(index, Some(&vm.name));
         for (i, disk) in vm.disks.iter().enumerate() {
+            if disk.served.is_some() {
+                continue;
+            }
             let path = disk.path.as_str();
             let here = format!("{at}: disk {i}");
             if let Some((_, _, other)) = seen
@@ -517,6 +520,86 @@ pub(crate) fn check_across_vms(vms: &[VmSpec]) -> Result<(), SpecError> {
                 ));
             }
             seen.push((path, disk.read_only, here));
+        }
+    }
+    check_served(vms)
+}
+
+/// Granularity of a served disk's range: a page, so a range never shares a page-cache page
+/// of the storage VM's disk with another client's.
+pub const SERVED_ALIGN: u64 = 4096;
+
+/// Served disks (docs/driver-vms.md): each names another VM's file disk, with a non-empty,
+/// aligned range that overlaps no other client's range of that disk, read-only if the disk is.
+fn check_served(vms: &[VmSpec]) -> Result<(), SpecError> {
+    // (server index, server disk, start, end, client label)
+    let mut ranges: alloc::vec::Vec<(usize, usize, u64, u64, String)> = alloc::vec::Vec::new();
+    for (index, vm) in vms.iter().enumerate() {
+        let at = vm_label(index, Some(&vm.name));
+        for (i, disk) in vm.disks.iter().enumerate() {
+            let Some(s) = &disk.served else { continue };
+            let here = format!("{at}: disk {i}");
+            let bad = |why: String| SpecError::new(&here, ErrorKind::BadServer(why));
+            let Some(server) = vms.iter().position(|v| v.name == s.server) else {
+                return Err(bad(format!("no vm is named {:?}", s.server)));
+            };
+            if server == index {
+                return Err(bad(format!("vm {:?} cannot serve its own disks", s.server)));
+            }
+            let Some(sd) = vms[server].disks.get(s.server_disk) else {
+                return Err(bad(format!(
+                    "vm {:?} has no disk {} (it has {})",
+                    s.server,
+                    s.server_disk,
+                    vms[server].disks.len()
+                )));
+            };
+            if sd.served.is_some() {
+                return Err(bad(format!(
+                    "vm {:?} disk {} is itself served by another VM; a storage VM serves from a host file it owns",
+                    s.server, s.server_disk
+                )));
+            }
+            if sd.read_only && !disk.read_only {
+                return Err(bad(format!(
+                    "vm {:?} disk {} is read_only, so this disk must be read_only too",
+                    s.server, s.server_disk
+                )));
+            }
+            let field = |key: &'static str, value: u64, reason: &'static str| {
+                SpecError::new(&here, ErrorKind::ServedRange { key, value, reason })
+            };
+            if s.size == 0 {
+                return Err(field(
+                    "size",
+                    s.size,
+                    "bytes: a served disk cannot be empty",
+                ));
+            }
+            if s.size % SERVED_ALIGN != 0 {
+                return Err(field("size", s.size, "is not a multiple of 4 KiB"));
+            }
+            if s.start % SERVED_ALIGN != 0 {
+                return Err(field("start", s.start, "is not a multiple of 4 KiB"));
+            }
+            let Some(end) = s.start.checked_add(s.size) else {
+                return Err(field("size", s.size, "bytes: start + size overflows"));
+            };
+            if let Some((.., other)) = ranges.iter().find(|(sv, d, a, b, _)| {
+                *sv == server && *d == s.server_disk && s.start < *b && *a < end
+            }) {
+                return Err(SpecError::new(
+                    &here,
+                    ErrorKind::ServedOverlap {
+                        server: s.server.clone(),
+                        server_disk: s.server_disk,
+                        start: s.start,
+                        end,
+                        other: other.clone(),
+                    },
+                ));
+            }
+            ranges.push((server, s.server_disk, s.start, end, here.clone()));
         }
     }
     Ok(())

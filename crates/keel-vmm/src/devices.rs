@@ -63,6 +63,18 @@ pub trait DeviceBackends {
         let _ = (plan, port);
         Ok(None)
     }
+    /// A storage VM's doorbell ([`DeviceKind::Doorbell`], docs/driver-vms.md): the
+    /// console output that rings client `i` on byte `i`, and the input that says a client
+    /// published requests. By default the backend has none, and a storage VM is refused.
+    fn doorbell(
+        &mut self,
+        plan: &VmPlan,
+    ) -> Result<(Box<dyn ConsoleOutput>, Box<dyn ConsoleInput>), BackendError> {
+        Err(BackendError::Unavailable(format!(
+            "vm {:?}: this backend cannot serve disks to other VMs",
+            plan.name
+        )))
+    }
     /// The switch port behind network interface `nic` (`plan.nics[nic]`). By default the
     /// backend has none, and a VM with an interface is refused.
     fn net(&mut self, plan: &VmPlan, nic: usize) -> Result<Box<dyn NetBackend>, BackendError> {
@@ -218,6 +230,7 @@ pub fn label(plan: &VmPlan, device: &DevicePlan) -> String {
             None => format!("{nic} (net)"),
         },
         DeviceKind::Rng => "0 (rng)".into(),
+        DeviceKind::Doorbell => format!("{} (storage doorbell)", plan.serves.len()),
     }
 }
 
@@ -277,6 +290,16 @@ pub fn build_device(
         DeviceKind::Rng => {
             let source = backends.entropy(plan)?;
             placed(plan, device, Rng::new(source), memory, irq)
+        }
+        DeviceKind::Doorbell => {
+            let (out, input) = backends.doorbell(plan)?;
+            placed(
+                plan,
+                device,
+                Console::new(out).with_input(input),
+                memory,
+                irq,
+            )
         }
     })
 }

@@ -23,6 +23,7 @@ fn spec(arch: Arch) -> VmSpec {
         path: HostPath::new("/d"),
         read_only: false,
         id: Some("data".into()),
+        served: None,
     }];
     v.rng = true;
     v

@@ -356,11 +356,13 @@ fn vm_spec() -> VmSpec {
             path: keel_spec::HostPath::new("/rw.img"),
             read_only: false,
             id: None,
+            served: None,
         },
         keel_spec::DiskSpec {
             path: keel_spec::HostPath::new("/ro.img"),
             read_only: true,
             id: None,
+            served: None,
         },
     ];
     v

@@ -322,23 +322,8 @@ pub enum ErrorKind {
         other: String,
     },
     /// A served range that does not fit the storage VM's disk file.
-    #[error(
-        "range [{start:#x}, {end:#x}) does not fit vm {server:?} disk {server_disk} ({path}, {len} bytes)"
-    )]
-    ServedPastEnd {
-        /// The storage VM.
-        server: String,
-        /// Its disk.
-        server_disk: usize,
-        /// The disk's file.
-        path: String,
-        /// Its length.
-        len: u64,
-        /// First byte.
-        start: u64,
-        /// End.
-        end: u64,
-    },
+    #[error("{0}")]
+    ServedPastEnd(alloc::boxed::Box<ServedPastEnd>),
     /// A disk id longer than 20 bytes.
     #[error("id: {id:?} is {len} bytes long (at most 20)")]
     DiskIdTooLong {
@@ -590,4 +575,24 @@ pub enum ErrorKind {
         /// The other VM, e.g. `vm "a"`.
         other: String,
     },
+}
+
+/// A served range that does not fit the storage VM's disk file ([`ErrorKind::ServedPastEnd`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "range [{start:#x}, {end:#x}) does not fit vm {server:?} disk {server_disk} ({path}, {len} bytes)"
+)]
+pub struct ServedPastEnd {
+    /// The storage VM.
+    pub server: String,
+    /// Its disk.
+    pub server_disk: usize,
+    /// The disk's file.
+    pub path: String,
+    /// Its length.
+    pub len: u64,
+    /// First byte.
+    pub start: u64,
+    /// End.
+    pub end: u64,
 }

@@ -53,14 +53,14 @@ fn check_served_fit(system: &System) -> Result<(), SpecError> {
             if end > len {
                 return Err(SpecError::new(
                     format!("{}: disk {i}", vm_label(index, Some(&vm.name))),
-                    ErrorKind::ServedPastEnd {
+                    ErrorKind::ServedPastEnd(Box::new(crate::error::ServedPastEnd {
                         server: s.server.clone(),
                         server_disk: s.server_disk,
                         path: sd.path.to_string(),
                         len,
                         start: s.start,
                         end,
-                    },
+                    })),
                 ));
             }
         }

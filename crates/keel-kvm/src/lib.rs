@@ -22,6 +22,7 @@ compile_error!("keel-kvm supports Linux on x86_64 and aarch64 only");
 pub mod arch;
 #[cfg(target_arch = "x86_64")]
 pub mod cpuid;
+pub mod forward;
 pub mod host;
 pub mod hv;
 pub mod io;

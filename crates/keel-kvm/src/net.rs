@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 use keel_net::ring::{FrameError, FrameWindow};
-use vmm_sys_util::eventfd::EventFd;
+pub use vmm_sys_util::eventfd::EventFd;
 
 /// A memory file (memfd) holding one ring window: created zeroed by `keel up`, inherited
 /// by the two processes that share it.

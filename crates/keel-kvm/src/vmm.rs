@@ -297,6 +297,45 @@ pub struct VmNetwork {
     ports: Vec<Arc<MappedPort>>,
     /// The shared regions' mappings, in the order of `plan.shared` (kept across restarts).
     shared: Vec<Arc<crate::net::Mapping>>,
+    /// Per served disk (by disk index): its forwarding region, mapped in this process.
+    forward_clients: Vec<(usize, Arc<MappedLink>)>,
+    /// A storage VM's doorbell descriptors.
+    forward_server: Option<crate::forward::ServerFds>,
+}
+
+/// A client VMM's end of one forwarding link: the region mapped here, and its eventfds.
+struct MappedLink {
+    region: crate::net::Mapping,
+    bell: EventFd,
+    wake: EventFd,
+}
+
+/// A served disk's client end as a virtio-blk backend, holding the mapping its rings live in.
+struct LinuxForwardClient {
+    // Declared first: dropped before the mapping it points into.
+    client: keel_virtio::forward::ForwardClient<crate::forward::EventFdDoorbell>,
+    _mapped: Arc<MappedLink>,
+}
+
+impl BlockBackend for LinuxForwardClient {
+    fn size(&self) -> u64 {
+        self.client.size()
+    }
+    fn read_only(&self) -> bool {
+        self.client.read_only()
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), keel_virtio::BlockError> {
+        self.client.read_at(offset, buf)
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), keel_virtio::BlockError> {
+        self.client.write_at(offset, data)
+    }
+    fn flush(&mut self) -> Result<(), keel_virtio::BlockError> {
+        self.client.flush()
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), keel_virtio::BlockError> {
+        self.client.discard(offset, len)
+    }
 }
 
 impl std::fmt::Debug for VmNetwork {
@@ -357,7 +396,72 @@ impl VmNetwork {
             plan,
             ports: mapped,
             shared: Vec::new(),
+            forward_clients: Vec::new(),
+            forward_server: None,
         })
+    }
+
+    /// The VM's block-forwarding descriptors (docs/driver-vms.md): `clients`, one per
+    /// served disk of the plan in disk order (each region exactly the planned size), and,
+    /// for a storage VM, `server` (a wake-up per client it serves).
+    pub fn with_forwarding(
+        mut self,
+        clients: Vec<crate::forward::ClientLinkFds>,
+        server: Option<crate::forward::ServerFds>,
+    ) -> Result<VmNetwork, VmmError> {
+        let name = self.plan.name.clone();
+        let served: Vec<(usize, u64)> = self
+            .plan
+            .disks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.served.as_ref().map(|s| (i, s.region_len)))
+            .collect();
+        if clients.len() != served.len() {
+            return Err(VmmError::Host(format!(
+                "vm {name:?}: {} forwarding links given for {} served disks",
+                clients.len(),
+                served.len()
+            )));
+        }
+        for (c, (disk, want)) in clients.into_iter().zip(served) {
+            if c.region.len() as u64 != want {
+                return Err(VmmError::Host(format!(
+                    "vm {name:?}: disk {disk}: forwarding region is {} bytes, the plan says {want}",
+                    c.region.len()
+                )));
+            }
+            let region = c.region.map().map_err(|e| {
+                VmmError::Host(format!(
+                    "vm {name:?}: disk {disk}: cannot map its forwarding region: {e}"
+                ))
+            })?;
+            self.forward_clients.push((
+                disk,
+                Arc::new(MappedLink {
+                    region,
+                    bell: c.bell,
+                    wake: c.wake,
+                }),
+            ));
+        }
+        match &server {
+            Some(s) if s.clients.len() != self.plan.serves.len() => {
+                return Err(VmmError::Host(format!(
+                    "vm {name:?}: {} client wake-ups given for {} clients served",
+                    s.clients.len(),
+                    self.plan.serves.len()
+                )));
+            }
+            None if !self.plan.serves.is_empty() => {
+                return Err(VmmError::Host(format!(
+                    "vm {name:?}: it serves disks but was given no doorbell (run the system with `keel up`)"
+                )));
+            }
+            _ => {}
+        }
+        self.forward_server = server;
+        Ok(self)
     }
 
     /// The memory files of the plan's shared regions, one per `plan.shared` entry in
@@ -429,6 +533,59 @@ impl keel_virtio::net::NetBackend for LinuxNetPort {
     }
 }
 
+impl LinuxBackends<'_> {
+    /// Disk `disk`'s client end of its forwarding link.
+    fn forward_client(
+        &self,
+        disk: usize,
+        served: &keel_spec::plan::ServedDiskPlan,
+    ) -> Result<Box<dyn BlockBackend>, BackendError> {
+        let unavailable = |what: String| BackendError::Unavailable(what);
+        let mapped = self
+            .network
+            .and_then(|n| n.forward_clients.iter().find(|(d, _)| *d == disk))
+            .map(|(_, m)| m.clone())
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "vm {:?}: disk {disk} is served by vm {:?}: run the system with `keel up`",
+                    self.spec.name, served.server
+                ))
+            })?;
+        let geometry = keel_virtio::forward::ForwardGeometry {
+            slots: served.slots,
+            max_data: served.max_data as usize,
+        };
+        // SAFETY: the region is mapped for as long as `mapped` lives, which the backend
+        // keeps next to the client (dropped after it); only the ring code touches it here,
+        // and the storage VM only through the ring protocol (or by writing bytes).
+        let windows = unsafe { geometry.windows(mapped.region.as_ptr(), mapped.region.len()) }
+            .map_err(|e| unavailable(format!("disk {disk}: {e}")))?;
+        let dup = |e: &EventFd| {
+            e.try_clone()
+                .map_err(|e| unavailable(format!("disk {disk}: eventfd: {e}")))
+        };
+        let doorbell = crate::forward::EventFdDoorbell::new(dup(&mapped.bell)?, dup(&mapped.wake)?);
+        // Ids beyond any an earlier client of this region used (see ForwardClient::new).
+        let first_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let client = keel_virtio::forward::ForwardClient::new(
+            served.server.clone(),
+            windows,
+            geometry,
+            doorbell,
+            served.size,
+            self.spec.disks[disk].read_only,
+            served.timeout_ms,
+            first_id,
+        );
+        Ok(Box::new(LinuxForwardClient {
+            client,
+            _mapped: mapped,
+        }))
+    }
+}
+
 impl DeviceBackends for LinuxBackends<'_> {
     fn block(
         &mut self,
@@ -440,6 +597,9 @@ impl DeviceBackends for LinuxBackends<'_> {
             .disks
             .get(disk)
             .ok_or_else(|| BackendError::Unavailable(format!("no disk {disk}")))?;
+        if let Some(served) = _plan.disks.get(disk).and_then(|p| p.served.as_ref()) {
+            return self.forward_client(disk, served);
+        }
         let backend = match crate::sandbox::kept(d.path.as_path()) {
             Some(file) => file.and_then(|f| FileBackend::from_file(f, d.read_only)),
             None => FileBackend::open(d.path.as_path(), d.read_only),
@@ -533,6 +693,27 @@ impl DeviceBackends for LinuxBackends<'_> {
             port,
             _mapped: mapped,
         }))
+    }
+
+    fn doorbell(&mut self, plan: &VmPlan) -> Result<keel_vmm::devices::DoorbellPair, BackendError> {
+        let fds = self
+            .network
+            .and_then(|n| n.forward_server.as_ref())
+            .ok_or_else(|| {
+                BackendError::Unavailable(format!(
+                    "vm {:?}: serving disks needs `keel up` (it creates the links)",
+                    plan.name
+                ))
+            })?;
+        let dup = |e: &EventFd| {
+            e.try_clone()
+                .map_err(|e| BackendError::Unavailable(format!("doorbell eventfd: {e}")))
+        };
+        let clients = fds.clients.iter().map(dup).collect::<Result<Vec<_>, _>>()?;
+        Ok((
+            Box::new(crate::forward::DoorbellOutput::new(clients)),
+            Box::new(crate::forward::DoorbellInput::new(dup(&fds.bell)?)),
+        ))
     }
 
     fn entropy(&mut self, _plan: &VmPlan) -> Result<Box<dyn EntropySource>, BackendError> {

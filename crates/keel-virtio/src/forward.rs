@@ -219,9 +219,12 @@ struct Piece {
 impl<D: Doorbell> ForwardClient<D> {
     /// The client of the region whose rings are `windows` (from
     /// [`ForwardGeometry::windows`]), for a disk of `size` bytes (`read_only` as declared),
-    /// served by `name` (for messages). Requests left by a previous client VMM are not
-    /// answered to this one: responses are matched by id, and ids start past any in the
-    /// ring.
+    /// served by `name` (for messages). Requests left by a previous client (a VMM that was
+    /// restarted, a VM rebooted in place) are not answered to this one: responses already
+    /// in the ring are skipped, and later ones are matched by id: ids start at `first_id`,
+    /// which must be beyond every id an earlier client of this region used (on Linux, the
+    /// wall clock in nanoseconds: it advances faster than any client sends requests).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: impl Into<alloc::string::String>,
         windows: (SlotWindow, SlotWindow),
@@ -230,6 +233,7 @@ impl<D: Doorbell> ForwardClient<D> {
         size: u64,
         read_only: bool,
         timeout_ms: u32,
+        first_id: u64,
     ) -> ForwardClient<D> {
         let (req, resp) = windows;
         let mut resp = SlotConsumer::attach(resp);
@@ -244,9 +248,7 @@ impl<D: Doorbell> ForwardClient<D> {
             size,
             read_only,
             timeout_ms,
-            // A previous VMM's ids started at 1 too; stale responses are skipped above,
-            // and any that arrive later are dropped by id (see `collect`).
-            next_id: 1 << 32,
+            next_id: first_id,
             buf: vec![0; geometry.slot_size()],
             counters: ClientCounters::default(),
         }
@@ -862,6 +864,7 @@ mod tests {
             r.size,
             r.read_only,
             100,
+            1,
         );
         (client, server)
     }
@@ -1069,7 +1072,8 @@ mod tests {
             server: None,
             rings: 0,
         };
-        let mut client = ForwardClient::new("store", region.windows(G), G, bell, 8192, false, 50);
+        let mut client =
+            ForwardClient::new("store", region.windows(G), G, bell, 8192, false, 50, 1);
 
         let got = client.read_at(0, &mut [0; 512]);
 
@@ -1095,7 +1099,8 @@ mod tests {
             server: None,
             rings: 0,
         };
-        let mut client = ForwardClient::new("store", region.windows(G), G, bell, 8192, false, 10);
+        let mut client =
+            ForwardClient::new("store", region.windows(G), G, bell, 8192, false, 10, 1);
         assert!(client.read_at(512, &mut [0; 512]).is_err());
         // The storage VM wakes up and answers the old request; then it serves again.
         server.lock().serve(16).unwrap();
@@ -1106,6 +1111,52 @@ mod tests {
 
         assert_eq!(buf, pattern(1024, 3)[..512]);
         assert_eq!(client.counters().bad_responses, 1);
+    }
+
+    #[test]
+    fn a_restarted_client_never_takes_an_answer_meant_for_its_predecessor() {
+        let disk = SharedDisk::new(8192);
+        disk.0.lock().0.write_at(0, &[0xaa; 512]).unwrap();
+        disk.0.lock().0.write_at(512, &[0xbb; 512]).unwrap();
+        let mut region = Region::new(G);
+        let server = Arc::new(Mutex::new(
+            ForwardServer::new(region.windows(G), G, disk.clone(), range(0, 8192)).unwrap(),
+        ));
+        let silent = || Bell {
+            server: None,
+            rings: 0,
+        };
+        // The old client asks for sector 0 and dies before the answer.
+        let mut old = ForwardClient::new(
+            "store",
+            region.windows(G),
+            G,
+            silent(),
+            8192,
+            false,
+            1,
+            1000,
+        );
+        assert!(old.read_at(0, &mut [0; 512]).is_err());
+        // The new client starts later (a larger first id); the old answer arrives meanwhile.
+        let mut new = ForwardClient::new(
+            "store",
+            region.windows(G),
+            G,
+            silent(),
+            8192,
+            false,
+            100,
+            2000,
+        );
+        server.lock().serve(16).unwrap();
+        new.doorbell.server = Some(server.clone());
+
+        let mut buf = vec![0; 512];
+        new.read_at(512, &mut buf).unwrap();
+
+        assert_eq!(buf, [0xbb; 512]);
+        assert_eq!(new.counters().bad_responses, 1);
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub enum BackendError {
     Unavailable(String),
 }
 
+/// A storage VM's doorbell as a backend provides it: the output ringing clients, the input
+/// saying a client rang ([`DeviceBackends::doorbell`]).
+pub type DoorbellPair = (Box<dyn ConsoleOutput>, Box<dyn ConsoleInput>);
+
 /// The host side of a VM's devices: what each backend provides (files on Linux, payload
 /// regions and the console component on seL4).
 pub trait DeviceBackends {
@@ -66,10 +70,7 @@ pub trait DeviceBackends {
     /// A storage VM's doorbell ([`DeviceKind::Doorbell`], docs/driver-vms.md): the
     /// console output that rings client `i` on byte `i`, and the input that says a client
     /// published requests. By default the backend has none, and a storage VM is refused.
-    fn doorbell(
-        &mut self,
-        plan: &VmPlan,
-    ) -> Result<(Box<dyn ConsoleOutput>, Box<dyn ConsoleInput>), BackendError> {
+    fn doorbell(&mut self, plan: &VmPlan) -> Result<DoorbellPair, BackendError> {
         Err(BackendError::Unavailable(format!(
             "vm {:?}: this backend cannot serve disks to other VMs",
             plan.name

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use keel_kvm::forward::LinkSet;
 use keel_kvm::log::{self, Level};
 use keel_kvm::net::{PortFds, SharedMemory, die_with_parent, drain_eventfd, inherit_across_exec};
 use keel_kvm::placement::CgroupScope;
@@ -319,6 +320,7 @@ pub fn up(
 
     let ports = create_ports(&plan)?;
     let shared_files = create_shared(&plan)?;
+    let links = create_links(&plan)?;
 
     let sigfd = signal_fd(&[
         libc::SIGCHLD,
@@ -364,7 +366,7 @@ pub fn up(
                 "--log-level".into(),
                 level_arg.clone(),
             ];
-            let fds = vmm_fd_args(&plan, vm, &ports, &shared_files, &mut args);
+            let fds = vmm_fd_args(&plan, vm, &ports, &shared_files, Some(&links), &mut args);
             match spawn(&args, fds, true) {
                 Ok(mut child) => {
                     let prefix = format!("[{}] ", vm.name);
@@ -390,6 +392,7 @@ pub fn up(
     // The children hold their own copies now.
     drop(ports);
     drop(shared_files);
+    drop(links);
 
     let started = Instant::now();
     // Set when keel up stopped the system itself: 128+N for signal N, 1 when a switch died.
@@ -531,16 +534,27 @@ pub(crate) fn switch_command(
     (args, fds)
 }
 
-/// Append VM `vm`'s `--nic` and `--shared` arguments to `args`; the descriptors its VMM
-/// inherits.
+/// The eventfds of the system's block-forwarding links (docs/driver-vms.md); the regions
+/// are among the shared memory files.
+pub(crate) fn create_links(plan: &SystemPlan) -> Result<LinkSet, Failure> {
+    LinkSet::create(&plan.links).map_err(|e| failure(format!("block forwarding: eventfd: {e}")))
+}
+
+/// Append VM `vm`'s `--nic`, `--shared`, `--blk`, `--bell` and `--serve` arguments to
+/// `args`; the descriptors its VMM inherits. Without `links` a VM that has forwarding
+/// links gets none (its VMM then refuses to start, saying so).
 pub(crate) fn vmm_fd_args(
     plan: &SystemPlan,
     vm: &keel_spec::plan::VmPlan,
     ports: &[Vec<Option<PortFds>>],
     shared_files: &[SharedMemory],
+    links: Option<&LinkSet>,
     args: &mut Vec<String>,
 ) -> Vec<RawFd> {
     let mut fds = Vec::new();
+    if let Some(links) = links {
+        forward_fd_args(plan, vm, shared_files, links, args, &mut fds);
+    }
     for nic in &vm.nics {
         let Some(p) = ports
             .get(nic.network)
@@ -568,6 +582,52 @@ pub(crate) fn vmm_fd_args(
         fds.push(fd);
     }
     fds
+}
+
+/// The block-forwarding part of [`vmm_fd_args`].
+fn forward_fd_args(
+    plan: &SystemPlan,
+    vm: &keel_spec::plan::VmPlan,
+    shared_files: &[SharedMemory],
+    links: &LinkSet,
+    args: &mut Vec<String>,
+    fds: &mut Vec<RawFd>,
+) {
+    let region = |link: usize| {
+        let name = keel_spec::plan::forward_region_name(link);
+        plan.shared
+            .iter()
+            .position(|r| r.name == name)
+            .and_then(|i| shared_files.get(i))
+    };
+    for d in vm.disks.iter().filter_map(|d| d.served.as_ref()) {
+        let (Some(r), Some(bell), Some(wake)) = (
+            region(d.link),
+            links.bell(&d.server),
+            links.wakes.get(d.link),
+        ) else {
+            continue;
+        };
+        let raw = keel_kvm::forward::ClientLinkFds::raw(r, bell, wake);
+        args.push("--blk".into());
+        args.push(raw.map(|f| f.to_string()).join(","));
+        fds.extend(raw);
+    }
+    if vm.serves.is_empty() {
+        return;
+    }
+    if let Some(bell) = links.bell(&vm.name) {
+        args.push("--bell".into());
+        args.push(bell.as_raw_fd().to_string());
+        fds.push(bell.as_raw_fd());
+    }
+    for s in &vm.serves {
+        if let Some(wake) = links.wakes.get(s.link) {
+            args.push("--serve".into());
+            args.push(wake.as_raw_fd().to_string());
+            fds.push(wake.as_raw_fd());
+        }
+    }
 }
 
 /// Hidden `__switch <system.toml> --network NAME [--stats] [--pool] --port FDS...`: one
@@ -853,6 +913,7 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
         .next()
         .ok_or_else(|| Failure::input("__vmm: no system file"))?;
     let (mut vm, mut nics, mut shared, mut state) = (None, Vec::new(), Vec::new(), None);
+    let (mut blks, mut bell, mut serves) = (Vec::new(), None, Vec::new());
     while let Some(a) = it.next() {
         match a.as_str() {
             "--vm" => vm = it.next().cloned(),
@@ -863,6 +924,9 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
             }
             "--nic" => nics.extend(it.next().cloned()),
             "--shared" => shared.extend(it.next().cloned()),
+            "--blk" => blks.extend(it.next().cloned()),
+            "--bell" => bell = it.next().cloned(),
+            "--serve" => serves.extend(it.next().cloned()),
             "--state" => state = it.next().map(std::path::PathBuf::from),
             other => return Err(Failure::input(format!("__vmm: unexpected {other:?}"))),
         }
@@ -885,8 +949,18 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
         .map(|a| keel_kvm::net::take_inherited_memory(a, &mut taken))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Failure::input(format!("__vmm: {e}")))?;
+    let clients = blks
+        .iter()
+        .map(|a| keel_kvm::forward::ClientLinkFds::take_inherited(a, &mut taken))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::input(format!("__vmm: --blk: {e}")))?;
+    let server = bell
+        .map(|b| keel_kvm::forward::ServerFds::take_inherited(&b, &serves, &mut taken))
+        .transpose()
+        .map_err(|e| Failure::input(format!("__vmm: --bell/--serve: {e}")))?;
     let network = keel_kvm::VmNetwork::new(plan, ports)
         .and_then(|n| n.with_shared(files))
+        .and_then(|n| n.with_forwarding(clients, server))
         .map_err(crate::vmm_failure)?;
     // Its budget's cgroup is named after the system and `keel up`'s pid (docs/config.md).
     let scope = CgroupScope {

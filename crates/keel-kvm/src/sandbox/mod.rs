@@ -161,7 +161,8 @@ impl SandboxProfile {
         let mut read_only = vec![spec.kernel.as_path().to_path_buf()];
         read_only.extend(spec.initrd.iter().map(|p| p.as_path().to_path_buf()));
         let mut read_write = Vec::new();
-        for d in &spec.disks {
+        // A served disk has no host file: its bytes come through an inherited memory file.
+        for d in spec.disks.iter().filter(|d| d.served.is_none()) {
             let p = d.path.as_path().to_path_buf();
             if d.read_only {
                 read_only.push(p);

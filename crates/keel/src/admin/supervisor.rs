@@ -123,6 +123,9 @@ struct Networks {
     /// ends are theirs alone: a VM with interfaces cannot be started again).
     ports: Option<Vec<Vec<Option<PortFds>>>>,
     shared: Vec<SharedMemory>,
+    /// The block-forwarding links' eventfds; `None` while VMMs of a previous daemon hold
+    /// them (a VM with links cannot be started again until a clean restart).
+    links: Option<keel_kvm::forward::LinkSet>,
     switches: Vec<(String, Arc<OwnedFd>, i32)>,
 }
 
@@ -261,6 +264,7 @@ impl ProcessSupervisor {
             nets: Mutex::new(Networks {
                 ports: None,
                 shared: Vec::new(),
+                links: None,
                 switches: Vec::new(),
             }),
             inner: Mutex::new(Inner {
@@ -543,6 +547,10 @@ impl ProcessSupervisor {
             }
             None => crate::up::create_shared(&self.plan)?,
         };
+        nets.links = match live_user {
+            Some(_) => None,
+            None => Some(crate::up::create_links(&self.plan)?),
+        };
         let system_arg = self.config.system_file.display().to_string();
         for (n, net) in self.plan.networks.iter().enumerate() {
             let ports = nets.ports.as_ref().and_then(|p| p.get(n));
@@ -741,7 +749,14 @@ impl ProcessSupervisor {
             }
             match &nets.ports {
                 Some(ports) => {
-                    fds = crate::up::vmm_fd_args(&self.plan, p, ports, &nets.shared, &mut args);
+                    fds = crate::up::vmm_fd_args(
+                        &self.plan,
+                        p,
+                        ports,
+                        &nets.shared,
+                        nets.links.as_ref(),
+                        &mut args,
+                    );
                 }
                 None if has_nics || !p.shared.is_empty() => {
                     return Err(AdminError::Internal(format!(

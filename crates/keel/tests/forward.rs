@@ -23,6 +23,8 @@ use keel_virtio::forward::{ClientRange, ForwardGeometry, ForwardServer};
 
 #[path = "common/guest.rs"]
 mod guest;
+// Only `KEEL` and `Scratch` are used here.
+#[allow(dead_code)]
 #[path = "common/run.rs"]
 mod run;
 #[path = "../../keel-kvm/tests/common/skip.rs"]

@@ -21,6 +21,9 @@
 #   net-ping-tcp      `keel up /extra/net-linux-arm64.toml`: VMs a and b on one network; a
 #                     pings b (3/3) and sends it 4 MiB over TCP; both print the sha256, which
 #                     must be equal; keel up exits 0 once both powered off
+#   blk-forward       `keel up` of a storage VM (keel-agent) and two clients whose disks it
+#                     serves: each writes, flushes and reads back 2 MiB in its own range; a
+#                     write past its end is refused; the host file holds both, nothing else
 # Environment: L2_TIMEOUT (seconds per keel run, default 90), NET_TIMEOUT (seconds for the
 # keel up of net-ping-tcp, default 180), KEEL (default /bin/keel).
 # shellcheck shell=sh
@@ -224,6 +227,129 @@ t_bad() {
     return $failed
 }
 
+# A storage VM and two clients under `keel up` (docs/driver-vms.md): store owns $W/store.img
+# (64 MiB, serial "pool0") and serves a [0, 16M) and b [16M, 32M) through keel-agent. Each
+# client writes 2 MiB of random bytes to the start of its disk with dd + fsync (a flush: the agent's fdatasync), drops its caches, reads them back and prints both
+# sha256; then it tries to write one sector past its end (refused: an I/O error or no
+# space). L1 stops keel up once both clients powered off and checks the host file: each
+# client's bytes at its range's start, and nothing of a in b's range or past 32M.
+blk_client() { # blk_client <name>: the client's guest script
+    cat <<EOS
+n=0
+until dd if=/dev/vda of=/dev/null bs=4k count=1 2>/dev/null; do
+    n=\$((n + 1)); [ \$n -lt 60 ] || { echo "BLKTEST $1 FAIL disk never answered"; exit 1; }
+    sleep 1
+done
+echo "BLKTEST $1 ready after \$n"
+echo "BLKTEST $1 size \$(cat /sys/block/vda/size)"
+dd if=/dev/urandom of=/tmp/p bs=64k count=32 2>/dev/null
+echo "BLKTEST $1 wrote \$(sha256sum </tmp/p | cut -d' ' -f1)"
+read -r t0 _ </proc/uptime
+dd if=/tmp/p of=/dev/vda bs=64k conv=fsync 2>/dev/null || echo "BLKTEST $1 FAIL write"
+read -r t1 _ </proc/uptime
+echo 3 >/proc/sys/vm/drop_caches
+echo "BLKTEST $1 read \$(dd if=/dev/vda bs=64k count=32 2>/dev/null | sha256sum | cut -d' ' -f1)"
+echo "BLKTEST $1 write-ms \$((\${t1%.*}\${t1#*.}0 - \${t0%.*}\${t0#*.}0))"
+if dd if=/dev/zero of=/dev/vda bs=512 count=1 seek=32768 conv=fsync 2>/dev/null; then
+    echo "BLKTEST $1 past-end accepted"
+else
+    echo "BLKTEST $1 past-end refused"
+fi
+EOS
+}
+
+t_blkfwd() {
+    failed=0
+    truncate -s 64M $W/store.img
+    _store=$(printf '%s' 'echo "BLKTEST store up"; while :; do sleep 1; done' | base64 | tr -d '\n')
+    _a=$(blk_client a | base64 | tr -d '\n')
+    _b=$(blk_client b | base64 | tr -d '\n')
+    cat >$W/blk.toml <<TOML
+[system]
+name = "blk"
+
+[[vm]]
+name = "store"
+arch = "aarch64"
+memory = "192M"
+kernel = "/l2/vmlinuz"
+initrd = "/l2/initrd.cpio.gz"
+cmdline = "console=ttyS0 quiet loglevel=1 keel.cmd=$_store"
+serial = "stdio"
+
+[[vm.disk]]
+path = "$W/store.img"
+id = "pool0"
+
+[[vm]]
+name = "a"
+arch = "aarch64"
+memory = "128M"
+kernel = "/l2/vmlinuz"
+initrd = "/l2/initrd.cpio.gz"
+cmdline = "console=ttyS0 quiet loglevel=1 keel.cmd=$_a"
+serial = "stdio"
+
+[[vm.disk]]
+served_by = "store"
+size = "16M"
+
+[[vm]]
+name = "b"
+arch = "aarch64"
+memory = "128M"
+kernel = "/l2/vmlinuz"
+initrd = "/l2/initrd.cpio.gz"
+cmdline = "console=ttyS0 quiet loglevel=1 keel.cmd=$_b"
+serial = "stdio"
+
+[[vm.disk]]
+served_by = "store"
+start = "16M"
+size = "16M"
+TOML
+    "$KEEL" up $W/blk.toml >$W/blk.out 2>&1 &
+    _pid=$!
+    _n=0
+    while [ $_n -lt $((NET_TIMEOUT * 10)) ] && kill -0 $_pid 2>/dev/null &&
+        [ "$(grep -cE '^\[[ab]\] KEEL-GUEST-POWEROFF' $W/blk.out)" -lt 2 ]; do
+        usleep 100000
+        _n=$((_n + 1))
+    done
+    kill -TERM $_pid 2>/dev/null
+    wait $_pid
+    rc=$?
+    tr -d '\r' <$W/blk.out >$W/blk.lines
+    grep -E 'BLKTEST|keel-agent|KEEL-CMD-EXIT|KEEL-GUEST-POWEROFF|keel' $W/blk.lines
+    echo "keel up exit status $rc"
+    for _c in a b; do
+        _w=$(sed -n "s/^\[$_c\] BLKTEST $_c wrote \([0-9a-f]\{64\}\)\$/\1/p" $W/blk.lines)
+        _r=$(sed -n "s/^\[$_c\] BLKTEST $_c read \([0-9a-f]\{64\}\)\$/\1/p" $W/blk.lines)
+        check blk-forward "$_c: its disk is 16 MiB" has blk.lines "[$_c] BLKTEST $_c size 32768"
+        check blk-forward "$_c: wrote 2 MiB" [ -n "$_w" ]
+        check blk-forward "$_c: read back what it wrote" [ "$_w" = "$_r" ]
+        check blk-forward "$_c: a write past its end is refused" has blk.lines "[$_c] BLKTEST $_c past-end refused"
+    done
+    _w_a=$(sed -n 's/^\[a\] BLKTEST a wrote \([0-9a-f]\{64\}\)$/\1/p' $W/blk.lines)
+    _w_b=$(sed -n 's/^\[b\] BLKTEST b wrote \([0-9a-f]\{64\}\)$/\1/p' $W/blk.lines)
+    _ha=$(dd if=$W/store.img bs=64k count=32 2>/dev/null | sha256sum | cut -d' ' -f1)
+    _hb=$(dd if=$W/store.img bs=64k skip=256 count=32 2>/dev/null | sha256sum | cut -d' ' -f1)
+    _zero=$(dd if=/dev/zero bs=64k count=32 2>/dev/null | sha256sum | cut -d' ' -f1)
+    _gap=$(dd if=$W/store.img bs=64k skip=32 count=224 2>/dev/null | tr -d '\000' | wc -c)
+    _tail=$(dd if=$W/store.img bs=1M skip=32 2>/dev/null | tr -d '\000' | wc -c)
+    check blk-forward "store.img holds a's bytes at 0 (flushed to the host file)" [ "$_ha" = "$_w_a" ]
+    check blk-forward "store.img holds b's bytes at 16M" [ "$_hb" = "$_w_b" ]
+    check blk-forward "nothing else of store.img was written" [ "$_gap$_tail" = 00 ]
+    check blk-forward "a's bytes are not b's" [ "$_ha" != "$_zero" ]
+    _ms=$(sed -n 's/^\[a\] BLKTEST a write-ms \([0-9]*\)$/\1/p' $W/blk.lines)
+    [ -n "$_ms" ] && awk -v ms="$_ms" 'BEGIN { printf "L2-BLK-FORWARD 2 MiB written (fsync) in %d ms (%.2f MiB/s)\n", ms, (ms > 0 ? 2 * 1000 / ms : 0) }'
+    if [ $failed != 0 ]; then
+        echo "--- the last 40 console lines of keel up:"
+        tail -n 40 $W/blk.lines
+    fi
+    return $failed
+}
+
 # Two VMs on one network under `keel up` (examples/net-linux-arm64.toml, installed as
 # /extra/net-linux-arm64.toml; its guest snippets are scripts/l2/net-a.sh and net-b.sh). keel
 # up prefixes each console line with "[<vm>] ". Prints the transfer's time in a as
@@ -265,3 +391,4 @@ step disk-after-sync-kill t_kill
 step bad-config t_bad
 step reboot-in-place t_reboot
 step net-ping-tcp t_net
+step blk-forward t_blkfwd

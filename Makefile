@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 TESTGUEST := guest/testguest/target/x86_64-unknown-none/release/keel-testguest
 
-.PHONY: run test setup build testguest linux-guests bench l2-tests bench-l2 bench-l2-net bench-noisy fuzz clean
+.PHONY: run test setup build testguest linux-guests bench l2-tests bench-l2 bench-l2-net bench-l2-blk bench-noisy fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -37,6 +37,11 @@ bench-l2: setup
 bench-l2-net: setup
 	bash scripts/l2-net-bench.sh
 
+# Block I/O of a VM through a storage VM against a disk attached directly, inside the emulated
+# arm64 host (docs/driver-vms.md): MiB/s and 4 KiB IOPS, and their ratios.
+bench-l2-blk: setup
+	bash scripts/l2-blk-bench.sh
+
 # Noisy neighbour (bench/noisy.sh): a fixed workload in one VM alone and with a memory
 # thrasher in a VM on another core, on seL4 (MICROKIT_SDK) and on KVM in the emulated arm64 host.
 bench-noisy: setup
@@ -58,6 +63,7 @@ fuzz: setup
 bench: build testguest
 	bash bench/run.sh
 	bash bench/sel4-colour.sh
+	bash scripts/l2-blk-bench.sh
 
 clean:
 	$(CARGO) clean

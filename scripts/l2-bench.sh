@@ -27,7 +27,7 @@ done
 
 target=${CARGO_TARGET_DIR:-target}
 CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release -q -p keel --target aarch64-unknown-linux-musl
-extras=(--extra scripts/l2/l2-inside.sh --extra examples/demo.toml --extra examples/net-linux-arm64.toml)
+extras=(--extra scripts/l2/l2-inside.sh --extra examples/demo.toml --extra examples/net-linux-arm64.toml --extra scripts/l2/blk-bench.sh)
 vmms="keel qemu"
 if [[ -n ${LKVM:-} ]]; then
     [[ -x $LKVM ]] || { echo "l2-bench: LKVM='$LKVM' is not an executable" >&2; exit 2; }

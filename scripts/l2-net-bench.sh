@@ -31,7 +31,7 @@ CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release -q -p keel --target aa
 # The same extras as scripts/l2-tests.sh: one cached L1 image serves both.
 l1=$(bash guest/l1host/build.sh --keel "$target/aarch64-unknown-linux-musl/release/keel" \
     --extra scripts/l2/l2-inside.sh --extra examples/demo.toml \
-    --extra examples/net-linux-arm64.toml | tail -n1)
+    --extra examples/net-linux-arm64.toml --extra scripts/l2/blk-bench.sh | tail -n1)
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -55,7 +55,8 @@ if ! CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release -q -p keel \
 fi
 keel=$target/aarch64-unknown-linux-musl/release/keel
 if ! l1=$(bash guest/l1host/build.sh --keel "$keel" --extra scripts/l2/l2-inside.sh \
-    --extra examples/demo.toml --extra examples/net-linux-arm64.toml | tail -n1); then
+    --extra examples/demo.toml --extra examples/net-linux-arm64.toml \
+    --extra scripts/l2/blk-bench.sh | tail -n1); then
     echo "l2: error: building the L1 image failed" >&2
     exit 2
 fi

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Block I/O through a storage VM against a disk attached directly, inside the emulated
+# arm64 host (scripts/l2/blk-bench.sh has the workload and the topology). Rounds alternate
+# (through the storage VM, direct), N each (default 3), in one L1 run.
+#
+#   scripts/l2-blk-bench.sh [--runs N] [--log FILE]
+#
+# Prints per run the four figures, then a Markdown table (median / min / max) with MiB/s
+# for the sequential runs and IOPS for the 4 KiB ones, and the ratio of the medians
+# (through the storage VM / direct).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+runs=3 log=''
+while (($#)); do
+    (($# >= 2)) || { echo "usage: scripts/l2-blk-bench.sh [--runs N] [--log FILE]" >&2; exit 2; }
+    case "$1" in
+        --runs) runs=$2 ;;
+        --log) log=$2 ;;
+        *) echo "l2-blk-bench: unknown option '$1'" >&2; exit 2 ;;
+    esac
+    shift 2
+done
+[[ $runs =~ ^[1-9]$ ]] || { echo "l2-blk-bench: --runs '$runs' is not 1..9" >&2; exit 2; }
+
+if ! command -v "${QEMU_SYSTEM:-qemu-system-aarch64}" >/dev/null 2>&1; then
+    echo "l2-blk-bench: SKIPPED: qemu-system-aarch64 not found (apt-get install -y qemu-system-arm)"
+    exit 77
+fi
+
+target=${CARGO_TARGET_DIR:-target}
+CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release -q -p keel --target aarch64-unknown-linux-musl
+# The same extras as scripts/l2-tests.sh: one cached L1 image serves both.
+l1=$(bash guest/l1host/build.sh --keel "$target/aarch64-unknown-linux-musl/release/keel" \
+    --extra scripts/l2/l2-inside.sh --extra examples/demo.toml \
+    --extra examples/net-linux-arm64.toml --extra scripts/l2/blk-bench.sh | tail -n1)
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+[[ -n $log ]] || log=$tmp/console.log
+cat >"$tmp/l1.sh" <<L1SCRIPT
+. /extra/blk-bench.sh
+i=1
+while [ \$i -le $runs ]; do
+blk_bench_round \$i
+i=\$((i + 1))
+done
+L1SCRIPT
+set +e
+bash guest/l1host/run.sh "$l1" "$tmp/l1.sh" --timeout $((120 + 400 * runs)) --log "$log" >/dev/null
+set -e
+
+python3 - "$log" "$runs" <<'PY'
+import re, statistics, sys
+log, runs = sys.argv[1], int(sys.argv[2])
+lines = open(log, errors="replace").read().splitlines()
+res = {}
+for l in lines:
+    m = re.match(r"^(\w+-\d+) (\d+)\| (.*)$", l)
+    if m:
+        mm = re.match(r"^(?:\[c\] )?BLKBENCH (seqwrite|seqread|4kwrite|4kread) (\d+)$", m.group(3).rstrip("\r"))
+        if mm:
+            res.setdefault(m.group(1), {})[mm.group(1)] = int(mm.group(2))
+    m = re.match(r"^L1-STEP-END (\w+-\d+) (\d+) (\d+)$", l)
+    if m:
+        res.setdefault(m.group(1), {})["status"] = int(m.group(2))
+# MiB/s for 16 MiB, IOPS for 1024 requests.
+def rate(name, ms):
+    return 16000 / ms if name.startswith("seq") else 1024000 / ms
+names = ("seqwrite", "seqread", "4kwrite", "4kread")
+ok = True
+med = {}
+for v in ("fwd", "direct"):
+    per = {n: [] for n in names}
+    for i in range(1, runs + 1):
+        r = res.get("%s-%d" % (v, i), {})
+        good = r.get("status") == 0 and all(r.get(n, 0) > 0 for n in names)
+        print("%s-%d: %s%s" % (v, i, ", ".join("%s %s ms" % (n, r.get(n)) for n in names), "" if good else "  FAILED"))
+        ok = ok and good
+        if good:
+            for n in names:
+                per[n].append(rate(n, r[n]))
+    med[v] = per
+print()
+print("| workload | through the storage VM | direct | ratio (medians) |")
+print("|---|---|---|---|")
+for n in names:
+    unit = "MiB/s" if n.startswith("seq") else "IOPS"
+    cells = []
+    for v in ("fwd", "direct"):
+        xs = med[v][n]
+        cells.append("%.1f (%.1f–%.1f) %s" % (statistics.median(xs), min(xs), max(xs), unit) if xs else "n/a")
+    f, d = med["fwd"][n], med["direct"][n]
+    ratio = "%.2f" % (statistics.median(f) / statistics.median(d)) if f and d else "n/a"
+    print("| %s | %s | %s | %s |" % (n, cells[0], cells[1], ratio))
+sys.exit(0 if ok else 1)
+PY

@@ -24,6 +24,10 @@
 #   blk-forward       `keel up` of a storage VM (keel-agent) and two clients whose disks it
 #                     serves: each writes, flushes and reads back 2 MiB in its own range; a
 #                     write past its end is refused; the host file holds both, nothing else
+#   blk-storage-restart  `keel daemon`: a client writes and reads a block every second; L1
+#                     kills the storage VM's VMM (SIGKILL); the client's I/O fails (I/O
+#                     error, no hang), the daemon restarts the storage VM (restart =
+#                     "always") and the client's I/O works again
 # Environment: L2_TIMEOUT (seconds per keel run, default 90), NET_TIMEOUT (seconds for the
 # keel up of net-ping-tcp, default 180), KEEL (default /bin/keel).
 # shellcheck shell=sh
@@ -350,6 +354,96 @@ TOML
     return $failed
 }
 
+# blk_seen ok|err <n>: the client's serial log ($_log) has a BLKRESTART line of that kind
+# with an index of at least n.
+blk_seen() {
+    tr -d '\r' <"$_log" 2>/dev/null | awk -v k="$1" -v n="$2" '$1 == "BLKRESTART" && $2 == k && $3 >= n { f = 1 } END { exit !f }'
+}
+
+# blk_wait <seconds> <command...>: until the command succeeds (checked every 0.1 s).
+blk_wait() {
+    _s=$1
+    shift
+    _n=0
+    while [ $_n -lt $((_s * 10)) ]; do
+        "$@" && return 0
+        usleep 100000
+        _n=$((_n + 1))
+    done
+    "$@"
+}
+
+# A storage VM killed under `keel daemon` and restarted by its policy: its client sees I/O
+# errors while it is down, then works again (docs/driver-vms.md, "Trust").
+t_blkrestart() {
+    failed=0
+    truncate -s 64M $W/store2.img
+    _store=$(printf '%s' 'while :; do sleep 1; done' | base64 | tr -d '\n')
+    _c=$(cat <<'EOS' | base64 | tr -d '\n'
+i=0
+while [ $i -lt 150 ]; do
+    dd if=/dev/urandom of=/tmp/x bs=4k count=1 2>/dev/null
+    if dd if=/tmp/x of=/dev/vda bs=4k count=1 seek=$i oflag=direct 2>/dev/null &&
+        dd if=/dev/vda bs=4k count=1 skip=$i iflag=direct 2>/dev/null | cmp -s - /tmp/x; then
+        echo "BLKRESTART ok $i"
+    else
+        echo "BLKRESTART err $i"
+    fi
+    i=$((i + 1))
+    sleep 1
+done
+EOS
+)
+    cat >$W/blkr.toml <<TOML
+[system]
+name = "blkr"
+
+[[vm]]
+name = "store"
+arch = "aarch64"
+memory = "192M"
+kernel = "/l2/vmlinuz"
+initrd = "/l2/initrd.cpio.gz"
+cmdline = "console=ttyS0 quiet loglevel=1 keel.cmd=$_store"
+restart = "always"
+
+[[vm.disk]]
+path = "$W/store2.img"
+id = "pool0"
+
+[[vm]]
+name = "c"
+arch = "aarch64"
+memory = "128M"
+kernel = "/l2/vmlinuz"
+initrd = "/l2/initrd.cpio.gz"
+cmdline = "console=ttyS0 quiet loglevel=1 keel.cmd=$_c"
+
+[[vm.disk]]
+served_by = "store"
+size = "8M"
+TOML
+    _st=$W/blkr-state
+    rm -rf $_st
+    "$KEEL" daemon $W/blkr.toml --state-dir $_st >$W/blkr-daemon.out 2>&1 &
+    _d=$!
+    _log=$_st/vms/c/serial.log
+    check blk-storage-restart "the client's I/O works" blk_wait 120 blk_seen ok 2
+    _old=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' $_st/vms/store/vmm.json)
+    kill -KILL "$_old"
+    echo "killed the storage VMM (pid $_old)"
+    check blk-storage-restart "the client's I/O fails while the storage VM is down" blk_wait 60 blk_seen err 0
+    _first=$(tr -d '\r' <"$_log" | sed -n 's/^BLKRESTART err \([0-9]*\)$/\1/p' | head -n1)
+    check blk-storage-restart "then works again after its restart" blk_wait 120 blk_seen ok $((${_first:-0} + 1))
+    _new=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' $_st/vms/store/vmm.json 2>/dev/null)
+    check blk-storage-restart "the daemon restarted the storage VM (new pid $_new)" test -n "$_new" -a "$_new" != "$_old"
+    kill -TERM $_d 2>/dev/null
+    wait $_d
+    tr -d '\r' <$_log | grep -E '^BLKRESTART' | sed -n '1,3p;/err/p' | head -n 20
+    grep -E 'restart|store' $W/blkr-daemon.out | head -n 10
+    return $failed
+}
+
 # Two VMs on one network under `keel up` (examples/net-linux-arm64.toml, installed as
 # /extra/net-linux-arm64.toml; its guest snippets are scripts/l2/net-a.sh and net-b.sh). keel
 # up prefixes each console line with "[<vm>] ". Prints the transfer's time in a as
@@ -392,3 +486,4 @@ step bad-config t_bad
 step reboot-in-place t_reboot
 step net-ping-tcp t_net
 step blk-forward t_blkfwd
+step blk-storage-restart t_blkrestart

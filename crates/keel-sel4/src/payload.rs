@@ -513,6 +513,13 @@ mod tests {
                 size: 0x1000,
                 access: keel_spec::Access::ReadOnly,
             }],
+            passthrough: alloc::vec![keel_spec::PassthroughPlan {
+                name: "disk0".into(),
+                mmio: alloc::vec![(0x0a00_3000, 0x1000)],
+                irqs: alloc::vec![79],
+                dt: Some(("virtio,mmio".into(), alloc::vec![(0x0a00_3e00, 0x200)])),
+                dma_identity: true,
+            }],
         }
     }
 

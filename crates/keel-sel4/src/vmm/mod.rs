@@ -1069,10 +1069,18 @@ fn read_payload() -> Result<(&'static [u8], payload::Layout), String> {
     Ok((bytes, lay))
 }
 
-/// Boot the VM of the payload: its plan, keel-vmm's core built from it, the guest loaded,
-/// vCPU 0 started.
-fn boot() -> Result<Booted, String> {
-    let (bytes, lay) = read_payload()?;
+/// The payload decoded onto the heap, in a frame of its own: the PD's stack is Microkit's
+/// 8 KiB, and decoding the plan (serde's nested visitors) must not run below `boot`'s
+/// large frame.
+#[inline(never)]
+fn read_payload_boxed() -> Result<(&'static [u8], Box<payload::Layout>), String> {
+    read_payload().map(|(bytes, lay)| (bytes, Box::new(lay)))
+}
+
+/// Boot the VM of the payload (decoded before, [`read_payload_boxed`]): its plan,
+/// keel-vmm's core built from it, the guest loaded, vCPU 0 started.
+#[inline(never)]
+fn boot(bytes: &'static [u8], lay: &payload::Layout) -> Result<Booted, String> {
     let params = &lay.params;
     console_attach(params);
     if lay.plan.arch != keel_spec::Arch::Aarch64 {
@@ -1346,10 +1354,7 @@ pub extern "C" fn main() -> ! {
     }
     let name = crate::pd::name();
     // The console ring first: the "vmm up" line already goes through the console PD.
-    if let Ok((_, lay)) = read_payload() {
-        console_attach(&lay.params);
-    }
-    let pool_slot = matches!(read_payload(), Ok((_, lay)) if !lay.params.start);
+    let pool_slot = attach_and_peek();
     if again && POOL_WAITING.swap(false, Ordering::SeqCst) {
         log!("keel-sel4: vmm started by the admin PD ({name}): pool slot; booting its VM");
     } else if again {
@@ -1373,7 +1378,7 @@ pub extern "C" fn main() -> ! {
         kernel,
         initrd,
         mut restarts,
-    } = match boot() {
+    } = match read_payload_boxed().and_then(|(bytes, lay)| boot(bytes, &lay)) {
         Ok(b) => b,
         Err(e) => {
             log!("keel-sel4: {name}: cannot start the VM: {e}");
@@ -1421,6 +1426,20 @@ pub extern "C" fn main() -> ! {
     };
     stop_vm(&name, vm.vcpus, &why);
     idle()
+}
+
+/// Attach the console ring (the "vmm up" line already goes through the console PD) and
+/// say whether this PD is a pool slot. Not inlined: the decoded payload lives in this
+/// frame only, not in `main`'s.
+#[inline(never)]
+fn attach_and_peek() -> bool {
+    match read_payload() {
+        Ok((_, lay)) => {
+            console_attach(&lay.params);
+            !lay.params.start
+        }
+        Err(_) => false,
+    }
 }
 
 /// Wait forever (after a fatal error): the PD stays, its VM does not run.

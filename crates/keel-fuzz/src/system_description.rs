@@ -464,6 +464,7 @@ fn layout() -> MicrokitLayout {
             switch_heap_vaddr: 0x5_0000_0000,
             vmm_first_channel: 3,
         },
+        board: None,
         colour: Some(ColourLayout {
             pool_base: 0x8000_0000,
             pool_end: 0xBF00_0000,

@@ -84,6 +84,22 @@ impl VmmError {
     }
 }
 
+/// Why this backend refuses `spec`, if it does: passed-through devices (`[[vm.passthrough]]`)
+/// and fixed physical RAM (`ram_phys_addr`) are seL4 only; no fake is offered here.
+pub fn kvm_refusal(spec: &VmSpec) -> Option<String> {
+    if let Some(d) = spec.passthrough.first() {
+        return Some(format!(
+            "passthrough {:?}: passthrough needs VFIO, which this backend does not have (passed-through devices run on seL4: keel sel4 build)",
+            d.name
+        ));
+    }
+    spec.ram_phys_addr.map(|p| {
+        format!(
+            "ram_phys_addr = {p:#x}: a user-space VMM cannot choose the physical pages behind guest RAM (seL4 only: keel sel4 build)"
+        )
+    })
+}
+
 /// How the guest stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmExitStatus {
@@ -816,6 +832,12 @@ impl Vmm {
         network: Option<&VmNetwork>,
     ) -> Result<Vmm, VmmError> {
         let started = Instant::now();
+        if let Some(what) = kvm_refusal(spec) {
+            return Err(VmmError::Unsupported {
+                vm: spec.name.clone(),
+                what,
+            });
+        }
         // A CPU this process may not use is an error here, before anything is built.
         let allowed = placement::thread_affinity(0)
             .map_err(|e| VmmError::Host(format!("cannot read this thread's CPUs: {e}")))?;
@@ -1576,5 +1598,53 @@ fn kick_and_join(threads: Vec<JoinHandle<()>>, exited: &Receiver<usize>) {
     }
     for t in threads {
         let _ = t.join();
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+    use keel_spec::{Arch, HostPath, Memory, PassthroughSpec, RamRegion};
+
+    fn spec() -> VmSpec {
+        VmSpec::new(
+            "drv",
+            Arch::Aarch64,
+            HostPath::new("/k"),
+            Memory::Size(256 << 20),
+        )
+    }
+
+    #[test]
+    fn passthrough_is_refused_on_kvm_for_want_of_vfio() {
+        let mut s = spec();
+        s.passthrough.push(PassthroughSpec {
+            name: "disk0".into(),
+            mmio: vec![RamRegion {
+                base: 0x0a00_3000,
+                size: 0x1000,
+            }],
+            irqs: vec![79],
+            dt: None,
+            dma: keel_spec::Dma::None,
+        });
+
+        assert_eq!(
+            kvm_refusal(&s).unwrap(),
+            "passthrough \"disk0\": passthrough needs VFIO, which this backend does not have (passed-through devices run on seL4: keel sel4 build)"
+        );
+    }
+
+    #[test]
+    fn fixed_physical_ram_is_refused_on_kvm() {
+        let mut s = spec();
+        s.ram_phys_addr = Some(0x4000_0000);
+
+        assert!(
+            kvm_refusal(&s)
+                .unwrap()
+                .starts_with("ram_phys_addr = 0x40000000: a user-space VMM cannot choose")
+        );
+        assert_eq!(kvm_refusal(&spec()), None);
     }
 }

@@ -219,6 +219,16 @@ pub mod board {
     pub const USER_TOP: u64 = 0x100_0000_0000;
     /// The IPC buffer of a Microkit PD: the top page of its address space.
     pub const IPC_BUFFER_VADDR: u64 = USER_TOP - 0x1000;
+    /// Start of the board's RAM (QEMU `virt`). 0x4000_0000..[`KERNEL_RAM_BASE`] is RAM to
+    /// QEMU but device memory to the SDK's kernel: the Microkit tool never places anything
+    /// there, so a VM's fixed RAM (`ram_phys_addr`) can go there.
+    pub const RAM_BASE: u64 = 0x4000_0000;
+    /// Start of the RAM the SDK's kernel manages (`platform_gen.json` memory): the kernel
+    /// image is loaded here.
+    pub const KERNEL_RAM_BASE: u64 = 0x6000_0000;
+    /// The 32 virtio-mmio transports of QEMU `virt` (0x200 bytes each, slot `n` on INTID
+    /// 48 + n); QEMU gives `-device virtio-*-device` the highest free slot first.
+    pub const VIRTIO_MMIO_PADDR: u64 = 0x0a00_0000;
     /// End of the RAM the SDK's kernel uses (its `platform_gen.json` memory is
     /// 0x6000_0000..0xC000_0000: QEMU `-m 2G` from 0x4000_0000).
     pub const RAM_END: u64 = 0xC000_0000;

@@ -16,9 +16,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel_spec::microkit::{
-    ADMIN_ELF_NAME, CONSOLE_ELF_NAME, ColourLayout, ConsoleInput, ConsoleLayout, MicrokitLayout,
-    NetLayout, SwitchComponent, placement, switch_components, system_file, vmm_elf_name,
-    vmm_pd_name,
+    ADMIN_ELF_NAME, BoardMap, BoardResource, CONSOLE_ELF_NAME, ColourLayout, ConsoleInput,
+    ConsoleLayout, MicrokitLayout, NetLayout, SwitchComponent, placement, switch_components,
+    system_file, vmm_elf_name, vmm_pd_name,
 };
 use keel_spec::{System, VmSpec};
 
@@ -317,12 +317,72 @@ impl Sdk {
                 pool_end: colour_pool_end(self.root_cnode_bits),
                 max_pages: (1u64 << self.root_cnode_bits) / 3,
             }),
+            board: Some(qemu_virt_board(colour_pool_end(self.root_cnode_bits))),
         }
     }
 
     /// Capability slots of the capDL initialiser's CSpace (`2^CONFIG_ROOT_CNODE_SIZE_BITS`).
     pub fn initialiser_slots(&self) -> u64 {
         1 << self.root_cnode_bits
+    }
+}
+
+/// The physical map of QEMU `virt` (`qemu_virt_aarch64`, `-m 2G`) as passthrough and fixed
+/// RAM see it: QEMU's own memory map (`hw/arm/virt.c`, `base_memmap` and `a15irqmap`) and
+/// the SDK's `platform_gen.json` (kernel memory 0x6000_0000..0xC000_0000; the RAM below,
+/// 0x4000_0000..0x6000_0000, is handed out as device untypeds and never used by the
+/// Microkit tool). `pool_end`: [`colour_pool_end`].
+pub fn qemu_virt_board(pool_end: u64) -> BoardMap {
+    let res = |what: &str, base: u64, size: u64, irqs: Vec<u32>| BoardResource {
+        what: what.into(),
+        base,
+        size,
+        irqs,
+    };
+    BoardMap {
+        name: board::NAME.into(),
+        ram: (board::RAM_BASE, board::RAM_END),
+        ram_reserved: vec![
+            res(
+                "the seL4 kernel, the capDL initialiser with every PD image and the objects the Microkit tool places",
+                board::KERNEL_RAM_BASE,
+                board::COLOUR_POOL_BASE - board::KERNEL_RAM_BASE,
+                vec![],
+            ),
+            res(
+                "the kernel's boot objects at the top of RAM",
+                pool_end,
+                board::RAM_END.saturating_sub(pool_end),
+                vec![],
+            ),
+        ],
+        devices: vec![
+            res(
+                "virtio-mmio transports 0-31 (0xa000000 + n*0x200, irq 48+n)",
+                board::VIRTIO_MMIO_PADDR,
+                0x4000,
+                (48..80).collect(),
+            ),
+            res(
+                "PL031 RTC (0x9010000, irq 34)",
+                0x0901_0000,
+                0x1000,
+                vec![34],
+            ),
+            res("fw_cfg (0x9020000)", 0x0902_0000, 0x1000, vec![]),
+            res(
+                "PL061 GPIO (0x9030000, irq 39)",
+                0x0903_0000,
+                0x1000,
+                vec![39],
+            ),
+        ],
+        reserved: vec![res(
+            "the GIC (the seL4 kernel's; every VM gets its virtual CPU interface)",
+            0x0800_0000,
+            0x0100_0000,
+            (0..32).collect(),
+        )],
     }
 }
 

@@ -37,8 +37,9 @@ pub const MAGIC: [u8; 8] = *b"KEELPAY\0";
 /// hand-serialized configuration of version 1; 3: the console ring and the stall knob
 /// replace the console lock and the line prefix; 4: the reboot policy; 5: the network
 /// interfaces' rings and channels; 6: the fault test knob; 7: pool slots, the control
-/// doorbell and the admin channel).
-pub const VERSION: u32 = 7;
+/// doorbell and the admin channel; 8: the plan's passed-through devices and block-forwarding
+/// links).
+pub const VERSION: u32 = 8;
 /// Bytes of the fixed header before the blob table.
 const HEADER_LEN: usize = 32;
 /// Bytes of one blob-table entry.
@@ -512,6 +513,13 @@ mod tests {
                 base: 0x1_0000_0000,
                 size: 0x1000,
                 access: keel_spec::Access::ReadOnly,
+            }],
+            passthrough: alloc::vec![keel_spec::PassthroughPlan {
+                name: "disk0".into(),
+                mmio: alloc::vec![(0x0a00_3000, 0x1000)],
+                irqs: alloc::vec![79],
+                dt: Some(("virtio,mmio".into(), alloc::vec![(0x0a00_3e00, 0x200)])),
+                dma_identity: true,
             }],
         }
     }

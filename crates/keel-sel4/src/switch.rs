@@ -240,6 +240,7 @@ mod tests {
                 switch_heap_vaddr: SWITCH_HEAP_VADDR,
                 vmm_first_channel: VMM_FIRST_NET_CHANNEL,
             },
+            board: None,
             colour: None,
         }
     }

@@ -575,6 +575,70 @@ pub enum ErrorKind {
         /// The other VM, e.g. `vm "a"`.
         other: String,
     },
+    /// A `[[vm.passthrough]]` entry of the wrong shape.
+    #[error("{0}")]
+    PassthroughShape(&'static str),
+    /// A passed-through range that is empty, unaligned, wraps, or lies outside what it must.
+    #[error("{key} {base:#x}+{size:#x}: {reason}")]
+    PassthroughRange {
+        /// `mmio` or `dt_reg`.
+        key: &'static str,
+        /// Its base.
+        base: u64,
+        /// Its size.
+        size: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A passed-through interrupt that is not an SPI, or listed twice.
+    #[error("irqs: {irq}: {reason}")]
+    PassthroughIrq {
+        /// The INTID given.
+        irq: u32,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A passed-through range overlapping something else of the VM's guest-physical space
+    /// (the message's place names the device).
+    #[error("mmio {base:#x}+{size:#x} overlaps {other}")]
+    PassthroughOverlap {
+        /// The device.
+        name: String,
+        /// The range's base.
+        base: u64,
+        /// Its size.
+        size: u64,
+        /// What it overlaps (`ram 0 (0x40000000+256 MiB)`, ...).
+        other: String,
+    },
+    /// One physical resource given to two owners.
+    #[error("{what} is also owned by {other}; a device has one owner")]
+    PassthroughTaken {
+        /// The resource (`mmio page 0xa003000`, `irq 79`).
+        what: String,
+        /// The other owner (`vm "b": passthrough "disk"`).
+        other: String,
+    },
+    /// A DMA-capable device in a VM whose RAM is not identity-mapped.
+    #[error(
+        "dma = \"identity\" needs the VM's RAM identity-mapped: set ram_phys_addr = {base:#x} (its guest-physical base){given}"
+    )]
+    DmaNotIdentity {
+        /// The device.
+        name: String,
+        /// The RAM's guest-physical base.
+        base: u64,
+        /// `, not 0x...` when another address is given, else empty.
+        given: String,
+    },
+    /// A `ram_phys_addr` that cannot be used.
+    #[error("ram_phys_addr: {value:#x}: {reason}")]
+    RamPhysAddr {
+        /// The address given.
+        value: u64,
+        /// Why not.
+        reason: &'static str,
+    },
 }
 
 /// A served range that does not fit the storage VM's disk file ([`ErrorKind::ServedPastEnd`]).

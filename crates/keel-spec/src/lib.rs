@@ -37,13 +37,14 @@ pub use error::{ErrorKind, SpecError};
 pub use kernel::{KernelFormat, check_kernel, elf_headers_end, probe_kernel};
 pub use layout::{DeviceWindow, device_window, ram_layout};
 pub use model::{
-    Access, Arch, ConsoleSpec, ControlRight, ControlSpec, CpuSet, DiskSpec, HostPath, Limits, Llc,
-    MacAddr, Memory, NetworkSpec, NicSpec, OnReboot, Output, OutputKind, Placement, RamRegion,
-    Restart, ServedDisk, SharedMapSpec, SharedSpec, System, VmSpec,
+    Access, Arch, ConsoleSpec, ControlRight, ControlSpec, CpuSet, DiskSpec, Dma, HostPath, Limits,
+    Llc, MacAddr, Memory, NetworkSpec, NicSpec, OnReboot, Output, OutputKind, PassthroughDt,
+    PassthroughSpec, Placement, RamRegion, Restart, ServedDisk, SharedMapSpec, SharedSpec, System,
+    VmSpec,
 };
 pub use plan::{
-    DeviceKind, DevicePlan, DiskPlan, LinkPlan, NetworkPlan, NicPlan, PortOwner, PortPlan,
-    ServePlan, ServedDiskPlan, SharedMapPlan, SharedRegionPlan, SystemPlan, VmPlan,
+    DeviceKind, DevicePlan, DiskPlan, LinkPlan, NetworkPlan, NicPlan, PassthroughPlan, PortOwner,
+    PortPlan, ServePlan, ServedDiskPlan, SharedMapPlan, SharedRegionPlan, SystemPlan, VmPlan,
 };
 pub use size::{SizeDisplay, parse_size};
 pub use validate::limits;

@@ -77,6 +77,62 @@ pub struct MicrokitLayout {
     /// Where coloured VMs' RAM comes from (`None`: the board has no colour pool, and a
     /// VM with `cache_colours` is refused).
     pub colour: Option<ColourLayout>,
+    /// The board's physical map, as far as passed-through devices and fixed RAM
+    /// (`ram_phys_addr`) need it (`None`: unknown, and both are refused).
+    pub board: Option<BoardMap>,
+}
+
+/// A board's physical resources as passthrough sees them (they come from the seL4 backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardMap {
+    /// The board's name, for messages.
+    pub name: String,
+    /// Physical RAM, `[start, end)`.
+    pub ram: (u64, u64),
+    /// Parts of RAM that fixed RAM (`ram_phys_addr`) may not use: what the seL4 kernel and
+    /// the Microkit tool place there.
+    pub ram_reserved: Vec<BoardResource>,
+    /// Devices a VM may own.
+    pub devices: Vec<BoardResource>,
+    /// Devices and interrupts the kernel or Keel itself use (never passed through).
+    pub reserved: Vec<BoardResource>,
+}
+
+/// A physical range of a board and its interrupts (GIC INTIDs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardResource {
+    /// What it is, for messages.
+    pub what: String,
+    /// Physical base.
+    pub base: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Its interrupts.
+    pub irqs: Vec<u32>,
+}
+
+impl BoardResource {
+    fn overlaps(&self, base: u64, size: u64) -> bool {
+        base < self.base.saturating_add(self.size) && self.base < base.saturating_add(size)
+    }
+
+    fn contains(&self, base: u64, size: u64) -> bool {
+        base >= self.base && base.saturating_add(size) <= self.base.saturating_add(self.size)
+    }
+}
+
+/// The channel id, in a VMM, of the `k`-th passed-through interrupt of its VM (counting
+/// every device's `irqs` in order): from the top of the channel ids down, so that they
+/// never meet the fixed low ids (admin, console input, console ring) and the network ids
+/// counted up from [`NetLayout::vmm_first_channel`] ([`check`] keeps the two apart).
+pub const fn passthrough_channel(k: u32) -> u32 {
+    MAX_CHANNELS - 1 - k
+}
+
+/// Name of the memory region of mmio range `j` of passed-through device `dev` of `vm`
+/// (names hold no `_`, so it cannot meet another region's name).
+pub fn passthrough_region_name(vm: &VmSpec, dev: &str, j: usize) -> String {
+    format!("{}_pt_{dev}_{j}", vm.name)
 }
 
 /// The physical memory coloured RAM is taken from, and how much of it one system may
@@ -324,6 +380,68 @@ pub enum MicrokitError {
         /// Regions of all coloured VMs.
         regions: usize,
         /// The limit ([`MAX_COLOURED_REGIONS`]).
+        max: usize,
+    },
+    /// Passthrough or fixed RAM on a board whose map Keel does not know.
+    #[error(
+        "VM {vm}: {what} needs the board's physical map, which Keel does not have for this board"
+    )]
+    NoBoardMap {
+        /// VM name.
+        vm: String,
+        /// `passthrough` or `ram_phys_addr`.
+        what: &'static str,
+    },
+    /// A passed-through range or interrupt the board does not have.
+    #[error("VM {vm}: passthrough {name:?}: {what}: the board {board} has no such device{hint}")]
+    NotOnBoard {
+        /// VM name.
+        vm: String,
+        /// The device.
+        name: String,
+        /// `mmio 0x...+0x...` or `irq N`.
+        what: String,
+        /// The board.
+        board: String,
+        /// What it has instead (`; it has: ...`).
+        hint: String,
+    },
+    /// A passed-through range or interrupt the kernel or Keel itself uses.
+    #[error("VM {vm}: passthrough {name:?}: {what} is {owner}; it cannot be passed through")]
+    ReservedResource {
+        /// VM name.
+        vm: String,
+        /// The device.
+        name: String,
+        /// `mmio 0x...+0x...` or `irq N`.
+        what: String,
+        /// Who has it (`the console UART, Keel's console input`).
+        owner: String,
+    },
+    /// Fixed RAM (`ram_phys_addr`) the board cannot give.
+    #[error("VM {vm}: ram_phys_addr: physical RAM {base:#x}..{end:#x} {why}")]
+    RamPhys {
+        /// VM name.
+        vm: String,
+        /// Start.
+        base: u64,
+        /// End.
+        end: u64,
+        /// Why not.
+        why: String,
+    },
+    /// More passed-through interrupts and network interfaces than the VMM has channels.
+    #[error(
+        "VM {vm}: {irqs} passed-through interrupts and {nics} network interfaces; the seL4 backend gives a VMM at most {max} of the two together"
+    )]
+    TooManyIrqs {
+        /// VM name.
+        vm: String,
+        /// Passed-through interrupts.
+        irqs: usize,
+        /// Network interfaces.
+        nics: usize,
+        /// The limit.
         max: usize,
     },
     /// The system declares more physical CPUs than the kernel runs on.
@@ -936,8 +1054,140 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
             });
         }
     }
-    coloured_ram(system, layout)?;
+    let coloured = coloured_ram(system, layout)?;
+    check_passthrough(system, layout, max_nics, &coloured)?;
     placement(system, layout).map(|_| ())
+}
+
+/// The passed-through devices and fixed RAM of every VM against the board: each range
+/// inside a device the board has, never on what the kernel or Keel uses (the GIC, the
+/// console UART), each interrupt one of the board's and not Keel's; fixed RAM inside the
+/// board's RAM, off what the kernel and the Microkit tool place there and off coloured
+/// VMs' pages; the VMM's channels enough for the interrupts and interfaces together.
+/// (Two VMs naming one resource were refused by validation, the VM's own device windows
+/// by the plan.)
+fn check_passthrough(
+    system: &System,
+    layout: &MicrokitLayout,
+    max_nics: usize,
+    coloured: &[Option<Vec<ColouredRun>>],
+) -> Result<(), MicrokitError> {
+    for vm in system.vms() {
+        let what = match (vm.passthrough.is_empty(), vm.ram_phys_addr) {
+            (true, None) => continue,
+            (false, _) => "passthrough",
+            (true, Some(_)) => "ram_phys_addr",
+        };
+        let Some(board) = &layout.board else {
+            return Err(MicrokitError::NoBoardMap {
+                vm: vm.name.clone(),
+                what,
+            });
+        };
+        let mut reserved = board.reserved.clone();
+        if let Some(ci) = &layout.console_input {
+            reserved.push(BoardResource {
+                what: "the console UART (Keel's console input, in the first VM's VMM)".into(),
+                base: ci.uart_paddr,
+                size: 0x1000,
+                irqs: vec![ci.irq],
+            });
+        }
+        for dev in &vm.passthrough {
+            let reserved_err = |what: String, owner: &str| MicrokitError::ReservedResource {
+                vm: vm.name.clone(),
+                name: dev.name.clone(),
+                what,
+                owner: owner.into(),
+            };
+            let absent = |what: String| MicrokitError::NotOnBoard {
+                vm: vm.name.clone(),
+                name: dev.name.clone(),
+                what,
+                board: board.name.clone(),
+                hint: format!(
+                    "; it has: {}",
+                    board
+                        .devices
+                        .iter()
+                        .map(|d| d.what.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            for r in &dev.mmio {
+                let what = format!("mmio {:#x}+{:#x}", r.base, r.size);
+                if let Some(o) = reserved.iter().find(|o| o.overlaps(r.base, r.size)) {
+                    return Err(reserved_err(what, &o.what));
+                }
+                let (ram_start, ram_end) = board.ram;
+                if r.base < ram_end && ram_start < r.base.saturating_add(r.size) {
+                    return Err(reserved_err(what, "RAM"));
+                }
+                if !board.devices.iter().any(|d| d.contains(r.base, r.size)) {
+                    return Err(absent(what));
+                }
+            }
+            for &irq in &dev.irqs {
+                let what = format!("irq {irq}");
+                if let Some(o) = reserved.iter().find(|o| o.irqs.contains(&irq)) {
+                    return Err(reserved_err(what, &o.what));
+                }
+                if !board.devices.iter().any(|d| d.irqs.contains(&irq)) {
+                    return Err(absent(what));
+                }
+            }
+        }
+        let irqs: usize = vm.passthrough.iter().map(|d| d.irqs.len()).sum();
+        if irqs + vm.nics.len() > max_nics {
+            return Err(MicrokitError::TooManyIrqs {
+                vm: vm.name.clone(),
+                irqs,
+                nics: vm.nics.len(),
+                max: max_nics,
+            });
+        }
+        if let Some(base) = vm.ram_phys_addr {
+            let end = base.saturating_add(vm.memory.total());
+            let refuse = |why: String| MicrokitError::RamPhys {
+                vm: vm.name.clone(),
+                base,
+                end,
+                why,
+            };
+            let (ram_start, ram_end) = board.ram;
+            if base < ram_start || end > ram_end {
+                return Err(refuse(format!(
+                    "is not inside the board's RAM {ram_start:#x}..{ram_end:#x}"
+                )));
+            }
+            if let Some(o) = board
+                .ram_reserved
+                .iter()
+                .find(|o| o.overlaps(base, end - base))
+            {
+                return Err(refuse(format!(
+                    "overlaps {} ({:#x}..{:#x})",
+                    o.what,
+                    o.base,
+                    o.base.saturating_add(o.size)
+                )));
+            }
+            for (other, runs) in system.vms().iter().zip(coloured) {
+                let Some(runs) = runs else { continue };
+                if runs
+                    .iter()
+                    .any(|r| r.paddr < end && base < r.paddr.saturating_add(r.size))
+                {
+                    return Err(refuse(format!(
+                        "overlaps the coloured RAM of VM {}",
+                        other.name
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A memory region of the system: RAM of a VM, a shared ring, a device's registers.
@@ -1154,6 +1404,14 @@ pub enum ComponentError {
         /// Who maps it (comma-separated, `nobody` if none).
         mapped_by: String,
     },
+    /// Two regions at overlapping fixed physical addresses.
+    #[error("regions {first} and {second} overlap in physical memory (one resource, two owners)")]
+    PhysicalOverlap {
+        /// One region.
+        first: String,
+        /// The other.
+        second: String,
+    },
     /// A channel names a component that does not exist.
     #[error("a channel names unknown component {0}")]
     UnknownComponent(String),
@@ -1188,12 +1446,36 @@ pub enum ComponentError {
 }
 
 impl SystemComponents {
+    /// No two regions with a fixed physical address overlap (one physical resource, two
+    /// owners: a passed-through device, fixed RAM, coloured RAM, the console UART, the GIC).
+    fn check_physical(&self) -> Result<(), ComponentError> {
+        let mut fixed: Vec<(u64, u64, &str)> = self
+            .regions
+            .iter()
+            .filter_map(|r| Some((r.phys_addr?, r.size, r.name.as_str())))
+            .collect();
+        fixed.sort();
+        for w in fixed.windows(2) {
+            let [(a, a_size, first), (b, _, second)] = w else {
+                continue;
+            };
+            if a.saturating_add(*a_size) > *b {
+                return Err(ComponentError::PhysicalOverlap {
+                    first: (*first).into(),
+                    second: (*second).into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Check the isolation rules: every map names a declared region; no region is mapped by
     /// two VMMs; every interrupt has one owner; channel and interrupt ids are unique per
     /// component; channels join existing components; every shared region (a ring) is
     /// mapped by exactly its two owners, once each.
     pub fn check(&self) -> Result<(), ComponentError> {
         self.check_parents()?;
+        self.check_physical()?;
         self.check_shared()?;
         self.check_guest_shared()?;
         // Sets, not lists: a coloured VM has thousands of regions.
@@ -1505,7 +1787,7 @@ pub fn component_plan(
                 name: format!("{}_ram", vm.name),
                 size,
                 page_size: Some(TWO_MIB),
-                phys_addr: None,
+                phys_addr: vm.ram_phys_addr,
             }),
             // 4 KiB pages unless the tool finds larger ones fit (a run of every colour).
             Some(runs) => regions.extend(runs.iter().enumerate().map(|(i, r)| RegionPlan {
@@ -1535,6 +1817,18 @@ pub fn component_plan(
     }
     for vm in system.vms().iter().filter(|v| !v.control.is_empty()) {
         regions.push(plain(&control_region_name(vm), FOUR_KIB));
+    }
+    for vm in system.vms() {
+        for dev in &vm.passthrough {
+            for (j, r) in dev.mmio.iter().enumerate() {
+                regions.push(RegionPlan {
+                    name: passthrough_region_name(vm, &dev.name, j),
+                    size: r.size,
+                    page_size: None,
+                    phys_addr: Some(r.base),
+                });
+            }
+        }
     }
     let guest_perms = |access: Access| match access {
         Access::ReadWrite => "rw",
@@ -1586,7 +1880,26 @@ pub fn component_plan(
         if !vm.control.is_empty() {
             vm_maps.push(rw(control_region_name(vm), CONTROL_PAGE_GPA));
         }
-        let mut irqs = Vec::new();
+        // Passed-through devices: their registers uncached at their physical address in
+        // the VM (never in the VMM), their interrupts owned by the VMM, which injects them.
+        for dev in &vm.passthrough {
+            for (j, r) in dev.mmio.iter().enumerate() {
+                vm_maps.push(MapPlan {
+                    cached: false,
+                    ..rw(passthrough_region_name(vm, &dev.name, j), r.base)
+                });
+            }
+        }
+        let mut irqs: Vec<IrqPlan> = vm
+            .passthrough
+            .iter()
+            .flat_map(|d| d.irqs.iter())
+            .zip(0u32..)
+            .map(|(&irq, k)| IrqPlan {
+                irq,
+                channel: passthrough_channel(k),
+            })
+            .collect();
         if let (0, Some(ci)) = (index, &layout.console_input) {
             maps.push(MapPlan {
                 cached: false,
@@ -1812,6 +2125,7 @@ mod tests {
                 switch_heap_vaddr: 0x5_0000_0000,
                 vmm_first_channel: 3,
             },
+            board: Some(test_board()),
             colour: Some(ColourLayout {
                 pool_base: 0x8000_0000,
                 pool_end: 0xBF00_0000,
@@ -2887,5 +3201,256 @@ mod tests {
             }
         );
         assert_eq!(check(&fewer, &layout()), Ok(()));
+    }
+
+    // ---- passthrough --------------------------------------------------------------------
+
+    /// A board like QEMU `virt` as the seL4 backend describes it (host.rs
+    /// `qemu_virt_board`).
+    fn test_board() -> BoardMap {
+        let res = |what: &str, base: u64, size: u64, irqs: Vec<u32>| BoardResource {
+            what: what.into(),
+            base,
+            size,
+            irqs,
+        };
+        BoardMap {
+            name: "qemu_virt_aarch64".into(),
+            ram: (0x4000_0000, 0xC000_0000),
+            ram_reserved: vec![
+                res("the seL4 kernel", 0x6000_0000, 0x2000_0000, vec![]),
+                res("the top", 0xBF00_0000, 0x100_0000, vec![]),
+            ],
+            devices: vec![
+                res(
+                    "virtio-mmio transports",
+                    0x0a00_0000,
+                    0x4000,
+                    (48..80).collect(),
+                ),
+                res("PL031 RTC", 0x0901_0000, 0x1000, vec![34]),
+            ],
+            reserved: vec![res("the GIC", 0x0800_0000, 0x0100_0000, (0..32).collect())],
+        }
+    }
+
+    fn disk(name: &str, page: u64, irq: u32) -> crate::model::PassthroughSpec {
+        crate::model::PassthroughSpec {
+            name: name.into(),
+            mmio: vec![crate::model::RamRegion {
+                base: page,
+                size: 0x1000,
+            }],
+            irqs: vec![irq],
+            dt: None,
+            dma: crate::model::Dma::None,
+        }
+    }
+
+    fn driver(devices: Vec<crate::model::PassthroughSpec>) -> VmSpec {
+        let mut v = vm("drv", 1);
+        v.passthrough = devices;
+        v
+    }
+
+    /// The check's error for one VM `drv` with `devices` (and `tweak` applied).
+    fn refusal(devices: Vec<crate::model::PassthroughSpec>, tweak: impl Fn(&mut VmSpec)) -> String {
+        let mut v = driver(devices);
+        tweak(&mut v);
+        // `vm("a")` first: the console UART goes to the first VM.
+        let sys = system(vec![vm("a", 1), v]);
+        check(&sys, &layout()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_passed_through_device_is_mapped_uncached_into_its_vm_only_and_its_irq_owned_by_its_vmm() {
+        let mut v = driver(vec![disk("disk0", 0x0a00_3000, 79)]);
+        v.ram_phys_addr = Some(0x4000_0000);
+        let sys = system(vec![v]);
+
+        let plan = component_plan(&sys, &layout()).unwrap();
+        plan.check().unwrap();
+        let x = plan.render();
+
+        assert!(
+            x.contains(
+                "<memory_region name=\"drv_pt_disk0_0\" size=\"0x1000\" phys_addr=\"0xa003000\" />"
+            ),
+            "{x}"
+        );
+        assert!(
+            x.contains("<memory_region name=\"drv_ram\" size=\"0x10000000\" page_size=\"0x200000\" phys_addr=\"0x40000000\" />"),
+            "{x}"
+        );
+        let vmm = plan
+            .components
+            .iter()
+            .find(|c| c.name == "drv_vmm")
+            .unwrap();
+        assert_eq!(
+            vmm.irqs,
+            vec![
+                IrqPlan {
+                    irq: 79,
+                    channel: passthrough_channel(0)
+                },
+                IrqPlan {
+                    irq: 33,
+                    channel: 1
+                }
+            ]
+        );
+        assert_eq!(passthrough_channel(0), 61);
+        let vm_map = vmm
+            .vm
+            .as_ref()
+            .unwrap()
+            .maps
+            .iter()
+            .find(|m| m.region == "drv_pt_disk0_0")
+            .unwrap();
+        assert_eq!((vm_map.vaddr, vm_map.cached), (0x0a00_3000, false));
+        let mapped_elsewhere = plan.components.iter().any(|c| {
+            c.maps.iter().any(|m| m.region == "drv_pt_disk0_0")
+                || (c.name != "drv_vmm"
+                    && c.vm
+                        .iter()
+                        .flat_map(|v| &v.maps)
+                        .any(|m| m.region == "drv_pt_disk0_0"))
+        });
+        assert!(!mapped_elsewhere, "{x}");
+    }
+
+    #[test]
+    fn passing_through_the_console_uart_is_refused_naming_its_owner() {
+        assert_eq!(
+            refusal(vec![disk("u", 0x0900_0000, 48)], |_| {}),
+            "VM drv: passthrough \"u\": mmio 0x9000000+0x1000 is the console UART (Keel's console input, in the first VM's VMM); it cannot be passed through"
+        );
+        assert_eq!(
+            refusal(vec![disk("u", 0x0a00_3000, 33)], |_| {}),
+            "VM drv: passthrough \"u\": irq 33 is the console UART (Keel's console input, in the first VM's VMM); it cannot be passed through"
+        );
+    }
+
+    #[test]
+    fn passing_through_the_gic_is_refused_naming_its_owner() {
+        assert_eq!(
+            refusal(vec![disk("g", 0x0804_0000, 48)], |_| {}),
+            "VM drv: passthrough \"g\": mmio 0x8040000+0x1000 is the GIC; it cannot be passed through"
+        );
+    }
+
+    #[test]
+    fn a_device_the_board_does_not_have_is_refused_listing_what_it_has() {
+        assert_eq!(
+            refusal(vec![disk("x", 0x0c00_0000, 48)], |_| {}),
+            "VM drv: passthrough \"x\": mmio 0xc000000+0x1000: the board qemu_virt_aarch64 has no such device; it has: virtio-mmio transports, PL031 RTC"
+        );
+        assert_eq!(
+            refusal(vec![disk("x", 0x0a00_3000, 90)], |_| {}),
+            "VM drv: passthrough \"x\": irq 90: the board qemu_virt_aarch64 has no such device; it has: virtio-mmio transports, PL031 RTC"
+        );
+        assert_eq!(
+            refusal(vec![disk("x", 0x0a00_3000, 79)], |v| {
+                v.passthrough[0].mmio[0].size = 0x2000
+            }),
+            "VM drv: passthrough \"x\": mmio 0xa003000+0x2000: the board qemu_virt_aarch64 has no such device; it has: virtio-mmio transports, PL031 RTC"
+        );
+    }
+
+    #[test]
+    fn passthrough_without_a_board_map_is_refused() {
+        let sys = system(vec![driver(vec![disk("x", 0x0a00_3000, 79)])]);
+        let lay = MicrokitLayout {
+            board: None,
+            ..layout()
+        };
+
+        assert_eq!(
+            check(&sys, &lay).unwrap_err().to_string(),
+            "VM drv: passthrough needs the board's physical map, which Keel does not have for this board"
+        );
+    }
+
+    #[test]
+    fn fixed_ram_outside_the_boards_ram_or_on_the_kernels_is_refused() {
+        let with_phys = |p: u64| {
+            refusal(vec![], move |v: &mut VmSpec| {
+                v.ram_phys_addr = Some(p);
+                v.memory = Memory::Size(256 << 20);
+            })
+        };
+        assert_eq!(
+            with_phys(0x3000_0000),
+            "VM drv: ram_phys_addr: physical RAM 0x30000000..0x40000000 is not inside the board's RAM 0x40000000..0xc0000000"
+        );
+        assert_eq!(
+            with_phys(0x5800_0000),
+            "VM drv: ram_phys_addr: physical RAM 0x58000000..0x68000000 overlaps the seL4 kernel (0x60000000..0x80000000)"
+        );
+    }
+
+    #[test]
+    fn fixed_ram_on_a_coloured_vms_pages_is_refused_naming_it() {
+        let mut v = vm("drv", 1);
+        v.ram_phys_addr = Some(0xBE00_0000);
+        v.memory = Memory::Size(16 << 20);
+        let sys = llc_system(vec![coloured("c", 16, &[0, 1, 2, 3, 4, 5, 6, 7]), v]);
+        let lay = MicrokitLayout {
+            board: Some(BoardMap {
+                ram_reserved: vec![],
+                ..test_board()
+            }),
+            ..layout()
+        };
+
+        assert_eq!(
+            check(&sys, &lay).unwrap_err().to_string(),
+            "VM drv: ram_phys_addr: physical RAM 0xbe000000..0xbf000000 overlaps the coloured RAM of VM c"
+        );
+    }
+
+    #[test]
+    fn more_passed_through_irqs_and_interfaces_than_channels_are_refused() {
+        let mut d = disk("many", 0x0c00_0000, 100);
+        d.irqs = (100..158).collect();
+        let mut v = driver(vec![d]);
+        v.nics = vec![nic("lan0"), nic("lan1")];
+        let nets = vec![NetworkSpec::new("lan0"), NetworkSpec::new("lan1")];
+        let sys = System::with_networks("s".into(), None, vec![v], nets).unwrap();
+        let mut board = test_board();
+        board.devices.push(BoardResource {
+            what: "a wide device".into(),
+            base: 0x0c00_0000,
+            size: 0x1000,
+            irqs: (100..200).collect(),
+        });
+        let lay = MicrokitLayout {
+            board: Some(board),
+            ..layout()
+        };
+
+        assert_eq!(
+            check(&sys, &lay).unwrap_err().to_string(),
+            "VM drv: 58 passed-through interrupts and 2 network interfaces; the seL4 backend gives a VMM at most 59 of the two together"
+        );
+    }
+
+    #[test]
+    fn two_regions_at_one_physical_address_are_refused_by_the_component_check() {
+        let sys = system(vec![driver(vec![disk("d", 0x0a00_3000, 79)])]);
+        let mut plan = component_plan(&sys, &layout()).unwrap();
+        plan.regions.push(RegionPlan {
+            name: "intruder".into(),
+            size: 0x1000,
+            page_size: None,
+            phys_addr: Some(0x0a00_3000),
+        });
+
+        assert!(matches!(
+            plan.check(),
+            Err(ComponentError::PhysicalOverlap { .. })
+        ));
     }
 }

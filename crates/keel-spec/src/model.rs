@@ -590,6 +590,62 @@ pub struct SharedMapSpec {
     pub size: Option<u64>,
 }
 
+/// Whether a passed-through device can DMA (`dma`), and what the VM's RAM must then be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Dma {
+    /// The device does no DMA (the default).
+    #[default]
+    None,
+    /// The device DMAs to guest-physical addresses as if they were physical: the VM's RAM
+    /// must be identity-mapped (`ram_phys_addr` equal to its guest-physical base).
+    Identity,
+}
+
+impl Dma {
+    /// The name used in the system description.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Dma::None => "none",
+            Dma::Identity => "identity",
+        }
+    }
+
+    /// Parses the name used in the system description.
+    pub fn from_name(name: &str) -> Option<Dma> {
+        match name {
+            "none" => Some(Dma::None),
+            "identity" => Some(Dma::Identity),
+            _ => None,
+        }
+    }
+}
+
+/// The device-tree node the guest gets for a passed-through device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassthroughDt {
+    /// Its `compatible` string, e.g. `virtio,mmio`.
+    pub compatible: String,
+    /// Its `reg` ranges (default: the device's `mmio` ranges); each inside one of them.
+    pub reg: Vec<RamRegion>,
+}
+
+/// A physical device of the board given to one VM for its exclusive use
+/// (`[[vm.passthrough]]`): its register pages mapped at the same guest-physical address
+/// (uncached), its interrupts delivered to the VM as virtual interrupts. seL4 only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassthroughSpec {
+    /// Name, `[a-z0-9-]{1,32}`, unique in the VM (messages, the device-tree node).
+    pub name: String,
+    /// Physical register ranges, page aligned, mapped at the same guest-physical address.
+    pub mmio: Vec<RamRegion>,
+    /// GIC INTIDs (SPIs, 32 and up) of the device, delivered as the same virtual INTIDs.
+    pub irqs: Vec<u32>,
+    /// The guest's device-tree node, if the guest should be told about the device.
+    pub dt: Option<PassthroughDt>,
+    /// Whether the device DMAs (then the VM's RAM must be identity-mapped).
+    pub dma: Dma,
+}
+
 /// One virtual machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
@@ -640,6 +696,12 @@ pub struct VmSpec {
     /// slot: built into the system, started only when a control VM with the `start` right
     /// on it asks (the description must name one).
     pub start: bool,
+    /// Physical devices of the board this VM owns (`[[vm.passthrough]]`). seL4 only.
+    pub passthrough: Vec<PassthroughSpec>,
+    /// Physical address of the VM's RAM (`ram_phys_addr`, seL4 only): its one RAM region
+    /// at this fixed physical address, 2 MiB aligned; equal to the RAM's guest-physical
+    /// base it is identity-mapped (what a DMA-capable passed-through device needs).
+    pub ram_phys_addr: Option<u64>,
 }
 
 /// One `[[vm.control]]`: a target VM and the rights the controlling VM holds on it.
@@ -717,6 +779,8 @@ impl VmSpec {
             cache_colours: None,
             control: Vec::new(),
             start: true,
+            passthrough: Vec::new(),
+            ram_phys_addr: None,
         }
     }
 }
@@ -822,6 +886,7 @@ impl System {
         crate::validate::check_networks(&vms, &networks)?;
         crate::validate::check_shared(&vms, &shared)?;
         crate::validate::check_control(&vms)?;
+        crate::validate::check_passthrough(&vms, &shared)?;
         Ok(System {
             name,
             pcpus,

@@ -13,6 +13,7 @@ use crate::model::{
     MacAddr, Memory, NetworkSpec, NicSpec, OnReboot, Output, OutputKind, Placement, RamRegion,
     Restart, ServedDisk, SharedMapSpec, SharedSpec, System, VmSpec,
 };
+use crate::model::{Dma, PassthroughDt, PassthroughSpec};
 use crate::size::parse_size;
 use crate::validate::{check_vm, vm_label};
 
@@ -406,6 +407,22 @@ struct RawVm {
     max_restarts_per_minute: Option<i64>,
     restart: Option<String>,
     cache_colours: Option<Vec<i64>>,
+    #[serde(default)]
+    passthrough: Vec<RawPassthrough>,
+    ram_phys_addr: Option<RawNumber>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPassthrough {
+    name: String,
+    #[serde(default)]
+    mmio: Vec<RawRam>,
+    #[serde(default)]
+    irqs: Vec<i64>,
+    dt: Option<String>,
+    dt_reg: Option<Vec<RawRam>>,
+    dma: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -742,7 +759,17 @@ impl Ctx<'_> {
             }
             control.push(ControlSpec { vm: c.vm, rights });
         }
+        let mut passthrough = Vec::with_capacity(raw.passthrough.len());
+        for (i, p) in raw.passthrough.into_iter().enumerate() {
+            passthrough.push(passthrough_spec(&format!("{at}: passthrough {i}"), p)?);
+        }
+        let ram_phys_addr = match raw.ram_phys_addr {
+            Some(n) => Some(number(&at, "ram_phys_addr", n)?),
+            None => None,
+        };
         Ok(VmSpec {
+            passthrough,
+            ram_phys_addr,
             name: raw.name,
             arch,
             vcpus,
@@ -836,6 +863,72 @@ impl Ctx<'_> {
             )),
         }
     }
+}
+
+/// One `[[vm.passthrough]]`: numbers and names converted; the rules are validation's.
+fn passthrough_spec(at: &str, raw: RawPassthrough) -> Result<PassthroughSpec, SpecError> {
+    let ranges = |key: &'static str, list: Vec<RawRam>| -> Result<Vec<RamRegion>, SpecError> {
+        list.into_iter()
+            .enumerate()
+            .map(|(j, r)| {
+                let here = format!("{at}: {key} {j}");
+                Ok(RamRegion {
+                    base: number(&here, "base", r.base)?,
+                    size: number(&here, "size", r.size)?,
+                })
+            })
+            .collect()
+    };
+    let mmio = ranges("mmio", raw.mmio)?;
+    let mut irqs = Vec::with_capacity(raw.irqs.len());
+    for n in raw.irqs {
+        irqs.push(u32::try_from(n).map_err(|_| {
+            SpecError::new(
+                at,
+                ErrorKind::OutOfRange {
+                    key: "irqs",
+                    value: n.into(),
+                    range: "32..1020",
+                },
+            )
+        })?);
+    }
+    let dt = match (raw.dt, raw.dt_reg) {
+        (Some(compatible), reg) => Some(PassthroughDt {
+            compatible,
+            reg: match reg {
+                Some(list) => ranges("dt_reg", list)?,
+                None => mmio.clone(),
+            },
+        }),
+        (None, Some(_)) => {
+            return Err(SpecError::new(
+                at,
+                ErrorKind::PassthroughShape("dt_reg needs dt (the node's compatible string)"),
+            ));
+        }
+        (None, None) => None,
+    };
+    let dma = match &raw.dma {
+        None => Dma::None,
+        Some(text) => Dma::from_name(text).ok_or_else(|| {
+            SpecError::new(
+                at,
+                ErrorKind::NotOneOf {
+                    key: "dma",
+                    value: text.clone(),
+                    expected: "\"none\", \"identity\"",
+                },
+            )
+        })?,
+    };
+    Ok(PassthroughSpec {
+        name: raw.name,
+        mmio,
+        irqs,
+        dt,
+        dma,
+    })
 }
 
 fn number(at: &str, key: &'static str, raw: RawNumber) -> Result<u64, SpecError> {

@@ -286,6 +286,25 @@ pub struct VmPlan {
     /// The clients this storage VM serves, in link order (empty for other VMs). Its
     /// command line carries them for the agent (`keel.blk=`, `keel.blkbell=`).
     pub serves: Vec<ServePlan>,
+    /// Physical devices this VM owns (`[[vm.passthrough]]`), in file order; only the seL4
+    /// backend builds them.
+    pub passthrough: Vec<PassthroughPlan>,
+}
+
+/// A passed-through device as its VM sees it: its register ranges at their physical
+/// addresses, its interrupts at their physical INTIDs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PassthroughPlan {
+    /// The device's name (`[[vm.passthrough]] name`).
+    pub name: String,
+    /// `(base, size)` of each register range, guest-physical = physical.
+    pub mmio: Vec<(u64, u64)>,
+    /// GIC INTIDs, virtual = physical.
+    pub irqs: Vec<u32>,
+    /// The guest's device-tree node: `compatible` and `reg` ranges, if any.
+    pub dt: Option<(String, Vec<(u64, u64)>)>,
+    /// Whether it DMAs (its VM's RAM is then identity-mapped).
+    pub dma_identity: bool,
 }
 
 impl VmPlan {
@@ -341,6 +360,19 @@ pub enum PlanError {
         end: u64,
         /// The shared region.
         region: String,
+    },
+    /// A passed-through device on the guest-physical window or interrupt of something the
+    /// VMM emulates for the VM (a virtio device, the UART, the GIC).
+    #[error("vm {vm:?}: passthrough {name:?}: {what} is taken by the VM's own {other}")]
+    PassthroughOverlap {
+        /// VM name.
+        vm: String,
+        /// The device.
+        name: String,
+        /// `mmio 0x...+0x...` or `irq N`.
+        what: String,
+        /// What Keel put there (`virtio device in slot 0 (0xa000000+0x200, irq 48)`).
+        other: String,
     },
     /// A shared mapping of a region that is not given (a `System` never has one; a VM
     /// with shared regions is planned with its system, [`plan_vm_of`]).
@@ -631,6 +663,7 @@ fn plan_devices(vm: &VmSpec, vms: &[VmSpec]) -> Result<VmPlan, PlanError> {
         });
     }
     let placement = vm.placement.clone().unwrap_or_default();
+    let passthrough = plan_passthrough(vm, &devices_of(vm.arch, &devices))?;
     Ok(VmPlan {
         name: vm.name.clone(),
         arch: vm.arch,
@@ -658,7 +691,101 @@ fn plan_devices(vm: &VmSpec, vms: &[VmSpec]) -> Result<VmPlan, PlanError> {
         nics: Vec::new(),
         shared: Vec::new(),
         serves: Vec::new(),
+        passthrough,
     })
+}
+
+/// What the VMM itself places in a VM's guest-physical space: `(what, base, size, INTID)`.
+fn devices_of(arch: Arch, devices: &[DevicePlan]) -> Vec<(String, u64, u64, Option<u32>)> {
+    let mut v: Vec<(String, u64, u64, Option<u32>)> = devices
+        .iter()
+        .map(|d| {
+            (
+                alloc::format!(
+                    "virtio device in slot {} ({:#x}+{:#x}, irq {})",
+                    d.slot,
+                    d.base,
+                    d.size,
+                    d.irq + 32
+                ),
+                d.base,
+                d.size,
+                (arch == Arch::Aarch64).then_some(d.irq + 32),
+            )
+        })
+        .collect();
+    if arch == Arch::Aarch64 {
+        v.push((
+            alloc::format!(
+                "UART ({:#x}+{:#x}, irq {})",
+                arm64::UART_BASE,
+                arm64::UART_SIZE,
+                arm64::UART_SPI + 32
+            ),
+            arm64::UART_BASE,
+            arm64::UART_SIZE,
+            Some(arm64::UART_SPI + 32),
+        ));
+        v.push((
+            "GIC distributor".into(),
+            arm64::GIC_DIST_BASE,
+            arm64::GIC_DIST_SIZE,
+            None,
+        ));
+        v.push((
+            "GIC CPU interface".into(),
+            arm64::GICV2_CPU_BASE,
+            arm64::GICV2_CPU_SIZE,
+            None,
+        ));
+    }
+    v
+}
+
+/// The VM's passed-through devices, refused where they meet what the VMM emulates.
+fn plan_passthrough(
+    vm: &VmSpec,
+    own: &[(String, u64, u64, Option<u32>)],
+) -> Result<Vec<PassthroughPlan>, PlanError> {
+    let mut out = Vec::new();
+    for p in &vm.passthrough {
+        let taken = |what: String, other: &str| PlanError::PassthroughOverlap {
+            vm: vm.name.clone(),
+            name: p.name.clone(),
+            what,
+            other: other.into(),
+        };
+        for r in &p.mmio {
+            let end = r.base.saturating_add(r.size);
+            if let Some((other, ..)) = own
+                .iter()
+                .find(|(_, b, l, _)| r.base < b.saturating_add(*l) && *b < end)
+            {
+                return Err(taken(
+                    alloc::format!("mmio {:#x}+{:#x}", r.base, r.size),
+                    other,
+                ));
+            }
+        }
+        for &irq in &p.irqs {
+            if let Some((other, ..)) = own.iter().find(|(.., q)| *q == Some(irq)) {
+                return Err(taken(alloc::format!("irq {irq}"), other));
+            }
+        }
+        out.push(PassthroughPlan {
+            name: p.name.clone(),
+            mmio: p.mmio.iter().map(|r| (r.base, r.size)).collect(),
+            irqs: p.irqs.clone(),
+            dt: p.dt.as_ref().map(|dt| {
+                (
+                    dt.compatible.clone(),
+                    dt.reg.iter().map(|r| (r.base, r.size)).collect(),
+                )
+            }),
+            dma_identity: p.dma == crate::model::Dma::Identity,
+        });
+    }
+    Ok(out)
 }
 
 /// Who holds a port of a network's switch.

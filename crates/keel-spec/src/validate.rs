@@ -1182,3 +1182,221 @@ pub(crate) fn check_control(vms: &[VmSpec]) -> Result<(), SpecError> {
     }
     Ok(())
 }
+
+/// Most `[[vm.passthrough]]` devices of one VM.
+pub const MAX_PASSTHROUGH: usize = 16;
+
+/// Checks `[[vm.passthrough]]` and `ram_phys_addr` as far as they do not depend on the
+/// board or the backend: shapes, alignment, interrupts being SPIs, nothing overlapping the
+/// VM's RAM or shared mappings, no physical page or interrupt given to two owners, no two
+/// VMs' fixed RAM overlapping, and a DMA-capable device only in a VM whose RAM is
+/// identity-mapped. The board's map and Keel's own resources are checked by the backend
+/// (seL4: [`crate::microkit::check`]); the VM's own device windows by [`crate::plan`].
+pub(crate) fn check_passthrough(vms: &[VmSpec], shared: &[SharedSpec]) -> Result<(), SpecError> {
+    use alloc::vec::Vec;
+    // (page or irq, owner label) of every passed-through resource seen so far.
+    let mut pages: Vec<(u64, u64, String)> = Vec::new();
+    let mut irqs: Vec<(u32, String)> = Vec::new();
+    let mut phys_ram: Vec<(u64, u64, String)> = Vec::new();
+    for (vm_index, vm) in vms.iter().enumerate() {
+        let vm_at = vm_label(vm_index, Some(&vm.name));
+        let ram = crate::layout::ram_layout(vm);
+        if let Some(phys) = vm.ram_phys_addr {
+            let fail = |reason| {
+                SpecError::new(
+                    vm_at.clone(),
+                    ErrorKind::RamPhysAddr {
+                        value: phys,
+                        reason,
+                    },
+                )
+            };
+            let [(_, size)] = ram[..] else {
+                return Err(fail("needs exactly one RAM region"));
+            };
+            if vm.cache_colours.is_some() {
+                return Err(fail(
+                    "a VM with cache_colours has its RAM placed by colour; give one or the other",
+                ));
+            }
+            if phys % (2 << 20) != 0 {
+                return Err(fail(
+                    "not a multiple of 2 MiB (RAM is mapped in 2 MiB pages)",
+                ));
+            }
+            let Some(end) = phys.checked_add(size) else {
+                return Err(fail("the RAM would wrap around the address space"));
+            };
+            if let Some((_, _, other)) = phys_ram.iter().find(|(b, e, _)| phys < *e && *b < end) {
+                return Err(SpecError::new(
+                    vm_at.clone(),
+                    ErrorKind::PassthroughTaken {
+                        what: format!("physical RAM {phys:#x}..{end:#x} (ram_phys_addr)"),
+                        other: other.clone(),
+                    },
+                ));
+            }
+            phys_ram.push((phys, end, format!("{vm_at} (its RAM, ram_phys_addr)")));
+        }
+        if vm.passthrough.len() > MAX_PASSTHROUGH {
+            return Err(SpecError::new(
+                vm_at,
+                ErrorKind::TooMany {
+                    key: "passthrough",
+                    count: vm.passthrough.len(),
+                    max: MAX_PASSTHROUGH,
+                },
+            ));
+        }
+        for (i, dev) in vm.passthrough.iter().enumerate() {
+            let at = format!("{vm_at}: passthrough {i}");
+            if !vm_name_ok(&dev.name) {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::BadName {
+                        name: dev.name.clone(),
+                        rule: "1 to 32 of a-z 0-9 -",
+                    },
+                ));
+            }
+            let at = format!("{vm_at}: passthrough {:?}", dev.name);
+            let fail = |kind| SpecError::new(at.clone(), kind);
+            if vm.passthrough[..i].iter().any(|d| d.name == dev.name) {
+                return Err(fail(ErrorKind::DuplicateName(dev.name.clone())));
+            }
+            if dev.mmio.is_empty() && dev.irqs.is_empty() {
+                return Err(fail(ErrorKind::PassthroughShape(
+                    "neither mmio nor irqs is given: nothing to pass through",
+                )));
+            }
+            let owner = format!("{vm_at}: passthrough {:?}", dev.name);
+            for r in &dev.mmio {
+                let bad = |reason| {
+                    fail(ErrorKind::PassthroughRange {
+                        key: "mmio",
+                        base: r.base,
+                        size: r.size,
+                        reason,
+                    })
+                };
+                if r.size == 0 {
+                    return Err(bad("empty"));
+                }
+                if r.base % PAGE_SIZE != 0 || r.size % PAGE_SIZE != 0 {
+                    return Err(bad(
+                        "base and size must be multiples of 4 KiB (pages are mapped whole)",
+                    ));
+                }
+                let end = match r.end() {
+                    Some(end) if end <= GPA_LIMIT => end,
+                    _ => return Err(bad("ends above the guest-physical limit")),
+                };
+                let overlap = |other: String| {
+                    fail(ErrorKind::PassthroughOverlap {
+                        name: dev.name.clone(),
+                        base: r.base,
+                        size: r.size,
+                        other,
+                    })
+                };
+                if let Some((k, &(b, l))) = ram
+                    .iter()
+                    .enumerate()
+                    .find(|(_, (b, l))| r.base < b.saturating_add(*l) && *b < end)
+                {
+                    return Err(overlap(format!("ram {k} ({b:#x}+{})", SizeDisplay(l))));
+                }
+                for m in &vm.shared {
+                    let len = shared
+                        .iter()
+                        .find(|g| g.name == m.region)
+                        .map_or(0, |g| g.size);
+                    if r.base < m.base.saturating_add(len) && m.base < end {
+                        return Err(overlap(format!(
+                            "shared region {:?} at {:#x}+{}",
+                            m.region,
+                            m.base,
+                            SizeDisplay(len)
+                        )));
+                    }
+                }
+                if let Some((b, _, other)) = pages.iter().find(|(b, e, _)| r.base < *e && *b < end)
+                {
+                    let page = (*b).max(r.base);
+                    return Err(fail(ErrorKind::PassthroughTaken {
+                        what: format!("mmio page {page:#x}"),
+                        other: other.clone(),
+                    }));
+                }
+                pages.push((r.base, end, owner.clone()));
+            }
+            for (k, &irq) in dev.irqs.iter().enumerate() {
+                if !(32..1020).contains(&irq) {
+                    return Err(fail(ErrorKind::PassthroughIrq {
+                        irq,
+                        reason: "not an SPI (GIC INTIDs 32..1020 can be passed through)",
+                    }));
+                }
+                if dev.irqs[..k].contains(&irq) {
+                    return Err(fail(ErrorKind::PassthroughIrq {
+                        irq,
+                        reason: "listed twice",
+                    }));
+                }
+                if let Some((_, other)) = irqs.iter().find(|(q, _)| *q == irq) {
+                    return Err(fail(ErrorKind::PassthroughTaken {
+                        what: format!("irq {irq}"),
+                        other: other.clone(),
+                    }));
+                }
+                irqs.push((irq, owner.clone()));
+            }
+            if let Some(dt) = &dev.dt {
+                if dt.compatible.is_empty()
+                    || dt.compatible.len() > 64
+                    || !dt.compatible.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(fail(ErrorKind::BadName {
+                        name: dt.compatible.clone(),
+                        rule: "dt: 1 to 64 printable ASCII characters, no spaces",
+                    }));
+                }
+                if dt.reg.is_empty() {
+                    return Err(fail(ErrorKind::PassthroughShape(
+                        "dt needs a reg: give mmio or dt_reg",
+                    )));
+                }
+                for r in &dt.reg {
+                    let inside = r.size > 0
+                        && r.end().is_some_and(|end| {
+                            dev.mmio
+                                .iter()
+                                .any(|m| m.base <= r.base && m.end().is_some_and(|me| end <= me))
+                        });
+                    if !inside {
+                        return Err(fail(ErrorKind::PassthroughRange {
+                            key: "dt_reg",
+                            base: r.base,
+                            size: r.size,
+                            reason: "not inside one of the device's mmio ranges",
+                        }));
+                    }
+                }
+            }
+            if dev.dma == crate::model::Dma::Identity {
+                let base = ram.first().map_or(0, |r| r.0);
+                if vm.ram_phys_addr != Some(base) || ram.len() != 1 {
+                    return Err(fail(ErrorKind::DmaNotIdentity {
+                        name: dev.name.clone(),
+                        base,
+                        given: vm
+                            .ram_phys_addr
+                            .map(|p| format!(", not {p:#x}"))
+                            .unwrap_or_default(),
+                    }));
+                }
+            }
+        }
+    }
+    Ok(())
+}

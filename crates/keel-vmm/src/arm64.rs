@@ -7,7 +7,8 @@ use alloc::sync::Arc;
 
 use keel_core::arch::aarch64::boot::{LoadedLinux, load_linux};
 use keel_core::arch::aarch64::layout::{
-    Arm64Platform, GIC_DIST_BASE, GIC_DIST_SIZE, GicVersion, MmioDevice, PsciConduit, Trigger,
+    Arm64Platform, GIC_DIST_BASE, GIC_DIST_SIZE, GicVersion, MmioDevice, PassthroughNode,
+    PsciConduit, Trigger,
 };
 use keel_core::arch::aarch64::psci::{Psci, PsciHost, PsciOutcome, StartError, Started};
 use keel_core::arch::aarch64::vgic::{Vgic, VgicError, VgicHost};
@@ -50,6 +51,20 @@ pub fn platform(plan: &VmPlan, gic: GicVersion) -> Arm64Platform {
             trigger: Trigger::Level,
         })
         .collect();
+    // Passed-through devices with a node (seL4): at their physical addresses and INTIDs.
+    p.passthrough = plan
+        .passthrough
+        .iter()
+        .filter_map(|d| {
+            let (compatible, reg) = d.dt.clone()?;
+            Some(PassthroughNode {
+                name: d.name.clone(),
+                compatible,
+                reg,
+                spis: d.irqs.iter().map(|&i| i.saturating_sub(32)).collect(),
+            })
+        })
+        .collect();
     p
 }
 
@@ -78,6 +93,9 @@ impl VgicHost for DynHost<'_> {
     }
     fn ack_ppi(&mut self, vcpu: VcpuId, intid: u32) {
         self.0.ack_ppi(vcpu, intid)
+    }
+    fn completed_spi(&mut self, vcpu: VcpuId, intid: u32) {
+        self.0.completed_spi(vcpu, intid)
     }
 }
 
@@ -224,6 +242,8 @@ impl SoftArm64 {
                         if let Some(intid) = vgic.maintenance(vcpu, lr, &mut host) {
                             if (16..32).contains(&intid) {
                                 host.ack_ppi(vcpu, intid);
+                            } else if intid >= 32 {
+                                host.completed_spi(vcpu, intid);
                             }
                         }
                     }
@@ -243,6 +263,15 @@ impl SoftArm64 {
             VcpuExit::Halt => Next::Resume(Resume::WaitForInterrupt(ExitAnswer::None)),
             _ => return None,
         })
+    }
+
+    /// Make interrupt `intid` (an SPI, INTID 32 and up) pending once: a physical interrupt
+    /// passed through to the guest (seL4). The guest's completion of it comes back
+    /// through [`VgicHost::completed_spi`].
+    pub fn inject_spi(&self, intid: u32) {
+        let mut s = self.state.lock();
+        let SoftState { vgic, host, .. } = &mut *s;
+        vgic.inject(0, intid, &mut DynHost(host.as_mut()));
     }
 
     fn set_spi(&self, spi: u32, level: bool) {

@@ -485,6 +485,9 @@ fn run(
 ) -> Result<u8, Failure> {
     let sys = load(system)?;
     let spec = pick_vm(&sys, vm)?;
+    if let Some(why) = keel_kvm::vmm::kvm_refusal(spec) {
+        return Err(Failure::input(format!("vm {:?}: {why}", spec.name)));
+    }
     // `keel run`'s VMM is sandboxed like `keel up`'s (docs/security.md).
     keel_kvm::sandbox::request_for(spec).map_err(|e| Failure::input(e.to_string()))?;
     if !spec.nics.is_empty() {

@@ -314,6 +314,11 @@ pub fn up(
             )));
         }
     }
+    for vm in sys.vms() {
+        if let Some(why) = keel_kvm::vmm::kvm_refusal(vm) {
+            return Err(Failure::input(format!("vm {:?}: {why}", vm.name)));
+        }
+    }
     crate::warn_colours_not_applied(sys.vms());
     let system_arg = system.display().to_string();
     let level_arg = level.name().to_string();

@@ -26,6 +26,12 @@
 //! at its other pending work (faults and notifications waiting at its endpoint), see
 //! [`Sel4Exits::next`].
 //!
+//! Passed-through devices (`VmPlan::passthrough`, seL4 only): their registers are mapped
+//! into the VM by the system file and never seen here; each of their interrupts arrives on
+//! its own channel (`keel_spec::microkit::passthrough_channel`), is made pending in the
+//! software distributor ([`SoftArm64::inject_spi`]) and is acknowledged to seL4 only when
+//! the guest completes it ([`VgicHost::completed_spi`], at the vGIC maintenance fault).
+//!
 //! The VMM prints nothing on the seL4 debug console itself: its guest's console output
 //! (8250 and virtio-console) and its own log lines go into its console ring, which the
 //! console protection domain drains ([`crate::console`]).
@@ -405,6 +411,69 @@ impl VgicHost for Sel4Gic {
     fn ack_ppi(&mut self, vcpu: u32, intid: u32) {
         if let Err(e) = sys::vcpu_ack_vppi(vcpu_cap(vcpu), u64::from(intid)) {
             log_limited!("keel-sel4: vcpu {vcpu}: ack vppi {intid}: {e}");
+        }
+    }
+
+    /// The guest completed SPI `intid`: when it is a passed-through interrupt, acknowledge
+    /// it to seL4 now (not when it arrived), so that the device's next interrupt reaches
+    /// the guest only after it handled this one (a level line the guest has not cleared
+    /// yet would otherwise fire again at once).
+    fn completed_spi(&mut self, vcpu: u32, intid: u32) {
+        let channel = (0..mk::MAX_CHANNELS)
+            .find(|&c| PASSTHROUGH[c as usize].load(Ordering::Relaxed) == intid);
+        if let Some(c) = channel {
+            if let Err(e) = crate::pd::irq_ack(c) {
+                log_limited!("keel-sel4: vcpu {vcpu}: passed-through irq {intid}: ack: {e}");
+            }
+        }
+    }
+}
+
+/// Passed-through interrupts: the INTID arriving on each channel (0: none). Filled at boot
+/// from the plan ([`start_passthrough`]); the channel of the `k`-th interrupt is
+/// `keel_spec::microkit::passthrough_channel(k)`, as the system file says.
+static PASSTHROUGH: [core::sync::atomic::AtomicU32; mk::MAX_CHANNELS as usize] =
+    [const { core::sync::atomic::AtomicU32::new(0) }; mk::MAX_CHANNELS as usize];
+
+/// The channels of the passed-through interrupts (bit n: channel n).
+fn passthrough_channels() -> u64 {
+    (0..mk::MAX_CHANNELS)
+        .filter(|&c| PASSTHROUGH[c as usize].load(Ordering::Relaxed) != 0)
+        .fold(0, |m, c| m | 1u64 << c)
+}
+
+/// Take the VM's passed-through interrupts from its plan and acknowledge each once, so that
+/// it can fire (libmicrokit does that at start for every IRQ: seL4 issue #1536). An INTID
+/// beyond the emulated distributor cannot be delivered and is refused.
+fn start_passthrough(plan: &VmPlan) -> Result<(), String> {
+    for slot in &PASSTHROUGH {
+        slot.store(0, Ordering::Relaxed);
+    }
+    let irqs = plan.passthrough.iter().flat_map(|d| d.irqs.iter());
+    for (k, &irq) in (0u32..).zip(irqs) {
+        if !(32..32 + SPIS).contains(&irq) {
+            return Err(alloc::format!(
+                "passed-through irq {irq}: the emulated distributor has INTIDs 32..{}",
+                32 + SPIS
+            ));
+        }
+        let channel = keel_spec::microkit::passthrough_channel(k);
+        let slot = PASSTHROUGH
+            .get(channel as usize)
+            .ok_or_else(|| alloc::format!("passed-through irq {irq}: no channel {channel}"))?;
+        slot.store(irq, Ordering::Relaxed);
+        crate::pd::irq_ack(channel)
+            .map_err(|e| alloc::format!("passed-through irq {irq} on channel {channel}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Acknowledge every passed-through interrupt again (a VM restart: one the old guest never
+/// completed would stay masked).
+fn reack_passthrough() {
+    for c in crate::microkit::channels(passthrough_channels()) {
+        if let Err(e) = crate::pd::irq_ack(c) {
+            log_limited!("keel-sel4: passed-through irq on channel {c}: ack: {e}");
         }
     }
 }
@@ -1050,6 +1119,8 @@ fn payload_bytes() -> Result<&'static [u8], String> {
 struct Booted {
     /// The devices' host events (the network ports' channels).
     events: DeviceEvents,
+    /// The distributor, for passed-through interrupts.
+    soft: Arc<SoftArm64>,
     name: String,
     vm: PdVm,
     core: VmmCore,
@@ -1069,10 +1140,18 @@ fn read_payload() -> Result<(&'static [u8], payload::Layout), String> {
     Ok((bytes, lay))
 }
 
-/// Boot the VM of the payload: its plan, keel-vmm's core built from it, the guest loaded,
-/// vCPU 0 started.
-fn boot() -> Result<Booted, String> {
-    let (bytes, lay) = read_payload()?;
+/// The payload decoded onto the heap, in a frame of its own: the PD's stack is Microkit's
+/// 8 KiB, and decoding the plan (serde's nested visitors) must not run below `boot`'s
+/// large frame.
+#[inline(never)]
+fn read_payload_boxed() -> Result<(&'static [u8], Box<payload::Layout>), String> {
+    read_payload().map(|(bytes, lay)| (bytes, Box::new(lay)))
+}
+
+/// Boot the VM of the payload (decoded before, [`read_payload_boxed`]): its plan,
+/// keel-vmm's core built from it, the guest loaded, vCPU 0 started.
+#[inline(never)]
+fn boot(bytes: &'static [u8], lay: &payload::Layout) -> Result<Booted, String> {
     let params = &lay.params;
     console_attach(params);
     if lay.plan.arch != keel_spec::Arch::Aarch64 {
@@ -1141,11 +1220,13 @@ fn boot() -> Result<Booted, String> {
         .map_err(|e| alloc::format!("vcpu {v}: {e}"))?;
     }
     let input = start_console_input(params);
+    start_passthrough(&plan)?;
     let events = DeviceEvents::of(&core);
     vm.start_vcpu(0, &entry)
         .map_err(|e| alloc::format!("starting vcpu 0: {e}"))?;
     Ok(Booted {
         events,
+        soft: soft.clone(),
         name,
         exits: Sel4Exits::new(plan.vcpus, soft),
         vm,
@@ -1240,10 +1321,22 @@ fn start_console_input(params: &Sel4Params) -> Option<InputUart> {
     input
 }
 
-/// Notifications: the devices' events (a switch's doorbell on a port's channel), and the
-/// console-input UART's interrupt, which feeds the guest's UART.
-fn notified(core: &VmmCore, events: &DeviceEvents, input: Option<&InputUart>, channels: u64) {
+/// Notifications: the devices' events (a switch's doorbell on a port's channel), the
+/// passed-through interrupts (made pending in the distributor; acknowledged to seL4 when the
+/// guest completes them, [`Sel4Gic::completed_spi`]), and the console-input UART's
+/// interrupt, which feeds the guest's UART.
+fn notified(
+    core: &VmmCore,
+    soft: &SoftArm64,
+    events: &DeviceEvents,
+    input: Option<&InputUart>,
+    channels: u64,
+) {
     deliver_events(core, events, channels);
+    for c in crate::microkit::channels(channels & passthrough_channels()) {
+        let intid = PASSTHROUGH[c as usize].load(Ordering::Relaxed);
+        soft.inject_spi(intid);
+    }
     let Some(u) = input else { return };
     if channels & 1u64.checked_shl(u.channel).unwrap_or(0) == 0 {
         return;
@@ -1289,6 +1382,7 @@ fn restart(
         reset_vcpu(v).map_err(|e| alloc::format!("vcpu {v}: {e}"))?;
     }
     core.reset().map_err(|e| alloc::format!("{e}"))?;
+    reack_passthrough();
     let entry = load_guest(vm, core, kernel, initrd)?;
     vm.start_vcpu(0, &entry)
         .map_err(|e| alloc::format!("starting vcpu 0: {e}"))
@@ -1346,10 +1440,7 @@ pub extern "C" fn main() -> ! {
     }
     let name = crate::pd::name();
     // The console ring first: the "vmm up" line already goes through the console PD.
-    if let Ok((_, lay)) = read_payload() {
-        console_attach(&lay.params);
-    }
-    let pool_slot = matches!(read_payload(), Ok((_, lay)) if !lay.params.start);
+    let pool_slot = attach_and_peek();
     if again && POOL_WAITING.swap(false, Ordering::SeqCst) {
         log!("keel-sel4: vmm started by the admin PD ({name}): pool slot; booting its VM");
     } else if again {
@@ -1365,6 +1456,7 @@ pub extern "C" fn main() -> ! {
     }
     let Booted {
         events,
+        soft,
         name,
         vm,
         core,
@@ -1373,7 +1465,7 @@ pub extern "C" fn main() -> ! {
         kernel,
         initrd,
         mut restarts,
-    } = match boot() {
+    } = match read_payload_boxed().and_then(|(bytes, lay)| boot(bytes, &lay)) {
         Ok(b) => b,
         Err(e) => {
             log!("keel-sel4: {name}: cannot start the VM: {e}");
@@ -1383,7 +1475,7 @@ pub extern "C" fn main() -> ! {
     let stop = PdStop::default();
     let why = loop {
         let outcome = run_exits(&mut exits, &core, &vm, &stop, |channels| {
-            notified(&core, &events, input.as_ref(), channels)
+            notified(&core, &soft, &events, input.as_ref(), channels)
         });
         core.report_device_errors();
         let event = match outcome {
@@ -1421,6 +1513,20 @@ pub extern "C" fn main() -> ! {
     };
     stop_vm(&name, vm.vcpus, &why);
     idle()
+}
+
+/// Attach the console ring (the "vmm up" line already goes through the console PD) and
+/// say whether this PD is a pool slot. Not inlined: the decoded payload lives in this
+/// frame only, not in `main`'s.
+#[inline(never)]
+fn attach_and_peek() -> bool {
+    match read_payload() {
+        Ok((_, lay)) => {
+            console_attach(&lay.params);
+            !lay.params.start
+        }
+        Err(_) => false,
+    }
 }
 
 /// Wait forever (after a fatal error): the PD stays, its VM does not run.

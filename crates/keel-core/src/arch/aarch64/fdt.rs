@@ -165,6 +165,22 @@ pub fn generate_fdt(platform: &Arm64Platform) -> Result<Vec<u8>, FdtError> {
         fdt.property_null("dma-coherent")?;
         fdt.end_node(node)?;
     }
+    for dev in &platform.passthrough {
+        let base = dev.reg.first().map_or(0, |r| r.0);
+        let node = fdt.begin_node(&format!("{}@{base:x}", dev.name))?;
+        fdt.property_string("compatible", &dev.compatible)?;
+        let reg: Vec<u64> = dev.reg.iter().flat_map(|&(b, s)| [b, s]).collect();
+        fdt.property_array_u64("reg", &reg)?;
+        if !dev.spis.is_empty() {
+            let cells: Vec<u32> = dev
+                .spis
+                .iter()
+                .flat_map(|&spi| [GIC_SPI, spi, IRQ_TYPE_LEVEL_HIGH])
+                .collect();
+            fdt.property_array_u32("interrupts", &cells)?;
+        }
+        fdt.end_node(node)?;
+    }
     fdt.end_node(root)?;
     let blob = fdt.finish()?;
     if blob.len() > FDT_MAX_SIZE {
@@ -303,6 +319,11 @@ fn validate(p: &Arm64Platform) -> Result<(), FdtError> {
             .iter()
             .map(|d| ("virtio-mmio device", d.base, d.size)),
     );
+    regions.extend(
+        p.passthrough
+            .iter()
+            .flat_map(|d| d.reg.iter().map(|&(b, s)| ("passed-through device", b, s))),
+    );
     for &(what, base, size) in &regions {
         if size == 0 || base.checked_add(size).is_none() {
             return Err(FdtError::BadRegion { what, base, size });
@@ -335,6 +356,21 @@ fn validate(p: &Arm64Platform) -> Result<(), FdtError> {
                 b: b.base,
                 spi: a.spi,
             });
+        }
+    }
+    for d in &p.passthrough {
+        let base = d.reg.first().map_or(0, |r| r.0);
+        if let Some(&spi) = d.spis.iter().find(|&&s| s > MAX_SPI) {
+            return Err(FdtError::SpiOutOfRange { base, spi });
+        }
+        for &spi in &d.spis {
+            if let Some(other) = devices.iter().find(|o| o.spi == spi) {
+                return Err(FdtError::SharedSpi {
+                    a: other.base,
+                    b: base,
+                    spi,
+                });
+            }
         }
     }
     match p.initrd {
@@ -662,5 +698,45 @@ mod tests {
         p.cmdline = "a\0b".into();
 
         assert_eq!(generate_fdt(&p), Err(FdtError::NulInCmdline { offset: 1 }));
+    }
+
+    fn passed_through_disk() -> PassthroughNode {
+        PassthroughNode {
+            name: "disk0".into(),
+            compatible: "virtio,mmio".into(),
+            reg: alloc::vec![(0x0a00_3e00, 0x200)],
+            spis: alloc::vec![47],
+        }
+    }
+
+    #[test]
+    fn a_passed_through_device_gets_its_node_with_reg_and_level_interrupts() {
+        let mut p = platform(GicVersion::V2, 1);
+        p.passthrough.push(passed_through_disk());
+        let blob = generate_fdt(&p).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+
+        assert_eq!(
+            string(prop(&fdt, "/disk0@a003e00", "compatible")),
+            "virtio,mmio"
+        );
+        assert_eq!(
+            u64s(prop(&fdt, "/disk0@a003e00", "reg")),
+            [0x0a00_3e00, 0x200]
+        );
+        assert_eq!(
+            cells(prop(&fdt, "/disk0@a003e00", "interrupts")),
+            [GIC_SPI, 47, IRQ_TYPE_LEVEL_HIGH]
+        );
+    }
+
+    #[test]
+    fn a_passed_through_device_on_an_emulated_devices_spi_is_refused() {
+        let mut p = platform(GicVersion::V2, 1);
+        let mut d = passed_through_disk();
+        d.spis = alloc::vec![p.virtio[0].spi];
+        p.passthrough.push(d);
+
+        assert!(matches!(generate_fdt(&p), Err(FdtError::SharedSpi { .. })));
     }
 }

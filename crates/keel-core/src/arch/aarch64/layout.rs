@@ -195,6 +195,22 @@ pub struct Arm64Platform {
     pub initrd: Option<(u64, u64)>,
     /// PSCI calling instruction.
     pub psci: PsciConduit,
+    /// Physical devices passed through to the guest, each a node of its own.
+    pub passthrough: Vec<PassthroughNode>,
+}
+
+/// The device-tree node of a device passed through to the guest (a board's device at its
+/// physical address, with its physical interrupts; level-triggered).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassthroughNode {
+    /// Node name (`<name>@<first reg base>`).
+    pub name: String,
+    /// `compatible`.
+    pub compatible: String,
+    /// `reg`: `(base, size)` ranges.
+    pub reg: Vec<(u64, u64)>,
+    /// SPI numbers (INTID `32 + spi`).
+    pub spis: Vec<u32>,
 }
 
 impl Arm64Platform {
@@ -210,6 +226,7 @@ impl Arm64Platform {
             cmdline: String::new(),
             initrd: None,
             psci: PsciConduit::Hvc,
+            passthrough: Vec::new(),
         }
     }
 

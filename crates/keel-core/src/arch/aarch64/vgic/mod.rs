@@ -58,6 +58,14 @@ pub trait VgicHost {
     fn ack_ppi(&mut self, vcpu: VcpuId, intid: u32) {
         let _ = (vcpu, intid);
     }
+
+    /// The guest completed SPI `intid` on `vcpu` (its list register came back through
+    /// maintenance). A hypervisor that passes a physical interrupt through acknowledges it
+    /// to the hardware now (seL4: `microkit_irq_ack`), so that the device can interrupt
+    /// again only once the guest has handled it. Nothing by default.
+    fn completed_spi(&mut self, vcpu: VcpuId, intid: u32) {
+        let _ = (vcpu, intid);
+    }
 }
 
 /// Why a distributor cannot be built as asked.

@@ -500,6 +500,7 @@ mod tests {
             disks: alloc::vec![DiskPlan {
                 read_only: false,
                 id: "data".into(),
+                served: None,
             }],
             cpus: CpuPlan {
                 vcpu_pcpus: Some(alloc::vec![0.into(), 1.into()]),
@@ -514,6 +515,7 @@ mod tests {
                 size: 0x1000,
                 access: keel_spec::Access::ReadOnly,
             }],
+            serves: alloc::vec::Vec::new(),
             passthrough: alloc::vec![keel_spec::PassthroughPlan {
                 name: "disk0".into(),
                 mmio: alloc::vec![(0x0a00_3000, 0x1000)],

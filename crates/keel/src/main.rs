@@ -358,7 +358,7 @@ fn summary(vm: &VmSpec) -> String {
 }
 
 /// What `keel check` prints: one line per VM, each followed by one indented line per
-/// network interface and per shared region it maps; then per shared region one line; then
+/// network interface, per served disk, per client it serves and per shared region it maps; then per shared region one line; then
 /// per network one line, one per port and one per allowed pair.
 fn check_lines(plan: &keel_spec::plan::SystemPlan, sys: &System) -> Vec<String> {
     use keel_spec::plan::PortOwner;
@@ -375,6 +375,30 @@ fn check_lines(plan: &keel_spec::plan::SystemPlan, sys: &System) -> Vec<String> 
             lines.push(format!(
                 "  net {i}: network {:?}, mac {}, port {}",
                 nic.network_name, nic.mac, nic.port
+            ));
+        }
+        for (i, d) in vm.disks.iter().enumerate() {
+            if let Some(s) = &d.served {
+                lines.push(format!(
+                    "  disk {i}: served by vm {:?}, its disk {} [{:#x}, {:#x}){}",
+                    s.server,
+                    s.server_disk,
+                    s.start,
+                    s.start.saturating_add(s.size),
+                    if d.read_only { ", read-only" } else { "" }
+                ));
+            }
+        }
+        for s in plan.vm(&vm.name).map(|p| &p.serves[..]).unwrap_or(&[]) {
+            lines.push(format!(
+                "  serves vm {:?} disk {}: its disk {} [{:#x}, {:#x}), region at {:#x} ({})",
+                s.client,
+                s.client_disk,
+                s.server_disk,
+                s.start,
+                s.start.saturating_add(s.size),
+                s.gpa,
+                keel_spec::SizeDisplay(s.region_len)
             ));
         }
         for (i, m) in plan

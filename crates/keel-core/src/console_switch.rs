@@ -41,11 +41,16 @@ pub enum Routed<'a> {
     },
     /// `@target` named no VM: nothing was sent, the focus stays.
     NoSuchVm {
-        /// What followed the `@` (lossy UTF-8 is the caller's business).
+        /// What followed the `@`.
         target: &'a [u8],
+        /// The VM that keeps the focus.
+        focus: usize,
     },
     /// A control byte ended a command before Enter: nothing was sent.
-    Cancelled,
+    Cancelled {
+        /// The VM that keeps the focus.
+        focus: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,7 +166,7 @@ impl ConsoleSwitch {
                         }
                     } else if b < 0x20 {
                         self.state = State::LineStart;
-                        out(Routed::Cancelled);
+                        out(Routed::Cancelled { focus: self.focus });
                     } else if self.len < COMMAND_MAX {
                         self.command[self.len] = b;
                         self.len += 1;
@@ -186,39 +191,40 @@ impl ConsoleSwitch {
                 self.focus = vm;
                 out(Routed::Switched { vm });
             }
-            None => out(Routed::NoSuchVm { target }),
+            None => out(Routed::NoSuchVm {
+                target,
+                focus: self.focus,
+            }),
         }
     }
+}
 
-    /// The line to print for `r` (none for bytes): `keel: input -> vm "b"`, or why
-    /// nothing happened, naming the VMs a command can reach.
-    pub fn message(&self, r: &Routed<'_>) -> Option<String> {
-        match r {
-            Routed::Bytes { .. } => None,
-            Routed::Switched { vm } => Some(alloc::format!(
-                "keel: input -> vm \"{}\"",
-                self.name(*vm).unwrap_or("?")
-            )),
-            Routed::NoSuchVm { target } => {
-                let mut m = alloc::format!(
-                    "keel: no vm \"@{}\"; input stays with vm \"{}\" (",
-                    String::from_utf8_lossy(target),
-                    self.name(self.focus).unwrap_or("?")
-                );
-                for (i, n) in self.names.iter().enumerate() {
-                    if i > 0 {
-                        m.push_str(", ");
-                    }
-                    m.push_str(&alloc::format!("@{i} or @{n}"));
+/// The line to print for `r` in a system of VMs `names` (none for bytes):
+/// `keel: input -> vm "b"`, or why nothing happened, naming the VMs a command can reach.
+pub fn message<S: AsRef<str>>(names: &[S], r: &Routed<'_>) -> Option<String> {
+    let name = |vm: usize| names.get(vm).map_or("?", |n| n.as_ref());
+    match *r {
+        Routed::Bytes { .. } => None,
+        Routed::Switched { vm } => Some(alloc::format!("keel: input -> vm \"{}\"", name(vm))),
+        Routed::NoSuchVm { target, focus } => {
+            let mut m = alloc::format!(
+                "keel: no vm \"@{}\"; input stays with vm \"{}\" (",
+                String::from_utf8_lossy(target),
+                name(focus)
+            );
+            for (i, n) in names.iter().enumerate() {
+                if i > 0 {
+                    m.push_str(", ");
                 }
-                m.push_str("; @@ sends @)");
-                Some(m)
+                m.push_str(&alloc::format!("@{i} or @{}", n.as_ref()));
             }
-            Routed::Cancelled => Some(alloc::format!(
-                "keel: @ command cancelled; input stays with vm \"{}\"",
-                self.name(self.focus).unwrap_or("?")
-            )),
+            m.push_str("; @@ sends @)");
+            Some(m)
         }
+        Routed::Cancelled { focus } => Some(alloc::format!(
+            "keel: @ command cancelled; input stays with vm \"{}\"",
+            name(focus)
+        )),
     }
 }
 
@@ -246,11 +252,11 @@ mod tests {
                     }
                 }
                 Routed::Switched { vm } => self.items.push(alloc::format!("switch {vm}")),
-                Routed::NoSuchVm { target } => self.items.push(alloc::format!(
+                Routed::NoSuchVm { target, .. } => self.items.push(alloc::format!(
                     "no vm {}",
                     core::str::from_utf8(target).unwrap()
                 )),
-                Routed::Cancelled => self.items.push("cancelled".into()),
+                Routed::Cancelled { .. } => self.items.push("cancelled".into()),
             }
         }
     }
@@ -323,7 +329,14 @@ mod tests {
             got,
             s(&["switch 1", "no vm 2", "no vm nope", "no vm ", "1:hi\n"])
         );
-        let m = sw.message(&Routed::NoSuchVm { target: b"2" }).unwrap();
+        let m = message(
+            &["web", "db"],
+            &Routed::NoSuchVm {
+                target: b"2",
+                focus: sw.focus(),
+            },
+        )
+        .unwrap();
         assert_eq!(
             m,
             "keel: no vm \"@2\"; input stays with vm \"db\" (@0 or @web, @1 or @db; @@ sends @)"
@@ -332,13 +345,13 @@ mod tests {
 
     #[test]
     fn switch_message_names_the_vm() {
-        let sw = two();
+        let names = ["web", "db"];
 
         assert_eq!(
-            sw.message(&Routed::Switched { vm: 1 }).unwrap(),
+            message(&names, &Routed::Switched { vm: 1 }).unwrap(),
             "keel: input -> vm \"db\""
         );
-        assert_eq!(sw.message(&Routed::Bytes { vm: 0, bytes: b"x" }), None);
+        assert_eq!(message(&names, &Routed::Bytes { vm: 0, bytes: b"x" }), None);
     }
 
     #[test]

@@ -324,6 +324,19 @@ fn forward_input(names: Vec<String>, mut inputs: Vec<VmInput>) -> Result<(), Fai
         .map_err(|e| failure(format!("cannot start the input thread: {e}")))
 }
 
+/// Whether stdin is our controlling terminal and another process group is in its
+/// foreground (a terminal that is not our controlling one cannot stop us: not background).
+fn stdin_is_background_terminal() -> bool {
+    // SAFETY: isatty, tcgetpgrp and getpgrp only inspect descriptors and process state.
+    unsafe {
+        if libc::isatty(libc::STDIN_FILENO) != 1 {
+            return false;
+        }
+        let foreground = libc::tcgetpgrp(libc::STDIN_FILENO);
+        foreground >= 0 && foreground != libc::getpgrp()
+    }
+}
+
 /// Send `signal` to each process still running.
 fn signal_all(procs: &[Proc], signal: libc::c_int) {
     for p in procs.iter().filter(|p| p.status.is_none()) {
@@ -500,13 +513,22 @@ pub fn up(
     drop(shared_files);
 
     // A terminal on stdin is raw while the system runs (restored on every return from
-    // here: signals arrive through the signalfd, a panic's hook restores it too).
-    let raw = if start_error.is_none() {
+    // here: signals arrive through the signalfd, a panic's hook restores it too). A
+    // terminal this process does not own (`keel up … &`): reading it or changing its mode
+    // would stop `keel up` (SIGTTIN, SIGTTOU), so its input is left alone.
+    let background = stdin_is_background_terminal();
+    if background && start_error.is_none() {
+        emit(
+            "keel: ",
+            "stdin is a terminal keel up runs in the background of: input is not forwarded",
+        );
+    }
+    let raw = if start_error.is_none() && !background {
         keel_kvm::host::RawTerminal::enable()
     } else {
         None
     };
-    if start_error.is_none() {
+    if start_error.is_none() && !background {
         let names: Vec<String> = plan.vms.iter().map(|v| v.name.clone()).collect();
         if raw.is_some() && names.len() > 1 {
             emit(

@@ -1127,3 +1127,79 @@ fn stdin_goes_to_the_focused_vm_and_at_n_switches_the_focus() {
     assert_eq!(lines("b"), ["two@0", "@1 literal", "three", "end"], "{all}");
     assert_eq!(s.stderr.matches("keel: input -> vm").count(), 3, "{all}");
 }
+
+/// The local modes of terminal `fd`.
+fn lflag(fd: std::os::fd::RawFd) -> libc::tcflag_t {
+    // SAFETY: termios is plain data; tcgetattr fills it for a descriptor we hold open.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
+    t.c_lflag
+}
+
+#[test]
+fn a_terminal_on_stdin_is_raw_while_the_system_runs_and_restored_after_a_signal() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let test = "a_terminal_on_stdin_is_raw_while_the_system_runs_and_restored_after_a_signal";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let g = guest::testguest_with(b"serial-echo:").expect("the test guest has serial-echo");
+    let s = Scratch::new("pty");
+    let toml = [
+        vm(&g, "a", "keeltest=serial-echo:60000", &[], ""),
+        vm(&g, "b", "keeltest=serial-echo:60000", &[], ""),
+    ]
+    .concat();
+    let sys = s.system(&toml);
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into the two ints; no name, termios or size.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned these two new descriptors, owned here from now on.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let cooked = lflag(slave.as_raw_fd());
+    assert_ne!(cooked & libc::ICANON, 0);
+    let _one = ONE_SYSTEM.lock().unwrap_or_else(|p| p.into_inner());
+    let mut child = Command::new(KEEL)
+        .args(["up", sys.to_str().unwrap()])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("keel starts");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut seen = String::new();
+    // The first line about input comes once the terminal is raw.
+    while !line.contains("keel: input -> vm \"a\"") {
+        line.clear();
+        assert_ne!(err.read_line(&mut line).unwrap(), 0, "{seen}");
+        seen.push_str(&line);
+    }
+    let raw = lflag(slave.as_raw_fd());
+    let mut typing = std::fs::File::from(master.try_clone().unwrap());
+    typing.write_all(b"@1\r").unwrap();
+    while !line.contains("keel: input -> vm \"b\"") {
+        line.clear();
+        assert_ne!(err.read_line(&mut line).unwrap(), 0, "{seen}");
+        seen.push_str(&line);
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let after = lflag(slave.as_raw_fd());
+
+    assert_eq!(raw & (libc::ICANON | libc::ECHO | libc::ISIG), 0, "{seen}");
+    assert_eq!(after, cooked, "{seen}");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{seen}");
+}

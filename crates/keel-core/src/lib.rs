@@ -13,6 +13,7 @@
 //! - [`bus`]: MMIO and port-I/O dispatch to devices.
 //! - [`irq`]: interrupt lines from devices to the guest's interrupt controller.
 //! - [`arch`]: per-architecture boot code and platform models.
+//! - [`console_switch`]: which VM's console takes a shared terminal's input (`@N`).
 //! - [`ring`]: a single-producer / single-consumer byte ring over shared memory between
 //!   parties that do not trust each other (on seL4: each VMM and the console PD), and
 //!   [`ring::slot`], the same header and checks over fixed-size record slots with
@@ -27,6 +28,7 @@ extern crate std;
 
 pub mod arch;
 pub mod bus;
+pub mod console_switch;
 pub mod control;
 pub mod hv;
 pub mod irq;

@@ -11,6 +11,10 @@
 //! [`LINE_MAX`] bytes or when the VMM flushed its ring; a VMM that stops mid-line leaves
 //! its partial line in its own ring and stalls nobody.
 //!
+//! Input goes the other way: the console PD (`console_pd.rs`) reads the board's UART
+//! and writes what is typed for the focused VM ([`keel_core::console_switch`]) into that
+//! VM's input ring, the last [`INPUT_RING_LEN`] bytes of its ring region.
+//!
 //! The console learns the VMs' names, rings and channels from a small payload appended
 //! to its ELF like the VMMs' ([`ConsoleConfig`], at [`crate::payload::PAYLOAD_VADDR`]).
 
@@ -24,8 +28,17 @@ use serde::{Deserialize, Serialize};
 #[cfg(test)]
 use crate::payload::PayloadError;
 
-/// Bytes of one VMM's console ring (its memory region; the ring header takes 256).
+/// Bytes of one VMM's console ring region (each ring header takes 256): its output ring
+/// ([`OUTPUT_RING_LEN`] bytes, the VMM produces), then its input ring ([`INPUT_RING_LEN`]
+/// bytes at offset [`OUTPUT_RING_LEN`], the console PD produces). The admin PD's region
+/// is all output.
 pub const RING_SIZE: u64 = 0x4000;
+/// Bytes of a VMM's input ring, at the end of its console ring region.
+pub const INPUT_RING_LEN: u64 = 0x1000;
+/// Bytes of a VMM's output ring, at the start of its console ring region.
+pub const OUTPUT_RING_LEN: u64 = RING_SIZE - INPUT_RING_LEN;
+/// Where the console PD maps the board's UART (console input).
+pub const CONSOLE_UART_VADDR: u64 = 0x3_1000_0000;
 /// Where a VMM maps its console ring.
 pub const VMM_RING_VADDR: u64 = 0x3_0000_0000;
 /// Where the console PD maps the ring of VM `i`: here + `i` × [`RING_SIZE`].
@@ -38,8 +51,8 @@ pub const LINE_MAX: usize = 256;
 pub const DRAIN_BUDGET: usize = 4096;
 /// First bytes of the console payload.
 pub const MAGIC: [u8; 8] = *b"KEELCON\0";
-/// Console payload format version (2: the configuration in postcard).
-pub const VERSION: u32 = 2;
+/// Console payload format version (3: input rings and the UART).
+pub const VERSION: u32 = 3;
 /// Bytes of the console payload's fixed header (magic, version, total length).
 pub const HEADER_LEN: usize = crate::payload::CONFIG_HEADER_LEN;
 
@@ -52,7 +65,20 @@ pub struct ConsoleVm {
     pub ring_vaddr: u64,
     /// The ring's length in bytes.
     pub ring_len: u64,
-    /// The console PD's channel from this VM's VMM.
+    /// Where its input ring is mapped in the console PD (0: it takes no input).
+    pub input_vaddr: u64,
+    /// The input ring's length in bytes.
+    pub input_len: u64,
+    /// The console PD's channel to and from this VM's VMM.
+    pub channel: u32,
+}
+
+/// The board's UART as the console PD reads typed input from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleUart {
+    /// Where its registers are mapped (uncached).
+    pub vaddr: u64,
+    /// The channel its receive interrupt arrives on.
     pub channel: u32,
 }
 
@@ -63,12 +89,14 @@ pub struct ConsoleConfig {
     pub prefix: bool,
     /// The VMs, in system order.
     pub vms: Vec<ConsoleVm>,
+    /// The UART typed input comes from (none: no input).
+    pub uart: Option<ConsoleUart>,
 }
 
 impl ConsoleConfig {
-    /// The configuration of a system with VMs `names`: ring `i` at
-    /// [`CONSOLE_RINGS_VADDR`] + `i` × [`RING_SIZE`], channel `i`, prefixes when there
-    /// are several VMs.
+    /// The configuration of a system with VMs `names`: ring region `i` at
+    /// [`CONSOLE_RINGS_VADDR`] + `i` × [`RING_SIZE`] (output, then input), channel `i`,
+    /// prefixes when there are several VMs; no UART.
     pub fn for_vms<'a>(names: impl IntoIterator<Item = &'a str>) -> ConsoleConfig {
         let vms: Vec<ConsoleVm> = names
             .into_iter()
@@ -76,20 +104,23 @@ impl ConsoleConfig {
             .map(|(i, name)| ConsoleVm {
                 name: name.into(),
                 ring_vaddr: CONSOLE_RINGS_VADDR + i as u64 * RING_SIZE,
-                ring_len: RING_SIZE,
+                ring_len: OUTPUT_RING_LEN,
+                input_vaddr: CONSOLE_RINGS_VADDR + i as u64 * RING_SIZE + OUTPUT_RING_LEN,
+                input_len: INPUT_RING_LEN,
                 channel: i as u32,
             })
             .collect();
         ConsoleConfig {
             prefix: vms.len() > 1,
             vms,
+            uart: None,
         }
     }
 
     /// The configuration of a system with VMs `names` and the admin PD: [`for_vms`]'s
     /// rings, then the admin PD's ring named `admin` (ring and channel `names.len()`, as
-    /// `keel_spec::microkit::console_component` plans it); prefixes only when there are
-    /// several VMs.
+    /// `keel_spec::microkit::console_component` plans it: all output, no input); prefixes
+    /// only when there are several VMs.
     ///
     /// [`for_vms`]: ConsoleConfig::for_vms
     pub fn for_system<'a>(names: impl IntoIterator<Item = &'a str>, admin: &str) -> ConsoleConfig {
@@ -97,6 +128,11 @@ impl ConsoleConfig {
         let prefix = vms.len() > 1;
         let mut cfg = ConsoleConfig::for_vms(vms.into_iter().chain(core::iter::once(admin)));
         cfg.prefix = prefix;
+        if let Some(a) = cfg.vms.last_mut() {
+            a.ring_len = RING_SIZE;
+            a.input_vaddr = 0;
+            a.input_len = 0;
+        }
         cfg
     }
 
@@ -485,6 +521,20 @@ mod tests {
         assert!(c.prefix);
         assert_eq!(c.vms[1].ring_vaddr, CONSOLE_RINGS_VADDR + RING_SIZE);
         assert_eq!(c.vms[1].channel, 1);
+        assert_eq!(
+            c.vms[1].input_vaddr,
+            c.vms[1].ring_vaddr + c.vms[1].ring_len
+        );
+        assert_eq!(c.vms[1].ring_len + c.vms[1].input_len, RING_SIZE);
+    }
+
+    #[test]
+    fn the_admin_ring_takes_no_input() {
+        let c = ConsoleConfig::for_system(["a"], "admin");
+
+        assert_eq!(c.vms[1].name, "admin");
+        assert_eq!((c.vms[1].ring_len, c.vms[1].input_vaddr), (RING_SIZE, 0));
+        assert_ne!(c.vms[0].input_vaddr, 0);
     }
 
     #[test]

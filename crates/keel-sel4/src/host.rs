@@ -24,10 +24,12 @@ use keel_spec::{System, VmSpec};
 
 use crate::abi::board;
 use crate::admin::{AdminConfig, AdminControl, AdminVm, RestartPlan};
-use crate::console::{CONSOLE_RINGS_VADDR, ConsoleConfig, RING_SIZE, VMM_CHANNEL, VMM_RING_VADDR};
+use crate::console::{
+    CONSOLE_RINGS_VADDR, CONSOLE_UART_VADDR, ConsoleConfig, ConsoleUart, INPUT_RING_LEN,
+    OUTPUT_RING_LEN, RING_SIZE, VMM_CHANNEL, VMM_RING_VADDR,
+};
 use crate::payload::{
-    self, CONSOLE_RING_VADDR, GUEST_RAM_VADDR, INPUT_UART_VADDR, NicWindows, PAYLOAD_VADDR,
-    PayloadError, Sel4Params,
+    self, CONSOLE_RING_VADDR, GUEST_RAM_VADDR, NicWindows, PAYLOAD_VADDR, PayloadError, Sel4Params,
 };
 use crate::switch::{
     SWITCH_HEAP_VADDR, SWITCH_RINGS_VADDR, SwitchConfigError, SwitchPdConfig,
@@ -302,9 +304,9 @@ impl Sdk {
             max_vcpus: keel_core::arch::aarch64::layout::GICV2_MAX_VCPUS,
             console_input: Some(ConsoleInput {
                 uart_paddr: board::PL011_PADDR,
-                uart_vaddr: INPUT_UART_VADDR,
+                uart_vaddr: CONSOLE_UART_VADDR,
                 irq: board::PL011_IRQ,
-                channel: INPUT_CHANNEL,
+                channel: keel_spec::microkit::CONSOLE_UART_CHANNEL,
             }),
             net: NetLayout {
                 vmm_rings_vaddr: VMM_NET_VADDR,
@@ -611,8 +613,8 @@ pub fn nic_windows(switches: &[SwitchComponent], vm_index: usize) -> Vec<NicWind
 
 /// The payload of VM `index` of `system`: its plan (`keel_spec::plan::plan_vm_of`, the
 /// same as on KVM), its seL4 parameters (with `nics`, its interfaces' rings: see
-/// [`nic_windows`]), kernel, initrd and disks. The first VM's VMM gets the console-input
-/// UART; `stall` is the test knob.
+/// [`nic_windows`]), kernel, initrd and disks. Every VMM takes console input from its
+/// input ring (the console PD routes it); `stall` is the test knob.
 pub fn vm_payload(
     system: &System,
     index: usize,
@@ -650,7 +652,6 @@ pub fn vm_payload_with(
         vm: format!("#{index}"),
         source: PayloadError::Truncated { what: "system" },
     })?;
-    let console_input = index == 0;
     let plan = keel_spec::plan::plan_vm_of(system, vm)?;
     let read = |p: &Path| std::fs::read(p).map_err(io(p));
     let kernel = read(vm.kernel.as_path())?;
@@ -663,7 +664,7 @@ pub fn vm_payload_with(
     let params = Sel4Params {
         ram_vaddr: GUEST_RAM_VADDR,
         console_ring: CONSOLE_RING_VADDR,
-        console_ring_len: RING_SIZE,
+        console_ring_len: OUTPUT_RING_LEN,
         console_channel: VMM_CHANNEL,
         test_stall: knobs.stall,
         test_fault: knobs.fault,
@@ -674,8 +675,8 @@ pub fn vm_payload_with(
             keel_spec::microkit::CONTROL_DOORBELL_GPA
         },
         admin_channel: keel_spec::microkit::VMM_ADMIN_CHANNEL,
-        input_uart: if console_input { INPUT_UART_VADDR } else { 0 },
-        input_channel: INPUT_CHANNEL,
+        console_input_ring: CONSOLE_RING_VADDR + OUTPUT_RING_LEN,
+        console_input_ring_len: INPUT_RING_LEN,
         rng_seed: host_seed()?,
         restart_on_reboot: vm.on_reboot == keel_spec::OnReboot::Restart,
         max_restarts: vm.max_restarts_per_minute,
@@ -716,10 +717,6 @@ pub fn check_heaps(system: &System) -> Result<(), BuildError> {
     }
     Ok(())
 }
-
-/// The channel of the console-input UART's interrupt in the first VM's VMM.
-const INPUT_CHANNEL: u32 = 1;
-const _: () = assert!(INPUT_CHANNEL != VMM_CHANNEL);
 
 /// Build the image for `system`.
 pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
@@ -892,12 +889,15 @@ fn human_size(text: &str) -> Option<u64> {
 /// The console ELF with the console configuration of `system` appended, in `opts.out`.
 fn write_console_elf(system: &System, opts: &BuildOptions) -> Result<(), BuildError> {
     let elf = std::fs::read(&opts.console_elf).map_err(io(&opts.console_elf))?;
-    let cfg = ConsoleConfig::for_system(
+    let mut cfg = ConsoleConfig::for_system(
         system.vms().iter().map(|v| v.name.as_str()),
         keel_spec::microkit::ADMIN_CONSOLE_NAME,
-    )
-    .encode()
-    .map_err(BuildError::ConsoleConfig)?;
+    );
+    cfg.uart = Some(ConsoleUart {
+        vaddr: CONSOLE_UART_VADDR,
+        channel: keel_spec::microkit::CONSOLE_UART_CHANNEL,
+    });
+    let cfg = cfg.encode().map_err(BuildError::ConsoleConfig)?;
     let out = crate::elf::append_segment(&elf, PAYLOAD_VADDR, &cfg, crate::elf::flags::R).map_err(
         |source| BuildError::Elf {
             path: opts.console_elf.clone(),
@@ -1094,7 +1094,8 @@ pub fn vms_in_build_dir(dir: &Path) -> Option<usize> {
 /// Boot `image` under QEMU, copy the console to `out`, and return once every VM has
 /// stopped (QEMU is then ended: the seL4 system itself never exits). `expected_vms`: how
 /// many VMs to wait for; `None` waits for every VMM seen coming up. `interactive`: QEMU
-/// reads this process's stdin (typed input reaches the first VM's console).
+/// reads this process's stdin (the console PD routes typed input to the focused VM's
+/// console, the first VM's at start; `@N` then Enter switches: docs/console.md).
 pub fn run_qemu(
     image: &Path,
     smp: u32,

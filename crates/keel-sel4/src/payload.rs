@@ -25,8 +25,6 @@ pub const PAYLOAD_VADDR: u64 = 0x1_0000_0000;
 pub const GUEST_RAM_VADDR: u64 = 0x2_0000_0000;
 /// Where the VMM maps its console ring (12 GiB; [`crate::console::VMM_RING_VADDR`]).
 pub const CONSOLE_RING_VADDR: u64 = crate::console::VMM_RING_VADDR;
-/// Where the first VM's VMM maps the board's PL011 for console input.
-pub const INPUT_UART_VADDR: u64 = 0x3_0001_0000;
 /// The guest-physical address whose write makes a VMM with the fault test knob fault
 /// ([`Sel4Params::test_fault`]): not RAM, no device, no shared region of the test systems
 /// (Linux's `/dev/mem` lets busybox `devmem` write there).
@@ -106,11 +104,11 @@ pub struct Sel4Params {
     pub control_doorbell: u64,
     /// The VMM's channel to the admin PD.
     pub admin_channel: u32,
-    /// Where the board's PL011 UART is mapped in this VMM for console input (0: this VM
-    /// gets no input).
-    pub input_uart: u64,
-    /// The Microkit channel of that UART's receive interrupt.
-    pub input_channel: u32,
+    /// Where this VMM's console input ring is mapped (0: no input): the console PD writes
+    /// what is typed for this VM there and notifies on [`Sel4Params::console_channel`].
+    pub console_input_ring: u64,
+    /// The input ring's length in bytes.
+    pub console_input_ring_len: u64,
     /// Seed for the VMM's virtio-rng generator, drawn from the build host's entropy
     /// source when the image was built (the PD has no entropy source of its own).
     pub rng_seed: [u8; 32],
@@ -537,8 +535,8 @@ mod tests {
             start: true,
             control_doorbell: 0,
             admin_channel: 0,
-            input_uart: INPUT_UART_VADDR,
-            input_channel: 1,
+            console_input_ring: CONSOLE_RING_VADDR + crate::console::OUTPUT_RING_LEN,
+            console_input_ring_len: crate::console::INPUT_RING_LEN,
             rng_seed: [5; 32],
             restart_on_reboot: true,
             max_restarts: 7,

@@ -32,8 +32,8 @@ pub const VMM_NET_VADDR: u64 = 0x4_0000_0000;
 pub const SWITCH_RINGS_VADDR: u64 = 0x4_0000_0000;
 /// Where a switch PD maps its heap region.
 pub const SWITCH_HEAP_VADDR: u64 = 0x2_0000_0000;
-/// The channel, in a VMM, of its interface `i`: this + `i` (1 is the console input's
-/// interrupt, 2 the console PD).
+/// The channel, in a VMM, of its interface `i`: this + `i` (1 was the console input's
+/// interrupt, now unused; 2 is the console PD).
 pub const VMM_FIRST_NET_CHANNEL: u32 = 3;
 /// Frames the switch takes from its input rings per service round.
 pub const SERVICE_BUDGET: usize = 64;

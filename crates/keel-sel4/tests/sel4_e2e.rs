@@ -287,6 +287,65 @@ fn typed_input_reaches_the_guest_console() {
 }
 
 #[test]
+fn console_pd_routes_typed_input_to_the_focused_vm_and_at_1_switches_to_the_second() {
+    let test = "console_pd_routes_typed_input_to_the_focused_vm_and_at_1_switches_to_the_second";
+    let Some(sdk) = SUITE.prerequisites(test) else {
+        return;
+    };
+    let Some(config) = SUITE.smp_config(&sdk, test) else {
+        return;
+    };
+    let cmd = "echo WAITING-INPUT; read -r l < /dev/ttyS0; echo GOT=$l";
+    let toml = format!(
+        "[system]\nname = \"e2e-input2\"\n{}{}",
+        vm_toml(
+            "a",
+            1,
+            "128M",
+            &keel_cmd(cmd),
+            "placement = { pcpus = [0] }"
+        ),
+        vm_toml(
+            "b",
+            1,
+            "128M",
+            &keel_cmd(cmd),
+            "placement = { pcpus = [1] }"
+        )
+    );
+    let _one = one_qemu();
+    let Built {
+        image, dir, cores, ..
+    } = SUITE.build(&sdk, "input2", &toml, config);
+    let mut child = spawn(&mut host::qemu_command(&image, cores), Stdio::piped());
+    let mut stdin = child.stdin.take().unwrap();
+    let (mut waiting, mut stopped, mut typed) = (0, 0, false);
+    let console = collect_console(child, BOOT_TIMEOUT, |line| {
+        if line.contains("| WAITING-INPUT") {
+            waiting += 1;
+        }
+        if waiting == 2 && !typed {
+            use std::io::Write;
+            typed = true;
+            // For VM 0 (the focus at start), then switch to VM 1 and type for it; a
+            // mid-line @ and a @@ pass through as typed.
+            stdin.write_all(b"for-a@1\r@1\r@@for-b\r").unwrap();
+            stdin.flush().unwrap();
+        }
+        if line.contains(": stopped: ") {
+            stopped += 1;
+        }
+        stopped == 2
+    });
+    std::fs::write(dir.join("console.log"), &console).unwrap();
+
+    assert!(console.contains("a| GOT=for-a@1"), "{console}");
+    assert!(console.contains("keel: input -> vm \"b\""), "{console}");
+    assert!(console.contains("b| GOT=@for-b"), "{console}");
+    assert_eq!(console.matches("GOT=").count(), 2, "{console}");
+}
+
+#[test]
 fn two_vms_boot_on_their_own_cores_in_their_own_vmms_and_power_off() {
     let test = "two_vms_boot_on_their_own_cores_in_their_own_vmms_and_power_off";
     let Some(sdk) = SUITE.prerequisites(test) else {

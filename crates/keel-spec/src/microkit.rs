@@ -16,7 +16,8 @@
 //! The console component ([`console_component`]): one `keel_console` PD (program
 //! `keel-console.elf`) owns the debug console's output; each VMM gets one ring region
 //! (`<vm>_console_ring`) mapped into that VMM and into the console PD only, and one channel
-//! to the console. The console PD runs one priority below the lowest VMM.
+//! to the console (both ways: output and typed input). The console PD runs one priority
+//! below the lowest VMM and owns the board's UART for input ([`ConsoleInput`]).
 //!
 //! The network component ([`switch_components`]): one switch PD per `[[network]]`
 //! (`keel_switch_<net>`, program `keel-switch-<net>.elf`) runs that network's switch. Each
@@ -70,7 +71,8 @@ pub struct MicrokitLayout {
     pub max_ram: u64,
     /// Most vCPUs one VM may have (what the emulated GIC addresses: 8 for GICv2).
     pub max_vcpus: u32,
-    /// Console input for the first VM, if the board has a serial port to give.
+    /// Console input (routed by the console PD to the VM that has the focus), if the
+    /// board has a serial port to give.
     pub console_input: Option<ConsoleInput>,
     /// Where the network component's rings, heaps and channels go.
     pub net: NetLayout,
@@ -179,17 +181,17 @@ pub struct ConsoleLayout {
     pub vmm_channel: u32,
 }
 
-/// The board's serial port given to the first VM's VMM for console input: its registers
-/// are mapped into the VMM and its receive interrupt arrives on a channel.
+/// The board's serial port given to the console PD for console input: its registers are
+/// mapped into the console PD and its receive interrupt arrives there on a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsoleInput {
     /// Physical address of the UART's registers (one 4 KiB page).
     pub uart_paddr: u64,
-    /// Where the VMM maps them.
+    /// Where the console PD maps them.
     pub uart_vaddr: u64,
     /// The UART's interrupt (GIC INTID).
     pub irq: u32,
-    /// The Microkit channel the interrupt arrives on.
+    /// The Microkit channel the interrupt arrives on (in the console PD).
     pub channel: u32,
 }
 
@@ -518,9 +520,12 @@ pub fn placement(
 const TWO_MIB: u64 = 2 << 20;
 
 /// Most VMs in one system: the console PD gives each VMM one of its 62 Microkit channels
-/// (ids 0..=59), the admin PD the next one (60); 61 stays free for the console UART's
-/// interrupt.
+/// (ids 0..=59), the admin PD the next one (60); 61 is the console UART's interrupt
+/// ([`CONSOLE_UART_CHANNEL`]).
 pub const MAX_VMS: usize = 60;
+
+/// The channel id, in the console PD, of the console UART's receive interrupt.
+pub const CONSOLE_UART_CHANNEL: u32 = 61;
 
 /// Name of the console protection domain.
 pub const CONSOLE_PD_NAME: &str = "keel_console";
@@ -1890,7 +1895,7 @@ pub fn component_plan(
                 });
             }
         }
-        let mut irqs: Vec<IrqPlan> = vm
+        let irqs: Vec<IrqPlan> = vm
             .passthrough
             .iter()
             .flat_map(|d| d.irqs.iter())
@@ -1900,16 +1905,6 @@ pub fn component_plan(
                 channel: passthrough_channel(k),
             })
             .collect();
-        if let (0, Some(ci)) = (index, &layout.console_input) {
-            maps.push(MapPlan {
-                cached: false,
-                ..rw("keel_console_uart".into(), ci.uart_vaddr)
-            });
-            irqs.push(IrqPlan {
-                irq: ci.irq,
-                channel: ci.channel,
-            });
-        }
         components.push(ComponentPlan {
             name: vmm_pd_name(vm),
             kind: ComponentKind::Vmm { vm: index },
@@ -1932,18 +1927,31 @@ pub fn component_plan(
             }),
         });
     }
+    // The console PD owns the board's UART: it routes typed input to the focused VM.
+    let mut console_maps: Vec<MapPlan> = console
+        .rings
+        .iter()
+        .map(|r| rw(r.region.clone(), r.console_vaddr))
+        .collect();
+    let mut console_irqs = Vec::new();
+    if let Some(ci) = &layout.console_input {
+        console_maps.push(MapPlan {
+            cached: false,
+            ..rw("keel_console_uart".into(), ci.uart_vaddr)
+        });
+        console_irqs.push(IrqPlan {
+            irq: ci.irq,
+            channel: ci.channel,
+        });
+    }
     components.push(ComponentPlan {
         name: console.pd.clone(),
         kind: ComponentKind::Console,
         program: console.elf.clone(),
         priority: console.priority,
         cpu: console.cpu,
-        maps: console
-            .rings
-            .iter()
-            .map(|r| rw(r.region.clone(), r.console_vaddr))
-            .collect(),
-        irqs: Vec::new(),
+        maps: console_maps,
+        irqs: console_irqs,
         vm: None,
         parent: None,
     });
@@ -2115,9 +2123,9 @@ mod tests {
             max_vcpus: 8,
             console_input: Some(ConsoleInput {
                 uart_paddr: 0x0900_0000,
-                uart_vaddr: 0x3_0001_0000,
+                uart_vaddr: 0x3_1000_0000,
                 irq: 33,
-                channel: 1,
+                channel: CONSOLE_UART_CHANNEL,
             }),
             net: NetLayout {
                 vmm_rings_vaddr: 0x4_0000_0000,
@@ -2228,17 +2236,20 @@ mod tests {
     }
 
     #[test]
-    fn only_the_first_vmm_gets_the_console_input_uart() {
+    fn only_the_console_pd_gets_the_console_input_uart() {
         let x = system_file(&system(vec![vm("a", 1), vm("b", 1)]), &layout()).unwrap();
 
         assert!(x.contains(
             "<memory_region name=\"keel_console_uart\" size=\"0x1000\" phys_addr=\"0x9000000\" />"
         ));
-        assert_eq!(x.matches("<irq irq=\"33\" id=\"1\" />").count(), 1);
-        let a = x.find("name=\"a_vmm\"").unwrap();
-        let b = x.find("name=\"b_vmm\"").unwrap();
+        assert_eq!(x.matches("<irq irq=\"33\" id=\"61\" />").count(), 1, "{x}");
+        assert_eq!(x.matches("mr=\"keel_console_uart\"").count(), 1, "{x}");
+        let console = x.find("name=\"keel_console\"").unwrap();
         let irq = x.find("<irq irq=").unwrap();
-        assert!(a < irq && irq < b);
+        let uart = x.find("mr=\"keel_console_uart\"").unwrap();
+        let after = x[console..].find("</protection_domain>").unwrap() + console;
+        assert!(console < irq && irq < after, "{x}");
+        assert!(console < uart && uart < after, "{x}");
     }
 
     #[test]
@@ -2474,8 +2485,8 @@ mod tests {
             plan.check(),
             Err(ComponentError::IrqOwners {
                 irq: 33,
-                first: "a_vmm".into(),
-                second: "b_vmm".into()
+                first: "b_vmm".into(),
+                second: "keel_console".into()
             })
         );
     }

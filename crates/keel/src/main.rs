@@ -33,8 +33,10 @@ USAGE:
 COMMANDS:
     run      boot one VM of the system and wait until the guest stops
     up       run the whole system: one process per VM, one switch process per network;
-             every VM's serial/console output on stdout prefixed with `[name] `, nothing
-             forwarded to the VMs' stdin; stops on Ctrl-C or when every VM has ended
+             every VM's serial/console output on stdout prefixed with `[name] `; stdin
+             goes to one VM at a time (the first; `@N` or `@name` then Enter at the start
+             of a line switches, `@@` sends `@`: docs/console.md); stops on Ctrl-C (on a
+             terminal: Ctrl-A x) or when every VM has ended
     check    validate the system (including its host files); one line per VM with one
              per network interface, then each network's ports and allowed pairs
     daemon   the admin: run the system's VMs supervised (one VMM process per VM, restart

@@ -8,13 +8,14 @@
 //! else is close-on-exec), runs in its own process group (Ctrl-C reaches only `keel up`)
 //! and dies with `keel up` (`PR_SET_PDEATHSIG`). VMM output (serial and consoles on stdio,
 //! and keel's own messages) comes back through pipes and is printed line by line prefixed
-//! with the VM's name. Nothing is forwarded to the VMs' stdin.
+//! with the VM's name. `keel up`'s own stdin goes to the VM that has the input focus (one
+//! pipe to each VMM's stdin; `@N` then Enter moves the focus: docs/console.md).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -150,12 +151,15 @@ struct Proc {
 }
 
 /// Spawn `/proc/self/exe args...` keeping `fds` open across exec, in its own process
-/// group, killed with SIGTERM if `keel up` dies.
+/// group, killed with SIGTERM if `keel up` dies; with `piped`, its stdin, stdout and
+/// stderr are pipes to `keel up`.
 fn spawn(args: &[String], fds: Vec<RawFd>, piped: bool) -> std::io::Result<Child> {
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0("keel").args(args).stdin(Stdio::null());
     if piped {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
     }
     // SAFETY: the hook runs in the forked child before exec and only makes
     // async-signal-safe calls (fcntl, prctl, setpgid, sigprocmask) on data prepared before
@@ -217,6 +221,121 @@ fn relay(
             }
         }
     })
+}
+
+/// Ctrl-A.
+const CTRL_A: u8 = 0x01;
+
+/// One VM's console input: the pipe to its VMM's stdin (non-blocking), until it breaks.
+struct VmInput(Option<ChildStdin>);
+
+impl VmInput {
+    fn new(stdin: Option<ChildStdin>) -> VmInput {
+        let stdin = stdin.filter(|s| {
+            // SAFETY: F_GETFL/F_SETFL on a pipe we own; no memory is passed.
+            unsafe {
+                let fd = s.as_raw_fd();
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+            }
+        });
+        VmInput(stdin)
+    }
+
+    /// Write `bytes` for the guest, each Ctrl-A doubled (the VMM's own Ctrl-A escape turns
+    /// it back into one). What does not fit in the pipe is dropped, as a UART drops what
+    /// overflows its FIFO; a broken pipe (the VMM ended) closes this input.
+    fn send(&mut self, bytes: &[u8]) {
+        let Some(pipe) = self.0.as_mut() else { return };
+        let mut escaped = Vec::with_capacity(bytes.len());
+        for &b in bytes {
+            if b == CTRL_A {
+                escaped.push(CTRL_A);
+            }
+            escaped.push(b);
+        }
+        let mut rest = &escaped[..];
+        while !rest.is_empty() {
+            match pipe.write(rest) {
+                Ok(0) => break,
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.0 = None;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Start the thread that reads `keel up`'s stdin and routes it to VMs `names` (their
+/// `inputs`, in the same order) through a [`ConsoleSwitch`]: `@N` or `@name` then Enter
+/// at the start of a line moves the focus, `@@` sends one `@` (docs/console.md). Ctrl-A x
+/// stops the system (a SIGINT to `keel up`, as Ctrl-C without a terminal); Ctrl-A Ctrl-A
+/// sends one Ctrl-A. At the end of stdin every VM's input is closed. The thread ends with
+/// stdin or with the process.
+///
+/// [`ConsoleSwitch`]: keel_core::console_switch::ConsoleSwitch
+fn forward_input(names: Vec<String>, mut inputs: Vec<VmInput>) -> Result<(), Failure> {
+    use keel_core::console_switch::{ConsoleSwitch, Routed, message};
+    std::thread::Builder::new()
+        .name("keel-input".into())
+        .spawn(move || {
+            let mut switch = ConsoleSwitch::new(names.iter().map(String::as_str));
+            let mut escape = keel_kvm::io::Escape::default();
+            let mut buf = [0u8; 256];
+            loop {
+                // SAFETY: reading at most `buf.len()` bytes into `buf`.
+                let n =
+                    unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                    continue;
+                }
+                let Ok(n @ 1..) = usize::try_from(n) else {
+                    break;
+                };
+                let bytes = escape.filter(&buf[..n]);
+                switch.feed(&bytes, &mut |r| match r {
+                    Routed::Bytes { vm, bytes } => {
+                        if let Some(input) = inputs.get_mut(vm) {
+                            input.send(bytes);
+                        }
+                    }
+                    other => {
+                        if let Some(m) = message(&names, &other) {
+                            emit("", &m);
+                        }
+                    }
+                });
+                if escape.quit {
+                    emit("keel: ", "Ctrl-A x: stopping every VM");
+                    // SAFETY: signalling our own process; SIGINT is blocked in every
+                    // thread and read from the signalfd by `up`'s loop.
+                    unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
+                    return;
+                }
+            }
+            inputs.clear();
+        })
+        .map(drop)
+        .map_err(|e| failure(format!("cannot start the input thread: {e}")))
+}
+
+/// Whether stdin is our controlling terminal and another process group is in its
+/// foreground (a terminal that is not our controlling one cannot stop us: not background).
+fn stdin_is_background_terminal() -> bool {
+    // SAFETY: isatty, tcgetpgrp and getpgrp only inspect descriptors and process state.
+    unsafe {
+        if libc::isatty(libc::STDIN_FILENO) != 1 {
+            return false;
+        }
+        let foreground = libc::tcgetpgrp(libc::STDIN_FILENO);
+        foreground >= 0 && foreground != libc::getpgrp()
+    }
 }
 
 /// Send `signal` to each process still running.
@@ -360,6 +479,7 @@ pub fn up(
     let stdout: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(std::io::stdout()));
     let stderr: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(std::io::stderr()));
     let mut vmms: Vec<Proc> = Vec::new();
+    let mut inputs: Vec<VmInput> = Vec::new();
     let mut relays = Vec::new();
     if start_error.is_none() {
         for vm in &plan.vms {
@@ -374,6 +494,7 @@ pub fn up(
             let fds = vmm_fd_args(&plan, vm, &ports, &shared_files, Some(&links), &mut args);
             match spawn(&args, fds, true) {
                 Ok(mut child) => {
+                    inputs.push(VmInput::new(child.stdin.take()));
                     let prefix = format!("[{}] ", vm.name);
                     if let Some(o) = child.stdout.take() {
                         relays.push(relay(o, stdout.clone(), prefix.clone()));
@@ -398,6 +519,39 @@ pub fn up(
     drop(ports);
     drop(shared_files);
     drop(links);
+
+    // A terminal on stdin is raw while the system runs (restored on every return from
+    // here: signals arrive through the signalfd, a panic's hook restores it too). A
+    // terminal this process does not own (`keel up … &`): reading it or changing its mode
+    // would stop `keel up` (SIGTTIN, SIGTTOU), so its input is left alone.
+    let background = stdin_is_background_terminal();
+    if background && start_error.is_none() {
+        emit(
+            "keel: ",
+            "stdin is a terminal keel up runs in the background of: input is not forwarded",
+        );
+    }
+    let raw = if start_error.is_none() && !background {
+        keel_kvm::host::RawTerminal::enable()
+    } else {
+        None
+    };
+    if start_error.is_none() && !background {
+        let names: Vec<String> = plan.vms.iter().map(|v| v.name.clone()).collect();
+        if raw.is_some() && names.len() > 1 {
+            emit(
+                "keel: ",
+                &format!(
+                    "input -> vm {:?} (@N or @name then Enter switches VMs, @@ sends @; Ctrl-A x stops)",
+                    names[0]
+                ),
+            );
+        }
+        if let Err(f) = forward_input(names, std::mem::take(&mut inputs)) {
+            start_error = Some(f);
+        }
+    }
+    drop(inputs);
 
     let started = Instant::now();
     // Set when keel up stopped the system itself: 128+N for signal N, 1 when a switch died.
@@ -437,6 +591,7 @@ pub fn up(
             }
         }
     }
+    drop(raw);
     // Stop order: VMMs, then switches; reap everything.
     signal_all(&vmms, libc::SIGTERM);
     wait_all(&mut vmms, sigfd);

@@ -67,8 +67,9 @@ impl Run {
 /// Start `keel args`; `on_start` gets its pid once it runs. One at a time: a system's VMs
 /// share the machine's cores with nothing else from this suite (the frame tests measure
 /// deadlines, and the software KVM here runs guests at a few hundred frames per second).
+static ONE_SYSTEM: Mutex<()> = Mutex::new(());
+
 fn keel_with(args: &[&str], on_start: impl FnOnce(u32)) -> Run {
-    static ONE_SYSTEM: Mutex<()> = Mutex::new(());
     let _one = ONE_SYSTEM.lock().unwrap_or_else(|p| p.into_inner());
     run_keel("up", args, RUN_TIMEOUT, on_start)
 }
@@ -1001,4 +1002,204 @@ fn running_vmm_process_is_sandboxed() {
             .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok());
         assert!(uid.is_some_and(|u| u != 0), "{}", vmm.status);
     }
+}
+
+/// What a `keel up` with a pipe on its stdin has printed so far.
+#[derive(Default)]
+struct Seen {
+    stdout: String,
+    stderr: String,
+}
+
+/// Wait until `keel up`'s output (`seen`) holds `text` on stdout or stderr; panic with all
+/// of it after `limit`.
+fn await_text(seen: &std::sync::Arc<Mutex<Seen>>, text: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        {
+            let s = seen.lock().unwrap();
+            if s.stdout.contains(text) || s.stderr.contains(text) {
+                return;
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "no {text:?} within {limit:?}\n--- stdout\n{}--- stderr\n{}",
+                    s.stdout, s.stderr
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn stdin_goes_to_the_focused_vm_and_at_n_switches_the_focus() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    if !kvm_or_skip("stdin_goes_to_the_focused_vm_and_at_n_switches_the_focus") {
+        return;
+    }
+    let g = guest::testguest_with(b"serial-echo:").expect("the test guest has serial-echo");
+    let s = Scratch::new("input");
+    let toml = [
+        vm(&g, "a", "keeltest=serial-echo:90000", &[], ""),
+        vm(&g, "b", "keeltest=serial-echo:90000", &[], ""),
+    ]
+    .concat();
+    let sys = s.system(&toml);
+    let _one = ONE_SYSTEM.lock().unwrap_or_else(|p| p.into_inner());
+    let mut child = Command::new(KEEL)
+        .args(["up", sys.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("keel starts");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let reader = |mut from: Box<dyn Read + Send>, err: bool| {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = from.read(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let mut s = seen.lock().unwrap();
+                if err {
+                    s.stderr.push_str(&text);
+                } else {
+                    s.stdout.push_str(&text);
+                }
+            }
+        })
+    };
+    let out_t = reader(Box::new(child.stdout.take().unwrap()), false);
+    let err_t = reader(Box::new(child.stderr.take().unwrap()), true);
+    let mut stdin = child.stdin.take().unwrap();
+    let limit = Duration::from_secs(60);
+    let mut type_line = |line: &str| {
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    };
+
+    await_text(&seen, "[a] keeltest: serial-echo: ready", limit);
+    await_text(&seen, "[b] keeltest: serial-echo: ready", limit);
+    type_line("one\n");
+    await_text(&seen, "[a] keeltest: echo: one", limit);
+    type_line("@1\n");
+    await_text(&seen, "keel: input -> vm \"b\"", limit);
+    type_line("two@0\n");
+    await_text(&seen, "[b] keeltest: echo: two@0", limit);
+    type_line("@@1 literal\n@7\n");
+    await_text(&seen, "[b] keeltest: echo: @1 literal", limit);
+    await_text(
+        &seen,
+        "keel: no vm \"@7\"; input stays with vm \"b\"",
+        limit,
+    );
+    type_line("three\n@0\n");
+    await_text(&seen, "[b] keeltest: echo: three", limit);
+    await_text(&seen, "keel: input -> vm \"a\"", limit);
+    type_line("four\nend\n@b\nend\n");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keel up did not end after both VMs got \"end\"");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    out_t.join().unwrap();
+    err_t.join().unwrap();
+    let s = seen.lock().unwrap();
+    let lines = |vm: &str| -> Vec<String> {
+        let prefix = format!("[{vm}] keeltest: echo: ");
+        s.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()).map(String::from))
+            .collect()
+    };
+    let all = format!("--- stdout\n{}--- stderr\n{}", s.stdout, s.stderr);
+    assert_eq!(status.code(), Some(0), "{all}");
+    assert_eq!(lines("a"), ["one", "four", "end"], "{all}");
+    assert_eq!(lines("b"), ["two@0", "@1 literal", "three", "end"], "{all}");
+    assert_eq!(s.stderr.matches("keel: input -> vm").count(), 3, "{all}");
+}
+
+/// The local modes of terminal `fd`.
+fn lflag(fd: std::os::fd::RawFd) -> libc::tcflag_t {
+    // SAFETY: termios is plain data; tcgetattr fills it for a descriptor we hold open.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
+    t.c_lflag
+}
+
+#[test]
+fn a_terminal_on_stdin_is_raw_while_the_system_runs_and_restored_after_a_signal() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let test = "a_terminal_on_stdin_is_raw_while_the_system_runs_and_restored_after_a_signal";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let g = guest::testguest_with(b"serial-echo:").expect("the test guest has serial-echo");
+    let s = Scratch::new("pty");
+    let toml = [
+        vm(&g, "a", "keeltest=serial-echo:60000", &[], ""),
+        vm(&g, "b", "keeltest=serial-echo:60000", &[], ""),
+    ]
+    .concat();
+    let sys = s.system(&toml);
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into the two ints; no name, termios or size.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned these two new descriptors, owned here from now on.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let cooked = lflag(slave.as_raw_fd());
+    assert_ne!(cooked & libc::ICANON, 0);
+    let _one = ONE_SYSTEM.lock().unwrap_or_else(|p| p.into_inner());
+    let mut child = Command::new(KEEL)
+        .args(["up", sys.to_str().unwrap()])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("keel starts");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut seen = String::new();
+    // The first line about input comes once the terminal is raw.
+    while !line.contains("keel: input -> vm \"a\"") {
+        line.clear();
+        assert_ne!(err.read_line(&mut line).unwrap(), 0, "{seen}");
+        seen.push_str(&line);
+    }
+    let raw = lflag(slave.as_raw_fd());
+    let mut typing = std::fs::File::from(master.try_clone().unwrap());
+    typing.write_all(b"@1\r").unwrap();
+    while !line.contains("keel: input -> vm \"b\"") {
+        line.clear();
+        assert_ne!(err.read_line(&mut line).unwrap(), 0, "{seen}");
+        seen.push_str(&line);
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let after = lflag(slave.as_raw_fd());
+
+    assert_eq!(raw & (libc::ICANON | libc::ECHO | libc::ISIG), 0, "{seen}");
+    assert_eq!(after, cooked, "{seen}");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{seen}");
 }

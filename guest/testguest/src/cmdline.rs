@@ -4,6 +4,7 @@
 //! - `keeltest=<test>[,<test>...]`: tests to run, in order. Tests: `blk`, `rng`,
 //!   `console`, `smp`, `irq`, `mmio-bench:<N>`, `corrupt:<loop|oob|nostatus>`, `panic`, `fault`,
 //!   `blkbench:<read|write|randread>:<size>[:<total>]`, `pause:<ms>`, `await-poweroff:<ms>`,
+//!   `serial-echo:<ms>`,
 //!   `reboot`, `reset-loop`,
 //!   `net`, `mem-write:<addr>:<value>`, `mem-read:<addr>:<expect>`,
 //!   `mem-wait:<addr>:<expect>[:<ms>]` and `all` (= every device test whose device is
@@ -90,6 +91,10 @@ pub enum Test {
     /// `poweroff`, power off through the ACPI sleep control register (S5), as the admin's
     /// graceful shutdown asks (docs/admin.md); pass when the time is up without one.
     AwaitPoweroff(u32),
+    /// `serial-echo:<ms>`: read the serial port for up to `<ms>` ms and print every line
+    /// received as `keeltest: echo: <line>`; pass on the line `end`, fail when the time
+    /// is up without it.
+    SerialEcho(u32),
     /// `halt`: halt with interrupts off until the host stops the VM: a guest that stays
     /// up without using CPU (bench/api.py runs 50 of them).
     Halt,
@@ -447,6 +452,7 @@ fn parse_test(name: &str) -> Option<Test> {
                 "mmio-bench" => Test::MmioBench(u32::try_from(parse_number(arg)?).ok()?),
                 "pause" => Test::Pause(u32::try_from(parse_number(arg)?).ok()?),
                 "await-poweroff" => Test::AwaitPoweroff(u32::try_from(parse_number(arg)?).ok()?),
+                "serial-echo" => Test::SerialEcho(u32::try_from(parse_number(arg)?).ok()?),
                 "mem-write" | "mem-read" | "mem-wait" => {
                     let mut parts = arg.split(':');
                     let addr = parse_number(parts.next()?)?;

@@ -64,6 +64,7 @@ impl fmt::Display for Test {
             Test::BlkBench { kind, size, .. } => write!(f, "blkbench:{kind:?}:{size}"),
             Test::Pause(ms) => write!(f, "pause:{ms}"),
             Test::AwaitPoweroff(ms) => write!(f, "await-poweroff:{ms}"),
+            Test::SerialEcho(ms) => write!(f, "serial-echo:{ms}"),
             Test::Halt => f.write_str("halt"),
             Test::Reboot => f.write_str("reboot"),
             Test::ResetLoop => f.write_str("reset-loop"),
@@ -129,6 +130,7 @@ impl Machine<'_> {
             ),
             Test::Pause(ms) => blkbench::pause(ms),
             Test::AwaitPoweroff(ms) => serial::await_poweroff(ms),
+            Test::SerialEcho(ms) => serial::echo(ms),
             Test::Halt => {
                 say!("halt: halting with interrupts off until the host stops the VM");
                 x86::halt()

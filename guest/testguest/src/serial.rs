@@ -103,3 +103,42 @@ pub fn await_poweroff(ms: u32) -> crate::fail::TestResult {
     }
     Ok(())
 }
+
+/// `serial-echo:<ms>`: poll the UART's input for up to `ms` ms and print each line
+/// received (`\r` or `\n` ends one; empty lines are skipped) as `keeltest: echo: <line>`.
+/// Passes on the line `end`; fails when the time runs out without it.
+pub fn echo(ms: u32) -> crate::fail::TestResult {
+    crate::say!("serial-echo: ready for {ms} ms");
+    let deadline = crate::x86::Deadline::after_ms(u64::from(ms));
+    let mut line = [0u8; 80];
+    let mut len = 0usize;
+    while !deadline.expired() {
+        if inb(COM1 + LSR) & LSR_DATA_READY == 0 {
+            core::hint::spin_loop();
+            continue;
+        }
+        match inb(COM1 + RBR) {
+            b'\r' | b'\n' => {
+                let got = &line[..len];
+                len = 0;
+                if got.is_empty() {
+                    continue;
+                }
+                crate::say!(
+                    "echo: {}",
+                    core::str::from_utf8(got).unwrap_or("<not UTF-8>")
+                );
+                if got == b"end" {
+                    return Ok(());
+                }
+            }
+            b => {
+                if let Some(slot) = line.get_mut(len) {
+                    *slot = b;
+                    len += 1;
+                }
+            }
+        }
+    }
+    crate::fail!("echo: no line \"end\" within {ms} ms")
+}

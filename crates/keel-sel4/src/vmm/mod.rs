@@ -50,7 +50,7 @@ use keel_core::hv::{BootEntry, ExitAnswer, SystemEvent, VcpuExit};
 use keel_core::irq::IrqLine;
 use keel_core::memory::{GuestAddress, GuestRam, RawRegion};
 use keel_core::restart::{RestartLimiter, RestartVerdict};
-use keel_core::ring::{Producer, RingWindow};
+use keel_core::ring::{Consumer, Producer, RingWindow};
 use keel_core::{HvError, Resume, Vcpu, VcpuId, Vm, VmEvent, VmExits};
 use keel_net::port::{Doorbell, PortWindows, VmmPort};
 use keel_net::ring::FrameWindow;
@@ -798,7 +798,9 @@ struct Sel4Exits {
 }
 
 impl Sel4Exits {
-    fn new(vcpus: u32, soft: Arc<SoftArm64>) -> Sel4Exits {
+    /// With `console_input`, the console PD's notifications bring typed input (they are
+    /// passed on); without, they are ignored.
+    fn new(vcpus: u32, soft: Arc<SoftArm64>, console_input: bool) -> Sel4Exits {
         Sel4Exits {
             vcpus,
             soft,
@@ -806,10 +808,13 @@ impl Sel4Exits {
             reply: false,
             exits: 0,
             // The admin never signals a VMM either.
-            not_device: console_channel_bit()
-                | 1u64
-                    .checked_shl(ADMIN_CHANNEL.load(Ordering::Relaxed))
-                    .unwrap_or(0),
+            not_device: if console_input {
+                0
+            } else {
+                console_channel_bit()
+            } | 1u64
+                .checked_shl(ADMIN_CHANNEL.load(Ordering::Relaxed))
+                .unwrap_or(0),
             backlog_owed: false,
         }
     }
@@ -1061,44 +1066,13 @@ impl VmExits for Sel4Exits {
     }
 }
 
-/// The board's PL011, mapped into the first VM's VMM for console input.
-struct InputUart {
-    base: u64,
-    channel: u32,
-}
-
-const PL011_DR: u64 = 0x000;
-const PL011_FR: u64 = 0x018;
-const PL011_FR_RXFE: u32 = 1 << 4;
-const PL011_IMSC: u64 = 0x038;
-const PL011_ICR: u64 = 0x044;
-const PL011_RX_INTERRUPTS: u32 = (1 << 4) | (1 << 6); // RX, RX timeout
-
-impl InputUart {
-    fn reg(&self, offset: u64) -> *mut u32 {
-        (self.base + offset) as *mut u32
-    }
-
-    fn read(&self, offset: u64) -> u32 {
-        // SAFETY: `base` is the PL011 page the Microkit tool mapped (uncached) into this PD
-        // (payload `input_uart`); `offset` is one of the register offsets above.
-        unsafe { self.reg(offset).read_volatile() }
-    }
-
-    fn write(&self, offset: u64, value: u32) {
-        // SAFETY: as in `read`.
-        unsafe { self.reg(offset).write_volatile(value) }
-    }
-
-    /// Take what was typed (at most one FIFO's worth) and clear the receive interrupts.
-    fn drain(&self) -> Vec<u8> {
-        let mut v = Vec::new();
-        while v.len() < 64 && self.read(PL011_FR) & PL011_FR_RXFE == 0 {
-            v.push(self.read(PL011_DR) as u8);
-        }
-        self.write(PL011_ICR, PL011_RX_INTERRUPTS);
-        v
-    }
+/// This VMM's console input: the ring the console PD writes what is typed for this VM
+/// into (docs/console.md), and the bit of its channel in a notification.
+struct ConsoleInput {
+    ring: Consumer,
+    channel_bit: u64,
+    /// The ring's consumer index was found wild: input is no longer read.
+    broken: bool,
 }
 
 /// The payload segment as bytes.
@@ -1125,7 +1099,7 @@ struct Booted {
     vm: PdVm,
     core: VmmCore,
     exits: Sel4Exits,
-    input: Option<InputUart>,
+    input: Option<ConsoleInput>,
     /// The payload's kernel and initrd: loaded again on a restart.
     kernel: &'static [u8],
     initrd: Option<&'static [u8]>,
@@ -1228,7 +1202,7 @@ fn boot(bytes: &'static [u8], lay: &payload::Layout) -> Result<Booted, String> {
         events,
         soft: soft.clone(),
         name,
-        exits: Sel4Exits::new(plan.vcpus, soft),
+        exits: Sel4Exits::new(plan.vcpus, soft, input.is_some()),
         vm,
         core,
         input,
@@ -1305,31 +1279,39 @@ fn load_guest(
     Ok(loaded.entry)
 }
 
-/// Console input, if this VM gets it: enable the UART's receive interrupts.
-fn start_console_input(params: &Sel4Params) -> Option<InputUart> {
-    let input = (params.input_uart != 0).then_some(InputUart {
-        base: params.input_uart,
-        channel: params.input_channel,
-    });
-    if let Some(u) = &input {
-        // libmicrokit acknowledges every IRQ once at start (seL4 issue #1536).
-        match crate::pd::irq_ack(u.channel) {
-            Ok(()) => u.write(PL011_IMSC, u.read(PL011_IMSC) | PL011_RX_INTERRUPTS),
-            Err(e) => log!("keel-sel4: console input disabled: {e}"),
+/// Console input, if this VM takes it: attach the input ring the console PD writes.
+fn start_console_input(params: &Sel4Params) -> Option<ConsoleInput> {
+    if params.console_input_ring == 0 {
+        return None;
+    }
+    let len = usize::try_from(params.console_input_ring_len).ok()?;
+    // SAFETY: the system file `keel sel4 build` wrote maps this VMM's console ring region
+    // read-write (its input ring at `console_input_ring`, after the output ring) into this
+    // PD and into the console PD only, for the PD's whole life; no Rust reference points
+    // into it.
+    let w = unsafe { RingWindow::new(params.console_input_ring as *mut u8, len) };
+    match w {
+        Ok(w) => Some(ConsoleInput {
+            ring: Consumer::attach(w),
+            channel_bit: 1u64.checked_shl(params.console_channel).unwrap_or(0),
+            broken: false,
+        }),
+        Err(e) => {
+            log!("keel-sel4: console input ring: {e}; no console input");
+            None
         }
     }
-    input
 }
 
 /// Notifications: the devices' events (a switch's doorbell on a port's channel), the
 /// passed-through interrupts (made pending in the distributor; acknowledged to seL4 when the
-/// guest completes them, [`Sel4Gic::completed_spi`]), and the console-input UART's
-/// interrupt, which feeds the guest's UART.
+/// guest completes them, [`Sel4Gic::completed_spi`]), and the console PD's on the console
+/// channel: typed input in the input ring, which feeds the guest's UART.
 fn notified(
     core: &VmmCore,
     soft: &SoftArm64,
     events: &DeviceEvents,
-    input: Option<&InputUart>,
+    input: Option<&mut ConsoleInput>,
     channels: u64,
 ) {
     deliver_events(core, events, channels);
@@ -1337,14 +1319,25 @@ fn notified(
         let intid = PASSTHROUGH[c as usize].load(Ordering::Relaxed);
         soft.inject_spi(intid);
     }
-    let Some(u) = input else { return };
-    if channels & 1u64.checked_shl(u.channel).unwrap_or(0) == 0 {
+    let Some(i) = input else { return };
+    if channels & i.channel_bit == 0 || i.broken {
         return;
     }
-    let typed = u.drain();
-    let _ = core.serial().lock().input(&typed);
-    if let Err(e) = crate::pd::irq_ack(u.channel) {
-        log!("keel-sel4: console input: {e}");
+    let mut buf = [0u8; 256];
+    // Bounded: the ring holds at most its capacity, and the console PD writes no faster
+    // than a UART delivers.
+    for _ in 0..64 {
+        match i.ring.read(&mut buf) {
+            Ok(r) if r.len > 0 => {
+                let _ = core.serial().lock().input(&buf[..r.len]);
+            }
+            Ok(_) => break,
+            Err(e) => {
+                i.broken = true;
+                log!("keel-sel4: console input ring: {e}; input is no longer read");
+                break;
+            }
+        }
     }
 }
 
@@ -1461,7 +1454,7 @@ pub extern "C" fn main() -> ! {
         vm,
         core,
         mut exits,
-        input,
+        mut input,
         kernel,
         initrd,
         mut restarts,
@@ -1475,7 +1468,7 @@ pub extern "C" fn main() -> ! {
     let stop = PdStop::default();
     let why = loop {
         let outcome = run_exits(&mut exits, &core, &vm, &stop, |channels| {
-            notified(&core, &soft, &events, input.as_ref(), channels)
+            notified(&core, &soft, &events, input.as_mut(), channels)
         });
         core.report_device_errors();
         let event = match outcome {

@@ -65,6 +65,11 @@ pub struct Mapping {
     len: usize,
 }
 
+// SAFETY: a `Mapping` owns its mapping (the address and length only; nothing in the
+// process refers to it through references), and mappings are per process, not per
+// thread: using or unmapping it from another thread is sound.
+unsafe impl Send for Mapping {}
+
 impl Mapping {
     /// Map `len` bytes of physical memory at `gpa` through `/dev/mem`.
     pub fn dev_mem(gpa: u64, len: usize) -> Result<Mapping, RegionError> {

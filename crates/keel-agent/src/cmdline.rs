@@ -482,6 +482,19 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        // docs/driver-vms.md, "Kernel command line".
+        let text = "keel.blk=0x48000000,0x202000,16,65536,store0,0,0x40000000,rw \
+                    keel.blk=0x48400000,0x202000,16,65536,store0,0x40000000,0x40000000,ro \
+                    keel.blkbell=hvc1";
+        assert_eq!(G.region_len(), 0x20_2000);
+        let c = parse(text);
+        assert_eq!(good(0, text).region_len, 0x20_2000);
+        assert!(good(1, text).range.read_only);
+        assert_eq!(c.bell, Ok(Some("/dev/hvc1".into())));
+    }
+
+    #[test]
     fn numbers_are_decimal_or_hex() {
         assert_eq!(parse_number("0"), Some(0));
         assert_eq!(parse_number("4096"), Some(4096));

@@ -163,6 +163,12 @@ impl Mapping {
         Ok(Mapping { base, len })
     }
 
+    /// The first byte mapped (for rings elsewhere in the mapping; never make a reference
+    /// into it).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
     /// Bytes mapped.
     pub fn len(&self) -> usize {
         self.len

@@ -688,3 +688,49 @@ fn requests_fail_within_the_timeout_while_the_agent_is_down_and_work_after_resta
     assert_eq!(rig.disk_bytes(8192, data.len()), data);
     assert_eq!(a.fc.counters().failed, 3);
 }
+
+#[test]
+fn a_client_that_breaks_its_ring_is_served_again_once_its_vmm_resets_it() {
+    let rig = Rig::new("broken");
+    let map = rig.map(2);
+    let word = |at: usize| {
+        // SAFETY: offsets 0 (`head`) and 128 (`tail`) of the request ring: 8-aligned words
+        // inside the mapping, which outlives these uses; the agent accesses them only as
+        // atomics too.
+        unsafe { &*map.as_ptr().add(at).cast::<AtomicU64>() }
+    };
+    // A hostile client VMM announces 1000 records in a ring of 8.
+    let tail = word(128).load(Ordering::Acquire);
+    word(0).store(tail + 1000, Ordering::Release);
+    rig.pty.ring();
+    let agent = rig.agent.as_ref().unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !agent.lines().1.iter().any(|l| {
+        l.starts_with("keel-agent: client 2: request ring broken")
+            && l.ends_with("not served until its VMM resets it")
+    }) {
+        assert!(Instant::now() < until, "{:?}", agent.lines());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // The others are served meanwhile.
+    let mut a = rig.client(0, PATIENT_MS);
+    a.fc.write_at(0, &pattern(4096, 1)).unwrap();
+
+    // Its VMM restarts: attaching resets the wild index; within a second the agent
+    // attaches the ring again (skipping what was in it then) and serves it.
+    let mut c = rig.client(2, PATIENT_MS);
+    assert_eq!(word(0).load(Ordering::Relaxed), tail);
+    let until = Instant::now() + Duration::from_secs(10);
+    while !agent
+        .lines()
+        .1
+        .contains(&"keel-agent: client 2: request ring usable again".to_string())
+    {
+        assert!(Instant::now() < until, "{:?}", agent.lines());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let data = pattern(8192, 2);
+    c.fc.write_at(4096, &data).unwrap();
+    assert_eq!(rig.disk_bytes(RANGES[2].0 + 4096, data.len()), data);
+}

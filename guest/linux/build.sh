@@ -8,8 +8,10 @@
 # output directory (with `all`: one line per arch, the last arch last).
 # <key> hashes the exact package versions, this script, init.sh, mkcpio.py,
 # guest/build-lib.sh and guest/init-lib.sh (arm64 also guest/probe's sources and Cargo.lock:
-# keel-probe is built with cargo into /bin/keel-probe); an existing output with the same key
-# is reused. See README.md.
+# keel-probe is built with cargo into /bin/keel-probe; and the storage agent's sources:
+# crates/keel-agent, keel-virtio, keel-core, the workspace's Cargo.toml, Cargo.lock and
+# .cargo/config.toml: keel-agent is built with cargo into /bin/keel-agent); an existing
+# output with the same key is reused. See README.md.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -81,6 +83,30 @@ build_probe() {
     printf '%s\n' "$here/../probe/target/aarch64-unknown-linux-musl/release/keel-probe"
 }
 
+# The files that decide the keel-agent binary, relative to the repository root (sorted): the
+# agent and the workspace crates it depends on, and the workspace's manifest, lock file and
+# cargo configuration (profile, linker).
+agent_sources() {
+    (cd "$here/../.." && find Cargo.toml Cargo.lock .cargo/config.toml \
+        crates/keel-agent crates/keel-virtio crates/keel-core -type f | LC_ALL=C sort)
+}
+
+# Build keel-agent (crates/keel-agent, a static aarch64-unknown-linux-musl binary, no debug
+# info, stripped) and print its path. Its own target directory (target/guest) so that the
+# profile overrides do not rebuild what other arm64 builds of the workspace share.
+build_agent() {
+    local cargo=cargo root
+    command -v cargo >/dev/null 2>&1 || cargo=$HOME/.cargo/bin/cargo
+    [[ -x $(command -v "$cargo") ]] || die "missing tool 'cargo' (keel-agent; run scripts/setup.sh)"
+    root=$(cd "$here/../.." && pwd)
+    log "arm64: building keel-agent (crates/keel-agent)"
+    (cd "$root" && CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols \
+        "$cargo" build --release --locked -q -p keel-agent --target aarch64-unknown-linux-musl \
+        --target-dir "$root/target/guest" >&2) ||
+        die "cargo build of keel-agent failed (rustup target add aarch64-unknown-linux-musl?)"
+    printf '%s\n' "$root/target/guest/aarch64-unknown-linux-musl/release/keel-agent"
+}
+
 build_arch() {
     local arch=$1 debarch meta kflavour
     case "$arch" in
@@ -123,6 +149,7 @@ build_arch() {
             sha256sum "$here/build.sh" "$here/init.sh" "$here/mkcpio.py" "$here/../build-lib.sh" "$here/../init-lib.sh" | cut -d' ' -f1
             if [[ $arch == arm64 ]]; then
                 (cd "$here/.." && probe_sources | xargs sha256sum)
+                (cd "$here/../.." && agent_sources | xargs sha256sum)
             fi
         } | sha256sum | cut -c1-12
     )
@@ -226,6 +253,9 @@ build_arch() {
         local probe
         probe=$(build_probe)
         install -m 0755 "$probe" "$staging/bin/keel-probe"
+        local agent
+        agent=$(build_agent)
+        install -m 0755 "$agent" "$staging/bin/keel-agent"
     fi
     printf 'root:x:0:0:root:/root:/bin/sh\n' >"$staging/etc/passwd"
     printf 'root:x:0:\n' >"$staging/etc/group"
@@ -254,11 +284,16 @@ build_arch() {
         if [[ $arch == arm64 ]]; then
             printf '\n/bin/keel-probe %s bytes  sha256 %s\n' "$(stat -c %s "$staging/bin/keel-probe")" \
                 "$(sha256sum <"$staging/bin/keel-probe" | cut -d' ' -f1)"
+            printf '/bin/keel-agent %s bytes  sha256 %s\n' "$(stat -c %s "$staging/bin/keel-agent")" \
+                "$(sha256sum <"$staging/bin/keel-agent" | cut -d' ' -f1)"
         fi
         printf '\nsource hashes (sha256):\n'
         (cd "$here/.." && sha256sum linux/build.sh linux/init.sh linux/mkcpio.py build-lib.sh init-lib.sh) | sed 's/^/  /'
         if [[ $arch == arm64 ]]; then
             (cd "$here/.." && probe_sources | xargs sha256sum) | sed 's/^/  /'
+            printf '  %s  keel-agent sources (%s files under crates/keel-{agent,virtio,core}, Cargo.toml, Cargo.lock, .cargo/config.toml)\n' \
+                "$(cd "$here/../.." && agent_sources | xargs sha256sum | sha256sum | cut -d' ' -f1)" \
+                "$(agent_sources | wc -l)"
         fi
     } >"$work/out/manifest.txt"
 

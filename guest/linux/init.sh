@@ -1,8 +1,10 @@
 #!/bin/busybox sh
 # Keel guest /init (busybox initramfs). Installed as /init by guest/linux/build.sh.
-# Protocol (see README.md): prints KEEL-* marker lines on the console, runs the
-# base64-encoded shell snippet given as keel.cmd=<base64> on the kernel command
-# line, prints KEEL-CMD-EXIT <status>, then KEEL-GUEST-POWEROFF and powers off.
+# Protocol (see README.md): prints KEEL-* marker lines on the console, starts the
+# storage agent (/bin/keel-agent) in the background if the kernel command line has
+# keel.blk=, runs the base64-encoded shell snippet given as keel.cmd=<base64> on the
+# kernel command line, prints KEEL-CMD-EXIT <status>, then KEEL-GUEST-POWEROFF and
+# powers off (a storage VM without keel.cmd waits for its agent first).
 # shellcheck shell=sh
 
 PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -60,6 +62,22 @@ if [ -r /sys/class/misc/hw_random/rng_current ]; then
     echo "KEEL-RNG $(cat /sys/class/misc/hw_random/rng_current)"
 fi
 
+# The storage agent of a storage driver VM (docs/driver-vms.md): serves the block requests
+# of the clients named by keel.blk= (it reads /proc/cmdline itself). Its output goes to
+# the console.
+agent_pid=
+case " $cmdline " in
+    *" keel.blk="*)
+        if [ -x /bin/keel-agent ]; then
+            keel-agent </dev/null &
+            agent_pid=$!
+            echo "KEEL-AGENT-STARTED $agent_pid"
+        else
+            echo "KEEL-AGENT-MISSING"
+        fi
+        ;;
+esac
+
 # keel.cmd=<base64 of a shell snippet>; base64url (-_) is accepted too.
 status=
 for arg in $cmdline; do
@@ -79,6 +97,18 @@ for arg in $cmdline; do
 done
 
 shell_if_asked "$cmdline" "KEEL-SHELL (exit the shell to power off)"
+
+# A storage VM with nothing else to run (no keel.cmd, no keel.shell) serves until its agent
+# ends.
+if [ -n "$agent_pid" ] && [ -z "$status" ]; then
+    case " $cmdline " in
+        *" keel.shell "* | *" keel.shell=1 "*) ;;
+        *)
+            wait "$agent_pid"
+            echo "KEEL-AGENT-EXIT $?"
+            ;;
+    esac
+fi
 
 sync
 echo "KEEL-GUEST-POWEROFF"

@@ -205,7 +205,7 @@ fn two_vcpu_guest_runs_its_vcpus_in_parallel_on_two_cores_and_uses_its_virtio_di
     // Default placement: vCPU i on core i, the VMM with vCPU 0.
     assert!(
         system_file
-            .contains("<protection_domain name=\"linux_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">"),
+            .contains("<protection_domain name=\"linux_vmm\" priority=\"101\" cpu=\"0\" id=\"0\" stack_size=\"0x10000\">"),
         "{system_file}"
     );
     assert!(
@@ -368,7 +368,7 @@ fn two_vms_boot_on_their_own_cores_in_their_own_vmms_and_power_off() {
 
     assert!(
         system_file
-            .contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"1\" id=\"1\">"),
+            .contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"1\" id=\"1\" stack_size=\"0x10000\">"),
         "{system_file}"
     );
     assert!(
@@ -598,7 +598,7 @@ fn faulted_vmm_is_restarted_by_the_admin_pd_and_its_guest_boots_again_while_anot
 
     assert!(
         system_file
-            .contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">"),
+            .contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\" stack_size=\"0x10000\">"),
         "{system_file}"
     );
     assert!(lines.contains(&"a| KEEL-POKING-THE-VMM"), "{console}");

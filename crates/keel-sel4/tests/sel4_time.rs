@@ -275,7 +275,7 @@ fn budgeted_vm_gets_its_share_of_its_core_and_the_unbudgeted_vm_on_the_other_cor
     );
     assert!(
         built.system_file.contains(&format!(
-            "<protection_domain name=\"capped_vmm\" priority=\"101\" budget=\"{budget_us}\" period=\"{period_us}\" cpu=\"0\" id=\"0\">"
+            "<protection_domain name=\"capped_vmm\" priority=\"101\" budget=\"{budget_us}\" period=\"{period_us}\" cpu=\"0\" id=\"0\" stack_size=\"0x10000\">"
         )),
         "{}",
         built.system_file

@@ -567,6 +567,9 @@ pub fn control_region_name(vm: &VmSpec) -> String {
     format!("{}_control", vm.name)
 }
 
+/// Stack of every VMM PD (Microkit `stack_size`), bytes.
+pub const VMM_STACK_SIZE: u64 = 0x10000;
+
 /// The admin PD's child id of the VMM of VM `index` (Microkit `<protection_domain id=>`
 /// nested in the admin's): the VM's index.
 pub const fn admin_child_id(index: usize) -> u32 {
@@ -1691,9 +1694,16 @@ impl SystemComponents {
                 .as_ref()
                 .map(|p| format!(" id=\"{}\"", p.id))
                 .unwrap_or_default();
+            // A VMM runs the whole portable VMM on one stack: Microkit's default (8 KiB)
+            // is too tight for it (a VMM overflowed it at start-up with passed-through
+            // devices and console input together).
+            let stack = match c.kind {
+                ComponentKind::Vmm { .. } => format!(" stack_size=\"{VMM_STACK_SIZE:#x}\""),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 x,
-                "{ind}<protection_domain name=\"{}\" priority=\"{}\"{sched} cpu=\"{}\"{id}>",
+                "{ind}<protection_domain name=\"{}\" priority=\"{}\"{sched} cpu=\"{}\"{id}{stack}>",
                 c.name, c.priority, c.cpu
             );
             let _ = writeln!(x, "{ind}    <program_image path=\"{}\" />", c.program);
@@ -2162,7 +2172,7 @@ mod tests {
         let x = system_file(&system(vec![vm("a", 2), vm("b", 1)]), &layout()).unwrap();
 
         assert!(
-            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">")
+            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\" stack_size=\"0x10000\">")
         );
         assert!(x.contains("<program_image path=\"b-vmm.elf\" />"));
         assert_eq!(x.matches("<vcpu id=\"1\"").count(), 1);
@@ -2293,7 +2303,7 @@ mod tests {
 
         assert!(
             x.contains(
-                "<protection_domain name=\"a_vmm\" priority=\"101\" budget=\"5000\" period=\"20000\" cpu=\"0\" id=\"0\">"
+                "<protection_domain name=\"a_vmm\" priority=\"101\" budget=\"5000\" period=\"20000\" cpu=\"0\" id=\"0\" stack_size=\"0x10000\">"
             ),
             "{x}"
         );
@@ -2304,7 +2314,7 @@ mod tests {
         let x = system_file(&system(vec![vm("a", 1)]), &layout()).unwrap();
 
         assert!(
-            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">"),
+            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\" stack_size=\"0x10000\">"),
             "{x}"
         );
     }
@@ -2361,10 +2371,10 @@ mod tests {
         let x = system_file(&system(vec![vm("a", 2), b]), &layout_cores(4)).unwrap();
 
         assert!(
-            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">")
+            x.contains("<protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\" stack_size=\"0x10000\">")
         );
         assert!(
-            x.contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"3\" id=\"1\">")
+            x.contains("<protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"3\" id=\"1\" stack_size=\"0x10000\">")
         );
         assert_eq!(x.matches("<vcpu id=\"1\" cpu=\"1\" />").count(), 2);
         assert!(x.contains("<vcpu id=\"0\" cpu=\"3\" />"));
@@ -2552,10 +2562,10 @@ mod tests {
             "<protection_domain name=\"keel_admin\" priority=\"102\" cpu=\"0\">\n        <program_image path=\"keel-admin.elf\" />"
         ));
         assert!(admin.contains(
-            "\n        <protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\">"
+            "\n        <protection_domain name=\"a_vmm\" priority=\"101\" cpu=\"0\" id=\"0\" stack_size=\"0x10000\">"
         ));
         assert!(admin.contains(
-            "\n        <protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"0\" id=\"1\">"
+            "\n        <protection_domain name=\"b_vmm\" priority=\"101\" cpu=\"0\" id=\"1\" stack_size=\"0x10000\">"
         ));
         assert_eq!(x.matches("<protection_domain ").count(), 4);
         assert_eq!(x.matches("</protection_domain>").count(), 4);

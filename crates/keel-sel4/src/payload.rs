@@ -513,6 +513,7 @@ mod tests {
                 size: 0x1000,
                 access: keel_spec::Access::ReadOnly,
             }],
+            vsock: None,
         }
     }
 

@@ -218,6 +218,10 @@ pub fn label(plan: &VmPlan, device: &DevicePlan) -> String {
             None => format!("{nic} (net)"),
         },
         DeviceKind::Rng => "0 (rng)".into(),
+        DeviceKind::Vsock => match &plan.vsock {
+            Some(v) => format!("0 (vsock cid {})", v.cid),
+            None => "0 (vsock)".into(),
+        },
     }
 }
 
@@ -277,6 +281,12 @@ pub fn build_device(
         DeviceKind::Rng => {
             let source = backends.entropy(plan)?;
             placed(plan, device, Rng::new(source), memory, irq)
+        }
+        DeviceKind::Vsock => {
+            return Err(BackendError::Unavailable(format!(
+                "vm {:?}: virtio-vsock is not built yet",
+                plan.name
+            )));
         }
     })
 }

@@ -15,6 +15,7 @@ use keel_virtio::console::ConsoleInput;
 use keel_virtio::device::{EventSource, EventToken};
 use keel_virtio::mmio::QueueNotifier;
 use keel_virtio::net::{Net, NetBackend};
+use keel_virtio::vsock::{NoHost, Vsock, VsockHost};
 use keel_virtio::{
     Block, BlockBackend, Console, ConsoleOutput, DeviceFailure, EntropySource, MmioTransport, Rng,
     VirtioDevice,
@@ -69,6 +70,25 @@ pub trait DeviceBackends {
         let _ = nic;
         Err(BackendError::Unavailable(format!(
             "vm {:?}: this backend cannot attach network interfaces",
+            plan.name
+        )))
+    }
+    /// The host side of the VM's vsock device (`plan.vsock`). By default none: the guest's
+    /// connections to the host are reset.
+    fn vsock_host(&mut self, plan: &VmPlan) -> Result<Box<dyn VsockHost>, BackendError> {
+        let _ = plan;
+        Ok(Box::new(NoHost))
+    }
+    /// The packet link to vsock peer `peer` (`plan.vsock.peers[peer]`). By default the
+    /// backend has none, and a VM with vsock peers is refused.
+    fn vsock_peer(
+        &mut self,
+        plan: &VmPlan,
+        peer: usize,
+    ) -> Result<Box<dyn NetBackend>, BackendError> {
+        let _ = peer;
+        Err(BackendError::Unavailable(format!(
+            "vm {:?}: this backend cannot link vsock peers",
             plan.name
         )))
     }
@@ -283,10 +303,17 @@ pub fn build_device(
             placed(plan, device, Rng::new(source), memory, irq)
         }
         DeviceKind::Vsock => {
-            return Err(BackendError::Unavailable(format!(
-                "vm {:?}: virtio-vsock is not built yet",
-                plan.name
-            )));
+            let Some(v) = &plan.vsock else {
+                return Err(BackendError::Unavailable(format!(
+                    "vm {:?}: no plan for vsock",
+                    plan.name
+                )));
+            };
+            let mut model = Vsock::new(v.cid, backends.vsock_host(plan)?);
+            for (i, peer) in v.peers.iter().enumerate() {
+                model = model.with_peer(peer.cid, backends.vsock_peer(plan, i)?);
+            }
+            placed(plan, device, model, memory, irq)
         }
     })
 }

@@ -192,6 +192,8 @@ impl Write for SharedOutput {
 struct VmOutputs {
     serial: SharedOutput,
     consoles: Vec<SharedOutput>,
+    /// The vsock device's host socket (`[vm.vsock] socket`), bound once.
+    vsock: Option<crate::vsock::SharedVsockHost>,
 }
 
 impl VmOutputs {
@@ -204,6 +206,18 @@ impl VmOutputs {
                 .enumerate()
                 .map(|(i, c)| SharedOutput::open(&c.output, &format!("console {i} output")))
                 .collect::<Result<_, _>>()?,
+            vsock: match spec.vsock.as_ref().and_then(|v| v.socket.as_ref()) {
+                None => None,
+                Some(path) => Some(crate::vsock::SharedVsockHost::new(
+                    crate::vsock::UnixVsockHost::bind(path.as_path()).map_err(|e| {
+                        VmmError::HostFile {
+                            what: "vsock socket".into(),
+                            path: path.to_string(),
+                            reason: e.to_string(),
+                        }
+                    })?,
+                )),
+            },
         })
     }
 }
@@ -464,6 +478,16 @@ impl DeviceBackends for LinuxBackends<'_> {
             .ok_or_else(|| BackendError::Unavailable(format!("no console {port}")))?
             .boxed();
         Ok(Box::new(HostConsoleOutput(out)))
+    }
+
+    fn vsock_host(
+        &mut self,
+        _plan: &VmPlan,
+    ) -> Result<Box<dyn keel_virtio::vsock::VsockHost>, BackendError> {
+        Ok(match &self.outputs.vsock {
+            Some(host) => host.attach(),
+            None => Box::new(keel_virtio::vsock::NoHost),
+        })
     }
 
     fn console_input(
@@ -756,7 +780,14 @@ impl Vmm {
             vcpus,
             core: Arc::new(core),
             doorbells,
-            eventfds: network.map(VmNetwork::eventfds).unwrap_or_default(),
+            // The vsock backend's epoll descriptor is edge-like too: the backend empties it
+            // whenever the device is called.
+            eventfds: network
+                .map(VmNetwork::eventfds)
+                .unwrap_or_default()
+                .into_iter()
+                .chain(outputs.vsock.as_ref().map(|v| v.epoll_fd()))
+                .collect(),
             serial_on_stdio: spec.serial == Output::Stdio,
             control,
             started,

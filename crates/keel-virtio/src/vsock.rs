@@ -156,6 +156,10 @@ pub trait VsockHost: Send {
     fn shutdown_write(&mut self, conn: ConnId);
     /// Forget `conn` (the guest reset or closed it, or the device did).
     fn close(&mut self, conn: ConnId);
+    /// The event source fired while the device cannot serve it (not activated): quiet it
+    /// without taking anything. Host connections wait; the device looks for them when the
+    /// driver posts receive buffers. Nothing to do by default.
+    fn drain_event(&mut self) {}
 }
 
 impl<T: VsockHost + ?Sized> VsockHost for Box<T> {
@@ -182,6 +186,9 @@ impl<T: VsockHost + ?Sized> VsockHost for Box<T> {
     }
     fn close(&mut self, conn: ConnId) {
         (**self).close(conn)
+    }
+    fn drain_event(&mut self) {
+        (**self).drain_event()
     }
 }
 
@@ -1142,7 +1149,9 @@ impl<H: VsockHost> VirtioDevice for Vsock<H> {
     fn process_queue(&mut self, queue: u16) -> Result<bool, DeviceError> {
         self.backlog = false;
         match queue {
-            RXQ => self.deliver(),
+            // New receive buffers: also the moment to look for host connections that came
+            // before the driver was ready.
+            RXQ => self.host_work(),
             TXQ => self.transmit(),
             EVENTQ => Ok(false),
             _ => Err(DeviceError::NoSuchQueue { queue, count: 3 }),
@@ -1186,6 +1195,7 @@ impl<H: VsockHost> VirtioDevice for Vsock<H> {
         if self.active.is_none() {
             // Not started: a host connection waits in the backend; peer packets are
             // dropped by the link's own rules when it fills.
+            self.host.drain_event();
             return Ok(false);
         }
         self.host_work()

@@ -67,6 +67,7 @@ impl Drop for Scratch {
 
 fn profile(read_only: Vec<PathBuf>) -> SandboxProfile {
     SandboxProfile {
+        vsock_socket: false,
         vm: "test".into(),
         read_only,
         read_write: Vec::new(),

@@ -196,6 +196,45 @@ fn new_process_is_refused() {
 }
 
 #[test]
+fn a_vm_with_a_vsock_socket_connects_to_host_ports_from_its_io_thread() {
+    use keel_virtio::vsock::VsockHost;
+    let dir = Scratch::new("vsock", "");
+    let host_path = dir.dir().join("vm.vsock");
+    let mut host = crate::vsock::UnixVsockHost::bind(&host_path).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(dir.dir().join("vm.vsock_7")).unwrap();
+    let mut p = profile(Vec::new());
+    p.vsock_socket = true;
+    // The socket files belong to this (maybe root) user: the child keeps the uid.
+    p.user = UserChoice::Keep;
+
+    let (read_end, write_end) = pipe();
+    let pid = fork_child(&p, Some(&write_end), move || {
+        if enter(Role::Io).is_err() {
+            return WRONG;
+        }
+        let code = match host.connect(7) {
+            Ok(id) if host.write(id, b"hi") == Ok(2) => OK + 10,
+            _ => WRONG,
+        };
+        // Its drop (removing the socket file) belongs to the VMM's supervisor thread.
+        std::mem::forget(host);
+        code
+    });
+    drop(write_end);
+    let end = wait(pid);
+    let mut report = String::new();
+    std::fs::File::from(read_end)
+        .read_to_string(&mut report)
+        .unwrap();
+
+    assert_eq!(end, End::Exited(OK + 10), "{report}");
+    let (mut server, _) = listener.accept().unwrap();
+    let mut got = [0u8; 2];
+    server.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hi");
+}
+
+#[test]
 fn another_vms_socket_cannot_be_reached() {
     let dir = Scratch::new("socket", "");
     let path = dir.dir().join("other-vm.sock");

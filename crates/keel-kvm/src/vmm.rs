@@ -309,6 +309,9 @@ struct LinuxBackends<'a> {
 pub struct VmNetwork {
     plan: VmPlan,
     ports: Vec<Arc<MappedPort>>,
+    /// The vsock device's links to its peers (`plan.vsock.peers`, in order): two frame
+    /// rings each, shared with the peer's VMM.
+    vsock_peers: Vec<Arc<MappedPort>>,
     /// The shared regions' mappings, in the order of `plan.shared` (kept across restarts).
     shared: Vec<Arc<crate::net::Mapping>>,
 }
@@ -370,8 +373,53 @@ impl VmNetwork {
         Ok(VmNetwork {
             plan,
             ports: mapped,
+            vsock_peers: Vec::new(),
             shared: Vec::new(),
         })
+    }
+
+    /// The vsock device's links, one per `plan.vsock.peers` entry in order (as `keel up`
+    /// handed them over: this VM's ring to the peer, the peer's ring to it, the peer's
+    /// eventfd, its own), each window exactly `ring_window_len(VSOCK_RING_SLOTS)` bytes.
+    pub fn with_vsock_peers(
+        mut self,
+        links: Vec<crate::net::PortFds>,
+    ) -> Result<VmNetwork, VmmError> {
+        let want_links = self.plan.vsock.as_ref().map_or(0, |v| v.peers.len());
+        if links.len() != want_links {
+            return Err(VmmError::Host(format!(
+                "vm {:?}: {} vsock links given for {want_links} vsock peers",
+                self.plan.name,
+                links.len()
+            )));
+        }
+        let slots = keel_spec::plan::VSOCK_RING_SLOTS;
+        let want = keel_spec::plan::ring_window_len(slots);
+        for (i, p) in links.into_iter().enumerate() {
+            let bad = |what: String| {
+                VmmError::Host(format!("vm {:?}: vsock peer {i}: {what}", self.plan.name))
+            };
+            for m in [&p.to_switch, &p.from_switch] {
+                if m.len() as u64 != want {
+                    return Err(bad(format!(
+                        "ring window is {} bytes, the plan says {want}",
+                        m.len()
+                    )));
+                }
+            }
+            let map = |m: &crate::net::SharedMemory| {
+                m.map()
+                    .map_err(|e| bad(format!("cannot map a ring window: {e}")))
+            };
+            self.vsock_peers.push(Arc::new(MappedPort {
+                to_switch: map(&p.to_switch)?,
+                from_switch: map(&p.from_switch)?,
+                ring_peer: p.ring_peer,
+                wait_on: p.wait_on,
+                slots: u64::from(slots),
+            }));
+        }
+        Ok(self)
     }
 
     /// The memory files of the plan's shared regions, one per `plan.shared` entry in
@@ -414,7 +462,11 @@ impl VmNetwork {
     /// The eventfds the VM's I/O threads wait on (one per interface).
     fn eventfds(&self) -> Vec<RawFd> {
         use std::os::fd::AsRawFd;
-        self.ports.iter().map(|p| p.wait_on.as_raw_fd()).collect()
+        self.ports
+            .iter()
+            .chain(&self.vsock_peers)
+            .map(|p| p.wait_on.as_raw_fd())
+            .collect()
     }
 }
 
@@ -488,6 +540,49 @@ impl DeviceBackends for LinuxBackends<'_> {
             Some(host) => host.attach(),
             None => Box::new(keel_virtio::vsock::NoHost),
         })
+    }
+
+    fn vsock_peer(
+        &mut self,
+        _plan: &VmPlan,
+        peer: usize,
+    ) -> Result<Box<dyn keel_virtio::net::NetBackend>, BackendError> {
+        use std::os::fd::AsRawFd;
+        let unavailable = |what: String| BackendError::Unavailable(what);
+        let mapped = self
+            .network
+            .and_then(|n| n.vsock_peers.get(peer))
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "vm {:?}: vsock peers need `keel up` (it creates their rings)",
+                    self.spec.name
+                ))
+            })?
+            .clone();
+        let window = |m: &crate::net::Mapping| {
+            // SAFETY: `mapped` (which owns the mapping) is kept in the backend next to
+            // the port, and dropped after it.
+            unsafe { m.frame_window(mapped.slots) }
+                .map_err(|e| unavailable(format!("vsock peer {peer}: ring window: {e}")))
+        };
+        let windows = keel_net::port::PortWindows {
+            to_switch: window(&mapped.to_switch)?,
+            from_switch: window(&mapped.from_switch)?,
+        };
+        let bell = mapped
+            .ring_peer
+            .try_clone()
+            .map_err(|e| unavailable(format!("vsock peer {peer}: eventfd: {e}")))?;
+        let event = keel_virtio::device::EventSource(mapped.wait_on.as_raw_fd() as u64);
+        let port = keel_net::port::VmmPort::new(
+            windows,
+            Box::new(crate::net::EventFdBell(bell)),
+            Some(event),
+        );
+        Ok(Box::new(LinuxNetPort {
+            port,
+            _mapped: mapped,
+        }))
     }
 
     fn console_input(

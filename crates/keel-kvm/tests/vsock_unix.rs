@@ -49,7 +49,11 @@ struct Guest {
 
 impl Guest {
     fn new(host: Box<dyn VsockHost>) -> Guest {
-        let mut d = GuestDriver::start(Vsock::new(GUEST as u32, host));
+        Guest::with_device(Vsock::new(GUEST as u32, host))
+    }
+
+    fn with_device(device: Vsock<Box<dyn VsockHost>>) -> Guest {
+        let mut d = GuestDriver::start(device);
         let tx = d.alloc(HDR_LEN as u32 + 4096);
         let rx_bufs = (0..8).map(|_| d.alloc(RX_LEN)).collect();
         Guest {
@@ -74,9 +78,21 @@ impl Guest {
     }
 
     fn send(&mut self, op: u16, src_port: u32, dst_port: u32, payload: &[u8]) {
+        self.send_as(GUEST, HOST_CID, op, src_port, dst_port, payload);
+    }
+
+    fn send_as(
+        &mut self,
+        src: u64,
+        dst: u64,
+        op: u16,
+        src_port: u32,
+        dst_port: u32,
+        payload: &[u8],
+    ) {
         let h = Header {
-            src_cid: GUEST,
-            dst_cid: HOST_CID,
+            src_cid: src,
+            dst_cid: dst,
             src_port,
             dst_port,
             len: payload.len() as u32,
@@ -229,4 +245,75 @@ fn a_guest_connection_to_a_host_port_without_a_listener_is_reset() {
     let got = g.recv();
     assert_eq!(got.iter().map(|h| h.op).collect::<Vec<_>>(), [op::RST]);
     assert_eq!((got[0].src_port, got[0].dst_port), (9999, 1234));
+}
+
+/// Guest `cid`'s device, linked to `peer` over `link` (its view of a pair's rings).
+fn linked_guest(
+    cid: u32,
+    peer: u32,
+    link: keel_kvm::net::PortFds,
+) -> (Guest, Vec<keel_kvm::net::Mapping>) {
+    let slots = u64::from(keel_spec::plan::VSOCK_RING_SLOTS);
+    let to = link.to_switch.map().unwrap();
+    let from = link.from_switch.map().unwrap();
+    // SAFETY: the mappings are returned to the test and outlive the device.
+    let windows = unsafe {
+        keel_net::port::PortWindows {
+            to_switch: to.frame_window(slots).unwrap(),
+            from_switch: from.frame_window(slots).unwrap(),
+        }
+    };
+    let event =
+        keel_virtio::device::EventSource(std::os::fd::AsRawFd::as_raw_fd(&link.wait_on) as u64);
+    let port = keel_net::port::VmmPort::new(
+        windows,
+        Box::new(keel_kvm::net::EventFdBell(link.ring_peer)),
+        Some(event),
+    );
+    let device = Vsock::new(
+        cid,
+        Box::new(keel_virtio::vsock::NoHost) as Box<dyn VsockHost>,
+    )
+    .with_peer(peer, Box::new(port));
+    (Guest::with_device(device), vec![to, from])
+}
+
+#[test]
+fn two_guests_of_an_allowed_pair_talk_over_their_shared_rings() {
+    let len = keel_spec::plan::ring_window_len(keel_spec::plan::VSOCK_RING_SLOTS) as usize;
+    let link = keel_kvm::net::PortFds::create("vsock-test", len).unwrap();
+    // The second VM's view: the rings and eventfds the other way round.
+    let dup = |m: &keel_kvm::net::SharedMemory| {
+        keel_kvm::net::SharedMemory::from_fd(m.fd().try_clone().unwrap()).unwrap()
+    };
+    let other = keel_kvm::net::PortFds {
+        to_switch: dup(&link.from_switch),
+        from_switch: dup(&link.to_switch),
+        ring_peer: link.wait_on.try_clone().unwrap(),
+        wait_on: link.ring_peer.try_clone().unwrap(),
+    };
+    let (mut a, _ma) = linked_guest(3, 4, link);
+    let (mut b, _mb) = linked_guest(4, 3, other);
+    a.post_rx(4);
+    b.post_rx(4);
+    let peer_event = keel_virtio::device::EventToken(keel_virtio::vsock::PEER_EVENT_BASE);
+
+    a.send_as(3, 4, op::REQUEST, 1000, 80, &[]);
+    b.d.transport.handle_event(peer_event);
+    let got = b.recv();
+    assert_eq!(
+        got.iter()
+            .map(|h| (h.op, h.src_cid, h.src_port))
+            .collect::<Vec<_>>(),
+        [(op::REQUEST, 3, 1000)]
+    );
+    let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    b.send_as(4, 3, op::RESPONSE, 80, 1000, &[]);
+    b.send_as(4, 3, op::RW, 80, 1000, &data);
+    a.d.transport.handle_event(peer_event);
+    let got = a.recv();
+
+    assert_eq!(got[0].op, op::RESPONSE);
+    assert!(got[1..].iter().all(|h| h.op == op::RW && h.src_cid == 4));
+    assert_eq!(a.got, data);
 }

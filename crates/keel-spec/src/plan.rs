@@ -192,6 +192,10 @@ pub struct VsockPlan {
     pub peers: Vec<VsockPeerPlan>,
 }
 
+/// Slots of each of the two rings a `[vsock] allow` pair's VMMs share (keel-net frame rings:
+/// 2048-byte slots, packets of at most 1514 bytes; [`ring_window_len`] bytes each).
+pub const VSOCK_RING_SLOTS: u32 = 256;
+
 /// One peer of a VM's vsock device: another VM of a `[vsock] allow` pair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockPeerPlan {

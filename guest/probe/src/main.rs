@@ -6,6 +6,8 @@
 //! keel-probe thrash <MiB> <seconds>     streaming writes over a buffer, for that long
 //! keel-probe vsock-listen <port> [<connections>]            AF_VSOCK echo server
 //! keel-probe vsock-connect <cid> <port> <bytes> [<retry_s>] send, read the echo back, timed
+//! keel-probe unix-echo <path> <connections>                 host side: echo at <socket>_<port>
+//! keel-probe unix-connect <path> <port> <bytes> <retry_s>   host side: CONNECT/OK, then echo
 //! ```
 //!
 //! Each mode prints one result line `KEEL-PROBE <mode> key=value ...` (`thrash` also prints
@@ -95,7 +97,7 @@ impl fmt::Display for ProbeError {
         match self {
             ProbeError::Usage(m) => write!(
                 f,
-                "{m}; usage: keel-probe runfrac <seconds> [<at>|now [<window_ms> [<part_s>]]] | work <MiB> <passes> | thrash <MiB> <seconds> | vsock-listen <port> [<connections>] | vsock-connect <cid> <port> <bytes> [<retry_s>]"
+                "{m}; usage: keel-probe runfrac <seconds> [<at>|now [<window_ms> [<part_s>]]] | work <MiB> <passes> | thrash <MiB> <seconds> | vsock-listen <port> [<connections>] | vsock-connect <cid> <port> <bytes> [<retry_s>] | unix-echo <path> <connections> | unix-connect <path> <port> <bytes> <retry_s>"
             ),
             ProbeError::BadArg { what, value } => {
                 write!(f, "{what} {value:?} is not a whole number in range")
@@ -508,9 +510,21 @@ fn run(args: &[String]) -> Result<String, ProbeError> {
             u32_arg("cid", args.get(1))?,
             u32_arg("port", args.get(2))?,
             number("bytes", args.get(3), 1 << 40)?,
-            match args.get(4) {
+            match args.get(4).map(String::as_str) {
+                Some("0") | None => 0,
                 Some(_) => number("retry_s", args.get(4), MAX_SECONDS)?,
-                None => 0,
+            },
+        ),
+        Some("unix-echo") if args.len() == 3 => {
+            vsock::unix_echo(&args[1], number("connections", args.get(2), 1_000_000)?)
+        }
+        Some("unix-connect") if args.len() == 5 => vsock::unix_connect(
+            &args[1],
+            u32_arg("port", args.get(2))?,
+            number("bytes", args.get(3), 1 << 40)?,
+            match args.get(4).map(String::as_str) {
+                Some("0") => 0,
+                _ => number("retry_s", args.get(4), MAX_SECONDS)?,
             },
         ),
         Some(m) => Err(ProbeError::Usage(format!(
@@ -602,6 +616,19 @@ mod tests {
     fn an_unknown_mode_is_a_usage_error() {
         let e = run(&["spin".to_string()]).unwrap_err();
         assert!(matches!(e, ProbeError::Usage(m) if m.contains("spin")));
+    }
+
+    #[test]
+    fn a_retry_time_of_zero_means_one_try() {
+        let line = run(&[
+            "unix-connect".into(),
+            "/nonexistent/keel-probe.sock".into(),
+            "5".into(),
+            "1".into(),
+            "0".into(),
+        ])
+        .unwrap();
+        assert!(line.ends_with("refused=1"), "{line}");
     }
 
     #[test]

@@ -212,6 +212,135 @@ pub(crate) fn connect_echo(
     ))
 }
 
+/// The host side of Keel's vsock conventions, for the L1 host of the L2 test (the probe
+/// runs there too): listen on the Unix socket `path` (a guest connection to host port P
+/// reaches `<vm socket>_<P>`) and echo `count` connections.
+pub(crate) fn unix_echo(path: &str, count: u64) -> Result<String, ProbeError> {
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(|_| os_error("bind"))?;
+    // A VMM started as root drops to an unprivileged uid before it connects here.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
+        .map_err(|_| os_error("chmod"))?;
+    println!("KEEL-PROBE unix-echo path={path} ready=1");
+    let _ = std::io::stdout().flush();
+    let mut total = 0u64;
+    for _ in 0..count {
+        let (mut conn, _) = listener.accept().map_err(|_| os_error("accept"))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return Err(os_error("read")),
+            };
+            conn.write_all(&buf[..n]).map_err(|_| os_error("write"))?;
+            total += n as u64;
+        }
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+    }
+    Ok(format!(
+        "KEEL-PROBE unix-echo path={path} connections={count} bytes={total}"
+    ))
+}
+
+/// Connect to a VM's vsock socket `path`, ask for guest port `port` (`CONNECT <port>`),
+/// and once the guest accepted (`OK <host port>`), send `bytes` of [`pattern`] and read the
+/// echo back. Tried again for up to `retry_s` seconds while the socket is missing or the
+/// guest refuses (the VMM closes the connection without `OK`).
+pub(crate) fn unix_connect(
+    path: &str,
+    port: u32,
+    bytes: u64,
+    retry_s: u64,
+) -> Result<String, ProbeError> {
+    let freq = clock::freq();
+    if freq == 0 {
+        return Err(ProbeError::NoClock);
+    }
+    let first = clock::now();
+    let (conn, ok) = loop {
+        if let Some(c) = unix_handshake(path, port) {
+            break c;
+        }
+        if (clock::now() - first) / freq >= retry_s {
+            return Ok(format!(
+                "KEEL-PROBE unix-connect path={path} port={port} refused=1"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let start = clock::now();
+    let mut writer = conn.try_clone().map_err(|_| os_error("dup"))?;
+    let sender = std::thread::spawn(move || -> Result<(), ProbeError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = (bytes - sent).min(buf.len() as u64) as usize;
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = pattern(sent + i as u64);
+            }
+            writer.write_all(&buf[..n]).map_err(|_| os_error("write"))?;
+            sent += n as u64;
+        }
+        let _ = writer.shutdown(std::net::Shutdown::Write);
+        Ok(())
+    });
+    let mut reader = conn;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut got, mut bad) = (0u64, 0u64);
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(os_error("read")),
+        };
+        for (i, &b) in buf[..n].iter().enumerate() {
+            if b != pattern(got + i as u64) {
+                bad += 1;
+            }
+        }
+        got += n as u64;
+    }
+    sender
+        .join()
+        .map_err(|_| ProbeError::Usage("sender thread panicked".into()))??;
+    let ms = (clock::now() - start).max(1) as f64 * 1000.0 / freq as f64;
+    Ok(format!(
+        "KEEL-PROBE unix-connect path={path} port={port} host_port={ok} bytes={bytes} echoed={got} mismatched={bad} ms={ms:.1}"
+    ))
+}
+
+/// One try of the `CONNECT`/`OK` exchange: the connection and the host port the VMM
+/// named, or `None` if the socket is not there or the connection ended without `OK`.
+fn unix_handshake(path: &str, port: u32) -> Option<(std::os::unix::net::UnixStream, u32)> {
+    let mut conn = std::os::unix::net::UnixStream::connect(path).ok()?;
+    conn.write_all(format!("CONNECT {port}\n").as_bytes())
+        .ok()?;
+    // Read the answer a byte at a time: what follows the line is the stream.
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 32 {
+        match conn.read(&mut b) {
+            Ok(1) if b[0] == b'\n' => break,
+            Ok(1) => line.push(b[0]),
+            _ => return None,
+        }
+    }
+    parse_ok(&line).map(|p| (conn, p))
+}
+
+/// The host port of an `OK <port>` line (without its newline).
+pub(crate) fn parse_ok(line: &[u8]) -> Option<u32> {
+    std::str::from_utf8(line)
+        .ok()?
+        .strip_prefix("OK ")?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +354,19 @@ mod tests {
         assert_eq!(&bytes[..2], &40u16.to_ne_bytes());
         assert_eq!(&bytes[4..8], &0x0102_0304u32.to_ne_bytes());
         assert_eq!(&bytes[8..12], &3u32.to_ne_bytes());
+    }
+
+    #[test]
+    fn ok_lines_name_the_host_port() {
+        assert_eq!(parse_ok(b"OK 1073741824"), Some(1 << 30));
+        assert_eq!(parse_ok(b"OK"), None);
+        assert_eq!(parse_ok(b"NO 5"), None);
+    }
+
+    #[test]
+    fn a_unix_connect_without_a_socket_reports_a_refusal() {
+        let line = unix_connect("/nonexistent/keel-probe.sock", 5, 1, 0).unwrap();
+        assert!(line.ends_with("refused=1"), "{line}");
     }
 
     #[test]

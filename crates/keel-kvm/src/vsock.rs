@@ -112,9 +112,7 @@ impl UnixVsockHost {
                 (m.dev(), m.ino())
             })
             .map_err(io("stat"))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(io("set non-blocking"))?;
+        set_nonblocking(listener.as_raw_fd()).map_err(io("set non-blocking"))?;
         // SAFETY: epoll_create1 with a valid flag; the result is checked.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -195,7 +193,7 @@ impl UnixVsockHost {
                 Ok((stream, _)) => {
                     if self.handshakes.len() >= MAX_HANDSHAKES
                         || self.conns.len() + self.ready.len() >= MAX_CONNS
-                        || stream.set_nonblocking(true).is_err()
+                        || set_nonblocking(stream.as_raw_fd()).is_err()
                         || self.watch(stream.as_raw_fd()).is_err()
                     {
                         continue; // dropped: closed
@@ -230,6 +228,18 @@ impl UnixVsockHost {
             }
         }
     }
+}
+
+/// O_NONBLOCK with `fcntl` (std's `set_nonblocking` is an ioctl, which the sandbox of an
+/// I/O thread does not allow).
+fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on a descriptor this backend owns; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 enum Line {

@@ -312,11 +312,11 @@ t_vsock() {
     cat $W/vsock-host.out $W/vsock-echo.out
     echo "keel up exit status $rc"
     check vsock "keel up exit 0 (all VMs powered off)" [ "$rc" = 0 ]
-    check vsock "a <-> b: 1 MiB echoed whole" has_re vsock.lines '^\[a\] KEEL-PROBE vsock-connect cid=4 port=5000 bytes=1048576 echoed=1048576 mismatched=0 '
-    check vsock "a -> host port 6000: 64 KiB echoed whole" has_re vsock.lines '^\[a\] KEEL-PROBE vsock-connect cid=2 port=6000 bytes=65536 echoed=65536 mismatched=0 '
-    check vsock "host -> b port 5000: 256 KiB echoed whole" has_re vsock-host.out '^KEEL-PROBE unix-connect .* bytes=262144 echoed=262144 mismatched=0 '
+    check vsock "a <-> b: 1 MiB echoed whole" has_re vsock '^\[a\] KEEL-PROBE vsock-connect cid=4 port=5000 bytes=1048576 echoed=1048576 mismatched=0 '
+    check vsock "a -> host port 6000: 64 KiB echoed whole" has_re vsock '^\[a\] KEEL-PROBE vsock-connect cid=2 port=6000 bytes=65536 echoed=65536 mismatched=0 '
+    check vsock "host -> b port 5000: 256 KiB echoed whole" has_re vsock-host '^KEEL-PROBE unix-connect .* bytes=262144 echoed=262144 mismatched=0 '
     check vsock "b saw a (CID 3) and the host (CID 2)" [ "$(grep -cE '^\[b\] KEEL-PROBE vsock-echo port=5000 from_cid=[23] ' $W/vsock.lines)" = 2 ]
-    check vsock "c -> b (not an allowed pair): reset" has_re vsock.lines '^\[c\] KEEL-PROBE vsock-connect cid=4 port=5000 refused=1 '
+    check vsock "c -> b (not an allowed pair): reset" has_re vsock '^\[c\] KEEL-PROBE vsock-connect cid=4 port=5000 refused=1 '
     check vsock "all three powered off" [ "$(grep -cE '^\[[abc]\] KEEL-GUEST-POWEROFF$' $W/vsock.lines)" = 3 ]
     sed -n 's/^\[a\] KEEL-PROBE vsock-connect cid=\([0-9]*\) port=[0-9]* bytes=\([0-9]*\) .* ms=\([0-9.]*\) .*/L2-VSOCK a->cid\1 \2 bytes in \3 ms/p' $W/vsock.lines
     sed -n 's/^KEEL-PROBE unix-connect .* bytes=\([0-9]*\) .* ms=\([0-9.]*\)$/L2-VSOCK host->b \1 bytes in \2 ms/p' $W/vsock-host.out

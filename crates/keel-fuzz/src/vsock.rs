@@ -325,8 +325,20 @@ impl Harness {
         };
         let buf_alloc = u32::from(u.arbitrary::<u16>().unwrap_or(0));
         let key = (src_port, dst_port);
-        // A new connection (or its end) starts the key's count again.
-        if opcode == op::REQUEST || opcode == op::RST {
+        // A new connection from the guest starts the key's count again. (Nothing the guest
+        // receives does: a hostile guest may answer a REQUEST still waiting in the device's
+        // control queue, or reuse a key before its RST arrived. A host-initiated connection
+        // always has a key never used before: the device counts host ports up.)
+        let short: bool = u.arbitrary::<u8>().unwrap_or(0) % 32 == 0;
+        // Exactly the packets `Vsock::read_packet` and `handle_guest_packet` pass on to a
+        // host connection (their header's credit is taken).
+        let to_host = dst == HOST_CID
+            && src == GUEST
+            && !short
+            && kind == TYPE_STREAM
+            && len <= keel_virtio::vsock::MAX_PACKET_PAYLOAD
+            && len as usize <= payload_len;
+        if to_host && opcode == op::REQUEST {
             self.shadows.remove(&key);
         }
         // An honest guest's fwd_cnt: what it has consumed (all it received).
@@ -352,17 +364,10 @@ impl Harness {
             .write(GuestAddress(TX + HDR_LEN as u64), &payload)
             .expect("tx payload in RAM");
         let total = (HDR_LEN + payload_len) as u32;
-        let short: bool = u.arbitrary::<u8>().unwrap_or(0) % 32 == 0;
         let chain_len = if short { total.min(10) } else { total };
         self.d.submit(TXQ, &[(TX, chain_len, false)]);
-        // The credit the device now knows for this key (any packet it parsed carries it).
-        // (exactly the packets `Vsock::read_packet` and `handle_guest_packet` pass on).
-        let parsed = src == GUEST
-            && !short
-            && kind == TYPE_STREAM
-            && len <= keel_virtio::vsock::MAX_PACKET_PAYLOAD
-            && len as usize <= payload_len;
-        if parsed && dst == HOST_CID {
+        // The credit the device now knows for this key.
+        if to_host {
             let s = self.shadows.entry(key).or_default();
             s.buf_alloc = buf_alloc;
             s.fwd_cnt = fwd_cnt;
@@ -414,25 +419,15 @@ impl Harness {
             assert_eq!(h.dst_cid, GUEST, "{h:?}");
             assert_eq!(h.len as usize, used as usize - HDR_LEN, "{h:?}");
             let key = (h.dst_port, h.src_port);
-            if h.src_cid != HOST_CID {
-                continue;
-            }
-            match h.op {
-                op::RW => {
-                    let s = self.shadows.entry(key).or_default();
-                    let credit = u64::from(s.buf_alloc) + u64::from(s.fwd_cnt);
-                    s.received += u64::from(h.len);
-                    assert!(
-                        s.received <= credit,
-                        "{} bytes received on {key:?} beyond the credit {credit}",
-                        s.received
-                    );
-                }
-                // The connection of this key ended, or a new one begins.
-                op::RST | op::REQUEST => {
-                    self.shadows.remove(&key);
-                }
-                _ => {}
+            if h.src_cid == HOST_CID && h.op == op::RW {
+                let s = self.shadows.entry(key).or_default();
+                let credit = u64::from(s.buf_alloc) + u64::from(s.fwd_cnt);
+                s.received += u64::from(h.len);
+                assert!(
+                    s.received <= credit,
+                    "{} bytes received on {key:?} beyond the credit {credit}",
+                    s.received
+                );
             }
         }
     }

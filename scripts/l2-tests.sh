@@ -31,7 +31,7 @@ fi
 
 # The tests, in the order l2-inside.sh runs them.
 tests=(boot-smp-devices disk-after-poweroff disk-after-sync-reset disk-after-sync-kill bad-config reboot-in-place
-    net-ping-tcp blk-forward blk-storage-restart)
+    net-ping-tcp vsock blk-forward blk-storage-restart)
 
 # net-ping-tcp runs examples/net-linux-arm64.toml, whose keel.cmd= values must be
 # scripts/l2/net-a.sh and net-b.sh without their comment lines (base64).
@@ -54,8 +54,14 @@ if ! CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release -q -p keel \
     exit 2
 fi
 keel=$target/aarch64-unknown-linux-musl/release/keel
+# keel-probe also runs in L1 (/extra/keel-probe): the host side of the vsock test.
+if ! (cd guest/probe && cargo build --release -q --locked >&2); then
+    echo "l2: error: building keel-probe (guest/probe) failed" >&2
+    exit 2
+fi
+probe=guest/probe/target/aarch64-unknown-linux-musl/release/keel-probe
 if ! l1=$(bash guest/l1host/build.sh --keel "$keel" --extra scripts/l2/l2-inside.sh \
-    --extra examples/demo.toml --extra examples/net-linux-arm64.toml \
+    --extra examples/demo.toml --extra examples/net-linux-arm64.toml --extra "$probe" \
     --extra scripts/l2/blk-bench.sh | tail -n1); then
     echo "l2: error: building the L1 image failed" >&2
     exit 2

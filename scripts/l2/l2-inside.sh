@@ -21,6 +21,9 @@
 #   net-ping-tcp      `keel up /extra/net-linux-arm64.toml`: VMs a and b on one network; a
 #                     pings b (3/3) and sends it 4 MiB over TCP; both print the sha256, which
 #                     must be equal; keel up exits 0 once both powered off
+#   vsock             `keel up` of three VMs with virtio-vsock: guest <-> guest echo for the
+#                     allowed pair, guest -> host and host -> guest echo through the Unix
+#                     sockets, a reset for the pair that is not allowed (t_vsock)
 #   blk-forward       `keel up` of a storage VM (keel-agent) and two clients whose disks it
 #                     serves: each writes, flushes and reads back 2 MiB in its own range; a
 #                     write past its end is refused; the host file holds both, nothing else
@@ -478,6 +481,72 @@ t_net() {
     return $failed
 }
 
+# vsock_vm <name> <cid> <guest-shell-snippet> [vm keys]: one [[vm]] with [vm.vsock] for
+# t_vsock's system (on stdout).
+vsock_vm() {
+    _cmd=$(printf '%s' "$3" | base64 | tr -d '\n')
+    cat <<TOML
+[[vm]]
+name = "$1"
+arch = "aarch64"
+vcpus = 1
+memory = "128M"
+kernel = "/l2/vmlinuz"
+initrd = "/l2/initrd.cpio.gz"
+cmdline = "console=ttyS0 quiet loglevel=1 keel.cmd=$_cmd"
+serial = "stdio"
+
+[vm.vsock]
+cid = $2
+${4:-}
+
+TOML
+}
+
+# Three VMs under `keel up` with virtio-vsock (docs/vsock.md): a (CID 3) and b (CID 4) are an
+# allowed pair, c (CID 5) is not. b echoes two connections on port 5000 (keel-probe
+# vsock-listen); a sends it 1 MiB and checks the echo (guest <-> guest over the pair's
+# rings), then 64 KiB to host port 6000 (guest -> host: L1's echo at a.vsock_6000); L1 sends
+# 256 KiB to b's port 5000 through b.vsock (host -> guest: CONNECT/OK); c's connection to b
+# is reset by its own device. Prints `L2-VSOCK <what> <bytes> bytes in <ms> ms`.
+t_vsock() {
+    failed=0
+    rm -f $W/a.vsock* $W/b.vsock*
+    {
+        printf '[system]\nname = "vsock"\n\n[vsock]\nallow = [["a", "b"]]\n\n'
+        vsock_vm a 3 'keel-probe vsock-connect 4 5000 1048576 90; keel-probe vsock-connect 2 6000 65536 30' "socket = \"$W/a.vsock\""
+        vsock_vm b 4 'keel-probe vsock-listen 5000 2' "socket = \"$W/b.vsock\""
+        vsock_vm c 5 'keel-probe vsock-connect 4 5000 4096 0'
+    } >$W/vsock.toml
+    /extra/keel-probe unix-echo $W/a.vsock_6000 1 >$W/vsock-echo.out 2>&1 &
+    _echo=$!
+    timeout "$NET_TIMEOUT" "$KEEL" up $W/vsock.toml >$W/vsock.out 2>&1 &
+    _up=$!
+    /extra/keel-probe unix-connect $W/b.vsock 5000 262144 150 >$W/vsock-host.out 2>&1
+    wait $_up
+    rc=$?
+    kill $_echo 2>/dev/null
+    wait $_echo 2>/dev/null
+    tr -d '\r' <$W/vsock.out >$W/vsock.lines
+    grep -E 'KEEL-PROBE|KEEL-CMD-EXIT|KEEL-GUEST-POWEROFF|keel' $W/vsock.lines
+    cat $W/vsock-host.out $W/vsock-echo.out
+    echo "keel up exit status $rc"
+    check vsock "keel up exit 0 (all VMs powered off)" [ "$rc" = 0 ]
+    check vsock "a <-> b: 1 MiB echoed whole" has_re vsock '^\[a\] KEEL-PROBE vsock-connect cid=4 port=5000 bytes=1048576 echoed=1048576 mismatched=0 '
+    check vsock "a -> host port 6000: 64 KiB echoed whole" has_re vsock '^\[a\] KEEL-PROBE vsock-connect cid=2 port=6000 bytes=65536 echoed=65536 mismatched=0 '
+    check vsock "host -> b port 5000: 256 KiB echoed whole" has_re vsock-host '^KEEL-PROBE unix-connect .* bytes=262144 echoed=262144 mismatched=0 '
+    check vsock "b saw a (CID 3) and the host (CID 2)" [ "$(grep -cE '^\[b\] KEEL-PROBE vsock-echo port=5000 from_cid=[23] ' $W/vsock.lines)" = 2 ]
+    check vsock "c -> b (not an allowed pair): reset" has_re vsock '^\[c\] KEEL-PROBE vsock-connect cid=4 port=5000 refused=1 '
+    check vsock "all three powered off" [ "$(grep -cE '^\[[abc]\] KEEL-GUEST-POWEROFF$' $W/vsock.lines)" = 3 ]
+    sed -n 's/^\[a\] KEEL-PROBE vsock-connect cid=\([0-9]*\) port=[0-9]* bytes=\([0-9]*\) .* ms=\([0-9.]*\) .*/L2-VSOCK a->cid\1 \2 bytes in \3 ms/p' $W/vsock.lines
+    sed -n 's/^KEEL-PROBE unix-connect .* bytes=\([0-9]*\) .* ms=\([0-9.]*\)$/L2-VSOCK host->b \1 bytes in \2 ms/p' $W/vsock-host.out
+    if [ $failed != 0 ]; then
+        echo "--- the last 30 console lines of keel up:"
+        tail -n 30 $W/vsock.lines
+    fi
+    return $failed
+}
+
 step boot-smp-devices t_boot
 step disk-after-poweroff t_poweroff
 step disk-after-sync-reset t_reset
@@ -485,5 +554,6 @@ step disk-after-sync-kill t_kill
 step bad-config t_bad
 step reboot-in-place t_reboot
 step net-ping-tcp t_net
+step vsock t_vsock
 step blk-forward t_blkfwd
 step blk-storage-restart t_blkrestart

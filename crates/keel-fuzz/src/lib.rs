@@ -17,6 +17,7 @@ mod virtio_common;
 pub mod virtio_devices;
 pub mod virtio_mmio;
 pub mod virtqueue;
+pub mod vsock;
 pub mod x86_pio;
 
 /// One fuzz target: its name (the file stem under `fuzz/fuzz_targets/`) and its body.
@@ -66,6 +67,11 @@ pub const TARGETS: &[Target] = &[
         name: "virtqueue",
         covers: "split virtqueue rings, descriptor and indirect tables, device queue operations",
         run: virtqueue::run,
+    },
+    Target {
+        name: "vsock",
+        covers: "virtio-vsock packets from a hostile guest, a host backend and a peer link, with the device's bounds and credit",
+        run: vsock::run,
     },
     Target {
         name: "x86_pio",

@@ -33,6 +33,7 @@ pub mod sandbox;
 pub mod stats;
 pub mod vcpu;
 pub mod vmm;
+pub mod vsock;
 
 pub use hv::{KvmHypervisor, KvmVm};
 pub use vcpu::KvmVcpu;

@@ -208,6 +208,8 @@ impl Write for SharedOutput {
 struct VmOutputs {
     serial: SharedOutput,
     consoles: Vec<SharedOutput>,
+    /// The vsock device's host socket (`[vm.vsock] socket`), bound once.
+    vsock: Option<crate::vsock::SharedVsockHost>,
 }
 
 impl VmOutputs {
@@ -220,6 +222,18 @@ impl VmOutputs {
                 .enumerate()
                 .map(|(i, c)| SharedOutput::open(&c.output, &format!("console {i} output")))
                 .collect::<Result<_, _>>()?,
+            vsock: match spec.vsock.as_ref().and_then(|v| v.socket.as_ref()) {
+                None => None,
+                Some(path) => Some(crate::vsock::SharedVsockHost::new(
+                    crate::vsock::UnixVsockHost::bind(path.as_path()).map_err(|e| {
+                        VmmError::HostFile {
+                            what: "vsock socket".into(),
+                            path: path.to_string(),
+                            reason: e.to_string(),
+                        }
+                    })?,
+                )),
+            },
         })
     }
 }
@@ -311,6 +325,9 @@ struct LinuxBackends<'a> {
 pub struct VmNetwork {
     plan: VmPlan,
     ports: Vec<Arc<MappedPort>>,
+    /// The vsock device's links to its peers (`plan.vsock.peers`, in order): two frame
+    /// rings each, shared with the peer's VMM.
+    vsock_peers: Vec<Arc<MappedPort>>,
     /// The shared regions' mappings, in the order of `plan.shared` (kept across restarts).
     shared: Vec<Arc<crate::net::Mapping>>,
     /// Per served disk (by disk index): its forwarding region, mapped in this process.
@@ -411,6 +428,7 @@ impl VmNetwork {
         Ok(VmNetwork {
             plan,
             ports: mapped,
+            vsock_peers: Vec::new(),
             shared: Vec::new(),
             forward_clients: Vec::new(),
             forward_server: None,
@@ -480,6 +498,50 @@ impl VmNetwork {
         Ok(self)
     }
 
+    /// The vsock device's links, one per `plan.vsock.peers` entry in order (as `keel up`
+    /// handed them over: this VM's ring to the peer, the peer's ring to it, the peer's
+    /// eventfd, its own), each window exactly `ring_window_len(VSOCK_RING_SLOTS)` bytes.
+    pub fn with_vsock_peers(
+        mut self,
+        links: Vec<crate::net::PortFds>,
+    ) -> Result<VmNetwork, VmmError> {
+        let want_links = self.plan.vsock.as_ref().map_or(0, |v| v.peers.len());
+        if links.len() != want_links {
+            return Err(VmmError::Host(format!(
+                "vm {:?}: {} vsock links given for {want_links} vsock peers",
+                self.plan.name,
+                links.len()
+            )));
+        }
+        let slots = keel_spec::plan::VSOCK_RING_SLOTS;
+        let want = keel_spec::plan::ring_window_len(slots);
+        for (i, p) in links.into_iter().enumerate() {
+            let bad = |what: String| {
+                VmmError::Host(format!("vm {:?}: vsock peer {i}: {what}", self.plan.name))
+            };
+            for m in [&p.to_switch, &p.from_switch] {
+                if m.len() as u64 != want {
+                    return Err(bad(format!(
+                        "ring window is {} bytes, the plan says {want}",
+                        m.len()
+                    )));
+                }
+            }
+            let map = |m: &crate::net::SharedMemory| {
+                m.map()
+                    .map_err(|e| bad(format!("cannot map a ring window: {e}")))
+            };
+            self.vsock_peers.push(Arc::new(MappedPort {
+                to_switch: map(&p.to_switch)?,
+                from_switch: map(&p.from_switch)?,
+                ring_peer: p.ring_peer,
+                wait_on: p.wait_on,
+                slots: u64::from(slots),
+            }));
+        }
+        Ok(self)
+    }
+
     /// The memory files of the plan's shared regions, one per `plan.shared` entry in
     /// order (each exactly the planned size), mapped `MAP_SHARED` once here; every build
     /// of the VM registers them as memory slots at their planned bases.
@@ -520,7 +582,11 @@ impl VmNetwork {
     /// The eventfds the VM's I/O threads wait on (one per interface).
     fn eventfds(&self) -> Vec<RawFd> {
         use std::os::fd::AsRawFd;
-        self.ports.iter().map(|p| p.wait_on.as_raw_fd()).collect()
+        self.ports
+            .iter()
+            .chain(&self.vsock_peers)
+            .map(|p| p.wait_on.as_raw_fd())
+            .collect()
     }
 }
 
@@ -640,6 +706,59 @@ impl DeviceBackends for LinuxBackends<'_> {
             .ok_or_else(|| BackendError::Unavailable(format!("no console {port}")))?
             .boxed();
         Ok(Box::new(HostConsoleOutput(out)))
+    }
+
+    fn vsock_host(
+        &mut self,
+        _plan: &VmPlan,
+    ) -> Result<Box<dyn keel_virtio::vsock::VsockHost>, BackendError> {
+        Ok(match &self.outputs.vsock {
+            Some(host) => host.attach(),
+            None => Box::new(keel_virtio::vsock::NoHost),
+        })
+    }
+
+    fn vsock_peer(
+        &mut self,
+        _plan: &VmPlan,
+        peer: usize,
+    ) -> Result<Box<dyn keel_virtio::net::NetBackend>, BackendError> {
+        use std::os::fd::AsRawFd;
+        let unavailable = |what: String| BackendError::Unavailable(what);
+        let mapped = self
+            .network
+            .and_then(|n| n.vsock_peers.get(peer))
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "vm {:?}: vsock peers need `keel up` (it creates their rings)",
+                    self.spec.name
+                ))
+            })?
+            .clone();
+        let window = |m: &crate::net::Mapping| {
+            // SAFETY: `mapped` (which owns the mapping) is kept in the backend next to
+            // the port, and dropped after it.
+            unsafe { m.frame_window(mapped.slots) }
+                .map_err(|e| unavailable(format!("vsock peer {peer}: ring window: {e}")))
+        };
+        let windows = keel_net::port::PortWindows {
+            to_switch: window(&mapped.to_switch)?,
+            from_switch: window(&mapped.from_switch)?,
+        };
+        let bell = mapped
+            .ring_peer
+            .try_clone()
+            .map_err(|e| unavailable(format!("vsock peer {peer}: eventfd: {e}")))?;
+        let event = keel_virtio::device::EventSource(mapped.wait_on.as_raw_fd() as u64);
+        let port = keel_net::port::VmmPort::new(
+            windows,
+            Box::new(crate::net::EventFdBell(bell)),
+            Some(event),
+        );
+        Ok(Box::new(LinuxNetPort {
+            port,
+            _mapped: mapped,
+        }))
     }
 
     fn console_input(
@@ -959,7 +1078,14 @@ impl Vmm {
             vcpus,
             core: Arc::new(core),
             doorbells,
-            eventfds: network.map(VmNetwork::eventfds).unwrap_or_default(),
+            // The vsock backend's epoll descriptor is edge-like too: the backend empties it
+            // whenever the device is called.
+            eventfds: network
+                .map(VmNetwork::eventfds)
+                .unwrap_or_default()
+                .into_iter()
+                .chain(outputs.vsock.as_ref().map(|v| v.epoll_fd()))
+                .collect(),
             serial_on_stdio: spec.serial == Output::Stdio,
             control,
             started,

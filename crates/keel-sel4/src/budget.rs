@@ -68,6 +68,8 @@ pub const fn device_heap_bytes(kind: DeviceKind) -> usize {
         }
         // The chain in flight (entropy goes through a stack buffer).
         DeviceKind::Rng => chain(MAX_CHAIN_SEGMENTS),
+        // Refused by `keel sel4 build` (vsock is not supported on seL4 yet).
+        DeviceKind::Vsock => 0,
     }
 }
 

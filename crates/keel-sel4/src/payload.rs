@@ -521,6 +521,7 @@ mod tests {
                 dt: Some(("virtio,mmio".into(), alloc::vec![(0x0a00_3e00, 0x200)])),
                 dma_identity: true,
             }],
+            vsock: None,
         }
     }
 

@@ -435,6 +435,33 @@ pub enum ErrorKind {
         /// The network's members, or `none`.
         members: String,
     },
+    /// Two VMs with one vsock CID.
+    #[error("cid {cid} is already vm {other:?}'s (each guest needs its own)")]
+    DuplicateCid {
+        /// The CID.
+        cid: u32,
+        /// The VM that has it first.
+        other: String,
+    },
+    /// A `[vsock] allow` pair naming a VM the system does not have.
+    #[error("allow: {name:?} is not a VM of this system (VMs with vsock: {members})")]
+    VsockUnknownVm {
+        /// The name given.
+        name: String,
+        /// The VMs with `[vm.vsock]`, or `none`.
+        members: String,
+    },
+    /// A `[vsock] allow` pair naming a VM without `[vm.vsock]`.
+    #[error("allow: vm {0:?} has no [vm.vsock]")]
+    VsockNotEnabled(String),
+    /// A `[vsock] allow` pair given twice (in either order).
+    #[error("allow: pair ({a:?}, {b:?}) is given twice (pairs are symmetric)")]
+    VsockPairTwice {
+        /// One VM.
+        a: String,
+        /// The other.
+        b: String,
+    },
     /// An allow pair of one member with itself.
     #[error("allow: pair ({0:?}, {0:?}) names the same member twice")]
     AllowSelf(String),

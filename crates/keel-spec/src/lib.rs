@@ -36,6 +36,7 @@ mod parse;
 pub use error::{ErrorKind, SpecError};
 pub use kernel::{KernelFormat, check_kernel, elf_headers_end, probe_kernel};
 pub use layout::{DeviceWindow, device_window, ram_layout};
+pub use model::VsockSpec;
 pub use model::{
     Access, Arch, ConsoleSpec, ControlRight, ControlSpec, CpuSet, DiskSpec, Dma, HostPath, Limits,
     Llc, MacAddr, Memory, NetworkSpec, NicSpec, OnReboot, Output, OutputKind, PassthroughDt,
@@ -46,6 +47,7 @@ pub use plan::{
     DeviceKind, DevicePlan, DiskPlan, LinkPlan, NetworkPlan, NicPlan, PassthroughPlan, PortOwner,
     PortPlan, ServePlan, ServedDiskPlan, SharedMapPlan, SharedRegionPlan, SystemPlan, VmPlan,
 };
+pub use plan::{VsockPeerPlan, VsockPlan};
 pub use size::{SizeDisplay, parse_size};
 pub use validate::limits;
 

@@ -304,6 +304,12 @@ pub enum MicrokitError {
         /// The disk.
         disk: usize,
     },
+    /// A VM with `[vm.vsock]`: the seL4 backend has no vsock device yet.
+    #[error("VM {vm}: vsock is not supported on seL4 yet")]
+    Vsock {
+        /// VM name.
+        vm: String,
+    },
     /// A network bridged to a host tap: there is no host network on seL4.
     #[error(
         "network {network}: an uplink (tap) is Linux only; the seL4 backend has no host network to bridge into"
@@ -1046,6 +1052,11 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
                 max: max_nics,
             });
         }
+    }
+    if let Some(vm) = system.vms().iter().find(|vm| vm.vsock.is_some()) {
+        return Err(MicrokitError::Vsock {
+            vm: vm.name.clone(),
+        });
     }
     for net in system.networks() {
         if net.uplink.is_some() {
@@ -2815,6 +2826,20 @@ mod tests {
             e.to_string(),
             "VM a: disk 0: served_by (a disk served by a storage VM) is not supported by the seL4 backend yet; it runs on Linux (keel up)"
         );
+    }
+
+    #[test]
+    fn a_vm_with_vsock_is_refused_on_sel4() {
+        let mut a = vm("a", 1);
+        a.vsock = Some(crate::model::VsockSpec {
+            cid: 3,
+            socket: None,
+        });
+        let s = System::new("t".into(), None, vec![a]).unwrap();
+
+        let e = system_file(&s, &layout()).unwrap_err();
+
+        assert_eq!(e.to_string(), "VM a: vsock is not supported on seL4 yet");
     }
 
     #[test]

@@ -479,6 +479,18 @@ pub struct NicSpec {
     pub mac: Option<MacAddr>,
 }
 
+/// A VM's virtio-vsock device (`[vm.vsock]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockSpec {
+    /// The guest's context ID: 3..=4294967294, unique in the system (0, 1 and 2 are the
+    /// hypervisor, loopback and host; u32::MAX is VMADDR_CID_ANY).
+    pub cid: u32,
+    /// Linux: the host Unix socket of the VM (Firecracker's convention: the host connects and
+    /// sends `CONNECT <port>\n`; a guest connection to host port P connects to
+    /// `<socket>_<P>`). `None`: no host side (guest↔guest only).
+    pub socket: Option<HostPath>,
+}
+
 /// A virtual Ethernet network (`[[network]]`): one switch, its ports the interfaces attached
 /// to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -702,6 +714,8 @@ pub struct VmSpec {
     /// at this fixed physical address, 2 MiB aligned; equal to the RAM's guest-physical
     /// base it is identity-mapped (what a DMA-capable passed-through device needs).
     pub ram_phys_addr: Option<u64>,
+    /// Its virtio-vsock device (`[vm.vsock]`), if any.
+    pub vsock: Option<VsockSpec>,
 }
 
 /// One `[[vm.control]]`: a target VM and the rights the controlling VM holds on it.
@@ -781,6 +795,7 @@ impl VmSpec {
             start: true,
             passthrough: Vec::new(),
             ram_phys_addr: None,
+            vsock: None,
         }
     }
 }
@@ -823,6 +838,7 @@ pub struct System {
     pub(crate) shared: Vec<SharedSpec>,
     pub(crate) llc: Option<Llc>,
     pub(crate) limits: Option<Limits>,
+    pub(crate) vsock_allow: Vec<(String, String)>,
 }
 
 impl System {
@@ -887,6 +903,7 @@ impl System {
         crate::validate::check_shared(&vms, &shared)?;
         crate::validate::check_control(&vms)?;
         crate::validate::check_passthrough(&vms, &shared)?;
+        crate::validate::check_vsock(&vms, &[])?;
         Ok(System {
             name,
             pcpus,
@@ -895,7 +912,21 @@ impl System {
             shared,
             llc,
             limits: None,
+            vsock_allow: Vec::new(),
         })
+    }
+
+    /// This system with the VM pairs whose guests may reach each other over vsock (`[vsock]
+    /// allow`; symmetric, each pair once, both VMs with `[vm.vsock]`).
+    pub fn with_vsock_allow(mut self, allow: Vec<(String, String)>) -> Result<System, SpecError> {
+        crate::validate::check_vsock(&self.vms, &allow)?;
+        self.vsock_allow = allow;
+        Ok(self)
+    }
+
+    /// The vsock pairs (`[vsock] allow`), in file order.
+    pub fn vsock_allow(&self) -> &[(String, String)] {
+        &self.vsock_allow
     }
 
     /// This system with `[limits]` (`None`: no dynamic VMs), checked against its networks.

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::env::expand;
 use crate::error::{ErrorKind, SpecError};
+use crate::model::VsockSpec;
 use crate::model::{
     Access, Arch, ConsoleSpec, ControlRight, ControlSpec, CpuSet, DiskSpec, HostPath, Limits, Llc,
     MacAddr, Memory, NetworkSpec, NicSpec, OnReboot, Output, OutputKind, Placement, RamRegion,
@@ -190,7 +191,13 @@ impl<'e> Loader<'e> {
             None => None,
             Some(l) => Some(ctx.limits(l)?),
         };
-        System::with_parts(name, pcpus, llc, vms, networks, shared)?.with_limits(limits)
+        let vsock_allow = raw
+            .vsock
+            .map(|v| v.allow.into_iter().map(|[a, b]| (a, b)).collect())
+            .unwrap_or_default();
+        System::with_parts(name, pcpus, llc, vms, networks, shared)?
+            .with_limits(limits)?
+            .with_vsock_allow(vsock_allow)
     }
 }
 
@@ -303,6 +310,21 @@ struct RawFile {
     #[serde(default)]
     shared: Vec<RawShared>,
     limits: Option<RawLimits>,
+    vsock: Option<RawVsockAllow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVsockAllow {
+    #[serde(default)]
+    allow: Vec<[String; 2]>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVsock {
+    cid: i64,
+    socket: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -407,6 +429,7 @@ struct RawVm {
     max_restarts_per_minute: Option<i64>,
     restart: Option<String>,
     cache_colours: Option<Vec<i64>>,
+    vsock: Option<RawVsock>,
     #[serde(default)]
     passthrough: Vec<RawPassthrough>,
     ram_phys_addr: Option<RawNumber>,
@@ -767,6 +790,27 @@ impl Ctx<'_> {
             Some(n) => Some(number(&at, "ram_phys_addr", n)?),
             None => None,
         };
+        let vsock = match raw.vsock {
+            None => None,
+            Some(v) => {
+                let here = format!("{at}: vsock");
+                let cid = u32::try_from(v.cid).map_err(|_| {
+                    SpecError::new(
+                        here.clone(),
+                        ErrorKind::OutOfRange {
+                            key: "cid",
+                            value: v.cid.into(),
+                            range: "3..=4294967294 (0, 1 and 2 are reserved, 2 is the host)",
+                        },
+                    )
+                })?;
+                let socket = match &v.socket {
+                    Some(p) => Some(self.path(&here, "socket", p)?),
+                    None => None,
+                };
+                Some(VsockSpec { cid, socket })
+            }
+        };
         Ok(VmSpec {
             passthrough,
             ram_phys_addr,
@@ -790,6 +834,7 @@ impl Ctx<'_> {
             cache_colours,
             control,
             start: raw.start.unwrap_or(true),
+            vsock,
         })
     }
 

@@ -9,7 +9,7 @@
 //! [`crate::microkit`]).
 //!
 //! Device order is fixed: disks in file order, then console ports in file order, then
-//! network interfaces in file order, then the rng. Slot `i` of an arch is always the same window and interrupt.
+//! network interfaces in file order, then the rng, then the vsock device. Slot `i` of an arch is always the same window and interrupt.
 //!
 //! The plan types are serde-serializable (no_std): the seL4 backend hands a VM's plan to its
 //! VMM protection domain as it is, so the PD builds exactly what `plan_vm` decided.
@@ -50,6 +50,8 @@ pub enum DeviceKind {
     /// "a client published requests" and whose output byte `i` rings client `i` of
     /// [`VmPlan::serves`]. Last of the VM's devices; only in a VM that serves disks.
     Doorbell,
+    /// virtio-vsock ([`VmPlan::vsock`]).
+    Vsock,
 }
 
 impl DeviceKind {
@@ -61,6 +63,7 @@ impl DeviceKind {
             DeviceKind::Net { .. } => "virtio-net",
             DeviceKind::Rng => "virtio-rng",
             DeviceKind::Doorbell => "virtio-console",
+            DeviceKind::Vsock => "virtio-vsock",
         }
     }
 }
@@ -255,6 +258,34 @@ pub struct SharedRegionPlan {
     pub users: Vec<(String, SharedMapPlan)>,
 }
 
+/// A VM's virtio-vsock device: its CID, its host socket and the peers its guest may reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockPlan {
+    /// The guest's CID.
+    pub cid: u32,
+    /// Linux: the host Unix socket path (`[vm.vsock] socket`), if any.
+    pub socket: Option<String>,
+    /// The VMs this guest may reach (`[vsock] allow`), in the order of the allow list.
+    pub peers: Vec<VsockPeerPlan>,
+}
+
+/// Slots of each of the two rings a `[vsock] allow` pair's VMMs share (keel-net frame rings:
+/// 2048-byte slots, packets of at most 1514 bytes; [`ring_window_len`] bytes each).
+pub const VSOCK_RING_SLOTS: u32 = 256;
+
+/// One peer of a VM's vsock device: another VM of a `[vsock] allow` pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockPeerPlan {
+    /// Index of the pair in `[vsock] allow` (names the pair's ring pair on every backend).
+    pub pair: usize,
+    /// The peer VM's name.
+    pub vm: String,
+    /// The peer guest's CID.
+    pub cid: u32,
+    /// Whether this VM is the pair's first (its ring to the peer is the pair's first ring).
+    pub first: bool,
+}
+
 /// Everything a backend needs to build one VM, decided from its description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmPlan {
@@ -289,6 +320,8 @@ pub struct VmPlan {
     /// Physical devices this VM owns (`[[vm.passthrough]]`), in file order; only the seL4
     /// backend builds them.
     pub passthrough: Vec<PassthroughPlan>,
+    /// Its virtio-vsock device ([`DeviceKind::Vsock`]), if any.
+    pub vsock: Option<VsockPlan>,
 }
 
 /// A passed-through device as its VM sees it: its register ranges at their physical
@@ -426,12 +459,18 @@ pub const fn serial(arch: Arch) -> SerialPlan {
 /// Plan one VM on its own: a VM with network interfaces needs its system
 /// ([`plan_vm_of`]) and is refused here.
 pub fn plan_vm(vm: &VmSpec) -> Result<VmPlan, PlanError> {
-    plan_vm_in_system(vm, core::slice::from_ref(vm), &[], &[])
+    plan_vm_in_system(vm, core::slice::from_ref(vm), &[], &[], &[])
 }
 
 /// Plan VM `vm` of `system` (its interfaces know their network, port and MAC).
 pub fn plan_vm_of(system: &System, vm: &VmSpec) -> Result<VmPlan, PlanError> {
-    plan_vm_in_system(vm, system.vms(), system.networks(), system.shared())
+    plan_vm_in_system(
+        vm,
+        system.vms(),
+        system.networks(),
+        system.shared(),
+        system.vsock_allow(),
+    )
 }
 
 fn plan_vm_in_system(
@@ -439,9 +478,15 @@ fn plan_vm_in_system(
     vms: &[VmSpec],
     networks: &[NetworkSpec],
     shared: &[SharedSpec],
+    vsock_allow: &[(String, String)],
 ) -> Result<VmPlan, PlanError> {
     let mut plan = plan_devices(vm, vms)?;
     plan_forwarding(&mut plan, vm, vms)?;
+    plan.vsock = vm.vsock.as_ref().map(|v| VsockPlan {
+        cid: v.cid,
+        socket: v.socket.as_ref().map(|p| String::from(p.as_str())),
+        peers: vsock_peers(vm, vms, vsock_allow),
+    });
     for map in &vm.shared {
         let region = shared
             .iter()
@@ -586,6 +631,31 @@ pub fn forward_region_name(link: usize) -> String {
     alloc::format!("fwd:{link}")
 }
 
+/// The vsock peers of `vm`: the other VM of each allow pair naming it (a validated system's
+/// pairs name VMs with vsock).
+fn vsock_peers(vm: &VmSpec, vms: &[VmSpec], allow: &[(String, String)]) -> Vec<VsockPeerPlan> {
+    allow
+        .iter()
+        .enumerate()
+        .filter_map(|(pair, (a, b))| {
+            let (other, first) = if *a == vm.name {
+                (b, true)
+            } else if *b == vm.name {
+                (a, false)
+            } else {
+                return None;
+            };
+            let cid = vms.iter().find(|v| v.name == *other)?.vsock.as_ref()?.cid;
+            Some(VsockPeerPlan {
+                pair,
+                vm: other.clone(),
+                cid,
+                first,
+            })
+        })
+        .collect()
+}
+
 /// The members of `net` among `vms`: each VM attached, with its interface index, in file
 /// order (a VM is attached at most once per network).
 fn network_members<'a>(
@@ -638,11 +708,13 @@ fn plan_devices(vm: &VmSpec, vms: &[VmSpec]) -> Result<VmPlan, PlanError> {
         .chain((0..vm.consoles.len()).map(|port| DeviceKind::Console { port }))
         .chain((0..vm.nics.len()).map(|nic| DeviceKind::Net { nic }))
         .chain(vm.rng.then_some(DeviceKind::Rng))
+        .chain(vm.vsock.is_some().then_some(DeviceKind::Vsock))
         .chain(serves.then_some(DeviceKind::Doorbell));
     let count = vm.disks.len()
         + vm.consoles.len()
         + vm.nics.len()
         + usize::from(vm.rng)
+        + usize::from(vm.vsock.is_some())
         + usize::from(serves);
     let mut devices = Vec::new();
     for (slot, kind) in kinds.enumerate() {
@@ -692,6 +764,7 @@ fn plan_devices(vm: &VmSpec, vms: &[VmSpec]) -> Result<VmPlan, PlanError> {
         shared: Vec::new(),
         serves: Vec::new(),
         passthrough,
+        vsock: None,
     })
 }
 

@@ -1400,3 +1400,72 @@ pub(crate) fn check_passthrough(vms: &[VmSpec], shared: &[SharedSpec]) -> Result
     }
     Ok(())
 }
+
+/// Checks every `[vm.vsock]` (CID in 3..=4294967294, unique in the system) and the
+/// `[vsock] allow` pairs (both VMs exist and have vsock, not the same VM, each pair once in
+/// either order).
+pub(crate) fn check_vsock(vms: &[VmSpec], allow: &[(String, String)]) -> Result<(), SpecError> {
+    for (index, vm) in vms.iter().enumerate() {
+        let Some(v) = &vm.vsock else { continue };
+        let at = format!("{}: vsock", vm_label(index, Some(&vm.name)));
+        if !(3..u32::MAX).contains(&v.cid) {
+            return Err(SpecError::new(
+                at,
+                ErrorKind::OutOfRange {
+                    key: "cid",
+                    value: v.cid.into(),
+                    range: "3..=4294967294 (0, 1 and 2 are reserved, 2 is the host)",
+                },
+            ));
+        }
+        if let Some(other) = vms[..index]
+            .iter()
+            .find(|o| o.vsock.as_ref().is_some_and(|o| o.cid == v.cid))
+        {
+            return Err(SpecError::new(
+                at,
+                ErrorKind::DuplicateCid {
+                    cid: v.cid,
+                    other: other.name.clone(),
+                },
+            ));
+        }
+    }
+    for (i, (a, b)) in allow.iter().enumerate() {
+        let at = "vsock";
+        for name in [a, b] {
+            let Some(vm) = vms.iter().find(|v| &v.name == name) else {
+                return Err(SpecError::new(
+                    at,
+                    ErrorKind::VsockUnknownVm {
+                        name: name.clone(),
+                        members: list_or_none(
+                            vms.iter()
+                                .filter(|v| v.vsock.is_some())
+                                .map(|v| v.name.as_str()),
+                        ),
+                    },
+                ));
+            };
+            if vm.vsock.is_none() {
+                return Err(SpecError::new(at, ErrorKind::VsockNotEnabled(name.clone())));
+            }
+        }
+        if a == b {
+            return Err(SpecError::new(at, ErrorKind::AllowSelf(a.clone())));
+        }
+        if allow[..i]
+            .iter()
+            .any(|(c, d)| (c == a && d == b) || (c == b && d == a))
+        {
+            return Err(SpecError::new(
+                at,
+                ErrorKind::VsockPairTwice {
+                    a: a.clone(),
+                    b: b.clone(),
+                },
+            ));
+        }
+    }
+    Ok(())
+}

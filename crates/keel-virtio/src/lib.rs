@@ -1,5 +1,5 @@
 //! Keel's portable virtio layer: the split virtqueue, the virtio-mmio transport and the
-//! console, block, rng and net device models. `#![no_std]` + `alloc`; the `std` feature adds
+//! console, block, rng, net and vsock device models. `#![no_std]` + `alloc`; the `std` feature adds
 //! host backends (`FileBackend`, `OsEntropy`, `FdConsoleInput` in `host`).
 //!
 //! # Public API
@@ -58,6 +58,12 @@
 //!   backlogged() -> bool (default false: recv's None stopped short, call again);
 //!   its event is net::RX_EVENT
 //! rng::Rng::new(source: E: EntropySource); EntropySource::fill(&mut [u8]) -> Result<(), EntropyError>
+//! vsock::Vsock::new(cid: u32, host: H: VsockHost) [.with_peer(cid: u32, link: Box<dyn NetBackend>)];
+//!   VsockHost: event_source(), accept() -> Option<(ConnId, port)>, accepted(conn, host_port),
+//!   connect(port) -> Result<ConnId, VsockHostError>, read(conn, &mut [u8]) -> Result<HostRead, _>,
+//!   write(conn, &[u8]) -> Result<usize, _>, shutdown_write(conn), close(conn) (none may block);
+//!   vsock::NoHost refuses every host connection; host event vsock::HOST_EVENT, peer i's
+//!   EventToken(PEER_EVENT_BASE + i); docs/vsock.md
 //! std only: FileBackend::open(path, read_only: bool) -> io::Result<FileBackend>,
 //!           OsEntropy::open() -> io::Result<OsEntropy>,
 //!           FdConsoleInput::new(OwnedFd) / ::stdin() -> io::Result<FdConsoleInput>, has_ended()
@@ -93,6 +99,7 @@ pub mod rng;
 #[doc(hidden)]
 #[allow(missing_debug_implementations)] // test scaffolding
 pub mod testing;
+pub mod vsock;
 
 pub use block::{Block, BlockBackend, BlockError, GuestIoSlice, MemoryBackend, Vectored};
 pub use console::{Console, ConsoleInput, ConsoleOutput, NoInput};

@@ -15,6 +15,7 @@ use keel_virtio::console::ConsoleInput;
 use keel_virtio::device::{EventSource, EventToken};
 use keel_virtio::mmio::QueueNotifier;
 use keel_virtio::net::{Net, NetBackend};
+use keel_virtio::vsock::{NoHost, Vsock, VsockHost};
 use keel_virtio::{
     Block, BlockBackend, Console, ConsoleOutput, DeviceFailure, EntropySource, MmioTransport, Rng,
     VirtioDevice,
@@ -82,6 +83,25 @@ pub trait DeviceBackends {
         let _ = nic;
         Err(BackendError::Unavailable(format!(
             "vm {:?}: this backend cannot attach network interfaces",
+            plan.name
+        )))
+    }
+    /// The host side of the VM's vsock device (`plan.vsock`). By default none: the guest's
+    /// connections to the host are reset.
+    fn vsock_host(&mut self, plan: &VmPlan) -> Result<Box<dyn VsockHost>, BackendError> {
+        let _ = plan;
+        Ok(Box::new(NoHost))
+    }
+    /// The packet link to vsock peer `peer` (`plan.vsock.peers[peer]`). By default the
+    /// backend has none, and a VM with vsock peers is refused.
+    fn vsock_peer(
+        &mut self,
+        plan: &VmPlan,
+        peer: usize,
+    ) -> Result<Box<dyn NetBackend>, BackendError> {
+        let _ = peer;
+        Err(BackendError::Unavailable(format!(
+            "vm {:?}: this backend cannot link vsock peers",
             plan.name
         )))
     }
@@ -232,6 +252,10 @@ pub fn label(plan: &VmPlan, device: &DevicePlan) -> String {
         },
         DeviceKind::Rng => "0 (rng)".into(),
         DeviceKind::Doorbell => format!("{} (storage doorbell)", plan.serves.len()),
+        DeviceKind::Vsock => match &plan.vsock {
+            Some(v) => format!("0 (vsock cid {})", v.cid),
+            None => "0 (vsock)".into(),
+        },
     }
 }
 
@@ -301,6 +325,19 @@ pub fn build_device(
                 memory,
                 irq,
             )
+        }
+        DeviceKind::Vsock => {
+            let Some(v) = &plan.vsock else {
+                return Err(BackendError::Unavailable(format!(
+                    "vm {:?}: no plan for vsock",
+                    plan.name
+                )));
+            };
+            let mut model = Vsock::new(v.cid, backends.vsock_host(plan)?);
+            for (i, peer) in v.peers.iter().enumerate() {
+                model = model.with_peer(peer.cid, backends.vsock_peer(plan, i)?);
+            }
+            placed(plan, device, model, memory, irq)
         }
     })
 }

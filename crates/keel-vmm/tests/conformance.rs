@@ -363,6 +363,76 @@ fn a_device_interrupt_uses_its_planned_line() {
 }
 
 #[test]
+fn a_vsock_device_is_planned_last_and_its_guest_reads_its_cid() {
+    let mut v = spec(Arch::X86_64);
+    v.vsock = Some(keel_spec::VsockSpec {
+        cid: 42,
+        socket: None,
+    });
+    let b = build_plan(&plan_vm(&v).unwrap(), false);
+    // disk 0, rng 1, vsock 2: its window at 0xd000_2000; config (the CID) at +0x100.
+    let d = &b.core.devices()[2];
+    assert_eq!(d.plan.kind, keel_spec::DeviceKind::Vsock);
+    let mut vcpu = FakeVcpu::new(
+        0,
+        vec![
+            VcpuExit::MmioRead {
+                gpa: 0xd000_2008,
+                len: 4,
+            },
+            VcpuExit::MmioRead {
+                gpa: 0xd000_2100,
+                len: 4,
+            },
+        ],
+    );
+
+    run_vcpu(&mut vcpu, &b.core, &b.vm, b.stop.as_ref()).unwrap();
+
+    assert_eq!(vcpu.answers, [ExitAnswer::Read(19), ExitAnswer::Read(42)]);
+}
+
+#[test]
+fn a_vsock_peer_without_a_backend_for_it_is_refused_at_build() {
+    let mut v = spec(Arch::X86_64);
+    v.vsock = Some(keel_spec::VsockSpec {
+        cid: 3,
+        socket: None,
+    });
+    let mut plan = plan_vm(&v).unwrap();
+    plan.vsock
+        .as_mut()
+        .unwrap()
+        .peers
+        .push(keel_spec::VsockPeerPlan {
+            pair: 0,
+            vm: "other".into(),
+            cid: 4,
+            first: true,
+        });
+    let vm = FakeVm::new(&plan.ram).unwrap();
+
+    let built = VmmCore::build(
+        &plan,
+        &vm,
+        Interrupts::InKernel,
+        &mut MemoryBackends {
+            disk_size: 4096,
+            ..Default::default()
+        },
+        Box::new(Collected::default()),
+        Arc::new(RecordingStop::default()),
+        Arc::new(RecordingLog::default()),
+    );
+
+    let Err(e) = built else {
+        panic!("a peer without a link must be an error");
+    };
+
+    assert!(e.to_string().contains("cannot link vsock peers"), "{e}");
+}
+
+#[test]
 fn reset_puts_devices_back_to_power_on() {
     let b = build(Arch::X86_64, false);
     let status = |b: &Built| {

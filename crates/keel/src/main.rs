@@ -360,7 +360,7 @@ fn summary(vm: &VmSpec) -> String {
 }
 
 /// What `keel check` prints: one line per VM, each followed by one indented line per
-/// network interface, per served disk, per client it serves and per shared region it maps; then per shared region one line; then
+/// network interface, per served disk, per client it serves and per shared region it maps and one for its vsock device; then per shared region one line; then
 /// per network one line, one per port and one per allowed pair.
 fn check_lines(plan: &keel_spec::plan::SystemPlan, sys: &System) -> Vec<String> {
     use keel_spec::plan::PortOwner;
@@ -417,6 +417,23 @@ fn check_lines(plan: &keel_spec::plan::SystemPlan, sys: &System) -> Vec<String> 
                 m.base.saturating_add(m.size),
                 m.access
             ));
+        }
+        if let Some(v) = plan.vm(&vm.name).and_then(|p| p.vsock.as_ref()) {
+            let socket = match &v.socket {
+                Some(path) => format!("socket {path}"),
+                None => "no host socket".into(),
+            };
+            let peers: Vec<String> = v
+                .peers
+                .iter()
+                .map(|p| format!("vm {:?} (cid {})", p.vm, p.cid))
+                .collect();
+            let peers = if peers.is_empty() {
+                "none".into()
+            } else {
+                peers.join(", ")
+            };
+            lines.push(format!("  vsock: cid {}, {socket}, peers {peers}", v.cid));
         }
     }
     for region in &plan.shared {

@@ -445,6 +445,7 @@ pub fn up(
     let ports = create_ports(&plan)?;
     let shared_files = create_shared(&plan)?;
     let links = create_links(&plan)?;
+    let vsock_links = create_vsock_links(&plan)?;
 
     let sigfd = signal_fd(&[
         libc::SIGCHLD,
@@ -491,7 +492,8 @@ pub fn up(
                 "--log-level".into(),
                 level_arg.clone(),
             ];
-            let fds = vmm_fd_args(&plan, vm, &ports, &shared_files, Some(&links), &mut args);
+            let mut fds = vmm_fd_args(&plan, vm, &ports, &shared_files, Some(&links), &mut args);
+            fds.extend(vsock_fd_args(vm, &vsock_links, &mut args));
             match spawn(&args, fds, true) {
                 Ok(mut child) => {
                     inputs.push(VmInput::new(child.stdin.take()));
@@ -518,6 +520,7 @@ pub fn up(
     // The children hold their own copies now.
     drop(ports);
     drop(shared_files);
+    drop(vsock_links);
     drop(links);
 
     // A terminal on stdin is raw while the system runs (restored on every return from
@@ -692,6 +695,51 @@ pub(crate) fn switch_command(
         fds.extend([a, b, vmm_bell, switch_bell]);
     }
     (args, fds)
+}
+
+/// The rings of each `[vsock] allow` pair (by pair index): two frame rings and two eventfds,
+/// shared by the pair's two VMMs only (docs/vsock.md). Seen from the pair's first VM.
+pub(crate) fn create_vsock_links(
+    plan: &SystemPlan,
+) -> Result<std::collections::BTreeMap<usize, PortFds>, Failure> {
+    let len = usize::try_from(keel_spec::plan::ring_window_len(
+        keel_spec::plan::VSOCK_RING_SLOTS,
+    ))
+    .map_err(|_| failure("vsock rings: too large"))?;
+    let mut links = std::collections::BTreeMap::new();
+    for vm in &plan.vms {
+        for peer in vm.vsock.iter().flat_map(|v| &v.peers).filter(|p| p.first) {
+            let link = PortFds::create(&format!("vsock-{}-{}", vm.name, peer.vm), len)
+                .map_err(|e| failure(format!("vsock {:?} <-> {:?}: {e}", vm.name, peer.vm)))?;
+            links.insert(peer.pair, link);
+        }
+    }
+    Ok(links)
+}
+
+/// Append VM `vm`'s `--vsock-peer` arguments to `args` (one per vsock peer, in plan
+/// order); the descriptors its VMM inherits. The pair's second VM gets the rings and
+/// eventfds the other way round.
+pub(crate) fn vsock_fd_args(
+    vm: &keel_spec::plan::VmPlan,
+    links: &std::collections::BTreeMap<usize, PortFds>,
+    args: &mut Vec<String>,
+) -> Vec<RawFd> {
+    let mut fds = Vec::new();
+    for peer in vm.vsock.iter().flat_map(|v| &v.peers) {
+        let Some(link) = links.get(&peer.pair) else {
+            continue;
+        };
+        let [a, b, c, d] = link.raw();
+        args.push("--vsock-peer".into());
+        args.push(if peer.first {
+            format!("{a},{b},{c},{d}")
+        } else {
+            format!("{b},{a},{d},{c}")
+        });
+        fds.extend([a, b, c, d]);
+    }
+    fds
 }
 
 /// The eventfds of the system's block-forwarding links (docs/driver-vms.md); the regions
@@ -1064,7 +1112,7 @@ pub(crate) fn report_counters_on_signal(
 }
 
 /// Hidden `__vmm <system.toml> --vm NAME --log-level L --nic FDS... --shared FD...
-/// [--state DIR]`: one VM with its network ports and shared regions' memory files, as
+/// --vsock-peer FDS... [--state DIR]`: one VM with its network ports and shared regions' memory files, as
 /// `keel run` runs it. With `--state` (`keel daemon`), the serial port is the console of
 /// `DIR` and the exit status goes to `DIR/exit` (admin/vmmproc.rs).
 pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
@@ -1074,6 +1122,7 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
         .ok_or_else(|| Failure::input("__vmm: no system file"))?;
     let (mut vm, mut nics, mut shared, mut state) = (None, Vec::new(), Vec::new(), None);
     let (mut blks, mut bell, mut serves) = (Vec::new(), None, Vec::new());
+    let mut vsock_peers = Vec::new();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--vm" => vm = it.next().cloned(),
@@ -1087,6 +1136,7 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
             "--blk" => blks.extend(it.next().cloned()),
             "--bell" => bell = it.next().cloned(),
             "--serve" => serves.extend(it.next().cloned()),
+            "--vsock-peer" => vsock_peers.extend(it.next().cloned()),
             "--state" => state = it.next().map(std::path::PathBuf::from),
             other => return Err(Failure::input(format!("__vmm: unexpected {other:?}"))),
         }
@@ -1109,6 +1159,11 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
         .map(|a| keel_kvm::net::take_inherited_memory(a, &mut taken))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Failure::input(format!("__vmm: {e}")))?;
+    let links: Vec<PortFds> = vsock_peers
+        .iter()
+        .map(|a| PortFds::take_inherited(a, &mut taken))
+        .collect::<Result<_, _>>()
+        .map_err(|e| Failure::input(format!("__vmm: {e}")))?;
     let clients = blks
         .iter()
         .map(|a| keel_kvm::forward::ClientLinkFds::take_inherited(a, &mut taken))
@@ -1121,6 +1176,7 @@ pub fn vmm_main(args: &[String]) -> Result<u8, Failure> {
     let network = keel_kvm::VmNetwork::new(plan, ports)
         .and_then(|n| n.with_shared(files))
         .and_then(|n| n.with_forwarding(clients, server))
+        .and_then(|n| n.with_vsock_peers(links))
         .map_err(crate::vmm_failure)?;
     // Its budget's cgroup is named after the system and `keel up`'s pid (docs/config.md).
     let scope = CgroupScope {

@@ -289,6 +289,34 @@ fn the_daemon_starts_the_static_vms_and_stops_one_on_request() {
 }
 
 #[test]
+fn the_daemon_starts_a_vsock_pair_with_its_rings() {
+    if !kvm_or_skip("the_daemon_starts_a_vsock_pair_with_its_rings") {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let system = format!(
+        "[vsock]\nallow = [[\"a\", \"b\"]]\n{}[vm.vsock]\ncid = 3\n{}[vm.vsock]\ncid = 4\n",
+        vm("a", "keeltest=pause:60000", "never"),
+        vm("b", "keeltest=pause:60000", "never")
+    );
+
+    let d = Daemon::start(&system);
+
+    for name in ["a", "b"] {
+        assert!(
+            eventually(BOOT, || d.serial(name).contains("pause 60000 ms")),
+            "vm {name}: {}",
+            d.serial(name)
+        );
+        assert!(
+            d.serial(name).contains(": device 19 ("),
+            "{}",
+            d.serial(name)
+        );
+    }
+}
+
+#[test]
 fn a_vmm_killed_with_sigkill_is_restarted_within_a_second_and_the_other_vm_keeps_running() {
     if !kvm_or_skip(
         "a_vmm_killed_with_sigkill_is_restarted_within_a_second_and_the_other_vm_keeps_running",

@@ -426,6 +426,37 @@ fn check_lists_each_vms_network_interfaces_under_it() {
 }
 
 #[test]
+fn check_lists_each_vms_vsock_cid_socket_and_peers() {
+    let s = Scratch::new("check-vsock");
+    let g = testguest();
+    let vm = |name: &str, vsock: &str| {
+        format!(
+            "[[vm]]\nname = \"{name}\"\narch = \"x86_64\"\nkernel = \"{}\"\nmemory = \"64M\"\n{vsock}\n",
+            g.display()
+        )
+    };
+    let toml = format!(
+        "[vsock]\nallow = [[\"a\", \"b\"]]\n{}{}{}",
+        vm("a", "[vm.vsock]\ncid = 3\nsocket = \"/run/a.vsock\""),
+        vm("b", "[vm.vsock]\ncid = 4"),
+        vm("c", "[vm.vsock]\ncid = 5")
+    );
+    let sys = s.write("system.toml", &toml);
+
+    let run = keel(&["check", sys.to_str().unwrap()]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    for want in [
+        "  vsock: cid 3, socket /run/a.vsock, peers vm \"b\" (cid 4)",
+        "  vsock: cid 4, no host socket, peers vm \"a\" (cid 3)",
+        "  vsock: cid 5, no host socket, peers none",
+    ] {
+        assert!(lines.contains(&want), "no {want:?} in {run:?}");
+    }
+}
+
+#[test]
 fn check_lists_each_networks_ports_and_allowed_pairs() {
     let s = Scratch::new("check-net");
     let sys = s.write("system.toml", &networked_system(&testguest()));

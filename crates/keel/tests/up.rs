@@ -139,6 +139,49 @@ fn system_without_networks_runs_every_vm_with_prefixed_output() {
 }
 
 #[test]
+fn a_vsock_pair_gets_its_rings_and_each_vm_its_vsock_device() {
+    if !kvm_or_skip("a_vsock_pair_gets_its_rings_and_each_vm_its_vsock_device") {
+        return;
+    }
+    let g = testguest();
+    let s = Scratch::new("vsock");
+    let socket = s.0.join("a.vsock");
+    let toml = [
+        "[vsock]\nallow = [[\"a\", \"b\"]]\n".to_string(),
+        vm(
+            &g,
+            "a",
+            "keeltest=rng",
+            &[],
+            &format!(
+                "[vm.rng]\n[vm.vsock]\ncid = 3\nsocket = \"{}\"\n",
+                socket.display()
+            ),
+        ),
+        vm(
+            &g,
+            "b",
+            "keeltest=rng",
+            &[],
+            "[vm.rng]\n[vm.vsock]\ncid = 4\n",
+        ),
+    ]
+    .concat();
+
+    let run = up(&s, &toml, &[]);
+
+    assert_eq!(run.status, 0, "{run:?}");
+    for name in ["a", "b"] {
+        let lines = run.vm_lines(name);
+        assert!(lines.contains(&"keeltest: PASS"), "{run:?}");
+        assert!(
+            lines.iter().any(|l| l.contains(": device 19 (")),
+            "vm {name} has no virtio-vsock device: {run:?}"
+        );
+    }
+}
+
+#[test]
 fn exit_status_is_the_first_failing_vms() {
     if !kvm_or_skip("exit_status_is_the_first_failing_vms") {
         return;

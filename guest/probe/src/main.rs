@@ -4,6 +4,10 @@
 //! keel-probe runfrac <seconds> [<at>|now [<window_ms> [<part_s>]]]   share of its core the VM got
 //! keel-probe work <MiB> <passes>        a fixed memory + cache workload, timed
 //! keel-probe thrash <MiB> <seconds>     streaming writes over a buffer, for that long
+//! keel-probe vsock-listen <port> [<connections>]            AF_VSOCK echo server
+//! keel-probe vsock-connect <cid> <port> <bytes> [<retry_s>] send, read the echo back, timed
+//! keel-probe unix-echo <path> <connections>                 host side: echo at <socket>_<port>
+//! keel-probe unix-connect <path> <port> <bytes> <retry_s>   host side: CONNECT/OK, then echo
 //! ```
 //!
 //! Each mode prints one result line `KEEL-PROBE <mode> key=value ...` (`thrash` also prints
@@ -16,6 +20,8 @@
 use std::fmt;
 use std::hint::black_box;
 use std::io::Write;
+
+mod vsock;
 
 mod clock {
     /// Counter ticks now.
@@ -77,6 +83,13 @@ enum ProbeError {
     },
     /// The counter frequency is 0 (no usable clock).
     NoClock,
+    /// A system call failed.
+    Os {
+        /// Which.
+        call: &'static str,
+        /// Its errno.
+        errno: i32,
+    },
 }
 
 impl fmt::Display for ProbeError {
@@ -84,12 +97,13 @@ impl fmt::Display for ProbeError {
         match self {
             ProbeError::Usage(m) => write!(
                 f,
-                "{m}; usage: keel-probe runfrac <seconds> [<at>|now [<window_ms> [<part_s>]]] | work <MiB> <passes> | thrash <MiB> <seconds>"
+                "{m}; usage: keel-probe runfrac <seconds> [<at>|now [<window_ms> [<part_s>]]] | work <MiB> <passes> | thrash <MiB> <seconds> | vsock-listen <port> [<connections>] | vsock-connect <cid> <port> <bytes> [<retry_s>] | unix-echo <path> <connections> | unix-connect <path> <port> <bytes> <retry_s>"
             ),
             ProbeError::BadArg { what, value } => {
                 write!(f, "{what} {value:?} is not a whole number in range")
             }
             ProbeError::NoClock => write!(f, "CNTFRQ_EL0 reads 0: no counter frequency"),
+            ProbeError::Os { call, errno } => write!(f, "{call} failed: errno {errno}"),
         }
     }
 }
@@ -447,6 +461,14 @@ fn number(what: &'static str, arg: Option<&String>, max: u64) -> Result<u64, Pro
     }
 }
 
+/// A 32-bit number (a vsock CID or port; 0 allowed).
+fn u32_arg(what: &'static str, arg: Option<&String>) -> Result<u32, ProbeError> {
+    let value = arg.cloned().unwrap_or_default();
+    value
+        .parse::<u32>()
+        .map_err(|_| ProbeError::BadArg { what, value })
+}
+
 /// Most MiB a buffer may have (the guests have 128..256 MiB).
 const MAX_MIB: u64 = 1024;
 /// Longest run, seconds.
@@ -476,6 +498,34 @@ fn run(args: &[String]) -> Result<String, ProbeError> {
         Some("thrash") if args.len() == 3 => thrash(
             number("MiB", args.get(1), MAX_MIB)?,
             number("seconds", args.get(2), MAX_SECONDS)?,
+        ),
+        Some("vsock-listen") if (2..=3).contains(&args.len()) => vsock::listen_echo(
+            u32_arg("port", args.get(1))?,
+            match args.get(2) {
+                Some(_) => number("connections", args.get(2), 1_000_000)?,
+                None => 1,
+            },
+        ),
+        Some("vsock-connect") if (4..=5).contains(&args.len()) => vsock::connect_echo(
+            u32_arg("cid", args.get(1))?,
+            u32_arg("port", args.get(2))?,
+            number("bytes", args.get(3), 1 << 40)?,
+            match args.get(4).map(String::as_str) {
+                Some("0") | None => 0,
+                Some(_) => number("retry_s", args.get(4), MAX_SECONDS)?,
+            },
+        ),
+        Some("unix-echo") if args.len() == 3 => {
+            vsock::unix_echo(&args[1], number("connections", args.get(2), 1_000_000)?)
+        }
+        Some("unix-connect") if args.len() == 5 => vsock::unix_connect(
+            &args[1],
+            u32_arg("port", args.get(2))?,
+            number("bytes", args.get(3), 1 << 40)?,
+            match args.get(4).map(String::as_str) {
+                Some("0") => 0,
+                _ => number("retry_s", args.get(4), MAX_SECONDS)?,
+            },
         ),
         Some(m) => Err(ProbeError::Usage(format!(
             "mode {m:?} with {} argument(s)",
@@ -566,6 +616,39 @@ mod tests {
     fn an_unknown_mode_is_a_usage_error() {
         let e = run(&["spin".to_string()]).unwrap_err();
         assert!(matches!(e, ProbeError::Usage(m) if m.contains("spin")));
+    }
+
+    #[test]
+    fn a_retry_time_of_zero_means_one_try() {
+        let line = run(&[
+            "unix-connect".into(),
+            "/nonexistent/keel-probe.sock".into(),
+            "5".into(),
+            "1".into(),
+            "0".into(),
+        ])
+        .unwrap();
+        assert!(line.ends_with("refused=1"), "{line}");
+    }
+
+    #[test]
+    fn vsock_modes_check_their_numbers_by_name() {
+        let e = run(&["vsock-connect".into(), "x".into(), "1".into(), "1".into()]).unwrap_err();
+        assert_eq!(
+            e,
+            ProbeError::BadArg {
+                what: "cid",
+                value: "x".into()
+            }
+        );
+        let e = run(&["vsock-listen".into(), "4294967296".into()]).unwrap_err();
+        assert_eq!(
+            e,
+            ProbeError::BadArg {
+                what: "port",
+                value: "4294967296".into()
+            }
+        );
     }
 
     #[test]

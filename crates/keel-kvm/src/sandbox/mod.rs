@@ -44,6 +44,10 @@ pub use seccomp::Role;
 /// The newest Landlock ABI this sandbox asks for (tested on Linux 6.18, which has ABI 7).
 pub const LANDLOCK_ABI: u8 = 7;
 
+/// Descriptors a VM with a vsock host socket may open beyond its others: its backend's
+/// connections and the ones waiting for their `CONNECT` line.
+pub const VSOCK_FILES: u64 = (crate::vsock::MAX_CONNS + crate::vsock::MAX_HANDSHAKES) as u64 + 8;
+
 /// The environment variable that turns the sandbox off (`off`) or on (`on`, the default).
 pub const ENV_SWITCH: &str = "KEEL_SANDBOX";
 /// The environment variable naming the user a root VMM process switches to.
@@ -73,6 +77,9 @@ pub struct SandboxProfile {
     pub rt_priority: Option<u64>,
     /// Files written when the VM ends: the `cgroup.procs` a budgeted VMM moves back to.
     pub cgroup_files: Vec<PathBuf>,
+    /// The VM has a vsock host socket: its I/O threads may accept, connect (Unix sockets
+    /// only) and wait on epoll, and it gets room for [`VSOCK_FILES`] more descriptors.
+    pub vsock_socket: bool,
     /// Directories whose subdirectories are removed when the VM ends (its cgroup's).
     /// Non-empty: the process keeps its uid (an unprivileged one could not leave and
     /// remove the root-owned cgroup).
@@ -204,6 +211,7 @@ impl SandboxProfile {
             rt_priority: None,
             cgroup_files: Vec::new(),
             cgroup_dirs: Vec::new(),
+            vsock_socket: spec.vsock.as_ref().is_some_and(|v| v.socket.is_some()),
         }
     }
 }
@@ -542,7 +550,8 @@ pub fn apply(profile: &SandboxProfile) -> Result<Applied, SandboxError> {
 
     // Room for the VM's descriptors twice over (a rebuild after a reset opens its new
     // ones while the kept ones stay), plus some for the runtime.
-    let max_files = (highest_fd()? + 1) * 2 + 32;
+    let vsock_files = if profile.vsock_socket { VSOCK_FILES } else { 0 };
+    let max_files = (highest_fd()? + 1) * 2 + 32 + vsock_files;
     set_limit(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE", max_files)?;
     set_limit(libc::RLIMIT_CORE, "RLIMIT_CORE", 0)?;
     // Not when stdout or stderr is a file (`keel run … > log`, a daemon's log): its writes
@@ -571,7 +580,7 @@ pub fn apply(profile: &SandboxProfile) -> Result<Applied, SandboxError> {
     *KEPT.lock().unwrap_or_else(|p| p.into_inner()) = Some(files);
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let filters = seccomp::Filters::compile()?;
+    let filters = seccomp::Filters::compile(profile.vsock_socket)?;
     seccomp::set_thread_role(Role::Process);
     filters.install(Role::Process)?;
     let _ = FILTERS.set(filters);

@@ -187,6 +187,21 @@ const CONSOLE: &[libc::c_long] = &[
     libc::SYS_shutdown,
 ];
 
+/// A VM with a vsock host socket: its I/O thread (and the process) also accept host
+/// connections, connect to `<socket>_<port>` (only `AF_UNIX` sockets: see [`rules`]),
+/// talk on them and wait on their epoll instance.
+const VSOCK: &[libc::c_long] = &[
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_shutdown,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_pwait,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_epoll_wait,
+];
+
 /// The main thread, on top of [`BASE`]: waiting on the supervisor and on signals, and the
 /// thread that reports counters in `keel up`.
 const MAIN: &[libc::c_long] = &[
@@ -260,7 +275,10 @@ fn vcpu_ioctls() -> Vec<u64> {
 }
 
 /// The rules of `role`: syscall number → conditions (empty: any arguments).
-fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+fn rules(
+    role: Role,
+    vsock: bool,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let mut allow = |list: &[libc::c_long]| {
         for &s in list {
@@ -300,6 +318,16 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Bac
         }
     };
     map.insert(libc::SYS_ioctl, ioctl);
+    if vsock && matches!(role, Role::Io | Role::Process) {
+        for &s in VSOCK {
+            map.insert(s, Vec::new());
+        }
+        // Only Unix stream sockets (the vsock backend's connections to `<socket>_<port>`).
+        map.insert(
+            libc::SYS_socket,
+            vec![condition(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?],
+        );
+    }
     if matches!(role, Role::Main | Role::Process) {
         // Threads only: no new processes (fork, vfork and clone without CLONE_THREAD).
         map.insert(
@@ -322,13 +350,13 @@ fn rules(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Bac
     Ok(map)
 }
 
-fn compile(role: Role) -> Result<BpfProgram, SandboxError> {
+fn compile(role: Role, vsock: bool) -> Result<BpfProgram, SandboxError> {
     let fail = |e: &dyn std::fmt::Display| SandboxError::Seccomp {
         role,
         reason: e.to_string(),
     };
     let filter = SeccompFilter::new(
-        rules(role).map_err(|e| fail(&e))?,
+        rules(role, vsock).map_err(|e| fail(&e))?,
         SeccompAction::Trap,
         SeccompAction::Allow,
         ARCH,
@@ -366,14 +394,15 @@ pub(super) struct Filters {
 }
 
 impl Filters {
-    pub(super) fn compile() -> Result<Filters, SandboxError> {
+    /// The filters; `vsock`: the VM has a vsock host socket ([`VSOCK`] for I/O threads).
+    pub(super) fn compile(vsock: bool) -> Result<Filters, SandboxError> {
         Ok(Filters {
-            process: compile(Role::Process)?,
+            process: compile(Role::Process, vsock)?,
             clone3: compile_clone3_fallback()?,
-            main: compile(Role::Main)?,
-            vcpu: compile(Role::Vcpu)?,
-            io: compile(Role::Io)?,
-            console: compile(Role::Console)?,
+            main: compile(Role::Main, false)?,
+            vcpu: compile(Role::Vcpu, false)?,
+            io: compile(Role::Io, vsock)?,
+            console: compile(Role::Console, false)?,
         })
     }
 
@@ -512,7 +541,23 @@ mod tests {
     #[test]
     fn every_role_compiles() {
         for role in [Role::Process, Role::Main, Role::Vcpu, Role::Io] {
-            assert!(compile(role).is_ok(), "{role}");
+            assert!(compile(role, false).is_ok(), "{role}");
+            assert!(compile(role, true).is_ok(), "{role} with vsock");
         }
+    }
+
+    #[test]
+    fn only_a_vm_with_a_vsock_socket_lets_its_io_threads_connect_and_only_unix_sockets() {
+        let io = rules(Role::Io, false).unwrap();
+        assert!(!io.contains_key(&libc::SYS_connect));
+        assert!(!io.contains_key(&libc::SYS_socket));
+
+        let io = rules(Role::Io, true).unwrap();
+
+        assert!(io.contains_key(&libc::SYS_connect));
+        assert!(io.contains_key(&libc::SYS_accept4));
+        assert_eq!(io[&libc::SYS_socket].len(), 1, "one rule: AF_UNIX");
+        let vcpu = rules(Role::Vcpu, true).unwrap();
+        assert!(!vcpu.contains_key(&libc::SYS_connect));
     }
 }

@@ -67,6 +67,7 @@ impl Drop for Scratch {
 
 fn profile(read_only: Vec<PathBuf>) -> SandboxProfile {
     SandboxProfile {
+        vsock_socket: false,
         vm: "test".into(),
         read_only,
         read_write: Vec::new(),
@@ -192,6 +193,90 @@ fn new_process_is_refused() {
     });
 
     assert_eq!(end, End::Killed(libc::SIGSYS));
+}
+
+#[test]
+fn a_vm_with_a_vsock_socket_accepts_host_connections_from_its_io_thread() {
+    use keel_virtio::vsock::VsockHost;
+    use std::io::Write;
+    let dir = Scratch::new("vsock-accept", "");
+    let host_path = dir.dir().join("vm.vsock");
+    let mut host = crate::vsock::UnixVsockHost::bind(&host_path).unwrap();
+    let mut client = std::os::unix::net::UnixStream::connect(&host_path).unwrap();
+    client.write_all(b"CONNECT 52\n").unwrap();
+    let mut p = profile(Vec::new());
+    p.vsock_socket = true;
+    p.user = UserChoice::Keep;
+    let (read_end, write_end) = pipe();
+
+    let pid = fork_child(&p, Some(&write_end), move || {
+        if enter(Role::Io).is_err() {
+            return WRONG;
+        }
+        let mut code = WRONG;
+        for _ in 0..500 {
+            if let Some((id, 52)) = host.accept() {
+                code = match host.accepted(id, 7) {
+                    Ok(()) => OK + 10,
+                    Err(_) => WRONG,
+                };
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::mem::forget(host);
+        code
+    });
+    drop(write_end);
+    let end = wait(pid);
+    let mut report = String::new();
+    std::fs::File::from(read_end)
+        .read_to_string(&mut report)
+        .unwrap();
+
+    assert_eq!(end, End::Exited(OK + 10), "{report}");
+    let mut line = [0u8; 5];
+    client.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"OK 7\n");
+}
+
+#[test]
+fn a_vm_with_a_vsock_socket_connects_to_host_ports_from_its_io_thread() {
+    use keel_virtio::vsock::VsockHost;
+    let dir = Scratch::new("vsock", "");
+    let host_path = dir.dir().join("vm.vsock");
+    let mut host = crate::vsock::UnixVsockHost::bind(&host_path).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(dir.dir().join("vm.vsock_7")).unwrap();
+    let mut p = profile(Vec::new());
+    p.vsock_socket = true;
+    // The socket files belong to this (maybe root) user: the child keeps the uid.
+    p.user = UserChoice::Keep;
+
+    let (read_end, write_end) = pipe();
+    let pid = fork_child(&p, Some(&write_end), move || {
+        if enter(Role::Io).is_err() {
+            return WRONG;
+        }
+        let code = match host.connect(7) {
+            Ok(id) if host.write(id, b"hi") == Ok(2) => OK + 10,
+            _ => WRONG,
+        };
+        // Its drop (removing the socket file) belongs to the VMM's supervisor thread.
+        std::mem::forget(host);
+        code
+    });
+    drop(write_end);
+    let end = wait(pid);
+    let mut report = String::new();
+    std::fs::File::from(read_end)
+        .read_to_string(&mut report)
+        .unwrap();
+
+    assert_eq!(end, End::Exited(OK + 10), "{report}");
+    let (mut server, _) = listener.accept().unwrap();
+    let mut got = [0u8; 2];
+    server.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hi");
 }
 
 #[test]

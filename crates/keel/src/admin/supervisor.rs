@@ -126,6 +126,9 @@ struct Networks {
     /// The block-forwarding links' eventfds; `None` while VMMs of a previous daemon hold
     /// them (a VM with links cannot be started again until a clean restart).
     links: Option<keel_kvm::forward::LinkSet>,
+    /// The rings of each `[vsock] allow` pair (by pair index); `None` when a VMM of a
+    /// previous daemon still maps the current ones (docs/vsock.md).
+    vsock: Option<std::collections::BTreeMap<usize, PortFds>>,
     switches: Vec<(String, Arc<OwnedFd>, i32)>,
 }
 
@@ -265,6 +268,7 @@ impl ProcessSupervisor {
                 ports: None,
                 shared: Vec::new(),
                 links: None,
+                vsock: None,
                 switches: Vec::new(),
             }),
             inner: Mutex::new(Inner {
@@ -551,6 +555,23 @@ impl ProcessSupervisor {
             Some(_) => None,
             None => Some(crate::up::create_links(&self.plan)?),
         };
+        // The vsock rings live in VMMs only, like the shared regions: not created again
+        // while a VMM of a previous daemon maps them.
+        let live_vsock = self.plan.vms.iter().find(|v| {
+            v.vsock.as_ref().is_some_and(|s| !s.peers.is_empty())
+                && process::load(&self.vm_dir(&v.name).join("vmm.json"))
+                    .is_some_and(|r| process::adopt(&r).is_some())
+        });
+        nets.vsock = match live_vsock {
+            Some(v) => {
+                log::warn(format_args!(
+                    "vm {:?} of a previous daemon still runs with its vsock rings: VMs with vsock peers cannot be started again until the daemon is restarted cleanly",
+                    v.name
+                ));
+                None
+            }
+            None => Some(crate::up::create_vsock_links(&self.plan)?),
+        };
         let system_arg = self.config.system_file.display().to_string();
         for (n, net) in self.plan.networks.iter().enumerate() {
             let ports = nets.ports.as_ref().and_then(|p| p.get(n));
@@ -765,6 +786,17 @@ impl ProcessSupervisor {
                     )));
                 }
                 None => {}
+            }
+            if p.vsock.as_ref().is_some_and(|v| !v.peers.is_empty()) {
+                match &nets.vsock {
+                    Some(links) => fds.extend(crate::up::vsock_fd_args(p, links, &mut args)),
+                    None => {
+                        return Err(AdminError::Internal(format!(
+                            "vm {:?}: its vsock rings belong to processes of a previous daemon; stop the daemon (SIGTERM) and start it again to start this VM",
+                            vm.name
+                        )));
+                    }
+                }
             }
         }
         // A dynamic VM's pool ports, in the order of its description's interfaces.

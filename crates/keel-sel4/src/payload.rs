@@ -35,8 +35,8 @@ pub const MAGIC: [u8; 8] = *b"KEELPAY\0";
 /// hand-serialized configuration of version 1; 3: the console ring and the stall knob
 /// replace the console lock and the line prefix; 4: the reboot policy; 5: the network
 /// interfaces' rings and channels; 6: the fault test knob; 7: pool slots, the control
-/// doorbell and the admin channel; 8: the plan's passed-through devices and block-forwarding
-/// links).
+/// doorbell and the admin channel; 8: the plan's passed-through devices, block-forwarding
+/// links and vsock device).
 pub const VERSION: u32 = 8;
 /// Bytes of the fixed header before the blob table.
 const HEADER_LEN: usize = 32;

@@ -330,11 +330,12 @@ TOML
     grep -E 'BLKTEST|keel-agent|KEEL-CMD-EXIT|KEEL-GUEST-POWEROFF|keel' $W/blk.lines
     echo "keel up exit status $rc"
     for _c in a b; do
-        _w=$(sed -n "s/^\[$_c\] BLKTEST $_c wrote \([0-9a-f]\{64\}\)\$/\1/p" $W/blk.lines)
-        _r=$(sed -n "s/^\[$_c\] BLKTEST $_c read \([0-9a-f]\{64\}\)\$/\1/p" $W/blk.lines)
+        # (check() uses _t and _w itself)
+        _wr=$(sed -n "s/^\[$_c\] BLKTEST $_c wrote \([0-9a-f]\{64\}\)\$/\1/p" $W/blk.lines)
+        _rd=$(sed -n "s/^\[$_c\] BLKTEST $_c read \([0-9a-f]\{64\}\)\$/\1/p" $W/blk.lines)
         check blk-forward "$_c: its disk is 16 MiB" has blk.lines "[$_c] BLKTEST $_c size 32768"
-        check blk-forward "$_c: wrote 2 MiB" [ -n "$_w" ]
-        check blk-forward "$_c: read back what it wrote" [ "$_w" = "$_r" ]
+        check blk-forward "$_c: wrote 2 MiB" [ -n "$_wr" ]
+        check blk-forward "$_c: read back what it wrote" [ "$_wr" = "$_rd" ]
         check blk-forward "$_c: a write past its end is refused" has blk.lines "[$_c] BLKTEST $_c past-end refused"
     done
     _w_a=$(sed -n 's/^\[a\] BLKTEST a wrote \([0-9a-f]\{64\}\)$/\1/p' $W/blk.lines)

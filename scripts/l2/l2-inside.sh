@@ -443,7 +443,8 @@ TOML
     check blk-storage-restart "the daemon restarted the storage VM (new pid $_new)" test -n "$_new" -a "$_new" != "$_old"
     kill -TERM $_d 2>/dev/null
     wait $_d
-    tr -d '\r' <$_log | grep -E '^BLKRESTART' | sed -n '1,3p;/err/p' | head -n 20
+    # From the kill to the first ok after the errors (one line per second of the client).
+    tr -d '\r' <"$_log" | awk '/^BLKRESTART err/ { e = 1 } e { print } e && /^BLKRESTART ok/ { exit }'
     grep -E 'restart|store' $W/blkr-daemon.out | head -n 10
     return $failed
 }

@@ -47,7 +47,7 @@ pub const MAX_DISCARD_SEG: u32 = 32;
 /// Discard alignment, in sectors (4 KiB).
 pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
 /// Size of the request header (type, reserved, sector).
-const HEADER_LEN: u32 = 16;
+pub(crate) const HEADER_LEN: u32 = 16;
 /// Size of one discard segment (sector, num_sectors, flags).
 const DISCARD_SEGMENT_LEN: u32 = 16;
 /// Bytes moved between backend and guest per step.

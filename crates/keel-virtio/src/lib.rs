@@ -80,6 +80,7 @@ mod boxed;
 pub mod console;
 pub mod device;
 pub mod forward;
+pub mod forward_blk;
 #[cfg(feature = "std")]
 pub mod host;
 pub mod mmio;
@@ -97,6 +98,7 @@ pub mod testing;
 pub use block::{Block, BlockBackend, BlockError, GuestIoSlice, MemoryBackend, Vectored};
 pub use console::{Console, ConsoleInput, ConsoleOutput, NoInput};
 pub use device::{DeviceError, DeviceFailure, EventSource, EventToken, VirtioDevice};
+pub use forward_blk::{ForwardBlock, ForwardDisk, ForwardLink};
 #[cfg(feature = "std")]
 pub use host::{FdConsoleInput, FileBackend, OsEntropy};
 pub use mmio::{MmioTransport, QueueNotifier};

@@ -44,6 +44,9 @@ use crate::forward::{
 };
 use crate::queue::{DescriptorChain, Queue};
 
+/// Rounds of collect-submit-arm per call (see `ForwardBlock::run_active`).
+const ROUNDS: usize = 4;
+
 /// The event token of the client's wake-up (the storage VM answered).
 pub const RESPONSE_EVENT: EventToken = EventToken(0);
 
@@ -267,9 +270,31 @@ impl ForwardBlock {
 
     fn run_active(&mut self, active: &mut ActiveQueues) -> Result<bool, DeviceError> {
         let (mem, q) = active.get(0)?;
-        let mut used = self.collect(mem, q)?;
-        used |= self.expire(mem, q)?;
-        used |= self.submit(mem, q)?;
+        let mut used = self.expire(mem, q)?;
+        // A few rounds: answers that arrive while the wake-up is being armed are taken
+        // now; past that, the event is reported backlogged (delivered again).
+        for round in 0..ROUNDS {
+            used |= self.collect(mem, q)?;
+            used |= self.submit(mem, q)?;
+            if self.backlog || self.counters.broken {
+                break;
+            }
+            if self.inflight.is_empty() {
+                // Nothing to wait for: no notifications wanted.
+                self.resp.disarm();
+                break;
+            }
+            // Answers are awaited: ask the storage VM to signal them.
+            match self.resp.arm_wakeup() {
+                Ok(true) => break,
+                Ok(false) => self.backlog = round + 1 == ROUNDS,
+                Err(_) => {
+                    self.counters.broken = true;
+                    used |= self.fail_all(mem, q)?;
+                    break;
+                }
+            }
+        }
         if used {
             active.needs_notification(0)
         } else {
@@ -341,21 +366,7 @@ impl ForwardBlock {
                     self.counters.bad_responses += 1;
                     continue;
                 }
-                Pop::Empty => {
-                    if self.inflight.is_empty() {
-                        self.resp.disarm();
-                        break;
-                    }
-                    // Ask to be woken for the rest; answers that came meanwhile: take them.
-                    match self.resp.arm_wakeup() {
-                        Ok(true) => break,
-                        Ok(false) => continue,
-                        Err(_) => {
-                            self.counters.broken = true;
-                            return Ok(self.fail_all(mem, q)? | used);
-                        }
-                    }
-                }
+                Pop::Empty => break,
             };
             taken += 1;
             used |= self.answer(mem, q, n)?;
@@ -953,7 +964,9 @@ mod tests {
         let w = h.post(VIRTIO_BLK_T_OUT, 8, Some(&data), 0);
         assert_eq!(h.rings.load(Ordering::SeqCst), 1);
         assert_eq!(h.device().in_flight(), 4);
-        h.serve();
+        // The client waits for answers: the storage VM is asked to signal them.
+        assert!(h.server.as_mut().unwrap().serve(usize::MAX).unwrap().notify);
+        h.d.transport.handle_event(RESPONSE_EVENT);
         assert_eq!(h.status(&w), 0xff, "completed before its last piece");
         assert_eq!(h.device().in_flight(), 2);
         h.serve();

@@ -834,13 +834,20 @@ mod tests {
     }
 
     fn harness(read_only: bool) -> Harness {
+        let mut h = harness_sized(read_only, DISK as u64);
+        h.start_server();
+        h
+    }
+
+    /// A harness for a disk of `size` bytes, without a server.
+    fn harness_sized(read_only: bool, size: u64) -> Harness {
         let mut region = Region(vec![0; G.region_len() / 8]);
         let clock = Arc::new(AtomicU64::new(1000));
         let rings = Arc::new(AtomicU32::new(0));
         let disk = ForwardDisk {
             server: "store".into(),
             geometry: G,
-            size: DISK as u64,
+            size,
             read_only,
             timeout_ms: 5000,
             serial: b"fwd-disk".to_vec(),
@@ -853,15 +860,13 @@ mod tests {
             first_id: 100,
         };
         let d = GuestDriver::start(ForwardBlock::new(disk, link));
-        let mut h = Harness {
+        Harness {
             d,
             server: None,
             clock,
             rings,
             region,
-        };
-        h.start_server();
-        h
+        }
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -1270,6 +1275,40 @@ mod tests {
         assert!(bytes[5120..5632].iter().all(|&b| b == 0));
         assert_eq!(bytes[2560..5120], before[2560..5120]);
         assert_eq!(h.disk().ops, ["zero", "zero"]);
+    }
+
+    #[test]
+    fn a_large_discard_is_split_into_zero_requests_of_at_most_16_mib() {
+        // A 1 GiB disk: the client needs no memory for it, only the storage VM would.
+        let mut h = harness_sized(false, 1 << 30);
+        let sectors = (40 << 20) / 512; // 40 MiB from 1 MiB on
+        let r = h.post(VIRTIO_BLK_T_DISCARD, 0, Some(&segment(2048, sectors)), 0);
+        let (req_w, resp_w) = h.region.windows();
+        let mut req = SlotConsumer::attach(req_w);
+        let mut resp = SlotProducer::attach(resp_w);
+        let mut buf = vec![0u8; G.slot_size()];
+        let mut seen = Vec::new();
+        while let Pop::Record(n) = req.pop(&mut buf).unwrap() {
+            assert_eq!(n, REQUEST_HEADER_LEN);
+            let (op, id) = (le_u32(&buf, 4), le_u64(&buf, 8));
+            seen.push((op, le_u64(&buf, 16), le_u32(&buf, 24)));
+            let mut rec = vec![0u8; RESPONSE_HEADER_LEN];
+            rec[..8].copy_from_slice(&id.to_le_bytes());
+            resp.push(&rec).unwrap();
+        }
+        h.d.transport.handle_event(RESPONSE_EVENT);
+
+        let zero = Op::Zero as u32;
+        let mib = 1u64 << 20;
+        assert_eq!(
+            seen,
+            [
+                (zero, mib, MAX_ZERO_LEN),
+                (zero, 17 * mib, MAX_ZERO_LEN),
+                (zero, 33 * mib, 8 << 20)
+            ]
+        );
+        assert_eq!(h.status(&r), VIRTIO_BLK_S_OK);
     }
 
     #[test]

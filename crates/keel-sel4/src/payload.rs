@@ -508,13 +508,13 @@ mod tests {
                 period_us: 1000,
             },
             nics: alloc::vec::Vec::new(),
+            serves: alloc::vec::Vec::new(),
             shared: alloc::vec![keel_spec::SharedMapPlan {
                 region: "x".into(),
                 base: 0x1_0000_0000,
                 size: 0x1000,
                 access: keel_spec::Access::ReadOnly,
             }],
-            serves: alloc::vec::Vec::new(),
         }
     }
 

@@ -499,7 +499,6 @@ mod tests {
             disks: alloc::vec![DiskPlan {
                 read_only: false,
                 id: "data".into(),
-                served: None,
             }],
             cpus: CpuPlan {
                 vcpu_pcpus: Some(alloc::vec![0.into(), 1.into()]),
@@ -508,7 +507,6 @@ mod tests {
                 period_us: 1000,
             },
             nics: alloc::vec::Vec::new(),
-            serves: alloc::vec::Vec::new(),
             shared: alloc::vec![keel_spec::SharedMapPlan {
                 region: "x".into(),
                 base: 0x1_0000_0000,

@@ -11,6 +11,7 @@
 
 pub mod arm64;
 pub mod control;
+pub mod forward_blk;
 pub mod shared_rings;
 pub mod system_description;
 mod virtio_common;
@@ -42,6 +43,11 @@ pub const TARGETS: &[Target] = &[
         name: "control",
         covers: "the VM control page (seL4 admin) against a hostile control VM, with the admin's decisions",
         run: control::run,
+    },
+    Target {
+        name: "forward_blk",
+        covers: "the client VMM's forwarding virtio-blk device against a hostile storage VM (answers, ring indices, time)",
+        run: forward_blk::run,
     },
     Target {
         name: "shared_rings",

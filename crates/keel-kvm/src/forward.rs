@@ -141,47 +141,6 @@ impl LinkSet {
     }
 }
 
-/// A client VMM's doorbell: rings the storage VM's bell, waits on its own wake-up.
-#[derive(Debug)]
-pub struct EventFdDoorbell {
-    bell: EventFd,
-    wake: EventFd,
-}
-
-impl EventFdDoorbell {
-    /// Over `bell` (rung) and `wake` (waited on).
-    pub fn new(bell: EventFd, wake: EventFd) -> EventFdDoorbell {
-        EventFdDoorbell { bell, wake }
-    }
-}
-
-impl keel_virtio::forward::Doorbell for EventFdDoorbell {
-    fn ring(&mut self) {
-        // Fails only if the counter would overflow: the storage VM is signalled either way.
-        let _ = self.bell.write(1);
-    }
-
-    fn wait(&mut self, timeout_ms: u32) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let timeout = i32::try_from(timeout_ms).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd; poll writes only its `revents`.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
-        if n > 0 {
-            // Non-blocking: clears the counter (or finds it already cleared).
-            let _ = self.wake.read();
-            true
-        } else {
-            // Timeout; an error (EINTR) counts as a spurious wake-up: the client polls again
-            // and waits anew, within its own deadline accounting.
-            n < 0
-        }
-    }
-}
-
 /// The storage VM's doorbell output: byte `i` written by the agent rings client `i`.
 #[derive(Debug)]
 pub struct DoorbellOutput {
@@ -249,23 +208,6 @@ impl ConsoleInput for DoorbellInput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_virtio::forward::Doorbell;
-
-    #[test]
-    fn client_doorbell_rings_the_bell_and_wakes_on_its_own_eventfd() {
-        let (bell, wake) = (new_eventfd().unwrap(), new_eventfd().unwrap());
-        let (bell_peer, wake_peer) = (bell.try_clone().unwrap(), wake.try_clone().unwrap());
-        let mut d = EventFdDoorbell::new(bell, wake);
-
-        d.ring();
-        let timed_out = d.wait(10);
-        wake_peer.write(1).unwrap();
-        let woke = d.wait(1000);
-
-        assert_eq!(bell_peer.read().unwrap(), 1);
-        assert!(!timed_out);
-        assert!(woke);
-    }
 
     #[test]
     fn doorbell_output_rings_the_client_its_byte_names_and_counts_others() {

@@ -55,6 +55,15 @@ pub trait IoTarget: Send + Sync {
     fn report_error(&self, device: usize);
     /// Host input for the UART.
     fn serial_input(&self, bytes: &[u8]);
+    /// How often device `device` must be polled without events (its timeouts), if at all.
+    fn poll_interval_ms(&self, device: usize) -> Option<u32> {
+        let _ = device;
+        None
+    }
+    /// Poll device `device` (and log its error).
+    fn poll(&self, device: usize) {
+        let _ = device;
+    }
 }
 
 impl IoTarget for VmmCore {
@@ -81,6 +90,14 @@ impl IoTarget for VmmCore {
     }
     fn serial_input(&self, bytes: &[u8]) {
         let _ = self.serial().lock().input(bytes);
+    }
+    fn poll_interval_ms(&self, device: usize) -> Option<u32> {
+        self.devices().get(device)?.transport.poll_interval_ms()
+    }
+    fn poll(&self, device: usize) {
+        if let Some(d) = self.devices().get(device) {
+            d.poll(self.log());
+        }
     }
 }
 
@@ -154,6 +171,18 @@ pub fn run(ctx: IoContext) {
     // Events a device stopped serving after its batch limit (`backlogged_event`): delivered
     // again after the other pending work (one poll with no wait first), not at the idle poll.
     let mut backlog: Vec<(usize, EventToken)> = Vec::new();
+    // Devices with deadlines of their own (a forwarded disk's timeouts): polled at their
+    // interval whatever else happens, so a silent peer cannot leave a request hanging.
+    let polled: Vec<(usize, std::time::Duration)> = ctx
+        .devices
+        .iter()
+        .filter_map(|&i| {
+            let ms = ctx.core.poll_interval_ms(i)?;
+            Some((i, std::time::Duration::from_millis(u64::from(ms.max(1)))))
+        })
+        .collect();
+    let poll_every = polled.iter().map(|&(_, d)| d).min();
+    let mut last_poll = std::time::Instant::now();
     if stdin_open {
         fds.push(libc::pollfd {
             fd: libc::STDIN_FILENO,
@@ -165,7 +194,14 @@ pub fn run(ctx: IoContext) {
         for fd in &mut fds {
             fd.revents = 0;
         }
-        let timeout = if backlog.is_empty() { ERROR_POLL_MS } else { 0 };
+        let timeout = match (backlog.is_empty(), poll_every) {
+            (false, _) => 0,
+            (true, None) => ERROR_POLL_MS,
+            (true, Some(every)) => {
+                let left = every.saturating_sub(last_poll.elapsed());
+                i32::try_from(left.as_millis()).map_or(ERROR_POLL_MS, |ms| ms.min(ERROR_POLL_MS))
+            }
+        };
         // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
@@ -233,6 +269,14 @@ pub fn run(ctx: IoContext) {
             if escape.quit {
                 crate::log::info(format_args!("Ctrl-A x: stopping the VM"));
                 ctx.user_stop.guest_event(SystemEvent::Shutdown);
+            }
+        }
+        if let Some(every) = poll_every {
+            if last_poll.elapsed() >= every {
+                last_poll = std::time::Instant::now();
+                for &(device, _) in &polled {
+                    ctx.core.poll(device);
+                }
             }
         }
         if idle {
@@ -429,6 +473,57 @@ mod tests {
             ["net event", "disk notify", "net event", "net event"],
             "{calls:?}"
         );
+    }
+
+    /// Device 0 wants a poll every 20 ms; device 1 none. Polls are counted by device.
+    struct Timed {
+        polls: [AtomicUsize; 2],
+    }
+
+    impl IoTarget for Timed {
+        fn notify(&self, _device: usize, _queue: u16) {}
+        fn handle_event(&self, _device: usize, _token: EventToken) {}
+        fn backlogged_event(&self, _device: usize) -> Option<EventToken> {
+            None
+        }
+        fn event_live(&self, _device: usize, _token: EventToken) -> bool {
+            true
+        }
+        fn report_error(&self, _device: usize) {}
+        fn serial_input(&self, _bytes: &[u8]) {}
+        fn poll_interval_ms(&self, device: usize) -> Option<u32> {
+            (device == 0).then_some(20)
+        }
+        fn poll(&self, device: usize) {
+            self.polls[device].fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_device_with_deadlines_is_polled_at_its_interval_when_nothing_happens() {
+        let timed = Arc::new(Timed {
+            polls: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        });
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let ctx = IoContext {
+            core: timed.clone(),
+            devices: vec![0, 1],
+            doorbells: Vec::new(),
+            events: Vec::new(),
+            eventfds: Vec::new(),
+            serial_input: false,
+            stop: stop.clone(),
+            user_stop: Arc::new(NoStop),
+        };
+        let t = std::thread::spawn(move || run(ctx));
+        std::thread::sleep(Duration::from_millis(300));
+        stop.write(1).unwrap();
+        t.join().unwrap();
+
+        let polls = timed.polls[0].load(Ordering::SeqCst);
+        // 300 ms at 20 ms: about 15 (not 3, the idle timeout's pace); loose for slow hosts.
+        assert!((5..=16).contains(&polls), "{polls} polls");
+        assert_eq!(timed.polls[1].load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -343,31 +343,26 @@ struct MappedLink {
     wake: EventFd,
 }
 
-/// A served disk's client end as a virtio-blk backend, holding the mapping its rings live in.
-struct LinuxForwardClient {
-    // Declared first: dropped before the mapping it points into.
-    client: keel_virtio::forward::ForwardClient<crate::forward::EventFdDoorbell>,
+/// A served disk's bell: rings the storage VM, and holds the mapping the device's rings
+/// live in (the device drops its rings before its bell).
+struct LinuxForwardBell {
+    bell: EventFd,
     _mapped: Arc<MappedLink>,
 }
 
-impl BlockBackend for LinuxForwardClient {
-    fn size(&self) -> u64 {
-        self.client.size()
+impl keel_virtio::forward_blk::ForwardBell for LinuxForwardBell {
+    fn ring(&mut self) {
+        // Fails only if the counter would overflow: the storage VM is signalled either way.
+        let _ = self.bell.write(1);
     }
-    fn read_only(&self) -> bool {
-        self.client.read_only()
-    }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), keel_virtio::BlockError> {
-        self.client.read_at(offset, buf)
-    }
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), keel_virtio::BlockError> {
-        self.client.write_at(offset, data)
-    }
-    fn flush(&mut self) -> Result<(), keel_virtio::BlockError> {
-        self.client.flush()
-    }
-    fn discard(&mut self, offset: u64, len: u64) -> Result<(), keel_virtio::BlockError> {
-        self.client.discard(offset, len)
+}
+
+/// Milliseconds since the VMM started, for a forwarded disk's timeouts.
+struct MonotonicClock(std::time::Instant);
+
+impl keel_virtio::forward_blk::Clock for MonotonicClock {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -579,13 +574,15 @@ impl VmNetwork {
         Ok(self)
     }
 
-    /// The eventfds the VM's I/O threads wait on (one per interface).
+    /// The eventfds the VM's I/O threads wait on (one per interface, one per served
+    /// disk: its wake-up).
     fn eventfds(&self) -> Vec<RawFd> {
         use std::os::fd::AsRawFd;
         self.ports
             .iter()
             .chain(&self.vsock_peers)
             .map(|p| p.wait_on.as_raw_fd())
+            .chain(self.forward_clients.iter().map(|(_, l)| l.wake.as_raw_fd()))
             .collect()
     }
 }
@@ -617,11 +614,12 @@ impl keel_virtio::net::NetBackend for LinuxNetPort {
 
 impl LinuxBackends<'_> {
     /// Disk `disk`'s client end of its forwarding link.
-    fn forward_client(
+    fn forward_link(
         &self,
         disk: usize,
         served: &keel_spec::plan::ServedDiskPlan,
-    ) -> Result<Box<dyn BlockBackend>, BackendError> {
+    ) -> Result<keel_virtio::ForwardLink, BackendError> {
+        use std::os::fd::AsRawFd;
         let unavailable = |what: String| BackendError::Unavailable(what);
         let mapped = self
             .network
@@ -637,34 +635,32 @@ impl LinuxBackends<'_> {
             slots: served.slots,
             max_data: served.max_data as usize,
         };
-        // SAFETY: the region is mapped for as long as `mapped` lives, which the backend
-        // keeps next to the client (dropped after it); only the ring code touches it here,
+        // SAFETY: the region is mapped for as long as `mapped` lives, which the bell holds
+        // (the device drops its rings before its bell); only the ring code touches it here,
         // and the storage VM only through the ring protocol (or by writing bytes).
         let windows = unsafe { geometry.windows(mapped.region.as_ptr(), mapped.region.len()) }
             .map_err(|e| unavailable(format!("disk {disk}: {e}")))?;
-        let dup = |e: &EventFd| {
-            e.try_clone()
-                .map_err(|e| unavailable(format!("disk {disk}: eventfd: {e}")))
-        };
-        let doorbell = crate::forward::EventFdDoorbell::new(dup(&mapped.bell)?, dup(&mapped.wake)?);
+        let bell = mapped
+            .bell
+            .try_clone()
+            .map_err(|e| unavailable(format!("disk {disk}: eventfd: {e}")))?;
+        // The wake-up eventfd stays open as long as the mapping (held by the bell); the I/O
+        // thread empties it before delivering the event (`VmNetwork::eventfds`).
+        let wake = keel_virtio::EventSource(mapped.wake.as_raw_fd() as u64);
         // Ids beyond any an earlier client of this region used (see ForwardClient::new).
         let first_id = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
-        let client = keel_virtio::forward::ForwardClient::new(
-            served.server.clone(),
+        Ok(keel_virtio::ForwardLink {
             windows,
-            geometry,
-            doorbell,
-            served.size,
-            self.spec.disks[disk].read_only,
-            served.timeout_ms,
+            bell: Box::new(LinuxForwardBell {
+                bell,
+                _mapped: mapped,
+            }),
+            wake: Some(wake),
+            clock: Box::new(MonotonicClock(std::time::Instant::now())),
             first_id,
-        );
-        Ok(Box::new(LinuxForwardClient {
-            client,
-            _mapped: mapped,
-        }))
+        })
     }
 }
 
@@ -680,7 +676,10 @@ impl DeviceBackends for LinuxBackends<'_> {
             .get(disk)
             .ok_or_else(|| BackendError::Unavailable(format!("no disk {disk}")))?;
         if let Some(served) = _plan.disks.get(disk).and_then(|p| p.served.as_ref()) {
-            return self.forward_client(disk, served);
+            return Err(BackendError::Unavailable(format!(
+                "vm {:?}: disk {disk} is served by vm {:?}: it is not a file",
+                self.spec.name, served.server
+            )));
         }
         let backend = match crate::sandbox::kept(d.path.as_path()) {
             Some(file) => file.and_then(|f| FileBackend::from_file(f, d.read_only)),
@@ -785,6 +784,19 @@ impl DeviceBackends for LinuxBackends<'_> {
             reason: e.to_string(),
         })?;
         Ok(Some(Box::new(input)))
+    }
+
+    fn served_block(
+        &mut self,
+        plan: &VmPlan,
+        disk: usize,
+    ) -> Result<keel_virtio::ForwardLink, BackendError> {
+        let served = plan
+            .disks
+            .get(disk)
+            .and_then(|d| d.served.as_ref())
+            .ok_or_else(|| BackendError::Unavailable(format!("disk {disk} is not served")))?;
+        self.forward_link(disk, served)
     }
 
     fn net(

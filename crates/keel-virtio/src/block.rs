@@ -47,7 +47,7 @@ pub const MAX_DISCARD_SEG: u32 = 32;
 /// Discard alignment, in sectors (4 KiB).
 pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
 /// Size of the request header (type, reserved, sector).
-const HEADER_LEN: u32 = 16;
+pub(crate) const HEADER_LEN: u32 = 16;
 /// Size of one discard segment (sector, num_sectors, flags).
 const DISCARD_SEGMENT_LEN: u32 = 16;
 /// Bytes moved between backend and guest per step.
@@ -282,6 +282,253 @@ impl<T: AsRef<[u8]> + AsMut<[u8]> + Send> BlockBackend for MemoryBackend<T> {
     }
 }
 
+/// The device feature bits of a virtio-blk disk (read-only or not): shared by [`Block`]
+/// and the forwarding disk (`crate::forward_blk`).
+pub(crate) fn blk_features(read_only: bool) -> u64 {
+    let common = VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
+    if read_only {
+        common | VIRTIO_BLK_F_RO
+    } else {
+        common | VIRTIO_BLK_F_DISCARD
+    }
+}
+
+/// The configuration space of a virtio-blk disk of `capacity` sectors: struct
+/// virtio_blk_config, up to discard_sector_alignment.
+pub(crate) fn blk_config(capacity: u64) -> [u8; 48] {
+    let mut c = [0u8; 48];
+    c[0..8].copy_from_slice(&capacity.to_le_bytes());
+    // seg_max: a chain also carries the header and the status descriptors.
+    c[12..16].copy_from_slice(&(u32::from(QUEUE_SIZE) - 2).to_le_bytes());
+    c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+    c[34..36].copy_from_slice(&1u16.to_le_bytes());
+    c[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
+    c[40..44].copy_from_slice(&MAX_DISCARD_SEG.to_le_bytes());
+    c[44..48].copy_from_slice(&DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
+    c
+}
+
+/// The byte ranges of a checked DISCARD request (at most [`MAX_DISCARD_SEG`], each at most
+/// [`MAX_DISCARD_SECTORS`] sectors, all inside the disk): a fixed array, nothing allocated.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DiscardRanges {
+    ranges: [(u64, u64); MAX_DISCARD_SEG as usize],
+    count: usize,
+}
+
+impl DiscardRanges {
+    /// `(offset, bytes)` of each segment, in the request's order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().take(self.count).copied()
+    }
+}
+
+/// What a guest request asks for, once parsed and checked against the disk: the part of
+/// the virtio-blk protocol that does not depend on where the bytes live.
+#[derive(Clone, Copy, Debug)]
+// The discard ranges are a fixed array on the stack (512 bytes): nothing allocated.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Parsed {
+    /// Read `len` bytes at byte `offset` into the writable buffers.
+    Read {
+        /// Byte offset, inside the disk.
+        offset: u64,
+        /// Bytes, whole sectors.
+        len: u32,
+    },
+    /// Write the `len` readable bytes after the header at byte `offset`.
+    Write {
+        /// Byte offset, inside the disk.
+        offset: u64,
+        /// Bytes, whole sectors.
+        len: u32,
+    },
+    /// Make completed writes durable.
+    Flush,
+    /// Answer with the serial ([`write_serial`]).
+    GetId,
+    /// Discard these ranges (every one checked before any is discarded).
+    Discard(DiscardRanges),
+    /// Answered at once with this status and no data (refused or unsupported).
+    Status(u8),
+}
+
+/// A parsed request: what it asks for and where its status byte goes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ParsedRequest {
+    /// What to do.
+    pub(crate) kind: Parsed,
+    /// The device-writable bytes before the status byte (the status's offset in the
+    /// writable part).
+    pub(crate) data_in: u32,
+}
+
+fn malformed(chain: &DescriptorChain, queue: u16, reason: String) -> DeviceError {
+    DeviceError::BadRequest {
+        queue,
+        head: chain.head(),
+        reason,
+    }
+}
+
+/// The byte offset of `len` bytes at `sector`, if they are whole sectors inside a disk of
+/// `size` bytes.
+fn disk_range(size: u64, sector: u64, len: u64) -> Option<u64> {
+    if len % SECTOR_SIZE != 0 {
+        return None;
+    }
+    let offset = sector.checked_mul(SECTOR_SIZE)?;
+    let end = offset.checked_add(len)?;
+    let capacity = (size / SECTOR_SIZE) * SECTOR_SIZE;
+    (end <= capacity).then_some(offset)
+}
+
+/// Parse and check the request `chain` of `queue` for a disk of `size` bytes: its shape (a
+/// malformed chain is a [`DeviceError`]: the device needs reset), its range, the read-only
+/// flag and the discard segments. Reads only the header and the discard segments.
+pub(crate) fn parse_request(
+    mem: &dyn GuestMemory,
+    chain: &DescriptorChain,
+    queue: u16,
+    size: u64,
+    read_only: bool,
+) -> Result<ParsedRequest, DeviceError> {
+    // Structure the protocol needs before anything can be answered: a header the device
+    // can read and a status byte it can write.
+    if chain.writable_len() == 0 {
+        return Err(malformed(
+            chain,
+            queue,
+            String::from("no device-writable status byte at the end of the request"),
+        ));
+    }
+    if chain.readable_len() < HEADER_LEN {
+        return Err(malformed(
+            chain,
+            queue,
+            format!(
+                "request header is {} device-readable bytes, needs {HEADER_LEN}",
+                chain.readable_len()
+            ),
+        ));
+    }
+    let mut header = [0u8; HEADER_LEN as usize];
+    chain
+        .read_at(mem, 0, &mut header)
+        .map_err(DeviceError::chain(queue))?;
+    let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let mut sector = [0u8; 8];
+    sector.copy_from_slice(&header[8..16]);
+    let sector = u64::from_le_bytes(sector);
+    // The status byte is the last writable byte; data to the guest comes before it.
+    let data_in = chain.writable_len() - 1;
+    let data_out = chain.readable_len() - HEADER_LEN;
+    let ioerr = Parsed::Status(VIRTIO_BLK_S_IOERR);
+    let kind = match kind {
+        VIRTIO_BLK_T_IN => match disk_range(size, sector, u64::from(data_in)) {
+            Some(offset) => Parsed::Read {
+                offset,
+                len: data_in,
+            },
+            None => ioerr,
+        },
+        VIRTIO_BLK_T_OUT if read_only => ioerr,
+        VIRTIO_BLK_T_OUT => match disk_range(size, sector, u64::from(data_out)) {
+            Some(offset) => Parsed::Write {
+                offset,
+                len: data_out,
+            },
+            None => ioerr,
+        },
+        VIRTIO_BLK_T_FLUSH => Parsed::Flush,
+        VIRTIO_BLK_T_GET_ID => Parsed::GetId,
+        VIRTIO_BLK_T_DISCARD if read_only => Parsed::Status(VIRTIO_BLK_S_UNSUPP),
+        VIRTIO_BLK_T_DISCARD => parse_discard(mem, chain, queue, size, data_out)?,
+        _ => Parsed::Status(VIRTIO_BLK_S_UNSUPP),
+    };
+    Ok(ParsedRequest { kind, data_in })
+}
+
+/// The segments of a DISCARD request of `len` readable bytes after the header, every one
+/// checked before any is discarded.
+fn parse_discard(
+    mem: &dyn GuestMemory,
+    chain: &DescriptorChain,
+    queue: u16,
+    size: u64,
+    len: u32,
+) -> Result<Parsed, DeviceError> {
+    if len == 0 || len % DISCARD_SEGMENT_LEN != 0 || len / DISCARD_SEGMENT_LEN > MAX_DISCARD_SEG {
+        return Ok(Parsed::Status(VIRTIO_BLK_S_IOERR));
+    }
+    let mut ranges = DiscardRanges {
+        ranges: [(0, 0); MAX_DISCARD_SEG as usize],
+        count: (len / DISCARD_SEGMENT_LEN) as usize,
+    };
+    for (i, range) in (0..len / DISCARD_SEGMENT_LEN).zip(ranges.ranges.iter_mut()) {
+        let mut seg = [0u8; DISCARD_SEGMENT_LEN as usize];
+        chain
+            .read_at(
+                mem,
+                u64::from(HEADER_LEN + i * DISCARD_SEGMENT_LEN),
+                &mut seg,
+            )
+            .map_err(DeviceError::chain(queue))?;
+        let mut sector = [0u8; 8];
+        sector.copy_from_slice(&seg[0..8]);
+        let sector = u64::from_le_bytes(sector);
+        let sectors = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+        let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+        // No flag is defined for discard except `unmap`, which must be 0 (§5.2.6.2).
+        if flags != 0 {
+            return Ok(Parsed::Status(VIRTIO_BLK_S_UNSUPP));
+        }
+        let bytes = u64::from(sectors) * SECTOR_SIZE;
+        match disk_range(size, sector, bytes) {
+            Some(offset) if sectors <= MAX_DISCARD_SECTORS => *range = (offset, bytes),
+            _ => return Ok(Parsed::Status(VIRTIO_BLK_S_IOERR)),
+        }
+    }
+    Ok(Parsed::Discard(ranges))
+}
+
+/// Answer a GET_ID request: the serial (as much as `data_in` bytes hold); returns the bytes
+/// written.
+pub(crate) fn write_serial(
+    mem: &dyn GuestMemory,
+    chain: &DescriptorChain,
+    queue: u16,
+    serial: &[u8; SERIAL_LEN],
+    data_in: u32,
+) -> Result<u32, DeviceError> {
+    let n = (data_in as usize).min(SERIAL_LEN);
+    chain
+        .write_at(mem, 0, &serial[..n])
+        .map_err(DeviceError::chain(queue))?;
+    Ok(n as u32)
+}
+
+/// Write a request's status byte (after its `data_in` data bytes).
+pub(crate) fn write_status(
+    mem: &dyn GuestMemory,
+    chain: &DescriptorChain,
+    queue: u16,
+    data_in: u32,
+    status: u8,
+) -> Result<(), DeviceError> {
+    chain
+        .write_at(mem, u64::from(data_in), &[status])
+        .map_err(DeviceError::chain(queue))
+}
+
+/// The GET_ID serial of `id`: at most 20 bytes are kept, a shorter id is padded with zeros.
+pub(crate) fn serial_of(id: &[u8]) -> [u8; SERIAL_LEN] {
+    let mut serial = [0u8; SERIAL_LEN];
+    let n = id.len().min(SERIAL_LEN);
+    serial[..n].copy_from_slice(&id[..n]);
+    serial
+}
+
 /// The virtio-blk device.
 #[derive(Debug)]
 pub struct Block<B: BlockBackend> {
@@ -299,13 +546,9 @@ impl<B: BlockBackend> Block<B> {
     /// A disk over `backend` whose GET_ID serial is `id` (at most 20 bytes are kept; a
     /// shorter id is padded with zeros).
     pub fn new(backend: B, id: impl AsRef<[u8]>) -> Block<B> {
-        let mut serial = [0u8; SERIAL_LEN];
-        let id = id.as_ref();
-        let n = id.len().min(SERIAL_LEN);
-        serial[..n].copy_from_slice(&id[..n]);
         Block {
             backend,
-            serial,
+            serial: serial_of(id.as_ref()),
             active: None,
             bounce: Vec::new(),
             iov: Vec::new(),
@@ -334,26 +577,11 @@ impl<B: BlockBackend> VirtioDevice for Block<B> {
     }
 
     fn device_features(&self) -> u64 {
-        let common = VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
-        if self.backend.read_only() {
-            common | VIRTIO_BLK_F_RO
-        } else {
-            common | VIRTIO_BLK_F_DISCARD
-        }
+        blk_features(self.backend.read_only())
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_blk_config, up to discard_sector_alignment.
-        let mut c = [0u8; 48];
-        c[0..8].copy_from_slice(&self.capacity().to_le_bytes());
-        // seg_max: a chain also carries the header and the status descriptors.
-        c[12..16].copy_from_slice(&(u32::from(QUEUE_SIZE) - 2).to_le_bytes());
-        c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
-        c[34..36].copy_from_slice(&1u16.to_le_bytes());
-        c[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
-        c[40..44].copy_from_slice(&MAX_DISCARD_SEG.to_le_bytes());
-        c[44..48].copy_from_slice(&DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
-        read_config_bytes(&c, offset, data);
+        read_config_bytes(&blk_config(self.capacity()), offset, data);
     }
 
     fn active_queues(&mut self) -> &mut Option<ActiveQueues> {
@@ -427,77 +655,43 @@ impl Outcome {
 }
 
 impl<B: BlockBackend> Request<'_, B> {
-    fn malformed(&self, reason: String) -> DeviceError {
-        DeviceError::BadRequest {
-            queue: self.queue,
-            head: self.chain.head(),
-            reason,
-        }
-    }
-
     /// Run the request and write its status; returns the used length.
     fn execute(&mut self) -> Result<u32, DeviceError> {
-        let chain = self.chain;
-        // Structure the protocol needs before anything can be answered: a header the device
-        // can read and a status byte it can write.
-        if chain.writable_len() == 0 {
-            return Err(self.malformed(String::from(
-                "no device-writable status byte at the end of the request",
-            )));
-        }
-        if chain.readable_len() < HEADER_LEN {
-            return Err(self.malformed(format!(
-                "request header is {} device-readable bytes, needs {HEADER_LEN}",
-                chain.readable_len()
-            )));
-        }
-        let mut header = [0u8; HEADER_LEN as usize];
-        chain
-            .read_at(self.mem, 0, &mut header)
-            .map_err(DeviceError::chain(self.queue))?;
-        let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let mut sector = [0u8; 8];
-        sector.copy_from_slice(&header[8..16]);
-        let sector = u64::from_le_bytes(sector);
-        // The status byte is the last writable byte; data to the guest comes before it.
-        let data_in = chain.writable_len() - 1;
-        let data_out = chain.readable_len() - HEADER_LEN;
-
-        let outcome = match kind {
-            VIRTIO_BLK_T_IN => self.read(sector, data_in)?,
-            VIRTIO_BLK_T_OUT => self.write(sector, data_out)?,
-            VIRTIO_BLK_T_FLUSH => Outcome::status(match self.backend.flush() {
+        let parsed = parse_request(
+            self.mem,
+            self.chain,
+            self.queue,
+            self.backend.size(),
+            self.backend.read_only(),
+        )?;
+        let outcome = match parsed.kind {
+            Parsed::Read { offset, len } => self.read(offset, len)?,
+            Parsed::Write { offset, len } => self.write(offset, len)?,
+            Parsed::Flush => Outcome::status(match self.backend.flush() {
                 Ok(()) => VIRTIO_BLK_S_OK,
                 Err(_) => VIRTIO_BLK_S_IOERR,
             }),
-            VIRTIO_BLK_T_GET_ID => {
-                let n = (data_in as usize).min(SERIAL_LEN);
-                chain
-                    .write_at(self.mem, 0, &self.serial[..n])
-                    .map_err(DeviceError::chain(self.queue))?;
-                Outcome {
-                    status: VIRTIO_BLK_S_OK,
-                    written: n as u32,
-                }
-            }
-            VIRTIO_BLK_T_DISCARD => self.discard(data_out)?,
-            _ => Outcome::status(VIRTIO_BLK_S_UNSUPP),
+            Parsed::GetId => Outcome {
+                status: VIRTIO_BLK_S_OK,
+                written: write_serial(
+                    self.mem,
+                    self.chain,
+                    self.queue,
+                    self.serial,
+                    parsed.data_in,
+                )?,
+            },
+            Parsed::Discard(ranges) => self.discard(&ranges),
+            Parsed::Status(status) => Outcome::status(status),
         };
-        chain
-            .write_at(self.mem, u64::from(data_in), &[outcome.status])
-            .map_err(DeviceError::chain(self.queue))?;
+        write_status(
+            self.mem,
+            self.chain,
+            self.queue,
+            parsed.data_in,
+            outcome.status,
+        )?;
         Ok(outcome.written + 1)
-    }
-
-    /// The byte range of `len` bytes at `sector`, if it is whole sectors inside the disk.
-    fn disk_range(&self, sector: u64, len: u64) -> Option<u64> {
-        if len % SECTOR_SIZE != 0 {
-            return None;
-        }
-        let offset = sector.checked_mul(SECTOR_SIZE)?;
-        let end = offset.checked_add(len)?;
-        let capacity = (self.backend.size() / SECTOR_SIZE) * SECTOR_SIZE;
-        (end <= capacity).then_some(offset)
     }
 
     /// Move the `len` bytes at `offset` of the disk to the first `len` bytes of the
@@ -555,10 +749,7 @@ impl<B: BlockBackend> Request<'_, B> {
         Ok(result)
     }
 
-    fn read(&mut self, sector: u64, len: u32) -> Result<Outcome, DeviceError> {
-        let Some(offset) = self.disk_range(sector, u64::from(len)) else {
-            return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
-        };
+    fn read(&mut self, offset: u64, len: u32) -> Result<Outcome, DeviceError> {
         match self.transfer_vectored(true, offset, len)? {
             Some(Ok(())) => {
                 return Ok(Outcome {
@@ -591,13 +782,7 @@ impl<B: BlockBackend> Request<'_, B> {
         })
     }
 
-    fn write(&mut self, sector: u64, len: u32) -> Result<Outcome, DeviceError> {
-        if self.backend.read_only() {
-            return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
-        }
-        let Some(offset) = self.disk_range(sector, u64::from(len)) else {
-            return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
-        };
+    fn write(&mut self, offset: u64, len: u32) -> Result<Outcome, DeviceError> {
         match self.transfer_vectored(false, offset, len)? {
             Some(Ok(())) => return Ok(Outcome::status(VIRTIO_BLK_S_OK)),
             Some(Err(_)) => return Ok(Outcome::status(VIRTIO_BLK_S_IOERR)),
@@ -622,48 +807,13 @@ impl<B: BlockBackend> Request<'_, B> {
         Ok(Outcome::status(VIRTIO_BLK_S_OK))
     }
 
-    fn discard(&mut self, len: u32) -> Result<Outcome, DeviceError> {
-        if self.backend.read_only() {
-            return Ok(Outcome::status(VIRTIO_BLK_S_UNSUPP));
-        }
-        if len == 0 || len % DISCARD_SEGMENT_LEN != 0 || len / DISCARD_SEGMENT_LEN > MAX_DISCARD_SEG
-        {
-            return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
-        }
-        // Check every segment before discarding any (at most MAX_DISCARD_SEG of them: a
-        // fixed array, nothing allocated).
-        let mut ranges = [(0u64, 0u64); MAX_DISCARD_SEG as usize];
-        let count = len / DISCARD_SEGMENT_LEN;
-        for (i, range) in (0..count).zip(ranges.iter_mut()) {
-            let mut seg = [0u8; DISCARD_SEGMENT_LEN as usize];
-            self.chain
-                .read_at(
-                    self.mem,
-                    u64::from(HEADER_LEN + i * DISCARD_SEGMENT_LEN),
-                    &mut seg,
-                )
-                .map_err(DeviceError::chain(self.queue))?;
-            let mut sector = [0u8; 8];
-            sector.copy_from_slice(&seg[0..8]);
-            let sector = u64::from_le_bytes(sector);
-            let sectors = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
-            let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
-            // No flag is defined for discard except `unmap`, which must be 0 (§5.2.6.2).
-            if flags != 0 {
-                return Ok(Outcome::status(VIRTIO_BLK_S_UNSUPP));
-            }
-            let bytes = u64::from(sectors) * SECTOR_SIZE;
-            match self.disk_range(sector, bytes) {
-                Some(offset) if sectors <= MAX_DISCARD_SECTORS => *range = (offset, bytes),
-                _ => return Ok(Outcome::status(VIRTIO_BLK_S_IOERR)),
-            }
-        }
-        for &(offset, bytes) in ranges.iter().take(count as usize) {
+    fn discard(&mut self, ranges: &DiscardRanges) -> Outcome {
+        for (offset, bytes) in ranges.iter() {
             if self.backend.discard(offset, bytes).is_err() {
-                return Ok(Outcome::status(VIRTIO_BLK_S_IOERR));
+                return Outcome::status(VIRTIO_BLK_S_IOERR);
             }
         }
-        Ok(Outcome::status(VIRTIO_BLK_S_OK))
+        Outcome::status(VIRTIO_BLK_S_OK)
     }
 }
 

@@ -242,6 +242,13 @@ pub trait VirtioDevice: Send {
         Ok(false)
     }
 
+    /// How often the VMM must call [`VirtioDevice::poll`] even when nothing happens, in
+    /// milliseconds (a device with deadlines of its own: a forwarded disk's timeouts).
+    /// `None` (the default): only after the device's own events.
+    fn poll_interval_ms(&self) -> Option<u32> {
+        None
+    }
+
     /// The host events the device waits on, each with the token [`VirtioDevice::handle_event`]
     /// gets when it fires. Fixed for the device's life (the backends are given at
     /// construction): a VMM asks once when it wires the device. None by default.
@@ -369,6 +376,9 @@ impl<T: VirtioDevice + ?Sized> VirtioDevice for alloc::boxed::Box<T> {
     }
     fn poll(&mut self) -> Result<bool, DeviceError> {
         (**self).poll()
+    }
+    fn poll_interval_ms(&self) -> Option<u32> {
+        (**self).poll_interval_ms()
     }
     fn event_sources(&self) -> Vec<(EventToken, EventSource)> {
         (**self).event_sources()

@@ -4,7 +4,9 @@
 //! One client and one server share one **forwarding region** holding two slot rings
 //! ([`keel_core::ring::slot`]): requests (client → server) at offset 0, responses
 //! (server → client) at [`ForwardGeometry::response_offset`]. The client is the VMM of the
-//! client VM ([`ForwardClient`], a [`BlockBackend`] behind Keel's virtio-blk device): it
+//! client VM: its asynchronous virtio-blk device [`crate::forward_blk::ForwardBlock`] (what
+//! the VMMs use), or [`ForwardClient`], the same client as a blocking [`BlockBackend`]
+//! (queue depth 1, for tests and tools). It
 //! copies data between its guest's buffers and the slots, so the storage VM sees bytes and
 //! offsets into the client's own range, never a client guest address. The server is the
 //! agent in the storage VM ([`ForwardServer`]), which serves each client from the range of
@@ -149,13 +151,13 @@ impl RequestHeader {
     }
 }
 
-fn le_u32(b: &[u8], at: usize) -> u32 {
+pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
     let mut w = [0u8; 4];
     w.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(w)
 }
 
-fn le_u64(b: &[u8], at: usize) -> u64 {
+pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(w)

@@ -22,7 +22,8 @@
 //!   store them in active_queues()), reset() (default: clear it), process_queue(queue: u16) -> Result<bool, DeviceError>, poll() -> Result<bool, DeviceError>,
 //!   event_sources() -> Vec<(EventToken, EventSource)> (default: none),
 //!   handle_event(EventToken) -> Result<bool, DeviceError> (default: Err(NoSuchEvent)),
-//!   backlogged_event() -> Option<EventToken> (default: None; a source to deliver again)
+//!   backlogged_event() -> Option<EventToken> (default: None; a source to deliver again),
+//!   poll_interval_ms() -> Option<u32> (default: None; how often the VMM must call poll())
 //!   (also implemented for Box<dyn VirtioDevice>)
 //! device::EventSource(pub u64) (fd number on Linux, Microkit channel on seL4), device::EventToken(pub u32)
 //! device::ActiveQueues { memory, queues }: get(i) -> (&dyn GuestMemory, &mut Queue), needs_notification(i)
@@ -51,6 +52,11 @@
 //!   (straight between backend and guest RAM when GuestMemory::mapped() is Some; default
 //!   Vectored::Unsupported, or memory without a mapping: bounce buffer)
 //!   block::MemoryBackend::new(T) / ::read_only(T)   (T: AsRef<[u8]> + AsMut<[u8]> + Send)
+//! forward_blk::ForwardBlock::new(ForwardDisk { server, geometry, size, read_only, timeout_ms,
+//!   serial }, ForwardLink { windows, bell: Box<dyn ForwardBell>, wake: Option<EventSource>,
+//!   clock: Box<dyn Clock>, first_id }): a served disk, asynchronous (docs/driver-vms.md);
+//!   counters() -> ForwardBlockCounters; its event is forward_blk::RESPONSE_EVENT
+//! forward::{ForwardClient (blocking BlockBackend), ForwardServer, ClientRange, ForwardGeometry}
 //! net::Net::new(backend: B: NetBackend, mac: [u8; 6]) [.with_mtu(u16) -> Result<Net<B>, NetError>];
 //!   counters() -> NetCounters { tx_frames, tx_bytes, rx_frames, rx_bytes, tx_dropped: TxDrops,
 //!   rx_dropped: RxDrops }; NetBackend: send(&[u8]) -> Result<(), NetError>,
@@ -86,6 +92,7 @@ mod boxed;
 pub mod console;
 pub mod device;
 pub mod forward;
+pub mod forward_blk;
 #[cfg(feature = "std")]
 pub mod host;
 pub mod mmio;
@@ -104,6 +111,7 @@ pub mod vsock;
 pub use block::{Block, BlockBackend, BlockError, GuestIoSlice, MemoryBackend, Vectored};
 pub use console::{Console, ConsoleInput, ConsoleOutput, NoInput};
 pub use device::{DeviceError, DeviceFailure, EventSource, EventToken, VirtioDevice};
+pub use forward_blk::{ForwardBlock, ForwardDisk, ForwardLink};
 #[cfg(feature = "std")]
 pub use host::{FdConsoleInput, FileBackend, OsEntropy};
 pub use mmio::{MmioTransport, QueueNotifier};

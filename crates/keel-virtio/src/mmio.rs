@@ -345,6 +345,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.run_device(|d| d.poll());
     }
 
+    /// How often the device wants [`MmioTransport::poll`] without events (see
+    /// [`VirtioDevice::poll_interval_ms`]); takes the device-side lock.
+    pub fn poll_interval_ms(&self) -> Option<u32> {
+        self.device.lock().poll_interval_ms()
+    }
+
     /// The host events the device waits on (see [`VirtioDevice::event_sources`]); takes
     /// the device-side lock.
     pub fn event_sources(&self) -> Vec<(EventToken, EventSource)> {

@@ -13,6 +13,8 @@ use keel_core::{IrqLine, SyncBusDevice};
 use keel_spec::{DeviceKind, DevicePlan, VmPlan};
 use keel_virtio::console::ConsoleInput;
 use keel_virtio::device::{EventSource, EventToken};
+use keel_virtio::forward::ForwardGeometry;
+use keel_virtio::forward_blk::{ForwardBlock, ForwardDisk, ForwardLink};
 use keel_virtio::mmio::QueueNotifier;
 use keel_virtio::net::{Net, NetBackend};
 use keel_virtio::vsock::{NoHost, Vsock, VsockHost};
@@ -48,8 +50,21 @@ pub type DoorbellPair = (Box<dyn ConsoleOutput>, Box<dyn ConsoleInput>);
 /// The host side of a VM's devices: what each backend provides (files on Linux, payload
 /// regions and the console component on seL4).
 pub trait DeviceBackends {
-    /// The storage of disk `disk` (`plan.disks[disk]`).
+    /// The storage of disk `disk` (`plan.disks[disk]`), a disk of this VM's own (not
+    /// served: see [`DeviceBackends::served_block`]).
     fn block(&mut self, plan: &VmPlan, disk: usize) -> Result<Box<dyn BlockBackend>, BackendError>;
+    /// The client end of served disk `disk` (`plan.disks[disk].served`,
+    /// docs/driver-vms.md): the forwarding region's rings, the bell that rings the storage
+    /// VM, the wake-up it signals, a clock and the first request id. The VMM builds the
+    /// asynchronous device ([`ForwardBlock`]) from them and the plan. By default the
+    /// backend has none, and a VM with a served disk is refused.
+    fn served_block(&mut self, plan: &VmPlan, disk: usize) -> Result<ForwardLink, BackendError> {
+        let _ = disk;
+        Err(BackendError::Unavailable(format!(
+            "vm {:?}: this backend cannot use disks served by other VMs",
+            plan.name
+        )))
+    }
     /// Where console port `port` writes.
     fn console(
         &mut self,
@@ -134,6 +149,11 @@ pub trait VirtioSlot: Send + Sync {
     /// The device's counters by name (`VirtioDevice::counters`); waits for queue work in
     /// progress.
     fn counters(&self) -> Vec<(&'static str, u64)>;
+    /// Let the device do work of its own (`VirtioDevice::poll`: a forwarded disk's
+    /// timeouts).
+    fn poll(&self);
+    /// How often [`VirtioSlot::poll`] is due without events (`VirtioDevice::poll_interval_ms`).
+    fn poll_interval_ms(&self) -> Option<u32>;
 }
 
 impl<D: VirtioDevice> VirtioSlot for MmioTransport<D> {
@@ -163,6 +183,12 @@ impl<D: VirtioDevice> VirtioSlot for MmioTransport<D> {
     }
     fn counters(&self) -> Vec<(&'static str, u64)> {
         self.lock_device().counters()
+    }
+    fn poll(&self) {
+        MmioTransport::poll(self);
+    }
+    fn poll_interval_ms(&self) -> Option<u32> {
+        MmioTransport::poll_interval_ms(self)
     }
 }
 
@@ -206,6 +232,12 @@ impl PlacedDevice {
     /// Deliver a QueueNotify of `queue`, then log the device's pending error.
     pub fn notify(&self, queue: u16, log: &Log) {
         self.transport.notify(queue);
+        self.log_error(self.transport.take_error(), log);
+    }
+
+    /// Let the device do work of its own (timeouts), then log its pending error.
+    pub fn poll(&self, log: &Log) {
+        self.transport.poll();
         self.log_error(self.transport.take_error(), log);
     }
 
@@ -288,9 +320,32 @@ pub fn build_device(
     }
     Ok(match device.kind {
         DeviceKind::Block { disk } => {
-            let backend = backends.block(plan, disk)?;
             let id = plan.disks.get(disk).map(|d| d.id.as_str()).unwrap_or("");
-            placed(plan, device, Block::new(backend, id), memory, irq)
+            match plan
+                .disks
+                .get(disk)
+                .and_then(|d| Some((d, d.served.as_ref()?)))
+            {
+                Some((d, served)) => {
+                    let link = backends.served_block(plan, disk)?;
+                    let disk = ForwardDisk {
+                        server: served.server.clone(),
+                        geometry: ForwardGeometry {
+                            slots: served.slots,
+                            max_data: served.max_data as usize,
+                        },
+                        size: served.size,
+                        read_only: d.read_only,
+                        timeout_ms: served.timeout_ms,
+                        serial: id.as_bytes().to_vec(),
+                    };
+                    placed(plan, device, ForwardBlock::new(disk, link), memory, irq)
+                }
+                None => {
+                    let backend = backends.block(plan, disk)?;
+                    placed(plan, device, Block::new(backend, id), memory, irq)
+                }
+            }
         }
         DeviceKind::Console { port } => {
             let out = backends.console(plan, port)?;
@@ -374,6 +429,10 @@ mod tests {
         fn counters(&self) -> Vec<(&'static str, u64)> {
             Vec::new()
         }
+        fn poll(&self) {}
+        fn poll_interval_ms(&self) -> Option<u32> {
+            None
+        }
     }
 
     #[test]
@@ -402,5 +461,161 @@ mod tests {
         assert_eq!(lines.len(), DEVICE_ERROR_LOG_LIMIT as usize + 3);
         assert!(lines.last().unwrap().1.ends_with("(31 more suppressed)"));
         assert_eq!(device.errors(), 100);
+    }
+
+    /// A VM whose one device is disk 0, served by `store`.
+    fn served_plan() -> VmPlan {
+        VmPlan {
+            name: "a".into(),
+            arch: keel_spec::Arch::Aarch64,
+            vcpus: 1,
+            ram: alloc::vec![(0x4000_0000, 1 << 20)],
+            cmdline: String::new(),
+            serial: keel_spec::plan::serial(keel_spec::Arch::Aarch64),
+            devices: alloc::vec![DevicePlan {
+                kind: DeviceKind::Block { disk: 0 },
+                slot: 0,
+                base: 0x0a00_0000,
+                size: 0x200,
+                irq: 16,
+            }],
+            disks: alloc::vec![keel_spec::DiskPlan {
+                read_only: true,
+                id: "served0".into(),
+                served: Some(keel_spec::plan::ServedDiskPlan {
+                    link: 0,
+                    server: "store".into(),
+                    size: 1 << 20,
+                    slots: 4,
+                    max_data: 1024,
+                    region_len: ForwardGeometry {
+                        slots: 4,
+                        max_data: 1024,
+                    }
+                    .region_len() as u64,
+                    timeout_ms: 5000,
+                }),
+            }],
+            cpus: keel_spec::plan::CpuPlan {
+                vcpu_pcpus: None,
+                priority: 100,
+                budget_us: 1000,
+                period_us: 1000,
+            },
+            nics: Vec::new(),
+            shared: Vec::new(),
+            serves: Vec::new(),
+            passthrough: Vec::new(),
+            vsock: None,
+        }
+    }
+
+    fn memory() -> GuestMemoryRef {
+        Arc::new(keel_core::GuestRam::anonymous(&[(0x4000_0000, 1 << 20)]).unwrap())
+    }
+
+    #[test]
+    fn a_served_disk_is_refused_by_a_backend_without_forwarding() {
+        let plan = served_plan();
+        let mut backends = crate::testing::MemoryBackends::default();
+        let irq = Arc::new(keel_core::irq::RecordingIrq::new());
+
+        let got = build_device(&plan, &plan.devices[0], &mut backends, memory(), irq);
+
+        let Err(e) = got else {
+            panic!("a served disk was built without a link")
+        };
+        assert!(
+            e.to_string()
+                .contains("cannot use disks served by other VMs"),
+            "{e}"
+        );
+    }
+
+    /// Backends whose served disks are links over `region`.
+    struct LinkBackends {
+        inner: crate::testing::MemoryBackends,
+        region: Vec<u64>,
+    }
+
+    struct Silent;
+    impl keel_virtio::forward_blk::ForwardBell for Silent {
+        fn ring(&mut self) {}
+    }
+    struct Still;
+    impl keel_virtio::forward_blk::Clock for Still {
+        fn now_ms(&self) -> u64 {
+            0
+        }
+    }
+
+    impl DeviceBackends for LinkBackends {
+        fn block(
+            &mut self,
+            plan: &VmPlan,
+            disk: usize,
+        ) -> Result<Box<dyn BlockBackend>, BackendError> {
+            self.inner.block(plan, disk)
+        }
+        fn console(
+            &mut self,
+            plan: &VmPlan,
+            port: usize,
+        ) -> Result<Box<dyn ConsoleOutput>, BackendError> {
+            self.inner.console(plan, port)
+        }
+        fn entropy(
+            &mut self,
+            plan: &VmPlan,
+        ) -> Result<Box<dyn keel_virtio::EntropySource>, BackendError> {
+            self.inner.entropy(plan)
+        }
+        fn served_block(
+            &mut self,
+            _plan: &VmPlan,
+            _disk: usize,
+        ) -> Result<ForwardLink, BackendError> {
+            let g = ForwardGeometry {
+                slots: 4,
+                max_data: 1024,
+            };
+            let len = self.region.len() * 8;
+            // SAFETY: the region outlives the device (the test drops the device first), is
+            // 8-aligned and reached only through the windows.
+            let windows = unsafe { g.windows(self.region.as_mut_ptr().cast(), len) }.unwrap();
+            Ok(ForwardLink {
+                windows,
+                bell: Box::new(Silent),
+                wake: Some(EventSource(42)),
+                clock: Box::new(Still),
+                first_id: 1,
+            })
+        }
+    }
+
+    #[test]
+    fn a_served_disk_becomes_a_forwarding_block_device_of_the_planned_size() {
+        let plan = served_plan();
+        let g = ForwardGeometry {
+            slots: 4,
+            max_data: 1024,
+        };
+        let mut backends = LinkBackends {
+            inner: crate::testing::MemoryBackends::default(),
+            region: alloc::vec![0; g.region_len() / 8],
+        };
+        let irq = Arc::new(keel_core::irq::RecordingIrq::new());
+
+        let (placed, _bus) =
+            build_device(&plan, &plan.devices[0], &mut backends, memory(), irq).unwrap();
+
+        assert_eq!(
+            placed.transport.event_sources(),
+            [(EventToken(0), EventSource(42))]
+        );
+        assert_eq!(placed.transport.poll_interval_ms(), Some(500));
+        assert_eq!(placed.label, "0 (disk \"served0\")");
+        drop(placed);
+        drop(_bus);
     }
 }

@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 TESTGUEST := guest/testguest/target/x86_64-unknown-none/release/keel-testguest
 
-.PHONY: run test setup build testguest linux-guests bench l2-tests bench-l2 bench-l2-net bench-l2-blk bench-noisy fuzz clean
+.PHONY: run test setup build testguest linux-guests bench l2-tests bench-l2 bench-l2-net bench-l2-blk bench-l2-vsock bench-noisy fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -42,6 +42,11 @@ bench-l2-net: setup
 bench-l2-blk: setup
 	bash scripts/l2-blk-bench.sh
 
+# vsock throughput (guest <-> guest, host <-> guest) against the same 4 MiB echo over a Keel
+# network (TCP), inside the emulated arm64 host (docs/vsock.md, bench/VSOCK.md).
+bench-l2-vsock: setup
+	bash scripts/l2-vsock-bench.sh
+
 # Noisy neighbour (bench/noisy.sh): a fixed workload in one VM alone and with a memory
 # thrasher in a VM on another core, on seL4 (MICROKIT_SDK) and on KVM in the emulated arm64 host.
 bench-noisy: setup
@@ -64,6 +69,7 @@ bench: build testguest
 	bash bench/run.sh
 	bash bench/sel4-colour.sh
 	bash scripts/l2-blk-bench.sh
+	bash scripts/l2-vsock-bench.sh
 
 clean:
 	$(CARGO) clean

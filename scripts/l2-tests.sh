@@ -62,7 +62,7 @@ fi
 probe=guest/probe/target/aarch64-unknown-linux-musl/release/keel-probe
 if ! l1=$(bash guest/l1host/build.sh --keel "$keel" --extra scripts/l2/l2-inside.sh \
     --extra examples/demo.toml --extra examples/net-linux-arm64.toml --extra "$probe" \
-    --extra scripts/l2/blk-bench.sh | tail -n1); then
+    --extra scripts/l2/blk-bench.sh --extra scripts/l2/vsock-bench.sh | tail -n1); then
     echo "l2: error: building the L1 image failed" >&2
     exit 2
 fi

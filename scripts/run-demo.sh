@@ -49,10 +49,13 @@ command -v qemu-system-aarch64 >/dev/null 2>&1 ||
 t0=$SECONDS
 CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release -q -p keel --target aarch64-unknown-linux-musl
 keel=${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-musl/release/keel
-# The same extras as scripts/l2-tests.sh, so both share one cached L1 image.
+# keel-probe runs in L1 too (/extra/keel-probe). The same extras, in the same order, as
+# scripts/l2-tests.sh, so all share one cached L1 image.
+(cd guest/probe && cargo build --release -q --locked)
+probe=guest/probe/target/aarch64-unknown-linux-musl/release/keel-probe
 l1=$(bash guest/l1host/build.sh --keel "$keel" --extra scripts/l2/l2-inside.sh \
-    --extra examples/demo.toml --extra examples/net-linux-arm64.toml \
-    --extra scripts/l2/blk-bench.sh 2>/dev/null | tail -n1)
+    --extra examples/demo.toml --extra examples/net-linux-arm64.toml --extra "$probe" \
+    --extra scripts/l2/blk-bench.sh --extra scripts/l2/vsock-bench.sh 2>/dev/null | tail -n1)
 echo "run-demo: arm64 keel and L1 ready after $((SECONDS - t0)) s; booting L1, then the demo VM in it"
 
 tmp=$(mktemp -d)

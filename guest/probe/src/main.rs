@@ -8,6 +8,8 @@
 //! keel-probe vsock-connect <cid> <port> <bytes> [<retry_s>] send, read the echo back, timed
 //! keel-probe unix-echo <path> <connections>                 host side: echo at <socket>_<port>
 //! keel-probe unix-connect <path> <port> <bytes> <retry_s>   host side: CONNECT/OK, then echo
+//! keel-probe tcp-listen <port> <connections>                the vsock echo server over TCP
+//! keel-probe tcp-connect <ipv4> <port> <bytes> <retry_s>    the vsock client over TCP
 //! ```
 //!
 //! Each mode prints one result line `KEEL-PROBE <mode> key=value ...` (`thrash` also prints
@@ -21,6 +23,7 @@ use std::fmt;
 use std::hint::black_box;
 use std::io::Write;
 
+mod tcp;
 mod vsock;
 
 mod clock {
@@ -461,6 +464,14 @@ fn number(what: &'static str, arg: Option<&String>, max: u64) -> Result<u64, Pro
     }
 }
 
+/// A TCP port (0 allowed).
+fn u16_arg(what: &'static str, arg: Option<&String>) -> Result<u16, ProbeError> {
+    let value = arg.cloned().unwrap_or_default();
+    value
+        .parse::<u16>()
+        .map_err(|_| ProbeError::BadArg { what, value })
+}
+
 /// A 32-bit number (a vsock CID or port; 0 allowed).
 fn u32_arg(what: &'static str, arg: Option<&String>) -> Result<u32, ProbeError> {
     let value = arg.cloned().unwrap_or_default();
@@ -521,6 +532,25 @@ fn run(args: &[String]) -> Result<String, ProbeError> {
         Some("unix-connect") if args.len() == 5 => vsock::unix_connect(
             &args[1],
             u32_arg("port", args.get(2))?,
+            number("bytes", args.get(3), 1 << 40)?,
+            match args.get(4).map(String::as_str) {
+                Some("0") => 0,
+                _ => number("retry_s", args.get(4), MAX_SECONDS)?,
+            },
+        ),
+        Some("tcp-listen") if args.len() == 3 => tcp::listen_echo(
+            u16_arg("port", args.get(1))?,
+            number("connections", args.get(2), 1_000_000)?,
+        ),
+        Some("tcp-connect") if args.len() == 5 => tcp::connect_echo(
+            {
+                let value = args[1].clone();
+                value.parse().map_err(|_| ProbeError::BadArg {
+                    what: "ipv4",
+                    value,
+                })?
+            },
+            u16_arg("port", args.get(2))?,
             number("bytes", args.get(3), 1 << 40)?,
             match args.get(4).map(String::as_str) {
                 Some("0") => 0,
@@ -647,6 +677,33 @@ mod tests {
             ProbeError::BadArg {
                 what: "port",
                 value: "4294967296".into()
+            }
+        );
+    }
+
+    #[test]
+    fn tcp_modes_check_their_arguments_by_name() {
+        let e = run(&[
+            "tcp-connect".into(),
+            "10.0.0".into(),
+            "1".into(),
+            "1".into(),
+            "0".into(),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e,
+            ProbeError::BadArg {
+                what: "ipv4",
+                value: "10.0.0".into()
+            }
+        );
+        let e = run(&["tcp-listen".into(), "65536".into(), "1".into()]).unwrap_err();
+        assert_eq!(
+            e,
+            ProbeError::BadArg {
+                what: "port",
+                value: "65536".into()
             }
         );
     }

@@ -50,7 +50,7 @@ unsafe extern "C" {
 }
 
 /// A failed socket call: its name and errno.
-fn os_error(call: &'static str) -> ProbeError {
+pub(crate) fn os_error(call: &'static str) -> ProbeError {
     ProbeError::Os {
         call,
         errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
@@ -85,6 +85,105 @@ pub(crate) fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(131) >> 3) as u8
 }
 
+/// Echo one connection: every byte back, until the peer's end, then an end of ours
+/// (`shutdown(SHUT_WR)`, done by the caller's socket type through [`HalfClose`]). Returns the
+/// bytes echoed.
+pub(crate) fn echo_stream<S: Read + Write + HalfClose>(conn: &mut S) -> Result<u64, ProbeError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(os_error("read")),
+        };
+        conn.write_all(&buf[..n]).map_err(|_| os_error("write"))?;
+        total += n as u64;
+    }
+    conn.half_close();
+    Ok(total)
+}
+
+/// A stream socket whose sending side can be shut down.
+pub(crate) trait HalfClose {
+    fn half_close(&self);
+}
+
+impl HalfClose for File {
+    fn half_close(&self) {
+        shut_write(self);
+    }
+}
+
+impl HalfClose for std::os::unix::net::UnixStream {
+    fn half_close(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl HalfClose for std::net::TcpStream {
+    fn half_close(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// The client side of the echo: a thread writes `bytes` of [`pattern`] in 64 KiB chunks to
+/// `writer` and then ends its side (`end`), while this one reads the echo from `reader` and
+/// compares it. Returns (bytes read, bytes that differ from the pattern).
+pub(crate) fn send_and_check<R, W>(
+    mut reader: R,
+    mut writer: W,
+    bytes: u64,
+    end: impl FnOnce(&W) + Send + 'static,
+) -> Result<(u64, u64), ProbeError>
+where
+    R: Read,
+    W: Write + Send + 'static,
+{
+    let sender = std::thread::spawn(move || -> Result<(), ProbeError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = (bytes - sent).min(buf.len() as u64) as usize;
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = pattern(sent + i as u64);
+            }
+            writer.write_all(&buf[..n]).map_err(|_| os_error("write"))?;
+            sent += n as u64;
+        }
+        end(&writer);
+        Ok(())
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut got, mut bad) = (0u64, 0u64);
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(os_error("read")),
+        };
+        for (i, &b) in buf[..n].iter().enumerate() {
+            if b != pattern(got + i as u64) {
+                bad += 1;
+            }
+        }
+        got += n as u64;
+    }
+    sender
+        .join()
+        .map_err(|_| ProbeError::Usage("sender thread panicked".into()))??;
+    Ok((got, bad))
+}
+
+/// Milliseconds since `start` (at least one tick) and the MiB/s of `bytes` in that time.
+pub(crate) fn timing(start: u64, freq: u64, bytes: u64) -> (f64, f64) {
+    let ticks = (clock::now() - start).max(1);
+    let ms = ticks as f64 * 1000.0 / freq as f64;
+    (ms, bytes as f64 / (1024.0 * 1024.0) / (ms / 1000.0))
+}
+
 /// Listen on `port` and echo `count` connections, one after the other: every byte back,
 /// until the peer's end, then an end of ours.
 pub(crate) fn listen_echo(port: u32, count: u64) -> Result<String, ProbeError> {
@@ -109,19 +208,7 @@ pub(crate) fn listen_echo(port: u32, count: u64) -> Result<String, ProbeError> {
         // SAFETY: `peer` has room for `plen` bytes, which accept updates.
         let fd = unsafe { accept(sock.as_raw_fd(), &mut peer, &mut plen) };
         let mut conn = File::from(owned(fd, "accept")?);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut n_conn = 0u64;
-        loop {
-            let n = match conn.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return Err(os_error("read")),
-            };
-            conn.write_all(&buf[..n]).map_err(|_| os_error("write"))?;
-            n_conn += n as u64;
-        }
-        shut_write(&conn);
+        let n_conn = echo_stream(&mut conn)?;
         println!(
             "KEEL-PROBE vsock-echo port={port} from_cid={} bytes={n_conn}",
             peer.cid
@@ -169,44 +256,9 @@ pub(crate) fn connect_echo(
     };
     let start = clock::now();
     let conn = File::from(sock);
-    let mut writer = conn.try_clone().map_err(|_| os_error("dup"))?;
-    let sender = std::thread::spawn(move || -> Result<(), ProbeError> {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut sent = 0u64;
-        while sent < bytes {
-            let n = (bytes - sent).min(buf.len() as u64) as usize;
-            for (i, b) in buf[..n].iter_mut().enumerate() {
-                *b = pattern(sent + i as u64);
-            }
-            writer.write_all(&buf[..n]).map_err(|_| os_error("write"))?;
-            sent += n as u64;
-        }
-        shut_write(&writer);
-        Ok(())
-    });
-    let mut reader = conn;
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut got, mut bad) = (0u64, 0u64);
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(os_error("read")),
-        };
-        for (i, &b) in buf[..n].iter().enumerate() {
-            if b != pattern(got + i as u64) {
-                bad += 1;
-            }
-        }
-        got += n as u64;
-    }
-    sender
-        .join()
-        .map_err(|_| ProbeError::Usage("sender thread panicked".into()))??;
-    let ticks = (clock::now() - start).max(1);
-    let ms = ticks as f64 * 1000.0 / freq as f64;
-    let mib_per_s = got as f64 / (1024.0 * 1024.0) / (ms / 1000.0);
+    let writer = conn.try_clone().map_err(|_| os_error("dup"))?;
+    let (got, bad) = send_and_check(conn, writer, bytes, |w: &File| shut_write(w))?;
+    let (ms, mib_per_s) = timing(start, freq, got);
     Ok(format!(
         "KEEL-PROBE vsock-connect cid={cid} port={port} bytes={bytes} echoed={got} mismatched={bad} ms={ms:.1} mib_per_s={mib_per_s:.2}"
     ))
@@ -227,17 +279,7 @@ pub(crate) fn unix_echo(path: &str, count: u64) -> Result<String, ProbeError> {
     let mut total = 0u64;
     for _ in 0..count {
         let (mut conn, _) = listener.accept().map_err(|_| os_error("accept"))?;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match conn.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return Err(os_error("read")),
-            };
-            conn.write_all(&buf[..n]).map_err(|_| os_error("write"))?;
-            total += n as u64;
-        }
+        total += echo_stream(&mut conn)?;
         let _ = conn.shutdown(std::net::Shutdown::Write);
     }
     Ok(format!(
@@ -272,42 +314,11 @@ pub(crate) fn unix_connect(
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     let start = clock::now();
-    let mut writer = conn.try_clone().map_err(|_| os_error("dup"))?;
-    let sender = std::thread::spawn(move || -> Result<(), ProbeError> {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut sent = 0u64;
-        while sent < bytes {
-            let n = (bytes - sent).min(buf.len() as u64) as usize;
-            for (i, b) in buf[..n].iter_mut().enumerate() {
-                *b = pattern(sent + i as u64);
-            }
-            writer.write_all(&buf[..n]).map_err(|_| os_error("write"))?;
-            sent += n as u64;
-        }
-        let _ = writer.shutdown(std::net::Shutdown::Write);
-        Ok(())
-    });
-    let mut reader = conn;
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut got, mut bad) = (0u64, 0u64);
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(os_error("read")),
-        };
-        for (i, &b) in buf[..n].iter().enumerate() {
-            if b != pattern(got + i as u64) {
-                bad += 1;
-            }
-        }
-        got += n as u64;
-    }
-    sender
-        .join()
-        .map_err(|_| ProbeError::Usage("sender thread panicked".into()))??;
-    let ms = (clock::now() - start).max(1) as f64 * 1000.0 / freq as f64;
+    let writer = conn.try_clone().map_err(|_| os_error("dup"))?;
+    let (got, bad) = send_and_check(conn, writer, bytes, |w: &std::os::unix::net::UnixStream| {
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    })?;
+    let (ms, _) = timing(start, freq, got);
     Ok(format!(
         "KEEL-PROBE unix-connect path={path} port={port} host_port={ok} bytes={bytes} echoed={got} mismatched={bad} ms={ms:.1}"
     ))

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# vsock throughput against the same transfer over the network path, inside the emulated arm64
+# host (L1, QEMU TCG running Keel's arm64 KVM backend). scripts/l2/vsock-bench.sh has the
+# topology and the workload: two VMs a and b under `keel up`, and a 4 MiB echo (keel-probe:
+# the sender writes 64 KiB chunks of a pattern, the peer echoes every byte, the sender reads
+# the echo back and compares it) from a to b over vsock and from a to b over TCP on a Keel
+# network; from L1 to b through b's vsock Unix socket (CONNECT/OK). Rounds alternate (vsock,
+# net), N each (default 3), in one L1 run.
+#
+#   scripts/l2-vsock-bench.sh [--runs N] [--log FILE]
+#
+# MiB/s = 4 MiB / the sender's time from connected to the last echoed byte read (arm64
+# virtual counter), so each byte crossed twice. A run counts only if every echo is whole
+# (echoed = 4194304, mismatched = 0) and its step succeeded. Prints a Markdown table (median
+# / min / max) and the ratio of the medians (vsock / network). L1 -> guest over the network
+# needs a tap uplink in L1 (its kernel has no tun driver): the table says so.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+runs=3 log=''
+while (($#)); do
+    (($# >= 2)) || { echo "usage: scripts/l2-vsock-bench.sh [--runs N] [--log FILE]" >&2; exit 2; }
+    case "$1" in
+        --runs) runs=$2 ;;
+        --log) log=$2 ;;
+        *) echo "l2-vsock-bench: unknown option '$1'" >&2; exit 2 ;;
+    esac
+    shift 2
+done
+[[ $runs =~ ^[1-9]$ ]] || { echo "l2-vsock-bench: --runs '$runs' is not 1..9" >&2; exit 2; }
+
+if ! command -v "${QEMU_SYSTEM:-qemu-system-aarch64}" >/dev/null 2>&1; then
+    echo "l2-vsock-bench: SKIPPED: qemu-system-aarch64 not found (apt-get install -y qemu-system-arm)"
+    exit 77
+fi
+
+target=${CARGO_TARGET_DIR:-target}
+CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release -q -p keel --target aarch64-unknown-linux-musl
+# keel-probe runs in L1 too (/extra/keel-probe): the host side of the vsock transfer.
+(cd guest/probe && cargo build --release -q --locked)
+probe=guest/probe/target/aarch64-unknown-linux-musl/release/keel-probe
+# The same extras, in the same order, as scripts/l2-tests.sh: one cached L1 image serves all.
+l1=$(bash guest/l1host/build.sh --keel "$target/aarch64-unknown-linux-musl/release/keel" \
+    --extra scripts/l2/l2-inside.sh --extra examples/demo.toml \
+    --extra examples/net-linux-arm64.toml --extra "$probe" \
+    --extra scripts/l2/blk-bench.sh --extra scripts/l2/vsock-bench.sh | tail -n1)
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+[[ -n $log ]] || log=$tmp/console.log
+cat >"$tmp/l1.sh" <<L1SCRIPT
+. /extra/vsock-bench.sh
+i=1
+while [ \$i -le $runs ]; do
+vsock_bench_round \$i
+i=\$((i + 1))
+done
+L1SCRIPT
+set +e
+bash guest/l1host/run.sh "$l1" "$tmp/l1.sh" --timeout $((120 + 500 * runs)) --log "$log" >/dev/null
+set -e
+
+python3 - "$log" "$runs" <<'PY'
+import re, statistics, sys
+log, runs = sys.argv[1], int(sys.argv[2])
+B = 4194304
+lines = open(log, errors="replace").read().splitlines()
+res, status, why = {}, {}, None
+probe = re.compile(r"^(\[a\] )?KEEL-PROBE (vsock-connect|unix-connect|tcp-connect) .*"
+                   r" bytes=(\d+) echoed=(\d+) mismatched=(\d+) ms=([0-9.]+)")
+for l in lines:
+    m = re.match(r"^((?:vsock|net)-\d+) \d+\| (.*)$", l)
+    if m:
+        body = m.group(2).rstrip("\r")
+        p = probe.match(body)
+        if p:
+            kind = {"vsock-connect": "guest", "tcp-connect": "guest", "unix-connect": "host"}[p.group(2)]
+            if (kind == "guest") != bool(p.group(1)):
+                continue
+            whole = int(p.group(3)) == B and int(p.group(4)) == B and int(p.group(5)) == 0
+            ms = float(p.group(6))
+            res.setdefault(m.group(1), {})[kind] = (B / 1048576 / (ms / 1000), whole, ms)
+        u = re.match(r"^VSOCKBENCH host-net unavailable: (.*)$", body)
+        if u:
+            why = u.group(1)
+    m = re.match(r"^L1-STEP-END ((?:vsock|net)-\d+) (\d+) (\d+)$", l)
+    if m:
+        status[m.group(1)] = int(m.group(2))
+ok = True
+rates = {("vsock", "guest"): [], ("vsock", "host"): [], ("net", "guest"): []}
+for i in range(1, runs + 1):
+    for path, kinds in (("vsock", ("guest", "host")), ("net", ("guest",))):
+        step = "%s-%d" % (path, i)
+        r = res.get(step, {})
+        good = status.get(step) == 0 and all(k in r and r[k][1] for k in kinds)
+        ok = ok and good
+        print("%s: %s%s" % (step, ", ".join(
+            "%s %s" % (k, "%.1f ms (%.2f MiB/s)%s" % (r[k][2], r[k][0], "" if r[k][1] else " NOT WHOLE") if k in r else "none")
+            for k in kinds), "" if good else "  FAILED"))
+        if good:
+            for k in kinds:
+                rates[(path, k)].append(r[k][0])
+def cell(xs):
+    return "%.2f (%.2f–%.2f)" % (statistics.median(xs), min(xs), max(xs)) if xs else "n/a"
+print()
+print("| transfer (4 MiB echo) | vsock MiB/s | network MiB/s | ratio (medians, vsock / network) |")
+print("|---|---|---|---|")
+v, n = rates[("vsock", "guest")], rates[("net", "guest")]
+ratio = "%.2f" % (statistics.median(v) / statistics.median(n)) if v and n else "n/a"
+print("| guest a → guest b | %s | %s | %s |" % (cell(v), cell(n), ratio))
+print("| host (L1) → guest b | %s | not measured: %s | n/a |" % (
+    cell(rates[("vsock", "host")]), why or "no result"))
+sys.exit(0 if ok else 1)
+PY

@@ -16,26 +16,7 @@ use keel_virtio::device::EventSource;
 use keel_virtio::{ConsoleInput, ConsoleOutput};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::net::{FdArgError, SharedMemory, new_eventfd};
-
-/// Take ownership of inherited descriptor `fd` (marking it close-on-exec), once.
-fn take(fd: RawFd, taken: &mut Vec<RawFd>) -> Result<OwnedFd, FdArgError> {
-    let bad = |reason: &str| FdArgError::Fd {
-        fd,
-        reason: reason.into(),
-    };
-    if fd <= 2 || taken.contains(&fd) {
-        return Err(bad("named twice or a standard stream"));
-    }
-    // SAFETY: changing descriptor flags has no effect on memory.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-        return Err(bad("not an open file descriptor"));
-    }
-    taken.push(fd);
-    // SAFETY: `fd` is open (fcntl succeeded), was inherited for this purpose and is owned by
-    // nothing else in this process (checked against `taken`).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
+use crate::net::{FdArgError, SharedMemory, new_eventfd, take_inherited_fd as take};
 
 fn eventfd_of(fd: OwnedFd) -> EventFd {
     // SAFETY: an owned, open descriptor (an eventfd by the parent's contract; a wrong kind

@@ -254,23 +254,7 @@ impl PortFds {
             .map(|s| s.trim().parse::<RawFd>().map_err(|_| syntax()))
             .collect::<Result<_, _>>()?;
         let [a, b, c, d] = <[RawFd; 4]>::try_from(nums).map_err(|_| syntax())?;
-        let mut take = |fd: RawFd| -> Result<OwnedFd, FdArgError> {
-            let bad = |reason: &str| FdArgError::Fd {
-                fd,
-                reason: reason.into(),
-            };
-            if fd <= 2 || taken.contains(&fd) {
-                return Err(bad("named twice or a standard stream"));
-            }
-            // SAFETY: querying descriptor flags has no effect on memory.
-            if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-                return Err(bad("not an open file descriptor"));
-            }
-            taken.push(fd);
-            // SAFETY: `fd` is open (fcntl succeeded), was inherited for this purpose and
-            // is owned by nothing else in this process (checked against `taken`).
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        };
+        let mut take = |fd: RawFd| take_inherited_fd(fd, taken);
         let (a, b, c, d) = (take(a)?, take(b)?, take(c)?, take(d)?);
         let mem = |fd: OwnedFd| {
             let n = fd.as_raw_fd();
@@ -302,19 +286,32 @@ pub fn take_inherited_memory(
         .trim()
         .parse()
         .map_err(|_| FdArgError::Syntax { arg: arg.into() })?;
-    let bad = |reason: String| FdArgError::Fd { fd, reason };
+    let owned = take_inherited_fd(fd, taken)?;
+    SharedMemory::from_fd(owned).map_err(|e| FdArgError::Fd {
+        fd,
+        reason: e.to_string(),
+    })
+}
+
+/// Take ownership of the inherited descriptor `fd` (named on a hidden subcommand's command
+/// line), marking it close-on-exec again; refused if it is a standard stream, not open, or
+/// already in `taken` (so no descriptor is owned twice), which it joins.
+pub fn take_inherited_fd(fd: RawFd, taken: &mut Vec<RawFd>) -> Result<OwnedFd, FdArgError> {
+    let bad = |reason: &str| FdArgError::Fd {
+        fd,
+        reason: reason.into(),
+    };
     if fd <= 2 || taken.contains(&fd) {
-        return Err(bad("named twice or a standard stream".into()));
+        return Err(bad("named twice or a standard stream"));
     }
     // SAFETY: changing descriptor flags has no effect on memory.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-        return Err(bad("not an open file descriptor".into()));
+        return Err(bad("not an open file descriptor"));
     }
     taken.push(fd);
     // SAFETY: `fd` is open (fcntl succeeded), was inherited for this purpose and is owned
     // by nothing else in this process (checked against `taken`).
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    SharedMemory::from_fd(owned).map_err(|e| bad(e.to_string()))
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Let the descriptors `fds` survive the next `exec` (clear close-on-exec). For a child's

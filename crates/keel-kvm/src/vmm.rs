@@ -722,7 +722,6 @@ impl DeviceBackends for LinuxBackends<'_> {
         _plan: &VmPlan,
         peer: usize,
     ) -> Result<Box<dyn keel_virtio::net::NetBackend>, BackendError> {
-        use std::os::fd::AsRawFd;
         let unavailable = |what: String| BackendError::Unavailable(what);
         let mapped = self
             .network
@@ -734,30 +733,7 @@ impl DeviceBackends for LinuxBackends<'_> {
                 ))
             })?
             .clone();
-        let window = |m: &crate::net::Mapping| {
-            // SAFETY: `mapped` (which owns the mapping) is kept in the backend next to
-            // the port, and dropped after it.
-            unsafe { m.frame_window(mapped.slots) }
-                .map_err(|e| unavailable(format!("vsock peer {peer}: ring window: {e}")))
-        };
-        let windows = keel_net::port::PortWindows {
-            to_switch: window(&mapped.to_switch)?,
-            from_switch: window(&mapped.from_switch)?,
-        };
-        let bell = mapped
-            .ring_peer
-            .try_clone()
-            .map_err(|e| unavailable(format!("vsock peer {peer}: eventfd: {e}")))?;
-        let event = keel_virtio::device::EventSource(mapped.wait_on.as_raw_fd() as u64);
-        let port = keel_net::port::VmmPort::new(
-            windows,
-            Box::new(crate::net::EventFdBell(bell)),
-            Some(event),
-        );
-        Ok(Box::new(LinuxNetPort {
-            port,
-            _mapped: mapped,
-        }))
+        port_backend(mapped, &format!("vsock peer {peer}"))
     }
 
     fn console_input(
@@ -804,7 +780,6 @@ impl DeviceBackends for LinuxBackends<'_> {
         _plan: &VmPlan,
         nic: usize,
     ) -> Result<Box<dyn keel_virtio::net::NetBackend>, BackendError> {
-        use std::os::fd::AsRawFd;
         let unavailable = |what: String| BackendError::Unavailable(what);
         let mapped = self
             .network
@@ -816,30 +791,7 @@ impl DeviceBackends for LinuxBackends<'_> {
                 ))
             })?
             .clone();
-        let window = |m: &crate::net::Mapping| {
-            // SAFETY: `mapped` (which owns the mapping) is kept in the backend next to
-            // the port, and dropped after it.
-            unsafe { m.frame_window(mapped.slots) }
-                .map_err(|e| unavailable(format!("net {nic}: ring window: {e}")))
-        };
-        let windows = keel_net::port::PortWindows {
-            to_switch: window(&mapped.to_switch)?,
-            from_switch: window(&mapped.from_switch)?,
-        };
-        let bell = mapped
-            .ring_peer
-            .try_clone()
-            .map_err(|e| unavailable(format!("net {nic}: eventfd: {e}")))?;
-        let event = keel_virtio::device::EventSource(mapped.wait_on.as_raw_fd() as u64);
-        let port = keel_net::port::VmmPort::new(
-            windows,
-            Box::new(crate::net::EventFdBell(bell)),
-            Some(event),
-        );
-        Ok(Box::new(LinuxNetPort {
-            port,
-            _mapped: mapped,
-        }))
+        port_backend(mapped, &format!("net {nic}"))
     }
 
     fn doorbell(&mut self, plan: &VmPlan) -> Result<keel_vmm::devices::DoorbellPair, BackendError> {
@@ -876,6 +828,40 @@ impl DeviceBackends for LinuxBackends<'_> {
         })?;
         Ok(Box::new(source))
     }
+}
+
+/// The VMM side of a ring pair (a network port or a vsock peer link) as a backend, holding
+/// the mappings its rings live in; `what` names it in errors (`net 0`, `vsock peer 1`).
+fn port_backend(
+    mapped: Arc<MappedPort>,
+    what: &str,
+) -> Result<Box<dyn keel_virtio::net::NetBackend>, BackendError> {
+    use std::os::fd::AsRawFd;
+    let unavailable = |why: String| BackendError::Unavailable(format!("{what}: {why}"));
+    let window = |m: &crate::net::Mapping| {
+        // SAFETY: `mapped` (which owns the mapping) is kept in the backend next to the
+        // port, and dropped after it.
+        unsafe { m.frame_window(mapped.slots) }
+            .map_err(|e| unavailable(format!("ring window: {e}")))
+    };
+    let windows = keel_net::port::PortWindows {
+        to_switch: window(&mapped.to_switch)?,
+        from_switch: window(&mapped.from_switch)?,
+    };
+    let bell = mapped
+        .ring_peer
+        .try_clone()
+        .map_err(|e| unavailable(format!("eventfd: {e}")))?;
+    let event = keel_virtio::device::EventSource(mapped.wait_on.as_raw_fd() as u64);
+    let port = keel_net::port::VmmPort::new(
+        windows,
+        Box::new(crate::net::EventFdBell(bell)),
+        Some(event),
+    );
+    Ok(Box::new(LinuxNetPort {
+        port,
+        _mapped: mapped,
+    }))
 }
 
 /// keel-kvm's log as a VMM log sink: `keel: …` lines on stderr.

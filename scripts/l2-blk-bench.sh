@@ -32,12 +32,10 @@ target=${CARGO_TARGET_DIR:-target}
 CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release -q -p keel --target aarch64-unknown-linux-musl
 # keel-probe runs in L1 too (/extra/keel-probe; scripts/l2-tests.sh, scripts/l2-vsock-bench.sh).
 (cd guest/probe && cargo build --release -q --locked)
-probe=guest/probe/target/aarch64-unknown-linux-musl/release/keel-probe
-# The same extras, in the same order, as scripts/l2-tests.sh: one cached L1 image serves all.
+# The extras every L1 image carries: one cached image serves all.
+. scripts/l1-extras.sh
 l1=$(bash guest/l1host/build.sh --keel "$target/aarch64-unknown-linux-musl/release/keel" \
-    --extra scripts/l2/l2-inside.sh --extra examples/demo.toml \
-    --extra examples/net-linux-arm64.toml --extra "$probe" \
-    --extra scripts/l2/blk-bench.sh --extra scripts/l2/vsock-bench.sh | tail -n1)
+    "${L1_EXTRAS[@]}" | tail -n1)
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -59,10 +59,9 @@ if ! (cd guest/probe && cargo build --release -q --locked >&2); then
     echo "l2: error: building keel-probe (guest/probe) failed" >&2
     exit 2
 fi
-probe=guest/probe/target/aarch64-unknown-linux-musl/release/keel-probe
-if ! l1=$(bash guest/l1host/build.sh --keel "$keel" --extra scripts/l2/l2-inside.sh \
-    --extra examples/demo.toml --extra examples/net-linux-arm64.toml --extra "$probe" \
-    --extra scripts/l2/blk-bench.sh --extra scripts/l2/vsock-bench.sh | tail -n1); then
+# The extras every L1 image carries: one cached image serves all.
+. scripts/l1-extras.sh
+if ! l1=$(bash guest/l1host/build.sh --keel "$keel" "${L1_EXTRAS[@]}" | tail -n1); then
     echo "l2: error: building the L1 image failed" >&2
     exit 2
 fi

@@ -52,10 +52,8 @@ keel=${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-musl/release/keel
 # keel-probe runs in L1 too (/extra/keel-probe). The same extras, in the same order, as
 # scripts/l2-tests.sh, so all share one cached L1 image.
 (cd guest/probe && cargo build --release -q --locked)
-probe=guest/probe/target/aarch64-unknown-linux-musl/release/keel-probe
-l1=$(bash guest/l1host/build.sh --keel "$keel" --extra scripts/l2/l2-inside.sh \
-    --extra examples/demo.toml --extra examples/net-linux-arm64.toml --extra "$probe" \
-    --extra scripts/l2/blk-bench.sh --extra scripts/l2/vsock-bench.sh 2>/dev/null | tail -n1)
+. scripts/l1-extras.sh
+l1=$(bash guest/l1host/build.sh --keel "$keel" "${L1_EXTRAS[@]}" 2>/dev/null | tail -n1)
 echo "run-demo: arm64 keel and L1 ready after $((SECONDS - t0)) s; booting L1, then the demo VM in it"
 
 tmp=$(mktemp -d)

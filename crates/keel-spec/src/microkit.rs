@@ -2957,6 +2957,7 @@ mod tests {
                 served: Some(crate::model::ServedDisk {
                     server: "store".into(),
                     server_disk: 0,
+                    server_passthrough: None,
                     start: k as u64 * 4096,
                     size: 4096,
                 }),

@@ -1017,3 +1017,115 @@ fn driver_vm_owns_a_passed_through_virtio_blk_and_its_writes_reach_the_host_file
         disk.display()
     );
 }
+
+/// What the client of the storage VM writes to its served disk.
+const SERVED_PATTERN: &[u8] = b"KEEL-SERVED-BY-A-STORAGE-VM-ON-SEL4";
+
+#[test]
+fn client_disk_served_by_a_storage_vm_over_a_passed_through_virtio_blk_persists_in_the_host_file() {
+    let test = "client_disk_served_by_a_storage_vm_over_a_passed_through_virtio_blk_persists_in_the_host_file";
+    let Some(sdk) = SUITE.prerequisites(test) else {
+        return;
+    };
+    let dir = SUITE.dir("served");
+    let disk = dir.join("host-disk.img");
+    std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
+    let pattern = std::str::from_utf8(SERVED_PATTERN).unwrap();
+    // The storage VM: QEMU's virtio-blk passed through (as in the passthrough test), its
+    // agent started by /init (the plan puts keel.blk= on its command line); it stays up,
+    // printing its disk's stat (diagnostics).
+    let store_extra = "ram_phys_addr = \"0x40000000\"\n\n[[vm.passthrough]]\nname = \"blk0\"\n\
+        mmio = [{ base = \"0x0a003000\", size = \"4K\" }]\nirqs = [79]\n\
+        dt = \"virtio,mmio\"\ndt_reg = [{ base = \"0x0a003e00\", size = \"0x200\" }]\n\
+        dma = \"identity\"\n";
+    // The client: its disk is 256 KiB at 1 MiB of the passed-through device.
+    let cmd = format!(
+        "cat /sys/block/vda/size; \
+         printf {pattern} | dd of=/dev/vda bs=512 seek=8 conv=sync,fsync 2>/dev/null; \
+         echo SYNCED; echo 3 > /proc/sys/vm/drop_caches; \
+         echo READBACK=$(dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c {}); \
+         echo CLIENT-WCACHE $(cat /sys/block/vda/queue/write_cache); \
+         echo CLIENT-STAT $(cat /sys/block/vda/stat)",
+        SERVED_PATTERN.len()
+    );
+    let client_extra = "[[vm.disk]]\nserved_by = \"store\"\nserver_passthrough = \"blk0\"\n\
+        start = \"1M\"\nsize = \"256K\"\n";
+    let toml = format!(
+        "[system]\nname = \"e2e-served\"\n{}{}",
+        vm_toml(
+            "store",
+            1,
+            "256M",
+            &keel_cmd("while sleep 2; do echo STORE-STAT $(cat /sys/block/vda/stat); done"),
+            store_extra
+        ),
+        vm_toml("client", 1, "128M", &keel_cmd(&cmd), client_extra)
+    );
+    let _one = one_qemu();
+    let config = host::Sdk::default_config(&sdk, keel_sel4::abi::board::NAME);
+    let Built {
+        image,
+        dir,
+        cores,
+        system_file,
+        ..
+    } = SUITE.build(&sdk, "served", &toml, config);
+    assert!(
+        system_file.contains("<map mr=\"keel_fwd_0\" vaddr=\"0x8000000000\" perms=\"rw\" />"),
+        "{system_file}"
+    );
+    assert!(
+        system_file.contains("<map mr=\"keel_fwd_0\" vaddr=\"0x600000000\" perms=\"rw\" />"),
+        "{system_file}"
+    );
+    let mut qemu = host::qemu_command(&image, cores);
+    // The serial is the passed-through device's name: the agent finds its disk by it.
+    qemu.arg("-drive")
+        .arg(format!("file={},if=none,format=raw,id=d0", disk.display()))
+        .args(["-device", "virtio-blk-device,drive=d0,serial=blk0"]);
+    let start = Instant::now();
+    let child = spawn(&mut qemu, Stdio::null());
+    let console = collect_console(child, BOOT_TIMEOUT, |line| {
+        line.contains("keel-sel4: vm client: stopped: ")
+    });
+    std::fs::write(dir.join("console.log"), &console).unwrap();
+    eprintln!(
+        "SERVED ({config}): run to the client's stop {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+
+    assert!(console.contains("KEEL-AGENT-STARTED"), "{console}");
+    assert!(console.contains("SYNCED"), "{console}");
+    // dd's fsync sent a flush (the 16th field of the block device's stat: flush requests;
+    // a bare `sync` flushes no raw block device), which the agent turns into fdatasync.
+    let stat = console
+        .lines()
+        .find_map(|l| l.split_once("CLIENT-STAT ").map(|(_, s)| s))
+        .unwrap_or_else(|| panic!("no CLIENT-STAT line\n{console}"));
+    let flushes: u64 = stat
+        .split_whitespace()
+        .nth(15)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(0);
+    assert!(flushes > 0, "no flush: {stat}\n{console}");
+    assert!(
+        console.contains(&format!("READBACK={pattern}")),
+        "{console}"
+    );
+    assert!(
+        console.contains("keel-sel4: vm client: stopped: guest powered off (PSCI SYSTEM_OFF)"),
+        "{console}"
+    );
+    // The client's sector 8 is byte 1 MiB + 4 KiB of the device: the storage VM wrote it
+    // through its own virtio-blk driver to QEMU's file, and the flush (dd's fsync, the
+    // agent's fdatasync) made it reach the file before the client stopped (QEMU is
+    // stopped right after).
+    let written = std::fs::read(&disk).unwrap();
+    let at = (1 << 20) + 8 * 512;
+    assert_eq!(
+        &written[at..at + SERVED_PATTERN.len()],
+        SERVED_PATTERN,
+        "the pattern did not reach the host file {} at {at:#x}\n{console}",
+        disk.display()
+    );
+}

@@ -1307,3 +1307,53 @@ mod tests {
         assert_eq!(kernel_cores(text), Some(4));
     }
 }
+
+#[cfg(test)]
+mod forward_tests {
+    use super::*;
+
+    fn link(link: usize, client: usize, disk: usize, server: usize, serve: usize) -> ForwardLink {
+        ForwardLink {
+            link,
+            region: keel_spec::microkit::forward_region_name(link),
+            size: 0x20_3000,
+            region_len: 0x20_2000,
+            client,
+            client_disk: disk,
+            client_vaddr: 0x6_0000_0000 + disk as u64 * 0x20_3000,
+            client_channel: 10 + disk as u32,
+            server,
+            serve,
+            server_gpa: 0x80_0000_0000 + serve as u64 * 0x40_0000,
+            server_channel: 20 + serve as u32,
+        }
+    }
+
+    #[test]
+    fn forward_windows_give_a_client_its_disks_in_disk_order_and_a_server_its_clients_in_serves_order()
+     {
+        // VM 1 is the client of links 0 and 1 (disks 2 and 0, out of order) and VM 0 serves
+        // them as its clients 1 and 0.
+        let links = [link(0, 1, 2, 0, 1), link(1, 1, 0, 0, 0)];
+
+        let client = forward_windows(&links, 1);
+        let server = forward_windows(&links, 0);
+        let neither = forward_windows(&links, 2);
+
+        assert_eq!(
+            client
+                .forwards
+                .iter()
+                .map(|f| (f.disk, f.vaddr, f.len, f.channel))
+                .collect::<Vec<_>>(),
+            [
+                (0, 0x6_0000_0000, 0x20_3000, 10),
+                (2, 0x6_0040_6000, 0x20_3000, 12)
+            ]
+        );
+        assert!(client.serves.is_empty());
+        assert!(server.forwards.is_empty());
+        assert_eq!(server.serves, [20, 21]);
+        assert_eq!(neither, LinkWindows::default());
+    }
+}

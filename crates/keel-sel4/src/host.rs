@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use keel_spec::microkit::{
     ADMIN_ELF_NAME, BoardMap, BoardResource, CONSOLE_ELF_NAME, ColourLayout, ConsoleInput,
-    ConsoleLayout, MicrokitLayout, NetLayout, SwitchComponent, placement, switch_components,
-    system_file, vmm_elf_name, vmm_pd_name,
+    ConsoleLayout, ForwardLink, MicrokitLayout, NetLayout, SwitchComponent, forward_links,
+    placement, switch_components, system_file, vmm_elf_name, vmm_pd_name,
 };
 use keel_spec::{System, VmSpec};
 
@@ -29,7 +29,8 @@ use crate::console::{
     OUTPUT_RING_LEN, RING_SIZE, VMM_CHANNEL, VMM_RING_VADDR,
 };
 use crate::payload::{
-    self, CONSOLE_RING_VADDR, GUEST_RAM_VADDR, NicWindows, PAYLOAD_VADDR, PayloadError, Sel4Params,
+    self, CONSOLE_RING_VADDR, ForwardWindow, GUEST_RAM_VADDR, NicWindows, PAYLOAD_VADDR,
+    PayloadError, Sel4Params,
 };
 use crate::switch::{
     SWITCH_HEAP_VADDR, SWITCH_RINGS_VADDR, SwitchConfigError, SwitchPdConfig,
@@ -611,6 +612,43 @@ pub fn nic_windows(switches: &[SwitchComponent], vm_index: usize) -> Vec<NicWind
         .collect()
 }
 
+/// Where VM `vm_index`'s VMM maps the forwarding region of each of its served disks and
+/// its channel (disk order), and its channel to each client it serves (its plan's `serves`
+/// order), from the system's [`keel_spec::microkit::forward_links`].
+pub fn forward_windows(links: &[ForwardLink], vm_index: usize) -> LinkWindows {
+    let mut forwards: Vec<ForwardWindow> = links
+        .iter()
+        .filter(|l| l.client == vm_index)
+        .map(|l| ForwardWindow {
+            disk: l.client_disk as u32,
+            vaddr: l.client_vaddr,
+            len: l.size,
+            channel: l.client_channel,
+        })
+        .collect();
+    forwards.sort_by_key(|f| f.disk);
+    let mut serves: Vec<(usize, u32)> = links
+        .iter()
+        .filter(|l| l.server == vm_index)
+        .map(|l| (l.serve, l.server_channel))
+        .collect();
+    serves.sort_unstable();
+    LinkWindows {
+        forwards,
+        serves: serves.into_iter().map(|(_, c)| c).collect(),
+    }
+}
+
+/// A VMM's block-forwarding windows and channels ([`Sel4Params::forwards`],
+/// [`Sel4Params::serves`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkWindows {
+    /// Its served disks' links.
+    pub forwards: Vec<ForwardWindow>,
+    /// Its channels to the clients it serves.
+    pub serves: Vec<u32>,
+}
+
 /// The payload of VM `index` of `system`: its plan (`keel_spec::plan::plan_vm_of`, the
 /// same as on KVM), its seL4 parameters (with `nics`, its interfaces' rings: see
 /// [`nic_windows`]), kernel, initrd and disks. Every VMM takes console input from its
@@ -625,6 +663,7 @@ pub fn vm_payload(
         system,
         index,
         nics,
+        LinkWindows::default(),
         TestKnobs {
             stall,
             fault: false,
@@ -646,6 +685,7 @@ pub fn vm_payload_with(
     system: &System,
     index: usize,
     nics: Vec<NicWindows>,
+    links: LinkWindows,
     knobs: TestKnobs,
 ) -> Result<Vec<u8>, BuildError> {
     let vm = system.vms().get(index).ok_or_else(|| BuildError::Payload {
@@ -656,10 +696,14 @@ pub fn vm_payload_with(
     let read = |p: &Path| std::fs::read(p).map_err(io(p));
     let kernel = read(vm.kernel.as_path())?;
     let initrd = vm.initrd.as_ref().map(|p| read(p.as_path())).transpose()?;
+    // A served disk's bytes are the storage VM's: its blob is empty.
     let disks = vm
         .disks
         .iter()
-        .map(|d| read(d.path.as_path()))
+        .map(|d| match d.served {
+            Some(_) => Ok(Vec::new()),
+            None => read(d.path.as_path()),
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let params = Sel4Params {
         ram_vaddr: GUEST_RAM_VADDR,
@@ -681,6 +725,8 @@ pub fn vm_payload_with(
         restart_on_reboot: vm.on_reboot == keel_spec::OnReboot::Restart,
         max_restarts: vm.max_restarts_per_minute,
         nics,
+        forwards: links.forwards,
+        serves: links.serves,
     };
     let disk_refs: Vec<&[u8]> = disks.iter().map(Vec::as_slice).collect();
     payload::build(&plan, &params, &kernel, initrd.as_deref(), &disk_refs).map_err(|source| {
@@ -729,6 +775,7 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
     let layout = sdk.layout();
     let xml = system_file(system, &layout)?;
     let switches = switch_components(system, &layout, &placement(system, &layout)?)?;
+    let forwards = forward_links(system, &layout)?;
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     let elf = std::fs::read(&opts.vmm_elf).map_err(io(&opts.vmm_elf))?;
     for (index, vm) in system.vms().iter().enumerate() {
@@ -736,7 +783,13 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
             stall: opts.test_stall_vm.as_deref() == Some(vm.name.as_str()),
             fault: opts.test_fault_vm.as_deref() == Some(vm.name.as_str()),
         };
-        let p = vm_payload_with(system, index, nic_windows(&switches, index), knobs)?;
+        let p = vm_payload_with(
+            system,
+            index,
+            nic_windows(&switches, index),
+            forward_windows(&forwards, index),
+            knobs,
+        )?;
         let max = GUEST_RAM_VADDR - PAYLOAD_VADDR;
         if p.len() as u64 > max {
             return Err(BuildError::PayloadTooLarge {
@@ -1252,5 +1305,55 @@ mod tests {
         );
         assert_eq!(gen_config_number(text, "CONFIG_NOPE"), None);
         assert_eq!(kernel_cores(text), Some(4));
+    }
+}
+
+#[cfg(test)]
+mod forward_tests {
+    use super::*;
+
+    fn link(link: usize, client: usize, disk: usize, server: usize, serve: usize) -> ForwardLink {
+        ForwardLink {
+            link,
+            region: keel_spec::microkit::forward_region_name(link),
+            size: 0x20_3000,
+            region_len: 0x20_2000,
+            client,
+            client_disk: disk,
+            client_vaddr: 0x6_0000_0000 + disk as u64 * 0x20_3000,
+            client_channel: 10 + disk as u32,
+            server,
+            serve,
+            server_gpa: 0x80_0000_0000 + serve as u64 * 0x40_0000,
+            server_channel: 20 + serve as u32,
+        }
+    }
+
+    #[test]
+    fn forward_windows_give_a_client_its_disks_in_disk_order_and_a_server_its_clients_in_serves_order()
+     {
+        // VM 1 is the client of links 0 and 1 (disks 2 and 0, out of order) and VM 0 serves
+        // them as its clients 1 and 0.
+        let links = [link(0, 1, 2, 0, 1), link(1, 1, 0, 0, 0)];
+
+        let client = forward_windows(&links, 1);
+        let server = forward_windows(&links, 0);
+        let neither = forward_windows(&links, 2);
+
+        assert_eq!(
+            client
+                .forwards
+                .iter()
+                .map(|f| (f.disk, f.vaddr, f.len, f.channel))
+                .collect::<Vec<_>>(),
+            [
+                (0, 0x6_0000_0000, 0x20_3000, 10),
+                (2, 0x6_0040_6000, 0x20_3000, 12)
+            ]
+        );
+        assert!(client.serves.is_empty());
+        assert!(server.forwards.is_empty());
+        assert_eq!(server.serves, [20, 21]);
+        assert_eq!(neither, LinkWindows::default());
     }
 }

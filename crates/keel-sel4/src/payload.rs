@@ -36,8 +36,8 @@ pub const MAGIC: [u8; 8] = *b"KEELPAY\0";
 /// replace the console lock and the line prefix; 4: the reboot policy; 5: the network
 /// interfaces' rings and channels; 6: the fault test knob; 7: pool slots, the control
 /// doorbell and the admin channel; 8: the plan's passed-through devices, block-forwarding
-/// links and vsock device).
-pub const VERSION: u32 = 8;
+/// links and vsock device; 9: the block-forwarding links' windows and channels).
+pub const VERSION: u32 = 9;
 /// Bytes of the fixed header before the blob table.
 const HEADER_LEN: usize = 32;
 /// Bytes of one blob-table entry.
@@ -120,6 +120,26 @@ pub struct Sel4Params {
     pub max_restarts: u32,
     /// The network interfaces' rings and channels, indexed like the plan's `nics`.
     pub nics: Vec<NicWindows>,
+    /// The forwarding links of this VM's served disks (it is their client), in disk order.
+    pub forwards: Vec<ForwardWindow>,
+    /// The channel to each client this VM serves (a storage VM), in its plan's `serves`
+    /// order: the doorbell's output byte `i` notifies `serves[i]`; a notification on any of
+    /// them is one input byte.
+    pub serves: Vec<u32>,
+}
+
+/// Where one served disk's forwarding region is mapped in the client's VMM, and its
+/// channel to the storage VM's VMM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardWindow {
+    /// The disk (index into the plan's `disks`).
+    pub disk: u32,
+    /// Where the region is mapped.
+    pub vaddr: u64,
+    /// Its bytes (at least the plan's `region_len`).
+    pub len: u64,
+    /// The channel to the storage VM's VMM: the bell, and the device's event source.
+    pub channel: u32,
 }
 
 /// Where one network interface's port rings are mapped in the VMM, and its channel to the
@@ -548,6 +568,13 @@ mod tests {
                 slots: 256,
                 channel: 3,
             }],
+            forwards: alloc::vec![ForwardWindow {
+                disk: 0,
+                vaddr: 0x6_0000_0000,
+                len: 0x42_0000,
+                channel: 4,
+            }],
+            serves: alloc::vec![5, 6],
         }
     }
 
@@ -582,9 +609,9 @@ mod tests {
     #[test]
     fn other_version_is_refused() {
         let mut p = payload(&[&[0u8; 1]]);
-        p[8] = 9;
+        p[8] = 8;
 
-        assert_eq!(parse(&p), Err(PayloadError::Version { found: 9 }));
+        assert_eq!(parse(&p), Err(PayloadError::Version { found: 8 }));
     }
 
     #[test]

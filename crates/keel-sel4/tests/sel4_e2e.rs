@@ -1017,3 +1017,146 @@ fn driver_vm_owns_a_passed_through_virtio_blk_and_its_writes_reach_the_host_file
         disk.display()
     );
 }
+
+/// The clients of the storage VM and where their served disks are on its device: 256 KiB
+/// each, from 1 MiB.
+const SERVED_CLIENTS: [(&str, u64); 2] = [("a", 1 << 20), ("b", (1 << 20) + (256 << 10))];
+
+/// What client `vm` writes to its served disk.
+fn served_pattern(vm: &str) -> String {
+    format!("KEEL-SERVED-{vm}-BY-A-STORAGE-VM-ON-SEL4")
+}
+
+#[test]
+fn client_disks_served_by_a_storage_vm_over_a_passed_through_virtio_blk_persist_in_the_host_file() {
+    let test = "client_disks_served_by_a_storage_vm_over_a_passed_through_virtio_blk_persist_in_the_host_file";
+    let Some(sdk) = SUITE.prerequisites(test) else {
+        return;
+    };
+    let dir = SUITE.dir("served");
+    let disk = dir.join("host-disk.img");
+    std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
+    // The storage VM: QEMU's virtio-blk passed through (as in the passthrough test), its
+    // agent started by /init (the plan puts keel.blk= on its command line); it stays up,
+    // printing its disk's stat (diagnostics).
+    let store_extra = "ram_phys_addr = \"0x40000000\"\n\n[[vm.passthrough]]\nname = \"blk0\"\n\
+        mmio = [{ base = \"0x0a003000\", size = \"4K\" }]\nirqs = [79]\n\
+        dt = \"virtio,mmio\"\ndt_reg = [{ base = \"0x0a003e00\", size = \"0x200\" }]\n\
+        dma = \"identity\"\n";
+    let mut toml = format!(
+        "[system]\nname = \"e2e-served\"\n{}",
+        vm_toml(
+            "store",
+            1,
+            "256M",
+            &keel_cmd("while sleep 2; do echo STORE-STAT $(cat /sys/block/vda/stat); done"),
+            store_extra
+        )
+    );
+    // Each client: its disk is 256 KiB of the passed-through device; it writes its pattern
+    // at its sector 8 with dd and fsync (a flush: a bare `sync` flushes no raw block
+    // device), reads it back past its page cache and powers off.
+    for (vm, start) in SERVED_CLIENTS {
+        let pattern = served_pattern(vm);
+        let cmd = format!(
+            "cat /sys/block/vda/size; \
+             printf {pattern} | dd of=/dev/vda bs=512 seek=8 conv=sync,fsync 2>/dev/null; \
+             echo SYNCED; echo 3 > /proc/sys/vm/drop_caches; \
+             echo READBACK=$(dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c {}); \
+             echo CLIENT-STAT $(cat /sys/block/vda/stat)",
+            pattern.len()
+        );
+        let extra = format!(
+            "[[vm.disk]]\nserved_by = \"store\"\nserver_passthrough = \"blk0\"\n\
+             start = \"{start}\"\nsize = \"256K\"\n"
+        );
+        toml.push_str(&vm_toml(vm, 1, "128M", &keel_cmd(&cmd), &extra));
+    }
+    let _one = one_qemu();
+    let config = host::Sdk::default_config(&sdk, keel_sel4::abi::board::NAME);
+    let Built {
+        image,
+        dir,
+        cores,
+        system_file,
+        ..
+    } = SUITE.build(&sdk, "served", &toml, config);
+    // Link k: in the storage VM at 512 GiB + k × the region's 2 MiB-aligned size, in its
+    // client's VMM at 24 GiB.
+    for (k, gpa) in [(0, 0x80_0000_0000u64), (1, 0x80_0040_0000)] {
+        assert!(
+            system_file.contains(&format!(
+                "<map mr=\"keel_fwd_{k}\" vaddr=\"{gpa:#x}\" perms=\"rw\" />"
+            )),
+            "{system_file}"
+        );
+        assert!(
+            system_file.contains(&format!(
+                "<map mr=\"keel_fwd_{k}\" vaddr=\"0x600000000\" perms=\"rw\" />"
+            )),
+            "{system_file}"
+        );
+    }
+    let mut qemu = host::qemu_command(&image, cores);
+    // The serial is the passed-through device's name: the agent finds its disk by it.
+    qemu.arg("-drive")
+        .arg(format!("file={},if=none,format=raw,id=d0", disk.display()))
+        .args(["-device", "virtio-blk-device,drive=d0,serial=blk0"]);
+    let start = Instant::now();
+    let child = spawn(&mut qemu, Stdio::null());
+    let mut stopped = 0;
+    let console = collect_console(child, BOOT_TIMEOUT, |line| {
+        if SERVED_CLIENTS
+            .iter()
+            .any(|(vm, _)| line.contains(&format!("keel-sel4: vm {vm}: stopped: ")))
+        {
+            stopped += 1;
+        }
+        stopped == SERVED_CLIENTS.len()
+    });
+    std::fs::write(dir.join("console.log"), &console).unwrap();
+    eprintln!(
+        "SERVED ({config}): run to both clients' stop {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+
+    assert!(console.contains("KEEL-AGENT-STARTED"), "{console}");
+    let written = std::fs::read(&disk).unwrap();
+    for (vm, start) in SERVED_CLIENTS {
+        let pattern = served_pattern(vm);
+        let line = |marker: &str| {
+            console
+                .lines()
+                .find_map(|l| l.trim_end().strip_prefix(&format!("{vm}| {marker}")))
+                .unwrap_or_else(|| panic!("no {marker} line of {vm}\n{console}"))
+        };
+        line("SYNCED");
+        assert_eq!(line("READBACK="), pattern, "{console}");
+        // dd's fsync sent a flush (the 16th field of the stat: flush requests), which the
+        // agent turns into fdatasync.
+        let stat = line("CLIENT-STAT ");
+        let flushes: u64 = stat
+            .split_whitespace()
+            .nth(15)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        assert!(flushes > 0, "{vm}: no flush: {stat}\n{console}");
+        assert!(
+            console.contains(&format!(
+                "keel-sel4: vm {vm}: stopped: guest powered off (PSCI SYSTEM_OFF)"
+            )),
+            "{console}"
+        );
+        // The client's sector 8 is byte start + 4 KiB of the device: the storage VM wrote
+        // it through its own virtio-blk driver to QEMU's file, and the flush (dd's fsync,
+        // the agent's fdatasync) made it reach the file before the client stopped (QEMU
+        // is stopped right after the last client).
+        let at = start as usize + 8 * 512;
+        assert_eq!(
+            &written[at..at + pattern.len()],
+            pattern.as_bytes(),
+            "{vm}'s pattern did not reach the host file {} at {at:#x}\n{console}",
+            disk.display()
+        );
+    }
+}

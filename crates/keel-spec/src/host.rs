@@ -38,6 +38,9 @@ fn check_served_fit(system: &System) -> Result<(), SpecError> {
     for (index, vm) in vms.iter().enumerate() {
         for (i, disk) in vm.disks.iter().enumerate() {
             let Some(s) = &disk.served else { continue };
+            if s.server_passthrough.is_some() {
+                continue; // a device of the storage VM: its agent checks the range
+            }
             let Some(sd) = vms
                 .iter()
                 .find(|v| v.name == s.server)

@@ -294,15 +294,22 @@ pub enum MicrokitError {
         /// The limit.
         max: usize,
     },
-    /// A disk served by a storage VM: block forwarding is not built on seL4 yet.
+    /// A VMM needs more channels than it has: its passed-through interrupts, network
+    /// interfaces and forwarding links (served disks and the links it serves) each take one.
     #[error(
-        "VM {vm}: disk {disk}: served_by (a disk served by a storage VM) is not supported by the seL4 backend yet; it runs on Linux (keel up)"
+        "VM {vm}: {irqs} passed-through interrupts, {nics} network interfaces and {links} block-forwarding links; the seL4 backend gives a VMM at most {max} of them together"
     )]
-    ServedDisk {
+    TooManyChannels {
         /// VM name.
         vm: String,
-        /// The disk.
-        disk: usize,
+        /// Passed-through interrupts.
+        irqs: usize,
+        /// Network interfaces.
+        nics: usize,
+        /// Forwarding links (as client and as storage VM).
+        links: usize,
+        /// The limit.
+        max: usize,
     },
     /// A VM with `[vm.vsock]`: the seL4 backend has no vsock device yet.
     #[error("VM {vm}: vsock is not supported on seL4 yet")]
@@ -807,6 +814,109 @@ pub struct SwitchComponent {
     pub ports: Vec<SwitchPort>,
 }
 
+/// Where a client VMM maps the forwarding regions of its served disks (24 GiB): disk
+/// order, each at the next 4 KiB boundary after the previous one.
+pub const VMM_FORWARD_VADDR: u64 = 0x6_0000_0000;
+
+/// Name of the Microkit memory region of forwarding link `link` (no description names a
+/// region `keel_fwd_*`: guest shared regions are `keel_shared_*`, VM regions `<vm>_*`
+/// with fixed suffixes).
+pub fn forward_region_name(link: usize) -> String {
+    format!("keel_fwd_{link}")
+}
+
+/// Channels a VMM gives its forwarding links: one per served disk, one per link it serves.
+fn forward_channel_count(vm: &crate::plan::VmPlan) -> usize {
+    vm.disks.iter().filter(|d| d.served.is_some()).count() + vm.serves.len()
+}
+
+/// The channel id, in the VMM of `vm`, of its `j`-th forwarding channel: after its
+/// network interfaces' ids, its served disks (in disk order) first, then the links it
+/// serves (in its plan's `serves` order, the doorbell's byte order). [`check`] keeps them
+/// below the passed-through interrupts' ids ([`passthrough_channel`]).
+fn forward_channel(layout: &MicrokitLayout, vm: &crate::plan::VmPlan, j: usize) -> u32 {
+    layout.net.vmm_first_channel + (vm.nics.len() + j) as u32
+}
+
+/// One block-forwarding link on seL4: a memory region mapped into the client's VMM PD
+/// (its rings) and into the storage VM at the plan's guest-physical address, and one
+/// channel between the two VMM PDs (the bell, both ways).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardLink {
+    /// The link (index into the plan's links).
+    pub link: usize,
+    /// Memory region name ([`forward_region_name`]).
+    pub region: String,
+    /// Region size: the plan's `region_len` rounded up to 4 KiB.
+    pub size: u64,
+    /// Bytes of it the rings use (the plan's `region_len`).
+    pub region_len: u64,
+    /// Index of the client VM in the system.
+    pub client: usize,
+    /// The client's disk.
+    pub client_disk: usize,
+    /// Where the client's VMM maps the region (read-write).
+    pub client_vaddr: u64,
+    /// Channel id at the client VMM's end.
+    pub client_channel: u32,
+    /// Index of the storage VM in the system.
+    pub server: usize,
+    /// Index of this link among the storage VM's `serves` (its doorbell's byte).
+    pub serve: usize,
+    /// Guest-physical address of the region in the storage VM (the plan's `gpa`).
+    pub server_gpa: u64,
+    /// Channel id at the storage VMM's end.
+    pub server_channel: u32,
+}
+
+/// The forwarding links of `system`, in link order.
+pub fn forward_links(
+    system: &System,
+    layout: &MicrokitLayout,
+) -> Result<Vec<ForwardLink>, MicrokitError> {
+    let plan = crate::plan::plan(system)?;
+    let mut out = Vec::new();
+    for (client, cp) in plan.vms.iter().enumerate() {
+        let mut vaddr = VMM_FORWARD_VADDR;
+        let served = cp
+            .disks
+            .iter()
+            .enumerate()
+            .filter_map(|(d, disk)| Some((d, disk.served.as_ref()?)));
+        for (j, (client_disk, s)) in served.enumerate() {
+            let Some(server) = plan.vms.iter().position(|v| v.name == s.server) else {
+                continue;
+            };
+            let sp = &plan.vms[server];
+            let Some(serve) = sp.serves.iter().position(|x| x.link == s.link) else {
+                continue;
+            };
+            let size = s.region_len.next_multiple_of(FOUR_KIB);
+            out.push(ForwardLink {
+                link: s.link,
+                region: forward_region_name(s.link),
+                size,
+                region_len: s.region_len,
+                client,
+                client_disk,
+                client_vaddr: vaddr,
+                client_channel: forward_channel(layout, cp, j),
+                server,
+                serve,
+                server_gpa: sp.serves[serve].gpa,
+                server_channel: forward_channel(
+                    layout,
+                    sp,
+                    sp.disks.iter().filter(|d| d.served.is_some()).count() + serve,
+                ),
+            });
+            vaddr += size;
+        }
+    }
+    out.sort_by_key(|l| l.link);
+    Ok(out)
+}
+
 /// The switch PDs of `system`, one per network with at least one port, in file order.
 pub fn switch_components(
     system: &System,
@@ -1065,16 +1175,22 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
             });
         }
     }
-    for vm in system.vms() {
-        if let Some(disk) = vm.disks.iter().position(|d| d.served.is_some()) {
-            return Err(MicrokitError::ServedDisk {
+    let coloured = coloured_ram(system, layout)?;
+    check_passthrough(system, layout, max_nics, &coloured)?;
+    let plan = crate::plan::plan(system)?;
+    for (vm, p) in system.vms().iter().zip(&plan.vms) {
+        let irqs: usize = vm.passthrough.iter().map(|d| d.irqs.len()).sum();
+        let links = forward_channel_count(p);
+        if irqs + vm.nics.len() + links > max_nics {
+            return Err(MicrokitError::TooManyChannels {
                 vm: vm.name.clone(),
-                disk,
+                irqs,
+                nics: vm.nics.len(),
+                links,
+                max: max_nics,
             });
         }
     }
-    let coloured = coloured_ram(system, layout)?;
-    check_passthrough(system, layout, max_nics, &coloured)?;
     placement(system, layout).map(|_| ())
 }
 
@@ -1785,6 +1901,7 @@ pub fn component_plan(
     let places = placement(system, layout)?;
     let console = console_component(system, layout, &places);
     let switches = switch_components(system, layout, &places)?;
+    let forwards = forward_links(system, layout)?;
     let mut regions = vec![RegionPlan {
         name: "gic_vcpu".into(),
         size: layout.gic_vcpu_size,
@@ -1840,6 +1957,9 @@ pub fn component_plan(
     }
     for g in system.shared() {
         regions.push(plain(&guest_shared_region_name(&g.name), g.size));
+    }
+    for f in &forwards {
+        regions.push(plain(&f.region, f.size));
     }
     for vm in system.vms().iter().filter(|v| !v.control.is_empty()) {
         regions.push(plain(&control_region_name(vm), FOUR_KIB));
@@ -1903,6 +2023,17 @@ pub fn component_plan(
             perms: guest_perms(m.access),
             ..rw(guest_shared_region_name(&m.region), m.base)
         }));
+        // Block forwarding: a client's VMM maps its links' rings in its own address
+        // space (never in its guest's); a storage VM sees each link it serves at the
+        // plan's guest-physical address.
+        for f in &forwards {
+            if f.client == index {
+                maps.push(rw(f.region.clone(), f.client_vaddr));
+            }
+            if f.server == index {
+                vm_maps.push(rw(f.region.clone(), f.server_gpa));
+            }
+        }
         if !vm.control.is_empty() {
             vm_maps.push(rw(control_region_name(vm), CONTROL_PAGE_GPA));
         }
@@ -2067,6 +2198,18 @@ pub fn component_plan(
                 });
             }
         }
+    }
+    for f in &forwards {
+        let client = vmm_pd_name(&system.vms()[f.client]);
+        let server = vmm_pd_name(&system.vms()[f.server]);
+        channels.push(ChannelPlan {
+            a: (client.clone(), f.client_channel),
+            b: (server.clone(), f.server_channel),
+        });
+        shared.push(SharedRegion {
+            region: f.region.clone(),
+            owners: [client, server],
+        });
     }
     let guest_shared = system
         .shared()
@@ -2800,31 +2943,97 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_disk_served_by_a_storage_vm_is_refused_on_sel4_for_now() {
+    fn served_system(clients: &[&str]) -> System {
         let mut store = vm("store", 1);
         store.disks = vec![crate::model::DiskSpec::file(
             HostPath::new("/s"),
             false,
             None,
         )];
-        let mut a = vm("a", 1);
-        a.disks = vec![crate::model::DiskSpec {
-            served: Some(crate::model::ServedDisk {
-                server: "store".into(),
-                server_disk: 0,
-                start: 0,
-                size: 4096,
-            }),
-            ..crate::model::DiskSpec::file(HostPath::default(), false, None)
-        }];
-        let s = system(vec![store, a]);
+        let mut vms = vec![store];
+        for (k, name) in clients.iter().enumerate() {
+            let mut c = vm(name, 1);
+            c.disks = vec![crate::model::DiskSpec {
+                served: Some(crate::model::ServedDisk {
+                    server: "store".into(),
+                    server_disk: 0,
+                    server_passthrough: None,
+                    start: k as u64 * 4096,
+                    size: 4096,
+                }),
+                ..crate::model::DiskSpec::file(HostPath::default(), false, None)
+            }];
+            vms.push(c);
+        }
+        system(vms)
+    }
 
-        let e = system_file(&s, &layout()).unwrap_err();
+    #[test]
+    fn a_served_disk_is_a_region_in_the_client_vmm_and_the_storage_vm_and_a_channel() {
+        let s = served_system(&["a", "b"]);
+        let lay = layout();
+
+        let links = forward_links(&s, &lay).unwrap();
+        let x = system_file(&s, &lay).unwrap();
+
+        let plan = crate::plan::plan(&s).unwrap();
+        let len = plan.vms[1].disks[0].served.as_ref().unwrap().region_len;
+        let size = len.next_multiple_of(0x1000);
+        assert_eq!(links.len(), 2);
+        for (k, l) in links.iter().enumerate() {
+            assert_eq!((l.link, l.client, l.server, l.serve), (k, k + 1, 0, k));
+            assert_eq!(l.server_gpa, plan.vms[0].serves[k].gpa);
+            let r = format!("keel_fwd_{k}");
+            assert!(x.contains(&format!(
+                "<memory_region name=\"{r}\" size=\"{size:#x}\" />"
+            )));
+            assert_eq!(x.matches(&format!("<map mr=\"{r}\"")).count(), 2, "{x}");
+        }
+        // The storage VM maps both at their plan addresses, in its VM (inside the
+        // virtual_machine element of store_vmm); each client VMM maps its own at 24 GiB.
+        let store = &x[x.find("<protection_domain name=\"store_vmm\"").unwrap()..];
+        let store = &store[..store.find("</protection_domain>").unwrap()];
+        let store_vm = &store[store.find("<virtual_machine").unwrap()..];
+        for k in 0..2 {
+            let gpa = plan.vms[0].serves[k].gpa;
+            assert!(store_vm.contains(&format!(
+                "<map mr=\"keel_fwd_{k}\" vaddr=\"{gpa:#x}\" perms=\"rw\" />"
+            )));
+        }
+        let a = &x[x.find("<protection_domain name=\"a_vmm\"").unwrap()..];
+        let a = &a[..a.find("<virtual_machine").unwrap()];
+        assert!(a.contains("<map mr=\"keel_fwd_0\" vaddr=\"0x600000000\" perms=\"rw\" />"));
+        // Channels: the client's first id after its (zero) interfaces; the storage
+        // VMM's ids in serves order.
+        let first = lay.net.vmm_first_channel;
+        assert!(x.contains(&format!(
+            "<channel>\n        <end pd=\"a_vmm\" id=\"{first}\" />\n        <end pd=\"store_vmm\" id=\"{first}\" />\n    </channel>"
+        )));
+        assert!(x.contains(&format!(
+            "<channel>\n        <end pd=\"b_vmm\" id=\"{first}\" />\n        <end pd=\"store_vmm\" id=\"{}\" />\n    </channel>",
+            first + 1
+        )));
+    }
+
+    #[test]
+    fn a_storage_vmm_out_of_channels_is_refused() {
+        let names: Vec<String> = (0..3).map(|i| format!("c{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let s = served_system(&refs);
+        let mut lay = layout();
+        lay.net.vmm_first_channel = MAX_CHANNELS - 2;
+
+        let e = system_file(&s, &lay).unwrap_err();
 
         assert_eq!(
-            e.to_string(),
-            "VM a: disk 0: served_by (a disk served by a storage VM) is not supported by the seL4 backend yet; it runs on Linux (keel up)"
+            e,
+            MicrokitError::TooManyChannels {
+                vm: "store".into(),
+                irqs: 0,
+                nics: 0,
+                links: 3,
+                max: 2,
+            }
         );
     }
 

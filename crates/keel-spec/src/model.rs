@@ -206,6 +206,11 @@ pub struct ServedDisk {
     pub server: String,
     /// Index of the storage VM's disk holding the range (its own `[[vm.disk]]`, a file).
     pub server_disk: usize,
+    /// Instead of `server_disk`: the name of a passed-through device of the storage VM (a
+    /// virtio-blk or other block device the storage VM's own driver owns, which reports
+    /// this name as its serial). Its size is not known to Keel: the storage VM's agent
+    /// refuses a range past its end.
+    pub server_passthrough: Option<String>,
     /// First byte of the range on that disk (a multiple of 4 KiB).
     pub start: u64,
     /// Bytes (a multiple of 4 KiB, not 0): the client's disk size.

@@ -510,6 +510,7 @@ struct RawDisk {
     id: Option<String>,
     served_by: Option<String>,
     server_disk: Option<usize>,
+    server_passthrough: Option<String>,
     start: Option<RawNumber>,
     size: Option<RawNumber>,
 }
@@ -684,9 +685,13 @@ impl Ctx<'_> {
                     return Err(form("give path (a host file) or served_by (a storage VM)"));
                 }
                 (Some(path), None) => {
-                    if disk.server_disk.is_some() || disk.start.is_some() || disk.size.is_some() {
+                    if disk.server_disk.is_some()
+                        || disk.server_passthrough.is_some()
+                        || disk.start.is_some()
+                        || disk.size.is_some()
+                    {
                         return Err(form(
-                            "server_disk, start and size go with served_by, not with path",
+                            "server_disk, server_passthrough, start and size go with served_by, not with path",
                         ));
                     }
                     DiskSpec::file(self.path(&here, "path", &path)?, disk.read_only, disk.id)
@@ -697,9 +702,15 @@ impl Ctx<'_> {
                             "a disk served_by a storage VM needs size (its range's length)",
                         ));
                     };
+                    if disk.server_disk.is_some() && disk.server_passthrough.is_some() {
+                        return Err(form(
+                            "server_disk and server_passthrough are mutually exclusive: the range is on a disk or on a passed-through device of the storage VM",
+                        ));
+                    }
                     let served = ServedDisk {
                         server,
                         server_disk: disk.server_disk.unwrap_or(0),
+                        server_passthrough: disk.server_passthrough,
                         start: match disk.start {
                             Some(s) => number(&here, "start", s)?,
                             None => 0,

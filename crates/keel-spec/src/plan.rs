@@ -580,11 +580,15 @@ fn plan_forwarding(plan: &mut VmPlan, vm: &VmSpec, vms: &[VmSpec]) -> Result<(),
             slots: g.slots,
             max_data: g.max_data as u32,
         };
-        let serial = vm
-            .disks
-            .get(s.server_disk)
-            .and_then(|sd| sd.id.clone())
-            .unwrap_or_else(|| alloc::format!("disk{}", s.server_disk));
+        // A passed-through device is found by its name (the serial it must report).
+        let serial = match &s.server_passthrough {
+            Some(dev) => dev.clone(),
+            None => vm
+                .disks
+                .get(s.server_disk)
+                .and_then(|sd| sd.id.clone())
+                .unwrap_or_else(|| alloc::format!("disk{}", s.server_disk)),
+        };
         args.push_str(&alloc::format!(
             " keel.blk={:#x},{:#x},{},{},{},{:#x},{:#x},{}",
             serve.gpa,

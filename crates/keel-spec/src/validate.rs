@@ -532,7 +532,8 @@ pub const SERVED_ALIGN: u64 = 4096;
 /// Served disks (docs/driver-vms.md): each names another VM's file disk, with a non-empty,
 /// aligned range that overlaps no other client's range of that disk, read-only if the disk is.
 fn check_served(vms: &[VmSpec]) -> Result<(), SpecError> {
-    // (server index, server disk, start, end, client label)
+    // (server index, server disk (usize::MAX - k: passed-through device k), start, end,
+    // client label)
     let mut ranges: alloc::vec::Vec<(usize, usize, u64, u64, String)> = alloc::vec::Vec::new();
     for (index, vm) in vms.iter().enumerate() {
         let at = vm_label(index, Some(&vm.name));
@@ -546,21 +547,37 @@ fn check_served(vms: &[VmSpec]) -> Result<(), SpecError> {
             if server == index {
                 return Err(bad(format!("vm {:?} cannot serve its own disks", s.server)));
             }
-            let Some(sd) = vms[server].disks.get(s.server_disk) else {
+            let key = if let Some(dev) = &s.server_passthrough {
+                let Some(k) = vms[server].passthrough.iter().position(|d| d.name == *dev) else {
+                    return Err(bad(format!(
+                        "vm {:?} has no passed-through device {dev:?}",
+                        s.server
+                    )));
+                };
+                usize::MAX - k
+            } else {
+                s.server_disk
+            };
+            let sd = if s.server_passthrough.is_some() {
+                None
+            } else {
+                vms[server].disks.get(s.server_disk)
+            };
+            if s.server_passthrough.is_none() && sd.is_none() {
                 return Err(bad(format!(
                     "vm {:?} has no disk {} (it has {})",
                     s.server,
                     s.server_disk,
                     vms[server].disks.len()
                 )));
-            };
-            if sd.served.is_some() {
+            }
+            if sd.is_some_and(|sd| sd.served.is_some()) {
                 return Err(bad(format!(
                     "vm {:?} disk {} is itself served by another VM; a storage VM serves from a host file it owns",
                     s.server, s.server_disk
                 )));
             }
-            if sd.read_only && !disk.read_only {
+            if sd.is_some_and(|sd| sd.read_only) && !disk.read_only {
                 return Err(bad(format!(
                     "vm {:?} disk {} is read_only, so this disk must be read_only too",
                     s.server, s.server_disk
@@ -585,9 +602,10 @@ fn check_served(vms: &[VmSpec]) -> Result<(), SpecError> {
             let Some(end) = s.start.checked_add(s.size) else {
                 return Err(field("size", s.size, "bytes: start + size overflows"));
             };
-            if let Some((.., other)) = ranges.iter().find(|(sv, d, a, b, _)| {
-                *sv == server && *d == s.server_disk && s.start < *b && *a < end
-            }) {
+            if let Some((.., other)) = ranges
+                .iter()
+                .find(|(sv, d, a, b, _)| *sv == server && *d == key && s.start < *b && *a < end)
+            {
                 return Err(SpecError::new(
                     &here,
                     ErrorKind::ServedOverlap {
@@ -599,7 +617,7 @@ fn check_served(vms: &[VmSpec]) -> Result<(), SpecError> {
                     },
                 ));
             }
-            ranges.push((server, s.server_disk, s.start, end, here.clone()));
+            ranges.push((server, key, s.start, end, here.clone()));
         }
     }
     Ok(())

@@ -143,7 +143,7 @@ fn served_disk_refusals_name_what_is_wrong() {
         ),
         (
             "path = \"disk.img\"\nsize = \"4K\"",
-            "vm \"a\": disk 0: server_disk, start and size go with served_by, not with path",
+            "vm \"a\": disk 0: server_disk, server_passthrough, start and size go with served_by, not with path",
         ),
         (
             "read_only = true",
@@ -177,5 +177,57 @@ fn a_read_write_client_of_a_read_only_storage_disk_is_refused() {
     assert_eq!(
         s.error(&text),
         "vm \"a\": disk 0: served_by: vm \"store\" disk 0 is read_only, so this disk must be read_only too"
+    );
+}
+
+/// A storage VM whose disk is a passed-through device (no `[[vm.disk]]`).
+fn passthrough_store(clients: &str) -> String {
+    format!(
+        "[[vm]]\nname = \"store\"\narch = \"aarch64\"\nkernel = \"Image\"\nmemory = \"128M\"\ncmdline = \"quiet\"\nram_phys_addr = \"0x40000000\"\n[[vm.passthrough]]\nname = \"blk0\"\nmmio = [{{ base = \"0x0a003000\", size = \"4K\" }}]\nirqs = [79]\ndma = \"identity\"\n{clients}"
+    )
+}
+
+#[test]
+fn a_range_of_a_passed_through_device_is_served_under_the_devices_name_as_serial() {
+    let s = Scratch::new();
+    let text = passthrough_store(&client(
+        "a",
+        "served_by = \"store\"\nserver_passthrough = \"blk0\"\nstart = \"1M\"\nsize = \"256K\"",
+    ));
+
+    let sys = s.parse(&text).unwrap();
+    let p = plan(&sys).unwrap();
+
+    let store = p.vm("store").unwrap();
+    assert_eq!(store.serves.len(), 1);
+    assert!(
+        store.cmdline.contains(",blk0,0x100000,0x40000,rw"),
+        "{}",
+        store.cmdline
+    );
+}
+
+#[test]
+fn server_passthrough_must_name_a_passed_through_device_and_excludes_server_disk() {
+    let s = Scratch::new();
+    let unknown = passthrough_store(&client(
+        "a",
+        "served_by = \"store\"\nserver_passthrough = \"nope\"\nsize = \"256K\"",
+    ));
+    let both = passthrough_store(&client(
+        "a",
+        "served_by = \"store\"\nserver_passthrough = \"blk0\"\nserver_disk = 0\nsize = \"256K\"",
+    ));
+
+    let e1 = s.parse(&unknown).unwrap_err().to_string();
+    let e2 = s.parse(&both).unwrap_err().to_string();
+
+    assert!(
+        e1.contains("vm \"store\" has no passed-through device \"nope\""),
+        "{e1}"
+    );
+    assert!(
+        e2.contains("server_disk and server_passthrough are mutually exclusive"),
+        "{e2}"
     );
 }

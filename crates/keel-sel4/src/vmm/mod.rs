@@ -55,6 +55,8 @@ use keel_core::{HvError, Resume, Vcpu, VcpuId, Vm, VmEvent, VmExits};
 use keel_net::port::{Doorbell, PortWindows, VmmPort};
 use keel_net::ring::FrameWindow;
 use keel_spec::VmPlan;
+use keel_virtio::forward::ForwardGeometry;
+use keel_virtio::forward_blk::{Clock, ForwardBell, ForwardLink};
 use keel_virtio::net::NetBackend;
 use keel_virtio::{
     BlockBackend, ConsoleOutput, EntropyError, EntropySource, EventSource, EventToken,
@@ -70,7 +72,7 @@ use crate::abi::{USER_CONTEXT_WORDS, microkit as mk, vcpu_reg};
 use crate::fault::Fault;
 use crate::microkit::{Event, vcpu_cap, vm_tcb_cap};
 use crate::msginfo::MessageInfo;
-use crate::payload::{self, NicWindows, PAYLOAD_VADDR, Sel4Params};
+use crate::payload::{self, ForwardWindow, NicWindows, PAYLOAD_VADDR, Sel4Params};
 use crate::regs::{self, UserContext};
 use crate::syscall::{self as sys, debug_puts};
 
@@ -625,6 +627,88 @@ struct PdBackends {
     seed: [u8; 32],
     /// Each interface's rings and channel (parameters' `nics`), handed out once.
     nics: Vec<Option<NicWindows>>,
+    /// Each served disk's forwarding region and channel (parameters' `forwards`), handed
+    /// out once.
+    forwards: Vec<Option<ForwardWindow>>,
+    /// A storage VM's channel to each client (parameters' `serves`).
+    serves: Vec<u32>,
+}
+
+/// The VMM's time for block-forwarding timeouts: the number of events it has received
+/// (faults of its vCPUs, notifications), one "millisecond" each. The PD reads no clock
+/// (EL0 counter reads trap here, see [`SeededEntropy`]); so a served disk's timeout
+/// (`FORWARD_TIMEOUT_MS`, 5000) is 5000 events of this VMM, which come as fast as the
+/// guest runs (its timer's faults included), and not at all while the guest is idle and
+/// nothing notifies (docs/driver-vms.md "seL4").
+static TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// [`TICKS`] as a [`Clock`].
+struct EventClock;
+
+impl Clock for EventClock {
+    fn now_ms(&self) -> u64 {
+        TICKS.load(Ordering::Relaxed)
+    }
+}
+
+/// How many events apart the VMM polls its devices that ask for polls (a served disk's
+/// timeouts) when no notification comes.
+const POLL_EVERY_TICKS: u64 = 64;
+
+/// A served disk's bell: a notification to the storage VM's VMM on the link's channel.
+struct LinkBell(u32);
+
+impl ForwardBell for LinkBell {
+    fn ring(&mut self) {
+        // The channel is in the system file by construction; a refusal can only mean a
+        // mismatched image, and the device's timeout covers a storage VM never told.
+        let _ = crate::pd::notify(self.0);
+    }
+}
+
+/// A storage VM's clients' channels (bit n: channel n): a notification on any of them is
+/// one doorbell input byte.
+static SERVE_MASK: AtomicU64 = AtomicU64::new(0);
+/// A client rang since the doorbell's last read.
+static SERVE_RUNG: AtomicBool = AtomicBool::new(false);
+
+/// The storage VM's doorbell output: byte `i` notifies client `i` (its plan's `serves`).
+struct DoorbellOut {
+    channels: Vec<u32>,
+    /// Bytes naming no client (a confused or hostile agent), counted.
+    unknown: u64,
+}
+
+impl ConsoleOutput for DoorbellOut {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            match self.channels.get(usize::from(b)) {
+                Some(&c) => {
+                    let _ = crate::pd::notify(c);
+                }
+                None => self.unknown = self.unknown.saturating_add(1),
+            }
+        }
+    }
+}
+
+/// The storage VM's doorbell input: one byte (`!`) whenever a client rang since the last
+/// read. Its event source is the first client's channel; [`notified`] raises that bit
+/// whenever any client's channel is notified.
+struct DoorbellIn(u32);
+
+impl keel_virtio::ConsoleInput for DoorbellIn {
+    fn event_source(&self) -> Option<EventSource> {
+        Some(EventSource(u64::from(self.0)))
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> usize {
+        if buf.is_empty() || !SERVE_RUNG.swap(false, Ordering::SeqCst) {
+            return 0;
+        }
+        buf[0] = b'!';
+        1
+    }
 }
 
 /// A port's doorbell: a Microkit notification to the network's switch PD on the port's
@@ -669,6 +753,76 @@ impl DeviceBackends for PdBackends {
         _port: usize,
     ) -> Result<Box<dyn ConsoleOutput>, BackendError> {
         Ok(Box::new(DebugConsole))
+    }
+
+    /// Served disk `disk`: the rings over its forwarding region (mapped into this PD by
+    /// the system file), a bell notifying the storage VM's VMM on the link's channel, that
+    /// channel as the wake-up, [`EventClock`] and ids beyond every earlier run's.
+    fn served_block(&mut self, plan: &VmPlan, disk: usize) -> Result<ForwardLink, BackendError> {
+        let unavailable = |what: String| BackendError::Unavailable(what);
+        let served = plan
+            .disks
+            .get(disk)
+            .and_then(|d| d.served.as_ref())
+            .ok_or_else(|| unavailable(alloc::format!("disk {disk} is not served")))?;
+        let w = self
+            .forwards
+            .iter_mut()
+            .find(|w| w.as_ref().is_some_and(|w| w.disk as usize == disk))
+            .and_then(Option::take)
+            .ok_or_else(|| unavailable(alloc::format!("no forwarding region for disk {disk}")))?;
+        let len = usize::try_from(w.len)
+            .ok()
+            .filter(|&l| l as u64 >= served.region_len)
+            .ok_or_else(|| {
+                unavailable(alloc::format!(
+                    "disk {disk}: region of {:#x} bytes, the link needs {:#x}",
+                    w.len,
+                    served.region_len
+                ))
+            })?;
+        let geometry = ForwardGeometry {
+            slots: served.slots,
+            max_data: served.max_data as usize,
+        };
+        // SAFETY: the system file maps this link's region read-write at `w.vaddr` (`w.len`
+        // bytes) into this PD and into the storage VM only, for the PD's whole life; the
+        // window is handed out once (taken out of `forwards`) and no Rust reference points
+        // into it. The storage VM is held to the ring protocol only.
+        let windows = unsafe { geometry.windows(w.vaddr as *mut u8, len) }
+            .map_err(|e| unavailable(alloc::format!("disk {disk}: {e}")))?;
+        // Ids beyond any an earlier run of this PD used (an admin restart): 2^40 per run.
+        let first_id = u64::from(STARTS.load(Ordering::SeqCst).max(1)) << 40;
+        Ok(ForwardLink {
+            windows,
+            bell: Box::new(LinkBell(w.channel)),
+            wake: Some(EventSource(u64::from(w.channel))),
+            clock: Box::new(EventClock),
+            first_id,
+        })
+    }
+
+    /// A storage VM's doorbell: input when any client's channel is notified, output byte
+    /// `i` notifies client `i`.
+    fn doorbell(&mut self, plan: &VmPlan) -> Result<keel_vmm::devices::DoorbellPair, BackendError> {
+        let Some(&first) = self.serves.first() else {
+            return Err(BackendError::Unavailable(alloc::format!(
+                "vm {:?}: a doorbell without clients' channels",
+                plan.name
+            )));
+        };
+        let mask = self
+            .serves
+            .iter()
+            .fold(0u64, |m, &c| m | 1u64.checked_shl(c).unwrap_or(0));
+        SERVE_MASK.store(mask, Ordering::SeqCst);
+        Ok((
+            Box::new(DoorbellOut {
+                channels: self.serves.clone(),
+                unknown: 0,
+            }),
+            Box::new(DoorbellIn(first)),
+        ))
     }
 
     fn entropy(&mut self, _plan: &VmPlan) -> Result<Box<dyn EntropySource>, BackendError> {
@@ -795,6 +949,8 @@ struct Sel4Exits {
     not_device: u64,
     /// An event came in while a backlog waited: the backlog goes first next time.
     backlog_owed: bool,
+    /// [`TICKS`] at the last poll (see [`POLL_EVERY_TICKS`]).
+    last_poll: u64,
 }
 
 impl Sel4Exits {
@@ -816,6 +972,7 @@ impl Sel4Exits {
                 .checked_shl(ADMIN_CHANNEL.load(Ordering::Relaxed))
                 .unwrap_or(0),
             backlog_owed: false,
+            last_poll: 0,
         }
     }
 
@@ -993,10 +1150,17 @@ impl Sel4Exits {
 impl VmExits for Sel4Exits {
     fn next(&mut self) -> Result<VmEvent, HvError> {
         loop {
+            let now = TICKS.load(Ordering::Relaxed);
+            if now.wrapping_sub(self.last_poll) >= POLL_EVERY_TICKS {
+                // Time to look at the devices' timeouts: a notification of no channel.
+                self.last_poll = now;
+                return Ok(VmEvent::Notified(0));
+            }
             let (badge, info) = match self.receive() {
                 Ok(got) => got,
                 Err(backlog) => return Ok(VmEvent::Notified(backlog)),
             };
+            TICKS.fetch_add(1, Ordering::Relaxed);
             match Event::from_badge(badge) {
                 Event::Fault { child } => {
                     if STALL.load(Ordering::Relaxed) {
@@ -1171,6 +1335,8 @@ fn boot(bytes: &'static [u8], lay: &payload::Layout) -> Result<Booted, String> {
         disks: lay.disks.iter().copied().map(Some).collect(),
         seed: params.rng_seed,
         nics: params.nics.iter().cloned().map(Some).collect(),
+        forwards: params.forwards.iter().cloned().map(Some).collect(),
+        serves: params.serves.clone(),
     };
     let core = VmmCore::build(
         &plan,
@@ -1314,7 +1480,22 @@ fn notified(
     input: Option<&mut ConsoleInput>,
     channels: u64,
 ) {
+    // A storage VM: any client's notification is the doorbell's (first client's) event.
+    let serve = SERVE_MASK.load(Ordering::Relaxed);
+    let channels = if channels & serve != 0 {
+        SERVE_RUNG.store(true, Ordering::SeqCst);
+        channels | (serve & serve.wrapping_neg())
+    } else {
+        channels
+    };
     deliver_events(core, events, channels);
+    // Devices with timeouts (served disks) look at their clock on every notification and
+    // every POLL_EVERY_TICKS events ([`Sel4Exits::next`] makes one with no channels).
+    for d in core.devices() {
+        if d.transport.poll_interval_ms().is_some() {
+            d.poll(core.log());
+        }
+    }
     for c in crate::microkit::channels(channels & passthrough_channels()) {
         let intid = PASSTHROUGH[c as usize].load(Ordering::Relaxed);
         soft.inject_spi(intid);

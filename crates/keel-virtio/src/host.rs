@@ -29,10 +29,18 @@ impl FileBackend {
         FileBackend::from_file(file, read_only)
     }
 
-    /// An image over an already open `file` (opened for writing unless `read_only`); its
-    /// file offset is not used (positional I/O only).
-    pub fn from_file(file: File, read_only: bool) -> io::Result<FileBackend> {
-        let size = file.metadata()?.len();
+    /// An image over an already open `file` (opened for writing unless `read_only`): a
+    /// regular file or a block device; its file offset is not used (positional I/O only).
+    pub fn from_file(mut file: File, read_only: bool) -> io::Result<FileBackend> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::FileTypeExt;
+        let meta = file.metadata()?;
+        // A block device's metadata says 0 bytes: its size is where its end is.
+        let size = if meta.file_type().is_block_device() {
+            file.seek(SeekFrom::End(0))?
+        } else {
+            meta.len()
+        };
         Ok(FileBackend {
             file,
             size,

@@ -42,6 +42,10 @@ impl Drop for Loop {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "runs losetup and opens host devices: Miri isolates the process from the host"
+)]
 fn a_block_device_disk_has_the_devices_size_and_discards_read_back_as_zeros() {
     let test = "a_block_device_disk_has_the_devices_size_and_discards_read_back_as_zeros";
     let Some(lo) = Loop::new(2 << 20, 0xa5) else {

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use keel_virtio::{BlockBackend, FileBackend};
 
-#[path = "../../keel-kvm/tests/common/skip.rs"]
+#[path = "common/skip.rs"]
 mod skip;
 
 /// A loop device over a fresh image of `len` bytes filled with `fill`; detached on drop.
@@ -42,10 +42,6 @@ impl Drop for Loop {
 }
 
 #[test]
-#[cfg_attr(
-    miri,
-    ignore = "runs losetup and opens host devices: Miri isolates the process from the host"
-)]
 fn a_block_device_disk_has_the_devices_size_and_discards_read_back_as_zeros() {
     let test = "a_block_device_disk_has_the_devices_size_and_discards_read_back_as_zeros";
     let Some(lo) = Loop::new(2 << 20, 0xa5) else {

@@ -3,7 +3,7 @@
 # examples/net-linux-arm64.toml (busybox nc from a to b, 1 vCPU and 128 MiB each, the same
 # L2 kernel, initramfs and guest snippets) on Keel (`keel up`: two VMM processes and a
 # switch process) against two Debian arm64 QEMUs on L1's KVM joined by `-netdev socket`
-# (QEMU's userspace TCP tunnel; L1 has no bridge, tap or vhost-net modules). Runs alternate
+# (QEMU's userspace TCP tunnel; L1 has tun but no bridge or vhost-net modules). Runs alternate
 # (keel, qemu, keel, …), N each (default 3), in one L1 run.
 #
 #   scripts/l2-net-bench.sh [--runs N] [--log FILE]

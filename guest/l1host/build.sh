@@ -8,12 +8,14 @@
 #
 # The L1 initramfs holds: static busybox, the L1 /init (init.sh), l1-peak-rss, the L2 guest
 # (kernel + initrd from guest/linux/build.sh arm64) in /l2, the keel binary as /bin/keel (when
-# given), --extra files in /extra, and Debian's arm64 qemu-system-aarch64 with every shared
+# given), --extra files in /extra, the kernel modules of l1_modules (tun) from the L2 kernel's
+# .deb in /lib/modules, and Debian's arm64 qemu-system-aarch64 with every shared
 # library it needs (found by walking ELF NEEDED entries through the extracted arm64 packages;
 # the loader is /lib/ld-linux-aarch64.so.1, libraries are in /lib/aarch64-linux-gnu).
 # The L1 kernel is the same Debian arm64 kernel as L2's (KVM is built in). See README.md.
 #
-# <key> hashes: the versions of busybox-static and of every package the QEMU closure uses,
+# <key> hashes: the versions of busybox-static, of every package the QEMU closure uses and of
+# the kernel package whose modules L1 loads (tun: see l1_modules) with the module list,
 # build.sh, init.sh, l1-peak-rss, guest/linux/mkcpio.py, guest/{build,init}-lib.sh, the L2 images, the
 # keel binary and the extra files (name + content). An existing output with the same key is reused.
 set -euo pipefail
@@ -24,6 +26,10 @@ cache=${KEEL_CACHE:-$HOME/.cache/keel}
 l1_dir=$cache/l1host
 deb_dir=$l1_dir/debs
 debarch=arm64
+# Kernel modules L1's /init loads (insmod, dependencies first), from the kernel package of the
+# L2 image (L1 boots its vmlinuz): tun, for Keel's tap uplinks (docs/net.md). Their
+# dependencies are added from `modinfo -F depends`.
+l1_modules=(tun)
 # Packages whose dependencies are never followed while resolving shared libraries: they hold
 # data, firmware, QEMU's optional modules or maintainer-script tools, never a needed library.
 skip_deps='^(qemu-|debconf|cdebconf|adduser|dpkg|install-info|iso-codes|.*-data$|.*-common$)'
@@ -216,6 +222,69 @@ resolve_closure() {
     mapfile -t used_pkgs < <(printf '%s\n' "${used_pkgs[@]}" | sort)
 }
 
+# --- kernel modules ---------------------------------------------------------------------------
+# Decompressed copies of l1_modules and their dependencies from the kernel package kdeb
+# (release krel) in <staging>/lib/modules/<krel>/<name>.ko, and their load order (one
+# <krel>/<name>.ko per line, dependencies first) in <staging>/lib/modules/l1-load-order.
+# A module built into the kernel is left out. Sets mod_order.
+mod_order=()
+add_modules() {
+    local kdeb=$1 krel=$2 staging=$3 work=$4
+    local kdir=$work/kernel moddir=$work/kernel/lib/modules/$krel
+    mkdir -p "$kdir" "$staging/lib/modules/$krel"
+    dpkg-deb --fsys-tarfile "$kdeb" | tar -x -C "$kdir" "./lib/modules/$krel" ||
+        die "cannot extract lib/modules/$krel from $kdeb"
+    [[ -d $moddir/kernel && -f $moddir/modules.builtin ]] ||
+        die "$kdeb has no lib/modules/$krel/{kernel,modules.builtin}"
+    declare -A modpath=() state=()
+    local f name
+    while IFS= read -r f; do
+        name=${f##*/}
+        name=${name%%.ko*}
+        modpath[${name//-/_}]=$f
+    done < <(find "$moddir/kernel" -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz')
+    mod_order=()
+    visit_module() {
+        local m=${1//-/_} deps d dst vermagic
+        case "${state[$m]:-}" in
+            visited) return ;;
+            active) die "module dependency cycle at $m" ;;
+        esac
+        state[$m]=active
+        if [[ -z ${modpath[$m]:-} ]]; then
+            if grep -Eq "/${m//_/[-_]}\.ko$" "$moddir/modules.builtin"; then
+                log "$m is built into the kernel"
+                state[$m]=visited
+                return
+            fi
+            die "module $m is neither in ${kdeb##*/} nor built in"
+        fi
+        # Decompressed: busybox insmod may not read compressed modules.
+        dst=$staging/lib/modules/$krel/$m.ko
+        case "${modpath[$m]}" in
+            *.ko.xz) xz -dc "${modpath[$m]}" >"$dst" ;;
+            *.ko.zst) zstd -qdc "${modpath[$m]}" >"$dst" ;;
+            *.ko.gz) gzip -dc "${modpath[$m]}" >"$dst" ;;
+            *) cp "${modpath[$m]}" "$dst" ;;
+        esac
+        vermagic=$(modinfo -F vermagic "$dst")
+        [[ ${vermagic%% *} == "$krel" ]] || die "module $m is for kernel '${vermagic%% *}', L1 runs $krel"
+        deps=$(modinfo -F depends "$dst")
+        for d in ${deps//,/ }; do
+            visit_module "$d"
+        done
+        state[$m]=visited
+        mod_order+=("$m")
+    }
+    local m
+    for m in "${l1_modules[@]}"; do
+        visit_module "$m"
+    done
+    for m in "${mod_order[@]}"; do
+        printf '%s/%s.ko\n' "$krel" "$m"
+    done >"$staging/lib/modules/l1-load-order"
+}
+
 # --- main -----------------------------------------------------------------------------------
 main() {
     local keel='' extras=()
@@ -235,7 +304,8 @@ main() {
         esac
     done
     [[ -n $keel ]] || usage
-    need apt-get apt-cache dpkg dpkg-deb readelf python3 zstd sha256sum find
+    need apt-get apt-cache dpkg dpkg-deb readelf python3 zstd sha256sum find tar xz gzip
+    command -v modinfo >/dev/null 2>&1 || die "missing tool 'modinfo' (apt-get install -y kmod)"
     if [[ $keel != none ]]; then
         check_aarch64_elf "$keel" "keel binary"
         keel=$(readlink -f "$keel")
@@ -255,6 +325,13 @@ main() {
     local l2
     l2=$(bash "$linux_dir/build.sh" arm64 | tail -n1)
     [[ -s $l2/vmlinuz && -s $l2/initrd.cpio.gz ]] || die "guest/linux/build.sh arm64 gave no image in '$l2'"
+    # The kernel package that vmlinuz came from, as its manifest records it: L1's modules are
+    # taken from the very same .deb (guest/linux's download, fetched again if it is gone).
+    local kpkg kver krel
+    read -r kpkg kver < <(awk '$1 ~ /^linux-image-[0-9]/ { print $1, $2; exit }' "$l2/manifest.txt") || true
+    krel=$(sed -n 's/^kernel release //p' "$l2/manifest.txt")
+    [[ -n ${kpkg:-} && -n ${kver:-} && -n $krel ]] ||
+        die "cannot read the kernel package, version and release from $l2/manifest.txt"
 
     local qemu_ver bb_ver n v
     while read -r n v; do
@@ -282,6 +359,8 @@ main() {
     compute_key() {
         {
             printf 'busybox-static=%s\nqemu-system-arm=%s\nkeel=%s\n' "$bb_ver" "$qemu_ver" "$keel_hash"
+            # A Debian package version is immutable: it pins the module files.
+            printf '%s=%s\nmodules=%s\n' "$kpkg" "$kver" "${l1_modules[*]}"
             if [[ -s $rec ]]; then
                 # shellcheck disable=SC2046 # one package name per word
                 candidates $(cat "$rec")
@@ -335,6 +414,9 @@ main() {
         chmod 0755 "$staging/lib/aarch64-linux-gnu/$s"
     done
     ln -s aarch64-linux-gnu/ld-linux-aarch64.so.1 "$staging/lib/ld-linux-aarch64.so.1"
+    local kdeb
+    kdeb=$(deb_dir=$cache/guest/debs deb_file "$kpkg" "$kver" "$debarch")
+    add_modules "$kdeb" "$krel" "$staging" "$work"
     cp "$l2/vmlinuz" "$staging/l2/vmlinuz"
     cp "$l2/initrd.cpio.gz" "$staging/l2/initrd.cpio.gz"
     if [[ $keel != none ]]; then
@@ -371,6 +453,11 @@ main() {
         printf '\nshared libraries (/lib/aarch64-linux-gnu):\n'
         for s in $(printf '%s\n' "${!lib_src[@]}" | sort); do
             printf '  %-32s %-24s %9s bytes\n' "$s" "${lib_pkg[$s]}" "$(stat -c %s "$staging/lib/aarch64-linux-gnu/$s")"
+        done
+        printf '\nkernel modules (%s %s, load order /lib/modules/l1-load-order):\n' "$kpkg" "$kver"
+        for f in "${mod_order[@]}"; do
+            printf '  %-16s %8s bytes  sha256 %s\n' "$f" "$(stat -c %s "$staging/lib/modules/$krel/$f.ko")" \
+                "$(sha256sum <"$staging/lib/modules/$krel/$f.ko" | cut -d' ' -f1)"
         done
         printf '\nextra files (/extra):\n'
         for e in "${extras[@]}"; do

@@ -3,6 +3,8 @@
 #
 # Protocol (see README.md), one marker per line on the console (ttyAMA0):
 #   L1-KVM-OK | L1-KVM-MISSING     whether /dev/kvm exists
+#   L1-MODULE-FAILED <name>: <why> a kernel module (tun) that insmod refused; boot goes on
+#   L1-MODULES <name>... | none    the modules loaded
 #   L1-CLOCK <source>              clock of the elapsed times (timer_list: CLOCK_MONOTONIC in
 #                                  ns; uptime: /proc/uptime, 10 ms resolution)
 #   L1-READY                       then the script runs; L1-UPTIME <s> follows
@@ -36,6 +38,20 @@ if [ -c /dev/kvm ]; then
 else
     echo "L1-KVM-MISSING"
 fi
+
+# Kernel modules, dependencies first, one <release>/<name>.ko per line (build.sh: tun, which
+# Keel's tap uplinks need). A failure is reported and boot goes on: only tap users need them.
+mods=
+while read -r _mod; do
+    [ -n "$_mod" ] || continue
+    _base=${_mod##*/}
+    if _err=$(insmod "/lib/modules/$_mod" 2>&1); then
+        mods="$mods ${_base%.ko}"
+    else
+        echo "L1-MODULE-FAILED ${_base%.ko}: insmod /lib/modules/$_mod: ${_err:-exit status $?}"
+    fi
+done </lib/modules/l1-load-order
+echo "L1-MODULES${mods:- none}"
 
 # Clock: CLOCK_MONOTONIC from the "now at <ns> nsecs" line of /proc/timer_list (busybox date
 # has no %N), else /proc/uptime (10 ms). Only shell builtins: no fork per reading.

@@ -75,8 +75,6 @@ for l in lines:
         if p:
             # a's lines come through keel up ("[a] "), L1's own probe prints unprefixed.
             kind = "guest" if p.group(1) else "host"
-            if (kind == "guest") != (p.group(2) != "unix-connect"):
-                continue
             whole = int(p.group(3)) == B and int(p.group(4)) == B and int(p.group(5)) == 0
             ms = float(p.group(6))
             res.setdefault(m.group(1), {})[kind] = (B / 1048576 / (ms / 1000), whole, ms)

@@ -31,7 +31,7 @@ fi
 
 # The tests, in the order l2-inside.sh runs them.
 tests=(boot-smp-devices disk-after-poweroff disk-after-sync-reset disk-after-sync-kill bad-config reboot-in-place
-    net-ping-tcp vsock blk-forward blk-storage-restart)
+    net-ping-tcp net-tap-uplink vsock blk-forward blk-storage-restart)
 
 # net-ping-tcp runs examples/net-linux-arm64.toml, whose keel.cmd= values must be
 # scripts/l2/net-a.sh and net-b.sh without their comment lines (base64).

@@ -21,6 +21,10 @@
 #   net-ping-tcp      `keel up /extra/net-linux-arm64.toml`: VMs a and b on one network; a
 #                     pings b (3/3) and sends it 4 MiB over TCP; both print the sha256, which
 #                     must be equal; keel up exits 0 once both powered off
+#   net-tap-uplink    `keel up` of one VM on a network whose uplink is L1's tap kt0 (needs
+#                     the tun module: guest/l1host loads it); L1 gives kt0 10.0.0.254/24,
+#                     sends the guest 1 MiB over TCP and checks the echo; the guest then
+#                     sends 64 KiB to L1's TCP echo (t_tap)
 #   vsock             `keel up` of three VMs with virtio-vsock: guest <-> guest echo for the
 #                     allowed pair, guest -> host and host -> guest echo through the Unix
 #                     sockets, a reset for the pair that is not allowed (t_vsock)
@@ -92,6 +96,7 @@ check() {
 }
 has() { case $1 in *.*) _f=$W/$1 ;; *) _f=$W/$1.out ;; esac; tr -d '\r' <"$_f" | grep -qxF "$2"; }
 has_re() { tr -d '\r' <"$W/$1.out" | grep -qE "$2"; }
+has_re_cmd() { $1 2>&1 | grep -qE "$2"; }
 
 t_boot() {
     failed=0
@@ -483,6 +488,78 @@ t_net() {
     return $failed
 }
 
+# One VM (10.0.0.2) on network lan, whose uplink is L1's tap kt0: keel up's switch creates
+# the tap, L1 gives it 10.0.0.254/24 (keel up does not configure the host side). L1 sends 1
+# MiB to the guest's TCP echo on port 5000 (keel-probe tcp-connect, L1 -> guest through the
+# tap), then the guest sends 64 KiB to L1's echo on port 6000 (guest -> L1). Prints
+# `L2-TAP <what> <bytes> bytes in <ms> ms`.
+t_tap() {
+    failed=0
+    check net-tap-uplink "L1 has /dev/net/tun (tun module)" [ -c /dev/net/tun ]
+    # The guest powers off only once no TCP socket is still closing (FIN_WAIT1, LAST_ACK,
+    # CLOSING in /proc/net/tcp; 10 s at most): close() returns before the kernel has sent
+    # the last of an echo, and a powered-off guest would leave L1 waiting for it.
+    # shellcheck disable=SC2016 # expanded by the guest's shell
+    _cmd=$(printf '%s' 'ip addr add 10.0.0.2/24 dev eth0; ip link set eth0 up; keel-probe tcp-listen 5000 1; keel-probe tcp-connect 10.0.0.254 6000 65536 60; n=0; while [ $n -lt 100 ] && grep -qE "^ *[0-9]+: [0-9A-F]+:[0-9A-F]+ [0-9A-F]+:[0-9A-F]+ (04|09|0B) " /proc/net/tcp; do usleep 100000; n=$((n + 1)); done' |
+        base64 | tr -d '\n')
+    cat >$W/tap.toml <<TOML
+[system]
+name = "tap"
+
+[[network]]
+name = "lan"
+uplink = "tap:kt0"
+
+[[vm]]
+name = "g"
+arch = "aarch64"
+vcpus = 1
+memory = "128M"
+kernel = "/l2/vmlinuz"
+initrd = "/l2/initrd.cpio.gz"
+cmdline = "console=ttyS0 quiet loglevel=1 keel.cmd=$_cmd"
+serial = "stdio"
+
+[[vm.net]]
+network = "lan"
+mac = "02:00:00:00:00:0b"
+TOML
+    /extra/keel-probe tcp-listen 6000 1 >$W/tap-echo.out 2>&1 &
+    _echo=$!
+    timeout "$NET_TIMEOUT" "$KEEL" up $W/tap.toml --stats >$W/tap.out 2>&1 &
+    _up=$!
+    _n=0
+    while [ $_n -lt 300 ] && kill -0 $_up 2>/dev/null && ! [ -e /sys/class/net/kt0 ]; do
+        usleep 100000
+        _n=$((_n + 1))
+    done
+    check net-tap-uplink "keel up created the tap kt0" [ -e /sys/class/net/kt0 ]
+    ip addr add 10.0.0.254/24 dev kt0 && ip link set kt0 up
+    check net-tap-uplink "L1 gave kt0 10.0.0.254/24 and set it up" has_re_cmd "ip addr show kt0" 'inet 10\.0\.0\.254/24'
+    /extra/keel-probe tcp-connect 10.0.0.2 5000 1048576 120 >$W/tap-host.out 2>&1
+    wait $_up
+    rc=$?
+    kill $_echo 2>/dev/null
+    wait $_echo 2>/dev/null
+    tr -d '\r' <$W/tap.out >$W/tap.lines
+    grep -E 'KEEL-PROBE|KEEL-CMD-EXIT|KEEL-GUEST-POWEROFF|keel' $W/tap.lines
+    cat $W/tap-host.out $W/tap-echo.out
+    echo "keel up exit status $rc"
+    check net-tap-uplink "keel up exit 0 (the VM powered off)" [ "$rc" = 0 ]
+    check net-tap-uplink "L1 -> guest: 1 MiB echoed whole through the tap" has_re tap-host '^KEEL-PROBE tcp-connect ip=10\.0\.0\.2 port=5000 bytes=1048576 echoed=1048576 mismatched=0 '
+    check net-tap-uplink "the guest echoed L1's connection (from 10.0.0.254)" has_re tap '^\[g\] KEEL-PROBE tcp-echo port=5000 from=10\.0\.0\.254 bytes=1048576$'
+    check net-tap-uplink "guest -> L1: 64 KiB echoed whole" has_re tap '^\[g\] KEEL-PROBE tcp-connect ip=10\.0\.0\.254 port=6000 bytes=65536 echoed=65536 mismatched=0 '
+    check net-tap-uplink "L1's echo served the guest (from 10.0.0.2)" has_re tap-echo '^KEEL-PROBE tcp-echo port=6000 from=10\.0\.0\.2 bytes=65536$'
+    check net-tap-uplink "the switch moved frames both ways on the uplink" has_re tap 'uplink tap:kt0: host_rx [1-9][0-9]* host_tx [1-9][0-9]* '
+    sed -n 's/^KEEL-PROBE tcp-connect .* bytes=\([0-9]*\) .* ms=\([0-9.]*\) .*/L2-TAP L1->guest \1 bytes in \2 ms/p' $W/tap-host.out
+    sed -n 's/^\[g\] KEEL-PROBE tcp-connect .* bytes=\([0-9]*\) .* ms=\([0-9.]*\) .*/L2-TAP guest->L1 \1 bytes in \2 ms/p' $W/tap.lines
+    if [ $failed != 0 ]; then
+        echo "--- the last 30 console lines of keel up:"
+        tail -n 30 $W/tap.lines
+    fi
+    return $failed
+}
+
 # vsock_vm <name> <cid> <guest-shell-snippet> [vm keys]: one [[vm]] with [vm.vsock] for
 # t_vsock's system (on stdout).
 vsock_vm() {
@@ -556,6 +633,7 @@ step disk-after-sync-kill t_kill
 step bad-config t_bad
 step reboot-in-place t_reboot
 step net-ping-tcp t_net
+step net-tap-uplink t_tap
 step vsock t_vsock
 step blk-forward t_blkfwd
 step blk-storage-restart t_blkrestart

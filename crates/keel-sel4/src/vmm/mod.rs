@@ -72,7 +72,7 @@ use crate::abi::{USER_CONTEXT_WORDS, microkit as mk, vcpu_reg};
 use crate::fault::Fault;
 use crate::microkit::{Event, vcpu_cap, vm_tcb_cap};
 use crate::msginfo::MessageInfo;
-use crate::payload::{self, ForwardWindow, NicWindows, PAYLOAD_VADDR, Sel4Params};
+use crate::payload::{self, ForwardWindow, NicWindows, PAYLOAD_VADDR, Sel4Params, VsockWindows};
 use crate::regs::{self, UserContext};
 use crate::syscall::{self as sys, debug_puts};
 
@@ -632,6 +632,9 @@ struct PdBackends {
     forwards: Vec<Option<ForwardWindow>>,
     /// A storage VM's channel to each client (parameters' `serves`).
     serves: Vec<u32>,
+    /// Each vsock peer's rings and channel (parameters' `vsock`, the plan's `vsock.peers`
+    /// order), handed out once.
+    vsock: Vec<Option<VsockWindows>>,
 }
 
 /// The VMM's time for block-forwarding timeouts: the number of events it has received
@@ -711,8 +714,8 @@ impl keel_virtio::ConsoleInput for DoorbellIn {
     }
 }
 
-/// A port's doorbell: a Microkit notification to the network's switch PD on the port's
-/// channel.
+/// A ring pair's doorbell: a Microkit notification on its channel (to the network's switch
+/// PD for a port, to the peer's VMM PD for a vsock pair).
 struct ChannelBell(u32);
 
 impl Doorbell for ChannelBell {
@@ -860,6 +863,63 @@ impl DeviceBackends for PdBackends {
         let windows = PortWindows {
             to_switch: window(w.to_switch)?,
             from_switch: window(w.from_switch)?,
+        };
+        Ok(Box::new(VmmPort::new(
+            windows,
+            Box::new(ChannelBell(w.channel)),
+            Some(EventSource(u64::from(w.channel))),
+        )))
+    }
+
+    /// Vsock peer `peer`: a [`VmmPort`] over the pair's two rings (this VMM produces `tx`
+    /// and consumes `rx`; the peer's VMM the other way round), ringing the peer's VMM on
+    /// the pair's channel; the peer's notifications on that channel are the link's event
+    /// source (the device's `PEER_EVENT_BASE + peer`, delivered by [`deliver_events`]).
+    /// The device's host is the default `NoHost`: seL4 has no host side.
+    fn vsock_peer(
+        &mut self,
+        plan: &VmPlan,
+        peer: usize,
+    ) -> Result<Box<dyn NetBackend>, BackendError> {
+        let unavailable = |what: String| BackendError::Unavailable(what);
+        let planned = plan
+            .vsock
+            .as_ref()
+            .and_then(|v| v.peers.get(peer))
+            .ok_or_else(|| unavailable(alloc::format!("vsock peer {peer} is not planned")))?;
+        let w = self
+            .vsock
+            .get_mut(peer)
+            .and_then(Option::take)
+            .ok_or_else(|| unavailable(alloc::format!("no rings for vsock peer {peer}")))?;
+        if w.pair as usize != planned.pair {
+            return Err(unavailable(alloc::format!(
+                "vsock peer {peer} ({:?}): rings of pair {}, the plan's pair is {}",
+                planned.vm,
+                w.pair,
+                planned.pair
+            )));
+        }
+        let len = usize::try_from(w.ring_len).map_err(|_| {
+            unavailable(alloc::format!(
+                "vsock peer {peer}: ring length {:#x} does not fit",
+                w.ring_len
+            ))
+        })?;
+        let window = |vaddr: u64| {
+            // SAFETY: the system file maps this pair's two ring regions read-write at `tx`
+            // and `rx` (at least `ring_len` bytes each) into this PD and into the peer's
+            // VMM PD only (never into a guest), for the PD's whole life; the windows are
+            // handed out once (taken out of `vsock`), and no Rust reference points into
+            // them. The peer's VMM is held to the ring protocol only: what it writes costs
+            // only this link.
+            unsafe { FrameWindow::new(vaddr as *mut u8, len, u64::from(w.slots)) }.map_err(|e| {
+                unavailable(alloc::format!("vsock peer {peer}: ring at {vaddr:#x}: {e}"))
+            })
+        };
+        let windows = PortWindows {
+            to_switch: window(w.tx)?,
+            from_switch: window(w.rx)?,
         };
         Ok(Box::new(VmmPort::new(
             windows,
@@ -1337,6 +1397,7 @@ fn boot(bytes: &'static [u8], lay: &payload::Layout) -> Result<Booted, String> {
         nics: params.nics.iter().cloned().map(Some).collect(),
         forwards: params.forwards.iter().cloned().map(Some).collect(),
         serves: params.serves.clone(),
+        vsock: params.vsock.iter().cloned().map(Some).collect(),
     };
     let core = VmmCore::build(
         &plan,

@@ -1160,3 +1160,135 @@ fn client_disks_served_by_a_storage_vm_over_a_passed_through_virtio_blk_persist_
         );
     }
 }
+
+/// The suite for tests that need `keel-probe` in the guest.
+const PROBE_SUITE: Suite = Suite {
+    probe: true,
+    ..SUITE
+};
+
+/// Bytes VM a sends to b over their vsock pair (and reads back).
+const VSOCK_BYTES: u64 = 256 << 10;
+
+/// Every `KEEL-PROBE <mode>` line VM `vm` printed, as `key=value` pairs.
+fn probe_lines(console: &str, vm: &str, mode: &str) -> Vec<Vec<(String, String)>> {
+    let prefix = format!("{vm}| KEEL-PROBE {mode} ");
+    console
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix(prefix.as_str()))
+        .map(sel4::pairs)
+        .collect()
+}
+
+/// The value of `key` in a probe line.
+fn probe_word<'a>(line: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    line.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// ECONNRESET on Linux arm64: what `connect` returns when the device answers with a reset.
+const ECONNRESET: &str = "104";
+
+#[test]
+fn vsock_pair_echoes_between_two_guests_and_others_are_reset_on_sel4() {
+    let test = "vsock_pair_echoes_between_two_guests_and_others_are_reset_on_sel4";
+    let Some(sdk) = PROBE_SUITE.prerequisites(test) else {
+        return;
+    };
+    let Some(config) = PROBE_SUITE.smp_config(&sdk, test) else {
+        return;
+    };
+    // a (CID 3) and b (CID 4) are the allowed pair: b echoes one connection on port 5000;
+    // a sends it VSOCK_BYTES (retrying while b's listener is not up) and checks the echo,
+    // then connects to the host (CID 2: there is none on seL4). c (CID 5) is in no pair:
+    // its connection to b is reset by its own device.
+    let toml = format!(
+        "[system]\nname = \"e2e-vsock\"\n\n[vsock]\nallow = [[\"a\", \"b\"]]\n{}{}{}",
+        vm_toml(
+            "a",
+            1,
+            "128M",
+            &keel_cmd(&format!(
+                "keel-probe vsock-connect 4 5000 {VSOCK_BYTES} 90; keel-probe vsock-connect 2 5000 4096 0"
+            )),
+            "placement = { pcpus = [0] }\n\n[vm.vsock]\ncid = 3"
+        ),
+        vm_toml(
+            "b",
+            1,
+            "128M",
+            &keel_cmd("keel-probe vsock-listen 5000 1"),
+            "placement = { pcpus = [1] }\n\n[vm.vsock]\ncid = 4"
+        ),
+        vm_toml(
+            "c",
+            1,
+            "128M",
+            &keel_cmd("keel-probe vsock-connect 4 5000 4096 0"),
+            "placement = { pcpus = [1] }\n\n[vm.vsock]\ncid = 5"
+        ),
+    );
+
+    let Booted {
+        console,
+        outcome: o,
+        system_file,
+    } = PROBE_SUITE.build_and_run(&sdk, "vsock", &toml, config, Duration::from_secs(600));
+
+    // The pair's two rings are mapped into a's and b's VMMs only, one channel joins them.
+    for r in ["keel_vsock_0_0", "keel_vsock_0_1"] {
+        assert_eq!(
+            system_file.matches(&format!("<map mr=\"{r}\"")).count(),
+            2,
+            "{system_file}"
+        );
+    }
+    let c_pd = &system_file[system_file
+        .find("<protection_domain name=\"c_vmm\"")
+        .expect("c's VMM PD")..];
+    let c_pd = &c_pd[..c_pd.find("</protection_domain>").unwrap()];
+    assert!(!c_pd.contains("keel_vsock"), "{c_pd}");
+    assert_eq!((o.vms_up, o.vms_stopped), (3, 3), "{console}");
+
+    let a = probe_lines(&console, "a", "vsock-connect");
+    let to_b = a
+        .iter()
+        .find(|l| probe_word(l, "cid") == Some("4"))
+        .unwrap_or_else(|| panic!("no line of a's connection to b\n{console}"));
+    let bytes = VSOCK_BYTES.to_string();
+    assert_eq!(probe_word(to_b, "bytes"), Some(bytes.as_str()), "{console}");
+    assert_eq!(
+        probe_word(to_b, "echoed"),
+        Some(bytes.as_str()),
+        "{console}"
+    );
+    assert_eq!(probe_word(to_b, "mismatched"), Some("0"), "{console}");
+    // b's VMM stamped the source CID: b saw a's.
+    let echo = probe_lines(&console, "b", "vsock-echo");
+    assert_eq!(echo.len(), 1, "{console}");
+    assert_eq!(probe_word(&echo[0], "from_cid"), Some("3"), "{console}");
+    assert_eq!(
+        probe_word(&echo[0], "bytes"),
+        Some(bytes.as_str()),
+        "{console}"
+    );
+    // No host on seL4: a's connection to CID 2 is reset by its device.
+    let to_host = a
+        .iter()
+        .find(|l| probe_word(l, "cid") == Some("2"))
+        .unwrap_or_else(|| panic!("no line of a's connection to the host\n{console}"));
+    assert_eq!(probe_word(to_host, "refused"), Some("1"), "{console}");
+    assert_eq!(probe_word(to_host, "errno"), Some(ECONNRESET), "{console}");
+    // c is in no allowed pair: its connection to b is reset.
+    let c = probe_lines(&console, "c", "vsock-connect");
+    assert_eq!(c.len(), 1, "{console}");
+    assert_eq!(probe_word(&c[0], "refused"), Some("1"), "{console}");
+    assert_eq!(probe_word(&c[0], "errno"), Some(ECONNRESET), "{console}");
+
+    eprintln!(
+        "sel4 vsock: first guest ready after {:.1} s, {VSOCK_BYTES} bytes a -> b -> a in {} ms ({} MiB/s), run {:.1} s",
+        o.first_ready.unwrap_or(f64::NAN),
+        probe_word(to_b, "ms").unwrap_or("?"),
+        probe_word(to_b, "mib_per_s").unwrap_or("?"),
+        o.elapsed
+    );
+}

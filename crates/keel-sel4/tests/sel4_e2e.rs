@@ -1256,3 +1256,22 @@ fn a_storage_vm_that_stops_answering_fails_its_clients_io_in_bounded_time_and_se
         "{console}"
     );
 }
+
+/// The harness itself (no SDK needed): a console that falls silent does not hang a test.
+#[test]
+fn collect_console_returns_at_its_timeout_when_the_console_falls_silent() {
+    let child = spawn(
+        Command::new("sh").args(["-c", "echo first; sleep 60; echo never"]),
+        Stdio::null(),
+    );
+    let start = Instant::now();
+
+    let console = collect_console(child, Duration::from_secs(2), |_| false);
+
+    assert_eq!(console, "first\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+}

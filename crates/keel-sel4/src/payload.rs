@@ -116,8 +116,8 @@ pub struct Sel4Params {
     /// A guest reset (PSCI `SYSTEM_RESET`) restarts the VM in place (spec `on_reboot =
     /// "restart"`); otherwise it stops the VM.
     pub restart_on_reboot: bool,
-    /// The spec's `max_restarts_per_minute`; the VMM has no clock, so it counts restarts
-    /// over the VM's whole life against this number.
+    /// The spec's `max_restarts_per_minute` (the VMM counts restarts within a minute of
+    /// the generic timer's count).
     pub max_restarts: u32,
     /// The network interfaces' rings and channels, indexed like the plan's `nics`.
     pub nics: Vec<NicWindows>,

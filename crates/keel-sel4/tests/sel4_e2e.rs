@@ -498,7 +498,7 @@ fn debian_guest_reboots_in_place_and_finds_its_disk_marker() {
     assert!(console.contains("KEEL-REBOOTING"), "{console}");
     assert!(
         console.contains(
-            "keel-sel4: vm linux: guest rebooted; restarting (1 of at most 5, counted over the VM's life)"
+            "keel-sel4: vm linux: guest rebooted; restarting (1 of at most 5 per minute)"
         ),
         "{console}"
     );
@@ -609,7 +609,8 @@ fn faulted_vmm_is_restarted_by_the_admin_pd_and_its_guest_boots_again_while_anot
     let restart = at("admin| keel-admin: vm a: VMM a_vmm faulted (memory fault: data access at address 0x10, pc 0x")
         .unwrap_or_else(|| panic!("no restart line\n{console}"));
     assert!(
-        lines[restart].ends_with("; restarting it (1 of at most 5, restart = \"on-failure\")"),
+        lines[restart]
+            .ends_with("; restarting it (1 of at most 5 per minute, restart = \"on-failure\")"),
         "{console}"
     );
     assert!(
@@ -1018,6 +1019,23 @@ fn driver_vm_owns_a_passed_through_virtio_blk_and_its_writes_reach_the_host_file
     );
 }
 
+/// A storage VM's passthrough of QEMU's virtio-blk (`serial=blk0`, [`qemu_with_blk0`]):
+/// identity-mapped RAM at 0x4000_0000 for its DMA, the device's page and INTID 79.
+const STORE_PASSTHROUGH: &str = "ram_phys_addr = \"0x40000000\"\n\n[[vm.passthrough]]\nname = \"blk0\"\n\
+    mmio = [{ base = \"0x0a003000\", size = \"4K\" }]\nirqs = [79]\n\
+    dt = \"virtio,mmio\"\ndt_reg = [{ base = \"0x0a003e00\", size = \"0x200\" }]\n\
+    dma = \"identity\"\n";
+
+/// QEMU for `image` with a virtio-blk device on the host file `disk`, its serial `blk0`
+/// (the passed-through device's name: the agent finds its disk by it).
+fn qemu_with_blk0(image: &std::path::Path, cores: u32, disk: &std::path::Path) -> Command {
+    let mut qemu = host::qemu_command(image, cores);
+    qemu.arg("-drive")
+        .arg(format!("file={},if=none,format=raw,id=d0", disk.display()))
+        .args(["-device", "virtio-blk-device,drive=d0,serial=blk0"]);
+    qemu
+}
+
 /// The clients of the storage VM and where their served disks are on its device: 256 KiB
 /// each, from 1 MiB.
 const SERVED_CLIENTS: [(&str, u64); 2] = [("a", 1 << 20), ("b", (1 << 20) + (256 << 10))];
@@ -1039,10 +1057,6 @@ fn client_disks_served_by_a_storage_vm_over_a_passed_through_virtio_blk_persist_
     // The storage VM: QEMU's virtio-blk passed through (as in the passthrough test), its
     // agent started by /init (the plan puts keel.blk= on its command line); it stays up,
     // printing its disk's stat (diagnostics).
-    let store_extra = "ram_phys_addr = \"0x40000000\"\n\n[[vm.passthrough]]\nname = \"blk0\"\n\
-        mmio = [{ base = \"0x0a003000\", size = \"4K\" }]\nirqs = [79]\n\
-        dt = \"virtio,mmio\"\ndt_reg = [{ base = \"0x0a003e00\", size = \"0x200\" }]\n\
-        dma = \"identity\"\n";
     let mut toml = format!(
         "[system]\nname = \"e2e-served\"\n{}",
         vm_toml(
@@ -1050,7 +1064,7 @@ fn client_disks_served_by_a_storage_vm_over_a_passed_through_virtio_blk_persist_
             1,
             "256M",
             &keel_cmd("while sleep 2; do echo STORE-STAT $(cat /sys/block/vda/stat); done"),
-            store_extra
+            STORE_PASSTHROUGH
         )
     );
     // Each client: its disk is 256 KiB of the passed-through device; it writes its pattern
@@ -1097,11 +1111,7 @@ fn client_disks_served_by_a_storage_vm_over_a_passed_through_virtio_blk_persist_
             "{system_file}"
         );
     }
-    let mut qemu = host::qemu_command(&image, cores);
-    // The serial is the passed-through device's name: the agent finds its disk by it.
-    qemu.arg("-drive")
-        .arg(format!("file={},if=none,format=raw,id=d0", disk.display()))
-        .args(["-device", "virtio-blk-device,drive=d0,serial=blk0"]);
+    let mut qemu = qemu_with_blk0(&image, cores, &disk);
     let start = Instant::now();
     let child = spawn(&mut qemu, Stdio::null());
     let mut stopped = 0;
@@ -1290,5 +1300,110 @@ fn vsock_pair_echoes_between_two_guests_and_others_are_reset_on_sel4() {
         probe_word(to_b, "ms").unwrap_or("?"),
         probe_word(to_b, "mib_per_s").unwrap_or("?"),
         o.elapsed
+    );
+}
+
+/// What the client of [`a_storage_vm_that_stops_answering_fails_its_clients_io_in_bounded_time_and_serves_again_when_it_resumes`]
+/// runs: direct 4 KiB reads of its served disk, one a second, until one fails (`IO-FAILED
+/// <uptime before> <uptime after>`), then until one succeeds again (`IO-RECOVERED`).
+fn stalled_client_cmd() -> String {
+    let read = "dd if=/dev/vda of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null";
+    format!(
+        "up() {{ cut -d' ' -f1 /proc/uptime; }}; i=0; \
+         while [ $i -lt 120 ]; do t0=$(up); \
+           if {read}; then i=$((i+1)); sleep 1; else echo IO-FAILED $t0 $(up); break; fi; \
+         done; \
+         i=0; while [ $i -lt 180 ]; do if {read}; then echo IO-RECOVERED; break; fi; i=$((i+1)); sleep 1; done"
+    )
+}
+
+#[test]
+fn a_storage_vm_that_stops_answering_fails_its_clients_io_in_bounded_time_and_serves_again_when_it_resumes()
+ {
+    let test = "a_storage_vm_that_stops_answering_fails_its_clients_io_in_bounded_time_and_serves_again_when_it_resumes";
+    let Some(sdk) = SUITE.prerequisites(test) else {
+        return;
+    };
+    let dir = SUITE.dir("stalled");
+    let disk = dir.join("host-disk.img");
+    std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
+    // The storage VM owns QEMU's virtio-blk (as in the served test); 20 s after boot its
+    // agent is stopped (SIGSTOP: it answers nothing, its requests stay in the ring), 40 s
+    // later it goes on (SIGCONT) and answers the stale request, then new ones.
+    let store_cmd = "sleep 20; kill -STOP $(pidof keel-agent) && echo AGENT-STOPPED; \
+        sleep 40; kill -CONT $(pidof keel-agent) && echo AGENT-RESUMED; \
+        while sleep 5; do :; done";
+    let mut toml = format!(
+        "[system]\nname = \"e2e-stalled\"\n{}",
+        vm_toml("store", 1, "256M", &keel_cmd(store_cmd), STORE_PASSTHROUGH)
+    );
+    toml.push_str(&vm_toml(
+        "a",
+        1,
+        "128M",
+        &keel_cmd(&stalled_client_cmd()),
+        "[[vm.disk]]\nserved_by = \"store\"\nserver_passthrough = \"blk0\"\n\
+         start = \"1M\"\nsize = \"256K\"\n",
+    ));
+    let _one = one_qemu();
+    let config = host::Sdk::default_config(&sdk, keel_sel4::abi::board::NAME);
+    let Built {
+        image, dir, cores, ..
+    } = SUITE.build(&sdk, "stalled", &toml, config);
+    let mut qemu = qemu_with_blk0(&image, cores, &disk);
+    let start = Instant::now();
+    let child = spawn(&mut qemu, Stdio::null());
+    let console = collect_console(child, Duration::from_secs(420), |line| {
+        line.contains("keel-sel4: vm a: stopped: ")
+    });
+    std::fs::write(dir.join("console.log"), &console).unwrap();
+    eprintln!(
+        "STALLED ({config}): run to the client's stop {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let line = |marker: &str| {
+        console
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix(&format!("a| {marker}")))
+            .unwrap_or_else(|| panic!("no {marker} line of a\n{console}"))
+    };
+    assert!(console.contains("store| AGENT-STOPPED"), "{console}");
+    // The read that met the stopped agent failed after the forwarding timeout (5 s of the
+    // generic timer's count), noticed at the VMM's next event: not at once, not never.
+    let times: Vec<f64> = line("IO-FAILED ")
+        .split_whitespace()
+        .map(|w| w.parse().expect("uptime"))
+        .collect();
+    let waited = times[1] - times[0];
+    eprintln!("STALLED: the failed read took {waited:.2} s of the client's time");
+    assert!(
+        (4.5..=12.0).contains(&waited),
+        "the failed read took {waited:.2} s, not the 5 s timeout (plus at most a few s to the next event)\n{console}"
+    );
+    // Once the agent goes on, the client's reads work again (the stale answer dropped).
+    assert!(console.contains("store| AGENT-RESUMED"), "{console}");
+    line("IO-RECOVERED");
+    assert!(
+        console.contains("keel-sel4: vm a: stopped: guest powered off (PSCI SYSTEM_OFF)"),
+        "{console}"
+    );
+}
+
+/// The harness itself (no SDK needed): a console that falls silent does not hang a test.
+#[test]
+fn collect_console_returns_at_its_timeout_when_the_console_falls_silent() {
+    let child = spawn(
+        Command::new("sh").args(["-c", "echo first; sleep 60; echo never"]),
+        Stdio::null(),
+    );
+    let start = Instant::now();
+
+    let console = collect_console(child, Duration::from_secs(2), |_| false);
+
+    assert_eq!(console, "first\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
     );
 }

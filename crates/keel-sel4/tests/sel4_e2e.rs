@@ -1171,6 +1171,148 @@ fn client_disks_served_by_a_storage_vm_over_a_passed_through_virtio_blk_persist_
     }
 }
 
+/// What the client of a storage outage runs ([`storage_outage`]): direct 4 KiB reads of its
+/// served disk, one a second, until one fails (`IO-FAILED <uptime before> <uptime after>`),
+/// then until one succeeds again (`IO-RECOVERED`).
+fn outage_client_cmd() -> String {
+    let read = "dd if=/dev/vda of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null";
+    format!(
+        "up() {{ cut -d' ' -f1 /proc/uptime; }}; i=0; \
+         while [ $i -lt 120 ]; do t0=$(up); \
+           if {read}; then i=$((i+1)); sleep 1; else echo IO-FAILED $t0 $(up); break; fi; \
+         done; \
+         i=0; while [ $i -lt 180 ]; do if {read}; then echo IO-RECOVERED; break; fi; i=$((i+1)); sleep 1; done"
+    )
+}
+
+/// A storage VM that owns QEMU's virtio-blk (as in the served test) and runs `store_cmd`
+/// (which makes it stop answering, then answer again), and one client running
+/// [`outage_client_cmd`]: the client's read that meets the outage fails after the
+/// forwarding timeout (5 s of the generic timer's count, noticed at the VMM's next event:
+/// not at once, not never), and its reads work again after it. Returns the console.
+fn storage_outage(test: &str, name: &str, store_cmd: &str) -> Option<String> {
+    let sdk = SUITE.prerequisites(test)?;
+    let dir = SUITE.dir(name);
+    let disk = dir.join("host-disk.img");
+    std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
+    let mut toml = format!(
+        "[system]\nname = \"e2e-{name}\"\n{}",
+        vm_toml("store", 1, "256M", &keel_cmd(store_cmd), STORE_PASSTHROUGH)
+    );
+    toml.push_str(&vm_toml(
+        "a",
+        1,
+        "128M",
+        &keel_cmd(&outage_client_cmd()),
+        "[[vm.disk]]\nserved_by = \"store\"\nserver_passthrough = \"blk0\"\n\
+         start = \"1M\"\nsize = \"256K\"\n",
+    ));
+    let _one = one_qemu();
+    let config = host::Sdk::default_config(&sdk, keel_sel4::abi::board::NAME);
+    let Built {
+        image, dir, cores, ..
+    } = SUITE.build(&sdk, name, &toml, config);
+    let mut qemu = qemu_with_blk0(&image, cores, &disk);
+    let start = Instant::now();
+    let child = spawn(&mut qemu, Stdio::null());
+    let console = collect_console(child, Duration::from_secs(420), |line| {
+        line.contains("keel-sel4: vm a: stopped: ")
+    });
+    std::fs::write(dir.join("console.log"), &console).unwrap();
+    eprintln!(
+        "{name} ({config}): run to the client's stop {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let line = |marker: &str| {
+        console
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix(&format!("a| {marker}")))
+            .unwrap_or_else(|| panic!("no {marker} line of a\n{console}"))
+    };
+    let times: Vec<f64> = line("IO-FAILED ")
+        .split_whitespace()
+        .map(|w| w.parse().expect("uptime"))
+        .collect();
+    let waited = times[1] - times[0];
+    eprintln!("{name}: the failed read took {waited:.2} s of the client's time");
+    assert!(
+        (4.5..=12.0).contains(&waited),
+        "the failed read took {waited:.2} s, not the 5 s timeout (plus at most a few s to the next event)\n{console}"
+    );
+    line("IO-RECOVERED");
+    assert!(
+        console.contains("keel-sel4: vm a: stopped: guest powered off (PSCI SYSTEM_OFF)"),
+        "{console}"
+    );
+    Some(console)
+}
+
+#[test]
+fn a_storage_vm_that_stops_answering_fails_its_clients_io_in_bounded_time_and_serves_again_when_it_resumes()
+ {
+    // 20 s after boot the agent is stopped (SIGSTOP: it answers nothing, the requests stay
+    // in the ring); 40 s later it goes on (SIGCONT) and answers the stale request (dropped
+    // by id), then new ones.
+    let store_cmd = "sleep 20; kill -STOP $(pidof keel-agent) && echo AGENT-STOPPED; \
+        sleep 40; kill -CONT $(pidof keel-agent) && echo AGENT-RESUMED; \
+        while sleep 5; do :; done";
+    let Some(console) = storage_outage(
+        "a_storage_vm_that_stops_answering_fails_its_clients_io_in_bounded_time_and_serves_again_when_it_resumes",
+        "stalled",
+        store_cmd,
+    ) else {
+        return;
+    };
+    assert!(console.contains("store| AGENT-STOPPED"), "{console}");
+    assert!(console.contains("store| AGENT-RESUMED"), "{console}");
+}
+
+#[test]
+fn a_storage_vm_that_crashes_fails_its_clients_io_in_bounded_time_and_serves_again_once_its_vmm_restarts_it()
+ {
+    // First boot: mark sector 0 of the owned disk (outside the client's range), wait 20 s,
+    // then crash the kernel's way (sysrq b: an immediate reset, PSCI SYSTEM_RESET); the VMM
+    // restarts the VM in place (on_reboot = "restart"). Second boot: the marker is there,
+    // so it only serves.
+    let store_cmd = "if dd if=/dev/vda bs=512 count=1 2>/dev/null | grep -q KEEL-CRASHED-ONCE; \
+        then echo STORE-SECOND-BOOT; else \
+        echo KEEL-CRASHED-ONCE | dd of=/dev/vda bs=512 conv=sync,fsync 2>/dev/null; \
+        sleep 20; echo STORE-CRASHING; echo b > /proc/sysrq-trigger; fi; \
+        while sleep 5; do :; done";
+    let Some(console) = storage_outage(
+        "a_storage_vm_that_crashes_fails_its_clients_io_in_bounded_time_and_serves_again_once_its_vmm_restarts_it",
+        "crashed",
+        store_cmd,
+    ) else {
+        return;
+    };
+    assert!(console.contains("store| STORE-CRASHING"), "{console}");
+    assert!(
+        console.contains("keel-sel4: vm store: guest rebooted; restarting (1 of at most"),
+        "{console}"
+    );
+    assert!(console.contains("store| STORE-SECOND-BOOT"), "{console}");
+}
+
+/// The harness itself (no SDK needed): a console that falls silent does not hang a test.
+#[test]
+fn collect_console_returns_at_its_timeout_when_the_console_falls_silent() {
+    let child = spawn(
+        Command::new("sh").args(["-c", "echo first; sleep 60; echo never"]),
+        Stdio::null(),
+    );
+    let start = Instant::now();
+
+    let console = collect_console(child, Duration::from_secs(2), |_| false);
+
+    assert_eq!(console, "first\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
 /// The suite for tests that need `keel-probe` in the guest.
 const PROBE_SUITE: Suite = Suite {
     probe: true,
@@ -1301,110 +1443,5 @@ fn vsock_pair_echoes_between_two_guests_and_others_are_reset_on_sel4() {
         probe_word(to_b, "ms").unwrap_or("?"),
         probe_word(to_b, "mib_per_s").unwrap_or("?"),
         o.elapsed
-    );
-}
-
-/// What the client of [`a_storage_vm_that_stops_answering_fails_its_clients_io_in_bounded_time_and_serves_again_when_it_resumes`]
-/// runs: direct 4 KiB reads of its served disk, one a second, until one fails (`IO-FAILED
-/// <uptime before> <uptime after>`), then until one succeeds again (`IO-RECOVERED`).
-fn stalled_client_cmd() -> String {
-    let read = "dd if=/dev/vda of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null";
-    format!(
-        "up() {{ cut -d' ' -f1 /proc/uptime; }}; i=0; \
-         while [ $i -lt 120 ]; do t0=$(up); \
-           if {read}; then i=$((i+1)); sleep 1; else echo IO-FAILED $t0 $(up); break; fi; \
-         done; \
-         i=0; while [ $i -lt 180 ]; do if {read}; then echo IO-RECOVERED; break; fi; i=$((i+1)); sleep 1; done"
-    )
-}
-
-#[test]
-fn a_storage_vm_that_stops_answering_fails_its_clients_io_in_bounded_time_and_serves_again_when_it_resumes()
- {
-    let test = "a_storage_vm_that_stops_answering_fails_its_clients_io_in_bounded_time_and_serves_again_when_it_resumes";
-    let Some(sdk) = SUITE.prerequisites(test) else {
-        return;
-    };
-    let dir = SUITE.dir("stalled");
-    let disk = dir.join("host-disk.img");
-    std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
-    // The storage VM owns QEMU's virtio-blk (as in the served test); 20 s after boot its
-    // agent is stopped (SIGSTOP: it answers nothing, its requests stay in the ring), 40 s
-    // later it goes on (SIGCONT) and answers the stale request, then new ones.
-    let store_cmd = "sleep 20; kill -STOP $(pidof keel-agent) && echo AGENT-STOPPED; \
-        sleep 40; kill -CONT $(pidof keel-agent) && echo AGENT-RESUMED; \
-        while sleep 5; do :; done";
-    let mut toml = format!(
-        "[system]\nname = \"e2e-stalled\"\n{}",
-        vm_toml("store", 1, "256M", &keel_cmd(store_cmd), STORE_PASSTHROUGH)
-    );
-    toml.push_str(&vm_toml(
-        "a",
-        1,
-        "128M",
-        &keel_cmd(&stalled_client_cmd()),
-        "[[vm.disk]]\nserved_by = \"store\"\nserver_passthrough = \"blk0\"\n\
-         start = \"1M\"\nsize = \"256K\"\n",
-    ));
-    let _one = one_qemu();
-    let config = host::Sdk::default_config(&sdk, keel_sel4::abi::board::NAME);
-    let Built {
-        image, dir, cores, ..
-    } = SUITE.build(&sdk, "stalled", &toml, config);
-    let mut qemu = qemu_with_blk0(&image, cores, &disk);
-    let start = Instant::now();
-    let child = spawn(&mut qemu, Stdio::null());
-    let console = collect_console(child, Duration::from_secs(420), |line| {
-        line.contains("keel-sel4: vm a: stopped: ")
-    });
-    std::fs::write(dir.join("console.log"), &console).unwrap();
-    eprintln!(
-        "STALLED ({config}): run to the client's stop {:.1} s",
-        start.elapsed().as_secs_f64()
-    );
-    let line = |marker: &str| {
-        console
-            .lines()
-            .find_map(|l| l.trim_end().strip_prefix(&format!("a| {marker}")))
-            .unwrap_or_else(|| panic!("no {marker} line of a\n{console}"))
-    };
-    assert!(console.contains("store| AGENT-STOPPED"), "{console}");
-    // The read that met the stopped agent failed after the forwarding timeout (5 s of the
-    // generic timer's count), noticed at the VMM's next event: not at once, not never.
-    let times: Vec<f64> = line("IO-FAILED ")
-        .split_whitespace()
-        .map(|w| w.parse().expect("uptime"))
-        .collect();
-    let waited = times[1] - times[0];
-    eprintln!("STALLED: the failed read took {waited:.2} s of the client's time");
-    assert!(
-        (4.5..=12.0).contains(&waited),
-        "the failed read took {waited:.2} s, not the 5 s timeout (plus at most a few s to the next event)\n{console}"
-    );
-    // Once the agent goes on, the client's reads work again (the stale answer dropped).
-    assert!(console.contains("store| AGENT-RESUMED"), "{console}");
-    line("IO-RECOVERED");
-    assert!(
-        console.contains("keel-sel4: vm a: stopped: guest powered off (PSCI SYSTEM_OFF)"),
-        "{console}"
-    );
-}
-
-/// The harness itself (no SDK needed): a console that falls silent does not hang a test.
-#[test]
-fn collect_console_returns_at_its_timeout_when_the_console_falls_silent() {
-    let child = spawn(
-        Command::new("sh").args(["-c", "echo first; sleep 60; echo never"]),
-        Stdio::null(),
-    );
-    let start = Instant::now();
-
-    let console = collect_console(child, Duration::from_secs(2), |_| false);
-
-    assert_eq!(console, "first\n");
-    assert!(
-        start.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        start.elapsed()
     );
 }

@@ -10,8 +10,9 @@ use keel_virtio::{BlockBackend, BlockError};
 
 use crate::bell::{Bell, BellError};
 use crate::cmdline::{self, ClientSpec, CmdlineError};
-use crate::disk::{self, Disk, DiskError};
+use crate::disk::{self, DiskError};
 use crate::region::{Mapping, RegionError};
+use keel_virtio::host::FileBackend;
 
 /// Requests served per client per round: one flooding client waits its turn.
 pub const BUDGET: usize = 8;
@@ -118,7 +119,7 @@ pub enum ClientError {
 struct Client {
     index: usize,
     /// Declared before `mapping`: dropped first (its rings point into the mapping).
-    server: ForwardServer<Disk>,
+    server: ForwardServer<FileBackend>,
     mapping: Mapping,
     spec: ClientSpec,
     /// A notification byte still to write.
@@ -165,7 +166,7 @@ fn open_client(
             disk::find_by_serial(&opts.sys_block, &spec.serial)
         })?,
     };
-    let disk = retry(until, || Disk::open(&path, spec.range.read_only))?;
+    let disk = retry(until, || disk::open(&path, spec.range.read_only))?;
     let size = disk.size();
     let range = spec.range;
     let server = ForwardServer::new(windows, spec.geometry, disk, range).map_err(|e| match e {

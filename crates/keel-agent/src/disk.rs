@@ -1,21 +1,12 @@
-//! The storage VM's own disks: found by virtio-blk serial, served through
-//! [`BlockBackend`].
+//! The storage VM's own disks: found by virtio-blk serial, opened as keel-virtio's
+//! [`FileBackend`] (a `BlockBackend`).
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use keel_virtio::{BlockBackend, BlockError};
-
-/// `BLKGETSIZE64`: `_IOR(0x12, 114, size_t)`, the device's size in bytes.
-const BLKGETSIZE64: u32 = 0x8008_1272;
-/// `BLKSSZGET`: `_IO(0x12, 104)`, the logical block size (`int`).
-const BLKSSZGET: u32 = 0x1268;
-/// `BLKZEROOUT`: `_IO(0x12, 127)`, zero `[start, start + len)` (`u64[2]`, logical-block
-/// aligned); the page cache of the range is dropped, so reads see the zeros.
-const BLKZEROOUT: u32 = 0x127f;
+use keel_virtio::host::FileBackend;
 
 /// Why a disk cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -104,235 +95,36 @@ pub fn find_by_serial(sys_block: &Path, serial: &str) -> Result<PathBuf, DiskErr
     }
 }
 
-/// A disk of the storage VM (a block device; a regular file in tests) opened for one
-/// client: positional I/O through the page cache, `fdatasync` to flush.
-#[derive(Debug)]
-pub struct Disk {
-    file: File,
-    path: PathBuf,
-    size: u64,
-    read_only: bool,
-    /// Logical block size of a block device (`BLKZEROOUT`'s alignment); `None` for a file.
-    block: Option<u64>,
-}
-
-fn ioctl_error(path: &Path, what: &'static str) -> DiskError {
-    DiskError::Io {
-        path: path.to_path_buf(),
-        what,
-        source: io::Error::last_os_error(),
-    }
-}
-
-impl Disk {
-    /// Open the disk at `path` (`O_RDONLY` if `read_only`, else `O_RDWR`).
-    pub fn open(path: &Path, read_only: bool) -> Result<Disk, DiskError> {
-        let io = |what| {
-            move |source| DiskError::Io {
-                path: path.to_path_buf(),
-                what,
-                source,
-            }
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(io("open"))?;
-        let ty = file.metadata().map_err(io("stat"))?;
-        let (size, block) = if ty.file_type().is_block_device() {
-            let mut size: u64 = 0;
-            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points to
-            // `size`, alive for the call; the descriptor is open.
-            let rc = unsafe {
-                libc::ioctl(
-                    file.as_raw_fd(),
-                    BLKGETSIZE64 as libc::Ioctl,
-                    &mut size as *mut u64,
-                )
-            };
-            if rc != 0 {
-                return Err(ioctl_error(path, "BLKGETSIZE64"));
-            }
-            let mut ssz: libc::c_int = 0;
-            // SAFETY: BLKSSZGET writes one int through the pointer, which points to `ssz`.
-            let rc = unsafe {
-                libc::ioctl(
-                    file.as_raw_fd(),
-                    BLKSSZGET as libc::Ioctl,
-                    &mut ssz as *mut libc::c_int,
-                )
-            };
-            if rc != 0 {
-                return Err(ioctl_error(path, "BLKSSZGET"));
-            }
-            let ssz = u64::try_from(ssz)
-                .ok()
-                .filter(|s| s.is_power_of_two())
-                .unwrap_or(512);
-            (size, Some(ssz))
-        } else if ty.file_type().is_file() {
-            (ty.len(), None)
-        } else {
-            return Err(DiskError::NotADisk {
-                path: path.to_path_buf(),
-            });
-        };
-        Ok(Disk {
-            file,
+/// Open the storage VM's disk at `path` for one client (`O_RDONLY` if `read_only`, else
+/// `O_RDWR`): keel-virtio's [`FileBackend`] (positional I/O through the page cache,
+/// `fdatasync` to flush, `BLKZEROOUT` to discard on a block device), refused unless it is a
+/// block device or a regular file (tests).
+pub fn open(path: &Path, read_only: bool) -> Result<FileBackend, DiskError> {
+    let io = |what| {
+        move |source| DiskError::Io {
             path: path.to_path_buf(),
-            size,
-            read_only,
-            block,
-        })
-    }
-
-    /// Another handle on the same disk (a client's server made again).
-    pub fn try_clone(&self) -> io::Result<Disk> {
-        Ok(Disk {
-            file: self.file.try_clone()?,
-            path: self.path.clone(),
-            size: self.size,
-            read_only: self.read_only,
-            block: self.block,
-        })
-    }
-
-    /// The path it was opened at.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn check(&self, op: &'static str, offset: u64, len: u64) -> Result<(), BlockError> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(BlockError::OutOfRange {
-                op,
-                offset,
-                len,
-                size: self.size,
-            }),
+            what,
+            source,
         }
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(io("open"))?;
+    let ty = file.metadata().map_err(io("stat"))?.file_type();
+    if !ty.is_block_device() && !ty.is_file() {
+        return Err(DiskError::NotADisk {
+            path: path.to_path_buf(),
+        });
     }
-
-    fn io(&self, op: &'static str, offset: u64, e: &io::Error) -> BlockError {
-        BlockError::Io {
-            op,
-            offset,
-            message: format!("{}: {e}", self.path.display()),
-        }
-    }
-
-    /// Write zeros over `[offset, offset + len)` with `pwrite`.
-    fn write_zeros(&self, offset: u64, len: u64) -> Result<(), BlockError> {
-        let zeros = [0u8; 64 * 1024];
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(zeros.len() as u64) as usize;
-            self.file
-                .write_all_at(&zeros[..n], offset + done)
-                .map_err(|e| self.io("discard", offset + done, &e))?;
-            done += n as u64;
-        }
-        Ok(())
-    }
-
-    /// `BLKZEROOUT` over the blocks inside `[offset, offset + len)`, `pwrite` of zeros for
-    /// the partial blocks at either end.
-    fn zero_block_device(&self, block: u64, offset: u64, len: u64) -> Result<(), BlockError> {
-        let end = offset + len;
-        let first = offset.next_multiple_of(block);
-        let last = end / block * block;
-        if first >= last {
-            return self.write_zeros(offset, len);
-        }
-        self.write_zeros(offset, first - offset)?;
-        let range: [u64; 2] = [first, last - first];
-        // SAFETY: BLKZEROOUT reads two u64 through the pointer, which points to `range`,
-        // alive for the call; the descriptor is open.
-        let rc = unsafe {
-            libc::ioctl(
-                self.file.as_raw_fd(),
-                BLKZEROOUT as libc::Ioctl,
-                range.as_ptr(),
-            )
-        };
-        if rc != 0 {
-            return Err(self.io("discard", first, &io::Error::last_os_error()));
-        }
-        self.write_zeros(last, end - last)
-    }
-
-    /// Punch a hole (a sparse file keeps its size), or write zeros where that is not
-    /// supported.
-    fn zero_file(&self, offset: u64, len: u64) -> Result<(), BlockError> {
-        if let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) {
-            // SAFETY: fallocate only reads its integer arguments; the descriptor is open.
-            let rc = unsafe {
-                libc::fallocate(
-                    self.file.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    off,
-                    n,
-                )
-            };
-            if rc == 0 {
-                return Ok(());
-            }
-        }
-        self.write_zeros(offset, len)
-    }
-}
-
-impl BlockBackend for Disk {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn read_only(&self) -> bool {
-        self.read_only
-    }
-
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.check("read", offset, buf.len() as u64)?;
-        // read_exact_at: pread until done, again after EINTR, an error at end of file.
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| self.io("read", offset, &e))
-    }
-
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError> {
-        if self.read_only {
-            return Err(BlockError::ReadOnly { op: "write" });
-        }
-        self.check("write", offset, data.len() as u64)?;
-        // write_all_at: pwrite until done, again after EINTR, an error if nothing is written.
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| self.io("write", offset, &e))
-    }
-
-    fn flush(&mut self) -> Result<(), BlockError> {
-        // fdatasync (again after EINTR): the page cache is written and, on a block device,
-        // the device is told to flush its cache.
-        self.file.sync_data().map_err(|e| self.io("flush", 0, &e))
-    }
-
-    fn discard(&mut self, offset: u64, len: u64) -> Result<(), BlockError> {
-        if self.read_only {
-            return Err(BlockError::ReadOnly { op: "discard" });
-        }
-        self.check("discard", offset, len)?;
-        match self.block {
-            Some(block) => self.zero_block_device(block, offset, len),
-            None => self.zero_file(offset, len),
-        }
-    }
+    FileBackend::from_file(file, read_only).map_err(io("size"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keel_virtio::{BlockBackend, BlockError};
 
     struct Temp(PathBuf);
 
@@ -361,7 +153,7 @@ mod tests {
     fn a_file_disk_reads_writes_and_discards_to_zeros() {
         let t = Temp::new("rw");
         image(&t, 16384, 0xff);
-        let mut d = Disk::open(&t.0, false).unwrap();
+        let mut d = open(&t.0, false).unwrap();
         assert_eq!(d.size(), 16384);
 
         d.write_at(100, b"keel").unwrap();
@@ -382,7 +174,7 @@ mod tests {
     fn out_of_range_and_read_only_are_refused() {
         let t = Temp::new("ro");
         image(&t, 4096, 1);
-        let mut d = Disk::open(&t.0, true).unwrap();
+        let mut d = open(&t.0, true).unwrap();
 
         assert!(matches!(
             d.read_at(4090, &mut [0; 8]),
@@ -405,9 +197,9 @@ mod tests {
 
     #[test]
     fn neither_device_nor_file_is_refused() {
-        let e = Disk::open(Path::new("/dev/null"), true).unwrap_err();
+        let e = open(Path::new("/dev/null"), true).unwrap_err();
         assert!(matches!(e, DiskError::NotADisk { .. }), "{e}");
-        let e = Disk::open(Path::new("/nonexistent/disk"), true).unwrap_err();
+        let e = open(Path::new("/nonexistent/disk"), true).unwrap_err();
         assert!(
             e.to_string().starts_with("/nonexistent/disk: open: "),
             "{e}"

@@ -56,19 +56,29 @@ fn a_block_device_disk_has_the_devices_size_and_discards_read_back_as_zeros() {
     let mut disk = FileBackend::open(&lo.dev, false).unwrap();
     let size = disk.size();
     disk.write_at(4096, &[7; 512]).unwrap();
-    disk.discard(1 << 20, 8192).unwrap();
+    // Not block-aligned at either end: BLKZEROOUT for the whole blocks, zeros written for
+    // the partial ones.
+    let (at, len) = ((1u64 << 20) + 100, 8192u64);
+    disk.discard(at, len).unwrap();
     disk.flush().unwrap();
     let mut written = [0u8; 512];
     disk.read_at(4096, &mut written).unwrap();
-    let mut discarded = vec![1u8; 8192];
-    disk.read_at(1 << 20, &mut discarded).unwrap();
-    let mut after = [0u8; 16];
-    disk.read_at((1 << 20) + 8192, &mut after).unwrap();
+    let mut around = vec![1u8; len as usize + 2];
+    disk.read_at(at - 1, &mut around).unwrap();
     let past_end = disk.read_at(2 << 20, &mut [0u8; 512]);
 
+    assert!(disk.is_block_device());
     assert_eq!(size, 2 << 20);
     assert_eq!(written, [7; 512]);
-    assert!(discarded.iter().all(|&b| b == 0));
-    assert_eq!(after, [0xa5; 16]);
+    assert_eq!(
+        around[0], 0xa5,
+        "the byte before the discarded range changed"
+    );
+    assert!(around[1..=len as usize].iter().all(|&b| b == 0));
+    assert_eq!(
+        around[len as usize + 1],
+        0xa5,
+        "the byte after the discarded range changed"
+    );
     assert!(past_end.is_err());
 }

@@ -16,9 +16,10 @@
 //! the policy ([`RestartPlan`]) and the decision ([`Supervisor::on_fault`]). The program
 //! is `admin_pd` (seL4 only), the binary `keel-sel4-admin`.
 //!
-//! No back-off in time: a Microkit PD has no clock (seL4 traps EL0 counter reads on this
-//! configuration, and the system has no timer driver PD), so the limit counts restarts over
-//! the VM's life, like the VMM's reboot limit.
+//! The restart limit is per minute of the generic timer's count ([`crate::clock`], passed
+//! in by the program), like the VMM's reboot limit; without a counter frequency it counts
+//! over the VM's life. No back-off in time between restarts: the admin has no timer
+//! interrupt to wait for, so a restart happens at once or not at all.
 
 use alloc::format;
 use alloc::string::String;
@@ -27,6 +28,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use keel_core::control::{Op, Rights, Status, TargetState};
+use keel_core::restart::{RestartLimiter, RestartVerdict};
 
 use crate::abi::fault as f;
 use crate::fault::Fault;
@@ -98,8 +100,7 @@ pub struct AdminVm {
     pub entry: u64,
     /// The restart policy.
     pub restart: RestartPlan,
-    /// Restarts allowed over the VM's life (the description's `max_restarts_per_minute`:
-    /// no clock here).
+    /// Restarts allowed within a minute (the description's `max_restarts_per_minute`).
     pub max_restarts: u32,
     /// Whether the system starts it (`false`: a pool slot, whose VMM waits until the admin
     /// starts it).
@@ -213,11 +214,14 @@ pub enum FaultAction {
     },
 }
 
-/// The admin's state: each VM's restart count and whether its VMM runs.
+/// The admin's state: each VM's restart count and recent restarts, and whether its VMM
+/// runs.
 #[derive(Debug)]
 pub struct Supervisor {
     vms: Vec<AdminVm>,
     restarts: Vec<u32>,
+    /// Each VM's restarts within the last minute.
+    recent: Vec<RestartLimiter>,
     running: Vec<bool>,
 }
 
@@ -228,6 +232,11 @@ impl Supervisor {
         Supervisor {
             vms: cfg.vms.clone(),
             restarts: cfg.vms.iter().map(|_| 0).collect(),
+            recent: cfg
+                .vms
+                .iter()
+                .map(|v| RestartLimiter::new(v.max_restarts, RestartLimiter::MINUTE_MS))
+                .collect(),
             running: cfg.vms.iter().map(|v| v.start).collect(),
         }
     }
@@ -302,7 +311,10 @@ impl Supervisor {
     }
 
     /// Decide what to do about a fault of child PD `child` (counting the restart).
-    pub fn on_fault(&mut self, child: u32) -> FaultAction {
+    ///
+    /// `now_ms`: the generic timer's count in milliseconds, or `None` when the counter has
+    /// no frequency (then every restart of the VM's life counts against the limit).
+    pub fn on_fault(&mut self, child: u32, now_ms: Option<u64>) -> FaultAction {
         let Some(vm) = self.vm_of_child(child) else {
             return FaultAction::Unknown { child };
         };
@@ -314,23 +326,33 @@ impl Supervisor {
                 reason: format!("restart = \"{}\"", v.restart.name()),
             };
         }
-        let done = self.restarts[vm];
-        if done >= v.max_restarts {
-            return FaultAction::Stop {
-                vm,
-                reason: format!(
-                    "restarted {done} times already (at most {}, counted over the VM's life: no clock here)",
-                    v.max_restarts
-                ),
-            };
-        }
-        self.restarts[vm] = done + 1;
-        self.running[vm] = true;
-        FaultAction::Restart {
-            vm,
-            entry: v.entry,
-            count: done + 1,
-            max: v.max_restarts,
+        // Without a clock every restart is at time 0: none ever leaves the window.
+        match self.recent[vm].record(now_ms.unwrap_or(0)) {
+            RestartVerdict::Stop { count } => {
+                let over = if now_ms.is_some() {
+                    "within a minute"
+                } else {
+                    "counted over the VM's life: the counter has no frequency"
+                };
+                FaultAction::Stop {
+                    vm,
+                    reason: format!(
+                        "restarted {} times already (at most {} per minute, {over})",
+                        count - 1,
+                        v.max_restarts
+                    ),
+                }
+            }
+            RestartVerdict::Restart { count } => {
+                self.restarts[vm] += 1;
+                self.running[vm] = true;
+                FaultAction::Restart {
+                    vm,
+                    entry: v.entry,
+                    count,
+                    max: v.max_restarts,
+                }
+            }
         }
     }
 
@@ -340,7 +362,7 @@ impl Supervisor {
             FaultAction::Restart { vm, count, max, .. } => {
                 let v = &self.vms[*vm];
                 format!(
-                    "keel-admin: vm {}: VMM {} faulted ({what}); restarting it ({count} of at most {max}, restart = \"{}\")",
+                    "keel-admin: vm {}: VMM {} faulted ({what}); restarting it ({count} of at most {max} per minute, restart = \"{}\")",
                     v.name,
                     v.vmm_pd,
                     v.restart.name()
@@ -501,7 +523,7 @@ mod tests {
         let mut s = Supervisor::new(&cfg(RestartPlan::OnFailure, 3));
 
         assert_eq!(
-            s.on_fault(0),
+            s.on_fault(0, Some(0)),
             FaultAction::Restart {
                 vm: 0,
                 entry: 0x20_0000,
@@ -515,7 +537,10 @@ mod tests {
     fn always_restarts_after_a_fault_too() {
         let mut s = Supervisor::new(&cfg(RestartPlan::Always, 3));
 
-        assert!(matches!(s.on_fault(0), FaultAction::Restart { .. }));
+        assert!(matches!(
+            s.on_fault(0, Some(0)),
+            FaultAction::Restart { .. }
+        ));
     }
 
     #[test]
@@ -523,7 +548,7 @@ mod tests {
         let mut s = Supervisor::new(&cfg(RestartPlan::OnFailure, 3));
 
         assert_eq!(
-            s.on_fault(1),
+            s.on_fault(1, Some(0)),
             FaultAction::Stop {
                 vm: 1,
                 reason: "restart = \"never\"".into()
@@ -534,10 +559,10 @@ mod tests {
     #[test]
     fn restarts_stop_at_the_limit() {
         let mut s = Supervisor::new(&cfg(RestartPlan::OnFailure, 2));
-        s.on_fault(0);
-        s.on_fault(0);
+        s.on_fault(0, Some(0));
+        s.on_fault(0, Some(0));
 
-        let third = s.on_fault(0);
+        let third = s.on_fault(0, Some(0));
 
         assert!(
             matches!(&third, FaultAction::Stop { vm: 0, reason } if reason.starts_with("restarted 2 times already")),
@@ -547,14 +572,65 @@ mod tests {
     }
 
     #[test]
+    fn restarts_a_minute_apart_do_not_count_against_each_other() {
+        let mut s = Supervisor::new(&cfg(RestartPlan::OnFailure, 2));
+        s.on_fault(0, Some(1_000));
+        s.on_fault(0, Some(2_000));
+
+        // 60 s after the first, it has left the window: one restart within the minute.
+        let third = s.on_fault(0, Some(61_000));
+
+        assert!(
+            matches!(
+                third,
+                FaultAction::Restart {
+                    count: 2,
+                    max: 2,
+                    ..
+                }
+            ),
+            "{third:?}"
+        );
+        assert_eq!(s.restarts(0), 3);
+    }
+
+    #[test]
+    fn the_limit_applies_within_a_minute() {
+        let mut s = Supervisor::new(&cfg(RestartPlan::OnFailure, 2));
+        s.on_fault(0, Some(1_000));
+        s.on_fault(0, Some(30_000));
+
+        let third = s.on_fault(0, Some(60_999));
+
+        assert!(
+            matches!(&third, FaultAction::Stop { vm: 0, reason } if reason == "restarted 2 times already (at most 2 per minute, within a minute)"),
+            "{third:?}"
+        );
+    }
+
+    #[test]
+    fn without_a_clock_restarts_count_over_the_vms_life() {
+        let mut s = Supervisor::new(&cfg(RestartPlan::OnFailure, 2));
+        s.on_fault(0, None);
+        s.on_fault(0, None);
+
+        let third = s.on_fault(0, None);
+
+        assert!(
+            matches!(&third, FaultAction::Stop { reason, .. } if reason.ends_with("counted over the VM's life: the counter has no frequency)")),
+            "{third:?}"
+        );
+    }
+
+    #[test]
     fn a_restart_of_one_vm_does_not_count_against_another() {
         let mut c = cfg(RestartPlan::OnFailure, 1);
         c.vms[1].restart = RestartPlan::OnFailure;
         let mut s = Supervisor::new(&c);
-        s.on_fault(0);
+        s.on_fault(0, Some(0));
 
         assert!(matches!(
-            s.on_fault(1),
+            s.on_fault(1, Some(0)),
             FaultAction::Restart {
                 vm: 1,
                 count: 1,
@@ -567,7 +643,7 @@ mod tests {
     fn a_fault_of_an_unknown_child_is_ignored() {
         let mut s = Supervisor::new(&cfg(RestartPlan::OnFailure, 3));
 
-        assert_eq!(s.on_fault(9), FaultAction::Unknown { child: 9 });
+        assert_eq!(s.on_fault(9, Some(0)), FaultAction::Unknown { child: 9 });
     }
 
     #[test]
@@ -612,7 +688,7 @@ mod tests {
     #[test]
     fn a_fault_left_stopped_reads_as_stopped() {
         let mut s = Supervisor::new(&cfg(RestartPlan::Never, 3));
-        s.on_fault(0);
+        s.on_fault(0, Some(0));
 
         assert_eq!(
             s.apply(Op::Status, 0),
@@ -638,11 +714,11 @@ mod tests {
             prefetch: false,
             fsr: 0x93,
         });
-        let action = s.on_fault(0);
+        let action = s.on_fault(0, Some(0));
 
         assert_eq!(
             s.line(&action, &what),
-            "keel-admin: vm a: VMM a_vmm faulted (memory fault: data access at address 0x10, pc 0x201234, fsr 0x93); restarting it (1 of at most 3, restart = \"on-failure\")"
+            "keel-admin: vm a: VMM a_vmm faulted (memory fault: data access at address 0x10, pc 0x201234, fsr 0x93); restarting it (1 of at most 3 per minute, restart = \"on-failure\")"
         );
     }
 }

@@ -153,6 +153,8 @@ pub extern "C" fn main() -> ! {
     };
     let mut out = Out::attach(&cfg);
     let mut sup = Supervisor::new(&cfg);
+    // The restart limit's time (None: a counter without a frequency, see `Supervisor::on_fault`).
+    let counter = crate::clock::Counter::new();
     let policies: alloc::vec::Vec<String> = sup
         .vms()
         .iter()
@@ -189,7 +191,7 @@ pub extern "C" fn main() -> ! {
                     Ok(f) => describe_fault(&f),
                     Err(e) => alloc::format!("{e}"),
                 };
-                let action = sup.on_fault(u32::from(child));
+                let action = sup.on_fault(u32::from(child), counter.map(|c| c.now_ms()));
                 out.line(&sup.line(&action, &what));
                 match action {
                     FaultAction::Restart { vm, entry, .. } => {

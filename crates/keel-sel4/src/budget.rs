@@ -19,6 +19,7 @@ use keel_virtio::block::BOUNCE_LEN;
 use keel_virtio::console::INPUT_BUFFER_LIMIT;
 use keel_virtio::net::{MAX_FRAME_LEN, NET_HDR_LEN, NET_MAX_CHAIN_SEGMENTS, QUEUE_SIZE};
 use keel_virtio::queue::MAX_CHAIN_SEGMENTS;
+use keel_virtio::vsock::{CONTROL_QUEUE_LIMIT, Header, MAX_CONNECTIONS, MAX_PACKET_PAYLOAD};
 use keel_virtio::{DescriptorChain, GuestIoSlice, Segment};
 
 /// The VMM PD's heap (the arena `vmm_entry!` declares).
@@ -28,6 +29,11 @@ pub const VMM_HEAP_BYTES: usize = 32 << 20;
 /// slots, the software GIC, log lines, the transports. A reservation, not a measurement
 /// (those are a few hundred KiB for the test guests' plans).
 pub const VMM_BASE_BYTES: usize = 4 << 20;
+
+/// What one vsock connection's entry takes in the device's connection table (its state and
+/// counters, an empty byte queue, its share of the map's nodes) and in a flush's key list:
+/// a reservation (the entry is a few dozen words).
+pub const VSOCK_CONN_BYTES: usize = 512;
 
 /// A heap block for `bytes` (the heap's size classes are powers of two).
 const fn block(bytes: usize) -> usize {
@@ -68,8 +74,16 @@ pub const fn device_heap_bytes(kind: DeviceKind) -> usize {
         }
         // The chain in flight (entropy goes through a stack buffer).
         DeviceKind::Rng => chain(MAX_CHAIN_SEGMENTS),
-        // Refused by `keel sel4 build` (vsock is not supported on seL4 yet).
-        DeviceKind::Vsock => 0,
+        // The transmit payload buffer, the control queue at its cap, a held receive chain
+        // and the transmit chain in flight, the connection table at its cap. A connection's
+        // byte queue (up to `CONN_BUF`) fills only on a connection to the host: the seL4
+        // VMM's vsock has no host side (`NoHost`), so none is ever established there.
+        DeviceKind::Vsock => {
+            block(MAX_PACKET_PAYLOAD as usize)
+                + grown(CONTROL_QUEUE_LIMIT * size_of::<Header>())
+                + 2 * chain(MAX_CHAIN_SEGMENTS)
+                + MAX_CONNECTIONS * VSOCK_CONN_BYTES
+        }
     }
 }
 
@@ -122,6 +136,17 @@ mod tests {
     use super::*;
     use keel_spec::{Arch, DiskSpec, HostPath, Memory, VmSpec};
 
+    fn plan_spec_disks(n: usize) -> alloc::vec::Vec<DiskSpec> {
+        (0..n)
+            .map(|i| DiskSpec {
+                path: HostPath::new(alloc::format!("/d{i}")),
+                read_only: false,
+                id: None,
+                served: None,
+            })
+            .collect()
+    }
+
     fn plan_with_disks(n: usize) -> VmPlan {
         let mut v = VmSpec::new(
             "v",
@@ -129,14 +154,7 @@ mod tests {
             HostPath::new("/k"),
             Memory::Size(64 << 20),
         );
-        v.disks = (0..n)
-            .map(|i| DiskSpec {
-                path: HostPath::new(alloc::format!("/d{i}")),
-                read_only: false,
-                id: None,
-                served: None,
-            })
-            .collect();
+        v.disks = plan_spec_disks(n);
         keel_spec::plan::plan_vm(&v).unwrap()
     }
 
@@ -164,6 +182,29 @@ mod tests {
                 have: need - 1,
             })
         );
+    }
+
+    #[test]
+    fn a_vsock_device_counts_its_payload_buffer_control_queue_and_connections() {
+        let v = device_heap_bytes(DeviceKind::Vsock);
+
+        assert!(v >= MAX_PACKET_PAYLOAD as usize + MAX_CONNECTIONS * VSOCK_CONN_BYTES);
+        assert!(v >= CONTROL_QUEUE_LIMIT * size_of::<Header>());
+        // Two disks, an rng and a vsock device still fit the heap.
+        let mut spec = VmSpec::new(
+            "v",
+            Arch::Aarch64,
+            HostPath::new("/k"),
+            Memory::Size(64 << 20),
+        );
+        spec.disks = plan_spec_disks(2);
+        spec.vsock = Some(keel_spec::VsockSpec {
+            cid: 3,
+            socket: None,
+        });
+        let plan = keel_spec::plan::plan_vm(&spec).unwrap();
+        assert!(plan.devices.iter().any(|d| d.kind == DeviceKind::Vsock));
+        assert_eq!(check_vmm_heap(&plan), Ok(()));
     }
 
     #[test]

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use keel_spec::microkit::{
     ADMIN_ELF_NAME, BoardMap, BoardResource, CONSOLE_ELF_NAME, ColourLayout, ConsoleInput,
-    ConsoleLayout, ForwardLink, MicrokitLayout, NetLayout, SwitchComponent, forward_links,
-    placement, switch_components, system_file, vmm_elf_name, vmm_pd_name,
+    ConsoleLayout, ForwardLink, MicrokitLayout, NetLayout, SwitchComponent, VsockLink,
+    forward_links, placement, switch_components, system_file, vmm_elf_name, vmm_pd_name,
+    vsock_links,
 };
 use keel_spec::{System, VmSpec};
 
@@ -30,7 +31,7 @@ use crate::console::{
 };
 use crate::payload::{
     self, CONSOLE_RING_VADDR, ForwardWindow, GUEST_RAM_VADDR, NicWindows, PAYLOAD_VADDR,
-    PayloadError, Sel4Params,
+    PayloadError, Sel4Params, VsockWindows,
 };
 use crate::switch::{
     SWITCH_HEAP_VADDR, SWITCH_RINGS_VADDR, SwitchConfigError, SwitchPdConfig,
@@ -636,17 +637,45 @@ pub fn forward_windows(links: &[ForwardLink], vm_index: usize) -> LinkWindows {
     LinkWindows {
         forwards,
         serves: serves.into_iter().map(|(_, c)| c).collect(),
+        vsock: Vec::new(),
     }
 }
 
-/// A VMM's block-forwarding windows and channels ([`Sel4Params::forwards`],
-/// [`Sel4Params::serves`]).
+/// Where VM `vm_index`'s VMM maps the two rings of each of its vsock peers and its channel
+/// to that peer's VMM, in its plan's `vsock.peers` order, from the system's
+/// [`keel_spec::microkit::vsock_links`].
+pub fn vsock_windows(links: &[VsockLink], vm_index: usize) -> Vec<VsockWindows> {
+    let mut ends: Vec<(usize, VsockWindows)> = links
+        .iter()
+        .flat_map(|l| l.ends.iter().map(move |e| (l, e)))
+        .filter(|(_, e)| e.vm == vm_index)
+        .map(|(l, e)| {
+            let w = VsockWindows {
+                pair: l.pair as u32,
+                tx: e.tx_vaddr,
+                rx: e.rx_vaddr,
+                ring_len: l.ring_len,
+                slots: l.slots,
+                channel: e.channel,
+            };
+            (e.peer, w)
+        })
+        .collect();
+    ends.sort_by_key(|(peer, _)| *peer);
+    ends.into_iter().map(|(_, w)| w).collect()
+}
+
+/// A VMM's windows and channels onto other VMMs: block forwarding
+/// ([`Sel4Params::forwards`], [`Sel4Params::serves`]) and vsock peers
+/// ([`Sel4Params::vsock`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkWindows {
     /// Its served disks' links.
     pub forwards: Vec<ForwardWindow>,
     /// Its channels to the clients it serves.
     pub serves: Vec<u32>,
+    /// Its vsock peers' rings and channels.
+    pub vsock: Vec<VsockWindows>,
 }
 
 /// The payload of VM `index` of `system`: its plan (`keel_spec::plan::plan_vm_of`, the
@@ -727,6 +756,7 @@ pub fn vm_payload_with(
         nics,
         forwards: links.forwards,
         serves: links.serves,
+        vsock: links.vsock,
     };
     let disk_refs: Vec<&[u8]> = disks.iter().map(Vec::as_slice).collect();
     payload::build(&plan, &params, &kernel, initrd.as_deref(), &disk_refs).map_err(|source| {
@@ -776,6 +806,7 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
     let xml = system_file(system, &layout)?;
     let switches = switch_components(system, &layout, &placement(system, &layout)?)?;
     let forwards = forward_links(system, &layout)?;
+    let vsocks = vsock_links(system, &layout)?;
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     let elf = std::fs::read(&opts.vmm_elf).map_err(io(&opts.vmm_elf))?;
     for (index, vm) in system.vms().iter().enumerate() {
@@ -787,7 +818,10 @@ pub fn build(system: &System, opts: &BuildOptions) -> Result<BuildOutput, BuildE
             system,
             index,
             nic_windows(&switches, index),
-            forward_windows(&forwards, index),
+            LinkWindows {
+                vsock: vsock_windows(&vsocks, index),
+                ..forward_windows(&forwards, index)
+            },
             knobs,
         )?;
         let max = GUEST_RAM_VADDR - PAYLOAD_VADDR;
@@ -1355,5 +1389,53 @@ mod forward_tests {
         assert!(server.forwards.is_empty());
         assert_eq!(server.serves, [20, 21]);
         assert_eq!(neither, LinkWindows::default());
+    }
+}
+
+#[cfg(test)]
+mod vsock_tests {
+    use super::*;
+    use keel_spec::microkit::VsockEnd;
+
+    fn link(pair: usize, first: (usize, usize), second: (usize, usize)) -> VsockLink {
+        let end = |(vm, peer): (usize, usize), channel: u32| VsockEnd {
+            vm,
+            peer,
+            tx_vaddr: 0x7_0000_0000 + peer as u64 * 0x10_0000,
+            rx_vaddr: 0x7_0008_0000 + peer as u64 * 0x10_0000,
+            channel,
+        };
+        VsockLink {
+            pair,
+            rings: [
+                keel_spec::microkit::vsock_region_name(pair, 0),
+                keel_spec::microkit::vsock_region_name(pair, 1),
+            ],
+            size: 0x8_1000,
+            ring_len: 0x8_0100,
+            slots: 256,
+            ends: [end(first, 10 + pair as u32), end(second, 20 + pair as u32)],
+        }
+    }
+
+    #[test]
+    fn vsock_windows_give_a_vmm_each_of_its_ends_in_peer_order() {
+        // VM 0 is the second of pair 0 (its peer 1) and the first of pair 1 (its peer 0);
+        // VM 2 is in neither.
+        let links = [link(0, (1, 0), (0, 1)), link(1, (0, 0), (3, 0))];
+
+        let w = vsock_windows(&links, 0);
+
+        assert_eq!(
+            w.iter()
+                .map(|w| (w.pair, w.tx, w.rx, w.channel))
+                .collect::<Vec<_>>(),
+            [
+                (1, 0x7_0000_0000, 0x7_0008_0000, 11),
+                (0, 0x7_0010_0000, 0x7_0018_0000, 20)
+            ]
+        );
+        assert!(w.iter().all(|w| (w.ring_len, w.slots) == (0x8_0100, 256)));
+        assert!(vsock_windows(&links, 2).is_empty());
     }
 }

@@ -14,6 +14,7 @@
 //!   the rings of its ports); `switch_pd` (seL4 only) is its program.
 //! - [`admin`]: the admin component (the PD that is the Microkit parent of every VMM PD
 //!   and restarts a faulted one by its VM's policy); `admin_pd` (seL4 only) is its program.
+//! - [`clock`]: time for protection domains (the generic timer's physical count).
 //! - [`heap`]: the protection domains' allocators (portable, so that host tests can run a
 //!   small arena); [`budget`]: the VMM heap's size against the worst case of a VM's
 //!   devices, checked at plan time.
@@ -31,6 +32,7 @@ pub mod admin;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod admin_pd;
 pub mod budget;
+pub mod clock;
 pub mod console;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod console_pd;

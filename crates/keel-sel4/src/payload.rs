@@ -36,8 +36,9 @@ pub const MAGIC: [u8; 8] = *b"KEELPAY\0";
 /// replace the console lock and the line prefix; 4: the reboot policy; 5: the network
 /// interfaces' rings and channels; 6: the fault test knob; 7: pool slots, the control
 /// doorbell and the admin channel; 8: the plan's passed-through devices, block-forwarding
-/// links and vsock device; 9: the block-forwarding links' windows and channels).
-pub const VERSION: u32 = 9;
+/// links and vsock device; 9: the block-forwarding links' windows and channels; 10: the
+/// vsock peers' rings and channels).
+pub const VERSION: u32 = 10;
 /// Bytes of the fixed header before the blob table.
 const HEADER_LEN: usize = 32;
 /// Bytes of one blob-table entry.
@@ -115,8 +116,8 @@ pub struct Sel4Params {
     /// A guest reset (PSCI `SYSTEM_RESET`) restarts the VM in place (spec `on_reboot =
     /// "restart"`); otherwise it stops the VM.
     pub restart_on_reboot: bool,
-    /// The spec's `max_restarts_per_minute`; the VMM has no clock, so it counts restarts
-    /// over the VM's whole life against this number.
+    /// The spec's `max_restarts_per_minute` (the VMM counts restarts within a minute of
+    /// the generic timer's count).
     pub max_restarts: u32,
     /// The network interfaces' rings and channels, indexed like the plan's `nics`.
     pub nics: Vec<NicWindows>,
@@ -126,6 +127,28 @@ pub struct Sel4Params {
     /// order: the doorbell's output byte `i` notifies `serves[i]`; a notification on any of
     /// them is one input byte.
     pub serves: Vec<u32>,
+    /// The rings and channel of each vsock peer, indexed like the plan's `vsock.peers`
+    /// (the device's CID, each peer's CID and which side is the pair's first are the
+    /// plan's).
+    pub vsock: Vec<VsockWindows>,
+}
+
+/// Where the two rings of one vsock peer link are mapped in the VMM, and its channel to
+/// the peer's VMM (mapped into those two VMMs only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockWindows {
+    /// The `[vsock] allow` pair (the plan's peer names it too: the VMM checks they agree).
+    pub pair: u32,
+    /// The ring this VMM produces (its guest's packets to the peer).
+    pub tx: u64,
+    /// The ring this VMM consumes (the peer's packets).
+    pub rx: u64,
+    /// Bytes of each ring window.
+    pub ring_len: u64,
+    /// Slots of each ring.
+    pub slots: u32,
+    /// The channel to the peer's VMM: the doorbell both ways, and the link's event source.
+    pub channel: u32,
 }
 
 /// Where one served disk's forwarding region is mapped in the client's VMM, and its
@@ -541,7 +564,16 @@ mod tests {
                 dt: Some(("virtio,mmio".into(), alloc::vec![(0x0a00_3e00, 0x200)])),
                 dma_identity: true,
             }],
-            vsock: None,
+            vsock: Some(keel_spec::VsockPlan {
+                cid: 3,
+                socket: None,
+                peers: alloc::vec![keel_spec::VsockPeerPlan {
+                    pair: 2,
+                    vm: "b".into(),
+                    cid: 4,
+                    first: true,
+                }],
+            }),
         }
     }
 
@@ -575,6 +607,14 @@ mod tests {
                 channel: 4,
             }],
             serves: alloc::vec![5, 6],
+            vsock: alloc::vec![VsockWindows {
+                pair: 2,
+                tx: 0x7_0000_0000,
+                rx: 0x7_0008_1000,
+                ring_len: 0x80100,
+                slots: 256,
+                channel: 7,
+            }],
         }
     }
 
@@ -609,9 +649,9 @@ mod tests {
     #[test]
     fn other_version_is_refused() {
         let mut p = payload(&[&[0u8; 1]]);
-        p[8] = 8;
+        p[8] = 9;
 
-        assert_eq!(parse(&p), Err(PayloadError::Version { found: 8 }));
+        assert_eq!(parse(&p), Err(PayloadError::Version { found: 9 }));
     }
 
     #[test]

@@ -9,14 +9,13 @@
 //! a notification from any port's VMM, serve again. A port's doorbell is a Microkit
 //! notification on its channel.
 //!
-//! Time: a protection domain has no clock here (Microkit gives none; EL0 counter reads
-//! trap), so the switch's time is the number of service rounds: each round counts as one
-//! millisecond for MAC ageing and storm control. On seL4 every port declares its MAC (no
-//! uplink), so ageing only forgets entries of ports that fell silent; it never changes where
-//! a frame goes. Storm control refills a port's bucket by `flood_rate / 1000` frames per
-//! round (one frame per round at the default 1000/s): rounds follow the traffic, so a storm
-//! is held to about one flooded frame per round (of up to `SERVICE_BUDGET` frames) beyond
-//! its burst, and a quiet port's bucket refills over the rounds the others cause.
+//! Time: the generic timer's physical count in milliseconds ([`crate::clock`]), for MAC
+//! ageing and storm control, as the Linux switch uses its monotonic clock: a storming port
+//! floods at most `flood_rate` frames a second beyond its burst. On seL4 every port declares
+//! its MAC (no uplink), so ageing only forgets entries of ports that fell silent; it never
+//! changes where a frame goes. Only if the firmware left the counter's frequency at 0 is the
+//! time the number of service rounds, one millisecond each (the switch says so at start):
+//! then storm control holds a storm to about `flood_rate / 1000` flooded frames per round.
 //!
 //! The switch prints nothing unless it cannot start (the console PD owns the console).
 
@@ -129,13 +128,23 @@ pub extern "C" fn main() -> ! {
             idle();
         }
     };
-    // The switch's time: service rounds (see the module doc).
+    // The switch's time (see the module doc): the counter, else service rounds.
+    let counter = crate::clock::Counter::new();
+    if counter.is_none() {
+        say!(
+            "keel-switch: network {}: the generic timer's frequency (CNTFRQ_EL0) is 0: time is counted in service rounds",
+            cfg.plan.name
+        );
+    }
     let mut now: u64 = 0;
     loop {
         // Serve until every input ring is empty with its wake-up armed. Start with a round:
         // VMMs may have sent before this PD first ran.
         loop {
-            now = now.wrapping_add(1);
+            now = match counter {
+                Some(c) => c.now_ms().max(now),
+                None => now.wrapping_add(1),
+            };
             if service.service(now, SERVICE_BUDGET) == Service::Idle {
                 break;
             }

@@ -29,6 +29,13 @@
 //! runs at the priority of the lowest VMM of its network, on the core of its first
 //! member's VMM. An uplink (a host tap) has no seL4 form and is refused.
 //!
+//! Vsock pairs (`[vsock] allow`, [`vsock_links`]): each pair has two ring regions,
+//! `keel_vsock_<pair>_0` (the first VM's packets to the second) and `keel_vsock_<pair>_1`
+//! (the other way), [`crate::plan::ring_window_len`] of [`crate::plan::VSOCK_RING_SLOTS`]
+//! rounded up to 4 KiB, both mapped read-write into the two VMMs only (at
+//! [`VMM_VSOCK_VADDR`], never into a guest), and one channel between the two VMM PDs.
+//! There is no host side: a `[vm.vsock] socket` is refused.
+//!
 //! Guest shared regions (`[[shared]]`): one memory region each (`keel_shared_<name>`,
 //! [`guest_shared_region_name`]), mapped into the `<virtual_machine>` of every VM whose
 //! `[[vm.shared]]` names it, at that mapping's `base`, `perms="rw"` or `"r"` (`access =
@@ -295,9 +302,10 @@ pub enum MicrokitError {
         max: usize,
     },
     /// A VMM needs more channels than it has: its passed-through interrupts, network
-    /// interfaces and forwarding links (served disks and the links it serves) each take one.
+    /// interfaces, forwarding links (served disks and the links it serves) and vsock peers
+    /// each take one.
     #[error(
-        "VM {vm}: {irqs} passed-through interrupts, {nics} network interfaces and {links} block-forwarding links; the seL4 backend gives a VMM at most {max} of them together"
+        "VM {vm}: {irqs} passed-through interrupts, {nics} network interfaces, {links} block-forwarding links and {peers} vsock peers; the seL4 backend gives a VMM at most {max} of them together"
     )]
     TooManyChannels {
         /// VM name.
@@ -308,14 +316,20 @@ pub enum MicrokitError {
         nics: usize,
         /// Forwarding links (as client and as storage VM).
         links: usize,
+        /// Vsock peers (`[vsock] allow` pairs naming the VM).
+        peers: usize,
         /// The limit.
         max: usize,
     },
-    /// A VM with `[vm.vsock]`: the seL4 backend has no vsock device yet.
-    #[error("VM {vm}: vsock is not supported on seL4 yet")]
-    Vsock {
+    /// A VM's vsock device with a host socket: there is no host side on seL4.
+    #[error(
+        "VM {vm}: vsock socket {socket:?}: the seL4 backend has no host to connect it to (vsock on seL4 is guest to guest only: remove `socket`, keep `[vsock] allow`)"
+    )]
+    VsockSocket {
         /// VM name.
         vm: String,
+        /// The socket path the description gives.
+        socket: String,
     },
     /// A network bridged to a host tap: there is no host network on seL4.
     #[error(
@@ -869,6 +883,106 @@ pub struct ForwardLink {
     pub server_channel: u32,
 }
 
+/// Where a VMM maps the rings of its vsock peers (28 GiB): for each peer in its plan's
+/// `vsock.peers` order, its ring to the peer, then its ring from the peer, back to back.
+pub const VMM_VSOCK_VADDR: u64 = 0x7_0000_0000;
+
+/// Name of ring `ring` of `[vsock] allow` pair `pair`: ring 0 carries the pair's first VM's
+/// packets to the second, ring 1 the other way (no description names a region
+/// `keel_vsock_*`, see [`forward_region_name`]).
+pub fn vsock_region_name(pair: usize, ring: usize) -> String {
+    format!("keel_vsock_{pair}_{ring}")
+}
+
+/// Bytes of one vsock ring region: [`crate::plan::ring_window_len`] of
+/// [`crate::plan::VSOCK_RING_SLOTS`] (as on Linux) rounded up to 4 KiB.
+pub fn vsock_region_bytes() -> u64 {
+    crate::plan::ring_window_len(crate::plan::VSOCK_RING_SLOTS).next_multiple_of(FOUR_KIB)
+}
+
+/// Channels a VMM gives its vsock peers: one per peer.
+fn vsock_channel_count(vm: &crate::plan::VmPlan) -> usize {
+    vm.vsock.as_ref().map_or(0, |v| v.peers.len())
+}
+
+/// The channel id, in the VMM of `vm`, of its vsock peer `k` (its plan's `vsock.peers`
+/// order): after its network interfaces' and forwarding links' ids. [`check`] keeps them
+/// below the passed-through interrupts' ids ([`passthrough_channel`]).
+fn vsock_channel(layout: &MicrokitLayout, vm: &crate::plan::VmPlan, k: usize) -> u32 {
+    layout.net.vmm_first_channel + (vm.nics.len() + forward_channel_count(vm) + k) as u32
+}
+
+/// One end of a vsock pair: where its VMM maps the two rings and its channel id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockEnd {
+    /// Index of the VM in the system.
+    pub vm: usize,
+    /// Index of the other VM among this VM's vsock peers (its plan's `vsock.peers`).
+    pub peer: usize,
+    /// Where this VMM maps the ring it produces (its packets to the other VM).
+    pub tx_vaddr: u64,
+    /// Where this VMM maps the ring it consumes (the other VM's packets).
+    pub rx_vaddr: u64,
+    /// Channel id at this VMM's end.
+    pub channel: u32,
+}
+
+/// One `[vsock] allow` pair on seL4: two ring regions, both mapped read-write into the two
+/// VMM PDs only (never into a guest), and one channel between the two VMM PDs (each
+/// side's doorbell for the ring it produces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockLink {
+    /// The pair (index into `[vsock] allow`).
+    pub pair: usize,
+    /// The ring regions ([`vsock_region_name`]): `[first to second, second to first]`.
+    pub rings: [String; 2],
+    /// Each region's size ([`vsock_region_bytes`]).
+    pub size: u64,
+    /// Bytes of it the ring uses ([`crate::plan::ring_window_len`]).
+    pub ring_len: u64,
+    /// Slots of each ring ([`crate::plan::VSOCK_RING_SLOTS`]).
+    pub slots: u32,
+    /// The pair's first VM's end, then the second's.
+    pub ends: [VsockEnd; 2],
+}
+
+/// The vsock pairs of `system`, in `[vsock] allow` order.
+pub fn vsock_links(
+    system: &System,
+    layout: &MicrokitLayout,
+) -> Result<Vec<VsockLink>, MicrokitError> {
+    let plan = crate::plan::plan(system)?;
+    let size = vsock_region_bytes();
+    let mut ends: BTreeMap<usize, [Option<VsockEnd>; 2]> = BTreeMap::new();
+    for (vm, p) in plan.vms.iter().enumerate() {
+        let peers = p.vsock.iter().flat_map(|v| v.peers.iter());
+        for (k, peer) in peers.enumerate() {
+            let base = VMM_VSOCK_VADDR + k as u64 * 2 * size;
+            let end = VsockEnd {
+                vm,
+                peer: k,
+                tx_vaddr: base,
+                rx_vaddr: base + size,
+                channel: vsock_channel(layout, p, k),
+            };
+            ends.entry(peer.pair).or_default()[usize::from(!peer.first)] = Some(end);
+        }
+    }
+    Ok(ends
+        .into_iter()
+        .filter_map(|(pair, [a, b])| {
+            Some(VsockLink {
+                pair,
+                rings: [vsock_region_name(pair, 0), vsock_region_name(pair, 1)],
+                size,
+                ring_len: crate::plan::ring_window_len(crate::plan::VSOCK_RING_SLOTS),
+                slots: crate::plan::VSOCK_RING_SLOTS,
+                ends: [a?, b?],
+            })
+        })
+        .collect())
+}
+
 /// The forwarding links of `system`, in link order.
 pub fn forward_links(
     system: &System,
@@ -1163,10 +1277,13 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
             });
         }
     }
-    if let Some(vm) = system.vms().iter().find(|vm| vm.vsock.is_some()) {
-        return Err(MicrokitError::Vsock {
-            vm: vm.name.clone(),
-        });
+    for vm in system.vms() {
+        if let Some(socket) = vm.vsock.as_ref().and_then(|v| v.socket.as_ref()) {
+            return Err(MicrokitError::VsockSocket {
+                vm: vm.name.clone(),
+                socket: socket.to_string(),
+            });
+        }
     }
     for net in system.networks() {
         if net.uplink.is_some() {
@@ -1181,12 +1298,14 @@ pub fn check(system: &System, layout: &MicrokitLayout) -> Result<(), MicrokitErr
     for (vm, p) in system.vms().iter().zip(&plan.vms) {
         let irqs: usize = vm.passthrough.iter().map(|d| d.irqs.len()).sum();
         let links = forward_channel_count(p);
-        if irqs + vm.nics.len() + links > max_nics {
+        let peers = vsock_channel_count(p);
+        if irqs + vm.nics.len() + links + peers > max_nics {
             return Err(MicrokitError::TooManyChannels {
                 vm: vm.name.clone(),
                 irqs,
                 nics: vm.nics.len(),
                 links,
+                peers,
                 max: max_nics,
             });
         }
@@ -1497,7 +1616,8 @@ pub enum ComponentError {
         /// The region.
         region: String,
     },
-    /// A region is mapped by more than one VMM (VMMs share nothing writable).
+    /// A region is mapped by more than one VMM (VMMs share nothing writable but the
+    /// regions declared shared between exactly two of them: a vsock pair's rings).
     #[error("region {region} is mapped by two VMMs ({first} and {second})")]
     SharedBetweenVmms {
         /// The region.
@@ -1605,9 +1725,10 @@ impl SystemComponents {
     }
 
     /// Check the isolation rules: every map names a declared region; no region is mapped by
-    /// two VMMs; every interrupt has one owner; channel and interrupt ids are unique per
-    /// component; channels join existing components; every shared region (a ring) is
-    /// mapped by exactly its two owners, once each.
+    /// two VMMs unless it is a shared region of those two; every interrupt has one owner;
+    /// channel and interrupt ids are unique per component; channels join existing
+    /// components; every shared region (a ring) is mapped by exactly its two owners, once
+    /// each.
     pub fn check(&self) -> Result<(), ComponentError> {
         self.check_parents()?;
         self.check_physical()?;
@@ -1629,7 +1750,10 @@ impl SystemComponents {
                 }
             }
             if matches!(c.kind, ComponentKind::Vmm { .. }) {
-                for m in &c.maps {
+                // A region declared shared (a vsock ring) may have two VMMs as its owners:
+                // check_shared holds it to exactly those two.
+                let declared_shared = |r: &str| self.shared.iter().any(|sh| sh.region == r);
+                for m in c.maps.iter().filter(|m| !declared_shared(&m.region)) {
                     if let Some(first) = vmm_of_region.get(m.region.as_str()) {
                         return Err(ComponentError::SharedBetweenVmms {
                             region: m.region.clone(),
@@ -1902,6 +2026,7 @@ pub fn component_plan(
     let console = console_component(system, layout, &places);
     let switches = switch_components(system, layout, &places)?;
     let forwards = forward_links(system, layout)?;
+    let vsocks = vsock_links(system, layout)?;
     let mut regions = vec![RegionPlan {
         name: "gic_vcpu".into(),
         size: layout.gic_vcpu_size,
@@ -1960,6 +2085,11 @@ pub fn component_plan(
     }
     for f in &forwards {
         regions.push(plain(&f.region, f.size));
+    }
+    for v in &vsocks {
+        for r in &v.rings {
+            regions.push(plain(r, v.size));
+        }
     }
     for vm in system.vms().iter().filter(|v| !v.control.is_empty()) {
         regions.push(plain(&control_region_name(vm), FOUR_KIB));
@@ -2032,6 +2162,14 @@ pub fn component_plan(
             }
             if f.server == index {
                 vm_maps.push(rw(f.region.clone(), f.server_gpa));
+            }
+        }
+        // Vsock pairs: both rings in each of the two VMMs' own address spaces, never in
+        // a guest's (the guest sees only its virtio-vsock device).
+        for v in &vsocks {
+            for (i, end) in v.ends.iter().enumerate().filter(|(_, e)| e.vm == index) {
+                maps.push(rw(v.rings[i].clone(), end.tx_vaddr));
+                maps.push(rw(v.rings[1 - i].clone(), end.rx_vaddr));
             }
         }
         if !vm.control.is_empty() {
@@ -2210,6 +2348,21 @@ pub fn component_plan(
             region: f.region.clone(),
             owners: [client, server],
         });
+    }
+    for v in &vsocks {
+        let [a, b] = &v.ends;
+        let first = vmm_pd_name(&system.vms()[a.vm]);
+        let second = vmm_pd_name(&system.vms()[b.vm]);
+        channels.push(ChannelPlan {
+            a: (first.clone(), a.channel),
+            b: (second.clone(), b.channel),
+        });
+        for r in &v.rings {
+            shared.push(SharedRegion {
+                region: r.clone(),
+                owners: [first.clone(), second.clone()],
+            });
+        }
     }
     let guest_shared = system
         .shared()
@@ -3032,23 +3185,232 @@ mod tests {
                 irqs: 0,
                 nics: 0,
                 links: 3,
+                peers: 0,
                 max: 2,
             }
         );
     }
 
+    fn vsock_vm(name: &str, cid: u32) -> VmSpec {
+        let mut v = vm(name, 1);
+        v.vsock = Some(crate::model::VsockSpec { cid, socket: None });
+        v
+    }
+
+    fn vsock_system(vms: Vec<VmSpec>, allow: &[(&str, &str)]) -> System {
+        let allow = allow
+            .iter()
+            .map(|(a, b)| ((*a).to_string(), (*b).to_string()))
+            .collect();
+        System::new("t".into(), None, vms)
+            .unwrap()
+            .with_vsock_allow(allow)
+            .unwrap()
+    }
+
+    /// The text of the protection domain `pd` of system file `x` up to its child VM (the
+    /// VMM's own maps), and its child VM's part.
+    fn pd_parts<'a>(x: &'a str, pd: &str) -> (&'a str, &'a str) {
+        let start = x
+            .find(&format!("<protection_domain name=\"{pd}\""))
+            .unwrap();
+        let body = &x[start..];
+        let body = &body[..body.find("</protection_domain>").unwrap()];
+        let vm = body.find("<virtual_machine").unwrap();
+        (&body[..vm], &body[vm..])
+    }
+
     #[test]
-    fn a_vm_with_vsock_is_refused_on_sel4() {
-        let mut a = vm("a", 1);
-        a.vsock = Some(crate::model::VsockSpec {
-            cid: 3,
-            socket: None,
-        });
-        let s = System::new("t".into(), None, vec![a]).unwrap();
+    fn a_vsock_pair_is_two_rings_mapped_into_both_vmms_only_and_one_channel() {
+        let s = vsock_system(
+            vec![vsock_vm("a", 3), vsock_vm("b", 4), vsock_vm("c", 5)],
+            &[("a", "b")],
+        );
+        let lay = layout();
+
+        let x = system_file(&s, &lay).unwrap();
+        let links = vsock_links(&s, &lay).unwrap();
+
+        let size = (256u64 + 256 * 2048).next_multiple_of(0x1000);
+        assert_eq!(vsock_region_bytes(), size);
+        for r in ["keel_vsock_0_0", "keel_vsock_0_1"] {
+            assert!(x.contains(&format!(
+                "<memory_region name=\"{r}\" size=\"{size:#x}\" />"
+            )));
+            assert_eq!(x.matches(&format!("<map mr=\"{r}\"")).count(), 2, "{x}");
+        }
+        // Each VMM maps the ring it produces first, the one it consumes next; no guest
+        // maps either, and c's VMM neither.
+        let base = VMM_VSOCK_VADDR;
+        let (a, a_vm) = pd_parts(&x, "a_vmm");
+        let (b, b_vm) = pd_parts(&x, "b_vmm");
+        let (c, c_vm) = pd_parts(&x, "c_vmm");
+        assert!(a.contains(&format!(
+            "<map mr=\"keel_vsock_0_0\" vaddr=\"{base:#x}\" perms=\"rw\" />"
+        )));
+        assert!(a.contains(&format!(
+            "<map mr=\"keel_vsock_0_1\" vaddr=\"{:#x}\" perms=\"rw\" />",
+            base + size
+        )));
+        assert!(b.contains(&format!(
+            "<map mr=\"keel_vsock_0_1\" vaddr=\"{base:#x}\" perms=\"rw\" />"
+        )));
+        assert!(b.contains(&format!(
+            "<map mr=\"keel_vsock_0_0\" vaddr=\"{:#x}\" perms=\"rw\" />",
+            base + size
+        )));
+        for part in [a_vm, b_vm, c, c_vm] {
+            assert!(!part.contains("keel_vsock"), "{part}");
+        }
+        let first = lay.net.vmm_first_channel;
+        assert!(x.contains(&format!(
+            "<channel>\n        <end pd=\"a_vmm\" id=\"{first}\" />\n        <end pd=\"b_vmm\" id=\"{first}\" />\n    </channel>"
+        )));
+        assert_eq!(links.len(), 1);
+        assert_eq!(
+            links[0].ends.each_ref().map(|e| (e.vm, e.peer, e.channel)),
+            [(0, 0, first), (1, 0, first)]
+        );
+    }
+
+    #[test]
+    fn vsock_channels_and_rings_follow_interfaces_and_each_peer_in_allow_order() {
+        let mut a = vsock_vm("a", 3);
+        a.nics = vec![nic("n0")];
+        let vms = vec![a, vsock_vm("b", 4), vsock_vm("c", 5)];
+        let s = System::with_networks("t".into(), None, vms, vec![NetworkSpec::new("n0")])
+            .unwrap()
+            .with_vsock_allow(vec![("c".into(), "a".into()), ("a".into(), "b".into())])
+            .unwrap();
+        let lay = layout();
+
+        let links = vsock_links(&s, &lay).unwrap();
+        let plan = component_plan(&s, &lay).unwrap();
+
+        assert_eq!(plan.check(), Ok(()));
+        let first = lay.net.vmm_first_channel;
+        let size = vsock_region_bytes();
+        // Pair 0 (c, a): c first; a's first peer, after a's interface's channel.
+        assert_eq!(links[0].pair, 0);
+        assert_eq!(
+            links[0]
+                .ends
+                .each_ref()
+                .map(|e| (e.vm, e.peer, e.channel, e.tx_vaddr)),
+            [
+                (2, 0, first, VMM_VSOCK_VADDR),
+                (0, 0, first + 1, VMM_VSOCK_VADDR)
+            ]
+        );
+        // Pair 1 (a, b): a's second peer, its rings after the first peer's two.
+        assert_eq!(
+            links[1]
+                .ends
+                .each_ref()
+                .map(|e| (e.vm, e.peer, e.channel, e.tx_vaddr)),
+            [
+                (0, 1, first + 2, VMM_VSOCK_VADDR + 2 * size),
+                (1, 0, first, VMM_VSOCK_VADDR)
+            ]
+        );
+        assert_eq!(links[1].ends[0].rx_vaddr, VMM_VSOCK_VADDR + 3 * size);
+    }
+
+    #[test]
+    fn a_vsock_ring_mapped_by_a_third_vmm_is_refused() {
+        let s = vsock_system(
+            vec![vsock_vm("a", 3), vsock_vm("b", 4), vsock_vm("c", 5)],
+            &[("a", "b")],
+        );
+        let mut plan = component_plan(&s, &layout()).unwrap();
+        let c = plan
+            .components
+            .iter_mut()
+            .find(|c| c.name == "c_vmm")
+            .unwrap();
+        c.maps.push(rw("keel_vsock_0_1".into(), VMM_VSOCK_VADDR));
+
+        assert_eq!(
+            plan.check(),
+            Err(ComponentError::SharedRegionMappers {
+                region: "keel_vsock_0_1".into(),
+                first: "a_vmm".into(),
+                second: "b_vmm".into(),
+                mapped_by: "a_vmm, b_vmm, c_vmm".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_vsock_ring_mapped_into_a_guest_is_refused() {
+        let s = vsock_system(vec![vsock_vm("a", 3), vsock_vm("b", 4)], &[("a", "b")]);
+        let mut plan = component_plan(&s, &layout()).unwrap();
+        let a = plan
+            .components
+            .iter_mut()
+            .find(|c| c.name == "a_vmm")
+            .unwrap();
+        a.vm.as_mut()
+            .unwrap()
+            .maps
+            .push(rw("keel_vsock_0_0".into(), 0x5000_0000));
+
+        assert_eq!(
+            plan.check(),
+            Err(ComponentError::SharedRegionMappers {
+                region: "keel_vsock_0_0".into(),
+                first: "a_vmm".into(),
+                second: "b_vmm".into(),
+                mapped_by: "a_vmm, a_vmm, b_vmm".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_vmm_out_of_channels_for_its_vsock_peers_is_refused() {
+        let s = vsock_system(
+            vec![vsock_vm("a", 3), vsock_vm("b", 4), vsock_vm("c", 5)],
+            &[("a", "b"), ("a", "c")],
+        );
+        let mut lay = layout();
+        lay.net.vmm_first_channel = MAX_CHANNELS - 1;
+
+        let e = system_file(&s, &lay).unwrap_err();
+
+        assert_eq!(
+            e,
+            MicrokitError::TooManyChannels {
+                vm: "a".into(),
+                irqs: 0,
+                nics: 0,
+                links: 0,
+                peers: 2,
+                max: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn a_vsock_host_socket_is_refused_on_sel4() {
+        let mut a = vsock_vm("a", 3);
+        a.vsock.as_mut().unwrap().socket = Some(HostPath::new("/run/a.vsock"));
+        let s = vsock_system(vec![a, vsock_vm("b", 4)], &[("a", "b")]);
 
         let e = system_file(&s, &layout()).unwrap_err();
 
-        assert_eq!(e.to_string(), "VM a: vsock is not supported on seL4 yet");
+        assert_eq!(
+            e.to_string(),
+            "VM a: vsock socket \"/run/a.vsock\": the seL4 backend has no host to connect it to (vsock on seL4 is guest to guest only: remove `socket`, keep `[vsock] allow`)"
+        );
+    }
+
+    #[test]
+    fn a_vm_with_vsock_and_no_peer_gets_no_ring() {
+        let s = vsock_system(vec![vsock_vm("a", 3)], &[]);
+
+        let x = system_file(&s, &layout()).unwrap();
+
+        assert!(!x.contains("keel_vsock"), "{x}");
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! ([`restart`]): every vCPU suspended and its EL1 state reset, `VmmCore::reset` for the
 //! devices, the UART and the software GIC/PSCI (the disks keep their bytes), kernel, initrd
 //! and device tree loaded again as at the first boot, vCPU 0 started; then `run_exits`
-//! again. The restart limit counts over the VM's life (the PD reads no clock).
+//! again. The restart limit counts restarts within a minute of the generic timer's count
+//! ([`crate::clock`]; over the VM's life if the firmware gave the counter no frequency).
 //!
 //! Network interfaces: each of the plan's `nics` is a virtio-net device on a
 //! [`keel_net::port::VmmPort`] over the two ring regions this VMM shares with its network's
@@ -72,7 +73,7 @@ use crate::abi::{USER_CONTEXT_WORDS, microkit as mk, vcpu_reg};
 use crate::fault::Fault;
 use crate::microkit::{Event, vcpu_cap, vm_tcb_cap};
 use crate::msginfo::MessageInfo;
-use crate::payload::{self, ForwardWindow, NicWindows, PAYLOAD_VADDR, Sel4Params};
+use crate::payload::{self, ForwardWindow, NicWindows, PAYLOAD_VADDR, Sel4Params, VsockWindows};
 use crate::regs::{self, UserContext};
 use crate::syscall::{self as sys, debug_puts};
 
@@ -332,24 +333,25 @@ impl ConsoleOutput for DebugConsole {
 static EXITS: AtomicU64 = AtomicU64::new(0);
 
 /// Entropy for virtio-rng: a SplitMix64 stream seeded at build time (from the build host's
-/// /dev/urandom, carried in the payload) and stirred with the VM-exit count on every
-/// request. The PD can read no timer or hardware RNG (the Cortex-A53 has no RNDR, and
-/// seL4 traps EL0 counter reads here). NOT cryptographically strong: whoever reads the
-/// image knows the seed (see docs/sel4.md).
-struct SeededEntropy(u64);
+/// /dev/urandom, carried in the payload) and stirred with the VM-exit count and the
+/// generic timer's count ([`crate::clock`]) on every request. The PD has no hardware RNG
+/// (the Cortex-A53 has no RNDR). NOT cryptographically strong: whoever reads the image
+/// knows the seed, and the counts are guessable (see docs/sel4.md).
+struct SeededEntropy(u64, Option<crate::clock::Counter>);
 
 impl SeededEntropy {
     fn new(seed: &[u8; 32]) -> SeededEntropy {
         let s = seed.chunks(8).fold(0u64, |acc, c| {
             acc.rotate_left(17) ^ u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))
         });
-        SeededEntropy(s)
+        SeededEntropy(s, crate::clock::Counter::new())
     }
 }
 
 impl EntropySource for SeededEntropy {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError> {
-        self.0 ^= EXITS.load(Ordering::Relaxed).rotate_left(29);
+        self.0 ^= EXITS.load(Ordering::Relaxed).rotate_left(29)
+            ^ self.1.map_or(0, |c| c.ticks()).rotate_left(7);
         for chunk in buf.chunks_mut(8) {
             self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let mut z = self.0;
@@ -632,22 +634,38 @@ struct PdBackends {
     forwards: Vec<Option<ForwardWindow>>,
     /// A storage VM's channel to each client (parameters' `serves`).
     serves: Vec<u32>,
+    /// Each vsock peer's rings and channel (parameters' `vsock`, the plan's `vsock.peers`
+    /// order), handed out once.
+    vsock: Vec<Option<VsockWindows>>,
 }
 
-/// The VMM's time for block-forwarding timeouts: the number of events it has received
-/// (faults of its vCPUs, notifications), one "millisecond" each. The PD reads no clock
-/// (EL0 counter reads trap here, see [`SeededEntropy`]); so a served disk's timeout
-/// (`FORWARD_TIMEOUT_MS`, 5000) is 5000 events of this VMM, which come as fast as the
-/// guest runs (its timer's faults included), and not at all while the guest is idle and
-/// nothing notifies (docs/driver-vms.md "seL4").
+/// Events the VMM has received (faults of its vCPUs, notifications): how often it looks at
+/// its devices' timeouts when no notification comes ([`POLL_EVERY_TICKS`]), and the
+/// fallback clock of [`VmmClock`].
 static TICKS: AtomicU64 = AtomicU64::new(0);
 
-/// [`TICKS`] as a [`Clock`].
-struct EventClock;
+/// The VMM's time for block-forwarding timeouts: the generic timer's physical count
+/// (`CNTPCT_EL0`, [`crate::clock`]), in milliseconds. A served disk's timeout
+/// (`FORWARD_TIMEOUT_MS`, 5000) is then 5 s of real time, noticed at the VMM's next event:
+/// a notification, a vCPU fault (the guest's timer ticks included), or the poll every
+/// [`POLL_EVERY_TICKS`] events (docs/driver-vms.md "seL4").
+///
+/// Only if the firmware left the counter's frequency at 0 (no clock) does it count
+/// [`TICKS`] instead, one "millisecond" per event, and the VMM says so at start.
+struct VmmClock(Option<crate::clock::Counter>);
 
-impl Clock for EventClock {
+impl VmmClock {
+    fn new() -> VmmClock {
+        VmmClock(crate::clock::Counter::new())
+    }
+}
+
+impl Clock for VmmClock {
     fn now_ms(&self) -> u64 {
-        TICKS.load(Ordering::Relaxed)
+        match &self.0 {
+            Some(counter) => counter.now_ms(),
+            None => TICKS.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -711,8 +729,8 @@ impl keel_virtio::ConsoleInput for DoorbellIn {
     }
 }
 
-/// A port's doorbell: a Microkit notification to the network's switch PD on the port's
-/// channel.
+/// A ring pair's doorbell: a Microkit notification on its channel (to the network's switch
+/// PD for a port, to the peer's VMM PD for a vsock pair).
 struct ChannelBell(u32);
 
 impl Doorbell for ChannelBell {
@@ -757,7 +775,7 @@ impl DeviceBackends for PdBackends {
 
     /// Served disk `disk`: the rings over its forwarding region (mapped into this PD by
     /// the system file), a bell notifying the storage VM's VMM on the link's channel, that
-    /// channel as the wake-up, [`EventClock`] and ids beyond every earlier run's.
+    /// channel as the wake-up, [`VmmClock`] and ids beyond every earlier run's.
     fn served_block(&mut self, plan: &VmPlan, disk: usize) -> Result<ForwardLink, BackendError> {
         let unavailable = |what: String| BackendError::Unavailable(what);
         let served = plan
@@ -797,7 +815,15 @@ impl DeviceBackends for PdBackends {
             windows,
             bell: Box::new(LinkBell(w.channel)),
             wake: Some(EventSource(u64::from(w.channel))),
-            clock: Box::new(EventClock),
+            clock: Box::new({
+                let clock = VmmClock::new();
+                if clock.0.is_none() {
+                    log!(
+                        "keel-sel4: disk {disk}: the generic timer's frequency (CNTFRQ_EL0) is 0: its timeout counts VMM events, not time"
+                    );
+                }
+                clock
+            }),
             first_id,
         })
     }
@@ -860,6 +886,63 @@ impl DeviceBackends for PdBackends {
         let windows = PortWindows {
             to_switch: window(w.to_switch)?,
             from_switch: window(w.from_switch)?,
+        };
+        Ok(Box::new(VmmPort::new(
+            windows,
+            Box::new(ChannelBell(w.channel)),
+            Some(EventSource(u64::from(w.channel))),
+        )))
+    }
+
+    /// Vsock peer `peer`: a [`VmmPort`] over the pair's two rings (this VMM produces `tx`
+    /// and consumes `rx`; the peer's VMM the other way round), ringing the peer's VMM on
+    /// the pair's channel; the peer's notifications on that channel are the link's event
+    /// source (the device's `PEER_EVENT_BASE + peer`, delivered by [`deliver_events`]).
+    /// The device's host is the default `NoHost`: seL4 has no host side.
+    fn vsock_peer(
+        &mut self,
+        plan: &VmPlan,
+        peer: usize,
+    ) -> Result<Box<dyn NetBackend>, BackendError> {
+        let unavailable = |what: String| BackendError::Unavailable(what);
+        let planned = plan
+            .vsock
+            .as_ref()
+            .and_then(|v| v.peers.get(peer))
+            .ok_or_else(|| unavailable(alloc::format!("vsock peer {peer} is not planned")))?;
+        let w = self
+            .vsock
+            .get_mut(peer)
+            .and_then(Option::take)
+            .ok_or_else(|| unavailable(alloc::format!("no rings for vsock peer {peer}")))?;
+        if w.pair as usize != planned.pair {
+            return Err(unavailable(alloc::format!(
+                "vsock peer {peer} ({:?}): rings of pair {}, the plan's pair is {}",
+                planned.vm,
+                w.pair,
+                planned.pair
+            )));
+        }
+        let len = usize::try_from(w.ring_len).map_err(|_| {
+            unavailable(alloc::format!(
+                "vsock peer {peer}: ring length {:#x} does not fit",
+                w.ring_len
+            ))
+        })?;
+        let window = |vaddr: u64| {
+            // SAFETY: the system file maps this pair's two ring regions read-write at `tx`
+            // and `rx` (at least `ring_len` bytes each) into this PD and into the peer's
+            // VMM PD only (never into a guest), for the PD's whole life; the windows are
+            // handed out once (taken out of `vsock`), and no Rust reference points into
+            // them. The peer's VMM is held to the ring protocol only: what it writes costs
+            // only this link.
+            unsafe { FrameWindow::new(vaddr as *mut u8, len, u64::from(w.slots)) }.map_err(|e| {
+                unavailable(alloc::format!("vsock peer {peer}: ring at {vaddr:#x}: {e}"))
+            })
+        };
+        let windows = PortWindows {
+            to_switch: window(w.tx)?,
+            from_switch: window(w.rx)?,
         };
         Ok(Box::new(VmmPort::new(
             windows,
@@ -1337,6 +1420,7 @@ fn boot(bytes: &'static [u8], lay: &payload::Layout) -> Result<Booted, String> {
         nics: params.nics.iter().cloned().map(Some).collect(),
         forwards: params.forwards.iter().cloned().map(Some).collect(),
         serves: params.serves.clone(),
+        vsock: params.vsock.iter().cloned().map(Some).collect(),
     };
     let core = VmmCore::build(
         &plan,
@@ -1376,7 +1460,10 @@ fn boot(bytes: &'static [u8], lay: &payload::Layout) -> Result<Booted, String> {
         initrd,
         restarts: params
             .restart_on_reboot
-            .then(|| RestartLimiter::lifetime(params.max_restarts)),
+            .then(|| match crate::clock::Counter::new() {
+                Some(_) => RestartLimiter::new(params.max_restarts, RestartLimiter::MINUTE_MS),
+                None => RestartLimiter::lifetime(params.max_restarts),
+            }),
     })
 }
 
@@ -1658,13 +1745,19 @@ pub extern "C" fn main() -> ! {
         };
         if let (Some(SystemEvent::Reset), Some(limiter)) = (event, restarts.as_mut()) {
             let max = limiter.max();
-            // The PD reads no clock (EL0 counter reads trap here): every restart of the
-            // VM's life counts against max_restarts_per_minute.
-            match limiter.record(0) {
+            // A minute of the generic timer's count; without a counter frequency, the
+            // VM's whole life (the limiter was made so).
+            let counter = crate::clock::Counter::new();
+            let window = if counter.is_some() {
+                "per minute"
+            } else {
+                "over the VM's life: the counter has no frequency"
+            };
+            match limiter.record(counter.map_or(0, |c| c.now_ms())) {
                 RestartVerdict::Restart { count } => {
                     console_flush();
                     log!(
-                        "keel-sel4: vm {name}: guest rebooted; restarting ({count} of at most {max}, counted over the VM's life)"
+                        "keel-sel4: vm {name}: guest rebooted; restarting ({count} of at most {max} {window})"
                     );
                     match restart(&vm, &core, &mut exits, kernel, initrd) {
                         Ok(()) => continue,
@@ -1677,7 +1770,7 @@ pub extern "C" fn main() -> ! {
                 RestartVerdict::Stop { count } => {
                     log!("KEEL-SEL4-VM-STOPPED {name} {}", exits.exits);
                     break alloc::format!(
-                        "rebooted {count} times (max_restarts_per_minute = {max}, counted over the VM's life: no clock here); stopping"
+                        "rebooted {count} times (at most {max} {window}); stopping"
                     );
                 }
             }

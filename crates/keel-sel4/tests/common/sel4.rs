@@ -275,8 +275,9 @@ pub fn spawn(cmd: &mut Command, stdin: Stdio) -> Child {
 }
 
 /// The console of `child` (stdout piped), line by line: each line is added and passed to
-/// `stop` until `stop` returns true, the output ends or a line arrives after `timeout`;
-/// then the child is killed.
+/// `stop` until `stop` returns true, the output ends or `timeout` has passed (a console
+/// that falls silent counts too: lines are read on their own thread); then the child is
+/// killed.
 pub fn collect_console(
     mut child: Child,
     timeout: Duration,
@@ -284,21 +285,35 @@ pub fn collect_console(
 ) -> String {
     let mut console = String::new();
     if let Some(stdout) = child.stdout.take() {
-        let mut r = std::io::BufReader::new(stdout);
-        let start = Instant::now();
-        let mut line = Vec::new();
-        while r
-            .read_until(b'\n', &mut line)
-            .map(|n| n > 0)
-            .unwrap_or(false)
-            && start.elapsed() < timeout
-        {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        // Ends when the pipe closes (the child's exit or kill below, and any process it
+        // left holding the pipe); never joined, so such a process cannot hang the test.
+        std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(stdout);
+            loop {
+                let mut line = Vec::new();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(n) if n > 0 => {
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        });
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                // Timed out (or the output ended).
+                break;
+            };
             let l = String::from_utf8_lossy(&line);
             console.push_str(&l);
             if stop(&l) {
                 break;
             }
-            line.clear();
         }
     }
     let _ = child.kill();

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-log='' timeout_s=600
+log='' timeout_s=900
 while (($#)); do
     (($# >= 2)) || { echo "usage: scripts/l2-tests.sh [--log FILE] [--timeout S]" >&2; exit 2; }
     case "$1" in

@@ -371,7 +371,14 @@ impl Tap {
             )
         };
         if raw < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::NotFound {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "/dev/net/tun does not exist (no tun driver: load it with `modprobe tun`)",
+                ));
+            }
+            return Err(e);
         }
         // SAFETY: `raw` is a new fd nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };

@@ -891,9 +891,13 @@ pub fn switch_main(args: &[String]) -> Result<u8, Failure> {
         PortOwner::Vm { .. } | PortOwner::Pool { .. } => None,
     }) {
         Some(tap) => Some(Uplink::open(&tap, u64::from(net.slots)).map_err(|e| {
-            Failure::input(format!(
-                "network {name:?}: uplink tap:{tap}: {e} (opening a tap needs CAP_NET_ADMIN, or a persistent tap owned by this user)"
-            ))
+            // A missing driver says so itself; anything else is most likely permissions.
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                ""
+            } else {
+                " (opening a tap needs CAP_NET_ADMIN, or a persistent tap owned by this user)"
+            };
+            Failure::input(format!("network {name:?}: uplink tap:{tap}: {e}{hint}"))
         })?),
         None => None,
     };

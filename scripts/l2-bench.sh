@@ -13,25 +13,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-runs=3 log=''
-while (($#)); do
-    (($# >= 2)) || { echo "usage: scripts/l2-bench.sh [--runs N] [--log FILE]" >&2; exit 2; }
-    case "$1" in
-        --runs) runs=$2 ;;
-        --log) log=$2 ;;
-        *) echo "l2-bench: unknown option '$1'" >&2; exit 2 ;;
-    esac
-    shift 2
-done
-[[ $runs =~ ^[1-9]$ ]] || { echo "l2-bench: --runs '$runs' is not 1..9" >&2; exit 2; }
-
-target=${CARGO_TARGET_DIR:-target}
-CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release -q -p keel --target aarch64-unknown-linux-musl
-# keel-probe runs in L1 too (/extra/keel-probe; scripts/l2-tests.sh, scripts/l2-vsock-bench.sh).
-(cd guest/probe && cargo build --release -q --locked)
-# The extras every L1 image carries: one cached image serves all.
-. scripts/l1-extras.sh
-extras=("${L1_EXTRAS[@]}")
+# shellcheck source=scripts/l2-bench-lib.sh
+. scripts/l2-bench-lib.sh
+l2_bench_init l2-bench "$@"
+extras=()
 vmms="keel qemu"
 if [[ -n ${LKVM:-} ]]; then
     [[ -x $LKVM ]] || { echo "l2-bench: LKVM='$LKVM' is not an executable" >&2; exit 2; }
@@ -39,11 +24,7 @@ if [[ -n ${LKVM:-} ]]; then
     vmms+=" lkvm"
 fi
 lkvm_name=${LKVM:+${LKVM##*/}}
-l1=$(bash guest/l1host/build.sh --keel "$target/aarch64-unknown-linux-musl/release/keel" "${extras[@]}" | tail -n1)
-
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-[[ -n $log ]] || log=$tmp/console.log
+l2_bench_l1 "${extras[@]}"
 # The L1 script (busybox sh; must stay below ~1400 bytes).
 cat >"$tmp/l1.sh" <<L1SCRIPT
 truncate -s 64M /tmp/d.img
@@ -62,9 +43,7 @@ done
 i=\$((i + 1))
 done
 L1SCRIPT
-set +e
-bash guest/l1host/run.sh "$l1" "$tmp/l1.sh" --timeout $((120 + 100 * runs)) --log "$log" >/dev/null
-set -e
+l2_bench_run "$tmp/l1.sh" $((120 + 100 * runs))
 
 # shellcheck disable=SC2086 # one VMM name per word
 python3 - "$log" "$runs" $vmms <<'PY'

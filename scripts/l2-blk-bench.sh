@@ -11,35 +11,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-runs=3 log=''
-while (($#)); do
-    (($# >= 2)) || { echo "usage: scripts/l2-blk-bench.sh [--runs N] [--log FILE]" >&2; exit 2; }
-    case "$1" in
-        --runs) runs=$2 ;;
-        --log) log=$2 ;;
-        *) echo "l2-blk-bench: unknown option '$1'" >&2; exit 2 ;;
-    esac
-    shift 2
-done
-[[ $runs =~ ^[1-9]$ ]] || { echo "l2-blk-bench: --runs '$runs' is not 1..9" >&2; exit 2; }
-
-if ! command -v "${QEMU_SYSTEM:-qemu-system-aarch64}" >/dev/null 2>&1; then
-    echo "l2-blk-bench: SKIPPED: qemu-system-aarch64 not found (apt-get install -y qemu-system-arm)"
-    exit 77
-fi
-
-target=${CARGO_TARGET_DIR:-target}
-CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release -q -p keel --target aarch64-unknown-linux-musl
-# keel-probe runs in L1 too (/extra/keel-probe; scripts/l2-tests.sh, scripts/l2-vsock-bench.sh).
-(cd guest/probe && cargo build --release -q --locked)
-# The extras every L1 image carries: one cached image serves all.
-. scripts/l1-extras.sh
-l1=$(bash guest/l1host/build.sh --keel "$target/aarch64-unknown-linux-musl/release/keel" \
-    "${L1_EXTRAS[@]}" | tail -n1)
-
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-[[ -n $log ]] || log=$tmp/console.log
+# shellcheck source=scripts/l2-bench-lib.sh
+. scripts/l2-bench-lib.sh
+l2_bench_init l2-blk-bench "$@"
+l2_bench_l1
 cat >"$tmp/l1.sh" <<L1SCRIPT
 . /extra/blk-bench.sh
 i=1
@@ -48,9 +23,7 @@ blk_bench_round \$i
 i=\$((i + 1))
 done
 L1SCRIPT
-set +e
-bash guest/l1host/run.sh "$l1" "$tmp/l1.sh" --timeout $((120 + 400 * runs)) --log "$log" >/dev/null
-set -e
+l2_bench_run "$tmp/l1.sh" $((120 + 400 * runs))
 
 python3 - "$log" "$runs" <<'PY'
 import re, statistics, sys

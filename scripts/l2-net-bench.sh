@@ -14,30 +14,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-runs=3 log=''
-while (($#)); do
-    (($# >= 2)) || { echo "usage: scripts/l2-net-bench.sh [--runs N] [--log FILE]" >&2; exit 2; }
-    case "$1" in
-        --runs) runs=$2 ;;
-        --log) log=$2 ;;
-        *) echo "l2-net-bench: unknown option '$1'" >&2; exit 2 ;;
-    esac
-    shift 2
-done
-[[ $runs =~ ^[1-9]$ ]] || { echo "l2-net-bench: --runs '$runs' is not 1..9" >&2; exit 2; }
-
-target=${CARGO_TARGET_DIR:-target}
-CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release -q -p keel --target aarch64-unknown-linux-musl
-# keel-probe runs in L1 too (/extra/keel-probe; scripts/l2-tests.sh, scripts/l2-vsock-bench.sh).
-(cd guest/probe && cargo build --release -q --locked)
-# The extras every L1 image carries: one cached image serves all.
-. scripts/l1-extras.sh
-l1=$(bash guest/l1host/build.sh --keel "$target/aarch64-unknown-linux-musl/release/keel" \
-    "${L1_EXTRAS[@]}" | tail -n1)
-
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-[[ -n $log ]] || log=$tmp/console.log
+# shellcheck source=scripts/l2-bench-lib.sh
+. scripts/l2-bench-lib.sh
+l2_bench_init l2-net-bench "$@"
+l2_bench_l1
 # The L1 script (busybox sh; must stay below ~1400 bytes). QEMU's console is its PL011
 # (ttyAMA0); b listens, a connects once b's socket is there.
 cat >"$tmp/l1.sh" <<L1SCRIPT
@@ -61,9 +41,7 @@ step qemu-\$i qp
 i=\$((i + 1))
 done
 L1SCRIPT
-set +e
-bash guest/l1host/run.sh "$l1" "$tmp/l1.sh" --timeout $((120 + 200 * runs)) --log "$log" >/dev/null
-set -e
+l2_bench_run "$tmp/l1.sh" $((120 + 200 * runs))
 
 python3 - "$log" "$runs" <<'PY'
 import re, statistics, sys

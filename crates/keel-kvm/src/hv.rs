@@ -241,12 +241,6 @@ impl KvmVm {
         Ok(fd)
     }
 
-    /// The architecture-specific state (the GIC on arm64).
-    #[cfg(target_arch = "aarch64")]
-    pub(crate) fn arch(&self) -> &VmArch {
-        &self.arch
-    }
-
     /// The GIC the guest's device tree must describe (arm64); x86 has none, and the value
     /// is not used there.
     pub fn gic_version(&self) -> keel_core::arch::aarch64::layout::GicVersion {

@@ -1,8 +1,9 @@
 //! The restart limit of a VM whose guest resets: at most `max` restarts within a sliding
 //! window, shared by the KVM and seL4 backends.
 //!
-//! The caller supplies the time (milliseconds from any fixed origin). A backend that cannot
-//! read a clock uses [`RestartLimiter::lifetime`]: then every restart of the VM's life counts.
+//! The caller supplies the time (milliseconds from any fixed origin). A caller without a
+//! clock passes the same time for every reset: then none leaves the window and every
+//! restart of the VM's life counts.
 
 use alloc::collections::VecDeque;
 
@@ -25,8 +26,8 @@ pub enum RestartVerdict {
 #[derive(Clone, Debug)]
 pub struct RestartLimiter {
     max: u32,
-    /// Window length in milliseconds; `None`: the whole life of the VM.
-    window_ms: Option<u64>,
+    /// Window length in milliseconds.
+    window_ms: u64,
     /// Times of the resets still inside the window, oldest first (at most `max + 1`).
     times: VecDeque<u64>,
 }
@@ -39,16 +40,7 @@ impl RestartLimiter {
     pub fn new(max: u32, window_ms: u64) -> RestartLimiter {
         RestartLimiter {
             max,
-            window_ms: Some(window_ms),
-            times: VecDeque::new(),
-        }
-    }
-
-    /// At most `max` restarts over the limiter's whole life (no clock needed).
-    pub fn lifetime(max: u32) -> RestartLimiter {
-        RestartLimiter {
-            max,
-            window_ms: None,
+            window_ms,
             times: VecDeque::new(),
         }
     }
@@ -61,14 +53,12 @@ impl RestartLimiter {
     /// Records a reset at `now_ms` (never earlier than the previous one) and says whether
     /// the VM may restart.
     pub fn record(&mut self, now_ms: u64) -> RestartVerdict {
-        if let Some(window) = self.window_ms {
-            while self
-                .times
-                .front()
-                .is_some_and(|&t| now_ms.saturating_sub(t) >= window)
-            {
-                self.times.pop_front();
-            }
+        while self
+            .times
+            .front()
+            .is_some_and(|&t| now_ms.saturating_sub(t) >= self.window_ms)
+        {
+            self.times.pop_front();
         }
         // Only the count matters beyond the window's start: keep at most `max + 1` times.
         if self.times.len() > self.max as usize {
@@ -120,8 +110,8 @@ mod tests {
     }
 
     #[test]
-    fn lifetime_limiter_counts_every_reset() {
-        let mut l = RestartLimiter::lifetime(2);
+    fn resets_at_one_time_all_count_without_a_clock() {
+        let mut l = RestartLimiter::new(2, 60_000);
         l.record(0);
         l.record(0);
         assert_eq!(l.record(0), RestartVerdict::Stop { count: 3 });

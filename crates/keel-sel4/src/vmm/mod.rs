@@ -957,12 +957,20 @@ impl DeviceBackends for PdBackends {
 /// again. Set by [`deliver_events`], taken by [`Sel4Exits::next`].
 static BACKLOG: AtomicU64 = AtomicU64::new(0);
 
-/// The host events of the VM's devices: `(device index, token, channel bit)`, fixed once
-/// the devices are built (a backend's event source never changes).
-struct DeviceEvents(Vec<(usize, EventToken, u64)>);
+/// The host events of the VM's devices: `(device index, token, channel bit)`, and the
+/// devices that ask for polls (a served disk's timeouts), fixed once the devices are built
+/// (a backend's event source and poll interval never change).
+struct DeviceEvents(Vec<(usize, EventToken, u64)>, Vec<usize>);
 
 impl DeviceEvents {
     fn of(core: &VmmCore) -> DeviceEvents {
+        let polled = core
+            .devices()
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.transport.poll_interval_ms().is_some())
+            .map(|(i, _)| i)
+            .collect();
         let mut v = Vec::new();
         for (i, d) in core.devices().iter().enumerate() {
             for (token, source) in d.transport.event_sources() {
@@ -975,7 +983,12 @@ impl DeviceEvents {
                 }
             }
         }
-        DeviceEvents(v)
+        DeviceEvents(v, polled)
+    }
+
+    /// Whether any device asks for polls.
+    fn polls(&self) -> bool {
+        !self.1.is_empty()
     }
 }
 
@@ -1034,12 +1047,16 @@ struct Sel4Exits {
     backlog_owed: bool,
     /// [`TICKS`] at the last poll (see [`POLL_EVERY_TICKS`]).
     last_poll: u64,
+    /// Whether a device asks for polls: only then does [`VmExits::next`] make the periodic
+    /// poll (a VM without served disks never pays for it).
+    polls: bool,
 }
 
 impl Sel4Exits {
     /// With `console_input`, the console PD's notifications bring typed input (they are
-    /// passed on); without, they are ignored.
-    fn new(vcpus: u32, soft: Arc<SoftArm64>, console_input: bool) -> Sel4Exits {
+    /// passed on); without, they are ignored. With `polls`, every [`POLL_EVERY_TICKS`]
+    /// events become a poll of the devices' timeouts.
+    fn new(vcpus: u32, soft: Arc<SoftArm64>, console_input: bool, polls: bool) -> Sel4Exits {
         Sel4Exits {
             vcpus,
             soft,
@@ -1056,6 +1073,7 @@ impl Sel4Exits {
                 .unwrap_or(0),
             backlog_owed: false,
             last_poll: 0,
+            polls,
         }
     }
 
@@ -1234,7 +1252,7 @@ impl VmExits for Sel4Exits {
     fn next(&mut self) -> Result<VmEvent, HvError> {
         loop {
             let now = TICKS.load(Ordering::Relaxed);
-            if now.wrapping_sub(self.last_poll) >= POLL_EVERY_TICKS {
+            if self.polls && now.wrapping_sub(self.last_poll) >= POLL_EVERY_TICKS {
                 // Time to look at the devices' timeouts: a notification of no channel.
                 self.last_poll = now;
                 return Ok(VmEvent::Notified(0));
@@ -1338,7 +1356,7 @@ fn payload_bytes() -> Result<&'static [u8], String> {
 
 /// A booted VM: what the exit loop needs.
 struct Booted {
-    /// The devices' host events (the network ports' channels).
+    /// The devices' host events (the ring pairs' and links' channels) and polled devices.
     events: DeviceEvents,
     /// The distributor, for passed-through interrupts.
     soft: Arc<SoftArm64>,
@@ -1446,13 +1464,14 @@ fn boot(bytes: &'static [u8], lay: &payload::Layout) -> Result<Booted, String> {
     let input = start_console_input(params);
     start_passthrough(&plan)?;
     let events = DeviceEvents::of(&core);
+    let polls = events.polls();
     vm.start_vcpu(0, &entry)
         .map_err(|e| alloc::format!("starting vcpu 0: {e}"))?;
     Ok(Booted {
         events,
         soft: soft.clone(),
         name,
-        exits: Sel4Exits::new(plan.vcpus, soft, input.is_some()),
+        exits: Sel4Exits::new(plan.vcpus, soft, input.is_some(), polls),
         vm,
         core,
         input,
@@ -1460,10 +1479,7 @@ fn boot(bytes: &'static [u8], lay: &payload::Layout) -> Result<Booted, String> {
         initrd,
         restarts: params
             .restart_on_reboot
-            .then(|| match crate::clock::Counter::new() {
-                Some(_) => RestartLimiter::new(params.max_restarts, RestartLimiter::MINUTE_MS),
-                None => RestartLimiter::lifetime(params.max_restarts),
-            }),
+            .then(|| RestartLimiter::new(params.max_restarts, RestartLimiter::MINUTE_MS)),
     })
 }
 
@@ -1578,8 +1594,8 @@ fn notified(
     deliver_events(core, events, channels);
     // Devices with timeouts (served disks) look at their clock on every notification and
     // every POLL_EVERY_TICKS events ([`Sel4Exits::next`] makes one with no channels).
-    for d in core.devices() {
-        if d.transport.poll_interval_ms().is_some() {
+    for &i in &events.1 {
+        if let Some(d) = core.devices().get(i) {
             d.poll(core.log());
         }
     }
@@ -1745,8 +1761,8 @@ pub extern "C" fn main() -> ! {
         };
         if let (Some(SystemEvent::Reset), Some(limiter)) = (event, restarts.as_mut()) {
             let max = limiter.max();
-            // A minute of the generic timer's count; without a counter frequency, the
-            // VM's whole life (the limiter was made so).
+            // A minute of the generic timer's count. Without a counter frequency every
+            // reset is at time 0, so none leaves the window: the VM's whole life.
             let counter = crate::clock::Counter::new();
             let window = if counter.is_some() {
                 "per minute"

@@ -537,14 +537,7 @@ TOML
     ip addr add 10.0.0.254/24 dev kt0 && ip link set kt0 up
     check net-tap-uplink "L1 gave kt0 10.0.0.254/24 and set it up" has_re_cmd "ip addr show kt0" 'inet 10\.0\.0\.254/24'
     /extra/keel-probe tcp-connect 10.0.0.2 5000 1048576 120 >$W/tap-host.out 2>&1
-    wait $_up
-    rc=$?
-    kill $_echo 2>/dev/null
-    wait $_echo 2>/dev/null
-    tr -d '\r' <$W/tap.out >$W/tap.lines
-    grep -E 'KEEL-PROBE|KEEL-CMD-EXIT|KEEL-GUEST-POWEROFF|keel' $W/tap.lines
-    cat $W/tap-host.out $W/tap-echo.out
-    echo "keel up exit status $rc"
+    end_up tap
     check net-tap-uplink "keel up exit 0 (the VM powered off)" [ "$rc" = 0 ]
     check net-tap-uplink "L1 -> guest: 1 MiB echoed whole through the tap" has_re tap-host '^KEEL-PROBE tcp-connect ip=10\.0\.0\.2 port=5000 bytes=1048576 echoed=1048576 mismatched=0 '
     check net-tap-uplink "the guest echoed L1's connection (from 10.0.0.254)" has_re tap '^\[g\] KEEL-PROBE tcp-echo port=5000 from=10\.0\.0\.254 bytes=1048576$'
@@ -558,6 +551,21 @@ TOML
         tail -n 30 $W/tap.lines
     fi
     return $failed
+}
+
+# end_up NAME: after a `keel up` ($_up) with an L1 echo ($_echo) beside it, wait for keel up
+# (its exit status in rc), stop the echo, write $W/NAME.lines (keel up's output without CRs)
+# and show what the checks read: the probe lines and L1's side ($W/NAME-host.out,
+# $W/NAME-echo.out).
+end_up() {
+    wait "$_up"
+    rc=$?
+    kill "$_echo" 2>/dev/null
+    wait "$_echo" 2>/dev/null
+    tr -d '\r' <"$W/$1.out" >"$W/$1.lines"
+    grep -E 'KEEL-PROBE|KEEL-CMD-EXIT|KEEL-GUEST-POWEROFF|keel' "$W/$1.lines"
+    cat "$W/$1-host.out" "$W/$1-echo.out"
+    echo "keel up exit status $rc"
 }
 
 # vsock_vm <name> <cid> <guest-shell-snippet> [vm keys]: one [[vm]] with [vm.vsock] for
@@ -602,14 +610,7 @@ t_vsock() {
     timeout "$NET_TIMEOUT" "$KEEL" up $W/vsock.toml >$W/vsock.out 2>&1 &
     _up=$!
     /extra/keel-probe unix-connect $W/b.vsock 5000 262144 150 >$W/vsock-host.out 2>&1
-    wait $_up
-    rc=$?
-    kill $_echo 2>/dev/null
-    wait $_echo 2>/dev/null
-    tr -d '\r' <$W/vsock.out >$W/vsock.lines
-    grep -E 'KEEL-PROBE|KEEL-CMD-EXIT|KEEL-GUEST-POWEROFF|keel' $W/vsock.lines
-    cat $W/vsock-host.out $W/vsock-echo.out
-    echo "keel up exit status $rc"
+    end_up vsock
     check vsock "keel up exit 0 (all VMs powered off)" [ "$rc" = 0 ]
     check vsock "a <-> b: 1 MiB echoed whole" has_re vsock '^\[a\] KEEL-PROBE vsock-connect cid=4 port=5000 bytes=1048576 echoed=1048576 mismatched=0 '
     check vsock "a -> host port 6000: 64 KiB echoed whole" has_re vsock '^\[a\] KEEL-PROBE vsock-connect cid=2 port=6000 bytes=65536 echoed=65536 mismatched=0 '
